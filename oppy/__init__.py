@@ -1,0 +1,3 @@
+"""oppy: an onion-routing client proxy daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from oppy.cli import main
+
+raise SystemExit(main())
