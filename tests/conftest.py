@@ -1,0 +1,29 @@
+"""Test-run plumbing: integration tests get the private network of real relays, brought up once."""
+
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from tests.support.network import REPO, launcher
+
+
+def pytest_configure(config):
+    # SIGTERM (a CI timeout, a killed run) unwinds like Ctrl-C, so the network is always brought down.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    integration = [item for item in items if "integration" in item.path.parts]
+    for item in integration:
+        item.add_marker(pytest.mark.integration)
+    if integration:
+        if not shutil.which("tor"):
+            # A test that needs tor makes it present.
+            subprocess.run([str(REPO / "scripts" / "setup")], check=True)
+        launcher.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    launcher.stop()
