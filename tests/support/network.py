@@ -22,6 +22,9 @@ BASE_PORT = int(os.environ.get("OPPY_TEST_NETWORK_BASE_PORT", "17000"))
 # Relays close circuits that send unauthenticated SENDMEs: proof that oppy's v1 SENDMEs are accepted.
 CONSENSUS_PARAMS = "sendme_accept_min_version=1"
 UP_LOG = RUN_DIR.parent / "pytest-testnet-up.log"
+# For development: the run directory of a network already running (`scripts/testnet up --dir DIR
+# --consensus-params "sendme_accept_min_version=1"`), used as it is and left running.
+EXTERNAL_DIR = os.environ.get("OPPY_TEST_NETWORK_EXTERNAL")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class NetworkLauncher:
         self.error: str | None = None
 
     def start(self) -> None:
-        if self.process is not None:
+        if self.process is not None or EXTERNAL_DIR:
             return
         RUN_DIR.parent.mkdir(parents=True, exist_ok=True)
         # A network left over from an interrupted run of this same directory goes first.
@@ -84,6 +87,10 @@ class NetworkLauncher:
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self) -> TestNetwork:
+        if self.network is None and EXTERNAL_DIR:
+            env = subprocess.run([sys.executable, str(TESTNET), "env", "--dir", EXTERNAL_DIR, "--json"],
+                                 capture_output=True, text=True, check=True)
+            self.network = TestNetwork(json.loads(env.stdout))
         if self.network is None and self.error is None:
             self.start()
             code = self.process.wait()

@@ -1,0 +1,372 @@
+"""A client circuit, sans IO: its hops, relay crypto, circuit-level windows and streams.
+
+Building (tor-spec "Creating circuits"): CREATE2 with ntor to the first hop, then EXTEND2 inside RELAY_EARLY
+to the last hop for each further one. Once open, the circuit encrypts relay cells to a hop, recognizes
+inbound ones, keeps the circuit package/deliver windows with authenticated SENDMEs (tor-spec "Flow control",
+prop 289) and dispatches stream cells to the streams it carries. Cells go out through the channel it rides;
+outcomes go up through the callbacks `on_built` and `on_closed` and the stream objects.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import hmac
+import struct
+import time
+from typing import Callable, Protocol
+
+from oppy.cell.commands import (
+    RELAY_PAYLOAD_LEN,
+    CellCommand,
+    DestroyReason,
+    EndReason,
+    RelayCommand,
+    reason_name,
+)
+from oppy.cell.errors import CellParseError
+from oppy.cell.link import HandshakeType, decode_created2_body, decode_destroy_body, encode_create2_body
+from oppy.cell.relay import (
+    decode_extended2_body,
+    decode_sendme_body,
+    decode_truncated_body,
+    encode_end_body,
+    encode_extend2_body,
+    encode_relay_payload,
+    encode_sendme_body,
+    link_specifiers_for_relay,
+)
+from oppy.crypto.errors import HandshakeError, RelayCryptoError
+from oppy.crypto.ntor import NtorClientHandshake
+from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
+from oppy.link.relay import RelayTarget
+
+# tor-spec "Flow control" / or.h: circuit windows, per hop, count DATA cells only.
+CIRCWINDOW_START = 1000
+CIRCWINDOW_INCREMENT = 100
+# tor-spec "Handling RELAY_EARLY cells": a relay closes a circuit on the 9th outbound RELAY_EARLY.
+MAX_RELAY_EARLY_CELLS = 8
+# tor-spec "Opening streams": stream ids are 16-bit and non-zero.
+MAX_STREAM_ID = 0xFFFF
+
+_RELAY_HEADER = struct.Struct(">BHHIH")
+_DATA = int(RelayCommand.DATA)
+_RELAY = int(CellCommand.RELAY)
+_RELAY_EARLY = int(CellCommand.RELAY_EARLY)
+
+
+class CircuitState(enum.Enum):
+    BUILDING = "building"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class CircuitError(Exception):
+    """A circuit failed or was closed; the message says which hop and why."""
+
+    def __init__(self, message: str, reason: int = DestroyReason.NONE, remote: bool = False,
+                 hop: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.remote = remote
+        self.hop = hop
+
+
+class Channel(Protocol):
+    """What a circuit needs from the link it rides (`oppy.link.channel.Channel`)."""
+
+    peer_address: str
+
+    def allocate_circuit_id(self, circuit) -> int: ...
+
+    def send_cell(self, circ_id: int, command: int, payload: bytes) -> None: ...
+
+    def destroy_circuit(self, circ_id: int, reason: int = DestroyReason.NONE) -> None: ...
+
+
+class StreamEndpoint(Protocol):
+    """What a circuit needs from a stream it carries (`oppy.stream.stream.Stream`)."""
+
+    stream_id: int
+
+    def relay_received(self, command: int, data: bytes) -> None: ...
+
+    def circuit_closed(self, error: CircuitError) -> None: ...
+
+    def circuit_window_opened(self) -> None: ...
+
+
+class Circuit:
+    """One client circuit through `path` (guard first), riding `channel` (a link to the guard)."""
+
+    def __init__(self, channel: Channel, path: list[RelayTarget], clock: Callable[[], float] = time.monotonic):
+        if not path:
+            raise ValueError("a circuit needs at least one hop")
+        self.channel = channel
+        self.path = list(path)
+        self.clock = clock
+        self.state = CircuitState.BUILDING
+        self.circ_id = channel.allocate_circuit_id(self)
+        self.crypto = Tor1ClientCrypto()
+        self.created_at = clock()
+        self.built_at: float | None = None
+        self.error: CircuitError | None = None
+        self.streams: dict[int, StreamEndpoint] = {}
+        self.package_window = CIRCWINDOW_START
+        self.deliver_window = CIRCWINDOW_START
+        # Tags (20-byte running digests) of our every 100th DATA cell, which the exit's SENDMEs must echo.
+        self._expected_sendme_tags: collections.deque[bytes] = collections.deque()
+        self._data_cells_sent = 0
+        self._relay_early_left = MAX_RELAY_EARLY_CELLS
+        self._handshake: NtorClientHandshake | None = None
+        self._next_stream_id = 1
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.on_built: Callable[[Circuit], None] = lambda circuit: None
+        self.on_closed: Callable[[Circuit, CircuitError], None] = lambda circuit, error: None
+
+    def __repr__(self) -> str:
+        return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
+
+    @property
+    def exit(self) -> RelayTarget:
+        return self.path[-1]
+
+    @property
+    def hops_built(self) -> int:
+        return len(self.crypto)
+
+    def _hop_name(self, index: int) -> str:
+        return f"hop {index + 1} ({self.path[index].describe()})"
+
+    # ------------------------------------------------------------------------------------ building
+
+    def start(self) -> None:
+        """Send CREATE2 (ntor) to the first hop."""
+        self._handshake = self._new_handshake(self.path[0])
+        self.channel.send_cell(self.circ_id, CellCommand.CREATE2,
+                               encode_create2_body(HandshakeType.NTOR, self._handshake.onionskin))
+
+    def _new_handshake(self, relay: RelayTarget) -> NtorClientHandshake:
+        if relay.ntor_onion_key is None:
+            raise CircuitError(f"{relay.describe()} has no ntor onion key")
+        return NtorClientHandshake(relay.rsa_id, relay.ntor_onion_key)
+
+    def _hop_created(self, handshake_data: bytes) -> None:
+        index = len(self.crypto)
+        try:
+            keys = self._handshake.complete(handshake_data)
+        except HandshakeError as exc:
+            self._fail(f"{self._hop_name(index)}: {exc}", DestroyReason.PROTOCOL, hop=index)
+            return
+        self._handshake = None
+        self.crypto.add_hop(Tor1Hop.from_keys(keys))
+        if len(self.crypto) == len(self.path):
+            self.state = CircuitState.OPEN
+            self.built_at = self.clock()
+            self.on_built(self)
+        else:
+            self._extend(self.path[len(self.crypto)])
+
+    def _extend(self, relay: RelayTarget) -> None:
+        self._handshake = self._new_handshake(relay)
+        specifiers = link_specifiers_for_relay(relay.rsa_id, ipv4=(relay.address, relay.or_port),
+                                               ed25519_identity=relay.ed25519_id)
+        body = encode_extend2_body(specifiers, HandshakeType.NTOR, self._handshake.onionskin)
+        self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
+
+    # ------------------------------------------------------------------------------------ cells in
+
+    def cell_received(self, command: int, payload: bytes) -> None:
+        """A cell for this circuit from the channel."""
+        if command == _RELAY:
+            self._relay_cell_received(payload)
+        elif command == CellCommand.DESTROY:
+            try:
+                reason = decode_destroy_body(payload)
+            except CellParseError:
+                reason = DestroyReason.NONE
+            hop = len(self.crypto) if self.state is CircuitState.BUILDING else None
+            where = f" while extending to {self._hop_name(hop)}" if hop is not None else ""
+            self._closed(CircuitError(f"circuit destroyed by {self.path[0].describe()}{where}: "
+                                      f"{reason_name(DestroyReason, reason)}", reason, remote=True, hop=hop))
+        elif command == CellCommand.CREATED2 and self.state is CircuitState.BUILDING and not self.crypto:
+            try:
+                handshake_data = decode_created2_body(payload)
+            except CellParseError as exc:
+                self._fail(f"{self._hop_name(0)}: malformed CREATED2: {exc}", DestroyReason.PROTOCOL, hop=0)
+                return
+            self._hop_created(handshake_data)
+        elif command == _RELAY_EARLY:
+            self._fail("relay sent an inbound RELAY_EARLY cell", DestroyReason.PROTOCOL)
+        else:
+            self._fail(f"unexpected cell command {command}", DestroyReason.PROTOCOL)
+
+    def _relay_cell_received(self, payload: bytes) -> None:
+        if self.state is CircuitState.CLOSED:
+            return
+        try:
+            hop, plaintext = self.crypto.decrypt_inbound(payload)
+        except RelayCryptoError as exc:
+            self._fail(str(exc), DestroyReason.PROTOCOL)
+            return
+        command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(plaintext)
+        if length > RELAY_PAYLOAD_LEN:
+            self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
+                       DestroyReason.PROTOCOL)
+            return
+        data = plaintext[11:11 + length]
+        if command == _DATA:
+            self.bytes_read += length
+            self.deliver_window -= 1
+            if self.deliver_window < 0:
+                self._fail(f"{self._hop_name(hop)} overran the circuit deliver window", DestroyReason.PROTOCOL)
+                return
+            if self.deliver_window <= CIRCWINDOW_START - CIRCWINDOW_INCREMENT:
+                # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
+                self.deliver_window += CIRCWINDOW_INCREMENT
+                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(self.crypto.last_inbound_digest(hop)),
+                                hop=hop)
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.relay_received(command, data)
+            # Cells for streams already gone are late arrivals after our END: drop them.
+        else:
+            self._control_cell_received(hop, command, data)
+
+    def _control_cell_received(self, hop: int, command: int, data: bytes) -> None:
+        if command == RelayCommand.SENDME:
+            self._sendme_received(hop, data)
+        elif command == RelayCommand.EXTENDED2 and self.state is CircuitState.BUILDING:
+            if hop != len(self.crypto) - 1:
+                self._fail(f"EXTENDED2 from {self._hop_name(hop)}, not the last hop", DestroyReason.PROTOCOL)
+                return
+            try:
+                handshake_data = decode_extended2_body(data)
+            except CellParseError as exc:
+                self._fail(f"{self._hop_name(hop + 1)}: malformed EXTENDED2: {exc}", DestroyReason.PROTOCOL,
+                           hop=hop + 1)
+                return
+            self._hop_created(handshake_data)
+        elif command == RelayCommand.TRUNCATED:
+            try:
+                reason = decode_truncated_body(data)
+            except CellParseError:
+                reason = DestroyReason.NONE
+            failed = hop + 1
+            target = self._hop_name(failed) if failed < len(self.path) else f"beyond hop {hop + 1}"
+            self._fail(f"circuit truncated at {self._hop_name(hop)} ({target} failed: "
+                       f"{reason_name(DestroyReason, reason)})", DestroyReason.NONE, hop=failed,
+                       remote_reason=reason)
+        elif command in (RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED):
+            pass
+        else:
+            # Unknown or unexpected control commands are dropped; they still counted for the digest.
+            pass
+
+    def _sendme_received(self, hop: int, data: bytes) -> None:
+        try:
+            sendme = decode_sendme_body(data)
+        except CellParseError as exc:
+            self._fail(f"malformed SENDME from {self._hop_name(hop)}: {exc}", DestroyReason.PROTOCOL)
+            return
+        if not self._expected_sendme_tags:
+            self._fail(f"{self._hop_name(hop)} sent a circuit SENDME we were not owed", DestroyReason.PROTOCOL)
+            return
+        expected = self._expected_sendme_tags.popleft()
+        if sendme.tag is not None and not hmac.compare_digest(sendme.tag, expected):
+            self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
+                       DestroyReason.PROTOCOL)
+            return
+        was_blocked = self.package_window <= 0
+        self.package_window += CIRCWINDOW_INCREMENT
+        if was_blocked:
+            for stream in list(self.streams.values()):
+                stream.circuit_window_opened()
+
+    # ------------------------------------------------------------------------------------ cells out
+
+    def send_relay(self, command: int, stream_id: int, data: bytes, hop: int | None = None,
+                   early: bool = False) -> None:
+        """Encrypt a relay cell to `hop` (default: the last hop built) and send it."""
+        if self.state is CircuitState.CLOSED:
+            raise CircuitError(f"circuit {self.circ_id:#x} is closed")
+        if hop is None:
+            hop = len(self.crypto) - 1
+        payload = self.crypto.encrypt_outbound(encode_relay_payload(command, stream_id, data), hop)
+        cell_command = _RELAY
+        if early:
+            if self._relay_early_left <= 0:
+                raise CircuitError("no RELAY_EARLY cells left on this circuit")
+            self._relay_early_left -= 1
+            cell_command = _RELAY_EARLY
+        self.channel.send_cell(self.circ_id, cell_command, payload)
+
+    @property
+    def can_package(self) -> bool:
+        return self.package_window > 0 and self.state is CircuitState.OPEN
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        """One RELAY_DATA cell (at most 498 bytes) to the exit, counted against the circuit window."""
+        if self.package_window <= 0:
+            raise CircuitError("circuit package window is empty")
+        last = len(self.crypto) - 1
+        self.send_relay(_DATA, stream_id, data, hop=last)
+        self.package_window -= 1
+        self.bytes_written += len(data)
+        self._data_cells_sent += 1
+        if self._data_cells_sent % CIRCWINDOW_INCREMENT == 0:
+            self._expected_sendme_tags.append(self.crypto.last_outbound_digest(last))
+
+    # ------------------------------------------------------------------------------------ streams
+
+    def allocate_stream_id(self) -> int:
+        for _ in range(MAX_STREAM_ID):
+            stream_id = self._next_stream_id
+            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
+            if stream_id not in self.streams:
+                return stream_id
+        raise CircuitError("no free stream id on this circuit")
+
+    def attach_stream(self, stream: StreamEndpoint) -> None:
+        self.streams[stream.stream_id] = stream
+
+    def detach_stream(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
+        """Send RELAY_END for a stream and forget it."""
+        self.streams.pop(stream_id, None)
+        if self.state is CircuitState.OPEN:
+            self.send_relay(RelayCommand.END, stream_id, encode_end_body(reason))
+
+    # ------------------------------------------------------------------------------------ closing
+
+    def _fail(self, message: str, reason: int, hop: int | None = None, remote_reason: int | None = None) -> None:
+        error = CircuitError(message, reason if remote_reason is None else remote_reason,
+                             remote=remote_reason is not None, hop=hop)
+        self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
+        self._closed(error)
+
+    def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None:
+        """Tear the circuit down ourselves: DESTROY to the guard (a client sends NONE)."""
+        if self.state is CircuitState.CLOSED:
+            return
+        self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
+        self._closed(CircuitError(message, reason))
+
+    def channel_closed(self, reason: str) -> None:
+        """The link under the circuit is gone."""
+        self._closed(CircuitError(f"link to {self.path[0].describe()} closed: {reason}",
+                                  DestroyReason.CHANNEL_CLOSED))
+
+    def _closed(self, error: CircuitError) -> None:
+        if self.state is CircuitState.CLOSED:
+            return
+        self.state = CircuitState.CLOSED
+        self.error = error
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.circuit_closed(error)
+        self.on_closed(self, error)

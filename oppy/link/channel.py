@@ -1,0 +1,229 @@
+"""A channel: one TLS link to one relay, sans IO.
+
+The initiator side of the link handshake (tor-spec "Negotiating and initializing channels"): send VERSIONS,
+read the relay's VERSIONS, CERTS, AUTH_CHALLENGE and NETINFO, verify CERTS against the identity we dialled,
+answer NETINFO. Afterwards the channel frames cells and routes them to circuits by circuit id. Bytes come in
+through `receive_data`; bytes to send are collected and taken with `data_to_send` (the Twisted adapter in
+`oppy.link.connection` does both).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from typing import Callable, NamedTuple, Protocol
+
+from oppy.cell.commands import CellCommand, DestroyReason
+from oppy.cell.errors import CellParseError
+from oppy.cell.framing import encode_cell, encode_versions_cell, CellReader
+from oppy.cell.link import (
+    decode_netinfo_body,
+    decode_versions_body,
+    encode_destroy_body,
+    encode_netinfo_body,
+)
+from oppy.crypto.certs import VerifiedRelayIdentity, verify_relay_certs
+from oppy.crypto.errors import CertificateError
+
+# tor-spec "Negotiating versions with VERSIONS cells": we offer 3, 4 and 5 (0.4.9 answers nothing to a
+# VERSIONS cell offering only newer ones, and closes on 2 alone) and insist on 4 or 5: 4-byte circuit ids,
+# and the consensus requires clients to speak Link=4 (tor-client-checklist.md section 0).
+OFFERED_LINK_VERSIONS = (3, 4, 5)
+MIN_ACCEPTED_LINK_VERSION = 4
+# tor-spec "Choosing circuit IDs": on link versions >= 4 the initiator sets the most significant bit.
+CIRC_ID_INITIATOR_BIT = 0x80000000
+CIRC_ID_RANDOM_MASK = 0x7FFFFFFF
+MAX_CIRC_ID_ATTEMPTS = 64
+
+_RELAY = int(CellCommand.RELAY)
+_IGNORED_COMMANDS = frozenset((CellCommand.PADDING, CellCommand.VPADDING, CellCommand.VERSIONS,
+                               CellCommand.AUTH_CHALLENGE, CellCommand.CERTS, CellCommand.AUTHORIZE))
+_CIRCUIT_COMMANDS = frozenset((CellCommand.RELAY, CellCommand.RELAY_EARLY, CellCommand.DESTROY,
+                               CellCommand.CREATED2, CellCommand.CREATED_FAST, CellCommand.CREATED))
+
+
+class LinkError(Exception):
+    """The link failed: a handshake problem, a protocol violation, or a relay that is not who we dialled."""
+
+
+class ChannelState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class LinkOpened(NamedTuple):
+    """The handshake finished: the relay proved `identity`; `link_version` was negotiated."""
+
+    identity: VerifiedRelayIdentity
+    link_version: int
+    relay_time: int
+
+
+class CircuitEndpoint(Protocol):
+    """What a channel needs from a circuit it carries."""
+
+    def cell_received(self, command: int, payload: bytes) -> None: ...
+
+    def channel_closed(self, reason: str) -> None: ...
+
+
+class Channel:
+    """The sans-IO state of one link to one relay."""
+
+    def __init__(self, expected_rsa_id: bytes, expected_ed25519_id: bytes | None, peer_address: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.expected_rsa_id = expected_rsa_id
+        self.expected_ed25519_id = expected_ed25519_id
+        self.peer_address = peer_address
+        self.clock = clock
+        self.state = ChannelState.HANDSHAKING
+        self.link_version = 0
+        self.identity: VerifiedRelayIdentity | None = None
+        self.peer_certificate_der: bytes | None = None
+        self.circuits: dict[int, CircuitEndpoint] = {}
+        self._reader = CellReader()
+        self._certs_body: bytes | None = None
+        self._outgoing: list[bytes] = [encode_versions_cell(OFFERED_LINK_VERSIONS)]
+        # Called when data becomes pending after the queue was empty, so the adapter can schedule a flush.
+        self.wakeup: Callable[[], None] = lambda: None
+
+    # -------------------------------------------------------------------------------- bytes in and out
+
+    def data_to_send(self) -> bytes:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def receive_data(self, data: bytes) -> list[LinkOpened]:
+        """Feed bytes from the relay. Returns the handshake's completion event when it happens.
+
+        Raises LinkError when the relay breaks the protocol or is not the relay we dialled; the caller
+        then closes the connection (and `close` tells the circuits).
+        """
+        if self.state is ChannelState.CLOSED:
+            return []
+        try:
+            cells = self._reader.feed(data)
+        except CellParseError as exc:
+            raise LinkError(f"malformed cell from {self.peer_address}: {exc}") from None
+        if self.state is ChannelState.OPEN:
+            self._route(cells)
+            return []
+        return self._handshake(cells)
+
+    def _route(self, cells) -> None:
+        """The hot path: hand each circuit cell to its circuit."""
+        circuits = self.circuits
+        for circ_id, command, payload in cells:
+            circuit = circuits.get(circ_id)
+            if circuit is not None and (command == _RELAY or command in _CIRCUIT_COMMANDS):
+                if command == CellCommand.DESTROY:
+                    del circuits[circ_id]
+                circuit.cell_received(command, payload)
+            elif command == CellCommand.PADDING_NEGOTIATE:
+                raise LinkError(f"{self.peer_address} sent PADDING_NEGOTIATE, which only clients send")
+            # Anything else: padding, late cells for circuits already gone, cells we never asked for.
+
+    # -------------------------------------------------------------------------------- handshake
+
+    def _handshake(self, cells) -> list[LinkOpened]:
+        events = []
+        queue = list(cells)
+        while queue:
+            circ_id, command, payload = queue.pop(0)
+            if self.state is ChannelState.OPEN:
+                self._route([(circ_id, command, payload)] + queue)
+                break
+            if self.link_version == 0:
+                if command != CellCommand.VERSIONS:
+                    raise LinkError(f"{self.peer_address} sent command {command} before VERSIONS")
+                queue.extend(self._negotiate_version(payload))
+            elif command == CellCommand.CERTS:
+                if self._certs_body is not None:
+                    raise LinkError(f"{self.peer_address} sent a second CERTS cell")
+                self._certs_body = payload
+            elif command == CellCommand.NETINFO:
+                events.append(self._finish(payload))
+            elif command in _IGNORED_COMMANDS:
+                continue
+            else:
+                raise LinkError(f"{self.peer_address} sent {_command_name(command)} during the link handshake")
+        return events
+
+    def _negotiate_version(self, payload: bytes):
+        try:
+            offered = decode_versions_body(payload)
+        except CellParseError as exc:
+            raise LinkError(f"malformed VERSIONS from {self.peer_address}: {exc}") from None
+        common = set(offered) & set(OFFERED_LINK_VERSIONS)
+        if not common or max(common) < MIN_ACCEPTED_LINK_VERSION:
+            raise LinkError(f"{self.peer_address} offers link versions {sorted(offered)}; we need one of "
+                            f"{[v for v in OFFERED_LINK_VERSIONS if v >= MIN_ACCEPTED_LINK_VERSION]}")
+        self.link_version = max(common)
+        return self._reader.set_link_version(self.link_version)
+
+    def _finish(self, netinfo_payload: bytes) -> LinkOpened:
+        if self._certs_body is None:
+            raise LinkError(f"{self.peer_address} sent NETINFO without CERTS")
+        if self.peer_certificate_der is None:
+            raise LinkError("no TLS peer certificate to check the CERTS cell against")
+        try:
+            identity = verify_relay_certs(self._certs_body, self.peer_certificate_der, self.expected_rsa_id,
+                                          self.expected_ed25519_id, self.clock())
+        except CertificateError as exc:
+            raise LinkError(f"relay at {self.peer_address} failed authentication: {exc}") from None
+        try:
+            netinfo = decode_netinfo_body(netinfo_payload)
+        except CellParseError as exc:
+            raise LinkError(f"malformed NETINFO from {self.peer_address}: {exc}") from None
+        self.identity = identity
+        self._certs_body = None
+        host = self.peer_address.rsplit(":", 1)[0].strip("[]")
+        self._queue(encode_cell(0, CellCommand.NETINFO, encode_netinfo_body(host), self.link_version))
+        self.state = ChannelState.OPEN
+        return LinkOpened(identity, self.link_version, netinfo.timestamp)
+
+    # -------------------------------------------------------------------------------- circuits
+
+    def _queue(self, data: bytes) -> None:
+        outgoing = self._outgoing
+        outgoing.append(data)
+        if len(outgoing) == 1:
+            self.wakeup()
+
+    def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
+        if self.state is not ChannelState.OPEN:
+            raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
+        self._queue(encode_cell(circ_id, command, payload, self.link_version))
+
+    def allocate_circuit_id(self, circuit: CircuitEndpoint) -> int:
+        """A fresh random circuit id with the initiator bit set, registered for `circuit`."""
+        for _ in range(MAX_CIRC_ID_ATTEMPTS):
+            circ_id = CIRC_ID_INITIATOR_BIT | (int.from_bytes(os.urandom(4), "big") & CIRC_ID_RANDOM_MASK)
+            if circ_id != CIRC_ID_INITIATOR_BIT and circ_id not in self.circuits:
+                self.circuits[circ_id] = circuit
+                return circ_id
+        raise LinkError("no free circuit id")
+
+    def destroy_circuit(self, circ_id: int, reason: int = DestroyReason.NONE) -> None:
+        """Forget a circuit and tell the relay (a client sends reason NONE, tor-spec "Tearing down")."""
+        if self.circuits.pop(circ_id, None) is not None and self.state is ChannelState.OPEN:
+            self._queue(encode_cell(circ_id, CellCommand.DESTROY, encode_destroy_body(reason), self.link_version))
+
+    def close(self, reason: str) -> None:
+        """The link is gone: every circuit on it is told once."""
+        if self.state is ChannelState.CLOSED:
+            return
+        self.state = ChannelState.CLOSED
+        circuits, self.circuits = self.circuits, {}
+        for circuit in circuits.values():
+            circuit.channel_closed(reason)
+
+
+def _command_name(command: int) -> str:
+    try:
+        return CellCommand(command).name
+    except ValueError:
+        return f"command {command}"

@@ -1,0 +1,317 @@
+"""A stream, sans IO: one application connection carried over a circuit.
+
+It opens with RELAY_BEGIN (or BEGIN_DIR, or asks RELAY_RESOLVE), chunks application bytes into RELAY_DATA
+cells of at most 498 bytes, keeps its package and deliver windows (tor-spec "Flow control"), sends a stream
+SENDME only once the data was handed to a local client that is reading, and moves through NEW, SENTCONNECT
+(or SENTRESOLVE), SUCCEEDED, FAILED, CLOSED and DETACHED. Whichever side closes first, the application
+(the sink) hears of the end exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Protocol
+
+from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
+from oppy.cell.errors import CellParseError
+from oppy.cell.relay import (
+    ResolvedAnswer,
+    decode_connected_body,
+    decode_end_body,
+    decode_resolved_body,
+    encode_begin_body,
+    encode_resolve_body,
+    encode_reverse_resolve_body,
+)
+
+# tor-spec "Stream-level flow control" / or.h: stream windows count DATA cells.
+STREAMWINDOW_START = 500
+STREAMWINDOW_INCREMENT = 50
+# How many application bytes a stream buffers before it asks its source to stop reading: a little over one
+# full stream window, so a blocked window never leaves the circuit idle, and memory stays bounded.
+DEFAULT_SEND_BUFFER_LIMIT = 256 * 1024
+
+_DATA = int(RelayCommand.DATA)
+
+
+class StreamState(enum.Enum):
+    NEW = "NEW"
+    SENTCONNECT = "SENTCONNECT"
+    SENTRESOLVE = "SENTRESOLVE"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CLOSED = "CLOSED"
+    DETACHED = "DETACHED"
+
+
+class StreamKind(enum.Enum):
+    CONNECT = "connect"
+    RESOLVE = "resolve"
+    RESOLVE_PTR = "resolve_ptr"
+    DIRECTORY = "directory"
+
+
+class StreamEnd(Exception):
+    """Why a stream ended: an END reason (ours or the exit's), or a circuit that went away."""
+
+    def __init__(self, message: str, reason: int, remote: bool, before_connected: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.remote = remote
+        self.before_connected = before_connected
+
+
+class StreamSink(Protocol):
+    """The application side of a stream: a SOCKS connection, a directory fetch, a test."""
+
+    def stream_connected(self, stream: "Stream") -> None: ...
+
+    def stream_resolved(self, stream: "Stream", answers: list[ResolvedAnswer]) -> None: ...
+
+    def stream_data(self, stream: "Stream", data: bytes) -> None: ...
+
+    def stream_writable(self, stream: "Stream", writable: bool) -> None:
+        """The stream can take more application data (True) or its buffer is full (False)."""
+
+    def stream_ended(self, stream: "Stream", end: StreamEnd) -> None: ...
+
+
+class Stream:
+    """One stream. Attach it to an open circuit with `attach`; feed application bytes with `write`."""
+
+    def __init__(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT) -> None:
+        self.sink = sink
+        self.host = host
+        self.port = port
+        self.kind = kind
+        self.state = StreamState.NEW
+        self.circuit = None
+        self.stream_id = 0
+        self.package_window = STREAMWINDOW_START
+        self.deliver_window = STREAMWINDOW_START
+        self.send_buffer_limit = send_buffer_limit
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.end: StreamEnd | None = None
+        self._send_buffer: deque[bytes] = deque()
+        self._send_buffered = 0
+        self._writable = True
+        self._delivery_paused = False
+        self._close_after_flush: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id} {self.state.value} {self.kind.value}>"
+
+    @property
+    def ended(self) -> bool:
+        return self.end is not None
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    # ------------------------------------------------------------------------------ opening
+
+    def attach(self, circuit) -> None:
+        """Put the stream on an open circuit and send BEGIN / BEGIN_DIR / RESOLVE."""
+        if self.ended:
+            raise RuntimeError("stream already ended")
+        self.circuit = circuit
+        self.stream_id = circuit.allocate_stream_id()
+        self.package_window = STREAMWINDOW_START
+        self.deliver_window = STREAMWINDOW_START
+        circuit.attach_stream(self)
+        if self.kind is StreamKind.CONNECT:
+            circuit.send_relay(RelayCommand.BEGIN, self.stream_id, encode_begin_body(self.host, self.port))
+            self.state = StreamState.SENTCONNECT
+        elif self.kind is StreamKind.DIRECTORY:
+            circuit.send_relay(RelayCommand.BEGIN_DIR, self.stream_id, b"")
+            self.state = StreamState.SENTCONNECT
+        elif self.kind is StreamKind.RESOLVE:
+            circuit.send_relay(RelayCommand.RESOLVE, self.stream_id, encode_resolve_body(self.host))
+            self.state = StreamState.SENTRESOLVE
+        else:
+            circuit.send_relay(RelayCommand.RESOLVE, self.stream_id, encode_reverse_resolve_body(self.host))
+            self.state = StreamState.SENTRESOLVE
+
+    def detach(self) -> None:
+        """Take a stream that never connected off its circuit (to retry it elsewhere): END goes to the exit."""
+        if self.circuit is not None and self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
+            self.circuit.end_stream(self.stream_id, EndReason.MISC)
+        self.circuit = None
+        self.stream_id = 0
+        self.state = StreamState.DETACHED
+
+    # ------------------------------------------------------------------------------ cells from the circuit
+
+    def relay_received(self, command: int, data: bytes) -> None:
+        if command == _DATA:
+            self._data_received(data)
+        elif command == RelayCommand.SENDME:
+            self._sendme_received()
+        elif command == RelayCommand.CONNECTED:
+            self._connected(data)
+        elif command == RelayCommand.END:
+            self._end_received(data)
+        elif command == RelayCommand.RESOLVED:
+            self._resolved(data)
+        # Other commands on a stream (XON/XOFF without congestion control, ...) are ignored.
+
+    def _data_received(self, data: bytes) -> None:
+        if self.state is not StreamState.SUCCEEDED:
+            return  # tor-spec: DATA before CONNECTED is a protocol error; late DATA after END is tolerated
+        self.deliver_window -= 1
+        if self.deliver_window < 0:
+            self._finish(StreamEnd("the exit overran the stream deliver window", EndReason.TORPROTOCOL,
+                                   remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
+            return
+        self.bytes_read += len(data)
+        self.sink.stream_data(self, data)
+        if not self._delivery_paused and self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
+            self._send_sendmes()
+
+    def _send_sendmes(self) -> None:
+        circuit = self.circuit
+        while self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT and circuit is not None:
+            self.deliver_window += STREAMWINDOW_INCREMENT
+            circuit.send_relay(RelayCommand.SENDME, self.stream_id, b"")
+
+    def _sendme_received(self) -> None:
+        self.package_window += STREAMWINDOW_INCREMENT
+        if self.package_window > STREAMWINDOW_START:
+            self._finish(StreamEnd("the exit sent a stream SENDME we were not owed", EndReason.TORPROTOCOL,
+                                   remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
+            return
+        self.flush()
+
+    def _connected(self, data: bytes) -> None:
+        if self.state is not StreamState.SENTCONNECT:
+            return
+        if self.kind is not StreamKind.DIRECTORY:
+            try:
+                decode_connected_body(data)
+            except CellParseError:
+                pass  # tor ignores a malformed address in CONNECTED; the stream is open all the same
+        self.state = StreamState.SUCCEEDED
+        self.sink.stream_connected(self)
+        self.flush()
+
+    def _resolved(self, data: bytes) -> None:
+        if self.state is not StreamState.SENTRESOLVE:
+            return
+        try:
+            answers = decode_resolved_body(data)
+        except CellParseError:
+            answers = []
+        self.state = StreamState.SUCCEEDED
+        self.sink.stream_resolved(self, answers)
+        # A RESOLVE opens no stream at the exit: the id is free again without an END.
+        if self.circuit is not None:
+            self.circuit.detach_stream(self.stream_id)
+        self._finish(StreamEnd("resolved", EndReason.DONE, remote=False, before_connected=False), send_end=None)
+
+    def _end_received(self, data: bytes) -> None:
+        try:
+            end = decode_end_body(data)
+            reason = int(end.reason)
+        except CellParseError:
+            reason = EndReason.MISC
+        before = self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
+        if self.circuit is not None:
+            self.circuit.detach_stream(self.stream_id)
+        self._finish(StreamEnd(f"the exit ended the stream: {reason_name(EndReason, reason)}", reason,
+                               remote=True, before_connected=before), send_end=None)
+
+    def circuit_closed(self, error) -> None:
+        before = self.state in (StreamState.NEW, StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
+        self.circuit = None
+        self._finish(StreamEnd(f"circuit closed: {error}", EndReason.DESTROY, remote=False,
+                               before_connected=before), send_end=None)
+
+    def circuit_window_opened(self) -> None:
+        self.flush()
+
+    # ------------------------------------------------------------------------------ application side
+
+    def write(self, data: bytes) -> None:
+        """Application bytes to send; they go out as RELAY_DATA as far as the windows allow."""
+        if self.ended or not data:
+            return
+        self._send_buffer.append(data)
+        self._send_buffered += len(data)
+        self.flush()
+
+    def flush(self) -> None:
+        """Package buffered bytes into DATA cells while both windows are open."""
+        if self.state is not StreamState.SUCCEEDED or self.circuit is None:
+            return
+        circuit = self.circuit
+        buffer = self._send_buffer
+        stream_id = self.stream_id
+        while buffer and self.package_window > 0 and circuit.can_package:
+            chunk = buffer.popleft()
+            if len(chunk) > RELAY_PAYLOAD_LEN:
+                buffer.appendleft(chunk[RELAY_PAYLOAD_LEN:])
+                chunk = chunk[:RELAY_PAYLOAD_LEN]
+            elif len(chunk) < RELAY_PAYLOAD_LEN and buffer:
+                # Fill the cell from the next pieces rather than send a short one.
+                parts = [chunk]
+                size = len(chunk)
+                while buffer and size < RELAY_PAYLOAD_LEN:
+                    piece = buffer.popleft()
+                    room = RELAY_PAYLOAD_LEN - size
+                    if len(piece) > room:
+                        buffer.appendleft(piece[room:])
+                        piece = piece[:room]
+                    parts.append(piece)
+                    size += len(piece)
+                chunk = b"".join(parts)
+            circuit.send_data(stream_id, chunk)
+            self.package_window -= 1
+            self._send_buffered -= len(chunk)
+            self.bytes_written += len(chunk)
+        self._update_writable()
+        if not buffer and self._close_after_flush is not None:
+            reason, self._close_after_flush = self._close_after_flush, None
+            self.close(reason)
+
+    def _update_writable(self) -> None:
+        writable = self._send_buffered < self.send_buffer_limit
+        if writable != self._writable:
+            self._writable = writable
+            self.sink.stream_writable(self, writable)
+
+    def pause_delivery(self) -> None:
+        """The local client stopped reading: grant the exit no more stream SENDMEs."""
+        self._delivery_paused = True
+
+    def resume_delivery(self) -> None:
+        self._delivery_paused = False
+        if self.state is StreamState.SUCCEEDED:
+            self._send_sendmes()
+
+    def close(self, reason: int = EndReason.DONE, flush_first: bool = False) -> None:
+        """The application closed: send END once (after the buffered bytes when `flush_first`)."""
+        if self.ended:
+            return
+        if flush_first and self._send_buffer and self.state is StreamState.SUCCEEDED:
+            self._close_after_flush = reason
+            return
+        self._finish(StreamEnd(f"closed locally: {reason_name(EndReason, reason)}", reason, remote=False,
+                               before_connected=self.state is not StreamState.SUCCEEDED), send_end=reason)
+
+    def _finish(self, end: StreamEnd, send_end: int | None) -> None:
+        if self.ended:
+            return
+        self.end = end
+        if send_end is not None and self.circuit is not None and self.stream_id:
+            self.circuit.end_stream(self.stream_id, send_end)
+        self.state = StreamState.FAILED if end.before_connected else StreamState.CLOSED
+        self._send_buffer.clear()
+        self._send_buffered = 0
+        self.circuit = None
+        self.sink.stream_ended(self, end)
+

@@ -1,0 +1,36 @@
+"""Relays of the private network as RelayTargets: the consensus and microdescriptors fetched from an
+authority's DirPort (a plain HTTP fetch, as a test helper; the daemon has its own directory client)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from oppy.directory.documents import parse_consensus, parse_microdescriptors
+from oppy.link.relay import RelayTarget
+from tests.support.network import TestNetwork
+
+MICRODESCS_PER_REQUEST = 92  # dir-spec: at most 92 digests per request
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=20) as response:
+        return response.read()
+
+
+def relay_targets(network: TestNetwork) -> dict[str, RelayTarget]:
+    """nickname -> RelayTarget for every relay of the network's current consensus."""
+    authority = network.relays("authority")[0]
+    base = f"http://127.0.0.1:{authority['ports']['dir']}"
+    consensus = parse_consensus(fetch(f"{base}/tor/status-vote/current/consensus-microdesc"))
+    digests = [r.microdesc_digest for r in consensus.relays]
+    microdescs = {}
+    for start in range(0, len(digests), MICRODESCS_PER_REQUEST):
+        chunk = digests[start:start + MICRODESCS_PER_REQUEST]
+        batch = parse_microdescriptors(fetch(f"{base}/tor/micro/d/{'-'.join(chunk)}"), wanted=set(chunk))
+        microdescs.update(batch.microdescs)
+    targets = {}
+    for relay in consensus.relays:
+        md = microdescs[relay.microdesc_digest]
+        targets[relay.nickname] = RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
+                                              md.ntor_onion_key, md.ed25519_id)
+    return targets
