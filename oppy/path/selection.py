@@ -1,0 +1,405 @@
+"""Bandwidth-weighted relay choice for each path position, with path constraints.
+
+Sans-IO: a :class:`PathSelector` is built from a parsed consensus and its
+microdescriptors, and every choice takes a ``random.Random`` (pass a seeded one
+for determinism; the default is ``random.SystemRandom``). Rules (path-spec
+"Path selection and constraints", C tor ``node_select.c`` and ``circuitbuild.c``):
+
+* every hop needs ``Running``, ``Valid`` and a microdescriptor (with its ntor key);
+* guard: ``Guard`` + ``Fast`` (+ ``V2Dir`` for a directory guard), not ``MiddleOnly``;
+  middle: ``Fast``; exit: ``Exit``, not ``BadExit``/``MiddleOnly``, ``Fast``,
+  ``Stable`` for long-lived ports, and a policy summary accepting the port.
+  As C tor does, ``Fast``/``Stable`` are dropped when nothing else fits;
+* weight = consensus bandwidth x W(position, class) / ``bwweightscale``;
+* the exit is chosen first, then the guard, then the middle; no relay twice, no
+  two of one family, no two in one IPv4 /16 or IPv6 /32 (unless turned off).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import random
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+from oppy.directory.documents import Consensus, MicrodescRecord, RelayRecord
+
+__all__ = [
+    "Position",
+    "PathNode",
+    "Path",
+    "PathError",
+    "NoPathError",
+    "PathSelector",
+    "LONG_LIVED_PORTS",
+    "bandwidth_weight_table",
+    "relay_weight",
+]
+
+#: Ports whose streams want a Stable exit (path-spec 2.2; tor LongLivedPorts default).
+LONG_LIVED_PORTS = frozenset({21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6667, 6697, 8300})
+#: Default of the ``bwweightscale`` consensus parameter (dir-spec param-spec).
+DEFAULT_BANDWIDTH_WEIGHT_SCALE = 10000
+#: Bandwidth assumed for an entry without a ``w`` line: C tor uses 30000 bytes/s
+#: (``compute_weighted_bandwidths``); consensus bandwidths are in kilobytes/s.
+DEFAULT_BANDWIDTH_KB = 30
+#: Draws tried before filtering the candidate list explicitly (an optimisation
+#: only: both ways sample the same conditional distribution).
+MAX_REJECTION_DRAWS = 64
+
+
+_NO_SUBNETS: frozenset[int] = frozenset()
+
+
+class PathError(ValueError):
+    """Base class of path-selection errors."""
+
+
+class NoPathError(PathError):
+    """No relay satisfies the position's requirements and the path constraints."""
+
+
+class Position(enum.Enum):
+    """A place in a circuit, or a directory fetch; each has its weights (path-spec 2.2)."""
+
+    GUARD = "guard"
+    MIDDLE = "middle"
+    EXIT = "exit"
+    #: A relay to fetch directory documents from with BEGIN_DIR.
+    DIRECTORY = "directory"
+
+
+#: Weight names by position for the classes (guard-only, middle-only, exit-only,
+#: guard+exit), and the BEGIN_DIR multipliers (dir-spec "bandwidth-weights").
+_POSITION_WEIGHTS = {
+    Position.GUARD: ("Wgg", "Wgm", None, "Wgd"),
+    Position.MIDDLE: ("Wmg", "Wmm", "Wme", "Wmd"),
+    Position.EXIT: ("Weg", "Wem", "Wee", "Wed"),
+    Position.DIRECTORY: ("Wbg", "Wbm", "Wbe", "Wbd"),
+}
+_DIR_MULTIPLIERS = ("Wgb", "Wmb", "Web", "Wdb")
+
+
+def bandwidth_weight_table(consensus: Consensus, position: Position) -> tuple[float, ...]:
+    """The 8 factors (Wg, Wm, We, Wd, Wgb, Wmb, Web, Wdb) for a position, divided by the scale.
+
+    A missing or negative weight makes every factor 1.0 (path-spec 2.2; C tor
+    ``compute_weighted_bandwidths``).
+    """
+    scale = consensus.param("bwweightscale", DEFAULT_BANDWIDTH_WEIGHT_SCALE, 1, 2**31 - 1)
+    weights = consensus.bandwidth_weights
+    names = _POSITION_WEIGHTS[position]
+    values: list[float] = []
+    for name in names:
+        values.append(0.0 if name is None else float(weights.get(name, -1)))
+    if position is Position.DIRECTORY:
+        values.extend([float(scale)] * 4)
+    else:
+        values.extend(float(weights.get(name, -1)) for name in _DIR_MULTIPLIERS)
+    if any(value < 0 for value in values):
+        return (1.0,) * 8
+    return tuple(value / scale for value in values)
+
+
+def relay_weight(relay: RelayRecord, table: Sequence[float]) -> float:
+    """Bandwidth x the factor for the relay's class (BadExit counts as non-exit)."""
+    wg, wm, we, wd, wgb, wmb, web, wdb = table
+    flags = relay.flags
+    is_guard = "Guard" in flags
+    is_exit = "Exit" in flags and "BadExit" not in flags
+    is_dir = "V2Dir" in flags
+    if is_guard and is_exit:
+        factor = wd * wdb if is_dir else wd
+    elif is_guard:
+        factor = wg * wgb if is_dir else wg
+    elif is_exit:
+        factor = we * web if is_dir else we
+    else:
+        factor = wm * wmb if is_dir else wm
+    bandwidth = DEFAULT_BANDWIDTH_KB if relay.bandwidth is None else relay.bandwidth
+    return max(bandwidth * factor, 0.0)
+
+
+class PathNode:
+    """A usable relay: its consensus entry, microdescriptor and precomputed keys."""
+
+    __slots__ = ("relay", "microdesc", "fingerprint", "_subnet_v4", "_subnets_v6")
+
+    def __init__(self, relay: RelayRecord, microdesc: MicrodescRecord):
+        self.relay = relay
+        self.microdesc = microdesc
+        self.fingerprint = relay.fingerprint
+        octets = relay.address.split(".")
+        self._subnet_v4 = (int(octets[0]) << 8) | int(octets[1])     # the /16
+        subnets = set()
+        for address, _port in relay.ipv6_or_addresses + microdesc.ipv6_or_addresses:
+            try:
+                subnets.add(int(ipaddress.IPv6Address(address)) >> 96)   # the /32
+            except ValueError:
+                continue    # an IPv4 "a" line: the /16 check covers the main address
+        self._subnets_v6 = frozenset(subnets) if subnets else _NO_SUBNETS
+
+    @property
+    def nickname(self) -> str:
+        return self.relay.nickname
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return self.relay.flags
+
+    def same_subnet(self, other: PathNode) -> bool:
+        """Same IPv4 /16 or a shared IPv6 /32 (tor ``router_addrs_in_same_network``)."""
+        return self._subnet_v4 == other._subnet_v4 or not self._subnets_v6.isdisjoint(other._subnets_v6)
+
+    def __repr__(self) -> str:
+        return f"PathNode({self.relay.nickname} ${self.fingerprint})"
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A three-hop path, in circuit order."""
+
+    guard: PathNode
+    middle: PathNode
+    exit: PathNode
+
+    @property
+    def hops(self) -> tuple[PathNode, PathNode, PathNode]:
+        return (self.guard, self.middle, self.exit)
+
+
+class _WeightedList:
+    """Candidates with cumulative weights for O(log n) weighted draws."""
+
+    __slots__ = ("nodes", "weights", "cumulative", "total")
+
+    def __init__(self, nodes: list[PathNode], weights: list[float]):
+        self.nodes = nodes
+        self.weights = weights
+        self.cumulative = list(accumulate(weights))
+        self.total = self.cumulative[-1] if self.cumulative else 0.0
+
+    def draw(self, rng: random.Random) -> PathNode:
+        if self.total <= 0.0:
+            return self.nodes[rng.randrange(len(self.nodes))]     # all weights 0: uniform
+        index = bisect_right(self.cumulative, rng.random() * self.total)
+        return self.nodes[min(index, len(self.nodes) - 1)]
+
+
+class PathSelector:
+    """Chooses relays for circuits from one consensus and its microdescriptors.
+
+    Build a new selector whenever the consensus or the microdescriptor set
+    changes; it precomputes candidate lists and cumulative weights so a choice
+    costs a few microseconds.
+    """
+
+    def __init__(self, consensus: Consensus, microdescs: Mapping[str, MicrodescRecord], *,
+                 enforce_distinct_subnets: bool = True,
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS):
+        self.consensus = consensus
+        self.enforce_distinct_subnets = enforce_distinct_subnets
+        self.long_lived_ports = frozenset(long_lived_ports)
+        # Consensus parameters that switch family sources on or off (tor nodelist.c).
+        self._use_family_lists = consensus.param("use-family-lists", 1, 0, 1) == 1
+        self._use_family_ids = consensus.param("use-family-ids", 1, 0, 1) == 1
+        self.nodes: list[PathNode] = []
+        self._by_fingerprint: dict[str, PathNode] = {}
+        self.missing_microdescs = 0
+        for relay in consensus.relays:
+            if "Running" not in relay.flags or "Valid" not in relay.flags:
+                continue
+            microdesc = microdescs.get(relay.microdesc_digest) if relay.microdesc_digest else None
+            if microdesc is None:
+                self.missing_microdescs += 1
+                continue
+            node = PathNode(relay, microdesc)
+            self.nodes.append(node)
+            self._by_fingerprint[node.fingerprint] = node
+        self._tables = {position: bandwidth_weight_table(consensus, position) for position in Position}
+        self._lists: dict[tuple, _WeightedList] = {}
+
+    # ---- queries -----------------------------------------------------------
+
+    def node(self, fingerprint: str) -> PathNode | None:
+        """The usable relay with this hex fingerprint (``$`` optional), if any."""
+        return self._by_fingerprint.get(fingerprint.lstrip("$").upper())
+
+    def weight(self, node: PathNode, position: Position) -> float:
+        return relay_weight(node.relay, self._tables[position])
+
+    def in_same_family(self, first: PathNode, second: PathNode) -> bool:
+        """Mutual ``$FP`` listing in ``family``, or a shared ``family-ids`` entry."""
+        a, b = first.microdesc, second.microdesc
+        if self._use_family_lists and first.fingerprint in b.family and second.fingerprint in a.family:
+            return True
+        return self._use_family_ids and not a.family_ids.isdisjoint(b.family_ids)
+
+    def conflicts(self, candidate: PathNode, chosen: Iterable[PathNode]) -> str | None:
+        """Why ``candidate`` cannot share a path with ``chosen``, or None if it can."""
+        for other in chosen:
+            if candidate is other or candidate.fingerprint == other.fingerprint:
+                return f"{candidate!r} is already in the path"
+            if self.in_same_family(candidate, other):
+                return f"{candidate!r} is in the same family as {other!r}"
+            if self.enforce_distinct_subnets and candidate.same_subnet(other):
+                return f"{candidate!r} shares a /16 (IPv4) or /32 (IPv6) with {other!r}"
+        return None
+
+    def eligible(self, node: PathNode, position: Position, port: int | None = None, *,
+                 ipv6: bool = False, strict: bool = True) -> bool:
+        """Does ``node`` meet the position's flag (and, for exits, policy) requirements?
+
+        ``strict=False`` drops the Fast and Stable requirements (tor's fallback).
+        """
+        flags = node.relay.flags
+        if position is Position.MIDDLE:
+            return not strict or "Fast" in flags
+        if position is Position.DIRECTORY:
+            return "V2Dir" in flags
+        if "MiddleOnly" in flags:
+            return False
+        if position is Position.GUARD:
+            return "Guard" in flags and (not strict or "Fast" in flags)
+        # exit
+        if "Exit" not in flags or "BadExit" in flags:
+            return False
+        if strict and ("Fast" not in flags or (port in self.long_lived_ports and "Stable" not in flags)):
+            return False
+        policy = node.microdesc.exit_policy_v6 if ipv6 else node.microdesc.exit_policy
+        return policy.allows_any_port() if port is None else policy.allows_port(port)
+
+    def candidates(self, position: Position, port: int | None = None, *, ipv6: bool = False,
+                   directory_guard: bool = False, strict: bool = True) -> list[PathNode]:
+        """Every relay eligible for a position (before path constraints)."""
+        return list(self._weighted(position, port, ipv6, directory_guard, strict).nodes)
+
+    # ---- choices -----------------------------------------------------------
+
+    def choose_exit(self, rng: random.Random | None = None, port: int | None = None, *,
+                    ipv6: bool = False, exclude: Sequence[PathNode] = ()) -> PathNode:
+        """A weighted exit whose policy summary accepts ``port`` (any port if None)."""
+        return self._choose(Position.EXIT, rng, port=port, ipv6=ipv6, exclude=exclude)
+
+    def choose_guard(self, rng: random.Random | None = None, *, exclude: Sequence[PathNode] = (),
+                     directory: bool = False) -> PathNode:
+        """A weighted guard (a fresh one: circuits should use a :class:`GuardSample`)."""
+        return self._choose(Position.GUARD, rng, exclude=exclude, directory_guard=directory)
+
+    def choose_middle(self, rng: random.Random | None = None, *,
+                      exclude: Sequence[PathNode] = ()) -> PathNode:
+        return self._choose(Position.MIDDLE, rng, exclude=exclude)
+
+    def choose_directory(self, rng: random.Random | None = None, *,
+                         exclude: Sequence[PathNode] = ()) -> PathNode:
+        """A weighted V2Dir relay to fetch documents from (Wb* weights)."""
+        return self._choose(Position.DIRECTORY, rng, exclude=exclude)
+
+    def select_path(self, rng: random.Random | None = None, port: int | None = None, *,
+                    ipv6: bool = False, guards: Sequence[str] | None = None) -> Path:
+        """Exit for ``port`` first, then the guard, then the middle.
+
+        ``guards`` is an ordered list of guard fingerprints (from
+        :meth:`GuardSample.candidates`): the first one that is usable and does
+        not conflict with the exit is taken. Without it a guard is drawn fresh.
+        """
+        rng = rng if rng is not None else random.SystemRandom()
+        exit_node = self.choose_exit(rng, port, ipv6=ipv6)
+        if guards is None:
+            guard = self.choose_guard(rng, exclude=(exit_node,))
+        else:
+            guard = self._first_usable_guard(guards, exit_node)
+        middle = self.choose_middle(rng, exclude=(exit_node, guard))
+        return Path(guard=guard, middle=middle, exit=exit_node)
+
+    # ---- internals ---------------------------------------------------------
+
+    def _first_usable_guard(self, guards: Sequence[str], exit_node: PathNode) -> PathNode:
+        reasons = []
+        for fingerprint in guards:
+            node = self.node(fingerprint)
+            if node is None:
+                reasons.append(f"${fingerprint.lstrip('$')} is not a running relay with a microdescriptor")
+                continue
+            conflict = self.conflicts(node, (exit_node,))
+            if conflict is None:
+                return node
+            reasons.append(conflict)
+        detail = "; ".join(reasons) if reasons else "no guards were offered"
+        raise NoPathError(f"none of the {len(guards)} sampled guards fits exit {exit_node!r}: {detail}")
+
+    def _weighted(self, position: Position, port: int | None, ipv6: bool, directory_guard: bool,
+                  strict: bool) -> _WeightedList:
+        if position is not Position.EXIT:
+            port, ipv6 = None, False
+        key = (position, port, ipv6, directory_guard, strict)
+        cached = self._lists.get(key)
+        if cached is None:
+            table = self._tables[position]
+            nodes = [
+                node for node in self.nodes
+                if self.eligible(node, position, port, ipv6=ipv6, strict=strict)
+                and (not directory_guard or "V2Dir" in node.relay.flags)
+            ]
+            cached = _WeightedList(nodes, [relay_weight(node.relay, table) for node in nodes])
+            if len(self._lists) > 256:      # many distinct exit ports: keep memory bounded
+                self._lists.clear()
+            self._lists[key] = cached
+        return cached
+
+    def _choose(self, position: Position, rng: random.Random | None, *, port: int | None = None,
+                ipv6: bool = False, exclude: Sequence[PathNode] = (),
+                directory_guard: bool = False) -> PathNode:
+        rng = rng if rng is not None else random.SystemRandom()
+        strict_list = self._weighted(position, port, ipv6, directory_guard, True)
+        choice = self._choose_from(strict_list, rng, exclude)
+        if choice is not None:
+            return choice
+        relaxed_list = self._weighted(position, port, ipv6, directory_guard, False)
+        if len(relaxed_list.nodes) > len(strict_list.nodes):
+            choice = self._choose_from(relaxed_list, rng, exclude)
+            if choice is not None:
+                return choice
+        raise NoPathError(self._explain(position, port, ipv6, directory_guard, relaxed_list, exclude))
+
+    def _choose_from(self, weighted: _WeightedList, rng: random.Random,
+                     exclude: Sequence[PathNode]) -> PathNode | None:
+        if not weighted.nodes:
+            return None
+        if not exclude:
+            return weighted.draw(rng)
+        if weighted.total > 0.0:
+            for _ in range(MAX_REJECTION_DRAWS):
+                node = weighted.draw(rng)
+                if self.conflicts(node, exclude) is None:
+                    return node
+        allowed = [(node, weight) for node, weight in zip(weighted.nodes, weighted.weights)
+                   if self.conflicts(node, exclude) is None]
+        if not allowed:
+            return None
+        return _WeightedList([node for node, _ in allowed], [weight for _, weight in allowed]).draw(rng)
+
+    def _explain(self, position: Position, port: int | None, ipv6: bool, directory_guard: bool,
+                 relaxed: _WeightedList, exclude: Sequence[PathNode]) -> str:
+        what = position.value
+        if position is Position.EXIT:
+            what += f" for {'any port' if port is None else f'port {port}'}{' over IPv6' if ipv6 else ''}"
+        if directory_guard:
+            what = "directory guard"
+        base = (f"no {what}: {len(self.nodes)} running relays have microdescriptors "
+                f"({self.missing_microdescs} lack one)")
+        if not relaxed.nodes:
+            requirement = {
+                Position.GUARD: "the Guard flag" + (" and V2Dir" if directory_guard else "")
+                                + " (not MiddleOnly)",
+                Position.MIDDLE: "no extra flag",
+                Position.EXIT: "the Exit flag (not BadExit/MiddleOnly) and a policy accepting the port",
+                Position.DIRECTORY: "the V2Dir flag",
+            }[position]
+            return f"{base}, and none has {requirement}"
+        reasons = sorted({self.conflicts(node, exclude) or "" for node in relaxed.nodes[:50]} - {""})
+        return (f"{base}; all {len(relaxed.nodes)} candidates conflict with the path so far "
+                f"(e.g. {'; '.join(reasons[:3])})")
