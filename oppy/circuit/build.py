@@ -22,7 +22,7 @@ class CircuitBuildError(CircuitError):
 
 
 def build_circuit(links, path: list[RelayTarget], timeout: float = DEFAULT_CIRCUIT_BUILD_TIMEOUT,
-                  reactor=None) -> defer.Deferred:
+                  reactor=None, on_extended=None) -> defer.Deferred:
     """A Deferred that fires with an open `Circuit` through `path`, or fails with CircuitBuildError."""
     reactor = reactor or default_reactor
     result: defer.Deferred = defer.Deferred()
@@ -58,6 +58,8 @@ def build_circuit(links, path: list[RelayTarget], timeout: float = DEFAULT_CIRCU
 
         circuit.on_built = built
         circuit.on_closed = closed
+        if on_extended is not None:
+            circuit.on_extended = on_extended
         try:
             circuit.start()
         except CircuitError as exc:

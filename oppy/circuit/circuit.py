@@ -123,6 +123,7 @@ class Circuit:
         self.bytes_read = 0
         self.bytes_written = 0
         self.on_built: Callable[[Circuit], None] = lambda circuit: None
+        self.on_extended: Callable[[Circuit], None] = lambda circuit: None
         self.on_closed: Callable[[Circuit, CircuitError], None] = lambda circuit, error: None
 
     def __repr__(self) -> str:
@@ -166,6 +167,7 @@ class Circuit:
             self.built_at = self.clock()
             self.on_built(self)
         else:
+            self.on_extended(self)
             self._extend(self.path[len(self.crypto)])
 
     def _extend(self, relay: RelayTarget) -> None:

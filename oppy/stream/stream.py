@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
 from oppy.cell.errors import CellParseError
@@ -100,6 +100,9 @@ class Stream:
         self._writable = True
         self._delivery_paused = False
         self._close_after_flush: int | None = None
+        # Asked when an attempt fails before CONNECTED (an END from the exit, a circuit that closed): True
+        # means the stream will be retried on another circuit, so it goes DETACHED instead of FAILED.
+        self.retry_hook: Callable[[Stream, StreamEnd], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.state.value} {self.kind.value}>"
@@ -137,13 +140,25 @@ class Stream:
             circuit.send_relay(RelayCommand.RESOLVE, self.stream_id, encode_reverse_resolve_body(self.host))
             self.state = StreamState.SENTRESOLVE
 
-    def detach(self) -> None:
+    def detach(self, reason: int = EndReason.MISC) -> None:
         """Take a stream that never connected off its circuit (to retry it elsewhere): END goes to the exit."""
         if self.circuit is not None and self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
-            self.circuit.end_stream(self.stream_id, EndReason.MISC)
+            self.circuit.end_stream(self.stream_id, reason)
+        self._detached()
+
+    def _detached(self) -> None:
+        if self.circuit is not None:
+            self.circuit.detach_stream(self.stream_id)
         self.circuit = None
         self.stream_id = 0
         self.state = StreamState.DETACHED
+
+    def _retry(self, end: StreamEnd) -> bool:
+        """Offer a failed attempt to the retry hook; True when the stream was detached for a retry."""
+        if self.retry_hook is not None and self.retry_hook(self, end):
+            self._detached()
+            return True
+        return False
 
     # ------------------------------------------------------------------------------ cells from the circuit
 
@@ -220,16 +235,21 @@ class Stream:
         except CellParseError:
             reason = EndReason.MISC
         before = self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
+        end = StreamEnd(f"the exit ended the stream: {reason_name(EndReason, reason)}", reason, remote=True,
+                        before_connected=before)
+        if before and self._retry(end):
+            return
         if self.circuit is not None:
             self.circuit.detach_stream(self.stream_id)
-        self._finish(StreamEnd(f"the exit ended the stream: {reason_name(EndReason, reason)}", reason,
-                               remote=True, before_connected=before), send_end=None)
+        self._finish(end, send_end=None)
 
     def circuit_closed(self, error) -> None:
         before = self.state in (StreamState.NEW, StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
+        end = StreamEnd(f"circuit closed: {error}", EndReason.DESTROY, remote=False, before_connected=before)
+        if before and self._retry(end):
+            return
         self.circuit = None
-        self._finish(StreamEnd(f"circuit closed: {error}", EndReason.DESTROY, remote=False,
-                               before_connected=before), send_end=None)
+        self._finish(end, send_end=None)
 
     def circuit_window_opened(self) -> None:
         self.flush()

@@ -1,0 +1,409 @@
+"""Circuit management: which circuit carries which stream, built ahead of demand, isolated, retired.
+
+The rules are tor's (path-spec "When we build", tor-client-checklist.md section 6): clean circuits are built
+ahead of demand so a first request does not wait for a build; a stream goes on an open circuit whose exit
+allows its port, with the same isolation key (SOCKS credentials, NEWNYM epoch), not dirty for longer than
+MaxCircuitDirtiness; a stream without CONNECTED after 10 s (15 s from the third try), or refused by a
+retriable END, is detached and retried on another circuit.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+from typing import Callable
+
+from twisted.internet import defer, reactor as default_reactor
+
+from oppy.cell.commands import DestroyReason, EndReason
+from oppy.circuit.build import DEFAULT_CIRCUIT_BUILD_TIMEOUT, CircuitBuildError, build_circuit
+from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.link.relay import RelayTarget
+from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
+
+log = logging.getLogger(__name__)
+
+# path-spec / tor's MaxCircuitDirtiness default: no new streams on a circuit first used longer ago.
+DEFAULT_MAX_CIRCUIT_DIRTINESS = 600.0
+# tor builds one clean exit circuit at start-up and keeps about two clean ones for the ports in use.
+DEFAULT_PREEMPTIVE_CIRCUITS = 2
+PREEMPTIVE_PORT = 80
+# connection_edge.c compute_retry_timeout: 10 s for the first two tries, 15 s after.
+STREAM_CONNECT_TIMEOUTS = (10.0, 10.0, 15.0)
+MAX_STREAM_ATTEMPTS = 4
+# A resolve failure is retried this many times before it is believed (connection_edge.c MAX_RESOLVE_FAILURES).
+MAX_RESOLVE_FAILURES = 3
+# relay.c edge_reason_is_retriable: the END reasons that mean "try another circuit".
+RETRIABLE_END_REASONS = frozenset((EndReason.HIBERNATING, EndReason.RESOURCELIMIT, EndReason.EXITPOLICY,
+                                   EndReason.RESOLVEFAILED, EndReason.MISC, EndReason.NOROUTE))
+# How many circuits may be building at once (tor's MaxClientCircuitsPending default).
+DEFAULT_MAX_PENDING_CIRCUITS = 32
+
+
+class CircuitStatus(enum.Enum):
+    """The states the control port's CIRC events report."""
+
+    LAUNCHED = "LAUNCHED"
+    EXTENDED = "EXTENDED"
+    BUILT = "BUILT"
+    FAILED = "FAILED"
+    CLOSED = "CLOSED"
+
+
+class CircuitPurpose(enum.Enum):
+    GENERAL = "GENERAL"
+    CONTROLLER = "CONTROLLER"
+
+
+class ManagedCircuit:
+    """A circuit as the client uses it: its number, isolation, dirtiness and status."""
+
+    def __init__(self, number: int, path: list[RelayTarget], purpose: CircuitPurpose, created_at: float,
+                 created_wallclock: float) -> None:
+        self.number = number
+        self.path = path
+        self.purpose = purpose
+        self.created_at = created_at
+        self.created_wallclock = created_wallclock
+        self.status = CircuitStatus.LAUNCHED
+        self.circuit: Circuit | None = None
+        self.isolation: object = None
+        self.dirty_since: float | None = None
+        self.usable = True  # False once a stream timed out on it, or after NEWNYM
+        self.port: int | None = None  # the port it was built for
+        self.error: CircuitError | None = None
+        self.hops_built = 0
+        self.built: defer.Deferred = defer.Deferred()
+
+    def __repr__(self) -> str:
+        return f"<ManagedCircuit {self.number} {self.status.value}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is CircuitStatus.BUILT and self.circuit is not None \
+            and self.circuit.state is CircuitState.OPEN
+
+    @property
+    def exit(self) -> RelayTarget:
+        return self.path[-1]
+
+
+class ManagedStream:
+    """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
+
+    def __init__(self, number: int, stream: Stream, isolation: object, source: str | None) -> None:
+        self.number = number
+        self.stream = stream
+        self.isolation = isolation
+        self.source = source
+        self.attempts = 0
+        self.resolve_failures = 0
+        self.excluded_exits: set[bytes] = set()
+        self.managed_circuit: ManagedCircuit | None = None
+        self.timer = None
+
+
+class CircuitManager:
+    """Owns the client's circuits and attaches streams to them."""
+
+    def __init__(self, links, choose_path: Callable[..., list[RelayTarget]], *,
+                 exit_allows: Callable[[bytes, int], bool] = lambda rsa_id, port: True,
+                 reactor=None, clock: Callable[[], float] = time.monotonic,
+                 max_circuit_dirtiness: float = DEFAULT_MAX_CIRCUIT_DIRTINESS,
+                 build_timeout: float = DEFAULT_CIRCUIT_BUILD_TIMEOUT,
+                 preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
+                 max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
+                 guard_result: Callable[[bytes, bool], None] = lambda rsa_id, ok: None) -> None:
+        self.links = links
+        self.choose_path = choose_path
+        self.exit_allows = exit_allows
+        self.reactor = reactor or default_reactor
+        self.clock = clock
+        self.max_circuit_dirtiness = max_circuit_dirtiness
+        self.build_timeout = build_timeout
+        self.preemptive_circuits = preemptive_circuits
+        self.max_pending = max_pending
+        self.guard_result = guard_result
+        self.circuits: dict[int, ManagedCircuit] = {}
+        self.streams: dict[int, ManagedStream] = {}
+        self._circuit_numbers = itertools.count(1)
+        self._stream_numbers = itertools.count(1)
+        self._newnym_epoch = 0
+        self._running = True
+        self._stream_waiters: list[ManagedStream] = []
+        # Observers for the control port: called with (kind, object), kind "circuit" or "stream".
+        self.observers: list[Callable[[str, object], None]] = []
+        # Called once, when the first circuit is built (the daemon's "Bootstrapped 100%").
+        self.on_first_circuit: Callable[[ManagedCircuit], None] = lambda managed: None
+        self._first_built = False
+        # When False, new streams wait for a controller's ATTACHSTREAM (__LeaveStreamsUnattached).
+        self.attach_automatically = True
+
+    # ------------------------------------------------------------------------------ events
+
+    def _notify(self, kind: str, obj: object) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(kind, obj)
+            except Exception:  # an observer's bug must not break circuits
+                log.exception("observer failed")
+
+    # ------------------------------------------------------------------------------ circuits
+
+    def start(self) -> None:
+        """Build the clean circuits kept ready ahead of demand."""
+        self._top_up()
+
+    def _clean_circuits(self) -> list[ManagedCircuit]:
+        return [m for m in self.circuits.values()
+                if m.purpose is CircuitPurpose.GENERAL and m.isolation is None and m.usable
+                and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.BUILT)]
+
+    def _pending_count(self) -> int:
+        return sum(1 for m in self.circuits.values()
+                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
+
+    def _top_up(self) -> None:
+        if not self._running:
+            return
+        missing = self.preemptive_circuits - len(self._clean_circuits())
+        for _ in range(max(0, missing)):
+            if self._pending_count() >= self.max_pending:
+                break
+            self.launch(PREEMPTIVE_PORT)
+
+    def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
+               purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
+               ) -> ManagedCircuit:
+        """Start building a circuit (for `port`, or through `path`); returns at once, `.built` fires later."""
+        if path is None:
+            path = self.choose_path(port, exclude=exclude)
+        managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time())
+        managed.port = port
+        self.circuits[managed.number] = managed
+        self._notify("circuit", managed)
+
+        def extended(circuit: Circuit) -> None:
+            managed.hops_built = circuit.hops_built
+            managed.status = CircuitStatus.EXTENDED
+            self._notify("circuit", managed)
+
+        def built(circuit: Circuit) -> None:
+            managed.circuit = circuit
+            managed.hops_built = circuit.hops_built
+            managed.status = CircuitStatus.BUILT
+            circuit.on_closed = lambda circuit, error: self._circuit_closed(managed, error)
+            self.guard_result(path[0].rsa_id, True)
+            self._notify("circuit", managed)
+            if not self._first_built:
+                self._first_built = True
+                self.on_first_circuit(managed)
+            managed.built.callback(managed)
+            self._attach_waiting()
+            if not self._running:
+                circuit.close()
+
+        def failed(failure) -> None:
+            error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
+            managed.error = error
+            managed.status = CircuitStatus.FAILED
+            if error.hop == 0:
+                self.guard_result(path[0].rsa_id, False)
+            log.info("circuit %d failed: %s", managed.number, error)
+            self._notify("circuit", managed)
+            managed.status = CircuitStatus.CLOSED
+            self._notify("circuit", managed)
+            self.circuits.pop(managed.number, None)
+            managed.built.errback(error)
+            managed.built.addErrback(lambda f: None)
+            self.reactor.callLater(0, self._after_failure)
+
+        building = build_circuit(self.links, path, timeout=self.build_timeout, reactor=self.reactor,
+                                 on_extended=extended)
+        building.addCallbacks(built, failed)
+        return managed
+
+    def _after_failure(self) -> None:
+        self._top_up()
+        self._attach_waiting()
+
+    def _circuit_closed(self, managed: ManagedCircuit, error: CircuitError) -> None:
+        managed.error = error
+        managed.status = CircuitStatus.CLOSED
+        self.circuits.pop(managed.number, None)
+        log.info("circuit %d closed: %s", managed.number, error)
+        self._notify("circuit", managed)
+        self.reactor.callLater(0, self._top_up)
+
+    def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
+        managed = self.circuits.get(number)
+        if managed is None:
+            return False
+        if managed.circuit is not None:
+            managed.circuit.close(reason, "closed on request")
+        else:
+            managed.usable = False
+        return True
+
+    def newnym(self) -> None:
+        """NEWNYM: no circuit in use so far takes new streams; new streams get new circuits."""
+        self._newnym_epoch += 1
+        for managed in self.circuits.values():
+            managed.usable = False
+        self._top_up()
+
+    def _is_usable_for(self, managed: ManagedCircuit, port: int, isolation: object,
+                       excluded_exits: set[bytes]) -> bool:
+        if not managed.usable or managed.purpose is not CircuitPurpose.GENERAL:
+            return False
+        if managed.isolation is not None and managed.isolation != isolation:
+            return False
+        if managed.dirty_since is not None and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
+            return False
+        if managed.exit.rsa_id in excluded_exits:
+            return False
+        return managed.port == port or self.exit_allows(managed.exit.rsa_id, port)
+
+    # ------------------------------------------------------------------------------ streams
+
+    def isolation_key(self, credentials: object) -> object:
+        """Streams share circuits only with the same credentials in the same NEWNYM epoch."""
+        return (self._newnym_epoch, credentials)
+
+    def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
+                    credentials: object = None, source: str | None = None) -> ManagedStream:
+        """A new stream for an application; it is attached as soon as a fitting circuit is open."""
+        stream = Stream(sink, host, port, kind)
+        managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
+        stream.retry_hook = lambda stream, end: self._retry(managed, end)
+        self.streams[managed.number] = managed
+        self._notify("stream", managed)
+        if self.attach_automatically:
+            self._attach(managed)
+        return managed
+
+    def forget_stream(self, managed: ManagedStream) -> None:
+        self._cancel_timer(managed)
+        self.streams.pop(managed.number, None)
+        if managed in self._stream_waiters:
+            self._stream_waiters.remove(managed)
+
+    def _cancel_timer(self, managed: ManagedStream) -> None:
+        if managed.timer is not None and managed.timer.active():
+            managed.timer.cancel()
+        managed.timer = None
+
+    def _attach(self, managed: ManagedStream) -> None:
+        stream = managed.stream
+        if stream.ended:
+            return
+        port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
+        candidates = [m for m in self.circuits.values() if m.is_open
+                      and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
+        if candidates:
+            # Prefer circuits already carrying this isolation, then the newest.
+            candidates.sort(key=lambda m: (m.isolation is None, -m.created_at))
+            self.attach_to(managed, candidates[0])
+            return
+        pending = [m for m in self.circuits.values()
+                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED)
+                   and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
+        if managed not in self._stream_waiters:
+            self._stream_waiters.append(managed)
+        if not pending:
+            try:
+                self.launch(port, exclude=managed.excluded_exits)
+            except Exception as exc:  # no path: tell the application now
+                self._stream_waiters.remove(managed)
+                stream.retry_hook = None
+                stream.close(EndReason.NOROUTE)
+                log.info("stream %d: no path: %s", managed.number, exc)
+
+    def _attach_waiting(self) -> None:
+        waiting, self._stream_waiters = self._stream_waiters, []
+        for managed in waiting:
+            self._attach(managed)
+
+    def attach_to(self, managed: ManagedStream, target: ManagedCircuit) -> None:
+        """Attach a stream to a given open circuit (also the controller's ATTACHSTREAM)."""
+        if managed in self._stream_waiters:
+            self._stream_waiters.remove(managed)
+        if target.isolation is None and target.purpose is CircuitPurpose.GENERAL:
+            target.isolation = managed.isolation
+        if target.dirty_since is None:
+            target.dirty_since = self.clock()
+        managed.managed_circuit = target
+        managed.attempts += 1
+        managed.stream.attach(target.circuit)
+        self._notify("stream", managed)
+        timeouts = STREAM_CONNECT_TIMEOUTS
+        delay = timeouts[min(managed.attempts - 1, len(timeouts) - 1)]
+        self._cancel_timer(managed)
+        managed.timer = self.reactor.callLater(delay, self._connect_timed_out, managed, target)
+        self.reactor.callLater(0, self._top_up)
+
+    def stream_connected(self, managed: ManagedStream) -> None:
+        """The stream's sink reports CONNECTED (or RESOLVED): stop its retry timer."""
+        self._cancel_timer(managed)
+        self._notify("stream", managed)
+
+    def _connect_timed_out(self, managed: ManagedStream, target: ManagedCircuit) -> None:
+        managed.timer = None
+        stream = managed.stream
+        if stream.state not in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
+            return
+        # The circuit is presumed slow or broken: no new streams on it (tor marks it "unusable").
+        target.usable = False
+        log.info("stream %d: no answer from the exit after attempt %d; trying another circuit",
+                 managed.number, managed.attempts)
+        if managed.attempts >= MAX_STREAM_ATTEMPTS:
+            stream.retry_hook = None
+            stream.close(EndReason.TIMEOUT)
+            return
+        stream.detach(EndReason.TIMEOUT)
+        self._notify("stream", managed)
+        self._attach(managed)
+
+    def _retry(self, managed: ManagedStream, end: StreamEnd) -> bool:
+        """The retry hook of every stream: True when the failed attempt will be retried elsewhere."""
+        self._cancel_timer(managed)
+        if not self._running or managed.attempts >= MAX_STREAM_ATTEMPTS:
+            return False
+        if end.remote:
+            if end.reason not in RETRIABLE_END_REASONS:
+                return False
+            circuit = managed.managed_circuit
+            if end.reason in (EndReason.EXITPOLICY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT):
+                if circuit is not None:
+                    managed.excluded_exits.add(circuit.exit.rsa_id)
+            else:
+                # relay.c connection_ap_process_end_not_open: a resolve failure, MISC or NOROUTE is retried
+                # on another circuit up to MAX_RESOLVE_FAILURES times, and the circuit takes no new streams.
+                managed.resolve_failures += 1
+                if managed.resolve_failures >= MAX_RESOLVE_FAILURES:
+                    return False
+                if circuit is not None:
+                    circuit.usable = False
+        log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
+                 managed.attempts, end)
+        self.reactor.callLater(0, self._reattach, managed)
+        return True
+
+    def _reattach(self, managed: ManagedStream) -> None:
+        self._notify("stream", managed)  # DETACHED
+        self._attach(managed)
+
+    # ------------------------------------------------------------------------------ shutdown
+
+    def close_all(self) -> None:
+        """Clean shutdown: END every stream, DESTROY every circuit."""
+        self._running = False
+        for managed in list(self.streams.values()):
+            managed.stream.retry_hook = None
+            self._cancel_timer(managed)
+            managed.stream.close(EndReason.DONE)
+        for managed in list(self.circuits.values()):
+            if managed.circuit is not None:
+                managed.circuit.close(DestroyReason.FINISHED, "shutting down")

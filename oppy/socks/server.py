@@ -1,0 +1,224 @@
+"""The SOCKS listener: a thin Twisted protocol around `SocksServerConnection`.
+
+Each accepted client gets a `SocksClientProtocol`: bytes go into the sans-IO parser until the request is
+complete, then into a Stream opened by the circuit manager. Backpressure runs both ways through Twisted's
+producer/consumer interfaces: when the stream cannot take more bytes we stop reading from the client, and
+when the client stops reading what we write we stop granting stream SENDMEs to the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from oppy.cell.commands import EndReason, reason_name
+from oppy.cell.relay import ResolvedType
+from oppy.socks.messages import LocalEndReason, Socks5Reply, SocksCommand, is_private_address
+from oppy.socks.protocol import SocksFailure, SocksRequest, SocksServerConnection
+from oppy.stream.stream import StreamEnd, StreamKind
+
+log = logging.getLogger(__name__)
+
+# C tor's SocksTimeout: how long a client may take to finish its SOCKS handshake.
+DEFAULT_HANDSHAKE_TIMEOUT = 120.0
+# How many SOCKS connections may be open at once before new ones are refused (oppy's own limit; C tor
+# has ConnLimit for sockets in general).
+DEFAULT_MAX_CONNECTIONS = 4096
+
+
+@implementer(IPushProducer)
+class SocksClientProtocol(protocol.Protocol):
+    """One SOCKS client connection."""
+
+    def __init__(self, factory: "SocksFactory") -> None:
+        self.factory = factory
+        self.socks = SocksServerConnection()
+        self.managed_stream = None
+        self.stream = None
+        self._timeout = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------ client side
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
+        self.factory.open_connections.add(self)
+        if len(self.factory.open_connections) > self.factory.max_connections:
+            log.warning("refusing a SOCKS connection: %d are open already (the limit)",
+                        self.factory.max_connections)
+            self.transport.abortConnection()
+            return
+        self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout = None
+        log.info("SOCKS client stalled in its handshake for %.0fs; closing it", self.factory.handshake_timeout)
+        self.transport.abortConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.stream is not None:
+            self.stream.write(data)
+            return
+        if self.managed_stream is not None or self._closed:
+            return  # a resolve in progress, or closing: nothing more is read
+        events = self.socks.feed(data)
+        self._send_replies()
+        for event in events:
+            if isinstance(event, SocksRequest):
+                self._cancel_timeout()
+                self._request(event)
+            elif isinstance(event, SocksFailure):
+                log.info("SOCKS request refused: %s", event.reason)
+        if self.socks.should_close:
+            self._close()
+
+    def _send_replies(self) -> None:
+        data = self.socks.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._cancel_timeout()
+        self.transport.loseConnection()
+
+    def _request(self, request: SocksRequest) -> None:
+        factory = self.factory
+        if request.command is SocksCommand.CONNECT and not factory.allow_private_addresses \
+                and is_private_address(request.address):
+            log.info("refusing a SOCKS request for a private address (set TestingTorNetwork or "
+                     "ClientRejectInternalAddresses 0 to allow it)")
+            self.socks.reply_failed_for_end_reason(LocalEndReason.PRIVATE_ADDR)
+            self._send_replies()
+            self._close()
+            return
+        kind = {SocksCommand.CONNECT: StreamKind.CONNECT, SocksCommand.RESOLVE: StreamKind.RESOLVE,
+                SocksCommand.RESOLVE_PTR: StreamKind.RESOLVE_PTR}[request.command]
+        peer = self.transport.getPeer()
+        try:
+            self.managed_stream = factory.manager.open_stream(
+                self, request.address, request.port, kind, credentials=request.isolation_key,
+                source=f"{peer.host}:{peer.port}")
+        except Exception as exc:
+            log.warning("cannot open a stream: %s", exc)
+            self.socks.reply_failed(Socks5Reply.GENERAL_FAILURE)
+            self._send_replies()
+            self._close()
+            return
+        if kind is StreamKind.CONNECT:
+            self.stream = self.managed_stream.stream
+            optimistic = self.socks.take_trailing_data()
+            if optimistic:
+                self.stream.write(optimistic)
+            self.transport.registerProducer(self, True)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self.factory.open_connections.discard(self)
+        self._cancel_timeout()
+        self._closed = True
+        if self.managed_stream is not None:
+            stream = self.managed_stream.stream
+            if not stream.ended:
+                # The application closed: its last bytes still go out, then END (DONE).
+                stream.retry_hook = None
+                stream.close(EndReason.DONE, flush_first=True)
+            if stream.ended:
+                self.factory.manager.forget_stream(self.managed_stream)
+
+    # ------------------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802 - the client's socket is full: stop granting SENDMEs
+        if self.stream is not None:
+            self.stream.pause_delivery()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.stream is not None:
+            self.stream.resume_delivery()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+    # ------------------------------------------------------------------------------ StreamSink
+
+    def stream_connected(self, stream) -> None:
+        self.factory.manager.stream_connected(self.managed_stream)
+        if self._closed:
+            return
+        self.socks.reply_connect_succeeded()
+        self._send_replies()
+
+    def stream_resolved(self, stream, answers) -> None:
+        self.factory.manager.stream_connected(self.managed_stream)
+        if self._closed:
+            return
+        if not answers or answers[0].answer_type in (ResolvedType.ERROR_TRANSIENT, ResolvedType.ERROR_NONTRANSIENT):
+            self.socks.reply_failed(Socks5Reply.HOST_UNREACHABLE)
+        else:
+            answer = answers[0]
+            try:
+                if answer.answer_type == ResolvedType.HOSTNAME:
+                    self.socks.reply_resolved_hostname(answer.value)
+                else:
+                    self.socks.reply_resolved_address(str(answer.value))
+            except Exception:  # an answer the client's SOCKS version cannot carry (IPv6 over SOCKS4)
+                self.socks.reply_failed(Socks5Reply.GENERAL_FAILURE)
+        self._send_replies()
+        self._close()
+
+    def stream_data(self, stream, data: bytes) -> None:
+        self.transport.write(data)
+
+    def stream_writable(self, stream, writable: bool) -> None:
+        if self._closed:
+            return
+        if writable:
+            self.transport.resumeProducing()
+        else:
+            self.transport.pauseProducing()
+
+    def stream_ended(self, stream, end: StreamEnd) -> None:
+        manager = self.factory.manager
+        if self.managed_stream is not None:
+            manager.stream_connected(self.managed_stream)  # stops its timer
+            manager._notify("stream", self.managed_stream)
+            manager.forget_stream(self.managed_stream)
+        if self._closed:
+            return
+        if end.before_connected:
+            log.info("stream failed: %s", end)
+            if stream.kind is not StreamKind.CONNECT and end.reason == EndReason.DONE:
+                self.socks.reply_failed(Socks5Reply.HOST_UNREACHABLE)
+            else:
+                self.socks.reply_failed_for_end_reason(end.reason)
+            self._send_replies()
+        elif end.remote and end.reason not in (EndReason.DONE,):
+            log.info("stream ended by the exit: %s", reason_name(EndReason, end.reason))
+        self._close()
+
+
+class SocksFactory(protocol.Factory):
+    """The SOCKS listener's factory: shared settings and the set of open client connections."""
+
+    def __init__(self, manager, reactor, allow_private_addresses: bool = False,
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.manager = manager
+        self.reactor = reactor
+        self.allow_private_addresses = allow_private_addresses
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.open_connections: set[SocksClientProtocol] = set()
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return SocksClientProtocol(self)
+
+    def close_all(self) -> None:
+        for connection in list(self.open_connections):
+            connection.transport.loseConnection()
