@@ -35,6 +35,7 @@ from oppy.cell.relay import (
     encode_relay_payload,
     encode_sendme_body,
     link_specifiers_for_relay,
+    SendmeVersion,
 )
 from oppy.crypto.errors import HandshakeError, RelayCryptoError
 from oppy.crypto.ntor import NtorClientHandshake
@@ -276,6 +277,12 @@ class Circuit:
         if not self._expected_sendme_tags:
             self._fail(f"{self._hop_name(hop)} sent a circuit SENDME we were not owed", DestroyReason.PROTOCOL)
             return
+        if sendme.version not in (SendmeVersion.UNAUTHENTICATED, SendmeVersion.AUTHENTICATED) or \
+                (sendme.version == SendmeVersion.AUTHENTICATED and sendme.tag is None):
+            # prop 289: a SENDME of a version we do not know tears the circuit down.
+            self._fail(f"{self._hop_name(hop)} sent a SENDME of unknown version {sendme.version}",
+                       DestroyReason.PROTOCOL)
+            return
         expected = self._expected_sendme_tags.popleft()
         if sendme.tag is not None and not hmac.compare_digest(sendme.tag, expected):
             self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
@@ -296,13 +303,13 @@ class Circuit:
             raise CircuitError(f"circuit {self.circ_id:#x} is closed")
         if hop is None:
             hop = len(self.crypto) - 1
-        payload = self.crypto.encrypt_outbound(encode_relay_payload(command, stream_id, data), hop)
         cell_command = _RELAY
         if early:
             if self._relay_early_left <= 0:
                 raise CircuitError("no RELAY_EARLY cells left on this circuit")
             self._relay_early_left -= 1
             cell_command = _RELAY_EARLY
+        payload = self.crypto.encrypt_outbound(encode_relay_payload(command, stream_id, data), hop)
         self.channel.send_cell(self.circ_id, cell_command, payload)
 
     @property

@@ -263,6 +263,7 @@ class Stream:
         self._send_buffer.append(data)
         self._send_buffered += len(data)
         self.flush()
+        self._update_writable()
 
     def flush(self) -> None:
         """Package buffered bytes into DATA cells while both windows are open."""

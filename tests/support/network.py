@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +34,7 @@ class TestNetwork:
     __test__ = False  # not a test class, whatever pytest thinks of its name
 
     state: dict
+    _log_marks: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -65,6 +66,20 @@ class TestNetwork:
     def node(self, nickname: str) -> dict:
         return next(n for n in self.nodes if n["nickname"] == nickname)
 
+    def mark_relay_logs(self) -> None:
+        """Remember how long each relay's notice.log is, so tests can read what was logged since."""
+        for relay in self.relays():
+            path = Path(relay["data_directory"]) / "notice.log"
+            self._log_marks[relay["nickname"]] = path.stat().st_size if path.exists() else 0
+
+    def relay_log_lines_since_mark(self) -> dict[str, list[str]]:
+        lines = {}
+        for relay in self.relays():
+            with open(Path(relay["data_directory"]) / "notice.log", "rb") as log:
+                log.seek(self._log_marks.get(relay["nickname"], 0))
+                lines[relay["nickname"]] = log.read().decode(errors="replace").splitlines()
+        return lines
+
 
 class NetworkLauncher:
     """Starts `scripts/testnet up` in the background once, waits for it, and brings the network down."""
@@ -91,6 +106,7 @@ class NetworkLauncher:
             env = subprocess.run([sys.executable, str(TESTNET), "env", "--dir", EXTERNAL_DIR, "--json"],
                                  capture_output=True, text=True, check=True)
             self.network = TestNetwork(json.loads(env.stdout))
+            self.network.mark_relay_logs()
         if self.network is None and self.error is None:
             self.start()
             code = self.process.wait()
@@ -101,6 +117,7 @@ class NetworkLauncher:
                 env = subprocess.run([sys.executable, str(TESTNET), "env", "--dir", str(RUN_DIR), "--json"],
                                      capture_output=True, text=True, check=True)
                 self.network = TestNetwork(json.loads(env.stdout))
+                self.network.mark_relay_logs()
                 sys.stderr.write("\n" + output)
         if self.error:
             raise RuntimeError(self.error)
