@@ -1,0 +1,1160 @@
+"""oppy's configuration: tor's torrc syntax, tor's option names, tor's defaults.
+
+A tor user's torrc works here for every option oppy supports, and fails with tor's own words for the
+rest (``Unknown option 'Foo'.  Failing.``). References: tor(1) "THE CONFIGURATION FILE FORMAT" and
+"COMMAND-LINE OPTIONS"; C tor ``lib/encoding/confline.c`` (line syntax), ``lib/encoding/cstring.c``
+(quoted values), ``lib/confmgt/confmgt.c`` (repeats, ``+``/``/`` prefixes, empty values),
+``lib/confmgt/unitparse.c`` (intervals) and ``app/config/config.c`` (ports, logs, defaults).
+
+The core is sans-IO: :func:`parse_torrc_text` and :func:`config_from_lines` take text and lines.
+Only :func:`read_torrc_file`, :func:`load_config` and ``%include`` touch the file system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import glob
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "UnknownOptionError",
+    "LineCommand",
+    "ConfigLine",
+    "PortConfig",
+    "LogSpec",
+    "ConfigSource",
+    "Config",
+    "CommandLine",
+    "SEVERITIES",
+    "OPTION_NAMES",
+    "parse_torrc_text",
+    "read_torrc_file",
+    "config_from_lines",
+    "config_from_torrc_text",
+    "parse_command_line",
+    "config_from_command_line",
+    "load_config",
+    "load_config_from_source",
+    "reload_config",
+    "AUTO_PORT",
+    "ISOLATION_FLAGS",
+    "DEFAULT_SOCKS_FLAGS",
+    "canonical_option_name",
+    "option_type_name",
+    "parse_interval",
+    "quote_value",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is malformed or invalid. The message is one line a user can act on."""
+
+    def __init__(self, message: str, option: str | None = None, value: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value
+
+
+class UnknownOptionError(ConfigError):
+    """An option name oppy does not know (tor: ``Unknown option 'Foo'.  Failing.``)."""
+
+    def __init__(self, option: str) -> None:
+        super().__init__(f"Unknown option '{option}'.  Failing.", option=option)
+
+
+# --------------------------------------------------------------------------- line syntax
+
+# C tor TOR_ISSPACE: the characters the torrc parser skips as white space.
+_SPACE = " \t\n\r\v\f"
+# confline.c MAX_INCLUDE_RECURSION_LEVEL: how deep %include may nest.
+MAX_INCLUDE_RECURSION_LEVEL = 31
+INCLUDE_KEYWORD = "%include"
+
+
+class LineCommand(enum.Enum):
+    """What a configuration line does to an option that already has values (confline.h)."""
+
+    NORMAL = "normal"  # set; a list option's first line in a new source replaces the older list
+    APPEND = "append"  # "+Option value": add to the list from earlier sources
+    CLEAR = "clear"  # "/Option": drop every earlier value (back to the default)
+
+
+@dataclass(frozen=True)
+class ConfigLine:
+    """One ``Keyword value`` line as written (keyword not yet checked or put in canonical case)."""
+
+    key: str
+    value: str
+    command: LineCommand = LineCommand.NORMAL
+
+
+def _decode_quoted(text: str, start: int) -> tuple[str, int]:
+    """Decode the C-style quoted string that opens at ``text[start]`` (cstring.c unescape_string).
+
+    Returns the value and the index just past the closing quote. Escapes: ``\\n \\r \\t \\" \\\\ \\'``,
+    ``\\xHH`` and up to three octal digits (at most 255); a newline or the end inside the quotes is an error.
+    """
+    out = bytearray()
+    i = start + 1
+    n = len(text)
+    while True:
+        if i >= n or text[i] == "\n":
+            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
+        char = text[i]
+        if char == '"':
+            return out.decode("utf-8", "surrogateescape"), i + 1
+        if char != "\\":
+            out += char.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        escape = text[i + 1 : i + 2]
+        if escape in ("x", "X"):
+            digits = text[i + 2 : i + 4]
+            if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
+            out.append(int(digits, 16))
+            i += 4
+        elif escape and escape in "01234567":
+            j = i + 1
+            while j < n and j < i + 4 and text[j] in "01234567":
+                j += 1
+            number = int(text[i + 1 : j], 8)
+            if number > 0xFF:
+                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
+            out.append(number)
+            i = j
+        elif escape in ("n", "r", "t"):
+            out += {"n": b"\n", "r": b"\r", "t": b"\t"}[escape]
+            i += 2
+        elif escape in ('"', "\\", "'"):
+            out += escape.encode()
+            i += 2
+        else:
+            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
+
+
+def _strip_continuations(raw: str) -> str:
+    """Inside a continued value, drop ``\\`` + newline pairs and comments (with their newline)."""
+    out: list[str] = []
+    i = 0
+    n = len(raw)
+    while i < n:
+        if raw[i] == "#":
+            end = raw.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif raw.startswith("\\\n", i):
+            i += 2
+        else:
+            out.append(raw[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_lines(text: str) -> list[tuple[str, str]]:
+    """Split torrc text into (keyword, value) pairs exactly as C tor's
+    ``parse_config_line_from_str_verbose`` does, comments and continuations included."""
+    pairs: list[tuple[str, str]] = []
+    n = len(text)
+    pos = 0
+    while True:
+        # Skip white space and whole-line comments up to the next keyword.
+        while True:
+            while pos < n and text[pos] in _SPACE:
+                pos += 1
+            if pos < n and text[pos] == "#":
+                end = text.find("\n", pos)
+                pos = n if end < 0 else end
+            else:
+                break
+        if pos >= n:
+            return pairs
+        key_start = pos
+        while pos < n and text[pos] not in _SPACE and text[pos] != "#" and not text.startswith("\\\n", pos):
+            pos += 1
+        key = text[key_start:pos]
+        while pos < n and text[pos] in " \t":
+            pos += 1
+        value_start = pos
+        if pos < n and text[pos] == '"':
+            value, pos = _decode_quoted(text, pos)
+            while pos < n and text[pos] in " \t":
+                pos += 1
+            if pos < n and text[pos] == "\r":
+                pos += 1
+                if pos < n and text[pos] == "\n":
+                    pos += 1
+            if pos < n and text[pos] not in "#\n":
+                raise ConfigError("Error while parsing configuration: Excess data after quoted string")
+        else:
+            continuation = False
+            while pos < n and text[pos] != "\n" and (text[pos] != "#" or continuation):
+                if text.startswith("\\\n", pos):
+                    continuation = True
+                    pos += 2
+                elif text[pos] == "#":
+                    end = text.find("\n", pos)
+                    pos = n if end < 0 else end + 1
+                else:
+                    pos += 1
+            end = pos
+            if pos < n and text[pos] == "\n":
+                pos += 1
+            while end > value_start and text[end - 1] in _SPACE:
+                end -= 1
+            value = text[value_start:end]
+            if continuation:
+                value = _strip_continuations(value)
+        if pos < n and text[pos] == "#":
+            end = text.find("\n", pos)
+            pos = n if end < 0 else end
+        pairs.append((key, value))
+
+
+IncludeHandler = Callable[[str, int], list[ConfigLine]]
+
+
+def parse_torrc_text(text: str, *, include_handler: IncludeHandler | None = None,
+                     recursion_level: int = 1) -> list[ConfigLine]:
+    """The lines of a torrc, in order, with ``+Option`` / ``/Option`` prefixes decoded.
+
+    ``%include PATH`` lines go to ``include_handler(path, recursion_level)``; without one they are
+    an error (``config_from_torrc_text`` has no file system to read from).
+    """
+    if recursion_level > MAX_INCLUDE_RECURSION_LEVEL:
+        raise ConfigError(f"Error while parsing configuration: more than {MAX_INCLUDE_RECURSION_LEVEL} "
+                          "nested %includes.")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines: list[ConfigLine] = []
+    for key, value in _split_lines(text):
+        if key == INCLUDE_KEYWORD:
+            if include_handler is None:
+                raise ConfigError(f"%include is only supported in a torrc file read with -f (here: "
+                                  f"'%include {value}')", option=INCLUDE_KEYWORD, value=value)
+            lines.extend(include_handler(value, recursion_level + 1))
+            continue
+        command = LineCommand.NORMAL
+        if key.startswith("+"):
+            key, command = key[1:], LineCommand.APPEND
+        elif key.startswith("/"):
+            key, value, command = key[1:], "", LineCommand.CLEAR
+        lines.append(ConfigLine(key, value, command))
+    return lines
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(f'Unable to open configuration file "{path}": {exc.strerror or exc}') from None
+    # files.c read_file_to_str: tor drops every CR from a text file before parsing it.
+    return data.decode("utf-8", "surrogateescape").replace("\r", "")
+
+
+def _include_paths(pattern: str) -> list[str]:
+    """tor(1) %include: expand wildcards, sort; a folder contributes its own files (not dot files,
+    not sub-folders), in lexical order."""
+    pattern = os.path.expanduser(pattern)
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not matches:
+        raise ConfigError(f'Error reading included configuration file or directory: "{pattern}".')
+    files: list[str] = []
+    for match in matches:
+        if os.path.isdir(match):
+            for name in sorted(os.listdir(match)):
+                full = os.path.join(match, name)
+                if not name.startswith(".") and os.path.isfile(full):
+                    files.append(full)
+        else:
+            files.append(match)
+    return files
+
+
+def read_torrc_file(path: str, *, recursion_level: int = 1) -> list[ConfigLine]:
+    """The lines of the torrc at ``path`` (``-`` is standard input), ``%include`` expanded."""
+
+    def include(pattern: str, level: int) -> list[ConfigLine]:
+        lines: list[ConfigLine] = []
+        for included in _include_paths(pattern):
+            lines.extend(read_torrc_file(included, recursion_level=level))
+        return lines
+
+    return parse_torrc_text(_read_text(path), include_handler=include, recursion_level=recursion_level)
+
+
+def quote_value(value: str) -> str:
+    """``value`` as it must be written in a torrc: bare when the parser gives it back unchanged, else
+    quoted with C escapes (confmgt.c config_value_needs_escape, plus the cases our parser would strip)."""
+    needs_quotes = (
+        value == ""
+        or value[0] in _SPACE + '"'
+        or value[-1] in _SPACE + "\\"
+        or any(not (" " <= char <= "~") or char == "#" for char in value)
+    )
+    if not needs_quotes:
+        return value
+    out = ['"']
+    for byte in value.encode("utf-8", "surrogateescape"):
+        char = chr(byte)
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    out.append('"')
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- value types
+
+# unitparse.c time_units: interval units and their length in seconds.
+_TIME_UNITS = {
+    "": 1, "second": 1, "seconds": 1,
+    "minute": 60, "minutes": 60,
+    "hour": 3600, "hours": 3600,
+    "day": 86400, "days": 86400,
+    "week": 7 * 86400, "weeks": 7 * 86400,
+    "month": 2629728, "months": 2629728,  # about 30.437 days
+}
+# type_defs.c: intervals and integers are C ints.
+_INT_MAX = 2**31 - 1
+_INTERVAL_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)")
+_INT_RE = re.compile(r"-?[0-9]+")
+
+
+def _bad(name: str, value: str, reason: str) -> ConfigError:
+    return ConfigError(f"Could not parse {name} '{value}': {reason}", option=name, value=value)
+
+
+def parse_interval(value: str, name: str = "interval") -> int:
+    """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
+    match = _INTERVAL_RE.fullmatch(value.strip())
+    if not match:
+        raise _bad(name, value, "expected a number of seconds, or a number and a unit such as '10 minutes'")
+    number, unit = match.groups()
+    multiplier = _TIME_UNITS.get(unit.lower())
+    if multiplier is None:
+        raise _bad(name, value, f"unknown unit '{unit}' (use seconds, minutes, hours, days, weeks or months)")
+    seconds = int(float(number) * multiplier) if "." in number else int(number) * multiplier
+    if seconds > _INT_MAX:
+        raise _bad(name, value, "the interval is too long")
+    return seconds
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value not in ("0", "1"):
+        raise _bad(name, value, "allowed values are 0 and 1")
+    return value == "1"
+
+
+def _encode_bool(value: bool) -> list[str]:
+    return ["1" if value else "0"]
+
+
+def _int_parser(minimum: int, maximum: int) -> Callable[[str, str], int]:
+    def parse(name: str, value: str) -> int:
+        if not _INT_RE.fullmatch(value) or not minimum <= int(value) <= maximum:
+            raise _bad(name, value, f"expected an integer between {minimum} and {maximum}")
+        return int(value)
+
+    return parse
+
+
+def _encode_int(value: int) -> list[str]:
+    return [str(value)]
+
+
+def _encode_optional_string(value: str | None) -> list[str]:
+    return [] if value is None else [value]
+
+
+def _parse_filename(name: str, value: str) -> str:
+    if "\0" in value:
+        raise _bad(name, value, "a file name cannot contain NUL")
+    return value
+
+
+def _parse_interval_option(name: str, value: str) -> int:
+    return parse_interval(value, name)
+
+
+# config.c MIN_MAX_CIRCUIT_DIRTINESS / MAX_MAX_CIRCUIT_DIRTINESS: tor raises or lowers the value to these.
+MIN_MAX_CIRCUIT_DIRTINESS = 10
+MAX_MAX_CIRCUIT_DIRTINESS = 30 * 24 * 3600
+# config.c RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT: tor warns below this.
+RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT = 10
+# config.c MAX_MAX_CLIENT_CIRCUITS_PENDING.
+MAX_MAX_CLIENT_CIRCUITS_PENDING = 1024
+
+
+def _parse_safe_logging(name: str, value: str) -> str:
+    lowered = value.lower()
+    if lowered not in ("0", "1", "relay"):
+        raise _bad(name, value, "allowed values are 0, 1 and relay")
+    return lowered
+
+
+def _parse_hashed_password(name: str, value: str) -> str:
+    from oppy.control.auth import ControlAuthError, decode_hashed_password
+
+    try:
+        decode_hashed_password(value)
+    except ControlAuthError:
+        raise _bad(name, value, "wrong length or bad encoding (make one with oppy --hash-password)") from None
+    return value
+
+
+def _parse_pid(name: str, value: str) -> str:
+    if not value.isdigit():
+        raise _bad(name, value, "expected a process id")
+    return value
+
+
+def _validated_directory_line(kind: str) -> Callable[[str, str], str]:
+    """Keep DirAuthority / FallbackDir lines raw, but refuse the malformed ones now (with the directory
+    layer's parser when it is there) so that ``--verify-config`` catches them."""
+
+    def parse(name: str, value: str) -> str:
+        try:
+            from oppy.directory import authorities
+        except ImportError:  # the directory layer will parse them itself
+            return value
+        parser = authorities.parse_dir_authority_line if kind == "authority" else authorities.parse_fallback_dir_line
+        try:
+            parser(value)
+        except ValueError as exc:
+            raise _bad(name, value, str(exc)) from None
+        return value
+
+    return parse
+
+
+# --------------------------------------------------------------------------- ports
+
+# or.h ISO_* and tor(1) SocksPort: the flags a client port understands, and the ones on by default.
+ISOLATION_FLAGS = frozenset({"IsolateClientAddr", "IsolateSOCKSAuth", "IsolateClientProtocol",
+                             "IsolateDestPort", "IsolateDestAddr"})
+_SOCKS_FLAG_NAMES = (
+    *sorted(ISOLATION_FLAGS),
+    "KeepAliveIsolateSOCKSAuth", "IPv4Traffic", "IPv6Traffic", "PreferIPv6", "DNSRequest", "OnionTraffic",
+    "CacheIPv4DNS", "CacheIPv6DNS", "UseIPv4Cache", "UseIPv6Cache", "PreferIPv6Automap", "PreferSOCKSNoAuth",
+    "ExtendedErrors",
+)
+_SOCKS_FLAGS_BY_LOWER = {flag.lower(): flag for flag in _SOCKS_FLAG_NAMES}
+# config.c port_cfg_new: the flags a client port has before its line says anything.
+DEFAULT_SOCKS_FLAGS = frozenset({"IsolateClientAddr", "IsolateSOCKSAuth", "IPv4Traffic", "IPv6Traffic",
+                                 "DNSRequest", "OnionTraffic", "PreferIPv6Automap"})
+# Flag words that stand for several flags (config.c port_parse_config).
+_FLAG_GROUPS = {"cachedns": ("CacheIPv4DNS", "CacheIPv6DNS"), "usednscache": ("UseIPv4Cache", "UseIPv6Cache")}
+_UNIX_ONLY_FLAGS = frozenset({"groupwritable", "worldwritable", "relaxdirmodecheck"})
+# tor(1): SocksPort defaults to 9050 and client ports listen on 127.0.0.1 unless an address is given.
+DEFAULT_SOCKS_PORT = 9050
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
+AUTO_PORT = 0  # a listener whose port the operating system picks ("auto")
+_MAX_PORT = 65535
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    """One SocksPort or ControlPort listener.
+
+    ``port`` 0 means ``auto`` (the operating system picks; ``SocksPort 0`` itself disables the option
+    and leaves no PortConfig). ``flags`` is the set of flags in effect once tor's defaults and the
+    line's ``Flag`` / ``NoFlag`` words are applied, e.g. ``"IsolateDestAddr" in port.flags``.
+    ``value`` is the torrc text, given back by GETCONF.
+    """
+
+    address: str
+    port: int
+    flags: frozenset[str] = frozenset()
+    session_group: int | None = None
+    value: str = ""
+
+    @property
+    def is_auto(self) -> bool:
+        return self.port == AUTO_PORT
+
+    @property
+    def isolation(self) -> frozenset[str]:
+        """The Isolate* flags in effect."""
+        return self.flags & ISOLATION_FLAGS
+
+    @property
+    def is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.address).is_loopback
+
+
+def _parse_listen_address(name: str, value: str, text: str) -> tuple[str, int | None]:
+    """``ADDR:PORT``, ``[V6]:PORT`` or an address alone (port None)."""
+    host, port_text = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise _bad(name, value, f"unterminated IPv6 address in '{text}'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise _bad(name, value, f"could not parse address '{text}'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if host.lower() == "localhost":
+        host = DEFAULT_LISTEN_ADDRESS
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise _bad(name, value, f"could not parse address '{host}' (oppy needs an IP address)") from None
+    if port_text is None:
+        return address, None
+    if port_text.lower() == "auto":
+        return address, AUTO_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= _MAX_PORT:
+        raise _bad(name, value, f"port '{port_text}' out of range (1-{_MAX_PORT})")
+    return address, int(port_text)
+
+
+def _parse_port_line(name: str, value: str, *, client_flags: bool) -> PortConfig | None:
+    """One SocksPort/ControlPort value (config.c port_parse_config); None for ``0``."""
+    words = value.split()
+    if not words:
+        raise _bad(name, value, "no address or port")
+    addrport, flag_words = words[0], words[1:]
+    if addrport.lower().startswith("unix:"):
+        raise _bad(name, value, "oppy does not support unix sockets")
+    if addrport.lower() == "auto":
+        address, port = DEFAULT_LISTEN_ADDRESS, AUTO_PORT
+    elif addrport.isdigit():
+        if int(addrport) > _MAX_PORT:
+            raise _bad(name, value, f"port {addrport} out of range (0-{_MAX_PORT})")
+        address, port = DEFAULT_LISTEN_ADDRESS, int(addrport)
+        if port == 0:
+            if flag_words:
+                raise _bad(name, value, "a disabled port takes no flags")
+            return None
+    else:
+        address, explicit_port = _parse_listen_address(name, value, addrport)
+        if explicit_port is None:
+            raise _bad(name, value, "address but no port")
+        port = explicit_port
+    flags = set(DEFAULT_SOCKS_FLAGS) if client_flags else set()
+    session_group = None
+    for word in flag_words:
+        lowered = word.lower()
+        if lowered.startswith("sessiongroup=") and client_flags:
+            group = word[len("SessionGroup="):]
+            if not group.isdigit() or int(group) > _INT_MAX:
+                raise _bad(name, value, f"invalid option '{word}'")
+            if session_group is not None:
+                raise _bad(name, value, "more than one SessionGroup")
+            session_group = int(group)
+            continue
+        negated = lowered.startswith("no")
+        base = lowered[2:] if negated else lowered
+        if base in _UNIX_ONLY_FLAGS:
+            raise _bad(name, value, f"'{word}' applies to unix sockets only")
+        if not client_flags:
+            raise _bad(name, value, f"unrecognized {name} option '{word}'")
+        if base == "oniontrafficonly":
+            if negated:
+                raise _bad(name, value, "NoOnionTrafficOnly is not supported; use DNSRequest, IPv4Traffic "
+                                        "and/or IPv6Traffic")
+            flags -= {"IPv4Traffic", "IPv6Traffic", "DNSRequest"}
+            continue
+        if base in _FLAG_GROUPS:
+            targets: Sequence[str] = _FLAG_GROUPS[base]
+        else:
+            canonical = _SOCKS_FLAGS_BY_LOWER.get(base)
+            if canonical is None and base.endswith("s"):  # tor accepts plurals: IsolateDestAddrs
+                canonical = _SOCKS_FLAGS_BY_LOWER.get(base[:-1])
+            if canonical is None:
+                raise _bad(name, value, f"unrecognized {name} option '{word}'")
+            targets = (canonical,)
+        if negated:
+            flags.difference_update(targets)
+        else:
+            flags.update(targets)
+    if client_flags:
+        if not flags & {"IPv4Traffic", "IPv6Traffic", "OnionTraffic"}:
+            raise _bad(name, value, "IPv4, IPv6 and .onion are all disabled; that won't work")
+        if "DNSRequest" in flags and not flags & {"IPv4Traffic", "IPv6Traffic"}:
+            raise _bad(name, value, "DNSRequest is enabled but IPv4 and IPv6 are disabled")
+        if "KeepAliveIsolateSOCKSAuth" in flags and "IsolateSOCKSAuth" not in flags:
+            raise _bad(name, value, "both NoIsolateSOCKSAuth and KeepAliveIsolateSOCKSAuth are set")
+        if "IsolateSOCKSAuth" not in flags:
+            flags.add("PreferSOCKSNoAuth")  # as tor does: nothing to isolate on, so prefer no auth
+    return PortConfig(address, port, frozenset(flags), session_group, value)
+
+
+def _port_list_parser(client_flags: bool) -> Callable[[str, list[str]], tuple[PortConfig, ...]]:
+    def parse(name: str, values: list[str]) -> tuple[PortConfig, ...]:
+        ports = [_parse_port_line(name, value, client_flags=client_flags) for value in values]
+        listeners = tuple(port for port in ports if port is not None)
+        if listeners and len(listeners) != len(ports):
+            raise ConfigError(f"You specified a nonzero {name} along with '{name} 0' in the same "
+                              f"configuration. Did you mean to disable {name} or not?", option=name)
+        return listeners
+
+    return parse
+
+
+DEFAULT_SOCKS_PORT_CONFIG = PortConfig(DEFAULT_LISTEN_ADDRESS, DEFAULT_SOCKS_PORT, DEFAULT_SOCKS_FLAGS, None,
+                                       str(DEFAULT_SOCKS_PORT))
+
+
+def _encode_socks_ports(ports: tuple[PortConfig, ...]) -> list[str]:
+    return [port.value or f"{_format_addrport(port)}" for port in ports] or ["0"]
+
+
+def _encode_control_ports(ports: tuple[PortConfig, ...]) -> list[str]:
+    return [port.value or f"{_format_addrport(port)}" for port in ports]
+
+
+def _format_addrport(port: PortConfig) -> str:
+    host = f"[{port.address}]" if ":" in port.address else port.address
+    return f"{host}:{'auto' if port.is_auto else port.port}"
+
+
+# --------------------------------------------------------------------------- logs
+
+#: tor's severities, least to most severe (log.c parse_log_level).
+SEVERITIES = ("debug", "info", "notice", "warn", "err")
+LOG_DESTINATIONS = ("stdout", "stderr", "file")
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One ``Log`` line: messages from ``min_severity`` to ``max_severity`` go to stdout, stderr or a file."""
+
+    min_severity: str = "notice"
+    max_severity: str = "err"
+    destination: str = "stdout"
+    path: str | None = None
+    value: str = ""
+
+    def accepts(self, severity: str) -> bool:
+        """True if a message of ``severity`` belongs in this destination."""
+        return SEVERITIES.index(self.min_severity) <= SEVERITIES.index(severity) <= SEVERITIES.index(
+            self.max_severity)
+
+
+def _parse_log_value(name: str, value: str) -> LogSpec:
+    """``[min[-max]] [stdout|stderr|file PATH]`` (config.c options_init_logs, log.c
+    parse_log_severity_config). Domains (``[net]info``) and syslog are tor features oppy lacks."""
+    text = value.strip()
+    if text.startswith("["):
+        raise _bad(name, value, "log domains ([domain]severity) are not supported by oppy")
+    words = text.split(None, 1)
+    if not words:
+        raise _bad(name, value, "no severity")
+    severity_word = words[0]
+    rest = words[1] if len(words) > 1 else ""
+    low, _, high = severity_word.partition("-")
+    high = high or "err"
+    for level in (low, high):
+        if level.lower() not in SEVERITIES:
+            raise _bad(name, value, f"unknown severity '{level}' (expected one of {', '.join(SEVERITIES)})")
+    low, high = low.lower(), high.lower()
+    if SEVERITIES.index(low) > SEVERITIES.index(high):
+        raise _bad(name, value, f"the range {severity_word} is empty (write the less severe level first)")
+    destination_words = rest.split(None, 1)
+    destination = destination_words[0].lower() if destination_words else "stdout"
+    if destination in ("stdout", "stderr"):
+        if len(destination_words) > 1:
+            raise _bad(name, value, f"unexpected '{destination_words[1]}' after {destination}")
+        return LogSpec(low, high, destination, None, value)
+    if destination == "file":
+        if len(destination_words) < 2:
+            raise _bad(name, value, "'file' needs a file name")
+        return LogSpec(low, high, "file", destination_words[1], value)
+    if destination == "syslog":
+        raise _bad(name, value, "oppy does not support syslog; use stdout, stderr or file")
+    if "-" in destination or destination in SEVERITIES or destination.startswith("["):
+        raise _bad(name, value, "more than one severity range (log domains are not supported by oppy)")
+    raise _bad(name, value, f"unknown destination '{destination_words[0]}' (expected stdout, stderr or file)")
+
+
+def _parse_logs(name: str, values: list[str]) -> tuple[LogSpec, ...]:
+    return tuple(_parse_log_value(name, value) for value in values)
+
+
+DEFAULT_LOG = LogSpec("notice", "err", "stdout", None, "notice stdout")
+
+
+def _encode_logs(logs: tuple[LogSpec, ...]) -> list[str]:
+    return [log.value or _format_log(log) for log in logs]
+
+
+def _format_log(log: LogSpec) -> str:
+    severity = log.min_severity if log.max_severity == "err" else f"{log.min_severity}-{log.max_severity}"
+    return f"{severity} {log.destination}" + (f" {log.path}" if log.path is not None else "")
+
+
+# --------------------------------------------------------------------------- the option table
+
+
+@dataclass(frozen=True)
+class _Option:
+    """How one torrc option maps onto a Config field."""
+
+    name: str  # tor's spelling
+    field: str
+    type_name: str  # tor's name for the type, as GETINFO config/names lists it
+    parse: Callable[[str, Any], Any]  # (name, value or list of values) -> typed value
+    encode: Callable[[Any], list[str]]
+    default: Callable[[bool], Any]  # testing_tor_network -> default value
+    is_list: bool = False
+    changeable_at_runtime: bool = True
+    dumpable: bool = True  # tor's CFLG_NODUMP: __Options are never written out
+
+
+def _constant(value: Any) -> Callable[[bool], Any]:
+    return lambda testing: value
+
+
+def _testing_default(normal: Any, testing: Any) -> Callable[[bool], Any]:
+    """tor(1) TestingTorNetwork: on a test network some defaults change."""
+    return lambda is_testing: testing if is_testing else normal
+
+
+def _validated_lines(line_parser: Callable[[str, str], str]) -> Callable[[str, list[str]], tuple[str, ...]]:
+    return lambda name, values: tuple(line_parser(name, value) for value in values)
+
+
+def _encode_lines(values: tuple[str, ...]) -> list[str]:
+    return list(values)
+
+
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("SocksPort", "socks_ports", "LineList", _port_list_parser(client_flags=True), _encode_socks_ports,
+            _constant((DEFAULT_SOCKS_PORT_CONFIG,)), is_list=True),
+    _Option("ControlPort", "control_ports", "LineList", _port_list_parser(client_flags=False),
+            _encode_control_ports, _constant(()), is_list=True),
+    _Option("DataDirectory", "data_directory", "Filename", _parse_filename, lambda value: [value],
+            _constant("~/.oppy"), changeable_at_runtime=False),
+    _Option("DirAuthority", "dir_authorities", "LineList", _validated_lines(_validated_directory_line("authority")),
+            _encode_lines, _constant(()), is_list=True),
+    _Option("FallbackDir", "fallback_dirs", "LineList", _validated_lines(_validated_directory_line("fallback")),
+            _encode_lines, _constant(()), is_list=True),
+    _Option("TestingTorNetwork", "testing_tor_network", "Boolean", _parse_bool, _encode_bool, _constant(False),
+            changeable_at_runtime=False),
+    _Option("Log", "logs", "LineList", _parse_logs, _encode_logs, _constant((DEFAULT_LOG,)), is_list=True),
+    _Option("MaxCircuitDirtiness", "max_circuit_dirtiness", "TimeInterval", _parse_interval_option, _encode_int,
+            _constant(600)),
+    _Option("CircuitBuildTimeout", "circuit_build_timeout", "TimeInterval", _parse_interval_option, _encode_int,
+            _constant(60)),
+    _Option("SocksTimeout", "socks_timeout", "TimeInterval", _parse_interval_option, _encode_int,
+            _constant(120)),
+    _Option("CookieAuthentication", "cookie_authentication", "Boolean", _parse_bool, _encode_bool,
+            _constant(False)),
+    _Option("CookieAuthFile", "cookie_auth_file", "Filename", _parse_filename, _encode_optional_string,
+            _constant(None)),
+    _Option("HashedControlPassword", "hashed_control_passwords", "LineList",
+            _validated_lines(_parse_hashed_password), _encode_lines, _constant(()), is_list=True),
+    _Option("ClientRejectInternalAddresses", "client_reject_internal_addresses", "Boolean", _parse_bool,
+            _encode_bool, _testing_default(True, False)),
+    _Option("EnforceDistinctSubnets", "enforce_distinct_subnets", "Boolean", _parse_bool, _encode_bool,
+            _testing_default(True, False)),
+    _Option("SafeLogging", "safe_logging", "String", _parse_safe_logging, lambda value: [value], _constant("1")),
+    _Option("MaxClientCircuitsPending", "max_client_circuits_pending", "Integer", _int_parser(0, _INT_MAX),
+            _encode_int, _constant(32)),
+    _Option("MaxSocksConnections", "max_socks_connections", "Integer", _int_parser(1, _INT_MAX), _encode_int,
+            _constant(4096)),
+    _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
+            _constant(False), dumpable=False),
+    _Option("__OwningControllerProcess", "owning_controller_process", "String", _parse_pid,
+            _encode_optional_string, _constant(None), dumpable=False),
+)
+_OPTIONS_BY_LOWER = {option.name.lower(): option for option in _OPTIONS}
+#: Every option oppy understands, in tor's spelling.
+OPTION_NAMES: tuple[str, ...] = tuple(option.name for option in _OPTIONS)
+
+
+def _lookup(name: str) -> _Option:
+    option = _OPTIONS_BY_LOWER.get(name.lower())
+    if option is None:
+        raise UnknownOptionError(name)
+    return option
+
+
+def canonical_option_name(name: str) -> str:
+    """tor's spelling of an option name given in any case; UnknownOptionError if oppy lacks it."""
+    return _lookup(name).name
+
+
+def option_type_name(name: str) -> str:
+    """tor's type name for an option (``Boolean``, ``TimeInterval``, ``LineList``...), for config/names."""
+    return _lookup(name).type_name
+
+
+# --------------------------------------------------------------------------- the Config
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a Config came from, so that a reload (SIGHUP, SIGNAL RELOAD) reads the same things again."""
+
+    torrc_path: str | None = None
+    command_line: tuple[ConfigLine, ...] = ()
+    log_level: str | None = None
+
+
+@dataclass(eq=True)
+class Config:
+    """Every option oppy supports, typed, with tor's defaults. Times are whole seconds."""
+
+    #: SocksPort: the SOCKS listeners; default 127.0.0.1:9050; ``SocksPort 0`` leaves none.
+    socks_ports: tuple[PortConfig, ...] = (DEFAULT_SOCKS_PORT_CONFIG,)
+    #: ControlPort: the control-port listeners; none by default.
+    control_ports: tuple[PortConfig, ...] = ()
+    #: DataDirectory, as written (``~`` expanded by :meth:`data_directory_path`).
+    data_directory: str = "~/.oppy"
+    #: DirAuthority lines, raw; empty means tor's built-in authorities.
+    dir_authorities: tuple[str, ...] = ()
+    #: FallbackDir lines, raw; empty means tor's built-in fallbacks.
+    fallback_dirs: tuple[str, ...] = ()
+    #: TestingTorNetwork: a private test network (needs DirAuthority lines); changes two defaults below.
+    testing_tor_network: bool = False
+    #: Log: where messages of which severities go; default ``notice stdout``.
+    logs: tuple[LogSpec, ...] = (DEFAULT_LOG,)
+    #: MaxCircuitDirtiness: no new streams on a circuit first used longer ago than this.
+    max_circuit_dirtiness: int = 600
+    #: CircuitBuildTimeout: give up building a circuit after this long. tor's default is 0, "learn it,
+    #: starting at 60 s"; oppy does not learn, so its default is the 60 s tor starts from.
+    circuit_build_timeout: int = 60
+    #: SocksTimeout: how long a SOCKS client may take to handshake, and a stream may wait for a circuit.
+    socks_timeout: int = 120
+    #: CookieAuthentication: accept the contents of the cookie file on the control port.
+    cookie_authentication: bool = False
+    #: CookieAuthFile: where the cookie goes; None means DataDirectory/control_auth_cookie.
+    cookie_auth_file: str | None = None
+    #: HashedControlPassword values (``16:`` + hex); any one of them is accepted.
+    hashed_control_passwords: tuple[str, ...] = ()
+    #: ClientRejectInternalAddresses: refuse SOCKS targets on private addresses (0 on a test network).
+    client_reject_internal_addresses: bool = True
+    #: EnforceDistinctSubnets: no two relays of one /16 in a circuit (0 on a test network).
+    enforce_distinct_subnets: bool = True
+    #: SafeLogging: "1" scrubs destinations from logs, "0" does not, "relay" scrubs relay-side only
+    #: (so, for a client, nothing).
+    safe_logging: str = "1"
+    #: MaxClientCircuitsPending: how many circuits may be building at once (1-1024).
+    max_client_circuits_pending: int = 32
+    #: MaxSocksConnections: oppy's own limit (tor has none; its ConnLimit only sets how many file
+    #: descriptors it needs): how many SOCKS clients may be connected at once before new ones are refused.
+    max_socks_connections: int = 4096
+    #: __LeaveStreamsUnattached: a controller attaches new streams itself (set by controllers at run time).
+    leave_streams_unattached: bool = False
+    #: __OwningControllerProcess: the pid of the controller that owns this process, or None.
+    owning_controller_process: str | None = None
+    #: What the configuration was read from (not an option).
+    source: ConfigSource = field(default_factory=ConfigSource, compare=False, repr=False)
+    #: Warnings found while reading it, to be logged once logging is set up (not an option).
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+    # ----------------------------------------------------------------- derived values
+
+    def data_directory_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_directory))
+
+    def cookie_auth_file_path(self) -> Path:
+        """CookieAuthFile, or tor's default name in the data directory."""
+        if self.cookie_auth_file is not None:
+            return Path(os.path.expanduser(self.cookie_auth_file))
+        return self.data_directory_path() / "control_auth_cookie"
+
+    @property
+    def scrub_addresses(self) -> bool:
+        """SafeLogging 1: replace client destinations in logs by ``[scrubbed]``."""
+        return self.safe_logging == "1"
+
+    # ----------------------------------------------------------------- GETCONF / SETCONF / RESETCONF
+
+    def get_option(self, name: str) -> list[str]:
+        """The value(s) of option ``name`` (any case) as GETCONF gives them; [] when unset."""
+        option = _lookup(name)
+        return option.encode(getattr(self, option.field))
+
+    def set_options(self, pairs: Iterable[tuple[str, str | None]]) -> list[str]:
+        """SETCONF: give each named option the values paired with it (several pairs of one list option
+        make a list), or its default for a None or empty value (RESETCONF). All or nothing: on a bad
+        name or value ConfigError is raised and nothing changes. Returns the canonical names set."""
+        grouped: dict[str, list[str]] = {}
+        for name, value in pairs:
+            option = _lookup(name)
+            values = grouped.setdefault(option.name, [])
+            if value is not None and value != "":
+                if values and not option.is_list:
+                    values[:] = [value]
+                else:
+                    values.append(value)
+        changes: dict[str, Any] = {}
+        for name, values in grouped.items():
+            option = _OPTIONS_BY_LOWER[name.lower()]
+            if not values:
+                changes[option.field] = option.default(self.testing_tor_network)
+            else:
+                changes[option.field] = _parse_option(option, values)
+        candidate = dataclasses.replace(self, **changes)
+        for name in grouped:
+            option = _OPTIONS_BY_LOWER[name.lower()]
+            old, new = getattr(self, option.field), getattr(candidate, option.field)
+            if not option.changeable_at_runtime and old != new:
+                raise ConfigError(f"While oppy is running, changing {option.name} "
+                                  f"({' '.join(option.encode(old))!r} -> {' '.join(option.encode(new))!r}) "
+                                  "is not allowed.", option=option.name)
+        warnings = _validate(candidate)
+        for option_field in changes:
+            setattr(self, option_field, getattr(candidate, option_field))
+        self.warnings = tuple(warnings)
+        return list(grouped)
+
+    def reset_options(self, names: Iterable[str]) -> list[str]:
+        """RESETCONF: put the named options back to their defaults."""
+        return self.set_options((name, None) for name in names)
+
+    def to_torrc_lines(self, *, include_defaults: bool = False) -> list[str]:
+        """The configuration as torrc lines, values quoted where needed: by default only the options
+        that differ from their defaults (tor's ``--dump-config short``, GETINFO config-text).
+        ``__`` options are never written, as in tor."""
+        lines: list[str] = []
+        for option in _OPTIONS:
+            if not option.dumpable:
+                continue
+            value = getattr(self, option.field)
+            if not include_defaults and value == option.default(self.testing_tor_network):
+                continue
+            lines.extend(f"{option.name} {quote_value(encoded)}" for encoded in option.encode(value))
+        return lines
+
+
+def _parse_option(option: _Option, values: list[str]) -> Any:
+    if option.is_list:
+        return option.parse(option.name, values)
+    return option.parse(option.name, values[-1])
+
+
+def _validate(config: Config) -> list[str]:
+    """Checks that involve several options (config.c options_validate); returns warnings."""
+    warnings: list[str] = []
+    if config.testing_tor_network and not config.dir_authorities:
+        raise ConfigError("TestingTorNetwork may only be configured in combination with a non-default set "
+                          "of DirAuthority.", option="TestingTorNetwork")
+    if not 1 <= config.max_client_circuits_pending <= MAX_MAX_CLIENT_CIRCUITS_PENDING:
+        raise ConfigError(f"MaxClientCircuitsPending must be between 1 and {MAX_MAX_CLIENT_CIRCUITS_PENDING}, "
+                          f"but was set to {config.max_client_circuits_pending}",
+                          option="MaxClientCircuitsPending", value=str(config.max_client_circuits_pending))
+    if config.max_circuit_dirtiness < MIN_MAX_CIRCUIT_DIRTINESS:
+        warnings.append(f"MaxCircuitDirtiness option is too short; raising to {MIN_MAX_CIRCUIT_DIRTINESS} seconds.")
+        config.max_circuit_dirtiness = MIN_MAX_CIRCUIT_DIRTINESS
+    if config.max_circuit_dirtiness > MAX_MAX_CIRCUIT_DIRTINESS:
+        warnings.append(f"MaxCircuitDirtiness option is too high; setting to "
+                        f"{MAX_MAX_CIRCUIT_DIRTINESS // 86400} days.")
+        config.max_circuit_dirtiness = MAX_MAX_CIRCUIT_DIRTINESS
+    if config.circuit_build_timeout == 0:
+        # tor reads 0 as "not set"; oppy's fixed timeout then is tor's starting value.
+        config.circuit_build_timeout = 60
+    elif config.circuit_build_timeout < RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT:
+        warnings.append(f"CircuitBuildTimeout is shorter ({config.circuit_build_timeout} seconds) than the "
+                        f"recommended minimum ({RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT} seconds).")
+    if config.socks_timeout < 1:
+        raise ConfigError("SocksTimeout must be at least 1 second, but was set to 0", option="SocksTimeout",
+                          value="0")
+    if config.control_ports and not (config.cookie_authentication or config.hashed_control_passwords):
+        warnings.append("ControlPort is open, but no authentication method has been configured.  This means "
+                        "that any program on your computer can reconfigure oppy.  Set CookieAuthentication 1 "
+                        "or HashedControlPassword.")
+    for port in config.socks_ports:
+        if not port.is_loopback:
+            warnings.append(f"You specified a public address '{_format_addrport(port)}' for SocksPort. Other "
+                            "people on the Internet might find your computer and use it as an open proxy.")
+    for port in config.control_ports:
+        if not port.is_loopback:
+            warnings.append(f"You have a ControlPort set to accept connections from a non-local address "
+                            f"'{_format_addrport(port)}'. This means that programs not running on your "
+                            "computer can reconfigure oppy.")
+    return warnings
+
+
+def config_from_lines(groups: Iterable[Sequence[ConfigLine]], *, source: ConfigSource | None = None) -> Config:
+    """Build a Config from groups of lines applied in order (the torrc, then the command line), as tor
+    does: a later group's list option replaces the earlier list unless written ``+Option``; ``/Option``
+    drops the earlier values; a single-valued option keeps its last value."""
+    assigned: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    for group in groups:
+        seen_in_group: set[str] = set()
+        for line in group:
+            option = _lookup(line.key)
+            name = option.name
+            if line.command is LineCommand.CLEAR:
+                assigned.pop(name, None)
+                seen_in_group.add(name)
+                continue
+            value = line.value
+            if value == "":
+                if option.is_list:
+                    warnings.append(f"Linelist option '{name}' has no value. Skipping.")
+                else:
+                    assigned.pop(name, None)  # an empty value resets the option (confmgt.c)
+                continue
+            if option.is_list:
+                if name not in seen_in_group and line.command is not LineCommand.APPEND:
+                    assigned[name] = []
+                assigned.setdefault(name, []).append(value)
+            else:
+                if name in seen_in_group and name in assigned:
+                    warnings.append(f"Option '{name}' used more than once; all but the last value will be "
+                                    "ignored.")
+                assigned[name] = [value]
+            seen_in_group.add(name)
+    testing_option = _OPTIONS_BY_LOWER["testingtornetwork"]
+    testing = _parse_option(testing_option, assigned["TestingTorNetwork"]) if "TestingTorNetwork" in assigned \
+        else False
+    values: dict[str, Any] = {}
+    for option in _OPTIONS:
+        if option.name in assigned:
+            values[option.field] = _parse_option(option, assigned[option.name])
+        else:
+            values[option.field] = option.default(testing)
+    config = Config(**values, source=source or ConfigSource())
+    warnings.extend(_validate(config))
+    config.warnings = tuple(warnings)
+    return config
+
+
+def config_from_torrc_text(text: str) -> Config:
+    """A Config from torrc text alone (no ``%include``: there is no file system here). CRs are
+    dropped first, as tor does for a torrc file."""
+    return config_from_lines([parse_torrc_text(text.replace("\r", ""))])
+
+
+# --------------------------------------------------------------------------- the command line
+
+# Command-line-only options (tor(1) COMMAND-LINE OPTIONS, plus oppy's friendlier spellings): name ->
+# takes a value.
+_ACTIONS_WITH_VALUE = {"-f": "torrc_file", "--torrc-file": "torrc_file", "--hash-password": "hash_password",
+                       "--dump-config": "dump_config", "--log-level": "log_level"}
+_ACTIONS_WITHOUT_VALUE = {"-h": "help", "--help": "help", "--version": "version",
+                          "--verify-config": "verify_config", "--list-torrc-options": "list_torrc_options"}
+# oppy's spellings of common options: --socks-port N is --SocksPort N.
+_OPTION_ALIASES = {"--socks-port": "SocksPort", "--control-port": "ControlPort",
+                   "--data-directory": "DataDirectory"}
+_FLAG_ALIASES = {"--testing-tor-network": ("TestingTorNetwork", "1")}
+
+
+@dataclass
+class CommandLine:
+    """The command line, split into what oppy should do and the option lines it sets."""
+
+    torrc_file: str | None = None
+    option_lines: list[ConfigLine] = field(default_factory=list)
+    log_level: str | None = None
+    help: bool = False
+    version: bool = False
+    verify_config: bool = False
+    list_torrc_options: bool = False
+    hash_password: str | None = None
+    dump_config: str | None = None
+
+
+def parse_command_line(argv: Sequence[str]) -> CommandLine:
+    """Read ``argv`` (without the program name) the way tor reads its own: command-line-only options,
+    then ``--Option value`` (or ``Option value``, ``--+Option value``, ``--/Option``) for any option."""
+    result = CommandLine()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in _ACTIONS_WITHOUT_VALUE:
+            setattr(result, _ACTIONS_WITHOUT_VALUE[arg], True)
+            continue
+        if arg == "--dump-config" and (i >= len(args) or args[i].startswith("-")):
+            result.dump_config = "short"  # tor: the argument is optional
+            continue
+        if arg in _FLAG_ALIASES:
+            key, value = _FLAG_ALIASES[arg]
+            result.option_lines.append(ConfigLine(key, value))
+            continue
+        key = arg[2:] if arg.startswith("--") else arg
+        if key.startswith("/"):
+            result.option_lines.append(ConfigLine(canonical_option_name(key[1:]), "", LineCommand.CLEAR))
+            continue
+        command = LineCommand.NORMAL
+        if key.startswith("+"):
+            key, command = key[1:], LineCommand.APPEND
+        if arg not in _ACTIONS_WITH_VALUE and arg not in _OPTION_ALIASES:
+            key = canonical_option_name(key)  # an unknown name fails before a missing value does
+        if i >= len(args):
+            raise ConfigError(f"Command-line option '{arg}' with no value. Failing.", option=arg)
+        value = args[i]
+        i += 1
+        if arg in _ACTIONS_WITH_VALUE:
+            setattr(result, _ACTIONS_WITH_VALUE[arg], value)
+        elif arg in _OPTION_ALIASES:
+            result.option_lines.append(ConfigLine(_OPTION_ALIASES[arg], value))
+        else:
+            result.option_lines.append(ConfigLine(key, value, command))
+    if result.log_level is not None and result.log_level.lower() not in SEVERITIES:
+        raise ConfigError(f"Unknown log level '{result.log_level}' for --log-level (expected one of "
+                          f"{', '.join(SEVERITIES)})", option="--log-level", value=result.log_level)
+    if result.dump_config is not None and result.dump_config.lower() not in ("short", "full"):
+        raise ConfigError(f"Unrecognized value '{result.dump_config}' for --dump-config (expected short or full)",
+                          option="--dump-config", value=result.dump_config)
+    return result
+
+
+def _with_log_level(config: Config, level: str) -> Config:
+    """``--log-level LEVEL``: every Log destination (or the default stdout one) takes LEVEL and above."""
+    level = level.lower()
+    values = [f"{level} {log.destination}" + (f" {log.path}" if log.path is not None else "") for log in config.logs]
+    config.logs = _parse_logs("Log", values)
+    return config
+
+
+def load_config_from_source(source: ConfigSource) -> Config:
+    """Read the torrc (if any) and apply the command line over it. Without a torrc file only the
+    defaults and the command line count: /etc/tor/torrc is never read."""
+    groups: list[Sequence[ConfigLine]] = []
+    if source.torrc_path is not None:
+        groups.append(read_torrc_file(source.torrc_path))
+    groups.append(source.command_line)
+    config = config_from_lines(groups, source=source)
+    if source.log_level is not None:
+        _with_log_level(config, source.log_level)
+    return config
+
+
+def config_from_command_line(command_line: CommandLine) -> Config:
+    return load_config_from_source(ConfigSource(command_line.torrc_file, tuple(command_line.option_lines),
+                                                command_line.log_level))
+
+
+def load_config(argv: Sequence[str]) -> Config:
+    """The Config that ``oppy ARGV`` runs with (command-line-only options such as --version are ignored)."""
+    return config_from_command_line(parse_command_line(argv))
+
+
+def reload_config(config: Config) -> Config:
+    """Read the same torrc and command line again (SIGHUP). The caller decides what may change."""
+    return load_config_from_source(config.source)
