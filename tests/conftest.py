@@ -15,10 +15,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    integration = [item for item in items if "integration" in item.path.parts]
-    for item in integration:
-        item.add_marker(pytest.mark.integration)
-    if integration:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_collection_finish(session):
+    # After deselection (-k, -m): start the network only when integration tests will really run.
+    if any("integration" in item.path.parts for item in session.items):
         if not shutil.which("tor"):
             # A test that needs tor makes it present.
             subprocess.run([str(REPO / "scripts" / "setup")], check=True)

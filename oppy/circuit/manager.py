@@ -76,6 +76,8 @@ class ManagedCircuit:
         self.error: CircuitError | None = None
         self.hops_built = 0
         self.built: defer.Deferred = defer.Deferred()
+        # A controller's CLOSECIRCUIT arrived while it was still building: close it once built.
+        self.close_requested = False
 
     def __repr__(self) -> str:
         return f"<ManagedCircuit {self.number} {self.status.value}>"
@@ -103,6 +105,8 @@ class ManagedStream:
         self.excluded_exits: set[bytes] = set()
         self.managed_circuit: ManagedCircuit | None = None
         self.timer = None
+        # Unattached until a controller's ATTACHSTREAM (__LeaveStreamsUnattached): tor's CONTROLLER_WAIT.
+        self.awaiting_controller = False
 
 
 class CircuitManager:
@@ -193,6 +197,12 @@ class CircuitManager:
         def built(circuit: Circuit) -> None:
             managed.circuit = circuit
             managed.hops_built = circuit.hops_built
+            if managed.close_requested:
+                circuit.on_closed = lambda circuit, error: self._circuit_closed(managed, error)
+                circuit.close(DestroyReason.REQUESTED, "closed on request")
+                managed.built.errback(CircuitError("closed on request", DestroyReason.REQUESTED))
+                managed.built.addErrback(lambda f: None)
+                return
             managed.status = CircuitStatus.BUILT
             circuit.on_closed = lambda circuit, error: self._circuit_closed(managed, error)
             self.guard_result(path[0].rsa_id, True)
@@ -245,6 +255,7 @@ class CircuitManager:
             managed.circuit.close(reason, "closed on request")
         else:
             managed.usable = False
+            managed.close_requested = True
         return True
 
     def newnym(self) -> None:
@@ -282,7 +293,40 @@ class CircuitManager:
         self._notify("stream", managed)
         if self.attach_automatically:
             self._attach(managed)
+        else:
+            self._wait_for_controller(managed)
         return managed
+
+    def _wait_for_controller(self, managed: ManagedStream) -> None:
+        """__LeaveStreamsUnattached: the stream waits for ATTACHSTREAM (tor's CONTROLLER_WAIT)."""
+        if managed.stream.ended:
+            return
+        managed.awaiting_controller = True
+        self._notify("stream", managed)
+
+    def _attach_or_wait(self, managed: ManagedStream) -> None:
+        if self.attach_automatically:
+            self._attach(managed)
+        else:
+            self._wait_for_controller(managed)
+
+    def controller_attach(self, managed: ManagedStream, target: ManagedCircuit | None = None) -> None:
+        """ATTACHSTREAM: put a waiting or connecting stream on `target` (an open circuit), or let oppy
+        choose (None). A stream already sent to an exit is taken off its circuit first."""
+        stream = managed.stream
+        if stream.ended:
+            raise RuntimeError("stream already ended")
+        if target is not None and not target.is_open:
+            raise RuntimeError(f"circuit {target.number} is not open")
+        if stream.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
+            self._cancel_timer(managed)
+            stream.detach(EndReason.TIMEOUT)
+            self._notify("stream", managed)
+        managed.awaiting_controller = False
+        if target is None:
+            self._attach(managed)
+        else:
+            self.attach_to(managed, target)
 
     def forget_stream(self, managed: ManagedStream) -> None:
         self._cancel_timer(managed)
@@ -330,6 +374,7 @@ class CircuitManager:
         """Attach a stream to a given open circuit (also the controller's ATTACHSTREAM)."""
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
+        managed.awaiting_controller = False
         if target.isolation is None and target.purpose is CircuitPurpose.GENERAL:
             target.isolation = managed.isolation
         if target.dirty_since is None:
@@ -337,6 +382,7 @@ class CircuitManager:
         managed.managed_circuit = target
         managed.attempts += 1
         managed.stream.attach(target.circuit)
+        log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
         self._notify("stream", managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
         delay = timeouts[min(managed.attempts - 1, len(timeouts) - 1)]
@@ -364,7 +410,7 @@ class CircuitManager:
             return
         stream.detach(EndReason.TIMEOUT)
         self._notify("stream", managed)
-        self._attach(managed)
+        self._attach_or_wait(managed)
 
     def _retry(self, managed: ManagedStream, end: StreamEnd) -> bool:
         """The retry hook of every stream: True when the failed attempt will be retried elsewhere."""
@@ -393,7 +439,7 @@ class CircuitManager:
 
     def _reattach(self, managed: ManagedStream) -> None:
         self._notify("stream", managed)  # DETACHED
-        self._attach(managed)
+        self._attach_or_wait(managed)
 
     # ------------------------------------------------------------------------------ shutdown
 

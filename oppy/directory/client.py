@@ -1,0 +1,479 @@
+"""Directory requests: HTTP/1.0 to a DirPort, or over BEGIN_DIR on a one-hop circuit.
+
+dir-spec "General-use HTTP URLs" and client-operation: a client sends
+``GET <url> HTTP/1.0`` and reads the answer until the connection (or the
+BEGIN_DIR stream) closes; there is no keep-alive and usually no
+Content-Length. A URL ending in ``.z`` asks for a deflate (zlib) body.
+Answers are 200, 304 (not modified), 404 (not found) or 503 (busy).
+
+The request encoder, the response reader and the body decoder are sans-IO;
+:class:`DirectoryClient` is the thin Twisted edge for both transports. Every
+body is bounded: a response larger than the caller's limit (compressed while
+it arrives, or once inflated) is cut off with :class:`ResponseTooLargeError`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from twisted.internet import defer, error as twisted_error, protocol
+
+from oppy.cell.commands import EndReason
+from oppy.link.relay import RelayTarget
+from oppy.stream.stream import Stream, StreamEnd, StreamKind
+
+__all__ = [
+    "DirectoryRequestError",
+    "DirectoryConnectionError",
+    "DirectoryTimeoutError",
+    "DirectoryStatusError",
+    "ResponseTooLargeError",
+    "ResponseParseError",
+    "ResponseDecodeError",
+    "DirectoryResponse",
+    "HTTPResponseReader",
+    "encode_request",
+    "decode_body",
+    "DirectoryClient",
+    "consensus_url",
+    "key_certificates_url",
+    "microdescriptors_url",
+    "MAX_MICRODESCS_PER_REQUEST",
+    "MAX_CONSENSUS_SIZE",
+    "MAX_CERTIFICATES_SIZE",
+    "MAX_MICRODESCS_RESPONSE_SIZE",
+    "DEFAULT_REQUEST_TIMEOUT",
+]
+
+log = logging.getLogger(__name__)
+
+#: dir-spec client-operation "Retrieving microdescriptors": at most 92 digests per
+#: request (so that a URL stays under 4 KB with the slashes and dashes).
+MAX_MICRODESCS_PER_REQUEST = 92
+#: Size limits on decoded bodies. C tor caps nothing below MAX_BUF_SIZE; these leave
+#: room for several times today's full microdesc consensus (about 3 MB) and for
+#: 92 microdescriptors of generous size (about 600 bytes each today).
+MAX_CONSENSUS_SIZE = 32 * 1024 * 1024
+MAX_CERTIFICATES_SIZE = 2 * 1024 * 1024
+MAX_MICRODESCS_RESPONSE_SIZE = 4 * 1024 * 1024
+#: Limit on the status line and headers of a response.
+MAX_HEADER_SIZE = 64 * 1024
+#: Whole-request timeout (connect, send, read to the end). C tor gives a stalled
+#: directory connection a few minutes (DIR_CONN_MAX_STALL); a client bootstrapping
+#: on a private network wants to move to the next source much sooner.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+#: TCP connect timeout towards a DirPort.
+DEFAULT_CONNECT_TIMEOUT = 15.0
+
+_CONSENSUS_PATH = "/tor/status-vote/current/consensus-microdesc"
+_KEYS_ALL_PATH = "/tor/keys/all"
+_KEYS_FP_SK_PATH = "/tor/keys/fp-sk/"
+_MICRODESC_PATH = "/tor/micro/d/"
+_DEFLATE_SUFFIX = ".z"
+#: Magic bytes of compressed bodies (tor ``detect_compression_method``).
+_ZLIB_MAGIC = b"\x78"
+_GZIP_MAGIC = b"\x1f\x8b"
+#: zlib's wbits for "zlib or gzip header, detected automatically".
+_ZLIB_AUTO_WBITS = 32 + zlib.MAX_WBITS
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class DirectoryRequestError(Exception):
+    """A directory request failed; the message names the source and the cause."""
+
+
+class DirectoryConnectionError(DirectoryRequestError):
+    """The DirPort could not be reached, the link or circuit failed, or BEGIN_DIR was refused."""
+
+
+class DirectoryTimeoutError(DirectoryRequestError):
+    """No complete answer within the request timeout."""
+
+
+class DirectoryStatusError(DirectoryRequestError):
+    """The server answered with a status other than 200."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ResponseTooLargeError(DirectoryRequestError):
+    """The answer exceeded the size limit of its request."""
+
+
+class ResponseParseError(DirectoryRequestError):
+    """The answer is not an HTTP/1.x response."""
+
+
+class ResponseDecodeError(DirectoryRequestError):
+    """The body could not be decompressed (bad, truncated or unsupported encoding)."""
+
+
+# ------------------------------------------------------------------------------------------ URLs
+
+
+def consensus_url(compressed: bool = True) -> str:
+    """The microdesc-flavoured consensus (dir-spec general-use-http-urls)."""
+    return _CONSENSUS_PATH + (_DEFLATE_SUFFIX if compressed else "")
+
+
+def key_certificates_url(keys: list[tuple[str, str]] | None = None, compressed: bool = True) -> str:
+    """Authority key certificates: all of them, or ``fp-sk/<v3ident>-<signing key digest>+...``."""
+    suffix = _DEFLATE_SUFFIX if compressed else ""
+    if not keys:
+        return _KEYS_ALL_PATH + suffix
+    return _KEYS_FP_SK_PATH + "+".join(f"{ident}-{skd}" for ident, skd in sorted(keys)) + suffix
+
+
+def microdescriptors_url(digests: list[str], compressed: bool = True) -> str:
+    """``/tor/micro/d/<d1>-<d2>...``: unpadded base64 SHA-256 digests, sorted, at most 92."""
+    if not digests:
+        raise ValueError("a microdescriptor request needs at least one digest")
+    if len(digests) > MAX_MICRODESCS_PER_REQUEST:
+        raise ValueError(f"at most {MAX_MICRODESCS_PER_REQUEST} microdescriptors per request, "
+                         f"not {len(digests)}")
+    return _MICRODESC_PATH + "-".join(sorted(d.rstrip("=") for d in digests)) + (
+        _DEFLATE_SUFFIX if compressed else "")
+
+
+# ------------------------------------------------------------------------------------------ sans-IO
+
+
+def encode_request(path: str, if_modified_since: float | None = None) -> bytes:
+    """``GET path HTTP/1.0`` as C tor sends it (``directory_send_command``)."""
+    if not path.startswith("/") or any(c in path for c in " \r\n"):
+        raise ValueError(f"bad directory request path {path!r}")
+    lines = [f"GET {path} HTTP/1.0"]
+    if if_modified_since is not None:
+        lines.append(f"If-Modified-Since: {email.utils.formatdate(if_modified_since, usegmt=True)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryResponse:
+    """An HTTP answer with its body decoded (inflated if it was compressed)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+    #: Who answered, e.g. ``auth0 at 127.0.0.1:7001 (DirPort)``.
+    source: str = ""
+    #: Bytes received on the wire (headers and body, before inflating).
+    wire_bytes: int = 0
+
+
+class HTTPResponseReader:
+    """Collects the bytes of one HTTP/1.0 response, bounded, and parses it at the end."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._chunks: list[bytes] = []
+        self.received = 0
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.max_size + MAX_HEADER_SIZE:
+            raise ResponseTooLargeError(
+                f"response exceeds {self.max_size + MAX_HEADER_SIZE} bytes (limit {self.max_size} "
+                f"for the body)")
+        self._chunks.append(data)
+
+    def finish(self, path: str, source: str = "") -> DirectoryResponse:
+        """Parse what arrived once the connection has closed."""
+        raw = b"".join(self._chunks)
+        self._chunks = [raw]
+        end = raw.find(b"\r\n\r\n")
+        separator = 4
+        if end < 0:
+            end, separator = raw.find(b"\n\n"), 2
+        if end < 0:
+            if len(raw) > MAX_HEADER_SIZE:
+                raise ResponseParseError(f"{source}: no end of headers in the first {MAX_HEADER_SIZE} bytes")
+            raise ResponseParseError(f"{source}: connection closed before the end of the headers "
+                                     f"({len(raw)} bytes received)")
+        if end > MAX_HEADER_SIZE:
+            raise ResponseParseError(f"{source}: headers longer than {MAX_HEADER_SIZE} bytes")
+        try:
+            head = raw[:end].decode("latin-1").replace("\r\n", "\n").split("\n")
+        except UnicodeDecodeError:  # pragma: no cover - latin-1 maps every byte
+            raise ResponseParseError(f"{source}: undecodable headers") from None
+        status, reason = _parse_status_line(head[0], source)
+        headers: dict[str, str] = {}
+        for line in head[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip():
+                raise ResponseParseError(f"{source}: bad header line {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip()
+        body = raw[end + separator:]
+        if len(body) > self.max_size:
+            raise ResponseTooLargeError(f"{source}: body of {len(body)} bytes exceeds the limit of "
+                                        f"{self.max_size}")
+        decoded = decode_body(body, headers.get("content-encoding"), path, self.max_size, source) \
+            if status == 200 else body
+        return DirectoryResponse(status, reason, MappingProxyType(headers), decoded, source, len(raw))
+
+
+def _parse_status_line(line: str, source: str) -> tuple[int, str]:
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() \
+            or len(parts[1]) != 3:
+        raise ResponseParseError(f"{source}: bad HTTP status line {line[:80]!r}")
+    return int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+
+
+def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: int,
+                source: str = "") -> bytes:
+    """Inflate a deflate/gzip body (as announced, or as detected for a ``.z`` URL), bounded.
+
+    C tor sends ``Content-Encoding: deflate`` for ``.z`` URLs; older servers
+    sent none, so the body's magic bytes decide when the header is silent
+    (tor ``detect_compression_method``).
+    """
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("deflate", "gzip", "x-gzip"):
+        compressed = True
+    elif encoding in ("", "identity"):
+        # A plain-text document starts with a keyword, never with 0x78 ("x") at a ``.z`` URL
+        # nor with the gzip magic.
+        compressed = (path.endswith(_DEFLATE_SUFFIX) and body[:1] == _ZLIB_MAGIC) or body[:2] == _GZIP_MAGIC
+    else:
+        raise ResponseDecodeError(f"{source}: unsupported Content-Encoding {content_encoding!r} "
+                                  f"(only deflate was asked for)")
+    if not compressed:
+        return body
+    inflater = zlib.decompressobj(_ZLIB_AUTO_WBITS)
+    try:
+        data = inflater.decompress(body, max_size + 1)
+        if len(data) > max_size or inflater.unconsumed_tail:
+            raise ResponseTooLargeError(f"{source}: inflated body exceeds the limit of {max_size} bytes")
+        data += inflater.flush()
+    except zlib.error as exc:
+        raise ResponseDecodeError(f"{source}: bad compressed body: {exc}") from None
+    if not inflater.eof:
+        raise ResponseDecodeError(f"{source}: compressed body is truncated")
+    if len(data) > max_size:
+        raise ResponseTooLargeError(f"{source}: inflated body exceeds the limit of {max_size} bytes")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ Twisted
+
+
+class _DirPortProtocol(protocol.Protocol):
+    """Sends one request and reads the answer until the server closes."""
+
+    def __init__(self, request: bytes, reader: HTTPResponseReader,
+                 on_connected: Callable[[], None] | None, done: Callable[[Exception | None], None]) -> None:
+        self.request = request
+        self.reader = reader
+        self.on_connected = on_connected
+        self.done = done
+        self.failure: Exception | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
+        if self.on_connected is not None:
+            self.on_connected()
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.failure is not None:
+            return
+        try:
+            self.reader.feed(data)
+        except ResponseTooLargeError as exc:
+            self.failure = exc
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if self.failure is not None:
+            self.done(self.failure)
+        elif reason.check(twisted_error.ConnectionDone):
+            self.done(None)
+        else:
+            self.done(DirectoryConnectionError(f"connection lost before the answer was complete: "
+                                               f"{reason.getErrorMessage()}"))
+
+
+class _DirPortFactory(protocol.ClientFactory):
+    def __init__(self, connection: _DirPortProtocol, failed: Callable[[Exception], None]) -> None:
+        self.connection = connection
+        self.failed = failed
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return self.connection
+
+    def clientConnectionFailed(self, connector, reason):  # noqa: N802
+        self.failed(DirectoryConnectionError(f"cannot connect: {reason.getErrorMessage()}"))
+
+
+class _BeginDirSink:
+    """Stream sink for one BEGIN_DIR request: send it when connected, read until END."""
+
+    def __init__(self, request: bytes, reader: HTTPResponseReader,
+                 done: Callable[[Exception | None], None]) -> None:
+        self.request = request
+        self.reader = reader
+        self.done = done
+        self.connected = False
+        self.failure: Exception | None = None
+
+    def stream_connected(self, stream: Stream) -> None:
+        self.connected = True
+        stream.write(self.request)
+
+    def stream_data(self, stream: Stream, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        try:
+            self.reader.feed(data)
+        except ResponseTooLargeError as exc:
+            self.failure = exc
+            stream.close(EndReason.RESOURCELIMIT)
+
+    def stream_writable(self, stream: Stream, writable: bool) -> None:
+        pass
+
+    def stream_resolved(self, stream: Stream, answers) -> None:  # pragma: no cover - not a RESOLVE
+        pass
+
+    def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
+        if self.failure is not None:
+            self.done(self.failure)
+        elif end.before_connected:
+            self.done(DirectoryConnectionError(f"BEGIN_DIR refused: {end}"))
+        elif end.remote and end.reason == EndReason.DONE:
+            self.done(None)
+        else:
+            self.done(DirectoryConnectionError(f"directory stream ended before the answer was complete: "
+                                               f"{end}"))
+
+
+class DirectoryClient:
+    """Runs directory requests over a DirPort (TCP) or a BEGIN_DIR stream."""
+
+    def __init__(self, reactor=None, timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+
+    def fetch_dirport(self, address: str, port: int, path: str, max_size: int, *, nickname: str = "",
+                      if_modified_since: float | None = None,
+                      on_connected: Callable[[], None] | None = None) -> defer.Deferred:
+        """GET ``path`` from ``address:port``; fires with a 200 :class:`DirectoryResponse`.
+
+        Fails with a :class:`DirectoryRequestError` subclass (a non-200 status
+        is :class:`DirectoryStatusError`, whose ``status`` 304 means "not modified").
+        """
+        source = f"{nickname + ' at ' if nickname else ''}{address}:{port} (DirPort)"
+        reader = HTTPResponseReader(max_size)
+        timer = None
+        connector = None
+        cancelled = False
+
+        def close_connection() -> None:
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+            elif connector is not None:
+                connector.disconnect()
+
+        def cancel(_: defer.Deferred) -> None:
+            nonlocal cancelled
+            cancelled = True
+            if timer is not None and timer.active():
+                timer.cancel()
+            close_connection()
+
+        result: defer.Deferred = defer.Deferred(canceller=cancel)
+
+        def done(failure: Exception | None) -> None:
+            if result.called or cancelled:
+                return
+            if timer is not None and timer.active():
+                timer.cancel()
+            _settle(result, reader, path, source, failure)
+
+        connection = _DirPortProtocol(encode_request(path, if_modified_since), reader, on_connected, done)
+
+        def timed_out() -> None:
+            done(DirectoryTimeoutError(f"{source}: no complete answer to {path} within {self.timeout:.0f} s"))
+            close_connection()
+
+        timer = self.reactor.callLater(self.timeout, timed_out)
+        connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, done),
+                                            timeout=self.connect_timeout)
+        return result
+
+    def fetch_over_circuit(self, circuit, path: str, max_size: int, *, relay: RelayTarget | None = None,
+                           if_modified_since: float | None = None) -> defer.Deferred:
+        """GET ``path`` over a new BEGIN_DIR stream on ``circuit`` (one hop to a directory cache)."""
+        relay = relay or circuit.path[-1]
+        source = f"{relay.describe()} at {relay.address}:{relay.or_port} (BEGIN_DIR)"
+        reader = HTTPResponseReader(max_size)
+        timer = None
+        cancelled = False
+
+        def cancel(_: defer.Deferred) -> None:
+            nonlocal cancelled
+            cancelled = True
+            if timer is not None and timer.active():
+                timer.cancel()
+            stream.close(EndReason.MISC)
+
+        result: defer.Deferred = defer.Deferred(canceller=cancel)
+
+        def done(failure: Exception | None) -> None:
+            if result.called or cancelled:
+                return
+            if timer is not None and timer.active():
+                timer.cancel()
+            _settle(result, reader, path, source, failure)
+
+        sink = _BeginDirSink(encode_request(path, if_modified_since), reader, done)
+        stream = Stream(sink, relay.address, relay.or_port, kind=StreamKind.DIRECTORY)
+
+        def timed_out() -> None:
+            sink.failure = DirectoryTimeoutError(
+                f"{source}: no complete answer to {path} within {self.timeout:.0f} s")
+            stream.close(EndReason.TIMEOUT)
+            done(sink.failure)
+
+        timer = self.reactor.callLater(self.timeout, timed_out)
+        try:
+            stream.attach(circuit)
+        except Exception as exc:  # a closed circuit, no free stream id
+            done(DirectoryConnectionError(f"{source}: cannot open a BEGIN_DIR stream: {exc}"))
+        return result
+
+
+def _settle(result: defer.Deferred, reader: HTTPResponseReader, path: str, source: str,
+            failure: Exception | None) -> None:
+    if failure is not None:
+        message = str(failure)
+        if not message.startswith(source):
+            failure = type(failure)(f"{source}: {message}")
+        result.errback(failure)
+        return
+    try:
+        response = reader.finish(path, source)
+    except DirectoryRequestError as exc:
+        result.errback(exc)
+        return
+    if response.status != 200:
+        result.errback(DirectoryStatusError(
+            f"{source}: HTTP {response.status} {response.reason} for {path}", response.status))
+        return
+    result.callback(response)

@@ -1,0 +1,1448 @@
+"""The directory service: bootstrap, keep a verified consensus and its microdescriptors, choose paths.
+
+What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c``,
+``microdesc.c``, ``nodelist.c``, ``control_bootstrap.c``):
+
+1. Load the DataDirectory cache and check it again (signatures, times). A live cached
+   consensus with its microdescriptors means no fetch at all before circuits can be built.
+2. Otherwise fetch the microdesc consensus from the authorities' DirPorts (in random order,
+   falling back to the next on any failure), fetch the key certificates its signatures
+   need, verify it, and fetch the missing microdescriptors (92 per request, each checked
+   against the digest it was asked for).
+3. Once there is enough directory information (tor's rule: microdescriptors for at least
+   ``min_paths_for_circs_pct`` (60%) of the weighted guard x middle x exit bandwidth, and
+   for the first primary guards), later fetches go over BEGIN_DIR on one-hop circuits to
+   directory guards, with the authorities' DirPorts as the fallback.
+4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
+   microdescriptors that are new, update the guard sample, and tell observers.
+
+A document that fails a check is rejected with a WARN line that says why, and the last good
+consensus stays in use. When no source answers, one WARN line says so and fetches are retried
+with capped exponential backoff. Parsing and verification run in worker threads
+(``deferToThreadPool``); the reactor thread only moves results around.
+
+Progress is logged as tor logs it, ``Bootstrapped N% (tag): summary`` at notice level, and is
+readable as :attr:`DirectoryService.bootstrap_phase`; the daemon reports the phases after 75%
+(``ap_conn`` ... ``done``) through :meth:`DirectoryService.report_bootstrap`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
+
+from oppy.circuit.build import build_circuit
+from oppy.circuit.circuit import CircuitState
+from oppy.directory.authorities import DirAuthority, v3_authorities
+from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
+from oppy.directory.client import (
+    MAX_CERTIFICATES_SIZE,
+    MAX_CONSENSUS_SIZE,
+    MAX_MICRODESCS_PER_REQUEST,
+    MAX_MICRODESCS_RESPONSE_SIZE,
+    DirectoryClient,
+    DirectoryConnectionError,
+    DirectoryRequestError,
+    DirectoryStatusError,
+    DirectoryTimeoutError,
+    consensus_url,
+    key_certificates_url,
+    microdescriptors_url,
+)
+from oppy.directory.documents import (
+    CONSENSUS_FLAVOR_MICRODESC,
+    Consensus,
+    KeyCertificate,
+    MicrodescRecord,
+    consensus_refresh_time,
+    format_time,
+    microdesc_digest,
+    parse_consensus,
+    parse_key_certificates,
+    parse_microdescriptors,
+)
+from oppy.directory.errors import (
+    CertificateError,
+    ConsensusParseError,
+    DirectoryError,
+    DocumentParseError,
+)
+from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
+    verify_key_certificate
+from oppy.link.relay import RelayTarget
+from oppy.logs import NOTICE
+from oppy.path.guards import GuardSample, GuardStateError, NoGuardAvailableError
+from oppy.path.selection import (
+    NoPathError,
+    PathNode,
+    PathSelector,
+    Position,
+    bandwidth_weight_table,
+    relay_weight,
+)
+
+__all__ = [
+    "BootstrapPhase",
+    "BootstrapStatus",
+    "DirectorySource",
+    "DirectoryService",
+    "ConsensusNotNewerError",
+    "PathBandwidth",
+    "path_bandwidth",
+    "signature_key_ids",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ constants
+
+#: Default of the ``min_paths_for_circs_pct`` consensus parameter and its bounds (tor
+#: nodelist.c ``get_frac_paths_needed_for_circs``, DFLT_PCT_USABLE_NEEDED).
+MIN_PATHS_FOR_CIRCS_PCT = 60
+MIN_PATHS_FOR_CIRCS_PCT_BOUNDS = (25, 95)
+#: tor checks the descriptors of this many primary guards (guard-n-primary-guards-to-use,
+#: default 1, plus one; entrynodes.c ``guard_selection_get_err_str_if_dir_info_missing``).
+PRIMARY_GUARDS_NEEDING_DESCRIPTORS = 2
+#: tor's If-Modified-Since for a consensus fetch: valid-after plus this, or plus half the
+#: voting interval when that is shorter (directory.c, DEFAULT_IF_MODIFIED_SINCE_DELAY).
+IF_MODIFIED_SINCE_DELAY = 180
+#: How far in the future a fetched consensus's valid-after may be (our clock may lag a little).
+CONSENSUS_CLOCK_SKEW_TOLERANCE = 60
+#: Microdescriptors no consensus has listed for this long are dropped (tor microdesc.c,
+#: TOLERATE_MICRODESC_AGE: 7 days).
+MICRODESC_UNLISTED_LIFETIME = 7 * 24 * 3600
+#: Microdescriptor requests in flight at once (tor launches a few in parallel:
+#: ``initiate_descriptor_downloads`` splits the wanted set over several connections).
+MAX_PARALLEL_MICRODESC_REQUESTS = 4
+#: How many directory guards to try over BEGIN_DIR before the authorities' DirPorts.
+DIRECTORY_GUARDS_TO_TRY = 3
+#: One-hop directory circuits are reused for this long (tor MaxCircuitDirtiness, 10 min).
+DIRECTORY_CIRCUIT_MAX_DIRTINESS = 600.0
+#: Timeout for building a one-hop directory circuit.
+DIRECTORY_CIRCUIT_TIMEOUT = 30.0
+#: Capped exponential backoff between failed rounds: (initial delay, cap) in seconds. A
+#: TestingTorNetwork replaces its consensus every few seconds to minutes, so it backs off less.
+CONSENSUS_RETRY = (2.0, 300.0)
+CONSENSUS_RETRY_TESTING = (1.0, 20.0)
+MICRODESC_RETRY = (5.0, 600.0)
+MICRODESC_RETRY_TESTING = (1.0, 20.0)
+
+_SIGNATURE_LINE_RE = re.compile(
+    rb"^directory-signature (?:[A-Za-z0-9-]+ )?([0-9A-Fa-f]{40}) ([0-9A-Fa-f]{40})\s*$", re.M)
+
+
+class ConsensusNotNewerError(DirectoryError):
+    """A fetched consensus is valid but not newer than the one in use."""
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+
+
+class BootstrapPhase(enum.IntEnum):
+    """tor's bootstrap phases (control-spec "Bootstrap phases"; tor control_events.h): value = percent."""
+
+    STARTING = 0
+    CONN = 5
+    CONN_DONE = 10
+    HANDSHAKE = 14
+    HANDSHAKE_DONE = 15
+    ONEHOP_CREATE = 20
+    REQUESTING_STATUS = 25
+    LOADING_STATUS = 30
+    LOADING_KEYS = 40
+    REQUESTING_DESCRIPTORS = 45
+    LOADING_DESCRIPTORS = 50
+    ENOUGH_DIRINFO = 75
+    AP_CONN = 80
+    AP_CONN_DONE = 85
+    AP_HANDSHAKE = 89
+    AP_HANDSHAKE_DONE = 90
+    CIRCUIT_CREATE = 95
+    DONE = 100
+
+    @property
+    def tag(self) -> str:
+        return self.name.lower()
+
+    @property
+    def summary(self) -> str:
+        return _BOOTSTRAP_SUMMARIES[self]
+
+
+#: tor control_bootstrap.c ``boot_to_str_tab``.
+_BOOTSTRAP_SUMMARIES = {
+    BootstrapPhase.STARTING: "Starting",
+    BootstrapPhase.CONN: "Connecting to a relay",
+    BootstrapPhase.CONN_DONE: "Connected to a relay",
+    BootstrapPhase.HANDSHAKE: "Handshaking with a relay",
+    BootstrapPhase.HANDSHAKE_DONE: "Handshake with a relay done",
+    BootstrapPhase.ONEHOP_CREATE: "Establishing an encrypted directory connection",
+    BootstrapPhase.REQUESTING_STATUS: "Asking for networkstatus consensus",
+    BootstrapPhase.LOADING_STATUS: "Loading networkstatus consensus",
+    BootstrapPhase.LOADING_KEYS: "Loading authority key certs",
+    BootstrapPhase.REQUESTING_DESCRIPTORS: "Asking for relay descriptors",
+    BootstrapPhase.LOADING_DESCRIPTORS: "Loading relay descriptors",
+    BootstrapPhase.ENOUGH_DIRINFO: "Loaded enough directory info to build circuits",
+    BootstrapPhase.AP_CONN: "Connecting to a relay to build circuits",
+    BootstrapPhase.AP_CONN_DONE: "Connected to a relay to build circuits",
+    BootstrapPhase.AP_HANDSHAKE: "Finishing handshake with a relay to build circuits",
+    BootstrapPhase.AP_HANDSHAKE_DONE: "Handshake finished with a relay to build circuits",
+    BootstrapPhase.CIRCUIT_CREATE: "Establishing a Tor circuit",
+    BootstrapPhase.DONE: "Done",
+}
+
+#: Progress inside a phase is logged at notice only after this many more percent
+#: (tor control_bootstrap.c BOOTSTRAP_PCT_INCREMENT).
+BOOTSTRAP_PCT_INCREMENT = 5
+
+
+class BootstrapStatus:
+    """Bootstrap progress as tor tracks it (``control_event_bootstrap``): it only moves forward.
+
+    ``report(phase)`` enters a phase; ``report(phase, progress)`` reports a percentage inside
+    it (loading descriptors). Each step forward is logged ``Bootstrapped N% (tag): summary``
+    at notice (small steps inside a phase at info) and passed to the observers as
+    ``(percent, tag, summary)``.
+    """
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self.logger = logger
+        #: -1 until the first report (tor BOOTSTRAP_STATUS_UNDEF).
+        self.percent = -1
+        self.phase: BootstrapPhase | None = None
+        self._notice_percent = 0
+        self._observers: list[Callable[[int, str, str], None]] = []
+
+    @property
+    def tag(self) -> str:
+        return self.phase.tag if self.phase is not None else "undef"
+
+    @property
+    def summary(self) -> str:
+        return self.phase.summary if self.phase is not None else "Undefined"
+
+    def as_tuple(self) -> tuple[int, str, str]:
+        return (max(self.percent, 0), self.tag, self.summary)
+
+    def add_observer(self, observer: Callable[[int, str, str], None]) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[int, str, str], None]) -> None:
+        self._observers = [known for known in self._observers if known is not observer]
+
+    def report(self, phase: BootstrapPhase, progress: int = 0) -> bool:
+        """Record a step; return True if it moved the bootstrap forward (and was logged)."""
+        if self.percent >= BootstrapPhase.DONE:
+            return False
+        level = NOTICE
+        if phase <= self.percent:
+            if not progress or progress <= self.percent:
+                return False
+            if progress < self._notice_percent + BOOTSTRAP_PCT_INCREMENT:
+                level = logging.INFO
+        shown = progress or int(phase)
+        self.logger.log(level, "Bootstrapped %d%% (%s): %s", shown, phase.tag, phase.summary)
+        if phase > self.percent:
+            self.phase = phase
+            self.percent = int(phase)
+        if progress > self.percent:
+            self.percent = progress
+        if level == NOTICE and self.percent > self._notice_percent:
+            self._notice_percent = self.percent
+        for observer in list(self._observers):
+            try:
+                observer(shown, phase.tag, phase.summary)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the bootstrap
+                self.logger.exception("bootstrap observer %r failed", observer)
+        return True
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySource:
+    """Where a directory request goes: an authority's DirPort, or BEGIN_DIR to ``target``."""
+
+    nickname: str
+    address: str
+    port: int
+    #: Set for BEGIN_DIR over a one-hop circuit; None for plain HTTP to a DirPort.
+    target: RelayTarget | None = None
+
+    @property
+    def transport(self) -> str:
+        return "begin_dir" if self.target is not None else "dirport"
+
+    def describe(self) -> str:
+        if self.target is not None:
+            return f"{self.target.describe()} at {self.address}:{self.port} (BEGIN_DIR)"
+        return f"{self.nickname} at {self.address}:{self.port} (DirPort)"
+
+
+def signature_key_ids(consensus: bytes) -> set[tuple[str, str]]:
+    """(v3ident, signing key digest) of every ``directory-signature`` line, upper-case hex."""
+    tail_start = consensus.rfind(b"\ndirectory-footer")
+    tail = consensus[tail_start:] if tail_start >= 0 else consensus
+    return {(ident.decode().upper(), key.decode().upper())
+            for ident, key in _SIGNATURE_LINE_RE.findall(tail)}
+
+
+@dataclass(frozen=True, slots=True)
+class _PositionBandwidth:
+    digests: tuple[str | None, ...]
+    weights: tuple[float, ...]
+    total: float
+
+    def fraction_present(self, microdescs: Mapping[str, MicrodescRecord]) -> float:
+        """tor ``frac_nodes_with_descriptors``: weighted share of these relays with a microdesc."""
+        if not self.digests:
+            return 0.0
+        if self.total <= 0.0:
+            present = sum(1 for digest in self.digests if digest in microdescs)
+            return present / len(self.digests)
+        return sum(weight for digest, weight in zip(self.digests, self.weights)
+                   if digest in microdescs) / self.total
+
+
+@dataclass(frozen=True, slots=True)
+class PathBandwidth:
+    """Per-position weighted bandwidth of the usable relays of one consensus (tor
+    ``compute_frac_paths_available``), to measure how much of it has microdescriptors."""
+
+    guard: _PositionBandwidth
+    middle: _PositionBandwidth
+    exit: _PositionBandwidth
+    usable_digests: frozenset[str]
+
+    def fraction(self, microdescs: Mapping[str, MicrodescRecord]) -> tuple[float, str]:
+        """(fraction of paths available, tor's explanation string)."""
+        f_guard = self.guard.fraction_present(microdescs)
+        f_middle = self.middle.fraction_present(microdescs)
+        f_exit = self.exit.fraction_present(microdescs)
+        have_exit = any(
+            digest in microdescs and microdescs[digest].exit_policy.allows_any_port()
+            for digest in self.exit.digests)
+        if not have_exit and f_exit <= 0.0:
+            f_exit = f_middle
+        f_path = f_guard * f_middle * f_exit
+        status = (f"{int(f_guard * 100)}% of guards bw, {int(f_middle * 100)}% of midpoint bw, and "
+                  f"{int(f_exit * 100)}% of "
+                  f"{'exit bw' if have_exit else 'end bw (no exits in consensus, using mid)'} = "
+                  f"{int(f_path * 100)}% of path bw")
+        return f_path, status
+
+
+def _usable(flags: frozenset[str]) -> bool:
+    return "Running" in flags and "Valid" in flags
+
+
+def path_bandwidth(consensus: Consensus) -> PathBandwidth:
+    """Precompute, per position, the usable relays' digests and weights."""
+    def position(relays, where: Position) -> _PositionBandwidth:
+        table = bandwidth_weight_table(consensus, where)
+        weights = tuple(relay_weight(relay, table) for relay in relays)
+        return _PositionBandwidth(tuple(relay.microdesc_digest for relay in relays), weights, sum(weights))
+
+    usable = [relay for relay in consensus.relays if _usable(relay.flags)]
+    return PathBandwidth(
+        guard=position([relay for relay in usable if "Guard" in relay.flags], Position.GUARD),
+        middle=position(usable, Position.MIDDLE),
+        exit=position([relay for relay in usable if "Exit" in relay.flags], Position.EXIT),
+        usable_digests=frozenset(relay.microdesc_digest for relay in usable if relay.microdesc_digest),
+    )
+
+
+@dataclass(slots=True)
+class _CheckedConsensus:
+    consensus: Consensus
+    verification: ConsensusVerification
+    bandwidth: PathBandwidth
+    #: Built from the microdescriptors as they were when the check started (or None).
+    selector: PathSelector | None = None
+
+
+def _check_consensus(raw: bytes, certificates: list[KeyCertificate], authorities: Sequence[DirAuthority],
+                     now: float, newer_than: int | None, stale_tolerance: float,
+                     microdescs: Mapping[str, MicrodescRecord] | None = None,
+                     enforce_distinct_subnets: bool = True) -> _CheckedConsensus:
+    """Verify, then parse, then build the path selector (worker thread).
+
+    Raises a DirectoryError subclass saying why the document is not acceptable.
+    """
+    verification = verify_consensus(raw, certificates, authorities, now, stale_tolerance=stale_tolerance,
+                                    skew_tolerance=CONSENSUS_CLOCK_SKEW_TOLERANCE)
+    header = verification.header
+    if header.flavor != CONSENSUS_FLAVOR_MICRODESC:
+        raise ConsensusParseError(f"expected a microdesc consensus, got flavour {header.flavor!r}")
+    if newer_than is not None and header.valid_after <= newer_than:
+        raise ConsensusNotNewerError(
+            f"consensus valid-after {format_time(header.valid_after)} is not newer than the one in use "
+            f"(valid-after {format_time(newer_than)})")
+    consensus = parse_consensus(raw)
+    selector = None
+    if microdescs is not None:
+        selector = PathSelector(consensus, microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
+    return _CheckedConsensus(consensus, verification, path_bandwidth(consensus), selector)
+
+
+@dataclass(slots=True)
+class _MicrodescBatch:
+    records: dict[str, MicrodescRecord]
+    bodies: dict[str, bytes]
+    last_listed: dict[str, float]
+    invalid: dict[str, str]
+    unrequested: int
+
+
+def _parse_microdescs(data: bytes, wanted: Iterable[str] | None) -> _MicrodescBatch:
+    """Parse microdescriptors and keep the exact text of each wanted one (worker thread)."""
+    wanted_set = None if wanted is None else frozenset(wanted)
+    batch = parse_microdescriptors(data, wanted_set)
+    bodies: dict[str, bytes] = {}
+    last_listed: dict[str, float] = {}
+    for body, listed in split_microdescriptors(data):
+        digest = microdesc_digest(body)
+        if digest in batch.microdescs:
+            bodies[digest] = body
+            if listed is not None:
+                last_listed[digest] = listed
+    return _MicrodescBatch(batch.microdescs, bodies, last_listed, batch.invalid, batch.unrequested)
+
+
+def _parse_certificates(data: bytes, authorities: Sequence[DirAuthority], now: float
+                        ) -> tuple[list[tuple[KeyCertificate, bytes]], list[str]]:
+    """Parse and verify each certificate on its own (worker thread): (good ones, problems)."""
+    good: list[tuple[KeyCertificate, bytes]] = []
+    problems: list[str] = []
+    for text in split_key_certificates(data):
+        try:
+            (certificate,) = parse_key_certificates(text)
+            verify_key_certificate(certificate, authorities, now)
+        except (DocumentParseError, CertificateError) as exc:
+            problems.append(f"{type(exc).__name__}: {exc}")
+            continue
+        good.append((certificate, text))
+    return good, problems
+
+
+@dataclass(slots=True)
+class _CacheContents:
+    certificates: list[tuple[KeyCertificate, bytes]]
+    certificate_problems: list[str]
+    consensus_raw: bytes | None
+    checked: _CheckedConsensus | None
+    consensus_problem: str | None
+    microdescs: _MicrodescBatch | None
+    state: dict[str, Any] | None
+    state_problem: str | None
+
+
+def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now: float,
+                enforce_distinct_subnets: bool = True) -> _CacheContents:
+    """Read and check everything the DataDirectory holds (worker thread)."""
+    contents = _CacheContents([], [], None, None, None, None, None, None)
+    try:
+        raw_certificates = cache.read_certificates()
+        if raw_certificates:
+            contents.certificates, contents.certificate_problems = _parse_certificates(
+                raw_certificates, authorities, now)
+        contents.consensus_raw = cache.read_consensus()
+        if contents.consensus_raw:
+            try:
+                contents.checked = _check_consensus(
+                    contents.consensus_raw, [c for c, _ in contents.certificates], authorities, now,
+                    None, REASONABLY_LIVE_TIME)
+            except DirectoryError as exc:
+                contents.consensus_problem = f"{type(exc).__name__}: {exc}"
+        # Microdescriptors are named by their digest, so they stay good without a consensus;
+        # with one, only those it lists are kept.
+        checked = contents.checked
+        raw_microdescs = cache.read_microdescriptors()
+        if raw_microdescs:
+            contents.microdescs = _parse_microdescs(
+                raw_microdescs, checked.consensus.microdesc_digests() if checked is not None else None)
+        if checked is not None:
+            checked.selector = PathSelector(
+                checked.consensus, contents.microdescs.records if contents.microdescs is not None else {},
+                enforce_distinct_subnets=enforce_distinct_subnets)
+    except CacheError as exc:
+        contents.consensus_problem = contents.consensus_problem or str(exc)
+    try:
+        contents.state = cache.read_state()
+    except CacheError as exc:
+        contents.state_problem = str(exc)
+    return contents
+
+
+def _backoff(attempt: int, schedule: tuple[float, float]) -> float:
+    initial, cap = schedule
+    return min(cap, initial * (2 ** min(attempt, 30)))
+
+
+def _rsa_id_of(identity: bytes | str) -> bytes | None:
+    """20-byte RSA identity from bytes or ``$HEX[~nick|=nick]`` / ``HEX``."""
+    if isinstance(identity, (bytes, bytearray)):
+        return bytes(identity) if len(identity) == 20 else None
+    text = str(identity).strip().lstrip("$")
+    for separator in ("~", "="):
+        text = text.split(separator, 1)[0]
+    if len(text) != 40:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ the service
+
+
+class DirectoryService:
+    """Keeps the client's view of the network current and chooses paths from it.
+
+    ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
+    lines); ``links`` is the :class:`~oppy.link.connection.LinkPool` used for BEGIN_DIR
+    circuits; ``clock`` returns POSIX seconds (wall time, used for document validity);
+    timers run on ``reactor``. ``client``, ``run_in_thread`` and ``circuit_builder`` can
+    be replaced in tests.
+    """
+
+    def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str, links,
+                 testing_tor_network: bool = False, reactor=None, clock: Callable[[], float] = time.time,
+                 *, rng: random.Random | None = None, client: DirectoryClient | None = None,
+                 run_in_thread: Callable[..., defer.Deferred] | None = None,
+                 circuit_builder: Callable[..., defer.Deferred] = build_circuit) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.authorities = tuple(authorities)
+        self.v3_authorities = v3_authorities(self.authorities)
+        if not self.v3_authorities:
+            raise ValueError("no v3 directory authorities are configured")
+        self.data_directory = Path(data_directory)
+        self.cache = DirectoryCache(self.data_directory)
+        self.links = links
+        self.testing_tor_network = testing_tor_network
+        self.enforce_distinct_subnets = not testing_tor_network
+        self.reactor = reactor
+        self.clock = clock
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.client = client if client is not None else DirectoryClient(reactor)
+        self._run_in_thread = run_in_thread or self._default_run_in_thread
+        self._build_circuit = circuit_builder
+        self._consensus_retry = CONSENSUS_RETRY_TESTING if testing_tor_network else CONSENSUS_RETRY
+        self._microdesc_retry = MICRODESC_RETRY_TESTING if testing_tor_network else MICRODESC_RETRY
+
+        self.bootstrap = BootstrapStatus()
+        #: The consensus in use (verified), or None before the first one.
+        self.consensus: Consensus | None = None
+        self._consensus_raw: bytes | None = None
+        self._bandwidth: PathBandwidth | None = None
+        #: digest -> microdescriptor, for the current and recent consensuses (do not mutate).
+        self.microdescs: dict[str, MicrodescRecord] = {}
+        self._microdesc_bodies: dict[str, bytes] = {}
+        self._microdesc_last_listed: dict[str, float] = {}
+        self._microdesc_version = 0
+        self._microdescs_unsaved = False
+        self._microdesc_failures: dict[str, int] = {}
+        self._microdesc_retry_at: dict[str, float] = {}
+        #: (v3ident, signing key digest) -> (verified certificate, its text).
+        self._certificates: dict[tuple[str, str], tuple[KeyCertificate, bytes]] = {}
+        self.guards = GuardSample()
+        self._selector: PathSelector | None = None
+        self._selector_version = -1
+        #: True while there is enough directory information to build circuits.
+        self.enough_dir_info = False
+        #: tor's explanation of the directory information status (GETINFO status/...).
+        self.dir_info_status = "We have no usable consensus."
+        #: Requests started, by document kind and by "kind:transport".
+        self.fetch_counts: Counter[str] = Counter()
+
+        self._enough_waiters: list[defer.Deferred] = []
+        self._consensus_observers: list[Callable[[Consensus], None]] = []
+        self._consensus_timer = None
+        self._consensus_round: defer.Deferred | None = None
+        self._consensus_failures = 0
+        self._outage_warned = False
+        self._microdesc_timer = None
+        self._microdesc_round: defer.Deferred | None = None
+        self._microdesc_again = False
+        self._dir_circuits: dict[bytes, tuple[Any, float]] = {}
+        self._dir_circuit_pending: dict[bytes, list[defer.Deferred]] = {}
+        self._in_flight: set[defer.Deferred] = set()
+        self._writes: defer.Deferred = defer.succeed(None)
+        self._started = False
+        self._stopped = False
+        # The state file is written only once it has been read (or found missing or broken).
+        self._state_loaded = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Load the cache, then fetch what is missing; fires with ``self`` once there is
+        enough directory information to build circuits (it may take many retries)."""
+        if self._started:
+            return self.when_enough_dir_info()
+        self._started = True
+        self.bootstrap.report(BootstrapPhase.STARTING)
+        waiter = self.when_enough_dir_info()
+        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(),
+                               self.enforce_distinct_subnets)
+        loading.addCallbacks(self._cache_loaded, self._cache_load_failed)
+        loading.addErrback(self._cache_install_failed)
+        return waiter
+
+    def stop(self) -> defer.Deferred:
+        """Cancel timers and requests, close directory circuits; fires once cache writes are done."""
+        self._stopped = True
+        for timer in (self._consensus_timer, self._microdesc_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._consensus_timer = self._microdesc_timer = None
+        for request in list(self._in_flight):
+            request.cancel()
+        for circuit, _ in self._dir_circuits.values():
+            if circuit.state is CircuitState.OPEN:
+                circuit.close()
+        self._dir_circuits.clear()
+        if self._state_loaded:
+            self._save_state()
+        if self._microdescs_unsaved:
+            self._save_microdescs()
+        return self.cache_writes_done()
+
+    def cache_writes_done(self) -> defer.Deferred:
+        """A Deferred firing once every cache and state write started so far is on disk."""
+        done: defer.Deferred = defer.Deferred()
+        self._writes.addBoth(lambda _: done.callback(None))
+        return done
+
+    def when_enough_dir_info(self) -> defer.Deferred:
+        """A Deferred firing with ``self`` when there is enough directory information (now, if so)."""
+        if self.enough_dir_info:
+            return defer.succeed(self)
+        waiter: defer.Deferred = defer.Deferred()
+        self._enough_waiters.append(waiter)
+        return waiter
+
+    def add_consensus_observer(self, observer: Callable[[Consensus], None]) -> None:
+        """Call ``observer(consensus)`` each time a new verified consensus is taken into use."""
+        self._consensus_observers.append(observer)
+
+    def remove_consensus_observer(self, observer: Callable[[Consensus], None]) -> None:
+        self._consensus_observers = [known for known in self._consensus_observers if known is not observer]
+
+    @property
+    def consensus_document(self) -> bytes | None:
+        """The consensus in use, byte for byte as signed (for GETINFO dir/status-vote/...)."""
+        return self._consensus_raw
+
+    @property
+    def bootstrap_phase(self) -> tuple[int, str, str]:
+        """(percent, tag, summary) of the bootstrap, as GETINFO status/bootstrap-phase reports it."""
+        return self.bootstrap.as_tuple()
+
+    def report_bootstrap(self, phase: BootstrapPhase, progress: int = 0) -> bool:
+        """Report a later phase (the daemon: ap_conn ... done)."""
+        return self.bootstrap.report(phase, progress)
+
+    # ---- what the circuit layer uses ---------------------------------------------------
+
+    @property
+    def selector(self) -> PathSelector:
+        """The path selector for the current consensus and microdescriptors."""
+        if self.consensus is None:
+            raise NoPathError("no consensus yet")
+        if self._selector is None or self._selector.consensus is not self.consensus \
+                or self._selector_version != self._microdesc_version:
+            self._selector = PathSelector(self.consensus, self.microdescs,
+                                          enforce_distinct_subnets=self.enforce_distinct_subnets)
+            self._selector_version = self._microdesc_version
+        return self._selector
+
+    def relay_target(self, identity: bytes | str) -> RelayTarget | None:
+        """The consensus relay with this RSA identity (20 bytes, or hex with optional ``$``/``~nick``).
+
+        None if it is not listed. Its keys come from its microdescriptor (None if that is
+        missing); the Ed25519 identity is left out when the consensus says ``NoEdConsensus``.
+        """
+        if self.consensus is None:
+            return None
+        rsa_id = _rsa_id_of(identity)
+        if rsa_id is None:
+            return None
+        relay = self.consensus.relay_by_id(rsa_id)
+        if relay is None:
+            return None
+        microdesc = self.microdescs.get(relay.microdesc_digest) if relay.microdesc_digest else None
+        ed25519_id = None
+        if microdesc is not None and "NoEdConsensus" not in relay.flags:
+            ed25519_id = microdesc.ed25519_id
+        return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
+                           microdesc.ntor_onion_key if microdesc is not None else None, ed25519_id)
+
+    def _target_of(self, node: PathNode) -> RelayTarget:
+        relay, microdesc = node.relay, node.microdesc
+        ed25519_id = microdesc.ed25519_id if "NoEdConsensus" not in relay.flags else None
+        return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
+                           microdesc.ntor_onion_key, ed25519_id)
+
+    def choose_path(self, port: int | None, exclude: Iterable[bytes] = (),
+                    rng: random.Random | None = None) -> list[RelayTarget]:
+        """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
+
+        The exit's policy summary accepts ``port`` (any port if None); the guard is the first
+        usable guard of the persisted sample (primary guards first); relays whose RSA
+        identity is in ``exclude`` are avoided. Raises :class:`NoPathError` if impossible.
+        """
+        selector = self.selector
+        rng = rng if rng is not None else self.rng
+        avoid = {rsa_id for rsa_id in (_rsa_id_of(item) for item in exclude) if rsa_id is not None}
+        exit_node = self._draw(selector, Position.EXIT, rng, port, avoid, ())
+        guard_node = self._first_guard(selector, avoid, exit_node)
+        middle_node = self._draw(selector, Position.MIDDLE, rng, None, avoid, (exit_node, guard_node))
+        return [self._target_of(guard_node), self._target_of(middle_node), self._target_of(exit_node)]
+
+    def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
+        """A one-hop path for BEGIN_DIR: the first usable directory guard, else a weighted V2Dir relay."""
+        targets = self._directory_guard_targets(1)
+        if targets:
+            return targets
+        node = self.selector.choose_directory(rng if rng is not None else self.rng)
+        return [self._target_of(node)]
+
+    def mark_guard_down(self, identity: bytes | str) -> None:
+        """A link or circuit to this guard failed: skip it until its retry time."""
+        self._mark_guard(identity, up=False)
+
+    def mark_guard_up(self, identity: bytes | str) -> None:
+        """A link to this guard worked."""
+        self._mark_guard(identity, up=True)
+
+    def _mark_guard(self, identity: bytes | str, up: bool) -> None:
+        rsa_id = _rsa_id_of(identity)
+        if rsa_id is None:
+            return
+        try:
+            if up:
+                self.guards.mark_up(rsa_id.hex().upper(), self.clock())
+            else:
+                self.guards.mark_down(rsa_id.hex().upper(), self.clock())
+        except KeyError:
+            return      # not a sampled guard (a middle or exit, or a random directory cache)
+        self._update_dir_info()
+
+    def _first_guard(self, selector: PathSelector, avoid: set[bytes], exit_node: PathNode) -> PathNode:
+        reasons = []
+        candidates = self.guards.candidates(self.clock())
+        for fingerprint in candidates:
+            node = selector.node(fingerprint)
+            if node is None:
+                reasons.append(f"${fingerprint} has no microdescriptor or is not running")
+                continue
+            if node.relay.rsa_id in avoid:
+                reasons.append(f"${fingerprint} is excluded")
+                continue
+            conflict = selector.conflicts(node, (exit_node,))
+            if conflict is None:
+                return node
+            reasons.append(conflict)
+        if not candidates:
+            # choose() explains why: every guard down (with the retry time) or none listed.
+            self.guards.choose(self.clock())
+        raise NoGuardAvailableError(f"no sampled guard fits exit {exit_node!r}: {'; '.join(reasons)}")
+
+    def _draw(self, selector: PathSelector, position: Position, rng: random.Random, port: int | None,
+              avoid: set[bytes], chosen: Sequence[PathNode]) -> PathNode:
+        """A weighted choice for ``position`` that avoids ``avoid`` and fits ``chosen``."""
+        def once() -> PathNode:
+            if position is Position.EXIT:
+                return selector.choose_exit(rng, port, exclude=chosen)
+            return selector.choose_middle(rng, exclude=chosen)
+
+        if not avoid:
+            return once()
+        for _ in range(16):
+            node = once()
+            if node.relay.rsa_id not in avoid:
+                return node
+        # The excluded relays hold much of the weight: filter explicitly (strict flags first).
+        for strict in (True, False):
+            nodes = [node for node in selector.candidates(position, port, strict=strict)
+                     if node.relay.rsa_id not in avoid and selector.conflicts(node, chosen) is None]
+            if nodes:
+                weights = [selector.weight(node, position) for node in nodes]
+                if sum(weights) <= 0:
+                    return nodes[rng.randrange(len(nodes))]
+                return rng.choices(nodes, weights)[0]
+        raise NoPathError(f"no {position.value} outside the {len(avoid)} excluded relays fits the path")
+
+    def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
+        """Usable sampled guards with V2Dir and a microdescriptor, best first."""
+        if self.consensus is None or not self.microdescs:
+            return []
+        try:
+            selector = self.selector
+        except NoPathError:
+            return []
+
+        def accept(fingerprint: str) -> bool:
+            node = selector.node(fingerprint)
+            return node is not None and "V2Dir" in node.relay.flags
+
+        targets = []
+        for fingerprint in self.guards.candidates(self.clock(), accept):
+            targets.append(self._target_of(selector.node(fingerprint)))
+            if len(targets) >= limit:
+                break
+        return targets
+
+    # ---- cache --------------------------------------------------------------------------
+
+    def _cache_loaded(self, contents: _CacheContents) -> None:
+        if self._stopped:
+            return
+        self._state_loaded = True
+        for problem in contents.certificate_problems:
+            log.info("Ignoring a cached authority key certificate: %s", problem)
+        for certificate, text in contents.certificates:
+            self._certificates[(certificate.fingerprint, certificate.signing_key_digest)] = (certificate, text)
+        if contents.state_problem:
+            log.warning("Ignoring the state file: %s. Starting a new guard sample.", contents.state_problem)
+        elif contents.state is not None:
+            try:
+                self.guards = GuardSample.from_dict(contents.state.get("guards"))
+            except GuardStateError as exc:
+                log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
+        if contents.consensus_problem:
+            log.warning("Discarding the cached consensus: %s", contents.consensus_problem)
+        if contents.microdescs is not None:
+            self._merge_microdescs(contents.microdescs, None, update=False)
+        if contents.checked is not None:
+            consensus = contents.checked.consensus
+            log.info("Loaded the cached microdesc consensus valid-after %s (%d relays, %d microdescriptors)",
+                     format_time(consensus.valid_after), len(consensus.relays), len(self.microdescs))
+            self._install_consensus(contents.checked, contents.consensus_raw, "the cache", from_cache=True,
+                                    selector_version=self._microdesc_version)
+        else:
+            self._update_dir_info()
+            self.fetch_consensus_now()
+
+    def _cache_install_failed(self, failure) -> None:
+        log.error("Using the directory cache failed unexpectedly: %s", failure.getTraceback())
+        self._state_loaded = True
+        if not self._stopped and self.consensus is None:
+            self.fetch_consensus_now()
+
+    def _cache_load_failed(self, failure) -> None:
+        log.warning("Could not load the directory cache in %s: %s", self.data_directory,
+                    failure.getErrorMessage())
+        self._state_loaded = True
+        if not self._stopped:
+            self.fetch_consensus_now()
+
+    def _write_in_background(self, what: str, function: Callable, *args: Any) -> None:
+        """Run a cache write in a worker thread, one after the other, logging failures."""
+        def run(_):
+            return self._thread(function, *args)
+
+        def failed(failure):
+            log.warning("Could not write %s to %s: %s", what, self.data_directory, failure.getErrorMessage())
+
+        self._writes = self._writes.addCallback(run).addErrback(failed)
+
+    def _save_state(self) -> None:
+        self._write_in_background("the guard state", self.cache.write_state, {"guards": self.guards.to_dict()})
+
+    def _save_certificates(self) -> None:
+        now = self.clock()
+        texts = [text for certificate, text in self._certificates.values() if certificate.expires >= now]
+        self._write_in_background("the key certificates", self.cache.write_certificates, texts)
+
+    def _save_microdescs(self) -> None:
+        self._microdescs_unsaved = False
+        entries = [(body, self._microdesc_last_listed.get(digest))
+                   for digest, body in self._microdesc_bodies.items()]
+        self._write_in_background("the microdescriptors", self.cache.write_microdescriptors, entries)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def _default_run_in_thread(self, function: Callable, *args: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+
+    def _thread(self, function: Callable, *args: Any) -> defer.Deferred:
+        return self._run_in_thread(function, *args)
+
+    def _track(self, request: defer.Deferred) -> defer.Deferred:
+        self._in_flight.add(request)
+
+        def forget(result):
+            self._in_flight.discard(request)
+            return result
+
+        return request.addBoth(forget)
+
+    def _directory_sources(self, authorities_only: bool = False) -> list[DirectorySource]:
+        """Directory guards over BEGIN_DIR (once we have their microdescriptors) and one other
+        V2Dir relay chosen by its directory weight, then the authorities' DirPorts in random order."""
+        sources: list[DirectorySource] = []
+        if not authorities_only:
+            targets = self._directory_guard_targets(DIRECTORY_GUARDS_TO_TRY)
+            if targets:
+                chosen = {target.rsa_id for target in targets}
+                for _ in range(DIRECTORY_GUARDS_TO_TRY + 1):
+                    try:
+                        node = self.selector.choose_directory(self.rng)
+                    except NoPathError:
+                        break
+                    if node.relay.rsa_id not in chosen:
+                        targets.append(self._target_of(node))
+                        break
+            for target in targets:
+                sources.append(DirectorySource(target.nickname, target.address, target.or_port, target))
+        authorities = [a for a in self.v3_authorities if a.dir_port]
+        self.rng.shuffle(authorities)
+        sources.extend(DirectorySource(a.nickname or a.fingerprint, a.address, a.dir_port) for a in authorities)
+        return sources
+
+    @defer.inlineCallbacks
+    def _request(self, source: DirectorySource, kind: str, path: str, max_size: int,
+                 if_modified_since: float | None = None):
+        """One request to one source; fires with a 200 DirectoryResponse or fails."""
+        self.fetch_counts[kind] += 1
+        self.fetch_counts[f"{kind}:{source.transport}"] += 1
+        if source.target is None:
+            self.bootstrap.report(BootstrapPhase.CONN)
+
+            def connected() -> None:
+                self.bootstrap.report(BootstrapPhase.CONN_DONE)
+                if kind == "consensus":
+                    self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
+
+            response = yield self._track(self.client.fetch_dirport(
+                source.address, source.port, path, max_size, nickname=source.nickname,
+                if_modified_since=if_modified_since, on_connected=connected))
+            return response
+        circuit = yield self._directory_circuit(source.target)
+        if kind == "consensus":
+            self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
+        response = yield self._track(self.client.fetch_over_circuit(
+            circuit, path, max_size, relay=source.target, if_modified_since=if_modified_since))
+        return response
+
+    def _directory_circuit(self, target: RelayTarget) -> defer.Deferred:
+        """An open one-hop circuit to ``target`` (reused while fresh), shared by concurrent callers."""
+        entry = self._dir_circuits.get(target.rsa_id)
+        if entry is not None:
+            circuit, opened_at = entry
+            if circuit.state is CircuitState.OPEN \
+                    and self.reactor.seconds() - opened_at < DIRECTORY_CIRCUIT_MAX_DIRTINESS:
+                return defer.succeed(circuit)
+            del self._dir_circuits[target.rsa_id]
+            if circuit.state is CircuitState.OPEN:
+                circuit.close()
+        waiter: defer.Deferred = defer.Deferred()
+        pending = self._dir_circuit_pending.get(target.rsa_id)
+        if pending is not None:
+            pending.append(waiter)
+            return waiter
+        self._dir_circuit_pending[target.rsa_id] = [waiter]
+        self._open_directory_circuit(target)
+        return waiter
+
+    @defer.inlineCallbacks
+    def _open_directory_circuit(self, target: RelayTarget):
+        waiters = self._dir_circuit_pending[target.rsa_id]
+        result: Any
+        try:
+            self.bootstrap.report(BootstrapPhase.CONN)
+            try:
+                yield self._track(self.links.get(target))
+            except Exception as exc:  # noqa: BLE001 - LinkError, a refused TCP connection, a timeout
+                if not self._stopped:
+                    self.mark_guard_down(target.rsa_id)
+                raise DirectoryConnectionError(f"link to {target.describe()} failed: {exc}") from None
+            self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
+            self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
+            try:
+                circuit = yield self._track(self._build_circuit(self.links, [target], DIRECTORY_CIRCUIT_TIMEOUT,
+                                                                reactor=self.reactor))
+            except Exception as exc:  # noqa: BLE001 - CircuitBuildError and friends
+                if not self._stopped:
+                    self.mark_guard_down(target.rsa_id)
+                raise DirectoryConnectionError(
+                    f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
+            self.mark_guard_up(target.rsa_id)
+            if self._stopped:
+                circuit.close()
+                raise DirectoryConnectionError("the directory service stopped")
+            self._dir_circuits[target.rsa_id] = (circuit, self.reactor.seconds())
+            result = circuit
+        except Exception as exc:  # noqa: BLE001
+            result = exc
+        finally:
+            del self._dir_circuit_pending[target.rsa_id]
+        for waiter in waiters:
+            if isinstance(result, Exception):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    # ---- consensus -------------------------------------------------------------------------
+
+    def fetch_consensus_now(self, authorities_only: bool = False) -> defer.Deferred:
+        """Fetch a newer consensus now (or join the fetch under way).
+
+        Fires with the new :class:`Consensus` once in use, or with None if no source gave
+        a newer, valid one (the current consensus then stays in use, and a retry is
+        scheduled). ``authorities_only`` skips the directory guards.
+        """
+        if self._consensus_round is not None:
+            joined: defer.Deferred = defer.Deferred()
+            self._consensus_round.addBoth(lambda result: (joined.callback(result), result)[1])
+            return joined
+        if self._consensus_timer is not None and self._consensus_timer.active():
+            self._consensus_timer.cancel()
+        self._consensus_timer = None
+        round_ = self._run_consensus_round(authorities_only)
+
+        def finished(result):
+            self._consensus_round = None
+            if isinstance(result, Failure):
+                log.error("Consensus fetch failed unexpectedly: %s", result.getTraceback())
+                if not self._stopped:
+                    self._consensus_round_failed([("internal error", result.getErrorMessage(), False)])
+                return None
+            return result
+
+        self._consensus_round = round_
+        round_.addBoth(finished)
+        result: defer.Deferred = defer.Deferred()
+        round_.addBoth(lambda value: (result.callback(value), value)[1])
+        return result
+
+    def _if_modified_since(self) -> float | None:
+        consensus = self.consensus
+        if consensus is None:
+            return None
+        delay = min(IF_MODIFIED_SINCE_DELAY, (consensus.fresh_until - consensus.valid_after) // 2)
+        return consensus.valid_after + delay
+
+    @defer.inlineCallbacks
+    def _run_consensus_round(self, authorities_only: bool):
+        sources = self._directory_sources(authorities_only)
+        failures: list[tuple[str, str, bool]] = []
+        for source in sources:
+            if self._stopped:
+                return None
+            consensus = yield self._consensus_from(source, sources, failures)
+            if consensus is not None:
+                return consensus
+        if not self._stopped:
+            self._consensus_round_failed(failures)
+        return None
+
+    @defer.inlineCallbacks
+    def _consensus_from(self, source: DirectorySource, sources: list[DirectorySource],
+                        failures: list[tuple[str, str, bool]]):
+        """Try one source: fetch, get certificates, verify, install. Returns the Consensus or None."""
+        try:
+            response = yield self._request(source, "consensus", consensus_url(), MAX_CONSENSUS_SIZE,
+                                           self._if_modified_since())
+        except DirectoryStatusError as exc:
+            reason = "no newer consensus (304 Not Modified)" if exc.status == 304 else str(exc)
+            failures.append((source.describe(), reason, False))
+            log.info("Consensus fetch from %s: %s", source.describe(), reason)
+            return None
+        except Exception as exc:  # noqa: BLE001 - any transport failure: try the next source
+            failures.append((source.describe(), _reason(exc), _is_unreachable(exc)))
+            log.info("Consensus fetch from %s failed: %s", source.describe(), _reason(exc))
+            return None
+        if self._stopped:
+            return None
+        self.bootstrap.report(BootstrapPhase.LOADING_STATUS)
+        yield self._fetch_missing_certificates(response.body, source, sources)
+        if self._stopped:
+            return None
+        self.bootstrap.report(BootstrapPhase.LOADING_KEYS)
+        current = self.consensus
+        version = self._microdesc_version
+        try:
+            checked = yield self._thread(
+                _check_consensus, response.body, [c for c, _ in self._certificates.values()],
+                self.authorities, self.clock(), current.valid_after if current is not None else None, 0.0,
+                dict(self.microdescs), self.enforce_distinct_subnets)
+        except ConsensusNotNewerError as exc:
+            failures.append((source.describe(), str(exc), False))
+            log.info("Ignoring the consensus from %s: %s", source.describe(), exc)
+            return None
+        except DirectoryError as exc:
+            failures.append((source.describe(), f"rejected: {type(exc).__name__}: {exc}", False))
+            keeping = (f"Still using the consensus valid-after {format_time(current.valid_after)}."
+                       if current is not None else "No consensus is in use yet.")
+            log.warning("Rejected the microdesc consensus from %s: %s: %s. %s", source.describe(),
+                        type(exc).__name__, exc, keeping)
+            return None
+        if self._stopped:
+            return None
+        if self.consensus is not current:       # another path installed one meanwhile
+            if self.consensus.valid_after >= checked.consensus.valid_after:
+                return None
+        self._install_consensus(checked, response.body, source.describe(), selector_version=version)
+        return checked.consensus
+
+    @defer.inlineCallbacks
+    def _fetch_missing_certificates(self, consensus_raw: bytes, first: DirectorySource,
+                                    sources: list[DirectorySource]):
+        """Fetch the certificates of configured authorities whose signatures we cannot check yet."""
+        configured = {a.v3ident for a in self.v3_authorities}
+        missing = {key for key in signature_key_ids(consensus_raw)
+                   if key[0] in configured and key not in self._certificates}
+        if not missing:
+            return
+        self.bootstrap.report(BootstrapPhase.LOADING_KEYS)
+        order = [first] + [source for source in sources if source != first]
+        for source in order:
+            if self._stopped or not missing:
+                return
+            try:
+                response = yield self._request(source, "certificates", key_certificates_url(sorted(missing)),
+                                               MAX_CERTIFICATES_SIZE)
+            except Exception as exc:  # noqa: BLE001
+                log.info("Key certificate fetch from %s failed: %s", source.describe(), _reason(exc))
+                continue
+            good, problems = yield self._thread(_parse_certificates, response.body, self.authorities,
+                                                self.clock())
+            for problem in problems:
+                log.warning("Rejected an authority key certificate from %s: %s", source.describe(), problem)
+            added = 0
+            for certificate, text in good:
+                key = (certificate.fingerprint, certificate.signing_key_digest)
+                if key not in self._certificates:
+                    self._certificates[key] = (certificate, text)
+                    added += 1
+                missing.discard(key)
+            if added:
+                log.info("Loaded %d authority key certificate(s) from %s", added, source.describe())
+                self._save_certificates()
+
+    def _install_consensus(self, checked: _CheckedConsensus, raw: bytes, origin: str,
+                           from_cache: bool = False, selector_version: int = -1) -> None:
+        consensus = checked.consensus
+        now = self.clock()
+        self.consensus = consensus
+        self._consensus_raw = raw
+        self._bandwidth = checked.bandwidth
+        self._selector = checked.selector
+        self._selector_version = selector_version if checked.selector is not None else -1
+        for digest in consensus.microdesc_digests():
+            self._microdesc_last_listed[digest] = max(self._microdesc_last_listed.get(digest, 0.0),
+                                                      float(consensus.valid_after))
+        self._forget_old_microdescs(now)
+        self.guards.update_from_consensus(consensus, now, self.rng)
+        self._save_state()
+        if not from_cache:
+            self._write_in_background("the consensus", self.cache.write_consensus, raw)
+            self._save_microdescs()
+            log.info("Using the microdesc consensus valid-after %s from %s (%d relays, signed by %d of %d "
+                     "authorities)", format_time(consensus.valid_after), origin, len(consensus.relays),
+                     len(checked.verification.good_authorities), len(self.v3_authorities))
+        if self._outage_warned:
+            log.log(NOTICE, "Got a usable consensus again (from %s) after %d failed attempt(s).", origin,
+                    self._consensus_failures)
+        self._consensus_failures = 0
+        self._outage_warned = False
+        self._schedule_refresh(consensus, now)
+        for observer in list(self._consensus_observers):
+            try:
+                observer(consensus)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the directory
+                log.exception("consensus observer %r failed", observer)
+        self._update_dir_info()
+        self._start_microdesc_round()
+
+    def _schedule_refresh(self, consensus: Consensus, now: float) -> None:
+        if now > consensus.valid_until:
+            delay, why = 0.0, "the consensus in use has expired"
+        else:
+            at = consensus_refresh_time(consensus, self.rng)
+            delay, why = max(0.0, at - now), f"at {format_time(at)}, before it expires"
+        self._schedule_consensus_fetch(delay, why)
+
+    def _schedule_consensus_fetch(self, delay: float, why: str) -> None:
+        if self._stopped:
+            return
+        if self._consensus_timer is not None and self._consensus_timer.active():
+            self._consensus_timer.cancel()
+        log.info("Next consensus fetch in %.1f s (%s)", delay, why)
+        self._consensus_timer = self.reactor.callLater(delay, self._consensus_timer_fired)
+
+    def _consensus_timer_fired(self) -> None:
+        self._consensus_timer = None
+        self.fetch_consensus_now()
+
+    def _consensus_round_failed(self, failures: list[tuple[str, str, bool]]) -> None:
+        delay = _backoff(self._consensus_failures, self._consensus_retry)
+        self._consensus_failures += 1
+        consensus = self.consensus
+        detail = "; ".join(f"{where}: {why}" for where, why, _ in failures) or \
+            "no directory source is configured"
+        live = consensus is not None and self.clock() <= consensus.valid_until
+        if live:
+            # A refresh failed while the consensus in use is still valid: try again later, quietly.
+            log.info("No newer consensus from %d source(s) (%s); retrying in %.0f s", len(failures), detail,
+                     delay)
+        elif not self._outage_warned:
+            self._outage_warned = True
+            unreachable = all(unreachable for _, _, unreachable in failures)
+            what = ("No directory authority or cache could be reached" if unreachable
+                    else "No directory source gave a usable consensus")
+            log.warning("%s (%s). Retrying in %.0f s, backing off up to %.0f s.", what, detail, delay,
+                        self._consensus_retry[1])
+        else:
+            log.info("Still no usable consensus after %d attempt(s) (%s); retrying in %.0f s",
+                     self._consensus_failures, detail, delay)
+        self._schedule_consensus_fetch(delay, f"retry {self._consensus_failures}")
+
+    # ---- microdescriptors ----------------------------------------------------------------------
+
+    def _wanted_microdescs(self) -> list[str]:
+        """Digests the consensus lists for usable relays, not held, and not waiting for a retry."""
+        if self._bandwidth is None:
+            return []
+        now = self.clock()
+        return sorted(digest for digest in self._bandwidth.usable_digests
+                      if digest not in self.microdescs and self._microdesc_retry_at.get(digest, 0.0) <= now)
+
+    def _start_microdesc_round(self) -> None:
+        if self._stopped:
+            return
+        if self._microdesc_round is not None:
+            self._microdesc_again = True
+            return
+        if self._microdesc_timer is not None and self._microdesc_timer.active():
+            self._microdesc_timer.cancel()
+        self._microdesc_timer = None
+        self._microdesc_again = False
+        round_ = self._run_microdesc_round()
+
+        def finished(result):
+            self._microdesc_round = None
+            if isinstance(result, Failure):
+                log.error("Microdescriptor fetch failed unexpectedly: %s", result.getTraceback())
+            if self._microdesc_again and not self._stopped:
+                self._start_microdesc_round()
+
+        self._microdesc_round = round_
+        round_.addBoth(finished)
+
+    @defer.inlineCallbacks
+    def _run_microdesc_round(self):
+        wanted = self._wanted_microdescs()
+        if not wanted:
+            return
+        if not self.enough_dir_info:
+            self.bootstrap.report(BootstrapPhase.REQUESTING_DESCRIPTORS)
+        sources = self._directory_sources()
+        batches = [wanted[start:start + MAX_MICRODESCS_PER_REQUEST]
+                   for start in range(0, len(wanted), MAX_MICRODESCS_PER_REQUEST)]
+        log.info("Fetching %d microdescriptor(s) in %d request(s)", len(wanted), len(batches))
+        spread = all(source.target is None for source in sources)
+        semaphore = defer.DeferredSemaphore(MAX_PARALLEL_MICRODESC_REQUESTS)
+        requests = []
+        for index, batch in enumerate(batches):
+            # At bootstrap, spread the batches over the authorities; later, ask the directory guard first.
+            shift = index % len(sources) if spread and sources else 0
+            order = sources[shift:] + sources[:shift]
+            requests.append(semaphore.run(self._fetch_microdesc_batch, batch, order))
+        yield defer.DeferredList(requests, consumeErrors=True)
+        if self._stopped:
+            return
+        now = self.clock()
+        missing = [digest for digest in wanted if digest not in self.microdescs]
+        for digest in missing:
+            failures = self._microdesc_failures.get(digest, 0)
+            self._microdesc_failures[digest] = failures + 1
+            self._microdesc_retry_at[digest] = now + _backoff(failures, self._microdesc_retry)
+        if missing:
+            retry_at = min(self._microdesc_retry_at[digest] for digest in missing)
+            log.info("%d microdescriptor(s) could not be fetched; retrying in %.0f s", len(missing),
+                     retry_at - now)
+            self._microdesc_timer = self.reactor.callLater(max(0.0, retry_at - now), self._start_microdesc_round)
+        self._save_microdescs()
+        yield self._rebuild_selector()
+
+    @defer.inlineCallbacks
+    def _fetch_microdesc_batch(self, batch: list[str], sources: list[DirectorySource]):
+        remaining = list(batch)
+        for source in sources:
+            if self._stopped or not remaining:
+                return
+            try:
+                response = yield self._request(source, "microdescriptors", microdescriptors_url(remaining),
+                                               MAX_MICRODESCS_RESPONSE_SIZE)
+            except Exception as exc:  # noqa: BLE001 - try the next source
+                log.info("Microdescriptor fetch from %s failed: %s", source.describe(), _reason(exc))
+                continue
+            parsed = yield self._thread(_parse_microdescs, response.body, remaining)
+            if self._stopped:
+                return
+            for digest, reason in parsed.invalid.items():
+                log.warning("Rejected microdescriptor %s from %s: %s", digest, source.describe(), reason)
+            lacking = [digest for digest in remaining if digest not in parsed.records
+                       and digest not in parsed.invalid]
+            if parsed.unrequested and lacking:
+                log.warning("Rejected %d microdescriptor(s) from %s whose SHA-256 digest matches none of the "
+                            "%d asked for and not received (altered or wrong documents)",
+                            parsed.unrequested, source.describe(), len(lacking))
+            elif parsed.unrequested:
+                log.info("Dropped %d microdescriptor(s) from %s that were not asked for",
+                         parsed.unrequested, source.describe())
+            # As tor: report the loading progress, then see whether that is enough.
+            self._merge_microdescs(parsed, self.consensus, update=False)
+            self._microdescs_unsaved = True
+            self._loading_progress()
+            self._update_dir_info()
+            remaining = [digest for digest in remaining if digest not in self.microdescs]
+
+    def _merge_microdescs(self, batch: _MicrodescBatch, consensus: Consensus | None, update: bool = True) -> None:
+        if not batch.records:
+            return
+        listed_at = float(consensus.valid_after) if consensus is not None else None
+        for digest, record in batch.records.items():
+            self.microdescs[digest] = record
+            body = batch.bodies.get(digest)
+            if body is not None:
+                self._microdesc_bodies[digest] = body
+            last = batch.last_listed.get(digest, listed_at)
+            if last is not None:
+                self._microdesc_last_listed[digest] = max(self._microdesc_last_listed.get(digest, 0.0), last)
+            self._microdesc_failures.pop(digest, None)
+            self._microdesc_retry_at.pop(digest, None)
+        self._microdesc_version += 1
+        if update:
+            self._update_dir_info()
+
+    def _forget_old_microdescs(self, now: float) -> None:
+        listed = self.consensus.microdesc_digests() if self.consensus is not None else frozenset()
+        cutoff = now - MICRODESC_UNLISTED_LIFETIME
+        stale = [digest for digest in self.microdescs
+                 if digest not in listed and self._microdesc_last_listed.get(digest, now) < cutoff]
+        for digest in stale:
+            del self.microdescs[digest]
+            self._microdesc_bodies.pop(digest, None)
+            self._microdesc_last_listed.pop(digest, None)
+        if stale:
+            self._microdesc_version += 1
+
+    @defer.inlineCallbacks
+    def _rebuild_selector(self):
+        """Build the path selector in a worker thread (the reactor builds it only if asked first)."""
+        consensus, version = self.consensus, self._microdesc_version
+        if consensus is None or (self._selector is not None and self._selector.consensus is consensus
+                                 and self._selector_version == version):
+            return
+        snapshot = dict(self.microdescs)
+        selector = yield self._thread(_build_selector, consensus, snapshot, self.enforce_distinct_subnets)
+        if self.consensus is consensus and self._microdesc_version == version:
+            self._selector = selector
+            self._selector_version = version
+
+    # ---- enough directory information ---------------------------------------------------------
+
+    def _paths_needed(self) -> float:
+        low, high = MIN_PATHS_FOR_CIRCS_PCT_BOUNDS
+        return self.consensus.param("min_paths_for_circs_pct", MIN_PATHS_FOR_CIRCS_PCT, low, high) / 100
+
+    def _loading_progress(self) -> None:
+        """tor ``count_loading_descriptors_progress``: 50% plus the share of the needed paths."""
+        if self.consensus is None or self._bandwidth is None or self.enough_dir_info:
+            return
+        paths, _ = self._bandwidth.fraction(self.microdescs)
+        fraction = paths / self._paths_needed()
+        progress = 0 if fraction > 1.0 else int(BootstrapPhase.LOADING_DESCRIPTORS) + int(
+            fraction * (BootstrapPhase.ENOUGH_DIRINFO - 1 - BootstrapPhase.LOADING_DESCRIPTORS))
+        self.bootstrap.report(BootstrapPhase.LOADING_DESCRIPTORS, progress)
+
+    def _update_dir_info(self) -> None:
+        """tor ``update_router_have_minimum_dir_info``."""
+        enough = False
+        consensus = self.consensus
+        if consensus is None or self._bandwidth is None:
+            self.dir_info_status = "We have no usable consensus."
+        elif self.clock() > consensus.valid_until + REASONABLY_LIVE_TIME:
+            self.dir_info_status = "We have no recent usable consensus."
+        else:
+            paths, status = self._bandwidth.fraction(self.microdescs)
+            usable = self._bandwidth.usable_digests
+            present = sum(1 for digest in usable if digest in self.microdescs)
+            if paths < self._paths_needed():
+                self.dir_info_status = (
+                    f"We need more microdescriptors: we have {present}/{len(usable)}, and can only build "
+                    f"{int(paths * 100)}% of likely paths. (We have {status}.)")
+            else:
+                missing_guards = self._primary_guards_without_microdescs()
+                if missing_guards:
+                    self.dir_info_status = (
+                        f"We're missing descriptors for {missing_guards}/{PRIMARY_GUARDS_NEEDING_DESCRIPTORS} "
+                        f"of our primary entry guards (total microdescriptors: {present}/{len(usable)}).")
+                else:
+                    enough = True
+                    self.dir_info_status = f"We have enough directory information ({status})."
+        if enough and not self.enough_dir_info:
+            self.enough_dir_info = True
+            self.bootstrap.report(BootstrapPhase.ENOUGH_DIRINFO)
+            log.info("We now have enough directory information to build circuits.")
+            waiters, self._enough_waiters = self._enough_waiters, []
+            for waiter in waiters:
+                waiter.callback(self)
+        elif not enough and self.enough_dir_info:
+            self.enough_dir_info = False
+            log.log(NOTICE, "Our directory information is no longer up-to-date enough to build circuits: %s",
+                    self.dir_info_status)
+        elif not enough and consensus is not None:
+            self.bootstrap.report(BootstrapPhase.REQUESTING_DESCRIPTORS)
+
+    def _primary_guards_without_microdescs(self) -> int:
+        consensus = self.consensus
+        missing = considered = 0
+        for guard in self.guards.primary_guards():
+            if guard.is_down:
+                continue
+            considered += 1
+            relay = consensus.relay_by_fingerprint(guard.fingerprint)
+            if relay is None or relay.microdesc_digest not in self.microdescs:
+                missing += 1
+            if considered >= PRIMARY_GUARDS_NEEDING_DESCRIPTORS:
+                break
+        return missing
+
+
+def _build_selector(consensus: Consensus, microdescs: Mapping[str, MicrodescRecord],
+                    enforce_distinct_subnets: bool) -> PathSelector:
+    return PathSelector(consensus, microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (DirectoryRequestError, DirectoryError)):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Did the request fail for want of a working connection (rather than a bad answer)?"""
+    return isinstance(exc, (DirectoryConnectionError, DirectoryTimeoutError, defer.CancelledError))

@@ -1,0 +1,344 @@
+"""Directory requests: request encoding, bounded response reading, deflate, DirPort over TCP, BEGIN_DIR."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings, strategies as st
+from twisted.internet import defer, protocol, reactor
+
+from oppy.cell.commands import EndReason, RelayCommand
+from oppy.directory.client import (
+    MAX_MICRODESCS_PER_REQUEST,
+    DirectoryClient,
+    DirectoryConnectionError,
+    DirectoryRequestError,
+    DirectoryStatusError,
+    DirectoryTimeoutError,
+    HTTPResponseReader,
+    ResponseDecodeError,
+    ResponseParseError,
+    ResponseTooLargeError,
+    consensus_url,
+    decode_body,
+    encode_request,
+    key_certificates_url,
+    microdescriptors_url,
+)
+from oppy.link.relay import RelayTarget
+
+CONSENSUS = b"network-status-version 3 microdesc\nvote-status consensus\n" + b"r x\n" * 1000
+
+
+# ------------------------------------------------------------------------------------------ sans-IO
+
+
+def test_request_is_tors_http_1_0_get():
+    assert encode_request("/tor/keys/all.z") == b"GET /tor/keys/all.z HTTP/1.0\r\n\r\n"
+    assert encode_request(consensus_url(), if_modified_since=0) == (
+        b"GET /tor/status-vote/current/consensus-microdesc.z HTTP/1.0\r\n"
+        b"If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n")
+    for bad in ("tor/keys", "/a b", "/a\r\nHost: x"):
+        with pytest.raises(ValueError):
+            encode_request(bad)
+
+
+def test_urls():
+    assert consensus_url(compressed=False) == "/tor/status-vote/current/consensus-microdesc"
+    assert key_certificates_url() == "/tor/keys/all.z"
+    assert key_certificates_url([("B" * 40, "2" * 40), ("A" * 40, "1" * 40)]) == \
+        f"/tor/keys/fp-sk/{'A' * 40}-{'1' * 40}+{'B' * 40}-{'2' * 40}.z"
+    assert microdescriptors_url(["b=", "a"]) == "/tor/micro/d/a-b.z"
+    assert microdescriptors_url(["x"] * MAX_MICRODESCS_PER_REQUEST, compressed=False).count("-") == 91
+    with pytest.raises(ValueError):
+        microdescriptors_url(["x"] * (MAX_MICRODESCS_PER_REQUEST + 1))
+    with pytest.raises(ValueError):
+        microdescriptors_url([])
+
+
+def read(raw: bytes, path: str = "/tor/keys/all", max_size: int = 1 << 20, chunk: int = 7):
+    reader = HTTPResponseReader(max_size)
+    for start in range(0, len(raw), chunk):
+        reader.feed(raw[start:start + chunk])
+    return reader.finish(path, "test")
+
+
+def test_reader_parses_status_headers_and_body_in_any_split():
+    raw = b"HTTP/1.0 200 OK\r\nDate: x\r\nContent-Type: text/plain\r\n\r\n" + CONSENSUS
+    for chunk in (1, 13, len(raw)):
+        response = read(raw, chunk=chunk)
+        assert (response.status, response.reason) == (200, "OK")
+        assert response.headers["content-type"] == "text/plain"
+        assert response.body == CONSENSUS
+        assert response.wire_bytes == len(raw)
+
+
+def test_reader_keeps_error_bodies_raw_and_tolerates_bare_newlines():
+    response = read(b"HTTP/1.0 503 Directory busy, try again later\n\nbusy")
+    assert (response.status, response.reason, response.body) == (503, "Directory busy, try again later", b"busy")
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"HTTP/1.0 200 OK\r\nDate: x\r\n", b"HTTP/2 200 OK\r\n\r\n", b"HTTP/1.0 2000 OK\r\n\r\n",
+    b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.0 200 OK\r\nno colon here\r\n\r\n",
+])
+def test_reader_rejects_what_is_not_http(raw):
+    with pytest.raises(ResponseParseError):
+        read(raw)
+
+
+def test_reader_cuts_off_an_oversized_response_while_it_arrives():
+    reader = HTTPResponseReader(max_size=1000)
+    reader.feed(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 1000)
+    with pytest.raises(ResponseTooLargeError):
+        reader.feed(b"x" * 70000)
+    with pytest.raises(ResponseTooLargeError):
+        read(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 1001, max_size=1000)
+
+
+def test_deflate_bodies_are_inflated_with_or_without_the_header():
+    packed = zlib.compress(CONSENSUS)
+    with_header = read(b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + packed, "/x.z")
+    sniffed = read(b"HTTP/1.0 200 OK\r\n\r\n" + packed, "/x.z")
+    gzipped = read(b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n\r\n" + gzip.compress(CONSENSUS), "/x")
+    plain = read(b"HTTP/1.0 200 OK\r\nContent-Encoding: identity\r\n\r\n" + CONSENSUS, "/x.z")
+    assert with_header.body == sniffed.body == gzipped.body == plain.body == CONSENSUS
+
+
+def test_bad_truncated_unsupported_and_oversized_compression():
+    packed = zlib.compress(CONSENSUS)
+    with pytest.raises(ResponseDecodeError, match="truncated"):
+        decode_body(packed[:-10], "deflate", "/x.z", 1 << 20)
+    with pytest.raises(ResponseDecodeError, match="bad compressed"):
+        decode_body(b"\x78" + b"\x00" * 30, "deflate", "/x.z", 1 << 20)
+    with pytest.raises(ResponseDecodeError, match="unsupported"):
+        decode_body(b"(\xb5/\xfd", "x-zstd", "/x.z", 1 << 20)
+    bomb = zlib.compress(b"\0" * (8 << 20))
+    assert len(bomb) < 10000
+    with pytest.raises(ResponseTooLargeError):
+        decode_body(bomb, "deflate", "/x.z", 1 << 20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(["/x", "/x.z"]))
+def test_reader_raises_only_its_own_errors(data, path):
+    reader = HTTPResponseReader(max_size=200)
+    try:
+        reader.feed(data)
+        reader.finish(path, "fuzz")
+    except DirectoryRequestError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_compressed_garbage_raises_only_decode_errors(data):
+    try:
+        decode_body(b"\x78" + data, "deflate", "/x.z", 1000)
+    except (ResponseDecodeError, ResponseTooLargeError):
+        pass
+
+
+# ------------------------------------------------------------------------------------------ DirPort over TCP
+
+
+class CannedServer(protocol.Protocol):
+    """Reads the request head, then writes ``answer`` (in pieces) and closes, unless told to hang."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.buffer = b""
+
+    def dataReceived(self, data):  # noqa: N802
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.factory.requests_done():
+            self.factory.requests.append(self.buffer)
+            if self.factory.answer is None:
+                return      # hang
+            answer = self.factory.answer
+            for start in range(0, len(answer), 4096):
+                self.transport.write(answer[start:start + 4096])
+            if self.factory.reset:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+
+
+class CannedFactory(protocol.Factory):
+    def __init__(self, answer, reset=False):
+        self.answer = answer
+        self.reset = reset
+        self.requests = []
+
+    def requests_done(self):
+        return False
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return CannedServer(self)
+
+
+@pytest.fixture
+def canned():
+    ports = []
+
+    def serve(answer, reset=False):
+        factory = CannedFactory(answer, reset)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        ports.append(port)
+        return factory, port.getHost().port
+
+    yield serve
+    for port in ports:
+        port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dirport_fetch_inflates_and_reports_the_connection(canned):
+    factory, port = canned(b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(CONSENSUS))
+    connected = []
+    response = yield DirectoryClient(reactor).fetch_dirport(
+        "127.0.0.1", port, consensus_url(), 1 << 20, nickname="auth0", if_modified_since=0,
+        on_connected=lambda: connected.append(True))
+    assert response.body == CONSENSUS and connected == [True]
+    assert response.source == f"auth0 at 127.0.0.1:{port} (DirPort)"
+    assert factory.requests == [encode_request(consensus_url(), 0)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_dirport_status_errors_carry_the_status(canned):
+    _, port = canned(b"HTTP/1.0 404 Not found\r\n\r\n")
+    with pytest.raises(DirectoryStatusError) as failure:
+        yield DirectoryClient(reactor).fetch_dirport("127.0.0.1", port, "/tor/micro/d/x.z", 1000)
+    assert failure.value.status == 404 and "404 Not found" in str(failure.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_dirport_refused_timeout_too_large_and_reset(canned):
+    client = DirectoryClient(reactor, timeout=0.5)
+    _, closed_port = canned(b"")
+    with pytest.raises(ResponseParseError):       # closed without a word
+        yield client.fetch_dirport("127.0.0.1", closed_port, "/x", 1000)
+    listening = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+    free_port = listening.getHost().port
+    yield listening.stopListening()
+    with pytest.raises(DirectoryConnectionError, match="cannot connect"):
+        yield client.fetch_dirport("127.0.0.1", free_port, "/x", 1000)
+    _, hanging_port = canned(None)
+    with pytest.raises(DirectoryTimeoutError):
+        yield client.fetch_dirport("127.0.0.1", hanging_port, "/x", 1000)
+    _, big_port = canned(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 300000)
+    with pytest.raises(ResponseTooLargeError):
+        yield client.fetch_dirport("127.0.0.1", big_port, "/x", 1000)
+    _, reset_port = canned(b"HTTP/1.0 200 OK\r\n\r\npartial", reset=True)
+    with pytest.raises(DirectoryConnectionError, match="lost"):
+        yield client.fetch_dirport("127.0.0.1", reset_port, "/x", 1000)
+
+
+@pytest_twisted.inlineCallbacks
+def test_dirport_fetch_can_be_cancelled(canned):
+    _, port = canned(None)
+    request = DirectoryClient(reactor, timeout=30).fetch_dirport("127.0.0.1", port, "/x", 1000)
+    reactor.callLater(0.05, request.cancel)
+    with pytest.raises(defer.CancelledError):
+        yield request
+
+
+# ------------------------------------------------------------------------------------------ BEGIN_DIR
+
+
+class FakeCircuit:
+    """Just enough of a Circuit for one stream: records what the stream sends."""
+
+    def __init__(self):
+        self.path = [RelayTarget("relay0", b"\x01" * 20, "127.0.0.1", 9001, b"\x02" * 32)]
+        self.sent = []
+        self.data = b""
+        self.streams = {}
+        self.can_package = True
+
+    def allocate_stream_id(self):
+        return 7
+
+    def attach_stream(self, stream):
+        self.streams[stream.stream_id] = stream
+
+    def detach_stream(self, stream_id):
+        self.streams.pop(stream_id, None)
+
+    def send_relay(self, command, stream_id, body):
+        self.sent.append((command, stream_id, body))
+
+    def send_data(self, stream_id, data):
+        self.data += data
+
+    def end_stream(self, stream_id, reason=EndReason.MISC):
+        self.sent.append((RelayCommand.END, stream_id, bytes([reason])))
+        self.streams.pop(stream_id, None)
+
+    def answer(self, *cells):
+        stream = self.streams[7]
+        for command, body in cells:
+            stream.relay_received(command, body)
+
+
+def begin_dir(circuit, **options):
+    client = DirectoryClient(reactor, timeout=options.pop("timeout", 30))
+    return client.fetch_over_circuit(circuit, "/tor/micro/d/a.z", options.pop("max_size", 1 << 20))
+
+
+def outcome(deferred):
+    results = []
+    deferred.addBoth(results.append)
+    assert results, "the request has not finished"
+    return results[0]
+
+
+def test_begin_dir_sends_the_request_when_connected_and_reads_until_end_done():
+    circuit = FakeCircuit()
+    request = begin_dir(circuit)
+    assert circuit.sent == [(RelayCommand.BEGIN_DIR, 7, b"")]
+    answer = b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(CONSENSUS)
+    circuit.answer((RelayCommand.CONNECTED, b""))
+    assert circuit.data == encode_request("/tor/micro/d/a.z")
+    assert not request.called
+    circuit.answer(*[(RelayCommand.DATA, answer[i:i + 498]) for i in range(0, len(answer), 498)])
+    circuit.answer((RelayCommand.END, bytes([EndReason.DONE])))
+    response = outcome(request)
+    assert response.body == CONSENSUS and "(BEGIN_DIR)" in response.source
+
+
+def test_begin_dir_refused_or_cut_short_fails():
+    circuit = FakeCircuit()
+    request = begin_dir(circuit)
+    circuit.answer((RelayCommand.END, bytes([EndReason.NOTDIRECTORY])))
+    failure = outcome(request).value
+    assert isinstance(failure, DirectoryConnectionError) and "refused" in str(failure)
+    circuit = FakeCircuit()
+    request = begin_dir(circuit)
+    circuit.answer((RelayCommand.CONNECTED, b""), (RelayCommand.DATA, b"HTTP/1.0 200 OK\r\n\r\nab"),
+                   (RelayCommand.END, bytes([EndReason.MISC])))
+    assert isinstance(outcome(request).value, DirectoryConnectionError)
+
+
+def test_begin_dir_too_large_closes_the_stream():
+    circuit = FakeCircuit()
+    request = begin_dir(circuit, max_size=100)
+    circuit.answer((RelayCommand.CONNECTED, b""), *[(RelayCommand.DATA, b"x" * 498)] * 200)
+    assert isinstance(outcome(request).value, ResponseTooLargeError)
+    assert circuit.sent[-1] == (RelayCommand.END, 7, bytes([EndReason.RESOURCELIMIT]))
+
+
+@pytest_twisted.inlineCallbacks
+def test_begin_dir_times_out_and_cancels():
+    circuit = FakeCircuit()
+    with pytest.raises(DirectoryTimeoutError):
+        yield begin_dir(circuit, timeout=0.05)
+    assert circuit.sent[-1][0] == RelayCommand.END
+    circuit = FakeCircuit()
+    request = begin_dir(circuit)
+    request.cancel()
+    assert isinstance(outcome(request).value, defer.CancelledError)
+    assert circuit.sent[-1][0] == RelayCommand.END
