@@ -18,6 +18,8 @@ def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+    # Unit tests first: they run while the network boots in the background.
+    items.sort(key=lambda item: "integration" in item.path.parts)
 
 
 def pytest_collection_finish(session):

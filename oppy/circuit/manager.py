@@ -103,6 +103,8 @@ class ManagedStream:
         self.attempts = 0
         self.resolve_failures = 0
         self.excluded_exits: set[bytes] = set()
+        # The exit's reason for the last failed attempt: what the application hears if no circuit is left.
+        self.last_end_reason: int | None = None
         self.managed_circuit: ManagedCircuit | None = None
         self.timer = None
         # Unattached until a controller's ATTACHSTREAM (__LeaveStreamsUnattached): tor's CONTROLLER_WAIT.
@@ -362,7 +364,7 @@ class CircuitManager:
             except Exception as exc:  # no path: tell the application now
                 self._stream_waiters.remove(managed)
                 stream.retry_hook = None
-                stream.close(EndReason.NOROUTE)
+                stream.close(managed.last_end_reason or EndReason.NOROUTE)
                 log.info("stream %d: no path: %s", managed.number, exc)
 
     def _attach_waiting(self) -> None:
@@ -418,6 +420,7 @@ class CircuitManager:
         if not self._running or managed.attempts >= MAX_STREAM_ATTEMPTS:
             return False
         if end.remote:
+            managed.last_end_reason = end.reason
             if end.reason not in RETRIABLE_END_REASONS:
                 return False
             circuit = managed.managed_circuit

@@ -1,0 +1,349 @@
+"""The control port's view of the running daemon: what commands read and change in oppy.
+
+:class:`DaemonBackend` implements :class:`~oppy.control.commands.ControlBackend` over the daemon's
+config, circuit manager, directory service and link pool; :class:`LinkTrafficMeter` counts the bytes
+oppy's links read and write (for BW events, ``traffic/*`` and ``bw-event-cache``) and notices links
+opening and closing (ORCONN events). No sockets are opened here and nothing is scheduled: the
+Twisted adapter (``oppy.control.server``) calls :meth:`DaemonBackend.tick` once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+from oppy.cell.commands import DestroyReason
+from oppy.config import OPTION_NAMES, ConfigError, reload_config
+from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
+from oppy.control.events import format_path, orconn_event
+from oppy.logs import configure_logging, notice
+
+__all__ = ["DaemonBackend", "LinkTrafficMeter", "tcp_byte_counts"]
+
+log = logging.getLogger(__name__)
+
+# Linux <netinet/tcp.h> struct tcp_info: tcpi_bytes_acked and tcpi_bytes_received (u64 each, since
+# Linux 4.1/4.2) sit at these offsets. They are the bytes a link's socket sent and received, TLS
+# included, which is what tor counts for its BW events.
+_TCP_INFO_LEN = 256
+_TCP_INFO_BYTES_OFFSET = 120
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+# The SYN counts as one acknowledged byte in tcpi_bytes_acked.
+_SYN_BYTES = 1
+# Options read once at start (listeners, where data lives): a RELOAD leaves them as they are.
+_NOT_RELOADED = frozenset({"SocksPort", "ControlPort", "DataDirectory", "TestingTorNetwork"})
+
+
+def tcp_byte_counts(sock) -> tuple[int, int] | None:
+    """(bytes received, bytes sent) of a TCP socket, from the kernel's TCP_INFO; None where unknown."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(info) < _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
+        return None
+    sent, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_OFFSET)
+    return received, max(0, sent - _SYN_BYTES)
+
+
+def _connection_bytes(connection) -> tuple[int, int] | None:
+    """Bytes read and written by one link: its own counters if the link layer keeps them, else the
+    kernel's for its socket."""
+    read = getattr(connection, "bytes_read", None)
+    written = getattr(connection, "bytes_written", None)
+    if isinstance(read, int) and isinstance(written, int):
+        return read, written
+    # A TLS transport wraps the TCP one, whose handle is the socket.
+    transport = getattr(connection, "transport", None)
+    for candidate in (getattr(transport, "transport", None), transport):
+        try:
+            handle = candidate.getHandle() if candidate is not None else None
+        except Exception:  # noqa: BLE001 - a transport being torn down
+            handle = None
+        if isinstance(handle, socket.socket):
+            return tcp_byte_counts(handle)
+    return None
+
+
+class LinkTrafficMeter:
+    """Samples the link pool: bytes moved since the last sample, and links opened or closed."""
+
+    def __init__(self, links, name_of: Callable[[bytes], str | None] = lambda rsa_id: None) -> None:
+        self.links = links
+        self.name_of = name_of
+        self.total_read = 0
+        self.total_written = 0
+        self._last: dict[object, tuple[int, int]] = {}
+        self._ids: dict[object, int] = {}
+        self._pending_ids: dict[bytes, int] = {}
+        self._next_id = 1
+
+    def _new_id(self) -> int:
+        number, self._next_id = self._next_id, self._next_id + 1
+        return number
+
+    def _target(self, rsa_id: bytes) -> tuple[str, str | None]:
+        return (rsa_id.hex().upper(), self.name_of(rsa_id))
+
+    def sample(self) -> tuple[int, int]:
+        """Bytes read and written since the previous sample."""
+        read = written = 0
+        current = {}
+        for connection in self.links.connections():
+            counts = _connection_bytes(connection)
+            if counts is None:
+                continue
+            current[connection] = counts
+            last_read, last_written = self._last.get(connection, (0, 0))
+            read += max(0, counts[0] - last_read)
+            written += max(0, counts[1] - last_written)
+        self._last = current
+        self.total_read += read
+        self.total_written += written
+        return read, written
+
+    def connection_events(self) -> list[bytes]:
+        """ORCONN events for links that started, opened, failed or closed since the last call."""
+        events = []
+        pending = set(getattr(self.links, "_pending", {}))
+        open_connections = {connection: connection.channel.expected_rsa_id
+                            for connection in self.links.connections()}
+        open_ids = set(open_connections.values())
+        for rsa_id in pending - set(self._pending_ids):
+            self._pending_ids[rsa_id] = self._new_id()
+            events.append(orconn_event(self._target(rsa_id), "LAUNCHED", conn_id=self._pending_ids[rsa_id]))
+        for connection, rsa_id in open_connections.items():
+            if connection not in self._ids:
+                number = self._pending_ids.pop(rsa_id, None) or self._new_id()
+                self._ids[connection] = number
+                events.append(orconn_event(self._target(rsa_id), "CONNECTED", conn_id=number))
+        for rsa_id in list(self._pending_ids):
+            if rsa_id not in pending and rsa_id not in open_ids:
+                number = self._pending_ids.pop(rsa_id)
+                events.append(orconn_event(self._target(rsa_id), "FAILED", reason="CONNECTREFUSED",
+                                           conn_id=number))
+        for connection in list(self._ids):
+            if connection not in open_connections:
+                number = self._ids.pop(connection)
+                events.append(orconn_event(self._target(connection.channel.expected_rsa_id), "CLOSED",
+                                           reason="DONE", conn_id=number))
+        return events
+
+    def status_lines(self) -> list[str]:
+        lines = []
+        for connection in self.links.connections():
+            lines.append(f"{format_path([self._target(connection.channel.expected_rsa_id)])} CONNECTED")
+        for rsa_id in getattr(self.links, "_pending", {}):
+            lines.append(f"{format_path([self._target(rsa_id)])} LAUNCHED")
+        return lines
+
+
+class DaemonBackend(ControlBackend):
+    """The running daemon as the control port sees and steers it."""
+
+    def __init__(self, daemon, reactor, control_listeners: Callable[[], list[tuple[str, int]]] = list,
+                 on_auth_options_changed: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.daemon = daemon
+        self.reactor = reactor
+        self.config = daemon.config
+        self.manager = daemon.manager
+        self.directory = daemon.directory
+        self.clock = clock
+        self.control_listeners = control_listeners
+        self.on_auth_options_changed = on_auth_options_changed
+        #: Set by the service: reports CONF_CHANGED lines of a RELOAD.
+        self.report_conf_changed: Callable[[list[tuple[str, str | None]]], None] = lambda lines: None
+        self.meter = LinkTrafficMeter(daemon.links, self._nickname)
+        self.history: deque[tuple[int, int]] = deque(maxlen=BW_EVENT_CACHE_LEN)
+        self.dormant = False
+
+    def _nickname(self, rsa_id: bytes) -> str | None:
+        consensus = self.directory.consensus
+        relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
+        return relay.nickname if relay is not None else None
+
+    # ---------------------------------------------------------------- once a second
+
+    def tick(self) -> tuple[int, int]:
+        """Sample the links: returns the bytes read and written in the last second (the BW event)."""
+        read, written = self.meter.sample()
+        self.history.append((read, written))
+        return read, written
+
+    # ---------------------------------------------------------------- circuits and streams
+
+    def launch_circuit(self, path, purpose: str) -> int:
+        from oppy.circuit.manager import CircuitPurpose
+
+        managed = self.manager.launch(None, path=path, purpose=CircuitPurpose[purpose])
+        return managed.number
+
+    def attach_stream(self, managed_stream, managed_circuit) -> None:
+        self.manager.controller_attach(managed_stream, managed_circuit)
+
+    def close_stream(self, managed_stream, reason: int) -> None:
+        stream = managed_stream.stream
+        stream.retry_hook = None
+        stream.close(reason)
+
+    def close_circuit(self, number: int) -> None:
+        self.manager.close_circuit(number, DestroyReason.REQUESTED)
+
+    def find_relay(self, name: str):
+        text = name.strip()
+        hex_part = text[1:] if text.startswith("$") else text
+        for separator in ("~", "="):
+            hex_part = hex_part.split(separator, 1)[0]
+        if len(hex_part) == 40:
+            try:
+                return self.directory.relay_target(bytes.fromhex(hex_part))
+            except ValueError:
+                pass
+        if text.startswith("$"):
+            return None
+        consensus = self.directory.consensus
+        if consensus is None:
+            return None
+        wanted = text.lower()
+        for relay in consensus.relays:
+            if relay.nickname.lower() == wanted:
+                return self.directory.relay_target(relay.rsa_id)
+        return None
+
+    def microdesc_body(self, digest: str) -> str | None:
+        bodies = getattr(self.directory, "_microdesc_bodies", {})
+        body = bodies.get(digest)
+        return body.decode("utf-8", "replace") if body is not None else None
+
+    # ---------------------------------------------------------------- state
+
+    def listeners(self, kind: str) -> list[tuple[str, int]]:
+        if kind == "socks":
+            return [(host.host, host.port) for host in (listener.getHost() for listener in self.daemon.socks_listeners)]
+        if kind == "control":
+            return self.control_listeners()
+        return []
+
+    def traffic(self) -> tuple[int, int]:
+        return self.meter.total_read, self.meter.total_written
+
+    def bandwidth_history(self) -> Sequence[tuple[int, int]]:
+        return tuple(self.history)
+
+    def orconn_lines(self) -> list[str]:
+        return self.meter.status_lines()
+
+    def uptime(self) -> int:
+        return int(self.clock() - self.daemon.started_at)
+
+    def config_file(self) -> str | None:
+        path = self.config.source.torrc_path
+        if path is None or path == "-":
+            return None
+        return os.path.abspath(path)
+
+    def circuit_established(self) -> bool:
+        return bool(getattr(self.manager, "_first_built", False)) or any(
+            managed.is_open for managed in self.manager.circuits.values())
+
+    def is_dormant(self) -> bool:
+        return self.dormant
+
+    # ---------------------------------------------------------------- signals
+
+    def signal(self, name: str) -> None:
+        if name == "NEWNYM":
+            log.info("Received NEWNYM: new streams get new circuits.")
+            self.manager.newnym()
+        elif name == "RELOAD":
+            notice(log, "Received reload signal (hup). Reloading config and resetting internal state.")
+            self._reload()
+        elif name in ("SHUTDOWN", "HALT"):
+            notice(log, "Caught signal %s from the controller, exiting cleanly.", name)
+            # After the reply has been written: the daemon's shutdown trigger then runs.
+            self.reactor.callLater(0.05, self.reactor.stop)
+        elif name == "HEARTBEAT":
+            read, written = self.traffic()
+            open_circuits = sum(1 for managed in self.manager.circuits.values() if managed.is_open)
+            notice(log, "Heartbeat: oppy's uptime is %d seconds, with %d circuits open. I've sent %d kB and "
+                        "received %d kB.", self.uptime(), open_circuits, written // 1024, read // 1024)
+        elif name == "DUMP":
+            notice(log, "Dumping stats: %d circuits, %d streams, %d links open.", len(self.manager.circuits),
+                   len(self.manager.streams), len(self.daemon.links.connections()))
+        elif name == "DORMANT":
+            self.dormant = True
+            notice(log, "Going dormant at the controller's request (oppy keeps its circuits).")
+        elif name == "ACTIVE":
+            self.dormant = False
+            notice(log, "Active again at the controller's request.")
+        else:  # CLEARDNSCACHE (oppy caches no DNS answers), DEBUG
+            log.info("Signal %s: nothing for oppy to do.", name)
+
+    def _reload(self) -> None:
+        try:
+            fresh = reload_config(self.config)
+        except (ConfigError, OSError) as exc:
+            log.warning("Reloading config failed: %s. Keeping the old configuration.", exc)
+            return
+        pairs: list[tuple[str, str | None]] = []
+        for name in OPTION_NAMES:
+            if name in _NOT_RELOADED or name.startswith("__"):
+                continue
+            values = fresh.get_option(name)
+            if values:
+                pairs.extend((name, value) for value in values)
+            else:
+                pairs.append((name, None))
+        try:
+            lines = apply_setconf(self.config, pairs)
+        except SetconfError as exc:
+            log.warning("Reloading config failed: %s. Keeping the old configuration.", exc.message)
+            return
+        if lines:
+            self.options_changed(list(dict.fromkeys(name for name, _ in lines)))
+            self.report_conf_changed(lines)
+
+    # ---------------------------------------------------------------- SETCONF
+
+    def options_changed(self, names: Sequence[str]) -> None:
+        config = self.config
+        manager = self.manager
+        changed = set(names)
+        if "__LeaveStreamsUnattached" in changed:
+            manager.attach_automatically = not config.leave_streams_unattached
+            if manager.attach_automatically:
+                for managed in list(manager.streams.values()):
+                    if getattr(managed, "awaiting_controller", False) and not managed.stream.ended:
+                        manager.controller_attach(managed, None)
+        if "MaxCircuitDirtiness" in changed:
+            manager.max_circuit_dirtiness = config.max_circuit_dirtiness
+        if "CircuitBuildTimeout" in changed:
+            manager.build_timeout = config.circuit_build_timeout
+        if "MaxClientCircuitsPending" in changed:
+            manager.max_pending = config.max_client_circuits_pending
+        if changed & {"Log", "SafeLogging"}:
+            try:
+                configure_logging(config)
+            except OSError as exc:
+                log.warning("Could not apply the new Log lines: %s", exc.strerror or exc)
+        factory = getattr(self.daemon, "socks_factory", None)
+        if factory is not None:
+            if "SocksTimeout" in changed:
+                factory.handshake_timeout = config.socks_timeout
+            if "MaxSocksConnections" in changed:
+                factory.max_connections = config.max_socks_connections
+            if "ClientRejectInternalAddresses" in changed:
+                factory.allow_private_addresses = not config.client_reject_internal_addresses
+        if "EnforceDistinctSubnets" in changed and hasattr(self.directory, "enforce_distinct_subnets"):
+            self.directory.enforce_distinct_subnets = config.enforce_distinct_subnets
+        if changed & {"CookieAuthentication", "CookieAuthFile", "HashedControlPassword"}:
+            self.on_auth_options_changed()

@@ -1,0 +1,231 @@
+"""The control port with Twisted: listeners, one thin protocol per controller, the once-a-second tick.
+
+Each accepted connection gets a :class:`ControlProtocol`, which moves bytes between its transport and
+a sans-IO :class:`~oppy.control.commands.ControlSession`. :class:`ControlService` opens the
+``ControlPort`` listeners, writes the authentication cookie, and feeds the hub what oppy does: the
+circuit manager's notifications (CIRC, STREAM), log records (DEBUG ... ERR), bootstrap progress and
+new consensuses (STATUS_CLIENT, NEWCONSENSUS), and once a second the links' byte counts (BW) and
+link changes (ORCONN).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from twisted.internet import error as twisted_error, protocol, task
+from twisted.python import threadable
+
+from oppy.control.auth import CookieFileError, write_cookie_file
+from oppy.control.backend import DaemonBackend
+from oppy.control.commands import AuthSettings, ControlHub, event_for_new_consensus
+from oppy.control.events import LOG_SEVERITIES, bw_event
+from oppy.control.codec import encode_event
+from oppy.control.status import bootstrap_phase_text
+from oppy.logs import add_log_observer, notice, remove_log_observer
+
+__all__ = ["ControlProtocol", "ControlFactory", "ControlService"]
+
+log = logging.getLogger(__name__)
+
+# control-spec "BW": tor sends one BW event every second.
+BW_INTERVAL = 1.0
+
+
+class ControlProtocol(protocol.Protocol):
+    """One controller connection: bytes to the session, its replies and events back."""
+
+    def __init__(self, factory: "ControlFactory") -> None:
+        self.factory = factory
+        self.session = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
+        self.session = self.factory.hub.open_session()
+        self.session.wakeup = self._flush
+        self.factory.connections.add(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.session.feed(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is None:
+            return
+        data = self.session.data_to_send()
+        if data:
+            self.transport.write(data)
+        if self.session.should_close:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self.factory.connections.discard(self)
+        if self.session is not None:
+            self.factory.hub.close_session(self.session)
+            if self.session.owning:
+                self.factory.owner_left()
+
+
+class ControlFactory(protocol.Factory):
+    def __init__(self, hub: ControlHub, owner_left=lambda: None) -> None:
+        self.hub = hub
+        self.owner_left = owner_left
+        self.connections: set[ControlProtocol] = set()
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return ControlProtocol(self)
+
+
+class ControlService:
+    """The control port of a running daemon: start() opens it, stop() closes it."""
+
+    def __init__(self, daemon, reactor) -> None:
+        self.daemon = daemon
+        self.reactor = reactor
+        self.config = daemon.config
+        self.listeners = []
+        self.backend = DaemonBackend(daemon, reactor, control_listeners=self._bound_addresses,
+                                     on_auth_options_changed=self._refresh_auth)
+        self.hub = ControlHub(self.backend)
+        self.backend.report_conf_changed = self.hub.conf_changed
+        self.hub.on_subscriptions_changed = self._subscriptions_changed
+        self.factory = ControlFactory(self.hub, owner_left=self._owner_left)
+        self._tick_loop = None
+        self._log_level: str | None = None
+        self._announced_circuit = False
+        self._orconn_poll = None
+
+    # ---------------------------------------------------------------- authentication
+
+    def _auth_settings(self) -> AuthSettings:
+        config = self.config
+        cookie = cookie_path = None
+        if config.cookie_authentication:
+            path = config.cookie_auth_file_path()
+            cookie = write_cookie_file(path)
+            cookie_path = os.path.abspath(path)
+        return AuthSettings(cookie=cookie, cookie_path=cookie_path,
+                            hashed_passwords=tuple(config.hashed_control_passwords))
+
+    def _refresh_auth(self) -> None:
+        """Authentication options changed: new connections use the new settings."""
+        try:
+            self.hub.auth = self._auth_settings()
+        except (OSError, CookieFileError) as exc:
+            log.warning("Could not write the control port authentication cookie: %s", exc)
+
+    # ---------------------------------------------------------------- start and stop
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.control_ports)
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.hub.auth = self._auth_settings()
+        except (OSError, CookieFileError) as exc:
+            raise SystemExit(f"Could not write the control port authentication cookie: {exc}") from None
+        for port_config in self.config.control_ports:
+            address = port_config.address
+            notice(log, "Opening Control listener on %s:%s", address,
+                   "auto" if port_config.is_auto else port_config.port)
+            try:
+                listener = self.reactor.listenTCP(0 if port_config.is_auto else port_config.port, self.factory,
+                                                  interface=address)
+            except twisted_error.CannotListenError as exc:
+                raise SystemExit(f"Could not bind to {address}:{port_config.port}: {exc.socketError}") from None
+            self.listeners.append(listener)
+            host = listener.getHost()
+            notice(log, "Opened Control listener connection (ready) on %s:%d", host.host, host.port)
+        self.daemon.manager.observers.append(self._manager_changed)
+        self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
+        self.daemon.directory.add_consensus_observer(self._new_consensus)
+        self._tick_loop = task.LoopingCall(self._tick)
+        self._tick_loop.clock = self.reactor
+        self._tick_loop.start(BW_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        if not self.enabled:
+            return
+        for listener in self.listeners:
+            listener.stopListening()
+        self.listeners = []
+        if self._tick_loop is not None and self._tick_loop.running:
+            self._tick_loop.stop()
+        if self._orconn_poll is not None and self._orconn_poll.active():
+            self._orconn_poll.cancel()
+        self._orconn_poll = None
+        observers = self.daemon.manager.observers
+        if self._manager_changed in observers:
+            observers.remove(self._manager_changed)
+        self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
+        self.daemon.directory.remove_consensus_observer(self._new_consensus)
+        self._set_log_level(None)
+        for connection in list(self.factory.connections):
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+
+    def _bound_addresses(self) -> list[tuple[str, int]]:
+        return [(host.host, host.port) for host in (listener.getHost() for listener in self.listeners)]
+
+    def _owner_left(self) -> None:
+        notice(log, "Owning controller connection has closed -- exiting now.")
+        self.reactor.callLater(0, self.reactor.stop)
+
+    # ---------------------------------------------------------------- what oppy reports
+
+    def _manager_changed(self, kind: str, obj) -> None:
+        if kind == "circuit":
+            self.hub.circuit_changed(obj)
+            if obj.status.value == "BUILT" and not self._announced_circuit:
+                self._announced_circuit = True
+                self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
+            if self._orconn_poll is None and self.hub.wants("ORCONN"):
+                # Once the build has asked the link pool for its first hop: LAUNCHED, or CONNECTED.
+                self._orconn_poll = self.reactor.callLater(0, self._orconn_events)
+        elif kind == "stream":
+            self.hub.stream_changed(obj)
+
+    def _bootstrap_progress(self, percent: int, tag: str, summary: str) -> None:
+        self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT " + bootstrap_phase_text(percent, tag, summary)))
+
+    def _new_consensus(self, consensus) -> None:
+        if self.hub.wants("NEWCONSENSUS"):
+            self.hub.broadcast("NEWCONSENSUS", event_for_new_consensus(consensus.relays))
+
+    def _orconn_events(self) -> None:
+        self._orconn_poll = None
+        for event in self.backend.meter.connection_events():
+            self.hub.broadcast("ORCONN", event)
+
+    def _tick(self) -> None:
+        # A LoopingCall stops for good when its function raises: a bug here must not end the BW events.
+        try:
+            read, written = self.backend.tick()
+            self.hub.broadcast("BW", bw_event(read, written))
+            self._orconn_events()
+        except Exception:
+            log.exception("control port: the once-a-second update failed")
+
+    # ---------------------------------------------------------------- log events
+
+    def _subscriptions_changed(self, events: frozenset[str]) -> None:
+        wanted = [severity for severity in LOG_SEVERITIES if severity in events]
+        self._set_log_level(wanted[0].lower() if wanted else None)
+
+    def _set_log_level(self, level: str | None) -> None:
+        """Observe oppy's log at the lowest severity a controller asked for (none: no observer)."""
+        if level == self._log_level:
+            return
+        if self._log_level is not None:
+            remove_log_observer(self._log_record)
+        self._log_level = level
+        if level is not None:
+            add_log_observer(self._log_record, level)
+
+    def _log_record(self, severity: str, message: str) -> None:
+        if threadable.isInIOThread():
+            self.hub.log_message(severity, message)
+        else:  # a worker thread (directory parsing) logged: deliver from the reactor thread
+            self.reactor.callFromThread(self.hub.log_message, severity, message)
