@@ -47,7 +47,8 @@ class Daemon:
         self.manager = CircuitManager(
             self.links, self.directory.choose_path, exit_allows=self.exit_allows, reactor=reactor,
             max_circuit_dirtiness=config.max_circuit_dirtiness, build_timeout=config.circuit_build_timeout,
-            max_pending=config.max_client_circuits_pending, guard_result=self._guard_result)
+            max_pending=config.max_client_circuits_pending, guard_result=self._guard_result,
+            unattached_timeout=config.socks_timeout)
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
 

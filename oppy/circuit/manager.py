@@ -38,6 +38,8 @@ MAX_RESOLVE_FAILURES = 3
 # relay.c edge_reason_is_retriable: the END reasons that mean "try another circuit".
 RETRIABLE_END_REASONS = frozenset((EndReason.HIBERNATING, EndReason.RESOURCELIMIT, EndReason.EXITPOLICY,
                                    EndReason.RESOLVEFAILED, EndReason.MISC, EndReason.NOROUTE))
+# tor's SocksTimeout default: how long a stream may wait for a controller to attach it.
+DEFAULT_UNATTACHED_TIMEOUT = 120.0
 # How many circuits may be building at once (tor's MaxClientCircuitsPending default).
 DEFAULT_MAX_PENDING_CIRCUITS = 32
 
@@ -121,7 +123,8 @@ class CircuitManager:
                  build_timeout: float = DEFAULT_CIRCUIT_BUILD_TIMEOUT,
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
-                 guard_result: Callable[[bytes, bool], None] = lambda rsa_id, ok: None) -> None:
+                 guard_result: Callable[[bytes, bool], None] = lambda rsa_id, ok: None,
+                 unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT) -> None:
         self.links = links
         self.choose_path = choose_path
         self.exit_allows = exit_allows
@@ -132,6 +135,7 @@ class CircuitManager:
         self.preemptive_circuits = preemptive_circuits
         self.max_pending = max_pending
         self.guard_result = guard_result
+        self.unattached_timeout = unattached_timeout
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._circuit_numbers = itertools.count(1)
@@ -305,6 +309,19 @@ class CircuitManager:
             return
         managed.awaiting_controller = True
         self._notify("stream", managed)
+        # connection_edge.c connection_ap_expire_beginning: a stream no controller attaches within
+        # SocksTimeout is given up with END reason TIMEOUT.
+        self._cancel_timer(managed)
+        managed.timer = self.reactor.callLater(self.unattached_timeout, self._unattached_expired, managed)
+
+    def _unattached_expired(self, managed: ManagedStream) -> None:
+        managed.timer = None
+        if managed.awaiting_controller and not managed.stream.ended:
+            log.info("stream %d: no controller attached it within %.0fs; giving up", managed.number,
+                     self.unattached_timeout)
+            managed.awaiting_controller = False
+            managed.stream.retry_hook = None
+            managed.stream.close(EndReason.TIMEOUT)
 
     def _attach_or_wait(self, managed: ManagedStream) -> None:
         if self.attach_automatically:

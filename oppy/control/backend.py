@@ -220,8 +220,7 @@ class DaemonBackend(ControlBackend):
         return None
 
     def microdesc_body(self, digest: str) -> str | None:
-        bodies = getattr(self.directory, "_microdesc_bodies", {})
-        body = bodies.get(digest)
+        body = self.directory.microdesc_body(digest)
         return body.decode("utf-8", "replace") if body is not None else None
 
     # ---------------------------------------------------------------- state

@@ -645,6 +645,10 @@ class DirectoryService:
     def remove_consensus_observer(self, observer: Callable[[Consensus], None]) -> None:
         self._consensus_observers = [known for known in self._consensus_observers if known is not observer]
 
+    def microdesc_body(self, digest: str) -> bytes | None:
+        """The text of a microdescriptor we hold, as its relay published it (GETINFO md/id/FP)."""
+        return self._microdesc_bodies.get(digest)
+
     @property
     def consensus_document(self) -> bytes | None:
         """The consensus in use, byte for byte as signed (for GETINFO dir/status-vote/...)."""
