@@ -174,14 +174,15 @@ def decode_certs_body(payload: bytes) -> list[CertsEntry]:
     count = payload[0]
     offset = 1
     certs = []
-    for _ in range(count):
+    for index in range(count):
         if offset + 3 > len(payload):
-            raise CellParseError("CERTS entry truncated before its type and length")
+            raise CellParseError(f"CERTS cell truncated in the header of certificate {index + 1}/{count}")
         cert_type = payload[offset]
         (cert_len,) = _U16.unpack_from(payload, offset + 1)
         offset += 3
         if offset + cert_len > len(payload):
-            raise CellParseError(f"CERTS entry of type {cert_type} truncated")
+            raise CellParseError(f"CERTS cell truncated inside certificate {index + 1}/{count} "
+                                 f"(type {cert_type}, {cert_len} bytes announced)")
         certs.append(CertsEntry(cert_type, bytes(payload[offset : offset + cert_len])))
         offset += cert_len
     return certs

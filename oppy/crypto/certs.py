@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.utils import CryptographyDeprecationWarning
 
+from oppy.cell.errors import CellParseError
+from oppy.cell.link import CertsEntry, decode_certs_body
 from oppy.crypto.errors import CertificateError, CertParseError
 
 __all__ = [
@@ -99,9 +101,6 @@ RSA_ED25519_CROSSCERT_PREFIX = b"Tor TLS RSA/Ed25519 cross-certificate"
 _CROSSCERT_HEADER = struct.Struct(">32sIB")  # ED25519_KEY EXPIRATION_DATE SIGLEN
 _SHA256_LEN = 32
 
-# tor-spec "CERTS cells": N(1), then N times CertType(1) CLEN(2) Certificate(CLEN).
-_CERTS_ENTRY_HEADER = struct.Struct(">BH")
-
 # Expiration fields of Ed25519 and cross certificates count hours since the epoch (cert-spec 2.1,
 # 2.3).
 SECONDS_PER_HOUR = 3600
@@ -112,11 +111,8 @@ X509_PAST_SLOP_SECONDS = 2 * 24 * 60 * 60
 X509_FUTURE_SLOP_SECONDS = 30 * 24 * 60 * 60
 
 
-class CertsCellEntry(NamedTuple):
-    """One certificate carried in a CERTS cell, still encoded."""
-
-    cert_type: int
-    body: bytes
+# One certificate carried in a CERTS cell, still encoded (the cell layer's framing of CERTS).
+CertsCellEntry = CertsEntry
 
 
 class Ed25519CertExtension(NamedTuple):
@@ -325,27 +321,10 @@ class RsaEd25519CrossCert:
 
 def parse_certs_cell(body: bytes) -> list[CertsCellEntry]:
     """Split a CERTS cell body into its certificates; trailing bytes are ignored (tor-spec)."""
-    body = bytes(body)
-    if not body:
-        raise CertParseError("CERTS cell is empty")
-    count = body[0]
-    offset = 1
-    entries = []
-    for index in range(count):
-        if offset + _CERTS_ENTRY_HEADER.size > len(body):
-            raise CertParseError(
-                f"CERTS cell truncated in the header of certificate {index + 1}/{count}"
-            )
-        cert_type, cert_len = _CERTS_ENTRY_HEADER.unpack_from(body, offset)
-        offset += _CERTS_ENTRY_HEADER.size
-        if offset + cert_len > len(body):
-            raise CertParseError(
-                f"CERTS cell truncated inside certificate {index + 1}/{count} "
-                f"(type {cert_type}, {cert_len} bytes announced)"
-            )
-        entries.append(CertsCellEntry(cert_type, body[offset : offset + cert_len]))
-        offset += cert_len
-    return entries
+    try:
+        return decode_certs_body(bytes(body))
+    except CellParseError as exc:
+        raise CertParseError(str(exc)) from None
 
 
 def rsa_identity_fingerprint(public_key: RSAPublicKey) -> bytes:

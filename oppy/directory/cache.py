@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from oppy.directory.documents import format_time, parse_time
+from oppy.directory.documents import format_time, parse_time, split_microdescriptor_chunks
 from oppy.directory.errors import DocumentParseError
 
 __all__ = [
@@ -59,7 +59,6 @@ FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 
 _CERT_START_RE = re.compile(rb"^dir-key-certificate-version", re.M)
-_MICRODESC_BOUNDARY_RE = re.compile(rb"^(?:@|onion-key)", re.M)
 
 
 class CacheError(ValueError):
@@ -115,16 +114,13 @@ def split_microdescriptors(data: bytes) -> Iterator[tuple[bytes, float | None]]:
     (tor ``microdescs_parse_from_string``), exactly the text its digest covers.
     ``last_listed`` comes from a preceding ``@last-listed`` annotation, if any.
     """
-    boundaries = [match.start() for match in _MICRODESC_BOUNDARY_RE.finditer(data)]
-    boundaries.append(len(data))
     last_listed: float | None = None
-    for index in range(len(boundaries) - 1):
-        start, end = boundaries[index], boundaries[index + 1]
-        if data.startswith(b"onion-key", start):
-            yield data[start:end], last_listed
+    for chunk in split_microdescriptor_chunks(data):
+        if chunk.startswith(b"onion-key"):
+            yield chunk, last_listed
             last_listed = None
-        elif data.startswith(LAST_LISTED_ANNOTATION.encode(), start):
-            text = data[start + len(LAST_LISTED_ANNOTATION):end].decode("latin-1").strip()
+        elif chunk.startswith(LAST_LISTED_ANNOTATION.encode()):
+            text = chunk[len(LAST_LISTED_ANNOTATION):].decode("latin-1").strip()
             try:
                 last_listed = parse_time(text)
             except DocumentParseError:

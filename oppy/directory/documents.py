@@ -650,15 +650,19 @@ def microdesc_digest(body: bytes) -> str:
     return _b64encode_unpadded(hashlib.sha256(body).digest())
 
 
-def _split_microdescs(data: bytes) -> Iterator[bytes]:
-    """Yield each microdescriptor body: from ``onion-key`` up to the next
-    annotation or ``onion-key`` line (tor ``microdescs_parse_from_string``)."""
+def split_microdescriptor_chunks(data: bytes) -> Iterator[bytes]:
+    """Yield each chunk of concatenated microdescriptors: a body (from ``onion-key`` up to the next
+    annotation or ``onion-key`` line, exactly what its digest covers; tor ``microdescs_parse_from_string``)
+    or an ``@`` annotation line that precedes one."""
     boundaries = [match.start() for match in _MICRODESC_BOUNDARY_RE.finditer(data)]
     boundaries.append(len(data))
     for index in range(len(boundaries) - 1):
-        start = boundaries[index]
-        if data.startswith(b"onion-key", start):
-            yield data[start:boundaries[index + 1]]
+        yield data[boundaries[index]:boundaries[index + 1]]
+
+
+def _split_microdescs(data: bytes) -> Iterator[bytes]:
+    """Yield each microdescriptor body, annotations left out."""
+    return (chunk for chunk in split_microdescriptor_chunks(data) if chunk.startswith(b"onion-key"))
 
 
 def parse_microdescriptors(data: bytes, wanted: Collection[str] | None = None) -> MicrodescBatch:
