@@ -186,3 +186,44 @@ def test_sigterm_during_transfers_exits_cleanly(network, tmp_path):
     for download in downloads:
         download.wait(timeout=30)
         assert download.returncode != 0  # cut short, not hung
+
+
+def test_socks4a_fetch(network, oppy):
+    result = subprocess.run(["curl", "-sS", "--max-time", "60", "--socks4a", f"127.0.0.1:{oppy.socks_port}",
+                             network.url("/", host="four.test")], capture_output=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello from the oppy test target\n"
+
+
+def tor_resolve(socks_port: int, *args: str) -> subprocess.CompletedProcess:
+    # tor-resolve (from Debian's tor package) speaks Tor's SOCKS RESOLVE (0xF0) and RESOLVE_PTR (0xF1).
+    return subprocess.run(["tor-resolve", "-5", *args, f"127.0.0.1:{socks_port}"], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_resolve_and_resolve_ptr_extensions(network, oppy):
+    forward = tor_resolve(oppy.socks_port, "name.test")
+    assert forward.returncode == 0 and forward.stdout.strip() == "127.0.0.1", forward.stderr
+    missing = tor_resolve(oppy.socks_port, "nowhere.invalid")
+    assert missing.returncode != 0 and missing.stdout.strip() == ""
+    # 0.4.9 exits refuse reverse lookups of private addresses, and the network has no other: oppy must
+    # answer RESOLVE_PTR exactly as the C tor client does (the encoding itself is unit-tested).
+    reverse = tor_resolve(oppy.socks_port, "-x", "127.0.0.1")
+    reference = tor_resolve(network.socks_port, "-x", "127.0.0.1")
+    assert (reverse.returncode, reverse.stdout) == (reference.returncode, reference.stdout)
+    assert "host is unreachable" in reverse.stderr
+
+
+def test_a_client_stalling_mid_handshake_is_dropped(network, tmp_path):
+    process = OppyProcess(network, tmp_path / "data", extra_lines=["SocksTimeout 3"]).wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", process.socks_port), timeout=15) as sock:
+            sock.sendall(b"\x05\x01")  # a greeting cut short, and then nothing
+            started = time.monotonic()
+            try:
+                assert sock.recv(16) == b""  # closed by oppy
+            except ConnectionResetError:
+                pass  # or reset: dropped either way
+            assert 2 < time.monotonic() - started < 10
+    finally:
+        assert process.stop() == 0
