@@ -321,21 +321,9 @@ class ConsensusHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class Consensus:
+class Consensus(ConsensusHeader):
     """A parsed consensus: header fields, footer weights and the relays."""
 
-    flavor: str
-    consensus_method: int | None
-    valid_after: int
-    fresh_until: int
-    valid_until: int
-    known_flags: tuple[str, ...]
-    params: Mapping[str, int]
-    recommended_client_protocols: Mapping[str, frozenset[int]]
-    required_client_protocols: Mapping[str, frozenset[int]]
-    recommended_relay_protocols: Mapping[str, frozenset[int]]
-    required_relay_protocols: Mapping[str, frozenset[int]]
-    dir_sources: tuple[DirSource, ...]
     bandwidth_weights: Mapping[str, int]
     relays: tuple[RelayRecord, ...]
     _by_id: dict[bytes, RelayRecord] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -500,22 +488,8 @@ def parse_consensus(data: bytes) -> Consensus:
             break
         if line.startswith("bandwidth-weights"):
             weights = _parse_kv_ints(line.split()[1:], ConsensusParseError, "bandwidth-weights")
-    return Consensus(
-        flavor=header.flavor,
-        consensus_method=header.consensus_method,
-        valid_after=header.valid_after,
-        fresh_until=header.fresh_until,
-        valid_until=header.valid_until,
-        known_flags=header.known_flags,
-        params=header.params,
-        recommended_client_protocols=header.recommended_client_protocols,
-        required_client_protocols=header.required_client_protocols,
-        recommended_relay_protocols=header.recommended_relay_protocols,
-        required_relay_protocols=header.required_relay_protocols,
-        dir_sources=header.dir_sources,
-        bandwidth_weights=MappingProxyType(weights),
-        relays=tuple(relays),
-    )
+    header_fields = {name: getattr(header, name) for name in ConsensusHeader.__dataclass_fields__}
+    return Consensus(**header_fields, bandwidth_weights=MappingProxyType(weights), relays=tuple(relays))
 
 
 def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
