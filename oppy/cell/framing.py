@@ -93,6 +93,29 @@ def encode_cell(circ_id: int, command: int, payload: bytes, link_version: int) -
     return b"".join((header, payload, _ZERO_PADDING[:short]))
 
 
+def encode_fixed_cells(circ_id: int, command: int, payloads: bytes | bytearray, link_version: int) -> bytearray:
+    """The wire bytes of several fixed-length cells with one circ ID and command.
+
+    `payloads` holds the 509-byte payloads back to back (as the relay crypto encrypts them in one go);
+    the header is packed once.
+    """
+    if command == _VERSIONS or command >= _FIRST_VAR_COMMAND:
+        raise ValueError(f"command {command} is variable-length")
+    if len(payloads) % CELL_PAYLOAD_LEN:
+        raise ValueError(f"{len(payloads)} bytes are not a whole number of 509-byte payloads")
+    try:
+        header = (_WIDE_HEADER if link_version >= FIRST_WIDE_CIRC_ID_LINK_VERSION else _NARROW_HEADER).pack(
+            circ_id, command)
+    except struct.error:
+        raise ValueError(f"cannot frame cells: circ_id={circ_id!r} command={command!r}") from None
+    framed = bytearray()
+    with memoryview(payloads) as view:
+        for offset in range(0, len(payloads), CELL_PAYLOAD_LEN):
+            framed += header
+            framed += view[offset:offset + CELL_PAYLOAD_LEN]
+    return framed
+
+
 def encode_versions_cell(versions: list[int] | tuple[int, ...]) -> bytes:
     """The first VERSIONS cell: circ ID 0 in the 2-byte form, whatever versions are offered.
 
@@ -165,6 +188,78 @@ class CellReader:
             if consumed < len(data):
                 buffer += memoryview(data)[consumed:]
         return cells
+
+    def feed_runs(self, data: bytes | bytearray | memoryview, run_command: int) -> list[tuple[int, int, bytes, int]]:
+        """`feed`, with consecutive `run_command` cells for one circuit gathered into one entry.
+
+        Entries are (circ_id, command, payload, count): count is 1 for a single cell, and for a run of
+        `count` fixed-length `run_command` cells on one circ ID the payload is their 509-byte payloads back
+        to back (what the relay crypto decrypts in one pass per layer). Only after the link version is set.
+        """
+        if self._link_version == LINK_VERSION_UNNEGOTIATED:
+            raise ValueError("runs need the negotiated link version")
+        if run_command == _VERSIONS or run_command >= _FIRST_VAR_COMMAND:
+            raise ValueError(f"command {run_command} is variable-length")
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            entries, consumed = self._parse_runs(buffer, run_command)
+            del buffer[:consumed]
+        else:
+            entries, consumed = self._parse_runs(data, run_command)
+            if consumed < len(data):
+                buffer += memoryview(data)[consumed:]
+        return entries
+
+    def _parse_runs(self, source: bytes | bytearray | memoryview, run_command: int) -> tuple[list, int]:
+        entries: list[tuple[int, int, bytes, int]] = []
+        append = entries.append
+        header_unpack = self._header.unpack_from
+        header_len = self._header_len
+        unpack_length = _LENGTH.unpack_from
+        fixed_len = header_len + CELL_PAYLOAD_LEN
+        var_header_len = header_len + VAR_CELL_LENGTH_LEN
+        join = b"".join
+        end = len(source)
+        offset = 0
+        run: list = []  # payload views of the current run
+        run_circ_id = -1
+        with memoryview(source) as view:
+            while end - offset >= header_len:
+                circ_id, command = header_unpack(view, offset)
+                if command == run_command:
+                    payload_end = offset + fixed_len
+                    if payload_end > end:
+                        break
+                    if circ_id != run_circ_id:
+                        if run:
+                            append((run_circ_id, run_command, join(run), len(run)))
+                            run = []
+                        run_circ_id = circ_id
+                    run.append(view[offset + header_len:payload_end])
+                    offset = payload_end
+                    continue
+                if command == _VERSIONS or command >= _FIRST_VAR_COMMAND:
+                    if end - offset < var_header_len:
+                        break
+                    (length,) = unpack_length(view, offset + header_len)
+                    payload_start = offset + var_header_len
+                    payload_end = payload_start + length
+                else:
+                    payload_start = offset + header_len
+                    payload_end = offset + fixed_len
+                if payload_end > end:
+                    break
+                if run:
+                    append((run_circ_id, run_command, join(run), len(run)))
+                    run = []
+                    run_circ_id = -1
+                append((circ_id, command, bytes(view[payload_start:payload_end]), 1))
+                offset = payload_end
+            if run:
+                append((run_circ_id, run_command, join(run), len(run)))
+                run = []
+        return entries, offset
 
     def _parse(self, source: bytes | bytearray | memoryview) -> tuple[list[Cell], int]:
         cells: list[Cell] = []

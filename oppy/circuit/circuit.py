@@ -17,6 +17,8 @@ import time
 from typing import Callable, Protocol
 
 from oppy.cell.commands import (
+    CELL_PAYLOAD_LEN,
+    RELAY_HEADER_LEN,
     RELAY_PAYLOAD_LEN,
     CellCommand,
     DestroyReason,
@@ -51,6 +53,8 @@ MAX_RELAY_EARLY_CELLS = 8
 MAX_STREAM_ID = 0xFFFF
 
 _RELAY_HEADER = struct.Struct(">BHHIH")
+# A circuit SENDME goes out when the deliver window falls to this (tor-spec "Flow control").
+_CIRCUIT_SENDME_THRESHOLD = CIRCWINDOW_START - CIRCWINDOW_INCREMENT
 _DATA = int(RelayCommand.DATA)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
@@ -205,6 +209,81 @@ class Circuit:
         else:
             self._fail(f"unexpected cell command {command}", DestroyReason.PROTOCOL)
 
+    def relay_cells_received(self, payloads: bytes) -> None:
+        """Several RELAY cells for this circuit, in the order one read from the link brought them: their
+        509-byte payloads back to back.
+
+        On an open circuit each crypto layer is removed from all of them in one pass
+        (`Tor1ClientCrypto.decrypt_inbound_many`); each cell is then handled exactly as `cell_received`
+        would. While building, hops are added between cells, so they go one by one.
+        """
+        if self.state is not CircuitState.OPEN:
+            for offset in range(0, len(payloads), CELL_PAYLOAD_LEN):
+                self.cell_received(_RELAY, payloads[offset:offset + CELL_PAYLOAD_LEN])
+            return
+        cells, error = self.crypto.decrypt_inbound_many(payloads)
+        unpack = _RELAY_HEADER.unpack_from
+        streams = self.streams
+        # DATA cells in a row for one stream are handed over together (`Stream.data_cells_received`): one
+        # delivery to the application per read instead of one per cell. The circuit's counters live in
+        # locals inside the loop and are written back before anything else can look at them.
+        run_stream = None
+        run: list = []
+        deliver_window = self.deliver_window
+        bytes_read = self.bytes_read
+        # Stream data is taken as views of the decrypted batch: the stream's one join is the only copy.
+        viewed = view = None
+        for hop, buffer, offset, tag in cells:
+            command, _, stream_id, _, length = unpack(buffer, offset)
+            if command == _DATA and stream_id and length <= RELAY_PAYLOAD_LEN:
+                bytes_read += length
+                deliver_window -= 1
+                if deliver_window <= _CIRCUIT_SENDME_THRESHOLD:
+                    if deliver_window < 0:
+                        self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                        if run:
+                            _deliver_data_run(run_stream, run)
+                        if self.state is not CircuitState.CLOSED:
+                            self._fail(f"{self._hop_name(hop)} overran the circuit deliver window",
+                                       DestroyReason.PROTOCOL)
+                        return
+                    # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
+                    deliver_window += CIRCWINDOW_INCREMENT
+                    self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                    self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
+                stream = streams.get(stream_id)
+                if stream is None:
+                    continue  # a late arrival after our END: dropped
+                if stream is not run_stream:
+                    if run:
+                        self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                        _deliver_data_run(run_stream, run)
+                        run = []
+                        if self.state is CircuitState.CLOSED:
+                            return
+                    run_stream = stream
+                if buffer is not viewed:
+                    viewed, view = buffer, memoryview(buffer)
+                start = offset + RELAY_HEADER_LEN
+                run.append(view[start:start + length])
+                continue
+            self.deliver_window, self.bytes_read = deliver_window, bytes_read
+            if run:
+                _deliver_data_run(run_stream, run)
+                run = []
+                run_stream = None
+            if self.state is CircuitState.CLOSED:
+                return
+            self._relay_plaintext_received(hop, buffer, offset, tag)
+            if self.state is CircuitState.CLOSED:
+                return
+            deliver_window, bytes_read = self.deliver_window, self.bytes_read
+        self.deliver_window, self.bytes_read = deliver_window, bytes_read
+        if run:
+            _deliver_data_run(run_stream, run)
+        if error is not None and self.state is not CircuitState.CLOSED:
+            self._fail(str(error), DestroyReason.PROTOCOL)
+
     def _relay_cell_received(self, payload: bytes) -> None:
         if self.state is CircuitState.CLOSED:
             return
@@ -213,12 +292,17 @@ class Circuit:
         except RelayCryptoError as exc:
             self._fail(str(exc), DestroyReason.PROTOCOL)
             return
-        command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(plaintext)
+        self._relay_plaintext_received(hop, plaintext, 0, self.crypto.last_inbound_digest(hop))
+
+    def _relay_plaintext_received(self, hop: int, buffer: bytes, offset: int, tag: bytes) -> None:
+        """One recognized relay cell, buffer[offset:offset + 509]; `tag` is the hop's digest right after it."""
+        command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(buffer, offset)
         if length > RELAY_PAYLOAD_LEN:
             self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
                        DestroyReason.PROTOCOL)
             return
-        data = plaintext[11:11 + length]
+        start = offset + RELAY_HEADER_LEN
+        data = bytes(buffer[start:start + length])
         if command == _DATA:
             self.bytes_read += length
             self.deliver_window -= 1
@@ -228,8 +312,7 @@ class Circuit:
             if self.deliver_window <= CIRCWINDOW_START - CIRCWINDOW_INCREMENT:
                 # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
                 self.deliver_window += CIRCWINDOW_INCREMENT
-                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(self.crypto.last_inbound_digest(hop)),
-                                hop=hop)
+                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -316,6 +399,37 @@ class Circuit:
     def can_package(self) -> bool:
         return self.package_window > 0 and self.state is CircuitState.OPEN
 
+    @property
+    def package_room(self) -> int:
+        """How many DATA cells may be sent right now (the circuit package window, 0 unless open)."""
+        return self.package_window if self.state is CircuitState.OPEN else 0
+
+    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
+        """`send_data` for several DATA cells of one stream (each at most 498 bytes), encrypted together."""
+        if self.state is CircuitState.CLOSED:
+            raise CircuitError(f"circuit {self.circ_id:#x} is closed")
+        if len(chunks) > self.package_window:
+            raise CircuitError("circuit package window is too small for these cells")
+        if not chunks:
+            return
+        last = len(self.crypto) - 1
+        payloads = [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks]
+        cells, tags = self.crypto.encrypt_outbound_many(payloads, last)
+        send_cells = getattr(self.channel, "send_cells", None)
+        if send_cells is not None:
+            send_cells(self.circ_id, _RELAY, cells)
+        else:
+            for offset in range(0, len(cells), CELL_PAYLOAD_LEN):
+                self.channel.send_cell(self.circ_id, _RELAY, cells[offset:offset + CELL_PAYLOAD_LEN])
+        self.package_window -= len(chunks)
+        sent = self._data_cells_sent
+        for index, chunk in enumerate(chunks, 1):
+            self.bytes_written += len(chunk)
+            if (sent + index) % CIRCWINDOW_INCREMENT == 0:
+                # The exit's SENDME will echo the digest right after every 100th DATA cell (prop 289).
+                self._expected_sendme_tags.append(tags[index - 1])
+        self._data_cells_sent = sent + len(chunks)
+
     def send_data(self, stream_id: int, data: bytes) -> None:
         """One RELAY_DATA cell (at most 498 bytes) to the exit, counted against the circuit window."""
         if self.package_window <= 0:
@@ -379,3 +493,14 @@ class Circuit:
         for stream in streams.values():
             stream.circuit_closed(error)
         self.on_closed(self, error)
+
+
+def _deliver_data_run(stream: StreamEndpoint, chunks: list[bytes]) -> None:
+    """The data of consecutive DATA cells for one stream (views of the decrypted batch), to the stream (cell
+    by cell, as bytes, if it takes only that)."""
+    many = getattr(stream, "data_cells_received", None)
+    if many is not None:
+        many(chunks)
+        return
+    for chunk in chunks:
+        stream.relay_received(_DATA, bytes(chunk))

@@ -42,7 +42,8 @@ _ZERO_DIGEST = bytes(RELAY_DIGEST_LEN)
 # digest.
 SENDME_TAG_LEN = HASH_LEN
 # The AES-CTR initial counter block is all zeros (tor-spec "Routing relay cells").
-_ZERO_IV = bytes(16)
+_AES_BLOCK_LEN = 16
+_ZERO_IV = bytes(_AES_BLOCK_LEN)
 
 
 def _aes128_ctr(key: bytes):
@@ -131,10 +132,13 @@ class Tor1ClientCrypto:
     `encrypt_outbound` and `decrypt_inbound` take and return 509-byte relay cell payloads.
     """
 
-    __slots__ = ("hops",)
+    __slots__ = ("hops", "_scratch")
 
     def __init__(self, hops: list[Tor1Hop] | None = None) -> None:
         self.hops: list[Tor1Hop] = list(hops) if hops else []
+        # Two buffers the inner layers of `decrypt_inbound_many` decrypt into, in turn (no allocation and
+        # no zero-filling of a new buffer per layer and batch). They grow to the largest batch seen.
+        self._scratch = (bytearray(), bytearray())
 
     def add_hop(self, hop: Tor1Hop) -> None:
         """Append the layer of a newly created (or extended-to) hop."""
@@ -184,6 +188,146 @@ class Tor1ClientCrypto:
         raise RelayCryptoError(
             f"inbound relay cell not recognized by any of the {len(self.hops)} hops"
         )
+
+    def decrypt_inbound_many(self, payloads: bytes) -> tuple[list[tuple], RelayCryptoError | None]:
+        """`decrypt_inbound` for several cells of this circuit at once: their payloads back to back.
+
+        Each layer is removed from all the cells still encrypted in one AES call: a layer's keystream is
+        used by exactly the cells that reach it, in order, so this is the same as peeling them one by one.
+        Returns (cells, error): cells are (hop_index, buffer, offset, tag) for each cell recognized, in
+        order, its plaintext being buffer[offset:offset + 509] and tag the hop's running digest right after
+        it (the SENDME v1 tag). When a cell is recognized by no hop, cells holds those before it and error
+        says why; the circuit must then be closed (as after `decrypt_inbound` raised).
+        """
+        count, rest = divmod(len(payloads), CELL_PAYLOAD_LEN)
+        error = None
+        if rest:
+            error = RelayCryptoError(f"relay payloads must be {CELL_PAYLOAD_LEN} bytes each, got {len(payloads)} "
+                                     f"bytes in all")
+        hops = self.hops
+        if not hops and count:
+            return [], RelayCryptoError("inbound relay cell not recognized by any of the 0 hops")
+        results: list = [None] * count
+        waiting = list(range(count))  # cells still under a layer, in order; `buffer` holds them back to back
+        buffer = payloads[:count * CELL_PAYLOAD_LEN] if rest else payloads
+        last_index = len(hops) - 1
+        first_unrecognized = count
+        for hop_index, hop in enumerate(hops):
+            if not waiting:
+                break
+            if hop_index == last_index:
+                first_unrecognized = self._recognize_at_last_hop(hop, hop_index, buffer, waiting, results)
+                break
+            # This layer's output lands in the scratch buffer the input is not in.
+            out = self._scratch[hop_index & 1]
+            size = len(buffer)
+            if len(out) < size + _AES_BLOCK_LEN - 1:
+                out.extend(bytes(size + _AES_BLOCK_LEN - 1 - len(out)))
+            hop._backward_cipher.update_into(buffer, out)
+            buffer = memoryview(out)[:size]
+            # Only a zero "recognized" field is worth a digest computation: find those cells with one scan
+            # of the field's first byte across the batch (a cell for a later hop has one 2**-16 of the time).
+            first_bytes = out[RELAY_RECOGNIZED_OFFSET:size:CELL_PAYLOAD_LEN]
+            stopped_here = set()
+            position = first_bytes.find(0)
+            while position != -1:
+                offset = position * CELL_PAYLOAD_LEN
+                if not out[offset + RELAY_RECOGNIZED_OFFSET + 1]:
+                    plaintext = bytes(buffer[offset:offset + CELL_PAYLOAD_LEN])  # the scratch is reused
+                    if hop.recognize(plaintext):
+                        results[waiting[position]] = (hop_index, plaintext, 0, hop.last_inbound_digest)
+                        stopped_here.add(position)
+                position = first_bytes.find(0, position + 1)
+            if stopped_here:
+                passed_on = [p for p in range(len(waiting)) if p not in stopped_here]
+                buffer = b"".join([buffer[p * CELL_PAYLOAD_LEN:(p + 1) * CELL_PAYLOAD_LEN] for p in passed_on])
+                waiting = [waiting[p] for p in passed_on]
+        if first_unrecognized < count:
+            return results[:first_unrecognized], RelayCryptoError(
+                f"inbound relay cell not recognized by any of the {len(hops)} hops")
+        return results, error
+
+    @staticmethod
+    def _recognize_at_last_hop(hop: Tor1Hop, hop_index: int, ciphertext: bytes, waiting: list[int],
+                               results: list) -> int:
+        """Remove the last layer and check each cell's digest; the number of the first cell that fails.
+
+        Nothing lies beyond the last hop, so a cell it does not recognize closes the circuit: the running
+        digest is advanced in place, without the trial copy `recognize` makes. The plaintext goes into a
+        bytearray so that the digest fields can be read and zeroed for the whole batch at once (four
+        strided slice operations), leaving one SHA-1 update per cell.
+        """
+        count = len(waiting)
+        end = count * CELL_PAYLOAD_LEN
+        # CipherContext.update_into wants room for one block more than the input.
+        plain = bytearray(end + _AES_BLOCK_LEN - 1)
+        hop._backward_cipher.update_into(ciphertext, plain)
+        # Cells before the first one with a non-zero "recognized" field.
+        recognizable = count
+        for field_offset in (RELAY_RECOGNIZED_OFFSET, RELAY_RECOGNIZED_OFFSET + 1):
+            field = plain[field_offset:end:CELL_PAYLOAD_LEN]
+            if field.count(0) != count:
+                recognizable = min(recognizable, next(i for i, byte in enumerate(field) if byte))
+        received = bytearray(RELAY_DIGEST_LEN * count)
+        zeros = bytes(count)
+        for index in range(RELAY_DIGEST_LEN):
+            start = RELAY_DIGEST_OFFSET + index
+            received[index::RELAY_DIGEST_LEN] = plain[start:end:CELL_PAYLOAD_LEN]
+            plain[start:end:CELL_PAYLOAD_LEN] = zeros
+        running = hop._backward_digest
+        update = running.update
+        digest = running.digest
+        tags = []
+        append = tags.append
+        with memoryview(plain) as view:
+            for offset in range(0, recognizable * CELL_PAYLOAD_LEN, CELL_PAYLOAD_LEN):
+                update(view[offset:offset + CELL_PAYLOAD_LEN])
+                append(digest())
+        checked = len(tags)
+        if not compare_digest(b"".join([tag[:RELAY_DIGEST_LEN] for tag in tags]),
+                              received[:RELAY_DIGEST_LEN * checked]):
+            checked = next(position for position, tag in enumerate(tags) if not compare_digest(
+                tag[:RELAY_DIGEST_LEN], received[position * RELAY_DIGEST_LEN:(position + 1) * RELAY_DIGEST_LEN]))
+        for position in range(checked):
+            results[waiting[position]] = (hop_index, plain, position * CELL_PAYLOAD_LEN, tags[position])
+        if checked:
+            hop.last_inbound_digest = tags[checked - 1]
+        return waiting[checked] if checked < count else len(results)
+
+    def encrypt_outbound_many(self, payloads: list[bytes], hop_index: int) -> tuple[bytes, list[bytes]]:
+        """`encrypt_outbound` for several cells to one hop: (their ciphertexts back to back, 509 bytes each,
+        the hop's running digest right after each cell).
+
+        The digests are stamped cell by cell (each depends on the ones before); each layer then encrypts
+        all of them in one AES call.
+        """
+        hops = self.hops
+        if not 0 <= hop_index < len(hops):
+            raise IndexError(f"no hop {hop_index} on a circuit of {len(hops)} hops")
+        hop = hops[hop_index]
+        running = hop._forward_digest
+        update = running.update
+        stamped = bytearray()
+        tags = []
+        tag = None
+        for payload in payloads:
+            if len(payload) != CELL_PAYLOAD_LEN:
+                raise ValueError(f"relay payload must be {CELL_PAYLOAD_LEN} bytes, got {len(payload)}")
+            if payload[RELAY_DIGEST_OFFSET:_DIGEST_END] != _ZERO_DIGEST:
+                raise ValueError("relay payload must have its digest field zeroed before encryption")
+            update(payload)
+            tag = running.digest()
+            tags.append(tag)
+            start = len(stamped)
+            stamped += payload
+            stamped[start + RELAY_DIGEST_OFFSET:start + _DIGEST_END] = tag[:RELAY_DIGEST_LEN]
+        if tag is not None:
+            hop.last_outbound_digest = tag
+        cells = hop._forward_cipher.update(stamped)
+        while hop_index:
+            hop_index -= 1
+            cells = hops[hop_index]._forward_cipher.update(cells)
+        return cells, tags
 
     def last_outbound_digest(self, hop_index: int) -> bytes | None:
         """The 20-byte forward running digest right after the last cell sent to `hop_index`."""

@@ -14,9 +14,9 @@ import os
 import time
 from typing import Callable, NamedTuple, Protocol
 
-from oppy.cell.commands import CellCommand, DestroyReason
+from oppy.cell.commands import CELL_PAYLOAD_LEN, CellCommand, DestroyReason
 from oppy.cell.errors import CellParseError
-from oppy.cell.framing import encode_cell, encode_versions_cell, CellReader
+from oppy.cell.framing import encode_cell, encode_fixed_cells, encode_versions_cell, CellReader
 from oppy.cell.link import (
     decode_netinfo_body,
     decode_versions_body,
@@ -66,6 +66,9 @@ class CircuitEndpoint(Protocol):
 
     def cell_received(self, command: int, payload: bytes) -> None: ...
 
+    # Optional: `relay_cells_received(payloads)` takes a run of RELAY cells at once, their 509-byte payloads
+    # back to back (see `Channel._route_runs`).
+
     def channel_closed(self, reason: str) -> None: ...
 
 
@@ -96,35 +99,56 @@ class Channel:
         self._outgoing.clear()
         return data
 
-    def receive_data(self, data: bytes) -> list[LinkOpened]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[LinkOpened]:
         """Feed bytes from the relay. Returns the handshake's completion event when it happens.
 
         Raises LinkError when the relay breaks the protocol or is not the relay we dialled; the caller
-        then closes the connection (and `close` tells the circuits).
+        then closes the connection (and `close` tells the circuits). `data` is not kept.
         """
         if self.state is ChannelState.CLOSED:
             return []
         try:
+            if self.state is ChannelState.OPEN:
+                self._route_runs(self._reader.feed_runs(data, _RELAY))
+                return []
             cells = self._reader.feed(data)
         except CellParseError as exc:
             raise LinkError(f"malformed cell from {self.peer_address}: {exc}") from None
-        if self.state is ChannelState.OPEN:
-            self._route(cells)
-            return []
         return self._handshake(cells)
 
     def _route(self, cells) -> None:
-        """The hot path: hand each circuit cell to its circuit."""
+        """Hand each circuit cell to its circuit, in order."""
+        self._route_runs([(circ_id, command, payload, 1) for circ_id, command, payload in cells])
+
+    def _route_runs(self, entries) -> None:
+        """The hot path: hand each circuit cell to its circuit.
+
+        A run of RELAY cells for one circuit (as `CellReader.feed_runs` gathers them) goes to it at once,
+        `relay_cells_received(payloads)`, so that it can decrypt them in one pass per layer.
+        """
         circuits = self.circuits
-        for circ_id, command, payload in cells:
+        for circ_id, command, payload, count in entries:
             circuit = circuits.get(circ_id)
-            if circuit is not None and (command == _RELAY or command in _CIRCUIT_COMMANDS):
+            if circuit is None:
+                if command == CellCommand.PADDING_NEGOTIATE:
+                    raise LinkError(f"{self.peer_address} sent PADDING_NEGOTIATE, which only clients send")
+                continue  # padding, late cells for circuits already gone, cells we never asked for
+            if command == _RELAY:
+                if count == 1:
+                    circuit.cell_received(_RELAY, payload)
+                else:
+                    many = getattr(circuit, "relay_cells_received", None)
+                    if many is not None:
+                        many(payload)
+                    else:
+                        for offset in range(0, len(payload), CELL_PAYLOAD_LEN):
+                            circuit.cell_received(_RELAY, payload[offset:offset + CELL_PAYLOAD_LEN])
+            elif command in _CIRCUIT_COMMANDS:
                 if command == CellCommand.DESTROY:
                     del circuits[circ_id]
                 circuit.cell_received(command, payload)
             elif command == CellCommand.PADDING_NEGOTIATE:
                 raise LinkError(f"{self.peer_address} sent PADDING_NEGOTIATE, which only clients send")
-            # Anything else: padding, late cells for circuits already gone, cells we never asked for.
 
     # -------------------------------------------------------------------------------- handshake
 
@@ -197,6 +221,13 @@ class Channel:
         if self.state is not ChannelState.OPEN:
             raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
         self._queue(encode_cell(circ_id, command, payload, self.link_version))
+
+    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
+        """Several fixed-length cells with one circuit id and command: `payloads` is 509 bytes per cell."""
+        if self.state is not ChannelState.OPEN:
+            raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
+        framed = encode_fixed_cells(circ_id, command, payloads, self.link_version)
+        self._queue(framed)
 
     def allocate_circuit_id(self, circuit: CircuitEndpoint) -> int:
         """A fresh random circuit id with the initiator bit set, registered for `circuit`."""

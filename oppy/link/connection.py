@@ -1,16 +1,18 @@
 """Links over TLS with Twisted: the thin adapter around `Channel`, and the pool of open links.
 
-The adapter moves bytes between the TLS transport and the sans-IO channel and batches outgoing cells: cells
-queued while the reactor handles one event go out in a single TLS write at the end of the iteration.
+TLS runs in this adapter over a plain TCP transport, with the standard library's `ssl` on memory BIOs:
+each TCP read is decrypted whole (every TLS record it completes) and handed to the channel as one piece,
+so the cell path works per read rather than per TLS record, and the per-record cost stays in C. Outgoing
+cells are batched: cells queued while the reactor handles one event go out in a single TLS write at the
+end of the iteration.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer, error, protocol, reactor as default_reactor
-from twisted.internet.ssl import CertificateOptions, TLSVersion
 
 from oppy.link.channel import Channel, ChannelState, LinkError
 from oppy.link.relay import RelayTarget
@@ -20,27 +22,88 @@ log = logging.getLogger(__name__)
 # How long a TCP connect plus TLS plus the link handshake may take (C tor's non-primary guard connect
 # timeout is 15 s, guard-spec "MAX_NONPRIMARY_GUARD_CONNECT_TIMEOUT"; the whole circuit has its own timeout).
 LINK_HANDSHAKE_TIMEOUT = 15.0
+# The largest plaintext one TLS record carries (RFC 8446 section 5.1): one read call returns at most this.
+TLS_MAX_RECORD_PLAINTEXT = 16384
+# The decrypted bytes of one read go into a buffer of this size, kept per link (it grows if a read ever
+# brings more: Twisted reads at most 64 KiB from the socket at once).
+PLAINTEXT_BUFFER_LEN = 96 * 1024
 
 
-def tls_options() -> CertificateOptions:
+def tls_context() -> ssl.SSLContext:
     """TLS 1.2 or newer; no certificate verification (relays present self-signed certificates with random
     names; the link handshake's CERTS cell proves who they are), no session tickets, no compression."""
-    return CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2, enableSessionTickets=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION
+    return context
 
 
 class RelayConnection(protocol.Protocol):
     """One TLS connection to one relay, carrying one Channel."""
 
-    def __init__(self, channel: Channel, reactor) -> None:
+    def __init__(self, channel: Channel, reactor, context: ssl.SSLContext | None = None) -> None:
         self.channel = channel
         self.reactor = reactor
         self.opened: defer.Deferred = defer.Deferred()
         self._flush_call = None
         self._failure: LinkError | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = (context or tls_context()).wrap_bio(self._incoming, self._outgoing, server_side=False)
+        self._tls_ready = False
+        self._plaintext = bytearray(PLAINTEXT_BUFFER_LEN)
         channel.wakeup = self._schedule_flush
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
-        self._flush()
+        self._continue_tls_handshake()
+
+    # ------------------------------------------------------------------------------ TLS
+
+    def _send_tls_output(self) -> None:
+        if self._outgoing.pending and self.transport is not None:
+            self.transport.write(self._outgoing.read())
+
+    def _continue_tls_handshake(self) -> None:
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_tls_output()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.fail(LinkError(f"TLS handshake with {self.channel.peer_address} failed: {exc}"))
+            return
+        self._tls_ready = True
+        self.channel.peer_certificate_der = self._tls.getpeercert(binary_form=True)
+        self._send_tls_output()
+        self._flush()  # the VERSIONS cell, queued since the channel was made
+
+    def _decrypt_available(self) -> int | None:
+        """Decrypt every TLS record received so far into `_plaintext`; how many bytes it now holds (None
+        after a TLS failure). The buffer is reused from read to read: no allocation per record, no join."""
+        buffer = self._plaintext
+        read = self._tls.read
+        filled = 0
+        try:
+            while True:
+                if len(buffer) - filled < TLS_MAX_RECORD_PLAINTEXT:
+                    buffer.extend(bytes(len(buffer)))
+                with memoryview(buffer) as view, view[filled:] as free:
+                    count = read(TLS_MAX_RECORD_PLAINTEXT, free)
+                if not count:
+                    break
+                filled += count
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            pass  # close_notify: the TCP close that follows ends the link
+        except ssl.SSLError as exc:
+            self.fail(LinkError(f"TLS error on the link to {self.channel.peer_address}: {exc}"))
+            return None
+        return filled
+
+    # ------------------------------------------------------------------------------ cells
 
     def _schedule_flush(self) -> None:
         if self._flush_call is None and self.transport is not None:
@@ -48,18 +111,33 @@ class RelayConnection(protocol.Protocol):
 
     def _flush(self) -> None:
         self._flush_call = None
+        if not self._tls_ready or self.transport is None:
+            return  # the cells stay queued in the channel until TLS is up
         data = self.channel.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        if data:
+            try:
+                self._tls.write(data)
+            except ssl.SSLError as exc:
+                self.fail(LinkError(f"TLS error on the link to {self.channel.peer_address}: {exc}"))
+                return
+            self._send_tls_output()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._incoming.write(data)
+        if not self._tls_ready:
+            self._continue_tls_handshake()
+            if not self._tls_ready:
+                return
+        filled = self._decrypt_available()
+        if self._outgoing.pending:
+            self._send_tls_output()  # TLS's own messages (key updates, alerts)
+        if not filled:
+            return
         channel = self.channel
-        if channel.state is ChannelState.HANDSHAKING and channel.peer_certificate_der is None:
-            certificate = self.transport.getPeerCertificate()
-            if certificate is not None:
-                channel.peer_certificate_der = certificate.to_cryptography().public_bytes(Encoding.DER)
         try:
-            events = channel.receive_data(data)
+            # The channel keeps nothing of the view: cells are copied out, an unfinished one too.
+            with memoryview(self._plaintext) as view, view[:filled] as plaintext:
+                events = channel.receive_data(plaintext)
         except LinkError as exc:
             self.fail(exc)
             return
@@ -79,6 +157,12 @@ class RelayConnection(protocol.Protocol):
     def close(self) -> None:
         """Close the link on purpose (the circuits on it have been destroyed already)."""
         self._flush()
+        if self._tls_ready:
+            try:
+                self._tls.unwrap()  # close_notify; the relay's answer is not waited for
+            except (ssl.SSLError, OSError):
+                pass
+            self._send_tls_output()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -114,7 +198,7 @@ class LinkPool:
         self.handshake_timeout = handshake_timeout
         self._open: dict[bytes, RelayConnection] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}
-        self._tls = tls_options()
+        self._tls = tls_context()
 
     def connections(self) -> list[RelayConnection]:
         return list(self._open.values())
@@ -134,9 +218,9 @@ class LinkPool:
 
     def _connect(self, relay: RelayTarget) -> None:
         channel = Channel(relay.rsa_id, relay.ed25519_id, f"{relay.address}:{relay.or_port}")
-        connection = RelayConnection(channel, self.reactor)
-        connector = self.reactor.connectSSL(relay.address, relay.or_port, _ConnectionFactory(connection),
-                                            self._tls, timeout=self.handshake_timeout)
+        connection = RelayConnection(channel, self.reactor, self._tls)
+        connector = self.reactor.connectTCP(relay.address, relay.or_port, _ConnectionFactory(connection),
+                                            timeout=self.handshake_timeout)
         timeout = self.reactor.callLater(
             self.handshake_timeout, lambda: connection.opened.called or (
                 connector.disconnect(),
@@ -172,4 +256,4 @@ class LinkPool:
         self._open.clear()
 
 
-__all__ = ["LinkPool", "RelayConnection", "tls_options", "LinkError", "error"]
+__all__ = ["LinkPool", "RelayConnection", "tls_context", "LinkError", "error"]

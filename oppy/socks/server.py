@@ -87,6 +87,11 @@ class SocksClientProtocol(protocol.Protocol):
     def _close(self) -> None:
         self._closed = True
         self._cancel_timeout()
+        # A transport with a registered producer never closes after loseConnection: when its buffer drains
+        # while the producer is paused, Twisted resumes the producer instead of disconnecting (the client
+        # then waits forever for the end of a download that has been delivered in full).
+        if self.stream is not None:
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _request(self, request: SocksRequest) -> None:

@@ -97,6 +97,7 @@ class Stream:
         self.end: StreamEnd | None = None
         self._send_buffer: deque[bytes] = deque()
         self._send_buffered = 0
+        self._send_offset = 0  # bytes of _send_buffer[0] already sent
         self._writable = True
         self._delivery_paused = False
         self._close_after_flush: int | None = None
@@ -188,6 +189,26 @@ class Stream:
         if not self._delivery_paused and self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
             self._send_sendmes()
 
+    def data_cells_received(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        """The data of DATA cells in a row from one read: counted per cell, delivered to the sink at once.
+
+        Stream SENDMEs owed go out after the delivery (still only while the sink reads). A batch that
+        would overrun the deliver window goes cell by cell, so the overrun is handled exactly there.
+        """
+        if self.state is not StreamState.SUCCEEDED:
+            return
+        count = len(chunks)
+        if count > self.deliver_window:
+            for chunk in chunks:
+                self._data_received(bytes(chunk))
+            return
+        self.deliver_window -= count
+        data = b"".join(chunks)  # bytes, also when the chunks are views of a decrypted batch
+        self.bytes_read += len(data)
+        self.sink.stream_data(self, data)
+        if not self._delivery_paused and self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
+            self._send_sendmes()
+
     def _send_sendmes(self) -> None:
         circuit = self.circuit
         while self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT and circuit is not None:
@@ -266,38 +287,74 @@ class Stream:
         self._update_writable()
 
     def flush(self) -> None:
-        """Package buffered bytes into DATA cells while both windows are open."""
+        """Package buffered bytes into DATA cells while both windows are open.
+
+        Every cell the windows allow right now is cut and handed to the circuit in one call
+        (`send_data_many`, which encrypts them together); a circuit without it gets them one by one.
+        """
         if self.state is not StreamState.SUCCEEDED or self.circuit is None:
             return
         circuit = self.circuit
         buffer = self._send_buffer
         stream_id = self.stream_id
-        while buffer and self.package_window > 0 and circuit.can_package:
-            chunk = buffer.popleft()
-            if len(chunk) > RELAY_PAYLOAD_LEN:
-                buffer.appendleft(chunk[RELAY_PAYLOAD_LEN:])
-                chunk = chunk[:RELAY_PAYLOAD_LEN]
-            elif len(chunk) < RELAY_PAYLOAD_LEN and buffer:
-                # Fill the cell from the next pieces rather than send a short one.
-                parts = [chunk]
-                size = len(chunk)
-                while buffer and size < RELAY_PAYLOAD_LEN:
-                    piece = buffer.popleft()
-                    room = RELAY_PAYLOAD_LEN - size
-                    if len(piece) > room:
-                        buffer.appendleft(piece[room:])
-                        piece = piece[:room]
-                    parts.append(piece)
-                    size += len(piece)
-                chunk = b"".join(parts)
-            circuit.send_data(stream_id, chunk)
-            self.package_window -= 1
-            self._send_buffered -= len(chunk)
-            self.bytes_written += len(chunk)
+        send_many = getattr(circuit, "send_data_many", None)
+        if send_many is not None:
+            while buffer and self.package_window > 0:
+                room = min(self.package_window, circuit.package_room)
+                if room <= 0:
+                    break
+                chunks = []
+                while buffer and len(chunks) < room:
+                    chunks.append(self._next_chunk())
+                send_many(stream_id, chunks)
+                sent = sum(map(len, chunks))
+                self.package_window -= len(chunks)
+                self._send_buffered -= sent
+                self.bytes_written += sent
+        else:
+            while buffer and self.package_window > 0 and circuit.can_package:
+                chunk = self._next_chunk()
+                circuit.send_data(stream_id, chunk)
+                self.package_window -= 1
+                self._send_buffered -= len(chunk)
+                self.bytes_written += len(chunk)
         self._update_writable()
         if not buffer and self._close_after_flush is not None:
             reason, self._close_after_flush = self._close_after_flush, None
             self.close(reason)
+
+    def _next_chunk(self) -> bytes:
+        """The next DATA cell's worth (at most 498 bytes) off the send buffer, which must not be empty.
+
+        A piece is consumed from `_send_offset` on rather than re-sliced, so a large write costs one copy
+        per cell. A short remainder is filled from the following pieces rather than sent as a short cell.
+        """
+        buffer = self._send_buffer
+        piece = buffer[0]
+        offset = self._send_offset
+        end = offset + RELAY_PAYLOAD_LEN
+        if end < len(piece):
+            self._send_offset = end
+            return piece[offset:end]
+        buffer.popleft()
+        self._send_offset = 0
+        chunk = piece[offset:] if offset else piece
+        if len(chunk) == RELAY_PAYLOAD_LEN or not buffer:
+            return chunk
+        parts = [chunk]
+        size = len(chunk)
+        while buffer and size < RELAY_PAYLOAD_LEN:
+            piece = buffer[0]
+            room = RELAY_PAYLOAD_LEN - size
+            if len(piece) > room:
+                parts.append(piece[:room])
+                self._send_offset = room
+                size += room
+                break
+            buffer.popleft()
+            parts.append(piece)
+            size += len(piece)
+        return b"".join(parts)
 
     def _update_writable(self) -> None:
         writable = self._send_buffered < self.send_buffer_limit
@@ -333,6 +390,7 @@ class Stream:
         self.state = StreamState.FAILED if end.before_connected else StreamState.CLOSED
         self._send_buffer.clear()
         self._send_buffered = 0
+        self._send_offset = 0
         self.circuit = None
         self.sink.stream_ended(self, end)
 
