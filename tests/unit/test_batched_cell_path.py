@@ -1,0 +1,446 @@
+"""The per-read (batched) cell path gives exactly what the cell-by-cell path gives.
+
+A read from the link is framed into runs (`CellReader.feed_runs`), a run of RELAY cells is decrypted one layer
+at a time for all cells (`Tor1ClientCrypto.decrypt_inbound_many`), DATA cells in a row reach their stream at
+once (`Circuit.relay_cells_received`, `Stream.data_cells_received`), and a stream's outgoing cells are
+encrypted together (`Stream.flush` -> `Circuit.send_data_many` -> `encrypt_outbound_many` ->
+`Channel.send_cells`). Each is checked against the one-cell-at-a-time code on the same input.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from oppy.cell.commands import CELL_PAYLOAD_LEN
+from oppy.cell.framing import CellReader, encode_cell, encode_fixed_cells
+from oppy.circuit.circuit import Circuit, CircuitState
+from oppy.crypto.errors import RelayCryptoError
+from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
+from oppy.stream.stream import STREAMWINDOW_START, Stream, StreamState
+from tests.unit.relaysim import CMD_RELAY, build_circuit
+from tests.unit.test_crypto_relay import SimulatedRelayHop, random_relay_payload
+
+RELAY, PADDING, DESTROY, VPADDING = 3, 0, 4, 128
+RELAY_DATA, RELAY_END, RELAY_CONNECTED, RELAY_SENDME, RELAY_DROP = 2, 3, 4, 5, 10
+LINK_VERSION = 5
+
+
+# ------------------------------------------------------------------------------------------------ framing
+
+def expand_runs(entries):
+    """Runs back into single cells, as `feed` gives them."""
+    cells = []
+    for circ_id, command, payload, count in entries:
+        assert len(payload) == count * CELL_PAYLOAD_LEN or count == 1
+        if count == 1:
+            cells.append((circ_id, command, payload))
+        else:
+            cells += [(circ_id, command, payload[i:i + CELL_PAYLOAD_LEN])
+                      for i in range(0, len(payload), CELL_PAYLOAD_LEN)]
+    return cells
+
+
+cell_specs = st.lists(st.tuples(st.sampled_from([0x80000001, 0x80000002, 0]),
+                                st.sampled_from([RELAY, RELAY, RELAY, PADDING, DESTROY, VPADDING]),
+                                st.integers(0, 40)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cell_specs, st.lists(st.integers(1, 2000), min_size=1, max_size=8))
+def test_feed_runs_gives_the_cells_feed_gives_whatever_the_split(specs, cut_sizes):
+    wire = b"".join(encode_cell(circ_id, command, os.urandom(509 if command != VPADDING else size), LINK_VERSION)
+                    for circ_id, command, size in specs)
+    by_cell, by_run = CellReader(), CellReader()
+    by_cell.set_link_version(LINK_VERSION)
+    by_run.set_link_version(LINK_VERSION)
+    cells, entries, offset, index = [], [], 0, 0
+    while offset < len(wire):
+        piece = wire[offset:offset + cut_sizes[index % len(cut_sizes)]]
+        offset += len(piece)
+        index += 1
+        cells += [tuple(cell) for cell in by_cell.feed(piece)]
+        entries += by_run.feed_runs(memoryview(piece), RELAY)
+    assert expand_runs(entries) == cells
+    assert len(cells) == len(specs)
+    # A run never mixes circuits and only RELAY cells form runs.
+    assert all(count == 1 or command == RELAY for _, command, _, count in entries)
+
+
+def test_feed_runs_gathers_consecutive_relay_cells_of_one_circuit():
+    a, b = 0x80000001, 0x80000002
+    payloads = [os.urandom(509) for _ in range(6)]
+    wire = b"".join([encode_cell(a, RELAY, payloads[0], 5), encode_cell(a, RELAY, payloads[1], 5),
+                     encode_cell(b, RELAY, payloads[2], 5), encode_cell(0, PADDING, b"", 5),
+                     encode_cell(b, RELAY, payloads[3], 5), encode_cell(b, RELAY, payloads[4], 5),
+                     encode_cell(b, RELAY, payloads[5], 5)])
+    reader = CellReader()
+    reader.set_link_version(5)
+    entries = reader.feed_runs(wire, RELAY)
+    assert [(circ_id, command, count) for circ_id, command, _, count in entries] == [
+        (a, RELAY, 2), (b, RELAY, 1), (0, PADDING, 1), (b, RELAY, 3)]
+    assert entries[0][2] == payloads[0] + payloads[1]
+    assert entries[3][2] == b"".join(payloads[3:])
+
+
+def test_feed_runs_needs_the_link_version_and_a_fixed_length_command():
+    reader = CellReader()
+    with pytest.raises(ValueError):
+        reader.feed_runs(b"", RELAY)
+    reader.set_link_version(4)
+    with pytest.raises(ValueError):
+        reader.feed_runs(b"", VPADDING)
+
+
+@pytest.mark.parametrize("link_version", [3, 4, 5])
+def test_encode_fixed_cells_is_encode_cell_repeated(link_version):
+    payloads = [os.urandom(509) for _ in range(5)]
+    assert encode_fixed_cells(0x1234, RELAY, b"".join(payloads), link_version) == b"".join(
+        encode_cell(0x1234, RELAY, payload, link_version) for payload in payloads)
+    assert encode_fixed_cells(7, RELAY, b"", link_version) == b""
+    with pytest.raises(ValueError):
+        encode_fixed_cells(7, RELAY, bytes(508), link_version)
+    with pytest.raises(ValueError):
+        encode_fixed_cells(7, VPADDING, bytes(509), link_version)
+    with pytest.raises(ValueError):
+        encode_fixed_cells(-1, RELAY, bytes(509), link_version)
+
+
+# ------------------------------------------------------------------------------------------------ relay crypto
+
+def twin_clients(n_hops):
+    """Two clients with the same keys (one for each path) and the relays that talk to them."""
+    materials = [os.urandom(72) for _ in range(n_hops)]
+
+    def client():
+        crypto = Tor1ClientCrypto()
+        for m in materials:
+            crypto.add_hop(Tor1Hop(m[:20], m[20:40], m[40:56], m[56:72]))
+        return crypto
+
+    return client(), client(), [SimulatedRelayHop(m) for m in materials]
+
+
+def originate(relays, hop, plain, **kwargs):
+    cell = relays[hop].originate_backward(plain, **kwargs)
+    for relay in reversed(relays[:hop]):
+        cell = relay.relay_backward(cell)
+    return cell
+
+
+@pytest.mark.parametrize("n_hops", [1, 2, 3])
+def test_decrypt_inbound_many_is_decrypt_inbound_cell_by_cell(n_hops):
+    rng = random.Random(n_hops)
+    one_by_one, batched, relays = twin_clients(n_hops)
+    for batch_size in (1, 2, 7, 40, 3, 64):
+        hops = [rng.randrange(n_hops) if rng.random() < 0.3 else n_hops - 1 for _ in range(batch_size)]
+        cells = [originate(relays, hop, random_relay_payload()) for hop in hops]
+        expected = [one_by_one.decrypt_inbound(cell) + (one_by_one.last_inbound_digest(hop),)
+                    for cell, hop in zip(cells, hops)]
+        results, error = batched.decrypt_inbound_many(b"".join(cells))
+        assert error is None
+        got = [(hop, bytes(buffer[offset:offset + 509]), tag) for hop, buffer, offset, tag in results]
+        # The batch zeroes digest fields of last-hop cells in place; nothing reads them afterwards.
+        for (hop, plain, tag), (want_hop, want_plain, want_tag) in zip(got, expected):
+            assert (hop, tag) == (want_hop, want_tag)
+            assert plain[:5] + plain[9:] == want_plain[:5] + want_plain[9:]
+        assert [h for h, _, _ in got] == hops
+        for index in range(n_hops):
+            assert batched.last_inbound_digest(index) == one_by_one.last_inbound_digest(index)
+
+
+def test_decrypt_inbound_many_stops_at_the_first_cell_no_hop_recognizes():
+    one_by_one, batched, relays = twin_clients(3)
+    good = [originate(relays, 2, random_relay_payload()) for _ in range(3)]
+    bad = originate(relays, 2, random_relay_payload(), corrupt_digest=True)
+    later = originate(relays, 2, random_relay_payload())
+    results, error = batched.decrypt_inbound_many(b"".join(good + [bad, later]))
+    assert isinstance(error, RelayCryptoError)
+    assert len(results) == 3
+    for cell in good:
+        one_by_one.decrypt_inbound(cell)
+    with pytest.raises(RelayCryptoError):
+        one_by_one.decrypt_inbound(bad)
+    assert [tag for _, _, _, tag in results][-1] == one_by_one.last_inbound_digest(2)
+
+
+def test_decrypt_inbound_many_refuses_a_nonzero_recognized_field_at_the_last_hop():
+    _, batched, relays = twin_clients(2)
+    plain = bytearray(random_relay_payload())
+    plain[1] = 1
+    cells = [originate(relays, 1, random_relay_payload()), originate(relays, 1, bytes(plain))]
+    results, error = batched.decrypt_inbound_many(b"".join(cells))
+    assert len(results) == 1 and error is not None
+
+
+def test_decrypt_inbound_many_refuses_a_partial_payload():
+    _, batched, relays = twin_clients(1)
+    cell = originate(relays, 0, random_relay_payload())
+    results, error = batched.decrypt_inbound_many(cell + b"\0" * 10)
+    assert len(results) == 1 and error is not None
+
+
+def test_encrypt_outbound_many_is_encrypt_outbound_cell_by_cell():
+    one_by_one, batched, relays = twin_clients(3)
+    payloads = [random_relay_payload() for _ in range(9)]
+    expected = []
+    tags = []
+    for payload in payloads:
+        expected.append(one_by_one.encrypt_outbound(payload, 2))
+        tags.append(one_by_one.last_outbound_digest(2))
+    cells, batch_tags = batched.encrypt_outbound_many(payloads, 2)
+    assert cells == b"".join(expected)
+    assert batch_tags == tags and batched.last_outbound_digest(2) == tags[-1]
+    with pytest.raises(ValueError):
+        batched.encrypt_outbound_many([bytes(508)], 2)
+    with pytest.raises(IndexError):
+        batched.encrypt_outbound_many(payloads, 3)
+
+
+# ------------------------------------------------------------------------------------------------ circuit + stream
+
+class Sink:
+    def __init__(self):
+        self.data = []
+        self.ended = []
+
+    def stream_connected(self, stream):
+        pass
+
+    def stream_resolved(self, stream, answers):
+        pass
+
+    def stream_data(self, stream, data):
+        assert type(data) is bytes
+        self.data.append(data)
+
+    def stream_writable(self, stream, writable):
+        pass
+
+    def stream_ended(self, stream, end):
+        self.ended.append(end.reason)
+
+
+def open_circuit_with_stream():
+    circuit, channel, path = build_circuit(Circuit)
+    sink = Sink()
+    stream = Stream(sink, "127.0.0.1", 80)
+    stream.attach(circuit)
+    for _, _, payload in channel.take():
+        path.receive(payload)  # the BEGIN (it moves the exit's digest on)
+    circuit.cell_received(CMD_RELAY, path.send(2, RELAY_CONNECTED, stream.stream_id, b"\x7f\0\0\1\0\0\0\x3c"))
+    return circuit, channel, path, stream, sink
+
+
+def sent_messages(channel, path):
+    return [(m.hop, m.command, m.stream_id, m.data) for m in map(path.receive, (p for _, _, p in channel.take()))]
+
+
+def script(stream_id, rng):
+    """A relay conversation from the exit (and now and then the middle hop)."""
+    messages = []
+    for _ in range(260):
+        roll = rng.random()
+        if roll < 0.9:
+            messages.append((2, RELAY_DATA, stream_id, os.urandom(rng.choice([498, 498, 100, 1]))))
+        elif roll < 0.95:
+            messages.append((1, RELAY_DROP, 0, b""))
+        else:
+            messages.append((2, RELAY_DATA, stream_id + 1, b"late data for a stream that is gone"))
+    messages.append((2, RELAY_END, stream_id, bytes([6])))
+    return messages
+
+
+def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one():
+    rng = random.Random(5)
+    one = open_circuit_with_stream()
+    batch = open_circuit_with_stream()
+    messages = script(one[3].stream_id, rng)
+    assert one[3].stream_id == batch[3].stream_id
+    one_circuit, one_channel, one_path, one_stream, one_sink = one
+    b_circuit, b_channel, b_path, b_stream, b_sink = batch
+    cells_one = [one_path.send(*message) for message in messages]
+    cells_batch = [b_path.send(*message) for message in messages]
+    for cell in cells_one:
+        one_circuit.cell_received(CMD_RELAY, cell)
+    sizes = [1, 5, 64, 33, 2, 100, 7]
+    offset = index = 0
+    while offset < len(cells_batch):
+        size = sizes[index % len(sizes)]
+        b_circuit.relay_cells_received(b"".join(cells_batch[offset:offset + size]))
+        offset += size
+        index += 1
+    assert b"".join(b_sink.data) == b"".join(one_sink.data)
+    assert b_sink.ended == one_sink.ended == [6]
+    assert (b_circuit.deliver_window, b_circuit.bytes_read) == (one_circuit.deliver_window, one_circuit.bytes_read)
+    assert b_stream.bytes_read == one_stream.bytes_read
+    # The same SENDMEs: stream ones, and circuit ones echoing the digest right after the same DATA cell
+    # (the position of the tag among the exit's backward digests); the order between the two kinds may
+    # differ within one read.
+    def sendmes(channel, path):
+        tags = path.hops[2].backward_tags
+        return sorted((hop, command, stream_id, tags.index(data[3:]) if stream_id == 0 else data)
+                      for hop, command, stream_id, data in sent_messages(channel, path))
+
+    expected = sendmes(one_channel, one_path)
+    assert sendmes(b_channel, b_path) == expected
+    assert sum(1 for m in expected if m[2] == 0) == 2 and sum(1 for m in expected if m[2]) >= 4
+
+
+def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_closes():
+    circuit, channel, path, stream, sink = open_circuit_with_stream()
+    good = [path.send(2, RELAY_DATA, stream.stream_id, b"x" * 10) for _ in range(3)]
+    circuit.relay_cells_received(b"".join(good + [os.urandom(509)]))
+    assert b"".join(sink.data) == b"x" * 30
+    assert circuit.state is CircuitState.CLOSED
+    assert stream.state is StreamState.CLOSED
+
+
+def test_a_run_while_building_goes_cell_by_cell():
+    circuit, channel, path = build_circuit(Circuit, hops=1)
+    circuit.state = CircuitState.BUILDING  # as between EXTENDED2 and the next hop: no batch decryption
+    stream = type("S", (), {"stream_id": 1, "received": [], "relay_received":
+                            lambda self, command, data: self.received.append((command, data))})()
+    circuit.streams[1] = stream
+    circuit.relay_cells_received(b"".join(path.send(0, RELAY_DATA, 1, b"abc") for _ in range(3)))
+    assert stream.received == [(RELAY_DATA, b"abc")] * 3
+
+
+def test_data_cells_received_counts_each_cell_and_delivers_once():
+    circuit, channel, path, stream, sink = open_circuit_with_stream()
+    stream.data_cells_received([b"a" * 498] * 49)
+    assert stream.deliver_window == STREAMWINDOW_START - 49 and len(sink.data) == 1
+    assert sent_messages(channel, path) == []
+    stream.data_cells_received([bytearray(b"b"), b"c"])
+    assert sink.data[-1] == b"bc" and stream.deliver_window == STREAMWINDOW_START - 1
+    assert [m[1:3] for m in sent_messages(channel, path)] == [(RELAY_SENDME, stream.stream_id)]
+    stream.pause_delivery()
+    stream.data_cells_received([b"d"] * 60)
+    assert sent_messages(channel, path) == []
+    stream.deliver_window = 3
+    stream.data_cells_received([b"e"] * 5)  # overruns: handled cell by cell, the 4th ends the stream
+    assert sink.data[-3:] == [b"e"] * 3 and stream.state is StreamState.CLOSED
+
+
+# ------------------------------------------------------------------------------------------------ sending
+
+class OneByOneCircuit:
+    """A circuit that takes DATA cells only one at a time (no send_data_many)."""
+
+    def __init__(self):
+        self.chunks = []
+        self.can_package = True
+
+    def allocate_stream_id(self):
+        return 1
+
+    def attach_stream(self, stream):
+        pass
+
+    def send_relay(self, *args):
+        pass
+
+    def send_data(self, stream_id, data):
+        self.chunks.append(data)
+
+
+class ManyAtOnceCircuit(OneByOneCircuit):
+    package_room = 10 ** 6
+
+    def send_data_many(self, stream_id, chunks):
+        self.chunks += chunks
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=12))
+def test_flush_cuts_the_same_cells_with_and_without_send_data_many(sizes):
+    results = []
+    data = [os.urandom(size) for size in sizes]
+    for circuit in (OneByOneCircuit(), ManyAtOnceCircuit()):
+        stream = Stream(Sink(), "127.0.0.1", 80, send_buffer_limit=10 ** 9)
+        stream.attach(circuit)
+        stream.state = StreamState.SUCCEEDED
+        stream.package_window = 10 ** 6
+        for piece in data:
+            stream.write(piece)
+        assert b"".join(circuit.chunks) == b"".join(data)
+        assert all(len(chunk) <= 498 for chunk in circuit.chunks)
+        results.append([bytes(chunk) for chunk in circuit.chunks])
+    assert results[0] == results[1]
+
+
+def test_flush_fills_cells_across_small_writes_while_a_window_is_closed():
+    circuit = ManyAtOnceCircuit()
+    stream = Stream(Sink(), "127.0.0.1", 80)
+    stream.attach(circuit)
+    stream.state = StreamState.SUCCEEDED
+    stream.package_window = 0
+    for _ in range(10):
+        stream.write(b"z" * 100)
+    stream.package_window = 5
+    stream.flush()
+    assert [len(chunk) for chunk in circuit.chunks] == [498, 498, 4]
+
+
+def test_send_data_many_matches_send_data_on_the_wire():
+    one = open_circuit_with_stream()
+    many = open_circuit_with_stream()
+    chunks = [os.urandom(498) for _ in range(150)] + [b"tail"]
+    for chunk in chunks:
+        one[0].send_data(1, chunk)
+    many[0].send_data_many(1, chunks)
+    got_one = sent_messages(one[1], one[2])
+    got_many = sent_messages(many[1], many[2])
+    assert got_one == got_many == [(2, RELAY_DATA, 1, chunk) for chunk in chunks]
+    assert many[0].package_window == one[0].package_window == 1000 - 151
+    # The tag kept for the exit's SENDME is the digest right after the 100th DATA cell, on each circuit.
+    for circuit, channel, path, *_ in (one, many):
+        assert list(circuit._expected_sendme_tags) == [path.hops[2].forward_tags[100]]
+
+
+def test_send_data_many_refuses_more_cells_than_the_window():
+    circuit, channel, path, stream, sink = open_circuit_with_stream()
+    circuit.package_window = 2
+    with pytest.raises(Exception):
+        circuit.send_data_many(1, [b"a", b"b", b"c"])
+
+
+def test_channel_send_cells_frames_each_payload():
+    from oppy.link.channel import Channel, ChannelState
+
+    channel = Channel(b"\0" * 20, None, "127.0.0.1:1")
+    channel.state = ChannelState.OPEN
+    channel.link_version = 5
+    channel.data_to_send()
+    payloads = [os.urandom(509) for _ in range(3)]
+    channel.send_cells(0x80000009, RELAY, b"".join(payloads))
+    assert channel.data_to_send() == b"".join(encode_cell(0x80000009, RELAY, p, 5) for p in payloads)
+
+
+def test_channel_routes_a_read_of_several_circuits_in_order():
+    from oppy.link.channel import Channel, ChannelState
+
+    class Recorder:
+        def __init__(self, name, log, batches=True):
+            self.name, self.log = name, log
+            if batches:
+                self.relay_cells_received = lambda payloads: log.append((name, "run", len(payloads) // 509))
+
+        def cell_received(self, command, payload):
+            self.log.append((self.name, command, len(payload)))
+
+    log = []
+    channel = Channel(b"\0" * 20, None, "127.0.0.1:1")
+    channel.state = ChannelState.OPEN
+    channel.link_version = 5
+    channel._reader.set_link_version(5)
+    channel.circuits = {1: Recorder("a", log), 2: Recorder("b", log, batches=False)}
+    wire = b"".join([encode_cell(1, RELAY, bytes(509), 5)] * 3 + [encode_cell(2, RELAY, bytes(509), 5)] * 2
+                    + [encode_cell(1, DESTROY, b"\x03", 5), encode_cell(1, RELAY, bytes(509), 5)])
+    channel.receive_data(wire)
+    assert log == [("a", "run", 3), ("b", RELAY, 509), ("b", RELAY, 509), ("a", DESTROY, 509)]
+    assert 1 not in channel.circuits
+
