@@ -113,7 +113,7 @@ class LinkTrafficMeter:
     def connection_events(self) -> list[bytes]:
         """ORCONN events for links that started, opened, failed or closed since the last call."""
         events = []
-        pending = set(getattr(self.links, "_pending", {}))
+        pending = set(self.links.pending_identities())
         open_connections = {connection: connection.channel.expected_rsa_id
                             for connection in self.links.connections()}
         open_ids = set(open_connections.values())
@@ -141,7 +141,7 @@ class LinkTrafficMeter:
         lines = []
         for connection in self.links.connections():
             lines.append(f"{format_path([self._target(connection.channel.expected_rsa_id)])} CONNECTED")
-        for rsa_id in getattr(self.links, "_pending", {}):
+        for rsa_id in self.links.pending_identities():
             lines.append(f"{format_path([self._target(rsa_id)])} LAUNCHED")
         return lines
 

@@ -203,6 +203,10 @@ class LinkPool:
     def connections(self) -> list[RelayConnection]:
         return list(self._open.values())
 
+    def pending_identities(self) -> list[bytes]:
+        """RSA identities of the relays a link is being opened to (for ORCONN LAUNCHED)."""
+        return list(self._pending)
+
     def get(self, relay: RelayTarget) -> defer.Deferred:
         """A Deferred firing with an open Channel to `relay`, reusing an open link when there is one."""
         connection = self._open.get(relay.rsa_id)

@@ -587,18 +587,21 @@ class TestTraffic:
         class Links:
             def __init__(self):
                 self.open = []
-                self._pending = {}
+                self.pending = {}
 
             def connections(self):
                 return list(self.open)
 
+            def pending_identities(self):
+                return list(self.pending)
+
         links = Links()
         meter = LinkTrafficMeter(links, lambda rsa_id: "relayname")
         rsa_id = bytes.fromhex(FP[0])
-        links._pending[rsa_id] = []
+        links.pending[rsa_id] = []
         events = meter.connection_events()
         connection = Connection(rsa_id)
-        links._pending.clear()
+        links.pending.clear()
         links.open.append(connection)
         connection.bytes_read, connection.bytes_written = 1000, 200
         assert meter.sample() == (1000, 200)
