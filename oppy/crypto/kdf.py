@@ -10,6 +10,8 @@ import hashlib
 import hmac
 from typing import NamedTuple
 
+from oppy.cell.link import HASH_LEN
+
 # SHA-1 output length; KDF-TOR produces its stream in blocks of this size.
 _SHA1_LEN = 20
 # SHA-256 output length; HKDF-SHA256 produces its stream in blocks of this size.
@@ -55,8 +57,7 @@ def hkdf_sha256(input_key_material: bytes, salt: bytes, info: bytes, length: int
     return hkdf_sha256_expand(hkdf_sha256_extract(salt, input_key_material), info, length)
 
 
-# tor-spec "Preliminaries": HASH_LEN (SHA-1 output) and KEY_LEN (AES-128 key) in bytes.
-HASH_LEN = 20
+# tor-spec "Preliminaries": KEY_LEN (AES-128 key) in bytes; HASH_LEN (SHA-1 output) is the cell layer's.
 KEY_LEN = 16
 # tor-spec "Setting circuit keys": Df, Db (HASH_LEN each), Kf, Kb (KEY_LEN each) come first ...
 TOR1_KEY_MATERIAL_LEN = 2 * HASH_LEN + 2 * KEY_LEN

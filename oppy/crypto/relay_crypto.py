@@ -18,6 +18,13 @@ from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import CTR
 
 from oppy.cell.commands import CELL_PAYLOAD_LEN
+from oppy.cell.relay import (
+    RELAY_DIGEST_LEN,
+    RELAY_DIGEST_OFFSET,
+    RELAY_RECOGNIZED_LEN,
+    RELAY_RECOGNIZED_OFFSET,
+    SENDME_TAG_LEN,
+)
 from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.kdf import HASH_LEN, KEY_LEN, CircuitKeys
 
@@ -29,18 +36,10 @@ __all__ = [
     "SENDME_TAG_LEN",
 ]
 
-# tor-spec "Relay cells": command(1) recognized(2) stream_id(2) digest(4) length(2) data.
-RELAY_RECOGNIZED_OFFSET = 1
-RELAY_RECOGNIZED_LEN = 2
-RELAY_DIGEST_OFFSET = 5
-RELAY_DIGEST_LEN = 4
 _DIGEST_END = RELAY_DIGEST_OFFSET + RELAY_DIGEST_LEN
 _RECOGNIZED_END = RELAY_RECOGNIZED_OFFSET + RELAY_RECOGNIZED_LEN
 _ZERO_RECOGNIZED = bytes(RELAY_RECOGNIZED_LEN)
 _ZERO_DIGEST = bytes(RELAY_DIGEST_LEN)
-# tor-spec "Sending and receiving SENDME" (flow-control.md): a v1 SENDME carries the full running
-# digest.
-SENDME_TAG_LEN = HASH_LEN
 # The AES-CTR initial counter block is all zeros (tor-spec "Routing relay cells").
 _AES_BLOCK_LEN = 16
 _ZERO_IV = bytes(_AES_BLOCK_LEN)
