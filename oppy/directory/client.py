@@ -379,84 +379,82 @@ class DirectoryClient:
         is :class:`DirectoryStatusError`, whose ``status`` 304 means "not modified").
         """
         source = f"{nickname + ' at ' if nickname else ''}{address}:{port} (DirPort)"
-        reader = HTTPResponseReader(max_size)
-        timer = None
         connector = None
-        cancelled = False
 
-        def close_connection() -> None:
+        def abort(error: Exception | None) -> None:
             if connection.transport is not None:
                 connection.transport.abortConnection()
             elif connector is not None:
                 connector.disconnect()
 
-        def cancel(_: defer.Deferred) -> None:
-            nonlocal cancelled
-            cancelled = True
-            if timer is not None and timer.active():
-                timer.cancel()
-            close_connection()
-
-        result: defer.Deferred = defer.Deferred(canceller=cancel)
-
-        def done(failure: Exception | None) -> None:
-            if result.called or cancelled:
-                return
-            if timer is not None and timer.active():
-                timer.cancel()
-            _settle(result, reader, path, source, failure)
-
-        connection = _DirPortProtocol(encode_request(path, if_modified_since), reader, on_connected, done)
-
-        def timed_out() -> None:
-            done(DirectoryTimeoutError(f"{source}: no complete answer to {path} within {self.timeout:.0f} s"))
-            close_connection()
-
-        timer = self.reactor.callLater(self.timeout, timed_out)
-        connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, done),
+        request = _Request(self.reactor, self.timeout, HTTPResponseReader(max_size), path, source, abort)
+        connection = _DirPortProtocol(encode_request(path, if_modified_since), request.reader, on_connected,
+                                      request.done)
+        connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, request.done),
                                             timeout=self.connect_timeout)
-        return result
+        return request.result
 
     def fetch_over_circuit(self, circuit, path: str, max_size: int, *, relay: RelayTarget | None = None,
                            if_modified_since: float | None = None) -> defer.Deferred:
         """GET ``path`` over a new BEGIN_DIR stream on ``circuit`` (one hop to a directory cache)."""
         relay = relay or circuit.path[-1]
         source = f"{relay.describe()} at {relay.address}:{relay.or_port} (BEGIN_DIR)"
-        reader = HTTPResponseReader(max_size)
-        timer = None
-        cancelled = False
 
-        def cancel(_: defer.Deferred) -> None:
-            nonlocal cancelled
-            cancelled = True
-            if timer is not None and timer.active():
-                timer.cancel()
-            stream.close(EndReason.MISC)
+        def abort(error: Exception | None) -> None:
+            if error is not None:
+                sink.failure = error
+            stream.close(EndReason.MISC if error is None else EndReason.TIMEOUT)
 
-        result: defer.Deferred = defer.Deferred(canceller=cancel)
-
-        def done(failure: Exception | None) -> None:
-            if result.called or cancelled:
-                return
-            if timer is not None and timer.active():
-                timer.cancel()
-            _settle(result, reader, path, source, failure)
-
-        sink = _BeginDirSink(encode_request(path, if_modified_since), reader, done)
+        request = _Request(self.reactor, self.timeout, HTTPResponseReader(max_size), path, source, abort)
+        sink = _BeginDirSink(encode_request(path, if_modified_since), request.reader, request.done)
         stream = Stream(sink, relay.address, relay.or_port, kind=StreamKind.DIRECTORY)
-
-        def timed_out() -> None:
-            sink.failure = DirectoryTimeoutError(
-                f"{source}: no complete answer to {path} within {self.timeout:.0f} s")
-            stream.close(EndReason.TIMEOUT)
-            done(sink.failure)
-
-        timer = self.reactor.callLater(self.timeout, timed_out)
         try:
             stream.attach(circuit)
         except Exception as exc:  # a closed circuit, no free stream id
-            done(DirectoryConnectionError(f"{source}: cannot open a BEGIN_DIR stream: {exc}"))
-        return result
+            request.done(DirectoryConnectionError(f"{source}: cannot open a BEGIN_DIR stream: {exc}"))
+        return request.result
+
+
+class _Request:
+    """One directory request in flight, whatever carries it: the Deferred it answers, its timeout, and
+    cancelling it. `abort(error)` tears the transport down: `error` is the timeout, or None when the
+    caller cancelled."""
+
+    def __init__(self, reactor, timeout: float, reader: HTTPResponseReader, path: str, source: str,
+                 abort: Callable[[Exception | None], None]) -> None:
+        self.reader = reader
+        self.path = path
+        self.source = source
+        self.timeout = timeout
+        self._abort = abort
+        self._cancelled = False
+        self._timeout_error: Exception | None = None
+        self.result: defer.Deferred = defer.Deferred(canceller=self._cancel)
+        self._timer = reactor.callLater(timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        self._cancelled = True
+        self._stop_timer()
+        self._abort(None)
+
+    def _timed_out(self) -> None:
+        # The transport is torn down first (an END reaches the relay before anyone hears of the timeout);
+        # whatever failure that reports, the request failed by timing out.
+        self._timeout_error = DirectoryTimeoutError(f"{self.source}: no complete answer to {self.path} "
+                                                    f"within {self.timeout:.0f} s")
+        self._abort(self._timeout_error)
+        self.done(self._timeout_error)
+
+    def done(self, failure: Exception | None) -> None:
+        """The transport finished (failure None: the reader holds the whole answer) or failed."""
+        if self.result.called or self._cancelled:
+            return
+        self._stop_timer()
+        _settle(self.result, self.reader, self.path, self.source, self._timeout_error or failure)
 
 
 def _settle(result: defer.Deferred, reader: HTTPResponseReader, path: str, source: str,
