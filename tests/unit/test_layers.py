@@ -1,0 +1,104 @@
+"""The package's layers: a module never imports from a layer above its own.
+
+Reads every import in ``oppy/`` (function-level and TYPE_CHECKING imports included: each is a dependency
+arrow all the same) and checks it against the order in README.md's layout section. Layers with a strictly
+increasing rank cannot import each other in a circle, so the one rule covers both.
+
+``KNOWN_VIOLATIONS`` lists the arrows that point up today, while the re-cut removes them: an arrow not in the
+list fails, and so does a listed arrow that is gone (so the list only shrinks, and reaches empty).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "oppy"
+
+#: Bottom to top. A layer may import its own modules and any layer of a lower rank.
+LAYERS: dict[str, int] = {
+    "__init__": 0, "logs": 0, "cell": 0,
+    "crypto": 1,
+    "netdoc": 2,
+    "path": 3,
+    "link": 4,
+    "stream": 5,
+    "circuit": 6,
+    "socks": 7,
+    "directory": 8,
+    "config": 9,
+    "control": 10,
+    "daemon": 11, "cli": 11, "__main__": 11,
+}
+
+#: (importing module, imported module) arrows that point up today; the re-cut empties this list.
+KNOWN_VIOLATIONS: set[tuple[str, str]] = {
+    ("oppy.path.guards", "oppy.directory.documents"),
+    ("oppy.path.selection", "oppy.directory.documents"),
+    ("oppy.config", "oppy.control.auth"),
+    ("oppy.logs", "oppy.config"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``oppy`` module named by an import anywhere in the file, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+    return {name for name in names if name == "oppy" or name.startswith("oppy.")}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def upward_imports() -> set[tuple[str, str]]:
+    arrows = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        for imported in imported_modules(path):
+            if LAYERS[layer_of(imported)] > LAYERS[layer_of(importer)]:
+                arrows.add((importer, imported))
+    return arrows
+
+
+def test_every_layer_is_ranked():
+    layers = {layer_of(module_name(path)) for path in PACKAGE.rglob("*.py")}
+    assert layers <= set(LAYERS), f"unranked layers: {sorted(layers - set(LAYERS))}"
+
+
+def test_no_import_points_up_beyond_the_known_ones():
+    found = upward_imports()
+    assert found - KNOWN_VIOLATIONS == set(), "imports from a higher layer"
+    assert KNOWN_VIOLATIONS - found == set(), "fixed: remove these from KNOWN_VIOLATIONS"
+
+
+def test_the_checker_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
+    package = tmp_path / "oppy"
+    (package / "cell").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cell" / "__init__.py").write_text("")
+    (package / "cell" / "a.py").write_text("def f():\n    from ..control import x\n")
+    (package / "cell" / "b.py").write_text("from . import a\nimport oppy.daemon\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    assert upward_imports() == {("oppy.cell.a", "oppy.control"), ("oppy.cell.b", "oppy.daemon")}
