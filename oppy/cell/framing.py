@@ -38,6 +38,8 @@ _VERSIONS = int(CellCommand.VERSIONS)
 # tor-spec §3: on link >= 3, commands 128 and up are variable-length (as is VERSIONS); this is
 # commands.is_variable_length_command, inlined on the per-cell path.
 _FIRST_VAR_COMMAND = 128
+# `run_command` for a parse that gathers no runs (no command byte is negative).
+_NO_RUNS = -1
 
 _NARROW_HEADER = struct.Struct(">HB")
 _WIDE_HEADER = struct.Struct(">IB")
@@ -173,45 +175,45 @@ class CellReader:
         return self.feed(b"")
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Cell]:
-        """Add bytes from the peer; return every cell they complete, in order (maybe none)."""
-        buffer = self._buffer
+        """Add bytes from the peer; return every cell they complete, in order (maybe none).
+
+        Cell by cell, for the link handshake; once the link is open the channel reads with `feed_runs`.
+        """
         if self._held:
-            buffer += data
+            self._buffer += data
             return []
-        if buffer:
-            buffer += data
-            cells, consumed = self._parse(buffer)
-            del buffer[:consumed]
-        else:
-            # Fast path: parse straight out of the caller's bytes, keep only the tail.
-            cells, consumed = self._parse(data)
-            if consumed < len(data):
-                buffer += memoryview(data)[consumed:]
-        return cells
+        return [_new_tuple(Cell, entry[:3]) for entry in self._feed(data, _NO_RUNS)]
 
     def feed_runs(self, data: bytes | bytearray | memoryview, run_command: int) -> list[tuple[int, int, bytes, int]]:
         """`feed`, with consecutive `run_command` cells for one circuit gathered into one entry.
 
         Entries are (circ_id, command, payload, count): count is 1 for a single cell, and for a run of
         `count` fixed-length `run_command` cells on one circ ID the payload is their 509-byte payloads back
-        to back (what the relay crypto decrypts in one pass per layer). Only after the link version is set.
+        to back (what the relay crypto decrypts in one pass per layer). A lone `run_command` cell is a run
+        of one. Only after the link version is set.
         """
         if self._link_version == LINK_VERSION_UNNEGOTIATED:
             raise ValueError("runs need the negotiated link version")
-        if run_command == _VERSIONS or run_command >= _FIRST_VAR_COMMAND:
+        if run_command == _VERSIONS or run_command >= _FIRST_VAR_COMMAND or run_command < 0:
             raise ValueError(f"command {run_command} is variable-length")
+        return self._feed(data, run_command)
+
+    def _feed(self, data: bytes | bytearray | memoryview, run_command: int) -> list[tuple[int, int, bytes, int]]:
         buffer = self._buffer
         if buffer:
             buffer += data
-            entries, consumed = self._parse_runs(buffer, run_command)
+            entries, consumed = self._parse(buffer, run_command)
             del buffer[:consumed]
         else:
-            entries, consumed = self._parse_runs(data, run_command)
+            # Fast path: parse straight out of the caller's bytes, keep only the tail.
+            entries, consumed = self._parse(data, run_command)
             if consumed < len(data):
                 buffer += memoryview(data)[consumed:]
         return entries
 
-    def _parse_runs(self, source: bytes | bytearray | memoryview, run_command: int) -> tuple[list, int]:
+    def _parse(self, source: bytes | bytearray | memoryview, run_command: int) -> tuple[list, int]:
+        """The one cell parser: (entries, bytes consumed). `run_command` cells of one circuit in a row are
+        gathered into runs (_NO_RUNS: none are). Before the link version is set it stops after VERSIONS."""
         entries: list[tuple[int, int, bytes, int]] = []
         append = entries.append
         header_unpack = self._header.unpack_from
@@ -219,6 +221,7 @@ class CellReader:
         unpack_length = _LENGTH.unpack_from
         fixed_len = header_len + CELL_PAYLOAD_LEN
         var_header_len = header_len + VAR_CELL_LENGTH_LEN
+        stop_after_versions = self._link_version == LINK_VERSION_UNNEGOTIATED
         join = b"".join
         end = len(source)
         offset = 0
@@ -256,41 +259,10 @@ class CellReader:
                     run_circ_id = -1
                 append((circ_id, command, bytes(view[payload_start:payload_end]), 1))
                 offset = payload_end
+                if stop_after_versions and command == _VERSIONS:
+                    self._held = True
+                    break
             if run:
                 append((run_circ_id, run_command, join(run), len(run)))
                 run = []
         return entries, offset
-
-    def _parse(self, source: bytes | bytearray | memoryview) -> tuple[list[Cell], int]:
-        cells: list[Cell] = []
-        append = cells.append
-        new_tuple = _new_tuple
-        header_unpack = self._header.unpack_from
-        header_len = self._header_len
-        unpack_length = _LENGTH.unpack_from
-        fixed_len = header_len + CELL_PAYLOAD_LEN
-        var_header_len = header_len + VAR_CELL_LENGTH_LEN
-        stop_after_versions = self._link_version == LINK_VERSION_UNNEGOTIATED
-        end = len(source)
-        offset = 0
-        with memoryview(source) as view:
-            while end - offset >= header_len:
-                circ_id, command = header_unpack(view, offset)
-                if command == _VERSIONS or command >= _FIRST_VAR_COMMAND:
-                    if end - offset < var_header_len:
-                        break
-                    (length,) = unpack_length(view, offset + header_len)
-                    payload_start = offset + var_header_len
-                    payload_end = payload_start + length
-                else:
-                    payload_start = offset + header_len
-                    payload_end = offset + fixed_len
-                if payload_end > end:
-                    break
-                append(new_tuple(Cell, (circ_id, command, bytes(view[payload_start:payload_end]))))
-                offset = payload_end
-                if stop_after_versions and command == _VERSIONS:
-                    self._held = True
-                    break
-        return cells, offset
-

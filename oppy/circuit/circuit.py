@@ -27,6 +27,7 @@ from oppy.cell.commands import (
     reason_name,
 )
 from oppy.cell.errors import CellParseError
+from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START, SendmeWindow  # noqa: F401 - re-exported
 from oppy.cell.link import HandshakeType, decode_created2_body, decode_destroy_body, encode_create2_body
 from oppy.cell.relay import (
     decode_extended2_body,
@@ -44,17 +45,12 @@ from oppy.crypto.ntor import NtorClientHandshake
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.link.relay import RelayTarget
 
-# tor-spec "Flow control" / or.h: circuit windows, per hop, count DATA cells only.
-CIRCWINDOW_START = 1000
-CIRCWINDOW_INCREMENT = 100
 # tor-spec "Handling RELAY_EARLY cells": a relay closes a circuit on the 9th outbound RELAY_EARLY.
 MAX_RELAY_EARLY_CELLS = 8
 # tor-spec "Opening streams": stream ids are 16-bit and non-zero.
 MAX_STREAM_ID = 0xFFFF
 
 _RELAY_HEADER = struct.Struct(">BHHIH")
-# A circuit SENDME goes out when the deliver window falls to this (tor-spec "Flow control").
-_CIRCUIT_SENDME_THRESHOLD = CIRCWINDOW_START - CIRCWINDOW_INCREMENT
 _DATA = int(RelayCommand.DATA)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
@@ -84,7 +80,11 @@ class Channel(Protocol):
 
     def allocate_circuit_id(self, circuit) -> int: ...
 
-    def send_cell(self, circ_id: int, command: int, payload: bytes) -> None: ...
+    def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
+        """One cell that is not a relay cell (CREATE2)."""
+
+    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
+        """RELAY or RELAY_EARLY cells, their encrypted 509-byte payloads back to back (one cell: a run of one)."""
 
     def destroy_circuit(self, circ_id: int, reason: int = DestroyReason.NONE) -> None: ...
 
@@ -94,7 +94,11 @@ class StreamEndpoint(Protocol):
 
     stream_id: int
 
-    def relay_received(self, command: int, data: bytes) -> None: ...
+    def relay_received(self, command: int, data: bytes) -> None:
+        """A relay cell for the stream other than DATA."""
+
+    def data_cells_received(self, chunks: list[memoryview]) -> None:
+        """The data of DATA cells in a row from one read (one cell: a list of one)."""
 
     def circuit_closed(self, error: CircuitError) -> None: ...
 
@@ -117,8 +121,7 @@ class Circuit:
         self.built_at: float | None = None
         self.error: CircuitError | None = None
         self.streams: dict[int, StreamEndpoint] = {}
-        self.package_window = CIRCWINDOW_START
-        self.deliver_window = CIRCWINDOW_START
+        self.window = SendmeWindow.for_circuit()
         # Tags (20-byte running digests) of our every 100th DATA cell, which the exit's SENDMEs must echo.
         self._expected_sendme_tags: collections.deque[bytes] = collections.deque()
         self._data_cells_sent = 0
@@ -185,9 +188,9 @@ class Circuit:
     # ------------------------------------------------------------------------------------ cells in
 
     def cell_received(self, command: int, payload: bytes) -> None:
-        """A cell for this circuit from the channel."""
+        """A cell for this circuit from the channel (a RELAY cell is a run of one)."""
         if command == _RELAY:
-            self._relay_cell_received(payload)
+            self.relay_cells_received(payload)
         elif command == CellCommand.DESTROY:
             try:
                 reason = decode_destroy_body(payload)
@@ -210,109 +213,100 @@ class Circuit:
             self._fail(f"unexpected cell command {command}", DestroyReason.PROTOCOL)
 
     def relay_cells_received(self, payloads: bytes) -> None:
-        """Several RELAY cells for this circuit, in the order one read from the link brought them: their
-        509-byte payloads back to back.
+        """RELAY cells for this circuit, in the order one read from the link brought them: their 509-byte
+        payloads back to back.
 
         On an open circuit each crypto layer is removed from all of them in one pass
-        (`Tor1ClientCrypto.decrypt_inbound_many`); each cell is then handled exactly as `cell_received`
-        would. While building, hops are added between cells, so they go one by one.
+        (`Tor1ClientCrypto.decrypt_inbound_many`). While building, a hop is added between two cells
+        (EXTENDED2), so each cell is a run of its own.
         """
-        if self.state is not CircuitState.OPEN:
-            for offset in range(0, len(payloads), CELL_PAYLOAD_LEN):
-                self.cell_received(_RELAY, payloads[offset:offset + CELL_PAYLOAD_LEN])
+        if self.state is CircuitState.OPEN:
+            self._relay_run_received(payloads)
             return
+        for offset in range(0, len(payloads), CELL_PAYLOAD_LEN):
+            if self.state is CircuitState.CLOSED:
+                return
+            self._relay_run_received(payloads[offset:offset + CELL_PAYLOAD_LEN])
+
+    def _relay_run_received(self, payloads: bytes) -> None:
+        """The per-cell path: decrypt a run, keep the deliver window, hand DATA to streams and the rest to
+        `_relay_message_received`."""
         cells, error = self.crypto.decrypt_inbound_many(payloads)
         unpack = _RELAY_HEADER.unpack_from
         streams = self.streams
+        window = self.window
+        threshold = window.sendme_threshold
         # DATA cells in a row for one stream are handed over together (`Stream.data_cells_received`): one
         # delivery to the application per read instead of one per cell. The circuit's counters live in
         # locals inside the loop and are written back before anything else can look at them.
         run_stream = None
         run: list = []
-        deliver_window = self.deliver_window
+        deliver = window.deliver
         bytes_read = self.bytes_read
         # Stream data is taken as views of the decrypted batch: the stream's one join is the only copy.
         viewed = view = None
         for hop, buffer, offset, tag in cells:
             command, _, stream_id, _, length = unpack(buffer, offset)
-            if command == _DATA and stream_id and length <= RELAY_PAYLOAD_LEN:
+            if command == _DATA and length <= RELAY_PAYLOAD_LEN:
                 bytes_read += length
-                deliver_window -= 1
-                if deliver_window <= _CIRCUIT_SENDME_THRESHOLD:
-                    if deliver_window < 0:
-                        self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                deliver -= 1
+                if deliver <= threshold:
+                    window.deliver, self.bytes_read = deliver, bytes_read
+                    if deliver < 0:
                         if run:
-                            _deliver_data_run(run_stream, run)
+                            run_stream.data_cells_received(run)
                         if self.state is not CircuitState.CLOSED:
                             self._fail(f"{self._hop_name(hop)} overran the circuit deliver window",
                                        DestroyReason.PROTOCOL)
                         return
                     # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
-                    deliver_window += CIRCWINDOW_INCREMENT
-                    self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                    window.sendme_sent()
+                    deliver = window.deliver
                     self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
-                stream = streams.get(stream_id)
-                if stream is None:
-                    continue  # a late arrival after our END: dropped
-                if stream is not run_stream:
-                    if run:
-                        self.deliver_window, self.bytes_read = deliver_window, bytes_read
-                        _deliver_data_run(run_stream, run)
-                        run = []
-                        if self.state is CircuitState.CLOSED:
-                            return
-                    run_stream = stream
-                if buffer is not viewed:
-                    viewed, view = buffer, memoryview(buffer)
-                start = offset + RELAY_HEADER_LEN
-                run.append(view[start:start + length])
-                continue
-            self.deliver_window, self.bytes_read = deliver_window, bytes_read
+                if stream_id:
+                    stream = streams.get(stream_id)
+                    if stream is None:
+                        continue  # a late arrival after our END: dropped
+                    if stream is not run_stream:
+                        if run:
+                            window.deliver, self.bytes_read = deliver, bytes_read
+                            run_stream.data_cells_received(run)
+                            run = []
+                            if self.state is CircuitState.CLOSED:
+                                return
+                        run_stream = stream
+                    if buffer is not viewed:
+                        viewed, view = buffer, memoryview(buffer)
+                    start = offset + RELAY_HEADER_LEN
+                    run.append(view[start:start + length])
+                    continue
+            window.deliver, self.bytes_read = deliver, bytes_read
             if run:
-                _deliver_data_run(run_stream, run)
+                run_stream.data_cells_received(run)
                 run = []
                 run_stream = None
             if self.state is CircuitState.CLOSED:
                 return
-            self._relay_plaintext_received(hop, buffer, offset, tag)
+            self._relay_message_received(hop, command, stream_id, buffer, offset, length)
             if self.state is CircuitState.CLOSED:
                 return
-            deliver_window, bytes_read = self.deliver_window, self.bytes_read
-        self.deliver_window, self.bytes_read = deliver_window, bytes_read
+            deliver, bytes_read = window.deliver, self.bytes_read
+        window.deliver, self.bytes_read = deliver, bytes_read
         if run:
-            _deliver_data_run(run_stream, run)
+            run_stream.data_cells_received(run)
         if error is not None and self.state is not CircuitState.CLOSED:
             self._fail(str(error), DestroyReason.PROTOCOL)
 
-    def _relay_cell_received(self, payload: bytes) -> None:
-        if self.state is CircuitState.CLOSED:
-            return
-        try:
-            hop, plaintext = self.crypto.decrypt_inbound(payload)
-        except RelayCryptoError as exc:
-            self._fail(str(exc), DestroyReason.PROTOCOL)
-            return
-        self._relay_plaintext_received(hop, plaintext, 0, self.crypto.last_inbound_digest(hop))
-
-    def _relay_plaintext_received(self, hop: int, buffer: bytes, offset: int, tag: bytes) -> None:
-        """One recognized relay cell, buffer[offset:offset + 509]; `tag` is the hop's digest right after it."""
-        command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(buffer, offset)
+    def _relay_message_received(self, hop: int, command: int, stream_id: int, buffer: bytes, offset: int,
+                                length: int) -> None:
+        """A recognized relay cell other than DATA for a stream, buffer[offset:offset + 509] (DATA cells have
+        been counted against the deliver window already)."""
         if length > RELAY_PAYLOAD_LEN:
             self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
                        DestroyReason.PROTOCOL)
             return
         start = offset + RELAY_HEADER_LEN
         data = bytes(buffer[start:start + length])
-        if command == _DATA:
-            self.bytes_read += length
-            self.deliver_window -= 1
-            if self.deliver_window < 0:
-                self._fail(f"{self._hop_name(hop)} overran the circuit deliver window", DestroyReason.PROTOCOL)
-                return
-            if self.deliver_window <= CIRCWINDOW_START - CIRCWINDOW_INCREMENT:
-                # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
-                self.deliver_window += CIRCWINDOW_INCREMENT
-                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -371,8 +365,8 @@ class Circuit:
             self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
                        DestroyReason.PROTOCOL)
             return
-        was_blocked = self.package_window <= 0
-        self.package_window += CIRCWINDOW_INCREMENT
+        was_blocked = self.window.package <= 0
+        self.window.sendme_received()
         if was_blocked:
             for stream in list(self.streams.values()):
                 stream.circuit_window_opened()
@@ -392,55 +386,39 @@ class Circuit:
                 raise CircuitError("no RELAY_EARLY cells left on this circuit")
             self._relay_early_left -= 1
             cell_command = _RELAY_EARLY
-        payload = self.crypto.encrypt_outbound(encode_relay_payload(command, stream_id, data), hop)
-        self.channel.send_cell(self.circ_id, cell_command, payload)
+        self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop)
 
-    @property
-    def can_package(self) -> bool:
-        return self.package_window > 0 and self.state is CircuitState.OPEN
+    def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int) -> list[bytes]:
+        """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags)."""
+        cells, tags = self.crypto.encrypt_outbound_many(payloads, hop)
+        self.channel.send_cells(self.circ_id, cell_command, cells)
+        return tags
 
     @property
     def package_room(self) -> int:
         """How many DATA cells may be sent right now (the circuit package window, 0 unless open)."""
-        return self.package_window if self.state is CircuitState.OPEN else 0
+        return self.window.package if self.state is CircuitState.OPEN else 0
 
     def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
-        """`send_data` for several DATA cells of one stream (each at most 498 bytes), encrypted together."""
+        """DATA cells of one stream (each chunk at most 498 bytes), encrypted together, counted against the
+        circuit package window."""
         if self.state is CircuitState.CLOSED:
             raise CircuitError(f"circuit {self.circ_id:#x} is closed")
-        if len(chunks) > self.package_window:
+        if len(chunks) > self.window.package:
             raise CircuitError("circuit package window is too small for these cells")
         if not chunks:
             return
-        last = len(self.crypto) - 1
         payloads = [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks]
-        cells, tags = self.crypto.encrypt_outbound_many(payloads, last)
-        send_cells = getattr(self.channel, "send_cells", None)
-        if send_cells is not None:
-            send_cells(self.circ_id, _RELAY, cells)
-        else:
-            for offset in range(0, len(cells), CELL_PAYLOAD_LEN):
-                self.channel.send_cell(self.circ_id, _RELAY, cells[offset:offset + CELL_PAYLOAD_LEN])
-        self.package_window -= len(chunks)
+        tags = self._send_payloads(_RELAY, payloads, len(self.crypto) - 1)
+        self.window.package -= len(chunks)
         sent = self._data_cells_sent
+        increment = self.window.increment
         for index, chunk in enumerate(chunks, 1):
             self.bytes_written += len(chunk)
-            if (sent + index) % CIRCWINDOW_INCREMENT == 0:
+            if (sent + index) % increment == 0:
                 # The exit's SENDME will echo the digest right after every 100th DATA cell (prop 289).
                 self._expected_sendme_tags.append(tags[index - 1])
         self._data_cells_sent = sent + len(chunks)
-
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """One RELAY_DATA cell (at most 498 bytes) to the exit, counted against the circuit window."""
-        if self.package_window <= 0:
-            raise CircuitError("circuit package window is empty")
-        last = len(self.crypto) - 1
-        self.send_relay(_DATA, stream_id, data, hop=last)
-        self.package_window -= 1
-        self.bytes_written += len(data)
-        self._data_cells_sent += 1
-        if self._data_cells_sent % CIRCWINDOW_INCREMENT == 0:
-            self._expected_sendme_tags.append(self.crypto.last_outbound_digest(last))
 
     # ------------------------------------------------------------------------------------ streams
 
@@ -493,14 +471,3 @@ class Circuit:
         for stream in streams.values():
             stream.circuit_closed(error)
         self.on_closed(self, error)
-
-
-def _deliver_data_run(stream: StreamEndpoint, chunks: list[bytes]) -> None:
-    """The data of consecutive DATA cells for one stream (views of the decrypted batch), to the stream (cell
-    by cell, as bytes, if it takes only that)."""
-    many = getattr(stream, "data_cells_received", None)
-    if many is not None:
-        many(chunks)
-        return
-    for chunk in chunks:
-        stream.relay_received(_DATA, bytes(chunk))

@@ -87,24 +87,6 @@ class Tor1Hop:
         """Build a hop from the keys a handshake produced."""
         return cls(keys.df, keys.db, keys.kf, keys.kb)
 
-    def originate(self, payload: bytes) -> bytes:
-        """Stamp the digest of a cell addressed to this hop (digest field zero) and encrypt it."""
-        running = self._forward_digest
-        running.update(payload)
-        tag = running.digest()
-        self.last_outbound_digest = tag
-        return self._forward_cipher.update(
-            payload[:RELAY_DIGEST_OFFSET] + tag[:RELAY_DIGEST_LEN] + payload[_DIGEST_END:]
-        )
-
-    def encrypt_forward(self, cell: bytes) -> bytes:
-        """Add this hop's forward layer to a cell addressed to a hop beyond it."""
-        return self._forward_cipher.update(cell)
-
-    def decrypt_backward(self, cell: bytes) -> bytes:
-        """Remove this hop's backward layer."""
-        return self._backward_cipher.update(cell)
-
     def recognize(self, plaintext: bytes) -> bool:
         """True (and the backward digest advanced) iff this hop originated `plaintext`.
 
@@ -128,7 +110,8 @@ class Tor1Hop:
 class Tor1ClientCrypto:
     """All tor1 layers of one client circuit, hop 0 being the guard.
 
-    `encrypt_outbound` and `decrypt_inbound` take and return 509-byte relay cell payloads.
+    `encrypt_outbound_many` and `decrypt_inbound_many` take and return 509-byte relay cell payloads back to
+    back, as many as one read brought or one flush sends; a single cell is a batch of one.
     """
 
     __slots__ = ("hops", "_scratch")
@@ -146,57 +129,15 @@ class Tor1ClientCrypto:
     def __len__(self) -> int:
         return len(self.hops)
 
-    def encrypt_outbound(self, payload: bytes, hop_index: int) -> bytes:
-        """Set the digest for hop `hop_index`, encrypt with its layer, then each layer down to 0.
-
-        `payload` is the 509-byte plaintext relay payload with recognized and digest zeroed.
-        """
-        if len(payload) != CELL_PAYLOAD_LEN:
-            raise ValueError(f"relay payload must be {CELL_PAYLOAD_LEN} bytes, got {len(payload)}")
-        if payload[RELAY_DIGEST_OFFSET:_DIGEST_END] != _ZERO_DIGEST:
-            raise ValueError("relay payload must have its digest field zeroed before encryption")
-        hops = self.hops
-        if not 0 <= hop_index < len(hops):
-            raise IndexError(f"no hop {hop_index} on a circuit of {len(hops)} hops")
-        cell = hops[hop_index].originate(payload)
-        while hop_index:
-            hop_index -= 1
-            # Same as hops[hop_index].encrypt_forward(cell), without a method call per layer.
-            cell = hops[hop_index]._forward_cipher.update(cell)
-        return cell
-
-    def decrypt_inbound(self, payload: bytes) -> tuple[int, bytes]:
-        """Peel layers from hop 0 outward until one hop recognizes the cell.
-
-        Returns (hop_index, plaintext payload). Raises RelayCryptoError when no hop recognizes it;
-        the keystreams have then moved on and the circuit must be closed.
-        """
-        if len(payload) != CELL_PAYLOAD_LEN:
-            raise RelayCryptoError(
-                f"relay payload must be {CELL_PAYLOAD_LEN} bytes, got {len(payload)}"
-            )
-        cell = payload
-        for hop_index, hop in enumerate(self.hops):
-            # Using the hop's cipher directly saves a method call per layer on the hot path.
-            cell = hop._backward_cipher.update(cell)
-            # Only a zero "recognized" field is worth a digest computation.
-            if cell[RELAY_RECOGNIZED_OFFSET:_RECOGNIZED_END] != _ZERO_RECOGNIZED:
-                continue
-            if hop.recognize(cell):
-                return hop_index, cell
-        raise RelayCryptoError(
-            f"inbound relay cell not recognized by any of the {len(self.hops)} hops"
-        )
-
     def decrypt_inbound_many(self, payloads: bytes) -> tuple[list[tuple], RelayCryptoError | None]:
-        """`decrypt_inbound` for several cells of this circuit at once: their payloads back to back.
+        """Peel layers from hop 0 outward until a hop recognizes each cell: their payloads back to back.
 
         Each layer is removed from all the cells still encrypted in one AES call: a layer's keystream is
         used by exactly the cells that reach it, in order, so this is the same as peeling them one by one.
         Returns (cells, error): cells are (hop_index, buffer, offset, tag) for each cell recognized, in
         order, its plaintext being buffer[offset:offset + 509] and tag the hop's running digest right after
         it (the SENDME v1 tag). When a cell is recognized by no hop, cells holds those before it and error
-        says why; the circuit must then be closed (as after `decrypt_inbound` raised).
+        says why; the keystreams have then moved on and the circuit must be closed.
         """
         count, rest = divmod(len(payloads), CELL_PAYLOAD_LEN)
         error = None
@@ -294,11 +235,13 @@ class Tor1ClientCrypto:
         return waiting[checked] if checked < count else len(results)
 
     def encrypt_outbound_many(self, payloads: list[bytes], hop_index: int) -> tuple[bytes, list[bytes]]:
-        """`encrypt_outbound` for several cells to one hop: (their ciphertexts back to back, 509 bytes each,
-        the hop's running digest right after each cell).
+        """Stamp the digest of each cell for hop `hop_index` and encrypt it with that hop's layer, then each
+        layer down to 0: (the ciphertexts back to back, 509 bytes each, the hop's running digest right after
+        each cell, which the SENDME v1 tag echoes).
 
-        The digests are stamped cell by cell (each depends on the ones before); each layer then encrypts
-        all of them in one AES call.
+        Each payload is a 509-byte plaintext relay payload with recognized and digest zeroed. The digests
+        are stamped cell by cell (each depends on the ones before); each layer then encrypts all of them in
+        one AES call.
         """
         hops = self.hops
         if not 0 <= hop_index < len(hops):

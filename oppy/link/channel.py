@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable, NamedTuple, Protocol
 
-from oppy.cell.commands import CELL_PAYLOAD_LEN, CellCommand, DestroyReason
+from oppy.cell.commands import CellCommand, DestroyReason
 from oppy.cell.errors import CellParseError
 from oppy.cell.framing import encode_cell, encode_fixed_cells, encode_versions_cell, CellReader
 from oppy.cell.link import (
@@ -64,10 +64,11 @@ class LinkOpened(NamedTuple):
 class CircuitEndpoint(Protocol):
     """What a channel needs from a circuit it carries."""
 
-    def cell_received(self, command: int, payload: bytes) -> None: ...
+    def cell_received(self, command: int, payload: bytes) -> None:
+        """A circuit cell other than RELAY (CREATED2, DESTROY, RELAY_EARLY, ...)."""
 
-    # Optional: `relay_cells_received(payloads)` takes a run of RELAY cells at once, their 509-byte payloads
-    # back to back (see `Channel._route_runs`).
+    def relay_cells_received(self, payloads: bytes) -> None:
+        """RELAY cells in a row from one read, their 509-byte payloads back to back (one cell: a run of one)."""
 
     def channel_closed(self, reason: str) -> None: ...
 
@@ -116,12 +117,8 @@ class Channel:
             raise LinkError(f"malformed cell from {self.peer_address}: {exc}") from None
         return self._handshake(cells)
 
-    def _route(self, cells) -> None:
-        """Hand each circuit cell to its circuit, in order."""
-        self._route_runs([(circ_id, command, payload, 1) for circ_id, command, payload in cells])
-
     def _route_runs(self, entries) -> None:
-        """The hot path: hand each circuit cell to its circuit.
+        """The hot path: hand each circuit cell to its circuit, in order.
 
         A run of RELAY cells for one circuit (as `CellReader.feed_runs` gathers them) goes to it at once,
         `relay_cells_received(payloads)`, so that it can decrypt them in one pass per layer.
@@ -134,15 +131,7 @@ class Channel:
                     raise LinkError(f"{self.peer_address} sent PADDING_NEGOTIATE, which only clients send")
                 continue  # padding, late cells for circuits already gone, cells we never asked for
             if command == _RELAY:
-                if count == 1:
-                    circuit.cell_received(_RELAY, payload)
-                else:
-                    many = getattr(circuit, "relay_cells_received", None)
-                    if many is not None:
-                        many(payload)
-                    else:
-                        for offset in range(0, len(payload), CELL_PAYLOAD_LEN):
-                            circuit.cell_received(_RELAY, payload[offset:offset + CELL_PAYLOAD_LEN])
+                circuit.relay_cells_received(payload)
             elif command in _CIRCUIT_COMMANDS:
                 if command == CellCommand.DESTROY:
                     del circuits[circ_id]
@@ -158,7 +147,7 @@ class Channel:
         while queue:
             circ_id, command, payload = queue.pop(0)
             if self.state is ChannelState.OPEN:
-                self._route([(circ_id, command, payload)] + queue)
+                self._route_runs([(circ_id, command, payload, 1)] + [cell + (1,) for cell in queue])
                 break
             if self.link_version == 0:
                 if command != CellCommand.VERSIONS:

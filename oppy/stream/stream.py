@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 
 from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
 from oppy.cell.errors import CellParseError
+from oppy.cell.flow_control import STREAMWINDOW_INCREMENT, STREAMWINDOW_START, SendmeWindow  # noqa: F401 - re-exported
 from oppy.cell.relay import (
     ResolvedAnswer,
     decode_connected_body,
@@ -25,14 +26,10 @@ from oppy.cell.relay import (
     encode_reverse_resolve_body,
 )
 
-# tor-spec "Stream-level flow control" / or.h: stream windows count DATA cells.
-STREAMWINDOW_START = 500
-STREAMWINDOW_INCREMENT = 50
 # How many application bytes a stream buffers before it asks its source to stop reading: a little over one
 # full stream window, so a blocked window never leaves the circuit idle, and memory stays bounded.
 DEFAULT_SEND_BUFFER_LIMIT = 256 * 1024
 
-_DATA = int(RelayCommand.DATA)
 
 
 class StreamState(enum.Enum):
@@ -89,8 +86,7 @@ class Stream:
         self.state = StreamState.NEW
         self.circuit = None
         self.stream_id = 0
-        self.package_window = STREAMWINDOW_START
-        self.deliver_window = STREAMWINDOW_START
+        self.window = SendmeWindow.for_stream()
         self.send_buffer_limit = send_buffer_limit
         self.bytes_read = 0
         self.bytes_written = 0
@@ -125,8 +121,7 @@ class Stream:
             raise RuntimeError("stream already ended")
         self.circuit = circuit
         self.stream_id = circuit.allocate_stream_id()
-        self.package_window = STREAMWINDOW_START
-        self.deliver_window = STREAMWINDOW_START
+        self.window = SendmeWindow.for_stream()
         circuit.attach_stream(self)
         if self.kind is StreamKind.CONNECT:
             circuit.send_relay(RelayCommand.BEGIN, self.stream_id, encode_begin_body(self.host, self.port))
@@ -164,9 +159,8 @@ class Stream:
     # ------------------------------------------------------------------------------ cells from the circuit
 
     def relay_received(self, command: int, data: bytes) -> None:
-        if command == _DATA:
-            self._data_received(data)
-        elif command == RelayCommand.SENDME:
+        """A relay cell for this stream other than DATA (those come through `data_cells_received`)."""
+        if command == RelayCommand.SENDME:
             self._sendme_received()
         elif command == RelayCommand.CONNECTED:
             self._connected(data)
@@ -176,48 +170,40 @@ class Stream:
             self._resolved(data)
         # Other commands on a stream (XON/XOFF without congestion control, ...) are ignored.
 
-    def _data_received(self, data: bytes) -> None:
+    def data_cells_received(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        """The data of DATA cells in a row from one read (one cell: a list of one): counted per cell against
+        the deliver window, delivered to the sink at once.
+
+        Stream SENDMEs owed go out after the delivery (only while the sink reads). Cells beyond the deliver
+        window are a protocol violation: those within it are delivered, then the stream ends.
+        """
         if self.state is not StreamState.SUCCEEDED:
             return  # tor-spec: DATA before CONNECTED is a protocol error; late DATA after END is tolerated
-        self.deliver_window -= 1
-        if self.deliver_window < 0:
+        window = self.window
+        overrun = len(chunks) > window.deliver
+        if overrun:
+            chunks = chunks[:window.deliver]
+        window.deliver -= len(chunks)
+        if chunks:
+            data = b"".join(chunks)  # bytes, also when the chunks are views of a decrypted batch
+            self.bytes_read += len(data)
+            self.sink.stream_data(self, data)
+        if overrun:
             self._finish(StreamEnd("the exit overran the stream deliver window", EndReason.TORPROTOCOL,
                                    remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
             return
-        self.bytes_read += len(data)
-        self.sink.stream_data(self, data)
-        if not self._delivery_paused and self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
-            self._send_sendmes()
-
-    def data_cells_received(self, chunks: list[bytes | bytearray | memoryview]) -> None:
-        """The data of DATA cells in a row from one read: counted per cell, delivered to the sink at once.
-
-        Stream SENDMEs owed go out after the delivery (still only while the sink reads). A batch that
-        would overrun the deliver window goes cell by cell, so the overrun is handled exactly there.
-        """
-        if self.state is not StreamState.SUCCEEDED:
-            return
-        count = len(chunks)
-        if count > self.deliver_window:
-            for chunk in chunks:
-                self._data_received(bytes(chunk))
-            return
-        self.deliver_window -= count
-        data = b"".join(chunks)  # bytes, also when the chunks are views of a decrypted batch
-        self.bytes_read += len(data)
-        self.sink.stream_data(self, data)
-        if not self._delivery_paused and self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
+        if not self._delivery_paused and window.sendme_due:
             self._send_sendmes()
 
     def _send_sendmes(self) -> None:
         circuit = self.circuit
-        while self.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT and circuit is not None:
-            self.deliver_window += STREAMWINDOW_INCREMENT
+        window = self.window
+        while window.sendme_due and circuit is not None:
+            window.sendme_sent()
             circuit.send_relay(RelayCommand.SENDME, self.stream_id, b"")
 
     def _sendme_received(self) -> None:
-        self.package_window += STREAMWINDOW_INCREMENT
-        if self.package_window > STREAMWINDOW_START:
+        if not self.window.sendme_received():
             self._finish(StreamEnd("the exit sent a stream SENDME we were not owed", EndReason.TORPROTOCOL,
                                    remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
             return
@@ -290,34 +276,25 @@ class Stream:
         """Package buffered bytes into DATA cells while both windows are open.
 
         Every cell the windows allow right now is cut and handed to the circuit in one call
-        (`send_data_many`, which encrypts them together); a circuit without it gets them one by one.
+        (`send_data_many`, which encrypts them together).
         """
         if self.state is not StreamState.SUCCEEDED or self.circuit is None:
             return
         circuit = self.circuit
         buffer = self._send_buffer
-        stream_id = self.stream_id
-        send_many = getattr(circuit, "send_data_many", None)
-        if send_many is not None:
-            while buffer and self.package_window > 0:
-                room = min(self.package_window, circuit.package_room)
-                if room <= 0:
-                    break
-                chunks = []
-                while buffer and len(chunks) < room:
-                    chunks.append(self._next_chunk())
-                send_many(stream_id, chunks)
-                sent = sum(map(len, chunks))
-                self.package_window -= len(chunks)
-                self._send_buffered -= sent
-                self.bytes_written += sent
-        else:
-            while buffer and self.package_window > 0 and circuit.can_package:
-                chunk = self._next_chunk()
-                circuit.send_data(stream_id, chunk)
-                self.package_window -= 1
-                self._send_buffered -= len(chunk)
-                self.bytes_written += len(chunk)
+        window = self.window
+        while buffer and window.package > 0:
+            room = min(window.package, circuit.package_room)
+            if room <= 0:
+                break
+            chunks = []
+            while buffer and len(chunks) < room:
+                chunks.append(self._next_chunk())
+            circuit.send_data_many(self.stream_id, chunks)
+            sent = sum(map(len, chunks))
+            window.package -= len(chunks)
+            self._send_buffered -= sent
+            self.bytes_written += sent
         self._update_writable()
         if not buffer and self._close_after_flush is not None:
             reason, self._close_after_flush = self._close_after_flush, None

@@ -357,6 +357,11 @@ class RecordingChannel:
     def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
         self.sent.append((circ_id, command, bytes(payload)))
 
+    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
+        assert len(payloads) % PAYLOAD_LEN == 0, "relay cells come as whole 509-byte payloads"
+        for offset in range(0, len(payloads), PAYLOAD_LEN):
+            self.send_cell(circ_id, command, payloads[offset:offset + PAYLOAD_LEN])
+
     def destroy_circuit(self, circ_id: int, reason: int = 0) -> None:
         self.circuits.pop(circ_id, None)
         self.destroyed.append((circ_id, reason))

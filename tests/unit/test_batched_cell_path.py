@@ -1,10 +1,12 @@
-"""The per-read (batched) cell path gives exactly what the cell-by-cell path gives.
+"""The per-read (batched) cell path: a batch gives exactly what its cells give one at a time.
 
-A read from the link is framed into runs (`CellReader.feed_runs`), a run of RELAY cells is decrypted one layer
-at a time for all cells (`Tor1ClientCrypto.decrypt_inbound_many`), DATA cells in a row reach their stream at
-once (`Circuit.relay_cells_received`, `Stream.data_cells_received`), and a stream's outgoing cells are
-encrypted together (`Stream.flush` -> `Circuit.send_data_many` -> `encrypt_outbound_many` ->
-`Channel.send_cells`). Each is checked against the one-cell-at-a-time code on the same input.
+There is one path: a read from the link is framed into runs (`CellReader.feed_runs`), a run of RELAY cells is
+decrypted one layer at a time for all cells (`Tor1ClientCrypto.decrypt_inbound_many`), DATA cells in a row
+reach their stream at once (`Circuit.relay_cells_received`, `Stream.data_cells_received`), and a stream's
+outgoing cells are encrypted together (`Stream.flush` -> `Circuit.send_data_many` -> `encrypt_outbound_many`
+-> `Channel.send_cells`); a single cell is a batch of one. Each stage is checked against the independent
+relay of tests.unit.relaysim (or the relay-side simulator of test_crypto_relay) and against the same input
+fed through the path one cell at a time.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.stream.stream import STREAMWINDOW_START, Stream, StreamState
-from tests.unit.relaysim import CMD_RELAY, build_circuit
-from tests.unit.test_crypto_relay import SimulatedRelayHop, random_relay_payload
+from tests.unit.relaysim import CMD_RELAY, build_circuit, parse_cells
+from tests.unit.test_crypto_relay import SimulatedRelayHop, decrypt_one, deliver_forward, random_relay_payload
 
 RELAY, PADDING, DESTROY, VPADDING = 3, 0, 4, 128
 RELAY_DATA, RELAY_END, RELAY_CONNECTED, RELAY_SENDME, RELAY_DROP = 2, 3, 4, 5, 10
@@ -51,21 +53,19 @@ cell_specs = st.lists(st.tuples(st.sampled_from([0x80000001, 0x80000002, 0]),
 
 @settings(max_examples=150, deadline=None)
 @given(cell_specs, st.lists(st.integers(1, 2000), min_size=1, max_size=8))
-def test_feed_runs_gives_the_cells_feed_gives_whatever_the_split(specs, cut_sizes):
+def test_feed_runs_gives_the_cells_an_independent_parser_finds_whatever_the_split(specs, cut_sizes):
     wire = b"".join(encode_cell(circ_id, command, os.urandom(509 if command != VPADDING else size), LINK_VERSION)
                     for circ_id, command, size in specs)
-    by_cell, by_run = CellReader(), CellReader()
-    by_cell.set_link_version(LINK_VERSION)
-    by_run.set_link_version(LINK_VERSION)
-    cells, entries, offset, index = [], [], 0, 0
+    reader = CellReader()
+    reader.set_link_version(LINK_VERSION)
+    entries, offset, index = [], 0, 0
     while offset < len(wire):
         piece = wire[offset:offset + cut_sizes[index % len(cut_sizes)]]
         offset += len(piece)
         index += 1
-        cells += [tuple(cell) for cell in by_cell.feed(piece)]
-        entries += by_run.feed_runs(memoryview(piece), RELAY)
-    assert expand_runs(entries) == cells
-    assert len(cells) == len(specs)
+        entries += reader.feed_runs(memoryview(piece), RELAY)
+    assert expand_runs(entries) == parse_cells(wire)
+    assert len(parse_cells(wire)) == len(specs) and reader.buffered == 0
     # A run never mixes circuits and only RELAY cells form runs.
     assert all(count == 1 or command == RELAY for _, command, _, count in entries)
 
@@ -132,21 +132,22 @@ def originate(relays, hop, plain, **kwargs):
 
 
 @pytest.mark.parametrize("n_hops", [1, 2, 3])
-def test_decrypt_inbound_many_is_decrypt_inbound_cell_by_cell(n_hops):
+def test_decrypt_inbound_many_gives_what_the_relays_sent_whatever_the_batch(n_hops):
     rng = random.Random(n_hops)
     one_by_one, batched, relays = twin_clients(n_hops)
     for batch_size in (1, 2, 7, 40, 3, 64):
         hops = [rng.randrange(n_hops) if rng.random() < 0.3 else n_hops - 1 for _ in range(batch_size)]
-        cells = [originate(relays, hop, random_relay_payload()) for hop in hops]
-        expected = [one_by_one.decrypt_inbound(cell) + (one_by_one.last_inbound_digest(hop),)
-                    for cell, hop in zip(cells, hops)]
+        plains = [random_relay_payload() for _ in hops]
+        cells = [originate(relays, hop, plain) for hop, plain in zip(hops, plains)]
+        sent_tags = [relays[hop].sent_tags[-1 - hops[index + 1:].count(hop)] for index, hop in enumerate(hops)]
+        singles = [decrypt_one(one_by_one, cell) for cell in cells]
         results, error = batched.decrypt_inbound_many(b"".join(cells))
         assert error is None
         got = [(hop, bytes(buffer[offset:offset + 509]), tag) for hop, buffer, offset, tag in results]
         # The batch zeroes digest fields of last-hop cells in place; nothing reads them afterwards.
-        for (hop, plain, tag), (want_hop, want_plain, want_tag) in zip(got, expected):
-            assert (hop, tag) == (want_hop, want_tag)
-            assert plain[:5] + plain[9:] == want_plain[:5] + want_plain[9:]
+        for (hop, plain, tag), single, want_plain, want_tag in zip(got, singles, plains, sent_tags):
+            assert (hop, tag) == (single[0], single[2]) == (hop, want_tag)
+            assert plain[:5] + plain[9:] == single[1][:5] + single[1][9:] == want_plain[:5] + want_plain[9:]
         assert [h for h, _, _ in got] == hops
         for index in range(n_hops):
             assert batched.last_inbound_digest(index) == one_by_one.last_inbound_digest(index)
@@ -161,10 +162,11 @@ def test_decrypt_inbound_many_stops_at_the_first_cell_no_hop_recognizes():
     assert isinstance(error, RelayCryptoError)
     assert len(results) == 3
     for cell in good:
-        one_by_one.decrypt_inbound(cell)
+        decrypt_one(one_by_one, cell)
     with pytest.raises(RelayCryptoError):
-        one_by_one.decrypt_inbound(bad)
-    assert [tag for _, _, _, tag in results][-1] == one_by_one.last_inbound_digest(2)
+        decrypt_one(one_by_one, bad)
+    assert [tag for _, _, _, tag in results] == relays[2].sent_tags[:3]
+    assert results[-1][3] == one_by_one.last_inbound_digest(2)
 
 
 def test_decrypt_inbound_many_refuses_a_nonzero_recognized_field_at_the_last_hop():
@@ -183,17 +185,21 @@ def test_decrypt_inbound_many_refuses_a_partial_payload():
     assert len(results) == 1 and error is not None
 
 
-def test_encrypt_outbound_many_is_encrypt_outbound_cell_by_cell():
+def test_encrypt_outbound_many_is_the_cells_one_at_a_time_and_what_the_relays_read():
     one_by_one, batched, relays = twin_clients(3)
     payloads = [random_relay_payload() for _ in range(9)]
     expected = []
     tags = []
     for payload in payloads:
-        expected.append(one_by_one.encrypt_outbound(payload, 2))
-        tags.append(one_by_one.last_outbound_digest(2))
+        cell, (tag,) = one_by_one.encrypt_outbound_many([payload], 2)
+        expected.append(cell)
+        tags.append(tag)
     cells, batch_tags = batched.encrypt_outbound_many(payloads, 2)
     assert cells == b"".join(expected)
     assert batch_tags == tags and batched.last_outbound_digest(2) == tags[-1]
+    for offset, payload in zip(range(0, len(cells), 509), payloads):
+        assert deliver_forward(relays, cells[offset:offset + 509]) == (2, payload)
+    assert relays[2].received_tags == tags
     with pytest.raises(ValueError):
         batched.encrypt_outbound_many([bytes(508)], 2)
     with pytest.raises(IndexError):
@@ -275,7 +281,7 @@ def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one():
         index += 1
     assert b"".join(b_sink.data) == b"".join(one_sink.data)
     assert b_sink.ended == one_sink.ended == [6]
-    assert (b_circuit.deliver_window, b_circuit.bytes_read) == (one_circuit.deliver_window, one_circuit.bytes_read)
+    assert (b_circuit.window.deliver, b_circuit.bytes_read) == (one_circuit.window.deliver, one_circuit.bytes_read)
     assert b_stream.bytes_read == one_stream.bytes_read
     # The same SENDMEs: stream ones, and circuit ones echoing the digest right after the same DATA cell
     # (the position of the tag among the exit's backward digests); the order between the two kinds may
@@ -302,37 +308,38 @@ def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_close
 def test_a_run_while_building_goes_cell_by_cell():
     circuit, channel, path = build_circuit(Circuit, hops=1)
     circuit.state = CircuitState.BUILDING  # as between EXTENDED2 and the next hop: no batch decryption
-    stream = type("S", (), {"stream_id": 1, "received": [], "relay_received":
-                            lambda self, command, data: self.received.append((command, data))})()
+    stream = type("S", (), {"stream_id": 1, "received": [], "data_cells_received":
+                            lambda self, chunks: self.received.append([bytes(chunk) for chunk in chunks])})()
     circuit.streams[1] = stream
     circuit.relay_cells_received(b"".join(path.send(0, RELAY_DATA, 1, b"abc") for _ in range(3)))
-    assert stream.received == [(RELAY_DATA, b"abc")] * 3
+    assert stream.received == [[b"abc"]] * 3
 
 
 def test_data_cells_received_counts_each_cell_and_delivers_once():
     circuit, channel, path, stream, sink = open_circuit_with_stream()
     stream.data_cells_received([b"a" * 498] * 49)
-    assert stream.deliver_window == STREAMWINDOW_START - 49 and len(sink.data) == 1
+    assert stream.window.deliver == STREAMWINDOW_START - 49 and len(sink.data) == 1
     assert sent_messages(channel, path) == []
     stream.data_cells_received([bytearray(b"b"), b"c"])
-    assert sink.data[-1] == b"bc" and stream.deliver_window == STREAMWINDOW_START - 1
+    assert sink.data[-1] == b"bc" and stream.window.deliver == STREAMWINDOW_START - 1
     assert [m[1:3] for m in sent_messages(channel, path)] == [(RELAY_SENDME, stream.stream_id)]
     stream.pause_delivery()
     stream.data_cells_received([b"d"] * 60)
     assert sent_messages(channel, path) == []
-    stream.deliver_window = 3
-    stream.data_cells_received([b"e"] * 5)  # overruns: handled cell by cell, the 4th ends the stream
-    assert sink.data[-3:] == [b"e"] * 3 and stream.state is StreamState.CLOSED
+    stream.window.deliver = 3
+    stream.data_cells_received([b"e"] * 5)  # overruns: the 3 cells within the window arrive, the 4th ends it
+    assert sink.data[-1] == b"eee" and stream.state is StreamState.CLOSED
 
 
 # ------------------------------------------------------------------------------------------------ sending
 
-class OneByOneCircuit:
-    """A circuit that takes DATA cells only one at a time (no send_data_many)."""
+class ManyAtOnceCircuit:
+    """Just what a stream sends DATA through: records the chunks of each `send_data_many` call."""
+
+    package_room = 10 ** 6
 
     def __init__(self):
         self.chunks = []
-        self.can_package = True
 
     def allocate_stream_id(self):
         return 1
@@ -343,33 +350,24 @@ class OneByOneCircuit:
     def send_relay(self, *args):
         pass
 
-    def send_data(self, stream_id, data):
-        self.chunks.append(data)
-
-
-class ManyAtOnceCircuit(OneByOneCircuit):
-    package_room = 10 ** 6
-
     def send_data_many(self, stream_id, chunks):
         self.chunks += chunks
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(1, 3000), min_size=1, max_size=12))
-def test_flush_cuts_the_same_cells_with_and_without_send_data_many(sizes):
-    results = []
+def test_flush_with_open_windows_cuts_each_write_into_full_cells(sizes):
     data = [os.urandom(size) for size in sizes]
-    for circuit in (OneByOneCircuit(), ManyAtOnceCircuit()):
-        stream = Stream(Sink(), "127.0.0.1", 80, send_buffer_limit=10 ** 9)
-        stream.attach(circuit)
-        stream.state = StreamState.SUCCEEDED
-        stream.package_window = 10 ** 6
-        for piece in data:
-            stream.write(piece)
-        assert b"".join(circuit.chunks) == b"".join(data)
-        assert all(len(chunk) <= 498 for chunk in circuit.chunks)
-        results.append([bytes(chunk) for chunk in circuit.chunks])
-    assert results[0] == results[1]
+    circuit = ManyAtOnceCircuit()
+    stream = Stream(Sink(), "127.0.0.1", 80, send_buffer_limit=10 ** 9)
+    stream.attach(circuit)
+    stream.state = StreamState.SUCCEEDED
+    stream.window.package = 10 ** 6
+    for piece in data:
+        stream.write(piece)
+    # Each write goes out at once: full 498-byte cells and its remainder (tor packages what it has).
+    assert [bytes(chunk) for chunk in circuit.chunks] == [
+        piece[offset:offset + 498] for piece in data for offset in range(0, len(piece), 498)]
 
 
 def test_flush_fills_cells_across_small_writes_while_a_window_is_closed():
@@ -377,25 +375,25 @@ def test_flush_fills_cells_across_small_writes_while_a_window_is_closed():
     stream = Stream(Sink(), "127.0.0.1", 80)
     stream.attach(circuit)
     stream.state = StreamState.SUCCEEDED
-    stream.package_window = 0
+    stream.window.package = 0
     for _ in range(10):
         stream.write(b"z" * 100)
-    stream.package_window = 5
+    stream.window.package = 5
     stream.flush()
     assert [len(chunk) for chunk in circuit.chunks] == [498, 498, 4]
 
 
-def test_send_data_many_matches_send_data_on_the_wire():
+def test_send_data_many_in_one_batch_is_the_cells_one_at_a_time_on_the_wire():
     one = open_circuit_with_stream()
     many = open_circuit_with_stream()
     chunks = [os.urandom(498) for _ in range(150)] + [b"tail"]
     for chunk in chunks:
-        one[0].send_data(1, chunk)
+        one[0].send_data_many(1, [chunk])
     many[0].send_data_many(1, chunks)
     got_one = sent_messages(one[1], one[2])
     got_many = sent_messages(many[1], many[2])
     assert got_one == got_many == [(2, RELAY_DATA, 1, chunk) for chunk in chunks]
-    assert many[0].package_window == one[0].package_window == 1000 - 151
+    assert many[0].window.package == one[0].window.package == 1000 - 151
     # The tag kept for the exit's SENDME is the digest right after the 100th DATA cell, on each circuit.
     for circuit, channel, path, *_ in (one, many):
         assert list(circuit._expected_sendme_tags) == [path.hops[2].forward_tags[100]]
@@ -403,7 +401,7 @@ def test_send_data_many_matches_send_data_on_the_wire():
 
 def test_send_data_many_refuses_more_cells_than_the_window():
     circuit, channel, path, stream, sink = open_circuit_with_stream()
-    circuit.package_window = 2
+    circuit.window.package = 2
     with pytest.raises(Exception):
         circuit.send_data_many(1, [b"a", b"b", b"c"])
 
@@ -424,10 +422,11 @@ def test_channel_routes_a_read_of_several_circuits_in_order():
     from oppy.link.channel import Channel, ChannelState
 
     class Recorder:
-        def __init__(self, name, log, batches=True):
+        def __init__(self, name, log):
             self.name, self.log = name, log
-            if batches:
-                self.relay_cells_received = lambda payloads: log.append((name, "run", len(payloads) // 509))
+
+        def relay_cells_received(self, payloads):
+            self.log.append((self.name, "run", len(payloads) // 509))
 
         def cell_received(self, command, payload):
             self.log.append((self.name, command, len(payload)))
@@ -437,10 +436,10 @@ def test_channel_routes_a_read_of_several_circuits_in_order():
     channel.state = ChannelState.OPEN
     channel.link_version = 5
     channel._reader.set_link_version(5)
-    channel.circuits = {1: Recorder("a", log), 2: Recorder("b", log, batches=False)}
+    channel.circuits = {1: Recorder("a", log), 2: Recorder("b", log)}
     wire = b"".join([encode_cell(1, RELAY, bytes(509), 5)] * 3 + [encode_cell(2, RELAY, bytes(509), 5)] * 2
                     + [encode_cell(1, DESTROY, b"\x03", 5), encode_cell(1, RELAY, bytes(509), 5)])
     channel.receive_data(wire)
-    assert log == [("a", "run", 3), ("b", RELAY, 509), ("b", RELAY, 509), ("a", DESTROY, 509)]
+    assert log == [("a", "run", 3), ("b", "run", 2), ("a", DESTROY, 509)]
     assert 1 not in channel.circuits
 

@@ -55,6 +55,9 @@ class RecordingStream:
     def relay_received(self, command, data):
         self.received.append((command, data))
 
+    def data_cells_received(self, chunks):
+        self.received += [(RELAY_DATA, bytes(chunk)) for chunk in chunks]
+
     def circuit_closed(self, error):
         self.closed.append(error)
 
@@ -239,7 +242,7 @@ def test_deliver_window_one_sendme_v1_after_100_data_cells_with_the_relay_digest
     for count in range(1, 100):
         circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 7, b"x" * 10))
     assert channel.take() == []
-    assert circuit.deliver_window == CIRCWINDOW_START - 99
+    assert circuit.window.deliver == CIRCWINDOW_START - 99
     circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 7, b"y" * 498))
     tag_after_100th = exit_hop.backward_tags[-1]
     ((circ_id, command, payload),) = channel.take()
@@ -248,7 +251,7 @@ def test_deliver_window_one_sendme_v1_after_100_data_cells_with_the_relay_digest
     # tor-spec "SENDME Cell Format": v1 on stream 0, to the hop that sent the data, tag = its digest.
     assert (message.hop, message.command, message.stream_id) == (2, RELAY_SENDME, 0)
     assert message.data == sendme_v1_body(tag_after_100th)
-    assert circuit.deliver_window == CIRCWINDOW_START
+    assert circuit.window.deliver == CIRCWINDOW_START
     assert len(stream.received) == 100 and stream.received[-1] == (RELAY_DATA, b"y" * 498)
     for count in range(99):
         circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 7, b"z"))
@@ -262,7 +265,7 @@ def test_non_data_cells_do_not_count_against_the_deliver_window():
     circuit, channel, path = build_circuit(Circuit)
     for _ in range(150):
         circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DROP))
-    assert circuit.deliver_window == CIRCWINDOW_START
+    assert circuit.window.deliver == CIRCWINDOW_START
     assert channel.take() == []
     assert circuit.state is CircuitState.OPEN
 
@@ -279,7 +282,7 @@ def test_data_from_a_middle_hop_gets_its_sendme_from_that_hop():
 
 def send_data_cells(circuit, path, count):
     for _ in range(count):
-        circuit.send_data(1, b"d" * 498)
+        circuit.send_data_many(1, [b"d" * 498])
     cells = circuit.channel.take()
     assert len(cells) == count
     for _, command, payload in cells:
@@ -292,10 +295,10 @@ def test_package_window_sendme_with_the_right_tag_reopens_it():
     circuit, channel, path = build_circuit(Circuit)
     events = watch(circuit)
     send_data_cells(circuit, path, 100)
-    assert circuit.package_window == CIRCWINDOW_START - CIRCWINDOW_INCREMENT
+    assert circuit.window.package == CIRCWINDOW_START - CIRCWINDOW_INCREMENT
     tag = path.hops[2].forward_tags[-1]  # the exit's digest after our 100th DATA cell
     circuit.cell_received(CMD_RELAY, path.send(2, RELAY_SENDME, 0, sendme_v1_body(tag)))
-    assert circuit.package_window == CIRCWINDOW_START
+    assert circuit.window.package == CIRCWINDOW_START
     assert circuit.state is CircuitState.OPEN and events["closed"] == []
 
 
@@ -308,16 +311,16 @@ def test_package_window_empty_blocks_and_sendme_wakes_streams():
     for _ in range(CIRCWINDOW_START // CIRCWINDOW_INCREMENT):
         send_data_cells(circuit, path, 100)
         tags.append(path.hops[2].forward_tags[-1])
-    assert circuit.package_window == 0 and not circuit.can_package
+    assert circuit.window.package == 0 and circuit.package_room == 0
     with pytest.raises(CircuitError):
-        circuit.send_data(1, b"blocked")
+        circuit.send_data_many(1, [b"blocked"])
     assert channel.take() == []
     circuit.cell_received(CMD_RELAY, path.send(2, RELAY_SENDME, 0, sendme_v1_body(tags[0])))
-    assert circuit.package_window == CIRCWINDOW_INCREMENT and circuit.can_package
+    assert circuit.window.package == CIRCWINDOW_INCREMENT == circuit.package_room
     assert [stream.window_opened for stream in streams] == [1, 1]
     circuit.cell_received(CMD_RELAY, path.send(2, RELAY_SENDME, 0, sendme_v1_body(tags[1])))
     assert [stream.window_opened for stream in streams] == [1, 1]  # it was not blocked any more
-    assert circuit.package_window == 2 * CIRCWINDOW_INCREMENT
+    assert circuit.window.package == 2 * CIRCWINDOW_INCREMENT
 
 
 def test_sendme_with_a_wrong_tag_closes_the_circuit():
@@ -331,7 +334,7 @@ def test_sendme_with_a_wrong_tag_closes_the_circuit():
     (error,) = events["closed"]
     assert "tag" in str(error)
     assert channel.destroyed == [(circuit.circ_id, DestroyReason.NONE)]
-    assert circuit.package_window == CIRCWINDOW_START - CIRCWINDOW_INCREMENT
+    assert circuit.window.package == CIRCWINDOW_START - CIRCWINDOW_INCREMENT
 
 
 def test_sendme_for_the_digest_of_another_cell_closes_the_circuit():

@@ -257,7 +257,7 @@ class FakeCircuit:
         self.sent = []
         self.data = b""
         self.streams = {}
-        self.can_package = True
+        self.package_room = 1000
 
     def allocate_stream_id(self):
         return 7
@@ -271,8 +271,8 @@ class FakeCircuit:
     def send_relay(self, command, stream_id, body):
         self.sent.append((command, stream_id, body))
 
-    def send_data(self, stream_id, data):
-        self.data += data
+    def send_data_many(self, stream_id, chunks):
+        self.data += b"".join(chunks)
 
     def end_stream(self, stream_id, reason=EndReason.MISC):
         self.sent.append((RelayCommand.END, stream_id, bytes([reason])))
@@ -281,7 +281,10 @@ class FakeCircuit:
     def answer(self, *cells):
         stream = self.streams[7]
         for command, body in cells:
-            stream.relay_received(command, body)
+            if command == RelayCommand.DATA:
+                stream.data_cells_received([body])
+            else:
+                stream.relay_received(command, body)
 
 
 def begin_dir(circuit, **options):

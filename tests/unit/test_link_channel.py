@@ -83,6 +83,9 @@ class RecordingCircuit:
     def cell_received(self, command, payload):
         self.cells.append((command, payload))
 
+    def relay_cells_received(self, payloads):
+        self.cells += [(CMD_RELAY, payloads[i:i + PAYLOAD_LEN]) for i in range(0, len(payloads), PAYLOAD_LEN)]
+
     def channel_closed(self, reason):
         self.closed.append(reason)
 

@@ -161,12 +161,12 @@ def test_stream_sendme_every_50_cells_empty_with_the_stream_id():
     for _ in range(STREAMWINDOW_INCREMENT - 1):
         exit_.send(RELAY_DATA, stream.stream_id, b"d")
     assert exit_.received() == []
-    assert stream.deliver_window == STREAMWINDOW_START - 49
+    assert stream.window.deliver == STREAMWINDOW_START - 49
     exit_.send(RELAY_DATA, stream.stream_id, b"d")
     (sendme,) = exit_.received()
     # tor-spec "Flow control": a stream SENDME has the stream id set and an empty body, to the exit.
     assert (sendme.hop, sendme.command, sendme.stream_id, sendme.data) == (EXIT, RELAY_SENDME, stream.stream_id, b"")
-    assert stream.deliver_window == STREAMWINDOW_START
+    assert stream.window.deliver == STREAMWINDOW_START
     for _ in range(STREAMWINDOW_INCREMENT * 3):
         exit_.send(RELAY_DATA, stream.stream_id, b"d")
     # Cells 100 and 200 also trigger circuit-level SENDMEs (stream 0); the stream got three more.
@@ -182,11 +182,11 @@ def test_no_stream_sendme_while_delivery_is_paused_and_catch_up_on_resume():
         exit_.send(RELAY_DATA, stream.stream_id, b"p")
     assert len(sink.data) == 120  # the data still reaches the sink
     assert exit_.stream_messages(stream.stream_id) == []
-    assert stream.deliver_window == STREAMWINDOW_START - 120
+    assert stream.window.deliver == STREAMWINDOW_START - 120
     stream.resume_delivery()
     # 380 -> 430 -> 480: two SENDMEs bring the window back above 450.
     assert exit_.stream_messages(stream.stream_id) == [(RELAY_SENDME, b"")] * 2
-    assert stream.deliver_window == STREAMWINDOW_START - 20
+    assert stream.window.deliver == STREAMWINDOW_START - 20
     stream.resume_delivery()
     assert exit_.received() == []
 
@@ -220,7 +220,7 @@ def test_writes_are_chunked_into_cells_of_at_most_498_bytes():
     cells = data_cells(exit_.stream_messages(stream.stream_id))
     assert [len(cell) for cell in cells] == [RELAY_DATA_LEN, RELAY_DATA_LEN, 1280 - 2 * RELAY_DATA_LEN]
     assert b"".join(cells) == payload
-    assert stream.package_window == STREAMWINDOW_START - 3
+    assert stream.window.package == STREAMWINDOW_START - 3
     assert stream.bytes_written == 1280
 
 
@@ -243,7 +243,7 @@ def test_package_window_of_500_blocks_writes_and_sendme_reopens_it():
         stream.write(block)
     cells = data_cells(exit_.stream_messages(stream.stream_id))
     assert len(cells) == STREAMWINDOW_START
-    assert stream.package_window == 0
+    assert stream.window.package == 0
     stream.write(b"more")
     assert exit_.received() == []
     exit_.send(RELAY_SENDME, stream.stream_id)
@@ -253,7 +253,7 @@ def test_package_window_of_500_blocks_writes_and_sendme_reopens_it():
     exit_.send(RELAY_SENDME, stream.stream_id)
     cells = data_cells(exit_.stream_messages(stream.stream_id))
     assert [len(cell) for cell in cells] == [RELAY_DATA_LEN] * 20 + [4]
-    assert stream.package_window == STREAMWINDOW_INCREMENT - 21
+    assert stream.window.package == STREAMWINDOW_INCREMENT - 21
 
 
 def test_writes_while_blocked_are_packed_into_full_cells():
@@ -435,11 +435,11 @@ def test_circuit_package_window_blocks_streams_and_circuit_sendme_resumes_them()
         first.write(block)
     data = [m for m in exit_.received() if m.command == RELAY_DATA]
     assert len(data) == 2 * STREAMWINDOW_START
-    assert exit_.circuit.package_window == 0 and first.package_window == STREAMWINDOW_INCREMENT
+    assert exit_.circuit.window.package == 0 and first.window.package == STREAMWINDOW_INCREMENT
     # prop 289: the exit acknowledges our 100th DATA cell with its digest after that cell.
     exit_.send(RELAY_SENDME, 0, sendme_v1_body(data[99].tag))
     assert len(data_cells(exit_.stream_messages(first.stream_id))) == 10
-    assert exit_.circuit.package_window == 90
+    assert exit_.circuit.window.package == 90
 
 
 # ------------------------------------------------------------------------------------------------ detaching
