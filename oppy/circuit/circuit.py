@@ -4,7 +4,7 @@ Building (tor-spec "Creating circuits"): CREATE2 with ntor to the first hop, the
 to the last hop for each further one. Once open, the circuit encrypts relay cells to a hop, recognizes
 inbound ones, keeps the circuit package/deliver windows with authenticated SENDMEs (tor-spec "Flow control",
 prop 289) and dispatches stream cells to the streams it carries. Cells go out through the channel it rides;
-outcomes go up through the callbacks `on_built` and `on_closed` and the stream objects.
+outcomes go up to the `CircuitOwner` it was made with and to the stream objects.
 """
 
 from __future__ import annotations
@@ -89,6 +89,20 @@ class Channel(Protocol):
     def destroy_circuit(self, circ_id: int, reason: int = DestroyReason.NONE) -> None: ...
 
 
+class CircuitOwner(Protocol):
+    """Who a circuit reports to (`oppy.circuit.build` while it is built, then the circuit manager). Each
+    method may act on the circuit at once (close it, attach streams): the circuit calls it last."""
+
+    def circuit_extended(self, circuit: "Circuit") -> None:
+        """A hop was added and the circuit extends to the next one."""
+
+    def circuit_built(self, circuit: "Circuit") -> None:
+        """Every hop is built: the circuit is open."""
+
+    def circuit_closed(self, circuit: "Circuit", error: CircuitError) -> None:
+        """The circuit is closed (once), for the reason `error` gives; its streams have been told."""
+
+
 class StreamEndpoint(Protocol):
     """What a circuit needs from a stream it carries (`oppy.stream.stream.Stream`)."""
 
@@ -108,10 +122,12 @@ class StreamEndpoint(Protocol):
 class Circuit:
     """One client circuit through `path` (guard first), riding `channel` (a link to the guard)."""
 
-    def __init__(self, channel: Channel, path: list[RelayTarget], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, channel: Channel, path: list[RelayTarget], owner: CircuitOwner,
+                 clock: Callable[[], float] = time.monotonic):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         self.channel = channel
+        self.owner = owner
         self.path = list(path)
         self.clock = clock
         self.state = CircuitState.BUILDING
@@ -130,9 +146,6 @@ class Circuit:
         self._next_stream_id = 1
         self.bytes_read = 0
         self.bytes_written = 0
-        self.on_built: Callable[[Circuit], None] = lambda circuit: None
-        self.on_extended: Callable[[Circuit], None] = lambda circuit: None
-        self.on_closed: Callable[[Circuit, CircuitError], None] = lambda circuit, error: None
 
     def __repr__(self) -> str:
         return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
@@ -173,10 +186,11 @@ class Circuit:
         if len(self.crypto) == len(self.path):
             self.state = CircuitState.OPEN
             self.built_at = self.clock()
-            self.on_built(self)
+            self.owner.circuit_built(self)
         else:
-            self.on_extended(self)
-            self._extend(self.path[len(self.crypto)])
+            self.owner.circuit_extended(self)
+            if self.state is CircuitState.BUILDING:  # the owner may have closed it
+                self._extend(self.path[len(self.crypto)])
 
     def _extend(self, relay: RelayTarget) -> None:
         self._handshake = self._new_handshake(relay)
@@ -470,4 +484,4 @@ class Circuit:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.circuit_closed(error)
-        self.on_closed(self, error)
+        self.owner.circuit_closed(self, error)

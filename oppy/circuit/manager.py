@@ -94,6 +94,25 @@ class ManagedCircuit:
         return self.path[-1]
 
 
+class _ManagedCircuitOwner:
+    """What the circuit of one managed circuit reports to: the manager, told which managed circuit it is."""
+
+    __slots__ = ("manager", "managed")
+
+    def __init__(self, manager: "CircuitManager", managed: ManagedCircuit) -> None:
+        self.manager = manager
+        self.managed = managed
+
+    def circuit_extended(self, circuit: Circuit) -> None:
+        self.manager._circuit_extended(self.managed, circuit)
+
+    def circuit_built(self, circuit: Circuit) -> None:
+        self.manager._circuit_built(self.managed, circuit)
+
+    def circuit_closed(self, circuit: Circuit, error: CircuitError) -> None:
+        self.manager._circuit_closed(self.managed, error)
+
+
 class ManagedStream:
     """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
 
@@ -114,7 +133,9 @@ class ManagedStream:
 
 
 class CircuitManager:
-    """Owns the client's circuits and attaches streams to them."""
+    """Owns the client's circuits and streams, and attaches the streams to the circuits.
+
+    It is the `StreamOwner` of every stream it opens: the streams report their milestones to it."""
 
     def __init__(self, links, choose_path: Callable[..., list[RelayTarget]], *,
                  exit_allows: Callable[[bytes, int], bool] = lambda rsa_id, port: True,
@@ -138,11 +159,16 @@ class CircuitManager:
         self.unattached_timeout = unattached_timeout
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
+        self._managed_streams: dict[Stream, ManagedStream] = {}
         self._circuit_numbers = itertools.count(1)
         self._stream_numbers = itertools.count(1)
         self._newnym_epoch = 0
         self._running = True
         self._stream_waiters: list[ManagedStream] = []
+        # `_top_up` and `_attach_waiting` run again from what they start (a build that fails at once): the
+        # inner call is left to the outer one.
+        self._topping_up = False
+        self._attaching_waiting = False
         # Observers for the control port: called with (kind, object), kind "circuit" or "stream".
         self.observers: list[Callable[[str, object], None]] = []
         # Called once, when the first circuit is built (the daemon's "Bootstrapped 100%").
@@ -176,13 +202,21 @@ class CircuitManager:
                    if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
 
     def _top_up(self) -> None:
-        if not self._running:
+        if not self._running or self._topping_up:
             return
-        missing = self.preemptive_circuits - len(self._clean_circuits())
-        for _ in range(max(0, missing)):
-            if self._pending_count() >= self.max_pending:
-                break
-            self.launch(PREEMPTIVE_PORT)
+        self._topping_up = True
+        try:
+            missing = self.preemptive_circuits - len(self._clean_circuits())
+            for _ in range(max(0, missing)):
+                if self._pending_count() >= self.max_pending:
+                    break
+                try:
+                    self.launch(PREEMPTIVE_PORT)
+                except Exception as exc:  # no path (yet)
+                    log.info("cannot build a preemptive circuit: %s", exc)
+                    break
+        finally:
+            self._topping_up = False
 
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
@@ -194,54 +228,48 @@ class CircuitManager:
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify("circuit", managed)
-
-        def extended(circuit: Circuit) -> None:
-            managed.hops_built = circuit.hops_built
-            managed.status = CircuitStatus.EXTENDED
-            self._notify("circuit", managed)
-
-        def built(circuit: Circuit) -> None:
-            managed.circuit = circuit
-            managed.hops_built = circuit.hops_built
-            if managed.close_requested:
-                circuit.on_closed = lambda circuit, error: self._circuit_closed(managed, error)
-                circuit.close(DestroyReason.REQUESTED, "closed on request")
-                managed.built.errback(CircuitError("closed on request", DestroyReason.REQUESTED))
-                managed.built.addErrback(lambda f: None)
-                return
-            managed.status = CircuitStatus.BUILT
-            circuit.on_closed = lambda circuit, error: self._circuit_closed(managed, error)
-            self.guard_result(path[0].rsa_id, True)
-            self._notify("circuit", managed)
-            if not self._first_built:
-                self._first_built = True
-                self.on_first_circuit(managed)
-            managed.built.callback(managed)
-            self._attach_waiting()
-            if not self._running:
-                circuit.close()
-
-        def failed(failure) -> None:
-            error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
-            managed.error = error
-            managed.status = CircuitStatus.FAILED
-            if error.hop == 0:
-                self.guard_result(path[0].rsa_id, False)
-            log.info("circuit %d failed: %s", managed.number, error)
-            self._notify("circuit", managed)
-            managed.status = CircuitStatus.CLOSED
-            self._notify("circuit", managed)
-            self.circuits.pop(managed.number, None)
-            managed.built.errback(error)
-            managed.built.addErrback(lambda f: None)
-            self.reactor.callLater(0, self._after_failure)
-
         building = build_circuit(self.links, path, timeout=self.build_timeout, reactor=self.reactor,
-                                 on_extended=extended)
-        building.addCallbacks(built, failed)
+                                 owner=_ManagedCircuitOwner(self, managed))
+        building.addErrback(self._circuit_failed, managed)
         return managed
 
-    def _after_failure(self) -> None:
+    def _circuit_extended(self, managed: ManagedCircuit, circuit: Circuit) -> None:
+        managed.hops_built = circuit.hops_built
+        managed.status = CircuitStatus.EXTENDED
+        self._notify("circuit", managed)
+
+    def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
+        managed.circuit = circuit
+        managed.hops_built = circuit.hops_built
+        if managed.close_requested:
+            circuit.close(DestroyReason.REQUESTED, "closed on request")
+            managed.built.errback(CircuitError("closed on request", DestroyReason.REQUESTED))
+            managed.built.addErrback(lambda f: None)
+            return
+        managed.status = CircuitStatus.BUILT
+        self.guard_result(managed.path[0].rsa_id, True)
+        self._notify("circuit", managed)
+        if not self._first_built:
+            self._first_built = True
+            self.on_first_circuit(managed)
+        managed.built.callback(managed)
+        self._attach_waiting()
+        if not self._running:
+            circuit.close()
+
+    def _circuit_failed(self, failure, managed: ManagedCircuit) -> None:
+        error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
+        managed.error = error
+        managed.status = CircuitStatus.FAILED
+        if error.hop == 0:
+            self.guard_result(managed.path[0].rsa_id, False)
+        log.info("circuit %d failed: %s", managed.number, error)
+        self._notify("circuit", managed)
+        managed.status = CircuitStatus.CLOSED
+        self._notify("circuit", managed)
+        self.circuits.pop(managed.number, None)
+        managed.built.errback(error)
+        managed.built.addErrback(lambda f: None)
         self._top_up()
         self._attach_waiting()
 
@@ -251,7 +279,7 @@ class CircuitManager:
         self.circuits.pop(managed.number, None)
         log.info("circuit %d closed: %s", managed.number, error)
         self._notify("circuit", managed)
-        self.reactor.callLater(0, self._top_up)
+        self._top_up()
 
     def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
         managed = self.circuits.get(number)
@@ -292,9 +320,9 @@ class CircuitManager:
     def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
                     credentials: object = None, source: str | None = None) -> ManagedStream:
         """A new stream for an application; it is attached as soon as a fitting circuit is open."""
-        stream = Stream(sink, host, port, kind)
+        stream = Stream(sink, host, port, kind, owner=self)
         managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
-        stream.retry_hook = lambda stream, end: self._retry(managed, end)
+        self._managed_streams[stream] = managed
         self.streams[managed.number] = managed
         self._notify("stream", managed)
         if self.attach_automatically:
@@ -320,7 +348,6 @@ class CircuitManager:
             log.info("stream %d: no controller attached it within %.0fs; giving up", managed.number,
                      self.unattached_timeout)
             managed.awaiting_controller = False
-            managed.stream.retry_hook = None
             managed.stream.close(EndReason.TIMEOUT)
 
     def _attach_or_wait(self, managed: ManagedStream) -> None:
@@ -347,8 +374,21 @@ class CircuitManager:
         else:
             self.attach_to(managed, target)
 
-    def forget_stream(self, managed: ManagedStream) -> None:
+    # StreamOwner
+
+    def stream_attempt_failed(self, stream: Stream, end: StreamEnd) -> bool:
+        return self._retry(self._managed_streams[stream], end)
+
+    def stream_connected(self, stream: Stream) -> None:
+        """CONNECTED (or RESOLVED): stop the stream's retry timer."""
+        managed = self._managed_streams[stream]
         self._cancel_timer(managed)
+        self._notify("stream", managed)
+
+    def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
+        managed = self._managed_streams.pop(stream)
+        self._cancel_timer(managed)
+        self._notify("stream", managed)
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
@@ -377,17 +417,29 @@ class CircuitManager:
             self._stream_waiters.append(managed)
         if not pending:
             try:
-                self.launch(port, exclude=managed.excluded_exits)
+                launched = self.launch(port, exclude=managed.excluded_exits)
             except Exception as exc:  # no path: tell the application now
-                self._stream_waiters.remove(managed)
-                stream.retry_hook = None
-                stream.close(managed.last_end_reason or EndReason.NOROUTE)
-                log.info("stream %d: no path: %s", managed.number, exc)
+                self._give_up(managed, f"no path: {exc}")
+                return
+            if launched.status is CircuitStatus.CLOSED and managed in self._stream_waiters:
+                self._give_up(managed, f"circuit {launched.number} failed at once: {launched.error}")
+
+    def _give_up(self, managed: ManagedStream, why: str) -> None:
+        """No circuit can be had for a waiting stream: the application hears the last reason (or NOROUTE)."""
+        self._stream_waiters.remove(managed)
+        log.info("stream %d: %s", managed.number, why)
+        managed.stream.close(managed.last_end_reason or EndReason.NOROUTE)
 
     def _attach_waiting(self) -> None:
-        waiting, self._stream_waiters = self._stream_waiters, []
-        for managed in waiting:
-            self._attach(managed)
+        if self._attaching_waiting:
+            return
+        self._attaching_waiting = True
+        try:
+            waiting, self._stream_waiters = self._stream_waiters, []
+            for managed in waiting:
+                self._attach(managed)
+        finally:
+            self._attaching_waiting = False
 
     def attach_to(self, managed: ManagedStream, target: ManagedCircuit) -> None:
         """Attach a stream to a given open circuit (also the controller's ATTACHSTREAM)."""
@@ -407,12 +459,7 @@ class CircuitManager:
         delay = timeouts[min(managed.attempts - 1, len(timeouts) - 1)]
         self._cancel_timer(managed)
         managed.timer = self.reactor.callLater(delay, self._connect_timed_out, managed, target)
-        self.reactor.callLater(0, self._top_up)
-
-    def stream_connected(self, managed: ManagedStream) -> None:
-        """The stream's sink reports CONNECTED (or RESOLVED): stop its retry timer."""
-        self._cancel_timer(managed)
-        self._notify("stream", managed)
+        self._top_up()
 
     def _connect_timed_out(self, managed: ManagedStream, target: ManagedCircuit) -> None:
         managed.timer = None
@@ -421,18 +468,12 @@ class CircuitManager:
             return
         # The circuit is presumed slow or broken: no new streams on it (tor marks it "unusable").
         target.usable = False
-        log.info("stream %d: no answer from the exit after attempt %d; trying another circuit",
-                 managed.number, managed.attempts)
-        if managed.attempts >= MAX_STREAM_ATTEMPTS:
-            stream.retry_hook = None
-            stream.close(EndReason.TIMEOUT)
-            return
-        stream.detach(EndReason.TIMEOUT)
-        self._notify("stream", managed)
-        self._attach_or_wait(managed)
+        log.info("stream %d: no answer from the exit after attempt %d", managed.number, managed.attempts)
+        stream.close(EndReason.TIMEOUT, retry=True)
 
     def _retry(self, managed: ManagedStream, end: StreamEnd) -> bool:
-        """The retry hook of every stream: True when the failed attempt will be retried elsewhere."""
+        """A stream's attempt failed before CONNECTED (it is detached): True when it is tried again, on
+        another circuit (attached at once when one is open) or by a controller."""
         self._cancel_timer(managed)
         if not self._running or managed.attempts >= MAX_STREAM_ATTEMPTS:
             return False
@@ -454,12 +495,9 @@ class CircuitManager:
                     circuit.usable = False
         log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
                  managed.attempts, end)
-        self.reactor.callLater(0, self._reattach, managed)
-        return True
-
-    def _reattach(self, managed: ManagedStream) -> None:
         self._notify("stream", managed)  # DETACHED
         self._attach_or_wait(managed)
+        return True
 
     # ------------------------------------------------------------------------------ shutdown
 
@@ -467,7 +505,6 @@ class CircuitManager:
         """Clean shutdown: END every stream, DESTROY every circuit."""
         self._running = False
         for managed in list(self.streams.values()):
-            managed.stream.retry_hook = None
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)
         for managed in list(self.circuits.values()):

@@ -191,9 +191,7 @@ class DaemonBackend(ControlBackend):
         self.manager.controller_attach(managed_stream, managed_circuit)
 
     def close_stream(self, managed_stream, reason: int) -> None:
-        stream = managed_stream.stream
-        stream.retry_hook = None
-        stream.close(reason)
+        managed_stream.stream.close(reason)
 
     def close_circuit(self, number: int) -> None:
         self.manager.close_circuit(number, DestroyReason.REQUESTED)

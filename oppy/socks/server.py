@@ -1,7 +1,8 @@
 """The SOCKS listener: a thin Twisted protocol around `SocksServerConnection`.
 
 Each accepted client gets a `SocksClientProtocol`: bytes go into the sans-IO parser until the request is
-complete, then into a Stream opened by the circuit manager. Backpressure runs both ways through Twisted's
+complete, then into a Stream opened by the circuit manager (which owns the stream and hears of its progress
+from it; this protocol is the stream's sink). Backpressure runs both ways through Twisted's
 producer/consumer interfaces: when the stream cannot take more bytes we stop reading from the client, and
 when the client stops reading what we write we stop granting stream SENDMEs to the exit.
 """
@@ -129,13 +130,8 @@ class SocksClientProtocol(protocol.Protocol):
         self._cancel_timeout()
         self._closed = True
         if self.managed_stream is not None:
-            stream = self.managed_stream.stream
-            if not stream.ended:
-                # The application closed: its last bytes still go out, then END (DONE).
-                stream.retry_hook = None
-                stream.close(EndReason.DONE, flush_first=True)
-            if stream.ended:
-                self.factory.manager.forget_stream(self.managed_stream)
+            # The application closed: its last bytes still go out, then END (DONE).
+            self.managed_stream.stream.close(EndReason.DONE, flush_first=True)
 
     # ------------------------------------------------------------------------------ IPushProducer
 
@@ -153,14 +149,12 @@ class SocksClientProtocol(protocol.Protocol):
     # ------------------------------------------------------------------------------ StreamSink
 
     def stream_connected(self, stream) -> None:
-        self.factory.manager.stream_connected(self.managed_stream)
         if self._closed:
             return
         self.socks.reply_connect_succeeded()
         self._send_replies()
 
     def stream_resolved(self, stream, answers) -> None:
-        self.factory.manager.stream_connected(self.managed_stream)
         if self._closed:
             return
         if not answers or answers[0].answer_type in (ResolvedType.ERROR_TRANSIENT, ResolvedType.ERROR_NONTRANSIENT):
@@ -189,11 +183,6 @@ class SocksClientProtocol(protocol.Protocol):
             self.transport.pauseProducing()
 
     def stream_ended(self, stream, end: StreamEnd) -> None:
-        manager = self.factory.manager
-        if self.managed_stream is not None:
-            manager.stream_connected(self.managed_stream)  # stops its timer
-            manager._notify("stream", self.managed_stream)
-            manager.forget_stream(self.managed_stream)
         if self._closed:
             return
         if end.before_connected:

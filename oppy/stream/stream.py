@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Callable, Protocol
+from typing import Protocol
 
 from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
 from oppy.cell.errors import CellParseError
@@ -74,12 +74,31 @@ class StreamSink(Protocol):
     def stream_ended(self, stream: "Stream", end: StreamEnd) -> None: ...
 
 
+class StreamOwner(Protocol):
+    """Who keeps a stream's books and may retry it on another circuit (the circuit manager). It hears of
+    each milestone before the sink does; each method may act on the stream at once."""
+
+    def stream_attempt_failed(self, stream: "Stream", end: StreamEnd) -> bool:
+        """An attempt failed before CONNECTED (an END from the exit, a circuit that closed, a local timeout);
+        the stream is DETACHED already. True: the owner tries it again (it may attach it right away); False:
+        the stream ends with `end`."""
+
+    def stream_connected(self, stream: "Stream") -> None:
+        """CONNECTED (or RESOLVED) arrived."""
+
+    def stream_ended(self, stream: "Stream", end: StreamEnd) -> None:
+        """The stream ended (once)."""
+
+
 class Stream:
-    """One stream. Attach it to an open circuit with `attach`; feed application bytes with `write`."""
+    """One stream. Attach it to an open circuit with `attach`; feed application bytes with `write`.
+
+    Without an `owner` a failed attempt ends the stream (a directory fetch, a test)."""
 
     def __init__(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
-                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT) -> None:
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT, owner: StreamOwner | None = None) -> None:
         self.sink = sink
+        self.owner = owner
         self.host = host
         self.port = port
         self.kind = kind
@@ -97,9 +116,6 @@ class Stream:
         self._writable = True
         self._delivery_paused = False
         self._close_after_flush: int | None = None
-        # Asked when an attempt fails before CONNECTED (an END from the exit, a circuit that closed): True
-        # means the stream will be retried on another circuit, so it goes DETACHED instead of FAILED.
-        self.retry_hook: Callable[[Stream, StreamEnd], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.state.value} {self.kind.value}>"
@@ -149,12 +165,12 @@ class Stream:
         self.stream_id = 0
         self.state = StreamState.DETACHED
 
-    def _retry(self, end: StreamEnd) -> bool:
-        """Offer a failed attempt to the retry hook; True when the stream was detached for a retry."""
-        if self.retry_hook is not None and self.retry_hook(self, end):
-            self._detached()
-            return True
-        return False
+    def _attempt_failed(self, end: StreamEnd) -> None:
+        """An attempt failed before CONNECTED: off its circuit, then retried by the owner or ended."""
+        self._detached()
+        if self.owner is not None and self.owner.stream_attempt_failed(self, end):
+            return
+        self._finish(end, send_end=None)
 
     # ------------------------------------------------------------------------------ cells from the circuit
 
@@ -218,6 +234,8 @@ class Stream:
             except CellParseError:
                 pass  # tor ignores a malformed address in CONNECTED; the stream is open all the same
         self.state = StreamState.SUCCEEDED
+        if self.owner is not None:
+            self.owner.stream_connected(self)
         self.sink.stream_connected(self)
         self.flush()
 
@@ -229,6 +247,8 @@ class Stream:
         except CellParseError:
             answers = []
         self.state = StreamState.SUCCEEDED
+        if self.owner is not None:
+            self.owner.stream_connected(self)
         self.sink.stream_resolved(self, answers)
         # A RESOLVE opens no stream at the exit: the id is free again without an END.
         if self.circuit is not None:
@@ -244,7 +264,8 @@ class Stream:
         before = self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
         end = StreamEnd(f"the exit ended the stream: {reason_name(EndReason, reason)}", reason, remote=True,
                         before_connected=before)
-        if before and self._retry(end):
+        if before:
+            self._attempt_failed(end)
             return
         if self.circuit is not None:
             self.circuit.detach_stream(self.stream_id)
@@ -253,7 +274,8 @@ class Stream:
     def circuit_closed(self, error) -> None:
         before = self.state in (StreamState.NEW, StreamState.SENTCONNECT, StreamState.SENTRESOLVE)
         end = StreamEnd(f"circuit closed: {error}", EndReason.DESTROY, remote=False, before_connected=before)
-        if before and self._retry(end):
+        if before:
+            self._attempt_failed(end)
             return
         self.circuit = None
         self._finish(end, send_end=None)
@@ -348,9 +370,19 @@ class Stream:
         if self.state is StreamState.SUCCEEDED:
             self._send_sendmes()
 
-    def close(self, reason: int = EndReason.DONE, flush_first: bool = False) -> None:
-        """The application closed: send END once (after the buffered bytes when `flush_first`)."""
+    def close(self, reason: int = EndReason.DONE, *, retry: bool = False, flush_first: bool = False) -> None:
+        """End the stream: END goes to the exit once (after the buffered bytes when `flush_first`).
+
+        With `retry`, an attempt still waiting for CONNECTED (or RESOLVED) is given up instead, and the owner
+        may try the stream again on another circuit.
+        """
         if self.ended:
+            return
+        if retry and self.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
+            if self.circuit is not None:
+                self.circuit.end_stream(self.stream_id, reason)
+            self._attempt_failed(StreamEnd(f"closed locally: {reason_name(EndReason, reason)}", reason,
+                                           remote=False, before_connected=True))
             return
         if flush_first and self._send_buffer and self.state is StreamState.SUCCEEDED:
             self._close_after_flush = reason
@@ -369,5 +401,7 @@ class Stream:
         self._send_buffered = 0
         self._send_offset = 0
         self.circuit = None
+        if self.owner is not None:
+            self.owner.stream_ended(self, end)
         self.sink.stream_ended(self, end)
 

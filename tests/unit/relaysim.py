@@ -371,16 +371,35 @@ class RecordingChannel:
         return sent
 
 
+class RecordingCircuitOwner:
+    """Stands in for whoever owns a Circuit (the builder, the circuit manager): records what it hears."""
+
+    def __init__(self) -> None:
+        self.extended: list = []
+        self.built: list = []
+        self.closed: list = []  # the errors
+
+    def circuit_extended(self, circuit) -> None:
+        self.extended.append(circuit)
+
+    def circuit_built(self, circuit) -> None:
+        self.built.append(circuit)
+
+    def circuit_closed(self, circuit, error) -> None:
+        self.closed.append(error)
+
+
 def new_path(hops: int = 3) -> SimulatedPath:
     names = ["guard", "middle", "exit", "fourth", "fifth"]
     return SimulatedPath([SimulatedRelay(names[i], f"10.0.0.{i + 1}", 9001 + i) for i in range(hops)])
 
 
 def build_circuit(circuit_class, hops: int = 3):
-    """A oppy Circuit built through `hops` simulated relays: (circuit, channel, path)."""
+    """A oppy Circuit built through `hops` simulated relays: (circuit, channel, path); its owner is a
+    RecordingCircuitOwner."""
     channel = RecordingChannel()
     path = new_path(hops)
-    circuit = circuit_class(channel, [relay.target for relay in path.relays])
+    circuit = circuit_class(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
     circuit.start()
     ((circ_id, command, payload),) = channel.take()
     assert command == CMD_CREATE2

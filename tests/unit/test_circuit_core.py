@@ -34,6 +34,7 @@ from tests.unit.relaysim import (
     RELAY_SENDME,
     RELAY_TRUNCATED,
     RecordingChannel,
+    RecordingCircuitOwner,
     build_circuit,
     new_path,
     parse_extend2,
@@ -66,17 +67,17 @@ class RecordingStream:
 
 
 def watch(circuit):
-    """Record the circuit's callbacks."""
-    events = {"built": [], "closed": []}
-    circuit.on_built = events["built"].append
-    circuit.on_closed = lambda circuit, error: events["closed"].append(error)
-    return events
+    """What the circuit's owner hears from now on."""
+    owner = circuit.owner
+    owner.built.clear()
+    owner.closed.clear()
+    return {"built": owner.built, "closed": owner.closed}
 
 
 def start(hops=3):
     channel = RecordingChannel()
     path = new_path(hops)
-    circuit = Circuit(channel, [relay.target for relay in path.relays])
+    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
     events = watch(circuit)
     circuit.start()
     return circuit, channel, path, events
@@ -133,7 +134,7 @@ def test_extend2_without_ed25519_identity_has_two_link_specifiers():
     channel = RecordingChannel()
     path = new_path(2)
     path.relays[1].ed25519_id = None
-    circuit = Circuit(channel, [relay.target for relay in path.relays])
+    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
     circuit.start()
     circuit.cell_received(CMD_CREATED2, path.answer_create2(channel.take()[0][2]))
     extend = parse_extend2(path.receive(channel.take()[0][2]).data)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from oppy.cell.commands import EndReason
+from oppy.cell.commands import EndReason, RelayCommand
 from oppy.circuit.manager import MAX_RESOLVE_FAILURES, CircuitManager, ManagedCircuit, CircuitPurpose
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
+from tests.unit.relaysim import (
+    CMD_CREATE2,
+    CMD_CREATED2,
+    CMD_RELAY,
+    RecordingChannel,
+    SimulatedPath,
+    SimulatedRelay,
+)
 
 
 def relay(name: str) -> RelayTarget:
@@ -71,3 +80,58 @@ def test_retry_rules_follow_tor():
     assert circuit.usable is False
     assert manager._retry(managed, end(EndReason.RESOLVEFAILED)) is False
     assert managed.last_end_reason == EndReason.RESOLVEFAILED
+
+
+class OneChannelLinks:
+    """A link pool whose every link is one recording channel, open at once."""
+
+    def __init__(self) -> None:
+        self.channel = RecordingChannel()
+
+    def get(self, relay: RelayTarget) -> defer.Deferred:
+        return defer.succeed(self.channel)
+
+
+def answer_build(channel: RecordingChannel, path: SimulatedPath):
+    """Play the relays of `path` for the circuit whose CREATE2 the channel holds; the built Circuit."""
+    ((circ_id, command, payload),) = channel.take()
+    assert command == CMD_CREATE2
+    circuit = channel.circuits[circ_id]
+    circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
+    while len(path.hops) < len(path.relays):
+        ((_, _, payload),) = channel.take()
+        circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(payload)))
+    return circuit
+
+
+def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_for_the_reactor():
+    clock = Clock()
+    guard, middle, first_exit, second_exit = (SimulatedRelay(name) for name in ("guard", "middle", "x1", "x2"))
+
+    def choose_path(port, exclude=frozenset()):
+        exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
+        return [guard.target, middle.target, exit_relay.target]
+
+    links = OneChannelLinks()
+    manager = CircuitManager(links, choose_path, reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    sink = CollectingSink()
+    managed = manager.open_stream(sink, "example.test", 80)
+    first_path = SimulatedPath([guard, middle, first_exit])
+    first = answer_build(links.channel, first_path)
+    ((_, _, payload),) = links.channel.take()
+    begin = first_path.receive(payload)
+    assert begin.command == RelayCommand.BEGIN and managed.attempts == 1
+    first.cell_received(CMD_RELAY, first_path.send(2, RelayCommand.END, begin.stream_id,
+                                                   bytes([EndReason.EXITPOLICY])))
+    # At once, with no reactor turn: the stream is off the first circuit and a circuit avoiding that exit is
+    # being built for it.
+    assert managed.stream.state is StreamState.DETACHED and first_exit.rsa_id in managed.excluded_exits
+    second_path = SimulatedPath([guard, middle, second_exit])
+    second = answer_build(links.channel, second_path)
+    ((_, _, payload),) = links.channel.take()
+    begin = second_path.receive(payload)
+    assert begin.command == RelayCommand.BEGIN and managed.attempts == 2
+    second.cell_received(CMD_RELAY, second_path.send(2, RelayCommand.CONNECTED, begin.stream_id))
+    assert managed.stream.state is StreamState.SUCCEEDED and sink.connected.called
+    assert managed.managed_circuit.circuit is second
+    assert [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()] == []

@@ -18,6 +18,7 @@ from oppy.circuit.circuit import Circuit
 from oppy.link.channel import Channel, ChannelState, LinkError, LinkOpened
 from tests.unit.certfactory import build_cert_set, cached_relay_keys
 from tests.unit.relaysim import (
+    RecordingCircuitOwner,
     CMD_AUTHENTICATE,
     CMD_CERTS,
     CMD_CREATE2,
@@ -441,14 +442,13 @@ def test_channel_carries_a_real_circuit_build():
     channel = open_channel()
     relay = SimulatedRelay("guard", "127.0.0.1", 9001)
     path = SimulatedPath([relay])
-    circuit = Circuit(channel, [relay.target])
-    built = []
-    circuit.on_built = built.append
+    owner = RecordingCircuitOwner()
+    circuit = Circuit(channel, [relay.target], owner)
     circuit.start()
     ((circ_id, command, payload),) = parse_cells(channel.data_to_send())
     assert (circ_id, command) == (circuit.circ_id, CMD_CREATE2)
     channel.receive_data(fixed_cell(circ_id, CMD_CREATED2, path.answer_create2(payload)))
-    assert built == [circuit]
+    assert owner.built == [circuit]
 
 
 # ------------------------------------------------------------------------------------------------ property
@@ -475,7 +475,7 @@ def test_random_bytes_after_the_handshake_raise_only_link_error(data):
     recorder = RecordingCircuit()
     recorder_id = channel.allocate_circuit_id(recorder)
     relay = SimulatedRelay("guard", "127.0.0.1", 9001)
-    circuit = Circuit(channel, [relay.target])
+    circuit = Circuit(channel, [relay.target], RecordingCircuitOwner())
     circuit.start()
     channel.data_to_send()
     chunks = data.draw(st.lists(st.one_of(st.binary(max_size=600), _cells([recorder_id, circuit.circ_id])),

@@ -23,7 +23,6 @@ PAYLOAD_LEN = 2 * 1024 * 1024  # far beyond Twisted's 64 KiB send buffer: the pr
 
 class FakeStream:
     ended = False
-    retry_hook = None
 
     def __init__(self) -> None:
         self.paused = 0
@@ -37,7 +36,7 @@ class FakeStream:
     def resume_delivery(self) -> None:
         pass
 
-    def close(self, reason, flush_first=False) -> None:
+    def close(self, reason, *, retry=False, flush_first=False) -> None:
         self.ended = True
 
 
@@ -57,15 +56,6 @@ class FakeManager:
         reactor.callLater(0, sink.stream_connected, managed.stream)
         reactor.callLater(0, self.sinks.callback, (sink, managed.stream))
         return managed
-
-    def stream_connected(self, managed) -> None:
-        pass
-
-    def _notify(self, kind, obj) -> None:
-        pass
-
-    def forget_stream(self, managed) -> None:
-        pass
 
 
 def client_reads_late(port: int) -> tuple[int, bool]:
