@@ -77,6 +77,8 @@ class Channel(Protocol):
     """What a circuit needs from the link it rides (`oppy.link.channel.Channel`)."""
 
     peer_address: str
+    # True while the link's queue toward the relay is too long: no stream data is packaged meanwhile.
+    paused: bool
 
     def allocate_circuit_id(self, circuit) -> int: ...
 
@@ -116,7 +118,8 @@ class StreamEndpoint(Protocol):
 
     def circuit_closed(self, error: CircuitError) -> None: ...
 
-    def circuit_window_opened(self) -> None: ...
+    def circuit_window_opened(self) -> None:
+        """The circuit can package DATA again (a SENDME opened its window, or its channel resumed)."""
 
 
 class Circuit:
@@ -382,8 +385,11 @@ class Circuit:
         was_blocked = self.window.package <= 0
         self.window.sendme_received()
         if was_blocked:
-            for stream in list(self.streams.values()):
-                stream.circuit_window_opened()
+            self._wake_streams()
+
+    def _wake_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.circuit_window_opened()
 
     # ------------------------------------------------------------------------------------ cells out
 
@@ -410,8 +416,11 @@ class Circuit:
 
     @property
     def package_room(self) -> int:
-        """How many DATA cells may be sent right now (the circuit package window, 0 unless open)."""
-        return self.window.package if self.state is CircuitState.OPEN else 0
+        """How many DATA cells may be sent right now: the circuit package window, 0 unless the circuit is open
+        and its channel takes stream data."""
+        if self.state is not CircuitState.OPEN or self.channel.paused:
+            return 0
+        return self.window.package
 
     def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
         """DATA cells of one stream (each chunk at most 498 bytes), encrypted together, counted against the
@@ -470,6 +479,11 @@ class Circuit:
             return
         self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
         self._closed(CircuitError(message, reason))
+
+    def channel_resumed(self) -> None:
+        """The channel takes stream data again: the streams package what they hold."""
+        if self.state is CircuitState.OPEN:
+            self._wake_streams()
 
     def channel_closed(self, reason: str) -> None:
         """The link under the circuit is gone."""

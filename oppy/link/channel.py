@@ -4,7 +4,11 @@ The initiator side of the link handshake (tor-spec "Negotiating and initializing
 read the relay's VERSIONS, CERTS, AUTH_CHALLENGE and NETINFO, verify CERTS against the identity we dialled,
 answer NETINFO. Afterwards the channel frames cells and routes them to circuits by circuit id. Bytes come in
 through `receive_data`; bytes to send are collected and taken with `data_to_send` (the Twisted adapter in
-`oppy.link.connection` does both).
+`oppy.link.connection` does both, told by `ChannelOwner.channel_data_pending` when there is something to take).
+
+Backpressure: when the queue of cells not yet taken grows past QUEUE_HIGH_WATERMARK (the connection stops
+taking while its transport's write buffer is full), the channel is paused: its circuits stop packaging stream
+data. Once the queue has been taken (the low watermark: empty), the circuits are told to resume.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ MIN_ACCEPTED_LINK_VERSION = 4
 CIRC_ID_INITIATOR_BIT = 0x80000000
 CIRC_ID_RANDOM_MASK = 0x7FFFFFFF
 MAX_CIRC_ID_ATTEMPTS = 64
+# oppy's own limit: bytes of cells queued toward the relay (not yet taken by the connection) above which the
+# circuits on the channel stop packaging stream data, about 500 cells.
+QUEUE_HIGH_WATERMARK = 256 * 1024
 
 _RELAY = int(CellCommand.RELAY)
 _IGNORED_COMMANDS = frozenset((CellCommand.PADDING, CellCommand.VPADDING, CellCommand.VERSIONS,
@@ -70,14 +77,26 @@ class CircuitEndpoint(Protocol):
     def relay_cells_received(self, payloads: bytes) -> None:
         """RELAY cells in a row from one read, their 509-byte payloads back to back (one cell: a run of one)."""
 
+    def channel_resumed(self) -> None:
+        """The channel takes stream data again (`Channel.paused` is False once more)."""
+
     def channel_closed(self, reason: str) -> None: ...
+
+
+class ChannelOwner(Protocol):
+    """What carries a channel's bytes (`oppy.link.connection.RelayConnection`)."""
+
+    def channel_data_pending(self) -> None:
+        """Bytes became pending in `data_to_send` after the queue was empty: take them soon."""
 
 
 class Channel:
     """The sans-IO state of one link to one relay."""
 
     def __init__(self, expected_rsa_id: bytes, expected_ed25519_id: bytes | None, peer_address: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, owner: ChannelOwner | None = None,
+                 high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
+        """Without an `owner` nobody is told of pending bytes: the caller takes `data_to_send` itself."""
         self.expected_rsa_id = expected_rsa_id
         self.expected_ed25519_id = expected_ed25519_id
         self.peer_address = peer_address
@@ -90,14 +109,28 @@ class Channel:
         self._reader = CellReader()
         self._certs_body: bytes | None = None
         self._outgoing: list[bytes] = [encode_versions_cell(OFFERED_LINK_VERSIONS)]
-        # Called when data becomes pending after the queue was empty, so the adapter can schedule a flush.
-        self.wakeup: Callable[[], None] = lambda: None
+        self._queued = len(self._outgoing[0])
+        self.owner = owner
+        self.high_watermark = high_watermark
+        # True while the queue is above the high watermark: circuits package no stream data.
+        self.paused = False
 
     # -------------------------------------------------------------------------------- bytes in and out
 
+    @property
+    def queued(self) -> int:
+        """Bytes of cells waiting to be taken with `data_to_send`."""
+        return self._queued
+
     def data_to_send(self) -> bytes:
+        """Take every queued byte; a paused channel resumes its circuits (they may queue more at once)."""
         data = b"".join(self._outgoing)
         self._outgoing.clear()
+        self._queued = 0
+        if self.paused:
+            self.paused = False
+            for circuit in list(self.circuits.values()):
+                circuit.channel_resumed()
         return data
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[LinkOpened]:
@@ -203,8 +236,11 @@ class Channel:
     def _queue(self, data: bytes) -> None:
         outgoing = self._outgoing
         outgoing.append(data)
-        if len(outgoing) == 1:
-            self.wakeup()
+        self._queued += len(data)
+        if self._queued > self.high_watermark:
+            self.paused = True
+        if len(outgoing) == 1 and self.owner is not None:
+            self.owner.channel_data_pending()
 
     def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
         if self.state is not ChannelState.OPEN:

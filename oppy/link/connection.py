@@ -5,16 +5,34 @@ each TCP read is decrypted whole (every TLS record it completes) and handed to t
 so the cell path works per read rather than per TLS record, and the per-record cost stays in C. Outgoing
 cells are batched: cells queued while the reactor handles one event go out in a single TLS write at the
 end of the iteration.
+
+Backpressure toward a slow relay: the connection is a push producer registered with its transport. While
+the transport's write buffer is full (Twisted pauses its producer above the buffer's size and resumes it
+once drained), the connection stops taking cells from the channel; the channel's queue then grows past its
+high watermark and the circuits on it stop packaging stream data (and their streams, once their own buffers
+are full, stop reading from their SOCKS clients). When the transport drains, the queue goes out and the
+circuits resume.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
+from typing import Callable
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from oppy.link.channel import Channel, ChannelState, LinkError
+from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
 from oppy.link.relay import RelayTarget
 
 log = logging.getLogger(__name__)
@@ -40,13 +58,23 @@ def tls_context() -> ssl.SSLContext:
     return context
 
 
+@implementer(IPushProducer)
 class RelayConnection(protocol.Protocol):
-    """One TLS connection to one relay, carrying one Channel."""
+    """One TLS connection to one relay, carrying one Channel (whose `ChannelOwner` it is).
 
-    def __init__(self, channel: Channel, reactor, context: ssl.SSLContext | None = None) -> None:
-        self.channel = channel
+    `opened` fires with the connection once the link handshake is done, or fails with LinkError; cancelling
+    it aborts the connection. `on_lost` is called once when the connection is gone.
+    """
+
+    def __init__(self, relay: RelayTarget, reactor, context: ssl.SSLContext | None = None,
+                 on_lost: Callable[["RelayConnection"], None] = lambda connection: None,
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
+        self.relay = relay
+        self.channel = Channel(relay.rsa_id, relay.ed25519_id, _peer_address(relay), owner=self,
+                               high_watermark=queue_high_watermark)
         self.reactor = reactor
-        self.opened: defer.Deferred = defer.Deferred()
+        self.on_lost = on_lost
+        self.opened: defer.Deferred = defer.Deferred(canceller=self._cancel_opening)
         self._flush_call = None
         self._failure: LinkError | None = None
         self._incoming = ssl.MemoryBIO()
@@ -54,9 +82,11 @@ class RelayConnection(protocol.Protocol):
         self._tls = (context or tls_context()).wrap_bio(self._incoming, self._outgoing, server_side=False)
         self._tls_ready = False
         self._plaintext = bytearray(PLAINTEXT_BUFFER_LEN)
-        channel.wakeup = self._schedule_flush
+        # The transport's write buffer is full: cells stay queued in the channel.
+        self._transport_paused = False
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
+        self.transport.registerProducer(self, True)
         self._continue_tls_handshake()
 
     # ------------------------------------------------------------------------------ TLS
@@ -105,14 +135,17 @@ class RelayConnection(protocol.Protocol):
 
     # ------------------------------------------------------------------------------ cells
 
-    def _schedule_flush(self) -> None:
+    def channel_data_pending(self) -> None:
+        """ChannelOwner: cells were queued; they go out at the end of this reactor iteration."""
         if self._flush_call is None and self.transport is not None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         self._flush_call = None
         if not self._tls_ready or self.transport is None:
             return  # the cells stay queued in the channel until TLS is up
+        if self._transport_paused and not force:
+            return  # resumeProducing flushes
         data = self.channel.data_to_send()
         if data:
             try:
@@ -145,6 +178,20 @@ class RelayConnection(protocol.Protocol):
             self._flush()
             self.opened.callback(self)
 
+    # ------------------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802 - the transport's write buffer is full
+        self._transport_paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - it has drained
+        self._transport_paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:  # noqa: N802 - connectionLost follows
+        pass
+
+    # ------------------------------------------------------------------------------ closing
+
     def fail(self, exc: LinkError) -> None:
         """Close the link for a protocol violation: the reason goes to the circuits and the waiter."""
         self._failure = exc
@@ -154,9 +201,12 @@ class RelayConnection(protocol.Protocol):
         if self.transport is not None:
             self.transport.abortConnection()
 
+    def _cancel_opening(self, _: defer.Deferred) -> None:
+        self.fail(LinkError(f"the link to {self.relay.describe()} was given up during its handshake"))
+
     def close(self) -> None:
         """Close the link on purpose (the circuits on it have been destroyed already)."""
-        self._flush()
+        self._flush(force=True)
         if self._tls_ready:
             try:
                 self._tls.unwrap()  # close_notify; the relay's answer is not waited for
@@ -164,12 +214,16 @@ class RelayConnection(protocol.Protocol):
                 pass
             self._send_tls_output()
         if self.transport is not None:
+            # A transport with a registered producer does not close once its buffer drains: it resumes
+            # the producer instead.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self.on_lost(self)
         message = str(self._failure) if self._failure else f"link to {self.channel.peer_address} closed"
         self.channel.close(message)
         if not self.opened.called:
@@ -177,25 +231,29 @@ class RelayConnection(protocol.Protocol):
                                                            f"{reason.getErrorMessage()}"))
 
 
-class _ConnectionFactory(protocol.ClientFactory):
-    def __init__(self, connection: RelayConnection) -> None:
-        self.connection = connection
+def _peer_address(relay: RelayTarget) -> str:
+    host = f"[{relay.address}]" if ":" in relay.address else relay.address
+    return f"{host}:{relay.or_port}"
 
-    def buildProtocol(self, addr):  # noqa: N802
-        return self.connection
 
-    def clientConnectionFailed(self, connector, reason):  # noqa: N802
-        if not self.connection.opened.called:
-            self.connection.opened.errback(LinkError(
-                f"cannot connect to {self.connection.channel.peer_address}: {reason.getErrorMessage()}"))
+def relay_endpoint(reactor, relay: RelayTarget, timeout: float):
+    """The client endpoint for a relay's ORPort: TCP over IPv4 or IPv6 for an address, else by name."""
+    try:
+        version = ipaddress.ip_address(relay.address).version
+    except ValueError:
+        return HostnameEndpoint(reactor, relay.address, relay.or_port, timeout=timeout)
+    endpoint_class = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
+    return endpoint_class(reactor, relay.address, relay.or_port, timeout=timeout)
 
 
 class LinkPool:
     """Open links by relay identity: circuits to the same first hop share one connection."""
 
-    def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT) -> None:
+    def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT,
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
         self.reactor = reactor or default_reactor
         self.handshake_timeout = handshake_timeout
+        self.queue_high_watermark = queue_high_watermark
         self._open: dict[bytes, RelayConnection] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}
         self._tls = tls_context()
@@ -221,38 +279,35 @@ class LinkPool:
         return waiter
 
     def _connect(self, relay: RelayTarget) -> None:
-        channel = Channel(relay.rsa_id, relay.ed25519_id, f"{relay.address}:{relay.or_port}")
-        connection = RelayConnection(channel, self.reactor, self._tls)
-        connector = self.reactor.connectTCP(relay.address, relay.or_port, _ConnectionFactory(connection),
-                                            timeout=self.handshake_timeout)
-        timeout = self.reactor.callLater(
-            self.handshake_timeout, lambda: connection.opened.called or (
-                connector.disconnect(),
-                connection.fail(LinkError(f"link handshake with {relay.describe()} timed out "
-                                          f"after {self.handshake_timeout:.0f}s"))))
+        """TCP, TLS and the link handshake as one Deferred, given up (cancelled) after the handshake timeout."""
+        connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
+                                     queue_high_watermark=self.queue_high_watermark)
+        opening = connectProtocol(relay_endpoint(self.reactor, relay, self.handshake_timeout), connection)
+        opening.addCallback(lambda _: connection.opened)
+
+        def timed_out(result, timeout):
+            return Failure(LinkError(f"link handshake with {relay.describe()} timed out after {timeout:.0f}s"))
+
+        opening.addTimeout(self.handshake_timeout, self.reactor, onTimeoutCancel=timed_out)
 
         def opened(_):
-            timeout.active() and timeout.cancel()
             self._open[relay.rsa_id] = connection
-            connection.opened.addBoth(lambda r: None)
             for waiter in self._pending.pop(relay.rsa_id, []):
-                waiter.callback(channel)
+                waiter.callback(connection.channel)
 
         def failed(failure):
-            timeout.active() and timeout.cancel()
+            if not failure.check(LinkError):
+                failure = Failure(LinkError(f"cannot connect to {connection.channel.peer_address}: "
+                                            f"{failure.getErrorMessage()}"))
             log.info("link to %s failed: %s", relay.describe(), failure.getErrorMessage())
             for waiter in self._pending.pop(relay.rsa_id, []):
                 waiter.errback(failure)
 
-        connection.opened.addCallbacks(opened, failed)
-        original_lost = connection.connectionLost
+        opening.addCallbacks(opened, failed)
 
-        def lost(reason):
-            if self._open.get(relay.rsa_id) is connection:
-                del self._open[relay.rsa_id]
-            original_lost(reason)
-
-        connection.connectionLost = lost
+    def _lost(self, connection: RelayConnection) -> None:
+        if self._open.get(connection.relay.rsa_id) is connection:
+            del self._open[connection.relay.rsa_id]
 
     def close_all(self) -> None:
         for connection in list(self._open.values()):
@@ -260,4 +315,4 @@ class LinkPool:
         self._open.clear()
 
 
-__all__ = ["LinkPool", "RelayConnection", "tls_context", "LinkError", "error"]
+__all__ = ["LinkPool", "RelayConnection", "relay_endpoint", "tls_context", "LinkError", "error"]

@@ -341,6 +341,7 @@ class RecordingChannel:
     """Stands in for the link a Circuit rides: it records what the circuit sends."""
 
     peer_address = "10.0.0.1:9001"
+    paused = False
 
     def __init__(self, circ_id: int = 0x80001234) -> None:
         self.next_circ_id = circ_id

@@ -53,11 +53,11 @@ def cert_set():
     return build_cert_set(cached_relay_keys(0), NOW)
 
 
-def new_channel(expected_rsa_id=None, expected_ed25519_id=None, peer=PEER, tls_cert=None) -> Channel:
+def new_channel(expected_rsa_id=None, expected_ed25519_id=None, peer=PEER, tls_cert=None, **options) -> Channel:
     certs = cert_set()
     channel = Channel(certs.keys.rsa_id if expected_rsa_id is None else expected_rsa_id,
                       certs.keys.ed25519_id if expected_ed25519_id is None else expected_ed25519_id,
-                      peer, clock=lambda: NOW)
+                      peer, clock=lambda: NOW, **options)
     channel.peer_certificate_der = certs.tls_cert_der if tls_cert is None else tls_cert
     return channel
 
@@ -80,12 +80,16 @@ class RecordingCircuit:
     def __init__(self):
         self.cells = []
         self.closed = []
+        self.resumed = 0
 
     def cell_received(self, command, payload):
         self.cells.append((command, payload))
 
     def relay_cells_received(self, payloads):
         self.cells += [(CMD_RELAY, payloads[i:i + PAYLOAD_LEN]) for i in range(0, len(payloads), PAYLOAD_LEN)]
+
+    def channel_resumed(self):
+        self.resumed += 1
 
     def channel_closed(self, reason):
         self.closed.append(reason)
@@ -299,10 +303,18 @@ def test_padding_and_vpadding_are_ignored_during_and_after_the_handshake():
     assert channel.data_to_send() == b""
 
 
-def test_wakeup_is_called_when_output_becomes_pending():
-    channel = new_channel()
-    calls = []
-    channel.wakeup = lambda: calls.append(1)
+class RecordingChannelOwner:
+    def __init__(self):
+        self.calls = []
+
+    def channel_data_pending(self):
+        self.calls.append(1)
+
+
+def test_the_owner_is_told_when_output_becomes_pending():
+    owner = RecordingChannelOwner()
+    channel = new_channel(owner=owner)
+    calls = owner.calls
     channel.data_to_send()
     channel.receive_data(b"".join(handshake_cells()))
     assert calls == [1]
@@ -311,6 +323,21 @@ def test_wakeup_is_called_when_output_becomes_pending():
     channel.data_to_send()
     channel.send_cell(INITIATOR_BIT | 9, CMD_RELAY, bytes(PAYLOAD_LEN))
     assert calls == [1, 1]
+
+
+def test_a_queue_past_the_high_watermark_pauses_the_circuits_until_it_is_taken():
+    channel = open_channel(high_watermark=10 * 514)
+    recorder = RecordingCircuit()
+    circ_id = channel.allocate_circuit_id(recorder)
+    for _ in range(10):
+        channel.send_cells(circ_id, CMD_RELAY, bytes(PAYLOAD_LEN))
+    assert not channel.paused and channel.queued == 10 * 514
+    channel.send_cells(circ_id, CMD_RELAY, bytes(PAYLOAD_LEN))
+    assert channel.paused and recorder.resumed == 0
+    assert len(channel.data_to_send()) == 11 * 514
+    assert not channel.paused and channel.queued == 0 and recorder.resumed == 1
+    channel.data_to_send()
+    assert recorder.resumed == 1  # told once per pause
 
 
 # ------------------------------------------------------------------------------------------------ routing
