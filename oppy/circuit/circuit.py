@@ -27,7 +27,7 @@ from oppy.cell.commands import (
     reason_name,
 )
 from oppy.cell.errors import CellParseError
-from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START, SendmeWindow  # noqa: F401 - re-exported
+from oppy.cell.flow_control import SendmeWindow
 from oppy.cell.link import HandshakeType, decode_created2_body, decode_destroy_body, encode_create2_body
 from oppy.cell.relay import (
     decode_extended2_body,
@@ -40,7 +40,7 @@ from oppy.cell.relay import (
     link_specifiers_for_relay,
     SendmeVersion,
 )
-from oppy.crypto.errors import HandshakeError, RelayCryptoError
+from oppy.crypto.errors import HandshakeError
 from oppy.crypto.ntor import NtorClientHandshake
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.link.relay import RelayTarget
@@ -93,7 +93,7 @@ class Channel(Protocol):
 
 class CircuitOwner(Protocol):
     """Who a circuit reports to (`oppy.circuit.build` while it is built, then the circuit manager). Each
-    method may act on the circuit at once (close it, attach streams): the circuit calls it last."""
+    method may act on the circuit at once (close it, attach streams)."""
 
     def circuit_extended(self, circuit: "Circuit") -> None:
         """A hop was added and the circuit extends to the next one."""

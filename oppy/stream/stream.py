@@ -15,7 +15,7 @@ from typing import Protocol
 
 from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
 from oppy.cell.errors import CellParseError
-from oppy.cell.flow_control import STREAMWINDOW_INCREMENT, STREAMWINDOW_START, SendmeWindow  # noqa: F401 - re-exported
+from oppy.cell.flow_control import SendmeWindow
 from oppy.cell.relay import (
     ResolvedAnswer,
     decode_connected_body,
@@ -29,7 +29,6 @@ from oppy.cell.relay import (
 # How many application bytes a stream buffers before it asks its source to stop reading: a little over one
 # full stream window, so a blocked window never leaves the circuit idle, and memory stays bounded.
 DEFAULT_SEND_BUFFER_LIMIT = 256 * 1024
-
 
 
 class StreamState(enum.Enum):

@@ -22,7 +22,8 @@ from oppy.cell.framing import CellReader, encode_cell, encode_fixed_cells
 from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
-from oppy.stream.stream import STREAMWINDOW_START, Stream, StreamState
+from oppy.cell.flow_control import STREAMWINDOW_START
+from oppy.stream.stream import Stream, StreamState
 from tests.unit.relaysim import CMD_RELAY, build_circuit, parse_cells
 from tests.unit.test_crypto_relay import SimulatedRelayHop, decrypt_one, deliver_forward, random_relay_payload
 

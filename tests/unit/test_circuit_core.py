@@ -10,9 +10,8 @@ import struct
 import pytest
 
 from oppy.cell.commands import DestroyReason
+from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START
 from oppy.circuit.circuit import (
-    CIRCWINDOW_INCREMENT,
-    CIRCWINDOW_START,
     MAX_RELAY_EARLY_CELLS,
     Circuit,
     CircuitError,

@@ -329,7 +329,6 @@ def test_false_recognized_at_an_inner_hop_is_not_committed():
 def test_recognize_rejects_nonzero_recognized_field():
     material = os.urandom(72)
     hop = Tor1Hop(material[:20], material[20:40], material[40:56], material[56:72])
-    relay = SimulatedRelayHop(material)
     plain = bytearray(random_relay_payload())
     plain[2] = 1  # recognized != 0
     assert hop.recognize(bytes(plain)) is False  # any digest: recognized alone must reject

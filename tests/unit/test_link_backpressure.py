@@ -26,7 +26,6 @@ from tests.unit.relaysim import (
     CMD_CREATE2,
     CMD_CREATED2,
     CMD_RELAY,
-    PAYLOAD_LEN,
     RELAY_CONNECTED,
     RELAY_DATA,
     RELAY_SENDME,

@@ -11,11 +11,10 @@ import struct
 import pytest
 
 from oppy.cell.commands import EndReason
+from oppy.cell.flow_control import STREAMWINDOW_INCREMENT, STREAMWINDOW_START
 from oppy.cell.relay import ResolvedType
 from oppy.circuit.circuit import Circuit
 from oppy.stream.stream import (
-    STREAMWINDOW_INCREMENT,
-    STREAMWINDOW_START,
     Stream,
     StreamKind,
     StreamState,
