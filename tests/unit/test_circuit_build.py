@@ -22,6 +22,16 @@ class Links:
         return self.waiter
 
 
+def start_one_hop_build():
+    """(clock, links, path, owner, building, circ_id, create2 payload): a one-hop build whose link is open and CREATE2 sent."""
+    clock, links, path, owner = Clock(), Links(), new_path(1), RecordingCircuitOwner()
+    building = build_circuit(links, [path.relays[0].target], timeout=60, reactor=clock, owner=owner)
+    links.waiter.callback(links.channel)
+    ((circ_id, command, payload),) = links.channel.take()
+    assert command == CMD_CREATE2
+    return clock, links, path, owner, building, circ_id, payload
+
+
 def failure_of(deferred: defer.Deferred):
     failures = []
     deferred.addErrback(failures.append)
@@ -49,11 +59,7 @@ def test_the_build_times_out_from_the_moment_the_link_is_open():
 
 
 def test_cancelling_a_build_closes_its_circuit_and_tells_no_owner():
-    clock, links, path = Clock(), Links(), new_path(1)
-    owner = RecordingCircuitOwner()
-    building = build_circuit(links, [path.relays[0].target], timeout=60, reactor=clock, owner=owner)
-    links.waiter.callback(links.channel)
-    ((circ_id, _, _),) = links.channel.take()
+    clock, links, path, owner, building, circ_id, _ = start_one_hop_build()
     building.cancel()
     error = failure_of(building)
     assert str(error).startswith("cancelled waiting for hop 1")
@@ -72,11 +78,7 @@ def test_cancelling_while_the_link_opens_gives_up_without_a_circuit():
 
 
 def test_the_owner_hears_the_build_then_the_close():
-    clock, links, path = Clock(), Links(), new_path(1)
-    owner = RecordingCircuitOwner()
-    building = build_circuit(links, [path.relays[0].target], timeout=60, reactor=clock, owner=owner)
-    links.waiter.callback(links.channel)
-    ((circ_id, _, payload),) = links.channel.take()
+    clock, links, path, owner, building, circ_id, payload = start_one_hop_build()
     circuit = links.channel.circuits[circ_id]
     circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
     assert building.result is circuit and owner.built == [circuit]
