@@ -7,8 +7,10 @@ for determinism; the default is ``random.SystemRandom``). Rules (path-spec
 
 * every hop needs ``Running``, ``Valid`` and a microdescriptor (with its ntor key);
 * guard: ``Guard`` + ``Fast`` (+ ``V2Dir`` for a directory guard), not ``MiddleOnly``;
-  middle: ``Fast``; exit: ``Exit``, not ``BadExit``/``MiddleOnly``, ``Fast``,
-  ``Stable`` for long-lived ports, and a policy summary accepting the port.
+  middle: ``Fast``; exit: not ``BadExit``/``MiddleOnly``, ``Fast``, ``Stable`` for
+  long-lived ports, and a policy summary accepting the port. The ``Exit`` flag is
+  not required (C tor ``choose_good_exit_server_general`` never tests it): a relay
+  without it is weighted as the class it is in (``Wem``, or ``Weg`` for a guard).
   As C tor does, ``Fast``/``Stable`` are dropped when nothing else fits;
 * weight = consensus bandwidth x W(position, class) / ``bwweightscale``;
 * the exit is chosen first, then the guard, then the middle; no relay twice, no
@@ -264,8 +266,9 @@ class PathSelector:
             return False
         if position is Position.GUARD:
             return "Guard" in flags and (not strict or "Fast" in flags)
-        # exit
-        if "Exit" not in flags or "BadExit" in flags:
+        # exit: any relay that is not BadExit and whose policy might accept the port
+        # (C tor choose_good_exit_server_general; the Exit flag only changes the weight).
+        if "BadExit" in flags:
             return False
         if strict and ("Fast" not in flags or (port in self.long_lived_ports and "Stable" not in flags)):
             return False
@@ -396,7 +399,7 @@ class PathSelector:
                 Position.GUARD: "the Guard flag" + (" and V2Dir" if directory_guard else "")
                                 + " (not MiddleOnly)",
                 Position.MIDDLE: "no extra flag",
-                Position.EXIT: "the Exit flag (not BadExit/MiddleOnly) and a policy accepting the port",
+                Position.EXIT: "a policy accepting the port (and not BadExit/MiddleOnly)",
                 Position.DIRECTORY: "the V2Dir flag",
             }[position]
             return f"{base}, and none has {requirement}"

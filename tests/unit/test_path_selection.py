@@ -184,6 +184,36 @@ def test_exit_choice_follows_weights_2017():
     assert_draws_follow_weights(selector, Position.EXIT, lambda rng: selector.choose_exit(rng, 443), port=443)
 
 
+def test_exits_without_the_exit_flag_are_candidates_2017():
+    # C tor never tests the Exit flag for an exit (choose_good_exit_server_general): relays
+    # whose policy summary accepts 6667 but that lack the flag hold about 14% of the exit
+    # weight for that port in the 2017 consensus, and are drawn in proportion (with Wem).
+    selector = real_selector("2017-03-10-bitnym")
+    candidates = selector.candidates(Position.EXIT, 6667)
+    unflagged = [node for node in candidates if "Exit" not in node.flags]
+    total = sum(selector.weight(node, Position.EXIT) for node in candidates)
+    share = sum(selector.weight(node, Position.EXIT) for node in unflagged) / total
+    assert len(unflagged) == 88 and 0.14 < share < 0.15
+    assert all(node.microdesc.exit_policy.allows_port(6667) and "Stable" in node.flags for node in unflagged)
+    assert_draws_follow_weights(selector, Position.EXIT, lambda rng: selector.choose_exit(rng, 6667), port=6667)
+    rng = random.Random(6667)
+    drawn = sum("Exit" not in selector.choose_exit(rng, 6667).flags for _ in range(N_DRAWS))
+    assert abs(drawn / N_DRAWS - share) < 0.01
+
+
+def test_port_served_only_by_unflagged_relays_is_reachable():
+    weights = {"Wem": 7000, "Wee": 10000, "Weg": 10000, "Wed": 10000,
+               "Wgb": 10000, "Wmb": 10000, "Web": 10000, "Wdb": 10000}
+    relays = [make_relay(1, RUNNING + "Exit", 1000), make_relay(2, RUNNING, 1000),
+              make_relay(3, RUNNING + "Exit BadExit", 1000)]
+    microdescs = {"md1": make_microdesc(1, "accept 80,443"), "md2": make_microdesc(2, "accept 9999"),
+                  "md3": make_microdesc(3, "accept 1-65535")}
+    selector = PathSelector(make_consensus(relays, weights), microdescs)
+    assert selector.choose_exit(random.Random(1), 9999).nickname == "relay2"
+    assert selector.weight(selector.node("02" * 20), Position.EXIT) == 700          # Wem, not Wee
+    assert [n.nickname for n in selector.candidates(Position.EXIT)] == ["relay1", "relay2"]
+
+
 def test_zero_weight_classes_never_chosen_2022():
     # Wmd = Wme = 0: exits never in the middle; Wgd = 0: guard+exits never as guard.
     selector = real_selector("2022-11-19-safetor")
@@ -218,7 +248,7 @@ def test_paths_never_break_rules_2017():
             assert {"Running", "Valid"} <= node.flags and len(node.microdesc.ntor_onion_key) == 32
         assert {"Guard", "Fast"} <= guard.flags and "MiddleOnly" not in guard.flags
         assert "Fast" in middle.flags
-        assert "Exit" in exit_node.flags and "BadExit" not in exit_node.flags and "Fast" in exit_node.flags
+        assert "BadExit" not in exit_node.flags and "Fast" in exit_node.flags
         if port is None:
             assert exit_node.microdesc.exit_policy.allows_any_port()
         else:
