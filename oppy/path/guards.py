@@ -1,11 +1,11 @@
 """Entry guards: a persisted, ordered guard sample (guard-spec, in its short form).
 
-The sample is an ordered list of Guard relays drawn with guard-position
-weights (Wgg/Wgd). The first :data:`N_PRIMARY_GUARDS` listed ones are the
+The sample is an ordered list of relays from guard-spec's {GUARDS} set (Guard,
+Stable, Fast, V2Dir and Valid) drawn with guard-position weights (Wgg/Wgd). The first :data:`N_PRIMARY_GUARDS` listed ones are the
 primary guards; a circuit always uses the first primary guard that is not
 known to be down (or whose retry time has come), and falls back to the other
 sampled guards only when every primary one is down. Guards are replaced only
-when they leave the consensus or lose the Guard flag; an unlisted guard keeps
+when they leave the consensus or lose a flag of the guard set; an unlisted guard keeps
 its place for :data:`REMOVE_UNLISTED_GUARDS_AFTER` in case it returns.
 
 Sans-IO: times are passed in (POSIX seconds), randomness comes from the
@@ -31,6 +31,7 @@ __all__ = [
     "GuardStateError",
     "NoGuardAvailableError",
     "retry_delay",
+    "GUARD_SET_FLAGS",
     "N_PRIMARY_GUARDS",
     "MIN_FILTERED_SAMPLE",
     "MAX_SAMPLE_SIZE",
@@ -94,7 +95,7 @@ class SampledGuard:
     fingerprint: str
     nickname: str
     added_at: float
-    #: Listed in the latest consensus with the Guard flag (and usable).
+    #: Listed in the latest consensus with every flag of :data:`GUARD_SET_FLAGS`.
     listed: bool = True
     unlisted_since: float | None = None
     #: When the current run of failures started; None while the guard works.
@@ -106,12 +107,15 @@ class SampledGuard:
         return self.failing_since is not None
 
 
+#: The flags a relay needs to be in guard-spec's {GUARDS} set (guard-spec 4.0: "usable for all
+#: circuits and directory requests"; tor ``node_is_possible_guard`` adds Valid). Running is
+#: required too: every consensus entry carries it, and oppy never builds through a relay without it.
+GUARD_SET_FLAGS = frozenset({"Guard", "Stable", "Fast", "V2Dir", "Valid", "Running"})
+
+
 def _qualifies(relay: RelayRecord | None) -> bool:
-    """May this consensus entry be (or stay) a sampled guard?"""
-    if relay is None:
-        return False
-    flags = relay.flags
-    return "Guard" in flags and "Running" in flags and "Valid" in flags and "MiddleOnly" not in flags
+    """Is this consensus entry in {GUARDS}, so that it may be (or stay listed as) a sampled guard?"""
+    return relay is not None and GUARD_SET_FLAGS <= relay.flags and "MiddleOnly" not in relay.flags
 
 
 class GuardSample:
@@ -189,7 +193,7 @@ class GuardSample:
                               rng: random.Random | None = None) -> list[str]:
         """Mark guards listed/unlisted, expire long-unlisted ones, and draw replacements.
 
-        Guards that are still listed with the Guard flag keep their place; the
+        Guards that are still listed in the guard set keep their place; the
         sample is topped up with weighted draws until it holds
         ``target_listed`` listed guards (or the size cap or the candidates run
         out). Returns the fingerprints newly added.

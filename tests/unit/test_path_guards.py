@@ -12,6 +12,7 @@ import pytest
 
 from oppy.directory.documents import Consensus, RelayRecord, parse_consensus
 from oppy.path.guards import (
+    GUARD_SET_FLAGS,
     MIN_FILTERED_SAMPLE,
     REMOVE_UNLISTED_GUARDS_AFTER,
     GuardSample,
@@ -30,7 +31,10 @@ def real_consensus() -> Consensus:
     return parse_consensus((REAL_DIRECTORY / "2017-03-10-bitnym" / "cached-microdesc-consensus").read_bytes())
 
 
-def make_relay(index: int, flags: str = "Guard Running Valid Fast", bandwidth: int = 1000) -> RelayRecord:
+GUARD_FLAGS = "Guard Running Valid Fast Stable V2Dir"
+
+
+def make_relay(index: int, flags: str = GUARD_FLAGS, bandwidth: int = 1000) -> RelayRecord:
     return RelayRecord(f"guard{index}", index.to_bytes(20, "big"), f"10.{index % 250}.0.1", 9001, 0, (),
                        frozenset(flags.split()), bandwidth, False, MappingProxyType({}), f"md{index}")
 
@@ -62,7 +66,7 @@ def test_sample_from_real_consensus():
     assert len(added) == len(sample.guards) == MIN_FILTERED_SAMPLE == len(set(added))
     for guard in sample.guards:
         relay = consensus.relay_by_fingerprint(guard.fingerprint)
-        assert {"Guard", "Running", "Valid"} <= relay.flags and guard.nickname == relay.nickname
+        assert GUARD_SET_FLAGS <= relay.flags and guard.nickname == relay.nickname
     again = GuardSample()
     again.update_from_consensus(consensus, consensus.valid_after, random.Random(4))
     assert [g.fingerprint for g in again.guards] == added              # deterministic with a seed
@@ -84,12 +88,39 @@ def test_draws_follow_guard_weights():
     assert firsts.count(fp(1)) >= 198
 
 
-def test_only_guard_flagged_relays_are_sampled():
-    relays = [make_relay(1), make_relay(2, "Running Valid Fast"), make_relay(3, "Guard Running Valid MiddleOnly"),
-              make_relay(4, "Guard Valid"), make_relay(5)]
+def test_only_relays_of_the_guard_set_are_sampled():
+    # guard-spec 4.0 {GUARDS}: Guard, Stable, Fast, V2Dir (and Valid, tor node_is_possible_guard).
+    relays = [make_relay(1), make_relay(2, "Running Valid Fast Stable V2Dir"),
+              make_relay(3, GUARD_FLAGS + " MiddleOnly"), make_relay(4, "Guard Valid Stable Fast V2Dir"),
+              make_relay(5), make_relay(6, GUARD_FLAGS.replace(" Stable", "")),
+              make_relay(7, GUARD_FLAGS.replace(" Fast", "")), make_relay(8, GUARD_FLAGS.replace(" V2Dir", "")),
+              make_relay(9, GUARD_FLAGS.replace(" Valid", ""))]
     sample = GuardSample()
     sample.update_from_consensus(make_consensus(relays), 0.0, random.Random(1))
     assert sorted(g.fingerprint for g in sample.guards) == [fp(1), fp(5)]
+
+
+def test_real_sample_holds_only_relays_tor_would_sample_2017():
+    # 287 of the 2549 Guard relays of the 2017 consensus lack Stable, Fast or V2Dir; drawn by
+    # weight they were about 9% of the primary guards. tor never samples them.
+    consensus = real_consensus()
+    assert sum(1 for r in consensus.relays if "Guard" in r.flags and not GUARD_SET_FLAGS <= r.flags) == 287
+    for seed in range(40):
+        sample = GuardSample()
+        sample.update_from_consensus(consensus, consensus.valid_after, random.Random(seed))
+        assert len(sample.guards) == MIN_FILTERED_SAMPLE
+        for guard in sample.guards:
+            assert GUARD_SET_FLAGS <= consensus.relay_by_fingerprint(guard.fingerprint).flags
+
+
+def test_guard_losing_v2dir_becomes_unlisted():
+    sample, consensus = synthetic_sample()
+    first = sample.primary_guards()[0].fingerprint
+    relays = [dataclasses.replace(r, flags=r.flags - {"V2Dir"}) if r.fingerprint == first else r
+              for r in consensus.relays]
+    sample.update_from_consensus(make_consensus(relays), 2000.0, random.Random(1))
+    assert not {g.fingerprint: g for g in sample.guards}[first].listed
+    assert sample.primary_guards()[0].fingerprint != first
 
 
 # ---------------------------------------------------------------- persistence
