@@ -709,15 +709,17 @@ class DirectoryService:
         """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
 
         The exit's policy summary accepts ``port`` (any port if None); the guard is the first
-        usable guard of the persisted sample (primary guards first); relays whose RSA
-        identity is in ``exclude`` are avoided. Raises :class:`NoPathError` if impossible.
+        usable guard of the persisted sample (primary guards first); a long-lived port gets
+        Stable relays on every hop; relays whose RSA identity is in ``exclude`` are avoided.
+        Raises :class:`NoPathError` if impossible.
         """
         selector = self.selector
         rng = rng if rng is not None else self.rng
         avoid = {rsa_id for rsa_id in (_rsa_id_of(item) for item in exclude) if rsa_id is not None}
-        exit_node = self._draw(selector, Position.EXIT, rng, port, avoid, ())
+        exit_node = selector.choose_exit(rng, port, avoid=avoid)
         guard_node = self._first_guard(selector, avoid, exit_node)
-        middle_node = self._draw(selector, Position.MIDDLE, rng, None, avoid, (exit_node, guard_node))
+        middle_node = selector.choose_middle(rng, exclude=(exit_node, guard_node), avoid=avoid,
+                                             stable=selector.needs_stable(port))
         return [self._target_of(guard_node), self._target_of(middle_node), self._target_of(exit_node)]
 
     def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
@@ -768,31 +770,6 @@ class DirectoryService:
             # choose() explains why: every guard down (with the retry time) or none listed.
             self.guards.choose(self.clock())
         raise NoGuardAvailableError(f"no sampled guard fits exit {exit_node!r}: {'; '.join(reasons)}")
-
-    def _draw(self, selector: PathSelector, position: Position, rng: random.Random, port: int | None,
-              avoid: set[bytes], chosen: Sequence[PathNode]) -> PathNode:
-        """A weighted choice for ``position`` that avoids ``avoid`` and fits ``chosen``."""
-        def once() -> PathNode:
-            if position is Position.EXIT:
-                return selector.choose_exit(rng, port, exclude=chosen)
-            return selector.choose_middle(rng, exclude=chosen)
-
-        if not avoid:
-            return once()
-        for _ in range(16):
-            node = once()
-            if node.relay.rsa_id not in avoid:
-                return node
-        # The excluded relays hold much of the weight: filter explicitly (strict flags first).
-        for strict in (True, False):
-            nodes = [node for node in selector.candidates(position, port, strict=strict)
-                     if node.relay.rsa_id not in avoid and selector.conflicts(node, chosen) is None]
-            if nodes:
-                weights = [selector.weight(node, position) for node in nodes]
-                if sum(weights) <= 0:
-                    return nodes[rng.randrange(len(nodes))]
-                return rng.choices(nodes, weights)[0]
-        raise NoPathError(f"no {position.value} outside the {len(avoid)} excluded relays fits the path")
 
     def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
         """Usable sampled guards with V2Dir and a microdescriptor, best first."""

@@ -7,11 +7,13 @@ for determinism; the default is ``random.SystemRandom``). Rules (path-spec
 
 * every hop needs ``Running``, ``Valid`` and a microdescriptor (with its ntor key);
 * guard: ``Guard`` + ``Fast`` (+ ``V2Dir`` for a directory guard), not ``MiddleOnly``;
-  middle: ``Fast``; exit: not ``BadExit``/``MiddleOnly``, ``Fast``, ``Stable`` for
-  long-lived ports, and a policy summary accepting the port. The ``Exit`` flag is
-  not required (C tor ``choose_good_exit_server_general`` never tests it): a relay
-  without it is weighted as the class it is in (``Wem``, or ``Weg`` for a guard).
-  As C tor does, ``Fast``/``Stable`` are dropped when nothing else fits;
+  middle: ``Fast``; exit: not ``BadExit``/``MiddleOnly``, ``Fast``, and a policy
+  summary accepting the port. The ``Exit`` flag is not required (C tor
+  ``choose_good_exit_server_general`` never tests it): a relay without it is
+  weighted as the class it is in (``Wem``, or ``Weg`` for a guard);
+* a circuit for a long-lived port (:data:`LONG_LIVED_PORTS`) needs ``Stable`` on
+  every hop, the middle included (C tor ``need_uptime``: ``CRN_NEED_UPTIME`` for
+  each position). As C tor does, ``Fast``/``Stable`` are dropped when nothing else fits;
 * weight = consensus bandwidth x W(position, class) / ``bwweightscale``;
 * the exit is chosen first, then the guard, then the middle; no relay twice, no
   two of one family, no two in one IPv4 /16 or IPv6 /32 (unless turned off).
@@ -23,7 +25,7 @@ import enum
 import ipaddress
 import random
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -41,8 +43,9 @@ __all__ = [
     "relay_weight",
 ]
 
-#: Ports whose streams want a Stable exit (path-spec 2.2; tor LongLivedPorts default).
-LONG_LIVED_PORTS = frozenset({21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6667, 6697, 8300})
+#: Ports whose circuits need Stable relays on every hop (path-spec 2.2 "long-lived
+#: connections"; the default of tor's ``LongLivedPorts`` option, config.c).
+LONG_LIVED_PORTS = frozenset({21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6523, 6667, 6697, 8300})
 #: Default of the ``bwweightscale`` consensus parameter (dir-spec param-spec).
 DEFAULT_BANDWIDTH_WEIGHT_SCALE = 10000
 #: Bandwidth assumed for an entry without a ``w`` line: C tor uses 30000 bytes/s
@@ -251,50 +254,63 @@ class PathSelector:
                 return f"{candidate!r} shares a /16 (IPv4) or /32 (IPv6) with {other!r}"
         return None
 
+    def needs_stable(self, port: int | None) -> bool:
+        """Does a circuit for ``port`` need Stable relays (a long-lived port)?"""
+        return port is not None and port in self.long_lived_ports
+
     def eligible(self, node: PathNode, position: Position, port: int | None = None, *,
-                 ipv6: bool = False, strict: bool = True) -> bool:
+                 ipv6: bool = False, strict: bool = True, stable: bool = False) -> bool:
         """Does ``node`` meet the position's flag (and, for exits, policy) requirements?
 
-        ``strict=False`` drops the Fast and Stable requirements (tor's fallback).
+        ``stable`` asks for the Stable flag (an exit needs it for a long-lived ``port``
+        anyway); ``strict=False`` drops the Fast and Stable requirements (tor's fallback).
         """
         flags = node.relay.flags
-        if position is Position.MIDDLE:
-            return not strict or "Fast" in flags
         if position is Position.DIRECTORY:
             return "V2Dir" in flags
+        if position is Position.EXIT:
+            stable = stable or self.needs_stable(port)
+        if strict and ("Fast" not in flags or (stable and "Stable" not in flags)):
+            return False
+        if position is Position.MIDDLE:
+            return True
         if "MiddleOnly" in flags:
             return False
         if position is Position.GUARD:
-            return "Guard" in flags and (not strict or "Fast" in flags)
+            return "Guard" in flags
         # exit: any relay that is not BadExit and whose policy might accept the port
         # (C tor choose_good_exit_server_general; the Exit flag only changes the weight).
         if "BadExit" in flags:
-            return False
-        if strict and ("Fast" not in flags or (port in self.long_lived_ports and "Stable" not in flags)):
             return False
         policy = node.microdesc.exit_policy_v6 if ipv6 else node.microdesc.exit_policy
         return policy.allows_any_port() if port is None else policy.allows_port(port)
 
     def candidates(self, position: Position, port: int | None = None, *, ipv6: bool = False,
-                   directory_guard: bool = False, strict: bool = True) -> list[PathNode]:
+                   directory_guard: bool = False, strict: bool = True, stable: bool = False) -> list[PathNode]:
         """Every relay eligible for a position (before path constraints)."""
-        return list(self._weighted(position, port, ipv6, directory_guard, strict).nodes)
+        return list(self._weighted(position, port, ipv6, directory_guard, strict, stable).nodes)
 
     # ---- choices -----------------------------------------------------------
 
     def choose_exit(self, rng: random.Random | None = None, port: int | None = None, *,
-                    ipv6: bool = False, exclude: Sequence[PathNode] = ()) -> PathNode:
-        """A weighted exit whose policy summary accepts ``port`` (any port if None)."""
-        return self._choose(Position.EXIT, rng, port=port, ipv6=ipv6, exclude=exclude)
+                    ipv6: bool = False, exclude: Sequence[PathNode] = (),
+                    avoid: Collection[bytes] = ()) -> PathNode:
+        """A weighted exit whose policy summary accepts ``port`` (any port if None).
+
+        ``exclude`` are relays already in the path (no family or subnet may be shared
+        with them); ``avoid`` are RSA identities that must not be chosen.
+        """
+        return self._choose(Position.EXIT, rng, port=port, ipv6=ipv6, exclude=exclude, avoid=avoid)
 
     def choose_guard(self, rng: random.Random | None = None, *, exclude: Sequence[PathNode] = (),
-                     directory: bool = False) -> PathNode:
+                     directory: bool = False, stable: bool = False) -> PathNode:
         """A weighted guard (a fresh one: circuits should use a :class:`GuardSample`)."""
-        return self._choose(Position.GUARD, rng, exclude=exclude, directory_guard=directory)
+        return self._choose(Position.GUARD, rng, exclude=exclude, directory_guard=directory, stable=stable)
 
-    def choose_middle(self, rng: random.Random | None = None, *,
-                      exclude: Sequence[PathNode] = ()) -> PathNode:
-        return self._choose(Position.MIDDLE, rng, exclude=exclude)
+    def choose_middle(self, rng: random.Random | None = None, *, exclude: Sequence[PathNode] = (),
+                      avoid: Collection[bytes] = (), stable: bool = False) -> PathNode:
+        """A weighted middle; ``stable`` for a circuit to a long-lived port."""
+        return self._choose(Position.MIDDLE, rng, exclude=exclude, avoid=avoid, stable=stable)
 
     def choose_directory(self, rng: random.Random | None = None, *,
                          exclude: Sequence[PathNode] = ()) -> PathNode:
@@ -310,12 +326,13 @@ class PathSelector:
         not conflict with the exit is taken. Without it a guard is drawn fresh.
         """
         rng = rng if rng is not None else random.SystemRandom()
+        stable = self.needs_stable(port)
         exit_node = self.choose_exit(rng, port, ipv6=ipv6)
         if guards is None:
-            guard = self.choose_guard(rng, exclude=(exit_node,))
+            guard = self.choose_guard(rng, exclude=(exit_node,), stable=stable)
         else:
             guard = self._first_usable_guard(guards, exit_node)
-        middle = self.choose_middle(rng, exclude=(exit_node, guard))
+        middle = self.choose_middle(rng, exclude=(exit_node, guard), stable=stable)
         return Path(guard=guard, middle=middle, exit=exit_node)
 
     # ---- internals ---------------------------------------------------------
@@ -335,16 +352,20 @@ class PathSelector:
         raise NoPathError(f"none of the {len(guards)} sampled guards fits exit {exit_node!r}: {detail}")
 
     def _weighted(self, position: Position, port: int | None, ipv6: bool, directory_guard: bool,
-                  strict: bool) -> _WeightedList:
+                  strict: bool, stable: bool = False) -> _WeightedList:
         if position is not Position.EXIT:
             port, ipv6 = None, False
-        key = (position, port, ipv6, directory_guard, strict)
+        else:
+            stable = stable or self.needs_stable(port)
+        if not strict:
+            stable = False
+        key = (position, port, ipv6, directory_guard, strict, stable)
         cached = self._lists.get(key)
         if cached is None:
             table = self._tables[position]
             nodes = [
                 node for node in self.nodes
-                if self.eligible(node, position, port, ipv6=ipv6, strict=strict)
+                if self.eligible(node, position, port, ipv6=ipv6, strict=strict, stable=stable)
                 and (not directory_guard or "V2Dir" in node.relay.flags)
             ]
             cached = _WeightedList(nodes, [relay_weight(node.relay, table) for node in nodes])
@@ -354,39 +375,42 @@ class PathSelector:
         return cached
 
     def _choose(self, position: Position, rng: random.Random | None, *, port: int | None = None,
-                ipv6: bool = False, exclude: Sequence[PathNode] = (),
-                directory_guard: bool = False) -> PathNode:
+                ipv6: bool = False, exclude: Sequence[PathNode] = (), avoid: Collection[bytes] = (),
+                directory_guard: bool = False, stable: bool = False) -> PathNode:
         rng = rng if rng is not None else random.SystemRandom()
-        strict_list = self._weighted(position, port, ipv6, directory_guard, True)
-        choice = self._choose_from(strict_list, rng, exclude)
+        strict_list = self._weighted(position, port, ipv6, directory_guard, True, stable)
+        choice = self._choose_from(strict_list, rng, exclude, avoid)
         if choice is not None:
             return choice
         relaxed_list = self._weighted(position, port, ipv6, directory_guard, False)
         if len(relaxed_list.nodes) > len(strict_list.nodes):
-            choice = self._choose_from(relaxed_list, rng, exclude)
+            choice = self._choose_from(relaxed_list, rng, exclude, avoid)
             if choice is not None:
                 return choice
-        raise NoPathError(self._explain(position, port, ipv6, directory_guard, relaxed_list, exclude))
+        raise NoPathError(self._explain(position, port, ipv6, directory_guard, relaxed_list, exclude, avoid))
 
-    def _choose_from(self, weighted: _WeightedList, rng: random.Random,
-                     exclude: Sequence[PathNode]) -> PathNode | None:
+    def _fits(self, node: PathNode, exclude: Sequence[PathNode], avoid: Collection[bytes]) -> bool:
+        return node.relay.rsa_id not in avoid and self.conflicts(node, exclude) is None
+
+    def _choose_from(self, weighted: _WeightedList, rng: random.Random, exclude: Sequence[PathNode],
+                     avoid: Collection[bytes]) -> PathNode | None:
         if not weighted.nodes:
             return None
-        if not exclude:
+        if not exclude and not avoid:
             return weighted.draw(rng)
         if weighted.total > 0.0:
             for _ in range(MAX_REJECTION_DRAWS):
                 node = weighted.draw(rng)
-                if self.conflicts(node, exclude) is None:
+                if self._fits(node, exclude, avoid):
                     return node
         allowed = [(node, weight) for node, weight in zip(weighted.nodes, weighted.weights)
-                   if self.conflicts(node, exclude) is None]
+                   if self._fits(node, exclude, avoid)]
         if not allowed:
             return None
         return _WeightedList([node for node, _ in allowed], [weight for _, weight in allowed]).draw(rng)
 
     def _explain(self, position: Position, port: int | None, ipv6: bool, directory_guard: bool,
-                 relaxed: _WeightedList, exclude: Sequence[PathNode]) -> str:
+                 relaxed: _WeightedList, exclude: Sequence[PathNode], avoid: Collection[bytes]) -> str:
         what = position.value
         if position is Position.EXIT:
             what += f" for {'any port' if port is None else f'port {port}'}{' over IPv6' if ipv6 else ''}"
@@ -403,6 +427,10 @@ class PathSelector:
                 Position.DIRECTORY: "the V2Dir flag",
             }[position]
             return f"{base}, and none has {requirement}"
-        reasons = sorted({self.conflicts(node, exclude) or "" for node in relaxed.nodes[:50]} - {""})
+        avoided = sum(1 for node in relaxed.nodes if node.relay.rsa_id in avoid)
+        if avoided == len(relaxed.nodes):
+            return f"{base}; all {avoided} candidates are excluded"
+        reasons = sorted({self.conflicts(node, exclude) or "" for node in relaxed.nodes[:50]
+                          if node.relay.rsa_id not in avoid} - {""})
         return (f"{base}; all {len(relaxed.nodes)} candidates conflict with the path so far "
-                f"(e.g. {'; '.join(reasons[:3])})")
+                f"or are excluded ({avoided}) (e.g. {'; '.join(reasons[:3])})")

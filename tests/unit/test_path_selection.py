@@ -254,7 +254,7 @@ def test_paths_never_break_rules_2017():
         else:
             assert exit_node.microdesc.exit_policy.allows_port(port)
         if port in LONG_LIVED_PORTS:
-            assert "Stable" in exit_node.flags
+            assert all("Stable" in node.flags for node in path.hops)
 
 
 def test_real_families_are_avoided():
@@ -325,6 +325,21 @@ def test_long_lived_port_needs_stable_exit():
     assert [n.nickname for n in selector.candidates(Position.EXIT, 22)] == []   # 3 rejects 22, 4 not Stable
     # Like C tor, when no Stable exit fits, fall back to the others.
     assert selector.choose_exit(random.Random(1), 22).nickname == "relay4"
+
+
+def test_long_lived_port_needs_stable_middle():
+    selector = small_network()
+    assert "relay5" in [n.nickname for n in selector.candidates(Position.MIDDLE)]
+    stable_middles = sorted(n.nickname for n in selector.candidates(Position.MIDDLE, stable=True))
+    assert stable_middles == ["relay1", "relay2", "relay3"]
+    rng = random.Random(4)
+    for _ in range(200):
+        path = selector.select_path(rng, 6667)        # exit relay4 (the only one for 6667): not Stable
+        assert path.exit.nickname == "relay4" and "Stable" in path.middle.flags and "Stable" in path.guard.flags
+    # No Stable middle fits: like C tor, fall back to the others.
+    stable = [n.relay.rsa_id for n in selector.nodes if n.nickname in stable_middles]
+    assert selector.choose_middle(rng, avoid=stable, stable=True).nickname in \
+        ("relay4", "relay5", "relay6", "relay8", "relay9")
 
 
 def test_family_and_subnet_rules():
