@@ -82,7 +82,7 @@ from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, v
     verify_key_certificate
 from oppy.link.relay import RelayTarget
 from oppy.logs import NOTICE
-from oppy.path.guards import GuardSample, GuardStateError, NoGuardAvailableError
+from oppy.path.guards import GuardSample, GuardStateError, GuardUsage, choose_path
 from oppy.path.selection import (
     NoPathError,
     PathNode,
@@ -112,9 +112,6 @@ log = logging.getLogger(__name__)
 #: nodelist.c ``get_frac_paths_needed_for_circs``, DFLT_PCT_USABLE_NEEDED).
 MIN_PATHS_FOR_CIRCS_PCT = 60
 MIN_PATHS_FOR_CIRCS_PCT_BOUNDS = (25, 95)
-#: tor checks the descriptors of this many primary guards (guard-n-primary-guards-to-use,
-#: default 1, plus one; entrynodes.c ``guard_selection_get_err_str_if_dir_info_missing``).
-PRIMARY_GUARDS_NEEDING_DESCRIPTORS = 2
 #: tor's If-Modified-Since for a consensus fetch: valid-after plus this, or plus half the
 #: voting interval when that is shorter (directory.c, DEFAULT_IF_MODIFIED_SINCE_DELAY).
 IF_MODIFIED_SINCE_DELAY = 180
@@ -708,19 +705,15 @@ class DirectoryService:
                     rng: random.Random | None = None) -> list[RelayTarget]:
         """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
 
-        The exit's policy summary accepts ``port`` (any port if None); the guard is the first
-        usable guard of the persisted sample (primary guards first); a long-lived port gets
+        The exit's policy summary accepts ``port`` (any port if None); the guard is a usable
+        guard of the persisted sample (primary guards first); a long-lived port gets
         Stable relays on every hop; relays whose RSA identity is in ``exclude`` are avoided.
         Raises :class:`NoPathError` if impossible.
         """
-        selector = self.selector
-        rng = rng if rng is not None else self.rng
         avoid = {rsa_id for rsa_id in (_rsa_id_of(item) for item in exclude) if rsa_id is not None}
-        exit_node = selector.choose_exit(rng, port, avoid=avoid)
-        guard_node = self._first_guard(selector, avoid, exit_node)
-        middle_node = selector.choose_middle(rng, exclude=(exit_node, guard_node), avoid=avoid,
-                                             stable=selector.needs_stable(port))
-        return [self._target_of(guard_node), self._target_of(middle_node), self._target_of(exit_node)]
+        path = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng, port,
+                           avoid=avoid)
+        return [self._target_of(node) for node in path.hops]
 
     def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
         """A one-hop path for BEGIN_DIR: the first usable directory guard, else a weighted V2Dir relay."""
@@ -751,26 +744,6 @@ class DirectoryService:
             return      # not a sampled guard (a middle or exit, or a random directory cache)
         self._update_dir_info()
 
-    def _first_guard(self, selector: PathSelector, avoid: set[bytes], exit_node: PathNode) -> PathNode:
-        reasons = []
-        candidates = self.guards.candidates(self.clock())
-        for fingerprint in candidates:
-            node = selector.node(fingerprint)
-            if node is None:
-                reasons.append(f"${fingerprint} has no microdescriptor or is not running")
-                continue
-            if node.relay.rsa_id in avoid:
-                reasons.append(f"${fingerprint} is excluded")
-                continue
-            conflict = selector.conflicts(node, (exit_node,))
-            if conflict is None:
-                return node
-            reasons.append(conflict)
-        if not candidates:
-            # choose() explains why: every guard down (with the retry time) or none listed.
-            self.guards.choose(self.clock())
-        raise NoGuardAvailableError(f"no sampled guard fits exit {exit_node!r}: {'; '.join(reasons)}")
-
     def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
         """Usable sampled guards with V2Dir and a microdescriptor, best first."""
         if self.consensus is None or not self.microdescs:
@@ -785,7 +758,7 @@ class DirectoryService:
             return node is not None and "V2Dir" in node.relay.flags
 
         targets = []
-        for fingerprint in self.guards.candidates(self.clock(), accept):
+        for fingerprint in self.guards.candidates(self.clock(), accept, rng=self.rng, usage=GuardUsage.DIRECTORY):
             targets.append(self._target_of(selector.node(fingerprint)))
             if len(targets) >= limit:
                 break
@@ -1378,7 +1351,8 @@ class DirectoryService:
                 missing_guards = self._primary_guards_without_microdescs()
                 if missing_guards:
                     self.dir_info_status = (
-                        f"We're missing descriptors for {missing_guards}/{PRIMARY_GUARDS_NEEDING_DESCRIPTORS} "
+                        f"We're missing descriptors for {missing_guards}/"
+                        f"{self.guards.primaries_needing_descriptors()} "
                         f"of our primary entry guards (total microdescriptors: {present}/{len(usable)}).")
                 else:
                     enough = True
@@ -1407,7 +1381,7 @@ class DirectoryService:
             relay = consensus.relay_by_fingerprint(guard.fingerprint)
             if relay is None or relay.microdesc_digest not in self.microdescs:
                 missing += 1
-            if considered >= PRIMARY_GUARDS_NEEDING_DESCRIPTORS:
+            if considered >= self.guards.primaries_needing_descriptors():
                 break
         return missing
 

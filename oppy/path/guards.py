@@ -1,12 +1,15 @@
 """Entry guards: a persisted, ordered guard sample (guard-spec, in its short form).
 
 The sample is an ordered list of relays from guard-spec's {GUARDS} set (Guard,
-Stable, Fast, V2Dir and Valid) drawn with guard-position weights (Wgg/Wgd). The first :data:`N_PRIMARY_GUARDS` listed ones are the
-primary guards; a circuit always uses the first primary guard that is not
-known to be down (or whose retry time has come), and falls back to the other
-sampled guards only when every primary one is down. Guards are replaced only
-when they leave the consensus or lose a flag of the guard set; an unlisted guard keeps
-its place for :data:`REMOVE_UNLISTED_GUARDS_AFTER` in case it returns.
+Stable, Fast, V2Dir and Valid) drawn with guard-position weights (Wgg/Wgd). The
+first ``guard-n-primary-guards`` listed ones are the primary guards; a circuit
+uses one of the first ``guard-n-primary-guards-to-use`` primary guards that are
+not known to be down (or whose retry time has come), chosen uniformly, and falls
+back to the other sampled guards only when every primary one is down. Guards are
+replaced only when they leave the consensus or lose a flag of the guard set; an
+unlisted guard keeps its place for ``guard-remove-unlisted-guards-after-days``
+in case it returns. Every ``guard-*`` consensus parameter is read
+(:class:`GuardParams`).
 
 Sans-IO: times are passed in (POSIX seconds), randomness comes from the
 caller's ``random.Random``, and persistence is :meth:`GuardSample.to_dict` /
@@ -15,19 +18,31 @@ caller's ``random.Random``, and persistence is :meth:`GuardSample.to_dict` /
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from oppy.directory.documents import Consensus, RelayRecord
-from oppy.path.selection import NoPathError, Position, bandwidth_weight_table, relay_weight
+from oppy.path.selection import (
+    NoPathError,
+    Path,
+    PathNode,
+    PathSelector,
+    Position,
+    bandwidth_weight_table,
+    relay_weight,
+)
 
 __all__ = [
     "SampledGuard",
     "GuardSample",
+    "GuardParams",
+    "GuardUsage",
+    "choose_path",
     "GuardStateError",
     "NoGuardAvailableError",
     "retry_delay",
@@ -43,7 +58,10 @@ _MINUTE = 60
 _HOUR = 60 * _MINUTE
 _DAY = 24 * _HOUR
 
-# guard-spec A.1 "Parameters with suggested values".
+_INT32_MAX = 2**31 - 1
+
+# guard-spec A.1 "Parameters with suggested values"; the defaults of the consensus
+# parameters of param-spec 11 (tor entrynodes.h DFLT_*).
 #: Number of primary guards.
 N_PRIMARY_GUARDS = 3
 #: Listed guards the sample tries to hold.
@@ -55,6 +73,75 @@ MAX_SAMPLE_SIZE = 60
 MAX_SAMPLE_THRESHOLD = 0.20
 #: An unlisted guard is dropped from the sample after this long.
 REMOVE_UNLISTED_GUARDS_AFTER = 20 * _DAY
+
+#: param-spec 11 "Guard-related parameters": (GuardParams field, consensus parameter,
+#: default, minimum, maximum, unit in seconds or the divisor of a percentage). tor reads
+#: each with networkstatus_get_param and these bounds (entrynodes.c get_*()).
+_GUARD_PARAMETERS: tuple[tuple[str, str, int, int, int, float], ...] = (
+    ("lifetime", "guard-lifetime-days", 120, 1, 3650, _DAY),
+    ("confirmed_min_lifetime", "guard-confirmed-min-lifetime-days", 60, 1, 3650, _DAY),
+    ("internet_likely_down_interval", "guard-internet-likely-down-interval", 600, 1, _INT32_MAX, 1),
+    ("max_sample_size", "guard-max-sample-size", MAX_SAMPLE_SIZE, 1, _INT32_MAX, 1),
+    ("max_sample_threshold", "guard-max-sample-threshold-percent", 20, 1, 100, 1 / 100),
+    ("min_filtered_sample_size", "guard-min-filtered-sample-size", MIN_FILTERED_SAMPLE, 1, _INT32_MAX, 1),
+    ("n_primary_guards", "guard-n-primary-guards", N_PRIMARY_GUARDS, 1, _INT32_MAX, 1),
+    ("n_primary_guards_to_use", "guard-n-primary-guards-to-use", 1, 1, _INT32_MAX, 1),
+    ("n_primary_dir_guards_to_use", "guard-n-primary-dir-guards-to-use", 3, 1, _INT32_MAX, 1),
+    ("nonprimary_guard_connect_timeout", "guard-nonprimary-guard-connect-timeout", 15, 1, _INT32_MAX, 1),
+    ("nonprimary_guard_idle_timeout", "guard-nonprimary-guard-idle-timeout", 600, 1, _INT32_MAX, 1),
+    ("remove_unlisted_guards_after", "guard-remove-unlisted-guards-after-days", 20, 1, 3650, _DAY),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardParams:
+    """The guard algorithm's parameters (guard-spec A.1), from the consensus (param-spec 11).
+
+    Times are in seconds; ``max_sample_threshold`` is a fraction.
+    """
+
+    #: GUARD_LIFETIME: an unconfirmed guard sampled longer ago than this leaves the sample.
+    lifetime: float = 120 * _DAY
+    #: GUARD_CONFIRMED_MIN_LIFETIME: ... and a confirmed one once also confirmed this long ago.
+    confirmed_min_lifetime: float = 60 * _DAY
+    #: INTERNET_LIKELY_DOWN_INTERVAL: no success for this long means the network was down.
+    internet_likely_down_interval: float = 600
+    #: MAX_SAMPLE_SIZE.
+    max_sample_size: int = MAX_SAMPLE_SIZE
+    #: MAX_SAMPLE_THRESHOLD: the sample's share of the consensus's guards.
+    max_sample_threshold: float = MAX_SAMPLE_THRESHOLD
+    #: MIN_FILTERED_SAMPLE: usable guards the sample tries to hold.
+    min_filtered_sample_size: int = MIN_FILTERED_SAMPLE
+    #: N_PRIMARY_GUARDS.
+    n_primary_guards: int = N_PRIMARY_GUARDS
+    #: NUM_USABLE_PRIMARY_GUARDS: a circuit takes one of this many usable primaries.
+    n_primary_guards_to_use: int = 1
+    #: NUM_USABLE_PRIMARY_DIRECTORY_GUARDS: the same for directory requests.
+    n_primary_dir_guards_to_use: int = 3
+    #: NONPRIMARY_GUARD_CONNECT_TIMEOUT.
+    nonprimary_guard_connect_timeout: float = 15
+    #: NONPRIMARY_GUARD_IDLE_TIMEOUT.
+    nonprimary_guard_idle_timeout: float = 600
+    #: REMOVE_UNLISTED_GUARDS_AFTER.
+    remove_unlisted_guards_after: float = REMOVE_UNLISTED_GUARDS_AFTER
+
+    @classmethod
+    def from_consensus(cls, consensus: Consensus) -> GuardParams:
+        """Every ``guard-*`` parameter, clamped to its bounds as tor does, or its default."""
+        values: dict[str, Any] = {}
+        for field_name, name, default, low, high, unit in _GUARD_PARAMETERS:
+            value = consensus.param(name, default, low, high)
+            values[field_name] = value if unit == 1 else value * unit
+        return cls(**values)
+
+
+class GuardUsage(enum.Enum):
+    """What a guard is picked for: it decides how many primaries are used in parallel."""
+
+    #: Circuits for user traffic (guard-n-primary-guards-to-use).
+    TRAFFIC = "traffic"
+    #: One-hop directory requests (guard-n-primary-dir-guards-to-use).
+    DIRECTORY = "directory"
 
 #: (time failing so far, retry interval) steps: PRIMARY_GUARDS_RETRY_SCHED and
 #: GUARDS_RETRY_SCHED (guard-spec A.1; tor entrynodes.c ``get_retry_schedule``):
@@ -121,11 +208,10 @@ def _qualifies(relay: RelayRecord | None) -> bool:
 class GuardSample:
     """An ordered guard sample with primary guards and a retry schedule."""
 
-    def __init__(self, guards: list[SampledGuard] | None = None, *,
-                 n_primary: int = N_PRIMARY_GUARDS, target_listed: int = MIN_FILTERED_SAMPLE):
+    def __init__(self, guards: list[SampledGuard] | None = None) -> None:
         self.guards: list[SampledGuard] = list(guards or [])
-        self.n_primary = n_primary
-        self.target_listed = target_listed
+        #: The parameters of the latest consensus (:meth:`update_from_consensus`).
+        self.params = GuardParams()
 
     # ---- persistence -------------------------------------------------------
 
@@ -146,7 +232,7 @@ class GuardSample:
         }
 
     @classmethod
-    def from_dict(cls, state: Any, **options: Any) -> GuardSample:
+    def from_dict(cls, state: Any) -> GuardSample:
         """Rebuild a sample from :meth:`to_dict` output; raise :class:`GuardStateError` if malformed."""
         if not isinstance(state, dict):
             raise GuardStateError(f"guard state must be a dict, not {type(state).__name__}")
@@ -180,14 +266,17 @@ class GuardSample:
                 raise GuardStateError(f"guard {fingerprint} has a bad unlisted_since {unlisted_since!r}")
             guards.append(SampledGuard(fingerprint, nickname, float(added_at), listed,
                                        None if unlisted_since is None else float(unlisted_since)))
-        return cls(guards, **options)
+        return cls(guards)
 
     # ---- consensus updates -------------------------------------------------
 
     def max_sample_size(self, consensus: Consensus) -> int:
-        """guard-spec SAMPLED: min(MAX_SAMPLE_SIZE, 20% of the guards), at least MIN_FILTERED_SAMPLE."""
+        """guard-spec SAMPLED: min(MAX_SAMPLE_SIZE, MAX_SAMPLE_THRESHOLD of the guards), at least
+        MIN_FILTERED_SAMPLE (tor ``get_max_sample_size``)."""
+        params = self.params
         n_guards = sum(1 for relay in consensus.relays if _qualifies(relay))
-        return max(MIN_FILTERED_SAMPLE, min(MAX_SAMPLE_SIZE, int(n_guards * MAX_SAMPLE_THRESHOLD)))
+        by_share = int(n_guards * params.max_sample_threshold)
+        return max(params.min_filtered_sample_size, min(params.max_sample_size, by_share))
 
     def update_from_consensus(self, consensus: Consensus, now: float,
                               rng: random.Random | None = None) -> list[str]:
@@ -195,10 +284,11 @@ class GuardSample:
 
         Guards that are still listed in the guard set keep their place; the
         sample is topped up with weighted draws until it holds
-        ``target_listed`` listed guards (or the size cap or the candidates run
-        out). Returns the fingerprints newly added.
+        ``guard-min-filtered-sample-size`` listed guards (or the size cap or the
+        candidates run out). Returns the fingerprints newly added.
         """
         rng = rng if rng is not None else random.SystemRandom()
+        self.params = GuardParams.from_consensus(consensus)
         for guard in self.guards:
             listed_now = _qualifies(consensus.relay_by_fingerprint(guard.fingerprint))
             if listed_now and not guard.listed:
@@ -208,7 +298,7 @@ class GuardSample:
         self.guards = [
             guard for guard in self.guards
             if guard.listed or guard.unlisted_since is None
-            or now - guard.unlisted_since < REMOVE_UNLISTED_GUARDS_AFTER
+            or now - guard.unlisted_since < self.params.remove_unlisted_guards_after
         ]
         return self._fill(consensus, now, rng)
 
@@ -220,7 +310,7 @@ class GuardSample:
         cap = self.max_sample_size(consensus)
         added = []
         n_listed = sum(1 for guard in self.guards if guard.listed)
-        while n_listed < self.target_listed and len(self.guards) < cap and pool:
+        while n_listed < self.params.min_filtered_sample_size and len(self.guards) < cap and pool:
             index = _weighted_index([weight for _, weight in pool], rng)
             relay, _ = pool.pop(index)
             self.guards.append(SampledGuard(relay.fingerprint, relay.nickname, now))
@@ -231,8 +321,19 @@ class GuardSample:
     # ---- choosing ------------------------------------------------------------
 
     def primary_guards(self) -> list[SampledGuard]:
-        """The first ``n_primary`` listed guards in sample order."""
-        return [guard for guard in self.guards if guard.listed][: self.n_primary]
+        """The first ``guard-n-primary-guards`` listed guards in sample order."""
+        return [guard for guard in self.guards if guard.listed][: self.params.n_primary_guards]
+
+    def primaries_needing_descriptors(self) -> int:
+        """How many usable primary guards need a microdescriptor before circuits are built:
+        guard-n-primary-guards-to-use plus one (tor ``guard_selection_get_err_str_if_dir_info_missing``)."""
+        return self.params.n_primary_guards_to_use + 1
+
+    def primaries_to_use(self, usage: GuardUsage) -> int:
+        """How many usable primary guards a choice is spread over (guard-spec SELECTING)."""
+        if usage is GuardUsage.DIRECTORY:
+            return self.params.n_primary_dir_guards_to_use
+        return self.params.n_primary_guards_to_use
 
     def _usable_now(self, guard: SampledGuard, now: float, is_primary: bool) -> bool:
         if guard.failing_since is None:
@@ -240,23 +341,39 @@ class GuardSample:
         last = guard.last_tried if guard.last_tried is not None else guard.failing_since
         return now >= last + retry_delay(now - guard.failing_since, is_primary)
 
-    def candidates(self, now: float, accept: Callable[[str], bool] | None = None) -> list[str]:
+    def candidates(self, now: float, accept: Callable[[str], bool] | None = None, *,
+                   rng: random.Random | None = None, usage: GuardUsage = GuardUsage.TRAFFIC) -> list[str]:
         """Fingerprints to try, best first: usable primaries, then other listed guards.
 
-        ``accept`` can filter further (e.g. require V2Dir for a directory guard).
+        ``accept`` can filter further (e.g. require V2Dir for a directory guard). With
+        ``rng``, the first one is drawn uniformly from the first usable and accepted
+        primaries, as many as :meth:`primaries_to_use` says (guard-spec SELECTING).
         """
-        return list(self._iter_candidates(now, accept))
+        found = list(self._iter_candidates(now, accept))
+        if rng is not None:
+            primary = {guard.fingerprint for guard in self.primary_guards()}
+            spread = [fingerprint for fingerprint in found if fingerprint in primary][: self.primaries_to_use(usage)]
+            if len(spread) > 1:
+                chosen = rng.choice(spread)
+                found.remove(chosen)
+                found.insert(0, chosen)
+        return found
 
     def _iter_candidates(self, now: float, accept: Callable[[str], bool] | None) -> Iterator[str]:
         listed = [guard for guard in self.guards if guard.listed]
         for position, guard in enumerate(listed):
-            is_primary = position < self.n_primary
+            is_primary = position < self.params.n_primary_guards
             if self._usable_now(guard, now, is_primary) and (accept is None or accept(guard.fingerprint)):
                 yield guard.fingerprint
 
-    def choose(self, now: float, accept: Callable[[str], bool] | None = None) -> str:
-        """The guard to use now: the first reachable (or due for retry) primary, else the next."""
-        for fingerprint in self._iter_candidates(now, accept):
+    def choose(self, now: float, accept: Callable[[str], bool] | None = None, *,
+               rng: random.Random | None = None, usage: GuardUsage = GuardUsage.TRAFFIC) -> str:
+        """The guard to use now: a reachable (or due for retry) primary, else the next listed one.
+
+        With ``rng``, the primary is drawn uniformly from the first usable ones (see
+        :meth:`candidates`); without, it is the first.
+        """
+        for fingerprint in self.candidates(now, accept, rng=rng, usage=usage)[:1]:
             return fingerprint
         listed = [guard for guard in self.guards if guard.listed]
         if not listed:
@@ -323,3 +440,47 @@ def _weighted_index(weights: list[float], rng: random.Random) -> int:
         if target < running:
             return index
     return len(weights) - 1
+
+
+def choose_path(selector: PathSelector, sample: GuardSample, now: float, rng: random.Random,
+                port: int | None = None, *, avoid: Collection[bytes] = ()) -> Path:
+    """A circuit's path as oppy builds it: the exit first (its policy summary accepts ``port``),
+    then a guard of ``sample`` that fits it, then the middle; Stable relays on every hop for a
+    long-lived port; no relay whose RSA identity is in ``avoid``.
+
+    Raises :class:`NoPathError` (:class:`NoGuardAvailableError` for the guard) saying why.
+    """
+    exit_node = selector.choose_exit(rng, port, avoid=avoid)
+    guard = _guard_for(selector, sample, now, rng, exit_node, avoid)
+    middle = selector.choose_middle(rng, exclude=(exit_node, guard), avoid=avoid, stable=selector.needs_stable(port))
+    return Path(guard=guard, middle=middle, exit=exit_node)
+
+
+def _guard_for(selector: PathSelector, sample: GuardSample, now: float, rng: random.Random,
+               exit_node: PathNode, avoid: Collection[bytes]) -> PathNode:
+    """A usable sampled guard with a microdescriptor that is neither avoided nor conflicting with
+    the exit (tor's exit restriction: not the exit, nor in its family or subnet)."""
+    reasons: list[str] = []
+
+    def fits(fingerprint: str) -> bool:
+        node = selector.node(fingerprint)
+        if node is None:
+            reasons.append(f"${fingerprint} has no microdescriptor or is not running")
+        elif node.relay.rsa_id in avoid:
+            reasons.append(f"${fingerprint} is excluded")
+        else:
+            conflict = selector.conflicts(node, (exit_node,))
+            if conflict is None:
+                return True
+            reasons.append(conflict)
+        return False
+
+    try:
+        fingerprint = sample.choose(now, fits, rng=rng, usage=GuardUsage.TRAFFIC)
+    except NoGuardAvailableError:
+        if not reasons:
+            raise                   # every guard down (with the retry time), or none listed
+        raise NoGuardAvailableError(f"no sampled guard fits exit {exit_node!r}: {'; '.join(reasons)}") from None
+    guard = selector.node(fingerprint)
+    assert guard is not None        # fits() accepted it
+    return guard

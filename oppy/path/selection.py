@@ -318,38 +318,20 @@ class PathSelector:
         return self._choose(Position.DIRECTORY, rng, exclude=exclude)
 
     def select_path(self, rng: random.Random | None = None, port: int | None = None, *,
-                    ipv6: bool = False, guards: Sequence[str] | None = None) -> Path:
-        """Exit for ``port`` first, then the guard, then the middle.
+                    ipv6: bool = False) -> Path:
+        """Exit for ``port`` first, then a fresh weighted guard, then the middle.
 
-        ``guards`` is an ordered list of guard fingerprints (from
-        :meth:`GuardSample.candidates`): the first one that is usable and does
-        not conflict with the exit is taken. Without it a guard is drawn fresh.
+        Circuits use :func:`oppy.path.guards.choose_path`, which takes the guard from the
+        persisted sample instead; the exit and middle rules are the same.
         """
         rng = rng if rng is not None else random.SystemRandom()
         stable = self.needs_stable(port)
         exit_node = self.choose_exit(rng, port, ipv6=ipv6)
-        if guards is None:
-            guard = self.choose_guard(rng, exclude=(exit_node,), stable=stable)
-        else:
-            guard = self._first_usable_guard(guards, exit_node)
+        guard = self.choose_guard(rng, exclude=(exit_node,), stable=stable)
         middle = self.choose_middle(rng, exclude=(exit_node, guard), stable=stable)
         return Path(guard=guard, middle=middle, exit=exit_node)
 
     # ---- internals ---------------------------------------------------------
-
-    def _first_usable_guard(self, guards: Sequence[str], exit_node: PathNode) -> PathNode:
-        reasons = []
-        for fingerprint in guards:
-            node = self.node(fingerprint)
-            if node is None:
-                reasons.append(f"${fingerprint.lstrip('$')} is not a running relay with a microdescriptor")
-                continue
-            conflict = self.conflicts(node, (exit_node,))
-            if conflict is None:
-                return node
-            reasons.append(conflict)
-        detail = "; ".join(reasons) if reasons else "no guards were offered"
-        raise NoPathError(f"none of the {len(guards)} sampled guards fits exit {exit_node!r}: {detail}")
 
     def _weighted(self, position: Position, port: int | None, ipv6: bool, directory_guard: bool,
                   strict: bool, stable: bool = False) -> _WeightedList:

@@ -594,7 +594,9 @@ def test_a_corrupt_state_file_starts_a_new_guard_sample(tmp_path, caplog):
 
 
 def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tmp_path):
-    world = make_world(tmp_path)
+    network = SyntheticNetwork()
+    # One primary directory guard in use (the default, 3, would draw among the first three).
+    world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
     seen = []
     service.add_consensus_observer(seen.append)
@@ -607,7 +609,7 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     network = world.network
     network.relay("guard2").key_version = 1        # rotated its ntor key: a new microdescriptor
     network.relays.append(Relay("guard9", GUARD_FLAGS))
-    world.publish(network.consensus(T0 + HOUR))
+    world.publish(network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.client.requests.clear()
     world.clock.advance(timer.getTime() - world.clock.seconds())
     assert [c.valid_after for c in seen] == [T0, T0 + HOUR]
@@ -623,12 +625,13 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
 
 
 def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_path):
-    world = make_world(tmp_path)
+    network = SyntheticNetwork()
+    world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
     run(service.start())
     first = service.guards.primary_guards()[0]
     world.links.broken.add(first.nickname)
-    world.publish(world.network.consensus(T0 + HOUR))
+    world.publish(world.network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.clock.advance(HOUR)
     world.client.requests.clear()
     run(service.fetch_consensus_now())

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections import Counter
 
 import pytest
 from twisted.internet import defer, task
 
 from oppy.directory.authorities import DirAuthority
-from oppy.directory.documents import parse_consensus_header
+from oppy.directory.documents import parse_consensus, parse_consensus_header, parse_microdescriptors
 from oppy.directory.service import DirectoryService
-from oppy.path.selection import LONG_LIVED_PORTS
+from oppy.path.guards import GuardSample, NoGuardAvailableError, choose_path
+from oppy.path.selection import LONG_LIVED_PORTS, PathSelector
 
 from tests.support.testdata import REAL_DIRECTORY
 
@@ -60,3 +62,47 @@ def test_other_ports_do_not_need_stable_2017(service_2017):
     rng = random.Random(80)
     middles = [service_2017.choose_path(80, rng=rng)[1] for _ in range(1500)]
     assert sum("Stable" not in flags_of(service_2017, middle) for middle in middles) > 50
+
+
+def real_selector(folder: str) -> PathSelector:
+    consensus = parse_consensus((REAL_DIRECTORY / folder / "cached-microdesc-consensus").read_bytes())
+    microdescs = {}
+    for path in sorted((REAL_DIRECTORY / folder).glob("cached-microdescs*")):
+        microdescs.update(parse_microdescriptors(path.read_bytes(), consensus.microdesc_digests()).microdescs)
+    return PathSelector(consensus, microdescs)
+
+
+def test_circuits_use_the_first_two_usable_primaries_2022():
+    # guard-n-primary-guards-to-use=2: before, every circuit went through the first primary.
+    selector = real_selector("2022-11-19-safetor")
+    consensus = selector.consensus
+    now = consensus.valid_after + 1800
+    sample = GuardSample()
+    sample.update_from_consensus(consensus, now, random.Random(2))
+    # Only 1722 of the 6088 microdescriptors are in this set: a primary without one is skipped
+    # (this seed samples two primaries that have one).
+    usable = [g.fingerprint for g in sample.primary_guards() if selector.node(g.fingerprint) is not None]
+    assert len(usable) == 2
+    rng = random.Random(22)
+    guards = Counter(choose_path(selector, sample, now, rng, 443).guard.fingerprint for _ in range(3000))
+    assert guards[usable[0]] + guards[usable[1]] >= 2950           # the rest: exit conflicts
+    assert abs(guards[usable[0]] / 3000 - 0.5) < 0.04 and abs(guards[usable[1]] / 3000 - 0.5) < 0.04
+
+
+def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
+    selector, sample, now = service_2017.selector, service_2017.guards, service_2017.clock()
+    first = sample.primary_guards()[0]
+    node = selector.node(first.fingerprint)
+    rng = random.Random(1)
+    path = choose_path(selector, sample, now, rng, 443)
+    assert path.guard is node                                     # 2017: one primary in use
+    path = choose_path(selector, sample, now, rng, 443, avoid={node.relay.rsa_id})
+    assert path.guard.fingerprint == sample.primary_guards()[1].fingerprint
+    assert node.relay.rsa_id not in {hop.relay.rsa_id for hop in path.hops}
+    every = {selector.node(g.fingerprint).relay.rsa_id for g in sample.guards if g.listed}
+    with pytest.raises(NoGuardAvailableError, match="is excluded"):
+        choose_path(selector, sample, now, rng, 443, avoid=every)
+    # The production wrapper returns the same hops as RelayTargets.
+    targets = service_2017.choose_path(443, rng=random.Random(5))
+    assert [t.rsa_id for t in targets] == [n.relay.rsa_id for n in choose_path(
+        selector, sample, now, random.Random(5), 443).hops]

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import random
+from collections import Counter
 from types import MappingProxyType
 
 import pytest
@@ -15,8 +16,10 @@ from oppy.path.guards import (
     GUARD_SET_FLAGS,
     MIN_FILTERED_SAMPLE,
     REMOVE_UNLISTED_GUARDS_AFTER,
+    GuardParams,
     GuardSample,
     GuardStateError,
+    GuardUsage,
     NoGuardAvailableError,
     retry_delay,
 )
@@ -39,10 +42,10 @@ def make_relay(index: int, flags: str = GUARD_FLAGS, bandwidth: int = 1000) -> R
                        frozenset(flags.split()), bandwidth, False, MappingProxyType({}), f"md{index}")
 
 
-def make_consensus(relays) -> Consensus:
+def make_consensus(relays, params=None) -> Consensus:
     empty = MappingProxyType({})
-    return Consensus("microdesc", 35, 0, 3600, 10800, (), empty, empty, empty, empty, empty, (),
-                     MappingProxyType({"Wgg": 10000, "Wgd": 10000, "Wgm": 10000}), tuple(relays))
+    return Consensus("microdesc", 35, 0, 3600, 10800, (), MappingProxyType(params or {}), empty, empty, empty,
+                     empty, (), MappingProxyType({"Wgg": 10000, "Wgd": 10000, "Wgm": 10000}), tuple(relays))
 
 
 def fp(index: int) -> str:
@@ -78,10 +81,10 @@ def test_draws_follow_guard_weights():
     # One heavy guard among light ones is almost always sampled first; a zero-weight one never.
     relays = [make_relay(1, bandwidth=1_000_000)] + [make_relay(i, bandwidth=1) for i in range(2, 12)]
     relays.append(make_relay(12, bandwidth=0))
-    consensus = make_consensus(relays)
+    consensus = make_consensus(relays, {"guard-min-filtered-sample-size": 5})
     firsts = []
     for seed in range(200):
-        sample = GuardSample(target_listed=5)
+        sample = GuardSample()
         sample.update_from_consensus(consensus, 0.0, random.Random(seed))
         firsts.append(sample.guards[0].fingerprint)
         assert fp(12) not in {g.fingerprint for g in sample.guards}
@@ -267,3 +270,83 @@ def test_small_network_samples_every_guard():
     sample, consensus = synthetic_sample(n_relays=5)
     assert len(sample.guards) == 5
     assert sample.update_from_consensus(consensus, 2000.0, random.Random(3)) == []
+
+
+# ---------------------------------------------------------------- consensus parameters
+
+
+@functools.cache
+def real_consensus_of(folder: str) -> Consensus:
+    return parse_consensus((REAL_DIRECTORY / folder / "cached-microdesc-consensus").read_bytes())
+
+
+def test_guard_params_from_the_real_consensuses():
+    # 2017 has no guard-* parameter (its NumEntryGuards=1 is the obsolete one tor no longer reads).
+    assert GuardParams.from_consensus(real_consensus_of("2017-03-10-bitnym")) == GuardParams()
+    assert GuardParams.from_consensus(real_consensus_of("2022-11-19-safetor")) == GuardParams(
+        n_primary_guards_to_use=2, n_primary_dir_guards_to_use=3)
+    assert GuardParams.from_consensus(real_consensus_of("2024-05-17-aziz")) == GuardParams(
+        n_primary_guards_to_use=2, n_primary_dir_guards_to_use=2)
+
+
+def test_guard_params_defaults_and_bounds_are_tors():
+    defaults = GuardParams.from_consensus(make_consensus([]))
+    assert defaults == GuardParams(
+        lifetime=120 * DAY, confirmed_min_lifetime=60 * DAY, internet_likely_down_interval=600,
+        max_sample_size=60, max_sample_threshold=0.20, min_filtered_sample_size=20, n_primary_guards=3,
+        n_primary_guards_to_use=1, n_primary_dir_guards_to_use=3, nonprimary_guard_connect_timeout=15,
+        nonprimary_guard_idle_timeout=600, remove_unlisted_guards_after=20 * DAY)
+    low = {name: -5 for name in (
+        "guard-lifetime-days", "guard-confirmed-min-lifetime-days", "guard-internet-likely-down-interval",
+        "guard-max-sample-size", "guard-max-sample-threshold-percent", "guard-min-filtered-sample-size",
+        "guard-n-primary-guards", "guard-n-primary-guards-to-use", "guard-n-primary-dir-guards-to-use",
+        "guard-nonprimary-guard-connect-timeout", "guard-nonprimary-guard-idle-timeout",
+        "guard-remove-unlisted-guards-after-days")}
+    assert GuardParams.from_consensus(make_consensus([], low)) == GuardParams(
+        lifetime=DAY, confirmed_min_lifetime=DAY, internet_likely_down_interval=1, max_sample_size=1,
+        max_sample_threshold=0.01, min_filtered_sample_size=1, n_primary_guards=1, n_primary_guards_to_use=1,
+        n_primary_dir_guards_to_use=1, nonprimary_guard_connect_timeout=1, nonprimary_guard_idle_timeout=1,
+        remove_unlisted_guards_after=DAY)
+    high = {name: 2**31 - 1 for name in low}
+    params = GuardParams.from_consensus(make_consensus([], high))
+    assert (params.lifetime, params.confirmed_min_lifetime, params.remove_unlisted_guards_after) == (3650 * DAY,) * 3
+    assert params.max_sample_threshold == 1.0 and params.n_primary_guards == 2**31 - 1
+
+
+def test_sample_follows_the_consensus_parameters():
+    params = {"guard-min-filtered-sample-size": 7, "guard-n-primary-guards": 2,
+              "guard-remove-unlisted-guards-after-days": 2}
+    consensus = make_consensus([make_relay(i) for i in range(1, 31)], params)
+    sample = GuardSample()
+    sample.update_from_consensus(consensus, 1000.0, random.Random(1))
+    assert len(sample.guards) == 7 and len(sample.primary_guards()) == 2
+    gone = sample.guards[0].fingerprint
+    without = make_consensus([r for r in consensus.relays if r.fingerprint != gone], params)
+    sample.update_from_consensus(without, 2000.0, random.Random(1))
+    assert gone in {g.fingerprint for g in sample.guards}
+    sample.update_from_consensus(without, 2000.0 + 2 * DAY, random.Random(1))
+    assert gone not in {g.fingerprint for g in sample.guards}
+
+
+@pytest.mark.parametrize("folder, to_use, dir_to_use", [("2022-11-19-safetor", 2, 3), ("2024-05-17-aziz", 2, 2)])
+def test_choices_spread_uniformly_over_the_first_usable_primaries(folder, to_use, dir_to_use):
+    # guard-n-primary-guards-to-use=2 in these consensuses: a circuit takes either of the first two
+    # usable primaries (guard-spec SELECTING), a directory request one of the first dir-guards-to-use.
+    consensus = real_consensus_of(folder)
+    sample = GuardSample()
+    now = consensus.valid_after + 1800
+    sample.update_from_consensus(consensus, now, random.Random(7))
+    primaries = [g.fingerprint for g in sample.primary_guards()]
+    rng = random.Random(1)
+    traffic = Counter(sample.choose(now, rng=rng) for _ in range(4000))
+    assert set(traffic) == set(primaries[:to_use])
+    assert all(abs(count / 4000 - 1 / to_use) < 0.03 for count in traffic.values())
+    directory = Counter(sample.choose(now, rng=rng, usage=GuardUsage.DIRECTORY) for _ in range(4000))
+    assert set(directory) == set(primaries[:dir_to_use])
+    # A primary that is down (or refused by the caller) makes room for the next one.
+    sample.mark_down(primaries[0], now)
+    assert set(sample.choose(now, rng=rng) for _ in range(200)) == set(primaries[1:3])
+    refuse = primaries[1]
+    assert set(sample.choose(now, lambda f: f != refuse, rng=rng) for _ in range(200)) == {primaries[2]}
+    # Without an rng the choice is the first usable one.
+    assert sample.choose(now) == primaries[1]

@@ -370,18 +370,6 @@ def test_family_params_can_switch_sources_off():
     assert not off.in_same_family(*off.nodes)
 
 
-def test_sampled_guards_are_used_in_order():
-    selector = small_network()
-    rng = random.Random(2)
-    path = selector.select_path(rng, 443, guards=["$" + "02" * 20, "01" * 20])
-    assert path.guard.nickname == "relay2"
-    # relay1 shares a family with relay6... but not with exits: first one wins.
-    path = selector.select_path(rng, 443, guards=["01" * 20, "02" * 20])
-    assert path.guard.nickname == "relay1"
-    with pytest.raises(NoPathError, match="sampled guards"):
-        selector.select_path(rng, 443, guards=["AA" * 20])
-
-
 def test_no_path_errors_say_why():
     selector = small_network()
     with pytest.raises(NoPathError, match="port 25"):
