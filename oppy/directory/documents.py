@@ -598,13 +598,15 @@ class MicrodescRecord:
     ntor_onion_key: bytes
     ed25519_id: bytes | None
     ipv6_or_addresses: tuple[tuple[str, int], ...]
-    #: ``family`` members given as ``$FINGERPRINT`` (upper-case hex, no ``$``);
-    #: bare nicknames cannot establish a family and are dropped.
+    #: ``family`` members given as ``$FINGERPRINT`` (upper-case hex, no ``$``).
     family: frozenset[str]
     #: ``family-ids`` entries (happy families, tor 0.4.9), kept verbatim.
     family_ids: frozenset[str]
     exit_policy: PortPolicy
     exit_policy_v6: PortPolicy
+    #: ``family`` members given as a nickname, lower-cased: tor matches them against a
+    #: relay's nickname, ignoring case (``nodefamily_contains_nickname``).
+    family_nicknames: frozenset[str] = _NO_STRINGS
 
 
 @dataclass(slots=True)
@@ -674,20 +676,30 @@ def parse_microdescriptor(body: bytes) -> MicrodescRecord:
     return _parse_microdesc_body(body, microdesc_digest(body), {})
 
 
-_FAMILY_MEMBER_RE = re.compile(r"\$([0-9A-Fa-f]{40})(?=[=~]|\Z)")
+#: A relay nickname (dir-spec "nickname": 1-19 alphanumerics; tor ``is_legal_nickname``).
+_NICKNAME_RE = re.compile(r"[A-Za-z0-9]{1,19}\Z")
+#: An identity as a family member: optional ``$``, 40 hex digits, optionally ``=nick`` or
+#: ``~nick`` with a legal nickname (tor ``is_legal_hexdigest``).
+_FAMILY_FINGERPRINT_RE = re.compile(r"\$?([0-9A-Fa-f]{40})(?:[=~][A-Za-z0-9]{1,19})?\Z")
 
 
-def _parse_family(rest: str, cache: dict) -> frozenset[str]:
-    """``$FP`` members of a family line (``$FP=nick``/``$FP~nick`` allowed); nicknames dropped.
+def _parse_family(rest: str, cache: dict) -> tuple[frozenset[str], frozenset[str]]:
+    """The members of a family line as (fingerprints, lower-cased nicknames), as tor's
+    ``nodefamily_from_members`` reads them; a member that is neither is dropped.
 
     Member strings are shared through ``cache``: a family's relays list each other."""
-    members = set()
+    fingerprints = set()
+    nicknames = set()
     for member in rest.split():
-        match = _FAMILY_MEMBER_RE.match(member)
+        if _NICKNAME_RE.match(member):
+            nickname = member.lower()
+            nicknames.add(cache.setdefault(("nickname", nickname), nickname))
+            continue
+        match = _FAMILY_FINGERPRINT_RE.match(member)
         if match is not None:
             hex_id = match.group(1).upper()
-            members.add(cache.setdefault(("member", hex_id), hex_id))
-    return frozenset(members)
+            fingerprints.add(cache.setdefault(("member", hex_id), hex_id))
+    return frozenset(fingerprints), frozenset(nicknames)
 
 
 def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str], object]
@@ -716,6 +728,7 @@ def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str],
     ed25519_id = None
     ipv6: list[tuple[str, int]] = []
     family: frozenset[str] = _NO_STRINGS
+    family_nicknames: frozenset[str] = _NO_STRINGS
     family_ids: frozenset[str] = _NO_STRINGS
     policy = REJECT_ALL_PORTS
     policy_v6 = REJECT_ALL_PORTS
@@ -746,9 +759,10 @@ def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str],
         elif keyword == "a":
             ipv6.append(_parse_or_address(rest.strip(), error, "a line"))
         elif keyword == "family":
-            family = cache.get(("family", rest))  # type: ignore[assignment]
-            if family is None:
-                family = cache[("family", rest)] = _parse_family(rest, cache)
+            members = cache.get(("family", rest))
+            if members is None:
+                members = cache[("family", rest)] = _parse_family(rest, cache)
+            family, family_nicknames = members  # type: ignore[misc]
         elif keyword == "family-ids":
             family_ids = cache.get(("family-ids", rest))  # type: ignore[assignment]
             if family_ids is None:
@@ -767,7 +781,7 @@ def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str],
     if ntor_key is None:
         raise error(f"microdescriptor {digest} has no ntor-onion-key")
     return MicrodescRecord(digest, ntor_key, ed25519_id, tuple(ipv6), family, family_ids,
-                           policy, policy_v6)
+                           policy, policy_v6, family_nicknames)
 
 
 _MICRODESC_ONCE_KEYWORDS = frozenset({"ntor-onion-key", "family", "family-ids", "p", "p6"})

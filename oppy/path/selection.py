@@ -128,6 +128,14 @@ def relay_weight(relay: RelayRecord, table: Sequence[float]) -> float:
     return max(bandwidth * factor, 0.0)
 
 
+def _family_contains(microdesc: MicrodescRecord, node: PathNode) -> bool:
+    """Does this ``family`` line name ``node``, by identity or by nickname in any case
+    (tor ``nodefamily_contains_node``)?"""
+    if node.fingerprint in microdesc.family:
+        return True
+    return bool(microdesc.family_nicknames) and node.nickname.lower() in microdesc.family_nicknames
+
+
 class PathNode:
     """A usable relay: its consensus entry, microdescriptor and precomputed keys."""
 
@@ -237,9 +245,10 @@ class PathSelector:
         return relay_weight(node.relay, self._tables[position])
 
     def in_same_family(self, first: PathNode, second: PathNode) -> bool:
-        """Mutual ``$FP`` listing in ``family``, or a shared ``family-ids`` entry."""
+        """Each lists the other in ``family`` (by ``$FP`` or by nickname), or they share a
+        ``family-ids`` entry (tor ``nodes_in_same_family``)."""
         a, b = first.microdesc, second.microdesc
-        if self._use_family_lists and first.fingerprint in b.family and second.fingerprint in a.family:
+        if self._use_family_lists and _family_contains(a, second) and _family_contains(b, first):
             return True
         return self._use_family_ids and not a.family_ids.isdisjoint(b.family_ids)
 

@@ -8,6 +8,8 @@ draws, about 3 standard deviations), and what uniform or unweighted choice fails
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import functools
 import random
 from collections import Counter
@@ -21,6 +23,7 @@ from oppy.directory.documents import (
     MicrodescRecord,
     RelayRecord,
     parse_consensus,
+    parse_microdescriptor,
     parse_microdescriptors,
     parse_port_policy,
 )
@@ -111,7 +114,8 @@ def make_relay(index: int, flags: str, bandwidth: int | None = 1000, address: st
     )
 
 
-def make_microdesc(index: int, policy: str | None = None, family=(), family_ids=()) -> MicrodescRecord:
+def make_microdesc(index: int, policy: str | None = None, family=(), family_ids=(),
+                   family_nicknames=()) -> MicrodescRecord:
     return MicrodescRecord(
         digest=f"md{index}",
         ntor_onion_key=bytes(32),
@@ -121,6 +125,7 @@ def make_microdesc(index: int, policy: str | None = None, family=(), family_ids=
         family_ids=frozenset(family_ids),
         exit_policy=parse_port_policy(policy) if policy else REJECT_ALL_PORTS,
         exit_policy_v6=REJECT_ALL_PORTS,
+        family_nicknames=frozenset(name.lower() for name in family_nicknames),
     )
 
 
@@ -391,3 +396,64 @@ def test_testnet_needs_distinct_subnets_off():
         assert len({n.fingerprint for n in path.hops}) == 3
     # Test-net exits lack Stable; a long-lived port still finds one (C tor's fallback).
     assert relaxed.choose_exit(rng, 22).nickname.startswith("exit")
+
+
+# ---------------------------------------------------------------- families named by nickname
+
+
+#: The hexow relays' microdescriptors before the ones the 2017 consensus lists (still in
+#: cached-microdescs.new): each named the other two by nickname only.
+HEXOW_EARLIER_MICRODESCS = {"hexowa": "hA6xZXlLjlLJTKuy71uAvoIRE0cFlamoH30wQJ8U+28",
+                            "hexowb": "IyiFX8KJ+JTr+QT7YOxzaoBcs4z1rQ6xxz329Gh9P7Y",
+                            "hexowc": "H2w5139EjI0BSHXt6F2pafAIEncrguwnGATxtGW75/Y"}
+
+
+def test_family_members_named_by_nickname_are_kept_2017():
+    directory = REAL_DIRECTORY / "2017-03-10-bitnym"
+    microdescs = {}
+    for path in sorted(directory.glob("cached-microdescs*")):
+        microdescs.update(parse_microdescriptors(path.read_bytes(), set(HEXOW_EARLIER_MICRODESCS.values())).microdescs)
+    families = {name: microdescs[digest] for name, digest in HEXOW_EARLIER_MICRODESCS.items()}
+    assert families["hexowa"].family_nicknames == {"hexowb", "hexowc"} and families["hexowa"].family == frozenset()
+    assert families["hexowc"].family_nicknames == {"hexowa", "hexowb"}
+
+
+def test_families_named_by_nickname_are_avoided_2017():
+    # tor nodefamily_contains_node: a family line names a relay by identity or by nickname. The
+    # 2017 consensus with the hexow relays' earlier microdescriptors: no $FP member is left.
+    consensus = real_selector("2017-03-10-bitnym").consensus
+    relays = [dataclasses.replace(relay, microdesc_digest=HEXOW_EARLIER_MICRODESCS[relay.nickname])
+              if relay.nickname in HEXOW_EARLIER_MICRODESCS else relay for relay in consensus.relays]
+    consensus = dataclasses.replace(consensus, relays=tuple(relays))
+    microdescs = {}
+    for path in sorted((REAL_DIRECTORY / "2017-03-10-bitnym").glob("cached-microdescs*")):
+        microdescs.update(parse_microdescriptors(path.read_bytes(), consensus.microdesc_digests()).microdescs)
+    selector = PathSelector(consensus, microdescs)
+    hexow = {name: next(n for n in selector.nodes if n.nickname == name) for name in HEXOW_EARLIER_MICRODESCS}
+    assert not hexow["hexowa"].microdesc.family
+    assert selector.in_same_family(hexow["hexowa"], hexow["hexowb"])
+    assert selector.in_same_family(hexow["hexowc"], hexow["hexowa"])
+    assert "same family" in selector.conflicts(hexow["hexowb"], (hexow["hexowc"],))
+    # hexowa is the only middle left: it may not follow its family member hexowb.
+    others = {node.relay.rsa_id for node in selector.nodes if node is not hexow["hexowa"]}
+    with pytest.raises(NoPathError, match="conflict"):
+        selector.choose_middle(random.Random(8), exclude=(hexow["hexowb"],), avoid=others)
+
+
+def test_family_nicknames_parse_and_match_like_tor():
+    fp2 = "02" * 20
+    body = (b"onion-key\nntor-onion-key " + base64.b64encode(bytes(32)) + b"\n"
+            b"family Relay2 $" + fp2.encode() + b"=relay2 " + ("03" * 20).encode() + b" $" + ("04" * 20).encode()
+            + b"~bad-nick twentycharacternick1 relay-5 $0505\n")
+    md = parse_microdescriptor(body)
+    assert md.family == {fp2, "03" * 20}                     # "$" optional, "=nick" allowed
+    assert md.family_nicknames == {"relay2"}                 # lower-cased; malformed members dropped
+    relays = [make_relay(1, RUNNING, 10), make_relay(2, RUNNING, 10), make_relay(3, RUNNING, 10)]
+    microdescs = {"md1": make_microdesc(1, family_nicknames=["RELAY2", "relay3"]),
+                  "md2": make_microdesc(2, family_nicknames=["Relay1"]), "md3": make_microdesc(3)}
+    selector = PathSelector(make_consensus(relays), microdescs)
+    one, two, three = selector.nodes
+    assert selector.in_same_family(one, two) and selector.in_same_family(two, one)
+    assert not selector.in_same_family(one, three)           # listed one way only
+    off = PathSelector(make_consensus(relays, params={"use-family-lists": 0}), microdescs)
+    assert not off.in_same_family(*off.nodes[:2])
