@@ -82,7 +82,7 @@ from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, v
     verify_key_certificate
 from oppy.link.relay import RelayTarget
 from oppy.logs import NOTICE
-from oppy.path.guards import GuardSample, GuardStateError, GuardUsage, choose_path
+from oppy.path.guards import GuardSample, GuardStateError, choose_path
 from oppy.path.selection import (
     NoPathError,
     PathNode,
@@ -558,7 +558,7 @@ class DirectoryService:
         self._microdesc_retry_at: dict[str, float] = {}
         #: (v3ident, signing key digest) -> (verified certificate, its text).
         self._certificates: dict[tuple[str, str], tuple[KeyCertificate, bytes]] = {}
-        self.guards = GuardSample()
+        self.guards = GuardSample(rng=self.rng)
         self._selector: PathSelector | None = None
         self._selector_version = -1
         #: True while there is enough directory information to build circuits.
@@ -711,8 +711,10 @@ class DirectoryService:
         Raises :class:`NoPathError` if impossible.
         """
         avoid = {rsa_id for rsa_id in (_rsa_id_of(item) for item in exclude) if rsa_id is not None}
-        path = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng, port,
-                           avoid=avoid)
+        path, _choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
+                                    port, avoid=avoid)
+        # The circuit manager reports the outcome by the guard's identity (mark_guard_up/down), so the
+        # per-circuit choice is not kept: a circuit through a non-primary guard is used when built.
         return [self._target_of(node) for node in path.hops]
 
     def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
@@ -735,13 +737,18 @@ class DirectoryService:
         rsa_id = _rsa_id_of(identity)
         if rsa_id is None:
             return
+        now = self.clock()
+        if up:
+            self.guards.note_internet_connectivity(now)
         try:
             if up:
-                self.guards.mark_up(rsa_id.hex().upper(), self.clock())
+                self.guards.note_success(rsa_id.hex().upper(), now)
             else:
-                self.guards.mark_down(rsa_id.hex().upper(), self.clock())
+                self.guards.note_failure(rsa_id.hex().upper(), now)
         except KeyError:
             return      # not a sampled guard (a middle or exit, or a random directory cache)
+        if self.guards.dirty and self._state_loaded:
+            self._save_state()      # a newly confirmed guard
         self._update_dir_info()
 
     def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
@@ -757,12 +764,8 @@ class DirectoryService:
             node = selector.node(fingerprint)
             return node is not None and "V2Dir" in node.relay.flags
 
-        targets = []
-        for fingerprint in self.guards.candidates(self.clock(), accept, rng=self.rng, usage=GuardUsage.DIRECTORY):
-            targets.append(self._target_of(selector.node(fingerprint)))
-            if len(targets) >= limit:
-                break
-        return targets
+        return [self._target_of(selector.node(fingerprint))
+                for fingerprint in self.guards.directory_guards(self.clock(), accept, limit)]
 
     # ---- cache --------------------------------------------------------------------------
 
@@ -778,7 +781,7 @@ class DirectoryService:
             log.warning("Ignoring the state file: %s. Starting a new guard sample.", contents.state_problem)
         elif contents.state is not None:
             try:
-                self.guards = GuardSample.from_dict(contents.state.get("guards"))
+                self.guards = GuardSample.from_dict(contents.state.get("guards"), rng=self.rng)
             except GuardStateError as exc:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
         if contents.consensus_problem:
@@ -819,6 +822,7 @@ class DirectoryService:
         self._writes = self._writes.addCallback(run).addErrback(failed)
 
     def _save_state(self) -> None:
+        self.guards.mark_saved()
         self._write_in_background("the guard state", self.cache.write_state, {"guards": self.guards.to_dict()})
 
     def _save_certificates(self) -> None:
@@ -1106,7 +1110,7 @@ class DirectoryService:
             self._microdesc_last_listed[digest] = max(self._microdesc_last_listed.get(digest, 0.0),
                                                       float(consensus.valid_after))
         self._forget_old_microdescs(now)
-        self.guards.update_from_consensus(consensus, now, self.rng)
+        self.guards.update_from_consensus(consensus, now)
         self._save_state()
         if not from_cache:
             self._write_in_background("the consensus", self.cache.write_consensus, raw)
@@ -1373,16 +1377,11 @@ class DirectoryService:
 
     def _primary_guards_without_microdescs(self) -> int:
         consensus = self.consensus
-        missing = considered = 0
-        for guard in self.guards.primary_guards():
-            if guard.is_down:
-                continue
-            considered += 1
+        missing = 0
+        for guard in self.guards.primaries_to_check_for_descriptors(self.clock()):
             relay = consensus.relay_by_fingerprint(guard.fingerprint)
             if relay is None or relay.microdesc_digest not in self.microdescs:
                 missing += 1
-            if considered >= self.guards.primaries_needing_descriptors():
-                break
         return missing
 
 

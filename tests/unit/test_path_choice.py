@@ -10,9 +10,10 @@ import pytest
 from twisted.internet import defer, task
 
 from oppy.directory.authorities import DirAuthority
+from oppy.directory.cache import DirectoryCache
 from oppy.directory.documents import parse_consensus, parse_consensus_header, parse_microdescriptors
 from oppy.directory.service import DirectoryService
-from oppy.path.guards import GuardSample, NoGuardAvailableError, choose_path
+from oppy.path.guards import GuardCircuitState, GuardSample, NoGuardAvailableError, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, PathSelector
 
 from tests.support.testdata import REAL_DIRECTORY
@@ -22,11 +23,12 @@ SOURCE = REAL_DIRECTORY / "2017-03-10-bitnym"
 TOR_LONG_LIVED_PORTS = {21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6523, 6667, 6697, 8300}
 
 
-@pytest.fixture(scope="module")
-def service_2017(tmp_path_factory):
+@pytest.fixture
+def service_2017(tmp_path):
     """A DirectoryService that loaded the 2017 consensus, certificates and microdescriptors from its
     cache, 30 minutes after valid-after; nothing is fetched (the authorities point at a closed port)."""
-    data = tmp_path_factory.mktemp("data")
+    data = tmp_path / "data"
+    data.mkdir()
     for name in ("cached-certs", "cached-microdesc-consensus", "cached-microdescs", "cached-microdescs.new"):
         shutil.copy(SOURCE / name, data / name)
     header = parse_consensus_header((SOURCE / "cached-microdesc-consensus").read_bytes())
@@ -77,14 +79,14 @@ def test_circuits_use_the_first_two_usable_primaries_2022():
     selector = real_selector("2022-11-19-safetor")
     consensus = selector.consensus
     now = consensus.valid_after + 1800
-    sample = GuardSample()
-    sample.update_from_consensus(consensus, now, random.Random(2))
+    sample = GuardSample(rng=random.Random(7))
+    sample.update_from_consensus(consensus, now)
     # Only 1722 of the 6088 microdescriptors are in this set: a primary without one is skipped
     # (this seed samples two primaries that have one).
     usable = [g.fingerprint for g in sample.primary_guards() if selector.node(g.fingerprint) is not None]
     assert len(usable) == 2
     rng = random.Random(22)
-    guards = Counter(choose_path(selector, sample, now, rng, 443).guard.fingerprint for _ in range(3000))
+    guards = Counter(choose_path(selector, sample, now, rng, 443)[0].guard.fingerprint for _ in range(3000))
     assert guards[usable[0]] + guards[usable[1]] >= 2950           # the rest: exit conflicts
     assert abs(guards[usable[0]] / 3000 - 0.5) < 0.04 and abs(guards[usable[1]] / 3000 - 0.5) < 0.04
 
@@ -94,9 +96,10 @@ def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
     first = sample.primary_guards()[0]
     node = selector.node(first.fingerprint)
     rng = random.Random(1)
-    path = choose_path(selector, sample, now, rng, 443)
-    assert path.guard is node                                     # 2017: one primary in use
-    path = choose_path(selector, sample, now, rng, 443, avoid={node.relay.rsa_id})
+    path, choice = choose_path(selector, sample, now, rng, 443)
+    assert path.guard is node and choice.guard is first          # 2017: one primary in use
+    assert choice.state is GuardCircuitState.USABLE_ON_COMPLETION
+    path, _ = choose_path(selector, sample, now, rng, 443, avoid={node.relay.rsa_id})
     assert path.guard.fingerprint == sample.primary_guards()[1].fingerprint
     assert node.relay.rsa_id not in {hop.relay.rsa_id for hop in path.hops}
     every = {selector.node(g.fingerprint).relay.rsa_id for g in sample.guards if g.listed}
@@ -104,5 +107,22 @@ def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
         choose_path(selector, sample, now, rng, 443, avoid=every)
     # The production wrapper returns the same hops as RelayTargets.
     targets = service_2017.choose_path(443, rng=random.Random(5))
-    assert [t.rsa_id for t in targets] == [n.relay.rsa_id for n in choose_path(
-        selector, sample, now, random.Random(5), 443).hops]
+    path, _ = choose_path(selector, sample, now, random.Random(5), 443)
+    assert [t.rsa_id for t in targets] == [node.relay.rsa_id for node in path.hops]
+
+
+def test_outcomes_reach_the_guard_state_and_the_state_file_2017(service_2017):
+    # The circuit manager reports a guard's outcome by its identity (mark_guard_up/down): a guard
+    # that worked is confirmed and written to DataDirectory/state; one that failed is skipped.
+    sample, now = service_2017.guards, service_2017.clock()
+    primaries = sample.primary_guards()
+    service_2017.mark_guard_down(bytes.fromhex(primaries[0].fingerprint))
+    assert primaries[0].is_down
+    assert service_2017.choose_path(443)[0].fingerprint == primaries[1].fingerprint
+    service_2017.mark_guard_up(bytes.fromhex(primaries[1].fingerprint))
+    assert primaries[1].confirmed_idx == 0 and sample.primary_guards(now)[0] is primaries[0]
+    state = DirectoryCache(service_2017.data_directory).read_state()["guards"]
+    assert state["version"] == 2
+    saved = {entry["fingerprint"]: entry for entry in state["guards"]}
+    assert saved[primaries[1].fingerprint]["confirmed_idx"] == 0
+    assert saved[primaries[0].fingerprint]["confirmed_idx"] is None
