@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from oppy.directory.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
 from oppy.directory.errors import AuthorityLineError
+from oppy.directory.fields import parse_decimal, parse_fixed_point, parse_hex_digest
 
 __all__ = [
     "DirAuthority",
@@ -35,10 +36,9 @@ __all__ = [
 #: A relay nickname: 1-19 ASCII letters or digits (tor-spec, "nickname";
 #: tor ``is_legal_nickname``).
 _NICKNAME_RE = re.compile(r"[A-Za-z0-9]{1,19}\Z")
-#: A hex-encoded SHA-1 digest: 40 hex digits (HEX_DIGEST_LEN in tor).
-_HEX_DIGEST_RE = re.compile(r"[0-9A-Fa-f]{40}\Z")
-#: A decimal TCP port (range-checked separately).
-_PORT_RE = re.compile(r"[0-9]{1,5}\Z")
+#: TCP port range.
+MIN_PORT = 1
+MAX_PORT = 65535
 #: Bare flags tor accepts on a DirAuthority line (``hs``/``no-hs``/``no-v2``
 #: are obsolete and ignored by tor; ``bridge`` marks a bridge authority).
 _BARE_AUTHORITY_FLAGS = frozenset({"bridge", "no-v2", "hs", "no-hs"})
@@ -90,19 +90,11 @@ class FallbackDir:
 
 
 def _parse_port(text: str, what: str, line: str) -> int:
-    if not _PORT_RE.match(text) or not 1 <= int(text) <= 65535:
-        raise AuthorityLineError(f"invalid {what} {text!r} in line {line!r}")
-    return int(text)
+    return parse_decimal(text, AuthorityLineError, f"{what} in line {line!r}", MIN_PORT, MAX_PORT)
 
 
 def _parse_weight(text: str, line: str) -> float:
-    try:
-        weight = float(text)
-    except ValueError:
-        raise AuthorityLineError(f"invalid weight {text!r} in line {line!r}") from None
-    if not weight >= 0.0 or weight == float("inf"):
-        raise AuthorityLineError(f"invalid weight {text!r} in line {line!r}")
-    return weight
+    return parse_fixed_point(text, AuthorityLineError, f"weight in line {line!r}")
 
 
 def _parse_ipv6_addrport(text: str, line: str) -> tuple[str, int]:
@@ -146,16 +138,13 @@ def parse_dir_authority_line(line: str) -> DirAuthority:
     ipv6 = None
     weight = 1.0
     flags: set[str] = set()
-    while items and not items[0][:1].isdigit():
+    while items and not "0" <= items[0][0] <= "9":     # flags until the address (ASCII digits only)
         flag = items.pop(0)
         lowered = flag.lower()
         if lowered.startswith("orport="):
             or_port = _parse_port(flag[len("orport="):], "orport", line)
         elif lowered.startswith("v3ident="):
-            ident = flag[len("v3ident="):]
-            if not _HEX_DIGEST_RE.match(ident):
-                raise AuthorityLineError(f"bad v3ident {ident!r} in line {line!r}")
-            v3ident = ident.upper()
+            v3ident = parse_hex_digest(flag[len("v3ident="):], AuthorityLineError, f"v3ident in line {line!r}")
         elif lowered.startswith("ipv6="):
             if ipv6 is not None:
                 raise AuthorityLineError(f"more than one ipv6= option in line {line!r}")
@@ -173,15 +162,12 @@ def parse_dir_authority_line(line: str) -> DirAuthority:
         raise AuthorityLineError(f"missing DirPort in DirAuthority address {items[0]!r}")
     address = _parse_ipv4(address_text, line)
     dir_port = _parse_port(port_text, "dirport", line)
-    fingerprint = "".join(items[1:])
-    if not _HEX_DIGEST_RE.match(fingerprint):
-        raise AuthorityLineError(
-            f"DirAuthority fingerprint {fingerprint!r} is not 40 hex digits in line {line!r}"
-        )
+    fingerprint = parse_hex_digest("".join(items[1:]), AuthorityLineError,
+                                   f"DirAuthority fingerprint in line {line!r}")
     return DirAuthority(
         nickname=nickname,
         v3ident=v3ident,
-        fingerprint=fingerprint.upper(),
+        fingerprint=fingerprint,
         address=address,
         dir_port=dir_port,
         or_port=or_port,
@@ -206,10 +192,8 @@ def parse_fallback_dir_line(line: str, nickname: str | None = None) -> FallbackD
         elif item.startswith("orport="):
             or_port = _parse_port(item[len("orport="):], "orport", line)
         elif item.startswith("id="):
-            ident = item[len("id="):]
-            if not _HEX_DIGEST_RE.match(ident):
-                raise AuthorityLineError(f"bad id {ident!r} in FallbackDir line {line!r}")
-            fingerprint = ident.upper()
+            fingerprint = parse_hex_digest(item[len("id="):], AuthorityLineError,
+                                           f"id in FallbackDir line {line!r}")
         elif item.lower().startswith("ipv6="):
             if ipv6 is not None:
                 raise AuthorityLineError(f"more than one ipv6= option in line {line!r}")

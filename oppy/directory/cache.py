@@ -27,8 +27,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from oppy.directory.documents import format_time, parse_time, split_microdescriptor_chunks
+from oppy.directory.documents import split_microdescriptor_chunks
 from oppy.directory.errors import DocumentParseError
+from oppy.directory.fields import format_time, parse_time
 
 __all__ = [
     "CACHED_CERTS_FILE",
@@ -207,8 +208,11 @@ class DirectoryCache:
             return None
         try:
             state = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CacheError(f"{self.path / STATE_FILE} is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            # ValueError: not UTF-8, not JSON, or an integer beyond int()'s 4300 digits;
+            # RecursionError: arrays nested deeper than the parser's recursion limit.
+            raise CacheError(f"{self.path / STATE_FILE} is not valid JSON: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
         if not isinstance(state, dict) or state.get("version") != STATE_FILE_VERSION:
             raise CacheError(f"{self.path / STATE_FILE} is not an oppy state file of version "
                              f"{STATE_FILE_VERSION}")

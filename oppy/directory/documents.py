@@ -18,12 +18,9 @@ Times are POSIX seconds (UTC) throughout.
 from __future__ import annotations
 
 import base64
-import binascii
-import calendar
 import hashlib
 import ipaddress
 import re
-import time
 from bisect import bisect_right
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +33,7 @@ from oppy.directory.errors import (
     DocumentParseError,
     MicrodescriptorParseError,
 )
+from oppy.directory.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time
 
 __all__ = [
     "PortPolicy",
@@ -47,7 +45,6 @@ __all__ = [
     "MicrodescRecord",
     "MicrodescBatch",
     "KeyCertificate",
-    "parse_time",
     "parse_protocols",
     "parse_port_policy",
     "parse_consensus_header",
@@ -79,9 +76,6 @@ MAX_PORT = 65535
 
 #: Shared empty set for absent flag/family lines (``frozenset()`` is not a singleton).
 _NO_STRINGS: frozenset[str] = frozenset()
-_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})\Z")
-_HEX40_RE = re.compile(r"[0-9A-Fa-f]{40}\Z")
-_BASE64_CHARS_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _PORT_RANGE_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?\Z")
 _IPV4_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 #: A line that starts a microdescriptor or its annotations (tor
@@ -94,47 +88,8 @@ _CERT_START_RE = re.compile(rb"^dir-key-certificate-version", re.M)
 # small field parsers
 
 
-def parse_time(text: str, error: type[DocumentParseError] = DocumentParseError) -> int:
-    """Parse ``YYYY-MM-DD HH:MM:SS`` (UTC) into POSIX seconds."""
-    match = _TIME_RE.match(text)
-    if match is None:
-        raise error(f"bad time {text!r}: expected YYYY-MM-DD HH:MM:SS")
-    year, month, day, hour, minute, second = (int(part) for part in match.groups())
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60):
-        raise error(f"bad time {text!r}: field out of range")
-    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-
-
-def format_time(posix_seconds: float) -> str:
-    """Format POSIX seconds as dir-spec's ``YYYY-MM-DD HH:MM:SS``."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(posix_seconds))
-
-
-def _b64decode(text: str, error: type[DocumentParseError], what: str) -> bytes:
-    """Decode base64 that may lack its ``=`` padding (dir-spec, "base64")."""
-    if not _BASE64_CHARS_RE.match(text):
-        raise error(f"bad base64 in {what}: {text!r}")
-    stripped = text.rstrip("=")
-    if len(stripped) % 4 == 1:
-        raise error(f"bad base64 length in {what}: {text!r}")
-    try:
-        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise error(f"bad base64 in {what}: {text!r}") from None
-
-
 def _b64encode_unpadded(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
-
-
-def _parse_int(text: str, error: type[DocumentParseError], what: str,
-               low: int | None = None, high: int | None = None) -> int:
-    if not text or not (text.isascii() and (text.isdigit() or (text[0] == "-" and text[1:].isdigit()))):
-        raise error(f"bad integer {text!r} in {what}")
-    value = int(text)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise error(f"integer {value} out of range [{low}, {high}] in {what}")
-    return value
 
 
 def _parse_ipv4(text: str, error: type[DocumentParseError], what: str) -> str:
@@ -149,7 +104,7 @@ def _parse_or_address(text: str, error: type[DocumentParseError], what: str) -> 
     host, colon, port_text = text.rpartition(":")
     if not colon:
         raise error(f"missing port in address {text!r} in {what}")
-    port = _parse_int(port_text, error, what, MIN_PORT, MAX_PORT)
+    port = parse_decimal(port_text, error, what, MIN_PORT, MAX_PORT)
     if host.startswith("[") and host.endswith("]"):
         try:
             return str(ipaddress.IPv6Address(host[1:-1])), port
@@ -170,8 +125,8 @@ def parse_protocols(text: str, error: type[DocumentParseError] = DocumentParseEr
         if ranges:
             for item in ranges.split(","):
                 low_text, dash, high_text = item.partition("-")
-                low = _parse_int(low_text, error, f"protocol {name}", 0, MAX_PROTOCOL_VERSION)
-                high = (_parse_int(high_text, error, f"protocol {name}", 0, MAX_PROTOCOL_VERSION)
+                low = parse_decimal(low_text, error, f"protocol {name}", 0, MAX_PROTOCOL_VERSION)
+                high = (parse_decimal(high_text, error, f"protocol {name}", 0, MAX_PROTOCOL_VERSION)
                         if dash else low)
                 if high < low:
                     raise error(f"bad protocol range {item!r} for {name}")
@@ -371,7 +326,7 @@ def _parse_kv_ints(args: list[str], error: type[DocumentParseError], what: str) 
         if not eq or not key:
             raise error(f"bad {what} entry {entry!r}")
         # tor keeps int32 values (networkstatus_parse_param / bandwidth-weights).
-        result[key] = _parse_int(value, error, f"{what} {key}", -(2**31), 2**31 - 1)
+        result[key] = parse_decimal(value, error, f"{what} {key}", -(2**31), 2**31 - 1)
     return result
 
 
@@ -389,15 +344,15 @@ def _header_from_lines(lines: list[str]) -> ConsensusHeader:
         keyword, _, rest = line.partition(" ")
         if keyword == "dir-source":
             parts = rest.split()
-            if len(parts) != 6 or not _HEX40_RE.match(parts[1]):
-                raise error(f"bad dir-source line {line!r}")
+            if len(parts) != 6:
+                raise error(f"bad dir-source line {line[:80]!r}")
             dir_sources.append(DirSource(
                 nickname=parts[0],
-                v3ident=parts[1].upper(),
+                v3ident=parse_hex_digest(parts[1], error, "dir-source identity"),
                 hostname=parts[2],
                 address=_parse_ipv4(parts[3], error, "dir-source"),
-                dir_port=_parse_int(parts[4], error, "dir-source dirport", 0, MAX_PORT),
-                or_port=_parse_int(parts[5], error, "dir-source orport", 0, MAX_PORT),
+                dir_port=parse_decimal(parts[4], error, "dir-source dirport", 0, MAX_PORT),
+                or_port=parse_decimal(parts[5], error, "dir-source orport", 0, MAX_PORT),
             ))
         elif keyword in _SINGLE_HEADER_KEYWORDS:
             if keyword in seen:
@@ -418,7 +373,7 @@ def _header_from_lines(lines: list[str]) -> ConsensusHeader:
     if method_args is not None:
         if len(method_args) != 1:
             raise error(f"bad consensus-method {method_args!r}")
-        method = _parse_int(method_args[0], error, "consensus-method", 1)
+        method = parse_decimal(method_args[0], error, "consensus-method", 1)
 
     def protocols(keyword: str) -> Mapping[str, frozenset[int]]:
         return parse_protocols(" ".join(seen.get(keyword, ())), error)
@@ -521,7 +476,7 @@ def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
             parts = rest.split(" ")
             if len(parts) != r_fields - 1:
                 raise error(f"bad router line {line!r}: expected {r_fields} fields")
-            rsa_id = _b64decode(parts[1], error, "router identity")
+            rsa_id = decode_base64(parts[1], error, "router identity")
             if len(rsa_id) != RSA_ID_LEN:
                 raise error(f"router identity in {line!r} is not {RSA_ID_LEN} bytes")
             # parts[-5:-3] are the publication date and time: not needed by a client.
@@ -529,8 +484,8 @@ def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
                 parts[0],
                 rsa_id,
                 _parse_ipv4(parts[-3], error, "router line"),
-                _parse_int(parts[-2], error, "router ORPort", 0, MAX_PORT),
-                _parse_int(parts[-1], error, "router DirPort", 0, MAX_PORT),
+                parse_decimal(parts[-2], error, "router ORPort", 0, MAX_PORT),
+                parse_decimal(parts[-1], error, "router DirPort", 0, MAX_PORT),
             ]
             ipv6 = []
             flags = _NO_STRINGS
@@ -548,7 +503,7 @@ def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
             flags = interned
         elif keyword == "m":
             digest_text = rest.strip()
-            if len(_b64decode(digest_text, error, "m line")) != 32:
+            if len(decode_base64(digest_text, error, "m line")) != 32:
                 raise error(f"microdescriptor digest {digest_text!r} is not 32 bytes")
             digest = digest_text.rstrip("=")
         elif keyword == "a":
@@ -557,7 +512,7 @@ def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
             for entry in rest.split():
                 key, _, value = entry.partition("=")
                 if key == "Bandwidth":
-                    bandwidth = _parse_int(value, error, "w Bandwidth", 0, 2**32 - 1)
+                    bandwidth = parse_decimal(value, error, "w Bandwidth", 0, 2**32 - 1)
                 elif key == "Unmeasured":
                     unmeasured = value == "1"
         elif keyword == "pr":
@@ -743,7 +698,7 @@ def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str],
             args = rest.split()
             if not args:
                 raise error(f"microdescriptor {digest}: empty ntor-onion-key")
-            ntor_key = _b64decode(args[0], error, "ntor-onion-key")
+            ntor_key = decode_base64(args[0], error, "ntor-onion-key")
             if len(ntor_key) != CURVE25519_KEY_LEN:
                 raise error(f"microdescriptor {digest}: ntor-onion-key is not {CURVE25519_KEY_LEN} bytes")
         elif keyword == "id":
@@ -753,7 +708,7 @@ def _parse_microdesc_body(body: bytes, digest: str, cache: dict[tuple[str, str],
             if args[0] == "ed25519":
                 if ed25519_id is not None:
                     raise error(f"microdescriptor {digest} has more than one ed25519 id")
-                ed25519_id = _b64decode(args[1], error, "id ed25519")
+                ed25519_id = decode_base64(args[1], error, "id ed25519")
                 if len(ed25519_id) != ED25519_KEY_LEN:
                     raise error(f"microdescriptor {digest}: ed25519 id is not {ED25519_KEY_LEN} bytes")
         elif keyword == "a":
@@ -836,7 +791,7 @@ def _pem_body(lines: list[str], index: int, expected: tuple[str, ...], error: ty
         index += 1
     if index >= len(lines):
         raise error(f"{what}: unterminated {kind} object")
-    return _b64decode("".join(chunks), error, what), index + 1
+    return decode_base64("".join(chunks), error, what), index + 1
 
 
 _CERT_KEYWORDS_ONCE = (
@@ -890,9 +845,7 @@ def _parse_key_certificate(chunk: bytes) -> KeyCertificate:
         if keyword in values:
             raise error(f"key certificate has more than one {keyword!r} line")
         if keyword == "fingerprint":
-            if not _HEX40_RE.match(rest.strip()):
-                raise error(f"bad key certificate fingerprint {rest!r}")
-            values[keyword] = rest.strip().upper()
+            values[keyword] = parse_hex_digest(rest.strip(), error, "key certificate fingerprint")
         elif keyword in ("dir-key-published", "dir-key-expires"):
             values[keyword] = parse_time(rest.strip(), error)
         elif keyword in ("dir-identity-key", "dir-signing-key"):

@@ -66,7 +66,6 @@ from oppy.directory.documents import (
     KeyCertificate,
     MicrodescRecord,
     consensus_refresh_time,
-    format_time,
     microdesc_digest,
     parse_consensus,
     parse_key_certificates,
@@ -78,6 +77,7 @@ from oppy.directory.errors import (
     DirectoryError,
     DocumentParseError,
 )
+from oppy.directory.fields import format_time
 from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
 from oppy.link.relay import RelayTarget

@@ -28,13 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from oppy.directory.authorities import DirAuthority
-from oppy.directory.documents import (
-    ConsensusHeader,
-    KeyCertificate,
-    _b64decode,
-    format_time,
-    parse_consensus_header,
-)
+from oppy.directory.documents import ConsensusHeader, KeyCertificate, parse_consensus_header
 from oppy.directory.errors import (
     BadCertificationError,
     BadCrossCertificateError,
@@ -48,6 +42,7 @@ from oppy.directory.errors import (
     NotEnoughSignaturesError,
     UnknownAuthorityError,
 )
+from oppy.directory.fields import decode_base64, format_time, parse_hex_digest
 
 __all__ = [
     "REASONABLY_LIVE_TIME",
@@ -203,12 +198,8 @@ def _parse_signature_blocks(data: bytes, start: int) -> list[_SignatureBlock]:
             algorithm, v3ident, key_digest = args
         else:
             raise ConsensusParseError(f"bad directory-signature line {line!r}")
-        if len(v3ident) != 40 or len(key_digest) != 40:
-            raise ConsensusParseError(f"bad directory-signature line {line!r}")
-        try:
-            bytes.fromhex(v3ident + key_digest)
-        except ValueError:
-            raise ConsensusParseError(f"bad hex in directory-signature line {line!r}") from None
+        v3ident = parse_hex_digest(v3ident, ConsensusParseError, "directory-signature identity")
+        key_digest = parse_hex_digest(key_digest, ConsensusParseError, "directory-signature signing key digest")
         if index >= len(lines) or lines[index] != "-----BEGIN SIGNATURE-----":
             raise ConsensusParseError(f"directory-signature {v3ident} has no SIGNATURE object")
         chunks = []
@@ -219,8 +210,8 @@ def _parse_signature_blocks(data: bytes, start: int) -> list[_SignatureBlock]:
         if index >= len(lines):
             raise ConsensusParseError(f"unterminated SIGNATURE object for {v3ident}")
         index += 1
-        signature = _b64decode("".join(chunks), ConsensusParseError, "directory-signature")
-        blocks.append(_SignatureBlock(algorithm, v3ident.upper(), key_digest.upper(), signature))
+        signature = decode_base64("".join(chunks), ConsensusParseError, "directory-signature")
+        blocks.append(_SignatureBlock(algorithm, v3ident, key_digest, signature))
     return blocks
 
 

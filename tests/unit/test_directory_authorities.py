@@ -70,7 +70,7 @@ def test_nickname_is_optional():
 @pytest.mark.parametrize("line, reason", [
     ("", "empty"),
     ("moria1 orport=9201 128.31.0.39:9231", "needs ADDRESS:DIRPORT FINGERPRINT"),
-    ("moria1 orport=99999 128.31.0.39:9231 " + "A" * 40, "invalid orport"),
+    ("moria1 orport=99999 128.31.0.39:9231 " + "A" * 40, "bad orport"),
     ("moria1 v3ident=XYZ 128.31.0.39:9231 " + "A" * 40, "bad v3ident"),
     ("moria1 frobnicate 128.31.0.39:9231 " + "A" * 40, "unrecognized flag"),
     ("moria1 128.31.0.39 " + "A" * 40, "missing DirPort"),
@@ -78,6 +78,12 @@ def test_nickname_is_optional():
     ("moria1 128.31.0.39:80 " + "A" * 39, "not 40 hex digits"),
     ("moria1 128.31.0.39:80 " + "G" * 40, "not 40 hex digits"),
     ("moria1 ipv6=2001:db8::1:80 128.31.0.39:80 " + "A" * 40, "bad ipv6"),
+    # float() and str.isdigit() accept these; a DirAuthority line is ASCII.
+    ("moria1 weight=\u0661 128.31.0.39:80 " + "A" * 40, "bad weight"),
+    ("moria1 weight=1_0 128.31.0.39:80 " + "A" * 40, "bad weight"),
+    ("moria1 weight=" + "1" * 5000 + " 128.31.0.39:80 " + "A" * 40, "bad weight"),
+    ("moria1 orport=\uff19\uff10 128.31.0.39:80 " + "A" * 40, "bad orport"),
+    ("moria1 \u00b2.31.0.39:80 " + "A" * 40, "unrecognized flag"),
 ])
 def test_bad_authority_lines(line, reason):
     with pytest.raises(AuthorityLineError, match=reason):
@@ -100,7 +106,7 @@ def test_fallback_line():
     ("orport=9001 id=" + "A" * 40, "exactly one address"),
     ("1.2.3.4 5.6.7.8 orport=9001 id=" + "A" * 40, "exactly one address"),
     ("1.2.3.4 orport=9001 id=ABC", "bad id"),
-    ("1.2.3.4 orport=0 id=" + "A" * 40, "invalid orport"),
+    ("1.2.3.4 orport=0 id=" + "A" * 40, "bad orport"),
 ])
 def test_bad_fallback_lines(line, reason):
     with pytest.raises(AuthorityLineError, match=reason):

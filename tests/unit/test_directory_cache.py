@@ -26,8 +26,8 @@ from oppy.directory.documents import (
     parse_consensus,
     parse_key_certificates,
     parse_microdescriptor,
-    parse_time,
 )
+from oppy.directory.fields import parse_time
 from tests.support.testdata import REAL_DIRECTORY
 
 BITNYM = REAL_DIRECTORY / "2017-03-10-bitnym"
@@ -110,6 +110,13 @@ def test_split_key_certificates_never_raises(data):
         assert text.startswith(b"dir-key-certificate-version")
 
 
+def test_an_annotation_with_an_impossible_date_is_ignored():
+    body = b"onion-key\nntor-onion-key AAAA\n"
+    dates = (b"0000-01-01 00:00:00", b"2023-02-29 00:00:00", "\u0662\u0660\u0662\u0660-01-01 00:00:00".encode())
+    for date in dates:
+        assert list(split_microdescriptors(b"@last-listed " + date + b"\n" + body)) == [(body, None)]
+
+
 def test_cache_files_round_trip_under_tors_names(tmp_path):
     cache = DirectoryCache(tmp_path / "data")
     assert cache.read_consensus() is None and cache.read_certificates() is None
@@ -136,7 +143,11 @@ def test_tors_microdescriptor_journal_is_read_and_folded_in(tmp_path):
     assert cache.read_microdescriptors() == b"onion-key\na\nonion-key\nb\n"
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[]", b'{"version": 99}'])
+@pytest.mark.parametrize("content", [
+    b"{not json", b"\xff\xfe", b"[]", b'{"version": 99}',
+    b'{"version": 1, "guards": ' + b"9" * 5000 + b"}",      # beyond int()'s 4300 digits: ValueError
+    b"[" * 100000 + b"]" * 100000,                            # deeper than the parser recurses
+])
 def test_malformed_state_is_a_cache_error(tmp_path, content):
     (tmp_path / STATE_FILE).write_bytes(content)
     with pytest.raises(CacheError):

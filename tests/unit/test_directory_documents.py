@@ -22,7 +22,6 @@ from oppy.directory.documents import (
     parse_microdescriptors,
     parse_port_policy,
     parse_protocols,
-    parse_time,
 )
 from oppy.directory.errors import (
     CertificateParseError,
@@ -31,6 +30,7 @@ from oppy.directory.errors import (
     DocumentParseError,
     MicrodescriptorParseError,
 )
+from oppy.directory.fields import parse_time
 
 from tests.support.testdata import REAL_DIRECTORY
 
@@ -168,6 +168,47 @@ def test_mangled_consensus_raises_only_consensus_parse_error(data):
         assert isinstance(exc, ConsensusParseError)
 
 
+#: What fuzzing found in consensus fields: year 0000 (calendar.timegm raised ValueError), integers beyond
+#: int()'s 4300 digits (ValueError "Exceeds the limit"), and other scripts' digits.
+HUGE = b"7" * 5000
+
+
+@pytest.mark.parametrize("old, new", [
+    (b"valid-after 2026-11-21 14:39:40", b"valid-after 0000-01-01 00:00:00"),
+    (b"valid-until 2026-11-21 14:40:40", b"valid-until 2026-02-30 14:40:40"),
+    (b"valid-after 2026-11-21 14:39:40", b"valid-after 1969-12-31 23:59:59"),
+    (b"consensus-method 35", b"consensus-method " + HUGE),
+    (b"consensus-method 35", "consensus-method \u0663\u0665".encode()),
+    (b"known-flags", b"params cc_alg=" + HUGE + b"\nknown-flags"),
+    (b"known-flags", b"params cc_alg=-" + HUGE + b"\nknown-flags"),
+    (b"127.0.0.1 127.0.0.1 16021 16020", b"127.0.0.1 127.0.0.1 " + HUGE + b" 16020"),
+    (b"Link=4-5 Microdesc=2", b"Link=4-" + HUGE + b" Microdesc=2"),
+    (b"w Bandwidth=53 ", b"w Bandwidth=" + HUGE + b" "),
+    (b"127.0.0.1 16060 0", b"127.0.0.1 " + HUGE + b" 0"),
+    (b"127.0.0.1 16060 0", "127.0.0.1 \uff11\uff16\uff10 0".encode()),
+    (b"bandwidth-weights Wbd=", b"bandwidth-weights Wbd=" + HUGE + b" Wx="),
+])
+def test_hostile_consensus_fields_raise_only_consensus_parse_error(old, new):
+    original = read("testnet-0.4.9.11", "cached-microdesc-consensus")
+    assert old in original
+    with pytest.raises(ConsensusParseError):
+        parse_consensus(original.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("text", [
+    "0000-01-01 00:00:00", "1969-12-31 23:59:59", "2023-02-29 00:00:00", "2024-04-31 12:00:00",
+    "2024-01-01 24:00:00", "\uff12\uff10\uff12\uff14-01-01 00:00:00", "2024-01-01 00:00:00 ",
+])
+def test_times_are_real_dates_from_1970(text):
+    with pytest.raises(DocumentParseError, match="bad time"):
+        parse_time(text)
+
+
+def test_leap_days_and_leap_seconds_are_times():
+    assert parse_time("2024-02-29 23:59:60") == parse_time("2024-03-01 00:00:00")
+    assert parse_time("1970-01-01 00:00:00") == 0
+
+
 # ---------------------------------------------------------------- refresh schedule
 
 
@@ -262,6 +303,8 @@ def test_microdescriptor_with_tap_key_and_no_policy():
     (lambda b: b.replace(b"a [2001:db8::7]:9001", b"a [2001:zz8::7]:9001"), "bad IPv6"),
     (lambda b: b"onion-key\n-----BEGIN RSA PUBLIC KEY-----\nAAAA\n" + b, "unterminated"),
     (lambda b: b.replace(b"future-keyword", "fütüre".encode()), "not ASCII"),
+    (lambda b: b.replace(b":9001", b":" + b"9" * 5000), "bad a line"),
+    (lambda b: b.replace(b":9001", ":\u0669\u0660\u0660\u0661".encode()), "not ASCII"),
 ])
 def test_malformed_microdescriptors(mutation, reason):
     body = mutation(SYNTHETIC_MICRODESC)
@@ -336,6 +379,19 @@ def test_key_certificates_parse():
     assert testnet[0].fingerprint == "938FCDF3952D7ADA059E7B85CBE514B4F08C138E"
     assert testnet[0].address == "127.0.0.1:16011"
     assert testnet[0].signing_key_digest == "E2BF42C61E451852E5119F22FCF5927ECBB5A62A"
+
+
+@pytest.mark.parametrize("old, new", [
+    (b"dir-key-published 2026-11-21 14:36:59", b"dir-key-published 0000-11-21 14:36:59"),
+    (b"dir-key-expires 2027-11-21 14:36:59", b"dir-key-expires 2027-11-31 14:36:59"),
+    (b"fingerprint 938FCDF3952D7ADA059E7B85CBE514B4F08C138E",
+     "fingerprint 938FCDF3952D7ADA059E7B85CBE514B4F08C138\uff25".encode()),
+])
+def test_hostile_certificate_fields_raise_only_their_error(old, new):
+    original = read("testnet-0.4.9.11", "cached-certs")
+    assert old in original
+    with pytest.raises(CertificateParseError):
+        parse_key_certificates(original.replace(old, new, 1))
 
 
 def test_crlf_certificates_read_as_signed():

@@ -35,7 +35,8 @@ from oppy.directory.client import (
     DirectoryResponse,
     DirectoryStatusError,
 )
-from oppy.directory.documents import format_time, parse_consensus_header, parse_time
+from oppy.directory.documents import parse_consensus_header
+from oppy.directory.fields import format_time, parse_time
 from oppy.directory.service import (
     BootstrapPhase,
     BootstrapStatus,

@@ -22,7 +22,6 @@ from oppy.directory.documents import (
     ConsensusHeader,
     parse_consensus_header,
     parse_key_certificates,
-    parse_time,
 )
 from oppy.directory.errors import (
     BadCertificationError,
@@ -32,10 +31,12 @@ from oppy.directory.errors import (
     CertificateFingerprintError,
     CertificateNotYetValidError,
     ConsensusNotLiveError,
+    ConsensusParseError,
     DirectoryError,
     NotEnoughSignaturesError,
     UnknownAuthorityError,
 )
+from oppy.directory.fields import parse_time
 from oppy.directory.verify import (
     REASONABLY_LIVE_TIME,
     verify_consensus,
@@ -189,6 +190,19 @@ def test_unknown_digest_algorithm_is_ignored():
 
 
 # ---------------------------------------------------------------- validity times
+
+
+@pytest.mark.parametrize("old, new", [
+    (b"valid-after 2026-11-21 14:39:40", b"valid-after 0000-01-01 00:00:00"),
+    (b"consensus-method 35", b"consensus-method " + b"3" * 5000),
+])
+def test_a_hostile_header_is_a_parse_error_before_any_signature_check(old, new):
+    data = read("testnet-0.4.9.11", "cached-microdesc-consensus")
+    assert old in data
+    header = parse_consensus_header(data)
+    with pytest.raises(ConsensusParseError):
+        verify_consensus(data.replace(old, new, 1), parse_key_certificates(read("testnet-0.4.9.11", "cached-certs")),
+                         authorities_from(header), mid_window(header))
 
 
 def test_consensus_outside_validity_is_rejected():
