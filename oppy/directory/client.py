@@ -10,12 +10,19 @@ The request encoder, the response reader and the body decoder are sans-IO;
 :class:`DirectoryClient` is the thin Twisted edge for both transports. Every
 body is bounded: a response larger than the caller's limit (compressed while
 it arrives, or once inflated) is cut off with :class:`ResponseTooLargeError`.
+
+Any directory source may be hostile. The head of an answer is read as strict
+ASCII (no other script's digits in a status code or Content-Length), and
+whatever a source sends, a request ends: with its answer, a
+:class:`DirectoryRequestError`, or its timeout. A bad answer over BEGIN_DIR
+closes that stream only, never the circuit or the link to the relay.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from typing import Mapping
 from twisted.internet import defer, error as twisted_error, protocol
 
 from oppy.cell.commands import EndReason
+from oppy.directory.fields import parse_decimal
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamKind
 
@@ -173,12 +181,21 @@ class DirectoryResponse:
 
 
 class HTTPResponseReader:
-    """Collects the bytes of one HTTP/1.0 response, bounded, and parses it at the end."""
+    """Collects the bytes of one HTTP/1.0 response, bounded.
+
+    The status line and headers are checked as soon as they are complete, so that an answer
+    that is not HTTP is cut off at once; the body is taken (and inflated) once the connection
+    has closed. Every malformed answer raises a :class:`DirectoryRequestError` subclass whose
+    message says what is wrong, never another exception.
+    """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._chunks: list[bytes] = []
+        self._buffer = bytearray()
         self.received = 0
+        self._head: _ResponseHead | None = None
+        #: Where the search for the end of the head resumes.
+        self._scanned = 0
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -186,53 +203,108 @@ class HTTPResponseReader:
             raise ResponseTooLargeError(
                 f"response exceeds {self.max_size + MAX_HEADER_SIZE} bytes (limit {self.max_size} "
                 f"for the body)")
-        self._chunks.append(data)
+        self._buffer += data
+        if self._head is None:
+            self._read_head()
+
+    def _read_head(self) -> None:
+        # A separator (up to 3 bytes) may straddle the previous feed.
+        found = _end_of_head(self._buffer, max(0, self._scanned - 2))
+        self._scanned = len(self._buffer)
+        if found is None:
+            if len(self._buffer) > MAX_HEADER_SIZE:
+                raise ResponseParseError(f"no end of headers in the first {MAX_HEADER_SIZE} bytes")
+            return
+        head_end, body_start = found
+        if head_end > MAX_HEADER_SIZE:
+            raise ResponseParseError(f"headers longer than {MAX_HEADER_SIZE} bytes")
+        self._head = _parse_head(bytes(self._buffer[:head_end]), body_start)
+        length = self._head.content_length
+        if length is not None and length > self.max_size:
+            raise ResponseTooLargeError(f"Content-Length {length} exceeds the limit of {self.max_size} bytes")
 
     def finish(self, path: str, source: str = "") -> DirectoryResponse:
         """Parse what arrived once the connection has closed."""
-        raw = b"".join(self._chunks)
-        self._chunks = [raw]
-        end = raw.find(b"\r\n\r\n")
-        separator = 4
-        if end < 0:
-            end, separator = raw.find(b"\n\n"), 2
-        if end < 0:
-            if len(raw) > MAX_HEADER_SIZE:
-                raise ResponseParseError(f"{source}: no end of headers in the first {MAX_HEADER_SIZE} bytes")
-            raise ResponseParseError(f"{source}: connection closed before the end of the headers "
-                                     f"({len(raw)} bytes received)")
-        if end > MAX_HEADER_SIZE:
-            raise ResponseParseError(f"{source}: headers longer than {MAX_HEADER_SIZE} bytes")
-        try:
-            head = raw[:end].decode("latin-1").replace("\r\n", "\n").split("\n")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 maps every byte
-            raise ResponseParseError(f"{source}: undecodable headers") from None
-        status, reason = _parse_status_line(head[0], source)
-        headers: dict[str, str] = {}
-        for line in head[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or not name.strip():
-                raise ResponseParseError(f"{source}: bad header line {line[:80]!r}")
-            headers[name.strip().lower()] = value.strip()
-        body = raw[end + separator:]
+        head = self._head
+        if head is None:
+            raise ResponseParseError(f"connection closed before the end of the headers "
+                                     f"({len(self._buffer)} bytes received)")
+        body = bytes(self._buffer[head.body_start:])
+        if head.content_length is not None:
+            if len(body) < head.content_length:
+                raise ResponseParseError(f"body truncated: {len(body)} of the {head.content_length} bytes "
+                                         f"announced by Content-Length")
+            body = body[:head.content_length]
         if len(body) > self.max_size:
-            raise ResponseTooLargeError(f"{source}: body of {len(body)} bytes exceeds the limit of "
-                                        f"{self.max_size}")
-        decoded = decode_body(body, headers.get("content-encoding"), path, self.max_size, source) \
-            if status == 200 else body
-        return DirectoryResponse(status, reason, MappingProxyType(headers), decoded, source, len(raw))
+            raise ResponseTooLargeError(f"body of {len(body)} bytes exceeds the limit of {self.max_size}")
+        headers = head.headers
+        decoded = decode_body(body, headers.get("content-encoding"), path, self.max_size) \
+            if head.status == 200 else body
+        return DirectoryResponse(head.status, head.reason, headers, decoded, source, len(self._buffer))
 
 
-def _parse_status_line(line: str, source: str) -> tuple[int, str]:
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() \
-            or len(parts[1]) != 3:
-        raise ResponseParseError(f"{source}: bad HTTP status line {line[:80]!r}")
-    return int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+#: RFC 9112 "Status Line": ``HTTP/1.x`` SP three digits [SP reason]; tor ``parse_http_response``
+#: accepts codes 100-599 only. ASCII throughout: a character range in a str pattern is a range of
+#: code points, so no other script's digits match.
+_STATUS_LINE_RE = re.compile(r"HTTP/1\.[0-9] ([0-9]{3})(?: ([\t\x20-\x7e]*))?\Z")
+MIN_STATUS = 100
+MAX_STATUS = 599
+#: RFC 9110 "Tokens" (a field name) and visible ASCII with blanks (a field value).
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e]*\Z")
+#: Headers that must not disagree with themselves.
+_SINGLE_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 
-def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: int,
-                source: str = "") -> bytes:
+@dataclass(frozen=True, slots=True)
+class _ResponseHead:
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    #: Offset of the body in the received bytes.
+    body_start: int
+    content_length: int | None
+
+
+def _end_of_head(buffer: bytearray, start: int) -> tuple[int, int] | None:
+    """(end of the last header line, start of the body) at the first empty line, CRLF or bare LF."""
+    ends = [(index, index + len(separator)) for separator in (b"\n\n", b"\n\r\n")
+            if (index := buffer.find(separator, start)) >= 0]
+    return min(ends) if ends else None
+
+
+def _parse_head(raw: bytes, body_start: int) -> _ResponseHead:
+    """The status line and headers, in strict ASCII (an HTTP head has no other characters)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ResponseParseError(f"non-ASCII byte in the status line or headers: {raw[:80]!r}") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    match = _STATUS_LINE_RE.match(lines[0])
+    status = int(match.group(1)) if match is not None else 0
+    if not MIN_STATUS <= status <= MAX_STATUS:
+        raise ResponseParseError(f"bad HTTP status line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        value = value.strip(" \t")
+        if not colon or not _HEADER_NAME_RE.match(name) or not _HEADER_VALUE_RE.match(value):
+            raise ResponseParseError(f"bad header line {line[:80]!r}")
+        name = name.lower()
+        if name in headers and name in _SINGLE_HEADERS and headers[name] != value:
+            raise ResponseParseError(f"conflicting {name} headers: {headers[name]!r} and {value!r}")
+        headers[name] = value
+    transfer_encoding = headers.get("transfer-encoding", "identity").lower()
+    if transfer_encoding != "identity":
+        # RFC 9112 "Transfer-Encoding": never sent in answer to an HTTP/1.0 request (tor never chunks).
+        raise ResponseParseError(f"unexpected Transfer-Encoding {transfer_encoding!r} in an HTTP/1.0 answer")
+    length_text = headers.get("content-length")
+    content_length = None if length_text is None else parse_decimal(length_text, ResponseParseError,
+                                                                    "Content-Length", 0)
+    return _ResponseHead(status, match.group(2) or "", MappingProxyType(headers), body_start, content_length)
+
+
+def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: int) -> bytes:
     """Inflate a deflate/gzip body (as announced, or as detected for a ``.z`` URL), bounded.
 
     C tor sends ``Content-Encoding: deflate`` for ``.z`` URLs; older servers
@@ -247,7 +319,7 @@ def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: 
         # nor with the gzip magic.
         compressed = (path.endswith(_DEFLATE_SUFFIX) and body[:1] == _ZLIB_MAGIC) or body[:2] == _GZIP_MAGIC
     else:
-        raise ResponseDecodeError(f"{source}: unsupported Content-Encoding {content_encoding!r} "
+        raise ResponseDecodeError(f"unsupported Content-Encoding {content_encoding!r} "
                                   f"(only deflate was asked for)")
     if not compressed:
         return body
@@ -255,14 +327,14 @@ def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: 
     try:
         data = inflater.decompress(body, max_size + 1)
         if len(data) > max_size or inflater.unconsumed_tail:
-            raise ResponseTooLargeError(f"{source}: inflated body exceeds the limit of {max_size} bytes")
+            raise ResponseTooLargeError(f"inflated body exceeds the limit of {max_size} bytes")
         data += inflater.flush()
     except zlib.error as exc:
-        raise ResponseDecodeError(f"{source}: bad compressed body: {exc}") from None
+        raise ResponseDecodeError(f"bad compressed body: {exc}") from None
     if not inflater.eof:
-        raise ResponseDecodeError(f"{source}: compressed body is truncated")
+        raise ResponseDecodeError("compressed body is truncated")
     if len(data) > max_size:
-        raise ResponseTooLargeError(f"{source}: inflated body exceeds the limit of {max_size} bytes")
+        raise ResponseTooLargeError(f"inflated body exceeds the limit of {max_size} bytes")
     return data
 
 
@@ -290,8 +362,8 @@ class _DirPortProtocol(protocol.Protocol):
             return
         try:
             self.reader.feed(data)
-        except ResponseTooLargeError as exc:
-            self.failure = exc
+        except Exception as exc:  # noqa: BLE001 - a bad answer fails this request and nothing else
+            self.failure = _request_error(exc)
             self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802
@@ -336,9 +408,9 @@ class _BeginDirSink:
             return
         try:
             self.reader.feed(data)
-        except ResponseTooLargeError as exc:
-            self.failure = exc
-            stream.close(EndReason.RESOURCELIMIT)
+        except Exception as exc:  # noqa: BLE001 - a bad answer ends this stream, never the circuit or link
+            self.failure = _request_error(exc)
+            stream.close(EndReason.RESOURCELIMIT if isinstance(exc, ResponseTooLargeError) else EndReason.MISC)
 
     def stream_writable(self, stream: Stream, writable: bool) -> None:
         pass
@@ -390,8 +462,11 @@ class DirectoryClient:
         request = _Request(self.reactor, self.timeout, HTTPResponseReader(max_size), path, source, abort)
         connection = _DirPortProtocol(encode_request(path, if_modified_since), request.reader, on_connected,
                                       request.done)
-        connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, request.done),
-                                            timeout=self.connect_timeout)
+        try:
+            connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, request.done),
+                                                timeout=self.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - a bad address: this request fails, like a refused one
+            request.done(DirectoryConnectionError(f"cannot connect: {exc}"))
         return request.result
 
     def fetch_over_circuit(self, circuit, path: str, max_size: int, *, relay: RelayTarget | None = None,
@@ -436,42 +511,61 @@ class _Request:
         if self._timer.active():
             self._timer.cancel()
 
+    def _tear_down(self, error: Exception | None) -> None:
+        try:
+            self._abort(error)
+        except Exception:  # noqa: BLE001 - the request ends whatever its transport does
+            log.exception("Closing the directory request to %s failed", self.source)
+
     def _cancel(self, _: defer.Deferred) -> None:
         self._cancelled = True
         self._stop_timer()
-        self._abort(None)
+        self._tear_down(None)
 
     def _timed_out(self) -> None:
         # The transport is torn down first (an END reaches the relay before anyone hears of the timeout);
         # whatever failure that reports, the request failed by timing out.
         self._timeout_error = DirectoryTimeoutError(f"{self.source}: no complete answer to {self.path} "
                                                     f"within {self.timeout:.0f} s")
-        self._abort(self._timeout_error)
+        self._tear_down(self._timeout_error)
         self.done(self._timeout_error)
 
     def done(self, failure: Exception | None) -> None:
-        """The transport finished (failure None: the reader holds the whole answer) or failed."""
+        """The transport finished (failure None: the reader holds the whole answer) or failed.
+
+        The request's Deferred fires here, always: with the answer, or with a
+        :class:`DirectoryRequestError` whatever went wrong in reading it.
+        """
         if self.result.called or self._cancelled:
             return
         self._stop_timer()
-        _settle(self.result, self.reader, self.path, self.source, self._timeout_error or failure)
+        outcome = self._outcome(self._timeout_error or failure)
+        if isinstance(outcome, DirectoryResponse):
+            self.result.callback(outcome)
+        else:
+            self.result.errback(outcome)
+
+    def _outcome(self, failure: Exception | None) -> DirectoryResponse | DirectoryRequestError:
+        if failure is None:
+            try:
+                response = self.reader.finish(self.path, self.source)
+            except Exception as exc:  # noqa: BLE001 - whatever the answer holds, this request fails cleanly
+                failure = _request_error(exc)
+            else:
+                if response.status == 200:
+                    return response
+                return DirectoryStatusError(
+                    f"{self.source}: HTTP {response.status} {response.reason} for {self.path}", response.status)
+        error = _request_error(failure)
+        message = str(error)
+        return error if message.startswith(self.source) else type(error)(f"{self.source}: {message}")
 
 
-def _settle(result: defer.Deferred, reader: HTTPResponseReader, path: str, source: str,
-            failure: Exception | None) -> None:
-    if failure is not None:
-        message = str(failure)
-        if not message.startswith(source):
-            failure = type(failure)(f"{source}: {message}")
-        result.errback(failure)
-        return
-    try:
-        response = reader.finish(path, source)
-    except DirectoryRequestError as exc:
-        result.errback(exc)
-        return
-    if response.status != 200:
-        result.errback(DirectoryStatusError(
-            f"{source}: HTTP {response.status} {response.reason} for {path}", response.status))
-        return
-    result.callback(response)
+def _request_error(exc: Exception) -> DirectoryRequestError:
+    """``exc`` as a request failure: the reader's own errors as they are, anything else (a bug in
+    reading a hostile answer) as a :class:`ResponseParseError`, logged with its traceback."""
+    if isinstance(exc, DirectoryRequestError):
+        return exc
+    log.error("Reading a directory answer raised %s (a bug); the request fails", type(exc).__name__,
+              exc_info=exc)
+    return ResponseParseError(f"unreadable answer ({type(exc).__name__}: {exc})")

@@ -17,8 +17,10 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
    microdescriptors that are new, update the guard sample, and tell observers.
 
 A document that fails a check is rejected with a WARN line that says why, and the last good
-consensus stays in use. When no source answers, one WARN line says so and fetches are retried
-with capped exponential backoff. Parsing and verification run in worker threads
+consensus stays in use. Whatever goes wrong at one source (a bad answer, a malformed document,
+a bug met on the way), the next source is tried; and every round has an outer deadline, so that
+nothing a source does can keep later refreshes waiting. When no source answers, one WARN line
+says so and fetches are retried with capped exponential backoff. Parsing and verification run in worker threads
 (``deferToThreadPool``); the reactor thread only moves results around.
 
 Progress is logged as tor logs it, ``Bootstrapped N% (tag): summary`` at notice level, and is
@@ -35,7 +37,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,11 @@ DIRECTORY_GUARDS_TO_TRY = 3
 DIRECTORY_CIRCUIT_MAX_DIRTINESS = 600.0
 #: Timeout for building a one-hop directory circuit.
 DIRECTORY_CIRCUIT_TIMEOUT = 30.0
+#: Outer deadline of one consensus round (every source in turn, with certificates and checks) and of
+#: the fetches of one microdescriptor round. Each request has its own timeout; this bounds the round
+#: whatever happens inside it, so that a later refresh never joins a round that cannot end. tor gives a
+#: stalled directory connection as long (connection_dir_is_stalled, DIR_CONN_MAX_STALL: 5 minutes).
+DIRECTORY_ROUND_DEADLINE = 300.0
 #: Capped exponential backoff between failed rounds: (initial delay, cap) in seconds. A
 #: TestingTorNetwork replaces its consensus every few seconds to minutes, so it backs off less.
 CONSENSUS_RETRY = (2.0, 300.0)
@@ -437,46 +444,54 @@ def _parse_certificates(data: bytes, authorities: Sequence[DirAuthority], now: f
 
 @dataclass(slots=True)
 class _CacheContents:
-    certificates: list[tuple[KeyCertificate, bytes]]
-    certificate_problems: list[str]
-    consensus_raw: bytes | None
-    checked: _CheckedConsensus | None
-    consensus_problem: str | None
-    microdescs: _MicrodescBatch | None
-    state: dict[str, Any] | None
-    state_problem: str | None
+    certificates: list[tuple[KeyCertificate, bytes]] = field(default_factory=list)
+    certificate_problems: list[str] = field(default_factory=list)
+    consensus_raw: bytes | None = None
+    checked: _CheckedConsensus | None = None
+    consensus_problem: str | None = None
+    microdescs: _MicrodescBatch | None = None
+    microdescs_problem: str | None = None
+    state: dict[str, Any] | None = None
+    state_problem: str | None = None
 
 
 def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now: float,
                 enforce_distinct_subnets: bool = True) -> _CacheContents:
-    """Read and check everything the DataDirectory holds (worker thread)."""
-    contents = _CacheContents([], [], None, None, None, None, None, None)
+    """Read and check everything the DataDirectory holds (worker thread).
+
+    Each file stands on its own: one that cannot be read or is malformed is reported and
+    the others are still used (a damaged microdescriptor cache must not cost the guards).
+    """
+    contents = _CacheContents()
     try:
         raw_certificates = cache.read_certificates()
         if raw_certificates:
             contents.certificates, contents.certificate_problems = _parse_certificates(
                 raw_certificates, authorities, now)
+    except CacheError as exc:
+        contents.certificate_problems.append(str(exc))
+    try:
         contents.consensus_raw = cache.read_consensus()
         if contents.consensus_raw:
-            try:
-                contents.checked = _check_consensus(
-                    contents.consensus_raw, [c for c, _ in contents.certificates], authorities, now,
-                    None, REASONABLY_LIVE_TIME)
-            except DirectoryError as exc:
-                contents.consensus_problem = f"{type(exc).__name__}: {exc}"
-        # Microdescriptors are named by their digest, so they stay good without a consensus;
-        # with one, only those it lists are kept.
-        checked = contents.checked
+            contents.checked = _check_consensus(
+                contents.consensus_raw, [c for c, _ in contents.certificates], authorities, now,
+                None, REASONABLY_LIVE_TIME)
+    except (CacheError, DirectoryError) as exc:
+        contents.consensus_problem = f"{type(exc).__name__}: {exc}"
+    # Microdescriptors are named by their digest, so they stay good without a consensus;
+    # with one, only those it lists are kept.
+    checked = contents.checked
+    try:
         raw_microdescs = cache.read_microdescriptors()
         if raw_microdescs:
             contents.microdescs = _parse_microdescs(
                 raw_microdescs, checked.consensus.microdesc_digests() if checked is not None else None)
-        if checked is not None:
-            checked.selector = PathSelector(
-                checked.consensus, contents.microdescs.records if contents.microdescs is not None else {},
-                enforce_distinct_subnets=enforce_distinct_subnets)
-    except CacheError as exc:
-        contents.consensus_problem = contents.consensus_problem or str(exc)
+    except (CacheError, DirectoryError) as exc:
+        contents.microdescs_problem = f"{type(exc).__name__}: {exc}"
+    if checked is not None:
+        checked.selector = PathSelector(
+            checked.consensus, contents.microdescs.records if contents.microdescs is not None else {},
+            enforce_distinct_subnets=enforce_distinct_subnets)
     try:
         contents.state = cache.read_state()
     except CacheError as exc:
@@ -609,6 +624,9 @@ class DirectoryService:
             if timer is not None and timer.active():
                 timer.cancel()
         self._consensus_timer = self._microdesc_timer = None
+        for round_ in (self._consensus_round, self._microdesc_round):
+            if round_ is not None:
+                round_.cancel()
         for request in list(self._in_flight):
             request.cancel()
         for circuit, _ in self._dir_circuits.values():
@@ -786,6 +804,8 @@ class DirectoryService:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
         if contents.consensus_problem:
             log.warning("Discarding the cached consensus: %s", contents.consensus_problem)
+        if contents.microdescs_problem:
+            log.warning("Discarding the cached microdescriptors: %s", contents.microdescs_problem)
         if contents.microdescs is not None:
             self._merge_microdescs(contents.microdescs, None, update=False)
         if contents.checked is not None:
@@ -975,16 +995,25 @@ class DirectoryService:
         if self._consensus_timer is not None and self._consensus_timer.active():
             self._consensus_timer.cancel()
         self._consensus_timer = None
-        round_ = self._run_consensus_round(authorities_only)
+        failures: list[tuple[str, str, bool]] = []
+        round_ = self._run_consensus_round(authorities_only, failures)
+        round_.addTimeout(DIRECTORY_ROUND_DEADLINE, self.reactor)
 
         def finished(result):
             self._consensus_round = None
-            if isinstance(result, Failure):
-                log.error("Consensus fetch failed unexpectedly: %s", result.getTraceback())
-                if not self._stopped:
-                    self._consensus_round_failed([("internal error", result.getErrorMessage(), False)])
+            if not isinstance(result, Failure):
+                return result
+            if self._stopped:                   # stop() cancelled the round
                 return None
-            return result
+            if result.check(defer.TimeoutError):
+                log.warning("The consensus fetch did not finish within %.0f s; abandoning it (tried: %s)",
+                            DIRECTORY_ROUND_DEADLINE, "; ".join(where for where, _, _ in failures) or "none")
+                failures.append(("the fetch", f"abandoned after {DIRECTORY_ROUND_DEADLINE:.0f} s", True))
+            else:
+                log.error("Consensus fetch failed unexpectedly: %s", result.getTraceback())
+                failures.append(("internal error", result.getErrorMessage(), False))
+            self._consensus_round_failed(failures)
+            return None
 
         self._consensus_round = round_
         round_.addBoth(finished)
@@ -1000,13 +1029,21 @@ class DirectoryService:
         return consensus.valid_after + delay
 
     @defer.inlineCallbacks
-    def _run_consensus_round(self, authorities_only: bool):
+    def _run_consensus_round(self, authorities_only: bool, failures: list[tuple[str, str, bool]]):
+        """Each source in turn until one gives a usable consensus; whatever fails at one source (its
+        answer, the certificates, the checks), the next one is tried. Cancelling ends the round."""
         sources = self._directory_sources(authorities_only)
-        failures: list[tuple[str, str, bool]] = []
         for source in sources:
             if self._stopped:
                 return None
-            consensus = yield self._consensus_from(source, sources, failures)
+            try:
+                consensus = yield self._consensus_from(source, sources, failures)
+            except defer.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug met at this source: log it, try the next
+                log.exception("Consensus fetch from %s failed unexpectedly", source.describe())
+                failures.append((source.describe(), f"internal error: {_reason(exc)}", False))
+                continue
             if consensus is not None:
                 return consensus
         if not self._stopped:
@@ -1025,6 +1062,8 @@ class DirectoryService:
             failures.append((source.describe(), reason, False))
             log.info("Consensus fetch from %s: %s", source.describe(), reason)
             return None
+        except defer.CancelledError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any transport failure: try the next source
             failures.append((source.describe(), _reason(exc), _is_unreachable(exc)))
             log.info("Consensus fetch from %s failed: %s", source.describe(), _reason(exc))
@@ -1079,6 +1118,8 @@ class DirectoryService:
             try:
                 response = yield self._request(source, "certificates", key_certificates_url(sorted(missing)),
                                                MAX_CERTIFICATES_SIZE)
+            except defer.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 log.info("Key certificate fetch from %s failed: %s", source.describe(), _reason(exc))
                 continue
@@ -1199,9 +1240,14 @@ class DirectoryService:
 
         def finished(result):
             self._microdesc_round = None
+            if self._stopped:
+                return
             if isinstance(result, Failure):
                 log.error("Microdescriptor fetch failed unexpectedly: %s", result.getTraceback())
-            if self._microdesc_again and not self._stopped:
+                if self._microdesc_timer is None or not self._microdesc_timer.active():
+                    self._microdesc_timer = self.reactor.callLater(self._microdesc_retry[0],
+                                                                   self._start_microdesc_round)
+            if self._microdesc_again:
                 self._start_microdesc_round()
 
         self._microdesc_round = round_
@@ -1226,7 +1272,10 @@ class DirectoryService:
             shift = index % len(sources) if spread and sources else 0
             order = sources[shift:] + sources[:shift]
             requests.append(semaphore.run(self._fetch_microdesc_batch, batch, order))
-        yield defer.DeferredList(requests, consumeErrors=True)
+        fetches = defer.DeferredList(requests, consumeErrors=True)
+        # Past the deadline the batches still under way are cancelled and retried like failed ones.
+        fetches.addTimeout(DIRECTORY_ROUND_DEADLINE, self.reactor, onTimeoutCancel=_microdesc_fetches_expired)
+        yield fetches
         if self._stopped:
             return
         now = self.clock()
@@ -1252,10 +1301,19 @@ class DirectoryService:
             try:
                 response = yield self._request(source, "microdescriptors", microdescriptors_url(remaining),
                                                MAX_MICRODESCS_RESPONSE_SIZE)
+            except defer.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - try the next source
                 log.info("Microdescriptor fetch from %s failed: %s", source.describe(), _reason(exc))
                 continue
-            parsed = yield self._thread(_parse_microdescs, response.body, remaining)
+            try:
+                parsed = yield self._thread(_parse_microdescs, response.body, remaining)
+            except defer.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the whole reply is unusable: try the next source
+                log.warning("Rejected the %d-byte microdescriptor reply from %s: %s", len(response.body),
+                            source.describe(), _reason(exc))
+                continue
             if self._stopped:
                 return
             for digest, reason in parsed.invalid.items():
@@ -1383,6 +1441,12 @@ class DirectoryService:
             if relay is None or relay.microdesc_digest not in self.microdescs:
                 missing += 1
         return missing
+
+
+def _microdesc_fetches_expired(results: Any, deadline: float) -> Any:
+    """The microdescriptor fetches reached DIRECTORY_ROUND_DEADLINE and were cancelled: say so, carry on."""
+    log.warning("Microdescriptor fetches did not finish within %.0f s; the rest are retried later", deadline)
+    return results
 
 
 def _build_selector(consensus: Consensus, microdescs: Mapping[str, MicrodescRecord],

@@ -8,9 +8,11 @@ import zlib
 import pytest
 import pytest_twisted
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 
 from oppy.cell.commands import EndReason, RelayCommand
+from oppy.circuit.circuit import CircuitState
+from oppy.directory import client as client_module
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
     DirectoryClient,
@@ -29,6 +31,7 @@ from oppy.directory.client import (
     microdescriptors_url,
 )
 from oppy.link.relay import RelayTarget
+from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
 
 CONSENSUS = b"network-status-version 3 microdesc\nvote-status consensus\n" + b"r x\n" * 1000
 
@@ -88,6 +91,59 @@ def test_reader_keeps_error_bodies_raw_and_tolerates_bare_newlines():
 def test_reader_rejects_what_is_not_http(raw):
     with pytest.raises(ResponseParseError):
         read(raw)
+
+
+#: Status lines and headers a hostile source may send. Python's int() and str.isdigit() accept other
+#: scripts' digits; "\xb2" (superscript two in latin-1) passes isdigit() and then fails int().
+HOSTILE_HEADS = [
+    b"HTTP/1.0 \xb2\xb2\xb2 OK",
+    "HTTP/1.0 \uff12\uff10\uff10 OK".encode(),              # fullwidth digits, UTF-8
+    "HTTP/1.0 \u0662\u0660\u0660 OK".encode(),              # Arabic-Indic digits, UTF-8
+    b"HTTP/1.0 000 Nothing", b"HTTP/1.0 999 Beyond", b"HTTP/1.0 +20 OK", b"HTTP/1.0  200 OK",
+    b"HTTP/1.0 200\xa0OK", b"HTTP/1.x 200 OK", b"HTTP/1.0 200 OK\rX",
+    b"HTTP/1.0 200 OK\r\nContent-Length: \xd9\xa1\xd9\xa2",  # Arabic-Indic digits
+    b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000,     # beyond int()'s 4300 digits
+    b"HTTP/1.0 200 OK\r\nContent-Length: -1",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 1_0",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
+    b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked",
+    b"HTTP/1.0 200 OK\r\nX-Your-Address-Is: \xff",
+    b"HTTP/1.0 200 OK\r\n folded: header",
+    b"HTTP/1.0 200 OK\r\nBad Name: x",
+]
+
+
+@pytest.mark.parametrize("head", HOSTILE_HEADS)
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_reader_rejects_hostile_heads_with_its_own_error(head, chunk):
+    with pytest.raises(ResponseParseError):
+        read(head + b"\r\n\r\n" + b"0123456789", chunk=chunk)
+
+
+def test_a_bad_head_fails_as_soon_as_it_arrives():
+    reader = HTTPResponseReader(max_size=1 << 20)
+    reader.feed(b"HTTP/1.0 \xb2\xb2\xb2 OK\r")
+    with pytest.raises(ResponseParseError, match="non-ASCII byte in the status line"):
+        reader.feed(b"\n\r\n")
+    reader = HTTPResponseReader(max_size=1 << 20)
+    with pytest.raises(ResponseParseError, match="no end of headers"):
+        reader.feed(b"HTTP/1.0 200 OK\r\n" + b"X: y\r\n" * 20000)
+
+
+def test_content_length_is_honoured():
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n"
+    assert read(head + b"0123456789").body == b"0123456789"
+    assert read(head + b"0123456789 trailing").body == b"0123456789"
+    with pytest.raises(ResponseParseError, match="truncated: 4 of the 10 bytes"):
+        read(head + b"0123")
+    reader = HTTPResponseReader(max_size=1000)
+    with pytest.raises(ResponseTooLargeError, match="Content-Length 1001"):
+        reader.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 1001\r\n\r\n")
+
+
+def test_the_first_empty_line_ends_the_head_whatever_its_line_ends():
+    assert read(b"HTTP/1.0 200 OK\nA: b\n\r\nbody\r\n\r\nmore").body == b"body\r\n\r\nmore"
+    assert read(b"HTTP/1.0 200 OK\r\nA: b\r\n\r\nbody\n\nmore", chunk=1).body == b"body\n\nmore"
 
 
 def test_reader_cuts_off_an_oversized_response_while_it_arrives():
@@ -246,6 +302,43 @@ def test_dirport_fetch_can_be_cancelled(canned):
         yield request
 
 
+def test_a_hostile_dirport_answer_fails_that_request_and_ends_it():
+    """The status line used to raise ValueError after the timeout was cancelled: the request never ended."""
+    wire = WireDirectory()
+    wire.dirports[7000] = CannedSite(b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + CONSENSUS)
+    request = DirectoryClient(wire.reactor).fetch_dirport("127.0.0.1", 7000, consensus_url(), 1 << 20,
+                                                         nickname="auth0")
+    wire.pump()
+    failure = outcome(request).value
+    assert isinstance(failure, ResponseParseError)
+    assert str(failure).startswith("auth0 at 127.0.0.1:7000 (DirPort): non-ASCII byte in the status line")
+    assert wire.reactor.getDelayedCalls() == []
+
+
+def test_a_reader_bug_fails_the_request_cleanly(monkeypatch, caplog):
+    """Whatever the reader raises, the request ends with a DirectoryRequestError and is logged once."""
+    def broken(*args):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(client_module, "decode_body", broken)
+    wire = WireDirectory()
+    wire.dirports[7000] = CannedSite(b"HTTP/1.0 200 OK\r\n\r\n" + CONSENSUS)
+    request = DirectoryClient(wire.reactor).fetch_dirport("127.0.0.1", 7000, "/x", 1 << 20)
+    wire.pump()
+    failure = outcome(request).value
+    assert isinstance(failure, ResponseParseError) and "RuntimeError: simulated bug" in str(failure)
+    assert [record.levelname for record in caplog.records] == ["ERROR"]
+    assert wire.reactor.getDelayedCalls() == []
+
+
+def test_an_unconnectable_address_fails_the_request():
+    clock = task.Clock()
+    request = DirectoryClient(clock).fetch_dirport("not an address", 7000, "/x", 1000)
+    failure = outcome(request).value
+    assert isinstance(failure, DirectoryConnectionError) and "cannot connect" in str(failure)
+    assert clock.getDelayedCalls() == []
+
+
 # ------------------------------------------------------------------------------------------ BEGIN_DIR
 
 
@@ -345,3 +438,25 @@ def test_begin_dir_times_out_and_cancels():
     request.cancel()
     assert isinstance(outcome(request).value, defer.CancelledError)
     assert circuit.sent[-1][0] == RelayCommand.END
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + CONSENSUS,
+    b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n" + CONSENSUS,
+    b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(CONSENSUS)[:-20],
+])
+def test_a_hostile_begin_dir_answer_ends_its_stream_not_the_circuit(answer):
+    """Over BEGIN_DIR the reader's error used to escape into the circuit, which tore the link down."""
+    site = CannedSite(answer)
+    cache = OneHopCache(site)
+    client = DirectoryClient(task.Clock())
+    request = client.fetch_over_circuit(cache.circuit, "/tor/micro/d/a.z", 1 << 20)
+    cache.pump()
+    assert isinstance(outcome(request).value, (ResponseParseError, ResponseDecodeError))
+    assert cache.circuit.state is CircuitState.OPEN and cache.channel.destroyed == []
+    assert cache.circuit.streams == {}
+    site.raw = b"HTTP/1.0 200 OK\r\n\r\n" + CONSENSUS
+    again = client.fetch_over_circuit(cache.circuit, "/tor/micro/d/a.z", 1 << 20)
+    cache.pump()
+    assert outcome(again).body == CONSENSUS
+    assert cache.circuit.state is CircuitState.OPEN

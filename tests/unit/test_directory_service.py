@@ -17,6 +17,7 @@ import random
 import shutil
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +32,16 @@ from oppy.directory.authorities import DirAuthority
 from oppy.directory.cache import CACHED_CONSENSUS_FILE, DirectoryCache
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
+    DirectoryClient,
     DirectoryConnectionError,
     DirectoryResponse,
     DirectoryStatusError,
 )
 from oppy.directory.documents import parse_consensus_header
+from oppy.directory.errors import DirectoryError
 from oppy.directory.fields import format_time, parse_time
 from oppy.directory.service import (
+    DIRECTORY_ROUND_DEADLINE,
     BootstrapPhase,
     BootstrapStatus,
     DirectoryService,
@@ -46,6 +50,7 @@ from oppy.directory.service import (
 from oppy.logs import NOTICE
 from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
+from tests.unit.dirsim import WireDirectory
 
 T0 = parse_time("2030-01-01 00:00:00")
 HOUR = 3600
@@ -233,14 +238,19 @@ class DirectoryServer:
         self.consensus = consensus
         self.refuse_digests: set[str] = set()
         self.tamper_digests: set[str] = set()
+        #: Put before the microdescriptors of every reply.
+        self.microdesc_annotation = b""
         self.down = False
 
     def answer(self, path: str, if_modified_since):
         if self.down:
             raise DirectoryConnectionError("cannot connect: Connection refused")
         if path.startswith("/tor/status-vote/current/consensus-microdesc"):
-            valid_after = parse_consensus_header(self.consensus).valid_after
-            if if_modified_since is not None and valid_after <= if_modified_since:
+            try:
+                valid_after = parse_consensus_header(self.consensus).valid_after
+            except DirectoryError:
+                valid_after = None      # a malformed document, served as it is
+            if if_modified_since is not None and valid_after is not None and valid_after <= if_modified_since:
                 raise DirectoryStatusError("HTTP 304 Not modified", 304)
             return self.consensus
         if path.startswith("/tor/keys/"):
@@ -260,7 +270,7 @@ class DirectoryServer:
                 body += extra.microdesc
             if not body:
                 raise DirectoryStatusError("HTTP 404 Not found", 404)
-            return body
+            return self.microdesc_annotation + body
         raise DirectoryStatusError("HTTP 404 Not found", 404)
 
 
@@ -338,11 +348,12 @@ class World:
     servers: list
     directory: Path
 
-    def service(self, testing: bool = True, seed: int = 1, **options) -> DirectoryService:
+    def service(self, testing: bool = True, seed: int = 1, run_in_thread=None, **options) -> DirectoryService:
+        """The service; "threads" run inline unless ``run_in_thread`` says otherwise."""
         return DirectoryService(
             self.network.records(), self.directory, self.links, testing, self.clock,
             lambda: T0 + 600 + self.clock.seconds(), rng=random.Random(seed), client=self.client,
-            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
+            run_in_thread=run_in_thread or (lambda function, *args: defer.maybeDeferred(function, *args)),
             circuit_builder=fake_build_circuit, **options)
 
     def publish(self, consensus: bytes) -> None:
@@ -530,13 +541,19 @@ def test_not_enough_path_bandwidth_means_waiting_like_tor(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------ cache and restart
 
 
-def test_restart_with_a_live_cache_fetches_nothing(tmp_path, caplog):
-    world = make_world(tmp_path)
+def first_run(world: World) -> list[str]:
+    """Bootstrap and stop a first service (filling the cache); the fingerprints of its primary guards."""
     first = world.service()
     run(first.start())
     primaries = [guard.fingerprint for guard in first.guards.primary_guards()]
     run(first.stop())
     world.client.requests.clear()
+    return primaries
+
+
+def test_restart_with_a_live_cache_fetches_nothing(tmp_path, caplog):
+    world = make_world(tmp_path)
+    primaries = first_run(world)
     caplog.set_level(logging.INFO, logger="oppy")
     second = world.service(seed=99)
     run(second.start())
@@ -826,6 +843,239 @@ def test_stop_cancels_everything(tmp_path):
     assert world.clock.getDelayedCalls()
     run(service.stop())
     assert world.clock.getDelayedCalls() == []
+
+
+# ------------------------------------------------------------------------------------------ hostile sources
+
+
+class WireServer:
+    """A DirectoryServer's answers as raw HTTP (deflated, as tor sends them), or ``hostile`` bytes instead."""
+
+    def __init__(self, server: DirectoryServer):
+        self.server = server
+        self.hostile: bytes | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return not self.server.down
+
+    def answer(self, path, if_modified_since) -> bytes:
+        if self.hostile is not None:
+            return self.hostile
+        try:
+            body = self.server.answer(path, if_modified_since)
+        except DirectoryStatusError as exc:
+            return f"HTTP/1.0 {exc.status} {str(exc).split(' ', 2)[-1]}\r\n\r\n".encode()
+        return b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(body)
+
+
+#: What the fuzzing found: a status line whose "digits" pass str.isdigit() but not int(), and a
+#: Content-Length beyond int()'s 4300 digits.
+HOSTILE_STATUS = b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + b"x" * 100
+HOSTILE_LENGTH = b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+
+
+def wire_service(tmp_path, network: SyntheticNetwork):
+    """A service on the real DirectoryClient, its DirPorts and BEGIN_DIR caches served by `WireDirectory`."""
+    wire = WireDirectory()
+    consensus = network.consensus()
+    sites = {}
+    for authority in network.authorities:
+        wire.dirports[authority.dir_port] = sites[authority.nickname] = WireServer(
+            DirectoryServer(network, consensus))
+    for relay in network.relays:
+        wire.caches[relay.nickname] = sites[relay.nickname] = WireServer(DirectoryServer(network, consensus))
+
+    def service():
+        return DirectoryService(
+            network.records(), tmp_path / "data", FakeLinks(), True, wire.reactor,
+            lambda: T0 + 600 + wire.reactor.seconds(), rng=random.Random(5), client=DirectoryClient(wire.reactor),
+            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
+            circuit_builder=wire.build_circuit)
+
+    return wire, sites, service
+
+
+def advance_to_the_next_refresh(wire: WireDirectory) -> None:
+    (timer,) = wire.reactor.getDelayedCalls()
+    wire.reactor.advance(timer.getTime() - wire.reactor.seconds())
+    wire.pump()
+
+
+def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(tmp_path, caplog):
+    """A hostile DirPort and a hostile directory guard fail their own request only: the round moves to the
+    next source, no request is left pending, the guard's circuit stays up, and later refreshes still happen."""
+    caplog.set_level(logging.INFO, logger="oppy")
+    network = SyntheticNetwork()
+    wire, sites, service = wire_service(tmp_path, network)
+    order = [source.nickname for source in service()._directory_sources()]
+    sites[order[0]].hostile = HOSTILE_STATUS
+    sites[order[1]].hostile = HOSTILE_LENGTH
+    service = service()
+    waiter = service.start()
+    wire.pump()
+    assert run(waiter) is service and service.consensus.valid_after == T0
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
+    assert failed[0].startswith(f"Consensus fetch from {order[0]} at 127.0.0.1:") and \
+        "non-ASCII byte in the status line" in failed[0]
+    assert failed[1].startswith(f"Consensus fetch from {order[1]} at 127.0.0.1:") and \
+        "bad Content-Length" in failed[1]
+    assert len(wire.reactor.getDelayedCalls()) == 1          # the refresh; no request is left pending
+
+    guard = service.guards.primary_guards()[0].nickname
+    sites[guard].hostile = HOSTILE_STATUS
+    for valid_after in (T0 + HOUR, T0 + 2 * HOUR):
+        for site in sites.values():
+            site.server.consensus = network.consensus(valid_after)
+        advance_to_the_next_refresh(wire)
+        assert service.consensus.valid_after == valid_after
+        # The guard was asked first; its answer failed that stream only (its circuit is replaced only
+        # once it is too old, an hour later).
+        hostile_circuit = wire.circuits[guard][-1]
+        assert hostile_circuit.answered == ["/tor/status-vote/current/consensus-microdesc.z"]
+        assert hostile_circuit.circuit.state is CircuitState.OPEN and hostile_circuit.channel.destroyed == []
+        assert not service.guards.primary_guards()[0].is_down
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+    run(service.stop())
+    assert wire.reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("header_line, replacement", [
+    (b"valid-after 2030-01-01 00:00:00", b"valid-after 0000-01-01 00:00:00"),
+    (b"consensus-method 35", b"consensus-method " + b"1" * 5000),
+    (b"consensus-method 35", "consensus-method \u0663\u0665".encode()),
+    (b"vote-status consensus\n", b"vote-status consensus\nparams cc_alg=" + b"2" * 5000 + b"\n"),
+])
+def test_a_malformed_consensus_header_means_the_next_source(tmp_path, caplog, header_line, replacement):
+    """The header is parsed before the signatures; its errors used to escape and end the whole round."""
+    caplog.set_level(logging.INFO, logger="oppy")
+    world = make_world(tmp_path)
+    first = world.service(seed=3)._directory_sources()[0]
+    hostile = world.network.consensus()
+    assert header_line in hostile
+    world.client.dirports[first.port].consensus = hostile.replace(header_line, replacement, 1)
+    service = world.service(seed=3)
+    run(service.start())
+    assert service.enough_dir_info and service.consensus.valid_after == T0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith(f"Rejected the microdesc consensus from {first.nickname}") and \
+        "ConsensusParseError" in warning
+    assert [kind for kind in world.client.kinds()].count("consensus") == 2
+
+
+def first_call_answered(name: str, answer: defer.Deferred):
+    """A run_in_thread that answers the first call of the function ``name`` with ``answer`` (a failure, or a
+    Deferred that never fires) and runs everything else inline."""
+    calls = []
+
+    def run_in_thread(function, *args):
+        if function.__name__ == name and not calls:
+            calls.append(args)
+            return answer
+        return defer.maybeDeferred(function, *args)
+
+    return run_in_thread
+
+
+def test_a_consensus_round_that_cannot_end_is_abandoned_at_its_deadline(tmp_path, caplog):
+    """Whatever hangs inside a round, it ends at DIRECTORY_ROUND_DEADLINE; later fetches do not join it."""
+    caplog.set_level(logging.INFO, logger="oppy")
+    world = make_world(tmp_path)
+    service = world.service(run_in_thread=first_call_answered("_check_consensus", defer.Deferred()))
+    waiter = service.start()
+    joined = service.fetch_consensus_now()
+    assert not waiter.called and not joined.called
+    world.clock.advance(DIRECTORY_ROUND_DEADLINE)
+    assert joined.called and run(joined) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings[0] == (f"The consensus fetch did not finish within {DIRECTORY_ROUND_DEADLINE:.0f} s; "
+                           f"abandoning it (tried: none)")
+    (retry,) = world.clock.getDelayedCalls()
+    world.clock.advance(retry.getTime() - world.clock.seconds())
+    assert run(waiter) is service and service.consensus.valid_after == T0
+
+
+def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_and_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    world = make_world(tmp_path)
+    service = world.service(run_in_thread=first_call_answered("_parse_microdescs", defer.Deferred()))
+    waiter = service.start()
+    assert service.consensus is not None and not waiter.called
+    world.clock.advance(DIRECTORY_ROUND_DEADLINE)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"Microdescriptor fetches did not finish within {DIRECTORY_ROUND_DEADLINE:.0f} s; "
+                        f"the rest are retried later"]
+    retry = min(call.getTime() for call in world.clock.getDelayedCalls())
+    world.clock.advance(retry - world.clock.seconds())
+    assert run(waiter) is service and len(service.microdescs) == len(world.network.relays)
+
+
+def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, caplog):
+    """A huge port in one microdescriptor used to drop its whole batch without a word."""
+    caplog.set_level(logging.INFO, logger="oppy")
+    network = SyntheticNetwork()
+    odd = Relay("odd0", GUARD_FLAGS, policy="a [::1]:" + "1" * 5000 + "\n")
+    network.relays.append(odd)
+    world = make_world(tmp_path, network)
+    service = world.service()
+    run(service.start())
+    assert service.enough_dir_info
+    assert set(service.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
+    rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Rejected microdescriptor")]
+    assert len(rejected) == 3                         # asked of each authority in turn
+    assert all(odd.digest in message and "bad a line" in message for message in rejected)
+
+
+def test_a_microdescriptor_reply_with_a_year_0_annotation_is_used(tmp_path, caplog):
+    """An annotation with year 0000 used to make the whole reply raise ValueError and vanish."""
+    world = make_world(tmp_path)
+    for server in world.servers:
+        server.microdesc_annotation = b"@last-listed 0000-01-01 00:00:00\n"
+    service = world.service()
+    run(service.start())
+    assert len(service.microdescs) == len(world.network.relays)
+    assert world.client.kinds().count("microdescriptors") == 1
+
+
+def test_an_unparseable_microdescriptor_reply_is_logged_and_the_next_source_tried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    world = make_world(tmp_path)
+    service = world.service(run_in_thread=first_call_answered("_parse_microdescs",
+                                                             defer.fail(RuntimeError("simulated parser bug"))))
+    run(service.start())
+    assert len(service.microdescs) == len(world.network.relays)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith("Rejected the ") and "microdescriptor reply from auth" in warning
+    assert warning.endswith("RuntimeError: simulated parser bug")
+    assert world.client.kinds().count("microdescriptors") == 2
+
+
+def test_a_damaged_microdescriptor_cache_costs_neither_the_guards_nor_the_consensus(tmp_path, caplog):
+    world = make_world(tmp_path)
+    primaries = first_run(world)
+    cached = world.directory / "cached-microdescs"
+    damaged = cached.read_bytes().replace(b"@last-listed 2030-", b"@last-listed 0000-")
+    assert damaged.count(b"@last-listed 0000-") == len(world.network.relays)
+    cached.write_bytes(damaged)
+    caplog.set_level(logging.INFO, logger="oppy")
+    second = world.service(seed=99)
+    run(second.start())
+    assert world.client.requests == []
+    assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_state_file_with_a_huge_number_is_reported_not_fatal(tmp_path, caplog):
+    world = make_world(tmp_path)
+    first_run(world)
+    (world.directory / "state").write_text('{"version": 1, "guards": ' + "9" * 5000 + "}")
+    caplog.set_level(logging.INFO, logger="oppy")
+    second = world.service()
+    run(second.start())
+    assert world.client.requests == []                # the cached consensus and microdescriptors are kept
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith("Ignoring the state file") and "not valid JSON" in warning
 
 
 # ------------------------------------------------------------------------------------------ the reactor
