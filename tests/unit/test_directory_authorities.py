@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from oppy.directory.authorities import (
     DEFAULT_AUTHORITIES,
@@ -14,7 +12,7 @@ from oppy.directory.authorities import (
     parse_fallback_dir_line,
     v3_authorities,
 )
-from oppy.directory.errors import AuthorityLineError, DirectoryError
+from oppy.directory.errors import AuthorityLineError
 
 
 def test_default_authorities_are_tor_049s():
@@ -111,27 +109,3 @@ def test_fallback_line():
 def test_bad_fallback_lines(line, reason):
     with pytest.raises(AuthorityLineError, match=reason):
         parse_fallback_dir_line(line)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF), max_size=120))
-def test_random_lines_raise_only_authority_line_error(text):
-    for parser in (parse_dir_authority_line, parse_fallback_dir_line):
-        try:
-            parser(text)
-        except AuthorityLineError:
-            pass
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_mutated_default_lines_raise_only_authority_line_error(data):
-    from oppy.directory.builtin_dirs import AUTHORITY_LINES
-
-    line = data.draw(st.sampled_from(AUTHORITY_LINES))
-    cut = data.draw(st.integers(0, len(line)))
-    junk = data.draw(st.text(max_size=5))
-    try:
-        parse_dir_authority_line(line[:cut] + junk + line[cut + 1:])
-    except DirectoryError as exc:
-        assert isinstance(exc, AuthorityLineError)

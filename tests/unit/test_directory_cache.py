@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from oppy.directory import cache as cache_module
 from oppy.directory.cache import (
@@ -90,24 +89,6 @@ def test_encoded_microdescriptors_read_back_identically():
     assert again == stamped
     for body, _ in again:
         parse_microdescriptor(body)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([b"onion-key\n", b"@last-listed 2020-01-01 00:00:00\n", b"@x\n",
-                                 b"ntor-onion-key AAAA\n", b"p accept 80\n", b"\xff\x00", b"@last-listed bad\n"]),
-                max_size=20))
-def test_split_microdescriptors_never_raises(pieces):
-    data = b"".join(pieces)
-    for body, listed in split_microdescriptors(data):
-        assert body.startswith(b"onion-key")
-        assert listed is None or listed == parse_time("2020-01-01 00:00:00")
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=400))
-def test_split_key_certificates_never_raises(data):
-    for text in split_key_certificates(data):
-        assert text.startswith(b"dir-key-certificate-version")
 
 
 def test_an_annotation_with_an_impossible_date_is_ignored():
