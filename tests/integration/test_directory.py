@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 import zlib
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, protocol, reactor, task
 from twisted.web import resource, server
 
 from oppy.circuit.build import build_circuit
@@ -256,6 +257,62 @@ def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authoriti
     finally:
         yield service.stop()
         yield listening.stopListening()
+
+
+class HostileDirPort(protocol.Protocol):
+    """Answers a request with the factory's bytes and closes, as a hostile directory source may."""
+
+    def connectionMade(self):  # noqa: N802 - Twisted's naming
+        self.buffer = b""
+
+    def dataReceived(self, data):  # noqa: N802
+        self.buffer += data
+        if self.buffer.endswith(b"\r\n\r\n"):
+            self.factory.requests += 1
+            self.transport.write(self.factory.answer)
+            self.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_hostile_dirports_never_stall_the_directory(network, authorities, links, tmp_path, caplog):
+    """Two authorities' DirPorts answer with what fuzzing found (a status code of latin-1 superscripts,
+    which pass str.isdigit() and fail int(); a Content-Length of 5000 digits). Each round moves on to the
+    next source, bootstrap completes from the real one, and later rounds end too."""
+    answers = [b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + b"x" * 100,
+               b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"]
+    factories, listenings = [], []
+    for answer in answers:
+        factory = protocol.Factory.forProtocol(HostileDirPort)
+        factory.answer, factory.requests = answer, 0
+        factories.append(factory)
+        listenings.append(reactor.listenTCP(0, factory, interface="127.0.0.1"))
+    pointed = [dataclasses.replace(authority, address="127.0.0.1", dir_port=listening.getHost().port)
+               for authority, listening in zip(authorities, listenings)] + authorities[len(listenings):]
+
+    def service(seed: int) -> DirectoryService:
+        return DirectoryService(pointed, tmp_path / "data", links, testing_tor_network=True, reactor=reactor,
+                                rng=random.Random(seed))
+
+    # A seed that puts both hostile DirPorts before the real one in the first round.
+    real = {authority.nickname for authority in authorities[len(listenings):]}
+    seed = next(seed for seed in range(100)
+                if service(seed)._directory_sources(authorities_only=True)[-1].nickname in real)
+    caplog.set_level(logging.INFO, logger="oppy")
+    directory = service(seed)
+    try:
+        yield started(directory)
+        assert [factory.requests >= 1 for factory in factories] == [True, True]
+        failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
+        assert any("non-ASCII byte in the status line" in message for message in failed), failed
+        assert any("bad Content-Length" in message for message in failed), failed
+        for _ in range(3):       # each round ends (a newer consensus, or none), none is left waiting
+            yield directory.fetch_consensus_now(authorities_only=True).addTimeout(60, reactor)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        yield fetch_through(directory, links, network)
+    finally:
+        yield directory.stop()
+        for listening in listenings:
+            yield listening.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
