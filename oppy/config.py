@@ -51,8 +51,23 @@ __all__ = [
     "canonical_option_name",
     "option_type_name",
     "parse_interval",
+    "parse_decimal",
+    "ascii_lower",
     "quote_value",
 ]
+
+
+# How much of a value from outside an error message repeats, so that it stays one readable line (the
+# whole value stays on ConfigError.value).
+_MAX_SHOWN = 60
+_MAX_PATH_SHOWN = 1024
+
+
+def _shortened(text: str, limit: int = _MAX_SHOWN) -> str:
+    """``text`` for an error message: control characters escaped (a NUL or LF in a quoted torrc value
+    must not break the line), cut after ``limit`` characters."""
+    shown = text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
 class ConfigError(ValueError):
@@ -68,7 +83,7 @@ class UnknownOptionError(ConfigError):
     """An option name oppy does not know (tor: ``Unknown option 'Foo'.  Failing.``)."""
 
     def __init__(self, option: str) -> None:
-        super().__init__(f"Unknown option '{option}'.  Failing.", option=option)
+        super().__init__(f"Unknown option '{_shortened(option)}'.  Failing.", option=option)
 
 
 # --------------------------------------------------------------------------- line syntax
@@ -257,8 +272,9 @@ def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-    except OSError as exc:
-        raise ConfigError(f'Unable to open configuration file "{path}": {exc.strerror or exc}') from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in a quoted %include path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f'Unable to open configuration file "{_shortened(path, _MAX_PATH_SHOWN)}": {reason}') from None
     # files.c read_file_to_str: tor drops every CR from a text file before parsing it.
     return data.decode("utf-8", "surrogateescape").replace("\r", "")
 
@@ -328,6 +344,43 @@ def quote_value(value: str) -> str:
 
 # --------------------------------------------------------------------------- value types
 
+# parse_int.c: tor reads every number in a torrc or a control command with strtol/strtoull, so none
+# exceeds 64 bits: at most 20 digits once leading zeros are gone. Python's int() would take any count
+# (and raise past 4300) and any Unicode digit ("１２３", "²" for isdigit()); tor takes ASCII only.
+MAX_DECIMAL_DIGITS = 20
+
+
+def parse_decimal(text: str, minimum: int, maximum: int) -> int | None:
+    """tor_parse_long(text, 10, minimum, maximum, &ok, NULL): an optional sign and ASCII digits, nothing
+    else; the value, or None when malformed or outside [minimum, maximum]. Any length is read in linear
+    time without converting more than :data:`MAX_DECIMAL_DIGITS` digits. This is the one number parser
+    for text from outside (torrc values, the command line, control-port arguments)."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > MAX_DECIMAL_DIGITS:
+        return None
+    value = -int(significant) if text[:1] == "-" else int(significant)
+    return value if minimum <= value <= maximum else None
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` lower-cased for comparing with ASCII names the way tor's strcasecmp does: text that is not
+    pure ASCII is returned as it is, so that e.g. the KELVIN SIGN (which str.lower() turns into "k")
+    never matches an option name or a flag."""
+    return text.lower() if text.isascii() else text
+
+
+def _words(text: str, maxsplit: int = 0) -> list[str]:
+    """``text`` split on runs of tor's white space (TOR_ISSPACE: ASCII only, not U+00A0 or U+3000 as
+    str.split() would)."""
+    stripped = text.strip(_SPACE)
+    return _SPACE_RUN.split(stripped, maxsplit) if stripped else []
+
+
+_SPACE_RUN = re.compile(r"[ \t\n\r\v\f]+")
+
 # unitparse.c time_units: interval units and their length in seconds.
 _TIME_UNITS = {
     "": 1, "second": 1, "seconds": 1,
@@ -339,24 +392,28 @@ _TIME_UNITS = {
 }
 # type_defs.c: intervals and integers are C ints.
 _INT_MAX = 2**31 - 1
-_INTERVAL_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)")
-_INT_RE = re.compile(r"-?[0-9]+")
+# unitparse.c config_parse_units: ASCII digits (a fraction allowed), optional TOR_ISSPACE, a unit.
+_INTERVAL_RE = re.compile(r"([0-9]*)(\.[0-9]*)?[ \t\n\r\v\f]*([A-Za-z]*)")
 
 
 def _bad(name: str, value: str, reason: str) -> ConfigError:
-    return ConfigError(f"Could not parse {name} '{value}': {reason}", option=name, value=value)
+    return ConfigError(f"Could not parse {name} '{_shortened(value)}': {_shortened(reason, 2 * _MAX_SHOWN)}",
+                       option=name, value=value)
 
 
 def parse_interval(value: str, name: str = "interval") -> int:
     """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
-    match = _INTERVAL_RE.fullmatch(value.strip())
-    if not match:
+    match = _INTERVAL_RE.fullmatch(value.strip(_SPACE))
+    if not match or match.group(1) == "" and len(match.group(2) or "") < 2:
         raise _bad(name, value, "expected a number of seconds, or a number and a unit such as '10 minutes'")
-    number, unit = match.groups()
+    whole, fraction, unit = match.groups()
     multiplier = _TIME_UNITS.get(unit.lower())
     if multiplier is None:
         raise _bad(name, value, f"unknown unit '{unit}' (use seconds, minutes, hours, days, weeks or months)")
-    seconds = int(float(number) * multiplier) if "." in number else int(number) * multiplier
+    whole = whole.lstrip("0") or "0"
+    if len(whole) > MAX_DECIMAL_DIGITS:
+        raise _bad(name, value, "the interval is too long")
+    seconds = int(float(whole + fraction) * multiplier) if fraction else int(whole) * multiplier
     if seconds > _INT_MAX:
         raise _bad(name, value, "the interval is too long")
     return seconds
@@ -374,9 +431,10 @@ def _encode_bool(value: bool) -> list[str]:
 
 def _int_parser(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def parse(name: str, value: str) -> int:
-        if not _INT_RE.fullmatch(value) or not minimum <= int(value) <= maximum:
+        number = parse_decimal(value, minimum, maximum)
+        if number is None:
             raise _bad(name, value, f"expected an integer between {minimum} and {maximum}")
-        return int(value)
+        return number
 
     return parse
 
@@ -409,7 +467,7 @@ MAX_MAX_CLIENT_CIRCUITS_PENDING = 1024
 
 
 def _parse_safe_logging(name: str, value: str) -> str:
-    lowered = value.lower()
+    lowered = ascii_lower(value)
     if lowered not in ("0", "1", "relay"):
         raise _bad(name, value, "allowed values are 0, 1 and relay")
     return lowered
@@ -425,8 +483,12 @@ def _parse_hashed_password(name: str, value: str) -> str:
     return value
 
 
+# procmon.c parse_process_specifier: a pid is tor_parse_long(..., 1, LONG_MAX).
+_MAX_PID = 2**63 - 1
+
+
 def _parse_pid(name: str, value: str) -> str:
-    if not value.isdigit():
+    if parse_decimal(value, 1, _MAX_PID) is None:
         raise _bad(name, value, "expected a process id")
     return value
 
@@ -519,7 +581,7 @@ def _parse_listen_address(name: str, value: str, text: str) -> tuple[str, int | 
             port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
-    if host.lower() == "localhost":
+    if ascii_lower(host) == "localhost":
         host = DEFAULT_LISTEN_ADDRESS
     try:
         address = str(ipaddress.ip_address(host))
@@ -527,27 +589,29 @@ def _parse_listen_address(name: str, value: str, text: str) -> tuple[str, int | 
         raise _bad(name, value, f"could not parse address '{host}' (oppy needs an IP address)") from None
     if port_text is None:
         return address, None
-    if port_text.lower() == "auto":
+    if ascii_lower(port_text) == "auto":
         return address, AUTO_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= _MAX_PORT:
-        raise _bad(name, value, f"port '{port_text}' out of range (1-{_MAX_PORT})")
-    return address, int(port_text)
+    port = parse_decimal(port_text, 1, _MAX_PORT)
+    if port is None:
+        raise _bad(name, value, f"port '{_shortened(port_text, 10)}' out of range (1-{_MAX_PORT})")
+    return address, port
 
 
 def _parse_port_line(name: str, value: str, *, client_flags: bool) -> PortConfig | None:
     """One SocksPort/ControlPort value (config.c port_parse_config); None for ``0``."""
-    words = value.split()
+    words = _words(value)
     if not words:
         raise _bad(name, value, "no address or port")
     addrport, flag_words = words[0], words[1:]
-    if addrport.lower().startswith("unix:"):
+    if ascii_lower(addrport).startswith("unix:"):
         raise _bad(name, value, "oppy does not support unix sockets")
-    if addrport.lower() == "auto":
+    if ascii_lower(addrport) == "auto":
         address, port = DEFAULT_LISTEN_ADDRESS, AUTO_PORT
-    elif addrport.isdigit():
-        if int(addrport) > _MAX_PORT:
-            raise _bad(name, value, f"port {addrport} out of range (0-{_MAX_PORT})")
-        address, port = DEFAULT_LISTEN_ADDRESS, int(addrport)
+    elif addrport.isascii() and addrport.isdigit():
+        number = parse_decimal(addrport, 0, _MAX_PORT)
+        if number is None:
+            raise _bad(name, value, f"port out of range (0-{_MAX_PORT})")
+        address, port = DEFAULT_LISTEN_ADDRESS, number
         if port == 0:
             if flag_words:
                 raise _bad(name, value, "a disabled port takes no flags")
@@ -560,14 +624,14 @@ def _parse_port_line(name: str, value: str, *, client_flags: bool) -> PortConfig
     flags = set(DEFAULT_SOCKS_FLAGS) if client_flags else set()
     session_group = None
     for word in flag_words:
-        lowered = word.lower()
+        lowered = ascii_lower(word)
         if lowered.startswith("sessiongroup=") and client_flags:
-            group = word[len("SessionGroup="):]
-            if not group.isdigit() or int(group) > _INT_MAX:
-                raise _bad(name, value, f"invalid option '{word}'")
+            group = parse_decimal(word[len("SessionGroup="):], 0, _INT_MAX)
+            if group is None:
+                raise _bad(name, value, "invalid SessionGroup")
             if session_group is not None:
                 raise _bad(name, value, "more than one SessionGroup")
-            session_group = int(group)
+            session_group = group
             continue
         negated = lowered.startswith("no")
         base = lowered[2:] if negated else lowered
@@ -661,10 +725,10 @@ class LogSpec:
 def _parse_log_value(name: str, value: str) -> LogSpec:
     """``[min[-max]] [stdout|stderr|file PATH]`` (config.c options_init_logs, log.c
     parse_log_severity_config). Domains (``[net]info``) and syslog are tor features oppy lacks."""
-    text = value.strip()
+    text = value.strip(_SPACE)
     if text.startswith("["):
         raise _bad(name, value, "log domains ([domain]severity) are not supported by oppy")
-    words = text.split(None, 1)
+    words = _words(text, 1)
     if not words:
         raise _bad(name, value, "no severity")
     severity_word = words[0]
@@ -672,13 +736,13 @@ def _parse_log_value(name: str, value: str) -> LogSpec:
     low, _, high = severity_word.partition("-")
     high = high or "err"
     for level in (low, high):
-        if level.lower() not in SEVERITIES:
+        if ascii_lower(level) not in SEVERITIES:
             raise _bad(name, value, f"unknown severity '{level}' (expected one of {', '.join(SEVERITIES)})")
     low, high = low.lower(), high.lower()
     if SEVERITIES.index(low) > SEVERITIES.index(high):
         raise _bad(name, value, f"the range {severity_word} is empty (write the less severe level first)")
-    destination_words = rest.split(None, 1)
-    destination = destination_words[0].lower() if destination_words else "stdout"
+    destination_words = _words(rest, 1)
+    destination = ascii_lower(destination_words[0]) if destination_words else "stdout"
     if destination in ("stdout", "stderr"):
         if len(destination_words) > 1:
             raise _bad(name, value, f"unexpected '{destination_words[1]}' after {destination}")
@@ -686,6 +750,8 @@ def _parse_log_value(name: str, value: str) -> LogSpec:
     if destination == "file":
         if len(destination_words) < 2:
             raise _bad(name, value, "'file' needs a file name")
+        if "\0" in destination_words[1]:
+            raise _bad(name, value, "a file name cannot contain NUL")
         return LogSpec(low, high, "file", destination_words[1], value)
     if destination == "syslog":
         raise _bad(name, value, "oppy does not support syslog; use stdout, stderr or file")
@@ -791,7 +857,7 @@ OPTION_NAMES: tuple[str, ...] = tuple(option.name for option in _OPTIONS)
 
 
 def _lookup(name: str) -> _Option:
-    option = _OPTIONS_BY_LOWER.get(name.lower())
+    option = _OPTIONS_BY_LOWER.get(ascii_lower(name))
     if option is None:
         raise UnknownOptionError(name)
     return option
@@ -1115,10 +1181,10 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
             result.option_lines.append(ConfigLine(_OPTION_ALIASES[arg], value))
         else:
             result.option_lines.append(ConfigLine(key, value, command))
-    if result.log_level is not None and result.log_level.lower() not in SEVERITIES:
+    if result.log_level is not None and ascii_lower(result.log_level) not in SEVERITIES:
         raise ConfigError(f"Unknown log level '{result.log_level}' for --log-level (expected one of "
                           f"{', '.join(SEVERITIES)})", option="--log-level", value=result.log_level)
-    if result.dump_config is not None and result.dump_config.lower() not in ("short", "full"):
+    if result.dump_config is not None and ascii_lower(result.dump_config) not in ("short", "full"):
         raise ConfigError(f"Unrecognized value '{result.dump_config}' for --dump-config (expected short or full)",
                           option="--dump-config", value=result.dump_config)
     return result

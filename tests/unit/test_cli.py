@@ -189,3 +189,40 @@ def test_missing_daemon_is_one_line(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "oppy.daemon", None)
     assert_one_line_error(*run_main(capsys, "--Log", "err stderr"),
                           "this build of oppy has no daemon (oppy.daemon is missing)")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--ControlPort", "１２３"),
+    ("--SocksPort", "1" * 5000),
+    ("--MaxCircuitDirtiness", "9" * 5000 + " minutes"),
+    ("--MaxCircuitDirtiness", "9" * 400 + ".5 minutes"),
+    ("--MaxClientCircuitsPending", "1" * 5000),
+])
+def test_hostile_numbers_are_one_line_errors_naming_the_option(capsys, option, value):
+    status, out, err = run_main(capsys, option, value, "--verify-config")
+    assert status == 1 and out == "" and "Traceback" not in err
+    assert err.startswith(f"oppy: Could not parse {option[2:]} '") and err.count("\n") == 1 and len(err) < 300
+
+
+def test_hostile_numbers_in_a_torrc_are_one_line_errors(capsys, tmp_path):
+    torrc = tmp_path / "torrc"
+    torrc.write_text("SocksPort 9050\nMaxCircuitDirtiness " + "9" * 5000 + " minutes\n")
+    status, out, err = run_main(capsys, "-f", str(torrc), "--verify-config")
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("oppy: Could not parse MaxCircuitDirtiness '999") and "(5008 characters)" in err
+
+
+def test_nul_in_a_log_file_name_is_refused_before_logging_starts(capsys, tmp_path, fake_daemon):
+    torrc = tmp_path / "torrc"
+    torrc.write_text('Log "notice file /tmp/oppy\\000.log"\n')
+    status, out, err = run_main(capsys, "-f", str(torrc))
+    assert_one_line_error(status, out, err, "Could not parse Log 'notice file /tmp/oppy\\x00.log': a file name "
+                                            "cannot contain NUL")
+    assert fake_daemon.configs == []
+
+
+def test_nul_in_an_include_path_is_a_one_line_error(capsys, tmp_path):
+    torrc = tmp_path / "torrc"
+    torrc.write_text('%include "/tmp/x\\000y"\n')
+    assert_one_line_error(*run_main(capsys, "-f", str(torrc), "--verify-config"),
+                          'Unable to open configuration file "/tmp/x\\x00y": embedded null byte')

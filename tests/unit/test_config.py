@@ -274,7 +274,7 @@ def test_socks_port_flags_are_a_set_with_tors_defaults():
     ("9050 IsolateBogus", "unrecognized SocksPort option 'IsolateBogus'"),
     ("9050 GroupWritable", "unix sockets only"),
     ("9050 NoOnionTrafficOnly", "NoOnionTrafficOnly is not supported"),
-    ("9050 SessionGroup=x", "invalid option"),
+    ("9050 SessionGroup=x", "invalid SessionGroup"),
     ("9050 SessionGroup=1 SessionGroup=2", "more than one SessionGroup"),
     ("9050 NoIsolateSOCKSAuth KeepAliveIsolateSOCKSAuth", "KeepAliveIsolateSOCKSAuth"),
     ("9050 NoIPv4Traffic NoIPv6Traffic NoOnionTraffic", "all disabled"),
@@ -684,3 +684,66 @@ def test_reload_reads_the_same_sources_again(tmp_path):
     torrc.write_text("MaxCircuitDirtiness 90\nSocksPort 9050\n")
     reloaded = reload_config(config)
     assert reloaded.max_circuit_dirtiness == 90 and [p.port for p in reloaded.socks_ports] == [9150]
+
+
+# --------------------------------------------------------------------------- hostile numbers and text
+
+# Values that once ended `oppy --verify-config` with a traceback (int() of thousands of digits, float
+# overflow) or were taken although tor refuses them (Python reads "１２３", "²" and U+3000 as digits and
+# space; tor's strtol and TOR_ISSPACE take ASCII only). Each must be a ConfigError naming the option.
+HOSTILE_VALUES = [
+    ("SocksPort", "1" * 5000),
+    ("SocksPort", "１２３"),
+    ("SocksPort", "²"),
+    ("SocksPort", "127.0.0.1:１２３"),
+    ("SocksPort", "[::1]:" + "1" * 5000),
+    ("SocksPort", "9050 SessionGroup=" + "1" * 5000),
+    ("SocksPort", "9050 SessionGroup=１"),
+    ("SocksPort", "9050\u00a0IsolateDestAddr"),
+    ("SocksPort", "9050 PreferSOC\u212aSNoAuth"),  # KELVIN SIGN lower-cases to "k"
+    ("ControlPort", "１２３"),
+    ("ControlPort", "127.0.0.1:" + "9" * 5000),
+    ("MaxCircuitDirtiness", "9" * 5000 + " minutes"),
+    ("MaxCircuitDirtiness", "9" * 400 + ".5 minutes"),
+    ("MaxCircuitDirtiness", "１０ seconds"),
+    ("MaxCircuitDirtiness", "10\u3000minutes"),
+    ("CircuitBuildTimeout", "١٠"),
+    ("MaxClientCircuitsPending", "1" * 5000),
+    ("MaxClientCircuitsPending", "３２"),
+    ("__OwningControllerProcess", "１２"),
+    ("__OwningControllerProcess", "1" * 5000),
+    ("Log", "notice\u2003stdout"),
+    ("Log", "notice file /tmp/a\0b"),
+]
+
+
+@pytest.mark.parametrize("name, value", HOSTILE_VALUES, ids=lambda item: ascii(item)[:40])
+def test_hostile_values_are_config_errors_naming_the_option(name, value):
+    with pytest.raises(ConfigError) as caught:
+        config_from_lines([[ConfigLine(name, value)]])
+    message = str(caught.value)
+    assert caught.value.option == name and name in message
+    assert len(message) < 300 and "\n" not in message  # one line a user can read, not 5000 digits
+
+
+def test_long_values_are_shortened_in_the_message_but_kept_whole_on_the_error():
+    value = "9" * 5000 + " minutes"
+    with pytest.raises(ConfigError) as caught:
+        config_from_lines([[ConfigLine("MaxCircuitDirtiness", value)]])
+    assert caught.value.value == value
+    assert "(5008 characters)" in str(caught.value)
+
+
+def test_leading_zeros_and_signs_are_read_as_tors_strtol_reads_them():
+    assert config_from_torrc_text("SocksPort " + "0" * 5000 + "9050\n").socks_ports[0].port == 9050
+    assert config_from_torrc_text("MaxClientCircuitsPending +0000000000000000000000000000064\n"
+                                  ).max_client_circuits_pending == 64
+    assert parse_interval("0" * 5000 + "12 minutes") == 720
+
+
+def test_option_names_fold_ascii_case_only():
+    with pytest.raises(UnknownOptionError):
+        config_from_torrc_text("So\u212aksPort 9050\n")  # KELVIN SIGN: "socksport" to str.lower()
+    with pytest.raises(UnknownOptionError):
+        canonical_option_name("Coo\u212aieAuthentication")
+    assert canonical_option_name("SOCKSPORT") == "SocksPort"
