@@ -17,9 +17,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from oppy.config import parse_decimal
 from oppy.control.codec import (
     ControlCommand,
     ControlSyntaxError,
+    ascii_upper,
     bad_arguments_reply,
     parse_arguments,
     quote,
@@ -375,7 +377,7 @@ class Authenticator:
             )
         except ControlSyntaxError as error:
             return AuthOutcome(bad_arguments_reply(command.keyword, error))
-        if args.positional[0].upper() != "SAFECOOKIE":
+        if ascii_upper(args.positional[0]) != "SAFECOOKIE":
             return _end(_UNRECOGNIZED_ARGUMENT, "AUTHCHALLENGE only supports SAFECOOKIE authentication", close=True)
         if self._cookie is None:
             return _end(_BAD_AUTH, "Cookie authentication is disabled", close=True)
@@ -450,12 +452,9 @@ class Authenticator:
         return _MSG_PASSWORD_MISMATCH_QUOTED if used_quoted_string else _MSG_PASSWORD_MISMATCH_HEX
 
 
+# control_auth.c handle_control_protocolinfo: tor_parse_long(arg, 10, 0, LONG_MAX).
+_MAX_PROTOCOL_VERSION = 2**63 - 1
+
+
 def _is_protocol_version(text: str) -> bool:
-    """tor_parse_long(arg, 10, 0, LONG_MAX): an optional sign, decimal digits, 0..2**63-1."""
-    digits = text[1:] if text[:1] in "+-" and len(text) > 1 else text
-    if not digits.isascii() or not digits.isdigit():
-        return False
-    value = int(digits)
-    if text.startswith("-"):
-        value = -value
-    return 0 <= value <= 2**63 - 1
+    return parse_decimal(text, 0, _MAX_PROTOCOL_VERSION) is not None

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 
 from oppy.cell.commands import DestroyReason
 from oppy.config import OPTION_NAMES, ConfigError, reload_config
-from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
+from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf, hex_identity, \
+    relay_by_nickname
 from oppy.control.events import format_path, orconn_event
 from oppy.logs import configure_logging, notice
 
@@ -201,21 +202,14 @@ class DaemonBackend(ControlBackend):
         hex_part = text[1:] if text.startswith("$") else text
         for separator in ("~", "="):
             hex_part = hex_part.split(separator, 1)[0]
-        if len(hex_part) == 40:
-            try:
-                return self.directory.relay_target(bytes.fromhex(hex_part))
-            except ValueError:
-                pass
+        identity = hex_identity(hex_part)
+        if identity is not None:
+            return self.directory.relay_target(identity)
         if text.startswith("$"):
             return None
         consensus = self.directory.consensus
-        if consensus is None:
-            return None
-        wanted = text.lower()
-        for relay in consensus.relays:
-            if relay.nickname.lower() == wanted:
-                return self.directory.relay_target(relay.rsa_id)
-        return None
+        relay = relay_by_nickname(consensus, text) if consensus is not None else None
+        return self.directory.relay_target(relay.rsa_id) if relay is not None else None
 
     def microdesc_body(self, digest: str) -> str | None:
         body = self.directory.microdesc_body(digest)

@@ -26,6 +26,7 @@ __all__ = [
     "ControlLineReader",
     "KeywordArgument",
     "ControlArguments",
+    "ascii_upper",
     "split_positional",
     "unescape_cstring",
     "decode_qstring",
@@ -294,6 +295,12 @@ class ControlArguments(NamedTuple):
         """True if the bare keyword ``name`` (case-insensitive, no value) was given."""
         wanted = name.upper()
         return any(item.key is not None and item.value is None and item.key.upper() == wanted for item in self.keywords)
+
+
+def ascii_upper(text: str) -> str:
+    """``text`` upper-cased for comparing with ASCII keywords the way tor's strcasecmp does: text that
+    is not pure ASCII is returned as it is (str.upper() would turn "ı" into "I" and "ſ" into "S")."""
+    return text.upper() if text.isascii() else text
 
 
 def split_positional(text: str, max_pieces: int = 0) -> list[str]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from oppy import __version__
-from oppy.config import OPTION_NAMES, Config, ConfigError, UnknownOptionError, canonical_option_name, \
-    option_type_name
+from oppy.config import OPTION_NAMES, Config, ConfigError, UnknownOptionError, ascii_lower, \
+    canonical_option_name, option_type_name, parse_decimal
 from oppy.control.auth import Authenticator
 from oppy.control.codec import (
     ControlArguments,
@@ -33,6 +33,7 @@ from oppy.control.codec import (
     ControlSyntaxError,
     DataBlock,
     FramingFailure,
+    ascii_upper,
     bad_arguments_reply,
     encode_event,
     looks_like_http_request,
@@ -70,6 +71,8 @@ __all__ = [
     "AuthSettings",
     "SetconfError",
     "apply_setconf",
+    "hex_identity",
+    "relay_by_nickname",
     "TOR_CLIENT_DEFAULTS",
     "GETINFO_KEYS",
 ]
@@ -275,7 +278,7 @@ def apply_setconf(config: Config, pairs: Sequence[tuple[str, str | None]]) -> li
     CONF_CHANGED lines: (option, value) for every value of each option that changed, (option, None)
     for one now unset. Raises :class:`SetconfError` with tor's code and text."""
     for key, _ in pairs:
-        lowered = key.lower()
+        lowered = ascii_lower(key)
         if lowered in _TOR_DEFAULTS_BY_LOWER:
             raise SetconfError(INVALID_CONFIG_VALUE, f"Unable to set option: oppy does not implement "
                                                      f"{_TOR_DEFAULTS_BY_LOWER[lowered]}")
@@ -487,21 +490,26 @@ def _consensus(session):
     return getattr(session.hub.backend.directory, "consensus", None)
 
 
-def _hex_identity(text: str) -> bytes | None:
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+# A relay's identity: a SHA-1 digest, 40 hex digits.
+_IDENTITY_HEX_LEN = 40
+
+
+def hex_identity(text: str) -> bytes | None:
+    """The 20-byte identity in ``$FP`` or ``FP``, as tor's base16_decode reads it: exactly 40 hex digits
+    (bytes.fromhex alone would also skip white space inside)."""
     if text.startswith("$"):
         text = text[1:]
-    if len(text) != 40:
+    if len(text) != _IDENTITY_HEX_LEN or not _HEX_DIGITS.issuperset(text):
         return None
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return None
+    return bytes.fromhex(text)
 
 
-def _relay_by_name(consensus, nickname: str):
-    wanted = nickname.lower()
+def relay_by_nickname(consensus, nickname: str):
+    """The first relay named ``nickname`` (ASCII case-insensitive, as tor's strcasecmp), or None."""
+    wanted = ascii_lower(nickname)
     for relay in consensus.relays:
-        if relay.nickname.lower() == wanted:
+        if ascii_lower(relay.nickname) == wanted:
             return relay
     return None
 
@@ -518,17 +526,12 @@ def _gi_ns(session, key):
     if key == "ns/purpose/bridge":
         return ""
     if key.startswith("ns/id/"):
-        text = key[len("ns/id/"):]
-        text = text[1:] if text.startswith("$") else text
-        try:
-            identity = bytes.fromhex(text)
-        except ValueError:
-            identity = b""
-        if len(identity) != 20 or len(text) != 40:
+        identity = hex_identity(key[len("ns/id/"):])
+        if identity is None:
             raise GetinfoFailed("Data not decodeable as hex")
         relay = consensus.relay_by_id(identity)
     elif key.startswith("ns/name/"):
-        relay = _relay_by_name(consensus, key[len("ns/name/"):])
+        relay = relay_by_nickname(consensus, key[len("ns/name/"):])
     else:
         return None
     return ns_entry(relay) if relay is not None else None
@@ -563,10 +566,10 @@ def _gi_md(session, key):
     if consensus is None:
         return None
     if key.startswith("md/id/"):
-        identity = _hex_identity(key[len("md/id/"):])
+        identity = hex_identity(key[len("md/id/"):])
         relay = consensus.relay_by_id(identity) if identity is not None else None
     elif key.startswith("md/name/"):
-        relay = _relay_by_name(consensus, key[len("md/name/"):])
+        relay = relay_by_nickname(consensus, key[len("md/name/"):])
     else:
         return None
     return _microdesc_of(session, relay)
@@ -850,17 +853,19 @@ class ControlSession:
         self._held_events = []
         after: list[Callable[[], None]] = []
         try:
-            outcome = self.authenticator.handle(command)
-            if outcome is not None:
-                self._out.append(outcome.reply)
-                if outcome.close:
-                    self._close()
-            else:
-                try:
+            try:
+                outcome = self.authenticator.handle(command)
+                if outcome is not None:
+                    self._out.append(outcome.reply)
+                    if outcome.close:
+                        self._close()
+                else:
                     self._out.append(self._dispatch(command, after))
-                except Exception:  # a bug must not take the control port (or oppy) down
-                    log.exception("control command %s failed", command.keyword)
-                    self._out.append(reply(INTERNAL_ERROR, ["Internal error"]))
+            except Exception:  # a bug must not take the control port (or oppy) down
+                log.exception("control command %s failed", command.keyword)
+                self._out.append(reply(INTERNAL_ERROR, ["Internal error"]))
+                if not self.authenticator.authenticated:
+                    self._close()  # as tor does with bad input before authentication
             for action in after:
                 action()
         finally:
@@ -884,14 +889,16 @@ class ControlSession:
     # ---------------------------------------------------------------- lookups
 
     def find_circuit(self, text: str):
-        if not (text.isascii() and text.isdigit()) or int(text) > MAX_CIRCUIT_ID:
-            return None
-        return self.hub.backend.manager.circuits.get(int(text))
+        """control_cmd.c get_circ: tor_parse_ulong(text, 10, 0, UINT32_MAX)."""
+        number = parse_decimal(text, 0, MAX_CIRCUIT_ID)
+        return None if number is None else self.hub.backend.manager.circuits.get(number)
 
     def find_stream(self, text: str):
-        if not (text.isascii() and text.isdigit()) or int(text) > MAX_STREAM_ID:
+        """control_cmd.c get_stream: tor_parse_uint64(text, 10, 0, UINT64_MAX)."""
+        number = parse_decimal(text, 0, MAX_STREAM_ID)
+        if number is None:
             return None
-        managed = self.hub.backend.manager.streams.get(int(text))
+        managed = self.hub.backend.manager.streams.get(number)
         if managed is None or managed.stream.ended:
             return None
         return managed
@@ -943,7 +950,7 @@ def _run_getconf(session: ControlSession, args: ControlArguments, after) -> byte
             name = canonical_option_name(key)
             values = config.get_option(name)
         except ConfigError:
-            name = _TOR_DEFAULTS_BY_LOWER.get(key.lower())
+            name = _TOR_DEFAULTS_BY_LOWER.get(ascii_lower(key))
             if name is None:
                 unrecognized.append(f'Unrecognized configuration key "{key}"')
                 continue
@@ -992,7 +999,7 @@ def _parse_signal(args: str) -> ControlArguments:
 
 def _run_signal(session: ControlSession, args: ControlArguments, after) -> bytes:
     name = args.positional[0]
-    canonical = SIGNAL_CANONICAL_NAMES.get(name.upper())
+    canonical = SIGNAL_CANONICAL_NAMES.get(ascii_upper(name))
     if canonical is None:
         return _error(UNRECOGNIZED_ENTITY, f'Unrecognized signal code "{name}"')
 
@@ -1025,11 +1032,11 @@ def _run_extendcircuit(session: ControlSession, args: ControlArguments, after) -
             keywords = keywords[1:]
     purpose = "GENERAL"
     for item in keywords:
-        if item.key is not None and item.key.upper() == "PURPOSE" and item.value is not None:
-            value = item.value
-            if value.lower().startswith("purpose="):
+        if item.key is not None and ascii_upper(item.key) == "PURPOSE" and item.value is not None:
+            value = ascii_lower(item.value)
+            if value.startswith("purpose="):
                 value = value[len("purpose="):]
-            purpose = _PURPOSES.get(value.lower())
+            purpose = _PURPOSES.get(value)
             if purpose is None:
                 return _error(UNRECOGNIZED_ENTITY, f'Unknown purpose "{item.value}"')
             break
@@ -1085,9 +1092,10 @@ def _run_attachstream(session: ControlSession, args: ControlArguments, after) ->
             return _error(UNRECOGNIZED_ENTITY, f'Unknown circuit "{circ_id}"')
         hop_text = args.get("HOP")
         if hop_text is not None:
-            if not (hop_text.isascii() and hop_text.isdigit()) or int(hop_text) > MAX_HOP:
+            parsed_hop = parse_decimal(hop_text, 0, MAX_HOP)
+            if parsed_hop is None:
                 return _error(UNRECOGNIZED_ENTITY, f"Bad value hop={hop_text}")
-            hop = int(hop_text)
+            hop = parsed_hop
     state = managed_stream.stream.state.value
     waiting = state in ("NEW", "DETACHED") and getattr(managed_stream, "awaiting_controller", False)
     if not waiting and state not in ("SENTCONNECT", "SENTRESOLVE"):
@@ -1118,9 +1126,10 @@ def _run_closestream(session: ControlSession, args: ControlArguments, after) -> 
     managed_stream = session.find_stream(stream_id)
     if managed_stream is None:
         return _error(UNRECOGNIZED_ENTITY, f'Unknown stream "{stream_id}"')
-    if not (reason_text.isascii() and reason_text.isdigit()) or int(reason_text) > MAX_END_REASON:
+    reason = parse_decimal(reason_text, 0, MAX_END_REASON)
+    if reason is None:
         return _error(UNRECOGNIZED_ENTITY, f'Unrecognized reason "{reason_text}"')
-    session.hub.backend.close_stream(managed_stream, int(reason_text))
+    session.hub.backend.close_stream(managed_stream, reason)
     return _ok()
 
 
@@ -1143,7 +1152,7 @@ def _run_closecircuit(session: ControlSession, args: ControlArguments, after) ->
 
 def _run_usefeature(session: ControlSession, args: ControlArguments, after) -> bytes:
     for feature in args.positional:
-        if feature.upper() not in FEATURE_NAMES:
+        if ascii_upper(feature) not in FEATURE_NAMES:
             return _error(UNRECOGNIZED_ENTITY, f'Unrecognized feature "{feature}"')
     return _ok()
 

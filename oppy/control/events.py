@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from oppy.cell.commands import DestroyReason, EndReason
-from oppy.control.codec import encode_event, quote, split_positional
+from oppy.control.codec import ascii_upper, encode_event, quote, split_positional
 
 __all__ = [
     "SETEVENTS_EVENT_NAMES",
@@ -155,7 +155,7 @@ def parse_setevents(args: str) -> frozenset[str]:
     """
     wanted = set()
     for name in split_positional(args):
-        upper = name.upper()
+        upper = ascii_upper(name)
         if upper in IGNORED_SETEVENTS_NAMES:
             continue
         canonical = _EVENT_BY_UPPER.get(upper)

@@ -253,6 +253,15 @@ TOR_CAPTURED = [
      b"515 Authentication failed: Authentication cookie did not match expected value.\r\n", True),
     ("null", [b'AUTHENTICATE "anything"\r\n', b"SETEVENTS \r\n"], b"250 OK\r\n<dispatch>", False),
     ("null", [b"AUTHENTICATE\r\n"], b"250 OK\r\n", False),
+    # Not captured from tor but read from control_auth.c (tor_parse_long(arg, 10, 0, LONG_MAX)): a version
+    # of thousands of digits, one past LONG_MAX, or digits Python's int() takes but strtol does not is
+    # "513 No such version" (and a close before authentication), not an exception that drops the connection.
+    ("both", [b"PROTOCOLINFO " + b"1" * 5000 + b"\r\n"], b'513 No such version "' + b"1" * 5000 + b'"\r\n', True),
+    ("both", [b"PROTOCOLINFO 9223372036854775808\r\n"], b'513 No such version "9223372036854775808"\r\n', True),
+    ("both", ["PROTOCOLINFO １\r\n".encode()], b'513 No such version "\\357\\274\\221"\r\n', True),
+    ("both", [b"PROTOCOLINFO +0009223372036854775807\r\n"], PROTOCOLINFO_BOTH, False),
+    ("both", [b"AUTHENTICATE 78\n", b"PROTOCOLINFO 1 " + b"2" * 5000 + b"\r\n", b"PROTOCOLINFO 1\r\n"],
+     b"250 OK\r\n" + b'513 No such version "' + b"2" * 5000 + b'"\r\n' + PROTOCOLINFO_BOTH, False),
 ]
 
 CONFIGS = {

@@ -365,6 +365,28 @@ class TestSetconf:
         assert ask(session, "SETCONF Nickname=me").startswith(b"553 Unable to set option: ")
         assert backend.config == Config()  # all or nothing
 
+    @pytest.mark.parametrize("setting, option", [
+        ("SocksPort=１２３", "SocksPort"),
+        ("ControlPort=" + "1" * 5000, "ControlPort"),
+        ("SocksPort=²", "SocksPort"),
+        ('SocksPort="9050 SessionGroup=' + "1" * 5000 + '"', "SocksPort"),
+        ('ControlPort="[::1]:' + "1" * 5000 + '"', "ControlPort"),
+        ('MaxCircuitDirtiness="' + "9" * 5000 + ' minutes"', "MaxCircuitDirtiness"),
+        ('MaxCircuitDirtiness="' + "9" * 400 + '.5 minutes"', "MaxCircuitDirtiness"),
+        ('MaxCircuitDirtiness="１０ seconds"', "MaxCircuitDirtiness"),
+        ("MaxClientCircuitsPending=" + "1" * 5000, "MaxClientCircuitsPending"),
+        ("__OwningControllerProcess=１", "__OwningControllerProcess"),
+    ])
+    def test_hostile_numbers_are_513_naming_the_option(self, setting, option):
+        # control_cmd.c control_setconf_helper: a value that does not parse is SETOPT_ERR_PARSE, 513.
+        backend = FakeBackend()
+        _, session = session_for(backend)
+        answer = ask(session, "SETCONF " + setting)
+        assert answer.startswith(f"513 Unacceptable option value: Could not parse {option} '".encode())
+        assert answer.endswith(b"\r\n") and answer.count(b"\r\n") == 1 and len(answer) < 300
+        assert backend.config == Config() and not session.should_close
+        assert ask(session, "GETINFO version").startswith(b"250-version=")
+
     def test_apply_setconf_lists_every_value(self):
         config = config_from_torrc_text("Log notice stdout\n")
         lines = apply_setconf(config, [("Log", "info stdout"), ("Log", "warn stderr")])
@@ -376,6 +398,58 @@ class TestSetconf:
 
 
 # --------------------------------------------------------------------------- events, signals
+
+
+class TestHostileArguments:
+    """Numbers and names from the controller are read as tor reads them: ASCII digits of any length
+    (tor_parse_ulong), ASCII case-insensitive names (strcasecmp). Python's int() raised past 4300 digits
+    (a 551 "Internal error") and str.upper() turned "ı" into "I"."""
+
+    BIG = "1" * 5000
+
+    @pytest.mark.parametrize("command, expected", [
+        (f"CLOSECIRCUIT {BIG}", f'552 Unknown circuit "{BIG}"'),
+        (f"EXTENDCIRCUIT {BIG}", f'552 Unknown circuit "{BIG}"'),
+        (f"CLOSESTREAM {BIG} 1", f'552 Unknown stream "{BIG}"'),
+        (f"CLOSESTREAM 1 {BIG}", f'552 Unrecognized reason "{BIG}"'),
+        (f"ATTACHSTREAM {BIG} 5", f'552 Unknown stream "{BIG}"'),
+        (f"ATTACHSTREAM 1 {BIG}", f'552 Unknown circuit "{BIG}"'),
+        (f"ATTACHSTREAM 1 5 HOP={BIG}", f"552 Bad value hop={BIG}"),
+        ("CLOSESTREAM 1 ２", '552 Unrecognized reason "２"'),
+        ("SIGNAL act\u0131ve", '552 Unrecognized signal code "act\u0131ve"'),
+        ("SETEVENTS c\u0131rc", '552 Unrecognized event "c\u0131rc"'),
+    ])
+    def test_replies(self, command, expected):
+        backend = FakeBackend()
+        built_circuit(backend, 5)
+        add_stream(backend, 1, StreamState.NEW, awaiting=True)
+        _, session = session_for(backend)
+        assert ask(session, command) == expected.encode() + b"\r\n"
+        assert backend.calls == [] and not session.should_close
+
+    def test_leading_zeros_and_plus_find_the_circuit_as_strtoul_does(self):
+        backend = FakeBackend()
+        built_circuit(backend, 5)
+        _, session = session_for(backend)
+        assert ask(session, "CLOSECIRCUIT " + "0" * 5000 + "5") == b"250 OK\r\n"
+        assert ask(session, "CLOSECIRCUIT +5") == b"250 OK\r\n"
+        assert backend.calls == [("close_circuit", 5), ("close_circuit", 5)]
+
+    def test_an_exception_in_authentication_is_551_and_the_session_goes_on(self, monkeypatch):
+        from oppy.control.auth import Authenticator
+
+        _, session = session_for()
+
+        def broken(self, command):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(Authenticator, "_protocolinfo", broken)
+        assert ask(session, "PROTOCOLINFO 1") == b"551 Internal error\r\n"
+        assert not session.should_close
+        assert ask(session, "GETINFO version").startswith(b"250-version=")
+        _, fresh = session_for(authenticate=False)
+        assert ask(fresh, "PROTOCOLINFO 1") == b"551 Internal error\r\n"
+        assert fresh.should_close  # before authentication, nothing more
 
 
 class TestEventsAndSignals:
