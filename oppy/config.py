@@ -254,7 +254,8 @@ def parse_torrc_text(text: str, *, include_handler: IncludeHandler | None = None
         if key == INCLUDE_KEYWORD:
             if include_handler is None:
                 raise ConfigError(f"%include is only supported in a torrc file read with -f (here: "
-                                  f"'%include {value}')", option=INCLUDE_KEYWORD, value=value)
+                                  f"'%include {_shortened(value, _MAX_PATH_SHOWN)}')",
+                                  option=INCLUDE_KEYWORD, value=value)
             lines.extend(include_handler(value, recursion_level + 1))
             continue
         command = LineCommand.NORMAL
@@ -274,7 +275,8 @@ def _read_text(path: str) -> str:
             data = handle.read()
     except (OSError, ValueError) as exc:  # ValueError: a NUL in a quoted %include path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f'Unable to open configuration file "{_shortened(path, _MAX_PATH_SHOWN)}": {reason}') from None
+        shown = _shortened(path, _MAX_PATH_SHOWN)
+        raise ConfigError(f'Unable to open configuration file "{shown}": {reason}') from None
     # files.c read_file_to_str: tor drops every CR from a text file before parsing it.
     return data.decode("utf-8", "surrogateescape").replace("\r", "")
 
@@ -285,7 +287,8 @@ def _include_paths(pattern: str) -> list[str]:
     pattern = os.path.expanduser(pattern)
     matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not matches:
-        raise ConfigError(f'Error reading included configuration file or directory: "{pattern}".')
+        raise ConfigError("Error reading included configuration file or directory: "
+                          f'"{_shortened(pattern, _MAX_PATH_SHOWN)}".')
     files: list[str] = []
     for match in matches:
         if os.path.isdir(match):
@@ -986,7 +989,8 @@ class Config:
             old, new = getattr(self, option.field), getattr(candidate, option.field)
             if not option.changeable_at_runtime and old != new:
                 raise ConfigError(f"While oppy is running, changing {option.name} "
-                                  f"({' '.join(option.encode(old))!r} -> {' '.join(option.encode(new))!r}) "
+                                  f"({_shortened(repr(' '.join(option.encode(old))))} -> "
+                                  f"{_shortened(repr(' '.join(option.encode(new))))}) "
                                   "is not allowed.", option=option.name)
         warnings = _validate(candidate)
         for option_field in changes:
@@ -1182,10 +1186,11 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         else:
             result.option_lines.append(ConfigLine(key, value, command))
     if result.log_level is not None and ascii_lower(result.log_level) not in SEVERITIES:
-        raise ConfigError(f"Unknown log level '{result.log_level}' for --log-level (expected one of "
+        raise ConfigError(f"Unknown log level '{_shortened(result.log_level)}' for --log-level (expected one of "
                           f"{', '.join(SEVERITIES)})", option="--log-level", value=result.log_level)
     if result.dump_config is not None and ascii_lower(result.dump_config) not in ("short", "full"):
-        raise ConfigError(f"Unrecognized value '{result.dump_config}' for --dump-config (expected short or full)",
+        raise ConfigError(f"Unrecognized value '{_shortened(result.dump_config)}' for --dump-config (expected short "
+                          "or full)",
                           option="--dump-config", value=result.dump_config)
     return result
 

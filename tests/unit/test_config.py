@@ -747,3 +747,18 @@ def test_option_names_fold_ascii_case_only():
     with pytest.raises(UnknownOptionError):
         canonical_option_name("Coo\u212aieAuthentication")
     assert canonical_option_name("SOCKSPORT") == "SocksPort"
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "1" * 5000], ["--dump-config", "1" * 5000]])
+def test_long_command_line_values_are_shortened_in_the_message(argv):
+    with pytest.raises(ConfigError) as caught:
+        parse_command_line(argv)
+    assert "(5000 characters)" in str(caught.value) and len(str(caught.value)) < 200
+    assert caught.value.value == argv[1]
+
+
+def test_a_long_value_refused_at_run_time_is_shortened_in_the_message():
+    config = Config()
+    with pytest.raises(ConfigError, match=r"While oppy is running, changing DataDirectory") as caught:
+        config.set_options([("DataDirectory", "/" + "d" * 5000)])
+    assert len(str(caught.value)) < 300
