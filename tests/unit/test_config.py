@@ -132,15 +132,6 @@ def test_line_syntax_matches_a_live_tor(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list('ab #"\\\n\r\t x0:') + ["\u00e9"]), max_size=60))
-def test_any_text_parses_or_raises_config_error(text):
-    try:
-        parse_torrc_text(text)
-    except ConfigError:
-        pass
-
-
-@settings(max_examples=200, deadline=None)
 @given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
 def test_quote_value_round_trips(value):
     assert pairs(f"ContactInfo {quote_value(value)}\n") == [("ContactInfo", value)]

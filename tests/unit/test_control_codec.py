@@ -16,7 +16,6 @@ from oppy.control.codec import (
     ControlLineReader,
     ControlSyntaxError,
     DataBlock,
-    FramingFailure,
     KeywordArgument,
     ReplyFormatError,
     bad_arguments_reply,
@@ -170,26 +169,6 @@ class TestReader:
         assert looks_like_http_request(b"GET / HTTP/1.1\r\n")
         assert looks_like_http_request(b"CONNECT example.com:443 HTTP/1.1\r\n")
         assert not looks_like_http_request(b"GETINFO version\r\n")
-
-    @settings(max_examples=200, deadline=None)
-    @given(
-        st.lists(st.binary(max_size=80), max_size=12),
-        st.integers(min_value=3, max_value=120),
-    )
-    def test_random_bytes_never_raise_and_stay_bounded(self, chunks, limit):
-        reader = ControlLineReader(max_command_length=limit)
-        for chunk in chunks:
-            for item in reader.feed(chunk):
-                assert isinstance(item, (ControlCommand, FramingFailure))
-            assert reader.buffered_bytes <= limit
-
-    @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=6))
-    def test_fragmentation_never_changes_the_result(self, stream, cuts):
-        reference = ControlLineReader(max_command_length=100).feed(stream)
-        points = sorted({min(cut, len(stream)) for cut in cuts})
-        chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
-        assert feed_all(ControlLineReader(max_command_length=100), *chunks) == reference
 
 
 line_text = st.text(
@@ -369,16 +348,3 @@ class TestArguments:
             parse_arguments("5 6 FOO=1", max_positional=2, keywords=True, allowed_keywords=["HOP"])
         assert parse_arguments("5 6 hop=1", max_positional=2, keywords=True, allowed_keywords=["HOP"]).get("HOP") == "1"
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.text(max_size=60), st.booleans(), st.sampled_from(["cstring", "qstring", None]))
-    def test_parsers_raise_only_their_own_error(self, text, keyless, quoting):
-        for call in (
-            lambda: parse_kvline(text, keyless=keyless, valueless=not keyless, quoting=quoting),
-            lambda: parse_arguments(text, max_positional=1, keywords=True, keyless=keyless, quoting=quoting),
-            lambda: unescape_cstring(text),
-            lambda: decode_qstring(text),
-        ):
-            try:
-                call()
-            except ControlSyntaxError:
-                pass

@@ -11,7 +11,6 @@ import stem
 import stem.descriptor.router_status_entry
 import stem.response
 import stem.socket
-from hypothesis import HealthCheck, given, settings, strategies as st
 
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.circuit import CircuitError, CircuitState
@@ -688,37 +687,3 @@ class TestTraffic:
         parsed = [parse(event, "EVENT") for event in events]
         assert [(e.status, e.id) for e in parsed] == [("LAUNCHED", "1"), ("CONNECTED", "1"), ("CLOSED", "1")]
         assert (meter.total_read, meter.total_written) == (1500, 200)
-
-
-# --------------------------------------------------------------------------- hostile input
-
-_ALLOWED_CODES = {b"250", b"500", b"510", b"512", b"513", b"514", b"515", b"551", b"552", b"553", b"555"}
-
-lines = st.one_of(
-    st.binary(max_size=80).map(lambda data: data.replace(b"\n", b" ")),
-    st.sampled_from([b"GETINFO", b"GETCONF", b"SETCONF", b"SETEVENTS", b"SIGNAL", b"EXTENDCIRCUIT", b"ATTACHSTREAM",
-                     b"CLOSESTREAM", b"CLOSECIRCUIT", b"USEFEATURE", b"PROTOCOLINFO", b"AUTHCHALLENGE"]).flatmap(
-        lambda word: st.binary(max_size=60).map(lambda tail: word + b" " + tail.replace(b"\n", b" "))),
-    st.text(alphabet='SETCONF GETINFO ="\\x07abc1', max_size=40).map(str.encode),
-)
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(lines, min_size=1, max_size=8))
-def test_hostile_lines_get_well_formed_errors(commands):
-    backend = FakeBackend()
-    built_circuit(backend, 5)
-    add_stream(backend, 1, StreamState.NEW, awaiting=True)
-    _, session = session_for(backend)
-    for command in commands:
-        if session.should_close:
-            break
-        session.feed(command + b"\r\n" + (b".\r\n" if command.startswith(b"+") else b""))
-        output = session.data_to_send()
-        assert output.endswith(b"\r\n")
-        replies = io.BytesIO(output)
-        while replies.tell() < len(output):
-            message = stem.socket.recv_message(replies)
-            for code, _, _ in message.content():
-                assert code.encode() in _ALLOWED_CODES, (command, output)
-    assert backend.config.socks_ports == Config().socks_ports  # nothing broke the listeners

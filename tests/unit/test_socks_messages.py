@@ -259,21 +259,6 @@ def test_parse_socks4_request():
         parse_socks4_request(b"\x05\x01")
 
 
-@settings(max_examples=200)
-@given(st.binary(max_size=600))
-def test_pure_parsers_raise_only_their_own_error(data):
-    for parser, version in ((parse_socks4_request, b"\x04"), (parse_socks5_greeting, b"\x05"),
-                            (parse_socks5_userpass_auth, b"\x01"), (parse_socks5_request, b"\x05")):
-        for message in (data, version + data):
-            try:
-                result = parser(message)
-            except SocksProtocolError:
-                continue
-            if result is not None:
-                _parsed, consumed = result
-                assert 0 < consumed <= len(message)
-
-
 def test_encode_socks4_reply_refuses_non_ipv4():
     with pytest.raises(SocksEncodeError):
         encode_socks4_reply(True, ipv4="::1")

@@ -5,7 +5,7 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oppy.cell.commands import EndReason
@@ -25,6 +25,7 @@ from oppy.socks.protocol import (
     SocksState,
     SocksStateError,
 )
+from tests.unit.fuzz.strategies import chunked
 
 # --- a test-side SOCKS client: builds the bytes a real client would send ----------------------
 
@@ -452,27 +453,6 @@ def test_isolation_key():
 
 # --- property tests ---------------------------------------------------------------------------
 
-VALID_PREFIXES = [
-    b"",
-    NO_AUTH,
-    USER_PASS,
-    USER_PASS + userpass(b"u", b"p"),
-    b"\x04\x01\x00\x50\x00\x00\x00\x01",
-    b"\x04\xf0\x00\x00\x01\x02\x03\x04",
-]
-
-
-def chunked(data, cuts):
-    """Cut `data` at the (sorted, in-range) positions in `cuts`."""
-    positions = sorted({cut % (len(data) + 1) for cut in cuts})
-    pieces, start = [], 0
-    for position in positions:
-        pieces.append(data[start:position])
-        start = position
-    pieces.append(data[start:])
-    return pieces
-
-
 def check_invariants(pieces, connection):
     events = []
     for piece in pieces:
@@ -489,16 +469,6 @@ def check_invariants(pieces, connection):
     if not events:
         assert connection.state is SocksState.HANDSHAKE
     return events
-
-
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    prefix=st.sampled_from(VALID_PREFIXES),
-    body=st.binary(max_size=700),
-    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
-)
-def test_random_input_never_raises_and_stays_bounded(prefix, body, cuts):
-    check_invariants(chunked(prefix + body, cuts), SocksServerConnection())
 
 
 @settings(max_examples=200)
