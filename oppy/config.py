@@ -375,14 +375,14 @@ def ascii_lower(text: str) -> str:
     return text.lower() if text.isascii() else text
 
 
+_SPACE_RUN = re.compile(r"[ \t\n\r\v\f]+")  # runs of _SPACE
+
+
 def _words(text: str, maxsplit: int = 0) -> list[str]:
     """``text`` split on runs of tor's white space (TOR_ISSPACE: ASCII only, not U+00A0 or U+3000 as
     str.split() would)."""
     stripped = text.strip(_SPACE)
     return _SPACE_RUN.split(stripped, maxsplit) if stripped else []
-
-
-_SPACE_RUN = re.compile(r"[ \t\n\r\v\f]+")
 
 # unitparse.c time_units: interval units and their length in seconds.
 _TIME_UNITS = {
@@ -407,7 +407,7 @@ def _bad(name: str, value: str, reason: str) -> ConfigError:
 def parse_interval(value: str, name: str = "interval") -> int:
     """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
     match = _INTERVAL_RE.fullmatch(value.strip(_SPACE))
-    if not match or match.group(1) == "" and len(match.group(2) or "") < 2:
+    if not match or (match.group(1) == "" and len(match.group(2) or "") < 2):  # no digit at all
         raise _bad(name, value, "expected a number of seconds, or a number and a unit such as '10 minutes'")
     whole, fraction, unit = match.groups()
     multiplier = _TIME_UNITS.get(unit.lower())
