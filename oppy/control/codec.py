@@ -33,6 +33,7 @@ __all__ = [
     "parse_kvline",
     "parse_arguments",
     "quote",
+    "line_safe",
     "DataBlock",
     "encode_data",
     "reply",
@@ -525,6 +526,15 @@ def quote(value: str) -> str:
     \\\\ \\'``, other non-printable or non-ASCII bytes of its UTF-8 as three-digit octal)."""
     table = _ESCAPE_TABLE
     return '"' + "".join([table[byte] for byte in _encode(value)]) + '"'
+
+
+def line_safe(text: str) -> str:
+    """``text`` (which may repeat a controller's argument) for one reply line: a CR or LF, which would
+    end the line, is written as ``\\r`` or ``\\n``. A command line can hold a bare CR; tor echoes it
+    raw and so breaks its own reply."""
+    if "\r" not in text and "\n" not in text:
+        return text
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class DataBlock(NamedTuple):

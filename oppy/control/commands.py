@@ -36,6 +36,7 @@ from oppy.control.codec import (
     ascii_upper,
     bad_arguments_reply,
     encode_event,
+    line_safe,
     looks_like_http_request,
     parse_arguments,
     quote,
@@ -909,7 +910,7 @@ def _ok() -> bytes:
 
 
 def _error(code: int, message: str) -> bytes:
-    return reply(code, [message])
+    return reply(code, [line_safe(message)])
 
 
 # --------------------------------------------------------------------------- the commands
@@ -931,7 +932,7 @@ def _run_getinfo(session: ControlSession, args: ControlArguments, after) -> byte
             unrecognized.append(str(unavailable))
             continue
         if value is None:
-            unrecognized.append(f'Unrecognized key "{key}"')
+            unrecognized.append(line_safe(f'Unrecognized key "{key}"'))
         elif "\n" in value or "\r" in value:
             answers.append(DataBlock(f"{key}=", value))
         else:
@@ -952,7 +953,7 @@ def _run_getconf(session: ControlSession, args: ControlArguments, after) -> byte
         except ConfigError:
             name = _TOR_DEFAULTS_BY_LOWER.get(ascii_lower(key))
             if name is None:
-                unrecognized.append(f'Unrecognized configuration key "{key}"')
+                unrecognized.append(line_safe(f'Unrecognized configuration key "{key}"'))
                 continue
             values = list(TOR_CLIENT_DEFAULTS[name][1])
         if values:

@@ -426,6 +426,25 @@ class TestHostileArguments:
         assert ask(session, command) == expected.encode() + b"\r\n"
         assert backend.calls == [] and not session.should_close
 
+    @pytest.mark.parametrize("command, expected", [
+        ("GETINFO a\rb", '552 Unrecognized key "a\\rb"'),
+        ("GETCONF a\rb", '552 Unrecognized configuration key "a\\rb"'),
+        ("CLOSESTREAM 1\rx 3", '552 Unknown stream "1\\rx"'),
+        ("CLOSESTREAM 1 3\rx", '552 Unrecognized reason "3\\rx"'),
+        ("CLOSECIRCUIT 5\rx", '552 Unknown circuit "5\\rx"'),
+        ("SIGNAL NEW\rNYM", '552 Unrecognized signal code "NEW\\rNYM"'),
+        ("SETEVENTS CIRC\rX", '552 Unrecognized event "CIRC\\rX"'),
+        ("USEFEATURE a\rb", '552 Unrecognized feature "a\\rb"'),
+    ])
+    def test_a_bare_cr_in_an_echoed_argument_is_escaped_not_an_internal_error(self, command, expected):
+        # Found by atheris: a CR not followed by LF stays inside the command line; echoing it raw broke
+        # the reply line (a ReplyFormatError, answered "551 Internal error").
+        backend = FakeBackend()
+        built_circuit(backend, 5)
+        add_stream(backend, 1, StreamState.NEW, awaiting=True)
+        _, session = session_for(backend)
+        assert ask(session, command) == expected.encode() + b"\r\n"
+
     def test_leading_zeros_and_plus_find_the_circuit_as_strtoul_does(self):
         backend = FakeBackend()
         built_circuit(backend, 5)

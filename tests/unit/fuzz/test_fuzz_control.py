@@ -71,6 +71,7 @@ def test_argument_parsers_raise_only_their_own_error(text, keyless, quoting):
 # control-spec "Replies": every code oppy may answer a command with.
 REPLY_CODES = {"250", "500", "510", "512", "513", "514", "515", "551", "552", "553", "555"}
 EVENT_CODE = "650"
+INTERNAL_ERROR = b"551 Internal error\r\n"
 COOKIE = bytes(range(32))
 
 # One well-formed line of every command oppy implements (and of the authentication commands), from
@@ -126,6 +127,7 @@ def _new_session(auth: str, authenticated: bool):
 
 def _reply_codes(output: bytes) -> list[str]:
     """The code of each reply in ``output`` (events left out), read as stem reads a control socket."""
+    assert INTERNAL_ERROR not in output, output  # an exception caught by the session: a bug
     codes = []
     replies = io.BytesIO(output)
     while replies.tell() < len(output):
