@@ -399,7 +399,13 @@ def test_malformed_input_gets_tors_errors_and_never_disturbs_socks(oppy, network
                            (b"GETINFO version nosuchkey", b'552 Unrecognized key "nosuchkey"'),
                            (b"ATTACHSTREAM 5 0", b'552 Unknown stream "5"'),
                            (b"SIGNAL FOO", b'552 Unrecognized signal code "FOO"'),
-                           (b"PROTOCOLINFO 1 x", b'513 No such version "x"')]:
+                           (b"PROTOCOLINFO 1 x", b'513 No such version "x"'),
+                           (b"PROTOCOLINFO " + b"1" * 5000, b'513 No such version "' + b"1" * 5000 + b'"'),
+                           (b"CLOSECIRCUIT " + b"1" * 5000, b'552 Unknown circuit "' + b"1" * 5000 + b'"'),
+                           (b"GETINFO a\rb", b'552 Unrecognized key "a\\rb"'),
+                           ('SETCONF MaxCircuitDirtiness="１０ seconds"'.encode(),
+                            b"513 Unacceptable option value: Could not parse MaxCircuitDirtiness '\xef\xbc\x91\xef\xbc"
+                            b"\x90 seconds': expected a number of seconds, or a number and a unit such as '10 minutes'")]:
         control.send(line)
         assert control.reply()[-1] == expected
     control.send(b"GETINFO " + b"x" * (1024 * 1024 + 100))
@@ -409,6 +415,13 @@ def test_malformed_input_gets_tors_errors_and_never_disturbs_socks(oppy, network
     unauthenticated = RawControl(oppy, authenticate=False)
     unauthenticated.send(b"GETINFO version")
     assert unauthenticated.reply() == [b"514 Authentication required."]
+    assert unauthenticated.reply() == []
+    unauthenticated.close()
+    # Before authentication an oversized version is tor's 513, then the close (it once dropped the
+    # connection with an exception and no reply).
+    unauthenticated = RawControl(oppy, authenticate=False)
+    unauthenticated.send(b"PROTOCOLINFO " + b"9" * 5000)
+    assert unauthenticated.reply() == [b'513 No such version "' + b"9" * 5000 + b'"']
     assert unauthenticated.reply() == []
     unauthenticated.close()
 
