@@ -20,6 +20,10 @@ from oppy.socks.server import SocksFactory
 
 log = logging.getLogger("oppy")
 
+#: Set by the test suite (and inherited by every oppy it starts): without DirAuthority lines oppy refuses to
+#: start rather than reach the built-in public authorities, which these machines must never contact.
+FORBID_PUBLIC_NETWORK_ENV = "OPPY_FORBID_PUBLIC_NETWORK"
+
 # How long shutdown waits for END and DESTROY cells to reach the relays before the links close.
 SHUTDOWN_FLUSH_DELAY = 0.3
 
@@ -39,8 +43,13 @@ class Daemon:
         data_directory = config.data_directory_path()
         data_directory.mkdir(parents=True, exist_ok=True)
         os.chmod(data_directory, 0o700)
-        authorities = ([parse_dir_authority_line(line) for line in config.dir_authorities]
-                       if config.dir_authorities else list(DEFAULT_AUTHORITIES))
+        if config.dir_authorities:
+            authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
+        elif os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
+            raise SystemExit(f"{FORBID_PUBLIC_NETWORK_ENV} is set and no DirAuthority line is configured: "
+                             "refusing to contact the public Tor network")
+        else:
+            authorities = list(DEFAULT_AUTHORITIES)
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
                                           links=self.links, testing_tor_network=config.testing_tor_network,
                                           reactor=reactor, clock=time.time)

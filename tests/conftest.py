@@ -1,12 +1,17 @@
 """Test-run plumbing: integration tests get the private network of real relays, brought up once."""
 
+import os
 import shutil
 import signal
 import subprocess
 
 import pytest
 
+from oppy.daemon import FORBID_PUBLIC_NETWORK_ENV
 from tests.support.network import REPO, launcher
+
+# No oppy started by a test (in process or as a child, which inherits this) may use the public authorities.
+os.environ[FORBID_PUBLIC_NETWORK_ENV] = "1"
 
 
 def pytest_configure(config):
