@@ -245,12 +245,16 @@ class PaddingNegotiate(NamedTuple):
 
 
 _PADDING_NEGOTIATE = struct.Struct(">BBHH")
+_PADDING_NEGOTIATE_COMMANDS = frozenset(PaddingNegotiateCommand)
 
 
 def encode_padding_negotiate_body(
     command: PaddingNegotiateCommand | int, ito_low_ms: int = 0, ito_high_ms: int = 0
 ) -> bytes:
-    """`Version=0 Command ito_low_ms(2) ito_high_ms(2)`; a client sends STOP to refuse padding."""
+    """`Version=0 Command ito_low_ms(2) ito_high_ms(2)`; a client sends STOP to refuse padding, and START
+    with zero timeouts to take the consensus's again (padding-spec §2.5)."""
+    if command not in _PADDING_NEGOTIATE_COMMANDS:
+        raise ValueError(f"PADDING_NEGOTIATE command must be STOP (1) or START (2), not {command!r}")
     try:
         return _PADDING_NEGOTIATE.pack(PADDING_NEGOTIATE_VERSION, command, ito_low_ms, ito_high_ms)
     except struct.error:
@@ -258,10 +262,16 @@ def encode_padding_negotiate_body(
 
 
 def decode_padding_negotiate_body(payload: bytes) -> PaddingNegotiate:
-    """Parse a PADDING_NEGOTIATE (only relays receive it; a client closes the link on one)."""
+    """Parse a PADDING_NEGOTIATE (only relays receive it; a client closes the link on one). Like tor's
+    parser (trunnel channelpadding_negotiate), another version or command is malformed."""
     if len(payload) < _PADDING_NEGOTIATE.size:
         raise CellParseError("PADDING_NEGOTIATE truncated")
-    return PaddingNegotiate(*_PADDING_NEGOTIATE.unpack_from(payload, 0))
+    negotiate = PaddingNegotiate(*_PADDING_NEGOTIATE.unpack_from(payload, 0))
+    if negotiate.version != PADDING_NEGOTIATE_VERSION:
+        raise CellParseError(f"PADDING_NEGOTIATE version {negotiate.version}; only 0 is defined")
+    if negotiate.command not in _PADDING_NEGOTIATE_COMMANDS:
+        raise CellParseError(f"PADDING_NEGOTIATE command {negotiate.command} is neither STOP nor START")
+    return negotiate
 
 
 # ---------------------------------------------------------------------------------------------

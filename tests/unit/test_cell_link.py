@@ -205,6 +205,26 @@ def test_padding_negotiate_out_of_range_is_refused():
         encode_padding_negotiate_body(PaddingNegotiateCommand.START, 70000, 0)
 
 
+@pytest.mark.parametrize("command", [0, 3, 255])
+def test_padding_negotiate_command_other_than_stop_or_start_is_refused(command):
+    with pytest.raises(ValueError, match="STOP"):
+        encode_padding_negotiate_body(command)
+
+
+def test_padding_negotiate_stop_cell_on_link_5():
+    # tor-spec "Cell packet format" and §7.2: CircID 0 (4 bytes), command 12, Version 0, Command 1, two zero
+    # timeouts, then zeros to 509 bytes.
+    body = encode_padding_negotiate_body(PaddingNegotiateCommand.STOP)
+    cell = encode_cell(0, CellCommand.PADDING_NEGOTIATE, body, 5)
+    assert cell == bytes.fromhex("00000000 0c 00 01 0000 0000") + bytes(503)
+
+
+@pytest.mark.parametrize("body", ["01 02 0000 0000", "00 00 0000 0000", "00 03 05dc 251c"])
+def test_padding_negotiate_with_another_version_or_command_is_malformed(body):
+    with pytest.raises(CellParseError):
+        decode_padding_negotiate_body(bytes.fromhex(body))
+
+
 # --- CREATE2 / CREATED2 -------------------------------------------------------------------
 
 
