@@ -6,6 +6,10 @@ answer NETINFO. Afterwards the channel frames cells and routes them to circuits 
 through `receive_data`; bytes to send are collected and taken with `data_to_send` (the Twisted adapter in
 `oppy.link.connection` does both, told by `ChannelOwner.channel_data_pending` when there is something to take).
 
+Padding (`oppy.link.padding`): right after our NETINFO the channel sends the PADDING_NEGOTIATE its policy asks
+for, and it marks how far it is used (a RELAY_EARLY out: a full circuit; then a RELAY in: user traffic); its
+adapter decides when to send PADDING cells.
+
 Backpressure: when the queue of cells not yet taken grows past QUEUE_HIGH_WATERMARK (the connection stops
 taking while its transport's write buffer is full), the channel is paused: its circuits stop packaging stream
 data. Once the queue has been taken (the low watermark: empty), the circuits are told to resume.
@@ -29,6 +33,7 @@ from oppy.cell.link import (
 )
 from oppy.crypto.certs import VerifiedRelayIdentity, verify_relay_certs
 from oppy.crypto.errors import CertificateError
+from oppy.link.padding import ChannelPadding, ChannelUsage, PaddingPolicy
 
 # tor-spec "Negotiating versions with VERSIONS cells": we offer 3, 4 and 5 (0.4.9 answers nothing to a
 # VERSIONS cell offering only newer ones, and closes on 2 alone) and insist on 4 or 5: 4-byte circuit ids,
@@ -44,6 +49,8 @@ MAX_CIRC_ID_ATTEMPTS = 64
 QUEUE_HIGH_WATERMARK = 256 * 1024
 
 _RELAY = int(CellCommand.RELAY)
+_RELAY_EARLY = int(CellCommand.RELAY_EARLY)
+_USED_FOR_FULL_CIRCS = ChannelUsage.USED_FOR_FULL_CIRCS
 _IGNORED_COMMANDS = frozenset((CellCommand.PADDING, CellCommand.VPADDING, CellCommand.VERSIONS,
                                CellCommand.AUTH_CHALLENGE, CellCommand.CERTS, CellCommand.AUTHORIZE))
 _CIRCUIT_COMMANDS = frozenset((CellCommand.RELAY, CellCommand.RELAY_EARLY, CellCommand.DESTROY,
@@ -95,8 +102,9 @@ class Channel:
 
     def __init__(self, expected_rsa_id: bytes, expected_ed25519_id: bytes | None, peer_address: str,
                  clock: Callable[[], float] = time.time, owner: ChannelOwner | None = None,
-                 high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
-        """Without an `owner` nobody is told of pending bytes: the caller takes `data_to_send` itself."""
+                 high_watermark: int = QUEUE_HIGH_WATERMARK, padding_policy: PaddingPolicy | None = None) -> None:
+        """Without an `owner` nobody is told of pending bytes: the caller takes `data_to_send` itself.
+        Without a `padding_policy`, tor's defaults (ConnectionPadding auto)."""
         self.expected_rsa_id = expected_rsa_id
         self.expected_ed25519_id = expected_ed25519_id
         self.peer_address = peer_address
@@ -106,6 +114,9 @@ class Channel:
         self.identity: VerifiedRelayIdentity | None = None
         self.peer_certificate_der: bytes | None = None
         self.circuits: dict[int, CircuitEndpoint] = {}
+        # Circuit ids handed out so far: a circuit that came and went between two looks still counts as use.
+        self.circuits_allocated = 0
+        self.padding = ChannelPadding(padding_policy if padding_policy is not None else PaddingPolicy())
         self._reader = CellReader()
         self._certs_body: bytes | None = None
         self._outgoing: list[bytes] = [encode_versions_cell(OFFERED_LINK_VERSIONS)]
@@ -157,6 +168,8 @@ class Channel:
         `relay_cells_received(payloads)`, so that it can decrypt them in one pass per layer.
         """
         circuits = self.circuits
+        if self.padding.usage is _USED_FOR_FULL_CIRCS and any(entry[1] == _RELAY for entry in entries):
+            self.padding.note_relay_received()
         for circ_id, command, payload, count in entries:
             circuit = circuits.get(circ_id)
             if circuit is None:
@@ -228,6 +241,9 @@ class Channel:
         self._certs_body = None
         host = self.peer_address.rsplit(":", 1)[0].strip("[]")
         self._queue(encode_cell(0, CellCommand.NETINFO, encode_netinfo_body(host), self.link_version))
+        negotiation = self.padding.link_opened(self.link_version)
+        if negotiation is not None:
+            self._queue(encode_cell(0, CellCommand.PADDING_NEGOTIATE, negotiation, self.link_version))
         self.state = ChannelState.OPEN
         return LinkOpened(identity, self.link_version, netinfo.timestamp)
 
@@ -251,8 +267,17 @@ class Channel:
         """Several fixed-length cells with one circuit id and command: `payloads` is 509 bytes per cell."""
         if self.state is not ChannelState.OPEN:
             raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
+        if command == _RELAY_EARLY:
+            self.padding.note_relay_early_sent()
         framed = encode_fixed_cells(circ_id, command, payloads, self.link_version)
         self._queue(framed)
+
+    def send_padding(self) -> None:
+        """One PADDING cell (tor-spec "Link padding": circuit id 0, zero payload), which the relay drops."""
+        if self.state is not ChannelState.OPEN:
+            raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
+        self._queue(encode_cell(0, CellCommand.PADDING, b"", self.link_version))
+        self.padding.padding_cells_sent += 1
 
     def allocate_circuit_id(self, circuit: CircuitEndpoint) -> int:
         """A fresh random circuit id with the initiator bit set, registered for `circuit`."""
@@ -260,6 +285,7 @@ class Channel:
             circ_id = CIRC_ID_INITIATOR_BIT | (int.from_bytes(os.urandom(4), "big") & CIRC_ID_RANDOM_MASK)
             if circ_id != CIRC_ID_INITIATOR_BIT and circ_id not in self.circuits:
                 self.circuits[circ_id] = circuit
+                self.circuits_allocated += 1
                 return circ_id
         raise LinkError("no free circuit id")
 

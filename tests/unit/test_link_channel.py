@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import oppy.link.channel as channel_module
 from oppy.circuit.circuit import Circuit
 from oppy.link.channel import Channel, ChannelState, LinkError, LinkOpened
+from oppy.link.padding import ChannelUsage, ConnectionPaddingOptions, PaddingPolicy
 from tests.unit.certfactory import build_cert_set, cached_relay_keys
 from tests.unit.relaysim import (
     RecordingCircuitOwner,
@@ -28,11 +29,14 @@ from tests.unit.relaysim import (
     CMD_PADDING,
     CMD_PADDING_NEGOTIATE,
     CMD_RELAY,
+    CMD_RELAY_EARLY,
     CMD_VPADDING,
     PAYLOAD_LEN,
+    RELAY_DATA,
     SimulatedPath,
     SimulatedRelay,
     fixed_cell,
+    new_path,
     parse_cells,
     relay_handshake_cells,
     var_cell,
@@ -476,6 +480,72 @@ def test_channel_carries_a_real_circuit_build():
     assert (circ_id, command) == (circuit.circ_id, CMD_CREATE2)
     channel.receive_data(fixed_cell(circ_id, CMD_CREATED2, path.answer_create2(payload)))
     assert owner.built == [circuit]
+
+
+# ------------------------------------------------------------------------------------------------ padding
+
+def netinfo_and_what_follows(**options) -> list[tuple[int, int, bytes]]:
+    channel = new_channel(**options)
+    channel.data_to_send()
+    channel.receive_data(b"".join(handshake_cells()))
+    return parse_cells(channel.data_to_send())
+
+
+def test_by_default_nothing_follows_netinfo():
+    assert [command for _, command, _ in netinfo_and_what_follows()] == [CMD_NETINFO]
+    forced = PaddingPolicy(ConnectionPaddingOptions(connection_padding=True))
+    assert [command for _, command, _ in netinfo_and_what_follows(padding_policy=forced)] == [CMD_NETINFO]
+
+
+@pytest.mark.parametrize("options", [ConnectionPaddingOptions(connection_padding=False),
+                                     ConnectionPaddingOptions(reduced_connection_padding=True)])
+def test_padding_negotiate_stop_follows_netinfo(options):
+    cells = netinfo_and_what_follows(padding_policy=PaddingPolicy(options))
+    assert [command for _, command, _ in cells] == [CMD_NETINFO, CMD_PADDING_NEGOTIATE]
+    circ_id, _, payload = cells[1]
+    # tor-spec §7.2: circuit id 0; Version 0, Command 1 (STOP), ito_low_ms 0, ito_high_ms 0; zero padding.
+    assert circ_id == 0 and payload == bytes.fromhex("00 01 0000 0000") + bytes(PAYLOAD_LEN - 6)
+
+
+def test_a_padding_cell_is_circuit_zero_command_zero_and_zeros():
+    channel = open_channel()
+    channel.send_padding()
+    assert channel.data_to_send() == bytes(4) + bytes([CMD_PADDING]) + bytes(PAYLOAD_LEN)
+    assert channel.padding.padding_cells_sent == 1
+
+
+def test_a_closed_channel_sends_no_padding():
+    channel = open_channel()
+    channel.close("gone")
+    with pytest.raises(LinkError):
+        channel.send_padding()
+
+
+def test_a_full_circuit_build_marks_the_channel_used_for_full_circuits_then_user_traffic():
+    channel = open_channel()
+    path = new_path(2)
+    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
+    circuit.start()
+    ((circ_id, _, create2),) = parse_cells(channel.data_to_send())
+    assert channel.padding.usage is ChannelUsage.NOT_USED_FOR_FULL_CIRCS
+    channel.receive_data(fixed_cell(circ_id, CMD_CREATED2, path.answer_create2(create2)))
+    ((_, command, extend2),) = parse_cells(channel.data_to_send())
+    assert command == CMD_RELAY_EARLY and channel.padding.usage is ChannelUsage.USED_FOR_FULL_CIRCS
+    channel.receive_data(fixed_cell(circ_id, CMD_RELAY, path.answer_extend2(path.receive(extend2))))
+    assert circuit.hops_built == 2 and channel.padding.usage is ChannelUsage.USED_FOR_USER_TRAFFIC
+
+
+def test_a_one_hop_circuit_leaves_the_channel_unused_for_full_circuits():
+    channel = open_channel()
+    path = new_path(1)
+    circuit = Circuit(channel, [path.relays[0].target], RecordingCircuitOwner())
+    circuit.start()
+    ((circ_id, _, create2),) = parse_cells(channel.data_to_send())
+    channel.receive_data(fixed_cell(circ_id, CMD_CREATED2, path.answer_create2(create2)))
+    circuit.send_relay(RELAY_DATA, 1, b"directory request")
+    channel.receive_data(fixed_cell(circ_id, CMD_RELAY, path.send(0, RELAY_DATA, 1, b"answer")))
+    assert channel.padding.usage is ChannelUsage.NOT_USED_FOR_FULL_CIRCS
+    assert channel.circuits_allocated == 1
 
 
 # ------------------------------------------------------------------------------------------------ property
