@@ -12,6 +12,11 @@ once drained), the connection stops taking cells from the channel; the channel's
 high watermark and the circuits on it stop packaging stream data (and their streams, once their own buffers
 are full, stop reading from their SOCKS clients). When the transport drains, the queue goes out and the
 circuits resume.
+
+Padding and idle links (`oppy.link.padding`): the connection records when it last read and wrote; the pool
+runs tor's once-a-second housekeeping over its open links, which closes a link left without circuits past its
+idle timeout, sends keepalives, and starts a link's padding timer when its deadline is less than a second
+away. When that timer fires, the link pads only if it stayed idle meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import ssl
 from typing import Callable
 
-from twisted.internet import defer, error, protocol, reactor as default_reactor
+from twisted.internet import defer, error, protocol, reactor as default_reactor, task
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -33,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
+from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
 from oppy.link.relay import RelayTarget
 
 log = logging.getLogger(__name__)
@@ -68,10 +74,14 @@ class RelayConnection(protocol.Protocol):
 
     def __init__(self, relay: RelayTarget, reactor, context: ssl.SSLContext | None = None,
                  on_lost: Callable[["RelayConnection"], None] = lambda connection: None,
-                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding_policy: PaddingPolicy | None = None
+                 ) -> None:
         self.relay = relay
         self.channel = Channel(relay.rsa_id, relay.ed25519_id, _peer_address(relay), owner=self,
-                               high_watermark=queue_high_watermark)
+                               high_watermark=queue_high_watermark, padding_policy=padding_policy)
+        self._padding = self.channel.padding
+        self._padding_call = None
+        self._circuits_allocated_seen = 0
         self.reactor = reactor
         self.on_lost = on_lost
         self.opened: defer.Deferred = defer.Deferred(canceller=self._cancel_opening)
@@ -148,6 +158,7 @@ class RelayConnection(protocol.Protocol):
             return  # resumeProducing flushes
         data = self.channel.data_to_send()
         if data:
+            self._padding.last_written = self.reactor.seconds()
             try:
                 self._tls.write(data)
             except ssl.SSLError as exc:
@@ -156,6 +167,7 @@ class RelayConnection(protocol.Protocol):
             self._send_tls_output()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._padding.last_read = self.reactor.seconds()
         self._incoming.write(data)
         if not self._tls_ready:
             self._continue_tls_handshake()
@@ -177,6 +189,46 @@ class RelayConnection(protocol.Protocol):
         if events and not self.opened.called:
             self._flush()
             self.opened.callback(self)
+
+    # ------------------------------------------------------------------------------ padding
+
+    def _busy(self) -> bool:
+        """Cells are waiting to be written: the link is not idle."""
+        return self.channel.queued > 0 or self._transport_paused
+
+    def housekeeping(self, now: float) -> None:
+        """Once a second (the pool's loop): close the link if idle too long, send a keepalive or padding, or
+        start the padding timer."""
+        channel = self.channel
+        if channel.state is not ChannelState.OPEN:
+            return
+        circuits = bool(channel.circuits) or channel.circuits_allocated != self._circuits_allocated_seen
+        self._circuits_allocated_seen = channel.circuits_allocated
+        result = self._padding.housekeeping(now, circuits, self._busy(), self._padding_call is not None)
+        if result.action is Housekeeping.CLOSE_IDLE:
+            reason = (f"no circuits on the link to {self.relay.describe()} for "
+                      f"{now - self._padding.last_had_circuits:.0f} s (its idle timeout is "
+                      f"{self._padding.idle_timeout} s)")
+            log.info("Closing an idle link: %s.", reason)
+            channel.close(reason)  # no longer handed out by the pool
+            self.close()
+        elif result.action is Housekeeping.SEND_KEEPALIVE:
+            log.debug("Sending a keepalive to %s.", self.relay.describe())
+            channel.send_padding()
+        elif result.action is Housekeeping.SEND_PADDING:
+            self._send_padding(now)
+        elif result.action is Housekeeping.SCHEDULE_PADDING:
+            self._padding_call = self.reactor.callLater(result.delay, self._padding_timer_fired)
+
+    def _padding_timer_fired(self) -> None:
+        self._padding_call = None
+        if self.channel.state is ChannelState.OPEN and self._padding.padding_due(self._busy()):
+            self._send_padding(self.reactor.seconds())
+
+    def _send_padding(self, now: float) -> None:
+        log.info("Sending netflow keepalive to %s after %.0f ms idle.", self.relay.describe(),
+                 (now - self._padding.last_activity) * 1000)
+        self.channel.send_padding()
 
     # ------------------------------------------------------------------------------ IPushProducer
 
@@ -220,9 +272,10 @@ class RelayConnection(protocol.Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:  # noqa: N802
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        for call in (self._flush_call, self._padding_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._padding_call = None
         self.on_lost(self)
         message = str(self._failure) if self._failure else f"link to {self.channel.peer_address} closed"
         self.channel.close(message)
@@ -250,13 +303,18 @@ class LinkPool:
     """Open links by relay identity: circuits to the same first hop share one connection."""
 
     def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT,
-                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK) -> None:
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding: PaddingPolicy | None = None) -> None:
         self.reactor = reactor or default_reactor
         self.handshake_timeout = handshake_timeout
         self.queue_high_watermark = queue_high_watermark
+        # Shared by every link: the daemon updates its consensus parameters.
+        self.padding = padding if padding is not None else PaddingPolicy()
         self._open: dict[bytes, RelayConnection] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}
         self._tls = tls_context()
+        # tor's connection housekeeping, while any link is open.
+        self._housekeeping = task.LoopingCall(self._housekeep)
+        self._housekeeping.clock = self.reactor
 
     def connections(self) -> list[RelayConnection]:
         return list(self._open.values())
@@ -281,7 +339,7 @@ class LinkPool:
     def _connect(self, relay: RelayTarget) -> None:
         """TCP, TLS and the link handshake as one Deferred, given up (cancelled) after the handshake timeout."""
         connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
-                                     queue_high_watermark=self.queue_high_watermark)
+                                     queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding)
         opening = connectProtocol(relay_endpoint(self.reactor, relay, self.handshake_timeout), connection)
         opening.addCallback(lambda _: connection.opened)
 
@@ -292,6 +350,8 @@ class LinkPool:
 
         def opened(_):
             self._open[relay.rsa_id] = connection
+            if not self._housekeeping.running:
+                self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
             for waiter in self._pending.pop(relay.rsa_id, []):
                 waiter.callback(connection.channel)
 
@@ -305,14 +365,23 @@ class LinkPool:
 
         opening.addCallbacks(opened, failed)
 
+    def _housekeep(self) -> None:
+        now = self.reactor.seconds()
+        for connection in list(self._open.values()):
+            connection.housekeeping(now)
+
     def _lost(self, connection: RelayConnection) -> None:
         if self._open.get(connection.relay.rsa_id) is connection:
             del self._open[connection.relay.rsa_id]
+        if not self._open and self._housekeeping.running:
+            self._housekeeping.stop()
 
     def close_all(self) -> None:
         for connection in list(self._open.values()):
             connection.close()
         self._open.clear()
+        if self._housekeeping.running:
+            self._housekeeping.stop()
 
 
 __all__ = ["LinkPool", "RelayConnection", "relay_endpoint", "tls_context", "LinkError", "error"]

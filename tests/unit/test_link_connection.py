@@ -1,4 +1,5 @@
-"""LinkPool over loopback TCP: connecting through endpoints, the handshake timeout, refused connections."""
+"""LinkPool over loopback TCP: connecting through endpoints, the handshake timeout, refused connections; padding
+an idle link and closing a link left without circuits (against tests.unit.loopback_relay)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 
-from oppy.link.channel import LinkError
+from oppy.circuit.build import build_circuit
+from oppy.link.channel import ChannelState, LinkError
 from oppy.link.connection import LinkPool
+from oppy.link.padding import ConnectionPaddingOptions, PaddingPolicy
 from oppy.link.relay import RelayTarget
+from tests.unit.loopback_relay import listen
+from tests.unit.relaysim import (
+    CMD_CREATE2,
+    CMD_NETINFO,
+    CMD_PADDING,
+    CMD_PADDING_NEGOTIATE,
+    CMD_RELAY_EARLY,
+    PAYLOAD_LEN,
+)
 
 
 def target(port: int) -> RelayTarget:
@@ -60,3 +72,82 @@ def test_a_refused_connection_fails_every_waiter_with_link_error():
         with pytest.raises(LinkError, match=f"cannot connect to 127.0.0.1:{port}"):
             yield waiter
     assert links.pending_identities() == []
+
+
+# ------------------------------------------------------------------------------------------------ padding
+
+def fast_padding(connection_padding=None) -> PaddingPolicy:
+    """Padding after 200-400 ms idle instead of 1.5-9.5 s, so that a test sees several cells."""
+    padding = PaddingPolicy(ConnectionPaddingOptions(connection_padding))
+    padding.update_consensus_params({"nf_ito_low": 200, "nf_ito_high": 400})
+    return padding
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_idle_link_in_use_for_full_circuits_is_padded(tmp_path):
+    relay = listen(tmp_path, hops=2)
+    links = LinkPool(reactor, padding=fast_padding())
+    try:
+        circuit = yield build_circuit(links, relay.path, timeout=10, reactor=reactor)
+        built_at = reactor.seconds()
+        yield task.deferLater(reactor, 3.5, lambda: None)
+        (server,) = relay.servers
+        commands = server.commands()
+        assert commands[:3] == [CMD_NETINFO, CMD_CREATE2, CMD_RELAY_EARLY], "no STOP or START, as tor"
+        pads = [(at, payload) for at, command, payload in server.received if command == CMD_PADDING]
+        assert len(pads) >= 2, commands
+        assert all(payload == bytes(PAYLOAD_LEN) for _, payload in pads)
+        (connection,) = links.connections()
+        assert connection.channel.padding.padding_cells_sent == len(pads)
+        # Each pad came after at least nf_ito_low of silence on the link (the housekeeping runs once a second,
+        # so a pad may also come later than nf_ito_high).
+        times = [at for at, _, _ in server.received]
+        for at, _ in pads:
+            before = max(t for t in times if t < at)
+            assert at - before >= 0.2 - 0.05
+        assert pads[0][0] > built_at
+        circuit.close()
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_padding_0_sends_stop_after_netinfo_and_no_padding(tmp_path):
+    relay = listen(tmp_path, hops=2)
+    links = LinkPool(reactor, padding=fast_padding(connection_padding=False))
+    try:
+        circuit = yield build_circuit(links, relay.path, timeout=10, reactor=reactor)
+        yield task.deferLater(reactor, 2.5, lambda: None)
+        (server,) = relay.servers
+        assert server.commands()[:2] == [CMD_NETINFO, CMD_PADDING_NEGOTIATE]
+        assert server.received[1][2][:6] == bytes.fromhex("00 01 0000 0000")  # STOP
+        assert CMD_PADDING not in server.commands()
+        circuit.close()
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_link_left_without_circuits_closes_after_its_idle_timeout_and_a_new_one_opens(tmp_path):
+    relay = listen(tmp_path)
+    links = LinkPool(reactor)
+    try:
+        circuit = yield build_circuit(links, relay.path, timeout=10, reactor=reactor)
+        (connection,) = links.connections()
+        channel = connection.channel
+        now = reactor.seconds()
+        connection.housekeeping(now)
+        circuit.close()
+        connection.housekeeping(now + channel.padding.idle_timeout - 1)
+        assert channel.state is ChannelState.OPEN
+        connection.housekeeping(now + channel.padding.idle_timeout)
+        assert channel.state is ChannelState.CLOSED
+        yield until(lambda: links.connections() == [])
+        yield until(lambda: not relay.servers[0].transport.connected)
+        again = yield links.get(relay.relays[0].target)
+        assert again is not channel and again.state is ChannelState.OPEN
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
