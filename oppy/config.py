@@ -432,6 +432,19 @@ def _encode_bool(value: bool) -> list[str]:
     return ["1" if value else "0"]
 
 
+def _parse_auto_bool(name: str, value: str) -> bool | None:
+    """tor's Boolean+Auto: 0, 1 or auto (None)."""
+    if value.lower() == "auto":
+        return None
+    if value not in ("0", "1"):
+        raise _bad(name, value, "allowed values are 0, 1, and auto")
+    return value == "1"
+
+
+def _encode_auto_bool(value: bool | None) -> list[str]:
+    return ["auto"] if value is None else _encode_bool(value)
+
+
 def _int_parser(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def parse(name: str, value: str) -> int:
         number = parse_decimal(value, minimum, maximum)
@@ -849,6 +862,10 @@ _OPTIONS: tuple[_Option, ...] = (
             _encode_int, _constant(32)),
     _Option("MaxSocksConnections", "max_socks_connections", "Integer", _int_parser(1, _INT_MAX), _encode_int,
             _constant(4096)),
+    _Option("ConnectionPadding", "connection_padding", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
+            _constant(None)),
+    _Option("ReducedConnectionPadding", "reduced_connection_padding", "Boolean", _parse_bool, _encode_bool,
+            _constant(False)),
     _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
             _constant(False), dumpable=False),
     _Option("__OwningControllerProcess", "owning_controller_process", "String", _parse_pid,
@@ -931,6 +948,11 @@ class Config:
     #: MaxSocksConnections: oppy's own limit (tor has none; its ConnLimit only sets how many file
     #: descriptors it needs): how many SOCKS clients may be connected at once before new ones are refused.
     max_socks_connections: int = 4096
+    #: ConnectionPadding: None ("auto") pads links to relays that pad too (link protocol 5), True pads them
+    #: all, False pads none and asks the relays to stop (padding-spec §2).
+    connection_padding: bool | None = None
+    #: ReducedConnectionPadding: pad less often, ask the relays to stop, close idle links sooner.
+    reduced_connection_padding: bool = False
     #: __LeaveStreamsUnattached: a controller attaches new streams itself (set by controllers at run time).
     leave_streams_unattached: bool = False
     #: __OwningControllerProcess: the pid of the controller that owns this process, or None.

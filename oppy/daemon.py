@@ -13,8 +13,10 @@ from oppy.circuit.manager import CircuitManager
 from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.directory.documents import Consensus
 from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
+from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
 from oppy.socks.server import SocksFactory
 
@@ -39,7 +41,9 @@ class Daemon:
         self.socks_factory: SocksFactory | None = None
         self.control: ControlService | None = None
         self.stopping = False
-        self.links = LinkPool(reactor)
+        # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
+        self.padding = PaddingPolicy(config)
+        self.links = LinkPool(reactor, padding=self.padding)
         data_directory = config.data_directory_path()
         data_directory.mkdir(parents=True, exist_ok=True)
         os.chmod(data_directory, 0o700)
@@ -53,6 +57,7 @@ class Daemon:
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
                                           links=self.links, testing_tor_network=config.testing_tor_network,
                                           reactor=reactor, clock=time.time)
+        self.directory.add_consensus_observer(self._new_consensus)
         self.manager = CircuitManager(
             self.links, self.directory.choose_path, exit_allows=self.exit_allows, reactor=reactor,
             max_circuit_dirtiness=config.max_circuit_dirtiness, build_timeout=config.circuit_build_timeout,
@@ -69,6 +74,9 @@ class Daemon:
         relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
         microdesc = self.directory.microdescs.get(relay.microdesc_digest) if relay is not None else None
         return microdesc is not None and microdesc.exit_policy.allows_port(port)
+
+    def _new_consensus(self, consensus: Consensus) -> None:
+        self.padding.update_consensus_params(consensus.params)
 
     def _guard_result(self, rsa_id: bytes, reachable: bool) -> None:
         if reachable:

@@ -417,6 +417,8 @@ BAD_VALUES = [
     ("SocksPort", "nonsense", "could not parse address"),
     ("ControlPort", "9051 IsolateDestAddr", "unrecognized ControlPort option"),
     ("Log", "loud stdout", "unknown severity"),
+    ("ConnectionPadding", "2", "allowed values are 0, 1, and auto"),
+    ("ReducedConnectionPadding", "auto", "allowed values are 0 and 1"),
 ]
 
 
@@ -592,6 +594,19 @@ def test_to_torrc_lines_round_trip():
 def test_any_data_directory_round_trips(directory):
     config = config_from_lines([[ConfigLine("DataDirectory", directory)]])
     assert config_from_torrc_text("\n".join(config.to_torrc_lines())).data_directory == directory
+
+
+def test_connection_padding_options():
+    config = config_from_torrc_text("")
+    assert config.connection_padding is None and config.reduced_connection_padding is False
+    assert config.get_option("ConnectionPadding") == ["auto"] and config.get_option("ReducedConnectionPadding") == ["0"]
+    for value, parsed in (("0", False), ("1", True), ("AUTO", None)):
+        assert config_from_torrc_text(f"ConnectionPadding {value}\n").connection_padding is parsed
+    config = config_from_torrc_text("ConnectionPadding 0\nReducedConnectionPadding 1\n")
+    assert config.to_torrc_lines() == ["ConnectionPadding 0", "ReducedConnectionPadding 1"]
+    config.set_options([("ConnectionPadding", "1")])  # tor lets a controller change both at run time
+    assert config.connection_padding is True
+    assert option_type_name("ConnectionPadding") == "Boolean+Auto"
 
 
 def test_option_names_and_types():
