@@ -350,6 +350,9 @@ class LinkPool:
 
         def opened(_):
             self._open[relay.rsa_id] = connection
+            local = connection.transport.getHost()
+            log.info("Link to %s open (link protocol %d) from %s:%d.", relay.describe(),
+                     connection.channel.link_version, local.host, local.port)
             if not self._housekeeping.running:
                 self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
             for waiter in self._pending.pop(relay.rsa_id, []):

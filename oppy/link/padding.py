@@ -171,7 +171,8 @@ class ChannelPadding:
 
     def __init__(self, policy: PaddingPolicy) -> None:
         self.policy = policy
-        # Both ends pad this link (link protocol 5 and no STOP sent): tor's chan->padding_enabled.
+        # Padding is on for this link (link protocol 5, not turned off by ConnectionPadding 0): tor's
+        # chan->padding_enabled. ReducedConnectionPadding sends STOP but leaves it on: we pad, the relay does not.
         self.enabled = False
         # Timeouts set on this link (ReducedConnectionPadding), 0 when the consensus's apply.
         self.timeout_low_ms = 0
