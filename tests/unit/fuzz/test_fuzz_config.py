@@ -55,6 +55,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "SafeLogging": ("relay",),
     "MaxClientCircuitsPending": ("32",),
     "MaxSocksConnections": ("4096",),
+    "ConnectionPadding": ("auto", "0", "1"),
+    "ReducedConnectionPadding": ("0", "1"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }
