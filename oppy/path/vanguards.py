@@ -2,8 +2,8 @@
 
 Without them, anyone can make an onion service (or a client visiting many onion services) build
 circuits until one of their middle relays is chosen next to the guard, and so learn the guard
-(vanguards-spec "Introduction"). Vanguards-lite (proposal 333; vanguards-spec "Vanguards-Lite"; tor
-0.4.7+ ``entrynodes.c``, ``circuitbuild.c``) pins that second hop to a small set, as tor does it:
+(torspec vanguards-spec). Vanguards-lite (proposal 333; vanguards-spec; tor 0.4.7+ ``entrynodes.c``,
+``circuitbuild.c``) pins that second hop to a small set, as tor does it:
 
 * the set holds ``guard-hs-l2-number`` relays (4; tor clamps it to 1..19), drawn with middle-position
   weights among relays that are Stable and Fast and have a microdescriptor, never twice the same relay
@@ -16,13 +16,17 @@ circuits until one of their middle relays is chosen next to the guard, and so le
 * a circuit takes one usable member uniformly that is neither its last hop nor its guard (tor
   ``pick_restricted_middle_node``); onion-service circuits drop the family and subnet rules between
   hops and let the guard be the last hop (tor ``build_vanguard_middle_exclude_list``,
-  ``guards_choose_guard``).
+  ``guards_choose_guard``);
+* paths (proposal 333 section 1): a client's rendezvous circuit is guard, L2, rendezvous point; every
+  other onion-service circuit is guard, L2, middle, then the introduction point, HSDir or rendezvous
+  point it extends to (:func:`choose_onion_service_path`).
 
 Two deliberate differences from tor: the set is persisted (:meth:`VanguardsLite.to_dict`; tor forgets
 it on restart, proposal 333 section 1) so that a restart does not hand out a fresh second hop, and,
-because of that, a stored expiry further ahead than the longest lifetime the parameters allow (a clock that was
-wrong, an edited file) is brought back to that bound. When no Stable and Fast relay is left, tor picks
-a relay without them and drops it at the next maintenance; oppy leaves the place empty instead.
+because of that, a stored expiry further ahead than the longest lifetime the parameters allow (a
+clock that was wrong, an edited file) is brought back to that bound. When no Stable and Fast relay is
+left, tor picks a relay without them and drops it at the next maintenance; oppy leaves the place
+empty instead.
 
 Sans-IO: every method takes ``now`` (POSIX seconds) and draws from the ``random.Random`` given at
 construction (or per call); :func:`choose_onion_service_path` takes the guard sample as an argument.
@@ -38,7 +42,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oppy.path.selection import NoPathError, PathNode, PathSelector
+from oppy.path.guards import GuardChoice, GuardSample, GuardUsage
+from oppy.path.selection import NoPathError, PathError, PathNode, PathSelector
 
 __all__ = [
     "VanguardsLite",
@@ -46,8 +51,11 @@ __all__ = [
     "Layer2Guard",
     "Layer2Changes",
     "Layer2Removal",
+    "OnionServicePurpose",
+    "OnionServicePath",
     "VanguardsStateError",
     "NoLayer2GuardError",
+    "choose_onion_service_path",
     "LAYER2_FLAGS",
     "MAINTENANCE_INTERVAL",
 ]
@@ -326,3 +334,101 @@ def _guard_from_entry(position: int, entry: Any) -> Layer2Guard:
         raise VanguardsStateError(f"layer-2 guard {fingerprint} has a bad expires_at {expires_at!r}")
     return Layer2Guard(fingerprint, float(expires_at),
                        {key: value for key, value in entry.items() if key not in _STATE_KEYS})
+
+
+# ---- an onion-service circuit's path --------------------------------------------------
+
+
+class OnionServicePurpose(enum.Enum):
+    """Onion-service circuits (tor ``CIRCUIT_PURPOSE_*``) and their paths with vanguards-lite
+    (proposal 333 section 1; tor ``route_len_for_purpose``)."""
+
+    #: C_ESTABLISH_REND: guard, L2, then a rendezvous point chosen here.
+    CLIENT_REND = "client_rend"
+    #: C_INTRODUCING: guard, L2, middle, then the service's introduction point.
+    CLIENT_INTRO = "client_intro"
+    #: C_HSDIR_GET: guard, L2, middle, then the HSDir holding the descriptor.
+    CLIENT_HSDIR = "client_hsdir"
+    #: S_ESTABLISH_INTRO: guard, L2, middle, then the introduction point.
+    SERVICE_INTRO = "service_intro"
+    #: S_CONNECT_REND: guard, L2, middle, then the client's rendezvous point.
+    SERVICE_REND = "service_rend"
+    #: S_HSDIR_POST: guard, L2, middle, then the HSDir to publish to.
+    SERVICE_HSDIR = "service_hsdir"
+
+    @property
+    def has_target(self) -> bool:
+        """Is the last hop given (chosen by the other side, or by the HSDir ring)?"""
+        return self is not OnionServicePurpose.CLIENT_REND
+
+
+@dataclass(frozen=True, slots=True)
+class OnionServicePath:
+    """The hops oppy chose for an onion-service circuit; the circuit then extends to the target,
+    if its purpose has one."""
+
+    purpose: OnionServicePurpose
+    guard: PathNode
+    layer2: PathNode
+    #: The extra hop before a target (None for a client rendezvous circuit).
+    middle: PathNode | None
+    #: The rendezvous point chosen here (client rendezvous circuits only).
+    rendezvous: PathNode | None
+
+    @property
+    def hops(self) -> tuple[PathNode, ...]:
+        """The chosen hops in circuit order."""
+        last = self.middle if self.middle is not None else self.rendezvous
+        assert last is not None
+        return (self.guard, self.layer2, last)
+
+
+def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vanguards: VanguardsLite | None,
+                              purpose: OnionServicePurpose, now: float, rng: random.Random,
+                              target: bytes | None = None, *, stable: bool = False
+                              ) -> tuple[OnionServicePath, GuardChoice]:
+    """The path of an onion-service circuit, in tor's order (``circuit_establish_circuit``): the
+    last hop first, then the guard, then the second hop, then the middle.
+
+    * last hop: ``target`` (the RSA identity of the introduction point, HSDir or rendezvous point the
+      circuit extends to), or for :attr:`~OnionServicePurpose.CLIENT_REND` a rendezvous point chosen
+      like a middle that is not MiddleOnly (tor ``choose_good_exit_server`` with CRN_FOR_HS);
+    * guard: from ``guards``, with no restriction from the last hop (tor ``guards_choose_guard``:
+      "unless we're vanguards"), so that the target cannot learn the guard by being avoided;
+    * second hop: from ``vanguards`` (:meth:`VanguardsLite.choose_layer2`), or a weighted middle when
+      vanguards-lite is off (None); never the guard or the last hop;
+    * middle: a weighted middle that is none of the hops before nor the target.
+
+    Hops are Fast (tor launches these circuits with CIRCLAUNCH_NEED_CAPACITY), and Stable too for a
+    ``stable`` circuit (a long-lived port); families and subnets are not compared (tor
+    ``build_vanguard_middle_exclude_list``). Returns the path and the guard choice to report the
+    circuit's outcome with; raises :class:`NoPathError` (or a subclass) saying why.
+    """
+    if purpose.has_target != (target is not None):
+        raise PathError(f"a {purpose.value} circuit {'needs' if purpose.has_target else 'takes no'} target")
+    if target is not None and (not isinstance(target, bytes) or len(target) != 20):
+        raise PathError(f"the target must be a 20-byte RSA identity, not {target!r}")
+    rendezvous = None
+    if target is None:
+        middle_only = frozenset(node.relay.rsa_id for node in selector.nodes if "MiddleOnly" in node.flags)
+        rendezvous = selector.choose_middle(rng, avoid=middle_only, stable=stable)
+        last_id = rendezvous.relay.rsa_id
+    else:
+        last_id = target
+    choice = guards.pick(now, GuardUsage.TRAFFIC,
+                         has_descriptor=lambda fingerprint: selector.node(fingerprint) is not None)
+    guard = selector.node(choice.fingerprint)
+    assert guard is not None        # has_descriptor accepted it
+    chosen = {last_id, guard.relay.rsa_id}
+    try:
+        if vanguards is not None:
+            layer2 = vanguards.choose_layer2(selector, now, exclude=chosen, rng=rng)
+        else:
+            layer2 = selector.choose_middle(rng, avoid=chosen, stable=stable)
+        middle = None
+        if target is not None:
+            middle = selector.choose_middle(rng, avoid=chosen | {layer2.relay.rsa_id}, stable=stable)
+    except NoPathError:
+        guards.cancel(choice)       # no circuit will report on this guard
+        raise
+    return OnionServicePath(purpose, guard, layer2, middle, rendezvous), choice

@@ -1,7 +1,7 @@
-"""Vanguards-lite (proposal 333, tor entrynodes.c): the layer-2 guard set, its parameters, lifetimes,
-replacement and persistence. Real directory documents with "now" pinned 30 minutes after valid-after,
-seeded rngs; the statistical bounds hold with a wide margin for these seeds and fail for the wrong
-distribution (see each test)."""
+"""Vanguards-lite (proposal 333, tor entrynodes.c, circuitbuild.c): the layer-2 guard set, its
+parameters, lifetimes, replacement and persistence, and onion-service paths. Real directory documents
+with "now" pinned 30 minutes after valid-after, seeded rngs; the statistical bounds hold with a wide
+margin for these seeds and fail for the wrong distribution (see each test)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from types import MappingProxyType
 
 import pytest
 
-from oppy.path.selection import PathSelector
+from oppy.path.guards import GuardCircuitState, GuardSample
+from oppy.path.selection import PathError, PathSelector
 from oppy.path.vanguards import (
     DEFAULT_LAYER2_LIFETIME_MAX,
     DEFAULT_LAYER2_LIFETIME_MIN,
@@ -21,9 +22,11 @@ from oppy.path.vanguards import (
     Layer2Guard,
     Layer2Removal,
     NoLayer2GuardError,
+    OnionServicePurpose,
     VanguardsLite,
     VanguardsLiteParams,
     VanguardsStateError,
+    choose_onion_service_path,
 )
 
 from tests.unit.test_path_selection import make_consensus, make_microdesc, make_relay, real_selector
@@ -333,3 +336,178 @@ BAD_STATES = [
 def test_malformed_state_is_refused(state, reason):
     with pytest.raises(VanguardsStateError, match=reason):
         VanguardsLite.from_dict(state)
+
+
+# ---------------------------------------------------------------- onion-service paths
+
+
+def onion_setup(seed: int = 1) -> tuple[PathSelector, GuardSample, VanguardsLite, float]:
+    selector = real_selector(Y2017)
+    now = pinned_now(selector)
+    sample = GuardSample(rng=random.Random(seed))
+    sample.update_from_consensus(selector.consensus, now)
+    return selector, sample, fresh_set(selector, seed), now
+
+
+def rsa_id(fingerprint: str) -> bytes:
+    return bytes.fromhex(fingerprint)
+
+
+def some_target(selector: PathSelector, avoid: set[str]) -> bytes:
+    """An HSDir-like relay of the consensus that is none of ``avoid``."""
+    return next(node.relay.rsa_id for node in selector.nodes
+                if "HSDir" in node.flags and node.fingerprint not in avoid)
+
+
+@pytest.mark.parametrize("purpose", list(OnionServicePurpose))
+def test_paths_for_every_purpose_2017(purpose):
+    selector, sample, vanguards, now = onion_setup()
+    members = set(fingerprints(vanguards))
+    primary = sample.primary_guards(now)[0].fingerprint
+    target = some_target(selector, members | {primary}) if purpose.has_target else None
+    rng = random.Random(2)
+    for _ in range(100):
+        path, choice = choose_onion_service_path(selector, sample, vanguards, purpose, now, rng, target)
+        assert path.purpose is purpose and choice.guard.fingerprint == path.guard.fingerprint == primary
+        assert choice.state is GuardCircuitState.USABLE_ON_COMPLETION
+        assert path.layer2.fingerprint in members and path.layer2 is not path.guard
+        if purpose.has_target:      # G - L2 - M, then the target (proposal 333 section 1)
+            assert path.rendezvous is None and path.hops == (path.guard, path.layer2, path.middle)
+            assert target not in {hop.relay.rsa_id for hop in path.hops}
+        else:                       # G - L2 - Rend
+            assert path.middle is None and path.hops == (path.guard, path.layer2, path.rendezvous)
+            assert "MiddleOnly" not in path.rendezvous.flags
+        assert path.hops[1] is not path.hops[2]
+        assert all("Fast" in hop.flags for hop in path.hops)
+
+
+def test_guard_may_be_the_target_2017():
+    # tor guards_choose_guard: no exit restriction "if we're vanguards", so that an introduction
+    # point or HSDir cannot learn the guard from never being it.
+    selector, sample, vanguards, now = onion_setup()
+    guard = sample.primary_guards(now)[0].fingerprint
+    rng = random.Random(3)
+    for _ in range(50):
+        path, _ = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_INTRO, now, rng,
+                                            rsa_id(guard))
+        assert path.guard.fingerprint == guard
+        assert guard not in (path.layer2.fingerprint, path.middle.fingerprint)
+
+
+def test_no_family_or_subnet_rule_between_the_hops_2017():
+    # tor build_vanguard_middle_exclude_list: identities only. Put a family member and a same-/16
+    # relay of the guard into the set: each is the second hop about a quarter of the time.
+    selector, sample, _, now = onion_setup()
+    guard = selector.node(sample.primary_guards(now)[0].fingerprint)
+    usable = [node for node in selector.nodes if LAYER2_FLAGS <= node.flags and node is not guard]
+    relative = next(node for node in usable if selector.in_same_family(guard, node))
+    neighbour = next(node for node in usable if node.same_subnet(guard) and not selector.in_same_family(guard, node))
+    assert selector.conflicts(relative, [guard]) and selector.conflicts(neighbour, [guard])  # a general path refuses
+    vanguards = VanguardsLite([Layer2Guard(node.fingerprint, now + DAY) for node in (relative, neighbour)],
+                              rng=random.Random(4))
+    vanguards.update_from_consensus(selector, now)
+    assert len(vanguards.guards) == 4
+    rng = random.Random(5)
+    counts = Counter(choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_REND, now,
+                                               rng)[0].layer2.fingerprint for _ in range(800))
+    assert counts[relative.fingerprint] > 150 and counts[neighbour.fingerprint] > 150
+
+
+def test_target_is_never_the_second_hop_or_the_middle_2017():
+    selector, sample, vanguards, now = onion_setup()
+    target = fingerprints(vanguards)[0]
+    rng = random.Random(6)
+    for _ in range(300):
+        path, _ = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_HSDIR, now, rng,
+                                            rsa_id(target))
+        assert target not in (path.layer2.fingerprint, path.middle.fingerprint)
+        assert path.middle.fingerprint not in (path.guard.fingerprint, path.layer2.fingerprint)
+
+
+def test_stable_circuits_take_stable_hops_2017():
+    selector, sample, vanguards, now = onion_setup()
+    rng = random.Random(7)
+    paths = [choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_REND, now, rng)[0]
+             for _ in range(300)]
+    assert sum("Stable" not in path.rendezvous.flags for path in paths) > 10    # not asked for: some lack it
+    target = some_target(selector, set())
+    for _ in range(300):
+        path, _ = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.SERVICE_REND, now, rng,
+                                            target, stable=True)
+        assert all("Stable" in hop.flags for hop in path.hops)
+        path, _ = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_REND, now, rng,
+                                            stable=True)
+        assert "Stable" in path.rendezvous.flags
+
+
+def test_without_vanguards_the_second_hop_is_any_weighted_middle_2017():
+    selector, sample, _, now = onion_setup()
+    target = some_target(selector, set())
+    rng = random.Random(8)
+    paths = [choose_onion_service_path(selector, sample, None, OnionServicePurpose.CLIENT_INTRO, now, rng, target)[0]
+             for _ in range(300)]
+    assert len({path.layer2.fingerprint for path in paths}) > 150
+    for path in paths:
+        assert target not in {hop.relay.rsa_id for hop in path.hops}
+        assert len({hop.fingerprint for hop in path.hops}) == 3
+        assert not any("Exit" in hop.flags and "BadExit" not in hop.flags for hop in path.hops[1:])   # Wme = 0
+
+
+def small_onion_network(params=None) -> PathSelector:
+    """Guards 1-4, a heavy MiddleOnly relay 5, relays 6-8 that may be anything, relay 9 without Valid."""
+    guard_flags = "Running Valid Fast Stable Guard V2Dir"
+    relays = [make_relay(i, guard_flags, 100, f"10.{i}.0.1") for i in range(1, 5)]
+    relays.append(make_relay(5, "Running Valid Fast Stable MiddleOnly", 100000, "10.5.0.1"))
+    relays += [make_relay(i, "Running Valid Fast Stable", 1000, f"10.{i}.0.1") for i in range(6, 9)]
+    relays.append(make_relay(9, "Running Fast Stable", 1000, "10.9.0.1"))
+    return PathSelector(make_consensus(relays, params=params), {f"md{i}": make_microdesc(i) for i in range(1, 10)})
+
+
+def test_rendezvous_point_is_never_middle_only_but_the_other_hops_may_be():
+    # tor CRN_FOR_HS keeps MiddleOnly relays out of the RP, IP and HSDir places only.
+    selector = small_onion_network()
+    sample = GuardSample(rng=random.Random(1))
+    sample.update_from_consensus(selector.consensus, 1000.0)
+    vanguards = fresh_set(selector, 1, now=1000.0)
+    assert "05" * 20 in fingerprints(vanguards)       # so heavy that it is always drawn
+    rng = random.Random(2)
+    rendezvous, second = Counter(), Counter()
+    for _ in range(300):
+        path, _ = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_REND, 1000.0, rng)
+        rendezvous[path.rendezvous.nickname] += 1
+        second[path.layer2.nickname] += 1
+    assert "relay5" not in rendezvous and second["relay5"] > 30
+    middles = [choose_onion_service_path(selector, sample, None, OnionServicePurpose.CLIENT_INTRO, 1000.0, rng,
+                                         bytes([6]) * 20)[0] for _ in range(100)]
+    assert sum("relay5" in (path.layer2.nickname, path.middle.nickname) for path in middles) > 90
+
+
+def test_a_failed_second_hop_releases_the_guard_and_says_why():
+    # One layer-2 guard, listed Stable and Fast but not Valid: kept (tor), never usable.
+    selector = small_onion_network({"guard-hs-l2-number": 1})
+    now = 1000.0
+    sample = GuardSample(rng=random.Random(1))
+    sample.update_from_consensus(selector.consensus, now)
+    for guard in sample.primary_guards(now):
+        sample.note_failure(guard.fingerprint, now)
+    vanguards = VanguardsLite([Layer2Guard("09" * 20, now + DAY)], rng=random.Random(2))
+    vanguards.update_from_consensus(selector, now)
+    with pytest.raises(NoLayer2GuardError, match=r"\$0909.* is not running and valid or has no microdescriptor"):
+        choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_INTRO, now,
+                                  random.Random(3), bytes([6]) * 20)
+    assert not any(guard.is_pending for guard in sample.guards)     # the exploratory guard is free again
+    choice = sample.pick(now)
+    assert choice.state is GuardCircuitState.USABLE_IF_NO_BETTER_GUARD      # the same one can be tried
+
+
+@pytest.mark.parametrize("purpose, target, reason", [
+    (OnionServicePurpose.CLIENT_REND, bytes(20), "client_rend circuit takes no target"),
+    (OnionServicePurpose.CLIENT_INTRO, None, "client_intro circuit needs target"),
+    (OnionServicePurpose.SERVICE_HSDIR, b"\x01" * 19, "20-byte RSA identity"),
+    (OnionServicePurpose.SERVICE_INTRO, "01" * 20, "20-byte RSA identity"),
+])
+def test_targets_must_fit_the_purpose(purpose, target, reason):
+    selector = small_onion_network()
+    sample = GuardSample(rng=random.Random(1))
+    with pytest.raises(PathError, match=reason):
+        choose_onion_service_path(selector, sample, None, purpose, 1000.0, random.Random(1), target)
