@@ -866,6 +866,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant(None)),
     _Option("ReducedConnectionPadding", "reduced_connection_padding", "Boolean", _parse_bool, _encode_bool,
             _constant(False)),
+    _Option("VanguardsLiteEnabled", "vanguards_lite_enabled", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
+            _constant(None)),
     _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
             _constant(False), dumpable=False),
     _Option("__OwningControllerProcess", "owning_controller_process", "String", _parse_pid,
@@ -953,6 +955,9 @@ class Config:
     connection_padding: bool | None = None
     #: ReducedConnectionPadding: pad less often, ask the relays to stop, close idle links sooner.
     reduced_connection_padding: bool = False
+    #: VanguardsLiteEnabled: onion-service circuits take their second hop from the vanguards-lite set;
+    #: None is ``auto`` (the consensus's ``vanguards-lite-enabled``, on by default).
+    vanguards_lite_enabled: bool | None = None
     #: __LeaveStreamsUnattached: a controller attaches new streams itself (set by controllers at run time).
     leave_streams_unattached: bool = False
     #: __OwningControllerProcess: the pid of the controller that owns this process, or None.

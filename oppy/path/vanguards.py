@@ -56,6 +56,7 @@ __all__ = [
     "VanguardsStateError",
     "NoLayer2GuardError",
     "choose_onion_service_path",
+    "vanguards_lite_enabled",
     "LAYER2_FLAGS",
     "MAINTENANCE_INTERVAL",
 ]
@@ -127,6 +128,19 @@ class VanguardsLiteParams:
         if self.lifetime_min >= self.lifetime_max:
             return self.lifetime_min
         return rng.randrange(self.lifetime_min, self.lifetime_max)
+
+
+def vanguards_lite_enabled(setting: bool | None, params: VanguardsLiteParams, *,
+                           full_vanguards: bool = False) -> bool:
+    """Do onion-service circuits take their second hop from the vanguards-lite set?
+
+    ``setting`` is ``VanguardsLiteEnabled`` (None for ``auto``): 0 is final, 1 turns it on and
+    ``auto`` follows ``vanguards-lite-enabled`` (tor ``vanguards_lite_is_enabled``). Configured full
+    vanguards replace the lite set, as tor's ``HSLayer2Nodes`` does (``pick_vanguard_middle_node``).
+    """
+    if setting is False or full_vanguards:
+        return False
+    return params.enabled if setting is None else True
 
 
 class Layer2Removal(enum.Enum):

@@ -410,6 +410,8 @@ BAD_VALUES = [
     ("MaxClientCircuitsPending", "0", "must be between 1 and 1024, but was set to 0"),
     ("MaxClientCircuitsPending", "1025", "must be between 1 and 1024"),
     ("MaxSocksConnections", "0", "between 1 and"),
+    ("VanguardsLiteEnabled", "2", "allowed values are 0, 1, and auto"),
+    ("VanguardsLiteEnabled", "yes", "allowed values are 0, 1, and auto"),
     ("HashedControlPassword", "foo", "wrong length or bad encoding"),
     ("HashedControlPassword", "16:ABC", "wrong length or bad encoding"),
     ("__OwningControllerProcess", "abc", "expected a process id"),
@@ -607,6 +609,15 @@ def test_connection_padding_options():
     config.set_options([("ConnectionPadding", "1")])  # tor lets a controller change both at run time
     assert config.connection_padding is True
     assert option_type_name("ConnectionPadding") == "Boolean+Auto"
+
+
+def test_vanguards_lite_enabled_is_tors_boolean_plus_auto():
+    assert option_type_name("VanguardsLiteEnabled") == "Boolean+Auto"
+    assert Config().vanguards_lite_enabled is None and Config().get_option("VanguardsLiteEnabled") == ["auto"]
+    for text, value, encoded in (("auto", None, "auto"), ("AUTO", None, "auto"), ("0", False, "0"), ("1", True, "1")):
+        config = config_from_torrc_text(f"VanguardsLiteEnabled {text}\n")
+        assert config.vanguards_lite_enabled is value
+        assert config.get_option("VanguardsLiteEnabled") == [encoded]
 
 
 def test_option_names_and_types():

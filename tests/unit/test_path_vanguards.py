@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 import pytest
 
+from oppy.config import config_from_torrc_text
 from oppy.path.guards import GuardCircuitState, GuardSample
 from oppy.path.selection import PathError, PathSelector
 from oppy.path.vanguards import (
@@ -27,6 +28,7 @@ from oppy.path.vanguards import (
     VanguardsLiteParams,
     VanguardsStateError,
     choose_onion_service_path,
+    vanguards_lite_enabled,
 )
 
 from tests.unit.test_path_selection import make_consensus, make_microdesc, make_relay, real_selector
@@ -157,6 +159,27 @@ def test_only_stable_fast_relays_with_microdescriptors_join():
 ])
 def test_params_are_clamped_like_tor(params, expected):
     assert VanguardsLiteParams.from_consensus(make_consensus([], params=params)) == expected
+
+
+@pytest.mark.parametrize("setting, consensus_says, full_vanguards, expected", [
+    (None, True, False, True),          # auto: the consensus parameter, on by default
+    (None, False, False, False),
+    (True, False, False, True),         # 1 overrides the consensus
+    (False, True, False, False),        # 0 is final (tor vanguards_lite_is_enabled)
+    (None, True, True, False),          # full vanguards replace the lite set
+    (True, True, True, False),
+])
+def test_vanguards_lite_enabled(setting, consensus_says, full_vanguards, expected):
+    params = VanguardsLiteParams(enabled=consensus_says)
+    assert vanguards_lite_enabled(setting, params, full_vanguards=full_vanguards) is expected
+
+
+def test_vanguards_lite_enabled_follows_the_option_and_the_consensus():
+    config = config_from_torrc_text("VanguardsLiteEnabled auto\n")
+    off = VanguardsLiteParams.from_consensus(make_consensus([], params={"vanguards-lite-enabled": 0}))
+    assert not vanguards_lite_enabled(config.vanguards_lite_enabled, off)
+    assert vanguards_lite_enabled(config_from_torrc_text("VanguardsLiteEnabled 1\n").vanguards_lite_enabled, off)
+    assert vanguards_lite_enabled(config.vanguards_lite_enabled, VanguardsLiteParams.from_consensus(make_consensus([])))
 
 
 def test_set_size_follows_the_parameter_2017():

@@ -57,6 +57,7 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "MaxSocksConnections": ("4096",),
     "ConnectionPadding": ("auto", "0", "1"),
     "ReducedConnectionPadding": ("0", "1"),
+    "VanguardsLiteEnabled": ("auto", "0", "1"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }
