@@ -350,6 +350,9 @@ BAD_STATES = [
     ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": True}]}, "bad expires_at True"),
     ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": float("nan")}]}, "bad expires_at nan"),
     ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": float("inf")}]}, "bad expires_at inf"),
+    ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": 10**400}]}, "bad expires_at 1000+\\.\\.\\.$"),
+    ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": 10**5000}]}, "an int too long to show"),
+    ({"version": 1, "layer2": [{"fingerprint": "F" * 10**5, "expires_at": 1}]}, "fingerprint 'FFF+\\.\\.\\.$"),
     ({"version": 1, "layer2": [{"fingerprint": "AB" * 20, "expires_at": 1},
                                {"fingerprint": "AB" * 20, "expires_at": 2}]}, "appears twice"),
 ]
