@@ -38,6 +38,7 @@ import enum
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -211,14 +212,11 @@ class VanguardsLite:
         entries = state.get("layer2")
         if not isinstance(entries, list):
             raise VanguardsStateError("vanguards state has no 'layer2' list")
-        guards: list[Layer2Guard] = []
-        seen = set()
-        for position, entry in enumerate(entries):
-            guard = _guard_from_entry(position, entry)
-            if guard.fingerprint in seen:
-                raise VanguardsStateError(f"layer-2 guard {guard.fingerprint} appears twice")
-            seen.add(guard.fingerprint)
-            guards.append(guard)
+        guards = [_guard_from_entry(position, entry) for position, entry in enumerate(entries)]
+        repeated = [fingerprint for fingerprint, count in Counter(guard.fingerprint for guard in guards).items()
+                    if count > 1]
+        if repeated:
+            raise VanguardsStateError(f"layer-2 guard {repeated[0]} appears twice")
         return cls(guards, rng=rng)
 
     @property

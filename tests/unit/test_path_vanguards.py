@@ -179,7 +179,8 @@ def test_vanguards_lite_enabled_follows_the_option_and_the_consensus():
     off = VanguardsLiteParams.from_consensus(make_consensus([], params={"vanguards-lite-enabled": 0}))
     assert not vanguards_lite_enabled(config.vanguards_lite_enabled, off)
     assert vanguards_lite_enabled(config_from_torrc_text("VanguardsLiteEnabled 1\n").vanguards_lite_enabled, off)
-    assert vanguards_lite_enabled(config.vanguards_lite_enabled, VanguardsLiteParams.from_consensus(make_consensus([])))
+    default = VanguardsLiteParams.from_consensus(make_consensus([]))
+    assert vanguards_lite_enabled(config.vanguards_lite_enabled, default)
 
 
 def test_set_size_follows_the_parameter_2017():
