@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oppy.directory.documents import Consensus, RelayRecord
+from oppy.path.state import is_state_time, short_repr
 from oppy.path.selection import (
     NoPathError,
     Path,
@@ -319,7 +320,7 @@ class GuardSample:
         if not isinstance(state, dict):
             raise GuardStateError(f"guard state must be a dict, not {type(state).__name__}")
         if state.get("version") not in _READABLE_STATE_VERSIONS:
-            raise GuardStateError(f"unsupported guard state version {state.get('version')!r}")
+            raise GuardStateError(f"unsupported guard state version {short_repr(state.get('version'))}")
         entries = state.get("guards")
         if not isinstance(entries, list):
             raise GuardStateError("guard state has no 'guards' list")
@@ -811,7 +812,7 @@ def _guard_from_entry(position: int, entry: Any) -> SampledGuard:
         raise GuardStateError(f"guard #{position} is not a dict")
     fingerprint = entry.get("fingerprint")
     if not isinstance(fingerprint, str) or not _HEX40_RE.match(fingerprint):
-        raise GuardStateError(f"guard #{position} has a bad fingerprint {fingerprint!r}")
+        raise GuardStateError(f"guard #{position} has a bad fingerprint {short_repr(fingerprint)}")
     nickname = entry.get("nickname", "")
     added_at = entry.get("added_at")
     listed = entry.get("listed", True)
@@ -820,26 +821,22 @@ def _guard_from_entry(position: int, entry: Any) -> SampledGuard:
     confirmed_idx = entry.get("confirmed_idx")
     if not isinstance(nickname, str):
         raise GuardStateError(f"guard {fingerprint} has a bad nickname")
-    if not _is_time(added_at):
-        raise GuardStateError(f"guard {fingerprint} has a bad added_at {added_at!r}")
+    if not is_state_time(added_at):
+        raise GuardStateError(f"guard {fingerprint} has a bad added_at {short_repr(added_at)}")
     if not isinstance(listed, bool):
         raise GuardStateError(f"guard {fingerprint} has a bad 'listed' value")
     for name, value in (("unlisted_since", unlisted_since), ("confirmed_on", confirmed_on)):
-        if value is not None and not _is_time(value):
-            raise GuardStateError(f"guard {fingerprint} has a bad {name} {value!r}")
+        if value is not None and not is_state_time(value):
+            raise GuardStateError(f"guard {fingerprint} has a bad {name} {short_repr(value)}")
     if confirmed_idx is not None and (not isinstance(confirmed_idx, int) or isinstance(confirmed_idx, bool)
                                       or confirmed_idx < 0):
-        raise GuardStateError(f"guard {fingerprint} has a bad confirmed_idx {confirmed_idx!r}")
+        raise GuardStateError(f"guard {fingerprint} has a bad confirmed_idx {short_repr(confirmed_idx)}")
     if (confirmed_on is None) != (confirmed_idx is None):
         raise GuardStateError(f"guard {fingerprint} needs both confirmed_on and confirmed_idx, or neither")
     return SampledGuard(fingerprint, nickname, float(added_at), listed,
                         None if unlisted_since is None or listed else float(unlisted_since),
                         None if confirmed_on is None else float(confirmed_on), confirmed_idx,
                         extra={key: value for key, value in entry.items() if key not in _STATE_KEYS})
-
-
-def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _weighted_index(weights: list[float], rng: random.Random) -> int:

@@ -35,7 +35,6 @@ construction (or per call); :func:`choose_onion_service_path` takes the guard sa
 from __future__ import annotations
 
 import enum
-import math
 import random
 import re
 from collections import Counter
@@ -45,6 +44,7 @@ from typing import Any, Protocol
 
 from oppy.path.guards import GuardChoice, GuardSample, GuardUsage
 from oppy.path.selection import NoPathError, PathError, PathNode, PathSelector
+from oppy.path.state import is_state_time, short_repr
 
 __all__ = [
     "VanguardsLite",
@@ -208,7 +208,7 @@ class VanguardsLite:
             raise VanguardsStateError(f"vanguards state must be a dict, not {type(state).__name__}")
         version = state.get("version")
         if version != STATE_VERSION or isinstance(version, bool):
-            raise VanguardsStateError(f"unsupported vanguards state version {_short_repr(version)}")
+            raise VanguardsStateError(f"unsupported vanguards state version {short_repr(version)}")
         entries = state.get("layer2")
         if not isinstance(entries, list):
             raise VanguardsStateError("vanguards state has no 'layer2' list")
@@ -335,34 +335,15 @@ class VanguardsLite:
         return f"none of the {len(self.guards)} layer-2 guards fits: " + "; ".join(reasons)
 
 
-def _short_repr(value: Any) -> str:
-    """A bad value for an error message, cut short (a state file can hold anything)."""
-    try:
-        text = repr(value)
-    except ValueError:          # an int beyond Python's int-to-str digit limit
-        return f"an {type(value).__name__} too long to show"
-    return text if len(text) <= 50 else text[:47] + "..."
-
-
-def _is_time(value: Any) -> bool:
-    """A finite number of seconds (JSON may hold an integer no float can take)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _guard_from_entry(position: int, entry: Any) -> Layer2Guard:
     if not isinstance(entry, dict):
         raise VanguardsStateError(f"layer-2 guard #{position} is not a dict")
     fingerprint = entry.get("fingerprint")
     if not isinstance(fingerprint, str) or not _HEX40_RE.match(fingerprint):
-        raise VanguardsStateError(f"layer-2 guard #{position} has a bad fingerprint {_short_repr(fingerprint)}")
+        raise VanguardsStateError(f"layer-2 guard #{position} has a bad fingerprint {short_repr(fingerprint)}")
     expires_at = entry.get("expires_at")
-    if not _is_time(expires_at):
-        raise VanguardsStateError(f"layer-2 guard {fingerprint} has a bad expires_at {_short_repr(expires_at)}")
+    if not is_state_time(expires_at):
+        raise VanguardsStateError(f"layer-2 guard {fingerprint} has a bad expires_at {short_repr(expires_at)}")
     return Layer2Guard(fingerprint, float(expires_at),
                        {key: value for key, value in entry.items() if key not in _STATE_KEYS})
 

@@ -572,6 +572,8 @@ def test_version_1_state_is_read_and_unknown_keys_are_kept():
     ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 1, "listed": "yes"}]}, "listed"),
     ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 1}] * 2}, "twice"),
     ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": float("nan")}]}, "bad added_at"),
+    ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 10 ** 400}]}, "bad added_at"),
+    ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 10 ** 5000}]}, "too long to show"),
     ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 1, "confirmed_on": 1}]}, "both"),
     ({"version": 2, "guards": [{"fingerprint": "A" * 40, "added_at": 1, "confirmed_on": 1,
                                 "confirmed_idx": -1}]}, "bad confirmed_idx"),
