@@ -476,7 +476,7 @@ def _parse_interval_option(name: str, value: str) -> int:
 # config.c MIN_MAX_CIRCUIT_DIRTINESS / MAX_MAX_CIRCUIT_DIRTINESS: tor raises or lowers the value to these.
 MIN_MAX_CIRCUIT_DIRTINESS = 10
 MAX_MAX_CIRCUIT_DIRTINESS = 30 * 24 * 3600
-# config.c RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT: tor warns below this.
+# config.c RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT: tor warns below this when LearnCircuitBuildTimeout is 0.
 RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT = 10
 # config.c MAX_MAX_CLIENT_CIRCUITS_PENDING.
 MAX_MAX_CLIENT_CIRCUITS_PENDING = 1024
@@ -843,8 +843,10 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("Log", "logs", "LineList", _parse_logs, _encode_logs, _constant((DEFAULT_LOG,)), is_list=True),
     _Option("MaxCircuitDirtiness", "max_circuit_dirtiness", "TimeInterval", _parse_interval_option, _encode_int,
             _constant(600)),
+    _Option("LearnCircuitBuildTimeout", "learn_circuit_build_timeout", "Boolean", _parse_bool, _encode_bool,
+            _constant(True)),
     _Option("CircuitBuildTimeout", "circuit_build_timeout", "TimeInterval", _parse_interval_option, _encode_int,
-            _constant(60)),
+            _constant(0)),
     _Option("SocksTimeout", "socks_timeout", "TimeInterval", _parse_interval_option, _encode_int,
             _constant(120)),
     _Option("CookieAuthentication", "cookie_authentication", "Boolean", _parse_bool, _encode_bool,
@@ -927,9 +929,11 @@ class Config:
     logs: tuple[LogSpec, ...] = (DEFAULT_LOG,)
     #: MaxCircuitDirtiness: no new streams on a circuit first used longer ago than this.
     max_circuit_dirtiness: int = 600
-    #: CircuitBuildTimeout: give up building a circuit after this long. tor's default is 0, "learn it,
-    #: starting at 60 s"; oppy does not learn, so its default is the 60 s tor starts from.
-    circuit_build_timeout: int = 60
+    #: LearnCircuitBuildTimeout: learn how long to wait for circuits from their build times (path-spec 2.4).
+    learn_circuit_build_timeout: bool = True
+    #: CircuitBuildTimeout: give up building a circuit after this long; 0 (the default) for cbtinitialtimeout
+    #: (60 s). While learning it is only the starting point; with LearnCircuitBuildTimeout 0 the only value.
+    circuit_build_timeout: int = 0
     #: SocksTimeout: how long a SOCKS client may take to handshake, and a stream may wait for a circuit.
     socks_timeout: int = 120
     #: CookieAuthentication: accept the contents of the cookie file on the control port.
@@ -1067,12 +1071,15 @@ def _validate(config: Config) -> list[str]:
         warnings.append(f"MaxCircuitDirtiness option is too high; setting to "
                         f"{MAX_MAX_CIRCUIT_DIRTINESS // 86400} days.")
         config.max_circuit_dirtiness = MAX_MAX_CIRCUIT_DIRTINESS
-    if config.circuit_build_timeout == 0:
-        # tor reads 0 as "not set"; oppy's fixed timeout then is tor's starting value.
-        config.circuit_build_timeout = 60
-    elif config.circuit_build_timeout < RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT:
-        warnings.append(f"CircuitBuildTimeout is shorter ({config.circuit_build_timeout} seconds) than the "
-                        f"recommended minimum ({RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT} seconds).")
+    if not config.learn_circuit_build_timeout:
+        if 0 < config.circuit_build_timeout < RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT:
+            warnings.append(f"CircuitBuildTimeout is shorter ({config.circuit_build_timeout} seconds) than the "
+                            f"recommended minimum ({RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT} seconds), and "
+                            "LearnCircuitBuildTimeout is disabled.  If oppy isn't working, raise this value or "
+                            "enable LearnCircuitBuildTimeout.")
+        elif not config.circuit_build_timeout:
+            warnings.append("You disabled LearnCircuitBuildTimeout, but didn't specify a CircuitBuildTimeout. "
+                            "I'll pick a plausible default.")
     if config.socks_timeout < 1:
         raise ConfigError("SocksTimeout must be at least 1 second, but was set to 0", option="SocksTimeout",
                           value="0")

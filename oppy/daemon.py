@@ -6,13 +6,15 @@ import logging
 import os
 import time
 
-from twisted.internet import defer, error as twisted_error
+from twisted.internet import defer, error as twisted_error, threads
 
 from oppy import __version__
+from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
 from oppy.circuit.manager import CircuitManager
 from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.directory.cache import atomic_write
 from oppy.directory.documents import Consensus
 from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
@@ -28,6 +30,9 @@ FORBID_PUBLIC_NETWORK_ENV = "OPPY_FORBID_PUBLIC_NETWORK"
 
 # How long shutdown waits for END and DESTROY cells to reach the relays before the links close.
 SHUTDOWN_FLUSH_DELAY = 0.3
+# The circuit build-time history (path-spec 2.4.2), in the DataDirectory: tor keeps the same lines
+# (TotalBuildTimes, CircuitBuildAbandonedCount, CircuitBuildTimeBin) in its state file.
+BUILD_TIMES_FILE = "circuit-build-times"
 
 
 class Daemon:
@@ -41,12 +46,18 @@ class Daemon:
         self.socks_factory: SocksFactory | None = None
         self.control: ControlService | None = None
         self.stopping = False
-        # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
-        self.padding = PaddingPolicy(config)
-        self.links = LinkPool(reactor, padding=self.padding)
         data_directory = config.data_directory_path()
         data_directory.mkdir(parents=True, exist_ok=True)
         os.chmod(data_directory, 0o700)
+        self.build_times = CircuitBuildTimes(learn=config.learn_circuit_build_timeout,
+                                             configured_timeout=config.circuit_build_timeout)
+        self._build_times_path = data_directory / BUILD_TIMES_FILE
+        self._build_times_writes: defer.Deferred = defer.succeed(None)
+        self._load_build_times()
+        self.build_times.add_observer(self._build_times_event)
+        # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
+        self.padding = PaddingPolicy(config)
+        self.links = LinkPool(reactor, padding=self.padding, network_live=self.build_times.network_is_live)
         if config.dir_authorities:
             authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
         elif os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
@@ -60,7 +71,7 @@ class Daemon:
         self.directory.add_consensus_observer(self._new_consensus)
         self.manager = CircuitManager(
             self.links, self.directory.choose_path, exit_allows=self.exit_allows, reactor=reactor,
-            max_circuit_dirtiness=config.max_circuit_dirtiness, build_timeout=config.circuit_build_timeout,
+            max_circuit_dirtiness=config.max_circuit_dirtiness, build_times=self.build_times,
             max_pending=config.max_client_circuits_pending, guard_result=self._guard_result,
             unattached_timeout=config.socks_timeout)
         self.manager.attach_automatically = not config.leave_streams_unattached
@@ -77,12 +88,58 @@ class Daemon:
 
     def _new_consensus(self, consensus: Consensus) -> None:
         self.padding.update_consensus_params(consensus.params)
+        self.build_times.update_params(consensus.params)
 
     def _guard_result(self, rsa_id: bytes, reachable: bool) -> None:
         if reachable:
             self.directory.mark_guard_up(rsa_id)
         else:
             self.directory.mark_guard_down(rsa_id)
+
+    # ------------------------------------------------------------------------------ build-time history
+
+    def _load_build_times(self) -> None:
+        """Read the build-time history; a broken one is kept aside as ``.broken`` and learning starts over."""
+        path = self._build_times_path
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("Could not read %s: %s. Learning the circuit build timeout afresh.", path, exc)
+            return
+        try:
+            self.build_times.load_state(text.splitlines())
+        except BuildTimesStateError as exc:
+            broken = path.with_name(path.name + ".broken")
+            log.warning("Ignoring the circuit build times in %s (%s); keeping them as %s. Learning the circuit "
+                        "build timeout afresh.", path, exc, broken.name)
+            try:
+                os.replace(path, broken)
+            except OSError as move_error:
+                log.warning("Could not rename %s: %s", path, move_error)
+
+    def _build_times_event(self, event) -> None:
+        if isinstance(event, BuildTimesToSave):
+            self._save_build_times()
+
+    def _save_build_times(self) -> defer.Deferred:
+        """Write the history in a worker thread, one write after the other; fires when it is on disk."""
+        data = ("# oppy's circuit build times (path-spec 2.4.2), as tor's state file keeps them\n"
+                + "".join(line + "\n" for line in self.build_times.state_lines())).encode("ascii")
+
+        def write(_):
+            return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), atomic_write,
+                                             self._build_times_path, data)
+
+        def failed(failure):
+            log.warning("Could not write the circuit build times to %s: %s", self._build_times_path,
+                        failure.getErrorMessage())
+
+        self._build_times_writes = self._build_times_writes.addCallback(write).addErrback(failed)
+        done: defer.Deferred = defer.Deferred()
+        self._build_times_writes.addBoth(lambda _: done.callback(None))
+        return done
 
     # ------------------------------------------------------------------------------ start and stop
 
@@ -139,8 +196,8 @@ class Daemon:
             flushed.callback(None)
 
         self.reactor.callLater(SHUTDOWN_FLUSH_DELAY, close_links)
-        # The directory's last cache and guard-state writes reach the disk too.
-        return defer.gatherResults([flushed, self.directory.stop()], consumeErrors=True)
+        # The directory's last cache and guard-state writes reach the disk too, and the build times.
+        return defer.gatherResults([flushed, self.directory.stop(), self._save_build_times()], consumeErrors=True)
 
 
 def run(config: Config) -> int:

@@ -166,24 +166,33 @@ def _actions(hops: int) -> int:
 
 class BuildAttempt:
     """One circuit's build as the estimator sees it: its deadlines, and what each event means for the
-    history. Made by `CircuitBuildTimes.start_build`; the builder calls `timed_out` at `timeout`,
-    `close_timed_out` at `close_timeout` (unless it gave the circuit up at `timed_out`), and `built` if
-    every hop is built in time."""
+    history. Made by `CircuitBuildTimes.start_build` when the circuit is launched; the builder calls `begin`
+    when the first hop's link is open (the build's clock starts: tor's timestamp_began), `timed_out` at
+    `timeout`, `close_timed_out` at `close_timeout` (unless it gave the circuit up at `timed_out`), and
+    `built` if every hop is built in time."""
 
-    def __init__(self, times: "CircuitBuildTimes", counted: bool, timeout: float, close_timeout: float,
+    def __init__(self, times: "CircuitBuildTimes", counted: bool, scale: float,
                  any_circuit_open: Callable[[], bool]) -> None:
         self.times = times
         #: A general-purpose three-hop circuit: its build time and its timeout count (path-spec 2.4.2).
         self.counted = counted
-        self.started_at = times.clock()
-        #: Seconds from the start until the circuit is timed out, and until it is closed for good.
-        self.timeout = timeout
-        self.close_timeout = max(close_timeout, timeout)
+        self.scale = scale
         self.any_circuit_open = any_circuit_open
+        #: When the circuit was launched: a network that has been silent since then is not live.
+        self.created_at = times.clock()
         #: Timed out for its users and building on only to be measured (tor's MEASURE_TIMEOUT purpose).
         self.measuring = False
         #: Its timeout was counted while no circuit was open (tor's relaxed_timeout).
         self.relaxed = False
+        self.begin()
+
+    def begin(self) -> None:
+        """The first hop's link is open: the build time and the deadlines run from now, the deadlines being
+        the estimator's current ones (seconds, scaled for longer paths)."""
+        times = self.times
+        self.started_at = times.clock()
+        self.timeout = times.timeout * self.scale
+        self.close_timeout = max(times.close_timeout * self.scale, self.timeout)
 
     def timed_out(self, first_hop_done: bool) -> TimeoutAction:
         """The circuit is still unbuilt at `timeout` (circuituse.c circuit_expire_building)."""
@@ -210,7 +219,7 @@ class BuildAttempt:
         if elapsed_ms > 2 * times.close_ms + 1000:
             log.info("Extremely large value for circuit build timeout: %.0fms. Assuming clock jump.", elapsed_ms)
             return
-        if times.count_close(first_hop_done, self.started_at):
+        if times.count_close(first_hop_done, self.created_at):
             times.set_timeout()
 
     def built(self) -> None:
@@ -335,14 +344,13 @@ class CircuitBuildTimes:
         return self.total_build_times >= self.parameters.min_circuits
 
     def start_build(self, path_length: int, counted: bool, any_circuit_open: Callable[[], bool]) -> BuildAttempt:
-        """A circuit of `path_length` hops starts building (the moment its first hop's link is open).
+        """A circuit of `path_length` hops is launched.
         `counted`: a general-purpose circuit oppy chose; only three-hop ones are. `any_circuit_open` tells
         whether some three-hop circuit is open (circuit_any_opened_circuits) when the timeout passes."""
         self.last_circuit_at = self.clock()
         # path-spec 2.4.3: longer circuits wait in proportion to the hops their build traverses.
         scale = _actions(path_length) / _actions(DEFAULT_ROUTE_LEN) if path_length > DEFAULT_ROUTE_LEN else 1
-        return BuildAttempt(self, counted and path_length == DEFAULT_ROUTE_LEN, self.timeout * scale,
-                            self.close_timeout * scale, any_circuit_open)
+        return BuildAttempt(self, counted and path_length == DEFAULT_ROUTE_LEN, scale, any_circuit_open)
 
     # ---------------------------------------------------------------------------------- observers
 
@@ -525,13 +533,13 @@ class CircuitBuildTimes:
                     "after %d timeouts and %d buildtimes.", self.timeout_ms, recent_timeouts, total)
         return True
 
-    def count_close(self, first_hop_done: bool, started_at: float) -> bool:
+    def count_close(self, first_hop_done: bool, created_at: float) -> bool:
         """A measured circuit was closed at its close timeout (circuit_build_times_count_close): it is
-        recorded as abandoned, unless no cell arrived from the network since it started. True if recorded."""
+        recorded as abandoned, unless no cell arrived from the network since it was launched. True if recorded."""
         if self.disabled:
             return False
         self.closed += 1
-        if self.network_last_live < started_at:
+        if self.network_last_live < created_at:
             if first_hop_done:
                 log.info("A circuit somehow completed a hop while the network was not live.")
             self.nonlive_timeouts += 1

@@ -18,7 +18,8 @@ from typing import Callable
 from twisted.internet import defer, reactor as default_reactor
 
 from oppy.cell.commands import DestroyReason, EndReason
-from oppy.circuit.build import DEFAULT_CIRCUIT_BUILD_TIMEOUT, build_circuit
+from oppy.circuit.build import build_circuit
+from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
@@ -141,7 +142,7 @@ class CircuitManager:
                  exit_allows: Callable[[bytes, int], bool] = lambda rsa_id, port: True,
                  reactor=None, clock: Callable[[], float] = time.monotonic,
                  max_circuit_dirtiness: float = DEFAULT_MAX_CIRCUIT_DIRTINESS,
-                 build_timeout: float = DEFAULT_CIRCUIT_BUILD_TIMEOUT,
+                 build_times: CircuitBuildTimes | None = None,
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  guard_result: Callable[[bytes, bool], None] = lambda rsa_id, ok: None,
@@ -152,7 +153,8 @@ class CircuitManager:
         self.reactor = reactor or default_reactor
         self.clock = clock
         self.max_circuit_dirtiness = max_circuit_dirtiness
-        self.build_timeout = build_timeout
+        # path-spec 2.4: how long builds may take, learned from the build times of general circuits.
+        self.build_times = build_times if build_times is not None else CircuitBuildTimes(clock=clock)
         self.preemptive_circuits = preemptive_circuits
         self.max_pending = max_pending
         self.guard_result = guard_result
@@ -228,10 +230,18 @@ class CircuitManager:
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify("circuit", managed)
-        building = build_circuit(self.links, path, timeout=self.build_timeout, reactor=self.reactor,
-                                 owner=_ManagedCircuitOwner(self, managed))
+        # Only the three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
+        attempt = self.build_times.start_build(len(path), purpose is CircuitPurpose.GENERAL,
+                                               self._any_circuit_open)
+        building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
+                                 attempt=attempt)
         building.addErrback(self._circuit_failed, managed)
         return managed
+
+    def _any_circuit_open(self) -> bool:
+        """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
+        past its timeout is given until the close timeout (the network may just have changed)."""
+        return any(m.is_open and len(m.path) == DEFAULT_ROUTE_LEN for m in self.circuits.values())
 
     def _circuit_extended(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.hops_built = circuit.hops_built

@@ -317,8 +317,9 @@ class DaemonBackend(ControlBackend):
                         manager.controller_attach(managed, None)
         if "MaxCircuitDirtiness" in changed:
             manager.max_circuit_dirtiness = config.max_circuit_dirtiness
-        if "CircuitBuildTimeout" in changed:
-            manager.build_timeout = config.circuit_build_timeout
+        if changed & {"CircuitBuildTimeout", "LearnCircuitBuildTimeout"}:
+            manager.build_times.set_options(learn=config.learn_circuit_build_timeout,
+                                            configured_timeout=config.circuit_build_timeout)
         if "MaxClientCircuitsPending" in changed:
             manager.max_pending = config.max_client_circuits_pending
         if changed & {"Log", "SafeLogging"}:

@@ -74,9 +74,10 @@ class RelayConnection(protocol.Protocol):
 
     def __init__(self, relay: RelayTarget, reactor, context: ssl.SSLContext | None = None,
                  on_lost: Callable[["RelayConnection"], None] = lambda connection: None,
-                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding_policy: PaddingPolicy | None = None
-                 ) -> None:
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding_policy: PaddingPolicy | None = None,
+                 network_live: Callable[[], None] = lambda: None) -> None:
         self.relay = relay
+        self.network_live = network_live
         self.channel = Channel(relay.rsa_id, relay.ed25519_id, _peer_address(relay), owner=self,
                                high_watermark=queue_high_watermark, padding_policy=padding_policy)
         self._padding = self.channel.padding
@@ -178,6 +179,7 @@ class RelayConnection(protocol.Protocol):
             self._send_tls_output()  # TLS's own messages (key updates, alerts)
         if not filled:
             return
+        self.network_live()
         channel = self.channel
         try:
             # The channel keeps nothing of the view: cells are copied out, an unfinished one too.
@@ -303,8 +305,12 @@ class LinkPool:
     """Open links by relay identity: circuits to the same first hop share one connection."""
 
     def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT,
-                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding: PaddingPolicy | None = None) -> None:
+                 queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding: PaddingPolicy | None = None,
+                 network_live: Callable[[], None] = lambda: None) -> None:
+        """`network_live` is called whenever a relay's bytes arrive on any link (for the circuit build
+        timeout's network liveness, circuitstats.c circuit_build_times_network_is_live)."""
         self.reactor = reactor or default_reactor
+        self.network_live = network_live
         self.handshake_timeout = handshake_timeout
         self.queue_high_watermark = queue_high_watermark
         # Shared by every link: the daemon updates its consensus parameters.
@@ -339,7 +345,8 @@ class LinkPool:
     def _connect(self, relay: RelayTarget) -> None:
         """TCP, TLS and the link handshake as one Deferred, given up (cancelled) after the handshake timeout."""
         connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
-                                     queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding)
+                                     queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding,
+                                     network_live=self.network_live)
         opening = connectProtocol(relay_endpoint(self.reactor, relay, self.handshake_timeout), connection)
         opening.addCallback(lambda _: connection.opened)
 

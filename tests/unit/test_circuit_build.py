@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from oppy.cell.commands import DestroyReason
 from oppy.circuit.build import CircuitBuildError, build_circuit
-from tests.unit.relaysim import CMD_CREATE2, CMD_CREATED2, RecordingChannel, RecordingCircuitOwner, new_path
+from oppy.circuit.build_timeout import CBT_BUILD_ABANDONED, CircuitBuildTimes
+from tests.unit.relaysim import (
+    CMD_CREATE2,
+    CMD_CREATED2,
+    CMD_RELAY,
+    RecordingChannel,
+    RecordingCircuitOwner,
+    new_path,
+)
 
 
 class Links:
@@ -84,3 +94,104 @@ def test_the_owner_hears_the_build_then_the_close():
     assert building.result is circuit and owner.built == [circuit]
     circuit.close()
     assert len(owner.closed) == 1 and clock.getDelayedCalls() == []
+
+
+# ------------------------------------------------------------------------------ learned timeouts (path-spec 2.4.4)
+
+
+def learned_times(clock: Clock) -> CircuitBuildTimes:
+    """An estimator that has learned from three builds: timeout about 1.29 s, close timeout 5 s."""
+    times = CircuitBuildTimes(clock=clock.seconds, rng=random.Random(1))
+    times.update_params({"cbtmincircs": 3, "cbtinitialtimeout": 5000})
+    for milliseconds in (100, 200, 2000):
+        times.add_time(milliseconds)
+    times.set_timeout()
+    assert 1.2 < times.timeout < 1.4 and times.close_timeout == 5.0
+    return times
+
+
+def start_learned_build(any_open: bool = True):
+    """(clock, links, path, owner, times, building, circuit): a three-hop build with learned timeouts whose
+    first hop is built (the relay answered, so the network is live)."""
+    clock, links, path, owner = Clock(), Links(), new_path(3), RecordingCircuitOwner()
+    times = learned_times(clock)
+    attempt = times.start_build(3, True, lambda: any_open)
+    building = build_circuit(links, [relay.target for relay in path.relays], reactor=clock, owner=owner,
+                             attempt=attempt)
+    links.waiter.callback(links.channel)
+    ((circ_id, _, payload),) = links.channel.take()
+    circuit = links.channel.circuits[circ_id]
+    clock.advance(0.1)
+    times.network_is_live()
+    circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
+    return clock, links, path, owner, times, building, circuit
+
+
+def extend(circuit, links: Links, path) -> None:
+    ((_, _, payload),) = links.channel.take()
+    circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(payload)))
+
+
+def test_a_slow_build_fails_at_the_learned_timeout_but_builds_on_to_be_measured():
+    clock, links, path, owner, times, building, circuit = start_learned_build()
+    timeout = times.timeout
+    clock.advance(timeout - 0.1)
+    error = failure_of(building)
+    assert isinstance(error, CircuitBuildError) and error.reason == DestroyReason.TIMEOUT
+    assert str(error).startswith("timed out after 1.2") and "waiting for hop 2 (" in str(error)
+    assert links.channel.destroyed == [] and times.timeouts == 1
+    assert len(owner.extended) == 1  # the first hop, before the timeout
+    clock.advance(1.0)
+    extend(circuit, links, path)
+    assert len(owner.extended) == 1  # the owner hears nothing more of a circuit it was told failed
+    extend(circuit, links, path)
+    # Built late: its time is recorded and the circuit, which nobody uses, is closed.
+    assert times.build_times[-1] == round((timeout + 1.0) * 1000) and times.succeeded == 0
+    assert links.channel.destroyed == [(circuit.circ_id, DestroyReason.NONE)]
+    assert circuit.error.reason == DestroyReason.FINISHED
+    assert owner.built == [] and owner.closed == [] and clock.getDelayedCalls() == []
+
+
+def test_a_measured_build_still_unbuilt_at_the_close_timeout_is_abandoned():
+    clock, links, path, owner, times, building, circuit = start_learned_build()
+    clock.advance(times.timeout - 0.1)
+    failure_of(building)
+    clock.advance(5.0 - times.timeout - 0.01)
+    assert links.channel.destroyed == []
+    clock.advance(0.01)
+    assert links.channel.destroyed == [(circuit.circ_id, DestroyReason.NONE)]
+    assert str(circuit.error) == "timed out after 5s waiting for hop 2 (" + path.relays[1].target.describe() + ")"
+    assert times.build_times[-1] == CBT_BUILD_ABANDONED and times.closed == 1
+    assert owner.closed == [] and clock.getDelayedCalls() == []
+
+
+def test_with_no_circuit_open_a_slow_build_is_waited_for_until_the_close_timeout():
+    clock, links, path, owner, times, building, circuit = start_learned_build(any_open=False)
+    clock.advance(times.timeout)
+    assert not building.called and links.channel.destroyed == [] and times.timeouts == 1
+    extend(circuit, links, path)
+    extend(circuit, links, path)
+    assert building.result is circuit and owner.built == [circuit]
+    assert times.succeeded == 1 and clock.getDelayedCalls() == []
+
+
+def test_with_no_circuit_open_a_build_unfinished_at_the_close_timeout_fails():
+    clock, links, path, owner, times, building, circuit = start_learned_build(any_open=False)
+    clock.advance(4.91)
+    error = failure_of(building)
+    assert str(error).startswith("timed out after 5s waiting for hop 2")
+    assert times.build_times[-1] == CBT_BUILD_ABANDONED and times.timeouts == 1
+
+
+def test_before_learning_the_build_is_closed_at_the_initial_timeout():
+    clock, links, path = Clock(), Links(), new_path(3)
+    times = CircuitBuildTimes(clock=clock.seconds, rng=random.Random(1), configured_timeout=20)
+    building = build_circuit(links, [relay.target for relay in path.relays], reactor=clock,
+                             attempt=times.start_build(3, True, lambda: True))
+    clock.advance(30)  # the link takes its time: the build's clock starts when it is open
+    links.waiter.callback(links.channel)
+    clock.advance(19.9)
+    assert not building.called
+    clock.advance(0.1)
+    assert str(failure_of(building)).startswith("timed out after 20s waiting for hop 1")
+    assert times.timeouts == 0 and times.total_build_times == 0 and clock.getDelayedCalls() == []

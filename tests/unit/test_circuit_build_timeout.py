@@ -68,7 +68,8 @@ def expected_fit(times_ms: list[int], num_modes: int = 10, quantile: float = 0.8
 def test_parameters_default_to_path_spec_and_are_clamped_to_their_bounds():
     defaults = BuildTimeoutParameters.from_consensus({})
     assert defaults == BuildTimeoutParameters()
-    assert (defaults.num_modes, defaults.recent_count, defaults.max_timeouts, defaults.min_circuits) == (10, 20, 18, 100)
+    assert (defaults.num_modes, defaults.recent_count, defaults.max_timeouts) == (10, 20, 18)
+    assert defaults.min_circuits == 100
     assert (defaults.quantile, defaults.close_quantile, defaults.initial_timeout_ms) == (80, 99, 60_000)
     low = BuildTimeoutParameters.from_consensus({name: -5 for name in CONSENSUS_PARAMETERS})
     high = BuildTimeoutParameters.from_consensus({name: 2**31 - 1 for name in CONSENSUS_PARAMETERS})
@@ -177,7 +178,7 @@ def test_abandoned_circuits_count_toward_cbtmincircs_but_are_left_out_of_the_fit
         started = clock.now
         clock.now += 1
         times.network_is_live()
-        assert times.count_close(first_hop_done=True, started_at=started)
+        assert times.count_close(first_hop_done=True, created_at=started)
     assert times.total_build_times == 50 and times.enough_to_compute
     for milliseconds in samples[45:]:
         build(times, milliseconds)
@@ -395,7 +396,7 @@ def test_the_history_survives_a_round_trip_through_its_state_lines():
         started = clock.now
         clock.now += 1
         times.network_is_live()
-        times.count_close(first_hop_done=True, started_at=started)
+        times.count_close(first_hop_done=True, created_at=started)
     lines = times.state_lines()
     assert lines[:2] == ["TotalBuildTimes 23", "CircuitBuildAbandonedCount 3"]
     assert all(line.startswith("CircuitBuildTimeBin ") for line in lines[2:])

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from oppy.cell.commands import EndReason, RelayCommand
-from oppy.circuit.manager import MAX_RESOLVE_FAILURES, CircuitManager, ManagedCircuit, CircuitPurpose
+from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
+from oppy.circuit.build_timeout import CircuitBuildTimes
+from oppy.circuit.manager import (
+    MAX_RESOLVE_FAILURES,
+    CircuitManager,
+    CircuitPurpose,
+    CircuitStatus,
+    ManagedCircuit,
+)
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
@@ -135,3 +144,65 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     assert managed.stream.state is StreamState.SUCCEEDED and sink.connected.called
     assert managed.managed_circuit.circuit is second
     assert [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()] == []
+
+
+# ------------------------------------------------------------------------------ the learned build timeout
+
+
+def build_times_for(clock: Clock, **params) -> CircuitBuildTimes:
+    times = CircuitBuildTimes(clock=clock.seconds, rng=random.Random(1))
+    times.update_params(params)
+    return times
+
+
+def answer_create(channel: RecordingChannel, path: SimulatedPath) -> None:
+    """Answer the one CREATE2 the channel holds, building the circuit's first hop."""
+    ((circ_id, command, payload),) = channel.take()
+    assert command == CMD_CREATE2
+    channel.circuits[circ_id].cell_received(CMD_CREATED2, path.answer_create2(payload))
+
+
+def test_only_the_three_hop_circuits_oppy_chose_teach_the_build_timeout():
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = OneChannelLinks()
+    times = build_times_for(clock)
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [guard.target, middle.target, exit_relay.target],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0, build_times=times)
+    manager.launch(80)
+    clock.advance(0.25)
+    answer_build(links.channel, SimulatedPath([guard, middle, exit_relay]))
+    assert times.build_times == [250] and times.succeeded == 1
+    controller = manager.launch(path=[guard.target, middle.target, exit_relay.target],
+                                purpose=CircuitPurpose.CONTROLLER)
+    clock.advance(0.3)
+    answer_build(links.channel, SimulatedPath([guard, middle, exit_relay]))
+    assert controller.is_open and times.build_times == [250]
+
+
+def test_a_build_past_its_timeout_is_waited_for_while_no_circuit_is_open():
+    clock = Clock()
+    relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
+    links = OneChannelLinks()
+    times = build_times_for(clock, cbtmincircs=3, cbtinitialtimeout=5000)
+    for milliseconds in (100, 200, 2000):
+        times.add_time(milliseconds)
+    times.set_timeout()
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [relay.target for relay in relays],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0, build_times=times)
+    waited_for = manager.launch(80)
+    answer_create(links.channel, SimulatedPath(relays))
+    links.channel.take()  # its EXTEND2, never answered
+    clock.advance(times.timeout + 0.01)
+    assert waited_for.status is CircuitStatus.EXTENDED and times.timeouts == 1
+    manager.launch(80)
+    answer_build(links.channel, SimulatedPath(relays))
+    measured = manager.launch(80)
+    answer_create(links.channel, SimulatedPath(relays))
+    clock.advance(times.timeout + 0.01)
+    # A circuit is open now: the slow one fails for its users (and builds on, to be measured).
+    assert measured.status is CircuitStatus.CLOSED and measured.number not in manager.circuits
+    assert measured.error.reason == DestroyReason.TIMEOUT and times.timeouts == 2
+    assert links.channel.destroyed == [] and waited_for.status is CircuitStatus.EXTENDED
+    clock.advance(5)
+    assert waited_for.status is CircuitStatus.CLOSED and len(links.channel.destroyed) == 2

@@ -179,7 +179,8 @@ def test_defaults_are_tors():
     assert config.data_directory_path() == __import__("pathlib").Path(os.path.expanduser("~/.oppy"))
     assert config.cookie_auth_file_path() == config.data_directory_path() / "control_auth_cookie"
     assert config.logs == (LogSpec("notice", "err", "stdout", None, "notice stdout"),)
-    assert (config.max_circuit_dirtiness, config.circuit_build_timeout, config.socks_timeout) == (600, 60, 120)
+    assert (config.max_circuit_dirtiness, config.circuit_build_timeout, config.socks_timeout) == (600, 0, 120)
+    assert config.learn_circuit_build_timeout is True
     assert config.testing_tor_network is False
     assert config.client_reject_internal_addresses is True
     assert config.enforce_distinct_subnets is True
@@ -386,17 +387,24 @@ def test_max_circuit_dirtiness_is_clamped_as_tor_does():
     assert config_from_torrc_text("MaxCircuitDirtiness 31 days\n").max_circuit_dirtiness == 30 * 86400
 
 
-def test_circuit_build_timeout_zero_means_the_default_and_short_ones_warn():
-    assert config_from_torrc_text("CircuitBuildTimeout 0\n").circuit_build_timeout == 60
+def test_a_short_circuit_build_timeout_warns_only_when_it_is_not_learned():
     config = config_from_torrc_text("CircuitBuildTimeout 2\n")
-    assert config.circuit_build_timeout == 2
-    assert any("recommended minimum" in warning for warning in config.warnings)
+    assert (config.circuit_build_timeout, config.learn_circuit_build_timeout, config.warnings) == (2, True, ())
+    config = config_from_torrc_text("CircuitBuildTimeout 2\nLearnCircuitBuildTimeout 0\n")
+    assert config.circuit_build_timeout == 2 and config.learn_circuit_build_timeout is False
+    assert any("recommended minimum (10 seconds), and LearnCircuitBuildTimeout is disabled" in warning
+               for warning in config.warnings)
+    config = config_from_torrc_text("LearnCircuitBuildTimeout 0\n")
+    assert config.circuit_build_timeout == 0
+    assert any("didn't specify a CircuitBuildTimeout" in warning for warning in config.warnings)
+    assert config.to_torrc_lines() == ["LearnCircuitBuildTimeout 0"]
 
 
 BAD_VALUES = [
     ("MaxCircuitDirtiness", "10 fortnights", "unknown unit 'fortnights'"),
     ("MaxCircuitDirtiness", "soon", "expected a number"),
     ("CircuitBuildTimeout", "-1", "expected a number"),
+    ("LearnCircuitBuildTimeout", "2", "allowed values are 0 and 1"),
     ("SocksTimeout", "2 eons", "unknown unit"),
     ("SocksTimeout", "0", "at least 1 second"),
     ("CookieAuthentication", "yes", "allowed values are 0 and 1"),
