@@ -16,6 +16,7 @@ import os
 from twisted.internet import error as twisted_error, protocol, task
 from twisted.python import threadable
 
+from oppy.circuit.build_timeout import BuildTimeoutSet
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import AuthSettings, ControlHub, event_for_new_consensus
@@ -141,6 +142,7 @@ class ControlService:
         self.daemon.manager.observers.append(self._manager_changed)
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
         self.daemon.directory.add_consensus_observer(self._new_consensus)
+        self.daemon.build_times.add_observer(self._build_times_event)
         self._tick_loop = task.LoopingCall(self._tick)
         self._tick_loop.clock = self.reactor
         self._tick_loop.start(BW_INTERVAL, now=False)
@@ -161,6 +163,7 @@ class ControlService:
             observers.remove(self._manager_changed)
         self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
         self.daemon.directory.remove_consensus_observer(self._new_consensus)
+        self.daemon.build_times.remove_observer(self._build_times_event)
         self._set_log_level(None)
         for connection in list(self.factory.connections):
             if connection.transport is not None:
@@ -193,6 +196,10 @@ class ControlService:
     def _new_consensus(self, consensus) -> None:
         if self.hub.wants("NEWCONSENSUS"):
             self.hub.broadcast("NEWCONSENSUS", event_for_new_consensus(consensus.relays))
+
+    def _build_times_event(self, event) -> None:
+        if isinstance(event, BuildTimeoutSet):
+            self.hub.broadcast("BUILDTIMEOUT_SET", encode_event("BUILDTIMEOUT_SET " + event.control_arguments()))
 
     def _orconn_events(self) -> None:
         self._orconn_poll = None
