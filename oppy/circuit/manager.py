@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Callable
 
-from twisted.internet import defer, reactor as default_reactor
+from twisted.internet import defer, reactor as default_reactor, task
 
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
@@ -43,6 +43,8 @@ RETRIABLE_END_REASONS = frozenset((EndReason.HIBERNATING, EndReason.RESOURCELIMI
 DEFAULT_UNATTACHED_TIMEOUT = 120.0
 # How many circuits may be building at once (tor's MaxClientCircuitsPending default).
 DEFAULT_MAX_PENDING_CIRCUITS = 32
+# mainloop.c: tor looks once a second whether circuits are wanted, test circuits for the build timeout too.
+LEARNING_CHECK_INTERVAL = 1.0
 
 
 class CircuitStatus(enum.Enum):
@@ -178,6 +180,8 @@ class CircuitManager:
         self._first_built = False
         # When False, new streams wait for a controller's ATTACHSTREAM (__LeaveStreamsUnattached).
         self.attach_automatically = True
+        self._learning_loop = task.LoopingCall(self._learn_build_timeout)
+        self._learning_loop.clock = self.reactor
 
     # ------------------------------------------------------------------------------ events
 
@@ -193,6 +197,24 @@ class CircuitManager:
     def start(self) -> None:
         """Build the clean circuits kept ready ahead of demand."""
         self._top_up()
+        self._learning_loop.start(LEARNING_CHECK_INTERVAL, now=False)
+
+    def _learn_build_timeout(self) -> None:
+        """path-spec 2.4.2: until the build timeout is learned, unused circuits are closed after
+        cbtlearntimeout (circuitlist.c) and a test circuit is built every cbttestfreq seconds while fewer
+        than cbtmaxopencircs are clean (circuituse.c needs_circuits_for_build)."""
+        idle_timeout = self.build_times.learning_idle_timeout
+        if idle_timeout is not None:
+            idle_since = self.clock() - idle_timeout
+            for managed in self._clean_circuits():
+                if managed.is_open and managed.dirty_since is None and managed.created_at < idle_since:
+                    managed.circuit.close(DestroyReason.FINISHED, "unused while the build timeout is learned")
+        clean = len(self._clean_circuits())
+        if self.build_times.wants_test_circuit(clean) and self._pending_count() < self.max_pending:
+            try:
+                self.launch(PREEMPTIVE_PORT)
+            except Exception as exc:  # no path (yet)
+                log.info("cannot build a circuit to learn the build timeout: %s", exc)
 
     def _clean_circuits(self) -> list[ManagedCircuit]:
         return [m for m in self.circuits.values()
@@ -514,6 +536,8 @@ class CircuitManager:
     def close_all(self) -> None:
         """Clean shutdown: END every stream, DESTROY every circuit."""
         self._running = False
+        if self._learning_loop.running:
+            self._learning_loop.stop()
         for managed in list(self.streams.values()):
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)

@@ -206,3 +206,41 @@ def test_a_build_past_its_timeout_is_waited_for_while_no_circuit_is_open():
     assert links.channel.destroyed == [] and waited_for.status is CircuitStatus.EXTENDED
     clock.advance(5)
     assert waited_for.status is CircuitStatus.CLOSED and len(links.channel.destroyed) == 2
+
+
+def test_while_learning_test_circuits_are_built_and_unused_ones_retired():
+    clock = Clock()
+    relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
+    links = OneChannelLinks()
+    times = build_times_for(clock, cbtmincircs=4, cbttestfreq=5, cbtmaxopencircs=2, cbtlearntimeout=30)
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [relay.target for relay in relays],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=1, build_times=times)
+
+    def built_now() -> None:
+        clock.advance(0.1)
+        answer_build(links.channel, SimulatedPath(relays))
+
+    def open_numbers() -> list[int]:
+        return sorted(number for number, managed in manager.circuits.items() if managed.is_open)
+
+    manager.start()
+    built_now()  # circuit 1, the preemptive one, at t=0
+    clock.advance(5)
+    assert open_numbers() == [1]
+    clock.advance(1)  # more than cbttestfreq since the last launch: a test circuit
+    built_now()
+    assert open_numbers() == [1, 2]
+    clock.advance(20)
+    assert open_numbers() == [1, 2]  # cbtmaxopencircs clean circuits: no more
+    clock.advance(5)  # circuit 1 unused for cbtlearntimeout: retired, and a test circuit takes its place
+    assert links.channel.destroyed and 1 not in manager.circuits
+    built_now()
+    assert open_numbers() == [2, 3]
+    clock.advance(6)  # circuit 2's turn
+    built_now()
+    assert open_numbers() == [3, 4] and times.enough_to_compute
+    # Learned: unused circuits stay, and no more test circuits are built.
+    clock.advance(300)
+    assert open_numbers() == [3, 4] and links.channel.take() == []
+    manager.close_all()
+    assert not clock.getDelayedCalls()
