@@ -14,8 +14,10 @@ the owner hears typed events. Build times are kept in milliseconds, as tor keeps
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
+import itertools
 import logging
 import math
 import random
@@ -625,20 +627,25 @@ class CircuitBuildTimes:
             if bins or abandoned:
                 raise BuildTimesStateError(f"{STATE_BIN} or {STATE_ABANDONED} lines without {STATE_TOTAL}")
             return
-        loaded: list[int] = []
+        groups: list[tuple[int, int]] = []
+        loaded = 0
         for milliseconds, count in bins:
-            if len(loaded) + count + abandoned > total:
-                log.warning("Too many build times in state file. Stopping short before %d", len(loaded) + count)
+            if loaded + count + abandoned > total:
+                log.warning("Too many build times in state file. Stopping short before %d", loaded + count)
                 break
-            loaded.extend([milliseconds] * count)
-        loaded.extend([CBT_BUILD_ABANDONED] * abandoned)
-        if len(loaded) != total:
-            raise BuildTimesStateError(f"{STATE_TOTAL} says {total} but the lines hold {len(loaded)} times")
+            groups.append((milliseconds, count))
+            loaded += count
+        groups.append((CBT_BUILD_ABANDONED, abandoned))
+        loaded += abandoned
+        if loaded != total:
+            raise BuildTimesStateError(f"{STATE_TOTAL} says {total} but the lines hold {loaded} times")
         if total > CBT_NCIRCUITS_TO_OBSERVE:
             log.info("Decreasing the circuit time history from %d to %d.", total, CBT_NCIRCUITS_TO_OBSERVE)
-        self.rng.shuffle(loaded)
-        for value in loaded[:CBT_NCIRCUITS_TO_OBSERVE]:
-            self.add_time(value)
+        # A random CBT_NCIRCUITS_TO_OBSERVE of the times, in random order (tor shuffles them all and keeps the
+        # first ones), picked by position so that a huge saved total costs no memory.
+        ends = list(itertools.accumulate(count for _, count in groups))
+        for position in self.rng.sample(range(total), min(total, CBT_NCIRCUITS_TO_OBSERVE)):
+            self.add_time(groups[bisect.bisect_right(ends, position)][0])
         log.info("Loaded %d circuit build times from %d histogram lines", self.total_build_times, len(bins))
         self.set_timeout()
 

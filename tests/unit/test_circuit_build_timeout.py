@@ -494,3 +494,12 @@ def test_while_learning_test_circuits_are_wanted_every_cbttestfreq_seconds():
     build(times, 100)
     clock.now += 11
     assert not times.wants_test_circuit(clean_circuits=0) and times.learning_idle_timeout is None
+
+
+def test_a_huge_saved_total_is_sampled_without_holding_every_time():
+    times = learner()
+    times.load_state(["TotalBuildTimes 2000000000", "CircuitBuildAbandonedCount 1000000000",
+                      "CircuitBuildTimeBin 15 1000000000"])
+    assert times.total_build_times == 1000
+    kept = Counter(times.build_times)
+    assert kept[15] + kept[CBT_BUILD_ABANDONED] == 1000 and 400 < kept[15] < 600
