@@ -204,7 +204,7 @@ class BuildAttempt:
                 self.relaxed = True
                 times.count_timeout(first_hop_done)
             return TimeoutAction.RELAX
-        if self.counted and times.enough_to_compute:
+        if self.counted and times.enough_to_compute and not times.disabled:
             # circuitstats.c circuit_build_times_mark_circ_as_measurement_only.
             self.measuring = True
             if not self.relaxed:

@@ -246,15 +246,15 @@ class CircuitManager:
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
                ) -> ManagedCircuit:
         """Start building a circuit (for `port`, or through `path`); returns at once, `.built` fires later."""
+        # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
+        counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
             path = self.choose_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time())
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify("circuit", managed)
-        # Only the three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
-        attempt = self.build_times.start_build(len(path), purpose is CircuitPurpose.GENERAL,
-                                               self._any_circuit_open)
+        attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
         building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
                                  attempt=attempt)
         building.addErrback(self._circuit_failed, managed)

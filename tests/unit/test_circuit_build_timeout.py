@@ -42,6 +42,21 @@ def build(times: CircuitBuildTimes, milliseconds: int, any_open: bool = True) ->
     attempt.built()
 
 
+def abandon(times: CircuitBuildTimes, count: int) -> None:
+    """`count` measured circuits closed at their close timeout, the network live meanwhile."""
+    times.network_is_live()
+    for _ in range(count):
+        created = times.clock.now
+        times.clock.now += 1
+        times.network_is_live()
+        assert times.count_close(first_hop_done=True, created_at=created)
+
+
+def time_out(times: CircuitBuildTimes, count: int, first_hop_done: bool = True) -> None:
+    for _ in range(count):
+        times.count_timeout(first_hop_done)
+
+
 def pareto_times(count: int, xm: float, alpha: float, seed: int) -> list[int]:
     """Build times in ms drawn from Pareto(xm, alpha) by inverse transform sampling."""
     rng = random.Random(seed)
@@ -173,12 +188,7 @@ def test_abandoned_circuits_count_toward_cbtmincircs_but_are_left_out_of_the_fit
     samples = pareto_times(60, xm=400, alpha=2, seed=11)
     for milliseconds in samples[:45]:
         build(times, milliseconds)
-    times.network_is_live()
-    for _ in range(5):
-        started = clock.now
-        clock.now += 1
-        times.network_is_live()
-        assert times.count_close(first_hop_done=True, created_at=started)
+    abandon(times, 5)
     assert times.total_build_times == 50 and times.enough_to_compute
     for milliseconds in samples[45:]:
         build(times, milliseconds)
@@ -302,10 +312,8 @@ def test_most_recent_circuits_timing_out_after_their_first_hop_reset_the_history
     events = []
     times.add_observer(events.append)
     # The reset fires once cbtmaxtimeouts (18) of the last cbtrecentcount (20) circuits timed out.
-    for _ in range(17):
-        times.count_timeout(first_hop_done=True)
-    for _ in range(5):
-        times.count_timeout(first_hop_done=False)  # before the first hop: not a sign of a changed network
+    time_out(times, 17)
+    time_out(times, 5, first_hop_done=False)  # before the first hop: not a sign of a changed network
     build(times, 100)
     assert times.total_build_times == 1 and times.timeout == 60.0
     times.count_timeout(first_hop_done=True)
@@ -315,8 +323,7 @@ def test_most_recent_circuits_timing_out_after_their_first_hop_reset_the_history
     reset = events[-1]
     assert (reset.cutoff_quantile, reset.total_times, reset.timeout_ms) == (1.0, 0, 120_000)
     # The record of recent circuits starts empty: it takes 18 more timeouts to reset again.
-    for _ in range(17):
-        times.count_timeout(first_hop_done=True)
+    time_out(times, 17)
     assert times.timeout == 120.0
     times.count_timeout(first_hop_done=True)
     assert times.timeout == 240.0
@@ -326,22 +333,19 @@ def test_a_reset_from_a_learned_timeout_goes_back_to_the_initial_one():
     clock = FakeClock()
     times = learned(clock, cbtrecentcount=5, cbtmaxtimeouts=3)
     assert times.timeout < 60
-    for _ in range(3):
-        times.count_timeout(first_hop_done=True)
+    time_out(times, 3)
     assert (times.timeout, times.close_timeout) == (60.0, 60.0)
     assert times.total_build_times == 0 and not times.enough_to_compute
 
 
 def test_a_new_cbtrecentcount_resizes_the_record_of_recent_circuits():
     times = learner()
-    for _ in range(10):
-        times.count_timeout(first_hop_done=True)
+    time_out(times, 10)
     times.update_params({"cbtrecentcount": 12, "cbtmaxtimeouts": 11})
     times.count_timeout(first_hop_done=True)
     assert times.timeout == 120.0
     times.update_params({"cbtrecentcount": 4, "cbtmaxtimeouts": 4})
-    for _ in range(3):
-        times.count_timeout(first_hop_done=True)
+    time_out(times, 3)
     assert times.timeout == 120.0
     times.count_timeout(first_hop_done=True)
     assert times.timeout == 240.0
@@ -379,6 +383,7 @@ def test_cbtdisabled_turns_learning_off_and_back_on():
     learned_timeout = times.timeout
     times.update_params({"cbtmincircs": 3, "cbtdisabled": 1})
     assert times.disabled and times.timeout == 60.0
+    assert times.start_build(3, True, lambda: True).timed_out(first_hop_done=True) is TimeoutAction.CLOSE
     times.count_timeout(first_hop_done=True)
     assert times.timeouts == 0
     times.update_params({"cbtmincircs": 3})
@@ -391,12 +396,7 @@ def test_cbtdisabled_turns_learning_off_and_back_on():
 def test_the_history_survives_a_round_trip_through_its_state_lines():
     clock = FakeClock()
     times = learned(clock)
-    times.network_is_live()
-    for _ in range(3):
-        started = clock.now
-        clock.now += 1
-        times.network_is_live()
-        times.count_close(first_hop_done=True, created_at=started)
+    abandon(times, 3)
     lines = times.state_lines()
     assert lines[:2] == ["TotalBuildTimes 23", "CircuitBuildAbandonedCount 3"]
     assert all(line.startswith("CircuitBuildTimeBin ") for line in lines[2:])
