@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+from oppy.logs import notice
+
 log = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
@@ -531,13 +533,13 @@ class CircuitBuildTimes:
         else:
             self.timeout_ms = self.close_ms = self._initial_timeout_ms()
         self._emit_timeout_set(BuildTimeoutSetKind.RESET)
-        log.warning("Your network connection speed appears to have changed. Resetting timeout to %.0fms "
-                    "after %d timeouts and %d buildtimes.", self.timeout_ms, recent_timeouts, total)
+        notice(log, "Your network connection speed appears to have changed. Resetting timeout to %.0fms after "
+               "%d timeouts and %d buildtimes.", self.timeout_ms, recent_timeouts, total)
         return True
 
     def count_close(self, first_hop_done: bool, created_at: float) -> bool:
-        """A measured circuit was closed at its close timeout (circuit_build_times_count_close): it is
-        recorded as abandoned, unless no cell arrived from the network since it was launched. True if recorded."""
+        """A measured circuit was closed at its close timeout (circuit_build_times_count_close): it is recorded
+        as abandoned, unless no cell arrived from the network since it was launched. True if recorded."""
         if self.disabled:
             return False
         self.closed += 1
@@ -546,8 +548,8 @@ class CircuitBuildTimes:
                 log.info("A circuit somehow completed a hop while the network was not live.")
             self.nonlive_timeouts += 1
             if self.nonlive_timeouts == 1:
-                log.warning("oppy has not observed any network activity for the past %.0f seconds. Disabling "
-                            "circuit build timeout recording.", self.clock() - self.network_last_live)
+                notice(log, "oppy has not observed any network activity for the past %.0f seconds. Disabling "
+                       "circuit build timeout recording.", self.clock() - self.network_last_live)
         if not self.network_live:
             return False
         self.add_time(CBT_BUILD_ABANDONED)
@@ -559,9 +561,9 @@ class CircuitBuildTimes:
         """A cell arrived on some link (circuit_build_times_network_is_live). Called for every read: cheap."""
         now = self.clock()
         if self.nonlive_timeouts:
-            log.warning("oppy now sees network activity. Restoring circuit build timeout recording. Network "
-                        "was down for %.0f seconds during %d circuit attempts.", now - self.network_last_live,
-                        self.nonlive_timeouts)
+            notice(log, "oppy now sees network activity. Restoring circuit build timeout recording. Network was "
+                   "down for %.0f seconds during %d circuit attempts.", now - self.network_last_live,
+                   self.nonlive_timeouts)
             self.nonlive_timeouts = 0
         self.network_last_live = now
 

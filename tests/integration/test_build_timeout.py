@@ -97,3 +97,15 @@ def test_circuit_build_timeout_is_fixed_when_learning_is_off(network, tmp_path):
         new_circuits(oppy, network, 20, first=MIN_CIRCUITS + 10)
     assert 0 < saved_total(data_directory) < MIN_CIRCUITS  # only the circuits built since SETCONF
     assert "circuit is too slow to use" not in oppy.info_log
+
+
+def test_a_broken_history_is_kept_aside_and_learning_starts_over(network, tmp_path):
+    data_directory = tmp_path / "data"
+    data_directory.mkdir(mode=0o700)
+    broken = "TotalBuildTimes 5\nCircuitBuildTimeBin 15 3\n"
+    (data_directory / "circuit-build-times").write_text(broken)
+    with running_oppy(network, data_directory) as oppy:
+        assert any("Ignoring the circuit build times in" in line and "says 5 but the lines hold 3 times" in line
+                   for line in oppy.lines)
+    assert (data_directory / "circuit-build-times.broken").read_text() == broken
+    assert saved_total(data_directory) < MIN_CIRCUITS
