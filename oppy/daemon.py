@@ -12,10 +12,10 @@ from oppy import __version__
 from oppy.circuit.manager import CircuitManager
 from oppy.config import Config
 from oppy.control.server import ControlService
-from oppy.directory.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
 from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.logs import notice
+from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
 from oppy.socks.server import SocksFactory
 
 log = logging.getLogger("oppy")

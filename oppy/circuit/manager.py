@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor as default_reactor
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import DEFAULT_CIRCUIT_BUILD_TIMEOUT, build_circuit
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,6 @@ from twisted.python.failure import Failure
 
 from oppy.circuit.build import build_circuit
 from oppy.circuit.circuit import CircuitState
-from oppy.directory.authorities import DirAuthority, v3_authorities
 from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
 from oppy.directory.client import (
     MAX_CERTIFICATES_SIZE,
@@ -62,7 +61,9 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
-from oppy.directory.documents import (
+from oppy.logs import NOTICE
+from oppy.netdoc.authorities import DirAuthority, v3_authorities
+from oppy.netdoc.documents import (
     CONSENSUS_FLAVOR_MICRODESC,
     Consensus,
     KeyCertificate,
@@ -73,17 +74,16 @@ from oppy.directory.documents import (
     parse_key_certificates,
     parse_microdescriptors,
 )
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     CertificateError,
     ConsensusParseError,
     DirectoryError,
     DocumentParseError,
 )
-from oppy.directory.fields import format_time
-from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
+from oppy.netdoc.fields import format_time
+from oppy.netdoc.relay import RelayTarget
+from oppy.netdoc.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
-from oppy.link.relay import RelayTarget
-from oppy.logs import NOTICE
 from oppy.path.guards import GuardSample, GuardStateError, choose_path
 from oppy.path.selection import (
     NoPathError,

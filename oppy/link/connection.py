@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 log = logging.getLogger(__name__)
 

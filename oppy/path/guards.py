@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from oppy.directory.documents import Consensus, RelayRecord
+from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.path.selection import (
     NoPathError,
     Path,

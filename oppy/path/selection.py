@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from oppy.directory.documents import Consensus, MicrodescRecord, RelayRecord
+from oppy.netdoc.documents import Consensus, MicrodescRecord, RelayRecord
 
 __all__ = [
     "Position",

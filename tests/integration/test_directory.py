@@ -20,13 +20,13 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.web import resource, server
 
 from oppy.circuit.build import build_circuit
-from oppy.directory.authorities import parse_dir_authority_line
 from oppy.directory.cache import CACHED_MICRODESCS_FILE, encode_microdescriptors, split_microdescriptors
 from oppy.directory.client import DirectoryClient
-from oppy.directory.documents import microdesc_digest
 from oppy.directory.service import DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.logs import NOTICE
+from oppy.netdoc.authorities import parse_dir_authority_line
+from oppy.netdoc.documents import microdesc_digest
 from oppy.stream.stream import Stream
 from tests.support.network import TestNetwork
 from tests.support.streams import CollectingSink, http_response_body

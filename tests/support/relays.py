@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import urllib.request
 
-from oppy.directory.documents import parse_consensus, parse_microdescriptors
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.documents import parse_consensus, parse_microdescriptors
+from oppy.netdoc.relay import RelayTarget
 from tests.support.network import TestNetwork
 
 MICRODESCS_PER_REQUEST = 92  # dir-spec: at most 92 digests per request

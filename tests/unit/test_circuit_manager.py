@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from oppy.cell.commands import EndReason, RelayCommand
 from oppy.circuit.manager import MAX_RESOLVE_FAILURES, CircuitManager, ManagedCircuit, CircuitPurpose
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (

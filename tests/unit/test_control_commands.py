@@ -28,8 +28,8 @@ from oppy.control.commands import (
     apply_setconf,
 )
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
-from oppy.directory.documents import Consensus, RelayRecord
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamState
 
 FP = ["%040X" % (0x1111 * (i + 1)) for i in range(4)]

@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import defer, task, threads
 
 from oppy.circuit.circuit import CircuitState
-from oppy.directory.authorities import DirAuthority
 from oppy.directory.cache import CACHED_CONSENSUS_FILE, DirectoryCache
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
@@ -37,9 +36,6 @@ from oppy.directory.client import (
     DirectoryResponse,
     DirectoryStatusError,
 )
-from oppy.directory.documents import parse_consensus_header
-from oppy.directory.errors import DirectoryError
-from oppy.directory.fields import format_time, parse_time
 from oppy.directory.service import (
     DIRECTORY_ROUND_DEADLINE,
     BootstrapPhase,
@@ -48,6 +44,10 @@ from oppy.directory.service import (
     signature_key_ids,
 )
 from oppy.logs import NOTICE
+from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.documents import parse_consensus_header
+from oppy.netdoc.errors import DirectoryError
+from oppy.netdoc.fields import format_time, parse_time
 from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import WireDirectory

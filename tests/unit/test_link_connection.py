@@ -10,7 +10,7 @@ from twisted.internet import defer, protocol, reactor, task
 
 from oppy.link.channel import LinkError
 from oppy.link.connection import LinkPool
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 
 def target(port: int) -> RelayTarget:

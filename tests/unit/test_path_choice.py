@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from twisted.internet import defer, task
 
-from oppy.directory.authorities import DirAuthority
 from oppy.directory.cache import DirectoryCache
-from oppy.directory.documents import parse_consensus, parse_consensus_header, parse_microdescriptors
 from oppy.directory.service import DirectoryService
+from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.documents import parse_consensus, parse_consensus_header, parse_microdescriptors
 from oppy.path.guards import GuardCircuitState, GuardSample, NoGuardAvailableError, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, PathSelector
 

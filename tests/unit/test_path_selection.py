@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import pytest
 
-from oppy.directory.documents import (
+from oppy.netdoc.documents import (
     REJECT_ALL_PORTS,
     Consensus,
     MicrodescRecord,
