@@ -84,15 +84,9 @@ from oppy.netdoc.fields import format_time
 from oppy.netdoc.relay import RelayTarget
 from oppy.netdoc.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
+from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
 from oppy.path.guards import GuardSample, GuardStateError, choose_path
-from oppy.path.selection import (
-    NoPathError,
-    PathNode,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
+from oppy.path.selection import NoPathError, PathNode, PathSelector
 
 __all__ = [
     "BootstrapPhase",

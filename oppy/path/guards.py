@@ -40,15 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oppy.netdoc.documents import Consensus, RelayRecord
-from oppy.path.selection import (
-    NoPathError,
-    Path,
-    PathNode,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
+from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
+from oppy.path.selection import NoPathError, Path, PathNode, PathSelector
 
 __all__ = [
     "SampledGuard",

@@ -27,14 +27,8 @@ from oppy.netdoc.documents import (
     parse_microdescriptors,
     parse_port_policy,
 )
-from oppy.path.selection import (
-    LONG_LIVED_PORTS,
-    NoPathError,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
+from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
+from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
 
 from tests.support.testdata import REAL_DIRECTORY
 
