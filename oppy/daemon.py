@@ -56,10 +56,8 @@ class Daemon:
 
     def exit_allows(self, rsa_id: bytes, port: int) -> bool:
         """The exit's microdescriptor policy summary allows `port`."""
-        consensus = self.directory.consensus
-        relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
-        microdesc = self.directory.microdescs.get(relay.microdesc_digest) if relay is not None else None
-        return microdesc is not None and microdesc.exit_policy.allows_port(port)
+        netdir = self.directory.netdir
+        return netdir is not None and netdir.exit_allows(rsa_id, port)
 
     def _guard_result(self, rsa_id: bytes, reachable: bool) -> None:
         if reachable:

@@ -167,8 +167,8 @@ class DaemonBackend(ControlBackend):
         self.dormant = False
 
     def _nickname(self, rsa_id: bytes) -> str | None:
-        consensus = self.directory.consensus
-        relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
+        netdir = self.directory.netdir
+        relay = netdir.relay_by_id(rsa_id) if netdir is not None else None
         return relay.nickname if relay is not None else None
 
     # ---------------------------------------------------------------- once a second
@@ -197,25 +197,8 @@ class DaemonBackend(ControlBackend):
         self.manager.close_circuit(number, DestroyReason.REQUESTED)
 
     def find_relay(self, name: str):
-        text = name.strip()
-        hex_part = text[1:] if text.startswith("$") else text
-        for separator in ("~", "="):
-            hex_part = hex_part.split(separator, 1)[0]
-        if len(hex_part) == 40:
-            try:
-                return self.directory.relay_target(bytes.fromhex(hex_part))
-            except ValueError:
-                pass
-        if text.startswith("$"):
-            return None
-        consensus = self.directory.consensus
-        if consensus is None:
-            return None
-        wanted = text.lower()
-        for relay in consensus.relays:
-            if relay.nickname.lower() == wanted:
-                return self.directory.relay_target(relay.rsa_id)
-        return None
+        netdir = self.directory.netdir
+        return netdir.find_relay(name) if netdir is not None else None
 
     def microdesc_body(self, digest: str) -> str | None:
         body = self.directory.microdesc_body(digest)

@@ -181,8 +181,8 @@ class ControlBackend:
     """What the commands read from and do to a running oppy. The daemon's implementation is
     ``oppy.control.backend.DaemonBackend``; tests provide their own. Attributes: ``config`` (the
     live :class:`~oppy.config.Config`), ``manager`` (the circuit manager: ``circuits`` and
-    ``streams`` by number, ``attach_automatically``), ``directory`` (``consensus``,
-    ``microdescs``, ``bootstrap_phase``, ``guards``, ``enough_dir_info``)."""
+    ``streams`` by number, ``attach_automatically``), ``directory`` (``netdir``, the
+    :class:`~oppy.netdoc.netdir.NetDir` in use or None, ``bootstrap_phase``, ``guards``, ``enough_dir_info``)."""
 
     config: Config
     manager: object
@@ -483,8 +483,13 @@ def _gi_status(session, key):
     return None
 
 
+def _netdir(session):
+    return session.hub.backend.directory.netdir
+
+
 def _consensus(session):
-    return getattr(session.hub.backend.directory, "consensus", None)
+    netdir = _netdir(session)
+    return netdir.consensus if netdir is not None else None
 
 
 def _hex_identity(text: str) -> bytes | None:
@@ -496,14 +501,6 @@ def _hex_identity(text: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
-
-
-def _relay_by_name(consensus, nickname: str):
-    wanted = nickname.lower()
-    for relay in consensus.relays:
-        if relay.nickname.lower() == wanted:
-            return relay
-    return None
 
 
 def _gi_ns(session, key):
@@ -528,7 +525,7 @@ def _gi_ns(session, key):
             raise GetinfoFailed("Data not decodeable as hex")
         relay = consensus.relay_by_id(identity)
     elif key.startswith("ns/name/"):
-        relay = _relay_by_name(consensus, key[len("ns/name/"):])
+        relay = _netdir(session).relay_by_nickname(key[len("ns/name/"):])
     else:
         return None
     return ns_entry(relay) if relay is not None else None
@@ -566,7 +563,7 @@ def _gi_md(session, key):
         identity = _hex_identity(key[len("md/id/"):])
         relay = consensus.relay_by_id(identity) if identity is not None else None
     elif key.startswith("md/name/"):
-        relay = _relay_by_name(consensus, key[len("md/name/"):])
+        relay = _netdir(session).relay_by_nickname(key[len("md/name/"):])
     else:
         return None
     return _microdesc_of(session, relay)

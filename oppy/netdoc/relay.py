@@ -1,8 +1,17 @@
-"""A relay as a client dials it and extends to it."""
+"""A relay as a client dials it and extends to it, taken from its consensus entry and microdescriptor.
+
+It sits with the documents (not in ``link/``) because path choice, below the link layer, produces it.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from oppy.netdoc.documents import MicrodescRecord, RelayRecord
+
+#: Length of an RSA identity digest (SHA-1; tor-spec "Preliminaries"), and of its hex form.
+RSA_ID_LEN = 20
+RSA_ID_HEX_LEN = 2 * RSA_ID_LEN
 
 
 class RelayTarget(NamedTuple):
@@ -27,3 +36,30 @@ class RelayTarget(NamedTuple):
     def describe(self) -> str:
         """`$FP~nick` as tor names relays in logs and control-port events."""
         return f"${self.fingerprint}~{self.nickname}"
+
+
+def relay_target(relay: RelayRecord, microdesc: MicrodescRecord | None) -> RelayTarget:
+    """The target of a consensus entry: its keys from its microdescriptor (None without one); the
+    Ed25519 identity left out when the consensus says ``NoEdConsensus`` (the authorities did not agree
+    on it, so a link must not insist on it)."""
+    if microdesc is None:
+        return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port)
+    ed25519_id = microdesc.ed25519_id if "NoEdConsensus" not in relay.flags else None
+    return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port, microdesc.ntor_onion_key,
+                       ed25519_id)
+
+
+def rsa_id_of(identity: bytes | str) -> bytes | None:
+    """The 20-byte RSA identity named by raw bytes or by ``$HEX``, ``HEX``, ``$HEX~nick``, ``$HEX=nick``
+    (control-spec "ServerID"); None if it names none."""
+    if isinstance(identity, (bytes, bytearray)):
+        return bytes(identity) if len(identity) == RSA_ID_LEN else None
+    text = str(identity).strip().lstrip("$")
+    for separator in ("~", "="):
+        text = text.split(separator, 1)[0]
+    if len(text) != RSA_ID_HEX_LEN:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None

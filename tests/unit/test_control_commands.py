@@ -29,6 +29,7 @@ from oppy.control.commands import (
 )
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
 from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamState
 
@@ -66,7 +67,7 @@ class Sink:
 
 class FakeDirectory:
     def __init__(self):
-        self.consensus = consensus()
+        self.netdir = NetDir(consensus())
         self.bootstrap_phase = (100, "done", "Done")
         self.enough_dir_info = True
         self.guards = None

@@ -416,8 +416,8 @@ def test_bootstrap_from_scratch_over_dirports_with_tors_phases(tmp_path, caplog)
     assert world.client.requests[0][2] == "/tor/status-vote/current/consensus-microdesc.z"
     keys = world.client.requests[1][2]
     assert keys.startswith("/tor/keys/fp-sk/") and keys.count("+") == 2
-    assert len(service.microdescs) == len(world.network.relays)
-    assert service.consensus.valid_after == T0
+    assert len(service.netdir.microdescs) == len(world.network.relays)
+    assert service.netdir.consensus.valid_after == T0
     for name in ("cached-certs", "cached-microdesc-consensus", "cached-microdescs", "state"):
         assert (world.directory / name).exists(), name
     assert (world.directory / CACHED_CONSENSUS_FILE).read_bytes() == world.network.consensus()
@@ -444,7 +444,7 @@ def test_unreachable_and_forged_sources_are_skipped(tmp_path, caplog):
     assert len(forged) == len(consensus) and forged != consensus
     world.client.dirports[order[1]].consensus = forged
     run(service.start())
-    assert service.consensus.valid_after == T0 and service.enough_dir_info
+    assert service.netdir.consensus.valid_after == T0 and service.enough_dir_info
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("Rejected the microdesc consensus from auth")
@@ -509,14 +509,14 @@ def test_microdescriptors_come_92_per_request_and_must_match_their_digests(tmp_p
     batches = [len(path[len("/tor/micro/d/"):-2].split("-")) for path in micro]
     # 200 digests: 92 + 92 + 16, and the tampered one is asked for again from the two other authorities.
     assert sorted(batches) == [1, 1, 16, 92, 92]
-    assert len(service.microdescs) == 199 and bad not in service.microdescs
+    assert len(service.netdir.microdescs) == 199 and bad not in service.netdir.microdescs
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("whose SHA-256 digest matches none" in m for m in warnings)
     for server in world.servers:
         server.tamper_digests.clear()
     (retry,) = [call for call in world.clock.getDelayedCalls() if call.getTime() - world.clock.seconds() < 60]
     world.clock.advance(retry.getTime() - world.clock.seconds())
-    assert bad in service.microdescs and len(service.microdescs) == 200
+    assert bad in service.netdir.microdescs and len(service.netdir.microdescs) == 200
     run(service.stop())
 
 
@@ -558,7 +558,7 @@ def test_restart_with_a_live_cache_fetches_nothing(tmp_path, caplog):
     second = world.service(seed=99)
     run(second.start())
     assert world.client.requests == []
-    assert second.consensus.valid_after == T0 and len(second.microdescs) == len(world.network.relays)
+    assert second.netdir.consensus.valid_after == T0 and len(second.netdir.microdescs) == len(world.network.relays)
     assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
     assert percents(caplog) == [0, 75]
     path = second.choose_path(443)
@@ -591,9 +591,9 @@ def test_an_expired_cached_consensus_is_used_while_a_new_one_is_fetched(tmp_path
     world.client.requests.clear()
     service = world.service()
     run(service.start())
-    assert service.consensus.valid_after == T0 and service.enough_dir_info   # reasonably live: usable
+    assert service.netdir.consensus.valid_after == T0 and service.enough_dir_info   # reasonably live: usable
     world.clock.advance(0)
-    assert world.client.kinds() == ["consensus"] and service.consensus.valid_after == T0 + 4 * HOUR
+    assert world.client.kinds() == ["consensus"] and service.netdir.consensus.valid_after == T0 + 4 * HOUR
 
 
 def test_a_corrupt_state_file_starts_a_new_guard_sample(tmp_path, caplog):
@@ -616,10 +616,11 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     # One primary directory guard in use (the default, 3, would draw among the first three).
     world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
-    seen = []
-    service.add_consensus_observer(seen.append)
+    events = []
+    service.add_netdir_observer(events.append)
     run(service.start())
-    assert [c.valid_after for c in seen] == [T0]
+    assert [event.netdir.consensus.valid_after for event in events if event.new_consensus] == [T0]
+    assert events[-1].netdir is service.netdir and len(events) == 2     # the consensus, its microdescriptors
     (timer,) = world.clock.getDelayedCalls()
     fetch_at = T0 + 600 + timer.getTime()
     start = T0 + HOUR + 0.75 * HOUR                 # fresh-until + 3/4 interval
@@ -630,15 +631,16 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     world.publish(network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.client.requests.clear()
     world.clock.advance(timer.getTime() - world.clock.seconds())
-    assert [c.valid_after for c in seen] == [T0, T0 + HOUR]
-    assert service.consensus.valid_after == T0 + HOUR
+    assert [event.netdir.consensus.valid_after for event in events if event.new_consensus] == [T0, T0 + HOUR]
+    assert service.netdir.consensus.valid_after == T0 + HOUR
     first_primary = service.guards.primary_guards()[0].nickname
     assert world.client.requests[0][:2] == ("begin_dir", first_primary)
     micro = [path for transport, _, path in world.client.requests if "/micro/" in path]
     assert len(micro) == 1
     assert sorted(micro[0][len("/tor/micro/d/"):-2].split("-")) == sorted(
         [network.relay("guard2").digest, network.relay("guard9").digest])
-    assert service.relay_target(network.relay("guard2").rsa_id).ntor_onion_key == network.relay("guard2").ntor_key
+    guard2 = network.relay("guard2")
+    assert service.netdir.relay_target(guard2.rsa_id).ntor_onion_key == guard2.ntor_key
     assert service.fetch_counts["consensus:begin_dir"] == 1
 
 
@@ -653,7 +655,7 @@ def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_pa
     world.clock.advance(HOUR)
     world.client.requests.clear()
     run(service.fetch_consensus_now())
-    assert service.consensus.valid_after == T0 + HOUR
+    assert service.netdir.consensus.valid_after == T0 + HOUR
     assert world.client.requests[0][:2] == ("begin_dir", service.guards.primary_guards()[1].nickname)
     assert first.is_down
     assert service.choose_path(80)[0].nickname == service.guards.primary_guards()[1].nickname
@@ -663,13 +665,13 @@ def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path
     world = make_world(tmp_path)
     service = world.service()
     run(service.start())
-    good = service.consensus
+    good = service.netdir.consensus
     caplog.set_level(logging.INFO, logger="oppy")
     network = world.network
     world.publish(network.consensus(T0 + HOUR, signers=network.authorities[:1]))
     world.clock.advance(HOUR)
     assert run(service.fetch_consensus_now()) is None
-    assert service.consensus is good and service.enough_dir_info
+    assert service.netdir.consensus is good and service.enough_dir_info
     rejections = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # Three directory guards and one other relay over BEGIN_DIR, then the three authorities.
     assert len(rejections) == 7 and sum("(DirPort)" in message for message in rejections) == 3
@@ -681,7 +683,7 @@ def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path
     (retry,) = world.clock.getDelayedCalls()
     assert retry.getTime() - world.clock.seconds() == 1
     world.clock.advance(1)
-    assert service.consensus.valid_after == T0 + HOUR
+    assert service.netdir.consensus.valid_after == T0 + HOUR
 
 
 def test_an_older_or_same_consensus_is_not_taken(tmp_path):
@@ -690,7 +692,7 @@ def test_an_older_or_same_consensus_is_not_taken(tmp_path):
     run(service.start())
     world.publish(world.network.consensus(T0 - HOUR))
     assert run(service.fetch_consensus_now()) is None
-    assert service.consensus.valid_after == T0
+    assert service.netdir.consensus.valid_after == T0
 
 
 def test_guards_follow_the_consensus_and_persist(tmp_path):
@@ -722,7 +724,7 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
     for seed in range(30):
         guard, middle, exit_ = service.choose_path(443, rng=random.Random(seed))
         assert guard.fingerprint == primaries[0]
-        assert "Exit" in service.consensus.relay_by_id(exit_.rsa_id).flags
+        assert "Exit" in service.netdir.consensus.relay_by_id(exit_.rsa_id).flags
         assert len({guard.rsa_id, middle.rsa_id, exit_.rsa_id}) == 3
         assert all(hop.ntor_onion_key is not None for hop in (guard, middle, exit_))
     guard, middle, exit_ = service.choose_path(443, exclude={bytes.fromhex(primaries[0])})
@@ -773,13 +775,13 @@ def test_relay_target_lookups(tmp_path):
     service = world.service()
     run(service.start())
     guard0 = network.relay("guard0")
-    by_bytes = service.relay_target(guard0.rsa_id)
-    assert by_bytes == service.relay_target("$" + guard0.rsa_id.hex().upper() + "~guard0") \
-        == service.relay_target(guard0.rsa_id.hex())
+    by_bytes = service.netdir.relay_target(guard0.rsa_id)
+    assert by_bytes == service.netdir.relay_target("$" + guard0.rsa_id.hex().upper() + "~guard0") \
+        == service.netdir.relay_target(guard0.rsa_id.hex())
     assert (by_bytes.nickname, by_bytes.or_port, by_bytes.ntor_onion_key, by_bytes.ed25519_id) == \
         ("guard0", guard0.or_port, guard0.ntor_key, guard0.ed25519_id)
-    assert service.relay_target(network.relay("guard1").rsa_id).ed25519_id is None
-    assert service.relay_target(b"\0" * 20) is None and service.relay_target("nonsense") is None
+    assert service.netdir.relay_target(network.relay("guard1").rsa_id).ed25519_id is None
+    assert service.netdir.relay_target(b"\0" * 20) is None and service.netdir.relay_target("nonsense") is None
 
 
 # ------------------------------------------------------------------------------------------ small parts
@@ -914,7 +916,7 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
     service = service()
     waiter = service.start()
     wire.pump()
-    assert run(waiter) is service and service.consensus.valid_after == T0
+    assert run(waiter) is service and service.netdir.consensus.valid_after == T0
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
     assert failed[0].startswith(f"Consensus fetch from {order[0]} at 127.0.0.1:") and \
         "non-ASCII byte in the status line" in failed[0]
@@ -928,7 +930,7 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
         for site in sites.values():
             site.server.consensus = network.consensus(valid_after)
         advance_to_the_next_refresh(wire)
-        assert service.consensus.valid_after == valid_after
+        assert service.netdir.consensus.valid_after == valid_after
         # The guard was asked first; its answer failed that stream only (its circuit is replaced only
         # once it is too old, an hour later).
         hostile_circuit = wire.circuits[guard][-1]
@@ -957,7 +959,7 @@ def test_a_malformed_consensus_header_means_the_next_source(tmp_path, caplog, he
     world.client.dirports[first.port].consensus = hostile.replace(header_line, replacement, 1)
     service = world.service(seed=3)
     run(service.start())
-    assert service.enough_dir_info and service.consensus.valid_after == T0
+    assert service.enough_dir_info and service.netdir.consensus.valid_after == T0
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith(f"Rejected the microdesc consensus from {first.nickname}") and \
         "ConsensusParseError" in warning
@@ -993,7 +995,7 @@ def test_a_consensus_round_that_cannot_end_is_abandoned_at_its_deadline(tmp_path
                            f"abandoning it (tried: none)")
     (retry,) = world.clock.getDelayedCalls()
     world.clock.advance(retry.getTime() - world.clock.seconds())
-    assert run(waiter) is service and service.consensus.valid_after == T0
+    assert run(waiter) is service and service.netdir.consensus.valid_after == T0
 
 
 def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_and_retried(tmp_path, caplog):
@@ -1001,14 +1003,14 @@ def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_a
     world = make_world(tmp_path)
     service = world.service(run_in_thread=first_call_answered("_parse_microdescs", defer.Deferred()))
     waiter = service.start()
-    assert service.consensus is not None and not waiter.called
+    assert service.netdir is not None and not waiter.called
     world.clock.advance(DIRECTORY_ROUND_DEADLINE)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"Microdescriptor fetches did not finish within {DIRECTORY_ROUND_DEADLINE:.0f} s; "
                         f"the rest are retried later"]
     retry = min(call.getTime() for call in world.clock.getDelayedCalls())
     world.clock.advance(retry - world.clock.seconds())
-    assert run(waiter) is service and len(service.microdescs) == len(world.network.relays)
+    assert run(waiter) is service and len(service.netdir.microdescs) == len(world.network.relays)
 
 
 def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, caplog):
@@ -1021,7 +1023,7 @@ def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, c
     service = world.service()
     run(service.start())
     assert service.enough_dir_info
-    assert set(service.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
+    assert set(service.netdir.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
     rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Rejected microdescriptor")]
     assert len(rejected) == 3                         # asked of each authority in turn
     assert all(odd.digest in message and "bad a line" in message for message in rejected)
@@ -1034,7 +1036,7 @@ def test_a_microdescriptor_reply_with_a_year_0_annotation_is_used(tmp_path, capl
         server.microdesc_annotation = b"@last-listed 0000-01-01 00:00:00\n"
     service = world.service()
     run(service.start())
-    assert len(service.microdescs) == len(world.network.relays)
+    assert len(service.netdir.microdescs) == len(world.network.relays)
     assert world.client.kinds().count("microdescriptors") == 1
 
 
@@ -1044,7 +1046,7 @@ def test_an_unparseable_microdescriptor_reply_is_logged_and_the_next_source_trie
     service = world.service(run_in_thread=first_call_answered("_parse_microdescs",
                                                              defer.fail(RuntimeError("simulated parser bug"))))
     run(service.start())
-    assert len(service.microdescs) == len(world.network.relays)
+    assert len(service.netdir.microdescs) == len(world.network.relays)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith("Rejected the ") and "microdescriptor reply from auth" in warning
     assert warning.endswith("RuntimeError: simulated parser bug")
@@ -1114,7 +1116,7 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
     finally:
         ticker.stop()
         yield service.stop()
-    assert len(service.consensus.relays) == 7326 and len(service.microdescs) == 7326
+    assert len(service.netdir.consensus.relays) == 7326 and len(service.netdir.microdescs) == 7326
     assert service.enough_dir_info and service.fetch_counts == {}
     assert len(ran_in) >= 2, ran_in
     assert not any(on_main for _, on_main in ran_in), ran_in

@@ -38,13 +38,13 @@ def service_2017(tmp_path):
                                run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
                                rng=random.Random(2017))
     started = service.start()
-    assert started.called and service.enough_dir_info and len(service.microdescs) == 7326
+    assert started.called and service.enough_dir_info and len(service.netdir.microdescs) == 7326
     yield service
     service.stop()
 
 
 def flags_of(service, target) -> frozenset[str]:
-    return service.consensus.relay_by_id(target.rsa_id).flags
+    return service.netdir.consensus.relay_by_id(target.rsa_id).flags
 
 
 def test_long_lived_ports_are_tors_default():
