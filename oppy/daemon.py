@@ -16,6 +16,7 @@ from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.logs import notice
 from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
 
 log = logging.getLogger("oppy")
@@ -41,29 +42,16 @@ class Daemon:
         os.chmod(data_directory, 0o700)
         authorities = ([parse_dir_authority_line(line) for line in config.dir_authorities]
                        if config.dir_authorities else list(DEFAULT_AUTHORITIES))
+        self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
                                           links=self.links, testing_tor_network=config.testing_tor_network,
-                                          reactor=reactor, clock=time.time)
+                                          reactor=reactor, clock=time.time, paths=self.paths)
         self.manager = CircuitManager(
-            self.links, self.directory.choose_path, exit_allows=self.exit_allows, reactor=reactor,
-            max_circuit_dirtiness=config.max_circuit_dirtiness, build_timeout=config.circuit_build_timeout,
-            max_pending=config.max_client_circuits_pending, guard_result=self._guard_result,
+            self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
+            build_timeout=config.circuit_build_timeout, max_pending=config.max_client_circuits_pending,
             unattached_timeout=config.socks_timeout)
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
-
-    # ------------------------------------------------------------------------------ glue
-
-    def exit_allows(self, rsa_id: bytes, port: int) -> bool:
-        """The exit's microdescriptor policy summary allows `port`."""
-        netdir = self.directory.netdir
-        return netdir is not None and netdir.exit_allows(rsa_id, port)
-
-    def _guard_result(self, rsa_id: bytes, reachable: bool) -> None:
-        if reachable:
-            self.directory.mark_guard_up(rsa_id)
-        else:
-            self.directory.mark_guard_down(rsa_id)
 
     # ------------------------------------------------------------------------------ start and stop
 

@@ -157,6 +157,7 @@ class DaemonBackend(ControlBackend):
         self.config = daemon.config
         self.manager = daemon.manager
         self.directory = daemon.directory
+        self.paths = daemon.paths
         self.clock = clock
         self.control_listeners = control_listeners
         self.on_auth_options_changed = on_auth_options_changed
@@ -323,7 +324,7 @@ class DaemonBackend(ControlBackend):
                 factory.max_connections = config.max_socks_connections
             if "ClientRejectInternalAddresses" in changed:
                 factory.allow_private_addresses = not config.client_reject_internal_addresses
-        if "EnforceDistinctSubnets" in changed and hasattr(self.directory, "enforce_distinct_subnets"):
-            self.directory.enforce_distinct_subnets = config.enforce_distinct_subnets
+        if "EnforceDistinctSubnets" in changed:
+            self.paths.enforce_distinct_subnets = config.enforce_distinct_subnets
         if changed & {"CookieAuthentication", "CookieAuthFile", "HashedControlPassword"}:
             self.on_auth_options_changed()

@@ -60,6 +60,7 @@ from oppy.control.status import (
     ns_entry,
     stream_getinfo_line,
 )
+from oppy.path.chooser import PathChooser
 
 __all__ = [
     "TOR_COMPATIBLE_VERSION",
@@ -182,11 +183,13 @@ class ControlBackend:
     ``oppy.control.backend.DaemonBackend``; tests provide their own. Attributes: ``config`` (the
     live :class:`~oppy.config.Config`), ``manager`` (the circuit manager: ``circuits`` and
     ``streams`` by number, ``attach_automatically``), ``directory`` (``netdir``, the
-    :class:`~oppy.netdoc.netdir.NetDir` in use or None, ``bootstrap_phase``, ``guards``, ``enough_dir_info``)."""
+    :class:`~oppy.netdoc.netdir.NetDir` in use or None, ``bootstrap_phase``, ``enough_dir_info``), ``paths``
+    (the :class:`~oppy.path.chooser.PathChooser`, whose ``guards`` GETINFO entry-guards lists)."""
 
     config: Config
     manager: object
     directory: object
+    paths: PathChooser
 
     def launch_circuit(self, path: list | None, purpose: str) -> int:
         """Build a circuit (through ``path``, or one oppy picks) with purpose GENERAL or CONTROLLER;
@@ -580,11 +583,8 @@ def _gi_desc(session, key):
 
 
 def _gi_entry_guards(session, key):
-    directory = session.hub.backend.directory
-    guards = getattr(directory, "guards", None)
+    guards = session.hub.backend.paths.guards
     consensus = _consensus(session)
-    if guards is None:
-        return ""
     lines = []
     for guard in guards.guards:
         relay = consensus.relay_by_fingerprint(guard.fingerprint) if consensus is not None else None

@@ -1,5 +1,5 @@
 """The directory service: bootstrap, keep a verified consensus and its microdescriptors, publish them as
-NetDirs, choose paths.
+NetDirs.
 
 What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c``,
 ``microdesc.c``, ``nodelist.c``, ``control_bootstrap.c``):
@@ -15,11 +15,12 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
    for the first primary guards), later fetches go over BEGIN_DIR on one-hop circuits to
    directory guards, with the authorities' DirPorts as the fallback.
 4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
-   microdescriptors that are new, update the guard sample.
+   microdescriptors that are new.
 
 Each new consensus and each batch of microdescriptors makes a new :class:`~oppy.netdoc.netdir.NetDir`,
-swapped in whole (:attr:`DirectoryService.netdir`) and announced to observers with
-:class:`~oppy.netdoc.netdir.NetDirChanged`.
+swapped in whole (:attr:`DirectoryService.netdir`), handed to the path layer's
+:class:`~oppy.path.chooser.PathChooser` (which keeps the guard sample; this service keeps its state
+file) and announced to observers with :class:`~oppy.netdoc.netdir.NetDirChanged`.
 
 A document that fails a check is rejected with a WARN line that says why, and the last good
 consensus stays in use. Whatever goes wrong at one source (a bad answer, a malformed document,
@@ -86,12 +87,12 @@ from oppy.netdoc.errors import (
     DocumentParseError,
 )
 from oppy.netdoc.fields import format_time
-from oppy.netdoc.netdir import NO_CONSENSUS, NetDir, NetDirChanged
-from oppy.netdoc.relay import RelayTarget, relay_target, rsa_id_of
+from oppy.netdoc.netdir import NetDir, NetDirChanged
+from oppy.netdoc.relay import RelayTarget
 from oppy.netdoc.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
-from oppy.path.guards import GuardSample, GuardStateError, choose_path
-from oppy.path.selection import NoPathError, PathNode, PathSelector
+from oppy.path.chooser import GuardsChanged, PathChooser
+from oppy.path.guards import GuardStateError
 
 __all__ = [
     "BootstrapPhase",
@@ -433,20 +434,23 @@ def _backoff(attempt: int, schedule: tuple[float, float]) -> float:
 
 
 class DirectoryService:
-    """Keeps the client's view of the network current and chooses paths from it.
+    """Keeps the client's view of the network current: fetches, caches and schedules, and publishes NetDirs.
 
     ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
     lines); ``links`` is the :class:`~oppy.link.connection.LinkPool` used for BEGIN_DIR
     circuits; ``clock`` returns POSIX seconds (wall time, used for document validity);
-    timers run on ``reactor``. ``client``, ``run_in_thread`` and ``circuit_builder`` can
-    be replaced in tests.
+    timers run on ``reactor``. ``paths`` is the client's :class:`PathChooser`: it is handed
+    each NetDir, chooses the directory guards and caches, and holds the guard sample this
+    service loads and saves (a chooser of its own if none is given). ``client``,
+    ``run_in_thread`` and ``circuit_builder`` can be replaced in tests.
     """
 
     def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str, links,
                  testing_tor_network: bool = False, reactor=None, clock: Callable[[], float] = time.time,
                  *, rng: random.Random | None = None, client: DirectoryClient | None = None,
                  run_in_thread: Callable[..., defer.Deferred] | None = None,
-                 circuit_builder: Callable[..., defer.Deferred] = build_circuit) -> None:
+                 circuit_builder: Callable[..., defer.Deferred] = build_circuit,
+                 paths: PathChooser | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -458,10 +462,12 @@ class DirectoryService:
         self.cache = DirectoryCache(self.data_directory)
         self.links = links
         self.testing_tor_network = testing_tor_network
-        self.enforce_distinct_subnets = not testing_tor_network
         self.reactor = reactor
         self.clock = clock
         self.rng = rng if rng is not None else random.SystemRandom()
+        self.paths = paths if paths is not None else PathChooser(
+            rng=self.rng, clock=clock, enforce_distinct_subnets=not testing_tor_network)
+        self.paths.add_observer(self._guards_changed)
         self.client = client if client is not None else DirectoryClient(reactor)
         self._run_in_thread = run_in_thread or self._default_run_in_thread
         self._build_circuit = circuit_builder
@@ -484,7 +490,6 @@ class DirectoryService:
         self._microdesc_retry_at: dict[str, float] = {}
         #: (v3ident, signing key digest) -> (verified certificate, its text).
         self._certificates: dict[tuple[str, str], tuple[KeyCertificate, bytes]] = {}
-        self.guards = GuardSample(rng=self.rng)
         #: True while there is enough directory information to build circuits.
         self.enough_dir_info = False
         #: tor's explanation of the directory information status (GETINFO status/...).
@@ -520,7 +525,7 @@ class DirectoryService:
         self._started = True
         self.bootstrap.report(BootstrapPhase.STARTING)
         waiter = self.when_enough_dir_info()
-        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self._prepare_paths)
+        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare)
         loading.addCallbacks(self._cache_loaded, self._cache_load_failed)
         loading.addErrback(self._cache_install_failed)
         return waiter
@@ -587,90 +592,6 @@ class DirectoryService:
         """Report a later phase (the daemon: ap_conn ... done)."""
         return self.bootstrap.report(phase, progress)
 
-    # ---- what the circuit layer uses ---------------------------------------------------
-
-    @property
-    def selector(self) -> PathSelector:
-        """The path selector of the NetDir in use."""
-        if self.netdir is None:
-            raise NoPathError("no consensus yet")
-        return self._prepare_paths(self.netdir)
-
-    def _prepare_paths(self, netdir: NetDir) -> PathSelector:
-        """The path selector of ``netdir``, built once (may run in a worker thread)."""
-        enforce = self.enforce_distinct_subnets
-        return netdir.derived(("path selector", enforce), lambda: PathSelector(
-            netdir.consensus, netdir.microdescs, enforce_distinct_subnets=enforce))
-
-    def _target_of(self, node: PathNode) -> RelayTarget:
-        return relay_target(node.relay, node.microdesc)
-
-    def choose_path(self, port: int | None, exclude: Iterable[bytes] = (),
-                    rng: random.Random | None = None) -> list[RelayTarget]:
-        """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
-
-        The exit's policy summary accepts ``port`` (any port if None); the guard is a usable
-        guard of the persisted sample (primary guards first); a long-lived port gets
-        Stable relays on every hop; relays whose RSA identity is in ``exclude`` are avoided.
-        Raises :class:`NoPathError` if impossible.
-        """
-        avoid = {rsa_id for rsa_id in (rsa_id_of(item) for item in exclude) if rsa_id is not None}
-        path, _choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
-                                    port, avoid=avoid)
-        # The circuit manager reports the outcome by the guard's identity (mark_guard_up/down), so the
-        # per-circuit choice is not kept: a circuit through a non-primary guard is used when built.
-        return [self._target_of(node) for node in path.hops]
-
-    def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
-        """A one-hop path for BEGIN_DIR: the first usable directory guard, else a weighted V2Dir relay."""
-        targets = self._directory_guard_targets(1)
-        if targets:
-            return targets
-        node = self.selector.choose_directory(rng if rng is not None else self.rng)
-        return [self._target_of(node)]
-
-    def mark_guard_down(self, identity: bytes | str) -> None:
-        """A link or circuit to this guard failed: skip it until its retry time."""
-        self._mark_guard(identity, up=False)
-
-    def mark_guard_up(self, identity: bytes | str) -> None:
-        """A link to this guard worked."""
-        self._mark_guard(identity, up=True)
-
-    def _mark_guard(self, identity: bytes | str, up: bool) -> None:
-        rsa_id = rsa_id_of(identity)
-        if rsa_id is None:
-            return
-        now = self.clock()
-        if up:
-            self.guards.note_internet_connectivity(now)
-        try:
-            if up:
-                self.guards.note_success(rsa_id.hex().upper(), now)
-            else:
-                self.guards.note_failure(rsa_id.hex().upper(), now)
-        except KeyError:
-            return      # not a sampled guard (a middle or exit, or a random directory cache)
-        if self.guards.dirty and self._state_loaded:
-            self._save_state()      # a newly confirmed guard
-        self._update_dir_info()
-
-    def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
-        """Usable sampled guards with V2Dir and a microdescriptor, best first."""
-        if self.netdir is None or not self.netdir.microdescs:
-            return []
-        try:
-            selector = self.selector
-        except NoPathError:
-            return []
-
-        def accept(fingerprint: str) -> bool:
-            node = selector.node(fingerprint)
-            return node is not None and "V2Dir" in node.relay.flags
-
-        return [self._target_of(selector.node(fingerprint))
-                for fingerprint in self.guards.directory_guards(self.clock(), accept, limit)]
-
     # ---- cache --------------------------------------------------------------------------
 
     def _cache_loaded(self, contents: _CacheContents) -> None:
@@ -685,7 +606,7 @@ class DirectoryService:
             log.warning("Ignoring the state file: %s. Starting a new guard sample.", contents.state_problem)
         elif contents.state is not None:
             try:
-                self.guards = GuardSample.from_dict(contents.state.get("guards"), rng=self.rng)
+                self.paths.restore_guards(contents.state.get("guards"))
             except GuardStateError as exc:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
         if contents.consensus_problem:
@@ -728,8 +649,16 @@ class DirectoryService:
         self._writes = self._writes.addCallback(run).addErrback(failed)
 
     def _save_state(self) -> None:
-        self.guards.mark_saved()
-        self._write_in_background("the guard state", self.cache.write_state, {"guards": self.guards.to_dict()})
+        guards = self.paths.guards
+        guards.mark_saved()
+        self._write_in_background("the guard state", self.cache.write_state, {"guards": guards.to_dict()})
+
+    def _guards_changed(self, event: GuardsChanged) -> None:
+        """A guard's outcome: write a newly confirmed guard, and look at the directory information again
+        (a primary guard may be down, or back)."""
+        if event.needs_saving and self._state_loaded:
+            self._save_state()
+        self._update_dir_info()
 
     def _save_certificates(self) -> None:
         now = self.clock()
@@ -764,18 +693,7 @@ class DirectoryService:
         V2Dir relay chosen by its directory weight, then the authorities' DirPorts in random order."""
         sources: list[DirectorySource] = []
         if not authorities_only:
-            targets = self._directory_guard_targets(DIRECTORY_GUARDS_TO_TRY)
-            if targets:
-                chosen = {target.rsa_id for target in targets}
-                for _ in range(DIRECTORY_GUARDS_TO_TRY + 1):
-                    try:
-                        node = self.selector.choose_directory(self.rng)
-                    except NoPathError:
-                        break
-                    if node.relay.rsa_id not in chosen:
-                        targets.append(self._target_of(node))
-                        break
-            for target in targets:
+            for target in self.paths.directory_targets(DIRECTORY_GUARDS_TO_TRY):
                 sources.append(DirectorySource(target.nickname, target.address, target.or_port, target))
         authorities = [a for a in self.v3_authorities if a.dir_port]
         self.rng.shuffle(authorities)
@@ -837,7 +755,7 @@ class DirectoryService:
                 yield self._track(self.links.get(target))
             except Exception as exc:  # noqa: BLE001 - LinkError, a refused TCP connection, a timeout
                 if not self._stopped:
-                    self.mark_guard_down(target.rsa_id)
+                    self.paths.mark_guard_down(target.rsa_id)
                 raise DirectoryConnectionError(f"link to {target.describe()} failed: {exc}") from None
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
@@ -846,10 +764,10 @@ class DirectoryService:
                                                                 reactor=self.reactor))
             except Exception as exc:  # noqa: BLE001 - CircuitBuildError and friends
                 if not self._stopped:
-                    self.mark_guard_down(target.rsa_id)
+                    self.paths.mark_guard_down(target.rsa_id)
                 raise DirectoryConnectionError(
                     f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
-            self.mark_guard_up(target.rsa_id)
+            self.paths.mark_guard_up(target.rsa_id)
             if self._stopped:
                 circuit.close()
                 raise DirectoryConnectionError("the directory service stopped")
@@ -967,7 +885,7 @@ class DirectoryService:
             checked = yield self._thread(
                 _check_consensus, response.body, [c for c, _ in self._certificates.values()],
                 self.authorities, self.clock(), current.valid_after if current is not None else None, 0.0,
-                dict(self._microdescs), self._prepare_paths)
+                dict(self._microdescs), self.paths.prepare)
         except ConsensusNotNewerError as exc:
             failures.append((source.describe(), str(exc), False))
             log.info("Ignoring the consensus from %s: %s", source.describe(), exc)
@@ -1038,7 +956,7 @@ class DirectoryService:
             self._microdesc_last_listed[digest] = max(self._microdesc_last_listed.get(digest, 0.0),
                                                       float(consensus.valid_after))
         self._forget_old_microdescs(consensus, now)
-        self.guards.update_from_consensus(consensus, now)
+        self._publish(netdir)           # the guard sample follows the new consensus: save it
         self._save_state()
         if not from_cache:
             self._write_in_background("the consensus", self.cache.write_consensus, raw)
@@ -1052,7 +970,6 @@ class DirectoryService:
         self._consensus_failures = 0
         self._outage_warned = False
         self._schedule_refresh(consensus, now)
-        self._publish(netdir)
         self._update_dir_info()
         self._start_microdesc_round()
 
@@ -1060,6 +977,7 @@ class DirectoryService:
         """Take ``netdir`` into use, in one assignment, and tell the observers."""
         event = NetDirChanged(netdir, self.netdir)
         self.netdir = netdir
+        self.paths.set_netdir(netdir)
         for observer in list(self._netdir_observers):
             try:
                 observer(event)
@@ -1267,7 +1185,7 @@ class DirectoryService:
         """Build the path selector of the NetDir in use in a worker thread (the reactor builds it only if
         a path is asked for first)."""
         if self.netdir is not None:
-            yield self._thread(self._prepare_paths, self.netdir)
+            yield self._thread(self.paths.prepare, self.netdir)
 
     # ---- enough directory information ---------------------------------------------------------
 
@@ -1285,11 +1203,7 @@ class DirectoryService:
     def _update_dir_info(self) -> None:
         """tor ``update_router_have_minimum_dir_info``: the NetDir's answer, with the primary guards."""
         netdir = self.netdir
-        if netdir is None:
-            info = NO_CONSENSUS
-        else:
-            now = self.clock()
-            info = netdir.dir_info(now, lambda: self._primary_guards_needing_microdescs(now))
+        info = self.paths.dir_info()
         enough = info.enough
         self.dir_info_status = info.status
         if enough and not self.enough_dir_info:
@@ -1305,11 +1219,6 @@ class DirectoryService:
                     self.dir_info_status)
         elif not enough and netdir is not None:
             self.bootstrap.report(BootstrapPhase.REQUESTING_DESCRIPTORS)
-
-    def _primary_guards_needing_microdescs(self, now: float) -> tuple[list[str], int]:
-        guards = self.guards
-        return ([guard.fingerprint for guard in guards.primaries_to_check_for_descriptors(now)],
-                guards.primaries_needing_descriptors())
 
 
 def _microdesc_fetches_expired(results: Any, deadline: float) -> Any:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from oppy.netdoc.documents import Consensus, MicrodescRecord, RelayRecord
+from oppy.netdoc.relay import RelayTarget, relay_target
 from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
 
 __all__ = [
@@ -93,6 +94,11 @@ class PathNode:
     @property
     def flags(self) -> frozenset[str]:
         return self.relay.flags
+
+    @property
+    def target(self) -> RelayTarget:
+        """What a circuit needs to reach this relay."""
+        return relay_target(self.relay, self.microdesc)
 
     def same_subnet(self, other: PathNode) -> bool:
         """Same IPv4 /16 or a shared IPv6 /32 (tor ``router_addrs_in_same_network``)."""

@@ -59,7 +59,7 @@ def started(service: DirectoryService, timeout: float = BOOTSTRAP_TIMEOUT) -> de
 @defer.inlineCallbacks
 def fetch_through(service: DirectoryService, links, network: TestNetwork):
     """Build a circuit on a path the service chose and GET / from the HTTP target through it."""
-    path = service.choose_path(network.http_port)
+    path = service.paths.choose_path(network.http_port)
     circuit = yield build_circuit(links, path, timeout=30)
     sink = CollectingSink()
     stream = Stream(sink, "127.0.0.1", network.http_port)
@@ -100,7 +100,7 @@ def test_bootstrap_from_scratch_then_a_circuit(network, authorities, links, tmp_
             assert (tmp_path / "data" / name).exists(), name
         assert time.time() <= service.netdir.consensus.valid_until
         path = yield fetch_through(service, links, network)
-        assert path[0].fingerprint == service.guards.primary_guards()[0].fingerprint
+        assert path[0].fingerprint == service.paths.guards.primary_guards()[0].fingerprint
     finally:
         yield service.stop()
 
@@ -112,7 +112,7 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
     first = new_service(authorities, directory, first_links)
     try:
         yield started(first)
-        primaries = [guard.fingerprint for guard in first.guards.primary_guards()]
+        primaries = [guard.fingerprint for guard in first.paths.guards.primary_guards()]
         valid_after = first.netdir.consensus.valid_after
     finally:
         yield first.stop()
@@ -132,7 +132,7 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
         yield started(second, 30)
         assert second.fetch_counts["consensus"] == 0
         assert second.netdir.consensus.valid_after == valid_after
-        assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+        assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
         yield task.deferLater(reactor, 0.5, lambda: None)
         assert exit_digest in second.netdir.microdescs
         assert second.fetch_counts["microdescriptors:begin_dir"] >= 1

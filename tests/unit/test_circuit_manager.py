@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from oppy.cell.commands import EndReason, RelayCommand
 from oppy.circuit.manager import MAX_RESOLVE_FAILURES, CircuitManager, ManagedCircuit, CircuitPurpose
 from oppy.netdoc.relay import RelayTarget
+from oppy.path.chooser import PathChooser
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
@@ -25,9 +26,8 @@ def relay(name: str) -> RelayTarget:
 
 
 def manager_without_network(clock: Clock) -> CircuitManager:
-    def no_path(port, exclude=frozenset()):
-        raise RuntimeError("no path in this test")
-    return CircuitManager(links=None, choose_path=no_path, reactor=clock, clock=clock.seconds,
+    """A manager whose path chooser has no NetDir: every path choice fails."""
+    return CircuitManager(links=None, paths=PathChooser(), reactor=clock, clock=clock.seconds,
                           unattached_timeout=120)
 
 
@@ -108,12 +108,15 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     clock = Clock()
     guard, middle, first_exit, second_exit = (SimulatedRelay(name) for name in ("guard", "middle", "x1", "x2"))
 
-    def choose_path(port, exclude=frozenset()):
-        exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
-        return [guard.target, middle.target, exit_relay.target]
+    class SimulatedPaths(PathChooser):
+        """Paths through the simulated relays: the first exit, or the second once the first is excluded."""
+
+        def choose_path(self, port=None, exclude=(), rng=None):
+            exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
+            return [guard.target, middle.target, exit_relay.target]
 
     links = OneChannelLinks()
-    manager = CircuitManager(links, choose_path, reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    manager = CircuitManager(links, SimulatedPaths(), reactor=clock, clock=clock.seconds, preemptive_circuits=0)
     sink = CollectingSink()
     managed = manager.open_stream(sink, "example.test", 80)
     first_path = SimulatedPath([guard, middle, first_exit])

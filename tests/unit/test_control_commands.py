@@ -30,6 +30,7 @@ from oppy.control.commands import (
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir
+from oppy.path.chooser import PathChooser
 from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamState
 
@@ -70,7 +71,6 @@ class FakeDirectory:
         self.netdir = NetDir(consensus())
         self.bootstrap_phase = (100, "done", "Done")
         self.enough_dir_info = True
-        self.guards = None
 
 
 class FakeManager:
@@ -85,6 +85,7 @@ class FakeBackend(ControlBackend):
         self.config = config or Config()
         self.manager = FakeManager()
         self.directory = FakeDirectory()
+        self.paths = PathChooser()
         self.calls = []
 
     def launch_circuit(self, path, purpose):

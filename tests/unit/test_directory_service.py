@@ -545,7 +545,7 @@ def first_run(world: World) -> list[str]:
     """Bootstrap and stop a first service (filling the cache); the fingerprints of its primary guards."""
     first = world.service()
     run(first.start())
-    primaries = [guard.fingerprint for guard in first.guards.primary_guards()]
+    primaries = [guard.fingerprint for guard in first.paths.guards.primary_guards()]
     run(first.stop())
     world.client.requests.clear()
     return primaries
@@ -559,9 +559,9 @@ def test_restart_with_a_live_cache_fetches_nothing(tmp_path, caplog):
     run(second.start())
     assert world.client.requests == []
     assert second.netdir.consensus.valid_after == T0 and len(second.netdir.microdescs) == len(world.network.relays)
-    assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+    assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
     assert percents(caplog) == [0, 75]
-    path = second.choose_path(443)
+    path = second.paths.choose_path(443)
     assert path[0].fingerprint == primaries[0]
     run(second.stop())
 
@@ -604,7 +604,7 @@ def test_a_corrupt_state_file_starts_a_new_guard_sample(tmp_path, caplog):
     service = world.service()
     run(service.start())
     assert any(r.getMessage().startswith("Ignoring the state file") for r in caplog.records)
-    assert len(service.guards.primary_guards()) == 3
+    assert len(service.paths.guards.primary_guards()) == 3
     assert DirectoryCache(world.directory).read_state()["guards"]["guards"]
 
 
@@ -633,7 +633,7 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     world.clock.advance(timer.getTime() - world.clock.seconds())
     assert [event.netdir.consensus.valid_after for event in events if event.new_consensus] == [T0, T0 + HOUR]
     assert service.netdir.consensus.valid_after == T0 + HOUR
-    first_primary = service.guards.primary_guards()[0].nickname
+    first_primary = service.paths.guards.primary_guards()[0].nickname
     assert world.client.requests[0][:2] == ("begin_dir", first_primary)
     micro = [path for transport, _, path in world.client.requests if "/micro/" in path]
     assert len(micro) == 1
@@ -649,16 +649,16 @@ def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_pa
     world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
     run(service.start())
-    first = service.guards.primary_guards()[0]
+    first = service.paths.guards.primary_guards()[0]
     world.links.broken.add(first.nickname)
     world.publish(world.network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.clock.advance(HOUR)
     world.client.requests.clear()
     run(service.fetch_consensus_now())
     assert service.netdir.consensus.valid_after == T0 + HOUR
-    assert world.client.requests[0][:2] == ("begin_dir", service.guards.primary_guards()[1].nickname)
+    assert world.client.requests[0][:2] == ("begin_dir", service.paths.guards.primary_guards()[1].nickname)
     assert first.is_down
-    assert service.choose_path(80)[0].nickname == service.guards.primary_guards()[1].nickname
+    assert service.paths.choose_path(80)[0].nickname == service.paths.guards.primary_guards()[1].nickname
 
 
 def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path, caplog):
@@ -699,20 +699,20 @@ def test_guards_follow_the_consensus_and_persist(tmp_path):
     world = make_world(tmp_path)
     service = world.service()
     run(service.start())
-    dropped = service.guards.primary_guards()[0]
+    dropped = service.paths.guards.primary_guards()[0]
     network = world.network
     world.publish(network.consensus(T0 + HOUR, relays=[r for r in network.relays
                                                       if r.nickname != dropped.nickname]))
     world.clock.advance(HOUR)
     run(service.fetch_consensus_now())
-    assert dropped.fingerprint not in [g.fingerprint for g in service.guards.primary_guards()]
+    assert dropped.fingerprint not in [g.fingerprint for g in service.paths.guards.primary_guards()]
     run(service.stop())
     state = DirectoryCache(world.directory).read_state()
     listed = {g["fingerprint"]: g["listed"] for g in state["guards"]["guards"]}
     assert listed[dropped.fingerprint] is False
 
 
-# ------------------------------------------------------------------------------------------ paths
+# ------------------------------------------------------------------------ paths (the service's PathChooser)
 
 
 def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
@@ -720,26 +720,26 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
     world = make_world(tmp_path, network)
     service = world.service()
     run(service.start())
-    primaries = [g.fingerprint for g in service.guards.primary_guards()]
+    primaries = [g.fingerprint for g in service.paths.guards.primary_guards()]
     for seed in range(30):
-        guard, middle, exit_ = service.choose_path(443, rng=random.Random(seed))
+        guard, middle, exit_ = service.paths.choose_path(443, rng=random.Random(seed))
         assert guard.fingerprint == primaries[0]
         assert "Exit" in service.netdir.consensus.relay_by_id(exit_.rsa_id).flags
         assert len({guard.rsa_id, middle.rsa_id, exit_.rsa_id}) == 3
         assert all(hop.ntor_onion_key is not None for hop in (guard, middle, exit_))
-    guard, middle, exit_ = service.choose_path(443, exclude={bytes.fromhex(primaries[0])})
+    guard, middle, exit_ = service.paths.choose_path(443, exclude={bytes.fromhex(primaries[0])})
     assert guard.fingerprint == primaries[1]
     exits = [r.rsa_id for r in network.relays if r.nickname.startswith("exit")]
-    guard, middle, exit_ = service.choose_path(80, exclude=set(exits[:2]))
+    guard, middle, exit_ = service.paths.choose_path(80, exclude=set(exits[:2]))
     assert exit_.rsa_id == exits[2]
-    service.mark_guard_down(bytes.fromhex(primaries[0]))
-    assert service.choose_path(80)[0].fingerprint == primaries[1]
-    service.mark_guard_up("$" + primaries[0])
-    assert service.choose_path(80)[0].fingerprint == primaries[0]
+    service.paths.mark_guard_down(bytes.fromhex(primaries[0]))
+    assert service.paths.choose_path(80)[0].fingerprint == primaries[1]
+    service.paths.mark_guard_up("$" + primaries[0])
+    assert service.paths.choose_path(80)[0].fingerprint == primaries[0]
     # A directory request takes one of the first three primaries (guard-n-primary-dir-guards-to-use).
-    assert {service.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
+    assert {service.paths.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
     with pytest.raises(NoPathError):
-        service.choose_path(80, exclude=set(exits))
+        service.paths.choose_path(80, exclude=set(exits))
 
 
 def test_distinct_subnets_outside_a_testing_network(tmp_path):
@@ -750,9 +750,9 @@ def test_distinct_subnets_outside_a_testing_network(tmp_path):
     world = make_world(tmp_path, network)
     strict = world.service(testing=False)
     run(strict.start())
-    assert strict.enforce_distinct_subnets
+    assert strict.paths.enforce_distinct_subnets
     for seed in range(20):
-        path = strict.choose_path(80, rng=random.Random(seed))
+        path = strict.paths.choose_path(80, rng=random.Random(seed))
         assert len({hop.address.split(".")[1] for hop in path}) == 3
 
 
@@ -763,9 +763,9 @@ def test_exit_policy_decides_the_exit(tmp_path):
     world = make_world(tmp_path, network)
     service = world.service()
     run(service.start())
-    assert service.choose_path(443)[2].nickname == "exit0"
+    assert service.paths.choose_path(443)[2].nickname == "exit0"
     with pytest.raises(NoPathError):
-        service.choose_path(25)
+        service.paths.choose_path(25)
 
 
 def test_relay_target_lookups(tmp_path):
@@ -924,7 +924,7 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
         "bad Content-Length" in failed[1]
     assert len(wire.reactor.getDelayedCalls()) == 1          # the refresh; no request is left pending
 
-    guard = service.guards.primary_guards()[0].nickname
+    guard = service.paths.guards.primary_guards()[0].nickname
     sites[guard].hostile = HOSTILE_STATUS
     for valid_after in (T0 + HOUR, T0 + 2 * HOUR):
         for site in sites.values():
@@ -936,7 +936,7 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
         hostile_circuit = wire.circuits[guard][-1]
         assert hostile_circuit.answered == ["/tor/status-vote/current/consensus-microdesc.z"]
         assert hostile_circuit.circuit.state is CircuitState.OPEN and hostile_circuit.channel.destroyed == []
-        assert not service.guards.primary_guards()[0].is_down
+        assert not service.paths.guards.primary_guards()[0].is_down
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
     run(service.stop())
@@ -1064,7 +1064,7 @@ def test_a_damaged_microdescriptor_cache_costs_neither_the_guards_nor_the_consen
     second = world.service(seed=99)
     run(second.start())
     assert world.client.requests == []
-    assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+    assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 

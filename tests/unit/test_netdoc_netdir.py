@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
+from collections.abc import Mapping
 
 import pytest
 
-from oppy.netdoc.documents import Consensus, MicrodescRecord, parse_consensus, parse_microdescriptors
+from oppy.netdoc.documents import Consensus, MicrodescRecord, parse_consensus
 from oppy.netdoc.netdir import NetDir, NetDirChanged
 from oppy.netdoc.verify import REASONABLY_LIVE_TIME
-from tests.support.testdata import REAL_DIRECTORY
+from tests.support.testdata import REAL_DIRECTORY, real_netdir
 
-SOURCE = REAL_DIRECTORY / "2017-03-10-bitnym"
+FOLDER = "2017-03-10-bitnym"
 
 
-@functools.cache
-def directory_2017() -> tuple[Consensus, dict[str, MicrodescRecord]]:
-    consensus = parse_consensus((SOURCE / "cached-microdesc-consensus").read_bytes())
-    microdescs: dict[str, MicrodescRecord] = {}
-    for path in sorted(SOURCE.glob("cached-microdescs*")):
-        microdescs.update(parse_microdescriptors(path.read_bytes(), consensus.microdesc_digests()).microdescs)
-    return consensus, microdescs
+def directory_2017() -> tuple[Consensus, Mapping[str, MicrodescRecord]]:
+    netdir = real_netdir(FOLDER)
+    return netdir.consensus, netdir.microdescs
 
 
 @pytest.fixture
@@ -50,7 +46,7 @@ def test_more_microdescriptors_make_a_new_netdir_sharing_the_consensus(netdir):
     assert fuller.consensus is consensus and fuller.bandwidth is empty.bandwidth
     event = NetDirChanged(fuller, empty)
     assert not event.new_consensus and NetDirChanged(empty, None).new_consensus
-    assert NetDirChanged(fuller, NetDir(parse_consensus((SOURCE / "cached-microdesc-consensus").read_bytes()))
+    assert NetDirChanged(fuller, NetDir(parse_consensus((REAL_DIRECTORY / FOLDER / "cached-microdesc-consensus").read_bytes()))
                          ).new_consensus
 
 

@@ -53,7 +53,7 @@ from oppy.netdoc.errors import (
 )
 from oppy.netdoc.fields import decode_base64, parse_decimal, parse_fixed_point, parse_hex_digest, parse_time
 from oppy.netdoc.verify import verify_consensus, verify_key_certificate
-from oppy.path.selection import PathSelector
+from oppy.path.chooser import PathChooser
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
 from tests.unit.fuzz.budget import FUZZ
@@ -313,8 +313,8 @@ def test_fuzz_cache_loading_reports_problems_and_keeps_the_rest(damage):
             (Path(directory) / file_name).write_bytes(read("testnet-0.4.9.11", source))
         (Path(directory) / STATE_FILE).write_bytes(STATE)
         (Path(directory) / name).write_bytes(data)
-        contents = _load_cache(DirectoryCache(directory), authorities, now, lambda netdir: PathSelector(
-            netdir.consensus, netdir.microdescs, enforce_distinct_subnets=False))
+        contents = _load_cache(DirectoryCache(directory), authorities, now,
+                               PathChooser(enforce_distinct_subnets=False).prepare)
         if name != STATE_FILE:
             assert contents.state is not None           # a damaged document never costs the guard state
         try:
