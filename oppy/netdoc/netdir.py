@@ -153,7 +153,7 @@ class NetDir:
     def derived(self, key: Hashable, build: Callable[[], _T]) -> _T:
         """The value ``build()`` makes from this snapshot, built on the first call for ``key`` and kept
         (the path layer keeps its selector here: once per NetDir, possibly built in a worker thread).
-        Two threads asking at once may both build; one result is kept, and both are equal."""
+        Two threads asking at once may both build; the first result stored is kept and returned to both."""
         try:
             return self._derived[key]
         except KeyError:
