@@ -943,8 +943,10 @@ class DirectoryService:
                 log.info("Loaded %d authority key certificate(s) from %s", added, source.describe())
                 self._save_certificates()
 
-    def _install_consensus(self, checked: _CheckedConsensus, raw: bytes, origin: str,
-                           from_cache: bool = False, microdesc_version: int = -1) -> None:
+    def _install_consensus(self, checked: _CheckedConsensus, raw: bytes, origin: str, *, microdesc_version: int,
+                           from_cache: bool = False) -> None:
+        """Take a checked consensus into use; ``microdesc_version`` is the count of microdescriptor merges
+        when its NetDir was made."""
         netdir = checked.netdir
         if microdesc_version != self._microdesc_version:
             # Microdescriptors arrived while the consensus was being checked: the NetDir takes them too.
