@@ -584,10 +584,10 @@ def _gi_desc(session, key):
 
 def _gi_entry_guards(session, key):
     guards = session.hub.backend.paths.guards
-    consensus = _consensus(session)
+    netdir = _netdir(session)
     lines = []
     for guard in guards.guards:
-        relay = consensus.relay_by_fingerprint(guard.fingerprint) if consensus is not None else None
+        relay = netdir.relay_by_fingerprint(guard.fingerprint) if netdir is not None else None
         lines.append(entry_guard_line(guard, relay))
     return "".join(lines)
 

@@ -1,9 +1,9 @@
 """NetDir: one immutable snapshot of the network as this client knows it (arti's ``tor-netdir``).
 
 A verified consensus and the microdescriptors held for it, with what is read from them: bandwidth
-weights, consensus parameters, relay lookups, exit policies, and the network half of tor's "enough
-directory information" rule. The directory layer produces NetDirs; everything above it (path choice,
-the circuit manager, the control port) reads them. A new consensus or a new batch of microdescriptors
+weights, consensus parameters, relay lookups, exit policies, and tor's "enough directory information"
+rule (the primary guards it names come from the path layer). The directory layer produces NetDirs;
+path choice, the circuit manager and the control port read them. A new consensus or a new batch of microdescriptors
 means a new NetDir, swapped in whole and announced with :class:`NetDirChanged`; nothing in one ever
 changes, so a reader may hold one across a reactor turn or hand it to a worker thread.
 """
@@ -160,10 +160,6 @@ class NetDir:
             return self._derived.setdefault(key, build())
 
     # ---- what the consensus says ----------------------------------------------------
-
-    @property
-    def bandwidth_weights(self) -> Mapping[str, int]:
-        return self.consensus.bandwidth_weights
 
     def param(self, name: str, default: int, low: int | None = None, high: int | None = None) -> int:
         """A consensus parameter, clamped to [low, high] (dir-spec param-spec)."""
