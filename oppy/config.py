@@ -515,7 +515,7 @@ def _validated_directory_line(kind: str) -> Callable[[str, str], str]:
 
     def parse(name: str, value: str) -> str:
         try:
-            from oppy.directory import authorities
+            from oppy.netdoc import authorities
         except ImportError:  # the directory layer will parse them itself
             return value
         parser = authorities.parse_dir_authority_line if kind == "authority" else authorities.parse_fallback_dir_line

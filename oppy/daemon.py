@@ -13,13 +13,14 @@ from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, C
 from oppy.circuit.manager import CircuitManager
 from oppy.config import Config
 from oppy.control.server import ControlService
-from oppy.directory.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
 from oppy.directory.cache import atomic_write
-from oppy.directory.documents import Consensus
 from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
+from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.netdoc.netdir import NetDirChanged
+from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
 
 log = logging.getLogger("oppy")
@@ -65,36 +66,24 @@ class Daemon:
                              "refusing to contact the public Tor network")
         else:
             authorities = list(DEFAULT_AUTHORITIES)
+        self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
                                           links=self.links, testing_tor_network=config.testing_tor_network,
-                                          reactor=reactor, clock=time.time)
-        self.directory.add_consensus_observer(self._new_consensus)
+                                          reactor=reactor, clock=time.time, paths=self.paths)
+        self.directory.add_netdir_observer(self._netdir_changed)
         self.manager = CircuitManager(
-            self.links, self.directory.choose_path, exit_allows=self.exit_allows, reactor=reactor,
-            max_circuit_dirtiness=config.max_circuit_dirtiness, build_times=self.build_times,
-            max_pending=config.max_client_circuits_pending, guard_result=self._guard_result,
+            self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
+            build_times=self.build_times, max_pending=config.max_client_circuits_pending,
             unattached_timeout=config.socks_timeout)
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
 
     # ------------------------------------------------------------------------------ glue
 
-    def exit_allows(self, rsa_id: bytes, port: int) -> bool:
-        """The exit's microdescriptor policy summary allows `port`."""
-        consensus = self.directory.consensus
-        relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
-        microdesc = self.directory.microdescs.get(relay.microdesc_digest) if relay is not None else None
-        return microdesc is not None and microdesc.exit_policy.allows_port(port)
-
-    def _new_consensus(self, consensus: Consensus) -> None:
-        self.padding.update_consensus_params(consensus.params)
-        self.build_times.update_params(consensus.params)
-
-    def _guard_result(self, rsa_id: bytes, reachable: bool) -> None:
-        if reachable:
-            self.directory.mark_guard_up(rsa_id)
-        else:
-            self.directory.mark_guard_down(rsa_id)
+    def _netdir_changed(self, event: NetDirChanged) -> None:
+        if event.new_consensus:
+            self.padding.update_consensus_params(event.netdir.consensus.params)
+            self.build_times.update_params(event.netdir.consensus.params)
 
     # ------------------------------------------------------------------------------ build-time history
 

@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor as default_reactor
 from oppy.cell.commands import DestroyReason
 from oppy.circuit.build_timeout import BuildAttempt, TimeoutAction
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitOwner, CircuitState
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from oppy.cell.relay import (
 from oppy.crypto.errors import HandshakeError
 from oppy.crypto.ntor import NtorClientHandshake
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 # tor-spec "Handling RELAY_EARLY cells": a relay closes a circuit on the 9th outbound RELAY_EARLY.
 MAX_RELAY_EARLY_CELLS = 8

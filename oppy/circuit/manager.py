@@ -21,7 +21,8 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
+from oppy.path.chooser import PathChooser
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
@@ -140,18 +141,15 @@ class CircuitManager:
 
     It is the `StreamOwner` of every stream it opens: the streams report their milestones to it."""
 
-    def __init__(self, links, choose_path: Callable[..., list[RelayTarget]], *,
-                 exit_allows: Callable[[bytes, int], bool] = lambda rsa_id, port: True,
-                 reactor=None, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, links, paths: PathChooser, *, reactor=None, clock: Callable[[], float] = time.monotonic,
                  max_circuit_dirtiness: float = DEFAULT_MAX_CIRCUIT_DIRTINESS,
                  build_times: CircuitBuildTimes | None = None,
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
-                 guard_result: Callable[[bytes, bool], None] = lambda rsa_id, ok: None,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT) -> None:
         self.links = links
-        self.choose_path = choose_path
-        self.exit_allows = exit_allows
+        #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
+        self.paths = paths
         self.reactor = reactor or default_reactor
         self.clock = clock
         self.max_circuit_dirtiness = max_circuit_dirtiness
@@ -159,7 +157,6 @@ class CircuitManager:
         self.build_times = build_times if build_times is not None else CircuitBuildTimes(clock=clock)
         self.preemptive_circuits = preemptive_circuits
         self.max_pending = max_pending
-        self.guard_result = guard_result
         self.unattached_timeout = unattached_timeout
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
@@ -249,7 +246,7 @@ class CircuitManager:
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
-            path = self.choose_path(port, exclude=exclude)
+            path = self.paths.choose_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time())
         managed.port = port
         self.circuits[managed.number] = managed
@@ -279,7 +276,7 @@ class CircuitManager:
             managed.built.addErrback(lambda f: None)
             return
         managed.status = CircuitStatus.BUILT
-        self.guard_result(managed.path[0].rsa_id, True)
+        self.paths.mark_guard_up(managed.path[0].rsa_id)
         self._notify("circuit", managed)
         if not self._first_built:
             self._first_built = True
@@ -294,7 +291,7 @@ class CircuitManager:
         managed.error = error
         managed.status = CircuitStatus.FAILED
         if error.hop == 0:
-            self.guard_result(managed.path[0].rsa_id, False)
+            self.paths.mark_guard_down(managed.path[0].rsa_id)
         log.info("circuit %d failed: %s", managed.number, error)
         self._notify("circuit", managed)
         managed.status = CircuitStatus.CLOSED
@@ -341,7 +338,7 @@ class CircuitManager:
             return False
         if managed.exit.rsa_id in excluded_exits:
             return False
-        return managed.port == port or self.exit_allows(managed.exit.rsa_id, port)
+        return managed.port == port or self.paths.exit_allows(managed.exit.rsa_id, port)
 
     # ------------------------------------------------------------------------------ streams
 

@@ -19,8 +19,7 @@ from typing import Callable, Sequence
 
 from oppy.cell.commands import DestroyReason
 from oppy.config import OPTION_NAMES, ConfigError, reload_config
-from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf, hex_identity, \
-    relay_by_nickname
+from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
 from oppy.control.events import format_path, orconn_event
 from oppy.logs import configure_logging, notice
 
@@ -158,6 +157,7 @@ class DaemonBackend(ControlBackend):
         self.config = daemon.config
         self.manager = daemon.manager
         self.directory = daemon.directory
+        self.paths = daemon.paths
         self.clock = clock
         self.control_listeners = control_listeners
         self.on_auth_options_changed = on_auth_options_changed
@@ -168,8 +168,8 @@ class DaemonBackend(ControlBackend):
         self.dormant = False
 
     def _nickname(self, rsa_id: bytes) -> str | None:
-        consensus = self.directory.consensus
-        relay = consensus.relay_by_id(rsa_id) if consensus is not None else None
+        netdir = self.directory.netdir
+        relay = netdir.relay_by_id(rsa_id) if netdir is not None else None
         return relay.nickname if relay is not None else None
 
     # ---------------------------------------------------------------- once a second
@@ -198,18 +198,8 @@ class DaemonBackend(ControlBackend):
         self.manager.close_circuit(number, DestroyReason.REQUESTED)
 
     def find_relay(self, name: str):
-        text = name.strip()
-        hex_part = text[1:] if text.startswith("$") else text
-        for separator in ("~", "="):
-            hex_part = hex_part.split(separator, 1)[0]
-        identity = hex_identity(hex_part)
-        if identity is not None:
-            return self.directory.relay_target(identity)
-        if text.startswith("$"):
-            return None
-        consensus = self.directory.consensus
-        relay = relay_by_nickname(consensus, text) if consensus is not None else None
-        return self.directory.relay_target(relay.rsa_id) if relay is not None else None
+        netdir = self.directory.netdir
+        return netdir.find_relay(name) if netdir is not None else None
 
     def microdesc_body(self, digest: str) -> str | None:
         body = self.directory.microdesc_body(digest)
@@ -335,7 +325,7 @@ class DaemonBackend(ControlBackend):
                 factory.max_connections = config.max_socks_connections
             if "ClientRejectInternalAddresses" in changed:
                 factory.allow_private_addresses = not config.client_reject_internal_addresses
-        if "EnforceDistinctSubnets" in changed and hasattr(self.directory, "enforce_distinct_subnets"):
-            self.directory.enforce_distinct_subnets = config.enforce_distinct_subnets
+        if "EnforceDistinctSubnets" in changed:
+            self.paths.enforce_distinct_subnets = config.enforce_distinct_subnets
         if changed & {"CookieAuthentication", "CookieAuthFile", "HashedControlPassword"}:
             self.on_auth_options_changed()

@@ -62,6 +62,8 @@ from oppy.control.status import (
     ns_entry,
     stream_getinfo_line,
 )
+from oppy.netdoc.relay import hex_identity
+from oppy.path.chooser import PathChooser
 
 __all__ = [
     "TOR_COMPATIBLE_VERSION",
@@ -72,8 +74,6 @@ __all__ = [
     "AuthSettings",
     "SetconfError",
     "apply_setconf",
-    "hex_identity",
-    "relay_by_nickname",
     "TOR_CLIENT_DEFAULTS",
     "GETINFO_KEYS",
 ]
@@ -185,12 +185,14 @@ class ControlBackend:
     """What the commands read from and do to a running oppy. The daemon's implementation is
     ``oppy.control.backend.DaemonBackend``; tests provide their own. Attributes: ``config`` (the
     live :class:`~oppy.config.Config`), ``manager`` (the circuit manager: ``circuits`` and
-    ``streams`` by number, ``attach_automatically``), ``directory`` (``consensus``,
-    ``microdescs``, ``bootstrap_phase``, ``guards``, ``enough_dir_info``)."""
+    ``streams`` by number, ``attach_automatically``), ``directory`` (``netdir``, the
+    :class:`~oppy.netdoc.netdir.NetDir` in use or None, ``bootstrap_phase``, ``enough_dir_info``), ``paths``
+    (the :class:`~oppy.path.chooser.PathChooser`, whose ``guards`` GETINFO entry-guards lists)."""
 
     config: Config
     manager: object
     directory: object
+    paths: PathChooser
 
     def launch_circuit(self, path: list | None, purpose: str) -> int:
         """Build a circuit (through ``path``, or one oppy picks) with purpose GENERAL or CONTROLLER;
@@ -487,32 +489,13 @@ def _gi_status(session, key):
     return None
 
 
+def _netdir(session):
+    return session.hub.backend.directory.netdir
+
+
 def _consensus(session):
-    return getattr(session.hub.backend.directory, "consensus", None)
-
-
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-# A relay's identity: a SHA-1 digest, 40 hex digits.
-_IDENTITY_HEX_LEN = 40
-
-
-def hex_identity(text: str) -> bytes | None:
-    """The 20-byte identity in ``$FP`` or ``FP``, as tor's base16_decode reads it: exactly 40 hex digits
-    (bytes.fromhex alone would also skip white space inside)."""
-    if text.startswith("$"):
-        text = text[1:]
-    if len(text) != _IDENTITY_HEX_LEN or not _HEX_DIGITS.issuperset(text):
-        return None
-    return bytes.fromhex(text)
-
-
-def relay_by_nickname(consensus, nickname: str):
-    """The first relay named ``nickname`` (ASCII case-insensitive, as tor's strcasecmp), or None."""
-    wanted = ascii_lower(nickname)
-    for relay in consensus.relays:
-        if ascii_lower(relay.nickname) == wanted:
-            return relay
-    return None
+    netdir = _netdir(session)
+    return netdir.consensus if netdir is not None else None
 
 
 def _gi_ns(session, key):
@@ -532,7 +515,7 @@ def _gi_ns(session, key):
             raise GetinfoFailed("Data not decodeable as hex")
         relay = consensus.relay_by_id(identity)
     elif key.startswith("ns/name/"):
-        relay = relay_by_nickname(consensus, key[len("ns/name/"):])
+        relay = _netdir(session).relay_by_nickname(key[len("ns/name/"):])
     else:
         return None
     return ns_entry(relay) if relay is not None else None
@@ -570,7 +553,7 @@ def _gi_md(session, key):
         identity = hex_identity(key[len("md/id/"):])
         relay = consensus.relay_by_id(identity) if identity is not None else None
     elif key.startswith("md/name/"):
-        relay = relay_by_nickname(consensus, key[len("md/name/"):])
+        relay = _netdir(session).relay_by_nickname(key[len("md/name/"):])
     else:
         return None
     return _microdesc_of(session, relay)
@@ -587,14 +570,11 @@ def _gi_desc(session, key):
 
 
 def _gi_entry_guards(session, key):
-    directory = session.hub.backend.directory
-    guards = getattr(directory, "guards", None)
-    consensus = _consensus(session)
-    if guards is None:
-        return ""
+    guards = session.hub.backend.paths.guards
+    netdir = _netdir(session)
     lines = []
     for guard in guards.guards:
-        relay = consensus.relay_by_fingerprint(guard.fingerprint) if consensus is not None else None
+        relay = netdir.relay_by_fingerprint(guard.fingerprint) if netdir is not None else None
         lines.append(entry_guard_line(guard, relay))
     return "".join(lines)
 

@@ -24,6 +24,7 @@ from oppy.control.events import LOG_SEVERITIES, bw_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
 from oppy.logs import add_log_observer, notice, remove_log_observer
+from oppy.netdoc.netdir import NetDirChanged
 
 __all__ = ["ControlProtocol", "ControlFactory", "ControlService"]
 
@@ -141,7 +142,7 @@ class ControlService:
             notice(log, "Opened Control listener connection (ready) on %s:%d", host.host, host.port)
         self.daemon.manager.observers.append(self._manager_changed)
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
-        self.daemon.directory.add_consensus_observer(self._new_consensus)
+        self.daemon.directory.add_netdir_observer(self._netdir_changed)
         self.daemon.build_times.add_observer(self._build_times_event)
         self._tick_loop = task.LoopingCall(self._tick)
         self._tick_loop.clock = self.reactor
@@ -162,7 +163,7 @@ class ControlService:
         if self._manager_changed in observers:
             observers.remove(self._manager_changed)
         self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
-        self.daemon.directory.remove_consensus_observer(self._new_consensus)
+        self.daemon.directory.remove_netdir_observer(self._netdir_changed)
         self.daemon.build_times.remove_observer(self._build_times_event)
         self._set_log_level(None)
         for connection in list(self.factory.connections):
@@ -193,9 +194,9 @@ class ControlService:
     def _bootstrap_progress(self, percent: int, tag: str, summary: str) -> None:
         self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT " + bootstrap_phase_text(percent, tag, summary)))
 
-    def _new_consensus(self, consensus) -> None:
-        if self.hub.wants("NEWCONSENSUS"):
-            self.hub.broadcast("NEWCONSENSUS", event_for_new_consensus(consensus.relays))
+    def _netdir_changed(self, event: NetDirChanged) -> None:
+        if event.new_consensus and self.hub.wants("NEWCONSENSUS"):
+            self.hub.broadcast("NEWCONSENSUS", event_for_new_consensus(event.netdir.consensus.relays))
 
     def _build_times_event(self, event) -> None:
         if isinstance(event, BuildTimeoutSet):

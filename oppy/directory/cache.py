@@ -27,9 +27,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from oppy.directory.documents import split_microdescriptor_chunks
-from oppy.directory.errors import DocumentParseError
-from oppy.directory.fields import format_time, parse_time
+from oppy.netdoc.documents import split_microdescriptor_chunks
+from oppy.netdoc.errors import DocumentParseError
+from oppy.netdoc.fields import format_time, parse_time
 
 __all__ = [
     "CACHED_CERTS_FILE",

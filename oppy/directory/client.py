@@ -32,8 +32,8 @@ from typing import Mapping
 from twisted.internet import defer, error as twisted_error, protocol
 
 from oppy.cell.commands import EndReason
-from oppy.directory.fields import parse_decimal
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.fields import parse_decimal
+from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamKind
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The directory service: bootstrap, keep a verified consensus and its microdescriptors, choose paths.
+"""The directory service: bootstrap, keep a verified consensus and its microdescriptors, publish them as
+NetDirs.
 
 What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c``,
 ``microdesc.c``, ``nodelist.c``, ``control_bootstrap.c``):
@@ -14,7 +15,12 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
    for the first primary guards), later fetches go over BEGIN_DIR on one-hop circuits to
    directory guards, with the authorities' DirPorts as the fallback.
 4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
-   microdescriptors that are new, update the guard sample, and tell observers.
+   microdescriptors that are new.
+
+Each new consensus and each batch of microdescriptors makes a new :class:`~oppy.netdoc.netdir.NetDir`,
+swapped in whole (:attr:`DirectoryService.netdir`), handed to the path layer's
+:class:`~oppy.path.chooser.PathChooser` (which keeps the guard sample; this service keeps its state
+file) and announced to observers with :class:`~oppy.netdoc.netdir.NetDirChanged`.
 
 A document that fails a check is rejected with a WARN line that says why, and the last good
 consensus stays in use. Whatever goes wrong at one source (a bad answer, a malformed document,
@@ -46,7 +52,6 @@ from twisted.python.failure import Failure
 
 from oppy.circuit.build import build_circuit
 from oppy.circuit.circuit import CircuitState
-from oppy.directory.authorities import DirAuthority, v3_authorities
 from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
 from oppy.directory.client import (
     MAX_CERTIFICATES_SIZE,
@@ -62,7 +67,9 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
-from oppy.directory.documents import (
+from oppy.logs import NOTICE
+from oppy.netdoc.authorities import DirAuthority, v3_authorities
+from oppy.netdoc.documents import (
     CONSENSUS_FLAVOR_MICRODESC,
     Consensus,
     KeyCertificate,
@@ -73,26 +80,19 @@ from oppy.directory.documents import (
     parse_key_certificates,
     parse_microdescriptors,
 )
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     CertificateError,
     ConsensusParseError,
     DirectoryError,
     DocumentParseError,
 )
-from oppy.directory.fields import format_time
-from oppy.directory.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
+from oppy.netdoc.fields import format_time
+from oppy.netdoc.netdir import NetDir, NetDirChanged
+from oppy.netdoc.relay import RelayTarget
+from oppy.netdoc.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
-from oppy.link.relay import RelayTarget
-from oppy.logs import NOTICE
-from oppy.path.guards import GuardSample, GuardStateError, choose_path
-from oppy.path.selection import (
-    NoPathError,
-    PathNode,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
+from oppy.path.chooser import GuardsChanged, PathChooser
+from oppy.path.guards import GuardStateError
 
 __all__ = [
     "BootstrapPhase",
@@ -100,8 +100,6 @@ __all__ = [
     "DirectorySource",
     "DirectoryService",
     "ConsensusNotNewerError",
-    "PathBandwidth",
-    "path_bandwidth",
     "signature_key_ids",
 ]
 
@@ -110,10 +108,6 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------ constants
 
-#: Default of the ``min_paths_for_circs_pct`` consensus parameter and its bounds (tor
-#: nodelist.c ``get_frac_paths_needed_for_circs``, DFLT_PCT_USABLE_NEEDED).
-MIN_PATHS_FOR_CIRCS_PCT = 60
-MIN_PATHS_FOR_CIRCS_PCT_BOUNDS = (25, 95)
 #: tor's If-Modified-Since for a consensus fetch: valid-after plus this, or plus half the
 #: voting interval when that is shorter (directory.c, DEFAULT_IF_MODIFIED_SINCE_DELAY).
 IF_MODIFIED_SINCE_DELAY = 180
@@ -304,85 +298,18 @@ def signature_key_ids(consensus: bytes) -> set[tuple[str, str]]:
             for ident, key in _SIGNATURE_LINE_RE.findall(tail)}
 
 
-@dataclass(frozen=True, slots=True)
-class _PositionBandwidth:
-    digests: tuple[str | None, ...]
-    weights: tuple[float, ...]
-    total: float
-
-    def fraction_present(self, microdescs: Mapping[str, MicrodescRecord]) -> float:
-        """tor ``frac_nodes_with_descriptors``: weighted share of these relays with a microdesc."""
-        if not self.digests:
-            return 0.0
-        if self.total <= 0.0:
-            present = sum(1 for digest in self.digests if digest in microdescs)
-            return present / len(self.digests)
-        return sum(weight for digest, weight in zip(self.digests, self.weights)
-                   if digest in microdescs) / self.total
-
-
-@dataclass(frozen=True, slots=True)
-class PathBandwidth:
-    """Per-position weighted bandwidth of the usable relays of one consensus (tor
-    ``compute_frac_paths_available``), to measure how much of it has microdescriptors."""
-
-    guard: _PositionBandwidth
-    middle: _PositionBandwidth
-    exit: _PositionBandwidth
-    usable_digests: frozenset[str]
-
-    def fraction(self, microdescs: Mapping[str, MicrodescRecord]) -> tuple[float, str]:
-        """(fraction of paths available, tor's explanation string)."""
-        f_guard = self.guard.fraction_present(microdescs)
-        f_middle = self.middle.fraction_present(microdescs)
-        f_exit = self.exit.fraction_present(microdescs)
-        have_exit = any(
-            digest in microdescs and microdescs[digest].exit_policy.allows_any_port()
-            for digest in self.exit.digests)
-        if not have_exit and f_exit <= 0.0:
-            f_exit = f_middle
-        f_path = f_guard * f_middle * f_exit
-        status = (f"{int(f_guard * 100)}% of guards bw, {int(f_middle * 100)}% of midpoint bw, and "
-                  f"{int(f_exit * 100)}% of "
-                  f"{'exit bw' if have_exit else 'end bw (no exits in consensus, using mid)'} = "
-                  f"{int(f_path * 100)}% of path bw")
-        return f_path, status
-
-
-def _usable(flags: frozenset[str]) -> bool:
-    return "Running" in flags and "Valid" in flags
-
-
-def path_bandwidth(consensus: Consensus) -> PathBandwidth:
-    """Precompute, per position, the usable relays' digests and weights."""
-    def position(relays, where: Position) -> _PositionBandwidth:
-        table = bandwidth_weight_table(consensus, where)
-        weights = tuple(relay_weight(relay, table) for relay in relays)
-        return _PositionBandwidth(tuple(relay.microdesc_digest for relay in relays), weights, sum(weights))
-
-    usable = [relay for relay in consensus.relays if _usable(relay.flags)]
-    return PathBandwidth(
-        guard=position([relay for relay in usable if "Guard" in relay.flags], Position.GUARD),
-        middle=position(usable, Position.MIDDLE),
-        exit=position([relay for relay in usable if "Exit" in relay.flags], Position.EXIT),
-        usable_digests=frozenset(relay.microdesc_digest for relay in usable if relay.microdesc_digest),
-    )
-
-
 @dataclass(slots=True)
 class _CheckedConsensus:
-    consensus: Consensus
+    #: The consensus with the microdescriptors held when the check started.
+    netdir: NetDir
     verification: ConsensusVerification
-    bandwidth: PathBandwidth
-    #: Built from the microdescriptors as they were when the check started (or None).
-    selector: PathSelector | None = None
 
 
 def _check_consensus(raw: bytes, certificates: list[KeyCertificate], authorities: Sequence[DirAuthority],
                      now: float, newer_than: int | None, stale_tolerance: float,
                      microdescs: Mapping[str, MicrodescRecord] | None = None,
-                     enforce_distinct_subnets: bool = True) -> _CheckedConsensus:
-    """Verify, then parse, then build the path selector (worker thread).
+                     prepare: Callable[[NetDir], Any] | None = None) -> _CheckedConsensus:
+    """Verify, then parse, then make the NetDir and ``prepare`` it (worker thread).
 
     Raises a DirectoryError subclass saying why the document is not acceptable.
     """
@@ -395,11 +322,10 @@ def _check_consensus(raw: bytes, certificates: list[KeyCertificate], authorities
         raise ConsensusNotNewerError(
             f"consensus valid-after {format_time(header.valid_after)} is not newer than the one in use "
             f"(valid-after {format_time(newer_than)})")
-    consensus = parse_consensus(raw)
-    selector = None
-    if microdescs is not None:
-        selector = PathSelector(consensus, microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
-    return _CheckedConsensus(consensus, verification, path_bandwidth(consensus), selector)
+    netdir = NetDir(parse_consensus(raw), microdescs or {})
+    if prepare is not None:
+        prepare(netdir)
+    return _CheckedConsensus(netdir, verification)
 
 
 @dataclass(slots=True)
@@ -456,7 +382,7 @@ class _CacheContents:
 
 
 def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now: float,
-                enforce_distinct_subnets: bool = True) -> _CacheContents:
+                prepare: Callable[[NetDir], Any] | None = None) -> _CacheContents:
     """Read and check everything the DataDirectory holds (worker thread).
 
     Each file stands on its own: one that cannot be read or is malformed is reported and
@@ -485,13 +411,13 @@ def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now:
         raw_microdescs = cache.read_microdescriptors()
         if raw_microdescs:
             contents.microdescs = _parse_microdescs(
-                raw_microdescs, checked.consensus.microdesc_digests() if checked is not None else None)
+                raw_microdescs, checked.netdir.consensus.microdesc_digests() if checked is not None else None)
     except (CacheError, DirectoryError) as exc:
         contents.microdescs_problem = f"{type(exc).__name__}: {exc}"
-    if checked is not None:
-        checked.selector = PathSelector(
-            checked.consensus, contents.microdescs.records if contents.microdescs is not None else {},
-            enforce_distinct_subnets=enforce_distinct_subnets)
+    if checked is not None and contents.microdescs is not None:
+        checked.netdir = checked.netdir.with_microdescs(contents.microdescs.records)
+    if checked is not None and prepare is not None:
+        prepare(checked.netdir)
     try:
         contents.state = cache.read_state()
     except CacheError as exc:
@@ -504,39 +430,27 @@ def _backoff(attempt: int, schedule: tuple[float, float]) -> float:
     return min(cap, initial * (2 ** min(attempt, 30)))
 
 
-def _rsa_id_of(identity: bytes | str) -> bytes | None:
-    """20-byte RSA identity from bytes or ``$HEX[~nick|=nick]`` / ``HEX``."""
-    if isinstance(identity, (bytes, bytearray)):
-        return bytes(identity) if len(identity) == 20 else None
-    text = str(identity).strip().lstrip("$")
-    for separator in ("~", "="):
-        text = text.split(separator, 1)[0]
-    if len(text) != 40:
-        return None
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return None
-
-
 # ------------------------------------------------------------------------------------------ the service
 
 
 class DirectoryService:
-    """Keeps the client's view of the network current and chooses paths from it.
+    """Keeps the client's view of the network current: fetches, caches and schedules, and publishes NetDirs.
 
     ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
     lines); ``links`` is the :class:`~oppy.link.connection.LinkPool` used for BEGIN_DIR
     circuits; ``clock`` returns POSIX seconds (wall time, used for document validity);
-    timers run on ``reactor``. ``client``, ``run_in_thread`` and ``circuit_builder`` can
-    be replaced in tests.
+    timers run on ``reactor``. ``paths`` is the client's :class:`PathChooser`: it is handed
+    each NetDir, chooses the directory guards and caches, and holds the guard sample this
+    service loads and saves (a chooser of its own if none is given). ``client``,
+    ``run_in_thread`` and ``circuit_builder`` can be replaced in tests.
     """
 
     def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str, links,
                  testing_tor_network: bool = False, reactor=None, clock: Callable[[], float] = time.time,
                  *, rng: random.Random | None = None, client: DirectoryClient | None = None,
                  run_in_thread: Callable[..., defer.Deferred] | None = None,
-                 circuit_builder: Callable[..., defer.Deferred] = build_circuit) -> None:
+                 circuit_builder: Callable[..., defer.Deferred] = build_circuit,
+                 paths: PathChooser | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -548,10 +462,12 @@ class DirectoryService:
         self.cache = DirectoryCache(self.data_directory)
         self.links = links
         self.testing_tor_network = testing_tor_network
-        self.enforce_distinct_subnets = not testing_tor_network
         self.reactor = reactor
         self.clock = clock
         self.rng = rng if rng is not None else random.SystemRandom()
+        self.paths = paths if paths is not None else PathChooser(
+            rng=self.rng, clock=clock, enforce_distinct_subnets=not testing_tor_network)
+        self.paths.add_observer(self._guards_changed)
         self.client = client if client is not None else DirectoryClient(reactor)
         self._run_in_thread = run_in_thread or self._default_run_in_thread
         self._build_circuit = circuit_builder
@@ -559,23 +475,21 @@ class DirectoryService:
         self._microdesc_retry = MICRODESC_RETRY_TESTING if testing_tor_network else MICRODESC_RETRY
 
         self.bootstrap = BootstrapStatus()
-        #: The consensus in use (verified), or None before the first one.
-        self.consensus: Consensus | None = None
+        #: The network as verified so far: the consensus in use and the microdescriptors held for it
+        #: (None before the first consensus). Swapped whole; observers hear of each swap.
+        self.netdir: NetDir | None = None
         self._consensus_raw: bytes | None = None
-        self._bandwidth: PathBandwidth | None = None
-        #: digest -> microdescriptor, for the current and recent consensuses (do not mutate).
-        self.microdescs: dict[str, MicrodescRecord] = {}
+        #: digest -> microdescriptor, for the current and recent consensuses (NetDirs are its snapshots).
+        self._microdescs: dict[str, MicrodescRecord] = {}
         self._microdesc_bodies: dict[str, bytes] = {}
         self._microdesc_last_listed: dict[str, float] = {}
+        #: Counts the merges into ``_microdescs``: a NetDir made from an older count lacks some.
         self._microdesc_version = 0
         self._microdescs_unsaved = False
         self._microdesc_failures: dict[str, int] = {}
         self._microdesc_retry_at: dict[str, float] = {}
         #: (v3ident, signing key digest) -> (verified certificate, its text).
         self._certificates: dict[tuple[str, str], tuple[KeyCertificate, bytes]] = {}
-        self.guards = GuardSample(rng=self.rng)
-        self._selector: PathSelector | None = None
-        self._selector_version = -1
         #: True while there is enough directory information to build circuits.
         self.enough_dir_info = False
         #: tor's explanation of the directory information status (GETINFO status/...).
@@ -584,7 +498,7 @@ class DirectoryService:
         self.fetch_counts: Counter[str] = Counter()
 
         self._enough_waiters: list[defer.Deferred] = []
-        self._consensus_observers: list[Callable[[Consensus], None]] = []
+        self._netdir_observers: list[Callable[[NetDirChanged], None]] = []
         self._consensus_timer = None
         self._consensus_round: defer.Deferred | None = None
         self._consensus_failures = 0
@@ -611,8 +525,7 @@ class DirectoryService:
         self._started = True
         self.bootstrap.report(BootstrapPhase.STARTING)
         waiter = self.when_enough_dir_info()
-        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(),
-                               self.enforce_distinct_subnets)
+        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare)
         loading.addCallbacks(self._cache_loaded, self._cache_load_failed)
         loading.addErrback(self._cache_install_failed)
         return waiter
@@ -653,12 +566,13 @@ class DirectoryService:
         self._enough_waiters.append(waiter)
         return waiter
 
-    def add_consensus_observer(self, observer: Callable[[Consensus], None]) -> None:
-        """Call ``observer(consensus)`` each time a new verified consensus is taken into use."""
-        self._consensus_observers.append(observer)
+    def add_netdir_observer(self, observer: Callable[[NetDirChanged], None]) -> None:
+        """Call ``observer(NetDirChanged(...))`` each time a new NetDir is taken into use (a new verified
+        consensus, or more microdescriptors)."""
+        self._netdir_observers.append(observer)
 
-    def remove_consensus_observer(self, observer: Callable[[Consensus], None]) -> None:
-        self._consensus_observers = [known for known in self._consensus_observers if known is not observer]
+    def remove_netdir_observer(self, observer: Callable[[NetDirChanged], None]) -> None:
+        self._netdir_observers = [known for known in self._netdir_observers if known is not observer]
 
     def microdesc_body(self, digest: str) -> bytes | None:
         """The text of a microdescriptor we hold, as its relay published it (GETINFO md/id/FP)."""
@@ -678,113 +592,6 @@ class DirectoryService:
         """Report a later phase (the daemon: ap_conn ... done)."""
         return self.bootstrap.report(phase, progress)
 
-    # ---- what the circuit layer uses ---------------------------------------------------
-
-    @property
-    def selector(self) -> PathSelector:
-        """The path selector for the current consensus and microdescriptors."""
-        if self.consensus is None:
-            raise NoPathError("no consensus yet")
-        if self._selector is None or self._selector.consensus is not self.consensus \
-                or self._selector_version != self._microdesc_version:
-            self._selector = PathSelector(self.consensus, self.microdescs,
-                                          enforce_distinct_subnets=self.enforce_distinct_subnets)
-            self._selector_version = self._microdesc_version
-        return self._selector
-
-    def relay_target(self, identity: bytes | str) -> RelayTarget | None:
-        """The consensus relay with this RSA identity (20 bytes, or hex with optional ``$``/``~nick``).
-
-        None if it is not listed. Its keys come from its microdescriptor (None if that is
-        missing); the Ed25519 identity is left out when the consensus says ``NoEdConsensus``.
-        """
-        if self.consensus is None:
-            return None
-        rsa_id = _rsa_id_of(identity)
-        if rsa_id is None:
-            return None
-        relay = self.consensus.relay_by_id(rsa_id)
-        if relay is None:
-            return None
-        microdesc = self.microdescs.get(relay.microdesc_digest) if relay.microdesc_digest else None
-        ed25519_id = None
-        if microdesc is not None and "NoEdConsensus" not in relay.flags:
-            ed25519_id = microdesc.ed25519_id
-        return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
-                           microdesc.ntor_onion_key if microdesc is not None else None, ed25519_id)
-
-    def _target_of(self, node: PathNode) -> RelayTarget:
-        relay, microdesc = node.relay, node.microdesc
-        ed25519_id = microdesc.ed25519_id if "NoEdConsensus" not in relay.flags else None
-        return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
-                           microdesc.ntor_onion_key, ed25519_id)
-
-    def choose_path(self, port: int | None, exclude: Iterable[bytes] = (),
-                    rng: random.Random | None = None) -> list[RelayTarget]:
-        """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
-
-        The exit's policy summary accepts ``port`` (any port if None); the guard is a usable
-        guard of the persisted sample (primary guards first); a long-lived port gets
-        Stable relays on every hop; relays whose RSA identity is in ``exclude`` are avoided.
-        Raises :class:`NoPathError` if impossible.
-        """
-        avoid = {rsa_id for rsa_id in (_rsa_id_of(item) for item in exclude) if rsa_id is not None}
-        path, _choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
-                                    port, avoid=avoid)
-        # The circuit manager reports the outcome by the guard's identity (mark_guard_up/down), so the
-        # per-circuit choice is not kept: a circuit through a non-primary guard is used when built.
-        return [self._target_of(node) for node in path.hops]
-
-    def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
-        """A one-hop path for BEGIN_DIR: the first usable directory guard, else a weighted V2Dir relay."""
-        targets = self._directory_guard_targets(1)
-        if targets:
-            return targets
-        node = self.selector.choose_directory(rng if rng is not None else self.rng)
-        return [self._target_of(node)]
-
-    def mark_guard_down(self, identity: bytes | str) -> None:
-        """A link or circuit to this guard failed: skip it until its retry time."""
-        self._mark_guard(identity, up=False)
-
-    def mark_guard_up(self, identity: bytes | str) -> None:
-        """A link to this guard worked."""
-        self._mark_guard(identity, up=True)
-
-    def _mark_guard(self, identity: bytes | str, up: bool) -> None:
-        rsa_id = _rsa_id_of(identity)
-        if rsa_id is None:
-            return
-        now = self.clock()
-        if up:
-            self.guards.note_internet_connectivity(now)
-        try:
-            if up:
-                self.guards.note_success(rsa_id.hex().upper(), now)
-            else:
-                self.guards.note_failure(rsa_id.hex().upper(), now)
-        except KeyError:
-            return      # not a sampled guard (a middle or exit, or a random directory cache)
-        if self.guards.dirty and self._state_loaded:
-            self._save_state()      # a newly confirmed guard
-        self._update_dir_info()
-
-    def _directory_guard_targets(self, limit: int) -> list[RelayTarget]:
-        """Usable sampled guards with V2Dir and a microdescriptor, best first."""
-        if self.consensus is None or not self.microdescs:
-            return []
-        try:
-            selector = self.selector
-        except NoPathError:
-            return []
-
-        def accept(fingerprint: str) -> bool:
-            node = selector.node(fingerprint)
-            return node is not None and "V2Dir" in node.relay.flags
-
-        return [self._target_of(selector.node(fingerprint))
-                for fingerprint in self.guards.directory_guards(self.clock(), accept, limit)]
-
     # ---- cache --------------------------------------------------------------------------
 
     def _cache_loaded(self, contents: _CacheContents) -> None:
@@ -799,7 +606,7 @@ class DirectoryService:
             log.warning("Ignoring the state file: %s. Starting a new guard sample.", contents.state_problem)
         elif contents.state is not None:
             try:
-                self.guards = GuardSample.from_dict(contents.state.get("guards"), rng=self.rng)
+                self.paths.restore_guards(contents.state.get("guards"))
             except GuardStateError as exc:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
         if contents.consensus_problem:
@@ -809,11 +616,11 @@ class DirectoryService:
         if contents.microdescs is not None:
             self._merge_microdescs(contents.microdescs, None, update=False)
         if contents.checked is not None:
-            consensus = contents.checked.consensus
+            consensus = contents.checked.netdir.consensus
             log.info("Loaded the cached microdesc consensus valid-after %s (%d relays, %d microdescriptors)",
-                     format_time(consensus.valid_after), len(consensus.relays), len(self.microdescs))
+                     format_time(consensus.valid_after), len(consensus.relays), len(self._microdescs))
             self._install_consensus(contents.checked, contents.consensus_raw, "the cache", from_cache=True,
-                                    selector_version=self._microdesc_version)
+                                    microdesc_version=self._microdesc_version)
         else:
             self._update_dir_info()
             self.fetch_consensus_now()
@@ -821,7 +628,7 @@ class DirectoryService:
     def _cache_install_failed(self, failure) -> None:
         log.error("Using the directory cache failed unexpectedly: %s", failure.getTraceback())
         self._state_loaded = True
-        if not self._stopped and self.consensus is None:
+        if not self._stopped and self.netdir is None:
             self.fetch_consensus_now()
 
     def _cache_load_failed(self, failure) -> None:
@@ -842,8 +649,16 @@ class DirectoryService:
         self._writes = self._writes.addCallback(run).addErrback(failed)
 
     def _save_state(self) -> None:
-        self.guards.mark_saved()
-        self._write_in_background("the guard state", self.cache.write_state, {"guards": self.guards.to_dict()})
+        guards = self.paths.guards
+        guards.mark_saved()
+        self._write_in_background("the guard state", self.cache.write_state, {"guards": guards.to_dict()})
+
+    def _guards_changed(self, event: GuardsChanged) -> None:
+        """A guard's outcome: write a newly confirmed guard, and look at the directory information again
+        (a primary guard may be down, or back)."""
+        if event.needs_saving and self._state_loaded:
+            self._save_state()
+        self._update_dir_info()
 
     def _save_certificates(self) -> None:
         now = self.clock()
@@ -878,18 +693,7 @@ class DirectoryService:
         V2Dir relay chosen by its directory weight, then the authorities' DirPorts in random order."""
         sources: list[DirectorySource] = []
         if not authorities_only:
-            targets = self._directory_guard_targets(DIRECTORY_GUARDS_TO_TRY)
-            if targets:
-                chosen = {target.rsa_id for target in targets}
-                for _ in range(DIRECTORY_GUARDS_TO_TRY + 1):
-                    try:
-                        node = self.selector.choose_directory(self.rng)
-                    except NoPathError:
-                        break
-                    if node.relay.rsa_id not in chosen:
-                        targets.append(self._target_of(node))
-                        break
-            for target in targets:
+            for target in self.paths.directory_targets(DIRECTORY_GUARDS_TO_TRY):
                 sources.append(DirectorySource(target.nickname, target.address, target.or_port, target))
         authorities = [a for a in self.v3_authorities if a.dir_port]
         self.rng.shuffle(authorities)
@@ -951,7 +755,7 @@ class DirectoryService:
                 yield self._track(self.links.get(target))
             except Exception as exc:  # noqa: BLE001 - LinkError, a refused TCP connection, a timeout
                 if not self._stopped:
-                    self.mark_guard_down(target.rsa_id)
+                    self.paths.mark_guard_down(target.rsa_id)
                 raise DirectoryConnectionError(f"link to {target.describe()} failed: {exc}") from None
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
@@ -960,10 +764,10 @@ class DirectoryService:
                                                                 reactor=self.reactor))
             except Exception as exc:  # noqa: BLE001 - CircuitBuildError and friends
                 if not self._stopped:
-                    self.mark_guard_down(target.rsa_id)
+                    self.paths.mark_guard_down(target.rsa_id)
                 raise DirectoryConnectionError(
                     f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
-            self.mark_guard_up(target.rsa_id)
+            self.paths.mark_guard_up(target.rsa_id)
             if self._stopped:
                 circuit.close()
                 raise DirectoryConnectionError("the directory service stopped")
@@ -1022,9 +826,9 @@ class DirectoryService:
         return result
 
     def _if_modified_since(self) -> float | None:
-        consensus = self.consensus
-        if consensus is None:
+        if self.netdir is None:
             return None
+        consensus = self.netdir.consensus
         delay = min(IF_MODIFIED_SINCE_DELAY, (consensus.fresh_until - consensus.valid_after) // 2)
         return consensus.valid_after + delay
 
@@ -1075,13 +879,13 @@ class DirectoryService:
         if self._stopped:
             return None
         self.bootstrap.report(BootstrapPhase.LOADING_KEYS)
-        current = self.consensus
+        current = self._consensus()
         version = self._microdesc_version
         try:
             checked = yield self._thread(
                 _check_consensus, response.body, [c for c, _ in self._certificates.values()],
                 self.authorities, self.clock(), current.valid_after if current is not None else None, 0.0,
-                dict(self.microdescs), self.enforce_distinct_subnets)
+                dict(self._microdescs), self.paths.prepare)
         except ConsensusNotNewerError as exc:
             failures.append((source.describe(), str(exc), False))
             log.info("Ignoring the consensus from %s: %s", source.describe(), exc)
@@ -1095,11 +899,12 @@ class DirectoryService:
             return None
         if self._stopped:
             return None
-        if self.consensus is not current:       # another path installed one meanwhile
-            if self.consensus.valid_after >= checked.consensus.valid_after:
+        installed = self._consensus()
+        if installed is not current:            # another path installed one meanwhile
+            if installed.valid_after >= checked.netdir.consensus.valid_after:
                 return None
-        self._install_consensus(checked, response.body, source.describe(), selector_version=version)
-        return checked.consensus
+        self._install_consensus(checked, response.body, source.describe(), microdesc_version=version)
+        return checked.netdir.consensus
 
     @defer.inlineCallbacks
     def _fetch_missing_certificates(self, consensus_raw: bytes, first: DirectorySource,
@@ -1138,20 +943,22 @@ class DirectoryService:
                 log.info("Loaded %d authority key certificate(s) from %s", added, source.describe())
                 self._save_certificates()
 
-    def _install_consensus(self, checked: _CheckedConsensus, raw: bytes, origin: str,
-                           from_cache: bool = False, selector_version: int = -1) -> None:
-        consensus = checked.consensus
+    def _install_consensus(self, checked: _CheckedConsensus, raw: bytes, origin: str, *, microdesc_version: int,
+                           from_cache: bool = False) -> None:
+        """Take a checked consensus into use; ``microdesc_version`` is the count of microdescriptor merges
+        when its NetDir was made."""
+        netdir = checked.netdir
+        if microdesc_version != self._microdesc_version:
+            # Microdescriptors arrived while the consensus was being checked: the NetDir takes them too.
+            netdir = netdir.with_microdescs(self._microdescs)
+        consensus = netdir.consensus
         now = self.clock()
-        self.consensus = consensus
         self._consensus_raw = raw
-        self._bandwidth = checked.bandwidth
-        self._selector = checked.selector
-        self._selector_version = selector_version if checked.selector is not None else -1
         for digest in consensus.microdesc_digests():
             self._microdesc_last_listed[digest] = max(self._microdesc_last_listed.get(digest, 0.0),
                                                       float(consensus.valid_after))
-        self._forget_old_microdescs(now)
-        self.guards.update_from_consensus(consensus, now)
+        self._forget_old_microdescs(consensus, now)
+        self._publish(netdir)           # the guard sample follows the new consensus: save it
         self._save_state()
         if not from_cache:
             self._write_in_background("the consensus", self.cache.write_consensus, raw)
@@ -1165,13 +972,22 @@ class DirectoryService:
         self._consensus_failures = 0
         self._outage_warned = False
         self._schedule_refresh(consensus, now)
-        for observer in list(self._consensus_observers):
-            try:
-                observer(consensus)
-            except Exception:  # noqa: BLE001 - an observer's bug must not stop the directory
-                log.exception("consensus observer %r failed", observer)
         self._update_dir_info()
         self._start_microdesc_round()
+
+    def _publish(self, netdir: NetDir) -> None:
+        """Take ``netdir`` into use, in one assignment, and tell the observers."""
+        event = NetDirChanged(netdir, self.netdir)
+        self.netdir = netdir
+        self.paths.set_netdir(netdir)
+        for observer in list(self._netdir_observers):
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the directory
+                log.exception("NetDir observer %r failed", observer)
+
+    def _consensus(self) -> Consensus | None:
+        return self.netdir.consensus if self.netdir is not None else None
 
     def _schedule_refresh(self, consensus: Consensus, now: float) -> None:
         if now > consensus.valid_until:
@@ -1196,7 +1012,7 @@ class DirectoryService:
     def _consensus_round_failed(self, failures: list[tuple[str, str, bool]]) -> None:
         delay = _backoff(self._consensus_failures, self._consensus_retry)
         self._consensus_failures += 1
-        consensus = self.consensus
+        consensus = self._consensus()
         detail = "; ".join(f"{where}: {why}" for where, why, _ in failures) or \
             "no directory source is configured"
         live = consensus is not None and self.clock() <= consensus.valid_until
@@ -1220,11 +1036,11 @@ class DirectoryService:
 
     def _wanted_microdescs(self) -> list[str]:
         """Digests the consensus lists for usable relays, not held, and not waiting for a retry."""
-        if self._bandwidth is None:
+        if self.netdir is None:
             return []
         now = self.clock()
-        return sorted(digest for digest in self._bandwidth.usable_digests
-                      if digest not in self.microdescs and self._microdesc_retry_at.get(digest, 0.0) <= now)
+        return sorted(digest for digest in self.netdir.usable_microdesc_digests
+                      if digest not in self._microdescs and self._microdesc_retry_at.get(digest, 0.0) <= now)
 
     def _start_microdesc_round(self) -> None:
         if self._stopped:
@@ -1279,7 +1095,7 @@ class DirectoryService:
         if self._stopped:
             return
         now = self.clock()
-        missing = [digest for digest in wanted if digest not in self.microdescs]
+        missing = [digest for digest in wanted if digest not in self._microdescs]
         for digest in missing:
             failures = self._microdesc_failures.get(digest, 0)
             self._microdesc_failures[digest] = failures + 1
@@ -1290,7 +1106,7 @@ class DirectoryService:
                      retry_at - now)
             self._microdesc_timer = self.reactor.callLater(max(0.0, retry_at - now), self._start_microdesc_round)
         self._save_microdescs()
-        yield self._rebuild_selector()
+        yield self._prepare_netdir()
 
     @defer.inlineCallbacks
     def _fetch_microdesc_batch(self, batch: list[str], sources: list[DirectorySource]):
@@ -1328,18 +1144,18 @@ class DirectoryService:
                 log.info("Dropped %d microdescriptor(s) from %s that were not asked for",
                          parsed.unrequested, source.describe())
             # As tor: report the loading progress, then see whether that is enough.
-            self._merge_microdescs(parsed, self.consensus, update=False)
+            self._merge_microdescs(parsed, self._consensus(), update=False)
             self._microdescs_unsaved = True
             self._loading_progress()
             self._update_dir_info()
-            remaining = [digest for digest in remaining if digest not in self.microdescs]
+            remaining = [digest for digest in remaining if digest not in self._microdescs]
 
     def _merge_microdescs(self, batch: _MicrodescBatch, consensus: Consensus | None, update: bool = True) -> None:
         if not batch.records:
             return
         listed_at = float(consensus.valid_after) if consensus is not None else None
         for digest, record in batch.records.items():
-            self.microdescs[digest] = record
+            self._microdescs[digest] = record
             body = batch.bodies.get(digest)
             if body is not None:
                 self._microdesc_bodies[digest] = body
@@ -1349,76 +1165,49 @@ class DirectoryService:
             self._microdesc_failures.pop(digest, None)
             self._microdesc_retry_at.pop(digest, None)
         self._microdesc_version += 1
+        if self.netdir is not None:
+            self._publish(self.netdir.with_microdescs(self._microdescs))
         if update:
             self._update_dir_info()
 
-    def _forget_old_microdescs(self, now: float) -> None:
-        listed = self.consensus.microdesc_digests() if self.consensus is not None else frozenset()
+    def _forget_old_microdescs(self, consensus: Consensus, now: float) -> None:
+        """Drop microdescriptors no consensus has listed for MICRODESC_UNLISTED_LIFETIME (none that
+        ``consensus`` lists, so a NetDir still holding them answers the same)."""
+        listed = consensus.microdesc_digests()
         cutoff = now - MICRODESC_UNLISTED_LIFETIME
-        stale = [digest for digest in self.microdescs
+        stale = [digest for digest in self._microdescs
                  if digest not in listed and self._microdesc_last_listed.get(digest, now) < cutoff]
         for digest in stale:
-            del self.microdescs[digest]
+            del self._microdescs[digest]
             self._microdesc_bodies.pop(digest, None)
             self._microdesc_last_listed.pop(digest, None)
-        if stale:
-            self._microdesc_version += 1
 
     @defer.inlineCallbacks
-    def _rebuild_selector(self):
-        """Build the path selector in a worker thread (the reactor builds it only if asked first)."""
-        consensus, version = self.consensus, self._microdesc_version
-        if consensus is None or (self._selector is not None and self._selector.consensus is consensus
-                                 and self._selector_version == version):
-            return
-        snapshot = dict(self.microdescs)
-        selector = yield self._thread(_build_selector, consensus, snapshot, self.enforce_distinct_subnets)
-        if self.consensus is consensus and self._microdesc_version == version:
-            self._selector = selector
-            self._selector_version = version
+    def _prepare_netdir(self):
+        """Build the path selector of the NetDir in use in a worker thread (the reactor builds it only if
+        a path is asked for first)."""
+        if self.netdir is not None:
+            yield self._thread(self.paths.prepare, self.netdir)
 
     # ---- enough directory information ---------------------------------------------------------
 
-    def _paths_needed(self) -> float:
-        low, high = MIN_PATHS_FOR_CIRCS_PCT_BOUNDS
-        return self.consensus.param("min_paths_for_circs_pct", MIN_PATHS_FOR_CIRCS_PCT, low, high) / 100
-
     def _loading_progress(self) -> None:
         """tor ``count_loading_descriptors_progress``: 50% plus the share of the needed paths."""
-        if self.consensus is None or self._bandwidth is None or self.enough_dir_info:
+        netdir = self.netdir
+        if netdir is None or self.enough_dir_info:
             return
-        paths, _ = self._bandwidth.fraction(self.microdescs)
-        fraction = paths / self._paths_needed()
+        paths, _ = netdir.path_fraction()
+        fraction = paths / netdir.paths_needed()
         progress = 0 if fraction > 1.0 else int(BootstrapPhase.LOADING_DESCRIPTORS) + int(
             fraction * (BootstrapPhase.ENOUGH_DIRINFO - 1 - BootstrapPhase.LOADING_DESCRIPTORS))
         self.bootstrap.report(BootstrapPhase.LOADING_DESCRIPTORS, progress)
 
     def _update_dir_info(self) -> None:
-        """tor ``update_router_have_minimum_dir_info``."""
-        enough = False
-        consensus = self.consensus
-        if consensus is None or self._bandwidth is None:
-            self.dir_info_status = "We have no usable consensus."
-        elif self.clock() > consensus.valid_until + REASONABLY_LIVE_TIME:
-            self.dir_info_status = "We have no recent usable consensus."
-        else:
-            paths, status = self._bandwidth.fraction(self.microdescs)
-            usable = self._bandwidth.usable_digests
-            present = sum(1 for digest in usable if digest in self.microdescs)
-            if paths < self._paths_needed():
-                self.dir_info_status = (
-                    f"We need more microdescriptors: we have {present}/{len(usable)}, and can only build "
-                    f"{int(paths * 100)}% of likely paths. (We have {status}.)")
-            else:
-                missing_guards = self._primary_guards_without_microdescs()
-                if missing_guards:
-                    self.dir_info_status = (
-                        f"We're missing descriptors for {missing_guards}/"
-                        f"{self.guards.primaries_needing_descriptors()} "
-                        f"of our primary entry guards (total microdescriptors: {present}/{len(usable)}).")
-                else:
-                    enough = True
-                    self.dir_info_status = f"We have enough directory information ({status})."
+        """tor ``update_router_have_minimum_dir_info``: the NetDir's answer, with the primary guards."""
+        netdir = self.netdir
+        info = self.paths.dir_info()
+        enough = info.enough
+        self.dir_info_status = info.status
         if enough and not self.enough_dir_info:
             self.enough_dir_info = True
             self.bootstrap.report(BootstrapPhase.ENOUGH_DIRINFO)
@@ -1430,28 +1219,14 @@ class DirectoryService:
             self.enough_dir_info = False
             log.log(NOTICE, "Our directory information is no longer up-to-date enough to build circuits: %s",
                     self.dir_info_status)
-        elif not enough and consensus is not None:
+        elif not enough and netdir is not None:
             self.bootstrap.report(BootstrapPhase.REQUESTING_DESCRIPTORS)
-
-    def _primary_guards_without_microdescs(self) -> int:
-        consensus = self.consensus
-        missing = 0
-        for guard in self.guards.primaries_to_check_for_descriptors(self.clock()):
-            relay = consensus.relay_by_fingerprint(guard.fingerprint)
-            if relay is None or relay.microdesc_digest not in self.microdescs:
-                missing += 1
-        return missing
 
 
 def _microdesc_fetches_expired(results: Any, deadline: float) -> Any:
     """The microdescriptor fetches reached DIRECTORY_ROUND_DEADLINE and were cancelled: say so, carry on."""
     log.warning("Microdescriptor fetches did not finish within %.0f s; the rest are retried later", deadline)
     return results
-
-
-def _build_selector(consensus: Consensus, microdescs: Mapping[str, MicrodescRecord],
-                    enforce_distinct_subnets: bool) -> PathSelector:
-    return PathSelector(consensus, microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
 
 
 def _reason(exc: BaseException) -> str:

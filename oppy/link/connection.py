@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
 from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 log = logging.getLogger(__name__)
 

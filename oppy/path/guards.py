@@ -39,17 +39,10 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from oppy.directory.documents import Consensus, RelayRecord
+from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
+from oppy.path.selection import NoPathError, Path, PathNode, PathSelector
 from oppy.path.state import is_state_time, short_repr
-from oppy.path.selection import (
-    NoPathError,
-    Path,
-    PathNode,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
 
 __all__ = [
     "SampledGuard",

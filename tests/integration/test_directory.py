@@ -20,13 +20,13 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.web import resource, server
 
 from oppy.circuit.build import build_circuit
-from oppy.directory.authorities import parse_dir_authority_line
 from oppy.directory.cache import CACHED_MICRODESCS_FILE, encode_microdescriptors, split_microdescriptors
 from oppy.directory.client import DirectoryClient
-from oppy.directory.documents import microdesc_digest
 from oppy.directory.service import DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.logs import NOTICE
+from oppy.netdoc.authorities import parse_dir_authority_line
+from oppy.netdoc.documents import microdesc_digest
 from oppy.stream.stream import Stream
 from tests.support.network import TestNetwork
 from tests.support.streams import CollectingSink, http_response_body
@@ -59,7 +59,7 @@ def started(service: DirectoryService, timeout: float = BOOTSTRAP_TIMEOUT) -> de
 @defer.inlineCallbacks
 def fetch_through(service: DirectoryService, links, network: TestNetwork):
     """Build a circuit on a path the service chose and GET / from the HTTP target through it."""
-    path = service.choose_path(network.http_port)
+    path = service.paths.choose_path(network.http_port)
     circuit = yield build_circuit(links, path, timeout=30)
     sink = CollectingSink()
     stream = Stream(sink, "127.0.0.1", network.http_port)
@@ -90,17 +90,17 @@ def test_bootstrap_from_scratch_then_a_circuit(network, authorities, links, tmp_
         assert service.fetch_counts["consensus:dirport"] == 1
         assert service.fetch_counts["certificates:dirport"] >= 1
         assert service.fetch_counts["microdescriptors:dirport"] == 1
-        listed = {relay.fingerprint for relay in service.consensus.relays}
+        listed = {relay.fingerprint for relay in service.netdir.consensus.relays}
         assert {node["fingerprint"] for node in network.relays()} <= listed
         for node in network.relays():
-            target = service.relay_target(node["fingerprint"])
+            target = service.netdir.relay_target(node["fingerprint"])
             assert target.ntor_onion_key is not None and target.or_port == node["ports"]["or"]
         yield service.cache_writes_done()
         for name in ("cached-certs", "cached-microdesc-consensus", "cached-microdescs", "state"):
             assert (tmp_path / "data" / name).exists(), name
-        assert time.time() <= service.consensus.valid_until
+        assert time.time() <= service.netdir.consensus.valid_until
         path = yield fetch_through(service, links, network)
-        assert path[0].fingerprint == service.guards.primary_guards()[0].fingerprint
+        assert path[0].fingerprint == service.paths.guards.primary_guards()[0].fingerprint
     finally:
         yield service.stop()
 
@@ -112,14 +112,15 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
     first = new_service(authorities, directory, first_links)
     try:
         yield started(first)
-        primaries = [guard.fingerprint for guard in first.guards.primary_guards()]
-        valid_after = first.consensus.valid_after
+        primaries = [guard.fingerprint for guard in first.paths.guards.primary_guards()]
+        valid_after = first.netdir.consensus.valid_after
     finally:
         yield first.stop()
         first_links.close_all()
     # Drop one exit's microdescriptor from the cache: the restart fetches just that one, over BEGIN_DIR
     # to a directory guard (whose microdescriptor is cached), and no consensus at all.
-    exit_digest = next(relay.microdesc_digest for relay in first.consensus.relays if "Exit" in relay.flags)
+    exit_digest = next(relay.microdesc_digest for relay in first.netdir.consensus.relays
+                       if "Exit" in relay.flags)
     cached = directory / CACHED_MICRODESCS_FILE
     entries = [(body, listed) for body, listed in split_microdescriptors(cached.read_bytes())
                if microdesc_digest(body) != exit_digest]
@@ -130,10 +131,10 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
     try:
         yield started(second, 30)
         assert second.fetch_counts["consensus"] == 0
-        assert second.consensus.valid_after == valid_after
-        assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+        assert second.netdir.consensus.valid_after == valid_after
+        assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
         yield task.deferLater(reactor, 0.5, lambda: None)
-        assert exit_digest in second.microdescs
+        assert exit_digest in second.netdir.microdescs
         assert second.fetch_counts["microdescriptors:begin_dir"] >= 1
         assert second.fetch_counts["microdescriptors:dirport"] == 0
         path = yield fetch_through(second, links, network)
@@ -150,15 +151,15 @@ def test_circuits_keep_working_across_consensus_refreshes(network, authorities, 
     caplog.set_level(logging.INFO, logger="oppy")
     service = new_service(authorities, tmp_path / "data", links)
     seen = []
-    service.add_consensus_observer(seen.append)
+    service.add_netdir_observer(lambda event: seen.append(event.netdir.consensus) if event.new_consensus else None)
     try:
         yield started(service)
-        initial_digests = set(service.consensus.microdesc_digests())
+        initial_digests = set(service.netdir.consensus.microdesc_digests())
         microdesc_requests = service.fetch_counts["microdescriptors"]
         deadline = time.monotonic() + 190
         fetches = 0
         while time.monotonic() < deadline:
-            assert time.time() <= service.consensus.valid_until, "the consensus in use expired"
+            assert time.time() <= service.netdir.consensus.valid_until, "the consensus in use expired"
             yield fetch_through(service, links, network)
             fetches += 1
             yield task.deferLater(reactor, 12, lambda: None)
@@ -228,7 +229,7 @@ def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authoriti
     try:
         yield started(service)
         assert any("consensus-microdesc" in path for path in fake.requests)
-        good = service.consensus
+        good = service.netdir.consensus
         fake.forge = True
         caplog.clear()
         result = yield service.fetch_consensus_now(authorities_only=True)
@@ -242,18 +243,18 @@ def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authoriti
         installed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Using the microdesc")]
         assert all("(BEGIN_DIR)" in message for message in installed)    # only real relays' refreshes
         if not installed:
-            assert service.consensus is good
+            assert service.netdir.consensus is good
         assert service.enough_dir_info
         yield fetch_through(service, links, network)
         # Honest again: a newer consensus is taken from the same source once the network has one.
         fake.forge = False
         for _ in range(15):
-            before = service.consensus.valid_after
+            before = service.netdir.consensus.valid_after
             yield service.fetch_consensus_now(authorities_only=True)
-            if service.consensus.valid_after > before:
+            if service.netdir.consensus.valid_after > before:
                 break
             yield task.deferLater(reactor, 2, lambda: None)
-        assert service.consensus.valid_after > good.valid_after
+        assert service.netdir.consensus.valid_after > good.valid_after
     finally:
         yield service.stop()
         yield listening.stopListening()

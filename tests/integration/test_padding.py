@@ -26,7 +26,7 @@ from stem.control import Controller, EventType, Signal
 from twisted.internet import defer, reactor, task, threads
 
 from oppy.circuit.build import build_circuit
-from oppy.directory.documents import parse_consensus
+from oppy.netdoc.documents import parse_consensus
 from oppy.link.connection import LinkPool
 from oppy.link.padding import ConnectionPaddingOptions, PaddingParams, PaddingPolicy
 from tests.support.network import TestNetwork

@@ -15,35 +15,25 @@ from twisted.internet import reactor, threads
 
 from oppy.circuit.manager import CircuitManager
 from oppy.link.connection import LinkPool
+from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
-from tests.support.relays import fetch, relay_targets
+from tests.support.relays import fetch, network_netdir
 
 ONE_MB = 1000 * 1000
 
 
 @pytest.fixture(scope="module")
-def relays(network):
-    return relay_targets(network)
-
-
-def simple_path_chooser(relays):
-    rng = random.Random(7)
-    exits = [r for name, r in relays.items() if name.startswith("exit")]
-    others = [r for name, r in relays.items() if not name.startswith("exit")]
-
-    def choose(port, exclude=frozenset()):
-        usable_exits = [e for e in exits if e.rsa_id not in exclude]
-        if not usable_exits:
-            raise RuntimeError("no exit left")
-        guard, middle = rng.sample(others, 2)
-        return [guard, middle, rng.choice(usable_exits)]
-    return choose
+def netdir(network):
+    return network_netdir(network)
 
 
 @pytest.fixture
-def socks_port(relays):
+def socks_port(netdir):
     links = LinkPool()
-    manager = CircuitManager(links, simple_path_chooser(relays), preemptive_circuits=1)
+    # oppy's own path choice on the network's directory (every relay is on 127.0.0.1: no subnet rule).
+    paths = PathChooser(rng=random.Random(7), enforce_distinct_subnets=False)
+    paths.set_netdir(netdir)
+    manager = CircuitManager(links, paths, preemptive_circuits=1)
     manager.start()
     factory = SocksFactory(manager, reactor, allow_private_addresses=True, handshake_timeout=2)
     listener = reactor.listenTCP(0, factory, interface="127.0.0.1")

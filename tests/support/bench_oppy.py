@@ -56,7 +56,7 @@ def _b64(text: str) -> bytes:
 
 def _relays_from_dir_port(dir_port: int):
     """(RelayTarget, flags) for every relay, from the server descriptors and consensus a DirPort serves."""
-    from oppy.link.relay import RelayTarget
+    from oppy.netdoc.relay import RelayTarget
 
     with urllib.request.urlopen(f"http://{HOST}:{dir_port}/tor/server/all", timeout=10) as answer:
         descriptors = answer.read().decode(errors="replace")

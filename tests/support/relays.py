@@ -1,12 +1,14 @@
-"""Relays of the private network as RelayTargets: the consensus and microdescriptors fetched from an
-authority's DirPort (a plain HTTP fetch, as a test helper; the daemon has its own directory client)."""
+"""The private network as a NetDir and its relays as RelayTargets: the consensus and microdescriptors
+fetched from an authority's DirPort (a plain HTTP fetch, as a test helper; the daemon has its own
+directory client)."""
 
 from __future__ import annotations
 
 import urllib.request
 
-from oppy.directory.documents import parse_consensus, parse_microdescriptors
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.documents import parse_consensus, parse_microdescriptors
+from oppy.netdoc.netdir import NetDir
+from oppy.netdoc.relay import RelayTarget
 from tests.support.network import TestNetwork
 
 MICRODESCS_PER_REQUEST = 92  # dir-spec: at most 92 digests per request
@@ -17,8 +19,8 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-def relay_targets(network: TestNetwork) -> dict[str, RelayTarget]:
-    """nickname -> RelayTarget for every relay of the network's current consensus."""
+def network_netdir(network: TestNetwork) -> NetDir:
+    """The network's current consensus with its microdescriptors (not verified: a test helper)."""
     authority = network.relays("authority")[0]
     base = f"http://127.0.0.1:{authority['ports']['dir']}"
     consensus = parse_consensus(fetch(f"{base}/tor/status-vote/current/consensus-microdesc"))
@@ -28,9 +30,10 @@ def relay_targets(network: TestNetwork) -> dict[str, RelayTarget]:
         chunk = digests[start:start + MICRODESCS_PER_REQUEST]
         batch = parse_microdescriptors(fetch(f"{base}/tor/micro/d/{'-'.join(chunk)}"), wanted=set(chunk))
         microdescs.update(batch.microdescs)
-    targets = {}
-    for relay in consensus.relays:
-        md = microdescs[relay.microdesc_digest]
-        targets[relay.nickname] = RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port,
-                                              md.ntor_onion_key, md.ed25519_id)
-    return targets
+    return NetDir(consensus, microdescs)
+
+
+def relay_targets(network: TestNetwork) -> dict[str, RelayTarget]:
+    """nickname -> RelayTarget for every relay of the network's current consensus."""
+    netdir = network_netdir(network)
+    return {relay.nickname: netdir.relay_target(relay.rsa_id) for relay in netdir.consensus.relays}

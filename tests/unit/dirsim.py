@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from oppy.circuit.circuit import Circuit
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 from tests.unit.relaysim import CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, RELAY_DATA_LEN, RELAY_END, build_circuit
 
 #: tor-spec "Relay cells": BEGIN_DIR opens a directory stream.

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 
 # ------------------------------------------------------------------------------------------------ link
 

@@ -16,7 +16,8 @@ from oppy.circuit.manager import (
     CircuitStatus,
     ManagedCircuit,
 )
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
+from oppy.path.chooser import PathChooser
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
@@ -29,14 +30,24 @@ from tests.unit.relaysim import (
 )
 
 
+
+class FixedPaths(PathChooser):
+    """Every circuit takes the same path (the simulated relays')."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def choose_path(self, port=None, exclude=(), rng=None):
+        return list(self.path)
+
 def relay(name: str) -> RelayTarget:
     return RelayTarget(name, name.encode().ljust(20, b"\0"), "127.0.0.1", 1, bytes(32))
 
 
 def manager_without_network(clock: Clock) -> CircuitManager:
-    def no_path(port, exclude=frozenset()):
-        raise RuntimeError("no path in this test")
-    return CircuitManager(links=None, choose_path=no_path, reactor=clock, clock=clock.seconds,
+    """A manager whose path chooser has no NetDir: every path choice fails."""
+    return CircuitManager(links=None, paths=PathChooser(), reactor=clock, clock=clock.seconds,
                           unattached_timeout=120)
 
 
@@ -117,12 +128,15 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     clock = Clock()
     guard, middle, first_exit, second_exit = (SimulatedRelay(name) for name in ("guard", "middle", "x1", "x2"))
 
-    def choose_path(port, exclude=frozenset()):
-        exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
-        return [guard.target, middle.target, exit_relay.target]
+    class SimulatedPaths(PathChooser):
+        """Paths through the simulated relays: the first exit, or the second once the first is excluded."""
+
+        def choose_path(self, port=None, exclude=(), rng=None):
+            exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
+            return [guard.target, middle.target, exit_relay.target]
 
     links = OneChannelLinks()
-    manager = CircuitManager(links, choose_path, reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    manager = CircuitManager(links, SimulatedPaths(), reactor=clock, clock=clock.seconds, preemptive_circuits=0)
     sink = CollectingSink()
     managed = manager.open_stream(sink, "example.test", 80)
     first_path = SimulatedPath([guard, middle, first_exit])
@@ -167,7 +181,7 @@ def test_only_the_three_hop_circuits_oppy_chose_teach_the_build_timeout():
     guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
     links = OneChannelLinks()
     times = build_times_for(clock)
-    manager = CircuitManager(links, lambda port, exclude=frozenset(): [guard.target, middle.target, exit_relay.target],
+    manager = CircuitManager(links, FixedPaths([guard.target, middle.target, exit_relay.target]),
                              reactor=clock, clock=clock.seconds, preemptive_circuits=0, build_times=times)
     manager.launch(80)
     clock.advance(0.25)
@@ -189,7 +203,7 @@ def test_a_build_past_its_timeout_is_waited_for_while_no_circuit_is_open():
     for milliseconds in (100, 200, 2000):
         times.add_time(milliseconds)
     times.set_timeout()
-    manager = CircuitManager(links, lambda port, exclude=frozenset(): [relay.target for relay in relays],
+    manager = CircuitManager(links, FixedPaths([relay.target for relay in relays]),
                              reactor=clock, clock=clock.seconds, preemptive_circuits=0, build_times=times)
     waited_for = manager.launch(80)
     answer_create(links.channel, SimulatedPath(relays))
@@ -214,7 +228,7 @@ def test_while_learning_test_circuits_are_built_and_unused_ones_retired():
     relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
     links = OneChannelLinks()
     times = build_times_for(clock, cbtmincircs=4, cbttestfreq=5, cbtmaxopencircs=2, cbtlearntimeout=30)
-    manager = CircuitManager(links, lambda port, exclude=frozenset(): [relay.target for relay in relays],
+    manager = CircuitManager(links, FixedPaths([relay.target for relay in relays]),
                              reactor=clock, clock=clock.seconds, preemptive_circuits=1, build_times=times)
 
     def built_now() -> None:

@@ -446,7 +446,7 @@ def test_every_option_has_a_bad_value_test():
 
 
 def test_bad_directory_lines():
-    pytest.importorskip("oppy.directory.authorities")
+    pytest.importorskip("oppy.netdoc.authorities")
     for name in ("DirAuthority", "FallbackDir"):
         with pytest.raises(ConfigError, match=f"Could not parse {name}"):
             config_from_torrc_text(f"{name} not a directory line\n")

@@ -27,8 +27,10 @@ from oppy.control.commands import (
     apply_setconf,
 )
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
-from oppy.directory.documents import Consensus, RelayRecord
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.netdoc.netdir import NetDir
+from oppy.path.chooser import PathChooser
+from oppy.netdoc.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamState
 
 FP = ["%040X" % (0x1111 * (i + 1)) for i in range(4)]
@@ -65,10 +67,9 @@ class Sink:
 
 class FakeDirectory:
     def __init__(self):
-        self.consensus = consensus()
+        self.netdir = NetDir(consensus())
         self.bootstrap_phase = (100, "done", "Done")
         self.enough_dir_info = True
-        self.guards = None
 
 
 class FakeManager:
@@ -83,6 +84,7 @@ class FakeBackend(ControlBackend):
         self.config = config or Config()
         self.manager = FakeManager()
         self.directory = FakeDirectory()
+        self.paths = PathChooser()
         self.calls = []
 
     def launch_circuit(self, path, purpose):

@@ -20,13 +20,13 @@ from oppy.directory.cache import (
     split_key_certificates,
     split_microdescriptors,
 )
-from oppy.directory.documents import (
+from oppy.netdoc.documents import (
     microdesc_digest,
     parse_consensus,
     parse_key_certificates,
     parse_microdescriptor,
 )
-from oppy.directory.fields import parse_time
+from oppy.netdoc.fields import parse_time
 from tests.support.testdata import REAL_DIRECTORY
 
 BITNYM = REAL_DIRECTORY / "2017-03-10-bitnym"

@@ -28,7 +28,7 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
 
 CONSENSUS = b"network-status-version 3 microdesc\nvote-status consensus\n" + b"r x\n" * 1000

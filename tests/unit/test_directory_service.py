@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import defer, task, threads
 
 from oppy.circuit.circuit import CircuitState
-from oppy.directory.authorities import DirAuthority
 from oppy.directory.cache import CACHED_CONSENSUS_FILE, DirectoryCache
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
@@ -37,9 +36,6 @@ from oppy.directory.client import (
     DirectoryResponse,
     DirectoryStatusError,
 )
-from oppy.directory.documents import parse_consensus_header
-from oppy.directory.errors import DirectoryError
-from oppy.directory.fields import format_time, parse_time
 from oppy.directory.service import (
     DIRECTORY_ROUND_DEADLINE,
     BootstrapPhase,
@@ -48,6 +44,10 @@ from oppy.directory.service import (
     signature_key_ids,
 )
 from oppy.logs import NOTICE
+from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.documents import parse_consensus_header
+from oppy.netdoc.errors import DirectoryError
+from oppy.netdoc.fields import format_time, parse_time
 from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import WireDirectory
@@ -416,8 +416,8 @@ def test_bootstrap_from_scratch_over_dirports_with_tors_phases(tmp_path, caplog)
     assert world.client.requests[0][2] == "/tor/status-vote/current/consensus-microdesc.z"
     keys = world.client.requests[1][2]
     assert keys.startswith("/tor/keys/fp-sk/") and keys.count("+") == 2
-    assert len(service.microdescs) == len(world.network.relays)
-    assert service.consensus.valid_after == T0
+    assert len(service.netdir.microdescs) == len(world.network.relays)
+    assert service.netdir.consensus.valid_after == T0
     for name in ("cached-certs", "cached-microdesc-consensus", "cached-microdescs", "state"):
         assert (world.directory / name).exists(), name
     assert (world.directory / CACHED_CONSENSUS_FILE).read_bytes() == world.network.consensus()
@@ -444,7 +444,7 @@ def test_unreachable_and_forged_sources_are_skipped(tmp_path, caplog):
     assert len(forged) == len(consensus) and forged != consensus
     world.client.dirports[order[1]].consensus = forged
     run(service.start())
-    assert service.consensus.valid_after == T0 and service.enough_dir_info
+    assert service.netdir.consensus.valid_after == T0 and service.enough_dir_info
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("Rejected the microdesc consensus from auth")
@@ -509,14 +509,14 @@ def test_microdescriptors_come_92_per_request_and_must_match_their_digests(tmp_p
     batches = [len(path[len("/tor/micro/d/"):-2].split("-")) for path in micro]
     # 200 digests: 92 + 92 + 16, and the tampered one is asked for again from the two other authorities.
     assert sorted(batches) == [1, 1, 16, 92, 92]
-    assert len(service.microdescs) == 199 and bad not in service.microdescs
+    assert len(service.netdir.microdescs) == 199 and bad not in service.netdir.microdescs
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("whose SHA-256 digest matches none" in m for m in warnings)
     for server in world.servers:
         server.tamper_digests.clear()
     (retry,) = [call for call in world.clock.getDelayedCalls() if call.getTime() - world.clock.seconds() < 60]
     world.clock.advance(retry.getTime() - world.clock.seconds())
-    assert bad in service.microdescs and len(service.microdescs) == 200
+    assert bad in service.netdir.microdescs and len(service.netdir.microdescs) == 200
     run(service.stop())
 
 
@@ -545,7 +545,7 @@ def first_run(world: World) -> list[str]:
     """Bootstrap and stop a first service (filling the cache); the fingerprints of its primary guards."""
     first = world.service()
     run(first.start())
-    primaries = [guard.fingerprint for guard in first.guards.primary_guards()]
+    primaries = [guard.fingerprint for guard in first.paths.guards.primary_guards()]
     run(first.stop())
     world.client.requests.clear()
     return primaries
@@ -558,10 +558,10 @@ def test_restart_with_a_live_cache_fetches_nothing(tmp_path, caplog):
     second = world.service(seed=99)
     run(second.start())
     assert world.client.requests == []
-    assert second.consensus.valid_after == T0 and len(second.microdescs) == len(world.network.relays)
-    assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+    assert second.netdir.consensus.valid_after == T0 and len(second.netdir.microdescs) == len(world.network.relays)
+    assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
     assert percents(caplog) == [0, 75]
-    path = second.choose_path(443)
+    path = second.paths.choose_path(443)
     assert path[0].fingerprint == primaries[0]
     run(second.stop())
 
@@ -591,9 +591,9 @@ def test_an_expired_cached_consensus_is_used_while_a_new_one_is_fetched(tmp_path
     world.client.requests.clear()
     service = world.service()
     run(service.start())
-    assert service.consensus.valid_after == T0 and service.enough_dir_info   # reasonably live: usable
+    assert service.netdir.consensus.valid_after == T0 and service.enough_dir_info   # reasonably live: usable
     world.clock.advance(0)
-    assert world.client.kinds() == ["consensus"] and service.consensus.valid_after == T0 + 4 * HOUR
+    assert world.client.kinds() == ["consensus"] and service.netdir.consensus.valid_after == T0 + 4 * HOUR
 
 
 def test_a_corrupt_state_file_starts_a_new_guard_sample(tmp_path, caplog):
@@ -604,7 +604,7 @@ def test_a_corrupt_state_file_starts_a_new_guard_sample(tmp_path, caplog):
     service = world.service()
     run(service.start())
     assert any(r.getMessage().startswith("Ignoring the state file") for r in caplog.records)
-    assert len(service.guards.primary_guards()) == 3
+    assert len(service.paths.guards.primary_guards()) == 3
     assert DirectoryCache(world.directory).read_state()["guards"]["guards"]
 
 
@@ -616,10 +616,11 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     # One primary directory guard in use (the default, 3, would draw among the first three).
     world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
-    seen = []
-    service.add_consensus_observer(seen.append)
+    events = []
+    service.add_netdir_observer(events.append)
     run(service.start())
-    assert [c.valid_after for c in seen] == [T0]
+    assert [event.netdir.consensus.valid_after for event in events if event.new_consensus] == [T0]
+    assert events[-1].netdir is service.netdir and len(events) == 2     # the consensus, its microdescriptors
     (timer,) = world.clock.getDelayedCalls()
     fetch_at = T0 + 600 + timer.getTime()
     start = T0 + HOUR + 0.75 * HOUR                 # fresh-until + 3/4 interval
@@ -630,15 +631,16 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
     world.publish(network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.client.requests.clear()
     world.clock.advance(timer.getTime() - world.clock.seconds())
-    assert [c.valid_after for c in seen] == [T0, T0 + HOUR]
-    assert service.consensus.valid_after == T0 + HOUR
-    first_primary = service.guards.primary_guards()[0].nickname
+    assert [event.netdir.consensus.valid_after for event in events if event.new_consensus] == [T0, T0 + HOUR]
+    assert service.netdir.consensus.valid_after == T0 + HOUR
+    first_primary = service.paths.guards.primary_guards()[0].nickname
     assert world.client.requests[0][:2] == ("begin_dir", first_primary)
     micro = [path for transport, _, path in world.client.requests if "/micro/" in path]
     assert len(micro) == 1
     assert sorted(micro[0][len("/tor/micro/d/"):-2].split("-")) == sorted(
         [network.relay("guard2").digest, network.relay("guard9").digest])
-    assert service.relay_target(network.relay("guard2").rsa_id).ntor_onion_key == network.relay("guard2").ntor_key
+    guard2 = network.relay("guard2")
+    assert service.netdir.relay_target(guard2.rsa_id).ntor_onion_key == guard2.ntor_key
     assert service.fetch_counts["consensus:begin_dir"] == 1
 
 
@@ -647,29 +649,29 @@ def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_pa
     world = make_world(tmp_path, network, network.consensus(params="guard-n-primary-dir-guards-to-use=1"))
     service = world.service()
     run(service.start())
-    first = service.guards.primary_guards()[0]
+    first = service.paths.guards.primary_guards()[0]
     world.links.broken.add(first.nickname)
     world.publish(world.network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.clock.advance(HOUR)
     world.client.requests.clear()
     run(service.fetch_consensus_now())
-    assert service.consensus.valid_after == T0 + HOUR
-    assert world.client.requests[0][:2] == ("begin_dir", service.guards.primary_guards()[1].nickname)
+    assert service.netdir.consensus.valid_after == T0 + HOUR
+    assert world.client.requests[0][:2] == ("begin_dir", service.paths.guards.primary_guards()[1].nickname)
     assert first.is_down
-    assert service.choose_path(80)[0].nickname == service.guards.primary_guards()[1].nickname
+    assert service.paths.choose_path(80)[0].nickname == service.paths.guards.primary_guards()[1].nickname
 
 
 def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path, caplog):
     world = make_world(tmp_path)
     service = world.service()
     run(service.start())
-    good = service.consensus
+    good = service.netdir.consensus
     caplog.set_level(logging.INFO, logger="oppy")
     network = world.network
     world.publish(network.consensus(T0 + HOUR, signers=network.authorities[:1]))
     world.clock.advance(HOUR)
     assert run(service.fetch_consensus_now()) is None
-    assert service.consensus is good and service.enough_dir_info
+    assert service.netdir.consensus is good and service.enough_dir_info
     rejections = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # Three directory guards and one other relay over BEGIN_DIR, then the three authorities.
     assert len(rejections) == 7 and sum("(DirPort)" in message for message in rejections) == 3
@@ -681,7 +683,7 @@ def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path
     (retry,) = world.clock.getDelayedCalls()
     assert retry.getTime() - world.clock.seconds() == 1
     world.clock.advance(1)
-    assert service.consensus.valid_after == T0 + HOUR
+    assert service.netdir.consensus.valid_after == T0 + HOUR
 
 
 def test_an_older_or_same_consensus_is_not_taken(tmp_path):
@@ -690,27 +692,27 @@ def test_an_older_or_same_consensus_is_not_taken(tmp_path):
     run(service.start())
     world.publish(world.network.consensus(T0 - HOUR))
     assert run(service.fetch_consensus_now()) is None
-    assert service.consensus.valid_after == T0
+    assert service.netdir.consensus.valid_after == T0
 
 
 def test_guards_follow_the_consensus_and_persist(tmp_path):
     world = make_world(tmp_path)
     service = world.service()
     run(service.start())
-    dropped = service.guards.primary_guards()[0]
+    dropped = service.paths.guards.primary_guards()[0]
     network = world.network
     world.publish(network.consensus(T0 + HOUR, relays=[r for r in network.relays
                                                       if r.nickname != dropped.nickname]))
     world.clock.advance(HOUR)
     run(service.fetch_consensus_now())
-    assert dropped.fingerprint not in [g.fingerprint for g in service.guards.primary_guards()]
+    assert dropped.fingerprint not in [g.fingerprint for g in service.paths.guards.primary_guards()]
     run(service.stop())
     state = DirectoryCache(world.directory).read_state()
     listed = {g["fingerprint"]: g["listed"] for g in state["guards"]["guards"]}
     assert listed[dropped.fingerprint] is False
 
 
-# ------------------------------------------------------------------------------------------ paths
+# ------------------------------------------------------------------------ paths (the service's PathChooser)
 
 
 def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
@@ -718,26 +720,26 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
     world = make_world(tmp_path, network)
     service = world.service()
     run(service.start())
-    primaries = [g.fingerprint for g in service.guards.primary_guards()]
+    primaries = [g.fingerprint for g in service.paths.guards.primary_guards()]
     for seed in range(30):
-        guard, middle, exit_ = service.choose_path(443, rng=random.Random(seed))
+        guard, middle, exit_ = service.paths.choose_path(443, rng=random.Random(seed))
         assert guard.fingerprint == primaries[0]
-        assert "Exit" in service.consensus.relay_by_id(exit_.rsa_id).flags
+        assert "Exit" in service.netdir.consensus.relay_by_id(exit_.rsa_id).flags
         assert len({guard.rsa_id, middle.rsa_id, exit_.rsa_id}) == 3
         assert all(hop.ntor_onion_key is not None for hop in (guard, middle, exit_))
-    guard, middle, exit_ = service.choose_path(443, exclude={bytes.fromhex(primaries[0])})
+    guard, middle, exit_ = service.paths.choose_path(443, exclude={bytes.fromhex(primaries[0])})
     assert guard.fingerprint == primaries[1]
     exits = [r.rsa_id for r in network.relays if r.nickname.startswith("exit")]
-    guard, middle, exit_ = service.choose_path(80, exclude=set(exits[:2]))
+    guard, middle, exit_ = service.paths.choose_path(80, exclude=set(exits[:2]))
     assert exit_.rsa_id == exits[2]
-    service.mark_guard_down(bytes.fromhex(primaries[0]))
-    assert service.choose_path(80)[0].fingerprint == primaries[1]
-    service.mark_guard_up("$" + primaries[0])
-    assert service.choose_path(80)[0].fingerprint == primaries[0]
+    service.paths.mark_guard_down(bytes.fromhex(primaries[0]))
+    assert service.paths.choose_path(80)[0].fingerprint == primaries[1]
+    service.paths.mark_guard_up("$" + primaries[0])
+    assert service.paths.choose_path(80)[0].fingerprint == primaries[0]
     # A directory request takes one of the first three primaries (guard-n-primary-dir-guards-to-use).
-    assert {service.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
+    assert {service.paths.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
     with pytest.raises(NoPathError):
-        service.choose_path(80, exclude=set(exits))
+        service.paths.choose_path(80, exclude=set(exits))
 
 
 def test_distinct_subnets_outside_a_testing_network(tmp_path):
@@ -748,9 +750,9 @@ def test_distinct_subnets_outside_a_testing_network(tmp_path):
     world = make_world(tmp_path, network)
     strict = world.service(testing=False)
     run(strict.start())
-    assert strict.enforce_distinct_subnets
+    assert strict.paths.enforce_distinct_subnets
     for seed in range(20):
-        path = strict.choose_path(80, rng=random.Random(seed))
+        path = strict.paths.choose_path(80, rng=random.Random(seed))
         assert len({hop.address.split(".")[1] for hop in path}) == 3
 
 
@@ -761,9 +763,9 @@ def test_exit_policy_decides_the_exit(tmp_path):
     world = make_world(tmp_path, network)
     service = world.service()
     run(service.start())
-    assert service.choose_path(443)[2].nickname == "exit0"
+    assert service.paths.choose_path(443)[2].nickname == "exit0"
     with pytest.raises(NoPathError):
-        service.choose_path(25)
+        service.paths.choose_path(25)
 
 
 def test_relay_target_lookups(tmp_path):
@@ -773,13 +775,13 @@ def test_relay_target_lookups(tmp_path):
     service = world.service()
     run(service.start())
     guard0 = network.relay("guard0")
-    by_bytes = service.relay_target(guard0.rsa_id)
-    assert by_bytes == service.relay_target("$" + guard0.rsa_id.hex().upper() + "~guard0") \
-        == service.relay_target(guard0.rsa_id.hex())
+    by_bytes = service.netdir.relay_target(guard0.rsa_id)
+    assert by_bytes == service.netdir.relay_target("$" + guard0.rsa_id.hex().upper() + "~guard0") \
+        == service.netdir.relay_target(guard0.rsa_id.hex())
     assert (by_bytes.nickname, by_bytes.or_port, by_bytes.ntor_onion_key, by_bytes.ed25519_id) == \
         ("guard0", guard0.or_port, guard0.ntor_key, guard0.ed25519_id)
-    assert service.relay_target(network.relay("guard1").rsa_id).ed25519_id is None
-    assert service.relay_target(b"\0" * 20) is None and service.relay_target("nonsense") is None
+    assert service.netdir.relay_target(network.relay("guard1").rsa_id).ed25519_id is None
+    assert service.netdir.relay_target(b"\0" * 20) is None and service.netdir.relay_target("nonsense") is None
 
 
 # ------------------------------------------------------------------------------------------ small parts
@@ -914,7 +916,7 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
     service = service()
     waiter = service.start()
     wire.pump()
-    assert run(waiter) is service and service.consensus.valid_after == T0
+    assert run(waiter) is service and service.netdir.consensus.valid_after == T0
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
     assert failed[0].startswith(f"Consensus fetch from {order[0]} at 127.0.0.1:") and \
         "non-ASCII byte in the status line" in failed[0]
@@ -922,19 +924,19 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
         "bad Content-Length" in failed[1]
     assert len(wire.reactor.getDelayedCalls()) == 1          # the refresh; no request is left pending
 
-    guard = service.guards.primary_guards()[0].nickname
+    guard = service.paths.guards.primary_guards()[0].nickname
     sites[guard].hostile = HOSTILE_STATUS
     for valid_after in (T0 + HOUR, T0 + 2 * HOUR):
         for site in sites.values():
             site.server.consensus = network.consensus(valid_after)
         advance_to_the_next_refresh(wire)
-        assert service.consensus.valid_after == valid_after
+        assert service.netdir.consensus.valid_after == valid_after
         # The guard was asked first; its answer failed that stream only (its circuit is replaced only
         # once it is too old, an hour later).
         hostile_circuit = wire.circuits[guard][-1]
         assert hostile_circuit.answered == ["/tor/status-vote/current/consensus-microdesc.z"]
         assert hostile_circuit.circuit.state is CircuitState.OPEN and hostile_circuit.channel.destroyed == []
-        assert not service.guards.primary_guards()[0].is_down
+        assert not service.paths.guards.primary_guards()[0].is_down
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
     run(service.stop())
@@ -957,7 +959,7 @@ def test_a_malformed_consensus_header_means_the_next_source(tmp_path, caplog, he
     world.client.dirports[first.port].consensus = hostile.replace(header_line, replacement, 1)
     service = world.service(seed=3)
     run(service.start())
-    assert service.enough_dir_info and service.consensus.valid_after == T0
+    assert service.enough_dir_info and service.netdir.consensus.valid_after == T0
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith(f"Rejected the microdesc consensus from {first.nickname}") and \
         "ConsensusParseError" in warning
@@ -993,7 +995,7 @@ def test_a_consensus_round_that_cannot_end_is_abandoned_at_its_deadline(tmp_path
                            f"abandoning it (tried: none)")
     (retry,) = world.clock.getDelayedCalls()
     world.clock.advance(retry.getTime() - world.clock.seconds())
-    assert run(waiter) is service and service.consensus.valid_after == T0
+    assert run(waiter) is service and service.netdir.consensus.valid_after == T0
 
 
 def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_and_retried(tmp_path, caplog):
@@ -1001,14 +1003,14 @@ def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_a
     world = make_world(tmp_path)
     service = world.service(run_in_thread=first_call_answered("_parse_microdescs", defer.Deferred()))
     waiter = service.start()
-    assert service.consensus is not None and not waiter.called
+    assert service.netdir is not None and not waiter.called
     world.clock.advance(DIRECTORY_ROUND_DEADLINE)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [f"Microdescriptor fetches did not finish within {DIRECTORY_ROUND_DEADLINE:.0f} s; "
                         f"the rest are retried later"]
     retry = min(call.getTime() for call in world.clock.getDelayedCalls())
     world.clock.advance(retry - world.clock.seconds())
-    assert run(waiter) is service and len(service.microdescs) == len(world.network.relays)
+    assert run(waiter) is service and len(service.netdir.microdescs) == len(world.network.relays)
 
 
 def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, caplog):
@@ -1021,7 +1023,7 @@ def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, c
     service = world.service()
     run(service.start())
     assert service.enough_dir_info
-    assert set(service.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
+    assert set(service.netdir.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
     rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Rejected microdescriptor")]
     assert len(rejected) == 3                         # asked of each authority in turn
     assert all(odd.digest in message and "bad a line" in message for message in rejected)
@@ -1034,7 +1036,7 @@ def test_a_microdescriptor_reply_with_a_year_0_annotation_is_used(tmp_path, capl
         server.microdesc_annotation = b"@last-listed 0000-01-01 00:00:00\n"
     service = world.service()
     run(service.start())
-    assert len(service.microdescs) == len(world.network.relays)
+    assert len(service.netdir.microdescs) == len(world.network.relays)
     assert world.client.kinds().count("microdescriptors") == 1
 
 
@@ -1044,7 +1046,7 @@ def test_an_unparseable_microdescriptor_reply_is_logged_and_the_next_source_trie
     service = world.service(run_in_thread=first_call_answered("_parse_microdescs",
                                                              defer.fail(RuntimeError("simulated parser bug"))))
     run(service.start())
-    assert len(service.microdescs) == len(world.network.relays)
+    assert len(service.netdir.microdescs) == len(world.network.relays)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith("Rejected the ") and "microdescriptor reply from auth" in warning
     assert warning.endswith("RuntimeError: simulated parser bug")
@@ -1062,7 +1064,7 @@ def test_a_damaged_microdescriptor_cache_costs_neither_the_guards_nor_the_consen
     second = world.service(seed=99)
     run(second.start())
     assert world.client.requests == []
-    assert [guard.fingerprint for guard in second.guards.primary_guards()] == primaries
+    assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
@@ -1114,7 +1116,7 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
     finally:
         ticker.stop()
         yield service.stop()
-    assert len(service.consensus.relays) == 7326 and len(service.microdescs) == 7326
+    assert len(service.netdir.consensus.relays) == 7326 and len(service.netdir.microdescs) == 7326
     assert service.enough_dir_info and service.fetch_counts == {}
     assert len(ran_in) >= 2, ran_in
     assert not any(on_main for _, on_main in ran_in), ran_in

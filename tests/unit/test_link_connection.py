@@ -13,7 +13,7 @@ from oppy.circuit.build import build_circuit
 from oppy.link.channel import ChannelState, LinkError
 from oppy.link.connection import LinkPool
 from oppy.link.padding import ConnectionPaddingOptions, PaddingPolicy
-from oppy.link.relay import RelayTarget
+from oppy.netdoc.relay import RelayTarget
 from tests.unit.loopback_relay import listen
 from tests.unit.relaysim import (
     CMD_CREATE2,

@@ -1,4 +1,4 @@
-"""Production path choice (DirectoryService.choose_path) on the real 2017 directory, "now" pinned."""
+"""Production path choice (PathChooser.choose_path) on the real 2017 directory, "now" pinned."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from collections import Counter
 import pytest
 from twisted.internet import defer, task
 
-from oppy.directory.authorities import DirAuthority
 from oppy.directory.cache import DirectoryCache
-from oppy.directory.documents import parse_consensus, parse_consensus_header, parse_microdescriptors
 from oppy.directory.service import DirectoryService
+from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.documents import parse_consensus_header
 from oppy.path.guards import GuardCircuitState, GuardSample, NoGuardAvailableError, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, PathSelector
 
-from tests.support.testdata import REAL_DIRECTORY
+from tests.support.testdata import REAL_DIRECTORY, real_netdir
 
 SOURCE = REAL_DIRECTORY / "2017-03-10-bitnym"
 #: tor's LongLivedPorts default (config.c).
@@ -38,13 +38,13 @@ def service_2017(tmp_path):
                                run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
                                rng=random.Random(2017))
     started = service.start()
-    assert started.called and service.enough_dir_info and len(service.microdescs) == 7326
+    assert started.called and service.enough_dir_info and len(service.netdir.microdescs) == 7326
     yield service
     service.stop()
 
 
 def flags_of(service, target) -> frozenset[str]:
-    return service.consensus.relay_by_id(target.rsa_id).flags
+    return service.netdir.consensus.relay_by_id(target.rsa_id).flags
 
 
 def test_long_lived_ports_are_tors_default():
@@ -56,22 +56,19 @@ def test_long_lived_port_gets_stable_relays_on_every_hop_2017(service_2017, port
     # Before, only the exit had to be Stable: about 8% of the middles for 6667 were not.
     rng = random.Random(port)
     for _ in range(1500):
-        for hop in service_2017.choose_path(port, rng=rng):
+        for hop in service_2017.paths.choose_path(port, rng=rng):
             assert "Stable" in flags_of(service_2017, hop)
 
 
 def test_other_ports_do_not_need_stable_2017(service_2017):
     rng = random.Random(80)
-    middles = [service_2017.choose_path(80, rng=rng)[1] for _ in range(1500)]
+    middles = [service_2017.paths.choose_path(80, rng=rng)[1] for _ in range(1500)]
     assert sum("Stable" not in flags_of(service_2017, middle) for middle in middles) > 50
 
 
 def real_selector(folder: str) -> PathSelector:
-    consensus = parse_consensus((REAL_DIRECTORY / folder / "cached-microdesc-consensus").read_bytes())
-    microdescs = {}
-    for path in sorted((REAL_DIRECTORY / folder).glob("cached-microdescs*")):
-        microdescs.update(parse_microdescriptors(path.read_bytes(), consensus.microdesc_digests()).microdescs)
-    return PathSelector(consensus, microdescs)
+    netdir = real_netdir(folder)
+    return PathSelector(netdir.consensus, netdir.microdescs)
 
 
 def test_circuits_use_the_first_two_usable_primaries_2022():
@@ -92,7 +89,7 @@ def test_circuits_use_the_first_two_usable_primaries_2022():
 
 
 def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
-    selector, sample, now = service_2017.selector, service_2017.guards, service_2017.clock()
+    selector, sample, now = service_2017.paths.selector, service_2017.paths.guards, service_2017.clock()
     first = sample.primary_guards()[0]
     node = selector.node(first.fingerprint)
     rng = random.Random(1)
@@ -106,7 +103,7 @@ def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
     with pytest.raises(NoGuardAvailableError, match="is excluded"):
         choose_path(selector, sample, now, rng, 443, avoid=every)
     # The production wrapper returns the same hops as RelayTargets.
-    targets = service_2017.choose_path(443, rng=random.Random(5))
+    targets = service_2017.paths.choose_path(443, rng=random.Random(5))
     path, _ = choose_path(selector, sample, now, random.Random(5), 443)
     assert [t.rsa_id for t in targets] == [node.relay.rsa_id for node in path.hops]
 
@@ -114,12 +111,12 @@ def test_the_guard_fits_the_exit_and_the_avoided_relays_2017(service_2017):
 def test_outcomes_reach_the_guard_state_and_the_state_file_2017(service_2017):
     # The circuit manager reports a guard's outcome by its identity (mark_guard_up/down): a guard
     # that worked is confirmed and written to DataDirectory/state; one that failed is skipped.
-    sample, now = service_2017.guards, service_2017.clock()
+    sample, now = service_2017.paths.guards, service_2017.clock()
     primaries = sample.primary_guards()
-    service_2017.mark_guard_down(bytes.fromhex(primaries[0].fingerprint))
+    service_2017.paths.mark_guard_down(bytes.fromhex(primaries[0].fingerprint))
     assert primaries[0].is_down
-    assert service_2017.choose_path(443)[0].fingerprint == primaries[1].fingerprint
-    service_2017.mark_guard_up(bytes.fromhex(primaries[1].fingerprint))
+    assert service_2017.paths.choose_path(443)[0].fingerprint == primaries[1].fingerprint
+    service_2017.paths.mark_guard_up(bytes.fromhex(primaries[1].fingerprint))
     assert primaries[1].confirmed_idx == 0 and sample.primary_guards(now)[0] is primaries[0]
     state = DirectoryCache(service_2017.data_directory).read_state()["guards"]
     assert state["version"] == 2

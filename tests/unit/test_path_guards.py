@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import pytest
 
-from oppy.directory.documents import Consensus, RelayRecord, parse_consensus
+from oppy.netdoc.documents import Consensus, RelayRecord, parse_consensus
 from oppy.path.guards import (
     GUARD_SET_FLAGS,
     MIN_FILTERED_SAMPLE,

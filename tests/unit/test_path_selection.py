@@ -17,26 +17,19 @@ from types import MappingProxyType
 
 import pytest
 
-from oppy.directory.documents import (
+from oppy.netdoc.documents import (
     REJECT_ALL_PORTS,
     Consensus,
     MicrodescRecord,
     RelayRecord,
-    parse_consensus,
     parse_microdescriptor,
     parse_microdescriptors,
     parse_port_policy,
 )
-from oppy.path.selection import (
-    LONG_LIVED_PORTS,
-    NoPathError,
-    PathSelector,
-    Position,
-    bandwidth_weight_table,
-    relay_weight,
-)
+from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
+from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
 
-from tests.support.testdata import REAL_DIRECTORY
+from tests.support.testdata import REAL_DIRECTORY, real_netdir
 
 #: Chi-square critical values at p = 0.001 by degrees of freedom.
 CHI2_CRITICAL_P001 = {19: 43.82}
@@ -46,13 +39,8 @@ N_BUCKETS = 20
 
 @functools.cache
 def real_selector(folder: str, enforce_distinct_subnets: bool = True) -> PathSelector:
-    directory = REAL_DIRECTORY / folder
-    consensus = parse_consensus((directory / "cached-microdesc-consensus").read_bytes())
-    wanted = consensus.microdesc_digests()
-    microdescs = {}
-    for path in sorted(directory.glob("cached-microdescs*")):
-        microdescs.update(parse_microdescriptors(path.read_bytes(), wanted).microdescs)
-    return PathSelector(consensus, microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
+    netdir = real_netdir(folder)
+    return PathSelector(netdir.consensus, netdir.microdescs, enforce_distinct_subnets=enforce_distinct_subnets)
 
 
 def assert_draws_follow_weights(selector: PathSelector, position: Position, draw, port=None) -> None:

@@ -19,8 +19,6 @@ from hypothesis import given, strategies as st
 from twisted.internet import task
 
 from oppy.circuit.circuit import CircuitState
-from oppy.directory.authorities import DirAuthority, parse_dir_authority_line, parse_fallback_dir_line
-from oppy.directory.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
 from oppy.directory.cache import (
     CACHED_CERTS_FILE,
     CACHED_CONSENSUS_FILE,
@@ -32,7 +30,10 @@ from oppy.directory.cache import (
     split_microdescriptors,
 )
 from oppy.directory.client import DirectoryClient, DirectoryRequestError, HTTPResponseReader, decode_body
-from oppy.directory.documents import (
+from oppy.directory.service import _load_cache
+from oppy.netdoc.authorities import DirAuthority, parse_dir_authority_line, parse_fallback_dir_line
+from oppy.netdoc.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
+from oppy.netdoc.documents import (
     parse_consensus,
     parse_consensus_header,
     parse_key_certificates,
@@ -41,7 +42,7 @@ from oppy.directory.documents import (
     parse_port_policy,
     parse_protocols,
 )
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     AuthorityLineError,
     CertificateError,
     CertificateParseError,
@@ -50,9 +51,9 @@ from oppy.directory.errors import (
     DocumentParseError,
     MicrodescriptorParseError,
 )
-from oppy.directory.fields import decode_base64, parse_decimal, parse_fixed_point, parse_hex_digest, parse_time
-from oppy.directory.service import _load_cache
-from oppy.directory.verify import verify_consensus, verify_key_certificate
+from oppy.netdoc.fields import decode_base64, parse_decimal, parse_fixed_point, parse_hex_digest, parse_time
+from oppy.netdoc.verify import verify_consensus, verify_key_certificate
+from oppy.path.chooser import PathChooser
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
 from tests.unit.fuzz.budget import FUZZ
@@ -312,7 +313,8 @@ def test_fuzz_cache_loading_reports_problems_and_keeps_the_rest(damage):
             (Path(directory) / file_name).write_bytes(read("testnet-0.4.9.11", source))
         (Path(directory) / STATE_FILE).write_bytes(STATE)
         (Path(directory) / name).write_bytes(data)
-        contents = _load_cache(DirectoryCache(directory), authorities, now, enforce_distinct_subnets=False)
+        contents = _load_cache(DirectoryCache(directory), authorities, now,
+                               PathChooser(enforce_distinct_subnets=False).prepare)
         if name != STATE_FILE:
             assert contents.state is not None           # a damaged document never costs the guard state
         try:

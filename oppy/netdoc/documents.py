@@ -11,7 +11,7 @@ The parsers are our own line parsers rather than stem objects: a full
 7000-relay consensus must be read in a fraction of a second and kept in a few
 MiB. They keep only what oppy needs, share identical flag sets, protocol lists
 and port policies between relays, and raise only their own
-:class:`~oppy.directory.errors.DocumentParseError` subclasses on bad input.
+:class:`~oppy.netdoc.errors.DocumentParseError` subclasses on bad input.
 Times are POSIX seconds (UTC) throughout.
 """
 
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from random import Random
 from types import MappingProxyType
 
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     CertificateParseError,
     ConsensusParseError,
     DocumentParseError,
     MicrodescriptorParseError,
 )
-from oppy.directory.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time
+from oppy.netdoc.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time
 
 __all__ = [
     "PortPolicy",
@@ -431,7 +431,7 @@ def parse_consensus_header(data: bytes) -> ConsensusHeader:
 def parse_consensus(data: bytes) -> Consensus:
     """Parse a v3 consensus (microdesc or ns flavour) into a :class:`Consensus`.
 
-    This does not check signatures: call :func:`oppy.directory.verify.verify_consensus`
+    This does not check signatures: call :func:`oppy.netdoc.verify.verify_consensus`
     on the same bytes first.
     """
     text, first_router, footer = _split_consensus(data)

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oppy.directory.authorities import DEFAULT_AUTHORITIES, DirAuthority
-from oppy.directory.documents import (
+from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, DirAuthority
+from oppy.netdoc.documents import (
     ConsensusHeader,
     parse_consensus_header,
     parse_key_certificates,
 )
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     BadCertificationError,
     BadCrossCertificateError,
     BadSignatureError,
@@ -36,8 +36,8 @@ from oppy.directory.errors import (
     NotEnoughSignaturesError,
     UnknownAuthorityError,
 )
-from oppy.directory.fields import parse_time
-from oppy.directory.verify import (
+from oppy.netdoc.fields import parse_time
+from oppy.netdoc.verify import (
     REASONABLY_LIVE_TIME,
     verify_consensus,
     verify_key_certificate,

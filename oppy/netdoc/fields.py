@@ -18,7 +18,7 @@ import calendar
 import re
 import time
 
-from oppy.directory.errors import DocumentParseError
+from oppy.netdoc.errors import DocumentParseError
 
 __all__ = [
     "MAX_DECIMAL_DIGITS",

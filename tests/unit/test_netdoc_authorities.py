@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oppy.directory.authorities import (
+from oppy.netdoc.authorities import (
     DEFAULT_AUTHORITIES,
     DEFAULT_FALLBACK_DIRS,
     DirAuthority,
@@ -12,7 +12,7 @@ from oppy.directory.authorities import (
     parse_fallback_dir_line,
     v3_authorities,
 )
-from oppy.directory.errors import AuthorityLineError
+from oppy.netdoc.errors import AuthorityLineError
 
 
 def test_default_authorities_are_tor_049s():

@@ -1,4 +1,4 @@
-"""Exceptions raised by the directory layer.
+"""Exceptions raised while reading and checking directory documents (and torrc directory lines).
 
 Every failure has its own class so that callers (and tests) can tell a forged
 document from a stale one or from a certificate that merely needs fetching.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class DirectoryError(ValueError):
-    """Base class of every directory-layer error."""
+    """Base class of every directory-document error."""
 
 
 # --- parse errors: the bytes are not a well-formed document -----------------

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from oppy.directory.documents import (
+from oppy.netdoc.documents import (
     REJECT_ALL_PORTS,
     PortPolicy,
     consensus_refresh_time,
@@ -21,13 +21,13 @@ from oppy.directory.documents import (
     parse_port_policy,
     parse_protocols,
 )
-from oppy.directory.errors import (
+from oppy.netdoc.errors import (
     CertificateParseError,
     ConsensusParseError,
     DocumentParseError,
     MicrodescriptorParseError,
 )
-from oppy.directory.fields import parse_time
+from oppy.netdoc.fields import parse_time
 
 from tests.support.testdata import REAL_DIRECTORY
 

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from oppy.directory.authorities import DirAuthority
-from oppy.directory.documents import ConsensusHeader, KeyCertificate, parse_consensus_header
-from oppy.directory.errors import (
+from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.documents import ConsensusHeader, KeyCertificate, parse_consensus_header
+from oppy.netdoc.errors import (
     BadCertificationError,
     BadCrossCertificateError,
     BadSignatureError,
@@ -42,7 +42,7 @@ from oppy.directory.errors import (
     NotEnoughSignaturesError,
     UnknownAuthorityError,
 )
-from oppy.directory.fields import decode_base64, format_time, parse_hex_digest
+from oppy.netdoc.fields import decode_base64, format_time, parse_hex_digest
 
 __all__ = [
     "REASONABLY_LIVE_TIME",

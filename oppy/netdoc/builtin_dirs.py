@@ -5,7 +5,7 @@ Transcribed from C tor's ``src/app/config/auth_dirs.inc`` and
 0.4.9.3-alpha-dev, December 2025; the fallback list was generated on
 2025-11-17). Each authority entry is the argument of a torrc ``DirAuthority``
 line and each fallback entry the argument of a torrc ``FallbackDir`` line, so
-the same parsers in :mod:`oppy.directory.authorities` read both these and a
+the same parsers in :mod:`oppy.netdoc.authorities` read both these and a
 user's torrc. stem's built-in list is stale (old moria1 and tor26 identities):
 do not use it.
 """

@@ -9,7 +9,7 @@ The syntax follows C tor's ``parse_dir_authority_line`` and
         FINGERPRINT may be written in space-separated groups.
     FallbackDir ADDR[:DIRPORT] orport=N id=HEX40 [ipv6=[ADDR]:PORT] [weight=W]
 
-The built-in lists are tor 0.4.9's (see :mod:`oppy.directory.builtin_dirs`).
+The built-in lists are tor 0.4.9's (see :mod:`oppy.netdoc.builtin_dirs`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from oppy.directory.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
-from oppy.directory.errors import AuthorityLineError
-from oppy.directory.fields import parse_decimal, parse_fixed_point, parse_hex_digest
+from oppy.netdoc.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
+from oppy.netdoc.errors import AuthorityLineError
+from oppy.netdoc.fields import parse_decimal, parse_fixed_point, parse_hex_digest
 
 __all__ = [
     "DirAuthority",

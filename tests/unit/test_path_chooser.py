@@ -1,0 +1,117 @@
+"""PathChooser: the one place paths are chosen, on the real 2017 directory with "now" pinned."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from oppy.netdoc.netdir import NO_CONSENSUS
+from oppy.path.chooser import GuardsChanged, PathChooser
+from oppy.path.guards import GuardStateError
+from oppy.path.selection import NoPathError
+from tests.support.testdata import real_netdir
+
+FOLDER = "2017-03-10-bitnym"
+
+
+def chooser_2017(seed: int = 2017) -> PathChooser:
+    netdir = real_netdir(FOLDER)
+    now = netdir.consensus.valid_after + 1800
+    chooser = PathChooser(rng=random.Random(seed), clock=lambda: now)
+    chooser.set_netdir(netdir)
+    return chooser
+
+
+def test_without_a_netdir_nothing_can_be_chosen():
+    chooser = PathChooser()
+    assert chooser.netdir is None and chooser.dir_info() is NO_CONSENSUS
+    for choose in (lambda: chooser.selector, lambda: chooser.choose_path(443), chooser.choose_directory_path):
+        with pytest.raises(NoPathError, match="no consensus yet"):
+            choose()
+    assert chooser.directory_targets(3) == [] and not chooser.exit_allows(b"\1" * 20, 80)
+
+
+def test_a_new_consensus_fills_the_guard_sample_and_the_directory_information_is_enough():
+    chooser = chooser_2017()
+    assert len(chooser.guards.primary_guards()) == 3
+    info = chooser.dir_info()
+    assert info.enough and info.status.startswith("We have enough directory information (100% of guards bw")
+
+
+def test_one_selector_per_netdir_and_subnet_rule():
+    chooser = chooser_2017()
+    selector = chooser.selector
+    assert chooser.prepare(chooser.netdir) is selector and selector.enforce_distinct_subnets
+    chooser.enforce_distinct_subnets = False                # SETCONF EnforceDistinctSubnets 0
+    assert chooser.selector is not selector and not chooser.selector.enforce_distinct_subnets
+    chooser.enforce_distinct_subnets = True
+    assert chooser.selector is selector
+    chooser.set_netdir(chooser.netdir.with_microdescs(chooser.netdir.microdescs))
+    assert chooser.selector is not selector                  # a new NetDir, a new selector
+
+
+def test_paths_are_relay_targets_of_the_netdir():
+    chooser = chooser_2017()
+    netdir = chooser.netdir
+    primary = chooser.guards.primary_guards()[0]
+    for seed in range(20):
+        guard, middle, exit_ = chooser.choose_path(443, rng=random.Random(seed))
+        assert guard.fingerprint == primary.fingerprint     # 2017: one primary guard in use
+        assert [netdir.relay_target(hop.rsa_id) for hop in (guard, middle, exit_)] == [guard, middle, exit_]
+        assert chooser.exit_allows(exit_.rsa_id, 443) and all(hop.ntor_onion_key for hop in (guard, middle, exit_))
+    guard, _, _ = chooser.choose_path(443, exclude=["$" + primary.fingerprint + "~" + primary.nickname])
+    assert guard.fingerprint == chooser.guards.primary_guards()[1].fingerprint
+
+
+def test_directory_fetches_go_to_directory_guards_then_one_other_cache():
+    chooser = chooser_2017()
+    targets = chooser.directory_targets(3)
+    sampled = {guard.fingerprint for guard in chooser.guards.guards}
+    assert len(targets) == 4 and {target.fingerprint for target in targets[:3]} <= sampled
+    assert targets[3].rsa_id not in {target.rsa_id for target in targets[:3]}
+    assert all("V2Dir" in chooser.netdir.relay_by_id(target.rsa_id).flags for target in targets)
+    # A one-hop path is one of the first guard-n-primary-dir-guards-to-use (3) primaries.
+    primaries = {guard.fingerprint for guard in chooser.guards.primary_guards()}
+    assert {chooser.choose_directory_path()[0].fingerprint for _ in range(60)} == primaries
+
+
+def test_guard_outcomes_are_announced_with_whether_to_save():
+    chooser = chooser_2017()
+    events = []
+    chooser.add_observer(events.append)
+    first, second = chooser.guards.primary_guards()[:2]
+    chooser.mark_guard_down(bytes.fromhex(first.fingerprint))
+    chooser.mark_guard_up("$" + second.fingerprint)
+    assert events[1] == GuardsChanged(needs_saving=True) and second.confirmed_idx == 0 and first.is_down
+    middle = next(relay for relay in chooser.netdir.consensus.relays if "Guard" not in relay.flags)
+    for not_a_guard in (middle.rsa_id, "nonsense", b"short"):
+        chooser.mark_guard_down(not_a_guard)
+        chooser.mark_guard_up(not_a_guard)
+    assert len(events) == 2
+
+
+def test_the_guard_sample_is_restored_from_what_it_saved():
+    first = chooser_2017(seed=1)
+    first.mark_guard_up(bytes.fromhex(first.guards.primary_guards()[1].fingerprint))
+    state = first.guards.to_dict()
+    second = PathChooser(rng=random.Random(99), clock=first.clock)
+    second.restore_guards(state)
+    second.set_netdir(first.netdir)
+    assert [g.fingerprint for g in second.guards.primary_guards()] == \
+        [g.fingerprint for g in first.guards.primary_guards()]
+    assert second.guards.confirmed_guards()[0].fingerprint == first.guards.primary_guards()[1].fingerprint
+    with pytest.raises(GuardStateError):
+        second.restore_guards({"version": 2, "guards": "not a list"})
+
+
+def test_an_observers_bug_is_logged_and_the_others_still_hear(caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    chooser = chooser_2017()
+    events = []
+    chooser.add_observer(lambda event: 1 / 0)
+    chooser.add_observer(events.append)
+    chooser.mark_guard_up(bytes.fromhex(chooser.guards.primary_guards()[0].fingerprint))
+    (record,) = [r for r in caplog.records if r.name == "oppy.path.chooser"]
+    assert record.levelno == logging.ERROR and record.exc_info[0] is ZeroDivisionError and len(events) == 1
