@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
 
 #: (importing module, imported module) arrows that point up today; the re-cut empties this list.
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("oppy.config", "oppy.control.auth"),
+    ("oppy.config.options", "oppy.control.auth"),
     ("oppy.logs", "oppy.config"),
 }
 
