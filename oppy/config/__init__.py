@@ -1,68 +1,66 @@
 """oppy's configuration: tor's torrc syntax, tor's option names, tor's defaults.
 
-The public names are re-exported here, so ``from oppy.config import Config`` is all most callers need.
+Modules, bottom to top: :mod:`~oppy.config.values` (the error types, strict numbers, ASCII helpers),
+:mod:`~oppy.config.torrc` (the torrc lexer, ``%include``, quoting), :mod:`~oppy.config.options` (the value
+types, the option table, Config, loading and reloading) and :mod:`~oppy.config.command_line` (tor's command
+line). The public names are re-exported here: ``from oppy.config import Config`` is all most callers need.
 """
 
+from oppy.config.command_line import CommandLine, config_from_command_line, load_config, parse_command_line
 from oppy.config.options import (
     AUTO_PORT,
     DEFAULT_SOCKS_FLAGS,
     ISOLATION_FLAGS,
     OPTION_NAMES,
     SEVERITIES,
-    CommandLine,
     Config,
-    ConfigError,
-    ConfigLine,
     ConfigSource,
-    LineCommand,
     LogSpec,
     PortConfig,
-    UnknownOptionError,
-    ascii_lower,
     canonical_option_name,
-    config_from_command_line,
     config_from_lines,
     config_from_torrc_text,
-    load_config,
     load_config_from_source,
     option_type_name,
-    parse_command_line,
-    parse_decimal,
     parse_interval,
-    parse_torrc_text,
-    quote_value,
-    read_torrc_file,
     reload_config,
 )
+from oppy.config.torrc import ConfigLine, LineCommand, parse_torrc_text, quote_value, read_torrc_file
+from oppy.config.values import ConfigError, UnknownOptionError, ascii_lower, parse_decimal
 
 __all__ = [
-    "ConfigError",
-    "UnknownOptionError",
-    "LineCommand",
-    "ConfigLine",
-    "PortConfig",
-    "LogSpec",
-    "ConfigSource",
-    "Config",
+    # oppy.config.command_line
     "CommandLine",
-    "SEVERITIES",
-    "OPTION_NAMES",
-    "parse_torrc_text",
-    "read_torrc_file",
-    "config_from_lines",
-    "config_from_torrc_text",
-    "parse_command_line",
     "config_from_command_line",
     "load_config",
-    "load_config_from_source",
-    "reload_config",
+    "parse_command_line",
+    # oppy.config.options
     "AUTO_PORT",
-    "ISOLATION_FLAGS",
     "DEFAULT_SOCKS_FLAGS",
+    "ISOLATION_FLAGS",
+    "OPTION_NAMES",
+    "Config",
+    "ConfigSource",
+    "PortConfig",
     "canonical_option_name",
+    "config_from_lines",
+    "config_from_torrc_text",
+    "load_config_from_source",
     "option_type_name",
     "parse_interval",
-    "parse_decimal",
-    "ascii_lower",
+    "reload_config",
+    # oppy.config.torrc
+    "ConfigLine",
+    "LineCommand",
+    "parse_torrc_text",
     "quote_value",
+    "read_torrc_file",
+    # oppy.config.values
+    "ConfigError",
+    "UnknownOptionError",
+    "ascii_lower",
+    "parse_decimal",
+    # oppy.logs
+    "SEVERITIES",
+    "LogSpec",
 ]

@@ -1,48 +1,47 @@
-"""oppy's configuration: tor's torrc syntax, tor's option names, tor's defaults.
+"""oppy's options: tor's option names, value types and defaults, the Config they fill, and loading it.
 
 A tor user's torrc works here for every option oppy supports, and fails with tor's own words for the
-rest (``Unknown option 'Foo'.  Failing.``). References: tor(1) "THE CONFIGURATION FILE FORMAT" and
-"COMMAND-LINE OPTIONS"; C tor ``lib/encoding/confline.c`` (line syntax), ``lib/encoding/cstring.c``
-(quoted values), ``lib/confmgt/confmgt.c`` (repeats, ``+``/``/`` prefixes, empty values),
+rest (``Unknown option 'Foo'.  Failing.``). References: tor(1) "THE CONFIGURATION FILE FORMAT";
+C tor ``lib/confmgt/confmgt.c`` (repeats, ``+``/``/`` prefixes, empty values),
 ``lib/confmgt/unitparse.c`` (intervals) and ``app/config/config.c`` (ports, logs, defaults).
 
-The core is sans-IO: :func:`parse_torrc_text` and :func:`config_from_lines` take text and lines.
-Only :func:`read_torrc_file`, :func:`load_config` and ``%include`` touch the file system.
+The core is sans-IO: :func:`config_from_lines` takes the lines :mod:`oppy.config.torrc` and
+:mod:`oppy.config.command_line` read. Only :func:`load_config_from_source` touches the file system.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import glob
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oppy.config.torrc import ConfigLine, LineCommand, parse_torrc_text, quote_value, read_torrc_file
+from oppy.config.values import (
+    MAX_DECIMAL_DIGITS,
+    MAX_SHOWN,
+    TOR_SPACE,
+    ConfigError,
+    UnknownOptionError,
+    ascii_lower,
+    parse_decimal,
+    shortened,
+    split_words,
+)
+
 __all__ = [
-    "ConfigError",
-    "UnknownOptionError",
-    "LineCommand",
-    "ConfigLine",
     "PortConfig",
     "LogSpec",
     "ConfigSource",
     "Config",
-    "CommandLine",
     "SEVERITIES",
     "OPTION_NAMES",
-    "parse_torrc_text",
-    "read_torrc_file",
     "config_from_lines",
     "config_from_torrc_text",
-    "parse_command_line",
-    "config_from_command_line",
-    "load_config",
     "load_config_from_source",
     "reload_config",
     "AUTO_PORT",
@@ -51,338 +50,10 @@ __all__ = [
     "canonical_option_name",
     "option_type_name",
     "parse_interval",
-    "parse_decimal",
-    "ascii_lower",
-    "quote_value",
 ]
 
 
-# How much of a value from outside an error message repeats, so that it stays one readable line (the
-# whole value stays on ConfigError.value).
-_MAX_SHOWN = 60
-_MAX_PATH_SHOWN = 1024
-
-
-def _shortened(text: str, limit: int = _MAX_SHOWN) -> str:
-    """``text`` for an error message: control characters escaped (a NUL or LF in a quoted torrc value
-    must not break the line), cut after ``limit`` characters."""
-    shown = text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
-
-
-class ConfigError(ValueError):
-    """The configuration is malformed or invalid. The message is one line a user can act on."""
-
-    def __init__(self, message: str, option: str | None = None, value: str | None = None) -> None:
-        super().__init__(message)
-        self.option = option
-        self.value = value
-
-
-class UnknownOptionError(ConfigError):
-    """An option name oppy does not know (tor: ``Unknown option 'Foo'.  Failing.``)."""
-
-    def __init__(self, option: str) -> None:
-        super().__init__(f"Unknown option '{_shortened(option)}'.  Failing.", option=option)
-
-
-# --------------------------------------------------------------------------- line syntax
-
-# C tor TOR_ISSPACE: the characters the torrc parser skips as white space.
-_SPACE = " \t\n\r\v\f"
-# confline.c MAX_INCLUDE_RECURSION_LEVEL: how deep %include may nest.
-MAX_INCLUDE_RECURSION_LEVEL = 31
-INCLUDE_KEYWORD = "%include"
-
-
-class LineCommand(enum.Enum):
-    """What a configuration line does to an option that already has values (confline.h)."""
-
-    NORMAL = "normal"  # set; a list option's first line in a new source replaces the older list
-    APPEND = "append"  # "+Option value": add to the list from earlier sources
-    CLEAR = "clear"  # "/Option": drop every earlier value (back to the default)
-
-
-@dataclass(frozen=True)
-class ConfigLine:
-    """One ``Keyword value`` line as written (keyword not yet checked or put in canonical case)."""
-
-    key: str
-    value: str
-    command: LineCommand = LineCommand.NORMAL
-
-
-def _decode_quoted(text: str, start: int) -> tuple[str, int]:
-    """Decode the C-style quoted string that opens at ``text[start]`` (cstring.c unescape_string).
-
-    Returns the value and the index just past the closing quote. Escapes: ``\\n \\r \\t \\" \\\\ \\'``,
-    ``\\xHH`` and up to three octal digits (at most 255); a newline or the end inside the quotes is an error.
-    """
-    out = bytearray()
-    i = start + 1
-    n = len(text)
-    while True:
-        if i >= n or text[i] == "\n":
-            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-        char = text[i]
-        if char == '"':
-            return out.decode("utf-8", "surrogateescape"), i + 1
-        if char != "\\":
-            out += char.encode("utf-8", "surrogateescape")
-            i += 1
-            continue
-        escape = text[i + 1 : i + 2]
-        if escape in ("x", "X"):
-            digits = text[i + 2 : i + 4]
-            if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
-                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-            out.append(int(digits, 16))
-            i += 4
-        elif escape and escape in "01234567":
-            j = i + 1
-            while j < n and j < i + 4 and text[j] in "01234567":
-                j += 1
-            number = int(text[i + 1 : j], 8)
-            if number > 0xFF:
-                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-            out.append(number)
-            i = j
-        elif escape in ("n", "r", "t"):
-            out += {"n": b"\n", "r": b"\r", "t": b"\t"}[escape]
-            i += 2
-        elif escape in ('"', "\\", "'"):
-            out += escape.encode()
-            i += 2
-        else:
-            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-
-
-def _strip_continuations(raw: str) -> str:
-    """Inside a continued value, drop ``\\`` + newline pairs and comments (with their newline)."""
-    out: list[str] = []
-    i = 0
-    n = len(raw)
-    while i < n:
-        if raw[i] == "#":
-            end = raw.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif raw.startswith("\\\n", i):
-            i += 2
-        else:
-            out.append(raw[i])
-            i += 1
-    return "".join(out)
-
-
-def _split_lines(text: str) -> list[tuple[str, str]]:
-    """Split torrc text into (keyword, value) pairs exactly as C tor's
-    ``parse_config_line_from_str_verbose`` does, comments and continuations included."""
-    pairs: list[tuple[str, str]] = []
-    n = len(text)
-    pos = 0
-    while True:
-        # Skip white space and whole-line comments up to the next keyword.
-        while True:
-            while pos < n and text[pos] in _SPACE:
-                pos += 1
-            if pos < n and text[pos] == "#":
-                end = text.find("\n", pos)
-                pos = n if end < 0 else end
-            else:
-                break
-        if pos >= n:
-            return pairs
-        key_start = pos
-        while pos < n and text[pos] not in _SPACE and text[pos] != "#" and not text.startswith("\\\n", pos):
-            pos += 1
-        key = text[key_start:pos]
-        while pos < n and text[pos] in " \t":
-            pos += 1
-        value_start = pos
-        if pos < n and text[pos] == '"':
-            value, pos = _decode_quoted(text, pos)
-            while pos < n and text[pos] in " \t":
-                pos += 1
-            if pos < n and text[pos] == "\r":
-                pos += 1
-                if pos < n and text[pos] == "\n":
-                    pos += 1
-            if pos < n and text[pos] not in "#\n":
-                raise ConfigError("Error while parsing configuration: Excess data after quoted string")
-        else:
-            continuation = False
-            while pos < n and text[pos] != "\n" and (text[pos] != "#" or continuation):
-                if text.startswith("\\\n", pos):
-                    continuation = True
-                    pos += 2
-                elif text[pos] == "#":
-                    end = text.find("\n", pos)
-                    pos = n if end < 0 else end + 1
-                else:
-                    pos += 1
-            end = pos
-            if pos < n and text[pos] == "\n":
-                pos += 1
-            while end > value_start and text[end - 1] in _SPACE:
-                end -= 1
-            value = text[value_start:end]
-            if continuation:
-                value = _strip_continuations(value)
-        if pos < n and text[pos] == "#":
-            end = text.find("\n", pos)
-            pos = n if end < 0 else end
-        pairs.append((key, value))
-
-
-IncludeHandler = Callable[[str, int], list[ConfigLine]]
-
-
-def parse_torrc_text(text: str, *, include_handler: IncludeHandler | None = None,
-                     recursion_level: int = 1) -> list[ConfigLine]:
-    """The lines of a torrc, in order, with ``+Option`` / ``/Option`` prefixes decoded.
-
-    ``%include PATH`` lines go to ``include_handler(path, recursion_level)``; without one they are
-    an error (``config_from_torrc_text`` has no file system to read from).
-    """
-    if recursion_level > MAX_INCLUDE_RECURSION_LEVEL:
-        raise ConfigError(f"Error while parsing configuration: more than {MAX_INCLUDE_RECURSION_LEVEL} "
-                          "nested %includes.")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines: list[ConfigLine] = []
-    for key, value in _split_lines(text):
-        if key == INCLUDE_KEYWORD:
-            if include_handler is None:
-                raise ConfigError(f"%include is only supported in a torrc file read with -f (here: "
-                                  f"'%include {_shortened(value, _MAX_PATH_SHOWN)}')",
-                                  option=INCLUDE_KEYWORD, value=value)
-            lines.extend(include_handler(value, recursion_level + 1))
-            continue
-        command = LineCommand.NORMAL
-        if key.startswith("+"):
-            key, command = key[1:], LineCommand.APPEND
-        elif key.startswith("/"):
-            key, value, command = key[1:], "", LineCommand.CLEAR
-        lines.append(ConfigLine(key, value, command))
-    return lines
-
-
-def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in a quoted %include path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        shown = _shortened(path, _MAX_PATH_SHOWN)
-        raise ConfigError(f'Unable to open configuration file "{shown}": {reason}') from None
-    # files.c read_file_to_str: tor drops every CR from a text file before parsing it.
-    return data.decode("utf-8", "surrogateescape").replace("\r", "")
-
-
-def _include_paths(pattern: str) -> list[str]:
-    """tor(1) %include: expand wildcards, sort; a folder contributes its own files (not dot files,
-    not sub-folders), in lexical order."""
-    pattern = os.path.expanduser(pattern)
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches:
-        raise ConfigError("Error reading included configuration file or directory: "
-                          f'"{_shortened(pattern, _MAX_PATH_SHOWN)}".')
-    files: list[str] = []
-    for match in matches:
-        if os.path.isdir(match):
-            for name in sorted(os.listdir(match)):
-                full = os.path.join(match, name)
-                if not name.startswith(".") and os.path.isfile(full):
-                    files.append(full)
-        else:
-            files.append(match)
-    return files
-
-
-def read_torrc_file(path: str, *, recursion_level: int = 1) -> list[ConfigLine]:
-    """The lines of the torrc at ``path`` (``-`` is standard input), ``%include`` expanded."""
-
-    def include(pattern: str, level: int) -> list[ConfigLine]:
-        lines: list[ConfigLine] = []
-        for included in _include_paths(pattern):
-            lines.extend(read_torrc_file(included, recursion_level=level))
-        return lines
-
-    return parse_torrc_text(_read_text(path), include_handler=include, recursion_level=recursion_level)
-
-
-def quote_value(value: str) -> str:
-    """``value`` as it must be written in a torrc: bare when the parser gives it back unchanged, else
-    quoted with C escapes (confmgt.c config_value_needs_escape, plus the cases our parser would strip)."""
-    needs_quotes = (
-        value == ""
-        or value[0] in _SPACE + '"'
-        or value[-1] in _SPACE + "\\"
-        or any(not (" " <= char <= "~") or char == "#" for char in value)
-    )
-    if not needs_quotes:
-        return value
-    out = ['"']
-    for byte in value.encode("utf-8", "surrogateescape"):
-        char = chr(byte)
-        if char == '"':
-            out.append('\\"')
-        elif char == "\\":
-            out.append("\\\\")
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\r":
-            out.append("\\r")
-        elif char == "\t":
-            out.append("\\t")
-        elif " " <= char <= "~":
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    out.append('"')
-    return "".join(out)
-
-
 # --------------------------------------------------------------------------- value types
-
-# parse_int.c: tor reads every number in a torrc or a control command with strtol/strtoull, so none
-# exceeds 64 bits: at most 20 digits once leading zeros are gone. Python's int() would take any count
-# (and raise past 4300) and any Unicode digit ("１２３", "²" for isdigit()); tor takes ASCII only.
-MAX_DECIMAL_DIGITS = 20
-
-
-def parse_decimal(text: str, minimum: int, maximum: int) -> int | None:
-    """tor_parse_long(text, 10, minimum, maximum, &ok, NULL): an optional sign and ASCII digits, nothing
-    else; the value, or None when malformed or outside [minimum, maximum]. Any length is read in linear
-    time without converting more than :data:`MAX_DECIMAL_DIGITS` digits. This is the one number parser
-    for text from outside (torrc values, the command line, control-port arguments)."""
-    digits = text[1:] if text[:1] in ("+", "-") else text
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    significant = digits.lstrip("0") or "0"
-    if len(significant) > MAX_DECIMAL_DIGITS:
-        return None
-    value = -int(significant) if text[:1] == "-" else int(significant)
-    return value if minimum <= value <= maximum else None
-
-
-def ascii_lower(text: str) -> str:
-    """``text`` lower-cased for comparing with ASCII names the way tor's strcasecmp does: text that is not
-    pure ASCII is returned as it is, so that e.g. the KELVIN SIGN (which str.lower() turns into "k")
-    never matches an option name or a flag."""
-    return text.lower() if text.isascii() else text
-
-
-_SPACE_RUN = re.compile(r"[ \t\n\r\v\f]+")  # runs of _SPACE
-
-
-def _words(text: str, maxsplit: int = 0) -> list[str]:
-    """``text`` split on runs of tor's white space (TOR_ISSPACE: ASCII only, not U+00A0 or U+3000 as
-    str.split() would)."""
-    stripped = text.strip(_SPACE)
-    return _SPACE_RUN.split(stripped, maxsplit) if stripped else []
 
 # unitparse.c time_units: interval units and their length in seconds.
 _TIME_UNITS = {
@@ -400,13 +71,13 @@ _INTERVAL_RE = re.compile(r"([0-9]*)(\.[0-9]*)?[ \t\n\r\v\f]*([A-Za-z]*)")
 
 
 def _bad(name: str, value: str, reason: str) -> ConfigError:
-    return ConfigError(f"Could not parse {name} '{_shortened(value)}': {_shortened(reason, 2 * _MAX_SHOWN)}",
+    return ConfigError(f"Could not parse {name} '{shortened(value)}': {shortened(reason, 2 * MAX_SHOWN)}",
                        option=name, value=value)
 
 
 def parse_interval(value: str, name: str = "interval") -> int:
     """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
-    match = _INTERVAL_RE.fullmatch(value.strip(_SPACE))
+    match = _INTERVAL_RE.fullmatch(value.strip(TOR_SPACE))
     if not match or (match.group(1) == "" and len(match.group(2) or "") < 2):  # no digit at all
         raise _bad(name, value, "expected a number of seconds, or a number and a unit such as '10 minutes'")
     whole, fraction, unit = match.groups()
@@ -609,13 +280,13 @@ def _parse_listen_address(name: str, value: str, text: str) -> tuple[str, int | 
         return address, AUTO_PORT
     port = parse_decimal(port_text, 1, _MAX_PORT)
     if port is None:
-        raise _bad(name, value, f"port '{_shortened(port_text, 10)}' out of range (1-{_MAX_PORT})")
+        raise _bad(name, value, f"port '{shortened(port_text, 10)}' out of range (1-{_MAX_PORT})")
     return address, port
 
 
 def _parse_port_line(name: str, value: str, *, client_flags: bool) -> PortConfig | None:
     """One SocksPort/ControlPort value (config.c port_parse_config); None for ``0``."""
-    words = _words(value)
+    words = split_words(value)
     if not words:
         raise _bad(name, value, "no address or port")
     addrport, flag_words = words[0], words[1:]
@@ -741,10 +412,10 @@ class LogSpec:
 def _parse_log_value(name: str, value: str) -> LogSpec:
     """``[min[-max]] [stdout|stderr|file PATH]`` (config.c options_init_logs, log.c
     parse_log_severity_config). Domains (``[net]info``) and syslog are tor features oppy lacks."""
-    text = value.strip(_SPACE)
+    text = value.strip(TOR_SPACE)
     if text.startswith("["):
         raise _bad(name, value, "log domains ([domain]severity) are not supported by oppy")
-    words = _words(text, 1)
+    words = split_words(text, 1)
     if not words:
         raise _bad(name, value, "no severity")
     severity_word = words[0]
@@ -757,7 +428,7 @@ def _parse_log_value(name: str, value: str) -> LogSpec:
     low, high = low.lower(), high.lower()
     if SEVERITIES.index(low) > SEVERITIES.index(high):
         raise _bad(name, value, f"the range {severity_word} is empty (write the less severe level first)")
-    destination_words = _words(rest, 1)
+    destination_words = split_words(rest, 1)
     destination = ascii_lower(destination_words[0]) if destination_words else "stdout"
     if destination in ("stdout", "stderr"):
         if len(destination_words) > 1:
@@ -1020,8 +691,8 @@ class Config:
             old, new = getattr(self, option.field), getattr(candidate, option.field)
             if not option.changeable_at_runtime and old != new:
                 raise ConfigError(f"While oppy is running, changing {option.name} "
-                                  f"({_shortened(repr(' '.join(option.encode(old))))} -> "
-                                  f"{_shortened(repr(' '.join(option.encode(new))))}) "
+                                  f"({shortened(repr(' '.join(option.encode(old))))} -> "
+                                  f"{shortened(repr(' '.join(option.encode(new))))}) "
                                   "is not allowed.", option=option.name)
         warnings = _validate(candidate)
         for option_field in changes:
@@ -1152,82 +823,6 @@ def config_from_torrc_text(text: str) -> Config:
     return config_from_lines([parse_torrc_text(text.replace("\r", ""))])
 
 
-# --------------------------------------------------------------------------- the command line
-
-# Command-line-only options (tor(1) COMMAND-LINE OPTIONS, plus oppy's friendlier spellings): name ->
-# takes a value.
-_ACTIONS_WITH_VALUE = {"-f": "torrc_file", "--torrc-file": "torrc_file", "--hash-password": "hash_password",
-                       "--dump-config": "dump_config", "--log-level": "log_level"}
-_ACTIONS_WITHOUT_VALUE = {"-h": "help", "--help": "help", "--version": "version",
-                          "--verify-config": "verify_config", "--list-torrc-options": "list_torrc_options"}
-# oppy's spellings of common options: --socks-port N is --SocksPort N.
-_OPTION_ALIASES = {"--socks-port": "SocksPort", "--control-port": "ControlPort",
-                   "--data-directory": "DataDirectory"}
-_FLAG_ALIASES = {"--testing-tor-network": ("TestingTorNetwork", "1")}
-
-
-@dataclass
-class CommandLine:
-    """The command line, split into what oppy should do and the option lines it sets."""
-
-    torrc_file: str | None = None
-    option_lines: list[ConfigLine] = field(default_factory=list)
-    log_level: str | None = None
-    help: bool = False
-    version: bool = False
-    verify_config: bool = False
-    list_torrc_options: bool = False
-    hash_password: str | None = None
-    dump_config: str | None = None
-
-
-def parse_command_line(argv: Sequence[str]) -> CommandLine:
-    """Read ``argv`` (without the program name) the way tor reads its own: command-line-only options,
-    then ``--Option value`` (or ``Option value``, ``--+Option value``, ``--/Option``) for any option."""
-    result = CommandLine()
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg in _ACTIONS_WITHOUT_VALUE:
-            setattr(result, _ACTIONS_WITHOUT_VALUE[arg], True)
-            continue
-        if arg == "--dump-config" and (i >= len(args) or args[i].startswith("-")):
-            result.dump_config = "short"  # tor: the argument is optional
-            continue
-        if arg in _FLAG_ALIASES:
-            key, value = _FLAG_ALIASES[arg]
-            result.option_lines.append(ConfigLine(key, value))
-            continue
-        key = arg[2:] if arg.startswith("--") else arg
-        if key.startswith("/"):
-            result.option_lines.append(ConfigLine(canonical_option_name(key[1:]), "", LineCommand.CLEAR))
-            continue
-        command = LineCommand.NORMAL
-        if key.startswith("+"):
-            key, command = key[1:], LineCommand.APPEND
-        if arg not in _ACTIONS_WITH_VALUE and arg not in _OPTION_ALIASES:
-            key = canonical_option_name(key)  # an unknown name fails before a missing value does
-        if i >= len(args):
-            raise ConfigError(f"Command-line option '{arg}' with no value. Failing.", option=arg)
-        value = args[i]
-        i += 1
-        if arg in _ACTIONS_WITH_VALUE:
-            setattr(result, _ACTIONS_WITH_VALUE[arg], value)
-        elif arg in _OPTION_ALIASES:
-            result.option_lines.append(ConfigLine(_OPTION_ALIASES[arg], value))
-        else:
-            result.option_lines.append(ConfigLine(key, value, command))
-    if result.log_level is not None and ascii_lower(result.log_level) not in SEVERITIES:
-        raise ConfigError(f"Unknown log level '{_shortened(result.log_level)}' for --log-level (expected one of "
-                          f"{', '.join(SEVERITIES)})", option="--log-level", value=result.log_level)
-    if result.dump_config is not None and ascii_lower(result.dump_config) not in ("short", "full"):
-        raise ConfigError(f"Unrecognized value '{_shortened(result.dump_config)}' for --dump-config (expected short "
-                          "or full)",
-                          option="--dump-config", value=result.dump_config)
-    return result
-
 
 def _with_log_level(config: Config, level: str) -> Config:
     """``--log-level LEVEL``: every Log destination (or the default stdout one) takes LEVEL and above."""
@@ -1249,15 +844,6 @@ def load_config_from_source(source: ConfigSource) -> Config:
         _with_log_level(config, source.log_level)
     return config
 
-
-def config_from_command_line(command_line: CommandLine) -> Config:
-    return load_config_from_source(ConfigSource(command_line.torrc_file, tuple(command_line.option_lines),
-                                                command_line.log_level))
-
-
-def load_config(argv: Sequence[str]) -> Config:
-    """The Config that ``oppy ARGV`` runs with (command-line-only options such as --version are ignored)."""
-    return config_from_command_line(parse_command_line(argv))
 
 
 def reload_config(config: Config) -> Config:
