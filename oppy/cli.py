@@ -24,6 +24,8 @@ from oppy.config import (
     option_type_name,
     parse_command_line,
 )
+from oppy.crypto.s2k import hash_password
+from oppy.logs import configure_logging
 
 __all__ = ["main", "USAGE"]
 
@@ -70,10 +72,8 @@ def _run_daemon(config: Config) -> int:
 
 
 def _configure_logs(config: Config) -> bool:
-    from oppy.logs import configure_logging
-
     try:
-        configure_logging(config)
+        configure_logging(config.logs, safe_logging=config.safe_logging)
     except OSError as exc:
         _fail(str(exc.strerror or exc))
         return False
@@ -106,8 +106,6 @@ def _main(args: list[str]) -> int:
         print(f"oppy version {__version__}.")
         return EXIT_OK
     if command_line.hash_password is not None:
-        from oppy.control.auth import hash_password
-
         print(hash_password(command_line.hash_password))
         return EXIT_OK
     if command_line.list_torrc_options:

@@ -2,7 +2,7 @@
 
 tor's five severities map onto Python's levels, with a NOTICE level added between INFO and WARNING
 (``debug`` DEBUG, ``info`` INFO, ``notice`` NOTICE, ``warn`` WARNING, ``err`` ERROR and CRITICAL).
-:func:`configure_logging` turns a Config's ``Log`` lines into handlers on the ``oppy`` logger;
+:func:`configure_logging` turns ``Log`` lines (:class:`LogSpec`) into handlers on the ``oppy`` logger;
 :func:`add_log_observer` lets the control port receive every record at or above a severity (for its
 DEBUG/INFO/NOTICE/WARN/ERR events); :func:`safe_address` implements SafeLogging.
 
@@ -18,16 +18,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TextIO
+from dataclasses import dataclass
+from typing import TextIO
 
 from oppy import __version__
 
-if TYPE_CHECKING:
-    from oppy.config import Config, LogSpec
-
 __all__ = [
     "NOTICE",
+    "SEVERITIES",
     "SEVERITY_LEVELS",
+    "LogSpec",
     "SCRUBBED",
     "severity_of",
     "notice",
@@ -54,7 +54,8 @@ SEVERITY_LEVELS = {
     "warn": logging.WARNING,
     "err": logging.ERROR,
 }
-_SEVERITY_ORDER = ("debug", "info", "notice", "warn", "err")
+#: tor's severities, least to most severe (log.c parse_log_level).
+SEVERITIES = ("debug", "info", "notice", "warn", "err")
 
 #: What a scrubbed address reads as (config.c safe_str_client).
 SCRUBBED = "[scrubbed]"
@@ -66,6 +67,23 @@ LOG_FILE_MODE = 0o640
 ROOT_LOGGER_NAME = "oppy"
 
 LogObserver = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One ``Log`` line: messages from ``min_severity`` to ``max_severity`` go to stdout, stderr or a file.
+    ``value`` is the line's torrc text, given back by GETCONF."""
+
+    min_severity: str = "notice"
+    max_severity: str = "err"
+    destination: str = "stdout"
+    path: str | None = None
+    value: str = ""
+
+    def accepts(self, severity: str) -> bool:
+        """True if a message of ``severity`` belongs in this destination."""
+        return SEVERITIES.index(self.min_severity) <= SEVERITIES.index(severity) <= SEVERITIES.index(
+            self.max_severity)
 
 
 def severity_of(levelno: int) -> str:
@@ -123,11 +141,11 @@ class SeverityRangeFilter(logging.Filter):
 
     def __init__(self, min_severity: str, max_severity: str = "err") -> None:
         super().__init__()
-        self.low = _SEVERITY_ORDER.index(min_severity)
-        self.high = _SEVERITY_ORDER.index(max_severity)
+        self.low = SEVERITIES.index(min_severity)
+        self.high = SEVERITIES.index(max_severity)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.low <= _SEVERITY_ORDER.index(severity_of(record.levelno)) <= self.high
+        return self.low <= SEVERITIES.index(severity_of(record.levelno)) <= self.high
 
 
 class _StandardStreamHandler(logging.StreamHandler):
@@ -240,17 +258,11 @@ def _handler_for(spec: LogSpec) -> logging.Handler:
     return handler
 
 
-def configure_logging(specs: Iterable[LogSpec] | Config, *, safe_logging: str | bool | None = None) -> None:
-    """Send oppy's log records where the ``Log`` lines say, replacing any earlier configuration.
-
-    ``specs`` is a Config (its ``logs`` and ``safe_logging`` are used) or LogSpecs. A file that
-    cannot be opened raises OSError and leaves the earlier configuration in place.
+def configure_logging(specs: Iterable[LogSpec], *, safe_logging: str | bool | None = None) -> None:
+    """Send oppy's log records where the ``Log`` lines say, replacing any earlier configuration, and
+    set SafeLogging unless ``safe_logging`` is None. A file that cannot be opened raises OSError and
+    leaves the earlier configuration in place.
     """
-    if hasattr(specs, "logs"):
-        config = specs
-        specs = config.logs  # type: ignore[union-attr]
-        if safe_logging is None:
-            safe_logging = config.safe_logging  # type: ignore[union-attr]
     specs = list(specs)
     new_handlers: list[logging.Handler] = []
     try:

@@ -12,10 +12,8 @@ from oppy.config.options import (
     DEFAULT_SOCKS_FLAGS,
     ISOLATION_FLAGS,
     OPTION_NAMES,
-    SEVERITIES,
     Config,
     ConfigSource,
-    LogSpec,
     PortConfig,
     canonical_option_name,
     config_from_lines,
@@ -27,6 +25,7 @@ from oppy.config.options import (
 )
 from oppy.config.torrc import ConfigLine, LineCommand, parse_torrc_text, quote_value, read_torrc_file
 from oppy.config.values import ConfigError, UnknownOptionError, ascii_lower, parse_decimal
+from oppy.logs import SEVERITIES, LogSpec
 
 __all__ = [
     # oppy.config.command_line

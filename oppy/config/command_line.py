@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from oppy.config.options import SEVERITIES, Config, ConfigSource, canonical_option_name, load_config_from_source
+from oppy.config.options import Config, ConfigSource, canonical_option_name, load_config_from_source
 from oppy.config.torrc import ConfigLine, LineCommand
 from oppy.config.values import ConfigError, ascii_lower, shortened
+from oppy.logs import SEVERITIES
 
 __all__ = [
     "CommandLine",

@@ -32,13 +32,13 @@ from oppy.config.values import (
     shortened,
     split_words,
 )
+from oppy.crypto.s2k import HashedPasswordFormatError, decode_hashed_password
+from oppy.logs import SEVERITIES, LogSpec
 
 __all__ = [
     "PortConfig",
-    "LogSpec",
     "ConfigSource",
     "Config",
-    "SEVERITIES",
     "OPTION_NAMES",
     "config_from_lines",
     "config_from_torrc_text",
@@ -161,11 +161,9 @@ def _parse_safe_logging(name: str, value: str) -> str:
 
 
 def _parse_hashed_password(name: str, value: str) -> str:
-    from oppy.control.auth import ControlAuthError, decode_hashed_password
-
     try:
         decode_hashed_password(value)
-    except ControlAuthError:
+    except HashedPasswordFormatError:
         raise _bad(name, value, "wrong length or bad encoding (make one with oppy --hash-password)") from None
     return value
 
@@ -388,25 +386,7 @@ def _format_addrport(port: PortConfig) -> str:
 
 # --------------------------------------------------------------------------- logs
 
-#: tor's severities, least to most severe (log.c parse_log_level).
-SEVERITIES = ("debug", "info", "notice", "warn", "err")
-LOG_DESTINATIONS = ("stdout", "stderr", "file")
-
-
-@dataclass(frozen=True)
-class LogSpec:
-    """One ``Log`` line: messages from ``min_severity`` to ``max_severity`` go to stdout, stderr or a file."""
-
-    min_severity: str = "notice"
-    max_severity: str = "err"
-    destination: str = "stdout"
-    path: str | None = None
-    value: str = ""
-
-    def accepts(self, severity: str) -> bool:
-        """True if a message of ``severity`` belongs in this destination."""
-        return SEVERITIES.index(self.min_severity) <= SEVERITIES.index(severity) <= SEVERITIES.index(
-            self.max_severity)
+# A Log line's value is an oppy.logs.LogSpec: the logging layer, at the bottom, owns the type.
 
 
 def _parse_log_value(name: str, value: str) -> LogSpec:

@@ -1,15 +1,13 @@
 """Control-port authentication as tor does it: hashed passwords, the cookie, SAFECOOKIE.
 
-References: control-spec "AUTHENTICATE", "PROTOCOLINFO", "AUTHCHALLENGE"; RFC 2440 section
-3.6.1.3 (iterated and salted S2K); C tor control_auth.c, control.c (which commands are allowed
-before authentication), crypto_s2k.c and main.c (``tor --hash-password``). Error texts are
-tor's, because controllers show them to users.
+The hashed-password format itself is :mod:`oppy.crypto.s2k`'s (the configuration checks it too).
+References: control-spec "AUTHENTICATE", "PROTOCOLINFO", "AUTHCHALLENGE"; C tor control_auth.c and
+control.c (which commands are allowed before authentication). Error texts are tor's, because
+controllers show them to users.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from oppy.config import parse_decimal
+from oppy.crypto.s2k import decode_hashed_password, s2k_rfc2440
 from oppy.control.codec import (
     ControlCommand,
     ControlSyntaxError,
@@ -29,22 +28,12 @@ from oppy.control.codec import (
 )
 
 __all__ = [
-    "HASHED_PASSWORD_PREFIX",
-    "S2K_SALT_LEN",
-    "S2K_SPECIFIER_LEN",
-    "S2K_DEFAULT_COUNT_BYTE",
     "AUTH_COOKIE_LEN",
     "SAFECOOKIE_NONCE_LEN",
     "SAFECOOKIE_SERVER_TO_CONTROLLER_KEY",
     "SAFECOOKIE_CONTROLLER_TO_SERVER_KEY",
     "ControlAuthError",
-    "HashedPasswordFormatError",
     "CookieFileError",
-    "s2k_count",
-    "s2k_rfc2440",
-    "hash_password",
-    "decode_hashed_password",
-    "check_hashed_password",
     "generate_cookie",
     "write_cookie_file",
     "read_cookie_file",
@@ -55,16 +44,6 @@ __all__ = [
     "PRE_AUTH_COMMANDS",
 ]
 
-# control-spec "AUTHENTICATE" / tor's decode_hashed_passwords: the prefix of a hex hash.
-HASHED_PASSWORD_PREFIX = "16:"
-# RFC 2440 3.6.1.3: an iterated and salted S2K specifier is salt(8) || count(1).
-S2K_SALT_LEN = 8
-S2K_SPECIFIER_LEN = S2K_SALT_LEN + 1
-# crypto_s2k.c secret_to_key_rfc2440: count = (16 + (c & 15)) << ((c >> 4) + EXPBIAS).
-S2K_EXPBIAS = 6
-# main.c do_hash_password: tor --hash-password uses c = 96, i.e. 65536 bytes hashed.
-S2K_DEFAULT_COUNT_BYTE = 96
-SHA1_DIGEST_LEN = 20
 # control_auth.c AUTHENTICATION_COOKIE_LEN: the cookie file holds exactly 32 bytes.
 AUTH_COOKIE_LEN = 32
 # control_auth.c SAFECOOKIE_SERVER_NONCE_LEN (DIGEST256_LEN); stem sends 32-byte nonces too.
@@ -109,86 +88,8 @@ class ControlAuthError(ValueError):
     """Base class of the authentication module's errors."""
 
 
-class HashedPasswordFormatError(ControlAuthError):
-    """A HashedControlPassword value is neither ``16:`` + 58 hex digits nor 29 bytes of base64."""
-
-
 class CookieFileError(ControlAuthError):
     """The cookie file is missing, unreadable or not exactly 32 bytes."""
-
-
-# --------------------------------------------------------------------------- hashed password
-
-
-def s2k_count(count_byte: int) -> int:
-    """How many bytes of salt||secret RFC 2440's iterated S2K hashes for count byte ``c``."""
-    return (16 + (count_byte & 15)) << ((count_byte >> 4) + S2K_EXPBIAS)
-
-
-def s2k_rfc2440(secret: bytes, specifier: bytes) -> bytes:
-    """SHA-1 of salt||secret repeated (and truncated) to the specifier's count, at least once."""
-    if len(specifier) != S2K_SPECIFIER_LEN:
-        raise ValueError(f"an S2K specifier is {S2K_SPECIFIER_LEN} bytes")
-    block = specifier[:S2K_SALT_LEN] + secret
-    # tor hashes exactly `count` bytes, even when that truncates a long salt||secret.
-    repeats, remainder = divmod(s2k_count(specifier[S2K_SALT_LEN]), len(block))
-    digest = hashlib.sha1()
-    # Feeding a few large pieces is much faster than 65536/len(block) tiny updates.
-    chunk_repeats = max(1, 8192 // len(block))
-    chunk = block * chunk_repeats
-    while repeats >= chunk_repeats:
-        digest.update(chunk)
-        repeats -= chunk_repeats
-    digest.update(block * repeats)
-    digest.update(block[:remainder])
-    return digest.digest()
-
-
-def _password_bytes(password: str | bytes) -> bytes:
-    return password.encode("utf-8", "surrogateescape") if isinstance(password, str) else bytes(password)
-
-
-def hash_password(password: str | bytes, salt: bytes | None = None, count_byte: int = S2K_DEFAULT_COUNT_BYTE) -> str:
-    """The HashedControlPassword line for ``password``, formatted as ``tor --hash-password``
-    prints it: ``16:`` and upper-case hex of salt(8) || count(1) || S2K digest(20)."""
-    if salt is None:
-        salt = os.urandom(S2K_SALT_LEN)
-    if len(salt) != S2K_SALT_LEN:
-        raise ValueError(f"the salt is {S2K_SALT_LEN} bytes")
-    if not 0 <= count_byte <= 0xFF:
-        raise ValueError("count_byte is one byte")
-    specifier = bytes(salt) + bytes([count_byte])
-    key = specifier + s2k_rfc2440(_password_bytes(password), specifier)
-    return HASHED_PASSWORD_PREFIX + key.hex().upper()
-
-
-def decode_hashed_password(hashed: str) -> tuple[bytes, bytes]:
-    """Split a HashedControlPassword value into (S2K specifier, SHA-1 digest). Accepts tor's
-    two spellings, ``16:`` + hex and bare base64."""
-    expected_len = S2K_SPECIFIER_LEN + SHA1_DIGEST_LEN
-    hashed = hashed.strip()
-    try:
-        if hashed.startswith(HASHED_PASSWORD_PREFIX):
-            hex_part = hashed[len(HASHED_PASSWORD_PREFIX) :]
-            if len(hex_part) != 2 * expected_len:
-                raise HashedPasswordFormatError(f"expected {2 * expected_len} hex digits after 16:")
-            raw = bytes.fromhex(hex_part)
-        else:
-            padded = hashed + "=" * (-len(hashed) % 4)
-            raw = base64.b64decode(padded, validate=True)
-    except (ValueError, binascii.Error) as exc:
-        if isinstance(exc, HashedPasswordFormatError):
-            raise
-        raise HashedPasswordFormatError(f"cannot decode hashed password: {exc}") from None
-    if len(raw) != expected_len:
-        raise HashedPasswordFormatError(f"a hashed password holds {expected_len} bytes, not {len(raw)}")
-    return raw[:S2K_SPECIFIER_LEN], raw[S2K_SPECIFIER_LEN:]
-
-
-def check_hashed_password(hashed: str, password: str | bytes) -> bool:
-    """True if ``password`` matches the HashedControlPassword value ``hashed``."""
-    specifier, expected = decode_hashed_password(hashed)
-    return hmac.compare_digest(s2k_rfc2440(_password_bytes(password), specifier), expected)
 
 
 # --------------------------------------------------------------------------- cookie

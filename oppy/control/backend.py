@@ -314,7 +314,7 @@ class DaemonBackend(ControlBackend):
             manager.max_pending = config.max_client_circuits_pending
         if changed & {"Log", "SafeLogging"}:
             try:
-                configure_logging(config)
+                configure_logging(config.logs, safe_logging=config.safe_logging)
             except OSError as exc:
                 log.warning("Could not apply the new Log lines: %s", exc.strerror or exc)
         factory = getattr(self.daemon, "socks_factory", None)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from stem import CircStatus, Signal, StreamStatus
 from stem.control import Controller, EventType
 
-from oppy.control.auth import hash_password
+from oppy.crypto.s2k import hash_password
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch

@@ -9,9 +9,9 @@ import types
 import pytest
 
 from oppy import __version__, cli
-from oppy.config import Config, LogSpec
-from oppy.control.auth import check_hashed_password
-from oppy.logs import reset_logging
+from oppy.config import Config
+from oppy.crypto.s2k import check_hashed_password
+from oppy.logs import LogSpec, reset_logging
 
 HASHED_PASSWORD_RE = re.compile(r"16:[0-9A-F]{58}")
 

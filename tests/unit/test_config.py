@@ -36,7 +36,7 @@ from oppy.config import (
     read_torrc_file,
     reload_config,
 )
-from oppy.control.auth import hash_password
+from oppy.crypto.s2k import hash_password
 
 AUTHORITY = ("auth0 orport=5000 no-v2 v3ident=" + "A" * 40 + " 127.0.0.1:7000 " + "B" * 40)
 HASH = "16:D55D2544D35A76A86054A13DC6DCA992C50E7B90C487F80FBCCF7B890F"  # tor --hash-password foo

@@ -192,7 +192,7 @@ class TestAuthentication:
         assert ask(session, "GETINFO version").startswith(b"250-version=")
 
     def test_wrong_password_is_515_and_closes(self):
-        from oppy.control.auth import hash_password
+        from oppy.crypto.s2k import hash_password
 
         _, session = session_for(auth=AuthSettings(hashed_passwords=(hash_password("right"),)), authenticate=False)
         answer = ask(session, 'AUTHENTICATE "wrong"')

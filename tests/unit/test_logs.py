@@ -9,11 +9,12 @@ import time
 import pytest
 
 from oppy import logs
-from oppy.config import LogSpec, config_from_torrc_text
+from oppy.config import config_from_torrc_text
 from oppy.logs import (
     NOTICE,
     SCRUBBED,
     SEVERITY_LEVELS,
+    LogSpec,
     SeverityRangeFilter,
     TorLogFormatter,
     add_log_observer,
@@ -28,6 +29,12 @@ from oppy.logs import (
 
 LINE_RE = re.compile(r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d\.\d{3} \[(debug|info|notice|warn|err)\] .*")
 log = logging.getLogger("oppy.test")
+
+
+def configure_from_torrc(text):
+    """Logging as ``oppy`` sets it up from a torrc's Log and SafeLogging lines."""
+    config = config_from_torrc_text(text)
+    configure_logging(config.logs, safe_logging=config.safe_logging)
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +103,7 @@ def test_severity_range_filter():
 
 
 def test_default_destination_is_notice_and_above_on_stdout(capsys):
-    configure_logging(config_from_torrc_text(""))
+    configure_from_torrc("")
     log.debug("debug message")
     log.info("info message")
     notice(log, "notice %s", "message")
@@ -128,7 +135,7 @@ def test_records_nobody_wants_are_not_formatted():
 
 def test_file_destination(tmp_path, capsys):
     path = tmp_path / "notices.log"
-    configure_logging(config_from_torrc_text(f"Log info file {path}\n"))
+    configure_from_torrc(f"Log info file {path}\n")
     log.info("to the file")
     log.debug("not to the file")
     configure_logging([LogSpec("notice", "err", "file", str(path))])  # reopen: appends
@@ -202,9 +209,9 @@ def test_safe_logging():
     assert safe_address("10.0.0.1") == "10.0.0.1"
     set_safe_logging(True)
     assert safe_address("10.0.0.1") == SCRUBBED
-    configure_logging(config_from_torrc_text("SafeLogging 0\n"))
+    configure_from_torrc("SafeLogging 0\n")
     assert safe_address("10.0.0.1") == "10.0.0.1"
-    configure_logging(config_from_torrc_text(""))
+    configure_from_torrc("")
     assert safe_address("10.0.0.1") == SCRUBBED
 
 

@@ -28,7 +28,7 @@ from oppy.config import (
     parse_command_line,
     parse_torrc_text,
 )
-from oppy.control.auth import hash_password
+from oppy.crypto.s2k import hash_password
 from oppy.control.commands import SetconfError, apply_setconf
 from tests.unit.fuzz.budget import FUZZ
 from tests.unit.fuzz.strategies import HOSTILE_TOKENS, mutated
