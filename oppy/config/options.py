@@ -34,6 +34,7 @@ from oppy.config.values import (
 )
 from oppy.crypto.s2k import HashedPasswordFormatError, decode_hashed_password
 from oppy.logs import SEVERITIES, LogSpec
+from oppy.netdoc.authorities import parse_dir_authority_line, parse_fallback_dir_line
 
 __all__ = [
     "PortConfig",
@@ -179,15 +180,11 @@ def _parse_pid(name: str, value: str) -> str:
 
 
 def _validated_directory_line(kind: str) -> Callable[[str, str], str]:
-    """Keep DirAuthority / FallbackDir lines raw, but refuse the malformed ones now (with the directory
-    layer's parser when it is there) so that ``--verify-config`` catches them."""
+    """Keep DirAuthority / FallbackDir lines raw, but refuse the malformed ones now (with netdoc's parser,
+    the one the directory layer reads them with) so that ``--verify-config`` catches them."""
+    parser = parse_dir_authority_line if kind == "authority" else parse_fallback_dir_line
 
     def parse(name: str, value: str) -> str:
-        try:
-            from oppy.netdoc import authorities
-        except ImportError:  # the directory layer will parse them itself
-            return value
-        parser = authorities.parse_dir_authority_line if kind == "authority" else authorities.parse_fallback_dir_line
         try:
             parser(value)
         except ValueError as exc:
