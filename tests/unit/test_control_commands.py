@@ -18,14 +18,8 @@ from oppy.circuit.manager import CircuitPurpose, CircuitStatus, ManagedCircuit, 
 from oppy.config import Config, config_from_torrc_text
 from oppy.control.auth import safecookie_client_hash
 from oppy.control.backend import LinkTrafficMeter, tcp_byte_counts
-from oppy.control.commands import (
-    CONTROL_VERSION,
-    AuthSettings,
-    ControlBackend,
-    ControlHub,
-    SetconfError,
-    apply_setconf,
-)
+from oppy.control.commands import ControlBackend, SetconfError, apply_setconf
+from oppy.control.session import CONTROL_VERSION, AuthSettings, ControlHub
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir

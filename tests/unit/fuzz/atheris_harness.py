@@ -21,7 +21,7 @@ with atheris.instrument_imports(include=["oppy"]):
     from oppy.cell.framing import LINK_VERSION_UNNEGOTIATED, CellReader
     from oppy.cell.relay import decode_relay_payload
     from oppy.config import ConfigError, config_from_torrc_text, parse_command_line
-    from oppy.control.commands import AuthSettings, ControlHub
+    from oppy.control.session import AuthSettings, ControlHub
     from oppy.crypto.certs import verify_relay_certs
     from oppy.crypto.errors import CertificateError
     from oppy.socks.messages import MAX_HANDSHAKE_MESSAGE_LEN

@@ -24,7 +24,7 @@ from oppy.control.codec import (
     parse_kvline,
     unescape_cstring,
 )
-from oppy.control.commands import AuthSettings, ControlHub
+from oppy.control.session import AuthSettings, ControlHub
 from oppy.stream.stream import StreamState
 from tests.unit.fuzz.budget import FUZZ
 from tests.unit.fuzz.strategies import chunked, cuts, mutated, seeds_mutated_or_random
