@@ -189,6 +189,11 @@ class CircuitManager:
             except Exception:  # an observer's bug must not break circuits
                 log.exception("observer failed")
 
+    @property
+    def first_circuit_built(self) -> bool:
+        """Whether a circuit was ever built (GETINFO status/circuit-established stays 1 afterwards, as in tor)."""
+        return self._first_built
+
     # ------------------------------------------------------------------------------ circuits
 
     def start(self) -> None:

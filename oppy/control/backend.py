@@ -18,10 +18,13 @@ from collections import deque
 from typing import Callable, Sequence
 
 from oppy.cell.commands import DestroyReason
+from oppy.circuit.manager import CircuitManager, CircuitPurpose, ManagedCircuit, ManagedStream
 from oppy.config import OPTION_NAMES, ConfigError, reload_config
 from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
 from oppy.control.events import format_path, orconn_event
+from oppy.directory.service import DirectoryService
 from oppy.logs import configure_logging, notice
+from oppy.netdoc.relay import RelayTarget
 
 __all__ = ["DaemonBackend", "LinkTrafficMeter", "tcp_byte_counts"]
 
@@ -41,7 +44,7 @@ _NOT_RELOADED = frozenset({"SocksPort", "ControlPort", "DataDirectory", "Testing
 
 def tcp_byte_counts(sock) -> tuple[int, int] | None:
     """(bytes received, bytes sent) of a TCP socket, from the kernel's TCP_INFO; None where unknown."""
-    tcp_info = getattr(socket, "TCP_INFO", None)
+    tcp_info = getattr(socket, "TCP_INFO", None)  # Linux only: optional by nature
     if sock is None or tcp_info is None:
         return None
     try:
@@ -155,8 +158,8 @@ class DaemonBackend(ControlBackend):
         self.daemon = daemon
         self.reactor = reactor
         self.config = daemon.config
-        self.manager = daemon.manager
-        self.directory = daemon.directory
+        self.manager: CircuitManager = daemon.manager
+        self.directory: DirectoryService = daemon.directory
         self.paths = daemon.paths
         self.clock = clock
         self.control_listeners = control_listeners
@@ -182,22 +185,20 @@ class DaemonBackend(ControlBackend):
 
     # ---------------------------------------------------------------- circuits and streams
 
-    def launch_circuit(self, path, purpose: str) -> int:
-        from oppy.circuit.manager import CircuitPurpose
-
+    def launch_circuit(self, path: list[RelayTarget] | None, purpose: str) -> int:
         managed = self.manager.launch(None, path=path, purpose=CircuitPurpose[purpose])
         return managed.number
 
-    def attach_stream(self, managed_stream, managed_circuit) -> None:
+    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
         self.manager.controller_attach(managed_stream, managed_circuit)
 
-    def close_stream(self, managed_stream, reason: int) -> None:
+    def close_stream(self, managed_stream: ManagedStream, reason: int) -> None:
         managed_stream.stream.close(reason)
 
     def close_circuit(self, number: int) -> None:
         self.manager.close_circuit(number, DestroyReason.REQUESTED)
 
-    def find_relay(self, name: str):
+    def find_relay(self, name: str) -> RelayTarget | None:
         netdir = self.directory.netdir
         return netdir.find_relay(name) if netdir is not None else None
 
@@ -233,7 +234,7 @@ class DaemonBackend(ControlBackend):
         return os.path.abspath(path)
 
     def circuit_established(self) -> bool:
-        return bool(getattr(self.manager, "_first_built", False)) or any(
+        return self.manager.first_circuit_built or any(
             managed.is_open for managed in self.manager.circuits.values())
 
     def is_dormant(self) -> bool:
@@ -303,7 +304,7 @@ class DaemonBackend(ControlBackend):
             manager.attach_automatically = not config.leave_streams_unattached
             if manager.attach_automatically:
                 for managed in list(manager.streams.values()):
-                    if getattr(managed, "awaiting_controller", False) and not managed.stream.ended:
+                    if managed.awaiting_controller and not managed.stream.ended:
                         manager.controller_attach(managed, None)
         if "MaxCircuitDirtiness" in changed:
             manager.max_circuit_dirtiness = config.max_circuit_dirtiness
@@ -317,7 +318,7 @@ class DaemonBackend(ControlBackend):
                 configure_logging(config.logs, safe_logging=config.safe_logging)
             except OSError as exc:
                 log.warning("Could not apply the new Log lines: %s", exc.strerror or exc)
-        factory = getattr(self.daemon, "socks_factory", None)
+        factory = self.daemon.socks_factory  # None until the SOCKS listeners are up
         if factory is not None:
             if "SocksTimeout" in changed:
                 factory.handshake_timeout = config.socks_timeout

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from oppy.circuit.manager import ManagedCircuit, ManagedStream
 from oppy.config import OPTION_NAMES, Config, ConfigError, UnknownOptionError, ascii_lower, \
     canonical_option_name, parse_decimal
 from oppy.control.codec import (
@@ -28,7 +29,10 @@ from oppy.control.codec import (
     reply,
 )
 from oppy.control.events import SIGNAL_CANONICAL_NAMES, UnrecognizedEventError, parse_setevents
-from oppy.control.status import ns_entry
+from oppy.control.status import relays_ns_text
+from oppy.netdoc.documents import RelayRecord
+from oppy.netdoc.netdir import NetDir
+from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 
 if TYPE_CHECKING:
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMANDS",
     "ControlBackend",
+    "CircuitManagerView",
+    "DirectoryView",
     "SetconfError",
     "apply_setconf",
     "TOR_CLIENT_DEFAULTS",
@@ -123,36 +129,59 @@ _LISTENER_OPTIONS = ("SocksPort", "ControlPort")
 # --------------------------------------------------------------------------- the backend
 
 
-class ControlBackend:
+@runtime_checkable
+class CircuitManagerView(Protocol):
+    """What control reads of the circuit manager (:class:`~oppy.circuit.manager.CircuitManager`):
+    its circuits and streams by number, and whether a circuit was ever built."""
+
+    circuits: Mapping[int, ManagedCircuit]
+    streams: Mapping[int, ManagedStream]
+
+    @property
+    def first_circuit_built(self) -> bool: ...
+
+
+@runtime_checkable
+class DirectoryView(Protocol):
+    """What control reads of the directory (:class:`~oppy.directory.service.DirectoryService`): the
+    :class:`~oppy.netdoc.netdir.NetDir` in use (None before the first), and how far the bootstrap is."""
+
+    netdir: NetDir | None
+    enough_dir_info: bool
+
+    @property
+    def bootstrap_phase(self) -> tuple[int, str, str]: ...
+
+
+@runtime_checkable
+class ControlBackend(Protocol):
     """What the commands read from and do to a running oppy. The daemon's implementation is
-    ``oppy.control.backend.DaemonBackend``; tests provide their own. Attributes: ``config`` (the
-    live :class:`~oppy.config.Config`), ``manager`` (the circuit manager: ``circuits`` and
-    ``streams`` by number, ``attach_automatically``), ``directory`` (``netdir``, the
-    :class:`~oppy.netdoc.netdir.NetDir` in use or None, ``bootstrap_phase``, ``enough_dir_info``), ``paths``
-    (the :class:`~oppy.path.chooser.PathChooser`, whose ``guards`` GETINFO entry-guards lists)."""
+    ``oppy.control.backend.DaemonBackend``; tests provide their own. ``config`` is the live
+    :class:`~oppy.config.Config`, ``paths`` the :class:`~oppy.path.chooser.PathChooser` (whose
+    ``guards`` GETINFO entry-guards lists)."""
 
     config: Config
-    manager: object
-    directory: object
+    manager: CircuitManagerView
+    directory: DirectoryView
     paths: PathChooser
 
-    def launch_circuit(self, path: list | None, purpose: str) -> int:
+    def launch_circuit(self, path: list[RelayTarget] | None, purpose: str) -> int:
         """Build a circuit (through ``path``, or one oppy picks) with purpose GENERAL or CONTROLLER;
         returns its number. Raises if no circuit can be started."""
         raise NotImplementedError
 
-    def attach_stream(self, managed_stream, managed_circuit) -> None:
+    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
         """ATTACHSTREAM: put a waiting (or connecting) stream on a circuit, or on one oppy picks (None)."""
         raise NotImplementedError
 
-    def close_stream(self, managed_stream, reason: int) -> None:
+    def close_stream(self, managed_stream: ManagedStream, reason: int) -> None:
         raise NotImplementedError
 
     def close_circuit(self, number: int) -> None:
         raise NotImplementedError
 
-    def find_relay(self, name: str):
-        """A relay (RelayTarget) named by ``$FP``, ``$FP~nick``, ``$FP=nick``, ``FP`` or a nickname, or None."""
+    def find_relay(self, name: str) -> RelayTarget | None:
+        """A relay named by ``$FP``, ``$FP~nick``, ``$FP=nick``, ``FP`` or a nickname, or None."""
         raise NotImplementedError
 
     def microdesc_body(self, digest: str) -> str | None:
@@ -410,7 +439,7 @@ def _run_attachstream(session: ControlSession, args: ControlArguments, after) ->
                 return _error(UNRECOGNIZED_ENTITY, f"Bad value hop={hop_text}")
             hop = parsed_hop
     state = managed_stream.stream.state.value
-    waiting = state in ("NEW", "DETACHED") and getattr(managed_stream, "awaiting_controller", False)
+    waiting = state in ("NEW", "DETACHED") and managed_stream.awaiting_controller
     if not waiting and state not in ("SENTCONNECT", "SENTRESOLVE"):
         return _error(NOT_MANAGED, "Connection is not managed by controller.")
     if target is not None:
@@ -456,7 +485,7 @@ def _run_closecircuit(session: ControlSession, args: ControlArguments, after) ->
     if managed is None:
         return _error(UNRECOGNIZED_ENTITY, f'Unknown circuit "{circ_id}"')
     if_unused = args.has_flag("IfUnused")
-    in_use = any(getattr(stream, "managed_circuit", None) is managed and not stream.stream.ended
+    in_use = any(stream.managed_circuit is managed and not stream.stream.ended
                  for stream in session.hub.backend.manager.streams.values())
     if not if_unused or not in_use:
         session.hub.backend.close_circuit(managed.number)
@@ -499,9 +528,9 @@ COMMANDS: dict[str, tuple[Callable[[str], ControlArguments], Callable[..., bytes
 }
 
 
-def event_for_new_consensus(relays: Iterable) -> bytes:
+def event_for_new_consensus(relays: Iterable[RelayRecord]) -> bytes:
     """``650+NEWCONSENSUS`` with every entry in ns format, then ``650 OK``."""
-    return encode_event(DataBlock("NEWCONSENSUS", "".join(ns_entry(relay) for relay in relays)))
+    return encode_event(DataBlock("NEWCONSENSUS", relays_ns_text(relays)))
 
 
 def __getattr__(name: str):

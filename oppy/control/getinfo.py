@@ -22,8 +22,11 @@ from oppy.control.status import (
     circuit_status_entry,
     entry_guard_line,
     ns_entry,
+    relays_ns_text,
     stream_getinfo_line,
 )
+from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import hex_identity
 
 if TYPE_CHECKING:
@@ -56,25 +59,25 @@ def _joined(lines: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
-def _gi_version(session, key):
+def _gi_version(session: ControlSession, key: str) -> str | None:
     return session.hub.version
 
 
-def _gi_config_file(session, key):
+def _gi_config_file(session: ControlSession, key: str) -> str | None:
     return session.hub.backend.config_file()
 
 
-def _gi_config_text(session, key):
+def _gi_config_text(session: ControlSession, key: str) -> str | None:
     return _joined(session.hub.backend.config.to_torrc_lines())
 
 
-def _gi_config_names(session, key):
+def _gi_config_names(session: ControlSession, key: str) -> str | None:
     lines = [f"{name} {option_type_name(name)}" for name in OPTION_NAMES]
     lines += [f"{name} {kind}" for name, (kind, _) in TOR_CLIENT_DEFAULTS.items()]
     return _joined(lines)
 
 
-def _gi_config_defaults(session, key):
+def _gi_config_defaults(session: ControlSession, key: str) -> str | None:
     defaults = Config()
     lines = []
     for name in OPTION_NAMES:
@@ -84,45 +87,45 @@ def _gi_config_defaults(session, key):
     return _joined(lines)
 
 
-def _gi_info_names(session, key):
+def _gi_info_names(session: ControlSession, key: str) -> str | None:
     lines = sorted(f"{entry.name}{'*' if entry.is_prefix else ''} -- {entry.doc}" for entry in GETINFO_KEYS)
     return _joined(lines)
 
 
-def _gi_events_names(session, key):
+def _gi_events_names(session: ControlSession, key: str) -> str | None:
     return " ".join(SETEVENTS_EVENT_NAMES)
 
 
-def _gi_signal_names(session, key):
+def _gi_signal_names(session: ControlSession, key: str) -> str | None:
     return " ".join(SIGNAL_CANONICAL_NAMES)
 
 
-def _gi_features_names(session, key):
+def _gi_features_names(session: ControlSession, key: str) -> str | None:
     return " ".join(FEATURE_NAMES)
 
 
-def _gi_address(session, key):
+def _gi_address(session: ControlSession, key: str) -> str | None:
     raise GetinfoFailed("Address unknown")
 
 
-def _gi_fingerprint(session, key):
+def _gi_fingerprint(session: ControlSession, key: str) -> str | None:
     raise GetinfoFailed("Not running in server mode")
 
 
-def _gi_traffic(session, key):
+def _gi_traffic(session: ControlSession, key: str) -> str | None:
     read, written = session.hub.backend.traffic()
     return str(read if key == "traffic/read" else written)
 
 
-def _gi_bw_event_cache(session, key):
+def _gi_bw_event_cache(session: ControlSession, key: str) -> str | None:
     return " ".join(f"{read},{written}" for read, written in session.hub.backend.bandwidth_history())
 
 
-def _gi_uptime(session, key):
+def _gi_uptime(session: ControlSession, key: str) -> str | None:
     return str(session.hub.backend.uptime())
 
 
-def _gi_process(session, key):
+def _gi_process(session: ControlSession, key: str) -> str | None:
     if key == "process/pid":
         return str(os.getpid())
     if key == "process/uid":
@@ -144,11 +147,11 @@ def _gi_process(session, key):
     return None
 
 
-def _gi_dormant(session, key):
+def _gi_dormant(session: ControlSession, key: str) -> str | None:
     return "1" if session.hub.backend.is_dormant() else "0"
 
 
-def _gi_current_time(session, key):
+def _gi_current_time(session: ControlSession, key: str) -> str | None:
     now = time.time()
     moment = time.localtime(now) if key == "current-time/local" else time.gmtime(now)
     return time.strftime("%Y-%m-%dT%H:%M:%S", moment)
@@ -157,7 +160,7 @@ def _gi_current_time(session, key):
 _LISTENER_KINDS = ("or", "extor", "dir", "socks", "trans", "natd", "httptunnel", "dns", "control", "metrics")
 
 
-def _gi_listeners(session, key):
+def _gi_listeners(session: ControlSession, key: str) -> str | None:
     kind = key[len("net/listeners/"):]
     if kind not in _LISTENER_KINDS:
         return None
@@ -165,7 +168,7 @@ def _gi_listeners(session, key):
     return " ".join(quote(f"[{host}]:{port}" if ":" in host else f"{host}:{port}") for host, port in addresses)
 
 
-def _gi_circuit_status(session, key):
+def _gi_circuit_status(session: ControlSession, key: str) -> str | None:
     manager = session.hub.backend.manager
     lines = []
     for managed in sorted(manager.circuits.values(), key=lambda m: m.number):
@@ -175,24 +178,24 @@ def _gi_circuit_status(session, key):
     return _joined(lines)
 
 
-def _gi_stream_status(session, key):
+def _gi_stream_status(session: ControlSession, key: str) -> str | None:
     manager = session.hub.backend.manager
     lines = [line for managed in sorted(manager.streams.values(), key=lambda m: m.number)
              if (line := stream_getinfo_line(managed)) is not None]
     return _joined(lines)
 
 
-def _gi_orconn_status(session, key):
+def _gi_orconn_status(session: ControlSession, key: str) -> str | None:
     return _joined(session.hub.backend.orconn_lines())
 
 
-def _gi_status(session, key):
+def _gi_status(session: ControlSession, key: str) -> str | None:
     backend = session.hub.backend
     directory = backend.directory
     if key == "status/circuit-established":
         return "1" if backend.circuit_established() else "0"
     if key == "status/enough-dir-info":
-        return "1" if getattr(directory, "enough_dir_info", False) else "0"
+        return "1" if directory.enough_dir_info else "0"
     if key == "status/bootstrap-phase":
         return bootstrap_phase_text(*directory.bootstrap_phase)
     if key in ("status/good-server-descriptor", "status/accepted-server-descriptor",
@@ -211,16 +214,16 @@ def _gi_status(session, key):
     return None
 
 
-def _netdir(session):
+def _netdir(session: ControlSession) -> NetDir | None:
     return session.hub.backend.directory.netdir
 
 
-def _consensus(session):
+def _consensus(session: ControlSession) -> Consensus | None:
     netdir = _netdir(session)
     return netdir.consensus if netdir is not None else None
 
 
-def _gi_ns(session, key):
+def _gi_ns(session: ControlSession, key: str) -> str | None:
     consensus = _consensus(session)
     if key.startswith("ns/purpose/"):
         if key != "ns/purpose/general" and key != "ns/purpose/bridge":
@@ -228,7 +231,7 @@ def _gi_ns(session, key):
     if consensus is None:
         return ""
     if key == "ns/all" or key == "ns/purpose/general":
-        return "".join(ns_entry(relay) for relay in consensus.relays)
+        return relays_ns_text(consensus.relays)
     if key == "ns/purpose/bridge":
         return ""
     if key.startswith("ns/id/"):
@@ -243,25 +246,26 @@ def _gi_ns(session, key):
     return ns_entry(relay) if relay is not None else None
 
 
-def _gi_consensus(session, key):
+def _gi_consensus(session: ControlSession, key: str) -> str | None:
     consensus = _consensus(session)
     if key in ("consensus/valid-after", "consensus/fresh-until", "consensus/valid-until"):
         if consensus is None:
             raise GetinfoFailed("No consensus available")
-        when = getattr(consensus, key[len("consensus/"):].replace("-", "_"))
+        when = {"consensus/valid-after": consensus.valid_after, "consensus/fresh-until": consensus.fresh_until,
+                "consensus/valid-until": consensus.valid_until}[key]
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
     if key == "consensus/packages":
         raise GetinfoFailed("No consensus available")
     return None
 
 
-def _microdesc_of(session, relay) -> str | None:
+def _microdesc_of(session: ControlSession, relay: RelayRecord | None) -> str | None:
     if relay is None or not relay.microdesc_digest:
         return None
     return session.hub.backend.microdesc_body(relay.microdesc_digest)
 
 
-def _gi_md(session, key):
+def _gi_md(session: ControlSession, key: str) -> str | None:
     consensus = _consensus(session)
     if key == "md/download-enabled":
         return "1"
@@ -281,7 +285,7 @@ def _gi_md(session, key):
     return _microdesc_of(session, relay)
 
 
-def _gi_desc(session, key):
+def _gi_desc(session: ControlSession, key: str) -> str | None:
     if key == "desc/download-enabled":
         return "0"
     if key == "desc/all-recent":
@@ -291,7 +295,7 @@ def _gi_desc(session, key):
                              f"md/{which}/* instead of desc/{which}/*.")
 
 
-def _gi_entry_guards(session, key):
+def _gi_entry_guards(session: ControlSession, key: str) -> str | None:
     guards = session.hub.backend.paths.guards
     netdir = _netdir(session)
     lines = []
@@ -301,7 +305,7 @@ def _gi_entry_guards(session, key):
     return "".join(lines)
 
 
-def _gi_exit_policy(session, key):
+def _gi_exit_policy(session: ControlSession, key: str) -> str | None:
     if key == "exit-policy/default":
         return DEFAULT_EXIT_POLICY
     if key in ("exit-policy/full", "exit-policy/ipv4", "exit-policy/ipv6", "exit-policy/reject-private/relay"):
@@ -313,13 +317,13 @@ def _gi_exit_policy(session, key):
     return None
 
 
-def _gi_accounting(session, key):
+def _gi_accounting(session: ControlSession, key: str) -> str | None:
     if key == "accounting/enabled":
         return "0"
     raise GetinfoFailed("Accounting not enabled")
 
 
-def _gi_ip_to_country(session, key):
+def _gi_ip_to_country(session: ControlSession, key: str) -> str | None:
     question = key[len("ip-to-country/"):]
     if question in ("ipv4-available", "ipv6-available"):
         return "0"
@@ -332,15 +336,15 @@ def _gi_ip_to_country(session, key):
     raise GetinfoFailed("GeoIP data not loaded")
 
 
-def _gi_network_liveness(session, key):
+def _gi_network_liveness(session: ControlSession, key: str) -> str | None:
     return "up" if session.hub.backend.circuit_established() else "down"
 
 
-def _gi_onions(session, key):
+def _gi_onions(session: ControlSession, key: str) -> str | None:
     return ""
 
 
-def _gi_limits(session, key):
+def _gi_limits(session: ControlSession, key: str) -> str | None:
     return "8589934592"
 
 

@@ -14,7 +14,7 @@ import base64
 import time
 from typing import Callable, Iterable
 
-from oppy.cell.commands import DestroyReason
+from oppy.circuit.manager import ManagedCircuit, ManagedStream
 from oppy.control.events import (
     circ_event,
     circuit_reason_name,
@@ -23,6 +23,7 @@ from oppy.control.events import (
     stream_reason_name,
     stream_status_line,
 )
+from oppy.netdoc.documents import RelayRecord
 
 __all__ = [
     "CIRCUIT_BUILD_FLAGS",
@@ -40,6 +41,7 @@ __all__ = [
     "ns_entry",
     "entry_guard_line",
     "bootstrap_phase_text",
+    "relays_ns_text",
 ]
 
 # circuituse.c circuit_launch: general-purpose exit circuits are built with NEED_CAPACITY.
@@ -63,15 +65,15 @@ def circuit_path(managed) -> list[tuple[str, str | None]]:
     return [(hop.fingerprint, hop.nickname or None) for hop in hops]
 
 
-def circuit_reasons(managed) -> tuple[str | None, str | None]:
+def circuit_reasons(managed: ManagedCircuit) -> tuple[str | None, str | None]:
     """(REASON, REMOTE_REASON) of a failed or closed circuit: a relay's DESTROY or TRUNCATED is
     ``DESTROYED`` with the relay's reason as REMOTE_REASON, as tor reports it."""
-    error = getattr(managed, "error", None)
+    error = managed.error
     if error is None:
         return ("FINISHED", None)
-    if getattr(error, "remote", False):
+    if error.remote:
         return ("DESTROYED", circuit_reason_name(error.reason))
-    return (circuit_reason_name(getattr(error, "reason", DestroyReason.NONE)), None)
+    return (circuit_reason_name(error.reason), None)
 
 
 def circuit_getinfo_status(managed) -> str:
@@ -98,12 +100,12 @@ class CircuitEventTracker:
     def __init__(self) -> None:
         self._reported: dict[int, tuple[str, int]] = {}
 
-    def update(self, managed) -> list[bytes]:
+    def update(self, managed: ManagedCircuit) -> list[bytes]:
         status = managed.status.value
         number = managed.number
         last = self._reported.get(number)
         if last is None and status in ("FAILED", "CLOSED") and managed.hops_built == 0 \
-                and getattr(managed, "error", None) is None:
+                and managed.error is None:
             return []
         key = (status, managed.hops_built if status == "EXTENDED" else 0)
         if last == key:
@@ -140,8 +142,8 @@ def stream_target(managed) -> tuple[str, int]:
     return (stream.host, stream.port)
 
 
-def _circuit_number(managed) -> int:
-    circuit = getattr(managed, "managed_circuit", None)
+def _circuit_number(managed: ManagedStream) -> int:
+    circuit = managed.managed_circuit
     return circuit.number if circuit is not None else 0
 
 
@@ -222,7 +224,7 @@ class StreamEventTracker:
                                        remote_reason=remote_reason))
             self._reported.pop(number, None)
             return events
-        if getattr(managed, "awaiting_controller", False) and state in ("NEW", "DETACHED") \
+        if managed.awaiting_controller and state in ("NEW", "DETACHED") \
                 and last[0] != "CONTROLLER_WAIT":
             events.append(stream_event(number, "CONTROLLER_WAIT", 0, stream_target(managed)))
             last = ("CONTROLLER_WAIT", 0)
@@ -240,10 +242,10 @@ def _b64_unpadded(data: bytes) -> str:
     return base64.b64encode(data).decode().rstrip("=")
 
 
-def _descriptor_digest(relay) -> bytes:
+def _descriptor_digest(relay: RelayRecord) -> bytes:
     """tor keeps the microdescriptor digest in the descriptor-digest field of a microdesc
     consensus entry; the ``r`` line shows its first 20 bytes."""
-    digest = getattr(relay, "microdesc_digest", None)
+    digest = relay.microdesc_digest
     if not digest:
         return _ZERO_DIGEST
     try:
@@ -253,12 +255,12 @@ def _descriptor_digest(relay) -> bytes:
     return raw[:_DESCRIPTOR_DIGEST_LEN].ljust(_DESCRIPTOR_DIGEST_LEN, b"\0")
 
 
-def ns_entry(relay) -> str:
+def ns_entry(relay: RelayRecord) -> str:
     """One consensus entry in the ns format of ``GETINFO ns/*`` (``r``, ``a``, ``s``, ``w`` lines,
     each ending in a newline), as tor writes it for the control port."""
     lines = [f"r {relay.nickname} {_b64_unpadded(relay.rsa_id)} {_b64_unpadded(_descriptor_digest(relay))} "
              f"{FAKE_PUBLISHED_TIME} {relay.address} {relay.or_port} {relay.dir_port}"]
-    for address, port in getattr(relay, "ipv6_or_addresses", ()):
+    for address, port in relay.ipv6_or_addresses:
         lines.append(f"a [{address}]:{port}")
     lines.append("s " + " ".join(sorted(relay.flags)) if relay.flags else "s")
     if relay.bandwidth is not None:
@@ -292,5 +294,6 @@ def bootstrap_phase_text(percent: int, tag: str, summary: str, severity: str = "
     return f'{severity} BOOTSTRAP PROGRESS={percent} TAG={tag} SUMMARY="{escaped}"'
 
 
-def relays_ns_text(relays: Iterable) -> str:
+def relays_ns_text(relays: Iterable[RelayRecord]) -> str:
+    """Consensus entries in the ns format, one after another (``GETINFO ns/all``, NEWCONSENSUS)."""
     return "".join(ns_entry(relay) for relay in relays)

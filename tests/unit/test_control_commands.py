@@ -11,14 +11,15 @@ import stem
 import stem.descriptor.router_status_entry
 import stem.response
 import stem.socket
+from twisted.internet import task
 
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.circuit import CircuitError, CircuitState
-from oppy.circuit.manager import CircuitPurpose, CircuitStatus, ManagedCircuit, ManagedStream
+from oppy.circuit.manager import CircuitManager, CircuitPurpose, CircuitStatus, ManagedCircuit, ManagedStream
 from oppy.config import Config, config_from_torrc_text
 from oppy.control.auth import safecookie_client_hash
 from oppy.control.backend import LinkTrafficMeter, tcp_byte_counts
-from oppy.control.commands import ControlBackend, SetconfError, apply_setconf
+from oppy.control.commands import CircuitManagerView, ControlBackend, DirectoryView, SetconfError, apply_setconf
 from oppy.control.session import CONTROL_VERSION, AuthSettings, ControlHub
 from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
 from oppy.netdoc.documents import Consensus, RelayRecord
@@ -70,7 +71,7 @@ class FakeManager:
     def __init__(self):
         self.circuits = {}
         self.streams = {}
-        self.attach_automatically = True
+        self.first_circuit_built = False
 
 
 class FakeBackend(ControlBackend):
@@ -162,6 +163,17 @@ def parse(raw: bytes, kind: str | None = None):
 
 
 # --------------------------------------------------------------------------- sessions
+
+
+class TestViews:
+    def test_the_doubles_and_the_manager_have_what_control_reads(self):
+        backend = FakeBackend()
+        assert isinstance(backend, ControlBackend)
+        assert isinstance(backend.manager, CircuitManagerView)
+        assert isinstance(backend.directory, DirectoryView)
+        manager = CircuitManager(None, PathChooser(), reactor=task.Clock())
+        assert isinstance(manager, CircuitManagerView)
+        assert manager.first_circuit_built is False
 
 
 class TestAuthentication:
