@@ -5,13 +5,21 @@ cells of at most 498 bytes, keeps its package and deliver windows (tor-spec "Flo
 SENDME only once the data was handed to a local client that is reading, and moves through NEW, SENTCONNECT
 (or SENTRESOLVE), SUCCEEDED, FAILED, CLOSED and DETACHED. Whichever side closes first, the application
 (the sink) hears of the end exactly once.
+
+Both buffers a stream keeps are bounded and counted. Bytes from the application wait in the send buffer
+for the windows; past `send_buffer_limit` the application is asked to stop (`stream_writable(False)`), and
+one that writes on regardless, past twice the limit, has its stream closed. Bytes from the exit wait in the
+receive queue while the application does not read (`pause_delivery`); no stream SENDME goes out meanwhile,
+so the queue never holds more than one stream window (500 cells). A `QueueAccount` handed at construction
+hears how much both hold, once per read or write, never per cell (MaxMemInQueues: `oppy.circuit.memory`).
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from oppy.cell.commands import RELAY_PAYLOAD_LEN, EndReason, RelayCommand, reason_name
 from oppy.cell.errors import CellParseError
@@ -26,9 +34,14 @@ from oppy.cell.relay import (
     encode_reverse_resolve_body,
 )
 
+log = logging.getLogger(__name__)
+
 # How many application bytes a stream buffers before it asks its source to stop reading: a little over one
 # full stream window, so a blocked window never leaves the circuit idle, and memory stays bounded.
 DEFAULT_SEND_BUFFER_LIMIT = 256 * 1024
+# An application that goes on writing after `stream_writable(False)` has its stream closed once the send
+# buffer holds this many times the limit (one that stops overshoots by at most the read in progress).
+SEND_BUFFER_HARD_LIMIT_FACTOR = 2
 
 
 class StreamState(enum.Enum):
@@ -73,6 +86,16 @@ class StreamSink(Protocol):
     def stream_ended(self, stream: "Stream", end: StreamEnd) -> None: ...
 
 
+class QueueAccount(Protocol):
+    """Who counts the bytes queued in every stream (`oppy.circuit.memory.MemoryTracker`): told of each
+    stream's change once per batch, it may abandon streams (and close their circuits) at once."""
+
+    clock: Callable[[], float]
+
+    def queued_changed(self, stream: "Stream", delta: int) -> None:
+        """The stream's `queued_bytes` changed by `delta` (it is `stream.queued_bytes` now)."""
+
+
 class StreamOwner(Protocol):
     """Who keeps a stream's books and may retry it on another circuit (the circuit manager). It hears of
     each milestone before the sink does; each method may act on the stream at once."""
@@ -95,7 +118,8 @@ class Stream:
     Without an `owner` a failed attempt ends the stream (a directory fetch, a test)."""
 
     def __init__(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
-                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT, owner: StreamOwner | None = None) -> None:
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT, owner: StreamOwner | None = None,
+                 account: QueueAccount | None = None) -> None:
         self.sink = sink
         self.owner = owner
         self.host = host
@@ -109,12 +133,19 @@ class Stream:
         self.bytes_read = 0
         self.bytes_written = 0
         self.end: StreamEnd | None = None
+        self.account = account
         self._send_buffer: deque[bytes] = deque()
+        # When each piece of the send buffer was written (only with an account: the age of queued data).
+        self._send_times: deque[float] = deque()
         self._send_buffered = 0
         self._send_offset = 0  # bytes of _send_buffer[0] already sent
         self._writable = True
         self._delivery_paused = False
         self._close_after_flush: int | None = None
+        # Data from the exit the application has not taken yet (it paused delivery): (time queued, bytes).
+        self._received: deque[tuple[float, bytes]] = deque()
+        self._received_queued = 0
+        self._reported = 0  # queued_bytes as the account last heard it
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.state.value} {self.kind.value}>"
@@ -122,6 +153,31 @@ class Stream:
     @property
     def ended(self) -> bool:
         return self.end is not None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes held in both directions: written by the application and not yet sent, received from the
+        exit and not yet taken by the application."""
+        return self._send_buffered + self._received_queued
+
+    @property
+    def oldest_queued(self) -> float | None:
+        """When the oldest byte still queued (either way) was queued, by the account's clock; None when
+        nothing is queued (or there is no account)."""
+        times = []
+        if self._send_times:
+            times.append(self._send_times[0])
+        if self._received:
+            times.append(self._received[0][0])
+        return min(times, default=None)
+
+    def _report_queued(self) -> None:
+        """Tell the account how much this stream holds now (once per read, write or flush)."""
+        if self.account is not None:
+            delta = self._send_buffered + self._received_queued - self._reported
+            if delta:
+                self._reported += delta
+                self.account.queued_changed(self, delta)
 
     @property
     def target(self) -> str:
@@ -202,13 +258,35 @@ class Stream:
         if chunks:
             data = b"".join(chunks)  # bytes, also when the chunks are views of a decrypted batch
             self.bytes_read += len(data)
-            self.sink.stream_data(self, data)
+            if self._delivery_paused or self._received:
+                self._queue_received(data)
+            else:
+                self.sink.stream_data(self, data)
         if overrun:
             self._finish(StreamEnd("the exit overran the stream deliver window", EndReason.TORPROTOCOL,
                                    remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
             return
         if not self._delivery_paused and window.sendme_due:
             self._send_sendmes()
+
+    def _queue_received(self, data: bytes) -> None:
+        """The application is not reading: keep the data (and owe the exit no SENDME for it)."""
+        self._received.append((self.account.clock() if self.account is not None else 0.0, data))
+        self._received_queued += len(data)
+        self._report_queued()
+
+    def _deliver_received(self, *, all_of_it: bool = False) -> None:
+        """Hand queued data to the application: piece by piece while it reads, or `all_of_it` before the
+        stream ends (the application may stop the delivery by closing the stream)."""
+        received = self._received
+        delivered = 0
+        while received and (all_of_it or not self._delivery_paused) and not self.ended:
+            data = received.popleft()[1]
+            self._received_queued -= len(data)
+            delivered += len(data)
+            self.sink.stream_data(self, data)
+        if delivered:
+            self._report_queued()
 
     def _send_sendmes(self) -> None:
         circuit = self.circuit
@@ -288,10 +366,20 @@ class Stream:
         """Application bytes to send; they go out as RELAY_DATA as far as the windows allow."""
         if self.ended or not data:
             return
+        told_to_stop = not self._writable
         self._send_buffer.append(data)
+        if self.account is not None:
+            self._send_times.append(self.account.clock())
         self._send_buffered += len(data)
         self.flush()
+        if told_to_stop and self._send_buffered > SEND_BUFFER_HARD_LIMIT_FACTOR * self.send_buffer_limit \
+                and not self.ended:
+            log.warning("Closing a stream whose application wrote on past its send buffer limit: %d bytes "
+                        "wait to be sent (the limit is %d)", self._send_buffered, self.send_buffer_limit)
+            self.close(EndReason.RESOURCELIMIT)
+            return
         self._update_writable()
+        self._report_queued()
 
     def flush(self) -> None:
         """Package buffered bytes into DATA cells while both windows are open.
@@ -317,6 +405,7 @@ class Stream:
             self._send_buffered -= sent
             self.bytes_written += sent
         self._update_writable()
+        self._report_queued()
         if not buffer and self._close_after_flush is not None:
             reason, self._close_after_flush = self._close_after_flush, None
             self.close(reason)
@@ -334,7 +423,7 @@ class Stream:
         if end < len(piece):
             self._send_offset = end
             return piece[offset:end]
-        buffer.popleft()
+        self._pop_piece()
         self._send_offset = 0
         chunk = piece[offset:] if offset else piece
         if len(chunk) == RELAY_PAYLOAD_LEN or not buffer:
@@ -349,10 +438,15 @@ class Stream:
                 self._send_offset = room
                 size += room
                 break
-            buffer.popleft()
+            self._pop_piece()
             parts.append(piece)
             size += len(piece)
         return b"".join(parts)
+
+    def _pop_piece(self) -> None:
+        self._send_buffer.popleft()
+        if self._send_times:
+            self._send_times.popleft()
 
     def _update_writable(self) -> None:
         writable = self._send_buffered < self.send_buffer_limit
@@ -365,9 +459,13 @@ class Stream:
         self._delivery_paused = True
 
     def resume_delivery(self) -> None:
+        """The local client reads again: what was queued goes to it, then the SENDMEs owed (unless it
+        stopped reading again on the way)."""
         self._delivery_paused = False
         if self.state is StreamState.SUCCEEDED:
-            self._send_sendmes()
+            self._deliver_received()
+            if not self._delivery_paused and self.state is StreamState.SUCCEEDED:
+                self._send_sendmes()
 
     def close(self, reason: int = EndReason.DONE, *, retry: bool = False, flush_first: bool = False) -> None:
         """End the stream: END goes to the exit once (after the buffered bytes when `flush_first`).
@@ -386,19 +484,43 @@ class Stream:
         if flush_first and self._send_buffer and self.state is StreamState.SUCCEEDED:
             self._close_after_flush = reason
             return
+        # The application closes: what it has not read is dropped.
         self._finish(StreamEnd(f"closed locally: {reason_name(EndReason, reason)}", reason, remote=False,
-                               before_connected=self.state is not StreamState.SUCCEEDED), send_end=reason)
+                               before_connected=self.state is not StreamState.SUCCEEDED), send_end=reason,
+                     deliver_received=False)
 
-    def _finish(self, end: StreamEnd, send_end: int | None) -> None:
+    def abandon(self, reason: int, message: str) -> int:
+        """Out of memory (MaxMemInQueues): drop what the stream holds both ways and end it with `reason`,
+        sending nothing (its circuit is destroyed next). Returns the bytes dropped."""
+        dropped = self.queued_bytes
+        if not self.ended:
+            if self.circuit is not None:
+                self.circuit.detach_stream(self.stream_id)
+            self._finish(StreamEnd(message, reason, remote=False,
+                                   before_connected=self.state is not StreamState.SUCCEEDED),
+                         send_end=None, deliver_received=False)
+        return dropped
+
+    def _finish(self, end: StreamEnd, send_end: int | None, deliver_received: bool = True) -> None:
+        """End the stream once. Data still queued for the application reaches it first when the end came
+        from the exit or the circuit (it was sent before the end); a local close drops it."""
         if self.ended:
             return
+        if deliver_received:
+            self._deliver_received(all_of_it=True)
+            if self.ended:
+                return  # the application closed the stream while it took the data
         self.end = end
         if send_end is not None and self.circuit is not None and self.stream_id:
             self.circuit.end_stream(self.stream_id, send_end)
         self.state = StreamState.FAILED if end.before_connected else StreamState.CLOSED
         self._send_buffer.clear()
+        self._send_times.clear()
         self._send_buffered = 0
         self._send_offset = 0
+        self._received.clear()
+        self._received_queued = 0
+        self._report_queued()
         self.circuit = None
         if self.owner is not None:
             self.owner.stream_ended(self, end)

@@ -179,10 +179,11 @@ def test_no_stream_sendme_while_delivery_is_paused_and_catch_up_on_resume():
     stream.pause_delivery()
     for _ in range(120):
         exit_.send(RELAY_DATA, stream.stream_id, b"p")
-    assert len(sink.data) == 120  # the data still reaches the sink
+    assert sink.data == [] and stream.queued_bytes == 120  # kept in the stream until the client reads
     assert exit_.stream_messages(stream.stream_id) == []
     assert stream.window.deliver == STREAMWINDOW_START - 120
     stream.resume_delivery()
+    assert sink.data == [b"p"] * 120 and stream.queued_bytes == 0
     # 380 -> 430 -> 480: two SENDMEs bring the window back above 450.
     assert exit_.stream_messages(stream.stream_id) == [(RELAY_SENDME, b"")] * 2
     assert stream.window.deliver == STREAMWINDOW_START - 20
@@ -455,3 +456,151 @@ def test_detach_before_connected_ends_at_the_exit_and_allows_a_retry():
     (begin,) = retry.received()
     assert (begin.command, begin.data) == (RELAY_BEGIN, b"example.com:443\x00")
     assert stream.state is StreamState.SENTCONNECT
+
+
+# ------------------------------------------------------------------------------------------------ bounded buffers
+
+class RecordingAccount:
+    """A QueueAccount that keeps every change it hears, with a settable clock."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.changes = []
+        self.total = 0
+
+    def clock(self):
+        return self.now
+
+    def queued_changed(self, stream, delta):
+        self.changes.append(delta)
+        self.total += delta
+        assert self.total == stream.queued_bytes
+
+
+class PausingSink(RecordingSink):
+    """A client whose socket fills after `room` pieces: it pauses the stream's delivery from inside
+    `stream_data`, as the SOCKS listener's transport does."""
+
+    def __init__(self, room):
+        super().__init__()
+        self.room = room
+        self.stream = None
+
+    def stream_data(self, stream, data):
+        super().stream_data(stream, data)
+        if len(self.data) >= self.room:
+            stream.pause_delivery()
+
+
+def test_a_consumer_that_never_reads_holds_at_most_one_stream_window():
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(account=account)
+    stream.pause_delivery()
+    block = b"r" * RELAY_DATA_LEN
+    for _ in range(STREAMWINDOW_START):
+        exit_.send(RELAY_DATA, stream.stream_id, block)
+    # Every cell came in a read of its own here: one change per read, all of them growth.
+    assert stream.queued_bytes == STREAMWINDOW_START * RELAY_DATA_LEN == account.total
+    assert len(account.changes) == STREAMWINDOW_START and min(account.changes) == RELAY_DATA_LEN
+    assert sink.data == [] and exit_.stream_messages(stream.stream_id) == []  # no stream SENDME
+    exit_.send(RELAY_DATA, stream.stream_id, block)  # beyond the window: the exit broke the protocol
+    assert stream.end.reason == EndReason.TORPROTOCOL
+    assert len(sink.data) == STREAMWINDOW_START  # what came within the window still reached the client
+    assert stream.queued_bytes == 0 == account.total
+
+
+def test_resuming_delivers_until_the_client_is_full_again():
+    stream, _, exit_, _ = open_stream()
+    sink = stream.sink = PausingSink(room=3)
+    stream.pause_delivery()
+    for index in range(STREAMWINDOW_INCREMENT + 10):
+        exit_.send(RELAY_DATA, stream.stream_id, bytes([index]))
+    stream.resume_delivery()
+    assert sink.data == [b"\x00", b"\x01", b"\x02"]  # paused again by the third piece
+    assert stream.queued_bytes == STREAMWINDOW_INCREMENT + 7
+    assert exit_.stream_messages(stream.stream_id) == []  # the SENDME waits for the client
+    sink.room = 1000
+    stream.resume_delivery()
+    assert sink.data == [bytes([index]) for index in range(STREAMWINDOW_INCREMENT + 10)]
+    assert exit_.stream_messages(stream.stream_id) == [(RELAY_SENDME, b"")]
+
+
+def test_data_queued_before_the_exits_end_reaches_the_client_first():
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(account=account)
+    stream.pause_delivery()
+    exit_.send(RELAY_DATA, stream.stream_id, b"last bytes")
+    exit_.send(RELAY_END, stream.stream_id, bytes([EndReason.DONE]))
+    assert sink.data == [b"last bytes"]
+    assert sink.events[-1][0] == "ended" and sink.ends[0].remote
+    assert account.total == 0
+
+
+def test_a_local_close_drops_what_the_client_did_not_read():
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(account=account)
+    stream.pause_delivery()
+    exit_.send(RELAY_DATA, stream.stream_id, b"unread")
+    stream.close()
+    assert sink.data == [] and account.total == 0 and account.changes == [6, -6]
+
+
+def test_the_oldest_queued_byte_is_dated_per_piece_in_both_directions():
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(connect=False, account=account)
+    assert stream.oldest_queued is None
+    stream.write(b"optimistic data")  # waits for CONNECTED
+    account.now = 105.0
+    stream.write(b"more")
+    assert stream.oldest_queued == 100.0
+    account.now = 107.0
+    exit_.send(RELAY_CONNECTED, stream.stream_id, b"")
+    assert stream.oldest_queued is None  # both pieces went out
+    stream.pause_delivery()
+    exit_.send(RELAY_DATA, stream.stream_id, b"in")
+    account.now = 109.0
+    exit_.send(RELAY_DATA, stream.stream_id, b"in again")
+    assert stream.oldest_queued == 107.0
+    stream.sink = PausingSink(room=1)
+    stream.resume_delivery()
+    assert stream.oldest_queued == 109.0  # the first piece was taken, the second waits
+
+
+def test_one_large_write_is_kept_whole_however_large():
+    stream, sink, exit_, _ = open_stream(connect=False, send_buffer_limit=1000)
+    stream.write(b"y" * 10_000)  # the application was allowed to write: it is not cut off for its size
+    assert not stream.ended and stream.queued_bytes == 10_000
+    assert sink.events == [("writable", False)]
+
+
+def test_an_application_writing_past_twice_the_send_buffer_limit_is_stopped(caplog):
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(connect=False, send_buffer_limit=1000, account=account)
+    exit_.received()
+    stream.write(b"x" * 1500)
+    assert sink.events == [("writable", False)]
+    stream.write(b"x" * 500)  # exactly twice the limit: still kept
+    assert not stream.ended
+    with caplog.at_level("WARNING", logger="oppy.stream.stream"):
+        stream.write(b"x")  # the application ignored stream_writable(False)
+    assert stream.state is StreamState.FAILED and stream.end.reason == EndReason.RESOURCELIMIT
+    assert exit_.stream_messages(stream.stream_id) == [(RELAY_END, bytes([EndReason.RESOURCELIMIT]))]
+    assert account.total == 0
+    (record,) = caplog.records
+    assert "past its send buffer limit" in record.getMessage()
+
+
+def test_abandon_drops_both_directions_and_sends_nothing():
+    account = RecordingAccount()
+    stream, sink, exit_, _ = open_stream(account=account)
+    for _ in range(STREAMWINDOW_START):
+        stream.write(b"u" * RELAY_DATA_LEN)
+    stream.write(b"blocked")
+    stream.pause_delivery()
+    exit_.send(RELAY_DATA, stream.stream_id, b"unread")
+    exit_.received()
+    assert stream.abandon(EndReason.RESOURCELIMIT, "out of memory") == len(b"blocked") + len(b"unread")
+    assert exit_.received() == [] and stream.stream_id not in exit_.circuit.streams
+    assert sink.data == [] and account.total == 0
+    (end,) = sink.ends
+    assert (end.reason, end.remote, str(end)) == (EndReason.RESOURCELIMIT, False, "out of memory")
