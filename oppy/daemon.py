@@ -11,6 +11,7 @@ from twisted.internet import defer, error as twisted_error, threads
 from oppy import __version__
 from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
 from oppy.circuit.manager import CircuitManager
+from oppy.circuit.memory import MemoryTracker, max_mem_in_queues, total_system_memory
 from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.cache import atomic_write
@@ -59,6 +60,12 @@ class Daemon:
         # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
         self.padding = PaddingPolicy(config)
         self.links = LinkPool(reactor, padding=self.padding, network_live=self.build_times.network_is_live)
+        max_bytes, warning = max_mem_in_queues(config.max_mem_in_queues, total_system_memory(),
+                                               config.testing_tor_network)
+        if warning:
+            log.warning("%s", warning)
+        log.info("MaxMemInQueues is %d MB", max_bytes >> 20)
+        self.memory = MemoryTracker(max_bytes, queued_in_links=self._queued_in_links)
         if config.dir_authorities:
             authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
         elif os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
@@ -74,7 +81,7 @@ class Daemon:
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
-            unattached_timeout=config.socks_timeout)
+            unattached_timeout=config.socks_timeout, queue_account=self.memory)
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
 
@@ -84,6 +91,10 @@ class Daemon:
         if event.new_consensus:
             self.padding.update_consensus_params(event.netdir.consensus.params)
             self.build_times.update_params(event.netdir.consensus.params)
+
+    def _queued_in_links(self) -> int:
+        """Bytes of cells waiting in the links' queues toward the relays (they count for MaxMemInQueues)."""
+        return sum(connection.channel.queued for connection in self.links.connections())
 
     # ------------------------------------------------------------------------------ build-time history
 

@@ -23,7 +23,7 @@ from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
-from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
+from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ class CircuitManager:
                  build_times: CircuitBuildTimes | None = None,
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
-                 unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT) -> None:
+                 unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
+                 queue_account: QueueAccount | None = None) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
         self.paths = paths
@@ -158,6 +159,8 @@ class CircuitManager:
         self.preemptive_circuits = preemptive_circuits
         self.max_pending = max_pending
         self.unattached_timeout = unattached_timeout
+        # Counts what every stream queues (MaxMemInQueues: oppy.circuit.memory.MemoryTracker).
+        self.queue_account = queue_account
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -354,7 +357,7 @@ class CircuitManager:
     def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
                     credentials: object = None, source: str | None = None) -> ManagedStream:
         """A new stream for an application; it is attached as soon as a fitting circuit is open."""
-        stream = Stream(sink, host, port, kind, owner=self)
+        stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
         managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed

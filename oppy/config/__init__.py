@@ -21,6 +21,7 @@ from oppy.config.options import (
     load_config_from_source,
     option_type_name,
     parse_interval,
+    parse_memunit,
     reload_config,
 )
 from oppy.config.torrc import ConfigLine, LineCommand, parse_torrc_text, quote_value, read_torrc_file
@@ -47,6 +48,7 @@ __all__ = [
     "load_config_from_source",
     "option_type_name",
     "parse_interval",
+    "parse_memunit",
     "reload_config",
     # oppy.config.torrc
     "ConfigLine",

@@ -51,6 +51,7 @@ __all__ = [
     "canonical_option_name",
     "option_type_name",
     "parse_interval",
+    "parse_memunit",
 ]
 
 
@@ -76,22 +77,58 @@ def _bad(name: str, value: str, reason: str) -> ConfigError:
                        option=name, value=value)
 
 
-def parse_interval(value: str, name: str = "interval") -> int:
-    """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
+def _scaled_number(value: str, name: str, units: dict[str, int], maximum: int, *, what: str, example: str,
+                   unit_names: str, too_large: str) -> int:
+    """unitparse.c config_parse_units: a number of ASCII digits (a fraction allowed) and an optional unit
+    from ``units``, as the number of base units (seconds, bytes) it makes, at most ``maximum``."""
     match = _INTERVAL_RE.fullmatch(value.strip(TOR_SPACE))
     if not match or (match.group(1) == "" and len(match.group(2) or "") < 2):  # no digit at all
-        raise _bad(name, value, "expected a number of seconds, or a number and a unit such as '10 minutes'")
+        raise _bad(name, value, f"expected a number of {what}, or a number and a unit such as '{example}'")
     whole, fraction, unit = match.groups()
-    multiplier = _TIME_UNITS.get(unit.lower())
+    multiplier = units.get(unit.lower())
     if multiplier is None:
-        raise _bad(name, value, f"unknown unit '{unit}' (use seconds, minutes, hours, days, weeks or months)")
+        raise _bad(name, value, f"unknown unit '{unit}' (use {unit_names})")
     whole = whole.lstrip("0") or "0"
     if len(whole) > MAX_DECIMAL_DIGITS:
-        raise _bad(name, value, "the interval is too long")
-    seconds = int(float(whole + fraction) * multiplier) if fraction else int(whole) * multiplier
-    if seconds > _INT_MAX:
-        raise _bad(name, value, "the interval is too long")
-    return seconds
+        raise _bad(name, value, too_large)
+    result = int(float(whole + fraction) * multiplier) if fraction else int(whole) * multiplier
+    if result > maximum:
+        raise _bad(name, value, too_large)
+    return result
+
+
+def parse_interval(value: str, name: str = "interval") -> int:
+    """Seconds in a tor interval such as ``600``, ``10 minutes``, ``1.5 hours`` (unitparse.c)."""
+    return _scaled_number(value, name, _TIME_UNITS, _INT_MAX, what="seconds", example="10 minutes",
+                          unit_names="seconds, minutes, hours, days, weeks or months",
+                          too_large="the interval is too long")
+
+
+def _memory_units() -> dict[str, int]:
+    """unitparse.c memory_units: data size units (matched case-insensitively) and their size in bytes; a
+    *bit unit is an eighth of its *byte one, and a bare "m" means megabytes."""
+    units = {"": 1, "b": 1, "byte": 1, "bytes": 1, "m": 1 << 20}
+    for shift, prefix, letter in ((10, "kilo", "k"), (20, "mega", "m"), (30, "giga", "g"), (40, "tera", "t")):
+        for name in (f"{letter}b", f"{letter}byte", f"{letter}bytes", f"{prefix}byte", f"{prefix}bytes"):
+            units[name] = 1 << shift
+        for name in (f"{prefix}bits", f"{prefix}bit", f"{letter}bits", f"{letter}bit"):
+            units[name] = 1 << (shift - 3)
+    return units
+
+
+_MEMORY_UNITS = _memory_units()
+_UINT64_MAX = 2**64 - 1
+
+
+def parse_memunit(value: str, name: str = "size") -> int:
+    """Bytes in a tor data size such as ``8 GB``, ``512 MBytes``, ``1.5 gigabytes`` or ``100 kbits``
+    (unitparse.c config_parse_memunit)."""
+    return _scaled_number(value, name, _MEMORY_UNITS, _UINT64_MAX, what="bytes", example="512 MB",
+                          unit_names="bytes, KB, MB, GB or TB", too_large="the size is too large")
+
+
+def _parse_memunit_option(name: str, value: str) -> int:
+    return parse_memunit(value, name)
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -518,6 +555,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant(False)),
     _Option("VanguardsLiteEnabled", "vanguards_lite_enabled", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
             _constant(None)),
+    _Option("MaxMemInQueues", "max_mem_in_queues", "DataSize", _parse_memunit_option, _encode_int, _constant(0),
+            changeable_at_runtime=False),
     _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
             _constant(False), dumpable=False),
     _Option("__OwningControllerProcess", "owning_controller_process", "String", _parse_pid,
@@ -610,6 +649,10 @@ class Config:
     #: VanguardsLiteEnabled: onion-service circuits take their second hop from the vanguards-lite set;
     #: None is ``auto`` (the consensus's ``vanguards-lite-enabled``, on by default).
     vanguards_lite_enabled: bool | None = None
+    #: MaxMemInQueues: the bytes oppy's queues (stream buffers and link queues) may hold before it closes
+    #: the circuits with the oldest queued data; 0, the default, chooses from the RAM as tor does (and
+    #: under 256 MB tor's minimum applies, except on a TestingTorNetwork). See oppy.circuit.memory.
+    max_mem_in_queues: int = 0
     #: __LeaveStreamsUnattached: a controller attaches new streams itself (set by controllers at run time).
     leave_streams_unattached: bool = False
     #: __OwningControllerProcess: the pid of the controller that owns this process, or None.

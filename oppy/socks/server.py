@@ -185,6 +185,13 @@ class SocksClientProtocol(protocol.Protocol):
     def stream_ended(self, stream, end: StreamEnd) -> None:
         if self._closed:
             return
+        if end.reason == EndReason.RESOURCELIMIT and not end.remote:
+            # oppy dropped the stream to stay within its memory limits (the reason is logged where that was
+            # decided): reset the connection, so that the client sees an error, not a clean end of the
+            # data, and what the transport still buffers for it is freed too.
+            self._closed = True
+            self.transport.abortConnection()
+            return
         if end.before_connected:
             log.info("stream failed: %s", end)
             if stream.kind is not StreamKind.CONNECT and end.reason == EndReason.DONE:

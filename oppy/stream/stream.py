@@ -489,17 +489,16 @@ class Stream:
                                before_connected=self.state is not StreamState.SUCCEEDED), send_end=reason,
                      deliver_received=False)
 
-    def abandon(self, reason: int, message: str) -> int:
+    def abandon(self, reason: int, message: str) -> None:
         """Out of memory (MaxMemInQueues): drop what the stream holds both ways and end it with `reason`,
-        sending nothing (its circuit is destroyed next). Returns the bytes dropped."""
-        dropped = self.queued_bytes
-        if not self.ended:
-            if self.circuit is not None:
-                self.circuit.detach_stream(self.stream_id)
-            self._finish(StreamEnd(message, reason, remote=False,
-                                   before_connected=self.state is not StreamState.SUCCEEDED),
-                         send_end=None, deliver_received=False)
-        return dropped
+        sending nothing (its circuit is destroyed next)."""
+        if self.ended:
+            return
+        if self.circuit is not None:
+            self.circuit.detach_stream(self.stream_id)
+        before = self.state is not StreamState.SUCCEEDED
+        self._finish(StreamEnd(message, reason, remote=False, before_connected=before), send_end=None,
+                     deliver_received=False)
 
     def _finish(self, end: StreamEnd, send_end: int | None, deliver_received: bool = True) -> None:
         """End the stream once. Data still queued for the application reaches it first when the end came

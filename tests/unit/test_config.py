@@ -31,6 +31,7 @@ from oppy.config import (
     option_type_name,
     parse_command_line,
     parse_interval,
+    parse_memunit,
     parse_torrc_text,
     quote_value,
     read_torrc_file,
@@ -373,6 +374,30 @@ def test_bad_intervals(text):
         parse_interval(text, "MaxCircuitDirtiness")
 
 
+@pytest.mark.parametrize("text, size", [
+    ("0", 0), ("8 GB", 8 << 30), ("8GB", 8 << 30), ("512 MB", 512 << 20), ("512 m", 512 << 20),
+    ("1.5 gigabytes", 3 << 29), ("100 kbits", 12800), ("2 Megabits", 1 << 18), ("1 TB", 1 << 40),
+    ("300 bytes", 300), ("1 KBytes", 1024),
+])
+def test_data_sizes_as_tor_reads_them(text, size):
+    # unitparse.c memory_units: "m" alone is megabytes, and the *bit units are an eighth of the bytes.
+    assert parse_memunit(text) == size
+
+
+@pytest.mark.parametrize("text", ["8 GiB", "-1", "lots", "", "1e9", "99999999999999999999 TB"])
+def test_bad_data_sizes(text):
+    with pytest.raises(ConfigError):
+        parse_memunit(text, "MaxMemInQueues")
+
+
+def test_max_mem_in_queues_option():
+    config = config_from_torrc_text("MaxMemInQueues 512 MB\n")
+    assert config.max_mem_in_queues == 512 << 20
+    assert config.get_option("MaxMemInQueues") == [str(512 << 20)]  # tor encodes a DataSize in bytes
+    assert config_from_torrc_text("").max_mem_in_queues == 0  # tor's default: chosen from the RAM
+    assert option_type_name("MaxMemInQueues") == "DataSize"
+
+
 def test_interval_options():
     config = config_from_torrc_text("MaxCircuitDirtiness 1 hour\nCircuitBuildTimeout 30 seconds\n"
                                     "SocksTimeout 3 minutes\n")
@@ -420,6 +445,8 @@ BAD_VALUES = [
     ("MaxSocksConnections", "0", "between 1 and"),
     ("VanguardsLiteEnabled", "2", "allowed values are 0, 1, and auto"),
     ("VanguardsLiteEnabled", "yes", "allowed values are 0, 1, and auto"),
+    ("MaxMemInQueues", "8 GiB", "unknown unit 'GiB'"),
+    ("MaxMemInQueues", "-1 GB", "expected a number of bytes"),
     ("HashedControlPassword", "foo", "wrong length or bad encoding"),
     ("HashedControlPassword", "16:ABC", "wrong length or bad encoding"),
     ("__OwningControllerProcess", "abc", "expected a process id"),

@@ -599,7 +599,8 @@ def test_abandon_drops_both_directions_and_sends_nothing():
     stream.pause_delivery()
     exit_.send(RELAY_DATA, stream.stream_id, b"unread")
     exit_.received()
-    assert stream.abandon(EndReason.RESOURCELIMIT, "out of memory") == len(b"blocked") + len(b"unread")
+    assert account.total == stream.queued_bytes == len(b"blocked") + len(b"unread")
+    stream.abandon(EndReason.RESOURCELIMIT, "out of memory")
     assert exit_.received() == [] and stream.stream_id not in exit_.circuit.streams
     assert sink.data == [] and account.total == 0
     (end,) = sink.ends
