@@ -49,6 +49,10 @@ from oppy.netdoc.relay import RelayTarget
 MAX_RELAY_EARLY_CELLS = 8
 # tor-spec "Opening streams": stream ids are 16-bit and non-zero.
 MAX_STREAM_ID = 0xFFFF
+# oppy's cap on the streams one circuit carries at once. tor's exits (0.4.9 dos.c, DoSStreamCreationBurst
+# when the consensus sets none) take a burst of 300 new streams on a circuit and refuse the ones beyond
+# (DoSStreamCreationDefenseType 2); the manager puts a stream beyond the cap on another circuit instead.
+MAX_STREAMS_PER_CIRCUIT = 300
 
 _RELAY_HEADER = struct.Struct(">BHHIH")
 _DATA = int(RelayCommand.DATA)
@@ -444,6 +448,11 @@ class Circuit:
         self._data_cells_sent = sent + len(chunks)
 
     # ------------------------------------------------------------------------------------ streams
+
+    @property
+    def has_stream_room(self) -> bool:
+        """The circuit carries fewer than MAX_STREAMS_PER_CIRCUIT streams: one more may be attached."""
+        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
 
     def allocate_stream_id(self) -> int:
         for _ in range(MAX_STREAM_ID):

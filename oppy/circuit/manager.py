@@ -401,6 +401,8 @@ class CircuitManager:
             raise RuntimeError("stream already ended")
         if target is not None and not target.is_open:
             raise RuntimeError(f"circuit {target.number} is not open")
+        if target is not None and not target.circuit.has_stream_room and stream.circuit is not target.circuit:
+            raise RuntimeError(f"circuit {target.number} carries as many streams as a circuit may")
         if stream.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
             self._cancel_timer(managed)
             stream.detach(EndReason.TIMEOUT)
@@ -440,7 +442,7 @@ class CircuitManager:
         if stream.ended:
             return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
-        candidates = [m for m in self.circuits.values() if m.is_open
+        candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if candidates:
             # Prefer circuits already carrying this isolation, then the newest.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.circuit.build_timeout import CircuitBuildTimes
+from oppy.circuit.circuit import MAX_STREAMS_PER_CIRCUIT
 from oppy.circuit.manager import (
     MAX_RESOLVE_FAILURES,
     CircuitManager,
@@ -259,3 +261,29 @@ def test_while_learning_test_circuits_are_built_and_unused_ones_retired():
     assert open_numbers() == [3, 4] and links.channel.take() == []
     manager.close_all()
     assert not clock.getDelayedCalls()
+
+
+def test_a_stream_beyond_the_cap_of_a_circuit_goes_on_a_new_circuit_without_an_error():
+    clock = Clock()
+    relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
+    links = OneChannelLinks()
+    manager = CircuitManager(links, FixedPaths([relay.target for relay in relays]), reactor=clock,
+                             clock=clock.seconds, preemptive_circuits=0)
+    sinks = [CollectingSink() for _ in range(MAX_STREAMS_PER_CIRCUIT + 1)]
+    streams = [manager.open_stream(sink, "example.test", 80) for sink in sinks]
+    assert len(manager.circuits) == 1  # they all wait for the one circuit being built
+    first = answer_build(links.channel, SimulatedPath(relays))
+    # 300 streams went on it; for the last one a second circuit is on its way.
+    assert len(first.streams) == MAX_STREAMS_PER_CIRCUIT and not first.has_stream_room
+    sent = links.channel.take()
+    assert sum(command == CMD_RELAY for _, command, _ in sent) == MAX_STREAMS_PER_CIRCUIT
+    (create2,) = [cell for cell in sent if cell[1] == CMD_CREATE2]
+    links.channel.sent.append(create2)
+    second = answer_build(links.channel, SimulatedPath(relays))
+    assert streams[-1].stream.circuit is second and len(second.streams) == 1
+    assert all(not sink.connected.called for sink in sinks) and not any(s.stream.ended for s in streams)
+    # A controller may not put one more on the full circuit either.
+    (full,) = [m for m in manager.circuits.values() if m.circuit is first]
+    with pytest.raises(RuntimeError, match="as many streams as a circuit may"):
+        manager.controller_attach(streams[-1], full)
+    assert streams[-1].stream.circuit is second
