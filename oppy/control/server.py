@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 
 from twisted.internet import error as twisted_error, protocol, task
+from twisted.internet.interfaces import IPushProducer
 from twisted.python import threadable
+from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
 from oppy.control.auth import CookieFileError, write_cookie_file
@@ -32,49 +35,141 @@ log = logging.getLogger(__name__)
 
 # control-spec "BW": tor sends one BW event every second.
 BW_INTERVAL = 1.0
+# oppy's own limits (tor has none for controllers but ConnLimit on all sockets): how many controllers may be
+# connected at once, and how many bytes of replies and events may wait for one that does not read (far
+# above the largest reply, GETINFO ns/all on the full network: about 2 MB).
+MAX_CONTROL_CONNECTIONS = 64
+MAX_CONTROL_OUTPUT_QUEUED = 16 * 1024 * 1024
 
 
+@implementer(IPushProducer)
 class ControlProtocol(protocol.Protocol):
-    """One controller connection: bytes to the session, its replies and events back."""
+    """One controller connection: bytes to the session, its replies and events back.
+
+    Output goes to the transport while the controller reads; while it does not (the transport paused this
+    producer), replies and events wait here, and a controller that lets more than the factory's
+    `max_output` wait is disconnected with one log line.
+    """
 
     def __init__(self, factory: "ControlFactory") -> None:
         self.factory = factory
         self.session = None
+        self._output: deque[bytes] = deque()
+        self._output_queued = 0
+        self._paused = False
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
+        if not self.factory.admit(self):
+            self.transport.abortConnection()
+            return
         self.session = self.factory.hub.open_session()
         self.session.wakeup = self._flush
-        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.session is None:
+            return
         self.session.feed(data)
         self._flush()
 
     def _flush(self) -> None:
-        if self.transport is None:
+        if self.transport is None or self.session is None:
             return
         data = self.session.data_to_send()
         if data:
-            self.transport.write(data)
+            self._output.append(data)
+            self._output_queued += len(data)
         if self.session.should_close:
-            self.transport.loseConnection()
+            self.close()
+            return
+        if self._output_queued > self.factory.max_output:
+            log.warning("Closing a controller connection that does not read what it is sent: %d bytes of "
+                        "replies and events wait for it (the limit is %d)", self._output_queued,
+                        self.factory.max_output)
+            self._drop()
+            return
+        self._write_output()
+
+    def _write_output(self) -> None:
+        """Hand queued output to the transport while it takes more (writing may pause us at once)."""
+        while self._output and not self._paused:
+            data = self._output.popleft()
+            self._output_queued -= len(data)
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close once what waits has been sent. A transport with a registered producer would not close once
+        drained (it resumes the producer instead), so the producer goes first."""
+        if self.transport is None:
+            return
+        self.transport.unregisterProducer()
+        self.transport.write(b"".join(self._output))
+        self._output.clear()
+        self._output_queued = 0
+        self.transport.loseConnection()
+
+    def _drop(self) -> None:
+        self._output.clear()
+        self._output_queued = 0
+        self._close_session()
+        self.transport.abortConnection()
+
+    def _close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            self.factory.hub.close_session(session)
+            if session.owning:
+                self.factory.owner_left()
+
+    # ------------------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:  # noqa: N802 - the controller's socket is full
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._paused = False
+        self._write_output()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
 
     def connectionLost(self, reason) -> None:  # noqa: N802
-        self.factory.connections.discard(self)
-        if self.session is not None:
-            self.factory.hub.close_session(self.session)
-            if self.session.owning:
-                self.factory.owner_left()
+        self.factory.connection_lost(self)
+        self._close_session()
 
 
 class ControlFactory(protocol.Factory):
-    def __init__(self, hub: ControlHub, owner_left=lambda: None) -> None:
+    """The control listeners' factory: the hub, and the limits on connections and on unread output."""
+
+    def __init__(self, hub: ControlHub, owner_left=lambda: None,
+                 max_connections: int = MAX_CONTROL_CONNECTIONS,
+                 max_output: int = MAX_CONTROL_OUTPUT_QUEUED) -> None:
         self.hub = hub
         self.owner_left = owner_left
+        self.max_connections = max_connections
+        self.max_output = max_output
         self.connections: set[ControlProtocol] = set()
+        self._refusing = False
 
     def buildProtocol(self, addr):  # noqa: N802
         return ControlProtocol(self)
+
+    def admit(self, connection: ControlProtocol) -> bool:
+        """Take a new connection, unless `max_connections` are open: then it is refused (logged once until
+        a connection closes)."""
+        if len(self.connections) >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                log.warning("Refusing new control connections: %d are open, the most oppy accepts (not "
+                            "logged again until one closes)", len(self.connections))
+            return False
+        self.connections.add(connection)
+        return True
+
+    def connection_lost(self, connection: ControlProtocol) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._refusing = False
 
 
 class ControlService:
@@ -167,8 +262,7 @@ class ControlService:
         self.daemon.build_times.remove_observer(self._build_times_event)
         self._set_log_level(None)
         for connection in list(self.factory.connections):
-            if connection.transport is not None:
-                connection.transport.loseConnection()
+            connection.close()
 
     def _bound_addresses(self) -> list[tuple[str, int]]:
         return [(host.host, host.port) for host in (listener.getHost() for listener in self.listeners)]

@@ -45,10 +45,8 @@ class SocksClientProtocol(protocol.Protocol):
     # ------------------------------------------------------------------------------ client side
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
-        self.factory.open_connections.add(self)
-        if len(self.factory.open_connections) > self.factory.max_connections:
-            log.warning("refusing a SOCKS connection: %d are open already (the limit)",
-                        self.factory.max_connections)
+        if not self.factory.admit(self):
+            self._closed = True
             self.transport.abortConnection()
             return
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._handshake_timed_out)
@@ -126,7 +124,7 @@ class SocksClientProtocol(protocol.Protocol):
             self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
-        self.factory.open_connections.discard(self)
+        self.factory.connection_lost(self)
         self._cancel_timeout()
         self._closed = True
         if self.managed_stream is not None:
@@ -216,9 +214,27 @@ class SocksFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
         self.open_connections: set[SocksClientProtocol] = set()
+        self._refusing = False
 
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
+
+    def admit(self, connection: SocksClientProtocol) -> bool:
+        """Take a new client, unless MaxSocksConnections are open: then it is refused, and that is logged
+        once until a client leaves (a flood of connections makes one line, not one per connection)."""
+        if len(self.open_connections) >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                log.warning("Refusing new SOCKS connections: %d are open, as many as MaxSocksConnections "
+                            "allows (not logged again until one closes)", len(self.open_connections))
+            return False
+        self.open_connections.add(connection)
+        return True
+
+    def connection_lost(self, connection: SocksClientProtocol) -> None:
+        if connection in self.open_connections:
+            self.open_connections.discard(connection)
+            self._refusing = False
 
     def close_all(self) -> None:
         for connection in list(self.open_connections):

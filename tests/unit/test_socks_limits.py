@@ -196,3 +196,53 @@ def test_past_max_mem_in_queues_the_circuit_is_closed_and_the_client_reset(caplo
         assert (yield outcome) == "reset"  # an error for the client, not a clean end of a short download
     finally:
         yield tear_down(manager, factory, listener, stop)
+
+
+# ------------------------------------------------------------------------------------------------ MaxSocksConnections
+
+def greet(port: int) -> socket.socket:
+    """A connection whose SOCKS5 greeting was answered."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    return sock
+
+
+def refused(port: int) -> bool:
+    """A new connection is hung up on without an answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"\x05\x01\x00")
+            return sock.recv(2) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_beyond_max_socks_connections_are_refused_with_one_line_per_episode(caplog):
+    factory = SocksFactory(None, reactor, max_connections=2)
+    listener = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = listener.getHost().port
+    clients = []
+    try:
+        with caplog.at_level("WARNING", logger="oppy.socks.server"):
+            for _ in range(2):
+                clients.append((yield threads.deferToThread(greet, port)))
+            for _ in range(5):
+                assert (yield threads.deferToThread(refused, port))
+            clients.pop(0).close()
+            yield until(lambda: len(factory.open_connections) == 1, "a client left")
+            clients.append((yield threads.deferToThread(greet, port)))  # served again
+            assert (yield threads.deferToThread(refused, port))  # full again: a second episode
+        expected = ("Refusing new SOCKS connections: 2 are open, as many as MaxSocksConnections allows (not "
+                    "logged again until one closes)")
+        assert [record.getMessage() for record in caplog.records] == [expected, expected]
+        # The clients it kept were never disturbed: each still takes a request (a private address, refused).
+        for client in clients:
+            client.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50")
+            reply = yield threads.deferToThread(client.recv, 10)
+            assert reply[:2] == b"\x05\x01"
+    finally:
+        for client in clients:
+            client.close()
+        yield listener.stopListening()
