@@ -64,7 +64,7 @@ class Daemon:
                                                config.testing_tor_network)
         if warning:
             log.warning("%s", warning)
-        log.info("MaxMemInQueues is %d MB", max_bytes >> 20)
+        log.info("MaxMemInQueues is %d bytes", max_bytes)
         self.memory = MemoryTracker(max_bytes, queued_in_links=self._queued_in_links)
         if config.dir_authorities:
             authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]

@@ -62,9 +62,10 @@ def total_system_memory() -> int | None:
 
 
 class QueuedCircuit(Protocol):
-    """What the tracker closes (`oppy.circuit.circuit.Circuit`)."""
+    """What the tracker closes (`oppy.circuit.circuit.Circuit`): its streams by id."""
 
     circ_id: int
+    streams: dict[int, "QueueHolder"]
 
     def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None: ...
 
@@ -163,13 +164,17 @@ class MemoryTracker:
             message = (f"out of memory for queues: {_megabytes(total)} queued reached MaxMemInQueues "
                        f"({_megabytes(self.max_bytes)})")
             for victim in choose_victims(self.holdings(), total - self.low_threshold):
+                circuit = victim.circuit
+                streams = list(circuit.streams.values())
                 notice(log, "We're low on memory (%s queued, MaxMemInQueues is %s): closing circuit %#x, "
-                       "which held %d bytes in %d stream(s), the oldest queued %.1f s ago",
-                       _megabytes(total), _megabytes(self.max_bytes), victim.circuit.circ_id, victim.queued,
-                       len(victim.streams), now - victim.oldest)
-                for stream in victim.streams:
+                       "which held %d bytes in %d of its %d stream(s), the oldest queued %.1f s ago",
+                       _megabytes(total), _megabytes(self.max_bytes), circuit.circ_id, victim.queued,
+                       len(victim.streams), len(streams), now - victim.oldest)
+                # Every stream on it is dropped, also one holding nothing here: what the application's
+                # connection still buffers goes too, and it learns of the cut.
+                for stream in streams:
                     stream.abandon(EndReason.RESOURCELIMIT, message)
-                victim.circuit.close(DestroyReason.RESOURCELIMIT, message)
+                circuit.close(DestroyReason.RESOURCELIMIT, message)
                 self.circuits_closed += 1
         finally:
             self._handling = False

@@ -19,10 +19,15 @@ def recv_exactly(sock: socket.socket, count: int) -> bytes:
 
 
 def socks5_request(proxy_port: int, host: str, port: int, command: int = CONNECT,
-                   credentials: tuple[bytes, bytes] | None = None, timeout: float = 60.0
-                   ) -> tuple[int, socket.socket]:
-    """Do a SOCKS5 handshake and request; returns (REP, the open socket)."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+                   credentials: tuple[bytes, bytes] | None = None, timeout: float = 60.0,
+                   receive_buffer: int | None = None) -> tuple[int, socket.socket]:
+    """Do a SOCKS5 handshake and request; returns (REP, the open socket). `receive_buffer` sets the
+    socket's SO_RCVBUF before it connects (a small one makes a client that stops reading stall at once)."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", proxy_port))
     if credentials:
         sock.sendall(b"\x05\x01\x02")
     else:

@@ -133,6 +133,9 @@ def test_out_of_memory_closes_the_circuit_with_the_oldest_data_and_no_other(capl
     second.attach(offender.circuit)
     offender.circuit.cell_received(CMD_RELAY, offender.path.send(EXIT, RELAY_CONNECTED, second.stream_id))
     second.pause_delivery()
+    idle = Stream(CollectingSink(), "example.com", 80, account=tracker)  # holds nothing, on the same circuit
+    idle.attach(offender.circuit)
+    offender.circuit.cell_received(CMD_RELAY, offender.path.send(EXIT, RELAY_CONNECTED, idle.stream_id))
     offender.receive_cells(100)
     offender.circuit.relay_cells_received(
         b"".join(offender.path.send(EXIT, RELAY_DATA, second.stream_id, b"s" * RELAY_DATA_LEN) for _ in range(50)))
@@ -147,11 +150,11 @@ def test_out_of_memory_closes_the_circuit_with_the_oldest_data_and_no_other(capl
     # The offender held the oldest data: it goes, with one line saying why; that was enough.
     (line,) = [record.getMessage() for record in caplog.records]
     assert line.startswith("We're low on memory") and f"circuit {offender.circuit.circ_id:#x}" in line
-    assert f"which held {150 * RELAY_DATA_LEN} bytes in 2 stream(s), the oldest queued 3.0 s ago" in line
+    assert f"which held {150 * RELAY_DATA_LEN} bytes in 2 of its 3 stream(s), the oldest queued 3.0 s ago" in line
     assert offender.circuit.state is CircuitState.CLOSED
     assert offender.channel.destroyed == [(offender.circuit.circ_id, DestroyReason.NONE)]
     assert offender.circuit.error.reason == DestroyReason.RESOURCELIMIT
-    for stream in (offender.stream, second):
+    for stream in (offender.stream, second, idle):  # each of them ends as dropped for memory
         assert stream.state is StreamState.CLOSED and stream.end.reason == EndReason.RESOURCELIMIT
     assert offender.sink.length == 0  # what was queued was dropped, not delivered
     assert tracker.queued_in_streams == 3.5 * per_stream < tracker.low_threshold
