@@ -49,8 +49,8 @@ from oppy.netdoc.relay import RelayTarget
 MAX_RELAY_EARLY_CELLS = 8
 # tor-spec "Opening streams": stream ids are 16-bit and non-zero.
 MAX_STREAM_ID = 0xFFFF
-# oppy's cap on the streams one circuit carries at once. tor's exits (0.4.9 dos.c, DoSStreamCreationBurst
-# when the consensus sets none) take a burst of 300 new streams on a circuit and refuse the ones beyond
+# oppy's cap on the streams one circuit carries at once. tor's exits (0.4.9, tor(1) DoSStreamCreationBurst:
+# 300 when the consensus sets none) take a burst of 300 new streams on a circuit and refuse the ones beyond
 # (DoSStreamCreationDefenseType 2); the manager puts a stream beyond the cap on another circuit instead.
 MAX_STREAMS_PER_CIRCUIT = 300
 

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # control-spec "BW": tor sends one BW event every second.
 BW_INTERVAL = 1.0
 # oppy's own limits (tor has none for controllers but ConnLimit on all sockets): how many controllers may be
-# connected at once, and how many bytes of replies and events may wait for one that does not read (far
-# above the largest reply, GETINFO ns/all on the full network: about 2 MB).
+# connected at once, and how many bytes of replies and events may wait for one that does not read (well
+# above the largest reply, GETINFO md/all on the full network: about 5 MB).
 MAX_CONTROL_CONNECTIONS = 64
 MAX_CONTROL_OUTPUT_QUEUED = 16 * 1024 * 1024
 

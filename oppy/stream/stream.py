@@ -372,8 +372,9 @@ class Stream:
             self._send_times.append(self.account.clock())
         self._send_buffered += len(data)
         self.flush()
-        if told_to_stop and self._send_buffered > SEND_BUFFER_HARD_LIMIT_FACTOR * self.send_buffer_limit \
-                and not self.ended:
+        if self.ended:
+            return  # closed on the way (everything was sent and a close was waiting, or out of memory)
+        if told_to_stop and self._send_buffered > SEND_BUFFER_HARD_LIMIT_FACTOR * self.send_buffer_limit:
             log.warning("Closing a stream whose application wrote on past its send buffer limit: %d bytes "
                         "wait to be sent (the limit is %d)", self._send_buffered, self.send_buffer_limit)
             self.close(EndReason.RESOURCELIMIT)
