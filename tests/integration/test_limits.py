@@ -21,7 +21,8 @@ from stem.control import Controller
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
-from tests.support.socks_client import socks5_request
+from tests.support.listeners import hung_up_on
+from tests.support.socks_client import SOCKS5_NO_AUTH_GREETING, socks5_greeting, socks5_request
 
 MAX_SOCKS_CONNECTIONS = 40
 OOM_LINE = re.compile(r"\[notice\] We're low on memory .* closing circuit 0x[0-9a-f]+, which held (\d+) bytes "
@@ -95,26 +96,10 @@ def http_body(raw: bytes) -> bytes:
     return raw.partition(b"\r\n\r\n")[2]
 
 
-def greet(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"\x05\x01\x00")
-    assert sock.recv(2) == b"\x05\x00"
-    return sock
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"\x05\x01\x00")
-            return sock.recv(2) == b""
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-
-
 def test_max_socks_connections_refuses_the_next_client_with_one_line_and_serves_the_others(network, oppy):
-    clients = [greet(oppy.socks_port) for _ in range(MAX_SOCKS_CONNECTIONS)]
+    clients = [socks5_greeting(oppy.socks_port) for _ in range(MAX_SOCKS_CONNECTIONS)]
     try:
-        assert all(refused(oppy.socks_port) for _ in range(3))
+        assert all(hung_up_on(oppy.socks_port, SOCKS5_NO_AUTH_GREETING) for _ in range(3))
         oppy.wait_for_line("Refusing new SOCKS connections", timeout=10)
         time.sleep(0.5)  # any further line would have been read by now
         lines = [line for line in oppy.lines if "Refusing new SOCKS connections" in line]
@@ -131,7 +116,7 @@ def test_max_socks_connections_refuses_the_next_client_with_one_line_and_serves_
         deadline = time.monotonic() + 10
         while True:  # the listener hears of the close a moment later
             try:
-                clients.append(greet(oppy.socks_port))
+                clients.append(socks5_greeting(oppy.socks_port))
                 break
             except (ConnectionError, AssertionError):
                 assert time.monotonic() < deadline, "no client let in after one left"

@@ -49,3 +49,14 @@ def socks5_request(proxy_port: int, host: str, port: int, command: int = CONNECT
         length = recv_exactly(sock, 1)[0]
     recv_exactly(sock, length + 2)
     return head[1], sock
+
+
+SOCKS5_NO_AUTH_GREETING = b"\x05\x01\x00"
+
+
+def socks5_greeting(proxy_port: int, timeout: float = 10.0) -> socket.socket:
+    """A connection whose SOCKS5 greeting (no authentication) was answered."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    sock.sendall(SOCKS5_NO_AUTH_GREETING)
+    assert recv_exactly(sock, 2) == b"\x05\x00"
+    return sock

@@ -12,6 +12,7 @@ from twisted.internet import reactor, task, threads
 from oppy.config import Config
 from oppy.control.commands import ControlBackend, ControlHub
 from oppy.control.server import ControlFactory
+from tests.support.listeners import hung_up_on, until
 
 SMALL_SOCKET_BUFFER = 8192
 
@@ -21,14 +22,6 @@ class Backend(ControlBackend):
         self.config = Config()
         self.manager = None
         self.directory = None
-
-
-def until(condition, what: str, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting until {what}")
 
 
 def connect(port: int, *, receive_buffer: int | None = None) -> socket.socket:
@@ -50,16 +43,6 @@ def ask(sock: socket.socket, line: bytes) -> bytes:
             raise ConnectionError(f"closed after {answer!r}")
         answer += piece
     return answer
-
-
-def refused(port: int) -> bool:
-    """A new connection is hung up on at once."""
-    try:
-        with connect(port) as sock:
-            sock.sendall(b"PROTOCOLINFO\r\n")
-            return sock.recv(4096) == b""
-    except (ConnectionResetError, BrokenPipeError):
-        return True
 
 
 def drained_until_closed(sock: socket.socket) -> bool:
@@ -86,7 +69,7 @@ def test_connections_beyond_the_cap_are_refused_with_one_line_and_the_others_ser
                 sockets.append((yield threads.deferToThread(connect, port)))
             yield until(lambda: len(factory.connections) == 2, "two controllers")
             for _ in range(3):
-                assert (yield threads.deferToThread(refused, port))
+                assert (yield threads.deferToThread(hung_up_on, port, b"PROTOCOLINFO\r\n"))
             answer = yield threads.deferToThread(ask, sockets[1], b"PROTOCOLINFO")
             assert answer.startswith(b"250-PROTOCOLINFO 1")
             sockets.pop(0).close()

@@ -11,13 +11,14 @@ import os
 import socket
 
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from oppy.circuit.build import build_circuit
 from oppy.circuit.circuit import Circuit
 from oppy.link.channel import Channel, ChannelState
 from oppy.link.connection import LinkPool
 from oppy.stream.stream import Stream, StreamState
+from tests.support.listeners import until
 from tests.support.streams import CollectingSink
 from tests.unit.loopback_relay import CELL_LEN, listen
 from tests.unit.relaysim import (
@@ -77,15 +78,6 @@ def test_a_paused_channel_stops_the_streams_and_resuming_lets_them_go_on():
 
 
 # ------------------------------------------------------------------------------------------------ over TCP
-
-@defer.inlineCallbacks
-def until(condition, what: str, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting until {what}")
-
 
 @pytest_twisted.inlineCallbacks
 def test_a_relay_that_stops_reading_pauses_the_circuits_and_memory_stays_bounded(tmp_path):

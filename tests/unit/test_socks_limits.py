@@ -20,6 +20,8 @@ from oppy.circuit.manager import CircuitManager
 from oppy.circuit.memory import MemoryTracker
 from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
+from tests.support.listeners import hung_up_on, until
+from tests.support.socks_client import SOCKS5_NO_AUTH_GREETING, socks5_greeting
 from tests.unit.relaysim import (
     CMD_CREATE2,
     CMD_CREATED2,
@@ -122,14 +124,6 @@ def connect_and_never_read(port: int, stop: defer.Deferred) -> str:
             return "open"
 
 
-def until(condition, what: str, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 @defer.inlineCallbacks
 def stall_a_download(tracker: MemoryTracker):
     """A SOCKS client that stops reading, and an exit sending until the stream window is spent (or the
@@ -200,24 +194,6 @@ def test_past_max_mem_in_queues_the_circuit_is_closed_and_the_client_reset(caplo
 
 # ------------------------------------------------------------------------------------------------ MaxSocksConnections
 
-def greet(port: int) -> socket.socket:
-    """A connection whose SOCKS5 greeting was answered."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(b"\x05\x01\x00")
-    assert sock.recv(2) == b"\x05\x00"
-    return sock
-
-
-def refused(port: int) -> bool:
-    """A new connection is hung up on without an answer."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(b"\x05\x01\x00")
-            return sock.recv(2) == b""
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-
-
 @pytest_twisted.inlineCallbacks
 def test_connections_beyond_max_socks_connections_are_refused_with_one_line_per_episode(caplog):
     factory = SocksFactory(None, reactor, max_connections=2)
@@ -227,13 +203,13 @@ def test_connections_beyond_max_socks_connections_are_refused_with_one_line_per_
     try:
         with caplog.at_level("WARNING", logger="oppy.socks.server"):
             for _ in range(2):
-                clients.append((yield threads.deferToThread(greet, port)))
+                clients.append((yield threads.deferToThread(socks5_greeting, port)))
             for _ in range(5):
-                assert (yield threads.deferToThread(refused, port))
+                assert (yield threads.deferToThread(hung_up_on, port, SOCKS5_NO_AUTH_GREETING))
             clients.pop(0).close()
             yield until(lambda: len(factory.open_connections) == 1, "a client left")
-            clients.append((yield threads.deferToThread(greet, port)))  # served again
-            assert (yield threads.deferToThread(refused, port))  # full again: a second episode
+            clients.append((yield threads.deferToThread(socks5_greeting, port)))  # served again
+            assert (yield threads.deferToThread(hung_up_on, port, SOCKS5_NO_AUTH_GREETING))  # full again: a second episode
         expected = ("Refusing new SOCKS connections: 2 are open, as many as MaxSocksConnections allows (not "
                     "logged again until one closes)")
         assert [record.getMessage() for record in caplog.records] == [expected, expected]
