@@ -532,13 +532,3 @@ def event_for_new_consensus(relays: Iterable[RelayRecord]) -> bytes:
     """``650+NEWCONSENSUS`` with every entry in ns format, then ``650 OK``."""
     return encode_event(DataBlock("NEWCONSENSUS", relays_ns_text(relays)))
 
-
-def __getattr__(name: str):
-    """The hub and the authentication settings moved to :mod:`oppy.control.session`, which imports this
-    module; ``oppy.control.server`` (changed on other branches) still imports them from here, so they are
-    handed over lazily (PEP 562) until that import points at the session module."""
-    if name in ("AuthSettings", "ControlHub"):
-        from oppy.control import session
-
-        return vars(session)[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

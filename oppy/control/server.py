@@ -22,7 +22,8 @@ from zope.interface import implementer
 from oppy.circuit.build_timeout import BuildTimeoutSet
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
-from oppy.control.commands import AuthSettings, ControlHub, event_for_new_consensus
+from oppy.control.commands import event_for_new_consensus
+from oppy.control.session import AuthSettings, ControlHub
 from oppy.control.events import LOG_SEVERITIES, bw_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text

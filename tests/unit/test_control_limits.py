@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from oppy.config import Config
-from oppy.control.commands import ControlBackend, ControlHub
+from oppy.control.commands import ControlBackend
+from oppy.control.session import ControlHub
 from oppy.control.server import ControlFactory
 from tests.support.listeners import hung_up_on, until
 
