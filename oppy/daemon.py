@@ -10,7 +10,7 @@ from twisted.internet import defer, error as twisted_error, threads
 
 from oppy import __version__
 from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
-from oppy.circuit.manager import CircuitManager
+from oppy.circuit.manager import CircuitBuilt, CircuitManager, CircuitPurpose, ManagerEvent
 from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.cache import atomic_write
@@ -74,9 +74,8 @@ class Daemon:
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
-            unattached_timeout=config.socks_timeout)
+            unattached_timeout=config.socks_timeout, observers=[self._circuit_event])
         self.manager.attach_automatically = not config.leave_streams_unattached
-        self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
 
     # ------------------------------------------------------------------------------ glue
 
@@ -84,6 +83,11 @@ class Daemon:
         if event.new_consensus:
             self.padding.update_consensus_params(event.netdir.consensus.params)
             self.build_times.update_params(event.netdir.consensus.params)
+
+    def _circuit_event(self, event: ManagerEvent) -> None:
+        """The first circuit for client streams is built: tor's "Bootstrapped 100%"."""
+        if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL:
+            self.directory.report_bootstrap(BootstrapPhase.DONE)
 
     # ------------------------------------------------------------------------------ build-time history
 

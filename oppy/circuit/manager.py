@@ -1,10 +1,13 @@
-"""Circuit management: which circuit carries which stream, built ahead of demand, isolated, retired.
+"""Circuit management: every circuit the client builds, each with a purpose, and which one carries which stream.
 
 The rules are tor's (path-spec "When we build", tor-client-checklist.md section 6): clean circuits are built
 ahead of demand so a first request does not wait for a build; a stream goes on an open circuit whose exit
 allows its port, with the same isolation key (SOCKS credentials, NEWNYM epoch), not dirty for longer than
-MaxCircuitDirtiness; a stream without CONNECTED after 10 s (15 s from the third try), or refused by a
-retriable END, is detached and retried on another circuit.
+MaxCircuitDirtiness, built with Stable relays when the port is a long-lived one; a stream without CONNECTED
+after 10 s (15 s from the third try), or refused by a retriable END, is detached and retried on another circuit.
+
+What happens to circuits is told to observers as typed events (:class:`CircuitLaunched` ...
+:class:`CircuitClosed`, :class:`StreamChanged`), whatever the circuit's purpose.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import enum
 import itertools
 import logging
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Union
 
 from twisted.internet import defer, reactor as default_reactor, task
 
@@ -23,6 +27,7 @@ from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
+from oppy.path.selection import LONG_LIVED_PORTS
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
@@ -49,30 +54,59 @@ LEARNING_CHECK_INTERVAL = 1.0
 
 
 class CircuitStatus(enum.Enum):
-    """The states the control port's CIRC events report."""
+    """The states the control port's CIRC events report (control-spec "CIRC")."""
 
     LAUNCHED = "LAUNCHED"
     EXTENDED = "EXTENDED"
     BUILT = "BUILT"
+    # Built through a non-primary guard: it carries nothing until no better guard can be had.
+    GUARD_WAIT = "GUARD_WAIT"
     FAILED = "FAILED"
     CLOSED = "CLOSED"
 
 
 class CircuitPurpose(enum.Enum):
-    GENERAL = "GENERAL"
-    CONTROLLER = "CONTROLLER"
+    """What a circuit is for (tor's CIRCUIT_PURPOSE_*). :attr:`controller_name` is the PURPOSE of its CIRC
+    events (control-spec "CIRC"; tor circuit_purpose_to_controller_string)."""
+
+    #: Exit circuits for client streams (C_GENERAL).
+    GENERAL = "general"
+    #: One-hop circuits carrying BEGIN_DIR to a directory cache (tor: C_GENERAL with ONEHOP_TUNNEL).
+    DIRECTORY = "directory"
+    #: Built on a controller's EXTENDCIRCUIT; never chosen for streams on oppy's own.
+    CONTROLLER = "controller"
+    #: Onion-service client circuits, not built yet: descriptor fetches, introduction, rendezvous.
+    HS_CLIENT_HSDIR = "hs_client_hsdir"
+    HS_CLIENT_INTRO = "hs_client_intro"
+    HS_CLIENT_REND = "hs_client_rend"
+    #: Conflux legs (prop 329), not built yet: before and after they are linked into a set.
+    CONFLUX_UNLINKED = "conflux_unlinked"
+    CONFLUX_LINKED = "conflux_linked"
+
+    @property
+    def controller_name(self) -> str:
+        return "GENERAL" if self is CircuitPurpose.DIRECTORY else self.name
+
+
+#: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
+BUILD_FLAG_ONEHOP_TUNNEL = "ONEHOP_TUNNEL"
+BUILD_FLAG_IS_INTERNAL = "IS_INTERNAL"
+BUILD_FLAG_NEED_CAPACITY = "NEED_CAPACITY"
+BUILD_FLAG_NEED_UPTIME = "NEED_UPTIME"
 
 
 class ManagedCircuit:
-    """A circuit as the client uses it: its number, isolation, dirtiness and status."""
+    """A circuit as the client uses it: its number, purpose, isolation, dirtiness and status."""
 
     def __init__(self, number: int, path: list[RelayTarget], purpose: CircuitPurpose, created_at: float,
-                 created_wallclock: float) -> None:
+                 created_wallclock: float, *, need_uptime: bool = False) -> None:
         self.number = number
         self.path = path
         self.purpose = purpose
         self.created_at = created_at
         self.created_wallclock = created_wallclock
+        # Launched for a long-lived port: its relays were chosen Stable (tor's build_state->need_uptime).
+        self.need_uptime = need_uptime
         self.status = CircuitStatus.LAUNCHED
         self.circuit: Circuit | None = None
         self.isolation: object = None
@@ -96,6 +130,84 @@ class ManagedCircuit:
     @property
     def exit(self) -> RelayTarget:
         return self.path[-1]
+
+    @property
+    def build_flags(self) -> tuple[str, ...]:
+        """tor's CIRCLAUNCH flags as CIRC events list them: every client circuit NEED_CAPACITY; a BEGIN_DIR
+        circuit ONEHOP_TUNNEL and IS_INTERNAL (circuituse.c circuit_get_open_circ_or_launch)."""
+        flags = []
+        if self.purpose is CircuitPurpose.DIRECTORY:
+            flags += [BUILD_FLAG_ONEHOP_TUNNEL, BUILD_FLAG_IS_INTERNAL]
+        flags.append(BUILD_FLAG_NEED_CAPACITY)
+        if self.need_uptime:
+            flags.append(BUILD_FLAG_NEED_UPTIME)
+        return tuple(flags)
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitLaunched:
+    """A circuit is being built (its first hop's link may still be opening)."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitExtended:
+    """One more hop of a circuit is built; `hops` are built so far."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitGuardWait:
+    """A circuit through a non-primary guard is built and waits until no better guard can be had."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBuilt:
+    """A circuit is open and may carry what its purpose says."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitFailed:
+    """A circuit was given up before it was built; a CircuitClosed follows."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+    error: CircuitError
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed:
+    """A circuit is gone, for the reason `error` gives (None: closed on purpose without one)."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+    error: CircuitError | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChanged:
+    """A client stream was opened, attached, detached, connected or ended (its state says which)."""
+
+    stream: "ManagedStream"
+
+
+ManagerEvent = Union[CircuitLaunched, CircuitExtended, CircuitGuardWait, CircuitBuilt, CircuitFailed,
+                     CircuitClosed, StreamChanged]
+ManagerObserver = Callable[[ManagerEvent], None]
 
 
 class _ManagedCircuitOwner:
@@ -146,7 +258,9 @@ class CircuitManager:
                  build_times: CircuitBuildTimes | None = None,
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
-                 unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT) -> None:
+                 unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS,
+                 observers: Iterable[ManagerObserver] = ()) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
         self.paths = paths
@@ -158,6 +272,7 @@ class CircuitManager:
         self.preemptive_circuits = preemptive_circuits
         self.max_pending = max_pending
         self.unattached_timeout = unattached_timeout
+        self.long_lived_ports = frozenset(long_lived_ports)
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -170,11 +285,10 @@ class CircuitManager:
         # inner call is left to the outer one.
         self._topping_up = False
         self._attaching_waiting = False
-        # Observers for the control port: called with (kind, object), kind "circuit" or "stream".
-        self.observers: list[Callable[[str, object], None]] = []
-        # Called once, when the first circuit is built (the daemon's "Bootstrapped 100%").
-        self.on_first_circuit: Callable[[ManagedCircuit], None] = lambda managed: None
-        self._first_built = False
+        self._observers: list[ManagerObserver] = list(observers)
+        # tor's "circuit established": a circuit for client streams has been built (GETINFO
+        # status/circuit-established; the daemon's "Bootstrapped 100%").
+        self.circuit_established = False
         # When False, new streams wait for a controller's ATTACHSTREAM (__LeaveStreamsUnattached).
         self.attach_automatically = True
         self._learning_loop = task.LoopingCall(self._learn_build_timeout)
@@ -182,12 +296,22 @@ class CircuitManager:
 
     # ------------------------------------------------------------------------------ events
 
-    def _notify(self, kind: str, obj: object) -> None:
-        for observer in list(self.observers):
+    def add_observer(self, observer: ManagerObserver) -> None:
+        """Tell `observer` every event from now on (the control port's CIRC and STREAM events)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: ManagerObserver) -> None:
+        self._observers = [known for known in self._observers if known != observer]
+
+    def _notify(self, event: ManagerEvent) -> None:
+        for observer in list(self._observers):
             try:
-                observer(kind, obj)
+                observer(event)
             except Exception:  # an observer's bug must not break circuits
-                log.exception("observer failed")
+                log.exception("circuit manager observer %r failed", observer)
+
+    def _stream_changed(self, managed: "ManagedStream") -> None:
+        self._notify(StreamChanged(managed))
 
     # ------------------------------------------------------------------------------ circuits
 
@@ -247,10 +371,11 @@ class CircuitManager:
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
             path = self.paths.choose_path(port, exclude=exclude)
-        managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time())
+        managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
+                                 need_uptime=port in self.long_lived_ports)
         managed.port = port
         self.circuits[managed.number] = managed
-        self._notify("circuit", managed)
+        self._notify(CircuitLaunched(managed, purpose))
         attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
         building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
                                  attempt=attempt)
@@ -265,7 +390,7 @@ class CircuitManager:
     def _circuit_extended(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.hops_built = circuit.hops_built
         managed.status = CircuitStatus.EXTENDED
-        self._notify("circuit", managed)
+        self._notify(CircuitExtended(managed, managed.purpose, managed.hops_built))
 
     def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.circuit = circuit
@@ -277,10 +402,9 @@ class CircuitManager:
             return
         managed.status = CircuitStatus.BUILT
         self.paths.mark_guard_up(managed.path[0].rsa_id)
-        self._notify("circuit", managed)
-        if not self._first_built:
-            self._first_built = True
-            self.on_first_circuit(managed)
+        if managed.purpose is CircuitPurpose.GENERAL:
+            self.circuit_established = True
+        self._notify(CircuitBuilt(managed, managed.purpose))
         managed.built.callback(managed)
         self._attach_waiting()
         if not self._running:
@@ -293,9 +417,9 @@ class CircuitManager:
         if error.hop == 0:
             self.paths.mark_guard_down(managed.path[0].rsa_id)
         log.info("circuit %d failed: %s", managed.number, error)
-        self._notify("circuit", managed)
+        self._notify(CircuitFailed(managed, managed.purpose, error))
         managed.status = CircuitStatus.CLOSED
-        self._notify("circuit", managed)
+        self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
         managed.built.errback(error)
         managed.built.addErrback(lambda f: None)
@@ -307,7 +431,7 @@ class CircuitManager:
         managed.status = CircuitStatus.CLOSED
         self.circuits.pop(managed.number, None)
         log.info("circuit %d closed: %s", managed.number, error)
-        self._notify("circuit", managed)
+        self._notify(CircuitClosed(managed, managed.purpose, error))
         self._top_up()
 
     def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
@@ -332,6 +456,10 @@ class CircuitManager:
                        excluded_exits: set[bytes]) -> bool:
         if not managed.usable or managed.purpose is not CircuitPurpose.GENERAL:
             return False
+        if port in self.long_lived_ports and not managed.need_uptime:
+            # circuituse.c circuit_is_acceptable: a circuit built without Stable relays (a preemptive one
+            # for port 80) does not carry a stream to a long-lived port.
+            return False
         if managed.isolation is not None and managed.isolation != isolation:
             return False
         if managed.dirty_since is not None and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
@@ -353,7 +481,7 @@ class CircuitManager:
         managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         if self.attach_automatically:
             self._attach(managed)
         else:
@@ -365,7 +493,7 @@ class CircuitManager:
         if managed.stream.ended:
             return
         managed.awaiting_controller = True
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         # connection_edge.c connection_ap_expire_beginning: a stream no controller attaches within
         # SocksTimeout is given up with END reason TIMEOUT.
         self._cancel_timer(managed)
@@ -396,7 +524,7 @@ class CircuitManager:
         if stream.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
             self._cancel_timer(managed)
             stream.detach(EndReason.TIMEOUT)
-            self._notify("stream", managed)
+            self._stream_changed(managed)
         managed.awaiting_controller = False
         if target is None:
             self._attach(managed)
@@ -412,12 +540,12 @@ class CircuitManager:
         """CONNECTED (or RESOLVED): stop the stream's retry timer."""
         managed = self._managed_streams[stream]
         self._cancel_timer(managed)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
 
     def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
         managed = self._managed_streams.pop(stream)
         self._cancel_timer(managed)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
@@ -483,7 +611,7 @@ class CircuitManager:
         managed.attempts += 1
         managed.stream.attach(target.circuit)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
         delay = timeouts[min(managed.attempts - 1, len(timeouts) - 1)]
         self._cancel_timer(managed)
@@ -524,7 +652,7 @@ class CircuitManager:
                     circuit.usable = False
         log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
                  managed.attempts, end)
-        self._notify("stream", managed)  # DETACHED
+        self._stream_changed(managed)  # DETACHED
         self._attach_or_wait(managed)
         return True
 

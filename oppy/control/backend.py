@@ -233,8 +233,7 @@ class DaemonBackend(ControlBackend):
         return os.path.abspath(path)
 
     def circuit_established(self) -> bool:
-        return bool(getattr(self.manager, "_first_built", False)) or any(
-            managed.is_open for managed in self.manager.circuits.values())
+        return self.manager.circuit_established
 
     def is_dormant(self) -> bool:
         return self.dormant

@@ -11,6 +11,11 @@ from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.circuit.build_timeout import CircuitBuildTimes
 from oppy.circuit.manager import (
     MAX_RESOLVE_FAILURES,
+    CircuitBuilt,
+    CircuitClosed,
+    CircuitExtended,
+    CircuitFailed,
+    CircuitLaunched,
     CircuitManager,
     CircuitPurpose,
     CircuitStatus,
@@ -23,12 +28,12 @@ from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
     CMD_CREATE2,
     CMD_CREATED2,
+    CMD_DESTROY,
     CMD_RELAY,
     RecordingChannel,
     SimulatedPath,
     SimulatedRelay,
 )
-
 
 
 class FixedPaths(PathChooser):
@@ -40,6 +45,7 @@ class FixedPaths(PathChooser):
 
     def choose_path(self, port=None, exclude=(), rng=None):
         return list(self.path)
+
 
 def relay(name: str) -> RelayTarget:
     return RelayTarget(name, name.encode().ljust(20, b"\0"), "127.0.0.1", 1, bytes(32))
@@ -259,3 +265,71 @@ def test_while_learning_test_circuits_are_built_and_unused_ones_retired():
     assert open_numbers() == [3, 4] and links.channel.take() == []
     manager.close_all()
     assert not clock.getDelayedCalls()
+
+
+class ThreeRelays(PathChooser):
+    """A guard, a middle and an exit of relaysim, always chosen in that order; the ports asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
+        self.ports: list = []
+
+    def choose_path(self, port=None, exclude=(), rng=None):
+        self.ports.append(port)
+        return [relay.target for relay in self.relays]
+
+    def answer(self, channel: RecordingChannel):
+        return answer_build(channel, SimulatedPath(self.relays))
+
+
+def test_observers_hear_typed_events_with_the_purpose_from_launch_to_close():
+    clock = Clock()
+    relays, links, events = ThreeRelays(), OneChannelLinks(), []
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    later = []
+    manager.add_observer(later.append)
+    managed = manager.launch(443)
+    circuit = relays.answer(links.channel)
+    circuit.cell_received(CMD_DESTROY, bytes([DestroyReason.FINISHED]) + bytes(508))
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitExtended, CircuitExtended, CircuitBuilt,
+                                                 CircuitClosed]
+    assert all(event.circuit is managed and event.purpose is CircuitPurpose.GENERAL for event in events)
+    assert [event.hops for event in events if isinstance(event, CircuitExtended)] == [1, 2]
+    assert events[-1].error.remote and events[-1].error.reason == DestroyReason.FINISHED
+    assert later == events and manager.circuit_established
+    manager.remove_observer(later.append)
+    manager.launch(443)
+    assert len(later) == len(events) - 1
+
+
+def test_a_failed_build_is_told_as_failed_then_closed():
+    clock = Clock()
+    relays, links, events = ThreeRelays(), OneChannelLinks(), []
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    manager.launch(443)
+    ((circ_id, _, _),) = links.channel.take()
+    links.channel.circuits[circ_id].cell_received(CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitFailed, CircuitClosed]
+    assert events[1].error is events[2].error and events[1].error.reason == DestroyReason.RESOURCELIMIT
+    assert not manager.circuit_established and manager.circuits == {}
+
+
+def test_a_preemptive_circuit_without_stable_relays_does_not_carry_a_long_lived_port():
+    """circuituse.c circuit_is_acceptable: a stream to a long-lived port needs a circuit launched with
+    need_uptime; the clean circuit built ahead for port 80 is not one."""
+    clock = Clock()
+    relays, links = ThreeRelays(), OneChannelLinks()
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=1)
+    manager.start()
+    preemptive = relays.answer(links.channel)
+    (clean,) = manager.circuits.values()
+    assert (clean.need_uptime, clean.build_flags) == (False, ("NEED_CAPACITY",))
+    ssh = manager.open_stream(CollectingSink(), "example.test", 22)
+    assert ssh.managed_circuit is None and relays.ports == [80, 22]
+    relays.answer(links.channel)
+    assert ssh.managed_circuit is not clean and ssh.managed_circuit.need_uptime
+    assert ssh.managed_circuit.build_flags == ("NEED_CAPACITY", "NEED_UPTIME")
+    assert clean.dirty_since is None and preemptive.streams == {}
