@@ -67,15 +67,16 @@ class Daemon:
         else:
             authorities = list(DEFAULT_AUTHORITIES)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
-        self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
-                                          links=self.links, testing_tor_network=config.testing_tor_network,
-                                          reactor=reactor, clock=time.time, paths=self.paths)
-        self.directory.add_netdir_observer(self._netdir_changed)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
             unattached_timeout=config.socks_timeout, observers=[self._circuit_event])
         self.manager.attach_automatically = not config.leave_streams_unattached
+        self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
+                                          circuits=self.manager, links=self.links,
+                                          testing_tor_network=config.testing_tor_network, reactor=reactor,
+                                          clock=time.time, paths=self.paths)
+        self.directory.add_netdir_observer(self._netdir_changed)
 
     # ------------------------------------------------------------------------------ glue
 

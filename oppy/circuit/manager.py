@@ -115,7 +115,7 @@ class ManagedCircuit:
         self.port: int | None = None  # the port it was built for
         self.error: CircuitError | None = None
         self.hops_built = 0
-        self.built: defer.Deferred = defer.Deferred()
+        self._build_waiters: list[defer.Deferred] = []
         # A controller's CLOSECIRCUIT arrived while it was still building: close it once built.
         self.close_requested = False
 
@@ -130,6 +130,25 @@ class ManagedCircuit:
     @property
     def exit(self) -> RelayTarget:
         return self.path[-1]
+
+    def when_built(self) -> defer.Deferred:
+        """A Deferred firing with this circuit once it is built (now, if it is), or failing with the
+        CircuitError that ended it."""
+        if self.is_open:
+            return defer.succeed(self)
+        if self.status in (CircuitStatus.FAILED, CircuitStatus.CLOSED):
+            return defer.fail(self.error or CircuitError(f"circuit {self.number} is closed"))
+        waiter: defer.Deferred = defer.Deferred()
+        self._build_waiters.append(waiter)
+        return waiter
+
+    def _build_settled(self, error: CircuitError | None) -> None:
+        waiters, self._build_waiters = self._build_waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(self)
+            else:
+                waiter.errback(error)
 
     @property
     def build_flags(self) -> tuple[str, ...]:
@@ -343,8 +362,9 @@ class CircuitManager:
                 and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.BUILT)]
 
     def _pending_count(self) -> int:
-        return sum(1 for m in self.circuits.values()
-                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
+        """Exit circuits being built (MaxClientCircuitsPending; directory circuits are not limited by it)."""
+        return sum(1 for m in self.circuits.values() if m.purpose is CircuitPurpose.GENERAL
+                   and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
 
     def _top_up(self) -> None:
         if not self._running or self._topping_up:
@@ -366,7 +386,8 @@ class CircuitManager:
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
                ) -> ManagedCircuit:
-        """Start building a circuit (for `port`, or through `path`); returns at once, `.built` fires later."""
+        """Start building a circuit (for `port`, or through `path`); returns at once (`when_built()` fires
+        later)."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
@@ -397,15 +418,14 @@ class CircuitManager:
         managed.hops_built = circuit.hops_built
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
-            managed.built.errback(CircuitError("closed on request", DestroyReason.REQUESTED))
-            managed.built.addErrback(lambda f: None)
             return
         managed.status = CircuitStatus.BUILT
-        self.paths.mark_guard_up(managed.path[0].rsa_id)
+        if managed.purpose is not CircuitPurpose.DIRECTORY:  # a directory request reports on its own guard
+            self.paths.mark_guard_up(managed.path[0].rsa_id)
         if managed.purpose is CircuitPurpose.GENERAL:
             self.circuit_established = True
         self._notify(CircuitBuilt(managed, managed.purpose))
-        managed.built.callback(managed)
+        managed._build_settled(None)
         self._attach_waiting()
         if not self._running:
             circuit.close()
@@ -414,15 +434,14 @@ class CircuitManager:
         error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
         managed.error = error
         managed.status = CircuitStatus.FAILED
-        if error.hop == 0:
+        if error.hop == 0 and managed.purpose is not CircuitPurpose.DIRECTORY:
             self.paths.mark_guard_down(managed.path[0].rsa_id)
         log.info("circuit %d failed: %s", managed.number, error)
         self._notify(CircuitFailed(managed, managed.purpose, error))
         managed.status = CircuitStatus.CLOSED
         self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
-        managed.built.errback(error)
-        managed.built.addErrback(lambda f: None)
+        managed._build_settled(error)
         self._top_up()
         self._attach_waiting()
 
@@ -432,7 +451,37 @@ class CircuitManager:
         self.circuits.pop(managed.number, None)
         log.info("circuit %d closed: %s", managed.number, error)
         self._notify(CircuitClosed(managed, managed.purpose, error))
+        managed._build_settled(error)
         self._top_up()
+
+    def directory_circuit(self, target: RelayTarget) -> defer.Deferred:
+        """A one-hop circuit to the directory cache `target` for BEGIN_DIR streams (purpose DIRECTORY).
+
+        Fires with the open `Circuit`: the one already open to `target` while it is fresh (first used less than
+        MaxCircuitDirtiness ago), the one being built to it (concurrent callers share a build), or a new one.
+        Fails with the CircuitError that ended its build. Its first hop is created with CREATE_FAST when
+        `target` carries no ntor onion key (a fallback or an authority before any microdescriptor)."""
+        for managed in list(self.circuits.values()):
+            if managed.purpose is not CircuitPurpose.DIRECTORY or managed.path[0].rsa_id != target.rsa_id \
+                    or not managed.usable:
+                continue
+            if managed.is_open:
+                if managed.dirty_since is not None \
+                        and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
+                    managed.usable = False
+                    managed.circuit.close(DestroyReason.FINISHED, "directory circuit too old for new requests")
+                    continue
+                return defer.succeed(self._use_directory_circuit(managed))
+            if managed.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED):
+                return managed.when_built().addCallback(self._use_directory_circuit)
+        log.info("Launching a one-hop directory circuit to %s", target.describe())
+        launched = self.launch(None, path=[target], purpose=CircuitPurpose.DIRECTORY)
+        return launched.when_built().addCallback(self._use_directory_circuit)
+
+    def _use_directory_circuit(self, managed: ManagedCircuit) -> Circuit:
+        if managed.dirty_since is None:
+            managed.dirty_since = self.clock()
+        return managed.circuit
 
     def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
         managed = self.circuits.get(number)

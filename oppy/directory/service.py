@@ -45,13 +45,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from oppy.circuit.build import build_circuit
-from oppy.circuit.circuit import CircuitState
 from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
 from oppy.directory.client import (
     MAX_CERTIFICATES_SIZE,
@@ -67,6 +65,7 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
+from oppy.link.connection import LinkConnected, LinkEvent, LinkLaunched, LinkOpened
 from oppy.logs import NOTICE
 from oppy.netdoc.authorities import DirAuthority, v3_authorities
 from oppy.netdoc.documents import (
@@ -121,10 +120,6 @@ MICRODESC_UNLISTED_LIFETIME = 7 * 24 * 3600
 MAX_PARALLEL_MICRODESC_REQUESTS = 4
 #: How many directory guards to try over BEGIN_DIR before the authorities' DirPorts.
 DIRECTORY_GUARDS_TO_TRY = 3
-#: One-hop directory circuits are reused for this long (tor MaxCircuitDirtiness, 10 min).
-DIRECTORY_CIRCUIT_MAX_DIRTINESS = 600.0
-#: Timeout for building a one-hop directory circuit.
-DIRECTORY_CIRCUIT_TIMEOUT = 30.0
 #: Outer deadline of one consensus round (every source in turn, with certificates and checks) and of
 #: the fetches of one microdescriptor round. Each request has its own timeout; this bounds the round
 #: whatever happens inside it, so that a later refresh never joins a round that cannot end. tor gives a
@@ -433,23 +428,32 @@ def _backoff(attempt: int, schedule: tuple[float, float]) -> float:
 # ------------------------------------------------------------------------------------------ the service
 
 
+class DirectoryCircuits(Protocol):
+    """Who builds the one-hop circuits BEGIN_DIR requests ride (:class:`oppy.circuit.manager.CircuitManager`)."""
+
+    def directory_circuit(self, target: RelayTarget) -> defer.Deferred:
+        """A Deferred firing with an open one-hop :class:`~oppy.circuit.circuit.Circuit` to ``target``, or
+        failing."""
+
+
 class DirectoryService:
     """Keeps the client's view of the network current: fetches, caches and schedules, and publishes NetDirs.
 
     ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
-    lines); ``links`` is the :class:`~oppy.link.connection.LinkPool` used for BEGIN_DIR
-    circuits; ``clock`` returns POSIX seconds (wall time, used for document validity);
-    timers run on ``reactor``. ``paths`` is the client's :class:`PathChooser`: it is handed
-    each NetDir, chooses the directory guards and caches, and holds the guard sample this
-    service loads and saves (a chooser of its own if none is given). ``client``,
-    ``run_in_thread`` and ``circuit_builder`` can be replaced in tests.
+    lines); ``circuits`` builds the one-hop circuits of BEGIN_DIR requests (the circuit
+    manager); ``links``, if given, is the :class:`~oppy.link.connection.LinkPool` whose
+    progress is reported as the bootstrap's connection phases; ``clock`` returns POSIX
+    seconds (wall time, used for document validity); timers run on ``reactor``. ``paths``
+    is the client's :class:`PathChooser`: it is handed each NetDir, chooses the directory
+    guards and caches, and holds the guard sample this service loads and saves (a chooser
+    of its own if none is given). ``client`` and ``run_in_thread`` can be replaced in tests.
     """
 
-    def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str, links,
-                 testing_tor_network: bool = False, reactor=None, clock: Callable[[], float] = time.time,
-                 *, rng: random.Random | None = None, client: DirectoryClient | None = None,
+    def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str,
+                 circuits: DirectoryCircuits, testing_tor_network: bool = False, reactor=None,
+                 clock: Callable[[], float] = time.time, *, links=None, rng: random.Random | None = None,
+                 client: DirectoryClient | None = None,
                  run_in_thread: Callable[..., defer.Deferred] | None = None,
-                 circuit_builder: Callable[..., defer.Deferred] = build_circuit,
                  paths: PathChooser | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -460,6 +464,7 @@ class DirectoryService:
             raise ValueError("no v3 directory authorities are configured")
         self.data_directory = Path(data_directory)
         self.cache = DirectoryCache(self.data_directory)
+        self.circuits = circuits
         self.links = links
         self.testing_tor_network = testing_tor_network
         self.reactor = reactor
@@ -470,7 +475,6 @@ class DirectoryService:
         self.paths.add_observer(self._guards_changed)
         self.client = client if client is not None else DirectoryClient(reactor)
         self._run_in_thread = run_in_thread or self._default_run_in_thread
-        self._build_circuit = circuit_builder
         self._consensus_retry = CONSENSUS_RETRY_TESTING if testing_tor_network else CONSENSUS_RETRY
         self._microdesc_retry = MICRODESC_RETRY_TESTING if testing_tor_network else MICRODESC_RETRY
 
@@ -506,8 +510,6 @@ class DirectoryService:
         self._microdesc_timer = None
         self._microdesc_round: defer.Deferred | None = None
         self._microdesc_again = False
-        self._dir_circuits: dict[bytes, tuple[Any, float]] = {}
-        self._dir_circuit_pending: dict[bytes, list[defer.Deferred]] = {}
         self._in_flight: set[defer.Deferred] = set()
         self._writes: defer.Deferred = defer.succeed(None)
         self._started = False
@@ -523,6 +525,8 @@ class DirectoryService:
         if self._started:
             return self.when_enough_dir_info()
         self._started = True
+        if self.links is not None:
+            self.links.add_observer(self._link_event)
         self.bootstrap.report(BootstrapPhase.STARTING)
         waiter = self.when_enough_dir_info()
         loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare)
@@ -531,8 +535,10 @@ class DirectoryService:
         return waiter
 
     def stop(self) -> defer.Deferred:
-        """Cancel timers and requests, close directory circuits; fires once cache writes are done."""
+        """Cancel timers and requests; fires once cache writes are done."""
         self._stopped = True
+        if self.links is not None and self._started:
+            self.links.remove_observer(self._link_event)
         for timer in (self._consensus_timer, self._microdesc_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -542,10 +548,6 @@ class DirectoryService:
                 round_.cancel()
         for request in list(self._in_flight):
             request.cancel()
-        for circuit, _ in self._dir_circuits.values():
-            if circuit.state is CircuitState.OPEN:
-                circuit.close()
-        self._dir_circuits.clear()
         if self._state_loaded:
             self._save_state()
         if self._microdescs_unsaved:
@@ -725,63 +727,38 @@ class DirectoryService:
             circuit, path, max_size, relay=source.target, if_modified_since=if_modified_since))
         return response
 
-    def _directory_circuit(self, target: RelayTarget) -> defer.Deferred:
-        """An open one-hop circuit to ``target`` (reused while fresh), shared by concurrent callers."""
-        entry = self._dir_circuits.get(target.rsa_id)
-        if entry is not None:
-            circuit, opened_at = entry
-            if circuit.state is CircuitState.OPEN \
-                    and self.reactor.seconds() - opened_at < DIRECTORY_CIRCUIT_MAX_DIRTINESS:
-                return defer.succeed(circuit)
-            del self._dir_circuits[target.rsa_id]
-            if circuit.state is CircuitState.OPEN:
-                circuit.close()
-        waiter: defer.Deferred = defer.Deferred()
-        pending = self._dir_circuit_pending.get(target.rsa_id)
-        if pending is not None:
-            pending.append(waiter)
-            return waiter
-        self._dir_circuit_pending[target.rsa_id] = [waiter]
-        self._open_directory_circuit(target)
-        return waiter
-
     @defer.inlineCallbacks
-    def _open_directory_circuit(self, target: RelayTarget):
-        waiters = self._dir_circuit_pending[target.rsa_id]
-        result: Any
+    def _directory_circuit(self, target: RelayTarget):
+        """The circuit manager's one-hop circuit to ``target``; the outcome is reported on the directory guard
+        (guard-spec: a directory guard is marked down when no connection to it can be made)."""
         try:
+            circuit = yield self._track(self.circuits.directory_circuit(target))
+        except defer.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a refused link, a failed CREATE_FAST or ntor, a timeout
+            if not self._stopped:
+                self.paths.mark_guard_down(target.rsa_id)
+            raise DirectoryConnectionError(
+                f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
+        if not self._stopped:
+            self.paths.mark_guard_up(target.rsa_id)
+        return circuit
+
+    def _link_event(self, event: LinkEvent) -> None:
+        """tor's bootstrap phases for a connection to a relay (control_bootstrap.c, btrack_orconn_cevent.c):
+        conn when the TCP connection is made, conn_done and handshake once it is up, handshake_done once the
+        link handshake is done; before there is enough directory information, that link is for a one-hop
+        directory circuit, whose CREATE cell goes out at once (onehop_create)."""
+        if self.enough_dir_info:
+            return
+        if isinstance(event, LinkLaunched):
             self.bootstrap.report(BootstrapPhase.CONN)
-            try:
-                yield self._track(self.links.get(target))
-            except Exception as exc:  # noqa: BLE001 - LinkError, a refused TCP connection, a timeout
-                if not self._stopped:
-                    self.paths.mark_guard_down(target.rsa_id)
-                raise DirectoryConnectionError(f"link to {target.describe()} failed: {exc}") from None
+        elif isinstance(event, LinkConnected):
+            self.bootstrap.report(BootstrapPhase.CONN_DONE)
+            self.bootstrap.report(BootstrapPhase.HANDSHAKE)
+        elif isinstance(event, LinkOpened):
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
-            try:
-                circuit = yield self._track(self._build_circuit(self.links, [target], DIRECTORY_CIRCUIT_TIMEOUT,
-                                                                reactor=self.reactor))
-            except Exception as exc:  # noqa: BLE001 - CircuitBuildError and friends
-                if not self._stopped:
-                    self.paths.mark_guard_down(target.rsa_id)
-                raise DirectoryConnectionError(
-                    f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
-            self.paths.mark_guard_up(target.rsa_id)
-            if self._stopped:
-                circuit.close()
-                raise DirectoryConnectionError("the directory service stopped")
-            self._dir_circuits[target.rsa_id] = (circuit, self.reactor.seconds())
-            result = circuit
-        except Exception as exc:  # noqa: BLE001
-            result = exc
-        finally:
-            del self._dir_circuit_pending[target.rsa_id]
-        for waiter in waiters:
-            if isinstance(result, Exception):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
     # ---- consensus -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.web import resource, server
 
 from oppy.circuit.build import build_circuit
+from oppy.circuit.manager import CircuitManager
 from oppy.directory.cache import CACHED_MICRODESCS_FILE, encode_microdescriptors, split_microdescriptors
 from oppy.directory.client import DirectoryClient
 from oppy.directory.service import DirectoryService
@@ -27,6 +28,7 @@ from oppy.link.connection import LinkPool
 from oppy.logs import NOTICE
 from oppy.netdoc.authorities import parse_dir_authority_line
 from oppy.netdoc.documents import microdesc_digest
+from oppy.path.chooser import PathChooser
 from oppy.stream.stream import Stream
 from tests.support.network import TestNetwork
 from tests.support.streams import CollectingSink, http_response_body
@@ -48,8 +50,15 @@ def links():
     pool.close_all()
 
 
-def new_service(authorities, directory, links) -> DirectoryService:
-    return DirectoryService(authorities, directory, links, testing_tor_network=True, reactor=reactor)
+def directory_circuits(links) -> CircuitManager:
+    """A circuit manager that builds the service's one-hop directory circuits (and nothing else: its path
+    chooser has no NetDir)."""
+    return CircuitManager(links, PathChooser(), reactor=reactor, preemptive_circuits=0)
+
+
+def new_service(authorities, directory, links, **options) -> DirectoryService:
+    return DirectoryService(authorities, directory, directory_circuits(links), testing_tor_network=True,
+                            reactor=reactor, links=links, **options)
 
 
 def started(service: DirectoryService, timeout: float = BOOTSTRAP_TIMEOUT) -> defer.Deferred:
@@ -291,8 +300,7 @@ def test_hostile_dirports_never_stall_the_directory(network, authorities, links,
                for authority, listening in zip(authorities, listenings)] + authorities[len(listenings):]
 
     def service(seed: int) -> DirectoryService:
-        return DirectoryService(pointed, tmp_path / "data", links, testing_tor_network=True, reactor=reactor,
-                                rng=random.Random(seed))
+        return new_service(pointed, tmp_path / "data", links, rng=random.Random(seed))
 
     # A seed that puts both hostile DirPorts before the real one in the first round.
     real = {authority.nickname for authority in authorities[len(listenings):]}

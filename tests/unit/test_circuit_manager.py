@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.circuit.build_timeout import CircuitBuildTimes
+from oppy.circuit.circuit import CircuitError, CircuitState
 from oppy.circuit.manager import (
     MAX_RESOLVE_FAILURES,
     CircuitBuilt,
@@ -27,7 +28,9 @@ from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
     CMD_CREATE2,
+    CMD_CREATE_FAST,
     CMD_CREATED2,
+    CMD_CREATED_FAST,
     CMD_DESTROY,
     CMD_RELAY,
     RecordingChannel,
@@ -333,3 +336,58 @@ def test_a_preemptive_circuit_without_stable_relays_does_not_carry_a_long_lived_
     assert ssh.managed_circuit is not clean and ssh.managed_circuit.need_uptime
     assert ssh.managed_circuit.build_flags == ("NEED_CAPACITY", "NEED_UPTIME")
     assert clean.dirty_since is None and preemptive.streams == {}
+
+
+def answer_create_fast(channel: RecordingChannel, relay: SimulatedRelay):
+    """Play `relay` for the one circuit whose CREATE_FAST the channel holds; the built Circuit."""
+    ((circ_id, command, payload),) = channel.take()
+    assert command == CMD_CREATE_FAST
+    circuit = channel.circuits[circ_id]
+    circuit.cell_received(CMD_CREATED_FAST, SimulatedPath([relay]).answer_create_fast(payload))
+    return circuit
+
+
+def test_directory_circuits_are_one_hop_created_fast_shared_and_reused_while_fresh():
+    clock = Clock()
+    links, events = OneChannelLinks(), []
+    manager = CircuitManager(links, ThreeRelays(), reactor=clock, clock=clock.seconds,
+                             preemptive_circuits=0, observers=[events.append])
+    cache = SimulatedRelay("fallback")
+    target = cache.target._replace(ntor_onion_key=None, ed25519_id=None)      # known by its line only
+    first, second = manager.directory_circuit(target), manager.directory_circuit(target)
+    circuit = answer_create_fast(links.channel, cache)
+    assert first.result is circuit and second.result is circuit and circuit.path == [target]
+    (managed,) = manager.circuits.values()
+    assert managed.purpose is CircuitPurpose.DIRECTORY and managed.build_flags == (
+        "ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
+    assert [(type(event), event.purpose) for event in events] == [(CircuitLaunched, CircuitPurpose.DIRECTORY),
+                                                                  (CircuitBuilt, CircuitPurpose.DIRECTORY)]
+    assert not manager.circuit_established        # a directory circuit carries no client stream
+    clock.advance(600)
+    assert manager.directory_circuit(target).result is circuit
+    clock.advance(1)                               # MaxCircuitDirtiness after its first use: a new one
+    third = manager.directory_circuit(target)
+    assert circuit.state is CircuitState.CLOSED and not third.called
+    assert answer_create_fast(links.channel, cache) is third.result
+    stream = manager.open_stream(CollectingSink(), "example.test", 80)   # never on a directory circuit
+    assert stream.managed_circuit is None
+    assert sorted(m.purpose.value for m in manager.circuits.values()) == ["directory", "general"]
+
+
+def test_a_failed_directory_circuit_fails_every_caller_and_the_next_call_builds_anew():
+    clock = Clock()
+    links = OneChannelLinks()
+    manager = CircuitManager(links, ThreeRelays(), reactor=clock, clock=clock.seconds,
+                             preemptive_circuits=0)
+    cache = SimulatedRelay("authority")
+    waiting = [manager.directory_circuit(cache.target), manager.directory_circuit(cache.target)]
+    ((circ_id, command, _),) = links.channel.take()
+    assert command == CMD_CREATE2                  # its onion key is known: ntor
+    links.channel.circuits[circ_id].cell_received(CMD_DESTROY, bytes([DestroyReason.HIBERNATING]) + bytes(508))
+    for waiter in waiting:
+        failure = waiter.result
+        waiter.addErrback(lambda failure: None)
+        assert failure.check(CircuitError) and failure.value.reason == DestroyReason.HIBERNATING
+    assert manager.circuits == {}
+    retry = manager.directory_circuit(cache.target)
+    assert answer_build(links.channel, SimulatedPath([cache])) is retry.result

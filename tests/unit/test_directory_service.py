@@ -24,10 +24,12 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import defer, task, threads
 
 from oppy.circuit.circuit import CircuitState
+from oppy.circuit.manager import CircuitManager
 from oppy.directory.cache import CACHED_CONSENSUS_FILE, DirectoryCache
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
@@ -48,9 +50,11 @@ from oppy.netdoc.authorities import DirAuthority
 from oppy.netdoc.documents import parse_consensus_header
 from oppy.netdoc.errors import DirectoryError
 from oppy.netdoc.fields import format_time, parse_time
+from oppy.path.chooser import PathChooser
 from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import WireDirectory
+from tests.unit.relaysim import SimulatedRelay
 
 T0 = parse_time("2030-01-01 00:00:00")
 HOUR = 3600
@@ -149,8 +153,19 @@ class Relay:
         self.or_port = 9000 + int(hashlib.sha1(self.seed).hexdigest()[:3], 16)
 
     @property
+    def ntor_private_key(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest())
+
+    @property
     def ntor_key(self) -> bytes:
-        return hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest()
+        return self.ntor_private_key.public_key().public_bytes_raw()
+
+    def simulated(self) -> SimulatedRelay:
+        """This relay as relaysim plays it: its identity and ntor onion key."""
+        relay = SimulatedRelay(self.nickname, self.address, self.or_port)
+        relay.rsa_id, relay.ed25519_id = self.rsa_id, self.ed25519_id
+        relay.onion_private, relay.onion_key = self.ntor_private_key, self.ntor_key
+        return relay
 
     @property
     def microdesc(self) -> bytes:
@@ -316,27 +331,20 @@ class FakeClient:
 @dataclass
 class FakeCircuit:
     path: list
-    state: CircuitState = CircuitState.OPEN
-    closed: bool = False
-
-    def close(self, *args):
-        self.state = CircuitState.CLOSED
 
 
 @dataclass
-class FakeLinks:
+class FakeCircuits:
+    """Stands in for the circuit manager's directory circuits (FakeClient only reads their relay)."""
+
     broken: set = field(default_factory=set)
     got: list = field(default_factory=list)
 
-    def get(self, target):
+    def directory_circuit(self, target):
         self.got.append(target.nickname)
         if target.nickname in self.broken:
             return defer.fail(ConnectionRefusedError(f"link to {target.nickname} refused"))
-        return defer.succeed(object())
-
-
-def fake_build_circuit(links, path, timeout, reactor=None):
-    return defer.succeed(FakeCircuit(list(path)))
+        return defer.succeed(FakeCircuit([target]))
 
 
 @dataclass
@@ -344,17 +352,17 @@ class World:
     network: SyntheticNetwork
     clock: task.Clock
     client: FakeClient
-    links: FakeLinks
+    circuits: FakeCircuits
     servers: list
     directory: Path
 
     def service(self, testing: bool = True, seed: int = 1, run_in_thread=None, **options) -> DirectoryService:
         """The service; "threads" run inline unless ``run_in_thread`` says otherwise."""
         return DirectoryService(
-            self.network.records(), self.directory, self.links, testing, self.clock,
+            self.network.records(), self.directory, self.circuits, testing, self.clock,
             lambda: T0 + 600 + self.clock.seconds(), rng=random.Random(seed), client=self.client,
             run_in_thread=run_in_thread or (lambda function, *args: defer.maybeDeferred(function, *args)),
-            circuit_builder=fake_build_circuit, **options)
+            **options)
 
     def publish(self, consensus: bytes) -> None:
         for server in self.servers:
@@ -374,7 +382,7 @@ def make_world(tmp_path, network=None, consensus=None) -> World:
         server = DirectoryServer(network, consensus)
         client.relays[relay.nickname] = server
         servers.append(server)
-    return World(network, task.Clock(), client, FakeLinks(), servers, tmp_path / "data")
+    return World(network, task.Clock(), client, FakeCircuits(), servers, tmp_path / "data")
 
 
 def run(deferred):
@@ -650,7 +658,7 @@ def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_pa
     service = world.service()
     run(service.start())
     first = service.paths.guards.primary_guards()[0]
-    world.links.broken.add(first.nickname)
+    world.circuits.broken.add(first.nickname)
     world.publish(world.network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.clock.advance(HOUR)
     world.client.requests.clear()
@@ -887,13 +895,16 @@ def wire_service(tmp_path, network: SyntheticNetwork):
             DirectoryServer(network, consensus))
     for relay in network.relays:
         wire.caches[relay.nickname] = sites[relay.nickname] = WireServer(DirectoryServer(network, consensus))
+        wire.relays[relay.nickname] = relay.simulated()
 
     def service():
+        manager = CircuitManager(wire, PathChooser(), reactor=wire.reactor, clock=wire.reactor.seconds,
+                                 preemptive_circuits=0)
         return DirectoryService(
-            network.records(), tmp_path / "data", FakeLinks(), True, wire.reactor,
-            lambda: T0 + 600 + wire.reactor.seconds(), rng=random.Random(5), client=DirectoryClient(wire.reactor),
-            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
-            circuit_builder=wire.build_circuit)
+            network.records(), tmp_path / "data", manager, True, wire.reactor,
+            lambda: T0 + 600 + wire.reactor.seconds(), links=wire, rng=random.Random(5),
+            client=DirectoryClient(wire.reactor),
+            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
 
     return wire, sites, service
 
@@ -935,7 +946,8 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
         # once it is too old, an hour later).
         hostile_circuit = wire.circuits[guard][-1]
         assert hostile_circuit.answered == ["/tor/status-vote/current/consensus-microdesc.z"]
-        assert hostile_circuit.circuit.state is CircuitState.OPEN and hostile_circuit.channel.destroyed == []
+        assert hostile_circuit.circuit.state is CircuitState.OPEN
+        assert hostile_circuit.circuit.circ_id not in [circ_id for circ_id, _ in hostile_circuit.channel.destroyed]
         assert not service.paths.guards.primary_guards()[0].is_down
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
@@ -1106,7 +1118,7 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
             return function(*a, **k)
         return threads.deferToThread(recorded, *args, **kwargs)
 
-    service = DirectoryService(authorities, tmp_path, links=None, reactor=reactor, clock=lambda: now,
+    service = DirectoryService(authorities, tmp_path, circuits=None, reactor=reactor, clock=lambda: now,
                                run_in_thread=run_in_thread)
     ticks = []
     ticker = task.LoopingCall(lambda: ticks.append(time.perf_counter()))
