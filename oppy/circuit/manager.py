@@ -6,6 +6,10 @@ allows its port, with the same isolation key (SOCKS credentials, NEWNYM epoch), 
 MaxCircuitDirtiness, built with Stable relays when the port is a long-lived one; a stream without CONNECTED
 after 10 s (15 s from the third try), or refused by a retriable END, is detached and retried on another circuit.
 
+A circuit through a guard keeps the guard choice its path came with (guard-spec 4.6-4.9): its outcome is
+reported on it, and a circuit through a non-primary guard waits, built but unused (GUARD_WAIT), until no better
+guard can be had; one that waits too long is closed.
+
 What happens to circuits is told to observers as typed events (:class:`CircuitLaunched` ...
 :class:`CircuitClosed`, :class:`StreamChanged`), whatever the circuit's purpose.
 """
@@ -27,6 +31,7 @@ from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
+from oppy.path.guards import GuardChoice, GuardCircuitState
 from oppy.path.selection import LONG_LIVED_PORTS
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
@@ -51,6 +56,9 @@ DEFAULT_UNATTACHED_TIMEOUT = 120.0
 DEFAULT_MAX_PENDING_CIRCUITS = 32
 # mainloop.c: tor looks once a second whether circuits are wanted, test circuits for the build timeout too.
 LEARNING_CHECK_INTERVAL = 1.0
+# How often circuits waiting for a better guard are looked at again (tor does it every second:
+# circuit_upgrade_circuits_from_guard_wait and circuit_expire_waiting_for_better_guard).
+GUARD_WAIT_CHECK_INTERVAL = 1.0
 
 
 class CircuitStatus(enum.Enum):
@@ -99,7 +107,7 @@ class ManagedCircuit:
     """A circuit as the client uses it: its number, purpose, isolation, dirtiness and status."""
 
     def __init__(self, number: int, path: list[RelayTarget], purpose: CircuitPurpose, created_at: float,
-                 created_wallclock: float, *, need_uptime: bool = False) -> None:
+                 created_wallclock: float, *, need_uptime: bool = False, guard: GuardChoice | None = None) -> None:
         self.number = number
         self.path = path
         self.purpose = purpose
@@ -107,6 +115,8 @@ class ManagedCircuit:
         self.created_wallclock = created_wallclock
         # Launched for a long-lived port: its relays were chosen Stable (tor's build_state->need_uptime).
         self.need_uptime = need_uptime
+        # The guard choice of a path the manager chose (None for a controller's path or a directory cache).
+        self.guard = guard
         self.status = CircuitStatus.LAUNCHED
         self.circuit: Circuit | None = None
         self.isolation: object = None
@@ -300,10 +310,12 @@ class CircuitManager:
         self._newnym_epoch = 0
         self._running = True
         self._stream_waiters: list[ManagedStream] = []
-        # `_top_up` and `_attach_waiting` run again from what they start (a build that fails at once): the
-        # inner call is left to the outer one.
+        # `_top_up`, `_attach_waiting` and `_check_guard_waits` run again from what they start (a build that
+        # fails at once): the inner call is left to the outer one.
         self._topping_up = False
         self._attaching_waiting = False
+        self._checking_guard_waits = False
+        self._guard_wait_timer = None
         self._observers: list[ManagerObserver] = list(observers)
         # tor's "circuit established": a circuit for client streams has been built (GETINFO
         # status/circuit-established; the daemon's "Bootstrapped 100%").
@@ -359,7 +371,8 @@ class CircuitManager:
     def _clean_circuits(self) -> list[ManagedCircuit]:
         return [m for m in self.circuits.values()
                 if m.purpose is CircuitPurpose.GENERAL and m.isolation is None and m.usable
-                and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.BUILT)]
+                and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.GUARD_WAIT,
+                                 CircuitStatus.BUILT)]
 
     def _pending_count(self) -> int:
         """Exit circuits being built (MaxClientCircuitsPending; directory circuits are not limited by it)."""
@@ -390,10 +403,11 @@ class CircuitManager:
         later)."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
+        guard = None
         if path is None:
-            path = self.paths.choose_path(port, exclude=exclude)
+            path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
-                                 need_uptime=port in self.long_lived_ports)
+                                 need_uptime=port in self.long_lived_ports, guard=guard)
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
@@ -419,9 +433,24 @@ class CircuitManager:
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
             return
+        if managed.guard is not None and not self.paths.guard_succeeded(managed.guard):
+            if managed.guard.state is GuardCircuitState.DEAD:
+                circuit.close(DestroyReason.NONE, f"its guard {managed.path[0].describe()} left the guard sample")
+                return
+            # guard-spec 4.8: built through a guard that is not primary, it carries nothing while a better
+            # guard may still work.
+            managed.status = CircuitStatus.GUARD_WAIT
+            log.info("circuit %d is built through %s, not a primary guard: waiting for a better guard",
+                     managed.number, managed.path[0].describe())
+            self._notify(CircuitGuardWait(managed, managed.purpose))
+            self._check_guard_waits()
+            return
+        self._circuit_usable(managed)
+
+    def _circuit_usable(self, managed: ManagedCircuit) -> None:
+        """A built circuit may now carry what its purpose says."""
+        circuit = managed.circuit
         managed.status = CircuitStatus.BUILT
-        if managed.purpose is not CircuitPurpose.DIRECTORY:  # a directory request reports on its own guard
-            self.paths.mark_guard_up(managed.path[0].rsa_id)
         if managed.purpose is CircuitPurpose.GENERAL:
             self.circuit_established = True
         self._notify(CircuitBuilt(managed, managed.purpose))
@@ -434,25 +463,67 @@ class CircuitManager:
         error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
         managed.error = error
         managed.status = CircuitStatus.FAILED
-        if error.hop == 0 and managed.purpose is not CircuitPurpose.DIRECTORY:
-            self.paths.mark_guard_down(managed.path[0].rsa_id)
+        if managed.guard is not None:
+            # circuitbuild.c circuit_build_failed: a circuit whose first hop never opened, for a reason other
+            # than the guard's DESTROY, counts against the guard.
+            if managed.hops_built == 0 and not error.remote:
+                self.paths.guard_failed(managed.guard)
+            else:
+                self.paths.guard_cancelled(managed.guard)
         log.info("circuit %d failed: %s", managed.number, error)
         self._notify(CircuitFailed(managed, managed.purpose, error))
         managed.status = CircuitStatus.CLOSED
         self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
         managed._build_settled(error)
+        if managed.guard is not None:
+            self._check_guard_waits()       # a better guard's circuit failed: a waiting one may do now
         self._top_up()
         self._attach_waiting()
 
     def _circuit_closed(self, managed: ManagedCircuit, error: CircuitError) -> None:
+        was_waiting = managed.status is CircuitStatus.GUARD_WAIT
         managed.error = error
         managed.status = CircuitStatus.CLOSED
         self.circuits.pop(managed.number, None)
         log.info("circuit %d closed: %s", managed.number, error)
+        if was_waiting:
+            self.paths.guard_cancelled(managed.guard)
         self._notify(CircuitClosed(managed, managed.purpose, error))
         managed._build_settled(error)
+        if managed.guard is not None:
+            self._check_guard_waits()       # a better guard's circuit is gone: a waiting one may do now
         self._top_up()
+
+    def _check_guard_waits(self) -> None:
+        """guard-spec 4.9: close the circuits that waited for a better guard too long, take into use those no
+        better guard can beat any more; look again in a second while any still wait."""
+        if self._checking_guard_waits or not self._running:
+            return
+        self._checking_guard_waits = True
+        try:
+            for managed in self._guard_waiting():
+                if self.paths.guard_should_expire(managed.guard):
+                    log.info("circuit %d waited too long for a better guard than %s; closing it", managed.number,
+                             managed.path[0].describe())
+                    managed.circuit.close(DestroyReason.NONE, "waited too long for a better guard")
+            live = [m.guard for m in self.circuits.values() if m.guard is not None]
+            upgraded = self.paths.upgrade_waiting(live) if self._guard_waiting() else []
+            for managed in self._guard_waiting():
+                if any(choice is managed.guard for choice in upgraded):
+                    log.info("circuit %d: no better guard than %s can be had; using it", managed.number,
+                             managed.path[0].describe())
+                    self._circuit_usable(managed)
+        finally:
+            self._checking_guard_waits = False
+        if self._guard_wait_timer is not None and self._guard_wait_timer.active():
+            self._guard_wait_timer.cancel()
+        self._guard_wait_timer = None
+        if self._guard_waiting() and self._running:
+            self._guard_wait_timer = self.reactor.callLater(GUARD_WAIT_CHECK_INTERVAL, self._check_guard_waits)
+
+    def _guard_waiting(self) -> list[ManagedCircuit]:
+        return [m for m in self.circuits.values() if m.status is CircuitStatus.GUARD_WAIT]
 
     def directory_circuit(self, target: RelayTarget) -> defer.Deferred:
         """A one-hop circuit to the directory cache `target` for BEGIN_DIR streams (purpose DIRECTORY).
@@ -617,7 +688,7 @@ class CircuitManager:
             self.attach_to(managed, candidates[0])
             return
         pending = [m for m in self.circuits.values()
-                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED)
+                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.GUARD_WAIT)
                    and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if managed not in self._stream_waiters:
             self._stream_waiters.append(managed)
@@ -712,6 +783,9 @@ class CircuitManager:
         self._running = False
         if self._learning_loop.running:
             self._learning_loop.stop()
+        if self._guard_wait_timer is not None and self._guard_wait_timer.active():
+            self._guard_wait_timer.cancel()
+        self._guard_wait_timer = None
         for managed in list(self.streams.values()):
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)

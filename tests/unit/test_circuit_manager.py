@@ -16,6 +16,7 @@ from oppy.circuit.manager import (
     CircuitClosed,
     CircuitExtended,
     CircuitFailed,
+    CircuitGuardWait,
     CircuitLaunched,
     CircuitManager,
     CircuitPurpose,
@@ -37,6 +38,7 @@ from tests.unit.relaysim import (
     SimulatedPath,
     SimulatedRelay,
 )
+from tests.unit.test_path_guards import HOUR, MINUTE, T0 as GUARDS_T0, one_primary_and_a_confirmed_spare
 
 
 class FixedPaths(PathChooser):
@@ -46,8 +48,8 @@ class FixedPaths(PathChooser):
         super().__init__()
         self.path = path
 
-    def choose_path(self, port=None, exclude=(), rng=None):
-        return list(self.path)
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        return list(self.path), None
 
 
 def relay(name: str) -> RelayTarget:
@@ -140,9 +142,9 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     class SimulatedPaths(PathChooser):
         """Paths through the simulated relays: the first exit, or the second once the first is excluded."""
 
-        def choose_path(self, port=None, exclude=(), rng=None):
+        def choose_circuit_path(self, port=None, exclude=(), rng=None):
             exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
-            return [guard.target, middle.target, exit_relay.target]
+            return [guard.target, middle.target, exit_relay.target], None
 
     links = OneChannelLinks()
     manager = CircuitManager(links, SimulatedPaths(), reactor=clock, clock=clock.seconds, preemptive_circuits=0)
@@ -278,9 +280,9 @@ class ThreeRelays(PathChooser):
         self.relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
         self.ports: list = []
 
-    def choose_path(self, port=None, exclude=(), rng=None):
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
         self.ports.append(port)
-        return [relay.target for relay in self.relays]
+        return [relay.target for relay in self.relays], None
 
     def answer(self, channel: RecordingChannel):
         return answer_build(channel, SimulatedPath(self.relays))
@@ -391,3 +393,107 @@ def test_a_failed_directory_circuit_fails_every_caller_and_the_next_call_builds_
     assert manager.circuits == {}
     retry = manager.directory_circuit(cache.target)
     assert answer_build(links.channel, SimulatedPath([cache])) is retry.result
+
+
+class SampledPaths(PathChooser):
+    """oppy's path chooser on a given GuardSample (guard-spec 4.6-4.9), its clock the test's from `start`; the
+    guard its sample picks, then a middle and an exit of relaysim."""
+
+    def __init__(self, sample, clock: Clock, start: float) -> None:
+        super().__init__(clock=lambda: start + clock.seconds())
+        self.guards = sample
+        self.relays = {guard.fingerprint: SimulatedRelay(guard.nickname) for guard in sample.guards}
+        for fingerprint, relay in self.relays.items():
+            relay.rsa_id = bytes.fromhex(fingerprint)
+        self.middle, self.exit = SimulatedRelay("middle"), SimulatedRelay("exit")
+
+    def relays_of(self, managed: ManagedCircuit) -> list[SimulatedRelay]:
+        return [self.relays[managed.path[0].fingerprint], self.middle, self.exit]
+
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        choice = self.guards.pick(self.clock())
+        return [self.relays[choice.fingerprint].target, self.middle.target, self.exit.target], choice
+
+
+class ChannelPerRelay:
+    """A link pool with one recording channel per relay, open at once unless the relay is in `refused`."""
+
+    def __init__(self) -> None:
+        self.channels: dict[bytes, RecordingChannel] = {}
+        self.refused: set[bytes] = set()
+
+    def get(self, relay: RelayTarget) -> defer.Deferred:
+        if relay.rsa_id in self.refused:
+            return defer.fail(ConnectionRefusedError(f"{relay.nickname} refuses"))
+        return defer.succeed(self.channels.setdefault(relay.rsa_id, RecordingChannel()))
+
+    def build(self, paths: SampledPaths, managed: ManagedCircuit) -> SimulatedPath:
+        """Play the relays for the circuit's build; the network side of the built circuit."""
+        path = SimulatedPath(paths.relays_of(managed))
+        answer_build(self.channels[managed.path[0].rsa_id], path)
+        return path
+
+
+def guarded_manager(events: list):
+    """A manager on a guard sample whose only primary guard just failed, with a confirmed spare (guard-spec
+    tests' one_primary_and_a_confirmed_spare): every circuit goes through a non-primary guard."""
+    clock = Clock()
+    start = GUARDS_T0 + HOUR
+    paths = SampledPaths(one_primary_and_a_confirmed_spare(start), clock, start)
+    links = ChannelPerRelay()
+    manager = CircuitManager(links, paths, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    return clock, paths, links, manager
+
+
+def test_a_circuit_through_a_non_primary_guard_waits_until_no_better_guard_can_be():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    better, worse = manager.launch(443), manager.launch(443)
+    assert (better.guard.guard, worse.guard.guard) == (paths.guards.guards[5], paths.guards.guards[1])
+    clock.advance(3)
+    network = links.build(paths, worse)            # the worse guard's circuit is built first: it waits
+    assert worse.status is CircuitStatus.GUARD_WAIT and not worse.is_open
+    assert isinstance(events[-1], CircuitGuardWait) and events[-1].circuit is worse
+    sink = CollectingSink()
+    stream = manager.open_stream(sink, "example.test", 443)
+    assert stream.managed_circuit is None and len(manager.circuits) == 2     # waits, launches nothing
+    clock.advance(11)
+    assert worse.status is CircuitStatus.GUARD_WAIT     # the better guard may still answer
+    clock.advance(1)                                    # NONPRIMARY_GUARD_CONNECT_TIMEOUT after it started
+    assert worse.status is CircuitStatus.BUILT and isinstance(events[-2], CircuitBuilt)
+    assert stream.managed_circuit is worse and manager.circuit_established
+    ((_, _, payload),) = links.channels[worse.path[0].rsa_id].take()
+    assert network.receive(payload).command == RelayCommand.BEGIN
+
+
+def test_a_waiting_circuit_blocked_by_a_better_one_expires():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    better, worse = manager.launch(443), manager.launch(443)
+    links.build(paths, worse)
+    clock.advance(1)
+    links.build(paths, better)                     # both wait; the better one is taken, the other still waits
+    assert better.status is CircuitStatus.BUILT and worse.status is CircuitStatus.GUARD_WAIT
+    clock.advance(10 * MINUTE - 2)
+    assert worse.status is CircuitStatus.GUARD_WAIT
+    clock.advance(2)                               # NONPRIMARY_GUARD_IDLE_TIMEOUT since it waits: closed
+    assert worse.status is CircuitStatus.CLOSED and worse.number not in manager.circuits
+    assert isinstance(events[-1], CircuitClosed) and events[-1].circuit is worse
+    assert clock.getDelayedCalls() == []           # nothing waits: no more checks
+
+
+def test_a_circuit_failing_at_its_guard_marks_it_down_and_a_destroy_does_not():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    spare = paths.guards.guards[5]
+    links.refused.add(bytes.fromhex(spare.fingerprint))
+    failed = manager.launch(443)
+    assert failed.guard.guard is spare and failed.status is CircuitStatus.CLOSED and spare.is_down
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitFailed, CircuitClosed]
+    destroyed = manager.launch(443)                # the next guard in sample order
+    guard = destroyed.guard.guard
+    ((circ_id, _, _),) = links.channels[destroyed.path[0].rsa_id].take()
+    links.channels[destroyed.path[0].rsa_id].circuits[circ_id].cell_received(
+        CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
+    assert destroyed.status is CircuitStatus.CLOSED and not guard.is_down and not guard.is_pending

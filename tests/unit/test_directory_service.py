@@ -750,6 +750,22 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
         service.paths.choose_path(80, exclude=set(exits))
 
 
+def test_a_circuit_path_comes_with_its_guard_choice_and_its_success_confirms_the_guard(tmp_path):
+    world = make_world(tmp_path)
+    service = world.service()
+    run(service.start())
+    path, choice = service.paths.choose_circuit_path(443)
+    assert choice.fingerprint == path[0].fingerprint == service.paths.guards.primary_guards()[0].fingerprint
+    assert not choice.guard.is_confirmed
+    assert service.paths.guard_succeeded(choice) is True and choice.guard.is_confirmed
+    run(service.cache_writes_done())
+    saved = DirectoryCache(world.directory).read_state()["guards"]["guards"]
+    assert [g["fingerprint"] for g in saved if g.get("confirmed_on")] == [choice.fingerprint]
+    other_path, other = service.paths.choose_circuit_path(443, exclude={path[0].rsa_id})
+    service.paths.guard_failed(other)
+    assert other.guard.is_down and service.paths.choose_path(443)[0].fingerprint == choice.fingerprint
+
+
 def test_distinct_subnets_outside_a_testing_network(tmp_path):
     network = SyntheticNetwork(n_guards=4, n_exits=2, n_middles=2)
     for index, relay in enumerate(network.relays):
