@@ -18,7 +18,14 @@ from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
-from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.netdoc.authorities import (
+    DEFAULT_AUTHORITIES,
+    DEFAULT_FALLBACK_DIRS,
+    DirAuthority,
+    FallbackDir,
+    parse_dir_authority_line,
+    parse_fallback_dir_line,
+)
 from oppy.netdoc.netdir import NetDirChanged
 from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
@@ -34,6 +41,22 @@ SHUTDOWN_FLUSH_DELAY = 0.3
 # The circuit build-time history (path-spec 2.4.2), in the DataDirectory: tor keeps the same lines
 # (TotalBuildTimes, CircuitBuildAbandonedCount, CircuitBuildTimeBin) in its state file.
 BUILD_TIMES_FILE = "circuit-build-times"
+
+
+def directory_servers(config: Config) -> tuple[list[DirAuthority], list[FallbackDir]]:
+    """The authorities and fallback directories to bootstrap from, by tor's rule (config.c
+    consider_adding_dir_servers): DirAuthority lines replace the built-in authorities; tor's built-in
+    fallbacks are added only with the built-in authorities, no FallbackDir line and UseDefaultFallbackDirs 1
+    (a test network with its own authorities has no fallback unless FallbackDir names some)."""
+    if config.dir_authorities:
+        authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
+        fallbacks = []
+    else:
+        authorities = list(DEFAULT_AUTHORITIES)
+        fallbacks = list(DEFAULT_FALLBACK_DIRS) if config.use_default_fallback_dirs and not config.fallback_dirs \
+            else []
+    fallbacks += [parse_fallback_dir_line(line) for line in config.fallback_dirs]
+    return authorities, fallbacks
 
 
 class Daemon:
@@ -59,13 +82,10 @@ class Daemon:
         # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
         self.padding = PaddingPolicy(config)
         self.links = LinkPool(reactor, padding=self.padding, network_live=self.build_times.network_is_live)
-        if config.dir_authorities:
-            authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
-        elif os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
+        if not config.dir_authorities and os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
             raise SystemExit(f"{FORBID_PUBLIC_NETWORK_ENV} is set and no DirAuthority line is configured: "
                              "refusing to contact the public Tor network")
-        else:
-            authorities = list(DEFAULT_AUTHORITIES)
+        authorities, fallbacks = directory_servers(config)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
@@ -73,7 +93,7 @@ class Daemon:
             unattached_timeout=config.socks_timeout, observers=[self._circuit_event])
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
-                                          circuits=self.manager, links=self.links,
+                                          circuits=self.manager, fallback_dirs=fallbacks, links=self.links,
                                           testing_tor_network=config.testing_tor_network, reactor=reactor,
                                           clock=time.time, paths=self.paths)
         self.directory.add_netdir_observer(self._netdir_changed)

@@ -6,14 +6,21 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
 
 1. Load the DataDirectory cache and check it again (signatures, times). A live cached
    consensus with its microdescriptors means no fetch at all before circuits can be built.
-2. Otherwise fetch the microdesc consensus from the authorities' DirPorts (in random order,
-   falling back to the next on any failure), fetch the key certificates its signatures
-   need, verify it, and fetch the missing microdescriptors (92 per request, each checked
-   against the digest it was asked for).
+2. Otherwise fetch the microdesc consensus from the fallback directories, then the
+   authorities as the last resort (each in random order, the next on any failure), fetch
+   the key certificates its signatures need, verify it, and fetch the missing
+   microdescriptors (92 per request, each checked against the digest it was asked for).
 3. Once there is enough directory information (tor's rule: microdescriptors for at least
    ``min_paths_for_circs_pct`` (60%) of the weighted guard x middle x exit bandwidth, and
-   for the first primary guards), later fetches go over BEGIN_DIR on one-hop circuits to
-   directory guards, with the authorities' DirPorts as the fallback.
+   for the first primary guards), later fetches go to directory guards first, then the
+   fallbacks and the authorities.
+
+Every request, the very first included, is a BEGIN_DIR stream on a one-hop circuit the
+circuit manager builds to the relay's ORPort, as C tor clients do: no DirPort is ever
+contacted, so nobody on the path sees a cleartext directory request. The relay's RSA
+identity (from its FallbackDir or DirAuthority line, or the consensus) is proved by the
+link handshake; the circuit is created with CREATE_FAST while its onion key is unknown,
+and with ntor once its microdescriptor is held.
 4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
    microdescriptors that are new.
 
@@ -67,7 +74,7 @@ from oppy.directory.client import (
 )
 from oppy.link.connection import LinkConnected, LinkEvent, LinkLaunched, LinkOpened
 from oppy.logs import NOTICE
-from oppy.netdoc.authorities import DirAuthority, v3_authorities
+from oppy.netdoc.authorities import DirAuthority, FallbackDir, v3_authorities
 from oppy.netdoc.documents import (
     CONSENSUS_FLAVOR_MICRODESC,
     Consensus,
@@ -97,6 +104,7 @@ __all__ = [
     "BootstrapPhase",
     "BootstrapStatus",
     "DirectorySource",
+    "SourceKind",
     "DirectoryService",
     "ConsensusNotNewerError",
     "signature_key_ids",
@@ -118,8 +126,10 @@ MICRODESC_UNLISTED_LIFETIME = 7 * 24 * 3600
 #: Microdescriptor requests in flight at once (tor launches a few in parallel:
 #: ``initiate_descriptor_downloads`` splits the wanted set over several connections).
 MAX_PARALLEL_MICRODESC_REQUESTS = 4
-#: How many directory guards to try over BEGIN_DIR before the authorities' DirPorts.
+#: How many directory guards to try before the fallbacks and the authorities.
 DIRECTORY_GUARDS_TO_TRY = 3
+#: tor's nickname for a relay that has none (a FallbackDir line names none).
+UNNAMED = "Unnamed"
 #: Outer deadline of one consensus round (every source in turn, with certificates and checks) and of
 #: the fetches of one microdescriptor round. Each request has its own timeout; this bounds the round
 #: whatever happens inside it, so that a later refresh never joins a round that cannot end. tor gives a
@@ -265,24 +275,30 @@ class BootstrapStatus:
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
+class SourceKind(enum.Enum):
+    """Why a relay is asked for directory documents (tor: directory guards once bootstrapped, else the
+    fallback directories, the authorities last)."""
+
+    DIRECTORY_GUARD = "directory_guard"
+    #: A V2Dir relay drawn by its directory weight, after the directory guards.
+    CACHE = "cache"
+    FALLBACK = "fallback"
+    AUTHORITY = "authority"
+
+
 @dataclass(frozen=True, slots=True)
 class DirectorySource:
-    """Where a directory request goes: an authority's DirPort, or BEGIN_DIR to ``target``."""
+    """Where a directory request goes: a BEGIN_DIR stream on a one-hop circuit to ``target``'s ORPort."""
 
-    nickname: str
-    address: str
-    port: int
-    #: Set for BEGIN_DIR over a one-hop circuit; None for plain HTTP to a DirPort.
-    target: RelayTarget | None = None
+    target: RelayTarget
+    kind: SourceKind
 
     @property
-    def transport(self) -> str:
-        return "begin_dir" if self.target is not None else "dirport"
+    def nickname(self) -> str:
+        return self.target.nickname
 
     def describe(self) -> str:
-        if self.target is not None:
-            return f"{self.target.describe()} at {self.address}:{self.port} (BEGIN_DIR)"
-        return f"{self.nickname} at {self.address}:{self.port} (DirPort)"
+        return f"{self.target.describe()} at {self.target.address}:{self.target.or_port} (BEGIN_DIR)"
 
 
 def signature_key_ids(consensus: bytes) -> set[tuple[str, str]]:
@@ -440,7 +456,8 @@ class DirectoryService:
     """Keeps the client's view of the network current: fetches, caches and schedules, and publishes NetDirs.
 
     ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
-    lines); ``circuits`` builds the one-hop circuits of BEGIN_DIR requests (the circuit
+    lines), ``fallback_dirs`` :class:`FallbackDir` records (the relays asked first at
+    bootstrap); ``circuits`` builds the one-hop circuits of BEGIN_DIR requests (the circuit
     manager); ``links``, if given, is the :class:`~oppy.link.connection.LinkPool` whose
     progress is reported as the bootstrap's connection phases; ``clock`` returns POSIX
     seconds (wall time, used for document validity); timers run on ``reactor``. ``paths``
@@ -451,7 +468,8 @@ class DirectoryService:
 
     def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str,
                  circuits: DirectoryCircuits, testing_tor_network: bool = False, reactor=None,
-                 clock: Callable[[], float] = time.time, *, links=None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.time, *, fallback_dirs: Iterable[FallbackDir] = (),
+                 links=None, rng: random.Random | None = None,
                  client: DirectoryClient | None = None,
                  run_in_thread: Callable[..., defer.Deferred] | None = None,
                  paths: PathChooser | None = None) -> None:
@@ -462,6 +480,7 @@ class DirectoryService:
         self.v3_authorities = v3_authorities(self.authorities)
         if not self.v3_authorities:
             raise ValueError("no v3 directory authorities are configured")
+        self.fallback_dirs = tuple(fallback_dirs)
         self.data_directory = Path(data_directory)
         self.cache = DirectoryCache(self.data_directory)
         self.circuits = circuits
@@ -691,35 +710,46 @@ class DirectoryService:
         return request.addBoth(forget)
 
     def _directory_sources(self, authorities_only: bool = False) -> list[DirectorySource]:
-        """Directory guards over BEGIN_DIR (once we have their microdescriptors) and one other
-        V2Dir relay chosen by its directory weight, then the authorities' DirPorts in random order."""
+        """Directory guards (once we have their microdescriptors) and one other V2Dir relay chosen by
+        its directory weight, then the fallback directories in random order, then the authorities'
+        ORPorts in random order (the last resort: tor spares the authorities). ``authorities_only``
+        asks the authorities alone."""
         sources: list[DirectorySource] = []
         if not authorities_only:
-            for target in self.paths.directory_targets(DIRECTORY_GUARDS_TO_TRY):
-                sources.append(DirectorySource(target.nickname, target.address, target.or_port, target))
-        authorities = [a for a in self.v3_authorities if a.dir_port]
+            guards = self.paths.directory_guards(DIRECTORY_GUARDS_TO_TRY)
+            sources += [DirectorySource(target, SourceKind.DIRECTORY_GUARD) for target in guards]
+            cache = self.paths.directory_cache(guards) if guards else None
+            if cache is not None:
+                sources.append(DirectorySource(cache, SourceKind.CACHE))
+            fallbacks = list(self.fallback_dirs)
+            self.rng.shuffle(fallbacks)
+            sources += [DirectorySource(self._configured_target(fallback.nickname or UNNAMED, fallback.fingerprint,
+                                                                fallback.address, fallback.or_port),
+                                        SourceKind.FALLBACK) for fallback in fallbacks]
+        # An authority configured without an ORPort can only be reached at its DirPort: never asked.
+        authorities = [authority for authority in self.v3_authorities if authority.or_port]
         self.rng.shuffle(authorities)
-        sources.extend(DirectorySource(a.nickname or a.fingerprint, a.address, a.dir_port) for a in authorities)
+        sources += [DirectorySource(self._configured_target(authority.nickname or UNNAMED, authority.fingerprint,
+                                                            authority.address, authority.or_port),
+                                    SourceKind.AUTHORITY) for authority in authorities]
         return sources
+
+    def _configured_target(self, nickname: str, fingerprint: str, address: str, or_port: int) -> RelayTarget:
+        """A fallback or an authority as its torrc line gives it: the link handshake proves its RSA
+        identity; its ntor onion key (and Ed25519 identity) come from its microdescriptor when we hold
+        one, else the circuit is created with CREATE_FAST."""
+        rsa_id = bytes.fromhex(fingerprint)
+        known = self.netdir.relay_target(rsa_id) if self.netdir is not None else None
+        if known is None:
+            return RelayTarget(nickname, rsa_id, address, or_port)
+        return RelayTarget(nickname, rsa_id, address, or_port, known.ntor_onion_key, known.ed25519_id)
 
     @defer.inlineCallbacks
     def _request(self, source: DirectorySource, kind: str, path: str, max_size: int,
                  if_modified_since: float | None = None):
         """One request to one source; fires with a 200 DirectoryResponse or fails."""
         self.fetch_counts[kind] += 1
-        self.fetch_counts[f"{kind}:{source.transport}"] += 1
-        if source.target is None:
-            self.bootstrap.report(BootstrapPhase.CONN)
-
-            def connected() -> None:
-                self.bootstrap.report(BootstrapPhase.CONN_DONE)
-                if kind == "consensus":
-                    self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
-
-            response = yield self._track(self.client.fetch_dirport(
-                source.address, source.port, path, max_size, nickname=source.nickname,
-                if_modified_since=if_modified_since, on_connected=connected))
-            return response
+        self.fetch_counts[f"{kind}:{source.kind.value}"] += 1
         circuit = yield self._directory_circuit(source.target)
         if kind == "consensus":
             self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
@@ -1057,11 +1087,12 @@ class DirectoryService:
         batches = [wanted[start:start + MAX_MICRODESCS_PER_REQUEST]
                    for start in range(0, len(wanted), MAX_MICRODESCS_PER_REQUEST)]
         log.info("Fetching %d microdescriptor(s) in %d request(s)", len(wanted), len(batches))
-        spread = all(source.target is None for source in sources)
+        spread = not any(source.kind is SourceKind.DIRECTORY_GUARD for source in sources)
         semaphore = defer.DeferredSemaphore(MAX_PARALLEL_MICRODESC_REQUESTS)
         requests = []
         for index, batch in enumerate(batches):
-            # At bootstrap, spread the batches over the authorities; later, ask the directory guard first.
+            # At bootstrap, spread the batches over the fallbacks and authorities; later, ask the directory
+            # guard first.
             shift = index % len(sources) if spread and sources else 0
             order = sources[shift:] + sources[:shift]
             requests.append(semaphore.run(self._fetch_microdesc_batch, batch, order))

@@ -137,16 +137,23 @@ class PathChooser:
         then one other V2Dir relay chosen by its directory weight. Empty until there are guards."""
         targets = self.directory_guards(limit)
         if targets:
-            chosen = {target.rsa_id for target in targets}
-            for _ in range(limit + 1):          # each draw may hit one of the guards again
-                try:
-                    node = self.selector.choose_directory(self.rng)
-                except NoPathError:
-                    break
-                if node.relay.rsa_id not in chosen:
-                    targets.append(node.target)
-                    break
+            cache = self.directory_cache(targets)
+            if cache is not None:
+                targets.append(cache)
         return targets
+
+    def directory_cache(self, avoid: list[RelayTarget]) -> RelayTarget | None:
+        """A V2Dir relay chosen by its directory weight, none of ``avoid`` (the directory guards asked
+        first); None without a NetDir, or when every draw hits one of them."""
+        chosen = {target.rsa_id for target in avoid}
+        for _ in range(len(avoid) + 1):          # each draw may hit one of the guards again
+            try:
+                node = self.selector.choose_directory(self.rng)
+            except NoPathError:
+                return None
+            if node.relay.rsa_id not in chosen:
+                return node.target
+        return None
 
     def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
         """A one-hop path for BEGIN_DIR: the first usable directory guard, else a V2Dir relay chosen by

@@ -1,12 +1,10 @@
-"""Directory sources in memory, reached through oppy's real DirectoryClient transports.
+"""Directory caches in memory, reached through oppy's real DirectoryClient over real one-hop circuits.
 
-A DirPort is a port of a ``MemoryReactorClock``: each ``connectTCP`` the client makes is answered
-by the site registered for that port over a ``StringTransport`` (the client's own protocol, request
-encoder, reader and timeout run unchanged). A directory cache reached over BEGIN_DIR is the relay end
-of a real one-hop oppy ``Circuit``: :class:`WireDirectory` stands in for the link pool, and the circuit
-manager's CREATE_FAST or CREATE2 is answered by relaysim, the client's relay cells are decrypted by the
-simulated relay, and the answer goes back as DATA cells and an END. Sites answer with raw bytes, so a test
-can send whatever a hostile source might.
+A directory cache reached over BEGIN_DIR is the relay end of a real one-hop oppy ``Circuit``:
+:class:`WireDirectory` stands in for the link pool, the circuit manager's CREATE_FAST or CREATE2 is
+answered by relaysim, the client's relay cells are decrypted by the simulated relay, and the answer goes
+back as DATA cells and an END. Sites answer with raw bytes, so a test can send whatever a hostile source
+might. (There is no DirPort here: oppy never uses one.)
 """
 
 from __future__ import annotations
@@ -15,8 +13,7 @@ import email.utils
 from typing import Protocol
 
 from twisted.internet import defer, error as twisted_error
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
 
 from oppy.circuit.circuit import Circuit
 from oppy.link.connection import LinkConnected, LinkFailed, LinkLaunched, LinkOpened
@@ -42,8 +39,6 @@ RELAY_BEGIN_DIR = 13
 #: tor-spec "Closing streams": END reasons used here.
 END_REASON_DONE = 6
 END_REASON_NOTDIRECTORY = 14
-#: How many bytes of an answer a DirPort writes at a time.
-DIRPORT_WRITE_SIZE = 4096
 
 
 class Site(Protocol):
@@ -134,7 +129,7 @@ class OneHopCache:
 
 
 class WireDirectory:
-    """DirPort sites by port and BEGIN_DIR sites by relay nickname, served through real transports.
+    """BEGIN_DIR sites by relay nickname, served over real one-hop circuits.
 
     It is the link pool of a circuit manager (``get``, observers with the pool's typed events): a link to a
     relay is a recording channel, open at once, or refused when its site is unreachable. Hand this object's
@@ -146,17 +141,14 @@ class WireDirectory:
 
     def __init__(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.dirports: dict[int, Site] = {}
         self.caches: dict[str, Site] = {}
         self.relays: dict[str, SimulatedRelay] = {}
         self.channels: dict[str, RecordingChannel] = {}
         self.circuits: dict[str, list[OneHopCache]] = {}
-        self.dirport_requests: list[tuple[int, str]] = []
         #: (nickname, CREATE_FAST or CREATE2) of each circuit the client created.
         self.creates: list[tuple[str, int]] = []
         self._by_circ_id: dict[tuple[str, int], OneHopCache] = {}
         self._observers: list = []
-        self._connections_served = 0
 
     def add_observer(self, observer) -> None:
         self._observers.append(observer)
@@ -205,35 +197,5 @@ class WireDirectory:
             circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
 
     def pump(self) -> None:
-        moved = True
-        while moved:
-            moved = self._serve_dirports()
-            moved = self._serve_channels() or moved
-
-    def _serve_dirports(self) -> bool:
-        moved = False
-        while self._connections_served < len(self.reactor.tcpClients):
-            _, port, factory, _, _ = self.reactor.tcpClients[self._connections_served]
-            connector = self.reactor.connectors[self._connections_served]
-            self._connections_served += 1
-            moved = True
-            if connector._disconnected:       # the client gave up before we got to it
-                continue
-            site = self.dirports.get(port)
-            if site is None or not site.reachable:
-                factory.clientConnectionFailed(connector, Failure(twisted_error.ConnectionRefusedError()))
-                continue
-            protocol = factory.buildProtocol(None)
-            transport = StringTransport()
-            protocol.makeConnection(transport)
-            path, since = parse_request(transport.value())
-            self.dirport_requests.append((port, path))
-            answer = site.answer(path, since)
-            for start in range(0, len(answer), DIRPORT_WRITE_SIZE):
-                if transport.disconnecting:
-                    break
-                protocol.dataReceived(answer[start:start + DIRPORT_WRITE_SIZE])
-            reason = twisted_error.ConnectionAborted() if transport.disconnecting else \
-                twisted_error.ConnectionDone()
-            protocol.connectionLost(Failure(reason))
-        return moved
+        while self._serve_channels():
+            pass
