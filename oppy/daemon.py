@@ -200,6 +200,8 @@ class Daemon:
             listener.stopListening()
         if self.control is not None:
             self.control.stop()
+        # The directory first: its requests end quietly before the manager closes their circuits.
+        directory_stopped = self.directory.stop()
         self.manager.close_all()
         if self.socks_factory is not None:
             self.socks_factory.close_all()
@@ -211,7 +213,7 @@ class Daemon:
 
         self.reactor.callLater(SHUTDOWN_FLUSH_DELAY, close_links)
         # The directory's last cache and guard-state writes reach the disk too, and the build times.
-        return defer.gatherResults([flushed, self.directory.stop(), self._save_build_times()], consumeErrors=True)
+        return defer.gatherResults([flushed, directory_stopped, self._save_build_times()], consumeErrors=True)
 
 
 def run(config: Config) -> int:
