@@ -47,7 +47,7 @@ from oppy.directory.service import (
     SourceKind,
     signature_key_ids,
 )
-from oppy.link.connection import LinkConnected, LinkFailed, LinkLaunched, LinkOpened
+from oppy.link.connection import LinkConnected, LinkFailed, LinkLaunched, LinkOpened, LinkPool
 from oppy.logs import NOTICE
 from oppy.netdoc.authorities import DirAuthority, FallbackDir
 from oppy.netdoc.documents import parse_consensus_header
@@ -58,6 +58,7 @@ from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import WireDirectory
 from tests.unit.relaysim import CMD_CREATE2, CMD_CREATE_FAST, SimulatedRelay
+from tests.unit.tlsrelay import DirectoryCacheRelay
 
 T0 = parse_time("2030-01-01 00:00:00")
 HOUR = 3600
@@ -1195,3 +1196,54 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
     assert len(ran_in) >= 2, ran_in
     assert not any(on_main for _, on_main in ran_in), ran_in
     assert len(ticks) > 5  # the reactor went on ticking while the workers parsed
+
+
+# ------------------------------------------------------------------------------------------ over real TLS
+
+
+@pytest_twisted.inlineCallbacks
+def test_over_tls_a_directory_source_is_used_once_its_link_proved_the_identity_its_line_names(tmp_path, caplog):
+    """Bootstrap over loopback TCP and TLS from relays in this process, by the real link pool and circuit
+    manager: an authority's ORPort whose link proves another RSA identity than its line names is given up
+    (nothing is asked of it); the next one proves it, gets a CREATE_FAST circuit, and serves the directory."""
+    from twisted.internet import reactor
+
+    caplog.set_level(logging.INFO, logger="oppy")
+    network = SyntheticNetwork()
+    site = WireServer(DirectoryServer(network, network.consensus()))
+    relays = [DirectoryCacheRelay(lambda url: site.answer(url, None), slot=slot, nickname=f"auth{slot}")
+              for slot in (0, 1)]
+    for relay in relays:
+        relay.listen(reactor)
+    records = network.records()
+    records[0] = pointed_to(records[0], relays[0], relays[0].fingerprint)
+    records[1] = pointed_to(records[1], relays[1], records[1].fingerprint)    # the line names someone else
+    records[2] = dataclasses.replace(records[2], or_port=None)
+    links = LinkPool(reactor)
+
+    def service(seed):
+        return DirectoryService(records, tmp_path / "data", CircuitManager(links, PathChooser(),
+                                                                           preemptive_circuits=0),
+                                True, reactor, lambda: T0 + 600, links=links, rng=random.Random(seed),
+                                run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
+
+    seed = next(seed for seed in range(50) if service(seed)._directory_sources()[0].nickname == "auth1")
+    directory = service(seed)
+    try:
+        yield directory.start().addTimeout(30, reactor)
+    finally:
+        yield directory.stop()
+        links.close_all()
+        for relay in relays:
+            yield relay.listening.stopListening()
+    assert directory.netdir.consensus.valid_after == T0 and directory.enough_dir_info
+    (refused,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
+    assert f"relay has RSA identity {relays[1].fingerprint}, expected {records[1].fingerprint}" in refused
+    assert relays[1].requests == [] and relays[1].creates == []
+    assert relays[0].creates == [CMD_CREATE_FAST]
+    assert relays[0].requests[0] == "/tor/status-vote/current/consensus-microdesc.z"
+
+
+def pointed_to(authority: DirAuthority, relay: DirectoryCacheRelay, fingerprint: str) -> DirAuthority:
+    return dataclasses.replace(authority, fingerprint=fingerprint, address="127.0.0.1",
+                               or_port=relay.simulated.or_port)
