@@ -177,53 +177,46 @@ class ManagedCircuit:
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitLaunched:
-    """A circuit is being built (its first hop's link may still be opening)."""
+class CircuitEvent:
+    """Something happened to a circuit of this purpose."""
 
     circuit: ManagedCircuit
     purpose: CircuitPurpose
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitExtended:
+class CircuitLaunched(CircuitEvent):
+    """A circuit is being built (its first hop's link may still be opening)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitExtended(CircuitEvent):
     """One more hop of a circuit is built; `hops` are built so far."""
 
-    circuit: ManagedCircuit
-    purpose: CircuitPurpose
     hops: int
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitGuardWait:
+class CircuitGuardWait(CircuitEvent):
     """A circuit through a non-primary guard is built and waits until no better guard can be had."""
 
-    circuit: ManagedCircuit
-    purpose: CircuitPurpose
-
 
 @dataclass(frozen=True, slots=True)
-class CircuitBuilt:
+class CircuitBuilt(CircuitEvent):
     """A circuit is open and may carry what its purpose says."""
 
-    circuit: ManagedCircuit
-    purpose: CircuitPurpose
-
 
 @dataclass(frozen=True, slots=True)
-class CircuitFailed:
+class CircuitFailed(CircuitEvent):
     """A circuit was given up before it was built; a CircuitClosed follows."""
 
-    circuit: ManagedCircuit
-    purpose: CircuitPurpose
     error: CircuitError
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitClosed:
+class CircuitClosed(CircuitEvent):
     """A circuit is gone, for the reason `error` gives (None: closed on purpose without one)."""
 
-    circuit: ManagedCircuit
-    purpose: CircuitPurpose
     error: CircuitError | None
 
 
@@ -234,8 +227,7 @@ class StreamChanged:
     stream: "ManagedStream"
 
 
-ManagerEvent = Union[CircuitLaunched, CircuitExtended, CircuitGuardWait, CircuitBuilt, CircuitFailed,
-                     CircuitClosed, StreamChanged]
+ManagerEvent = Union[CircuitEvent, StreamChanged]
 ManagerObserver = Callable[[ManagerEvent], None]
 
 

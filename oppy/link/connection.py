@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor, task
 from twisted.internet.endpoints import (
@@ -303,35 +303,32 @@ def relay_endpoint(reactor, relay: RelayTarget, timeout: float):
 
 
 @dataclass(frozen=True, slots=True)
-class LinkLaunched:
+class LinkEvent:
+    """Something happened to the link to this relay."""
+
+    relay: RelayTarget
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLaunched(LinkEvent):
     """A TCP connection to a relay's ORPort is being made."""
 
-    relay: RelayTarget
-
 
 @dataclass(frozen=True, slots=True)
-class LinkConnected:
+class LinkConnected(LinkEvent):
     """The TCP connection is up; TLS and the link handshake begin."""
 
-    relay: RelayTarget
-
 
 @dataclass(frozen=True, slots=True)
-class LinkOpened:
+class LinkOpened(LinkEvent):
     """The link handshake is done (the relay proved its identity): circuits may be created on it."""
 
-    relay: RelayTarget
-
 
 @dataclass(frozen=True, slots=True)
-class LinkFailed:
+class LinkFailed(LinkEvent):
     """The link could not be opened; `reason` says why."""
 
-    relay: RelayTarget
     reason: str
-
-
-LinkEvent = Union[LinkLaunched, LinkConnected, LinkOpened, LinkFailed]
 
 
 class LinkPool:

@@ -76,10 +76,15 @@ def watch(circuit):
     return {"built": owner.built, "closed": owner.closed}
 
 
-def start(hops=3):
+def start(hops=3, keys_known=True):
+    """A circuit through `hops` simulated relays, started; without `keys_known` its first hop is known by its
+    identity and address alone (a directory source at bootstrap)."""
     channel = RecordingChannel()
     path = new_path(hops)
-    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
+    targets = [relay.target for relay in path.relays]
+    if not keys_known:
+        targets[0] = targets[0]._replace(ntor_onion_key=None, ed25519_id=None)
+    circuit = Circuit(channel, targets, RecordingCircuitOwner())
     events = watch(circuit)
     circuit.start()
     return circuit, channel, path, events
@@ -150,19 +155,8 @@ def test_one_hop_circuit_is_built_by_created2():
     assert channel.take() == []
 
 
-def start_without_onion_key():
-    """A one-hop circuit to a relay whose ntor onion key is unknown (a directory source at bootstrap)."""
-    channel = RecordingChannel()
-    path = new_path(1)
-    circuit = Circuit(channel, [path.relays[0].target._replace(ntor_onion_key=None, ed25519_id=None)],
-                      RecordingCircuitOwner())
-    events = watch(circuit)
-    circuit.start()
-    return circuit, channel, path, events
-
-
 def test_a_first_hop_without_an_onion_key_is_created_fast_and_carries_cells_both_ways():
-    circuit, channel, path, events = start_without_onion_key()
+    circuit, channel, path, events = start(hops=1, keys_known=False)
     ((circ_id, command, payload),) = channel.take()
     # tor-spec "CREATE_FAST/CREATED_FAST cells": X, HASH_LEN random bytes, then the cell's zero padding.
     assert (circ_id, command, len(payload)) == (circuit.circ_id, CMD_CREATE_FAST, 20)
@@ -178,7 +172,7 @@ def test_a_first_hop_without_an_onion_key_is_created_fast_and_carries_cells_both
 
 
 def test_a_created_fast_with_a_wrong_kh_fails_naming_the_first_hop():
-    circuit, channel, path, events = start_without_onion_key()
+    circuit, channel, path, events = start(hops=1, keys_known=False)
     circuit.cell_received(CMD_CREATED_FAST, path.answer_create_fast(channel.take()[0][2], corrupt_kh=True))
     (error,) = events["closed"]
     assert "hop 1" in str(error) and "KH mismatch" in str(error) and error.hop == 0
@@ -186,7 +180,7 @@ def test_a_created_fast_with_a_wrong_kh_fails_naming_the_first_hop():
 
 
 def test_a_created2_does_not_answer_a_create_fast():
-    circuit, channel, path, events = start_without_onion_key()
+    circuit, channel, path, events = start(hops=1, keys_known=False)
     channel.take()
     circuit.cell_received(CMD_CREATED2, bytes(PAYLOAD_LEN))
     (error,) = events["closed"]
