@@ -20,7 +20,8 @@ from tests.support.oppy_process import OppyProcess
 HELLO = b"hello from the oppy test target\n"
 #: strace's rendering of an IPv4 or IPv6 sockaddr in a connect() call.
 _CONNECT_RE = re.compile(r"connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\), "
-                         r"(?:sin_addr=inet_addr\(\"([^\"]+)\"\)|sin6_flowinfo=[^,]+, inet_pton\(AF_INET6, \"([^\"]+)\")")
+                         r"(?:sin_addr=inet_addr\(\"([^\"]+)\"\)"
+                         r"|sin6_flowinfo=[^,]+, inet_pton\(AF_INET6, \"([^\"]+)\")")
 
 
 def strace() -> str:

@@ -158,7 +158,8 @@ class Relay:
 
     @property
     def ntor_private_key(self) -> X25519PrivateKey:
-        return X25519PrivateKey.from_private_bytes(hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest())
+        seed = hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest()
+        return X25519PrivateKey.from_private_bytes(seed)
 
     @property
     def ntor_key(self) -> bytes:
