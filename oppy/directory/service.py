@@ -14,6 +14,8 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
    ``min_paths_for_circs_pct`` (60%) of the weighted guard x middle x exit bandwidth, and
    for the first primary guards), later fetches go to directory guards first, then the
    fallbacks and the authorities.
+4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
+   microdescriptors that are new.
 
 Every request, the very first included, is a BEGIN_DIR stream on a one-hop circuit the
 circuit manager builds to the relay's ORPort, as C tor clients do: no DirPort is ever
@@ -21,8 +23,6 @@ contacted, so nobody on the path sees a cleartext directory request. The relay's
 identity (from its FallbackDir or DirAuthority line, or the consensus) is proved by the
 link handshake; the circuit is created with CREATE_FAST while its onion key is unknown,
 and with ntor once its microdescriptor is held.
-4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
-   microdescriptors that are new.
 
 Each new consensus and each batch of microdescriptors makes a new :class:`~oppy.netdoc.netdir.NetDir`,
 swapped in whole (:attr:`DirectoryService.netdir`), handed to the path layer's

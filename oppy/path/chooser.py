@@ -3,8 +3,8 @@
 A :class:`PathChooser` holds the guard sample (:class:`~oppy.path.guards.GuardSample`) and the
 :class:`~oppy.netdoc.netdir.NetDir` in use. The circuit manager asks it for three-hop paths, each with
 its guard choice, and reports on that choice how the circuit went (guard-spec 4.7-4.9: a circuit through
-a non-primary guard waits until no better guard can be had); the directory service hands it each new NetDir and asks
-it for the directory guards and caches to fetch from. Sans-IO: time comes from ``clock``, chance from
+a non-primary guard waits until no better guard can be had); the directory service hands it each new
+NetDir and asks it for the directory guards and caches to fetch from. Sans-IO: time comes from ``clock``, chance from
 ``rng``.
 
 Persistence belongs to the owner of the state file: :meth:`PathChooser.restore_guards` takes what
