@@ -10,7 +10,7 @@ from twisted.internet import defer, error as twisted_error, threads
 
 from oppy import __version__
 from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
-from oppy.circuit.manager import CircuitManager
+from oppy.circuit.manager import CircuitBuilt, CircuitManager, CircuitPurpose, ManagerEvent
 from oppy.circuit.memory import MemoryTracker, max_mem_in_queues, total_system_memory
 from oppy.config import Config
 from oppy.control.server import ControlService
@@ -19,7 +19,14 @@ from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
-from oppy.netdoc.authorities import DEFAULT_AUTHORITIES, parse_dir_authority_line
+from oppy.netdoc.authorities import (
+    DEFAULT_AUTHORITIES,
+    DEFAULT_FALLBACK_DIRS,
+    DirAuthority,
+    FallbackDir,
+    parse_dir_authority_line,
+    parse_fallback_dir_line,
+)
 from oppy.netdoc.netdir import NetDirChanged
 from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
@@ -35,6 +42,22 @@ SHUTDOWN_FLUSH_DELAY = 0.3
 # The circuit build-time history (path-spec 2.4.2), in the DataDirectory: tor keeps the same lines
 # (TotalBuildTimes, CircuitBuildAbandonedCount, CircuitBuildTimeBin) in its state file.
 BUILD_TIMES_FILE = "circuit-build-times"
+
+
+def directory_servers(config: Config) -> tuple[list[DirAuthority], list[FallbackDir]]:
+    """The authorities and fallback directories to bootstrap from, by tor's rule (config.c
+    consider_adding_dir_servers): DirAuthority lines replace the built-in authorities; tor's built-in
+    fallbacks are added only with the built-in authorities, no FallbackDir line and UseDefaultFallbackDirs 1
+    (a test network with its own authorities has no fallback unless FallbackDir names some)."""
+    if config.dir_authorities:
+        authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
+        fallbacks = []
+    else:
+        authorities = list(DEFAULT_AUTHORITIES)
+        fallbacks = list(DEFAULT_FALLBACK_DIRS) if config.use_default_fallback_dirs and not config.fallback_dirs \
+            else []
+    fallbacks += [parse_fallback_dir_line(line) for line in config.fallback_dirs]
+    return authorities, fallbacks
 
 
 class Daemon:
@@ -66,24 +89,21 @@ class Daemon:
             log.warning("%s", warning)
         log.info("MaxMemInQueues is %d bytes", max_bytes)
         self.memory = MemoryTracker(max_bytes, queued_in_links=self._queued_in_links)
-        if config.dir_authorities:
-            authorities = [parse_dir_authority_line(line) for line in config.dir_authorities]
-        elif os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
+        if not config.dir_authorities and os.environ.get(FORBID_PUBLIC_NETWORK_ENV):
             raise SystemExit(f"{FORBID_PUBLIC_NETWORK_ENV} is set and no DirAuthority line is configured: "
                              "refusing to contact the public Tor network")
-        else:
-            authorities = list(DEFAULT_AUTHORITIES)
+        authorities, fallbacks = directory_servers(config)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
-        self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
-                                          links=self.links, testing_tor_network=config.testing_tor_network,
-                                          reactor=reactor, clock=time.time, paths=self.paths)
-        self.directory.add_netdir_observer(self._netdir_changed)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
-            unattached_timeout=config.socks_timeout, queue_account=self.memory)
+            unattached_timeout=config.socks_timeout, queue_account=self.memory, observers=[self._circuit_event])
         self.manager.attach_automatically = not config.leave_streams_unattached
-        self.manager.on_first_circuit = lambda managed: self.directory.report_bootstrap(BootstrapPhase.DONE)
+        self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
+                                          circuits=self.manager, fallback_dirs=fallbacks, links=self.links,
+                                          testing_tor_network=config.testing_tor_network, reactor=reactor,
+                                          clock=time.time, paths=self.paths)
+        self.directory.add_netdir_observer(self._netdir_changed)
 
     # ------------------------------------------------------------------------------ glue
 
@@ -95,6 +115,11 @@ class Daemon:
     def _queued_in_links(self) -> int:
         """Bytes of cells waiting in the links' queues toward the relays (they count for MaxMemInQueues)."""
         return sum(connection.channel.queued for connection in self.links.connections())
+
+    def _circuit_event(self, event: ManagerEvent) -> None:
+        """The first circuit for client streams is built: tor's "Bootstrapped 100%"."""
+        if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL:
+            self.directory.report_bootstrap(BootstrapPhase.DONE)
 
     # ------------------------------------------------------------------------------ build-time history
 
@@ -186,6 +211,8 @@ class Daemon:
             listener.stopListening()
         if self.control is not None:
             self.control.stop()
+        # The directory first: its requests end quietly before the manager closes their circuits.
+        directory_stopped = self.directory.stop()
         self.manager.close_all()
         if self.socks_factory is not None:
             self.socks_factory.close_all()
@@ -197,7 +224,7 @@ class Daemon:
 
         self.reactor.callLater(SHUTDOWN_FLUSH_DELAY, close_links)
         # The directory's last cache and guard-state writes reach the disk too, and the build times.
-        return defer.gatherResults([flushed, self.directory.stop(), self._save_build_times()], consumeErrors=True)
+        return defer.gatherResults([flushed, directory_stopped, self._save_build_times()], consumeErrors=True)
 
 
 def run(config: Config) -> int:

@@ -1,7 +1,8 @@
 """A client circuit, sans IO: its hops, relay crypto, circuit-level windows and streams.
 
-Building (tor-spec "Creating circuits"): CREATE2 with ntor to the first hop, then EXTEND2 inside RELAY_EARLY
-to the last hop for each further one. Once open, the circuit encrypts relay cells to a hop, recognizes
+Building (tor-spec "Creating circuits"): CREATE2 with ntor to the first hop (CREATE_FAST when its onion key is
+unknown: a directory source before any microdescriptor), then EXTEND2 inside RELAY_EARLY to the last hop for each
+further one. Once open, the circuit encrypts relay cells to a hop, recognizes
 inbound ones, keeps the circuit package/deliver windows with authenticated SENDMEs (tor-spec "Flow control",
 prop 289) and dispatches stream cells to the streams it carries. Cells go out through the channel it rides;
 outcomes go up to the `CircuitOwner` it was made with and to the stream objects.
@@ -28,7 +29,13 @@ from oppy.cell.commands import (
 )
 from oppy.cell.errors import CellParseError
 from oppy.cell.flow_control import SendmeWindow
-from oppy.cell.link import HandshakeType, decode_created2_body, decode_destroy_body, encode_create2_body
+from oppy.cell.link import (
+    HandshakeType,
+    decode_created2_body,
+    decode_destroy_body,
+    encode_create2_body,
+    encode_create_fast_body,
+)
 from oppy.cell.relay import (
     decode_extended2_body,
     decode_sendme_body,
@@ -41,7 +48,7 @@ from oppy.cell.relay import (
     SendmeVersion,
 )
 from oppy.crypto.errors import HandshakeError
-from oppy.crypto.ntor import NtorClientHandshake
+from oppy.crypto.ntor import CreateFastHandshake, NtorClientHandshake
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.netdoc.relay import RelayTarget
 
@@ -149,7 +156,7 @@ class Circuit:
         self._expected_sendme_tags: collections.deque[bytes] = collections.deque()
         self._data_cells_sent = 0
         self._relay_early_left = MAX_RELAY_EARLY_CELLS
-        self._handshake: NtorClientHandshake | None = None
+        self._handshake: NtorClientHandshake | CreateFastHandshake | None = None
         self._next_stream_id = 1
         self.bytes_read = 0
         self.bytes_written = 0
@@ -171,8 +178,19 @@ class Circuit:
     # ------------------------------------------------------------------------------------ building
 
     def start(self) -> None:
-        """Send CREATE2 (ntor) to the first hop."""
-        self._handshake = self._new_handshake(self.path[0])
+        """Send CREATE2 (ntor) to the first hop, or CREATE_FAST when its ntor onion key is unknown.
+
+        tor-spec "CREATE_FAST/CREATED_FAST cells": C tor uses CREATE_FAST only for a first hop it has no onion
+        key for (a fallback directory or an authority at bootstrap). The link's CERTS cell has proved the
+        relay's RSA identity already, and the TLS link carries the cells, so the hop needs no public-key
+        handshake of its own."""
+        first = self.path[0]
+        if first.ntor_onion_key is None:
+            self._handshake = CreateFastHandshake()
+            self.channel.send_cell(self.circ_id, CellCommand.CREATE_FAST,
+                                   encode_create_fast_body(self._handshake.onionskin))
+            return
+        self._handshake = self._new_handshake(first)
         self.channel.send_cell(self.circ_id, CellCommand.CREATE2,
                                encode_create2_body(HandshakeType.NTOR, self._handshake.onionskin))
 
@@ -221,13 +239,17 @@ class Circuit:
             where = f" while extending to {self._hop_name(hop)}" if hop is not None else ""
             self._closed(CircuitError(f"circuit destroyed by {self.path[0].describe()}{where}: "
                                       f"{reason_name(DestroyReason, reason)}", reason, remote=True, hop=hop))
-        elif command == CellCommand.CREATED2 and self.state is CircuitState.BUILDING and not self.crypto:
+        elif command == CellCommand.CREATED2 and self.state is CircuitState.BUILDING and not self.crypto \
+                and isinstance(self._handshake, NtorClientHandshake):
             try:
                 handshake_data = decode_created2_body(payload)
             except CellParseError as exc:
                 self._fail(f"{self._hop_name(0)}: malformed CREATED2: {exc}", DestroyReason.PROTOCOL, hop=0)
                 return
             self._hop_created(handshake_data)
+        elif command == CellCommand.CREATED_FAST and self.state is CircuitState.BUILDING and not self.crypto \
+                and isinstance(self._handshake, CreateFastHandshake):
+            self._hop_created(payload)
         elif command == _RELAY_EARLY:
             self._fail("relay sent an inbound RELAY_EARLY cell", DestroyReason.PROTOCOL)
         else:

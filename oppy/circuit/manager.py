@@ -1,10 +1,17 @@
-"""Circuit management: which circuit carries which stream, built ahead of demand, isolated, retired.
+"""Circuit management: every circuit the client builds, each with a purpose, and which one carries which stream.
 
 The rules are tor's (path-spec "When we build", tor-client-checklist.md section 6): clean circuits are built
 ahead of demand so a first request does not wait for a build; a stream goes on an open circuit whose exit
 allows its port, with the same isolation key (SOCKS credentials, NEWNYM epoch), not dirty for longer than
-MaxCircuitDirtiness; a stream without CONNECTED after 10 s (15 s from the third try), or refused by a
-retriable END, is detached and retried on another circuit.
+MaxCircuitDirtiness, built with Stable relays when the port is a long-lived one; a stream without CONNECTED
+after 10 s (15 s from the third try), or refused by a retriable END, is detached and retried on another circuit.
+
+A circuit through a guard keeps the guard choice its path came with (guard-spec 4.6-4.9): its outcome is
+reported on it, and a circuit through a non-primary guard waits, built but unused (GUARD_WAIT), until no better
+guard can be had; one that waits too long is closed.
+
+What happens to circuits is told to observers as typed events (:class:`CircuitLaunched` ...
+:class:`CircuitClosed`, :class:`StreamChanged`), whatever the circuit's purpose.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import enum
 import itertools
 import logging
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Union
 
 from twisted.internet import defer, reactor as default_reactor, task
 
@@ -23,6 +31,8 @@ from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
+from oppy.path.guards import GuardChoice, GuardCircuitState
+from oppy.path.selection import LONG_LIVED_PORTS
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
@@ -46,33 +56,67 @@ DEFAULT_UNATTACHED_TIMEOUT = 120.0
 DEFAULT_MAX_PENDING_CIRCUITS = 32
 # mainloop.c: tor looks once a second whether circuits are wanted, test circuits for the build timeout too.
 LEARNING_CHECK_INTERVAL = 1.0
+# How often circuits waiting for a better guard are looked at again (tor does it every second:
+# circuit_upgrade_circuits_from_guard_wait and circuit_expire_waiting_for_better_guard).
+GUARD_WAIT_CHECK_INTERVAL = 1.0
 
 
 class CircuitStatus(enum.Enum):
-    """The states the control port's CIRC events report."""
+    """The states the control port's CIRC events report (control-spec "CIRC")."""
 
     LAUNCHED = "LAUNCHED"
     EXTENDED = "EXTENDED"
     BUILT = "BUILT"
+    # Built through a non-primary guard: it carries nothing until no better guard can be had.
+    GUARD_WAIT = "GUARD_WAIT"
     FAILED = "FAILED"
     CLOSED = "CLOSED"
 
 
 class CircuitPurpose(enum.Enum):
-    GENERAL = "GENERAL"
-    CONTROLLER = "CONTROLLER"
+    """What a circuit is for (tor's CIRCUIT_PURPOSE_*). :attr:`controller_name` is the PURPOSE of its CIRC
+    events (control-spec "CIRC"; tor circuit_purpose_to_controller_string)."""
+
+    #: Exit circuits for client streams (C_GENERAL).
+    GENERAL = "general"
+    #: One-hop circuits carrying BEGIN_DIR to a directory cache (tor: C_GENERAL with ONEHOP_TUNNEL).
+    DIRECTORY = "directory"
+    #: Built on a controller's EXTENDCIRCUIT; never chosen for streams on oppy's own.
+    CONTROLLER = "controller"
+    #: Onion-service client circuits, not built yet: descriptor fetches, introduction, rendezvous.
+    HS_CLIENT_HSDIR = "hs_client_hsdir"
+    HS_CLIENT_INTRO = "hs_client_intro"
+    HS_CLIENT_REND = "hs_client_rend"
+    #: Conflux legs (prop 329), not built yet: before and after they are linked into a set.
+    CONFLUX_UNLINKED = "conflux_unlinked"
+    CONFLUX_LINKED = "conflux_linked"
+
+    @property
+    def controller_name(self) -> str:
+        return "GENERAL" if self is CircuitPurpose.DIRECTORY else self.name
+
+
+#: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
+BUILD_FLAG_ONEHOP_TUNNEL = "ONEHOP_TUNNEL"
+BUILD_FLAG_IS_INTERNAL = "IS_INTERNAL"
+BUILD_FLAG_NEED_CAPACITY = "NEED_CAPACITY"
+BUILD_FLAG_NEED_UPTIME = "NEED_UPTIME"
 
 
 class ManagedCircuit:
-    """A circuit as the client uses it: its number, isolation, dirtiness and status."""
+    """A circuit as the client uses it: its number, purpose, isolation, dirtiness and status."""
 
     def __init__(self, number: int, path: list[RelayTarget], purpose: CircuitPurpose, created_at: float,
-                 created_wallclock: float) -> None:
+                 created_wallclock: float, *, need_uptime: bool = False, guard: GuardChoice | None = None) -> None:
         self.number = number
         self.path = path
         self.purpose = purpose
         self.created_at = created_at
         self.created_wallclock = created_wallclock
+        # Launched for a long-lived port: its relays were chosen Stable (tor's build_state->need_uptime).
+        self.need_uptime = need_uptime
+        # The guard choice of a path the manager chose (None for a controller's path or a directory cache).
+        self.guard = guard
         self.status = CircuitStatus.LAUNCHED
         self.circuit: Circuit | None = None
         self.isolation: object = None
@@ -81,7 +125,7 @@ class ManagedCircuit:
         self.port: int | None = None  # the port it was built for
         self.error: CircuitError | None = None
         self.hops_built = 0
-        self.built: defer.Deferred = defer.Deferred()
+        self._build_waiters: list[defer.Deferred] = []
         # A controller's CLOSECIRCUIT arrived while it was still building: close it once built.
         self.close_requested = False
 
@@ -96,6 +140,95 @@ class ManagedCircuit:
     @property
     def exit(self) -> RelayTarget:
         return self.path[-1]
+
+    def when_built(self) -> defer.Deferred:
+        """A Deferred firing with this circuit once it is built (now, if it is), or failing with the
+        CircuitError that ended it."""
+        if self.is_open:
+            return defer.succeed(self)
+        if self.status in (CircuitStatus.FAILED, CircuitStatus.CLOSED):
+            return defer.fail(self.error or CircuitError(f"circuit {self.number} is closed"))
+        waiter: defer.Deferred = defer.Deferred()
+        self._build_waiters.append(waiter)
+        return waiter
+
+    def _build_settled(self, error: CircuitError | None) -> None:
+        waiters, self._build_waiters = self._build_waiters, []
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(self)
+            else:
+                waiter.errback(error)
+
+    @property
+    def build_flags(self) -> tuple[str, ...]:
+        """tor's CIRCLAUNCH flags as CIRC events list them: every client circuit NEED_CAPACITY; a BEGIN_DIR
+        circuit ONEHOP_TUNNEL and IS_INTERNAL (circuituse.c circuit_get_open_circ_or_launch)."""
+        flags = []
+        if self.purpose is CircuitPurpose.DIRECTORY:
+            flags += [BUILD_FLAG_ONEHOP_TUNNEL, BUILD_FLAG_IS_INTERNAL]
+        flags.append(BUILD_FLAG_NEED_CAPACITY)
+        if self.need_uptime:
+            flags.append(BUILD_FLAG_NEED_UPTIME)
+        return tuple(flags)
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitEvent:
+    """Something happened to a circuit of this purpose."""
+
+    circuit: ManagedCircuit
+    purpose: CircuitPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitLaunched(CircuitEvent):
+    """A circuit is being built (its first hop's link may still be opening)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitExtended(CircuitEvent):
+    """One more hop of a circuit is built; `hops` are built so far."""
+
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitGuardWait(CircuitEvent):
+    """A circuit through a non-primary guard is built and waits until no better guard can be had."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBuilt(CircuitEvent):
+    """A circuit is open and may carry what its purpose says."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitFailed(CircuitEvent):
+    """A circuit was given up before it was built; a CircuitClosed follows."""
+
+    error: CircuitError
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed(CircuitEvent):
+    """A circuit is gone, for the reason `error` gives (None: closed on purpose without one)."""
+
+    error: CircuitError | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChanged:
+    """A client stream was opened, attached, detached, connected or ended (its state says which)."""
+
+    stream: "ManagedStream"
+
+
+ManagerEvent = Union[CircuitEvent, StreamChanged]
+ManagerObserver = Callable[[ManagerEvent], None]
 
 
 class _ManagedCircuitOwner:
@@ -147,7 +280,9 @@ class CircuitManager:
                  preemptive_circuits: int = DEFAULT_PREEMPTIVE_CIRCUITS,
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
-                 queue_account: QueueAccount | None = None) -> None:
+                 queue_account: QueueAccount | None = None,
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS,
+                 observers: Iterable[ManagerObserver] = ()) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
         self.paths = paths
@@ -161,6 +296,7 @@ class CircuitManager:
         self.unattached_timeout = unattached_timeout
         # Counts what every stream queues (MaxMemInQueues: oppy.circuit.memory.MemoryTracker).
         self.queue_account = queue_account
+        self.long_lived_ports = frozenset(long_lived_ports)
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -169,15 +305,16 @@ class CircuitManager:
         self._newnym_epoch = 0
         self._running = True
         self._stream_waiters: list[ManagedStream] = []
-        # `_top_up` and `_attach_waiting` run again from what they start (a build that fails at once): the
-        # inner call is left to the outer one.
+        # `_top_up`, `_attach_waiting` and `_check_guard_waits` run again from what they start (a build that
+        # fails at once): the inner call is left to the outer one.
         self._topping_up = False
         self._attaching_waiting = False
-        # Observers for the control port: called with (kind, object), kind "circuit" or "stream".
-        self.observers: list[Callable[[str, object], None]] = []
-        # Called once, when the first circuit is built (the daemon's "Bootstrapped 100%").
-        self.on_first_circuit: Callable[[ManagedCircuit], None] = lambda managed: None
-        self._first_built = False
+        self._checking_guard_waits = False
+        self._guard_wait_timer = None
+        self._observers: list[ManagerObserver] = list(observers)
+        # tor's "circuit established": a circuit for client streams has been built (GETINFO
+        # status/circuit-established; the daemon's "Bootstrapped 100%").
+        self.circuit_established = False
         # When False, new streams wait for a controller's ATTACHSTREAM (__LeaveStreamsUnattached).
         self.attach_automatically = True
         self._learning_loop = task.LoopingCall(self._learn_build_timeout)
@@ -185,17 +322,22 @@ class CircuitManager:
 
     # ------------------------------------------------------------------------------ events
 
-    def _notify(self, kind: str, obj: object) -> None:
-        for observer in list(self.observers):
-            try:
-                observer(kind, obj)
-            except Exception:  # an observer's bug must not break circuits
-                log.exception("observer failed")
+    def add_observer(self, observer: ManagerObserver) -> None:
+        """Tell `observer` every event from now on (the control port's CIRC and STREAM events)."""
+        self._observers.append(observer)
 
-    @property
-    def first_circuit_built(self) -> bool:
-        """Whether a circuit was ever built (GETINFO status/circuit-established stays 1 afterwards, as in tor)."""
-        return self._first_built
+    def remove_observer(self, observer: ManagerObserver) -> None:
+        self._observers = [known for known in self._observers if known != observer]
+
+    def _notify(self, event: ManagerEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not break circuits
+                log.exception("circuit manager observer %r failed", observer)
+
+    def _stream_changed(self, managed: "ManagedStream") -> None:
+        self._notify(StreamChanged(managed))
 
     # ------------------------------------------------------------------------------ circuits
 
@@ -224,11 +366,13 @@ class CircuitManager:
     def _clean_circuits(self) -> list[ManagedCircuit]:
         return [m for m in self.circuits.values()
                 if m.purpose is CircuitPurpose.GENERAL and m.isolation is None and m.usable
-                and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.BUILT)]
+                and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.GUARD_WAIT,
+                                 CircuitStatus.BUILT)]
 
     def _pending_count(self) -> int:
-        return sum(1 for m in self.circuits.values()
-                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
+        """Exit circuits being built (MaxClientCircuitsPending; directory circuits are not limited by it)."""
+        return sum(1 for m in self.circuits.values() if m.purpose is CircuitPurpose.GENERAL
+                   and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED))
 
     def _top_up(self) -> None:
         if not self._running or self._topping_up:
@@ -250,15 +394,18 @@ class CircuitManager:
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
                ) -> ManagedCircuit:
-        """Start building a circuit (for `port`, or through `path`); returns at once, `.built` fires later."""
+        """Start building a circuit (for `port`, or through `path`); returns at once (`when_built()` fires
+        later)."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
+        guard = None
         if path is None:
-            path = self.paths.choose_path(port, exclude=exclude)
-        managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time())
+            path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
+        managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
+                                 need_uptime=port in self.long_lived_ports, guard=guard)
         managed.port = port
         self.circuits[managed.number] = managed
-        self._notify("circuit", managed)
+        self._notify(CircuitLaunched(managed, purpose))
         attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
         building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
                                  attempt=attempt)
@@ -273,23 +420,36 @@ class CircuitManager:
     def _circuit_extended(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.hops_built = circuit.hops_built
         managed.status = CircuitStatus.EXTENDED
-        self._notify("circuit", managed)
+        self._notify(CircuitExtended(managed, managed.purpose, managed.hops_built))
 
     def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.circuit = circuit
         managed.hops_built = circuit.hops_built
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
-            managed.built.errback(CircuitError("closed on request", DestroyReason.REQUESTED))
-            managed.built.addErrback(lambda f: None)
             return
+        if managed.guard is not None and not self.paths.guard_succeeded(managed.guard):
+            if managed.guard.state is GuardCircuitState.DEAD:
+                circuit.close(DestroyReason.NONE, f"its guard {managed.path[0].describe()} left the guard sample")
+                return
+            # guard-spec 4.8: built through a guard that is not primary, it carries nothing while a better
+            # guard may still work.
+            managed.status = CircuitStatus.GUARD_WAIT
+            log.info("circuit %d is built through %s, not a primary guard: waiting for a better guard",
+                     managed.number, managed.path[0].describe())
+            self._notify(CircuitGuardWait(managed, managed.purpose))
+            self._check_guard_waits()
+            return
+        self._circuit_usable(managed)
+
+    def _circuit_usable(self, managed: ManagedCircuit) -> None:
+        """A built circuit may now carry what its purpose says."""
+        circuit = managed.circuit
         managed.status = CircuitStatus.BUILT
-        self.paths.mark_guard_up(managed.path[0].rsa_id)
-        self._notify("circuit", managed)
-        if not self._first_built:
-            self._first_built = True
-            self.on_first_circuit(managed)
-        managed.built.callback(managed)
+        if managed.purpose is CircuitPurpose.GENERAL:
+            self.circuit_established = True
+        self._notify(CircuitBuilt(managed, managed.purpose))
+        managed._build_settled(None)
         self._attach_waiting()
         if not self._running:
             circuit.close()
@@ -298,25 +458,96 @@ class CircuitManager:
         error = failure.value if isinstance(failure.value, CircuitError) else CircuitError(str(failure.value))
         managed.error = error
         managed.status = CircuitStatus.FAILED
-        if error.hop == 0:
-            self.paths.mark_guard_down(managed.path[0].rsa_id)
+        if managed.guard is not None:
+            # circuitbuild.c circuit_build_failed: a circuit whose first hop never opened, for a reason other
+            # than the guard's DESTROY, counts against the guard.
+            if managed.hops_built == 0 and not error.remote:
+                self.paths.guard_failed(managed.guard)
+            else:
+                self.paths.guard_cancelled(managed.guard)
         log.info("circuit %d failed: %s", managed.number, error)
-        self._notify("circuit", managed)
+        self._notify(CircuitFailed(managed, managed.purpose, error))
         managed.status = CircuitStatus.CLOSED
-        self._notify("circuit", managed)
+        self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
-        managed.built.errback(error)
-        managed.built.addErrback(lambda f: None)
+        managed._build_settled(error)
+        if managed.guard is not None:
+            self._check_guard_waits()       # a better guard's circuit failed: a waiting one may do now
         self._top_up()
         self._attach_waiting()
 
     def _circuit_closed(self, managed: ManagedCircuit, error: CircuitError) -> None:
+        was_waiting = managed.status is CircuitStatus.GUARD_WAIT
         managed.error = error
         managed.status = CircuitStatus.CLOSED
         self.circuits.pop(managed.number, None)
         log.info("circuit %d closed: %s", managed.number, error)
-        self._notify("circuit", managed)
+        if was_waiting:
+            self.paths.guard_cancelled(managed.guard)
+        self._notify(CircuitClosed(managed, managed.purpose, error))
+        managed._build_settled(error)
+        if managed.guard is not None:
+            self._check_guard_waits()       # a better guard's circuit is gone: a waiting one may do now
         self._top_up()
+
+    def _check_guard_waits(self) -> None:
+        """guard-spec 4.9: close the circuits that waited for a better guard too long, take into use those no
+        better guard can beat any more; look again in a second while any still wait."""
+        if self._checking_guard_waits or not self._running:
+            return
+        self._checking_guard_waits = True
+        try:
+            for managed in self._guard_waiting():
+                if self.paths.guard_should_expire(managed.guard):
+                    log.info("circuit %d waited too long for a better guard than %s; closing it", managed.number,
+                             managed.path[0].describe())
+                    managed.circuit.close(DestroyReason.NONE, "waited too long for a better guard")
+            live = [m.guard for m in self.circuits.values() if m.guard is not None]
+            upgraded = self.paths.upgrade_waiting(live) if self._guard_waiting() else []
+            for managed in self._guard_waiting():
+                if any(choice is managed.guard for choice in upgraded):
+                    log.info("circuit %d: no better guard than %s can be had; using it", managed.number,
+                             managed.path[0].describe())
+                    self._circuit_usable(managed)
+        finally:
+            self._checking_guard_waits = False
+        if self._guard_wait_timer is not None and self._guard_wait_timer.active():
+            self._guard_wait_timer.cancel()
+        self._guard_wait_timer = None
+        if self._guard_waiting() and self._running:
+            self._guard_wait_timer = self.reactor.callLater(GUARD_WAIT_CHECK_INTERVAL, self._check_guard_waits)
+
+    def _guard_waiting(self) -> list[ManagedCircuit]:
+        return [m for m in self.circuits.values() if m.status is CircuitStatus.GUARD_WAIT]
+
+    def directory_circuit(self, target: RelayTarget) -> defer.Deferred:
+        """A one-hop circuit to the directory cache `target` for BEGIN_DIR streams (purpose DIRECTORY).
+
+        Fires with the open `Circuit`: the one already open to `target` while it is fresh (first used less than
+        MaxCircuitDirtiness ago), the one being built to it (concurrent callers share a build), or a new one.
+        Fails with the CircuitError that ended its build. Its first hop is created with CREATE_FAST when
+        `target` carries no ntor onion key (a fallback or an authority before any microdescriptor)."""
+        for managed in list(self.circuits.values()):
+            if managed.purpose is not CircuitPurpose.DIRECTORY or managed.path[0].rsa_id != target.rsa_id \
+                    or not managed.usable:
+                continue
+            if managed.is_open:
+                if managed.dirty_since is not None \
+                        and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
+                    managed.usable = False
+                    managed.circuit.close(DestroyReason.FINISHED, "directory circuit too old for new requests")
+                    continue
+                return defer.succeed(self._use_directory_circuit(managed))
+            if managed.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED):
+                return managed.when_built().addCallback(self._use_directory_circuit)
+        log.info("Launching a one-hop directory circuit to %s", target.describe())
+        launched = self.launch(None, path=[target], purpose=CircuitPurpose.DIRECTORY)
+        return launched.when_built().addCallback(self._use_directory_circuit)
+
+    def _use_directory_circuit(self, managed: ManagedCircuit) -> Circuit:
+        if managed.dirty_since is None:
+            managed.dirty_since = self.clock()
+        return managed.circuit
 
     def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
         managed = self.circuits.get(number)
@@ -340,6 +571,10 @@ class CircuitManager:
                        excluded_exits: set[bytes]) -> bool:
         if not managed.usable or managed.purpose is not CircuitPurpose.GENERAL:
             return False
+        if port in self.long_lived_ports and not managed.need_uptime:
+            # circuituse.c circuit_is_acceptable: a circuit built without Stable relays (a preemptive one
+            # for port 80) does not carry a stream to a long-lived port.
+            return False
         if managed.isolation is not None and managed.isolation != isolation:
             return False
         if managed.dirty_since is not None and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
@@ -361,7 +596,7 @@ class CircuitManager:
         managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         if self.attach_automatically:
             self._attach(managed)
         else:
@@ -373,7 +608,7 @@ class CircuitManager:
         if managed.stream.ended:
             return
         managed.awaiting_controller = True
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         # connection_edge.c connection_ap_expire_beginning: a stream no controller attaches within
         # SocksTimeout is given up with END reason TIMEOUT.
         self._cancel_timer(managed)
@@ -406,7 +641,7 @@ class CircuitManager:
         if stream.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
             self._cancel_timer(managed)
             stream.detach(EndReason.TIMEOUT)
-            self._notify("stream", managed)
+            self._stream_changed(managed)
         managed.awaiting_controller = False
         if target is None:
             self._attach(managed)
@@ -422,12 +657,12 @@ class CircuitManager:
         """CONNECTED (or RESOLVED): stop the stream's retry timer."""
         managed = self._managed_streams[stream]
         self._cancel_timer(managed)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
 
     def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
         managed = self._managed_streams.pop(stream)
         self._cancel_timer(managed)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
@@ -450,7 +685,7 @@ class CircuitManager:
             self.attach_to(managed, candidates[0])
             return
         pending = [m for m in self.circuits.values()
-                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED)
+                   if m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.GUARD_WAIT)
                    and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if managed not in self._stream_waiters:
             self._stream_waiters.append(managed)
@@ -493,7 +728,7 @@ class CircuitManager:
         managed.attempts += 1
         managed.stream.attach(target.circuit)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
-        self._notify("stream", managed)
+        self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
         delay = timeouts[min(managed.attempts - 1, len(timeouts) - 1)]
         self._cancel_timer(managed)
@@ -534,7 +769,7 @@ class CircuitManager:
                     circuit.usable = False
         log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
                  managed.attempts, end)
-        self._notify("stream", managed)  # DETACHED
+        self._stream_changed(managed)  # DETACHED
         self._attach_or_wait(managed)
         return True
 
@@ -545,6 +780,9 @@ class CircuitManager:
         self._running = False
         if self._learning_loop.running:
             self._learning_loop.stop()
+        if self._guard_wait_timer is not None and self._guard_wait_timer.active():
+            self._guard_wait_timer.cancel()
+        self._guard_wait_timer = None
         for managed in list(self.streams.values()):
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)

@@ -523,6 +523,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _encode_lines, _constant(()), is_list=True),
     _Option("FallbackDir", "fallback_dirs", "LineList", _validated_lines(_validated_directory_line("fallback")),
             _encode_lines, _constant(()), is_list=True),
+    _Option("UseDefaultFallbackDirs", "use_default_fallback_dirs", "Boolean", _parse_bool, _encode_bool,
+            _constant(True)),
     _Option("TestingTorNetwork", "testing_tor_network", "Boolean", _parse_bool, _encode_bool, _constant(False),
             changeable_at_runtime=False),
     _Option("Log", "logs", "LineList", _parse_logs, _encode_logs, _constant((DEFAULT_LOG,)), is_list=True),
@@ -608,8 +610,11 @@ class Config:
     data_directory: str = "~/.oppy"
     #: DirAuthority lines, raw; empty means tor's built-in authorities.
     dir_authorities: tuple[str, ...] = ()
-    #: FallbackDir lines, raw; empty means tor's built-in fallbacks.
+    #: FallbackDir lines, raw: relays asked for the directory before the authorities.
     fallback_dirs: tuple[str, ...] = ()
+    #: UseDefaultFallbackDirs: with tor's built-in authorities and no FallbackDir line, use tor's built-in
+    #: fallbacks (tor config.c consider_adding_dir_servers).
+    use_default_fallback_dirs: bool = True
     #: TestingTorNetwork: a private test network (needs DirAuthority lines); changes two defaults below.
     testing_tor_network: bool = False
     #: Log: where messages of which severities go; default ``notice stdout``.

@@ -234,8 +234,7 @@ class DaemonBackend(ControlBackend):
         return os.path.abspath(path)
 
     def circuit_established(self) -> bool:
-        return self.manager.first_circuit_built or any(
-            managed.is_open for managed in self.manager.circuits.values())
+        return self.manager.circuit_established
 
     def is_dormant(self) -> bool:
         return self.dormant

@@ -138,7 +138,7 @@ class CircuitManagerView(Protocol):
     streams: Mapping[int, ManagedStream]
 
     @property
-    def first_circuit_built(self) -> bool: ...
+    def circuit_established(self) -> bool: ...
 
 
 @runtime_checkable

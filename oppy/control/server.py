@@ -20,6 +20,7 @@ from twisted.python import threadable
 from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
+from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
@@ -236,7 +237,7 @@ class ControlService:
             self.listeners.append(listener)
             host = listener.getHost()
             notice(log, "Opened Control listener connection (ready) on %s:%d", host.host, host.port)
-        self.daemon.manager.observers.append(self._manager_changed)
+        self.daemon.manager.add_observer(self._manager_event)
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
         self.daemon.directory.add_netdir_observer(self._netdir_changed)
         self.daemon.build_times.add_observer(self._build_times_event)
@@ -255,9 +256,7 @@ class ControlService:
         if self._orconn_poll is not None and self._orconn_poll.active():
             self._orconn_poll.cancel()
         self._orconn_poll = None
-        observers = self.daemon.manager.observers
-        if self._manager_changed in observers:
-            observers.remove(self._manager_changed)
+        self.daemon.manager.remove_observer(self._manager_event)
         self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
         self.daemon.directory.remove_netdir_observer(self._netdir_changed)
         self.daemon.build_times.remove_observer(self._build_times_event)
@@ -274,17 +273,18 @@ class ControlService:
 
     # ---------------------------------------------------------------- what oppy reports
 
-    def _manager_changed(self, kind: str, obj) -> None:
-        if kind == "circuit":
-            self.hub.circuit_changed(obj)
-            if obj.status.value == "BUILT" and not self._announced_circuit:
-                self._announced_circuit = True
-                self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
-            if self._orconn_poll is None and self.hub.wants("ORCONN"):
-                # Once the build has asked the link pool for its first hop: LAUNCHED, or CONNECTED.
-                self._orconn_poll = self.reactor.callLater(0, self._orconn_events)
-        elif kind == "stream":
-            self.hub.stream_changed(obj)
+    def _manager_event(self, event: ManagerEvent) -> None:
+        if isinstance(event, StreamChanged):
+            self.hub.stream_changed(event.stream)
+            return
+        self.hub.circuit_changed(event.circuit)
+        if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL \
+                and not self._announced_circuit:
+            self._announced_circuit = True
+            self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
+        if self._orconn_poll is None and self.hub.wants("ORCONN"):
+            # Once the build has asked the link pool for its first hop: LAUNCHED, or CONNECTED.
+            self._orconn_poll = self.reactor.callLater(0, self._orconn_events)
 
     def _bootstrap_progress(self, percent: int, tag: str, summary: str) -> None:
         self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT " + bootstrap_phase_text(percent, tag, summary)))

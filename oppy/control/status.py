@@ -26,7 +26,6 @@ from oppy.control.events import (
 from oppy.netdoc.documents import RelayRecord
 
 __all__ = [
-    "CIRCUIT_BUILD_FLAGS",
     "FAKE_PUBLISHED_TIME",
     "circuit_path",
     "circuit_reasons",
@@ -44,8 +43,6 @@ __all__ = [
     "relays_ns_text",
 ]
 
-# circuituse.c circuit_launch: general-purpose exit circuits are built with NEED_CAPACITY.
-CIRCUIT_BUILD_FLAGS = ("NEED_CAPACITY",)
 # networkstatus.c: a microdesc consensus has no publication time, and tor writes this one in ns lines.
 FAKE_PUBLISHED_TIME = "2038-01-01 00:00:00"
 # routerstatus_format_entry: the ``r`` line's descriptor field is base64 of a 20-byte digest.
@@ -78,8 +75,8 @@ def circuit_reasons(managed: ManagedCircuit) -> tuple[str | None, str | None]:
 
 def circuit_getinfo_status(managed) -> str:
     """The state ``GETINFO circuit-status`` gives: BUILT, EXTENDED once a hop is done, else LAUNCHED."""
-    if managed.status.value == "BUILT":
-        return "BUILT"
+    if managed.status.value in ("BUILT", "GUARD_WAIT"):
+        return managed.status.value
     return "EXTENDED" if managed.hops_built else "LAUNCHED"
 
 
@@ -88,8 +85,8 @@ def circuit_status_entry(managed, status: str) -> str:
     reason = remote_reason = None
     if status in ("FAILED", "CLOSED"):
         reason, remote_reason = circuit_reasons(managed)
-    return circuit_status_line(managed.number, status, circuit_path(managed), build_flags=CIRCUIT_BUILD_FLAGS,
-                               purpose=managed.purpose.value, time_created=managed.created_wallclock,
+    return circuit_status_line(managed.number, status, circuit_path(managed), build_flags=managed.build_flags,
+                               purpose=managed.purpose.controller_name, time_created=managed.created_wallclock,
                                reason=reason, remote_reason=remote_reason)
 
 
@@ -126,8 +123,8 @@ class CircuitEventTracker:
         if status in ("FAILED", "CLOSED"):
             reason, remote_reason = circuit_reasons(managed)
         path = circuit_path(managed) if status != "LAUNCHED" else []
-        return circ_event(managed.number, status, path, build_flags=CIRCUIT_BUILD_FLAGS,
-                          purpose=managed.purpose.value, time_created=managed.created_wallclock,
+        return circ_event(managed.number, status, path, build_flags=managed.build_flags,
+                          purpose=managed.purpose.controller_name, time_created=managed.created_wallclock,
                           reason=reason, remote_reason=remote_reason)
 
     def forget_all(self) -> None:

@@ -1,13 +1,14 @@
-"""Directory requests: HTTP/1.0 to a DirPort, or over BEGIN_DIR on a one-hop circuit.
+"""Directory requests: HTTP/1.0 over BEGIN_DIR on a one-hop circuit.
 
 dir-spec "General-use HTTP URLs" and client-operation: a client sends
-``GET <url> HTTP/1.0`` and reads the answer until the connection (or the
-BEGIN_DIR stream) closes; there is no keep-alive and usually no
-Content-Length. A URL ending in ``.z`` asks for a deflate (zlib) body.
-Answers are 200, 304 (not modified), 404 (not found) or 503 (busy).
+``GET <url> HTTP/1.0`` and reads the answer until the BEGIN_DIR stream
+closes; there is no keep-alive and usually no Content-Length. A URL ending in
+``.z`` asks for a deflate (zlib) body. Answers are 200, 304 (not modified),
+404 (not found) or 503 (busy). Like C tor's client, oppy never speaks to a
+DirPort: the request travels inside the TLS link to the relay's ORPort.
 
 The request encoder, the response reader and the body decoder are sans-IO;
-:class:`DirectoryClient` is the thin Twisted edge for both transports. Every
+:class:`DirectoryClient` is the thin Twisted edge over a BEGIN_DIR stream. Every
 body is bounded: a response larger than the caller's limit (compressed while
 it arrives, or once inflated) is cut off with :class:`ResponseTooLargeError`.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from twisted.internet import defer, error as twisted_error, protocol
+from twisted.internet import defer
 
 from oppy.cell.commands import EndReason
 from oppy.netdoc.fields import parse_decimal
@@ -72,12 +73,10 @@ MAX_CERTIFICATES_SIZE = 2 * 1024 * 1024
 MAX_MICRODESCS_RESPONSE_SIZE = 4 * 1024 * 1024
 #: Limit on the status line and headers of a response.
 MAX_HEADER_SIZE = 64 * 1024
-#: Whole-request timeout (connect, send, read to the end). C tor gives a stalled
+#: Whole-request timeout (open the stream, send, read to the end). C tor gives a stalled
 #: directory connection a few minutes (DIR_CONN_MAX_STALL); a client bootstrapping
 #: on a private network wants to move to the next source much sooner.
 DEFAULT_REQUEST_TIMEOUT = 60.0
-#: TCP connect timeout towards a DirPort.
-DEFAULT_CONNECT_TIMEOUT = 15.0
 
 _CONSENSUS_PATH = "/tor/status-vote/current/consensus-microdesc"
 _KEYS_ALL_PATH = "/tor/keys/all"
@@ -99,7 +98,7 @@ class DirectoryRequestError(Exception):
 
 
 class DirectoryConnectionError(DirectoryRequestError):
-    """The DirPort could not be reached, the link or circuit failed, or BEGIN_DIR was refused."""
+    """The link or the one-hop circuit failed, or BEGIN_DIR was refused."""
 
 
 class DirectoryTimeoutError(DirectoryRequestError):
@@ -174,7 +173,7 @@ class DirectoryResponse:
     reason: str
     headers: Mapping[str, str]
     body: bytes
-    #: Who answered, e.g. ``auth0 at 127.0.0.1:7001 (DirPort)``.
+    #: Who answered, e.g. ``$FP~auth0 at 127.0.0.1:7000 (BEGIN_DIR)``.
     source: str = ""
     #: Bytes received on the wire (headers and body, before inflating).
     wire_bytes: int = 0
@@ -341,53 +340,6 @@ def decode_body(body: bytes, content_encoding: str | None, path: str, max_size: 
 # ------------------------------------------------------------------------------------------ Twisted
 
 
-class _DirPortProtocol(protocol.Protocol):
-    """Sends one request and reads the answer until the server closes."""
-
-    def __init__(self, request: bytes, reader: HTTPResponseReader,
-                 on_connected: Callable[[], None] | None, done: Callable[[Exception | None], None]) -> None:
-        self.request = request
-        self.reader = reader
-        self.on_connected = on_connected
-        self.done = done
-        self.failure: Exception | None = None
-
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's naming
-        if self.on_connected is not None:
-            self.on_connected()
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.failure is not None:
-            return
-        try:
-            self.reader.feed(data)
-        except Exception as exc:  # noqa: BLE001 - a bad answer fails this request and nothing else
-            self.failure = _request_error(exc)
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason) -> None:  # noqa: N802
-        if self.failure is not None:
-            self.done(self.failure)
-        elif reason.check(twisted_error.ConnectionDone):
-            self.done(None)
-        else:
-            self.done(DirectoryConnectionError(f"connection lost before the answer was complete: "
-                                               f"{reason.getErrorMessage()}"))
-
-
-class _DirPortFactory(protocol.ClientFactory):
-    def __init__(self, connection: _DirPortProtocol, failed: Callable[[Exception], None]) -> None:
-        self.connection = connection
-        self.failed = failed
-
-    def buildProtocol(self, addr):  # noqa: N802
-        return self.connection
-
-    def clientConnectionFailed(self, connector, reason):  # noqa: N802
-        self.failed(DirectoryConnectionError(f"cannot connect: {reason.getErrorMessage()}"))
-
-
 class _BeginDirSink:
     """Stream sink for one BEGIN_DIR request: send it when connected, read until END."""
 
@@ -431,47 +383,23 @@ class _BeginDirSink:
 
 
 class DirectoryClient:
-    """Runs directory requests over a DirPort (TCP) or a BEGIN_DIR stream."""
+    """Runs directory requests over BEGIN_DIR streams."""
 
-    def __init__(self, reactor=None, timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    def __init__(self, reactor=None, timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.reactor = reactor
         self.timeout = timeout
-        self.connect_timeout = connect_timeout
-
-    def fetch_dirport(self, address: str, port: int, path: str, max_size: int, *, nickname: str = "",
-                      if_modified_since: float | None = None,
-                      on_connected: Callable[[], None] | None = None) -> defer.Deferred:
-        """GET ``path`` from ``address:port``; fires with a 200 :class:`DirectoryResponse`.
-
-        Fails with a :class:`DirectoryRequestError` subclass (a non-200 status
-        is :class:`DirectoryStatusError`, whose ``status`` 304 means "not modified").
-        """
-        source = f"{nickname + ' at ' if nickname else ''}{address}:{port} (DirPort)"
-        connector = None
-
-        def abort(error: Exception | None) -> None:
-            if connection.transport is not None:
-                connection.transport.abortConnection()
-            elif connector is not None:
-                connector.disconnect()
-
-        request = _Request(self.reactor, self.timeout, HTTPResponseReader(max_size), path, source, abort)
-        connection = _DirPortProtocol(encode_request(path, if_modified_since), request.reader, on_connected,
-                                      request.done)
-        try:
-            connector = self.reactor.connectTCP(address, port, _DirPortFactory(connection, request.done),
-                                                timeout=self.connect_timeout)
-        except Exception as exc:  # noqa: BLE001 - a bad address: this request fails, like a refused one
-            request.done(DirectoryConnectionError(f"cannot connect: {exc}"))
-        return request.result
 
     def fetch_over_circuit(self, circuit, path: str, max_size: int, *, relay: RelayTarget | None = None,
                            if_modified_since: float | None = None) -> defer.Deferred:
-        """GET ``path`` over a new BEGIN_DIR stream on ``circuit`` (one hop to a directory cache)."""
+        """GET ``path`` over a new BEGIN_DIR stream on ``circuit`` (one hop to a directory cache); fires
+        with a 200 :class:`DirectoryResponse`.
+
+        Fails with a :class:`DirectoryRequestError` subclass (a non-200 status is
+        :class:`DirectoryStatusError`, whose ``status`` 304 means "not modified").
+        """
         relay = relay or circuit.path[-1]
         source = f"{relay.describe()} at {relay.address}:{relay.or_port} (BEGIN_DIR)"
 

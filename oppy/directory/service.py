@@ -6,16 +6,23 @@ What it does, in tor's order (dir-spec client-operation; C tor ``networkstatus.c
 
 1. Load the DataDirectory cache and check it again (signatures, times). A live cached
    consensus with its microdescriptors means no fetch at all before circuits can be built.
-2. Otherwise fetch the microdesc consensus from the authorities' DirPorts (in random order,
-   falling back to the next on any failure), fetch the key certificates its signatures
-   need, verify it, and fetch the missing microdescriptors (92 per request, each checked
-   against the digest it was asked for).
+2. Otherwise fetch the microdesc consensus from the fallback directories, then the
+   authorities as the last resort (each in random order, the next on any failure), fetch
+   the key certificates its signatures need, verify it, and fetch the missing
+   microdescriptors (92 per request, each checked against the digest it was asked for).
 3. Once there is enough directory information (tor's rule: microdescriptors for at least
    ``min_paths_for_circs_pct`` (60%) of the weighted guard x middle x exit bandwidth, and
-   for the first primary guards), later fetches go over BEGIN_DIR on one-hop circuits to
-   directory guards, with the authorities' DirPorts as the fallback.
+   for the first primary guards), later fetches go to directory guards first, then the
+   fallbacks and the authorities.
 4. Refresh the consensus at a random time in tor's window before it expires, fetch only the
    microdescriptors that are new.
+
+Every request, the very first included, is a BEGIN_DIR stream on a one-hop circuit the
+circuit manager builds to the relay's ORPort, as C tor clients do: no DirPort is ever
+contacted, so nobody on the path sees a cleartext directory request. The relay's RSA
+identity (from its FallbackDir or DirAuthority line, or the consensus) is proved by the
+link handshake; the circuit is created with CREATE_FAST while its onion key is unknown,
+and with ntor once its microdescriptor is held.
 
 Each new consensus and each batch of microdescriptors makes a new :class:`~oppy.netdoc.netdir.NetDir`,
 swapped in whole (:attr:`DirectoryService.netdir`), handed to the path layer's
@@ -45,13 +52,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from oppy.circuit.build import build_circuit
-from oppy.circuit.circuit import CircuitState
 from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
 from oppy.directory.client import (
     MAX_CERTIFICATES_SIZE,
@@ -67,8 +72,9 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
+from oppy.link.connection import LinkConnected, LinkEvent, LinkLaunched, LinkOpened
 from oppy.logs import NOTICE
-from oppy.netdoc.authorities import DirAuthority, v3_authorities
+from oppy.netdoc.authorities import DirAuthority, FallbackDir, v3_authorities
 from oppy.netdoc.documents import (
     CONSENSUS_FLAVOR_MICRODESC,
     Consensus,
@@ -98,6 +104,7 @@ __all__ = [
     "BootstrapPhase",
     "BootstrapStatus",
     "DirectorySource",
+    "SourceKind",
     "DirectoryService",
     "ConsensusNotNewerError",
     "signature_key_ids",
@@ -119,12 +126,10 @@ MICRODESC_UNLISTED_LIFETIME = 7 * 24 * 3600
 #: Microdescriptor requests in flight at once (tor launches a few in parallel:
 #: ``initiate_descriptor_downloads`` splits the wanted set over several connections).
 MAX_PARALLEL_MICRODESC_REQUESTS = 4
-#: How many directory guards to try over BEGIN_DIR before the authorities' DirPorts.
+#: How many directory guards to try before the fallbacks and the authorities.
 DIRECTORY_GUARDS_TO_TRY = 3
-#: One-hop directory circuits are reused for this long (tor MaxCircuitDirtiness, 10 min).
-DIRECTORY_CIRCUIT_MAX_DIRTINESS = 600.0
-#: Timeout for building a one-hop directory circuit.
-DIRECTORY_CIRCUIT_TIMEOUT = 30.0
+#: tor's nickname for a relay that has none (a FallbackDir line names none).
+UNNAMED = "Unnamed"
 #: Outer deadline of one consensus round (every source in turn, with certificates and checks) and of
 #: the fetches of one microdescriptor round. Each request has its own timeout; this bounds the round
 #: whatever happens inside it, so that a later refresh never joins a round that cannot end. tor gives a
@@ -270,24 +275,30 @@ class BootstrapStatus:
 # ------------------------------------------------------------------------------------------ pure helpers
 
 
+class SourceKind(enum.Enum):
+    """Why a relay is asked for directory documents (tor: directory guards once bootstrapped, else the
+    fallback directories, the authorities last)."""
+
+    DIRECTORY_GUARD = "directory_guard"
+    #: A V2Dir relay drawn by its directory weight, after the directory guards.
+    CACHE = "cache"
+    FALLBACK = "fallback"
+    AUTHORITY = "authority"
+
+
 @dataclass(frozen=True, slots=True)
 class DirectorySource:
-    """Where a directory request goes: an authority's DirPort, or BEGIN_DIR to ``target``."""
+    """Where a directory request goes: a BEGIN_DIR stream on a one-hop circuit to ``target``'s ORPort."""
 
-    nickname: str
-    address: str
-    port: int
-    #: Set for BEGIN_DIR over a one-hop circuit; None for plain HTTP to a DirPort.
-    target: RelayTarget | None = None
+    target: RelayTarget
+    kind: SourceKind
 
     @property
-    def transport(self) -> str:
-        return "begin_dir" if self.target is not None else "dirport"
+    def nickname(self) -> str:
+        return self.target.nickname
 
     def describe(self) -> str:
-        if self.target is not None:
-            return f"{self.target.describe()} at {self.address}:{self.port} (BEGIN_DIR)"
-        return f"{self.nickname} at {self.address}:{self.port} (DirPort)"
+        return f"{self.target.describe()} at {self.target.address}:{self.target.or_port} (BEGIN_DIR)"
 
 
 def signature_key_ids(consensus: bytes) -> set[tuple[str, str]]:
@@ -433,23 +444,34 @@ def _backoff(attempt: int, schedule: tuple[float, float]) -> float:
 # ------------------------------------------------------------------------------------------ the service
 
 
+class DirectoryCircuits(Protocol):
+    """Who builds the one-hop circuits BEGIN_DIR requests ride (:class:`oppy.circuit.manager.CircuitManager`)."""
+
+    def directory_circuit(self, target: RelayTarget) -> defer.Deferred:
+        """A Deferred firing with an open one-hop :class:`~oppy.circuit.circuit.Circuit` to ``target``, or
+        failing."""
+
+
 class DirectoryService:
     """Keeps the client's view of the network current: fetches, caches and schedules, and publishes NetDirs.
 
     ``authorities`` are :class:`DirAuthority` records (defaults or torrc ``DirAuthority``
-    lines); ``links`` is the :class:`~oppy.link.connection.LinkPool` used for BEGIN_DIR
-    circuits; ``clock`` returns POSIX seconds (wall time, used for document validity);
-    timers run on ``reactor``. ``paths`` is the client's :class:`PathChooser`: it is handed
-    each NetDir, chooses the directory guards and caches, and holds the guard sample this
-    service loads and saves (a chooser of its own if none is given). ``client``,
-    ``run_in_thread`` and ``circuit_builder`` can be replaced in tests.
+    lines), ``fallback_dirs`` :class:`FallbackDir` records (the relays asked first at
+    bootstrap); ``circuits`` builds the one-hop circuits of BEGIN_DIR requests (the circuit
+    manager); ``links``, if given, is the :class:`~oppy.link.connection.LinkPool` whose
+    progress is reported as the bootstrap's connection phases; ``clock`` returns POSIX
+    seconds (wall time, used for document validity); timers run on ``reactor``. ``paths``
+    is the client's :class:`PathChooser`: it is handed each NetDir, chooses the directory
+    guards and caches, and holds the guard sample this service loads and saves (a chooser
+    of its own if none is given). ``client`` and ``run_in_thread`` can be replaced in tests.
     """
 
-    def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str, links,
-                 testing_tor_network: bool = False, reactor=None, clock: Callable[[], float] = time.time,
-                 *, rng: random.Random | None = None, client: DirectoryClient | None = None,
+    def __init__(self, authorities: Iterable[DirAuthority], data_directory: Path | str,
+                 circuits: DirectoryCircuits, testing_tor_network: bool = False, reactor=None,
+                 clock: Callable[[], float] = time.time, *, fallback_dirs: Iterable[FallbackDir] = (),
+                 links=None, rng: random.Random | None = None,
+                 client: DirectoryClient | None = None,
                  run_in_thread: Callable[..., defer.Deferred] | None = None,
-                 circuit_builder: Callable[..., defer.Deferred] = build_circuit,
                  paths: PathChooser | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -458,8 +480,10 @@ class DirectoryService:
         self.v3_authorities = v3_authorities(self.authorities)
         if not self.v3_authorities:
             raise ValueError("no v3 directory authorities are configured")
+        self.fallback_dirs = tuple(fallback_dirs)
         self.data_directory = Path(data_directory)
         self.cache = DirectoryCache(self.data_directory)
+        self.circuits = circuits
         self.links = links
         self.testing_tor_network = testing_tor_network
         self.reactor = reactor
@@ -470,7 +494,6 @@ class DirectoryService:
         self.paths.add_observer(self._guards_changed)
         self.client = client if client is not None else DirectoryClient(reactor)
         self._run_in_thread = run_in_thread or self._default_run_in_thread
-        self._build_circuit = circuit_builder
         self._consensus_retry = CONSENSUS_RETRY_TESTING if testing_tor_network else CONSENSUS_RETRY
         self._microdesc_retry = MICRODESC_RETRY_TESTING if testing_tor_network else MICRODESC_RETRY
 
@@ -506,8 +529,6 @@ class DirectoryService:
         self._microdesc_timer = None
         self._microdesc_round: defer.Deferred | None = None
         self._microdesc_again = False
-        self._dir_circuits: dict[bytes, tuple[Any, float]] = {}
-        self._dir_circuit_pending: dict[bytes, list[defer.Deferred]] = {}
         self._in_flight: set[defer.Deferred] = set()
         self._writes: defer.Deferred = defer.succeed(None)
         self._started = False
@@ -523,6 +544,8 @@ class DirectoryService:
         if self._started:
             return self.when_enough_dir_info()
         self._started = True
+        if self.links is not None:
+            self.links.add_observer(self._link_event)
         self.bootstrap.report(BootstrapPhase.STARTING)
         waiter = self.when_enough_dir_info()
         loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare)
@@ -531,8 +554,10 @@ class DirectoryService:
         return waiter
 
     def stop(self) -> defer.Deferred:
-        """Cancel timers and requests, close directory circuits; fires once cache writes are done."""
+        """Cancel timers and requests; fires once cache writes are done."""
         self._stopped = True
+        if self.links is not None and self._started:
+            self.links.remove_observer(self._link_event)
         for timer in (self._consensus_timer, self._microdesc_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -542,10 +567,6 @@ class DirectoryService:
                 round_.cancel()
         for request in list(self._in_flight):
             request.cancel()
-        for circuit, _ in self._dir_circuits.values():
-            if circuit.state is CircuitState.OPEN:
-                circuit.close()
-        self._dir_circuits.clear()
         if self._state_loaded:
             self._save_state()
         if self._microdescs_unsaved:
@@ -689,35 +710,46 @@ class DirectoryService:
         return request.addBoth(forget)
 
     def _directory_sources(self, authorities_only: bool = False) -> list[DirectorySource]:
-        """Directory guards over BEGIN_DIR (once we have their microdescriptors) and one other
-        V2Dir relay chosen by its directory weight, then the authorities' DirPorts in random order."""
+        """Directory guards (once we have their microdescriptors) and one other V2Dir relay chosen by
+        its directory weight, then the fallback directories in random order, then the authorities'
+        ORPorts in random order (the last resort: tor spares the authorities). ``authorities_only``
+        asks the authorities alone."""
         sources: list[DirectorySource] = []
         if not authorities_only:
-            for target in self.paths.directory_targets(DIRECTORY_GUARDS_TO_TRY):
-                sources.append(DirectorySource(target.nickname, target.address, target.or_port, target))
-        authorities = [a for a in self.v3_authorities if a.dir_port]
+            guards = self.paths.directory_guards(DIRECTORY_GUARDS_TO_TRY)
+            sources += [DirectorySource(target, SourceKind.DIRECTORY_GUARD) for target in guards]
+            cache = self.paths.directory_cache(guards) if guards else None
+            if cache is not None:
+                sources.append(DirectorySource(cache, SourceKind.CACHE))
+            fallbacks = list(self.fallback_dirs)
+            self.rng.shuffle(fallbacks)
+            sources += [DirectorySource(self._configured_target(fallback.nickname or UNNAMED, fallback.fingerprint,
+                                                                fallback.address, fallback.or_port),
+                                        SourceKind.FALLBACK) for fallback in fallbacks]
+        # An authority configured without an ORPort can only be reached at its DirPort: never asked.
+        authorities = [authority for authority in self.v3_authorities if authority.or_port]
         self.rng.shuffle(authorities)
-        sources.extend(DirectorySource(a.nickname or a.fingerprint, a.address, a.dir_port) for a in authorities)
+        sources += [DirectorySource(self._configured_target(authority.nickname or UNNAMED, authority.fingerprint,
+                                                            authority.address, authority.or_port),
+                                    SourceKind.AUTHORITY) for authority in authorities]
         return sources
+
+    def _configured_target(self, nickname: str, fingerprint: str, address: str, or_port: int) -> RelayTarget:
+        """A fallback or an authority as its torrc line gives it: the link handshake proves its RSA
+        identity; its ntor onion key (and Ed25519 identity) come from its microdescriptor when we hold
+        one, else the circuit is created with CREATE_FAST."""
+        rsa_id = bytes.fromhex(fingerprint)
+        known = self.netdir.relay_target(rsa_id) if self.netdir is not None else None
+        if known is None:
+            return RelayTarget(nickname, rsa_id, address, or_port)
+        return RelayTarget(nickname, rsa_id, address, or_port, known.ntor_onion_key, known.ed25519_id)
 
     @defer.inlineCallbacks
     def _request(self, source: DirectorySource, kind: str, path: str, max_size: int,
                  if_modified_since: float | None = None):
         """One request to one source; fires with a 200 DirectoryResponse or fails."""
         self.fetch_counts[kind] += 1
-        self.fetch_counts[f"{kind}:{source.transport}"] += 1
-        if source.target is None:
-            self.bootstrap.report(BootstrapPhase.CONN)
-
-            def connected() -> None:
-                self.bootstrap.report(BootstrapPhase.CONN_DONE)
-                if kind == "consensus":
-                    self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
-
-            response = yield self._track(self.client.fetch_dirport(
-                source.address, source.port, path, max_size, nickname=source.nickname,
-                if_modified_since=if_modified_since, on_connected=connected))
-            return response
+        self.fetch_counts[f"{kind}:{source.kind.value}"] += 1
         circuit = yield self._directory_circuit(source.target)
         if kind == "consensus":
             self.bootstrap.report(BootstrapPhase.REQUESTING_STATUS)
@@ -725,63 +757,38 @@ class DirectoryService:
             circuit, path, max_size, relay=source.target, if_modified_since=if_modified_since))
         return response
 
-    def _directory_circuit(self, target: RelayTarget) -> defer.Deferred:
-        """An open one-hop circuit to ``target`` (reused while fresh), shared by concurrent callers."""
-        entry = self._dir_circuits.get(target.rsa_id)
-        if entry is not None:
-            circuit, opened_at = entry
-            if circuit.state is CircuitState.OPEN \
-                    and self.reactor.seconds() - opened_at < DIRECTORY_CIRCUIT_MAX_DIRTINESS:
-                return defer.succeed(circuit)
-            del self._dir_circuits[target.rsa_id]
-            if circuit.state is CircuitState.OPEN:
-                circuit.close()
-        waiter: defer.Deferred = defer.Deferred()
-        pending = self._dir_circuit_pending.get(target.rsa_id)
-        if pending is not None:
-            pending.append(waiter)
-            return waiter
-        self._dir_circuit_pending[target.rsa_id] = [waiter]
-        self._open_directory_circuit(target)
-        return waiter
-
     @defer.inlineCallbacks
-    def _open_directory_circuit(self, target: RelayTarget):
-        waiters = self._dir_circuit_pending[target.rsa_id]
-        result: Any
+    def _directory_circuit(self, target: RelayTarget):
+        """The circuit manager's one-hop circuit to ``target``; the outcome is reported on the directory guard
+        (guard-spec: a directory guard is marked down when no connection to it can be made)."""
         try:
+            circuit = yield self._track(self.circuits.directory_circuit(target))
+        except defer.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a refused link, a failed CREATE_FAST or ntor, a timeout
+            if not self._stopped:
+                self.paths.mark_guard_down(target.rsa_id)
+            raise DirectoryConnectionError(
+                f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
+        if not self._stopped:
+            self.paths.mark_guard_up(target.rsa_id)
+        return circuit
+
+    def _link_event(self, event: LinkEvent) -> None:
+        """tor's bootstrap phases for a connection to a relay (control_bootstrap.c, btrack_orconn_cevent.c):
+        conn when the TCP connection is made, conn_done and handshake once it is up, handshake_done once the
+        link handshake is done; before there is enough directory information, that link is for a one-hop
+        directory circuit, whose CREATE cell goes out at once (onehop_create)."""
+        if self.enough_dir_info:
+            return
+        if isinstance(event, LinkLaunched):
             self.bootstrap.report(BootstrapPhase.CONN)
-            try:
-                yield self._track(self.links.get(target))
-            except Exception as exc:  # noqa: BLE001 - LinkError, a refused TCP connection, a timeout
-                if not self._stopped:
-                    self.paths.mark_guard_down(target.rsa_id)
-                raise DirectoryConnectionError(f"link to {target.describe()} failed: {exc}") from None
+        elif isinstance(event, LinkConnected):
+            self.bootstrap.report(BootstrapPhase.CONN_DONE)
+            self.bootstrap.report(BootstrapPhase.HANDSHAKE)
+        elif isinstance(event, LinkOpened):
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
-            try:
-                circuit = yield self._track(self._build_circuit(self.links, [target], DIRECTORY_CIRCUIT_TIMEOUT,
-                                                                reactor=self.reactor))
-            except Exception as exc:  # noqa: BLE001 - CircuitBuildError and friends
-                if not self._stopped:
-                    self.paths.mark_guard_down(target.rsa_id)
-                raise DirectoryConnectionError(
-                    f"one-hop directory circuit to {target.describe()} failed: {exc}") from None
-            self.paths.mark_guard_up(target.rsa_id)
-            if self._stopped:
-                circuit.close()
-                raise DirectoryConnectionError("the directory service stopped")
-            self._dir_circuits[target.rsa_id] = (circuit, self.reactor.seconds())
-            result = circuit
-        except Exception as exc:  # noqa: BLE001
-            result = exc
-        finally:
-            del self._dir_circuit_pending[target.rsa_id]
-        for waiter in waiters:
-            if isinstance(result, Exception):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
     # ---- consensus -------------------------------------------------------------------------
 
@@ -1080,11 +1087,12 @@ class DirectoryService:
         batches = [wanted[start:start + MAX_MICRODESCS_PER_REQUEST]
                    for start in range(0, len(wanted), MAX_MICRODESCS_PER_REQUEST)]
         log.info("Fetching %d microdescriptor(s) in %d request(s)", len(wanted), len(batches))
-        spread = all(source.target is None for source in sources)
+        spread = not any(source.kind is SourceKind.DIRECTORY_GUARD for source in sources)
         semaphore = defer.DeferredSemaphore(MAX_PARALLEL_MICRODESC_REQUESTS)
         requests = []
         for index, batch in enumerate(batches):
-            # At bootstrap, spread the batches over the authorities; later, ask the directory guard first.
+            # At bootstrap, spread the batches over the fallbacks and authorities; later, ask the directory
+            # guard first.
             shift = index % len(sources) if spread and sources else 0
             order = sources[shift:] + sources[:shift]
             requests.append(semaphore.run(self._fetch_microdesc_batch, batch, order))

@@ -24,7 +24,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor, task
 from twisted.internet.endpoints import (
@@ -301,12 +302,45 @@ def relay_endpoint(reactor, relay: RelayTarget, timeout: float):
     return endpoint_class(reactor, relay.address, relay.or_port, timeout=timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """Something happened to the link to this relay."""
+
+    relay: RelayTarget
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLaunched(LinkEvent):
+    """A TCP connection to a relay's ORPort is being made."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConnected(LinkEvent):
+    """The TCP connection is up; TLS and the link handshake begin."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpened(LinkEvent):
+    """The link handshake is done (the relay proved its identity): circuits may be created on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFailed(LinkEvent):
+    """The link could not be opened; `reason` says why."""
+
+    reason: str
+
+
 class LinkPool:
-    """Open links by relay identity: circuits to the same first hop share one connection."""
+    """Open links by relay identity: circuits to the same first hop share one connection.
+
+    Observers hear each link's progress as typed events (tor's OR connection states, which drive the
+    bootstrap phases conn, conn_done, handshake and handshake_done)."""
 
     def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT,
                  queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding: PaddingPolicy | None = None,
-                 network_live: Callable[[], None] = lambda: None) -> None:
+                 network_live: Callable[[], None] = lambda: None,
+                 observers: Iterable[Callable[[LinkEvent], None]] = ()) -> None:
         """`network_live` is called whenever a relay's bytes arrive on any link (for the circuit build
         timeout's network liveness, circuitstats.c circuit_build_times_network_is_live)."""
         self.reactor = reactor or default_reactor
@@ -321,6 +355,20 @@ class LinkPool:
         # tor's connection housekeeping, while any link is open.
         self._housekeeping = task.LoopingCall(self._housekeep)
         self._housekeeping.clock = self.reactor
+        self._observers = list(observers)
+
+    def add_observer(self, observer: Callable[[LinkEvent], None]) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[LinkEvent], None]) -> None:
+        self._observers = [known for known in self._observers if known != observer]
+
+    def _notify(self, event: LinkEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not break the link
+                log.exception("link pool observer %r failed", observer)
 
     def connections(self) -> list[RelayConnection]:
         return list(self._open.values())
@@ -347,8 +395,14 @@ class LinkPool:
         connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
                                      queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding,
                                      network_live=self.network_live)
+        self._notify(LinkLaunched(relay))
         opening = connectProtocol(relay_endpoint(self.reactor, relay, self.handshake_timeout), connection)
-        opening.addCallback(lambda _: connection.opened)
+
+        def connected(_):
+            self._notify(LinkConnected(relay))
+            return connection.opened
+
+        opening.addCallback(connected)
 
         def timed_out(result, timeout):
             return Failure(LinkError(f"link handshake with {relay.describe()} timed out after {timeout:.0f}s"))
@@ -362,6 +416,7 @@ class LinkPool:
                      connection.channel.link_version, local.host, local.port)
             if not self._housekeeping.running:
                 self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
+            self._notify(LinkOpened(relay))
             for waiter in self._pending.pop(relay.rsa_id, []):
                 waiter.callback(connection.channel)
 
@@ -370,6 +425,7 @@ class LinkPool:
                 failure = Failure(LinkError(f"cannot connect to {connection.channel.peer_address}: "
                                             f"{failure.getErrorMessage()}"))
             log.info("link to %s failed: %s", relay.describe(), failure.getErrorMessage())
+            self._notify(LinkFailed(relay, failure.getErrorMessage()))
             for waiter in self._pending.pop(relay.rsa_id, []):
                 waiter.errback(failure)
 
@@ -394,4 +450,5 @@ class LinkPool:
             self._housekeeping.stop()
 
 
-__all__ = ["LinkPool", "RelayConnection", "relay_endpoint", "tls_context", "LinkError", "error"]
+__all__ = ["LinkPool", "RelayConnection", "relay_endpoint", "tls_context", "LinkError", "error", "LinkEvent",
+           "LinkLaunched", "LinkConnected", "LinkOpened", "LinkFailed"]

@@ -1,9 +1,10 @@
 """The client's one place for path choice: circuits, one-hop directory paths, and the guard sample.
 
 A :class:`PathChooser` holds the guard sample (:class:`~oppy.path.guards.GuardSample`) and the
-:class:`~oppy.netdoc.netdir.NetDir` in use. The circuit manager asks it for three-hop paths and
-reports how building through a guard went; the directory service hands it each new NetDir and asks
-it for the directory guards and caches to fetch from. Sans-IO: time comes from ``clock``, chance from
+:class:`~oppy.netdoc.netdir.NetDir` in use. The circuit manager asks it for three-hop paths, each with
+its guard choice, and reports on that choice how the circuit went (guard-spec 4.7-4.9: a circuit through
+a non-primary guard waits until no better guard can be had); the directory service hands it each new
+NetDir and asks it for the directory guards and caches to fetch from. Sans-IO: time comes from ``clock``, chance from
 ``rng``.
 
 Persistence belongs to the owner of the state file: :meth:`PathChooser.restore_guards` takes what
@@ -24,7 +25,7 @@ from typing import Any
 
 from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
-from oppy.path.guards import GuardSample, choose_path
+from oppy.path.guards import GuardChoice, GuardSample, choose_path
 from oppy.path.selection import NoPathError, PathSelector
 
 __all__ = ["PathChooser", "GuardsChanged"]
@@ -92,20 +93,24 @@ class PathChooser:
 
     # ---- circuits -----------------------------------------------------------------------
 
-    def choose_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
-                    rng: random.Random | None = None) -> list[RelayTarget]:
-        """A three-hop path in circuit order (guard, middle, exit), chosen exit first.
+    def choose_circuit_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
+                            rng: random.Random | None = None) -> tuple[list[RelayTarget], GuardChoice | None]:
+        """A three-hop path in circuit order (guard, middle, exit), chosen exit first, and the guard choice
+        the circuit's outcome is reported on (:meth:`guard_succeeded` ...).
 
         The exit's policy summary accepts ``port`` (any port if None); the guard is a usable guard of
         the sample (primary guards first); a long-lived port gets Stable relays on every hop; relays
         whose RSA identity is in ``exclude`` are avoided. Raises :class:`NoPathError` if impossible.
         """
         avoid = {rsa_id for rsa_id in map(rsa_id_of, exclude) if rsa_id is not None}
-        path, _choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
-                                    port, avoid=avoid)
-        # Outcomes come back by the guard's identity (mark_guard_up/down), so the per-circuit choice is not
-        # kept: a circuit through a non-primary guard is used when built.
-        return [node.target for node in path.hops]
+        path, choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
+                                   port, avoid=avoid)
+        return [node.target for node in path.hops], choice
+
+    def choose_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
+                    rng: random.Random | None = None) -> list[RelayTarget]:
+        """The path of :meth:`choose_circuit_path` alone, for a circuit whose guard outcome nobody reports."""
+        return self.choose_circuit_path(port, exclude, rng)[0]
 
     def exit_allows(self, rsa_id: bytes, port: int) -> bool:
         """The relay's microdescriptor policy summary, in the NetDir in use, accepts ``port``."""
@@ -132,16 +137,23 @@ class PathChooser:
         then one other V2Dir relay chosen by its directory weight. Empty until there are guards."""
         targets = self.directory_guards(limit)
         if targets:
-            chosen = {target.rsa_id for target in targets}
-            for _ in range(limit + 1):          # each draw may hit one of the guards again
-                try:
-                    node = self.selector.choose_directory(self.rng)
-                except NoPathError:
-                    break
-                if node.relay.rsa_id not in chosen:
-                    targets.append(node.target)
-                    break
+            cache = self.directory_cache(targets)
+            if cache is not None:
+                targets.append(cache)
         return targets
+
+    def directory_cache(self, avoid: list[RelayTarget]) -> RelayTarget | None:
+        """A V2Dir relay chosen by its directory weight, none of ``avoid`` (the directory guards asked
+        first); None without a NetDir, or when every draw hits one of them."""
+        chosen = {target.rsa_id for target in avoid}
+        for _ in range(len(avoid) + 1):          # each draw may hit one of the guards again
+            try:
+                node = self.selector.choose_directory(self.rng)
+            except NoPathError:
+                return None
+            if node.relay.rsa_id not in chosen:
+                return node.target
+        return None
 
     def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
         """A one-hop path for BEGIN_DIR: the first usable directory guard, else a V2Dir relay chosen by
@@ -152,6 +164,31 @@ class PathChooser:
         return [self.selector.choose_directory(rng if rng is not None else self.rng).target]
 
     # ---- outcomes ---------------------------------------------------------------------------
+
+    def guard_succeeded(self, choice: GuardChoice) -> bool:
+        """The circuit of ``choice`` is built: True if it may carry streams now, else it waits for a better
+        guard (guard-spec 4.8)."""
+        usable = self.guards.succeeded(choice, self.clock())
+        self._guards_changed()
+        return usable
+
+    def guard_failed(self, choice: GuardChoice) -> None:
+        """The circuit of ``choice`` failed at its first hop, not by the guard's DESTROY: the guard is
+        unreachable for now (guard-spec 4.7)."""
+        self.guards.failed(choice, self.clock())
+        self._guards_changed()
+
+    def guard_cancelled(self, choice: GuardChoice) -> None:
+        """The circuit of ``choice`` went away saying nothing about its guard."""
+        self.guards.cancel(choice)
+
+    def upgrade_waiting(self, choices: Iterable[GuardChoice]) -> list[GuardChoice]:
+        """Of the live circuits' ``choices``, the waiting ones that may carry streams now (guard-spec 4.9)."""
+        return self.guards.upgrade_waiting(choices, self.clock())
+
+    def guard_should_expire(self, choice: GuardChoice) -> bool:
+        """Has the circuit of ``choice`` waited for a better guard for too long?"""
+        return self.guards.should_expire(choice, self.clock())
 
     def mark_guard_up(self, identity: bytes | str) -> None:
         """A link or circuit through this relay worked (a guard of the sample: it may be confirmed)."""
@@ -176,6 +213,9 @@ class PathChooser:
                 self.guards.note_failure(rsa_id.hex().upper(), now)
         except KeyError:
             return      # not a sampled guard (a middle or exit, or a random directory cache)
+        self._guards_changed()
+
+    def _guards_changed(self) -> None:
         event = GuardsChanged(needs_saving=self.guards.dirty)
         for observer in list(self._observers):
             try:

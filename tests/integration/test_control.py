@@ -168,8 +168,15 @@ def test_null_authentication_only_without_cookie_or_password(network, tmp_path):
 def test_version_circuits_and_getinfo(oppy, controller, network):
     version = controller.get_version()
     assert str(version) == "0.4.9.11 (oppy-0.1.0)"
-    built = [circuit for circuit in controller.get_circuits() if circuit.status == CircStatus.BUILT]
+    circuits = controller.get_circuits()
+    built = [circuit for circuit in circuits
+             if circuit.status == CircStatus.BUILT and "ONEHOP_TUNNEL" not in circuit.build_flags]
     assert built and all(len(circuit.path) == 3 for circuit in built)
+    # The directory's one-hop BEGIN_DIR circuits are listed as tor lists them.
+    one_hop = [circuit for circuit in circuits if "ONEHOP_TUNNEL" in circuit.build_flags]
+    assert one_hop and all(circuit.build_flags == ("ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
+                           and circuit.purpose == "GENERAL" for circuit in one_hop)
+    assert all(len(circuit.path) == 1 for circuit in one_hop if circuit.status == CircStatus.BUILT)
     relays = {node["fingerprint"] for node in network.relays()}
     assert all(fp in relays for circuit in built for fp, _ in circuit.path)
     assert controller.get_listeners("SOCKS") == [("127.0.0.1", oppy.socks_port)]

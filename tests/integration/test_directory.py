@@ -1,9 +1,10 @@
 """The directory service against the private network's real authorities and relays.
 
-Bootstrap from nothing over the authorities' DirPorts, restart from the cache, refreshes
-over BEGIN_DIR while circuits keep working, guards that persist, a forged consensus from a
-fake authority that is refused, and no authority at all. The network is shared with other
-tests: nothing here stops or restarts a relay.
+Bootstrap from nothing over BEGIN_DIR to the authorities' ORPorts (CREATE_FAST: no onion key
+is known yet), restart from the cache, refreshes from directory guards while circuits keep
+working, guards that persist, a forged consensus from a fake authority (a relay in this
+process) that is refused, hostile authorities, and no authority at all. The network is
+shared with other tests: nothing here stops or restarts a relay.
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ import zlib
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
-from twisted.web import resource, server
 
 from oppy.circuit.build import build_circuit
+from oppy.circuit.manager import CircuitLaunched, CircuitManager, CircuitPurpose
 from oppy.directory.cache import CACHED_MICRODESCS_FILE, encode_microdescriptors, split_microdescriptors
-from oppy.directory.client import DirectoryClient
+from oppy.directory.client import DirectoryClient, DirectoryStatusError
 from oppy.directory.service import DirectoryService
 from oppy.link.connection import LinkPool
+from oppy.netdoc.relay import RelayTarget
 from oppy.logs import NOTICE
 from oppy.netdoc.authorities import parse_dir_authority_line
 from oppy.netdoc.documents import microdesc_digest
+from oppy.path.chooser import PathChooser
 from oppy.stream.stream import Stream
 from tests.support.network import TestNetwork
 from tests.support.streams import CollectingSink, http_response_body
+from tests.unit.tlsrelay import DirectoryCacheRelay
 
 SERVICE_LOGGER = "oppy.directory.service"
 BOOTSTRAP_TIMEOUT = 90
@@ -48,8 +52,15 @@ def links():
     pool.close_all()
 
 
-def new_service(authorities, directory, links) -> DirectoryService:
-    return DirectoryService(authorities, directory, links, testing_tor_network=True, reactor=reactor)
+def directory_circuits(links, observers=()) -> CircuitManager:
+    """A circuit manager that builds the service's one-hop directory circuits (and nothing else: its path
+    chooser has no NetDir)."""
+    return CircuitManager(links, PathChooser(), reactor=reactor, preemptive_circuits=0, observers=observers)
+
+
+def new_service(authorities, directory, links, circuit_observers=(), **options) -> DirectoryService:
+    return DirectoryService(authorities, directory, directory_circuits(links, circuit_observers),
+                            testing_tor_network=True, reactor=reactor, links=links, **options)
 
 
 def started(service: DirectoryService, timeout: float = BOOTSTRAP_TIMEOUT) -> defer.Deferred:
@@ -82,14 +93,22 @@ def bootstrap_percents(caplog) -> list[int]:
 @pytest_twisted.inlineCallbacks
 def test_bootstrap_from_scratch_then_a_circuit(network, authorities, links, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="oppy")
-    service = new_service(authorities, tmp_path / "data", links)
+    events = []
+    service = new_service(authorities, tmp_path / "data", links, circuit_observers=[events.append])
     try:
         yield started(service)
-        assert bootstrap_percents(caplog) == [0, 5, 10, 25, 30, 40, 45, 50, 75]
+        assert bootstrap_percents(caplog) == [0, 5, 10, 14, 15, 20, 25, 30, 40, 45, 50, 75]
         assert all(r.levelno == NOTICE for r in caplog.records if r.getMessage().startswith("Bootstrapped"))
-        assert service.fetch_counts["consensus:dirport"] == 1
-        assert service.fetch_counts["certificates:dirport"] >= 1
-        assert service.fetch_counts["microdescriptors:dirport"] == 1
+        # No fallback on a test network: the authorities, at their ORPorts, over one-hop circuits created
+        # with CREATE_FAST (their onion keys are not known yet).
+        assert service.fetch_counts["consensus:authority"] == 1
+        assert service.fetch_counts["certificates:authority"] >= 1
+        assert service.fetch_counts["microdescriptors:authority"] >= 1
+        launched = [event.circuit for event in events if isinstance(event, CircuitLaunched)]
+        assert launched and all(circuit.purpose is CircuitPurpose.DIRECTORY for circuit in launched)
+        or_ports = {(authority.address, authority.or_port) for authority in authorities}
+        assert all(len(circuit.path) == 1 and (circuit.path[0].address, circuit.path[0].or_port) in or_ports
+                   and circuit.path[0].ntor_onion_key is None for circuit in launched)
         listed = {relay.fingerprint for relay in service.netdir.consensus.relays}
         assert {node["fingerprint"] for node in network.relays()} <= listed
         for node in network.relays():
@@ -135,8 +154,7 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
         assert [guard.fingerprint for guard in second.paths.guards.primary_guards()] == primaries
         yield task.deferLater(reactor, 0.5, lambda: None)
         assert exit_digest in second.netdir.microdescs
-        assert second.fetch_counts["microdescriptors:begin_dir"] >= 1
-        assert second.fetch_counts["microdescriptors:dirport"] == 0
+        assert second.fetch_counts["microdescriptors:directory_guard"] >= 1
         path = yield fetch_through(second, links, network)
         assert path[0].fingerprint == primaries[0]
     finally:
@@ -147,7 +165,7 @@ def test_restart_from_the_cache_keeps_guards_and_fetches_no_consensus(network, a
 @pytest_twisted.inlineCallbacks
 def test_circuits_keep_working_across_consensus_refreshes(network, authorities, links, tmp_path, caplog):
     """About 190 s: the consensus lives 60 s and is replaced every 20 s, so the service must
-    refresh on schedule (over BEGIN_DIR) while circuits are built from whatever is current."""
+    refresh on schedule (from its directory guards) while circuits are built from whatever is current."""
     caplog.set_level(logging.INFO, logger="oppy")
     service = new_service(authorities, tmp_path / "data", links)
     seen = []
@@ -167,7 +185,7 @@ def test_circuits_keep_working_across_consensus_refreshes(network, authorities, 
         assert valid_afters == sorted(set(valid_afters)), "consensuses must only get newer"
         assert len(seen) >= 1 + 3, f"only {len(seen) - 1} refreshes in 190 s"
         assert fetches >= 14
-        assert service.fetch_counts["consensus:begin_dir"] >= 3
+        assert service.fetch_counts["consensus:directory_guard"] >= 3
         new_digests = set().union(*(c.microdesc_digests() for c in seen)) - initial_digests
         if not new_digests:
             assert service.fetch_counts["microdescriptors"] == microdesc_requests
@@ -176,59 +194,57 @@ def test_circuits_keep_working_across_consensus_refreshes(network, authorities, 
         yield service.stop()
 
 
-class FakeAuthority(resource.Resource):
-    """A DirPort on 127.0.0.1 that relays requests to a real authority, and can forge the consensus."""
+class ForgingAuthority:
+    """A directory cache in this process (a real TLS relay with its own identity) that answers each request
+    with what a real authority answers it over BEGIN_DIR, and can forge the consensus."""
 
-    isLeaf = True
-
-    def __init__(self, real_port: int):
-        super().__init__()
+    def __init__(self, real, links):
+        self.real = RelayTarget(real.nickname, bytes.fromhex(real.fingerprint), real.address, real.or_port)
+        self.circuits = directory_circuits(links)
         self.client = DirectoryClient(reactor, timeout=20)
-        self.real_port = real_port
+        self.relay = DirectoryCacheRelay(self.answer, slot=1, nickname="forger")
         self.forge = False
-        self.requests: list[str] = []
         self.forged: list[bytes] = []
 
-    def render_GET(self, request):  # noqa: N802 - twisted.web's naming
-        path = request.uri.decode()
-        self.requests.append(path)
-        compressed = path.endswith(".z")
-        real_path = path[:-2] if compressed else path
-        fetching = self.client.fetch_dirport("127.0.0.1", self.real_port, real_path, 1 << 24)
+    @defer.inlineCallbacks
+    def answer(self, url: str):
+        try:
+            circuit = yield self.circuits.directory_circuit(self.real)
+            response = yield self.client.fetch_over_circuit(circuit, url, 1 << 24)
+        except DirectoryStatusError as exc:
+            return f"HTTP/1.0 {exc.status} Not OK\r\n\r\n".encode()
+        except Exception:  # noqa: BLE001 - the real authority could not be asked: say so
+            return b"HTTP/1.0 503 Busy\r\n\r\n"
+        body = response.body
+        if self.forge and "consensus" in url:
+            # One byte of one router entry's bandwidth: still well-formed, no longer what was signed.
+            at = body.index(b"\nw Bandwidth=") + len(b"\nw Bandwidth=")
+            body = body[:at] + (b"7" if body[at:at + 1] != b"7" else b"8") + body[at + 1:]
+            self.forged.append(body)
+        if url.endswith(".z"):
+            return b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(body)
+        return b"HTTP/1.0 200 OK\r\n\r\n" + body
 
-        def answer(response):
-            body = response.body
-            if self.forge and "consensus" in path:
-                # One byte of one router entry's bandwidth: still well-formed, no longer what was signed.
-                at = body.index(b"\nw Bandwidth=") + len(b"\nw Bandwidth=")
-                body = body[:at] + (b"7" if body[at:at + 1] != b"7" else b"8") + body[at + 1:]
-                self.forged.append(body)
-            if compressed:
-                request.setHeader(b"Content-Encoding", b"deflate")
-                body = zlib.compress(body)
-            request.write(body)
-            request.finish()
 
-        def failed(failure):
-            request.setResponseCode(503)
-            request.finish()
-
-        fetching.addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
+def pointed_at(authority, relay: DirectoryCacheRelay):
+    """The authority's line with its ORPort (and so the RSA identity its link must prove) at `relay`."""
+    return dataclasses.replace(authority, fingerprint=relay.fingerprint, address="127.0.0.1",
+                               or_port=relay.simulated.or_port)
 
 
 @pytest_twisted.inlineCallbacks
 def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authorities, links, tmp_path, caplog):
-    fake = FakeAuthority(authorities[0].dir_port)
-    listening = reactor.listenTCP(0, server.Site(fake), interface="127.0.0.1")
-    port = listening.getHost().port
-    # The real authorities' identities, all reached through the fake DirPort.
-    pointed = [dataclasses.replace(authority, address="127.0.0.1", dir_port=port) for authority in authorities]
+    proxy_links = LinkPool()
+    fake = ForgingAuthority(authorities[0], proxy_links)
+    port = fake.relay.listen(reactor)
+    # The real authorities' v3 identities, all reached through the fake relay.
+    pointed = [pointed_at(authority, fake.relay) for authority in authorities]
     caplog.set_level(logging.INFO, logger="oppy")
     service = new_service(pointed, tmp_path / "data", links)
     try:
         yield started(service)
-        assert any("consensus-microdesc" in path for path in fake.requests)
+        assert any("consensus-microdesc" in url for url in fake.relay.requests)
+        assert set(fake.relay.creates) == {5}         # CREATE_FAST: its onion key is unknown
         good = service.netdir.consensus
         fake.forge = True
         caplog.clear()
@@ -237,11 +253,11 @@ def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authoriti
         rejections = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(rejections) == 3, rejections
         for message in rejections:
-            assert message.startswith("Rejected the microdesc consensus from auth")
-            assert f"127.0.0.1:{port} (DirPort): BadSignatureError" in message
+            assert message.startswith("Rejected the microdesc consensus from $")
+            assert f"127.0.0.1:{port} (BEGIN_DIR): BadSignatureError" in message
             assert "did not verify" in message and "Still using the consensus valid-after" in message
         installed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Using the microdesc")]
-        assert all("(BEGIN_DIR)" in message for message in installed)    # only real relays' refreshes
+        assert all(f"127.0.0.1:{port}" not in message for message in installed)    # only real relays' refreshes
         if not installed:
             assert service.netdir.consensus is good
         assert service.enough_dir_info
@@ -257,52 +273,36 @@ def test_a_forged_consensus_is_refused_and_the_good_one_stays(network, authoriti
         assert service.netdir.consensus.valid_after > good.valid_after
     finally:
         yield service.stop()
-        yield listening.stopListening()
-
-
-class HostileDirPort(protocol.Protocol):
-    """Answers a request with the factory's bytes and closes, as a hostile directory source may."""
-
-    def connectionMade(self):  # noqa: N802 - Twisted's naming
-        self.buffer = b""
-
-    def dataReceived(self, data):  # noqa: N802
-        self.buffer += data
-        if self.buffer.endswith(b"\r\n\r\n"):
-            self.factory.requests += 1
-            self.transport.write(self.factory.answer)
-            self.transport.loseConnection()
+        yield fake.relay.listening.stopListening()
+        proxy_links.close_all()
 
 
 @pytest_twisted.inlineCallbacks
-def test_hostile_dirports_never_stall_the_directory(network, authorities, links, tmp_path, caplog):
-    """Two authorities' DirPorts answer with what fuzzing found (a status code of latin-1 superscripts,
-    which pass str.isdigit() and fail int(); a Content-Length of 5000 digits). Each round moves on to the
-    next source, bootstrap completes from the real one, and later rounds end too."""
+def test_hostile_authorities_never_stall_the_directory(network, authorities, links, tmp_path, caplog):
+    """Two authorities answer BEGIN_DIR with what fuzzing found (a status code of latin-1 superscripts, which
+    pass str.isdigit() and fail int(); a Content-Length of 5000 digits). Each round moves on to the next
+    source, bootstrap completes from the real one, and later rounds end too."""
     answers = [b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + b"x" * 100,
                b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"]
-    factories, listenings = [], []
-    for answer in answers:
-        factory = protocol.Factory.forProtocol(HostileDirPort)
-        factory.answer, factory.requests = answer, 0
-        factories.append(factory)
-        listenings.append(reactor.listenTCP(0, factory, interface="127.0.0.1"))
-    pointed = [dataclasses.replace(authority, address="127.0.0.1", dir_port=listening.getHost().port)
-               for authority, listening in zip(authorities, listenings)] + authorities[len(listenings):]
+    hostile = [DirectoryCacheRelay(lambda url, answer=answer: answer, slot=2 + index, nickname=f"hostile{index}")
+               for index, answer in enumerate(answers)]
+    for relay in hostile:
+        relay.listen(reactor)
+    pointed = [pointed_at(authority, relay) for authority, relay in zip(authorities, hostile)] \
+        + authorities[len(hostile):]
 
     def service(seed: int) -> DirectoryService:
-        return DirectoryService(pointed, tmp_path / "data", links, testing_tor_network=True, reactor=reactor,
-                                rng=random.Random(seed))
+        return new_service(pointed, tmp_path / "data", links, rng=random.Random(seed))
 
-    # A seed that puts both hostile DirPorts before the real one in the first round.
-    real = {authority.nickname for authority in authorities[len(listenings):]}
+    # A seed that puts both hostile authorities before the real one in the first round.
+    real = {authority.nickname for authority in authorities[len(hostile):]}
     seed = next(seed for seed in range(100)
                 if service(seed)._directory_sources(authorities_only=True)[-1].nickname in real)
     caplog.set_level(logging.INFO, logger="oppy")
     directory = service(seed)
     try:
         yield started(directory)
-        assert [factory.requests >= 1 for factory in factories] == [True, True]
+        assert [len(relay.requests) >= 1 for relay in hostile] == [True, True]
         failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
         assert any("non-ASCII byte in the status line" in message for message in failed), failed
         assert any("bad Content-Length" in message for message in failed), failed
@@ -312,16 +312,16 @@ def test_hostile_dirports_never_stall_the_directory(network, authorities, links,
         yield fetch_through(directory, links, network)
     finally:
         yield directory.stop()
-        for listening in listenings:
-            yield listening.stopListening()
+        for relay in hostile:
+            yield relay.listening.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
 def test_no_reachable_authority_warns_once_and_retries(authorities, links, tmp_path, caplog):
-    closed = reactor.listenTCP(0, server.Site(resource.Resource()), interface="127.0.0.1")
+    closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
     port = closed.getHost().port
     yield closed.stopListening()
-    pointed = [dataclasses.replace(authority, address="127.0.0.1", dir_port=port) for authority in authorities]
+    pointed = [dataclasses.replace(authority, address="127.0.0.1", or_port=port) for authority in authorities]
     caplog.set_level(logging.INFO, logger="oppy")
     service = new_service(pointed, tmp_path / "data", links)
     waiter = service.start()

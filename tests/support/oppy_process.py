@@ -28,7 +28,8 @@ class OppyProcess:
     """A running `python -m oppy -f torrc`, its log lines collected as they come."""
 
     def __init__(self, network: TestNetwork, data_directory: Path, extra_lines: list[str] = (),
-                 extra_args: list[str] = ()) -> None:
+                 extra_args: list[str] = (), command_prefix: list[str] = ()) -> None:
+        """`command_prefix` runs oppy under another program (`strace ... --`), whose child it then is."""
         self.network = network
         self.data_directory = data_directory
         self.socks_port = free_port()
@@ -40,7 +41,9 @@ class OppyProcess:
         self.torrc.write_text("\n".join(lines) + "\n")
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        self.process = subprocess.Popen([sys.executable, "-m", "oppy", "-f", str(self.torrc), *extra_args],
+        self.wrapped = bool(command_prefix)
+        self.process = subprocess.Popen([*command_prefix, sys.executable, "-m", "oppy", "-f", str(self.torrc),
+                                         *extra_args],
                                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -79,16 +82,28 @@ class OppyProcess:
         path = Path(f"{self.data_directory}.info.log")
         return path.read_text(errors="replace") if path.exists() else ""
 
+    @property
+    def pid(self) -> int:
+        """oppy's process id (the wrapper's only child, when it runs under one)."""
+        if not self.wrapped:
+            return self.process.pid
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, f"the wrapper has children {children}"
+        return int(children[0])
+
     def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        status = Path(f"/proc/{self.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            pid = self.pid
+            os.kill(pid, sig)      # a wrapper (strace) ends with oppy
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                if pid != self.process.pid:
+                    os.kill(pid, signal.SIGKILL)
                 self.process.kill()
                 self.process.wait()
         self._reader.join(timeout=5)

@@ -1,11 +1,10 @@
-"""Directory sources in memory, reached through oppy's real DirectoryClient transports.
+"""Directory caches in memory, reached through oppy's real DirectoryClient over real one-hop circuits.
 
-A DirPort is a port of a ``MemoryReactorClock``: each ``connectTCP`` the client makes is answered
-by the site registered for that port over a ``StringTransport`` (the client's own protocol, request
-encoder, reader and timeout run unchanged). A directory cache reached over BEGIN_DIR is a real
-one-hop oppy ``Circuit`` built through relaysim: the client's relay cells are decrypted by the
-simulated relay, and the answer goes back as DATA cells and an END. Sites answer with raw bytes,
-so a test can send whatever a hostile source might.
+A directory cache reached over BEGIN_DIR is the relay end of a real one-hop oppy ``Circuit``:
+:class:`WireDirectory` stands in for the link pool, the circuit manager's CREATE_FAST or CREATE2 is
+answered by relaysim, the client's relay cells are decrypted by the simulated relay, and the answer goes
+back as DATA cells and an END. Sites answer with raw bytes, so a test can send whatever a hostile source
+might. (There is no DirPort here: oppy never uses one.)
 """
 
 from __future__ import annotations
@@ -14,20 +13,32 @@ import email.utils
 from typing import Protocol
 
 from twisted.internet import defer, error as twisted_error
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
 
 from oppy.circuit.circuit import Circuit
+from oppy.link.connection import LinkConnected, LinkFailed, LinkLaunched, LinkOpened
 from oppy.netdoc.relay import RelayTarget
-from tests.unit.relaysim import CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, RELAY_DATA_LEN, RELAY_END, build_circuit
+from tests.unit.relaysim import (
+    CMD_CREATE2,
+    CMD_CREATE_FAST,
+    CMD_CREATED2,
+    CMD_CREATED_FAST,
+    CMD_RELAY,
+    RELAY_CONNECTED,
+    RELAY_DATA,
+    RELAY_DATA_LEN,
+    RELAY_END,
+    RecordingChannel,
+    SimulatedPath,
+    SimulatedRelay,
+    build_circuit,
+)
 
 #: tor-spec "Relay cells": BEGIN_DIR opens a directory stream.
 RELAY_BEGIN_DIR = 13
 #: tor-spec "Closing streams": END reasons used here.
 END_REASON_DONE = 6
 END_REASON_NOTDIRECTORY = 14
-#: How many bytes of an answer a DirPort writes at a time.
-DIRPORT_WRITE_SIZE = 4096
 
 
 class Site(Protocol):
@@ -63,11 +74,15 @@ class CannedSite:
 
 
 class OneHopCache:
-    """The relay end of one BEGIN_DIR circuit: reads each stream's request and answers it."""
+    """The relay end of one BEGIN_DIR circuit: reads each stream's request and answers it. Without a circuit
+    given, one is built to a simulated relay on a channel of its own."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, circuit: Circuit | None = None, channel: RecordingChannel | None = None,
+                 path: SimulatedPath | None = None) -> None:
         self.site = site
-        self.circuit, self.channel, self.path = build_circuit(Circuit, hops=1)
+        if circuit is None:
+            circuit, channel, path = build_circuit(Circuit, hops=1)
+        self.circuit, self.channel, self.path = circuit, channel, path
         self.requests: dict[int, bytearray] = {}
         self.answered: list[str] = []
         #: (stream id, reason) of each END the client sent.
@@ -114,59 +129,73 @@ class OneHopCache:
 
 
 class WireDirectory:
-    """DirPort sites by port and BEGIN_DIR sites by relay nickname, served through real transports.
+    """BEGIN_DIR sites by relay nickname, served over real one-hop circuits.
 
-    Hand :meth:`build_circuit` to a DirectoryService as its circuit builder and this object's
-    ``reactor`` as its reactor (and to its DirectoryClient); then :meth:`pump` answers
-    everything the service asked for, until it asks nothing more.
+    It is the link pool of a circuit manager (``get``, observers with the pool's typed events): a link to a
+    relay is a recording channel, open at once, or refused when its site is unreachable. Hand this object's
+    ``reactor`` to the DirectoryService and its DirectoryClient; then :meth:`pump` answers everything the
+    service asked for, until it asks nothing more. ``relays`` holds the simulated relays by nickname (their
+    identity and ntor onion key must be those the consensus lists, for a CREATE2); a relay not in it is made
+    up on demand (CREATE_FAST needs no key).
     """
 
     def __init__(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.dirports: dict[int, Site] = {}
         self.caches: dict[str, Site] = {}
+        self.relays: dict[str, SimulatedRelay] = {}
+        self.channels: dict[str, RecordingChannel] = {}
         self.circuits: dict[str, list[OneHopCache]] = {}
-        self.dirport_requests: list[tuple[int, str]] = []
-        self._connections_served = 0
+        #: (nickname, CREATE_FAST or CREATE2) of each circuit the client created.
+        self.creates: list[tuple[str, int]] = []
+        self._by_circ_id: dict[tuple[str, int], OneHopCache] = {}
+        self._observers: list = []
 
-    def build_circuit(self, links, path: list[RelayTarget], timeout: float, reactor=None) -> defer.Deferred:
-        (target,) = path
-        cache = OneHopCache(self.caches[target.nickname])
-        self.circuits.setdefault(target.nickname, []).append(cache)
-        return defer.succeed(cache.circuit)
+    def add_observer(self, observer) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer) -> None:
+        self._observers.remove(observer)
+
+    def get(self, target: RelayTarget) -> defer.Deferred:
+        for observer in self._observers:
+            observer(LinkLaunched(target))
+        site = self.caches.get(target.nickname)
+        if site is None or not site.reachable:
+            for observer in self._observers:
+                observer(LinkFailed(target, "Connection refused"))
+            return defer.fail(twisted_error.ConnectionRefusedError(f"{target.nickname} refuses connections"))
+        for observer in self._observers:
+            observer(LinkConnected(target))
+            observer(LinkOpened(target))
+        channel = self.channels.get(target.nickname)
+        if channel is None:
+            channel = self.channels[target.nickname] = RecordingChannel()
+        return defer.succeed(channel)
+
+    def _serve_channels(self) -> bool:
+        moved = False
+        for nickname, channel in list(self.channels.items()):
+            for circ_id, command, payload in channel.take():
+                moved = True
+                if command in (CMD_CREATE_FAST, CMD_CREATE2):
+                    self._create(nickname, channel, circ_id, command, payload)
+                elif (nickname, circ_id) in self._by_circ_id:
+                    self._by_circ_id[nickname, circ_id]._handle([(circ_id, command, payload)])
+        return moved
+
+    def _create(self, nickname: str, channel: RecordingChannel, circ_id: int, command: int, payload: bytes) -> None:
+        relay = self.relays.get(nickname) or SimulatedRelay(nickname)
+        path = SimulatedPath([relay])
+        circuit = channel.circuits[circ_id]
+        self.creates.append((nickname, command))
+        cache = OneHopCache(self.caches[nickname], circuit, channel, path)
+        self._by_circ_id[nickname, circ_id] = cache
+        self.circuits.setdefault(nickname, []).append(cache)
+        if command == CMD_CREATE_FAST:
+            circuit.cell_received(CMD_CREATED_FAST, path.answer_create_fast(payload))
+        else:
+            circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
 
     def pump(self) -> None:
-        moved = True
-        while moved:
-            moved = self._serve_dirports()
-            for caches in list(self.circuits.values()):
-                for cache in list(caches):
-                    moved = cache.pump() or moved
-
-    def _serve_dirports(self) -> bool:
-        moved = False
-        while self._connections_served < len(self.reactor.tcpClients):
-            _, port, factory, _, _ = self.reactor.tcpClients[self._connections_served]
-            connector = self.reactor.connectors[self._connections_served]
-            self._connections_served += 1
-            moved = True
-            if connector._disconnected:       # the client gave up before we got to it
-                continue
-            site = self.dirports.get(port)
-            if site is None or not site.reachable:
-                factory.clientConnectionFailed(connector, Failure(twisted_error.ConnectionRefusedError()))
-                continue
-            protocol = factory.buildProtocol(None)
-            transport = StringTransport()
-            protocol.makeConnection(transport)
-            path, since = parse_request(transport.value())
-            self.dirport_requests.append((port, path))
-            answer = site.answer(path, since)
-            for start in range(0, len(answer), DIRPORT_WRITE_SIZE):
-                if transport.disconnecting:
-                    break
-                protocol.dataReceived(answer[start:start + DIRPORT_WRITE_SIZE])
-            reason = twisted_error.ConnectionAborted() if transport.disconnecting else \
-                twisted_error.ConnectionDone()
-            protocol.connectionLost(Failure(reason))
-        return moved
+        while self._serve_channels():
+            pass

@@ -38,6 +38,8 @@ PAYLOAD_LEN = 509
 CMD_PADDING = 0
 CMD_RELAY = 3
 CMD_DESTROY = 4
+CMD_CREATE_FAST = 5
+CMD_CREATED_FAST = 6
 CMD_VERSIONS = 7
 CMD_NETINFO = 8
 CMD_RELAY_EARLY = 9
@@ -138,6 +140,8 @@ NTOR_M_EXPAND = NTOR_PROTOID + b":key_expand"
 NTOR_ONIONSKIN_LEN = 84  # ID(20) B(32) X(32)
 NTOR_REPLY_LEN = 64  # Y(32) AUTH(32)
 HTYPE_NTOR = 2
+# tor-spec "CREATE_FAST/CREATED_FAST cells": X and Y are HASH_LEN (20) random bytes; KDF-TOR keys the hop.
+HASH_LEN = 20
 # tor-spec "Setting circuit keys": Df(20) Db(20) Kf(16) Kb(16).
 TOR1_KEY_MATERIAL_LEN = 72
 
@@ -274,6 +278,19 @@ class SimulatedPath:
         if not corrupt_auth:
             self.hops.append(RelayHopCrypto(material))
         return struct.pack(">H", len(reply)) + reply
+
+    def answer_create_fast(self, payload: bytes, *, corrupt_kh: bool = False) -> bytes:
+        """CREATE_FAST `X` -> CREATED_FAST `Y KH`: K = KDF-TOR(X | Y) = SHA1(X|Y|00) | SHA1(X|Y|01) | ...,
+        KH = K[:20], then Df Db Kf Kb (tor-spec "Setting circuit keys", KDF-TOR)."""
+        client_material, server_material = payload[:HASH_LEN], os.urandom(HASH_LEN)
+        stream = b"".join(hashlib.sha1(client_material + server_material + bytes([counter])).digest()
+                          for counter in range(5))
+        derivative_key = stream[:HASH_LEN]
+        if corrupt_kh:
+            derivative_key = bytes([derivative_key[0] ^ 1]) + derivative_key[1:]
+        else:
+            self.hops.append(RelayHopCrypto(stream[HASH_LEN:HASH_LEN + TOR1_KEY_MATERIAL_LEN]))
+        return server_material + derivative_key
 
     def receive(self, payload: bytes) -> RelayMessage:
         """Take a RELAY / RELAY_EARLY payload from the client through the hops until one recognizes it."""

@@ -19,13 +19,16 @@ from oppy.circuit.circuit import (
 )
 from tests.unit.relaysim import (
     CMD_CREATE2,
+    CMD_CREATE_FAST,
     CMD_CREATED2,
+    CMD_CREATED_FAST,
     CMD_DESTROY,
     CMD_RELAY,
     CMD_RELAY_EARLY,
     HTYPE_NTOR,
     NTOR_ONIONSKIN_LEN,
     PAYLOAD_LEN,
+    RELAY_CONNECTED,
     RELAY_DATA,
     RELAY_DROP,
     RELAY_EXTEND2,
@@ -73,10 +76,15 @@ def watch(circuit):
     return {"built": owner.built, "closed": owner.closed}
 
 
-def start(hops=3):
+def start(hops=3, keys_known=True):
+    """A circuit through `hops` simulated relays, started; without `keys_known` its first hop is known by its
+    identity and address alone (a directory source at bootstrap)."""
     channel = RecordingChannel()
     path = new_path(hops)
-    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
+    targets = [relay.target for relay in path.relays]
+    if not keys_known:
+        targets[0] = targets[0]._replace(ntor_onion_key=None, ed25519_id=None)
+    circuit = Circuit(channel, targets, RecordingCircuitOwner())
     events = watch(circuit)
     circuit.start()
     return circuit, channel, path, events
@@ -145,6 +153,46 @@ def test_one_hop_circuit_is_built_by_created2():
     circuit.cell_received(CMD_CREATED2, path.answer_create2(channel.take()[0][2]))
     assert events["built"] == [circuit]
     assert channel.take() == []
+
+
+def test_a_first_hop_without_an_onion_key_is_created_fast_and_carries_cells_both_ways():
+    circuit, channel, path, events = start(hops=1, keys_known=False)
+    ((circ_id, command, payload),) = channel.take()
+    # tor-spec "CREATE_FAST/CREATED_FAST cells": X, HASH_LEN random bytes, then the cell's zero padding.
+    assert (circ_id, command, len(payload)) == (circuit.circ_id, CMD_CREATE_FAST, 20)
+    circuit.cell_received(CMD_CREATED_FAST, path.answer_create_fast(payload) + bytes(PAYLOAD_LEN - 40))
+    assert events["built"] == [circuit] and circuit.state is CircuitState.OPEN and circuit.hops_built == 1
+    stream = RecordingStream(circuit.allocate_stream_id())
+    circuit.attach_stream(stream)
+    circuit.send_relay(13, stream.stream_id, b"")  # BEGIN_DIR, keyed by KDF-TOR at both ends
+    message = path.receive(channel.take()[0][2])
+    assert (message.hop, message.command, message.stream_id) == (0, 13, stream.stream_id)
+    circuit.cell_received(CMD_RELAY, path.send(0, RELAY_CONNECTED, stream.stream_id))
+    assert stream.received == [(RELAY_CONNECTED, b"")]
+
+
+def test_a_created_fast_with_a_wrong_kh_fails_naming_the_first_hop():
+    circuit, channel, path, events = start(hops=1, keys_known=False)
+    circuit.cell_received(CMD_CREATED_FAST, path.answer_create_fast(channel.take()[0][2], corrupt_kh=True))
+    (error,) = events["closed"]
+    assert "hop 1" in str(error) and "KH mismatch" in str(error) and error.hop == 0
+    assert channel.destroyed == [(circuit.circ_id, 0)]
+
+
+def test_a_created2_does_not_answer_a_create_fast():
+    circuit, channel, path, events = start(hops=1, keys_known=False)
+    channel.take()
+    circuit.cell_received(CMD_CREATED2, bytes(PAYLOAD_LEN))
+    (error,) = events["closed"]
+    assert "unexpected cell command 11" in str(error) and circuit.hops_built == 0
+
+
+def test_a_created_fast_does_not_answer_a_create2():
+    circuit, channel, path, events = start(hops=1)
+    channel.take()
+    circuit.cell_received(CMD_CREATED_FAST, bytes(PAYLOAD_LEN))
+    (error,) = events["closed"]
+    assert "unexpected cell command 6" in str(error) and circuit.hops_built == 0
 
 
 def test_destroy_during_build_names_the_hop_and_the_reason():

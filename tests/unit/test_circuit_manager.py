@@ -10,9 +10,15 @@ from twisted.internet.task import Clock
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.circuit.build_timeout import CircuitBuildTimes
-from oppy.circuit.circuit import MAX_STREAMS_PER_CIRCUIT
+from oppy.circuit.circuit import MAX_STREAMS_PER_CIRCUIT, CircuitError, CircuitState
 from oppy.circuit.manager import (
     MAX_RESOLVE_FAILURES,
+    CircuitBuilt,
+    CircuitClosed,
+    CircuitExtended,
+    CircuitFailed,
+    CircuitGuardWait,
+    CircuitLaunched,
     CircuitManager,
     CircuitPurpose,
     CircuitStatus,
@@ -24,13 +30,16 @@ from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
     CMD_CREATE2,
+    CMD_CREATE_FAST,
     CMD_CREATED2,
+    CMD_CREATED_FAST,
+    CMD_DESTROY,
     CMD_RELAY,
     RecordingChannel,
     SimulatedPath,
     SimulatedRelay,
 )
-
+from tests.unit.test_path_guards import HOUR, MINUTE, T0 as GUARDS_T0, one_primary_and_a_confirmed_spare
 
 
 class FixedPaths(PathChooser):
@@ -40,8 +49,9 @@ class FixedPaths(PathChooser):
         super().__init__()
         self.path = path
 
-    def choose_path(self, port=None, exclude=(), rng=None):
-        return list(self.path)
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        return list(self.path), None
+
 
 def relay(name: str) -> RelayTarget:
     return RelayTarget(name, name.encode().ljust(20, b"\0"), "127.0.0.1", 1, bytes(32))
@@ -133,9 +143,9 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     class SimulatedPaths(PathChooser):
         """Paths through the simulated relays: the first exit, or the second once the first is excluded."""
 
-        def choose_path(self, port=None, exclude=(), rng=None):
+        def choose_circuit_path(self, port=None, exclude=(), rng=None):
             exit_relay = second_exit if first_exit.rsa_id in exclude else first_exit
-            return [guard.target, middle.target, exit_relay.target]
+            return [guard.target, middle.target, exit_relay.target], None
 
     links = OneChannelLinks()
     manager = CircuitManager(links, SimulatedPaths(), reactor=clock, clock=clock.seconds, preemptive_circuits=0)
@@ -287,3 +297,230 @@ def test_a_stream_beyond_the_cap_of_a_circuit_goes_on_a_new_circuit_without_an_e
     with pytest.raises(RuntimeError, match="as many streams as a circuit may"):
         manager.controller_attach(streams[-1], full)
     assert streams[-1].stream.circuit is second
+
+
+class ThreeRelays(PathChooser):
+    """A guard, a middle and an exit of relaysim, always chosen in that order; the ports asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relays = [SimulatedRelay(name) for name in ("guard", "middle", "exit")]
+        self.ports: list = []
+
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        self.ports.append(port)
+        return [relay.target for relay in self.relays], None
+
+    def answer(self, channel: RecordingChannel):
+        return answer_build(channel, SimulatedPath(self.relays))
+
+
+def test_observers_hear_typed_events_with_the_purpose_from_launch_to_close():
+    clock = Clock()
+    relays, links, events = ThreeRelays(), OneChannelLinks(), []
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    later = []
+    manager.add_observer(later.append)
+    managed = manager.launch(443)
+    circuit = relays.answer(links.channel)
+    circuit.cell_received(CMD_DESTROY, bytes([DestroyReason.FINISHED]) + bytes(508))
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitExtended, CircuitExtended, CircuitBuilt,
+                                                 CircuitClosed]
+    assert all(event.circuit is managed and event.purpose is CircuitPurpose.GENERAL for event in events)
+    assert [event.hops for event in events if isinstance(event, CircuitExtended)] == [1, 2]
+    assert events[-1].error.remote and events[-1].error.reason == DestroyReason.FINISHED
+    assert later == events and manager.circuit_established
+    manager.remove_observer(later.append)
+    manager.launch(443)
+    assert len(later) == len(events) - 1
+
+
+def test_a_failed_build_is_told_as_failed_then_closed():
+    clock = Clock()
+    relays, links, events = ThreeRelays(), OneChannelLinks(), []
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    manager.launch(443)
+    ((circ_id, _, _),) = links.channel.take()
+    links.channel.circuits[circ_id].cell_received(CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitFailed, CircuitClosed]
+    assert events[1].error is events[2].error and events[1].error.reason == DestroyReason.RESOURCELIMIT
+    assert not manager.circuit_established and manager.circuits == {}
+
+
+def test_a_preemptive_circuit_without_stable_relays_does_not_carry_a_long_lived_port():
+    """circuituse.c circuit_is_acceptable: a stream to a long-lived port needs a circuit launched with
+    need_uptime; the clean circuit built ahead for port 80 is not one."""
+    clock = Clock()
+    relays, links = ThreeRelays(), OneChannelLinks()
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=1)
+    manager.start()
+    preemptive = relays.answer(links.channel)
+    (clean,) = manager.circuits.values()
+    assert (clean.need_uptime, clean.build_flags) == (False, ("NEED_CAPACITY",))
+    ssh = manager.open_stream(CollectingSink(), "example.test", 22)
+    assert ssh.managed_circuit is None and relays.ports == [80, 22]
+    relays.answer(links.channel)
+    assert ssh.managed_circuit is not clean and ssh.managed_circuit.need_uptime
+    assert ssh.managed_circuit.build_flags == ("NEED_CAPACITY", "NEED_UPTIME")
+    assert clean.dirty_since is None and preemptive.streams == {}
+
+
+def answer_create_fast(channel: RecordingChannel, relay: SimulatedRelay):
+    """Play `relay` for the one circuit whose CREATE_FAST the channel holds; the built Circuit."""
+    ((circ_id, command, payload),) = channel.take()
+    assert command == CMD_CREATE_FAST
+    circuit = channel.circuits[circ_id]
+    circuit.cell_received(CMD_CREATED_FAST, SimulatedPath([relay]).answer_create_fast(payload))
+    return circuit
+
+
+def test_directory_circuits_are_one_hop_created_fast_shared_and_reused_while_fresh():
+    clock = Clock()
+    links, events = OneChannelLinks(), []
+    manager = CircuitManager(links, ThreeRelays(), reactor=clock, clock=clock.seconds,
+                             preemptive_circuits=0, observers=[events.append])
+    cache = SimulatedRelay("fallback")
+    target = cache.target._replace(ntor_onion_key=None, ed25519_id=None)      # known by its line only
+    first, second = manager.directory_circuit(target), manager.directory_circuit(target)
+    circuit = answer_create_fast(links.channel, cache)
+    assert first.result is circuit and second.result is circuit and circuit.path == [target]
+    (managed,) = manager.circuits.values()
+    assert managed.purpose is CircuitPurpose.DIRECTORY and managed.build_flags == (
+        "ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
+    assert [(type(event), event.purpose) for event in events] == [(CircuitLaunched, CircuitPurpose.DIRECTORY),
+                                                                  (CircuitBuilt, CircuitPurpose.DIRECTORY)]
+    assert not manager.circuit_established        # a directory circuit carries no client stream
+    clock.advance(600)
+    assert manager.directory_circuit(target).result is circuit
+    clock.advance(1)                               # MaxCircuitDirtiness after its first use: a new one
+    third = manager.directory_circuit(target)
+    assert circuit.state is CircuitState.CLOSED and not third.called
+    assert answer_create_fast(links.channel, cache) is third.result
+    stream = manager.open_stream(CollectingSink(), "example.test", 80)   # never on a directory circuit
+    assert stream.managed_circuit is None
+    assert sorted(m.purpose.value for m in manager.circuits.values()) == ["directory", "general"]
+
+
+def test_a_failed_directory_circuit_fails_every_caller_and_the_next_call_builds_anew():
+    clock = Clock()
+    links = OneChannelLinks()
+    manager = CircuitManager(links, ThreeRelays(), reactor=clock, clock=clock.seconds,
+                             preemptive_circuits=0)
+    cache = SimulatedRelay("authority")
+    waiting = [manager.directory_circuit(cache.target), manager.directory_circuit(cache.target)]
+    ((circ_id, command, _),) = links.channel.take()
+    assert command == CMD_CREATE2                  # its onion key is known: ntor
+    links.channel.circuits[circ_id].cell_received(CMD_DESTROY, bytes([DestroyReason.HIBERNATING]) + bytes(508))
+    for waiter in waiting:
+        failure = waiter.result
+        waiter.addErrback(lambda failure: None)
+        assert failure.check(CircuitError) and failure.value.reason == DestroyReason.HIBERNATING
+    assert manager.circuits == {}
+    retry = manager.directory_circuit(cache.target)
+    assert answer_build(links.channel, SimulatedPath([cache])) is retry.result
+
+
+class SampledPaths(PathChooser):
+    """oppy's path chooser on a given GuardSample (guard-spec 4.6-4.9), its clock the test's from `start`; the
+    guard its sample picks, then a middle and an exit of relaysim."""
+
+    def __init__(self, sample, clock: Clock, start: float) -> None:
+        super().__init__(clock=lambda: start + clock.seconds())
+        self.guards = sample
+        self.relays = {guard.fingerprint: SimulatedRelay(guard.nickname) for guard in sample.guards}
+        for fingerprint, relay in self.relays.items():
+            relay.rsa_id = bytes.fromhex(fingerprint)
+        self.middle, self.exit = SimulatedRelay("middle"), SimulatedRelay("exit")
+
+    def relays_of(self, managed: ManagedCircuit) -> list[SimulatedRelay]:
+        return [self.relays[managed.path[0].fingerprint], self.middle, self.exit]
+
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        choice = self.guards.pick(self.clock())
+        return [self.relays[choice.fingerprint].target, self.middle.target, self.exit.target], choice
+
+
+class ChannelPerRelay:
+    """A link pool with one recording channel per relay, open at once unless the relay is in `refused`."""
+
+    def __init__(self) -> None:
+        self.channels: dict[bytes, RecordingChannel] = {}
+        self.refused: set[bytes] = set()
+
+    def get(self, relay: RelayTarget) -> defer.Deferred:
+        if relay.rsa_id in self.refused:
+            return defer.fail(ConnectionRefusedError(f"{relay.nickname} refuses"))
+        return defer.succeed(self.channels.setdefault(relay.rsa_id, RecordingChannel()))
+
+    def build(self, paths: SampledPaths, managed: ManagedCircuit) -> SimulatedPath:
+        """Play the relays for the circuit's build; the network side of the built circuit."""
+        path = SimulatedPath(paths.relays_of(managed))
+        answer_build(self.channels[managed.path[0].rsa_id], path)
+        return path
+
+
+def guarded_manager(events: list):
+    """A manager on a guard sample whose only primary guard just failed, with a confirmed spare (guard-spec
+    tests' one_primary_and_a_confirmed_spare): every circuit goes through a non-primary guard."""
+    clock = Clock()
+    start = GUARDS_T0 + HOUR
+    paths = SampledPaths(one_primary_and_a_confirmed_spare(start), clock, start)
+    links = ChannelPerRelay()
+    manager = CircuitManager(links, paths, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append])
+    return clock, paths, links, manager
+
+
+def test_a_circuit_through_a_non_primary_guard_waits_until_no_better_guard_can_be():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    better, worse = manager.launch(443), manager.launch(443)
+    assert (better.guard.guard, worse.guard.guard) == (paths.guards.guards[5], paths.guards.guards[1])
+    clock.advance(3)
+    network = links.build(paths, worse)            # the worse guard's circuit is built first: it waits
+    assert worse.status is CircuitStatus.GUARD_WAIT and not worse.is_open
+    assert isinstance(events[-1], CircuitGuardWait) and events[-1].circuit is worse
+    sink = CollectingSink()
+    stream = manager.open_stream(sink, "example.test", 443)
+    assert stream.managed_circuit is None and len(manager.circuits) == 2     # waits, launches nothing
+    clock.advance(11)
+    assert worse.status is CircuitStatus.GUARD_WAIT     # the better guard may still answer
+    clock.advance(1)                                    # NONPRIMARY_GUARD_CONNECT_TIMEOUT after it started
+    assert worse.status is CircuitStatus.BUILT and isinstance(events[-2], CircuitBuilt)
+    assert stream.managed_circuit is worse and manager.circuit_established
+    ((_, _, payload),) = links.channels[worse.path[0].rsa_id].take()
+    assert network.receive(payload).command == RelayCommand.BEGIN
+
+
+def test_a_waiting_circuit_blocked_by_a_better_one_expires():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    better, worse = manager.launch(443), manager.launch(443)
+    links.build(paths, worse)
+    clock.advance(1)
+    links.build(paths, better)                     # both wait; the better one is taken, the other still waits
+    assert better.status is CircuitStatus.BUILT and worse.status is CircuitStatus.GUARD_WAIT
+    clock.advance(10 * MINUTE - 2)
+    assert worse.status is CircuitStatus.GUARD_WAIT
+    clock.advance(2)                               # NONPRIMARY_GUARD_IDLE_TIMEOUT since it waits: closed
+    assert worse.status is CircuitStatus.CLOSED and worse.number not in manager.circuits
+    assert isinstance(events[-1], CircuitClosed) and events[-1].circuit is worse
+    assert clock.getDelayedCalls() == []           # nothing waits: no more checks
+
+
+def test_a_circuit_failing_at_its_guard_marks_it_down_and_a_destroy_does_not():
+    events = []
+    clock, paths, links, manager = guarded_manager(events)
+    spare = paths.guards.guards[5]
+    links.refused.add(bytes.fromhex(spare.fingerprint))
+    failed = manager.launch(443)
+    assert failed.guard.guard is spare and failed.status is CircuitStatus.CLOSED and spare.is_down
+    assert [type(event) for event in events] == [CircuitLaunched, CircuitFailed, CircuitClosed]
+    destroyed = manager.launch(443)                # the next guard in sample order
+    guard = destroyed.guard.guard
+    ((circ_id, _, _),) = links.channels[destroyed.path[0].rsa_id].take()
+    links.channels[destroyed.path[0].rsa_id].circuits[circ_id].cell_received(
+        CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
+    assert destroyed.status is CircuitStatus.CLOSED and not guard.is_down and not guard.is_pending

@@ -436,6 +436,7 @@ BAD_VALUES = [
     ("TestingTorNetwork", "2", "allowed values are 0 and 1"),
     ("ClientRejectInternalAddresses", "true", "allowed values are 0 and 1"),
     ("EnforceDistinctSubnets", "on", "allowed values are 0 and 1"),
+    ("UseDefaultFallbackDirs", "yes", "allowed values are 0 and 1"),
     ("__LeaveStreamsUnattached", "maybe", "allowed values are 0 and 1"),
     ("SafeLogging", "2", "allowed values are 0, 1 and relay"),
     ("MaxClientCircuitsPending", "-1", "between 0 and"),

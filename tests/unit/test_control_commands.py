@@ -21,7 +21,13 @@ from oppy.control.auth import safecookie_client_hash
 from oppy.control.backend import LinkTrafficMeter, tcp_byte_counts
 from oppy.control.commands import CircuitManagerView, ControlBackend, DirectoryView, SetconfError, apply_setconf
 from oppy.control.session import CONTROL_VERSION, AuthSettings, ControlHub
-from oppy.control.status import CircuitEventTracker, StreamEventTracker, ns_entry
+from oppy.control.status import (
+    CircuitEventTracker,
+    StreamEventTracker,
+    circuit_getinfo_status,
+    circuit_status_entry,
+    ns_entry,
+)
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.path.chooser import PathChooser
@@ -71,7 +77,7 @@ class FakeManager:
     def __init__(self):
         self.circuits = {}
         self.streams = {}
-        self.first_circuit_built = False
+        self.circuit_established = False
 
 
 class FakeBackend(ControlBackend):
@@ -173,7 +179,7 @@ class TestViews:
         assert isinstance(backend.directory, DirectoryView)
         manager = CircuitManager(None, PathChooser(), reactor=task.Clock())
         assert isinstance(manager, CircuitManagerView)
-        assert manager.first_circuit_built is False
+        assert manager.circuit_established is False
 
 
 class TestAuthentication:
@@ -625,6 +631,22 @@ class TestTrackers:
         assert [(e.status, len(e.path)) for e in parsed] == [("LAUNCHED", 0), ("EXTENDED", 1), ("EXTENDED", 2),
                                                              ("BUILT", 3), ("CLOSED", 3)]
         assert parsed[-1].reason == "REQUESTED" and parsed[-1].created.year > 2000
+
+    def test_directory_and_guard_wait_circuits_as_tor_reports_them(self):
+        """A one-hop BEGIN_DIR circuit is tor's C_GENERAL with ONEHOP_TUNNEL and IS_INTERNAL; a circuit waiting
+        for a better guard is GUARD_WAIT in events and circuit-status alike."""
+        tracker = CircuitEventTracker()
+        directory = ManagedCircuit(5, TARGETS[:1], CircuitPurpose.DIRECTORY, 0.0, 1.0e9)
+        directory.status, directory.hops_built = CircuitStatus.BUILT, 1
+        (launched, built) = [parse(event, "EVENT") for event in tracker.update(directory)]
+        assert (launched.status, built.status, built.purpose) == ("LAUNCHED", "BUILT", "GENERAL")
+        assert built.build_flags == ("ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
+        waiting = ManagedCircuit(6, TARGETS[:3], CircuitPurpose.GENERAL, 0.0, 1.0e9, need_uptime=True)
+        waiting.status, waiting.hops_built = CircuitStatus.GUARD_WAIT, 3
+        event = parse(tracker.update(waiting)[-1], "EVENT")
+        assert (event.status, event.build_flags) == ("GUARD_WAIT", ("NEED_CAPACITY", "NEED_UPTIME"))
+        line = circuit_status_entry(waiting, circuit_getinfo_status(waiting)).encode()
+        assert parse(b"650 CIRC " + line + b"\r\n", "EVENT").status == "GUARD_WAIT"
 
     def test_remote_destroy_is_reported_as_destroyed(self):
         tracker = CircuitEventTracker()

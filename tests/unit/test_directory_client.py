@@ -1,4 +1,4 @@
-"""Directory requests: request encoding, bounded response reading, deflate, DirPort over TCP, BEGIN_DIR."""
+"""Directory requests: request encoding, bounded response reading, deflate, BEGIN_DIR streams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 
 from oppy.cell.commands import EndReason, RelayCommand
 from oppy.circuit.circuit import CircuitState
@@ -29,7 +29,7 @@ from oppy.directory.client import (
     microdescriptors_url,
 )
 from oppy.netdoc.relay import RelayTarget
-from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
+from tests.unit.dirsim import CannedSite, OneHopCache
 
 CONSENSUS = b"network-status-version 3 microdesc\nvote-status consensus\n" + b"r x\n" * 1000
 
@@ -176,147 +176,6 @@ def test_bad_truncated_unsupported_and_oversized_compression():
         decode_body(bomb, "deflate", "/x.z", 1 << 20)
 
 
-# ------------------------------------------------------------------------------------------ DirPort over TCP
-
-
-class CannedServer(protocol.Protocol):
-    """Reads the request head, then writes ``answer`` (in pieces) and closes, unless told to hang."""
-
-    def __init__(self, factory):
-        self.factory = factory
-        self.buffer = b""
-
-    def dataReceived(self, data):  # noqa: N802
-        self.buffer += data
-        if b"\r\n\r\n" in self.buffer and not self.factory.requests_done():
-            self.factory.requests.append(self.buffer)
-            if self.factory.answer is None:
-                return      # hang
-            answer = self.factory.answer
-            for start in range(0, len(answer), 4096):
-                self.transport.write(answer[start:start + 4096])
-            if self.factory.reset:
-                self.transport.abortConnection()
-            else:
-                self.transport.loseConnection()
-
-
-class CannedFactory(protocol.Factory):
-    def __init__(self, answer, reset=False):
-        self.answer = answer
-        self.reset = reset
-        self.requests = []
-
-    def requests_done(self):
-        return False
-
-    def buildProtocol(self, addr):  # noqa: N802
-        return CannedServer(self)
-
-
-@pytest.fixture
-def canned():
-    ports = []
-
-    def serve(answer, reset=False):
-        factory = CannedFactory(answer, reset)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        ports.append(port)
-        return factory, port.getHost().port
-
-    yield serve
-    for port in ports:
-        port.stopListening()
-
-
-@pytest_twisted.inlineCallbacks
-def test_dirport_fetch_inflates_and_reports_the_connection(canned):
-    factory, port = canned(b"HTTP/1.0 200 OK\r\nContent-Encoding: deflate\r\n\r\n" + zlib.compress(CONSENSUS))
-    connected = []
-    response = yield DirectoryClient(reactor).fetch_dirport(
-        "127.0.0.1", port, consensus_url(), 1 << 20, nickname="auth0", if_modified_since=0,
-        on_connected=lambda: connected.append(True))
-    assert response.body == CONSENSUS and connected == [True]
-    assert response.source == f"auth0 at 127.0.0.1:{port} (DirPort)"
-    assert factory.requests == [encode_request(consensus_url(), 0)]
-
-
-@pytest_twisted.inlineCallbacks
-def test_dirport_status_errors_carry_the_status(canned):
-    _, port = canned(b"HTTP/1.0 404 Not found\r\n\r\n")
-    with pytest.raises(DirectoryStatusError) as failure:
-        yield DirectoryClient(reactor).fetch_dirport("127.0.0.1", port, "/tor/micro/d/x.z", 1000)
-    assert failure.value.status == 404 and "404 Not found" in str(failure.value)
-
-
-@pytest_twisted.inlineCallbacks
-def test_dirport_refused_timeout_too_large_and_reset(canned):
-    client = DirectoryClient(reactor, timeout=0.5)
-    _, closed_port = canned(b"")
-    with pytest.raises(ResponseParseError):       # closed without a word
-        yield client.fetch_dirport("127.0.0.1", closed_port, "/x", 1000)
-    listening = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
-    free_port = listening.getHost().port
-    yield listening.stopListening()
-    with pytest.raises(DirectoryConnectionError, match="cannot connect"):
-        yield client.fetch_dirport("127.0.0.1", free_port, "/x", 1000)
-    _, hanging_port = canned(None)
-    with pytest.raises(DirectoryTimeoutError):
-        yield client.fetch_dirport("127.0.0.1", hanging_port, "/x", 1000)
-    _, big_port = canned(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 300000)
-    with pytest.raises(ResponseTooLargeError):
-        yield client.fetch_dirport("127.0.0.1", big_port, "/x", 1000)
-    _, reset_port = canned(b"HTTP/1.0 200 OK\r\n\r\npartial", reset=True)
-    with pytest.raises(DirectoryConnectionError, match="lost"):
-        yield client.fetch_dirport("127.0.0.1", reset_port, "/x", 1000)
-
-
-@pytest_twisted.inlineCallbacks
-def test_dirport_fetch_can_be_cancelled(canned):
-    _, port = canned(None)
-    request = DirectoryClient(reactor, timeout=30).fetch_dirport("127.0.0.1", port, "/x", 1000)
-    reactor.callLater(0.05, request.cancel)
-    with pytest.raises(defer.CancelledError):
-        yield request
-
-
-def test_a_hostile_dirport_answer_fails_that_request_and_ends_it():
-    """The status line used to raise ValueError after the timeout was cancelled: the request never ended."""
-    wire = WireDirectory()
-    wire.dirports[7000] = CannedSite(b"HTTP/1.0 \xb2\xb2\xb2 OK\r\n\r\n" + CONSENSUS)
-    request = DirectoryClient(wire.reactor).fetch_dirport("127.0.0.1", 7000, consensus_url(), 1 << 20,
-                                                         nickname="auth0")
-    wire.pump()
-    failure = outcome(request).value
-    assert isinstance(failure, ResponseParseError)
-    assert str(failure).startswith("auth0 at 127.0.0.1:7000 (DirPort): non-ASCII byte in the status line")
-    assert wire.reactor.getDelayedCalls() == []
-
-
-def test_a_reader_bug_fails_the_request_cleanly(monkeypatch, caplog):
-    """Whatever the reader raises, the request ends with a DirectoryRequestError and is logged once."""
-    def broken(*args):
-        raise RuntimeError("simulated bug")
-
-    monkeypatch.setattr(client_module, "decode_body", broken)
-    wire = WireDirectory()
-    wire.dirports[7000] = CannedSite(b"HTTP/1.0 200 OK\r\n\r\n" + CONSENSUS)
-    request = DirectoryClient(wire.reactor).fetch_dirport("127.0.0.1", 7000, "/x", 1 << 20)
-    wire.pump()
-    failure = outcome(request).value
-    assert isinstance(failure, ResponseParseError) and "RuntimeError: simulated bug" in str(failure)
-    assert [record.levelname for record in caplog.records] == ["ERROR"]
-    assert wire.reactor.getDelayedCalls() == []
-
-
-def test_an_unconnectable_address_fails_the_request():
-    clock = task.Clock()
-    request = DirectoryClient(clock).fetch_dirport("not an address", 7000, "/x", 1000)
-    failure = outcome(request).value
-    assert isinstance(failure, DirectoryConnectionError) and "cannot connect" in str(failure)
-    assert clock.getDelayedCalls() == []
-
-
 # ------------------------------------------------------------------------------------------ BEGIN_DIR
 
 
@@ -438,3 +297,28 @@ def test_a_hostile_begin_dir_answer_ends_its_stream_not_the_circuit(answer):
     cache.pump()
     assert outcome(again).body == CONSENSUS
     assert cache.circuit.state is CircuitState.OPEN
+
+
+def test_begin_dir_status_errors_carry_the_status():
+    cache = OneHopCache(CannedSite(b"HTTP/1.0 404 Not found\r\nContent-Length: 3\r\n\r\nno\n"))
+    request = DirectoryClient(task.Clock()).fetch_over_circuit(cache.circuit, "/tor/micro/d/x.z", 1000)
+    cache.pump()
+    failure = outcome(request).value
+    assert isinstance(failure, DirectoryStatusError) and failure.status == 404
+    assert str(failure).endswith("(BEGIN_DIR): HTTP 404 Not found for /tor/micro/d/x.z")
+
+
+def test_a_reader_bug_fails_the_request_cleanly(monkeypatch, caplog):
+    """Whatever the reader raises, the request ends with a DirectoryRequestError and is logged once."""
+    def broken(*args):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(client_module, "decode_body", broken)
+    cache = OneHopCache(CannedSite(b"HTTP/1.0 200 OK\r\n\r\n" + CONSENSUS))
+    clock = task.Clock()
+    request = DirectoryClient(clock).fetch_over_circuit(cache.circuit, "/x", 1 << 20)
+    cache.pump()
+    failure = outcome(request).value
+    assert isinstance(failure, ResponseParseError) and "RuntimeError: simulated bug" in str(failure)
+    assert [record.levelname for record in caplog.records] == ["ERROR"]
+    assert clock.getDelayedCalls() == [] and cache.circuit.state is CircuitState.OPEN

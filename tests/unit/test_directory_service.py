@@ -1,7 +1,7 @@
 """The directory service's logic with a synthetic, genuinely signed network and fake transports.
 
 Three authorities with real RSA keys sign microdesc consensuses built here; a fake
-DirectoryClient answers DirPort and BEGIN_DIR requests from those documents; time is a
+DirectoryClient answers BEGIN_DIR requests from those documents; time is a
 ``task.Clock`` and "threads" run inline, so bootstrap, fallback, backoff, refresh and trust
 decisions can be stepped through deterministically. One test uses the real reactor and
 the real 2017 directory to check that loading it never stalls the reactor.
@@ -10,6 +10,7 @@ the real 2017 directory to check that loading it never stalls the reactor.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,10 +25,12 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import defer, task, threads
 
 from oppy.circuit.circuit import CircuitState
+from oppy.circuit.manager import CircuitManager
 from oppy.directory.cache import CACHED_CONSENSUS_FILE, DirectoryCache
 from oppy.directory.client import (
     MAX_MICRODESCS_PER_REQUEST,
@@ -41,16 +44,21 @@ from oppy.directory.service import (
     BootstrapPhase,
     BootstrapStatus,
     DirectoryService,
+    SourceKind,
     signature_key_ids,
 )
+from oppy.link.connection import LinkConnected, LinkFailed, LinkLaunched, LinkOpened, LinkPool
 from oppy.logs import NOTICE
-from oppy.netdoc.authorities import DirAuthority
+from oppy.netdoc.authorities import DirAuthority, FallbackDir
 from oppy.netdoc.documents import parse_consensus_header
 from oppy.netdoc.errors import DirectoryError
 from oppy.netdoc.fields import format_time, parse_time
+from oppy.path.chooser import PathChooser
 from oppy.path.selection import NoPathError
 from tests.support.testdata import REAL_DIRECTORY
 from tests.unit.dirsim import WireDirectory
+from tests.unit.relaysim import CMD_CREATE2, CMD_CREATE_FAST, SimulatedRelay
+from tests.unit.tlsrelay import DirectoryCacheRelay
 
 T0 = parse_time("2030-01-01 00:00:00")
 HOUR = 3600
@@ -149,8 +157,20 @@ class Relay:
         self.or_port = 9000 + int(hashlib.sha1(self.seed).hexdigest()[:3], 16)
 
     @property
+    def ntor_private_key(self) -> X25519PrivateKey:
+        seed = hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest()
+        return X25519PrivateKey.from_private_bytes(seed)
+
+    @property
     def ntor_key(self) -> bytes:
-        return hashlib.sha256(b"ntor" + self.seed + bytes([self.key_version])).digest()
+        return self.ntor_private_key.public_key().public_bytes_raw()
+
+    def simulated(self) -> SimulatedRelay:
+        """This relay as relaysim plays it: its identity and ntor onion key."""
+        relay = SimulatedRelay(self.nickname, self.address, self.or_port)
+        relay.rsa_id, relay.ed25519_id = self.rsa_id, self.ed25519_id
+        relay.onion_private, relay.onion_key = self.ntor_private_key, self.ntor_key
+        return relay
 
     @property
     def microdesc(self) -> bytes:
@@ -231,7 +251,7 @@ class SyntheticNetwork:
 
 
 class DirectoryServer:
-    """Answers directory URLs from a SyntheticNetwork's current documents, like a tor DirPort."""
+    """Answers directory URLs from a SyntheticNetwork's current documents, like a tor directory cache."""
 
     def __init__(self, network: SyntheticNetwork, consensus: bytes):
         self.network = network
@@ -275,10 +295,9 @@ class DirectoryServer:
 
 
 class FakeClient:
-    """Stands in for DirectoryClient: DirPort requests go to servers by port, BEGIN_DIR ones by relay."""
+    """Stands in for DirectoryClient: BEGIN_DIR requests go to servers by relay nickname."""
 
     def __init__(self):
-        self.dirports: dict[int, DirectoryServer] = {}
         self.relays: dict[str, DirectoryServer] = {}
         self.requests: list[tuple[str, str, str]] = []
 
@@ -290,14 +309,6 @@ class FakeClient:
         except Exception as exc:  # noqa: BLE001
             return defer.fail(exc)
         return defer.succeed(DirectoryResponse(200, "OK", {}, body, source, len(body)))
-
-    def fetch_dirport(self, address, port, path, max_size, *, nickname="", if_modified_since=None,
-                      on_connected=None):
-        self.requests.append(("dirport", nickname, path))
-        server = self.dirports.get(port)
-        if server is not None and not server.down and on_connected is not None:
-            on_connected()
-        return self._answer(server, f"{nickname} (DirPort)", path, if_modified_since)
 
     def fetch_over_circuit(self, circuit, path, max_size, *, relay=None, if_modified_since=None):
         relay = relay or circuit.path[-1]
@@ -316,27 +327,33 @@ class FakeClient:
 @dataclass
 class FakeCircuit:
     path: list
-    state: CircuitState = CircuitState.OPEN
-    closed: bool = False
-
-    def close(self, *args):
-        self.state = CircuitState.CLOSED
 
 
 @dataclass
-class FakeLinks:
+class FakeCircuits:
+    """Stands in for the circuit manager's directory circuits (FakeClient only reads their relay) and for the
+    link pool beneath them, whose typed events it tells: a relay in ``broken`` refuses the connection."""
+
     broken: set = field(default_factory=set)
     got: list = field(default_factory=list)
+    observers: list = field(default_factory=list)
 
-    def get(self, target):
+    def add_observer(self, observer):
+        self.observers.append(observer)
+
+    def remove_observer(self, observer):
+        self.observers.remove(observer)
+
+    def directory_circuit(self, target):
         self.got.append(target.nickname)
+        events = [LinkLaunched(target)] + ([LinkFailed(target, "Connection refused")] if target.nickname in self.broken
+                                           else [LinkConnected(target), LinkOpened(target)])
+        for event in events:
+            for observer in list(self.observers):
+                observer(event)
         if target.nickname in self.broken:
             return defer.fail(ConnectionRefusedError(f"link to {target.nickname} refused"))
-        return defer.succeed(object())
-
-
-def fake_build_circuit(links, path, timeout, reactor=None):
-    return defer.succeed(FakeCircuit(list(path)))
+        return defer.succeed(FakeCircuit([target]))
 
 
 @dataclass
@@ -344,17 +361,17 @@ class World:
     network: SyntheticNetwork
     clock: task.Clock
     client: FakeClient
-    links: FakeLinks
+    circuits: FakeCircuits
     servers: list
     directory: Path
 
     def service(self, testing: bool = True, seed: int = 1, run_in_thread=None, **options) -> DirectoryService:
         """The service; "threads" run inline unless ``run_in_thread`` says otherwise."""
         return DirectoryService(
-            self.network.records(), self.directory, self.links, testing, self.clock,
-            lambda: T0 + 600 + self.clock.seconds(), rng=random.Random(seed), client=self.client,
+            self.network.records(), self.directory, self.circuits, testing, self.clock,
+            lambda: T0 + 600 + self.clock.seconds(), links=self.circuits, rng=random.Random(seed), client=self.client,
             run_in_thread=run_in_thread or (lambda function, *args: defer.maybeDeferred(function, *args)),
-            circuit_builder=fake_build_circuit, **options)
+            **options)
 
     def publish(self, consensus: bytes) -> None:
         for server in self.servers:
@@ -368,13 +385,13 @@ def make_world(tmp_path, network=None, consensus=None) -> World:
     servers = []
     for authority in network.authorities:
         server = DirectoryServer(network, consensus)
-        client.dirports[authority.dir_port] = server
+        client.relays[authority.nickname] = server
         servers.append(server)
     for relay in network.relays:
         server = DirectoryServer(network, consensus)
         client.relays[relay.nickname] = server
         servers.append(server)
-    return World(network, task.Clock(), client, FakeLinks(), servers, tmp_path / "data")
+    return World(network, task.Clock(), client, FakeCircuits(), servers, tmp_path / "data")
 
 
 def run(deferred):
@@ -399,20 +416,24 @@ def percents(caplog) -> list[int]:
 # ------------------------------------------------------------------------------------------ bootstrap
 
 
-def test_bootstrap_from_scratch_over_dirports_with_tors_phases(tmp_path, caplog):
+def test_bootstrap_from_scratch_over_begin_dir_to_the_authorities_with_tors_phases(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="oppy")
     world = make_world(tmp_path)
     service = world.service()
     assert run(service.start()) is service
     assert service.enough_dir_info
-    assert percents(caplog) == [0, 5, 10, 25, 30, 40, 45, 50, 75]
+    assert percents(caplog) == [0, 5, 10, 14, 15, 20, 25, 30, 40, 45, 50, 75]
     assert bootstrap_lines(caplog)[-1] == "Bootstrapped 75% (enough_dirinfo): Loaded enough directory info to " \
                                           "build circuits"
     assert all(record.levelno == NOTICE for record in caplog.records
                if record.getMessage().startswith("Bootstrapped"))
     assert service.bootstrap_phase == (75, "enough_dirinfo", "Loaded enough directory info to build circuits")
     assert world.client.kinds() == ["consensus", "certificates", "microdescriptors"]
-    assert all(transport == "dirport" for transport, _, _ in world.client.requests)
+    # No fallback is configured: the authorities are asked, at their ORPorts.
+    assert {nickname for _, nickname, _ in world.client.requests} <= {"auth0", "auth1", "auth2"}
+    assert service.fetch_counts == {"consensus": 1, "consensus:authority": 1, "certificates": 1,
+                                    "certificates:authority": 1, "microdescriptors": 1,
+                                    "microdescriptors:authority": 1}
     assert world.client.requests[0][2] == "/tor/status-vote/current/consensus-microdesc.z"
     keys = world.client.requests[1][2]
     assert keys.startswith("/tor/keys/fp-sk/") and keys.count("+") == 2
@@ -433,21 +454,56 @@ def test_authorities_are_tried_in_random_order(tmp_path):
     assert len(orders) > 1 and all(sorted(order) == ["auth0", "auth1", "auth2"] for order in orders)
 
 
+def test_fallbacks_are_asked_first_and_the_authorities_last_all_at_their_orports(tmp_path):
+    """C tor bootstraps from the fallback directories and spares the authorities; every source is a relay's
+    ORPort (BEGIN_DIR), named by the RSA identity its line gives; an authority without one is never asked."""
+    network = SyntheticNetwork()
+    world = make_world(tmp_path, network)
+    fallback_relays = [network.relay("guard1"), network.relay("exit0")]
+    fallbacks = [FallbackDir(relay.address, relay.or_port, relay.rsa_id.hex().upper(), nickname=relay.nickname)
+                 for relay in fallback_relays]
+    records = network.records()
+    records[2] = dataclasses.replace(records[2], or_port=None)          # a DirPort-only authority line
+    service = DirectoryService(records, world.directory, world.circuits, True, world.clock,
+                               lambda: T0 + 600 + world.clock.seconds(), fallback_dirs=fallbacks,
+                               rng=random.Random(1), client=world.client,
+                               run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
+    sources = service._directory_sources()
+    assert [source.kind for source in sources] == [SourceKind.FALLBACK] * 2 + [SourceKind.AUTHORITY] * 2
+    assert {source.target.rsa_id for source in sources[:2]} == {relay.rsa_id for relay in fallback_relays}
+    assert {source.nickname for source in sources[:2]} == {"guard1", "exit0"}
+    assert {(source.target.address, source.target.or_port) for source in sources[2:]} == {
+        ("127.0.0.1", 5000), ("127.0.0.1", 5001)}
+    # Nothing is known of their onion keys yet: their circuits are created with CREATE_FAST.
+    assert all(source.target.ntor_onion_key is None for source in sources)
+    run(service.start())
+    assert service.fetch_counts["consensus:fallback"] == 1 and service.fetch_counts["consensus:authority"] == 0
+    after = service._directory_sources()
+    kinds = [source.kind for source in after]
+    assert kinds[:4] == [SourceKind.DIRECTORY_GUARD] * 3 + [SourceKind.CACHE]
+    assert kinds[4:] == [SourceKind.FALLBACK] * 2 + [SourceKind.AUTHORITY] * 2
+    # Their microdescriptors are held now: a fallback is reached with ntor, its line's address kept.
+    fallback = next(source.target for source in after if source.kind is SourceKind.FALLBACK
+                    and source.target.rsa_id == fallback_relays[1].rsa_id)
+    assert (fallback.ntor_onion_key, fallback.or_port) == (fallback_relays[1].ntor_key, fallback_relays[1].or_port)
+    run(service.stop())
+
+
 def test_unreachable_and_forged_sources_are_skipped(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="oppy")
     world = make_world(tmp_path)
     service = world.service(seed=3)
-    order = [source.port for source in world.service(seed=3)._directory_sources()]
-    world.client.dirports[order[0]].down = True
+    order = [source.nickname for source in world.service(seed=3)._directory_sources()]
+    world.client.relays[order[0]].down = True
     consensus = world.network.consensus()
     forged = consensus.replace(b"w Bandwidth=1000\n", b"w Bandwidth=9000\n", 1)
     assert len(forged) == len(consensus) and forged != consensus
-    world.client.dirports[order[1]].consensus = forged
+    world.client.relays[order[1]].consensus = forged
     run(service.start())
     assert service.netdir.consensus.valid_after == T0 and service.enough_dir_info
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("Rejected the microdesc consensus from auth")
+    assert warnings[0].startswith("Rejected the microdesc consensus from $") and f"~{order[1]} at" in warnings[0]
     assert "BadSignatureError" in warnings[0] and "did not verify" in warnings[0]
     assert "No consensus is in use yet" in warnings[0]
 
@@ -455,8 +511,7 @@ def test_unreachable_and_forged_sources_are_skipped(tmp_path, caplog):
 def test_no_reachable_authority_warns_once_and_backs_off(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="oppy")
     world = make_world(tmp_path)
-    for server in world.servers:
-        server.down = True
+    world.circuits.broken.update(authority.nickname for authority in world.network.authorities)
     service = world.service(testing=False)
     waiter = service.start()
     assert not waiter.called
@@ -466,14 +521,13 @@ def test_no_reachable_authority_warns_once_and_backs_off(tmp_path, caplog):
         delays.append(call.getTime() - world.clock.seconds())
         world.clock.advance(delays[-1])
     assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
-    assert len(world.client.requests) == 3 * 11
+    assert len(world.circuits.got) == 3 * 11 and world.client.requests == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith("No directory authority or cache could be reached")
     assert "auth0" in warnings[0] and "Retrying in 2 s" in warnings[0]
     assert service.bootstrap_phase[0] == 5           # stuck at "conn", like tor
-    for server in world.servers:
-        server.down = False
+    world.circuits.broken.clear()
     world.clock.advance(300)
     assert run(waiter) is service
     assert any("Got a usable consensus again" in r.getMessage() for r in caplog.records
@@ -484,8 +538,7 @@ def test_no_reachable_authority_warns_once_and_backs_off(tmp_path, caplog):
 
 def test_testing_network_backoff_is_capped_lower(tmp_path):
     world = make_world(tmp_path)
-    for server in world.servers:
-        server.down = True
+    world.circuits.broken.update(authority.nickname for authority in world.network.authorities)
     service = world.service(testing=True)
     service.start()
     delays = []
@@ -641,7 +694,7 @@ def test_refresh_on_schedule_over_begin_dir_fetches_only_new_microdescriptors(tm
         [network.relay("guard2").digest, network.relay("guard9").digest])
     guard2 = network.relay("guard2")
     assert service.netdir.relay_target(guard2.rsa_id).ntor_onion_key == guard2.ntor_key
-    assert service.fetch_counts["consensus:begin_dir"] == 1
+    assert service.fetch_counts["consensus:directory_guard"] == 1
 
 
 def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_path):
@@ -650,7 +703,7 @@ def test_a_broken_directory_guard_is_marked_down_and_the_next_source_used(tmp_pa
     service = world.service()
     run(service.start())
     first = service.paths.guards.primary_guards()[0]
-    world.links.broken.add(first.nickname)
+    world.circuits.broken.add(first.nickname)
     world.publish(world.network.consensus(T0 + HOUR, params="guard-n-primary-dir-guards-to-use=1"))
     world.clock.advance(HOUR)
     world.client.requests.clear()
@@ -673,8 +726,8 @@ def test_a_forged_refresh_is_rejected_and_the_last_good_consensus_stays(tmp_path
     assert run(service.fetch_consensus_now()) is None
     assert service.netdir.consensus is good and service.enough_dir_info
     rejections = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    # Three directory guards and one other relay over BEGIN_DIR, then the three authorities.
-    assert len(rejections) == 7 and sum("(DirPort)" in message for message in rejections) == 3
+    # Three directory guards and one other relay, then the three authorities.
+    assert len(rejections) == 7 and sum("~auth" in message for message in rejections) == 3
     assert all(message.startswith("Rejected the microdesc consensus from") for message in rejections)
     assert all("NotEnoughSignaturesError" in m and "needs 2" in m and
                f"Still using the consensus valid-after {format_time(T0)}" in m for m in rejections)
@@ -740,6 +793,22 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
     assert {service.paths.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
     with pytest.raises(NoPathError):
         service.paths.choose_path(80, exclude=set(exits))
+
+
+def test_a_circuit_path_comes_with_its_guard_choice_and_its_success_confirms_the_guard(tmp_path):
+    world = make_world(tmp_path)
+    service = world.service()
+    run(service.start())
+    path, choice = service.paths.choose_circuit_path(443)
+    assert choice.fingerprint == path[0].fingerprint == service.paths.guards.primary_guards()[0].fingerprint
+    assert not choice.guard.is_confirmed
+    assert service.paths.guard_succeeded(choice) is True and choice.guard.is_confirmed
+    run(service.cache_writes_done())
+    saved = DirectoryCache(world.directory).read_state()["guards"]["guards"]
+    assert [g["fingerprint"] for g in saved if g.get("confirmed_on")] == [choice.fingerprint]
+    other_path, other = service.paths.choose_circuit_path(443, exclude={path[0].rsa_id})
+    service.paths.guard_failed(other)
+    assert other.guard.is_down and service.paths.choose_path(443)[0].fingerprint == choice.fingerprint
 
 
 def test_distinct_subnets_outside_a_testing_network(tmp_path):
@@ -878,22 +947,25 @@ HOSTILE_LENGTH = b"HTTP/1.0 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r
 
 
 def wire_service(tmp_path, network: SyntheticNetwork):
-    """A service on the real DirectoryClient, its DirPorts and BEGIN_DIR caches served by `WireDirectory`."""
+    """A service on the real DirectoryClient and circuit manager, its authorities and directory caches served
+    over one-hop circuits by `WireDirectory`."""
     wire = WireDirectory()
     consensus = network.consensus()
     sites = {}
     for authority in network.authorities:
-        wire.dirports[authority.dir_port] = sites[authority.nickname] = WireServer(
-            DirectoryServer(network, consensus))
+        wire.caches[authority.nickname] = sites[authority.nickname] = WireServer(DirectoryServer(network, consensus))
     for relay in network.relays:
         wire.caches[relay.nickname] = sites[relay.nickname] = WireServer(DirectoryServer(network, consensus))
+        wire.relays[relay.nickname] = relay.simulated()
 
     def service():
+        manager = CircuitManager(wire, PathChooser(), reactor=wire.reactor, clock=wire.reactor.seconds,
+                                 preemptive_circuits=0)
         return DirectoryService(
-            network.records(), tmp_path / "data", FakeLinks(), True, wire.reactor,
-            lambda: T0 + 600 + wire.reactor.seconds(), rng=random.Random(5), client=DirectoryClient(wire.reactor),
-            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
-            circuit_builder=wire.build_circuit)
+            network.records(), tmp_path / "data", manager, True, wire.reactor,
+            lambda: T0 + 600 + wire.reactor.seconds(), links=wire, rng=random.Random(5),
+            client=DirectoryClient(wire.reactor),
+            run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
 
     return wire, sites, service
 
@@ -905,7 +977,7 @@ def advance_to_the_next_refresh(wire: WireDirectory) -> None:
 
 
 def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(tmp_path, caplog):
-    """A hostile DirPort and a hostile directory guard fail their own request only: the round moves to the
+    """A hostile authority and a hostile directory guard fail their own request only: the round moves to the
     next source, no request is left pending, the guard's circuit stays up, and later refreshes still happen."""
     caplog.set_level(logging.INFO, logger="oppy")
     network = SyntheticNetwork()
@@ -918,10 +990,12 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
     wire.pump()
     assert run(waiter) is service and service.netdir.consensus.valid_after == T0
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
-    assert failed[0].startswith(f"Consensus fetch from {order[0]} at 127.0.0.1:") and \
-        "non-ASCII byte in the status line" in failed[0]
-    assert failed[1].startswith(f"Consensus fetch from {order[1]} at 127.0.0.1:") and \
-        "bad Content-Length" in failed[1]
+    assert f"~{order[0]} at 127.0.0.1:" in failed[0] and "non-ASCII byte in the status line" in failed[0]
+    assert f"~{order[1]} at 127.0.0.1:" in failed[1] and "bad Content-Length" in failed[1]
+    # Bootstrap as tor logs it; the authorities' onion keys were unknown: CREATE_FAST.
+    assert percents(caplog) == [0, 5, 10, 14, 15, 20, 25, 30, 40, 45, 50, 75]
+    assert {nickname for nickname, _ in wire.creates} == {"auth0", "auth1", "auth2"}
+    assert {command for _, command in wire.creates} == {CMD_CREATE_FAST}
     assert len(wire.reactor.getDelayedCalls()) == 1          # the refresh; no request is left pending
 
     guard = service.paths.guards.primary_guards()[0].nickname
@@ -931,11 +1005,13 @@ def test_hostile_sources_over_the_wire_never_stall_a_round_and_refreshes_go_on(t
             site.server.consensus = network.consensus(valid_after)
         advance_to_the_next_refresh(wire)
         assert service.netdir.consensus.valid_after == valid_after
+        assert wire.creates[-1][1] == CMD_CREATE2       # a directory guard: ntor with its microdescriptor's key
         # The guard was asked first; its answer failed that stream only (its circuit is replaced only
         # once it is too old, an hour later).
         hostile_circuit = wire.circuits[guard][-1]
         assert hostile_circuit.answered == ["/tor/status-vote/current/consensus-microdesc.z"]
-        assert hostile_circuit.circuit.state is CircuitState.OPEN and hostile_circuit.channel.destroyed == []
+        assert hostile_circuit.circuit.state is CircuitState.OPEN
+        assert hostile_circuit.circuit.circ_id not in [circ_id for circ_id, _ in hostile_circuit.channel.destroyed]
         assert not service.paths.guards.primary_guards()[0].is_down
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
@@ -956,12 +1032,12 @@ def test_a_malformed_consensus_header_means_the_next_source(tmp_path, caplog, he
     first = world.service(seed=3)._directory_sources()[0]
     hostile = world.network.consensus()
     assert header_line in hostile
-    world.client.dirports[first.port].consensus = hostile.replace(header_line, replacement, 1)
+    world.client.relays[first.nickname].consensus = hostile.replace(header_line, replacement, 1)
     service = world.service(seed=3)
     run(service.start())
     assert service.enough_dir_info and service.netdir.consensus.valid_after == T0
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warning.startswith(f"Rejected the microdesc consensus from {first.nickname}") and \
+    assert warning.startswith(f"Rejected the microdesc consensus from {first.describe()}") and \
         "ConsensusParseError" in warning
     assert [kind for kind in world.client.kinds()].count("consensus") == 2
 
@@ -1048,7 +1124,7 @@ def test_an_unparseable_microdescriptor_reply_is_logged_and_the_next_source_trie
     run(service.start())
     assert len(service.netdir.microdescs) == len(world.network.relays)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warning.startswith("Rejected the ") and "microdescriptor reply from auth" in warning
+    assert warning.startswith("Rejected the ") and "microdescriptor reply from $" in warning and "~auth" in warning
     assert warning.endswith("RuntimeError: simulated parser bug")
     assert world.client.kinds().count("microdescriptors") == 2
 
@@ -1094,7 +1170,7 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
     for name in ("cached-certs", "cached-microdesc-consensus", "cached-microdescs", "cached-microdescs.new"):
         shutil.copy(source / name, tmp_path / name)
     header = parse_consensus_header((source / "cached-microdesc-consensus").read_bytes())
-    # The 2017 authorities, pointed at a closed local port: nothing may leave the machine.
+    # The 2017 authorities without an ORPort: nothing may leave the machine (there is no source to ask).
     authorities = [DirAuthority(s.nickname, s.v3ident, s.v3ident, "127.0.0.1", 9, None)
                    for s in header.dir_sources]
     now = header.valid_after + 30 * 60
@@ -1106,7 +1182,7 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
             return function(*a, **k)
         return threads.deferToThread(recorded, *args, **kwargs)
 
-    service = DirectoryService(authorities, tmp_path, links=None, reactor=reactor, clock=lambda: now,
+    service = DirectoryService(authorities, tmp_path, circuits=None, reactor=reactor, clock=lambda: now,
                                run_in_thread=run_in_thread)
     ticks = []
     ticker = task.LoopingCall(lambda: ticks.append(time.perf_counter()))
@@ -1121,3 +1197,54 @@ def test_loading_the_2017_directory_parses_off_the_reactor_thread(tmp_path):
     assert len(ran_in) >= 2, ran_in
     assert not any(on_main for _, on_main in ran_in), ran_in
     assert len(ticks) > 5  # the reactor went on ticking while the workers parsed
+
+
+# ------------------------------------------------------------------------------------------ over real TLS
+
+
+@pytest_twisted.inlineCallbacks
+def test_over_tls_a_directory_source_is_used_once_its_link_proved_the_identity_its_line_names(tmp_path, caplog):
+    """Bootstrap over loopback TCP and TLS from relays in this process, by the real link pool and circuit
+    manager: an authority's ORPort whose link proves another RSA identity than its line names is given up
+    (nothing is asked of it); the next one proves it, gets a CREATE_FAST circuit, and serves the directory."""
+    from twisted.internet import reactor
+
+    caplog.set_level(logging.INFO, logger="oppy")
+    network = SyntheticNetwork()
+    site = WireServer(DirectoryServer(network, network.consensus()))
+    relays = [DirectoryCacheRelay(lambda url: site.answer(url, None), slot=slot, nickname=f"auth{slot}")
+              for slot in (0, 1)]
+    for relay in relays:
+        relay.listen(reactor)
+    records = network.records()
+    records[0] = pointed_to(records[0], relays[0], relays[0].fingerprint)
+    records[1] = pointed_to(records[1], relays[1], records[1].fingerprint)    # the line names someone else
+    records[2] = dataclasses.replace(records[2], or_port=None)
+    links = LinkPool(reactor)
+
+    def service(seed):
+        return DirectoryService(records, tmp_path / "data", CircuitManager(links, PathChooser(),
+                                                                           preemptive_circuits=0),
+                                True, reactor, lambda: T0 + 600, links=links, rng=random.Random(seed),
+                                run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
+
+    seed = next(seed for seed in range(50) if service(seed)._directory_sources()[0].nickname == "auth1")
+    directory = service(seed)
+    try:
+        yield directory.start().addTimeout(30, reactor)
+    finally:
+        yield directory.stop()
+        links.close_all()
+        for relay in relays:
+            yield relay.listening.stopListening()
+    assert directory.netdir.consensus.valid_after == T0 and directory.enough_dir_info
+    (refused,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Consensus fetch from")]
+    assert f"relay has RSA identity {relays[1].fingerprint}, expected {records[1].fingerprint}" in refused
+    assert relays[1].requests == [] and relays[1].creates == []
+    assert relays[0].creates == [CMD_CREATE_FAST]
+    assert relays[0].requests[0] == "/tor/status-vote/current/consensus-microdesc.z"
+
+
+def pointed_to(authority: DirAuthority, relay: DirectoryCacheRelay, fingerprint: str) -> DirAuthority:
+    return dataclasses.replace(authority, fingerprint=fingerprint, address="127.0.0.1",
+                               or_port=relay.simulated.or_port)

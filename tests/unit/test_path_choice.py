@@ -34,7 +34,7 @@ def service_2017(tmp_path):
     header = parse_consensus_header((SOURCE / "cached-microdesc-consensus").read_bytes())
     authorities = [DirAuthority(s.nickname, s.v3ident, s.v3ident, "127.0.0.1", 9, None) for s in header.dir_sources]
     now = header.valid_after + 30 * 60
-    service = DirectoryService(authorities, data, links=None, reactor=task.Clock(), clock=lambda: now,
+    service = DirectoryService(authorities, data, circuits=None, reactor=task.Clock(), clock=lambda: now,
                                run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args),
                                rng=random.Random(2017))
     started = service.start()

@@ -92,6 +92,28 @@ def test_guard_outcomes_are_announced_with_whether_to_save():
     assert len(events) == 2
 
 
+def test_a_circuit_path_comes_with_its_guard_choice_on_which_its_outcome_is_reported():
+    """guard-spec 4.7-4.9 through the chooser (the circuit manager's side): the path's guard choice, and each
+    outcome reported on it reaches the sample and is announced."""
+    chooser = chooser_2017()
+    events = []
+    chooser.add_observer(events.append)
+    path, choice = chooser.choose_circuit_path(443)
+    first = chooser.guards.primary_guards()[0]
+    assert choice.guard is first and path[0].fingerprint == first.fingerprint
+    assert chooser.guard_succeeded(choice) is True and first.confirmed_idx == 0      # a primary: usable at once
+    assert events == [GuardsChanged(needs_saving=True)]
+    assert chooser.upgrade_waiting([choice]) == [] and not chooser.guard_should_expire(choice)
+    _, failing = chooser.choose_circuit_path(443)
+    chooser.guard_failed(failing)
+    assert failing.guard.is_down and len(events) == 2
+    _, other = chooser.choose_circuit_path(443, exclude=[first.fingerprint])
+    assert other.guard is not first
+    other.guard.is_pending = True
+    chooser.guard_cancelled(other)
+    assert not other.guard.is_pending and len(events) == 2      # a cancel changes nothing durable
+
+
 def test_the_guard_sample_is_restored_from_what_it_saved():
     first = chooser_2017(seed=1)
     first.mark_guard_up(bytes.fromhex(first.guards.primary_guards()[1].fingerprint))

@@ -56,8 +56,8 @@ class SimulatedPaths(PathChooser):
         super().__init__()
         self.path = path
 
-    def choose_path(self, port=None, exclude=(), rng=None):
-        return [relay.target for relay in self.path.relays]
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        return [relay.target for relay in self.path.relays], None
 
 
 class SimulatedExit:

@@ -42,6 +42,7 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "DataDirectory": ("/var/lib/oppy", "~/.oppy"),
     "DirAuthority": (AUTHORITY,),
     "FallbackDir": ("127.0.0.1:7000 orport=5000 id=" + "C" * 40,),
+    "UseDefaultFallbackDirs": ("0", "1"),
     "TestingTorNetwork": ("0",),
     "Log": ("notice stdout", "info-warn file /tmp/oppy.log", "err stderr"),
     "MaxCircuitDirtiness": ("10 minutes", "600", "1.5 hours"),

@@ -55,7 +55,7 @@ from oppy.netdoc.fields import decode_base64, parse_decimal, parse_fixed_point, 
 from oppy.netdoc.verify import verify_consensus, verify_key_certificate
 from oppy.path.chooser import PathChooser
 from tests.support.testdata import REAL_DIRECTORY
-from tests.unit.dirsim import CannedSite, OneHopCache, WireDirectory
+from tests.unit.dirsim import CannedSite, OneHopCache
 from tests.unit.fuzz.budget import FUZZ
 
 TESTNET = REAL_DIRECTORY / "testnet-0.4.9.11"
@@ -198,14 +198,8 @@ def test_fuzz_body_decoder_raises_only_request_errors(data, encoding):
 
 @FUZZ
 @given(http_answers())
-def test_fuzz_every_dirport_and_begin_dir_fetch_ends(answer):
-    """Whatever a source answers, the request's Deferred fires, no timer is left, a BEGIN_DIR circuit stays."""
-    wire = WireDirectory()
-    wire.dirports[7000] = CannedSite(answer)
-    request = DirectoryClient(wire.reactor).fetch_dirport("127.0.0.1", 7000, "/x.z", 2000)
-    wire.pump()
-    assert request.called and wire.reactor.getDelayedCalls() == []
-    request.addErrback(lambda failure: failure.trap(DirectoryRequestError))
+def test_fuzz_every_begin_dir_fetch_ends(answer):
+    """Whatever a source answers, the request's Deferred fires, no timer is left, the circuit stays."""
     cache = OneHopCache(CannedSite(answer))
     clock = task.Clock()
     request = DirectoryClient(clock).fetch_over_circuit(cache.circuit, "/x.z", 2000)
