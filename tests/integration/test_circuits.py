@@ -94,6 +94,7 @@ def test_five_megabytes_upload_confirmed_by_the_target(network, relays, links):
     yield sink.connected
     stream.write(f"POST /upload HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode())
     for offset in range(0, len(body), 64 * 1024):
+        yield sink.when_writable()      # a writer that ignores "stop" past its buffer's hard limit is closed
         stream.write(body[offset:offset + 64 * 1024])
     yield sink.ended
     head, answer = http_response_body(sink.data)

@@ -22,6 +22,7 @@ class CollectingSink:
         self.end: StreamEnd | None = None
         self.resolved = None
         self.writable_changes: list[bool] = []
+        self._writable_waiters: list[defer.Deferred] = []
 
     @property
     def data(self) -> bytes:
@@ -41,6 +42,22 @@ class CollectingSink:
 
     def stream_writable(self, stream: Stream, writable: bool) -> None:
         self.writable_changes.append(writable)
+        if writable:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    @property
+    def writable(self) -> bool:
+        return not self.writable_changes or self.writable_changes[-1]
+
+    def when_writable(self) -> defer.Deferred:
+        """Fires once the stream takes more data (at once if it does now): the writer's backpressure."""
+        if self.writable:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._writable_waiters.append(waiter)
+        return waiter
 
     def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
         self.end = end
