@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import struct
 import time
 from collections import deque
 from typing import Callable, Sequence
@@ -26,54 +24,12 @@ from oppy.directory.service import DirectoryService
 from oppy.logs import configure_logging, notice
 from oppy.netdoc.relay import RelayTarget
 
-__all__ = ["DaemonBackend", "LinkTrafficMeter", "tcp_byte_counts"]
+__all__ = ["DaemonBackend", "LinkTrafficMeter"]
 
 log = logging.getLogger(__name__)
 
-# Linux <netinet/tcp.h> struct tcp_info: tcpi_bytes_acked and tcpi_bytes_received (u64 each, since
-# Linux 4.1/4.2) sit at these offsets. They are the bytes a link's socket sent and received, TLS
-# included, which is what tor counts for its BW events.
-_TCP_INFO_LEN = 256
-_TCP_INFO_BYTES_OFFSET = 120
-_TCP_INFO_BYTES = struct.Struct("=QQ")
-# The SYN counts as one acknowledged byte in tcpi_bytes_acked.
-_SYN_BYTES = 1
 # Options read once at start (listeners, where data lives): a RELOAD leaves them as they are.
 _NOT_RELOADED = frozenset({"SocksPort", "ControlPort", "DataDirectory", "TestingTorNetwork"})
-
-
-def tcp_byte_counts(sock) -> tuple[int, int] | None:
-    """(bytes received, bytes sent) of a TCP socket, from the kernel's TCP_INFO; None where unknown."""
-    tcp_info = getattr(socket, "TCP_INFO", None)  # Linux only: optional by nature
-    if sock is None or tcp_info is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
-    except (OSError, ValueError, AttributeError):
-        return None
-    if len(info) < _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
-        return None
-    sent, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_OFFSET)
-    return received, max(0, sent - _SYN_BYTES)
-
-
-def _connection_bytes(connection) -> tuple[int, int] | None:
-    """Bytes read and written by one link: its own counters if the link layer keeps them, else the
-    kernel's for its socket."""
-    read = getattr(connection, "bytes_read", None)
-    written = getattr(connection, "bytes_written", None)
-    if isinstance(read, int) and isinstance(written, int):
-        return read, written
-    # A TLS transport wraps the TCP one, whose handle is the socket.
-    transport = getattr(connection, "transport", None)
-    for candidate in (getattr(transport, "transport", None), transport):
-        try:
-            handle = candidate.getHandle() if candidate is not None else None
-        except Exception:  # noqa: BLE001 - a transport being torn down
-            handle = None
-        if isinstance(handle, socket.socket):
-            return tcp_byte_counts(handle)
-    return None
 
 
 class LinkTrafficMeter:
@@ -101,10 +57,7 @@ class LinkTrafficMeter:
         read = written = 0
         current = {}
         for connection in self.links.connections():
-            counts = _connection_bytes(connection)
-            if counts is None:
-                continue
-            current[connection] = counts
+            counts = current[connection] = (connection.bytes_read, connection.bytes_written)
             last_read, last_written = self._last.get(connection, (0, 0))
             read += max(0, counts[0] - last_read)
             written += max(0, counts[1] - last_written)

@@ -79,6 +79,9 @@ class RelayConnection(protocol.Protocol):
                  network_live: Callable[[], None] = lambda: None) -> None:
         self.relay = relay
         self.network_live = network_live
+        #: Bytes this link read from and wrote to its relay, TLS included (the control port's BW events).
+        self.bytes_read = 0
+        self.bytes_written = 0
         self.channel = Channel(relay.rsa_id, relay.ed25519_id, _peer_address(relay), owner=self,
                                high_watermark=queue_high_watermark, padding_policy=padding_policy)
         self._padding = self.channel.padding
@@ -105,7 +108,9 @@ class RelayConnection(protocol.Protocol):
 
     def _send_tls_output(self) -> None:
         if self._outgoing.pending and self.transport is not None:
-            self.transport.write(self._outgoing.read())
+            data = self._outgoing.read()
+            self.bytes_written += len(data)
+            self.transport.write(data)
 
     def _continue_tls_handshake(self) -> None:
         try:
@@ -169,6 +174,7 @@ class RelayConnection(protocol.Protocol):
             self._send_tls_output()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.bytes_read += len(data)
         self._padding.last_read = self.reactor.seconds()
         self._incoming.write(data)
         if not self._tls_ready:

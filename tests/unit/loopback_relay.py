@@ -46,6 +46,8 @@ class LoopbackRelay(protocol.Protocol):
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._tls_up = False
         self._plain = bytearray()
+        #: TCP bytes both ways, TLS included: what the client's link must count as written and read.
+        self.raw_read = self.raw_written = 0
         self._versions_seen = False
         self.data: dict[int, bytearray] = {}
         self._cells_since_sendme = 0
@@ -65,9 +67,12 @@ class LoopbackRelay(protocol.Protocol):
         if data:
             self._tls.write(data)
         if self._outgoing.pending:
-            self.transport.write(self._outgoing.read())
+            raw = self._outgoing.read()
+            self.raw_written += len(raw)
+            self.transport.write(raw)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.raw_read += len(data)
         self._incoming.write(data)
         if not self._tls_up:
             try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import time
 
 import pytest
 import stem
@@ -18,7 +16,7 @@ from oppy.circuit.circuit import CircuitError, CircuitState
 from oppy.circuit.manager import CircuitManager, CircuitPurpose, CircuitStatus, ManagedCircuit, ManagedStream
 from oppy.config import Config, config_from_torrc_text
 from oppy.control.auth import safecookie_client_hash
-from oppy.control.backend import LinkTrafficMeter, tcp_byte_counts
+from oppy.control.backend import LinkTrafficMeter
 from oppy.control.commands import CircuitManagerView, ControlBackend, DirectoryView, SetconfError, apply_setconf
 from oppy.control.session import CONTROL_VERSION, AuthSettings, ControlHub
 from oppy.control.status import (
@@ -666,26 +664,6 @@ class TestTrackers:
 
 
 class TestTraffic:
-    def test_tcp_counts_of_a_real_socket(self):
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        client = socket.create_connection(server.getsockname())
-        accepted, _ = server.accept()
-        client.sendall(b"x" * 3000)
-        received = b""
-        while len(received) < 3000:
-            received += accepted.recv(4096)
-        accepted.sendall(b"y" * 100)
-        client.recv(100)
-        time.sleep(0.05)
-        counts = tcp_byte_counts(client)
-        for sock in (client, accepted, server):
-            sock.close()
-        if counts is None:
-            pytest.skip("no TCP_INFO byte counters on this system")
-        assert counts == (100, 3000)
-
     def test_meter_counts_deltas_and_reports_orconn_events(self):
         class Channel:
             def __init__(self, rsa_id):

@@ -123,6 +123,10 @@ def test_connection_padding_0_sends_stop_after_netinfo_and_no_padding(tmp_path):
         assert server.commands()[:2] == [CMD_NETINFO, CMD_PADDING_NEGOTIATE]
         assert server.received[1][2][:6] == bytes.fromhex("00 01 0000 0000")  # STOP
         assert CMD_PADDING not in server.commands()
+        # The link counts the TCP bytes, TLS included, as the relay saw them (the control port's BW events).
+        (connection,) = links.connections()
+        assert (connection.bytes_read, connection.bytes_written) == (server.raw_written, server.raw_read)
+        assert connection.bytes_written > 4 * 514
         circuit.close()
     finally:
         links.close_all()
