@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +18,14 @@ from stem.control import Controller
 
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
+from tests.support.tools import make_present
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or importlib.util.find_spec("nyx") is None,
-                                reason="needs tmux and nyx (scripts/setup installs both)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tmux_and_nyx():
+    make_present("tmux")
+    assert importlib.util.find_spec("nyx") is not None, "nyx comes with the test extra (scripts/setup)"
 
 # nyx 2.1.0 calls inspect.getargspec, gone in Python 3.11 (torproject/nyx#63): patch it, change nothing else.
 NYX_LAUNCHER = ("import inspect, sys; inspect.getargspec = inspect.getfullargspec; import nyx; "

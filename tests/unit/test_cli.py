@@ -1,7 +1,6 @@
 """The ``oppy`` command: tor's command line, one-line errors, --hash-password as tor prints it."""
 
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -12,6 +11,7 @@ from oppy import __version__, cli
 from oppy.config import Config
 from oppy.crypto.s2k import check_hashed_password
 from oppy.logs import LogSpec, reset_logging
+from tests.support.tools import make_present
 
 HASHED_PASSWORD_RE = re.compile(r"16:[0-9A-F]{58}")
 
@@ -70,8 +70,8 @@ def test_hash_password_verifies(capsys):
     assert run_main(capsys, "--hash-password", "s3cret pass")[1] != out
 
 
-@pytest.mark.skipif(not shutil.which("tor"), reason="needs tor")
 def test_hash_password_looks_like_tors(capsys, tmp_path):
+    make_present("tor")
     tor = subprocess.run(["tor", "--hash-password", "probe-pw", "--DataDirectory", str(tmp_path)],
                          capture_output=True, text=True, timeout=30)
     tor_hash = tor.stdout.strip().splitlines()[-1]

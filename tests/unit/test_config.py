@@ -7,7 +7,6 @@ installed.
 
 import io
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -38,6 +37,7 @@ from oppy.config import (
     reload_config,
 )
 from oppy.crypto.s2k import hash_password
+from tests.support.tools import make_present
 
 AUTHORITY = ("auth0 orport=5000 no-v2 v3ident=" + "A" * 40 + " 127.0.0.1:7000 " + "B" * 40)
 HASH = "16:D55D2544D35A76A86054A13DC6DCA992C50E7B90C487F80FBCCF7B890F"  # tor --hash-password foo
@@ -115,9 +115,9 @@ LIVE_TOR_CASES = [
 ]
 
 
-@pytest.mark.skipif(not shutil.which("tor"), reason="needs tor")
 def test_line_syntax_matches_a_live_tor(tmp_path):
     """tor --dump-config prints the value it read; ours must be the same."""
+    make_present("tor")
     for number, case in enumerate(LIVE_TOR_CASES):
         torrc = tmp_path / f"torrc{number}"
         torrc.write_text(case)
@@ -474,7 +474,6 @@ def test_every_option_has_a_bad_value_test():
 
 
 def test_bad_directory_lines():
-    pytest.importorskip("oppy.netdoc.authorities")
     for name in ("DirAuthority", "FallbackDir"):
         with pytest.raises(ConfigError, match=f"Could not parse {name}"):
             config_from_torrc_text(f"{name} not a directory line\n")
