@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor as default_reactor
 
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import DEFAULT_CIRCUIT_BUILD_TIMEOUT, build_circuit
-from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.circuit import Circuit, CircuitError
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
@@ -86,8 +86,7 @@ class ManagedCircuit:
 
     @property
     def is_open(self) -> bool:
-        return self.status is CircuitStatus.BUILT and self.circuit is not None \
-            and self.circuit.state is CircuitState.OPEN
+        return self.status is CircuitStatus.BUILT and self.circuit is not None and self.circuit.is_open
 
     @property
     def exit(self) -> RelayTarget:

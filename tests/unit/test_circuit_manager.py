@@ -135,3 +135,63 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
     assert managed.stream.state is StreamState.SUCCEEDED and sink.connected.called
     assert managed.managed_circuit.circuit is second
     assert [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()] == []
+
+
+class RealChannelLinks:
+    """A link pool whose every link is one real, open `Channel` (its handshake skipped); `take` reads back
+    the cells it queued, as `RecordingChannel.take` does."""
+
+    CELL_LEN = 4 + 1 + 509  # link version 5: circuit id, command, payload
+
+    def __init__(self) -> None:
+        from oppy.link.channel import Channel, ChannelState
+
+        self.channel = Channel(b"\0" * 20, None, "127.0.0.1:1")
+        self.channel.state = ChannelState.OPEN
+        self.channel.link_version = 5
+        self.channel.data_to_send()  # our VERSIONS
+
+    @property
+    def circuits(self) -> dict:
+        return self.channel.circuits
+
+    def get(self, relay: RelayTarget) -> defer.Deferred:
+        return defer.succeed(self.channel)
+
+    def take(self) -> list[tuple[int, int, bytes]]:
+        data = self.channel.data_to_send()
+        cells = [data[offset:offset + self.CELL_LEN] for offset in range(0, len(data), self.CELL_LEN)]
+        return [(int.from_bytes(cell[:4], "big"), cell[4], cell[5:]) for cell in cells]
+
+
+def test_a_stream_retried_while_its_link_closes_avoids_the_other_circuits_of_that_link():
+    """Channel.close tells its circuits one by one, and a stream on the first one told is retried at once:
+    it must not be attached to a circuit of the same link that has not been told yet. (It was, the BEGIN
+    raised out of Channel.close, the circuits after it were never told, and from then on every new stream
+    was attached to that dead circuit: the SOCKS request failed and the stream was never forgotten.)"""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = RealChannelLinks()
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [guard.target, middle.target, exit_relay.target],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    first_sink = CollectingSink()
+    waiting = manager.open_stream(first_sink, "example.test", 80)
+    first = answer_build(links, SimulatedPath([guard, middle, exit_relay]))
+    assert waiting.managed_circuit.circuit is first and waiting.stream.state is StreamState.SENTCONNECT
+    links.take()  # the BEGIN
+    second_managed = manager.launch(80)
+    second = answer_build(links, SimulatedPath([guard, middle, exit_relay]))
+    assert second_managed.is_open and list(links.circuits.values()) == [first, second]
+
+    links.channel.close("the guard went away")
+
+    assert not first_sink.ended.called  # retried, not failed: waiting for a circuit on a live link
+    assert waiting.stream.state is StreamState.DETACHED and waiting in manager._stream_waiters
+    assert not second_managed.is_open and second_managed.number not in manager.circuits
+    # A new stream is not given a dead circuit either, and nothing is left behind once both end.
+    later = manager.open_stream(CollectingSink(), "example.test", 80)
+    assert later.stream.state is StreamState.NEW
+    for managed in (waiting, later):
+        managed.stream.close(EndReason.DONE)
+    assert manager.streams == {} and manager._managed_streams == {} and manager._stream_waiters == []
+    first_sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
