@@ -6,7 +6,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from oppy.cell.commands import EndReason, RelayCommand
-from oppy.circuit.manager import MAX_RESOLVE_FAILURES, CircuitManager, ManagedCircuit, CircuitPurpose
+from oppy.circuit.manager import (
+    MAX_RESOLVE_FAILURES,
+    NEW_CIRCUIT_PERIOD,
+    CircuitManager,
+    CircuitPurpose,
+    ManagedCircuit,
+)
 from oppy.link.relay import RelayTarget
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
@@ -139,7 +145,8 @@ def test_a_stream_refused_by_exit_policy_moves_to_a_new_circuit_without_waiting_
 
 class RealChannelLinks:
     """A link pool whose every link is one real, open `Channel` (its handshake skipped); `take` reads back
-    the cells it queued, as `RecordingChannel.take` does."""
+    the cells it queued, as `RecordingChannel.take` does. Once that channel is closed, a new link is being
+    opened (a Deferred that does not fire), as LinkPool never hands out a closed channel."""
 
     CELL_LEN = 4 + 1 + 509  # link version 5: circuit id, command, payload
 
@@ -156,7 +163,7 @@ class RealChannelLinks:
         return self.channel.circuits
 
     def get(self, relay: RelayTarget) -> defer.Deferred:
-        return defer.succeed(self.channel)
+        return defer.succeed(self.channel) if self.channel.is_open else defer.Deferred()
 
     def take(self) -> list[tuple[int, int, bytes]]:
         data = self.channel.data_to_send()
@@ -189,9 +196,67 @@ def test_a_stream_retried_while_its_link_closes_avoids_the_other_circuits_of_tha
     assert waiting.stream.state is StreamState.DETACHED and waiting in manager._stream_waiters
     assert not second_managed.is_open and second_managed.number not in manager.circuits
     # A new stream is not given a dead circuit either, and nothing is left behind once both end.
-    later = manager.open_stream(CollectingSink(), "example.test", 80)
+    later_sink = CollectingSink()
+    later = manager.open_stream(later_sink, "example.test", 80)
     assert later.stream.state is StreamState.NEW
     for managed in (waiting, later):
         managed.stream.close(EndReason.DONE)
     assert manager.streams == {} and manager._managed_streams == {} and manager._stream_waiters == []
-    first_sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
+    for sink in (first_sink, later_sink):
+        sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
+
+
+def connect_stream(links: OneChannelLinks, path: SimulatedPath, managed) -> None:
+    """Answer the BEGIN the channel holds with CONNECTED from the exit."""
+    ((circ_id, _, payload),) = links.channel.take()
+    begin = path.receive(payload)
+    assert begin.command == RelayCommand.BEGIN
+    links.channel.circuits[circ_id].cell_received(CMD_RELAY, path.send(2, RelayCommand.CONNECTED, begin.stream_id))
+    assert managed.stream.state is StreamState.SUCCEEDED
+
+
+def test_circuits_dirty_for_too_long_are_closed_once_their_streams_are_gone():
+    """tor's circuit_expire_old_circuits_clientside (every NewCircuitPeriod): a circuit first used more than
+    MaxCircuitDirtiness ago takes no new streams, and is closed once it carries none. Without it every
+    MaxCircuitDirtiness a new circuit joined the old ones, which stayed open for the life of the process."""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = OneChannelLinks()
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [guard.target, middle.target, exit_relay.target],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0, max_circuit_dirtiness=60)
+    manager.start()
+    for cycle in range(10):
+        managed = manager.open_stream(CollectingSink(), "example.test", 80)
+        path = SimulatedPath([guard, middle, exit_relay])
+        answer_build(links.channel, path)
+        connect_stream(links, path, managed)
+        clock.advance(61)  # the circuit is now too dirty for new streams, but its stream goes on
+        assert managed.managed_circuit.number in manager.circuits
+        managed.stream.close(EndReason.DONE)
+        links.channel.take()  # the END
+        clock.advance(NEW_CIRCUIT_PERIOD)
+        assert manager.circuits == {} and links.channel.circuits == {}, f"cycle {cycle}"
+        assert links.channel.destroyed[-1][0] == managed.managed_circuit.circuit.circ_id
+    assert len(links.channel.destroyed) == 10
+
+
+def test_a_circuit_marked_unusable_is_closed_when_its_last_stream_ends():
+    """A stream that got no CONNECTED in time makes its circuit unusable (tor
+    mark_circuit_unusable_for_new_conns backdates its dirtiness): it is closed once its streams are gone."""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = OneChannelLinks()
+    manager = CircuitManager(links, lambda port, exclude=frozenset(): [guard.target, middle.target, exit_relay.target],
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    manager.start()
+    path = SimulatedPath([guard, middle, exit_relay])
+    connected = manager.open_stream(CollectingSink(), "example.test", 80)
+    first = answer_build(links.channel, path)
+    connect_stream(links, path, connected)
+    first_managed = connected.managed_circuit
+    first_managed.usable = False  # as after a stream's connect timeout on it
+    clock.advance(NEW_CIRCUIT_PERIOD)
+    assert first_managed.number in manager.circuits  # a stream is still on it
+    connected.stream.close(EndReason.DONE)
+    clock.advance(NEW_CIRCUIT_PERIOD)
+    assert first_managed.number not in manager.circuits and first.circ_id not in links.channel.circuits
