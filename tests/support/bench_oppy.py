@@ -3,11 +3,12 @@
     python -m tests.support.bench_oppy profiled-daemon PROFILE_OUT -- OPPY_ARGS...
         oppy's daemon with cProfile switched on by SIGUSR1 and off by SIGUSR2 (which also writes the
         stats to PROFILE_OUT), so a profile covers exactly one transfer and not the bootstrap.
-    python -m tests.support.bench_oppy traced-daemon OUT_DIR [--frames N] -- OPPY_ARGS...
-        oppy's daemon with tracemalloc started by the first SIGUSR1 (after the bootstrap); each SIGUSR1 writes
-        OUT_DIR/dump-NNN.txt (traced and RSS sizes, the top allocation sites, live objects by type, compared
-        with the previous and the first dump) and appends one JSON line to OUT_DIR/summary.jsonl, so growth
-        over a long run can be read site by site.
+    python -m tests.support.bench_oppy traced-daemon [--frames N] OUT_DIR -- OPPY_ARGS...
+        oppy's daemon with tracemalloc (N frames) started by the first SIGUSR1 (after the bootstrap); each
+        SIGUSR1 writes OUT_DIR/dump-NNN.txt (traced and RSS sizes, the C allocator's and pymalloc's figures,
+        the top allocation sites, live objects by type, compared with the previous and the first dump) and
+        appends one JSON line to OUT_DIR/summary.jsonl, so growth over a long run can be read site by site.
+        --frames 0 traces nothing (object counts and allocator figures only, at no cost between dumps).
     python -m tests.support.bench_oppy circuits --dir-port PORT --count N [--guard FP]
         builds N three-hop circuits in process with oppy.circuit.build.build_circuit against the relays
         the directory at 127.0.0.1:PORT lists (link to the guard opened first and reused, as a running
@@ -31,6 +32,7 @@ import signal
 import sys
 import time
 import tracemalloc
+import types
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -64,6 +66,9 @@ def profiled_daemon(profile_out: str, oppy_args: list[str]) -> int:
 # Allocation sites shown per dump, and object types.
 TOP_SITES = 30
 TOP_TYPES = 40
+# OPPY_DUMP_REFERRERS=module.Type[,...]: each dump also shows what keeps a few instances of these types alive.
+REFERRERS_ENV = "OPPY_DUMP_REFERRERS"
+REFERRER_CHAINS = 12
 # The dumper's own allocations (tracemalloc formatting tracebacks fills linecache) are not oppy's.
 _NOISE = (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap*"),
           tracemalloc.Filter(False, "<unknown>"), tracemalloc.Filter(False, linecache.__file__, all_frames=True),
@@ -127,6 +132,41 @@ def _object_counts() -> Counter:
                    else f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in gc.get_objects())
 
 
+def _describe(obj) -> str:
+    kind = type(obj)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(obj, dict) and "__name__" in obj:
+        return f"{name} (globals of {obj['__name__']})"
+    if isinstance(obj, types.FunctionType):
+        return f"{name} {obj.__qualname__}"
+    return name
+
+
+def _referrer_chain(target, max_depth: int = 12) -> list[str]:
+    """Who keeps `target` alive: a shortest chain of referrers back to a module or its globals (breadth first
+    over gc.get_referrers; frames and the search's own containers are skipped)."""
+    seen = {id(target)}
+    frontier = [(target, [_describe(target)])]
+    ignored = {id(seen), id(frontier)}
+    for _ in range(max_depth):
+        next_frontier = []
+        ignored.add(id(next_frontier))
+        for obj, chain in frontier:
+            for referrer in gc.get_referrers(obj):
+                if id(referrer) in seen or id(referrer) in ignored or isinstance(referrer, types.FrameType):
+                    continue
+                seen.add(id(referrer))
+                path = chain + [_describe(referrer)]
+                if isinstance(referrer, types.ModuleType) or (isinstance(referrer, dict)
+                                                                      and "__name__" in referrer):
+                    return path
+                next_frontier.append((referrer, path))
+        frontier = next_frontier
+        if not frontier:
+            break
+    return [_describe(target), "(no root found)"]
+
+
 class MemoryDumper:
     """What SIGUSR1 does: the first one starts tracing (after the bootstrap: tracemalloc slows every
     allocation, and start-up is not what is measured); each one writes this process's memory now, against
@@ -139,43 +179,56 @@ class MemoryDumper:
         self.count = 0
         self.first: tracemalloc.Snapshot | None = None
         self.previous: tracemalloc.Snapshot | None = None
-        self.first_types: Counter | None = None
+        self.first_type_counts: Counter | None = None
 
     def dump(self, *_signal) -> None:
-        if not tracemalloc.is_tracing():
+        tracing = self.frames > 0
+        if tracing and not tracemalloc.is_tracing():
             tracemalloc.start(self.frames)
         gc.collect()
-        snapshot = tracemalloc.take_snapshot().filter_traces(_NOISE)
-        types = _object_counts()
+        snapshot = tracemalloc.take_snapshot().filter_traces(_NOISE) if tracing else None
+        type_counts = _object_counts()
         current, peak = tracemalloc.get_traced_memory()
-        malloc = {**_pymalloc_kib(), **_malloc_kib()}
+        # pymalloc's figures exist only while it is not wrapped by tracemalloc.
+        allocators = {**({} if tracing else _pymalloc_kib()), **_malloc_kib()}
         elapsed = time.monotonic() - self.started
         lines = [f"dump {self.count} at {elapsed:.1f}s: traced {current / 2**20:.2f} MiB (peak {peak / 2**20:.2f}), "
                  f"VmRSS {_vm_kib('VmRSS') / 1024:.1f} MiB, VmHWM {_vm_kib('VmHWM') / 1024:.1f} MiB, "
-                 f"gc objects {sum(types.values())}",
-                 "allocators: " + ", ".join(f"{key[:-4]} {value / 1024:.1f} MiB" for key, value in malloc.items()), "", "top allocation sites (live, traced since dump 0):"]
-        lines += [f"  {stat}" for stat in snapshot.statistics("lineno")[:TOP_SITES]]
+                 f"gc objects {sum(type_counts.values())}",
+                 "allocators: " + ", ".join(f"{key[:-4]} {value / 1024:.1f} MiB" for key, value in allocators.items())]
+        if snapshot is not None:
+            lines += ["", "top allocation sites (live, traced since dump 0):"]
+            lines += [f"  {stat}" for stat in snapshot.statistics("lineno")[:TOP_SITES]]
         lines += ["", "live objects by type:"]
-        lines += [f"  {count:8d}  {name}" for name, count in types.most_common(TOP_TYPES)]
-        if self.previous is not None:
-            lines += ["", "since the previous dump, by site:"]
-            lines += [f"  {stat}" for stat in snapshot.compare_to(self.previous, "lineno")[:TOP_SITES]]
-            lines += ["", "since dump 0, by traceback:"]
-            for stat in snapshot.compare_to(self.first, "traceback")[:12]:
-                lines.append(f"  {stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks:")
-                lines += [f"      {frame}" for frame in stat.traceback.format(limit=self.frames)]
+        lines += [f"  {count:8d}  {name}" for name, count in type_counts.most_common(TOP_TYPES)]
+        lines += ["", "live oppy objects:"]
+        lines += [f"  {count:8d}  {name}" for name, count in sorted(type_counts.items()) if name.startswith("oppy.")]
+        for type_name in filter(None, os.environ.get(REFERRERS_ENV, "").split(",")):
+            instances = [obj for obj in gc.get_objects() if _describe(obj) == type_name][:REFERRER_CHAINS]
+            lines += ["", f"what keeps {type_name} alive ({len(instances)} shown):"]
+            lines += ["  " + " <- ".join(_referrer_chain(obj)) for obj in instances]
+        if self.count:
+            if snapshot is not None:
+                lines += ["", "since the previous dump, by site:"]
+                lines += [f"  {stat}" for stat in snapshot.compare_to(self.previous, "lineno")[:TOP_SITES]]
+                lines += ["", "since dump 0, by traceback:"]
+                for stat in snapshot.compare_to(self.first, "traceback")[:12]:
+                    lines.append(f"  {stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks:")
+                    lines += [f"      {frame}" for frame in stat.traceback.format(limit=self.frames)]
             lines += ["", "since dump 0, by type:"]
-            diff = Counter(types)
-            diff.subtract(self.first_types)
+            diff = Counter(type_counts)
+            diff.subtract(self.first_type_counts)
             lines += [f"  {count:+8d}  {name}" for name, count in diff.most_common(TOP_TYPES) if count > 0]
         else:
-            self.first, self.first_types = snapshot, types
+            self.first, self.first_type_counts = snapshot, type_counts
         self.previous = snapshot
         (self.out_dir / f"dump-{self.count:03d}.txt").write_text("\n".join(lines) + "\n")
         with open(self.out_dir / "summary.jsonl", "a") as summary:
             summary.write(json.dumps({"dump": self.count, "seconds": round(elapsed, 1), "traced_kib": current // 1024,
-                                      "rss_kib": _vm_kib("VmRSS"), **malloc, "objects": sum(types.values()),
-                                      "types": dict(types.most_common(TOP_TYPES))}) + "\n")
+                                      "rss_kib": _vm_kib("VmRSS"), **allocators, "objects": sum(type_counts.values()),
+                                      "types": dict(type_counts.most_common(TOP_TYPES)),
+                                      "oppy_types": {name: count for name, count in type_counts.items()
+                                                     if name.startswith("oppy.")}}) + "\n")
         self.count += 1
 
 

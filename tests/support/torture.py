@@ -251,17 +251,20 @@ async def _within(awaitable, timeout: float):
 async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout: float = HANG_TIMEOUT) -> str:
     """One GET /bytes/size through SOCKS5: "ok", "corrupt", "hang" or "failed: why"."""
     writer = None
+    phase = "the SOCKS handshake"
     try:
         reader, writer = await _within(asyncio.open_connection(HOST, socks_port), hang_timeout)
         writer.write(b"\x05\x01\x00")
         if await _within(reader.readexactly(2), hang_timeout) != b"\x05\x00":
             return "failed: SOCKS method refused"
         writer.write(b"\x05\x01\x00\x01" + socket.inet_aton(HOST) + struct.pack(">H", http_port))
+        phase = "the SOCKS reply"
         head = await _within(reader.readexactly(4), hang_timeout)
         if head[1] != 0:
             return f"failed: SOCKS reply {head[1]}"
         await _within(reader.readexactly({1: 4, 4: 16}.get(head[3], 0) + 2), hang_timeout)
         writer.write(f"GET /bytes/{size} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        phase = "the HTTP header"
         header = await _within(reader.readuntil(b"\r\n\r\n"), hang_timeout)
         lines = header.decode("latin-1").split("\r\n")
         if not lines[0].startswith("HTTP/1.") or lines[0].split(" ")[1:2] != ["200"] \
@@ -281,11 +284,11 @@ async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout
     except Corrupt:
         return "corrupt"
     except asyncio.IncompleteReadError:
-        return "failed: closed during the SOCKS or HTTP header"
+        return f"failed: closed during {phase}"
     except asyncio.LimitOverrunError:
         return "corrupt"
     except OSError as exc:
-        return f"failed: {type(exc).__name__}"
+        return f"failed: {type(exc).__name__} during {phase}"
     finally:
         if writer is not None:
             writer.close()

@@ -98,12 +98,17 @@ async def _silent(writer):
     await asyncio.sleep(30)
 
 
+async def _closed_at_once(writer):
+    pass
+
+
 @pytest.mark.parametrize("answer, outcome", [
     (_exact, "ok"),
     (_one_byte_flipped, "corrupt"),
     (_too_long, "corrupt"),
     (_wrong_status, "corrupt"),
     (_truncated, f"failed: closed after 1000 of {SIZE} bytes"),
+    (_closed_at_once, "failed: closed during the HTTP header"),
 ])
 def test_download_verdicts(answer, outcome):
     assert _outcome(answer, SIZE) == outcome
@@ -120,7 +125,7 @@ def test_a_refused_socks_connection_fails():
         await server.wait_closed()
         return await fetch_checked(port, 80, 10)
 
-    assert asyncio.run(run()) == "failed: ConnectionRefusedError"
+    assert asyncio.run(run()) == "failed: ConnectionRefusedError during the SOCKS handshake"
 
 
 def test_load_result_counts_each_verdict_once():
