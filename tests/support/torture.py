@@ -138,7 +138,10 @@ class FaultInjector:
             if self._cancel.wait(max(0.0, self._started + at - time.monotonic())):
                 return
             try:
-                self._fault(fault) if what == "fault" else self._restore(fault.relay)
+                if what == "fault":
+                    self._fault(fault)
+                else:
+                    self._restore(fault.relay)
             except OSError as exc:  # reported; the run goes on
                 self.log(f"  fault {fault.describe()}: {what} failed: {exc}")
 
@@ -296,6 +299,8 @@ async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout
 
 @dataclass
 class LoadResult:
+    """The verdicts of one load run, counted (and the failures by kind)."""
+
     requests: int = 0
     ok: int = 0
     corrupt: int = 0
@@ -364,6 +369,7 @@ def run_load(socks_port: int, http_port: int, clients: int, duration: float, see
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int | None:
+    """A memory figure of /proc/PID/status in KiB (VmRSS, VmHWM), None once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
