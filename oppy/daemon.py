@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 
 from twisted.internet import defer, error as twisted_error, threads
+from twisted.logger import LogBeginner, LogLevel, formatEvent, globalLogBeginner
 
 from oppy import __version__
 from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
@@ -227,10 +229,38 @@ class Daemon:
         return defer.gatherResults([flushed, directory_stopped, self._save_build_times()], consumeErrors=True)
 
 
+#: Twisted's own warnings and errors (an unhandled error in a Deferred, an exception in a protocol) go to oppy's
+#: log at these severities; its chatter ("Starting factory ...") is dropped.
+_TWISTED_LEVELS = {LogLevel.warn: logging.WARNING, LogLevel.error: logging.ERROR, LogLevel.critical: logging.ERROR}
+_twisted_log = logging.getLogger("oppy.twisted")
+
+
+def _forward_twisted_event(event: dict) -> None:
+    level = _TWISTED_LEVELS.get(event.get("log_level"))
+    if level is None:
+        return
+    message = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        message = f"{message} {failure.type.__name__}: {failure.getErrorMessage()}"
+    _twisted_log.log(level, "%s", message)
+
+
+def begin_twisted_logging(beginner: LogBeginner = globalLogBeginner) -> None:
+    """Hand Twisted's log events to oppy's logging. Until someone begins Twisted's logging, it keeps its last
+    200 events with everything they name: every link's "Starting factory" and "Stopping factory" held its
+    connection (TLS state and read buffer) long after it closed. Python's warnings stay where they were
+    (beginning Twisted's logging would take them over)."""
+    showwarning = warnings.showwarning
+    beginner.beginLoggingTo([_forward_twisted_event], redirectStandardIO=False)
+    warnings.showwarning = showwarning
+
+
 def run(config: Config) -> int:
     """Run oppy until SIGINT or SIGTERM; returns the process exit code (logging is set up by the caller)."""
     from twisted.internet import reactor
 
+    begin_twisted_logging()
     daemon = Daemon(config, reactor)
     exit_code = [0]
 

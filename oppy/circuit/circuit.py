@@ -169,6 +169,12 @@ class Circuit:
         return self.path[-1]
 
     @property
+    def is_open(self) -> bool:
+        """Built, not closed, and its link is up. `Channel.close` tells its circuits one at a time, and what
+        the first ones set off (a stream retried at once) must not choose one not yet told."""
+        return self.state is CircuitState.OPEN and self.channel.is_open
+
+    @property
     def hops_built(self) -> int:
         return len(self.crypto)
 

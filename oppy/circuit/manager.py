@@ -50,6 +50,9 @@ MAX_RESOLVE_FAILURES = 3
 # relay.c edge_reason_is_retriable: the END reasons that mean "try another circuit".
 RETRIABLE_END_REASONS = frozenset((EndReason.HIBERNATING, EndReason.RESOURCELIMIT, EndReason.EXITPOLICY,
                                    EndReason.RESOLVEFAILED, EndReason.MISC, EndReason.NOROUTE))
+# tor's NewCircuitPeriod default: how often circuits too dirty (or marked unusable) and without streams are
+# closed (circuituse.c circuit_expire_old_circs_as_needed).
+NEW_CIRCUIT_PERIOD = 30.0
 # tor's SocksTimeout default: how long a stream may wait for a controller to attach it.
 DEFAULT_UNATTACHED_TIMEOUT = 120.0
 # How many circuits may be building at once (tor's MaxClientCircuitsPending default).
@@ -134,8 +137,7 @@ class ManagedCircuit:
 
     @property
     def is_open(self) -> bool:
-        return self.status is CircuitStatus.BUILT and self.circuit is not None \
-            and self.circuit.state is CircuitState.OPEN
+        return self.status is CircuitStatus.BUILT and self.circuit is not None and self.circuit.is_open
 
     @property
     def exit(self) -> RelayTarget:
@@ -304,6 +306,7 @@ class CircuitManager:
         self._stream_numbers = itertools.count(1)
         self._newnym_epoch = 0
         self._running = True
+        self._expiry_timer = None
         self._stream_waiters: list[ManagedStream] = []
         # `_top_up`, `_attach_waiting` and `_check_guard_waits` run again from what they start (a build that
         # fails at once): the inner call is left to the outer one.
@@ -342,9 +345,10 @@ class CircuitManager:
     # ------------------------------------------------------------------------------ circuits
 
     def start(self) -> None:
-        """Build the clean circuits kept ready ahead of demand."""
+        """Build the clean circuits kept ready ahead of demand, and start retiring old ones."""
         self._top_up()
         self._learning_loop.start(LEARNING_CHECK_INTERVAL, now=False)
+        self._expire_old_circuits()
 
     def _learn_build_timeout(self) -> None:
         """path-spec 2.4.2: until the build timeout is learned, unused circuits are closed after
@@ -362,6 +366,23 @@ class CircuitManager:
                 self.launch(PREEMPTIVE_PORT)
             except Exception as exc:  # no path (yet)
                 log.info("cannot build a circuit to learn the build timeout: %s", exc)
+
+    def _expire_old_circuits(self) -> None:
+        """Close every open circuit that carries no stream and takes no new ones: first used more than
+        MaxCircuitDirtiness ago, or marked unusable (tor circuit_expire_old_circuits_clientside; tor's
+        mark_circuit_unusable_for_new_conns backdates the dirtiness to the same effect). Again every
+        NewCircuitPeriod."""
+        self._expiry_timer = None
+        if not self._running:
+            return
+        now = self.clock()
+        for managed in list(self.circuits.values()):
+            too_dirty = managed.dirty_since is not None and now - managed.dirty_since > self.max_circuit_dirtiness
+            if (too_dirty or not managed.usable) and managed.is_open and not managed.circuit.streams:
+                log.info("circuit %d: %s and without streams; closing it", managed.number,
+                         "dirty for too long" if too_dirty else "unusable for new streams")
+                managed.circuit.close(DestroyReason.FINISHED, "expired")
+        self._expiry_timer = self.reactor.callLater(NEW_CIRCUIT_PERIOD, self._expire_old_circuits)
 
     def _clean_circuits(self) -> list[ManagedCircuit]:
         return [m for m in self.circuits.values()
@@ -783,6 +804,8 @@ class CircuitManager:
         if self._guard_wait_timer is not None and self._guard_wait_timer.active():
             self._guard_wait_timer.cancel()
         self._guard_wait_timer = None
+        if self._expiry_timer is not None and self._expiry_timer.active():
+            self._expiry_timer.cancel()
         for managed in list(self.streams.values()):
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)

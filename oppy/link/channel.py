@@ -129,6 +129,11 @@ class Channel:
     # -------------------------------------------------------------------------------- bytes in and out
 
     @property
+    def is_open(self) -> bool:
+        """The handshake is done and the link is not closed: cells sent now go out."""
+        return self.state is ChannelState.OPEN
+
+    @property
     def queued(self) -> int:
         """Bytes of cells waiting to be taken with `data_to_send`."""
         return self._queued

@@ -359,6 +359,7 @@ class RecordingChannel:
 
     peer_address = "10.0.0.1:9001"
     paused = False
+    is_open = True
 
     def __init__(self, circ_id: int = 0x80001234) -> None:
         self.next_circ_id = circ_id

@@ -13,6 +13,7 @@ from oppy.circuit.build_timeout import CircuitBuildTimes
 from oppy.circuit.circuit import MAX_STREAMS_PER_CIRCUIT, CircuitError, CircuitState
 from oppy.circuit.manager import (
     MAX_RESOLVE_FAILURES,
+    NEW_CIRCUIT_PERIOD,
     CircuitBuilt,
     CircuitClosed,
     CircuitExtended,
@@ -40,6 +41,11 @@ from tests.unit.relaysim import (
     SimulatedRelay,
 )
 from tests.unit.test_path_guards import HOUR, MINUTE, T0 as GUARDS_T0, one_primary_and_a_confirmed_spare
+
+
+def not_learning(clock: Clock) -> CircuitBuildTimes:
+    """Build times that learn nothing, so the manager launches no test circuits of its own."""
+    return CircuitBuildTimes(learn=False, clock=clock.seconds)
 
 
 class FixedPaths(PathChooser):
@@ -524,3 +530,123 @@ def test_a_circuit_failing_at_its_guard_marks_it_down_and_a_destroy_does_not():
     links.channels[destroyed.path[0].rsa_id].circuits[circ_id].cell_received(
         CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
     assert destroyed.status is CircuitStatus.CLOSED and not guard.is_down and not guard.is_pending
+
+
+class RealChannelLinks:
+    """A link pool whose every link is one real, open `Channel` (its handshake skipped); `take` reads back
+    the cells it queued, as `RecordingChannel.take` does. Once that channel is closed, a new link is being
+    opened (a Deferred that does not fire), as LinkPool never hands out a closed channel."""
+
+    CELL_LEN = 4 + 1 + 509  # link version 5: circuit id, command, payload
+
+    def __init__(self) -> None:
+        from oppy.link.channel import Channel, ChannelState
+
+        self.channel = Channel(b"\0" * 20, None, "127.0.0.1:1")
+        self.channel.state = ChannelState.OPEN
+        self.channel.link_version = 5
+        self.channel.data_to_send()  # our VERSIONS
+
+    @property
+    def circuits(self) -> dict:
+        return self.channel.circuits
+
+    def get(self, relay: RelayTarget) -> defer.Deferred:
+        return defer.succeed(self.channel) if self.channel.is_open else defer.Deferred()
+
+    def take(self) -> list[tuple[int, int, bytes]]:
+        data = self.channel.data_to_send()
+        cells = [data[offset:offset + self.CELL_LEN] for offset in range(0, len(data), self.CELL_LEN)]
+        return [(int.from_bytes(cell[:4], "big"), cell[4], cell[5:]) for cell in cells]
+
+
+def test_a_stream_retried_while_its_link_closes_avoids_the_other_circuits_of_that_link():
+    """Channel.close tells its circuits one by one, and a stream on the first one told is retried at once:
+    it must not be attached to a circuit of the same link that has not been told yet. (It was, the BEGIN
+    raised out of Channel.close, the circuits after it were never told, and from then on every new stream
+    was attached to that dead circuit: the SOCKS request failed and the stream was never forgotten.)"""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = RealChannelLinks()
+    manager = CircuitManager(links, FixedPaths([guard.target, middle.target, exit_relay.target]),
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    first_sink = CollectingSink()
+    waiting = manager.open_stream(first_sink, "example.test", 80)
+    first = answer_build(links, SimulatedPath([guard, middle, exit_relay]))
+    assert waiting.managed_circuit.circuit is first and waiting.stream.state is StreamState.SENTCONNECT
+    links.take()  # the BEGIN
+    second_managed = manager.launch(80)
+    second = answer_build(links, SimulatedPath([guard, middle, exit_relay]))
+    assert second_managed.is_open and list(links.circuits.values()) == [first, second]
+
+    links.channel.close("the guard went away")
+
+    assert not first_sink.ended.called  # retried, not failed: waiting for a circuit on a live link
+    assert waiting.stream.state is StreamState.DETACHED and waiting in manager._stream_waiters
+    assert not second_managed.is_open and second_managed.number not in manager.circuits
+    # A new stream is not given a dead circuit either, and nothing is left behind once both end.
+    later_sink = CollectingSink()
+    later = manager.open_stream(later_sink, "example.test", 80)
+    assert later.stream.state is StreamState.NEW
+    for managed in (waiting, later):
+        managed.stream.close(EndReason.DONE)
+    assert manager.streams == {} and manager._managed_streams == {} and manager._stream_waiters == []
+    for sink in (first_sink, later_sink):
+        sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
+
+
+def connect_stream(links: OneChannelLinks, path: SimulatedPath, managed) -> None:
+    """Answer the BEGIN the channel holds with CONNECTED from the exit."""
+    ((circ_id, _, payload),) = links.channel.take()
+    begin = path.receive(payload)
+    assert begin.command == RelayCommand.BEGIN
+    links.channel.circuits[circ_id].cell_received(CMD_RELAY, path.send(2, RelayCommand.CONNECTED, begin.stream_id))
+    assert managed.stream.state is StreamState.SUCCEEDED
+
+
+def test_circuits_dirty_for_too_long_are_closed_once_their_streams_are_gone():
+    """tor's circuit_expire_old_circuits_clientside (every NewCircuitPeriod): a circuit first used more than
+    MaxCircuitDirtiness ago takes no new streams, and is closed once it carries none. Without it every
+    MaxCircuitDirtiness a new circuit joined the old ones, which stayed open for the life of the process."""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = OneChannelLinks()
+    manager = CircuitManager(links, FixedPaths([guard.target, middle.target, exit_relay.target]),
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0, max_circuit_dirtiness=60,
+                             build_times=not_learning(clock))
+    manager.start()
+    for cycle in range(10):
+        managed = manager.open_stream(CollectingSink(), "example.test", 80)
+        path = SimulatedPath([guard, middle, exit_relay])
+        answer_build(links.channel, path)
+        connect_stream(links, path, managed)
+        clock.advance(61)  # the circuit is now too dirty for new streams, but its stream goes on
+        assert managed.managed_circuit.number in manager.circuits
+        managed.stream.close(EndReason.DONE)
+        links.channel.take()  # the END
+        clock.advance(NEW_CIRCUIT_PERIOD)
+        assert manager.circuits == {} and links.channel.circuits == {}, f"cycle {cycle}"
+        assert links.channel.destroyed[-1][0] == managed.managed_circuit.circuit.circ_id
+    assert len(links.channel.destroyed) == 10
+
+
+def test_a_circuit_marked_unusable_is_closed_when_its_last_stream_ends():
+    """A stream that got no CONNECTED in time makes its circuit unusable (tor
+    mark_circuit_unusable_for_new_conns backdates its dirtiness): it is closed once its streams are gone."""
+    clock = Clock()
+    guard, middle, exit_relay = (SimulatedRelay(name) for name in ("guard", "middle", "exit"))
+    links = OneChannelLinks()
+    manager = CircuitManager(links, FixedPaths([guard.target, middle.target, exit_relay.target]),
+                             reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    manager.start()
+    path = SimulatedPath([guard, middle, exit_relay])
+    connected = manager.open_stream(CollectingSink(), "example.test", 80)
+    first = answer_build(links.channel, path)
+    connect_stream(links, path, connected)
+    first_managed = connected.managed_circuit
+    first_managed.usable = False  # as after a stream's connect timeout on it
+    clock.advance(NEW_CIRCUIT_PERIOD)
+    assert first_managed.number in manager.circuits  # a stream is still on it
+    connected.stream.close(EndReason.DONE)
+    clock.advance(NEW_CIRCUIT_PERIOD)
+    assert first_managed.number not in manager.circuits and first.circ_id not in links.channel.circuits

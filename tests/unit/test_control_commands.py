@@ -122,9 +122,10 @@ class FakeBackend(ControlBackend):
 
 
 class OpenCircuit:
-    """Stands for an open sans-IO Circuit: ManagedCircuit.is_open only looks at its state."""
+    """Stands for an open sans-IO Circuit: ManagedCircuit.is_open only asks it whether it is open."""
 
     state = CircuitState.OPEN
+    is_open = True
 
 
 def built_circuit(backend: FakeBackend, number: int, hops: int = 3) -> ManagedCircuit:
