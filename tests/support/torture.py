@@ -252,7 +252,7 @@ async def _within(awaitable, timeout: float):
 
 
 async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout: float = HANG_TIMEOUT) -> str:
-    """One GET /bytes/size through SOCKS5: "ok", "corrupt", "hang" or "failed: why"."""
+    """One GET /bytes/size through SOCKS5: "ok", "corrupt", "hang during <step>" or "failed: why"."""
     writer = None
     phase = "the SOCKS handshake"
     try:
@@ -283,7 +283,7 @@ async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout
             received += len(piece)
         return "ok" if received == size else f"failed: closed after {received} of {size} bytes"
     except Hang:
-        return "hang"
+        return f"hang during {phase}"
     except Corrupt:
         return "corrupt"
     except asyncio.IncompleteReadError:
@@ -299,7 +299,7 @@ async def fetch_checked(socks_port: int, http_port: int, size: int, hang_timeout
 
 @dataclass
 class LoadResult:
-    """The verdicts of one load run, counted (and the failures by kind)."""
+    """The verdicts of one load run, counted (and the failures and hangs by kind)."""
 
     requests: int = 0
     ok: int = 0
@@ -323,8 +323,9 @@ class LoadResult:
             self.timeline[index][1] += 1
         elif outcome == "corrupt":
             self.corrupt += 1
-        elif outcome == "hang":
+        elif outcome.startswith("hang"):
             self.hangs += 1
+            self.failures[outcome] += 1
         else:
             self.failed += 1
             self.failures[outcome] += 1

@@ -115,7 +115,7 @@ def test_download_verdicts(answer, outcome):
 
 
 def test_a_silent_stream_is_a_hang():
-    assert _outcome(_silent, SIZE, hang_timeout=0.5) == "hang"
+    assert _outcome(_silent, SIZE, hang_timeout=0.5) == "hang during the HTTP header"
 
 
 def test_a_refused_socks_connection_fails():
@@ -130,10 +130,11 @@ def test_a_refused_socks_connection_fails():
 
 def test_load_result_counts_each_verdict_once():
     result = torture.LoadResult()
-    for outcome in ["ok", "ok", "corrupt", "hang", "failed: SOCKS reply 1", "failed: SOCKS reply 1"]:
+    for outcome in ["ok", "ok", "corrupt", "hang during the SOCKS reply", "failed: SOCKS reply 1",
+                    "failed: SOCKS reply 1"]:
         result.add(outcome, 100, 45.0, bucket=30.0)
     summary = result.summary()
     assert (summary["requests"], summary["ok"], summary["corrupt"], summary["hangs"], summary["failed"]) == (6, 2, 1, 1, 2)
     assert summary["byte_exact_percent"] == pytest.approx(100 * 2 / 6)
-    assert summary["failures"] == {"failed: SOCKS reply 1": 2}
+    assert summary["failures"] == {"failed: SOCKS reply 1": 2, "hang during the SOCKS reply": 1}
     assert summary["timeline_requests_ok"] == [[0, 0], [6, 2]]
