@@ -23,13 +23,14 @@ import binascii
 import cProfile
 import ctypes
 import gc
-import linecache
 import json
+import linecache
 import os
 import random
 import re
 import signal
 import sys
+import tempfile
 import time
 import tracemalloc
 import types
@@ -106,9 +107,6 @@ def _malloc_kib() -> dict:
 def _pymalloc_kib() -> dict:
     """Python's small-object allocator: its arenas (1 MiB each, returned only when wholly empty) against the
     bytes its live blocks use, from sys._debugmallocstats (which writes to file descriptor 2)."""
-    import re
-    import tempfile
-
     with tempfile.TemporaryFile() as capture:
         saved = os.dup(2)
         try:
@@ -127,14 +125,16 @@ def _pymalloc_kib() -> dict:
             "pymalloc_used_kib": int(used.group(1).replace(",", "")) // 1024}
 
 
+def _type_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _object_counts() -> Counter:
-    return Counter(type(obj).__qualname__ if type(obj).__module__ == "builtins"
-                   else f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in gc.get_objects())
+    return Counter(_type_name(type(obj)) for obj in gc.get_objects())
 
 
 def _describe(obj) -> str:
-    kind = type(obj)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = _type_name(type(obj))
     if isinstance(obj, dict) and "__name__" in obj:
         return f"{name} (globals of {obj['__name__']})"
     if isinstance(obj, types.FunctionType):
@@ -157,8 +157,7 @@ def _referrer_chain(target, max_depth: int = 12) -> list[str]:
                     continue
                 seen.add(id(referrer))
                 path = chain + [_describe(referrer)]
-                if isinstance(referrer, types.ModuleType) or (isinstance(referrer, dict)
-                                                                      and "__name__" in referrer):
+                if isinstance(referrer, types.ModuleType) or (isinstance(referrer, dict) and "__name__" in referrer):
                     return path
                 next_frontier.append((referrer, path))
         frontier = next_frontier
@@ -204,7 +203,7 @@ class MemoryDumper:
         lines += ["", "live oppy objects:"]
         lines += [f"  {count:8d}  {name}" for name, count in sorted(type_counts.items()) if name.startswith("oppy.")]
         for type_name in filter(None, os.environ.get(REFERRERS_ENV, "").split(",")):
-            instances = [obj for obj in gc.get_objects() if _describe(obj) == type_name][:REFERRER_CHAINS]
+            instances = [obj for obj in gc.get_objects() if _type_name(type(obj)) == type_name][:REFERRER_CHAINS]
             lines += ["", f"what keeps {type_name} alive ({len(instances)} shown):"]
             lines += ["  " + " <- ".join(_referrer_chain(obj)) for obj in instances]
         if self.count:

@@ -134,7 +134,8 @@ def test_load_result_counts_each_verdict_once():
                     "failed: SOCKS reply 1"]:
         result.add(outcome, 100, 45.0, bucket=30.0)
     summary = result.summary()
-    assert (summary["requests"], summary["ok"], summary["corrupt"], summary["hangs"], summary["failed"]) == (6, 2, 1, 1, 2)
+    counts = tuple(summary[key] for key in ("requests", "ok", "corrupt", "hangs", "failed"))
+    assert counts == (6, 2, 1, 1, 2)
     assert summary["byte_exact_percent"] == pytest.approx(100 * 2 / 6)
     assert summary["failures"] == {"failed: SOCKS reply 1": 2, "hang during the SOCKS reply": 1}
     assert summary["timeline_requests_ok"] == [[0, 0], [6, 2]]
