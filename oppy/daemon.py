@@ -95,7 +95,8 @@ class Daemon:
             raise SystemExit(f"{FORBID_PUBLIC_NETWORK_ENV} is set and no DirAuthority line is configured: "
                              "refusing to contact the public Tor network")
         authorities, fallbacks = directory_servers(config)
-        self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets)
+        self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets,
+                                 long_lived_ports=config.long_lived_ports)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,

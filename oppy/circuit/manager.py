@@ -32,7 +32,6 @@ from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
-from oppy.path.selection import LONG_LIVED_PORTS
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
@@ -283,7 +282,6 @@ class CircuitManager:
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
                  queue_account: QueueAccount | None = None,
-                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS,
                  observers: Iterable[ManagerObserver] = ()) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
@@ -298,7 +296,6 @@ class CircuitManager:
         self.unattached_timeout = unattached_timeout
         # Counts what every stream queues (MaxMemInQueues: oppy.circuit.memory.MemoryTracker).
         self.queue_account = queue_account
-        self.long_lived_ports = frozenset(long_lived_ports)
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -423,7 +420,7 @@ class CircuitManager:
         if path is None:
             path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
-                                 need_uptime=port in self.long_lived_ports, guard=guard)
+                                 need_uptime=self.paths.needs_stable(port), guard=guard)
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
@@ -592,7 +589,7 @@ class CircuitManager:
                        excluded_exits: set[bytes]) -> bool:
         if not managed.usable or managed.purpose is not CircuitPurpose.GENERAL:
             return False
-        if port in self.long_lived_ports and not managed.need_uptime:
+        if self.paths.needs_stable(port) and not managed.need_uptime:
             # circuituse.c circuit_is_acceptable: a circuit built without Stable relays (a preemptive one
             # for port 80) does not carry a stream to a long-lived port.
             return False

@@ -9,6 +9,7 @@ line). The public names are re-exported here: ``from oppy.config import Config``
 from oppy.config.command_line import CommandLine, config_from_command_line, load_config, parse_command_line
 from oppy.config.options import (
     AUTO_PORT,
+    DEFAULT_LONG_LIVED_PORTS,
     DEFAULT_SOCKS_FLAGS,
     ISOLATION_FLAGS,
     OPTION_NAMES,
@@ -36,6 +37,7 @@ __all__ = [
     "parse_command_line",
     # oppy.config.options
     "AUTO_PORT",
+    "DEFAULT_LONG_LIVED_PORTS",
     "DEFAULT_SOCKS_FLAGS",
     "ISOLATION_FLAGS",
     "OPTION_NAMES",

@@ -52,6 +52,7 @@ __all__ = [
     "option_type_name",
     "parse_interval",
     "parse_memunit",
+    "DEFAULT_LONG_LIVED_PORTS",
 ]
 
 
@@ -166,6 +167,31 @@ def _int_parser(minimum: int, maximum: int) -> Callable[[str, str], int]:
 
 def _encode_int(value: int) -> list[str]:
     return [str(value)]
+
+
+#: tor(1) LongLivedPorts: the default list (tor config.c), ports whose connections last long enough that
+#: every relay of their circuit should be Stable (path-spec 2.2).
+DEFAULT_LONG_LIVED_PORTS = frozenset({21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6523, 6667, 6697, 8300})
+
+
+def _parse_long_lived_ports(name: str, value: str) -> frozenset[int]:
+    """A tor CSV of ports (``LongLivedPorts 21, 22,6667``): each 1-65535, empty items skipped as tor's
+    smartlist_split_string(SPLIT_SKIP_SPACE|SPLIT_IGNORE_BLANK) does; an empty value is the default, as
+    every empty value in tor's confmgr is."""
+    ports = set()
+    for item in value.split(","):
+        item = item.strip(TOR_SPACE)
+        if not item:
+            continue
+        port = parse_decimal(item, 1, _MAX_PORT)
+        if port is None:
+            raise _bad(name, value, f"{shortened(item)!r} is not a port between 1 and {_MAX_PORT}")
+        ports.add(port)
+    return frozenset(ports) if ports else DEFAULT_LONG_LIVED_PORTS
+
+
+def _encode_port_set(ports: frozenset[int]) -> list[str]:
+    return [",".join(str(port) for port in sorted(ports))]
 
 
 def _encode_optional_string(value: str | None) -> list[str]:
@@ -528,6 +554,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("TestingTorNetwork", "testing_tor_network", "Boolean", _parse_bool, _encode_bool, _constant(False),
             changeable_at_runtime=False),
     _Option("Log", "logs", "LineList", _parse_logs, _encode_logs, _constant((DEFAULT_LOG,)), is_list=True),
+    _Option("LongLivedPorts", "long_lived_ports", "CommaList", _parse_long_lived_ports, _encode_port_set,
+            _constant(DEFAULT_LONG_LIVED_PORTS)),
     _Option("MaxCircuitDirtiness", "max_circuit_dirtiness", "TimeInterval", _parse_interval_option, _encode_int,
             _constant(600)),
     _Option("LearnCircuitBuildTimeout", "learn_circuit_build_timeout", "Boolean", _parse_bool, _encode_bool,
@@ -619,6 +647,8 @@ class Config:
     testing_tor_network: bool = False
     #: Log: where messages of which severities go; default ``notice stdout``.
     logs: tuple[LogSpec, ...] = (DEFAULT_LOG,)
+    #: LongLivedPorts: streams to these ports get circuits of Stable relays only (path-spec 2.2).
+    long_lived_ports: frozenset[int] = DEFAULT_LONG_LIVED_PORTS
     #: MaxCircuitDirtiness: no new streams on a circuit first used longer ago than this.
     max_circuit_dirtiness: int = 600
     #: LearnCircuitBuildTimeout: learn how long to wait for circuits from their build times (path-spec 2.4).

@@ -26,7 +26,7 @@ from typing import Any
 from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.path.guards import GuardChoice, GuardSample, choose_path
-from oppy.path.selection import NoPathError, PathSelector
+from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
 
 __all__ = ["PathChooser", "GuardsChanged"]
 
@@ -45,11 +45,14 @@ class PathChooser:
     """Chooses every path oppy builds, from the NetDir in use and the guard sample."""
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
-                 enforce_distinct_subnets: bool = True) -> None:
+                 enforce_distinct_subnets: bool = True,
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS) -> None:
         self.rng = rng if rng is not None else random.SystemRandom()
         self.clock = clock
         #: No two relays of a path in one IPv4 /16 or IPv6 /32 (torrc EnforceDistinctSubnets).
         self.enforce_distinct_subnets = enforce_distinct_subnets
+        #: Ports whose circuits take Stable relays only (torrc LongLivedPorts).
+        self.long_lived_ports = frozenset(long_lived_ports)
         self.guards = GuardSample(rng=self.rng)
         self._netdir: NetDir | None = None
         self._observers: list[Callable[[GuardsChanged], None]] = []
@@ -80,9 +83,13 @@ class PathChooser:
     def prepare(self, netdir: NetDir) -> PathSelector:
         """The path selector of ``netdir``, built once per NetDir and kept in it (pure: the directory
         builds it in a worker thread before the reactor needs it)."""
-        enforce = self.enforce_distinct_subnets
-        return netdir.derived(("path selector", enforce), lambda: PathSelector(
-            netdir.consensus, netdir.microdescs, enforce_distinct_subnets=enforce))
+        enforce, long_lived = self.enforce_distinct_subnets, self.long_lived_ports
+        return netdir.derived(("path selector", enforce, long_lived), lambda: PathSelector(
+            netdir.consensus, netdir.microdescs, enforce_distinct_subnets=enforce, long_lived_ports=long_lived))
+
+    def needs_stable(self, port: int | None) -> bool:
+        """Does a circuit for ``port`` need Stable relays on every hop (a long-lived port)?"""
+        return port is not None and port in self.long_lived_ports
 
     @property
     def selector(self) -> PathSelector:

@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+from oppy.config import DEFAULT_LONG_LIVED_PORTS
 from oppy.netdoc.documents import Consensus, MicrodescRecord, RelayRecord
 from oppy.netdoc.relay import RelayTarget, relay_target
 from oppy.netdoc.weights import Position, bandwidth_weight_table, relay_weight
@@ -42,8 +43,8 @@ __all__ = [
 ]
 
 #: Ports whose circuits need Stable relays on every hop (path-spec 2.2 "long-lived
-#: connections"; the default of tor's ``LongLivedPorts`` option, config.c).
-LONG_LIVED_PORTS = frozenset({21, 22, 706, 1863, 5050, 5190, 5222, 5223, 6523, 6667, 6697, 8300})
+#: connections"), unless the ``LongLivedPorts`` option says otherwise.
+LONG_LIVED_PORTS = DEFAULT_LONG_LIVED_PORTS
 #: Draws tried before filtering the candidate list explicitly (an optimisation
 #: only: both ways sample the same conditional distribution).
 MAX_REJECTION_DRAWS = 64

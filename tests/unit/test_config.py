@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oppy.config import (
+    DEFAULT_LONG_LIVED_PORTS,
     DEFAULT_SOCKS_FLAGS,
     OPTION_NAMES,
     Config,
@@ -457,7 +458,18 @@ BAD_VALUES = [
     ("Log", "loud stdout", "unknown severity"),
     ("ConnectionPadding", "2", "allowed values are 0, 1, and auto"),
     ("ReducedConnectionPadding", "auto", "allowed values are 0 and 1"),
+    ("LongLivedPorts", "22,0", "'0' is not a port between 1 and 65535"),
+    ("LongLivedPorts", "22,６６６７", "is not a port"),
+    ("LongLivedPorts", "ssh", "'ssh' is not a port"),
 ]
+
+
+def test_long_lived_ports_take_a_comma_list_and_an_empty_value_is_the_default():
+    assert config_from_torrc_text("LongLivedPorts 22, 6667,,8300\n").long_lived_ports == {22, 6667, 8300}
+    assert config_from_torrc_text("").long_lived_ports == DEFAULT_LONG_LIVED_PORTS
+    assert config_from_torrc_text("LongLivedPorts 443\nLongLivedPorts\n").long_lived_ports == (
+        DEFAULT_LONG_LIVED_PORTS)
+    assert config_from_torrc_text("LongLivedPorts 6667,22\n").to_torrc_lines() == ["LongLivedPorts 22,6667"]
 
 
 @pytest.mark.parametrize("name, value, reason", BAD_VALUES)

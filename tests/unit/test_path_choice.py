@@ -13,6 +13,7 @@ from oppy.directory.cache import DirectoryCache
 from oppy.directory.service import DirectoryService
 from oppy.netdoc.authorities import DirAuthority
 from oppy.netdoc.documents import parse_consensus_header
+from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardCircuitState, GuardSample, NoGuardAvailableError, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, PathSelector
 
@@ -123,3 +124,17 @@ def test_outcomes_reach_the_guard_state_and_the_state_file_2017(service_2017):
     saved = {entry["fingerprint"]: entry for entry in state["guards"]}
     assert saved[primaries[1].fingerprint]["confirmed_idx"] == 0
     assert saved[primaries[0].fingerprint]["confirmed_idx"] is None
+
+
+def test_long_lived_ports_option_replaces_tors_list_2017():
+    # torrc LongLivedPorts 80: port 80 gets Stable relays on every hop, 6667 no longer needs them.
+    netdir = real_netdir("2017-03-10-bitnym")
+    chooser = PathChooser(rng=random.Random(7), clock=lambda: netdir.consensus.valid_after + 1800,
+                          long_lived_ports={80})
+    chooser.set_netdir(netdir)
+    assert chooser.needs_stable(80) and not chooser.needs_stable(6667) and not chooser.needs_stable(None)
+    flags = netdir.consensus.relay_by_id
+    for _ in range(300):
+        assert all("Stable" in flags(hop.rsa_id).flags for hop in chooser.choose_path(80))
+    middles = [chooser.choose_path(6667)[1] for _ in range(1500)]
+    assert sum("Stable" not in flags(middle.rsa_id).flags for middle in middles) > 50

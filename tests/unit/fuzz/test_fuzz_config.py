@@ -45,6 +45,7 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "UseDefaultFallbackDirs": ("0", "1"),
     "TestingTorNetwork": ("0",),
     "Log": ("notice stdout", "info-warn file /tmp/oppy.log", "err stderr"),
+    "LongLivedPorts": ("21,22,706,1863,5050,5190,5222,5223,6523,6667,6697,8300", "6667", "22, 443 ,", "0"),
     "MaxCircuitDirtiness": ("10 minutes", "600", "1.5 hours"),
     "CircuitBuildTimeout": ("60 seconds", "0"),
     "LearnCircuitBuildTimeout": ("1", "0"),
