@@ -24,6 +24,9 @@ LAYERS: dict[str, int] = {
     # config reads torrc text and the command line; it needs crypto (hashed control passwords), logs
     # (LogSpec) and netdoc (DirAuthority/FallbackDir lines) only, so every layer above may take its values.
     "config": 3,
+    # hs: onion services' pure half (addresses, blinding, hash ring, descriptors); reads cell, crypto and
+    # netdoc only, beside config, below path and every layer that builds circuits.
+    "hs": 3,
     "path": 4,
     "link": 5,
     "stream": 6,
