@@ -40,6 +40,7 @@ __all__ = [
     "REJECT_ALL_PORTS",
     "RelayRecord",
     "DirSource",
+    "SharedRandomValue",
     "ConsensusHeader",
     "Consensus",
     "MicrodescRecord",
@@ -49,6 +50,7 @@ __all__ = [
     "parse_port_policy",
     "parse_consensus_header",
     "parse_consensus",
+    "parse_shared_random_value",
     "parse_microdescriptor",
     "parse_microdescriptors",
     "microdesc_digest",
@@ -258,6 +260,36 @@ class DirSource:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedRandomValue:
+    """A ``shared-rand-current-value`` / ``shared-rand-previous-value`` line (srv-spec, rend-spec-v3
+    2.3 [PUB-SHAREDRANDOM]): how many authorities revealed, and the 32-byte value."""
+
+    num_reveals: int
+    value: bytes
+
+
+#: srv-spec: an SRV is 32 bytes, 44 characters of padded base64 (tor SR_SRV_VALUE_BASE64_LEN).
+SHARED_RANDOM_VALUE_LEN = 32
+SHARED_RANDOM_VALUE_BASE64_LEN = 44
+
+
+def parse_shared_random_value(args: list[str], error: type[DocumentParseError] = DocumentParseError
+                              ) -> SharedRandomValue | None:
+    """``NUM_REVEALS VALUE``; the wrong number of arguments is an error (tor's tokenizer rule EQ(2)),
+    a value that does not decode is ignored as tor's ``sr_parse_srv`` ignores it (None: absent)."""
+    if len(args) != 2:
+        raise error(f"shared random value line needs 2 arguments, got {len(args)}")
+    try:
+        num_reveals = parse_decimal(args[0], error, "shared random value reveals", 0, 2**64 - 1)
+        if len(args[1]) != SHARED_RANDOM_VALUE_BASE64_LEN:
+            return None
+        value = decode_base64(args[1], error, "shared random value")
+    except DocumentParseError:
+        return None
+    return SharedRandomValue(num_reveals, value) if len(value) == SHARED_RANDOM_VALUE_LEN else None
+
+
+@dataclass(frozen=True, slots=True)
 class ConsensusHeader:
     """The preamble of a consensus: what is needed to check and schedule it."""
 
@@ -273,6 +305,9 @@ class ConsensusHeader:
     recommended_relay_protocols: Mapping[str, frozenset[int]]
     required_relay_protocols: Mapping[str, frozenset[int]]
     dir_sources: tuple[DirSource, ...]
+    #: The shared random values (None when the consensus lists none, as on a young test network).
+    shared_random_current: SharedRandomValue | None = field(default=None, kw_only=True)
+    shared_random_previous: SharedRandomValue | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,13 +426,21 @@ def _header_from_lines(lines: list[str]) -> ConsensusHeader:
         recommended_relay_protocols=protocols("recommended-relay-protocols"),
         required_relay_protocols=protocols("required-relay-protocols"),
         dir_sources=tuple(dir_sources),
+        shared_random_current=_shared_random(seen, "shared-rand-current-value"),
+        shared_random_previous=_shared_random(seen, "shared-rand-previous-value"),
     )
+
+
+def _shared_random(seen: dict[str, list[str]], keyword: str) -> SharedRandomValue | None:
+    args = seen.get(keyword)
+    return None if args is None else parse_shared_random_value(args, ConsensusParseError)
 
 
 _SINGLE_HEADER_KEYWORDS = frozenset({
     "vote-status", "consensus-method", "valid-after", "fresh-until", "valid-until",
     "known-flags", "params", "recommended-client-protocols", "required-client-protocols",
     "recommended-relay-protocols", "required-relay-protocols",
+    "shared-rand-current-value", "shared-rand-previous-value",
 })
 
 

@@ -7,7 +7,6 @@ import calendar
 import dataclasses
 import hashlib
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,10 +22,9 @@ from oppy.hs.timeperiod import (
     time_period_length,
 )
 from oppy.netdoc.documents import parse_consensus_header
+from tests.support.testdata import REAL_DIRECTORY
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "real-directory"
-if not TESTDATA.exists():
-    TESTDATA = Path("/work/shared/testdata/real-directory")
+TESTDATA = REAL_DIRECTORY
 
 #: tor src/test/ed25519_vectors.inc, one row per key: seed, expanded secret key, public key, blinding
 #: parameter, blinded expanded secret key, blinded public key.
