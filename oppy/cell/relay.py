@@ -640,6 +640,43 @@ def encode_extend2_body(
     return body
 
 
+def _decode_link_specifiers(data: bytes, what: str) -> tuple[tuple[LinkSpecifier, ...], int]:
+    """``NSPEC {LSTYPE LSLEN LSPEC}*`` from the start of ``data``: (the specifiers, the offset after them).
+
+    Known specifier types must have their spec length; unknown ones are kept as they are.
+    """
+    end = len(data)
+    if not end:
+        raise CellParseError(f"{what} link specifier list is empty")
+    offset = 1
+    specs = []
+    for _ in range(data[0]):
+        if end - offset < 2:
+            raise CellParseError(f"{what} link specifier truncated before its type and length")
+        spec_type = data[offset]
+        spec_len = data[offset + 1]
+        data_end = offset + 2 + spec_len
+        if data_end > end:
+            raise CellParseError(f"{what} link specifier truncated")
+        expected = _LINK_SPECIFIER_LENGTHS.get(spec_type)
+        if expected is not None and expected != spec_len:
+            raise CellParseError(f"{what} link specifier type {spec_type} has length {spec_len}")
+        specs.append(LinkSpecifier(enum_or_int(LinkSpecifierType, spec_type), data[offset + 2 : data_end]))
+        offset = data_end
+    return tuple(specs), offset
+
+
+def decode_link_specifier_list(data: bytes) -> tuple[LinkSpecifier, ...]:
+    """A whole link specifier block (rend-spec-v3 [BUILDING-BLOCKS]: an onion-service descriptor's
+    ``introduction-point`` line, INTRODUCE2's rendezvous point), nothing after it (tor's trunnel
+    ``link_specifier_list_parse``)."""
+    data = bytes(data)
+    specs, offset = _decode_link_specifiers(data, "link specifier list")
+    if offset != len(data):
+        raise CellParseError(f"{len(data) - offset} bytes after the link specifier list")
+    return specs
+
+
 def decode_extend2_body(body: bytes) -> Extend2:
     """Parse EXTEND2 (a relay's job; here for tests and symmetry).
 
@@ -649,23 +686,7 @@ def decode_extend2_body(body: bytes) -> Extend2:
     end = len(body)
     if not end:
         raise CellParseError("EXTEND2 body is empty")
-    count = body[0]
-    offset = 1
-    specs = []
-    for _ in range(count):
-        if end - offset < 2:
-            raise CellParseError("EXTEND2 link specifier truncated before its type and length")
-        spec_type = body[offset]
-        spec_len = body[offset + 1]
-        data_end = offset + 2 + spec_len
-        if data_end > end:
-            raise CellParseError("EXTEND2 link specifier truncated")
-        expected = _LINK_SPECIFIER_LENGTHS.get(spec_type)
-        if expected is not None and expected != spec_len:
-            raise CellParseError(f"EXTEND2 link specifier type {spec_type} has length {spec_len}")
-        spec_type = enum_or_int(LinkSpecifierType, spec_type)
-        specs.append(LinkSpecifier(spec_type, body[offset + 2 : data_end]))
-        offset = data_end
+    specs, offset = _decode_link_specifiers(body, "EXTEND2")
     if end - offset < _EXTEND2_HANDSHAKE_HEADER.size:
         raise CellParseError("EXTEND2 truncated before HTYPE/HLEN")
     handshake_type, handshake_len = _EXTEND2_HANDSHAKE_HEADER.unpack_from(body, offset)
