@@ -39,7 +39,7 @@ from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.keys import subcredential as derive_subcredential
 from oppy.hs.keys import verify_ed25519
 from oppy.hs.ntor import shake256_kdf
-from oppy.netdoc.fields import decode_base64, parse_decimal
+from oppy.netdoc.fields import decode_base64, parse_decimal, read_object
 
 __all__ = [
     "HS_DESC_MAX_LEN",
@@ -98,7 +98,6 @@ KNOWN_INTRO_AUTH_TYPES = ("ed25519",)
 _MAX_HTYPE = 0xFFFF
 
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
-_OBJECT_BEGIN_RE = re.compile(r"-----BEGIN ([A-Za-z0-9 ]{1,64})-----\Z")
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -136,20 +135,7 @@ def _tokenize(text: str, what: str) -> list[_Item]:
             raise InvalidDescriptor(f"{what}: bad line {line[:60]!r}")
         object_type = object_data = None
         if index < len(lines) and lines[index].startswith("-----BEGIN "):
-            match = _OBJECT_BEGIN_RE.match(lines[index])
-            if match is None:
-                raise InvalidDescriptor(f"{what}: bad object header {lines[index][:60]!r}")
-            object_type = match.group(1)
-            end_line = f"-----END {object_type}-----"
-            body = []
-            index += 1
-            while index < len(lines) and lines[index] != end_line:
-                body.append(lines[index])
-                index += 1
-            if index >= len(lines):
-                raise InvalidDescriptor(f"{what}: unterminated {object_type} object after {keyword!r}")
-            index += 1
-            object_data = decode_base64("".join(body), InvalidDescriptor, f"{what} {keyword} object")
+            object_type, object_data, index = read_object(lines, index, InvalidDescriptor, f"{what} {keyword}")
         items.append(_Item(keyword, tuple(parts[1:]), object_type, object_data, offset))
     return items
 
@@ -523,10 +509,6 @@ class HsDescriptor:
     first_layer: FirstLayer
     second_layer: SecondLayer
     subcredential: bytes
-
-    @property
-    def blinded_key(self) -> bytes:
-        return self.outer.blinded_key
 
     @property
     def revision_counter(self) -> int:

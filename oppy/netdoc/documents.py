@@ -33,7 +33,7 @@ from oppy.netdoc.errors import (
     DocumentParseError,
     MicrodescriptorParseError,
 )
-from oppy.netdoc.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time
+from oppy.netdoc.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time, read_object
 
 __all__ = [
     "PortPolicy",
@@ -816,25 +816,14 @@ class KeyCertificate:
 
 def _pem_body(lines: list[str], index: int, expected: tuple[str, ...], error: type[DocumentParseError],
               what: str) -> tuple[bytes, int]:
-    """Read the PEM object starting at ``lines[index]``; return (bytes, index after END)."""
+    """Read the PEM object of one of the ``expected`` types at ``lines[index]``; return (bytes, index
+    after END)."""
     if index >= len(lines):
         raise error(f"{what}: missing object")
-    begin = lines[index]
-    kind = None
-    for candidate in expected:
-        if begin == f"-----BEGIN {candidate}-----":
-            kind = candidate
-    if kind is None:
-        raise error(f"{what}: expected -----BEGIN {expected[0]}-----, got {begin[:60]!r}")
-    end_line = f"-----END {kind}-----"
-    chunks = []
-    index += 1
-    while index < len(lines) and lines[index] != end_line:
-        chunks.append(lines[index])
-        index += 1
-    if index >= len(lines):
-        raise error(f"{what}: unterminated {kind} object")
-    return decode_base64("".join(chunks), error, what), index + 1
+    if lines[index] not in {f"-----BEGIN {kind}-----" for kind in expected}:
+        raise error(f"{what}: expected -----BEGIN {expected[0]}-----, got {lines[index][:60]!r}")
+    _, data, index = read_object(lines, index, error, what)
+    return data, index
 
 
 _CERT_KEYWORDS_ONCE = (

@@ -29,6 +29,7 @@ __all__ = [
     "parse_time",
     "format_time",
     "decode_base64",
+    "read_object",
 ]
 
 #: Longest decimal integer accepted: any 64-bit value fits (tor reads directory numbers with
@@ -46,6 +47,8 @@ _HEX_DIGEST_RE = re.compile(r"[0-9A-Fa-f]{40}\Z")
 #: dir-spec netdoc-format: ``YYYY-MM-DD HH:MM:SS`` (UTC).
 _TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})\Z")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
+#: dir-spec netdoc-format: an Object starts with ``-----BEGIN <keyword>-----``.
+_OBJECT_BEGIN_RE = re.compile(r"-----BEGIN ([A-Za-z0-9 ]{1,64})-----\Z")
 
 
 def parse_decimal(text: str, error: type[Exception], what: str, low: int | None = None,
@@ -107,3 +110,22 @@ def decode_base64(text: str, error: type[Exception], what: str) -> bytes:
         return base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise error(f"bad base64 in {what}: {text[:60]!r}") from None
+
+
+def read_object(lines: list[str], index: int, error: type[Exception], what: str) -> tuple[str, bytes, int]:
+    """The Object (dir-spec netdoc-format) whose ``-----BEGIN <type>-----`` line is ``lines[index]``:
+    (its type, its base64 body decoded, the index after its ``-----END <type>-----`` line)."""
+    match = _OBJECT_BEGIN_RE.match(lines[index]) if index < len(lines) else None
+    if match is None:
+        got = lines[index][:60] if index < len(lines) else ""
+        raise error(f"{what}: expected an object, got {got!r}")
+    kind = match.group(1)
+    end_line = f"-----END {kind}-----"
+    chunks = []
+    index += 1
+    while index < len(lines) and lines[index] != end_line:
+        chunks.append(lines[index])
+        index += 1
+    if index >= len(lines):
+        raise error(f"{what}: unterminated {kind} object")
+    return kind, decode_base64("".join(chunks), error, what), index + 1

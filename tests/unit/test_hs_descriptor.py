@@ -77,7 +77,7 @@ def test_the_plain_service_descriptor_decodes():
     descriptor = decode_descriptor(data, identity, blinded, NOW)
     assert descriptor.revision_counter == 28374927
     assert descriptor.lifetime == 180 * 60
-    assert descriptor.blinded_key == blinded
+    assert descriptor.outer.blinded_key == blinded
     assert descriptor.subcredential == subcredential(identity, blinded)
     assert descriptor.first_layer.auth_type == "x25519"
     assert len(descriptor.first_layer.auth_clients) == 16        # fake entries hide client auth (2.5.1.4)
