@@ -39,7 +39,7 @@ from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.keys import subcredential as derive_subcredential
 from oppy.hs.keys import verify_ed25519
 from oppy.hs.ntor import shake256_kdf
-from oppy.netdoc.fields import decode_base64, parse_decimal, read_object
+from oppy.netdoc.fields import decode_base64, parse_decimal, parse_time, read_object
 
 __all__ = [
     "HS_DESC_MAX_LEN",
@@ -52,6 +52,7 @@ __all__ = [
     "OuterDescriptor",
     "FirstLayer",
     "IntroductionPoint",
+    "PowParams",
     "SecondLayer",
     "HsDescriptor",
     "parse_outer_descriptor",
@@ -95,6 +96,9 @@ _ED25519_KEY_LEN = 32
 #: introduction-layer authentication type tor knows.
 HTYPE_NTOR = 2
 KNOWN_INTRO_AUTH_TYPES = ("ed25519",)
+#: proposal 327 / tor hs_descriptor.c pow_types: the proof-of-work schemes, and the seed length.
+KNOWN_POW_TYPES = ("v1",)
+POW_SEED_LEN = 32
 _MAX_HTYPE = 0xFFFF
 
 _KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -396,6 +400,16 @@ class IntroductionPoint:
     enc_key_cert: Ed25519Certificate
 
 
+class PowParams(NamedTuple):
+    """``pow-params type seed-b64 suggested-effort expiration-time`` (proposal 327; tor 0.4.8
+    ``decode_pow_params``). tor refetches a cached descriptor once ``expires`` has passed."""
+
+    type: str
+    seed: bytes
+    suggested_effort: int
+    expires: int
+
+
 @dataclass(frozen=True, slots=True)
 class SecondLayer:
     """The plaintext of the encrypted layer (rend-spec-v3 2.5.2.2)."""
@@ -407,8 +421,8 @@ class SecondLayer:
     #: None if absent. tor refuses a sendme_inc more than 1 away from the consensus's cc_sendme_inc:
     #: the caller, who holds the consensus, checks that.
     flow_control: tuple[str, int] | None
-    #: ``pow-params`` lines (proposal 327), kept as their arguments; a client may ignore them.
-    pow_params: tuple[tuple[str, ...], ...]
+    #: ``pow-params`` (proposal 327): the service's proof-of-work offer; None if absent.
+    pow_params: PowParams | None
     introduction_points: tuple[IntroductionPoint, ...]
 
 
@@ -417,7 +431,7 @@ _SECOND_LAYER_RULES = {
     "intro-auth-required": _Rule(0, 1, 1, None, ""),
     "single-onion-service": _Rule(0, 1, 0, None, ""),
     "flow-control": _Rule(0, 1, 2, None, ""),
-    "pow-params": _Rule(0, None, 1, None, ""),
+    "pow-params": _Rule(0, 1, 4, None, ""),
 }
 _INTRO_POINT_RULES = {
     "introduction-point": _Rule(1, 1, 1, 1, ""),
@@ -440,6 +454,19 @@ def _create2_formats(args: tuple[str, ...]) -> tuple[int, ...]:
         except InvalidDescriptor:
             continue
     return tuple(formats)
+
+
+def _pow_params(args: tuple[str, ...]) -> PowParams:
+    """tor ``decode_pow_params``: a known type (by prefix, as tor compares), a 32-byte seed, a 32-bit
+    effort and a ``YYYY-MM-DDTHH:MM:SS`` expiration."""
+    kind, seed, effort, expiration = args[:4]
+    if not any(kind.startswith(known) for known in KNOWN_POW_TYPES):
+        raise InvalidDescriptor(f"pow-params type {kind[:20]!r} is unknown")
+    if len(expiration) != 19 or expiration[10] != "T":
+        raise InvalidDescriptor(f"pow-params expiration {expiration[:30]!r} is not YYYY-MM-DDTHH:MM:SS")
+    return PowParams(kind, _key(seed, POW_SEED_LEN, "pow-params seed"),
+                     parse_decimal(effort, InvalidDescriptor, "pow-params suggested effort", 0, 2**32 - 1),
+                     parse_time(expiration[:10] + " " + expiration[11:], InvalidDescriptor))
 
 
 def _introduction_point(text: str, signing_key: bytes, now: float) -> IntroductionPoint:
@@ -494,8 +521,9 @@ def parse_second_layer(plaintext: bytes, signing_key: bytes, now: float) -> Seco
             continue   # tor decode_intro_points: a malformed point is ignored, the others kept
     if len(points) > MAX_INTRO_POINTS:
         raise InvalidDescriptor(f"{what} has {len(points)} introduction points, more than {MAX_INTRO_POINTS}")
-    return SecondLayer(formats, auth_required, bool(found["single-onion-service"]), flow_control,
-                       tuple(item.args for item in found["pow-params"]), tuple(points))
+    pow_params = _pow_params(found["pow-params"][0].args) if found["pow-params"] else None
+    return SecondLayer(formats, auth_required, bool(found["single-onion-service"]), flow_control, pow_params,
+                       tuple(points))
 
 
 # ------------------------------------------------------------------------------------------ all of it

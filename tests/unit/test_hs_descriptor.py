@@ -19,6 +19,7 @@ from oppy.hs.client_auth import parse_client_auth_line
 from oppy.hs.descriptor import (
     ENCRYPTED_CONSTANT,
     SUPERENCRYPTED_CONSTANT,
+    PowParams,
     decode_descriptor,
     decrypt_layer,
     parse_first_layer,
@@ -84,7 +85,7 @@ def test_the_plain_service_descriptor_decodes():
     second = descriptor.second_layer
     assert second.create2_formats == (2,)
     assert second.flow_control == ("1-2", 31)
-    assert (second.intro_auth_required, second.single_onion_service, second.pow_params) == ((), False, ())
+    assert (second.intro_auth_required, second.single_onion_service, second.pow_params) == ((), False, None)
     assert len(descriptor.introduction_points) == 3
     for point in descriptor.introduction_points:
         kinds = [spec.spec_type for spec in point.link_specifiers]
@@ -240,13 +241,31 @@ def test_malformed_second_layers(pattern, replacement, message):
 
 def test_second_layer_options_are_read():
     _, second, signing_key = _plaintexts("plain")
+    seed = base64.b64encode(bytes(range(32)))
     edited = _edit(second, rb"^create2-formats 2", b"create2-formats x 3 2 99999\nintro-auth-required ed25519\n"
-                                                   b"single-onion-service\npow-params v1 c2VlZA 10 1700000000")
+                                                   b"single-onion-service\npow-params v1 " + seed
+                                                   + b" 10 2026-12-05T18:00:00")
     layer = parse_second_layer(edited, signing_key, NOW)
     assert layer.create2_formats == (3, 2)
     assert layer.intro_auth_required == ("ed25519",)
     assert layer.single_onion_service
-    assert layer.pow_params == (("v1", "c2VlZA", "10", "1700000000"),)
+    assert layer.pow_params == PowParams("v1", bytes(range(32)), 10, calendar.timegm((2026, 12, 5, 18, 0, 0)))
+
+
+@pytest.mark.parametrize("line", [
+    # tor 0.4.8 decode_pow_params: each of these makes the whole descriptor invalid
+    b"pow-params v2 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= 10 2026-12-05T18:00:00",
+    b"pow-params v1 AAEC 10 2026-12-05T18:00:00",
+    b"pow-params v1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= -1 2026-12-05T18:00:00",
+    b"pow-params v1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= 10 2026-12-05 18:00:00",
+    b"pow-params v1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= 10",
+    b"pow-params v1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= 10 2026-12-05T18:00:00\n"
+    b"pow-params v1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= 10 2026-12-05T18:00:00",
+])
+def test_malformed_pow_params(line):
+    _, second, signing_key = _plaintexts("plain")
+    with pytest.raises(InvalidDescriptor, match="pow-params"):
+        parse_second_layer(_edit(second, rb"^create2-formats 2", b"create2-formats 2\n" + line), signing_key, NOW)
 
 
 @pytest.mark.parametrize("pattern, replacement", [
