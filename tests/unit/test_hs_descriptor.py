@@ -28,7 +28,8 @@ from oppy.hs.descriptor import (
 )
 from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.keys import blinded_public_key, subcredential
-from oppy.hs.timeperiod import TimePeriod, time_period_at
+from oppy.hs.timeperiod import TimePeriod, consensus_time_period, time_period_at
+from oppy.netdoc.documents import parse_consensus_header
 
 DATA = Path(__file__).resolve().parent / "data" / "onion_service"
 CAPTURE = json.loads((DATA / "capture.json").read_text())
@@ -297,3 +298,19 @@ def test_more_than_twenty_introduction_points_are_refused():
     with pytest.raises(InvalidDescriptor, match="21 introduction points"):
         parse_second_layer(second[:first_point] + points * 7, signing_key, NOW)
     assert len(parse_second_layer(second[:first_point] + points * 6, signing_key, NOW).introduction_points) == 18
+
+
+def test_the_descriptors_a_c_tor_client_fetched_decode():
+    # tests/unit/data/onion_service/hsfetch.json: the same services' descriptors for a later period, as a
+    # C tor client fetched them from the HSDirs, with the consensus it used.
+    capture = json.loads((DATA / "hsfetch.json").read_text())
+    consensus = parse_consensus_header(capture["consensus"].encode())
+    period = consensus_time_period(consensus, testing_network=True)
+    for name, client_key in (("plain", None), ("auth", _client_key("client_key_line"))):
+        address = CAPTURE[name]["address"]
+        identity = parse_onion_address(address).identity_key
+        encoded = capture["descriptors"][address.removesuffix(".onion")].encode()
+        descriptor = decode_descriptor(encoded, identity, blinded_public_key(identity, period), consensus.valid_after,
+                                       client_key=client_key)
+        assert len(descriptor.introduction_points) == 3
+        assert descriptor.outer.signing_key != parse_outer_descriptor(_service(name)[0], NOW).signing_key

@@ -1,16 +1,21 @@
 """The HSDir hash ring: tor's test_hs_indexes vectors, the shared random values of real consensuses, the
-disaster value on the test network's (which has none), and the ring on the real 2022 directory checked
-against a brute-force reading of rend-spec-v3 2.2.3 written here."""
+disaster value on the test network's (which has none), the ring on the real 2022 directory checked
+against a brute-force reading of rend-spec-v3 2.2.3 written here, and the private network's ring as a
+C tor 0.4.9 client computed it (every HSDIR_INDEX and responsible HSDir it named)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import json
 import struct
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
+from oppy.hs.address import parse_onion_address
 from oppy.hs.hashring import (
     HsDirRing,
     disaster_srv,
@@ -20,8 +25,15 @@ from oppy.hs.hashring import (
     hsdir_index,
     responsible_hsdirs,
 )
+from oppy.hs.keys import blinded_public_key
 from oppy.hs.timeperiod import TimePeriod, consensus_time_period
-from oppy.netdoc.documents import ConsensusParseError, SharedRandomValue, parse_consensus_header
+from oppy.netdoc.documents import (
+    ConsensusParseError,
+    SharedRandomValue,
+    parse_consensus,
+    parse_consensus_header,
+    parse_microdescriptors,
+)
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import RelayTarget
 from tests.support.testdata import REAL_DIRECTORY, real_netdir
@@ -161,3 +173,29 @@ def test_consensus_parameters_set_replicas_and_spread_within_tors_bounds():
     ring = fetch_ring(NetDir(consensus, netdir.microdescs), testing_network=True)
     assert (ring.n_replicas, ring.spread_fetch) == (1, 128)
     assert len(ring.responsible(bytes(32))) == len(ring.relays) == 10
+
+
+def _hsfetch_capture() -> tuple[dict, NetDir]:
+    """A C tor 0.4.9 client's HSFETCH walk over every responsible HSDir, with the consensus it used."""
+    capture = json.loads((Path(__file__).resolve().parent / "data" / "onion_service" / "hsfetch.json").read_text())
+    consensus = parse_consensus(capture["consensus"].encode())
+    microdescs = parse_microdescriptors(capture["microdescs"].encode(), consensus.microdesc_digests()).microdescs
+    return capture, NetDir(consensus, microdescs)
+
+
+@pytest.mark.parametrize("address", [
+    "3eqe6bz7i7fffkn55didvjh7szwyhpkcwnbwujeo4alm5xqv62nbssyd",
+    "deng2aefzn7mxh6tzaib5eecnairjirotrgp4krcs32klajtj2t2z3yd",
+])
+def test_the_ring_is_c_tors_on_the_private_network(address):
+    capture, netdir = _hsfetch_capture()
+    assert netdir.consensus.shared_random_current is not None       # a real SRV this time, not the disaster one
+    ring = fetch_ring(netdir, testing_network=True)
+    blinded = blinded_public_key(parse_onion_address(address + ".onion").identity_key, ring.period)
+    # HS_DESC REQUESTED <address> NO_AUTH $FP~nick <descriptor id> HSDIR_INDEX=<hex>
+    requested = [event.split() for event in capture["events"] if event.split()[2] == address]
+    assert {fields[5] for fields in requested} == {base64.b64encode(blinded).decode().rstrip("=")}
+    tor_indices = {fields[4][1:41]: fields[6].removeprefix("HSDIR_INDEX=") for fields in requested}
+    ours = {target.fingerprint: index.hex().upper() for index, target in zip(ring.indices, ring.relays)}
+    assert {fingerprint: ours[fingerprint] for fingerprint in tor_indices} == tor_indices
+    assert {target.fingerprint for target in ring.responsible(blinded)} == set(tor_indices)
