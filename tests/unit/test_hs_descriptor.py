@@ -300,10 +300,11 @@ def test_more_than_twenty_introduction_points_are_refused():
     assert len(parse_second_layer(second[:first_point] + points * 6, signing_key, NOW).introduction_points) == 18
 
 
-def test_the_descriptors_a_c_tor_client_fetched_decode():
-    # tests/unit/data/onion_service/hsfetch.json: the same services' descriptors for a later period, as a
+@pytest.mark.parametrize("capture_file", ["hsfetch.json", "hsfetch_previous_srv.json"])
+def test_the_descriptors_a_c_tor_client_fetched_decode(capture_file):
+    # tests/unit/data/onion_service/hsfetch*.json: the same services' descriptors for later periods, as a
     # C tor client fetched them from the HSDirs, with the consensus it used.
-    capture = json.loads((DATA / "hsfetch.json").read_text())
+    capture = json.loads((DATA / capture_file).read_text())
     consensus = parse_consensus_header(capture["consensus"].encode())
     period = consensus_time_period(consensus, testing_network=True)
     for name, client_key in (("plain", None), ("auth", _client_key("client_key_line"))):

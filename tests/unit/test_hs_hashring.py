@@ -175,22 +175,23 @@ def test_consensus_parameters_set_replicas_and_spread_within_tors_bounds():
     assert len(ring.responsible(bytes(32))) == len(ring.relays) == 10
 
 
-def _hsfetch_capture() -> tuple[dict, NetDir]:
+def _hsfetch_capture(name: str) -> tuple[dict, NetDir]:
     """A C tor 0.4.9 client's HSFETCH walk over every responsible HSDir, with the consensus it used."""
-    capture = json.loads((Path(__file__).resolve().parent / "data" / "onion_service" / "hsfetch.json").read_text())
+    capture = json.loads((Path(__file__).resolve().parent / "data" / "onion_service" / name).read_text())
     consensus = parse_consensus(capture["consensus"].encode())
     microdescs = parse_microdescriptors(capture["microdescs"].encode(), consensus.microdesc_digests()).microdescs
     return capture, NetDir(consensus, microdescs)
 
 
+@pytest.mark.parametrize("capture_file, srv", [("hsfetch.json", "current"), ("hsfetch_previous_srv.json", "previous")])
 @pytest.mark.parametrize("address", [
     "3eqe6bz7i7fffkn55didvjh7szwyhpkcwnbwujeo4alm5xqv62nbssyd",
     "deng2aefzn7mxh6tzaib5eecnairjirotrgp4krcs32klajtj2t2z3yd",
 ])
-def test_the_ring_is_c_tors_on_the_private_network(address):
-    capture, netdir = _hsfetch_capture()
-    assert netdir.consensus.shared_random_current is not None       # a real SRV this time, not the disaster one
+def test_the_ring_is_c_tors_on_the_private_network(capture_file, srv, address):
+    capture, netdir = _hsfetch_capture(capture_file)
     ring = fetch_ring(netdir, testing_network=True)
+    assert ring.srv == getattr(netdir.consensus, f"shared_random_{srv}").value   # real SRVs, not the disaster one
     blinded = blinded_public_key(parse_onion_address(address + ".onion").identity_key, ring.period)
     # HS_DESC REQUESTED <address> NO_AUTH $FP~nick <descriptor id> HSDIR_INDEX=<hex>
     requested = [event.split() for event in capture["events"] if event.split()[2] == address]
