@@ -19,7 +19,6 @@ clock in, a :class:`HsDescriptor` out.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import struct
@@ -27,9 +26,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher
-from cryptography.hazmat.primitives.ciphers.algorithms import AES
-from cryptography.hazmat.primitives.ciphers.modes import CTR
 
 from oppy.cell.errors import CellParseError
 from oppy.cell.relay import LinkSpecifier, decode_link_specifier_list
@@ -38,7 +34,7 @@ from oppy.crypto.errors import CertParseError
 from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.keys import subcredential as derive_subcredential
 from oppy.hs.keys import verify_ed25519
-from oppy.hs.ntor import shake256_kdf
+from oppy.hs.ntor import aes256_ctr, hs_mac, shake256_kdf
 from oppy.netdoc.fields import decode_base64, parse_decimal, parse_time, read_object
 
 __all__ = [
@@ -296,10 +292,6 @@ def parse_outer_descriptor(data: bytes | str, now: float) -> OuterDescriptor:
 # ------------------------------------------------------------------------------------------ layers
 
 
-def _aes256_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
-    return Cipher(AES(key), CTR(iv)).decryptor().update(data)
-
-
 def decrypt_layer(blob: bytes, secret_data: bytes, subcredential: bytes, revision_counter: int,
                   constant: bytes) -> bytes | None:
     """rend-spec-v3 2.5.3: check the MAC of SALT | ENCRYPTED | MAC and decrypt; the plaintext up to its
@@ -308,11 +300,11 @@ def decrypt_layer(blob: bytes, secret_data: bytes, subcredential: bytes, revisio
     secret_input = secret_data + subcredential + struct.pack(">Q", revision_counter)
     keys = shake256_kdf(secret_input + salt + constant, _KEY_LEN + _IV_LEN + _MAC_LEN)
     key, iv, mac_key = keys[:_KEY_LEN], keys[_KEY_LEN:_KEY_LEN + _IV_LEN], keys[_KEY_LEN + _IV_LEN:]
-    expected = hashlib.sha3_256(struct.pack(">Q", len(mac_key)) + mac_key + struct.pack(">Q", len(salt))
-                                + salt + encrypted).digest()
+    # D_MAC = H(mac_key_len | MAC_KEY | salt_len | SALT | ENCRYPTED): the spec's MAC with salt_len first
+    expected = hs_mac(mac_key, struct.pack(">Q", len(salt)) + salt + encrypted)
     if not hmac.compare_digest(expected, mac):
         return None
-    plaintext = _aes256_ctr(key, iv, encrypted)
+    plaintext = aes256_ctr(key, encrypted, iv)
     end = plaintext.find(b"\x00")
     plaintext = plaintext if end < 0 else plaintext[:end]
     return plaintext or None
@@ -377,7 +369,7 @@ def descriptor_cookie(first_layer: FirstLayer, subcredential: bytes, client_key:
     client_id, cookie_key = keys[:CLIENT_ID_LEN], keys[CLIENT_ID_LEN:]
     for client in first_layer.auth_clients:
         if hmac.compare_digest(client.client_id, client_id):
-            return _aes256_ctr(cookie_key, client.iv, client.encrypted_cookie)
+            return aes256_ctr(cookie_key, client.encrypted_cookie, client.iv)
     return None
 
 

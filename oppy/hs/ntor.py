@@ -63,9 +63,10 @@ def shake256_kdf(data: bytes, length: int) -> bytes:
     return hashlib.shake_256(data).digest(length)
 
 
-def aes256_ctr(key: bytes, data: bytes) -> bytes:
-    """AES-256-CTR from a zero counter (tor ``crypto_cipher_new_with_bits``): encrypts and decrypts."""
-    return Cipher(AES(key), CTR(bytes(_AES_BLOCK_LEN))).encryptor().update(data)
+def aes256_ctr(key: bytes, data: bytes, iv: bytes = bytes(_AES_BLOCK_LEN)) -> bytes:
+    """AES-256-CTR (STREAM in rend-spec-v3 0.3) from counter block ``iv``, zero unless given (tor
+    ``crypto_cipher_new_with_bits``); encrypting and decrypting are the same."""
+    return Cipher(AES(key), CTR(iv)).encryptor().update(data)
 
 
 class IntroduceKeys(NamedTuple):
