@@ -73,9 +73,10 @@ def voting_interval(consensus: ConsensusHeader) -> int:
 
 def time_period_length(consensus: ConsensusHeader, testing_network: bool = False) -> int:
     """Minutes per period: ``hsdir_interval`` clamped to its bounds, or on a test network one shared
-    random protocol run (tor ``get_time_period_length``)."""
+    random protocol run (tor ``get_time_period_length``), at least a minute (tor only warns when a run
+    is shorter, and would then divide by zero)."""
     if testing_network:
-        return SHARED_RANDOM_N_ROUNDS * SHARED_RANDOM_N_PHASES * voting_interval(consensus) // _MINUTE
+        return max(1, SHARED_RANDOM_N_ROUNDS * SHARED_RANDOM_N_PHASES * voting_interval(consensus) // _MINUTE)
     value = consensus.params.get(HSDIR_INTERVAL_PARAM, HSDIR_INTERVAL_DEFAULT)
     low, high = HSDIR_INTERVAL_BOUNDS
     return min(max(value, low), high)

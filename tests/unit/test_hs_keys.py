@@ -245,6 +245,8 @@ def test_period_length_from_the_consensus_and_on_a_test_network():
     assert time_period_length(_header("2016-04-13 11:00:00", "2016-04-13 12:00:00", hsdir_interval=5)) == 30
     assert time_period_length(_header("2016-04-13 11:00:00", "2016-04-13 12:00:00",
                                       hsdir_interval=99999)) == 14400
+    # a consensus voted every 2 seconds would make 48-second periods: a minute at least
+    assert time_period_length(_header("2016-04-13 11:00:00", "2016-04-13 11:00:02"), testing_network=True) == 1
     # the private network votes every 20 seconds: a period is 24 * 20 s = 8 minutes
     testnet = parse_consensus_header((TESTDATA / "testnet-0.4.9.11" / "cached-microdesc-consensus").read_bytes())
     assert time_period_length(testnet, testing_network=True) == 8
