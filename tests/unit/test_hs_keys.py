@@ -9,6 +9,10 @@ import hashlib
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oppy.hs import ed25519
 from oppy.hs.errors import BadPublicKey
@@ -272,3 +276,18 @@ def test_tor_between_tp_and_srv(valid_after, fresh_until, between):
     header = _header(valid_after, fresh_until)
     assert in_period_between_tp_and_srv(header) is between
     assert srv_run_start(header) == _utc(valid_after[:10] + " 00:00:00")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), param=st.binary(min_size=32, max_size=32))
+def test_point_arithmetic_agrees_with_the_library(seed, param):
+    """The library derives public keys from seeds and verifies signatures: a differential oracle for our
+    scalar multiplication, encoding and blinding."""
+    library_key = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    library_public = library_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    expanded = ed25519.expand_secret_key(seed)
+    assert ed25519.public_key_from_scalar(expanded) == library_public
+    assert ed25519.encode_point(ed25519.validate_public_key(library_public)) == library_public
+    blinded_secret = ed25519.blind_expanded_secret_key(expanded, param)
+    blinded_public = ed25519.blind_public_key_with_param(library_public, param)
+    assert verify_ed25519(blinded_public, _sign_with_expanded_key(blinded_secret, seed), seed)
