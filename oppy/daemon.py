@@ -188,7 +188,7 @@ class Daemon:
             notice(log, "Opening Socks listener on %s:%s", address, "auto" if port_config.is_auto else port_config.port)
             try:
                 listener = self.reactor.listenTCP(0 if port_config.is_auto else port_config.port,
-                                                  self.socks_factory, interface=address)
+                                                  self.socks_factory.for_port(port_config.flags), interface=address)
             except twisted_error.CannotListenError as exc:
                 raise SystemExit(f"Could not bind to {address}:{port_config.port}: {exc.socketError}") from None
             self.socks_listeners.append(listener)

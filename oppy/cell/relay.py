@@ -217,6 +217,13 @@ def encode_begin_body(host: str, port: int, flags: BeginFlags | int = 0) -> byte
     return body
 
 
+def encode_onion_begin_body(port: int) -> bytes:
+    """BEGIN on a rendezvous circuit: the address is empty, ``:PORT\\0`` (rend-spec-v3 4.2, "the client
+    sends a BEGIN cell with an empty address"; tor connection_ap_handshake_send_begin)."""
+    _check_port(port)
+    return f":{port}".encode("ascii") + _NUL
+
+
 def decode_begin_body(body: bytes) -> Begin:
     """Parse a BEGIN body (an exit's job; here for tests and symmetry)."""
     body = bytes(body)
