@@ -179,7 +179,16 @@ class Circuit:
         return len(self.crypto)
 
     def _hop_name(self, index: int) -> str:
+        if index >= len(self.path):
+            return f"hop {index + 1} (the onion service)"
         return f"hop {index + 1} ({self.path[index].describe()})"
+
+    def add_virtual_hop(self, hop: Tor1Hop) -> None:
+        """Join the rendezvous point's circuit to the onion service's (rend-spec-v3 4.2.1): a layer past the
+        last relay, to which streams and SENDMEs go from now on."""
+        if not self.is_open:
+            raise CircuitError(f"circuit {self.circ_id:#x} is not open")
+        self.crypto.add_hop(hop)
 
     # ------------------------------------------------------------------------------------ building
 
