@@ -613,6 +613,15 @@ def link_specifiers_for_relay(
     return specs
 
 
+def encode_link_specifiers(link_specifiers: list[LinkSpecifier] | tuple[LinkSpecifier, ...]) -> bytes:
+    """`NSPEC {LSTYPE LSLEN LSPEC}*` (tor-spec 5.1.2), as EXTEND2 and INTRODUCE1's encrypted part carry them."""
+    parts = [_U8.pack(len(link_specifiers))]
+    for spec_type, data in link_specifiers:
+        parts.append(bytes((spec_type, len(data))))
+        parts.append(bytes(data))
+    return b"".join(parts)
+
+
 class Extend2(NamedTuple):
     link_specifiers: tuple[LinkSpecifier, ...]
     handshake_type: int
@@ -631,13 +640,9 @@ def encode_extend2_body(
 
     Build the list with :func:`link_specifiers_for_relay` to get the spec's order.
     """
-    parts = []
     try:
-        parts.append(_U8.pack(len(link_specifiers)))
-        for spec_type, data in link_specifiers:
-            parts.append(bytes((spec_type, len(data))))
-            parts.append(bytes(data))
-        parts.append(_EXTEND2_HANDSHAKE_HEADER.pack(handshake_type, len(handshake_data)))
+        parts = [encode_link_specifiers(link_specifiers),
+                 _EXTEND2_HANDSHAKE_HEADER.pack(handshake_type, len(handshake_data))]
     except (struct.error, ValueError):
         raise ValueError("EXTEND2 field out of range") from None
     parts.append(bytes(handshake_data))
