@@ -18,6 +18,9 @@ from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.cache import atomic_write
 from oppy.directory.service import BootstrapPhase, DirectoryService
+from oppy.hs.client_auth import read_client_auth_dir
+from oppy.hs.errors import ClientAuthKeyError
+from oppy.hsclient.client import OnionServiceClient
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
@@ -107,8 +110,22 @@ class Daemon:
                                           testing_tor_network=config.testing_tor_network, reactor=reactor,
                                           clock=time.time, paths=self.paths)
         self.directory.add_netdir_observer(self._netdir_changed)
+        self.onion_services = OnionServiceClient(self.manager, client_keys=self._client_auth_keys(config),
+                                                 reactor=reactor, testing_network=config.testing_tor_network)
 
     # ------------------------------------------------------------------------------ glue
+
+    @staticmethod
+    def _client_auth_keys(config: Config) -> dict:
+        """ClientOnionAuthDir's keys (tor reads them at start: a directory it cannot list is an error)."""
+        if config.client_onion_auth_dir is None:
+            return {}
+        try:
+            keys = read_client_auth_dir(os.path.expanduser(config.client_onion_auth_dir))
+        except ClientAuthKeyError as exc:
+            raise SystemExit(str(exc)) from None
+        log.info("Loaded %d onion-service client authorization keys", len(keys))
+        return keys
 
     def _netdir_changed(self, event: NetDirChanged) -> None:
         if event.new_consensus:
@@ -182,7 +199,8 @@ class Daemon:
         self.socks_factory = SocksFactory(
             self.manager, self.reactor,
             allow_private_addresses=not self.config.client_reject_internal_addresses,
-            handshake_timeout=self.config.socks_timeout, max_connections=self.config.max_socks_connections)
+            handshake_timeout=self.config.socks_timeout, max_connections=self.config.max_socks_connections,
+            onion_services=self.onion_services)
         for port_config in self.config.socks_ports:
             address = port_config.address
             notice(log, "Opening Socks listener on %s:%s", address, "auto" if port_config.is_auto else port_config.port)

@@ -27,6 +27,7 @@ from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.path.guards import GuardChoice, GuardSample, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
+from oppy.path.vanguards import OnionServicePurpose, choose_onion_service_path
 
 __all__ = ["PathChooser", "GuardsChanged"]
 
@@ -118,6 +119,15 @@ class PathChooser:
                     rng: random.Random | None = None) -> list[RelayTarget]:
         """The path of :meth:`choose_circuit_path` alone, for a circuit whose guard outcome nobody reports."""
         return self.choose_circuit_path(port, exclude, rng)[0]
+
+    def choose_onion_service_path(self, purpose: OnionServicePurpose, target: bytes | None = None,
+                                  rng: random.Random | None = None) -> tuple[list[RelayTarget], GuardChoice]:
+        """The relays oppy chooses for an onion-service circuit (guard, second hop, then a middle before a
+        ``target`` or the rendezvous point itself), and the guard choice to report on; the caller appends the
+        target. Raises :class:`NoPathError` if impossible."""
+        path, choice = choose_onion_service_path(self.selector, self.guards, None, purpose, self.clock(),
+                                                 rng if rng is not None else self.rng, target)
+        return [node.target for node in path.hops], choice
 
     def exit_allows(self, rsa_id: bytes, port: int) -> bool:
         """The relay's microdescriptor policy summary, in the NetDir in use, accepts ``port``."""

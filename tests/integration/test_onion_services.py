@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,3 +71,19 @@ def test_no_onion_name_reaches_a_resolver(network, oppy):
     log = dns_log(network)
     assert probe in log, "the network's DNS server logs no queries (started before scripts/testdns logged them)"
     assert ".onion" not in log
+
+
+def onion_url(network: TestNetwork, which: str, path: str) -> str:
+    onion = network.onion
+    return f"http://{onion[which]['address']}:{onion['virtual_port']}{path}"
+
+
+def curl(port: int, url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", str(timeout), "--socks5-hostname", f"127.0.0.1:{port}",
+                           *extra, url], capture_output=True, timeout=timeout + 30)
+
+
+def test_a_page_by_onion_hostname(network, oppy):
+    result = curl(oppy.socks_port, onion_url(network, "plain", "/"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello from the oppy test target\n"
