@@ -99,7 +99,8 @@ class Daemon:
                              "refusing to contact the public Tor network")
         authorities, fallbacks = directory_servers(config)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets,
-                                 long_lived_ports=config.long_lived_ports)
+                                 long_lived_ports=config.long_lived_ports,
+                                 vanguards_lite=config.vanguards_lite_enabled)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
