@@ -185,7 +185,8 @@ class OnionServiceClient:
         self.wallclock = wallclock
         self.rng = rng or random.SystemRandom()
         self._observers: list[DescriptorObserver] = list(observers)
-        self._connections: dict[str, _ServiceConnection] = {}
+        # By (address without ".onion", stream isolation): streams isolated apart get their own circuits.
+        self._connections: dict[tuple[str, object], _ServiceConnection] = {}
         self.cache = HsDescriptorCache(wallclock, testing_network)
         # Messages awaited from a circuit's last hop: (circuit number, relay command) -> Deferred.
         self._awaited: dict[tuple[int, int], defer.Deferred] = {}
@@ -217,11 +218,13 @@ class OnionServiceClient:
                                         router=self)
 
     def attach_stream(self, managed: ManagedStream) -> None:
-        """StreamRouter: on the service's joined rendezvous circuit, or waiting until there is one."""
+        """StreamRouter: on the service's joined rendezvous circuit for the stream's isolation (SOCKS
+        credentials, NEWNYM epoch), or waiting until there is one."""
         address = parse_onion_address(managed.stream.host)
-        connection = self._connections.get(address.label)
+        key = (address.label, managed.isolation)
+        connection = self._connections.get(key)
         if connection is None:
-            connection = self._connections[address.label] = _ServiceConnection(address)
+            connection = self._connections[key] = _ServiceConnection(address)
         rendezvous = connection.rendezvous
         if rendezvous is not None and rendezvous.is_open and rendezvous.usable and rendezvous.circuit.has_stream_room:
             self.manager.attach_to(managed, rendezvous)
@@ -230,30 +233,28 @@ class OnionServiceClient:
         connection.waiting.append(managed)
         if not connection.running:
             connection.running = True
-            self._connect(connection)
+            self._connect(key, connection)
 
     @defer.inlineCallbacks
-    def _connect(self, connection: _ServiceConnection):
+    def _connect(self, key: tuple, connection: _ServiceConnection):
         label = connection.address.label
+        reason, code = EndReason.MISC, 0
         try:
             rendezvous = yield self._reach(connection.address)
         except _ConnectFailed as failure:
             log.info("Closing %d streams for %s.onion: %s", len(connection.waiting), label, failure)
-            waiting, connection.waiting = connection.waiting, []
-            connection.running = False
-            for managed in waiting:
-                managed.stream.close(failure.reason, extended_error=failure.code)
-            return
+            rendezvous, reason, code = None, failure.reason, failure.code
         except Exception:
             log.exception("connecting to %s.onion failed", label)
-            waiting, connection.waiting = connection.waiting, []
-            connection.running = False
-            for managed in waiting:
-                managed.stream.close(EndReason.MISC)
-            return
-        connection.rendezvous = rendezvous
+            rendezvous = None
         connection.running = False
         waiting, connection.waiting = connection.waiting, []
+        if rendezvous is None:
+            self._connections.pop(key, None)
+            for managed in waiting:
+                managed.stream.close(reason, extended_error=code)
+            return
+        connection.rendezvous = rendezvous
         log.info("Connected to %s.onion on circuit %d: attaching %d streams", label, rendezvous.number,
                  len(waiting))
         for managed in waiting:
@@ -487,6 +488,9 @@ class OnionServiceClient:
             number = event.circuit.number
             for key in [key for key in self._awaited if key[0] == number]:
                 self._awaited.pop(key).errback(event.circuit.error or CircuitError(f"circuit {number} closed"))
+            for key, connection in list(self._connections.items()):
+                if connection.rendezvous is event.circuit and not connection.running:
+                    del self._connections[key]
 
     @staticmethod
     def _close(managed: ManagedCircuit, why: str, reason: int = DestroyReason.FINISHED) -> None:

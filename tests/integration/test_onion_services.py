@@ -189,6 +189,12 @@ def test_a_second_stream_reuses_the_rendezvous_circuit(network, oppy):
     for _ in range(2):
         assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
     assert connections_made(oppy, address) == before
+    # Other SOCKS credentials: isolated from those streams, on a circuit of their own (IsolateSOCKSAuth).
+    result = subprocess.run(["curl", "-sS", "--max-time", "120", "--proxy",
+                             f"socks5h://alice:secret@127.0.0.1:{oppy.socks_port}", onion_url(network, "plain", "/")],
+                            capture_output=True, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert connections_made(oppy, address) == before + 1
 
 
 # ------------------------------------------------------------------------------ client authorization
