@@ -272,7 +272,7 @@ class OnionServiceClient:
         points = [point for point in descriptor.introduction_points
                   if (state := cache.intro_state(address.identity_key, point.auth_key)) is None or state.usable]
         if not points:
-            raise _ConnectFailed("the descriptor lists no introduction point", EndReason.RESOLVEFAILED,
+            raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
                                  Socks5Reply.ONION_INTRO_FAILED)
         self.rng.shuffle(points)
         all_timed_out = True
@@ -334,8 +334,7 @@ class OnionServiceClient:
                 self._notify(DescriptorEvent("FAILED", address.label, hsdir, ident, "BAD_DESC"))
                 continue
             self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
-            self.cache.store(address.identity_key, text, descriptor,
-                             netdir.consensus)
+            self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
             return descriptor
         # tor: no HSDir left (HS_CLIENT_FETCH_NO_HSDIRS): END RESOLVEFAILED, F0 if one answered 404.
         code = (Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND if not_found
