@@ -18,6 +18,9 @@ from oppy.config import Config
 from oppy.control.server import ControlService
 from oppy.directory.cache import atomic_write
 from oppy.directory.service import BootstrapPhase, DirectoryService
+from oppy.hs.client_auth import read_client_auth_dir
+from oppy.hs.errors import ClientAuthKeyError
+from oppy.hsclient.client import OnionServiceClient
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
@@ -96,7 +99,8 @@ class Daemon:
                              "refusing to contact the public Tor network")
         authorities, fallbacks = directory_servers(config)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets,
-                                 long_lived_ports=config.long_lived_ports)
+                                 long_lived_ports=config.long_lived_ports,
+                                 vanguards_lite=config.vanguards_lite_enabled)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
@@ -107,8 +111,22 @@ class Daemon:
                                           testing_tor_network=config.testing_tor_network, reactor=reactor,
                                           clock=time.time, paths=self.paths)
         self.directory.add_netdir_observer(self._netdir_changed)
+        self.onion_services = OnionServiceClient(self.manager, client_keys=self._client_auth_keys(config),
+                                                 reactor=reactor, testing_network=config.testing_tor_network)
 
     # ------------------------------------------------------------------------------ glue
+
+    @staticmethod
+    def _client_auth_keys(config: Config) -> dict:
+        """ClientOnionAuthDir's keys (tor reads them at start: a directory it cannot list is an error)."""
+        if config.client_onion_auth_dir is None:
+            return {}
+        try:
+            keys = read_client_auth_dir(os.path.expanduser(config.client_onion_auth_dir))
+        except ClientAuthKeyError as exc:
+            raise SystemExit(str(exc)) from None
+        log.info("Loaded %d onion-service client authorization keys", len(keys))
+        return keys
 
     def _netdir_changed(self, event: NetDirChanged) -> None:
         if event.new_consensus:
@@ -182,13 +200,14 @@ class Daemon:
         self.socks_factory = SocksFactory(
             self.manager, self.reactor,
             allow_private_addresses=not self.config.client_reject_internal_addresses,
-            handshake_timeout=self.config.socks_timeout, max_connections=self.config.max_socks_connections)
+            handshake_timeout=self.config.socks_timeout, max_connections=self.config.max_socks_connections,
+            onion_services=self.onion_services)
         for port_config in self.config.socks_ports:
             address = port_config.address
             notice(log, "Opening Socks listener on %s:%s", address, "auto" if port_config.is_auto else port_config.port)
             try:
                 listener = self.reactor.listenTCP(0 if port_config.is_auto else port_config.port,
-                                                  self.socks_factory, interface=address)
+                                                  self.socks_factory.for_port(port_config.flags), interface=address)
             except twisted_error.CannotListenError as exc:
                 raise SystemExit(f"Could not bind to {address}:{port_config.port}: {exc.socketError}") from None
             self.socks_listeners.append(listener)

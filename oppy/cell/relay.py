@@ -217,6 +217,13 @@ def encode_begin_body(host: str, port: int, flags: BeginFlags | int = 0) -> byte
     return body
 
 
+def encode_onion_begin_body(port: int) -> bytes:
+    """BEGIN on a rendezvous circuit: the address is empty, ``:PORT\\0`` (rend-spec-v3 4.2, "the client
+    sends a BEGIN cell with an empty address"; tor connection_ap_handshake_send_begin)."""
+    _check_port(port)
+    return f":{port}".encode("ascii") + _NUL
+
+
 def decode_begin_body(body: bytes) -> Begin:
     """Parse a BEGIN body (an exit's job; here for tests and symmetry)."""
     body = bytes(body)
@@ -606,6 +613,15 @@ def link_specifiers_for_relay(
     return specs
 
 
+def encode_link_specifiers(link_specifiers: list[LinkSpecifier] | tuple[LinkSpecifier, ...]) -> bytes:
+    """`NSPEC {LSTYPE LSLEN LSPEC}*` (tor-spec 5.1.2), as EXTEND2 and INTRODUCE1's encrypted part carry them."""
+    parts = [_U8.pack(len(link_specifiers))]
+    for spec_type, data in link_specifiers:
+        parts.append(bytes((spec_type, len(data))))
+        parts.append(bytes(data))
+    return b"".join(parts)
+
+
 class Extend2(NamedTuple):
     link_specifiers: tuple[LinkSpecifier, ...]
     handshake_type: int
@@ -624,13 +640,9 @@ def encode_extend2_body(
 
     Build the list with :func:`link_specifiers_for_relay` to get the spec's order.
     """
-    parts = []
     try:
-        parts.append(_U8.pack(len(link_specifiers)))
-        for spec_type, data in link_specifiers:
-            parts.append(bytes((spec_type, len(data))))
-            parts.append(bytes(data))
-        parts.append(_EXTEND2_HANDSHAKE_HEADER.pack(handshake_type, len(handshake_data)))
+        parts = [encode_link_specifiers(link_specifiers),
+                 _EXTEND2_HANDSHAKE_HEADER.pack(handshake_type, len(handshake_data))]
     except (struct.error, ValueError):
         raise ValueError("EXTEND2 field out of range") from None
     parts.append(bytes(handshake_data))

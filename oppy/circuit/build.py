@@ -33,6 +33,9 @@ class _NoOwner:
     def circuit_closed(self, circuit: Circuit, error: CircuitError) -> None:
         pass
 
+    def onion_service_message(self, circuit: Circuit, command: int, data: bytes) -> None:
+        pass
+
 
 class _CircuitBuild:
     """The circuit's owner while it is built: the build's Deferred fires with the circuit, or fails when the
@@ -125,6 +128,10 @@ class _CircuitBuild:
             self.owner.circuit_closed(circuit, error)
         else:
             self.result.errback(CircuitBuildError(str(error), error.reason, error.remote, error.hop))
+
+    def onion_service_message(self, circuit: Circuit, command: int, data: bytes) -> None:
+        if not self.measuring:
+            self.owner.onion_service_message(circuit, command, data)
 
 
 def _seconds(value: float) -> str:

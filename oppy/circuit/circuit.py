@@ -73,6 +73,11 @@ class CircuitState(enum.Enum):
     CLOSED = "closed"
 
 
+# rend-spec-v3 3.2.2, 4.1, 4.2: the messages an onion-service client's circuits receive from their last hop.
+ONION_SERVICE_CLIENT_MESSAGES = frozenset((RelayCommand.RENDEZVOUS_ESTABLISHED, RelayCommand.INTRODUCE_ACK,
+                                           RelayCommand.RENDEZVOUS2))
+
+
 class CircuitError(Exception):
     """A circuit failed or was closed; the message says which hop and why."""
 
@@ -114,6 +119,10 @@ class CircuitOwner(Protocol):
 
     def circuit_closed(self, circuit: "Circuit", error: CircuitError) -> None:
         """The circuit is closed (once), for the reason `error` gives; its streams have been told."""
+
+    def onion_service_message(self, circuit: "Circuit", command: int, data: bytes) -> None:
+        """RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK or RENDEZVOUS2 arrived from the circuit's last hop
+        (rend-spec-v3 3.2.2, 4.1, 4.2): for the onion-service client that launched it."""
 
 
 class StreamEndpoint(Protocol):
@@ -179,7 +188,16 @@ class Circuit:
         return len(self.crypto)
 
     def _hop_name(self, index: int) -> str:
+        if index >= len(self.path):
+            return f"hop {index + 1} (the onion service)"
         return f"hop {index + 1} ({self.path[index].describe()})"
+
+    def add_virtual_hop(self, hop: Tor1Hop) -> None:
+        """Join the rendezvous point's circuit to the onion service's (rend-spec-v3 4.2.1): a layer past the
+        last relay, to which streams and SENDMEs go from now on."""
+        if not self.is_open:
+            raise CircuitError(f"circuit {self.circ_id:#x} is not open")
+        self.crypto.add_hop(hop)
 
     # ------------------------------------------------------------------------------------ building
 
@@ -388,6 +406,12 @@ class Circuit:
             self._fail(f"circuit truncated at {self._hop_name(hop)} ({target} failed: "
                        f"{reason_name(DestroyReason, reason)})", DestroyReason.NONE, hop=failed,
                        remote_reason=reason)
+        elif command in ONION_SERVICE_CLIENT_MESSAGES and self.state is CircuitState.OPEN:
+            if hop != len(self.crypto) - 1:
+                self._fail(f"{RelayCommand(command).name} from {self._hop_name(hop)}, not the last hop",
+                           DestroyReason.PROTOCOL)
+                return
+            self.owner.onion_service_message(self, command, data)
         elif command in (RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED):
             pass
         else:

@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Protocol, Union
 
 from twisted.internet import defer, reactor as default_reactor, task
 
@@ -97,6 +97,25 @@ class CircuitPurpose(enum.Enum):
     def controller_name(self) -> str:
         return "GENERAL" if self is CircuitPurpose.DIRECTORY else self.name
 
+    @property
+    def is_onion_service(self) -> bool:
+        return self in (CircuitPurpose.HS_CLIENT_HSDIR, CircuitPurpose.HS_CLIENT_INTRO, CircuitPurpose.HS_CLIENT_REND)
+
+
+class OnionServiceCircuitUser(Protocol):
+    """Who launched an onion-service circuit (the onion-service client): it hears the messages the circuit's
+    last hop sends for it (RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2)."""
+
+    def onion_service_message(self, managed: "ManagedCircuit", command: int, data: bytes) -> None: ...
+
+
+class StreamRouter(Protocol):
+    """Who chooses the circuit of the streams it opened (the onion-service client for `.onion` streams): the
+    manager hands such a stream to it each time it needs a circuit (first, and after a failed attempt)."""
+
+    def attach_stream(self, managed: "ManagedStream") -> None:
+        """Attach the stream (`CircuitManager.attach_to`) now or later, or end it."""
+
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
 BUILD_FLAG_ONEHOP_TUNNEL = "ONEHOP_TUNNEL"
@@ -109,7 +128,8 @@ class ManagedCircuit:
     """A circuit as the client uses it: its number, purpose, isolation, dirtiness and status."""
 
     def __init__(self, number: int, path: list[RelayTarget], purpose: CircuitPurpose, created_at: float,
-                 created_wallclock: float, *, need_uptime: bool = False, guard: GuardChoice | None = None) -> None:
+                 created_wallclock: float, *, need_uptime: bool = False, guard: GuardChoice | None = None,
+                 onion_service: OnionServiceCircuitUser | None = None) -> None:
         self.number = number
         self.path = path
         self.purpose = purpose
@@ -130,6 +150,11 @@ class ManagedCircuit:
         self._build_waiters: list[defer.Deferred] = []
         # A controller's CLOSECIRCUIT arrived while it was still building: close it once built.
         self.close_requested = False
+        # An onion-service circuit: who launched it, the service's address without ".onion" (CIRC's
+        # REND_QUERY) and its HS_STATE (control-spec "CIRC"; tor circuit_purpose_to_controller_hs_state_string).
+        self.onion_service = onion_service
+        self.rend_query: str | None = None
+        self.hs_state: str | None = None
 
     def __repr__(self) -> str:
         return f"<ManagedCircuit {self.number} {self.status.value}>"
@@ -168,6 +193,8 @@ class ManagedCircuit:
         flags = []
         if self.purpose is CircuitPurpose.DIRECTORY:
             flags += [BUILD_FLAG_ONEHOP_TUNNEL, BUILD_FLAG_IS_INTERNAL]
+        elif self.purpose.is_onion_service:  # hs_circ_launch: CIRCLAUNCH_IS_INTERNAL | NEED_CAPACITY
+            flags.append(BUILD_FLAG_IS_INTERNAL)
         flags.append(BUILD_FLAG_NEED_CAPACITY)
         if self.need_uptime:
             flags.append(BUILD_FLAG_NEED_UPTIME)
@@ -250,12 +277,19 @@ class _ManagedCircuitOwner:
     def circuit_closed(self, circuit: Circuit, error: CircuitError) -> None:
         self.manager._circuit_closed(self.managed, error)
 
+    def onion_service_message(self, circuit: Circuit, command: int, data: bytes) -> None:
+        if self.managed.onion_service is not None:
+            self.managed.onion_service.onion_service_message(self.managed, command, data)
+
 
 class ManagedStream:
     """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
 
-    def __init__(self, number: int, stream: Stream, isolation: object, source: str | None) -> None:
+    def __init__(self, number: int, stream: Stream, isolation: object, source: str | None,
+                 router: StreamRouter | None = None) -> None:
         self.number = number
+        # Chooses this stream's circuit instead of the manager (a `.onion` stream: its rendezvous circuit).
+        self.router = router
         self.stream = stream
         self.isolation = isolation
         self.source = source
@@ -410,17 +444,18 @@ class CircuitManager:
             self._topping_up = False
 
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
-               purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset()
+               purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset(), *,
+               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None
                ) -> ManagedCircuit:
-        """Start building a circuit (for `port`, or through `path`); returns at once (`when_built()` fires
-        later)."""
+        """Start building a circuit (for `port`, or through `path`, whose guard choice `guard` hears how it
+        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
-        guard = None
         if path is None:
             path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
-                                 need_uptime=self.paths.needs_stable(port), guard=guard)
+                                 need_uptime=self.paths.needs_stable(port), guard=guard,
+                                 onion_service=onion_service)
         managed.port = port
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
@@ -608,10 +643,13 @@ class CircuitManager:
         return (self._newnym_epoch, credentials)
 
     def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
-                    credentials: object = None, source: str | None = None) -> ManagedStream:
-        """A new stream for an application; it is attached as soon as a fitting circuit is open."""
+                    credentials: object = None, source: str | None = None,
+                    router: StreamRouter | None = None) -> ManagedStream:
+        """A new stream for an application; it is attached as soon as a fitting circuit is open (by `router`
+        when given)."""
         stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
-        managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source)
+        managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source,
+                                router)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed
         self._stream_changed(managed)
@@ -694,6 +732,9 @@ class CircuitManager:
         stream = managed.stream
         if stream.ended:
             return
+        if managed.router is not None:
+            managed.router.attach_stream(managed)
+            return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
@@ -744,7 +785,7 @@ class CircuitManager:
             target.dirty_since = self.clock()
         managed.managed_circuit = target
         managed.attempts += 1
-        managed.stream.attach(target.circuit)
+        managed.stream.attach(target.circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
         self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS

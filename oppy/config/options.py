@@ -585,6 +585,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant(False)),
     _Option("VanguardsLiteEnabled", "vanguards_lite_enabled", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
             _constant(None)),
+    _Option("ClientOnionAuthDir", "client_onion_auth_dir", "Filename", _parse_filename, _encode_optional_string,
+            _constant(None), changeable_at_runtime=False),
     _Option("MaxMemInQueues", "max_mem_in_queues", "DataSize", _parse_memunit_option, _encode_int, _constant(0),
             changeable_at_runtime=False),
     _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
@@ -684,6 +686,9 @@ class Config:
     #: VanguardsLiteEnabled: onion-service circuits take their second hop from the vanguards-lite set;
     #: None is ``auto`` (the consensus's ``vanguards-lite-enabled``, on by default).
     vanguards_lite_enabled: bool | None = None
+    #: ClientOnionAuthDir: the directory of ``*.auth_private`` files (``<address>:descriptor:x25519:<key>``)
+    #: holding the client-authorization keys of onion services; None for none.
+    client_onion_auth_dir: str | None = None
     #: MaxMemInQueues: the bytes oppy's queues (stream buffers and link queues) may hold before it closes
     #: the circuits with the oldest queued data; 0, the default, chooses from the RAM as tor does (and
     #: under 256 MB tor's minimum applies, except on a TestingTorNetwork). See oppy.circuit.memory.

@@ -40,6 +40,7 @@ __all__ = [
     "log_event",
     "signal_event",
     "conf_changed_event",
+    "hs_desc_event",
 ]
 
 # control_events.c control_event_table (identical in tor 0.4.8 and 0.4.9): every name
@@ -432,3 +433,20 @@ def conf_changed_event(changes: Sequence[tuple[str, str | None]]) -> bytes:
     for key, value in changes:
         lines.append(key if value is None else f"{key}={value}")
     return encode_event(*lines)
+
+
+# --------------------------------------------------------------------------- HS_DESC
+
+#: control-spec "HS_DESC" AuthType: tor reports NO_AUTH for every v3 fetch (hs_control.c).
+HS_DESC_AUTH_TYPE = "NO_AUTH"
+
+
+def hs_desc_event(action: str, address: str, hsdir: str, descriptor_id: str, reason: str | None = None) -> bytes:
+    """``650 HS_DESC Action HSAddress AuthType HsDir DescriptorID [REASON=..]`` (control-spec "HS_DESC";
+    tor control_event_hs_descriptor_requested / _received / _failed for v3): HSAddress without ".onion",
+    HsDir as ``$FP~nick``, the blinded key in base64 as the descriptor ID."""
+    parts = ["HS_DESC", _token(action, "an HS_DESC action"), _token(address, "an onion address"),
+             HS_DESC_AUTH_TYPE, _token(hsdir, "an HSDir"), _token(descriptor_id, "a descriptor ID")]
+    if reason is not None:
+        parts.append("REASON=" + _token(reason, "a reason"))
+    return encode_event(" ".join(parts))

@@ -25,9 +25,10 @@ from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
 from oppy.control.session import AuthSettings, ControlHub
-from oppy.control.events import LOG_SEVERITIES, bw_event
+from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
+from oppy.hsclient.client import DescriptorEvent
 from oppy.logs import add_log_observer, notice, remove_log_observer
 from oppy.netdoc.netdir import NetDirChanged
 
@@ -241,6 +242,7 @@ class ControlService:
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
         self.daemon.directory.add_netdir_observer(self._netdir_changed)
         self.daemon.build_times.add_observer(self._build_times_event)
+        self.daemon.onion_services.add_observer(self._descriptor_event)
         self._tick_loop = task.LoopingCall(self._tick)
         self._tick_loop.clock = self.reactor
         self._tick_loop.start(BW_INTERVAL, now=False)
@@ -260,6 +262,7 @@ class ControlService:
         self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
         self.daemon.directory.remove_netdir_observer(self._netdir_changed)
         self.daemon.build_times.remove_observer(self._build_times_event)
+        self.daemon.onion_services.remove_observer(self._descriptor_event)
         self._set_log_level(None)
         for connection in list(self.factory.connections):
             connection.close()
@@ -296,6 +299,10 @@ class ControlService:
     def _build_times_event(self, event) -> None:
         if isinstance(event, BuildTimeoutSet):
             self.hub.broadcast("BUILDTIMEOUT_SET", encode_event("BUILDTIMEOUT_SET " + event.control_arguments()))
+
+    def _descriptor_event(self, event: DescriptorEvent) -> None:
+        self.hub.broadcast("HS_DESC", hs_desc_event(event.action, event.address, event.hsdir.describe(),
+                                                    event.descriptor_id, event.reason))
 
     def _orconn_events(self) -> None:
         self._orconn_poll = None

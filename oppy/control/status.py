@@ -86,7 +86,8 @@ def circuit_status_entry(managed, status: str) -> str:
     if status in ("FAILED", "CLOSED"):
         reason, remote_reason = circuit_reasons(managed)
     return circuit_status_line(managed.number, status, circuit_path(managed), build_flags=managed.build_flags,
-                               purpose=managed.purpose.controller_name, time_created=managed.created_wallclock,
+                               purpose=managed.purpose.controller_name, hs_state=managed.hs_state,
+                               rend_query=managed.rend_query, time_created=managed.created_wallclock,
                                reason=reason, remote_reason=remote_reason)
 
 
@@ -124,7 +125,8 @@ class CircuitEventTracker:
             reason, remote_reason = circuit_reasons(managed)
         path = circuit_path(managed) if status != "LAUNCHED" else []
         return circ_event(managed.number, status, path, build_flags=managed.build_flags,
-                          purpose=managed.purpose.controller_name, time_created=managed.created_wallclock,
+                          purpose=managed.purpose.controller_name, hs_state=managed.hs_state,
+                          rend_query=managed.rend_query, time_created=managed.created_wallclock,
                           reason=reason, remote_reason=remote_reason)
 
     def forget_all(self) -> None:

@@ -45,11 +45,37 @@ _AES_BLOCK_LEN = 16
 _ZERO_IV = bytes(_AES_BLOCK_LEN)
 
 
-def _aes128_ctr(key: bytes):
-    """A long-lived AES-128-CTR context with IV 0; `.update` continues the one keystream."""
-    if len(key) != KEY_LEN:
-        raise ValueError(f"tor1 AES key must be {KEY_LEN} bytes, got {len(key)}")
+# rend-spec-v3 4.2.1: the virtual hop to an onion service uses AES-256 and SHA3-256 in place of AES-128 and
+# SHA-1, cells otherwise as tor1 (the first four bytes of the running digest in the cell, its first
+# HASH_LEN bytes as the SENDME v1 tag: tor relay_crypto_record_sendme_digest).
+ONION_SERVICE_KEY_LEN = 32
+ONION_SERVICE_DIGEST_LEN = 32
+
+
+def _aes_ctr(key: bytes, key_len: int = KEY_LEN):
+    """A long-lived AES-CTR context with IV 0 (AES-128 for tor1); `.update` continues the one keystream."""
+    if len(key) != key_len:
+        raise ValueError(f"relay cell AES key must be {key_len} bytes, got {len(key)}")
     return Cipher(AES(key), CTR(_ZERO_IV)).encryptor()
+
+
+class _TruncatedSha3:
+    """A running SHA3-256 whose digest is its first HASH_LEN bytes: what a tor1 hop's SHA-1 is to the code
+    that checks the four-byte cell digest and keeps the 20-byte SENDME tag."""
+
+    __slots__ = ("_running",)
+
+    def __init__(self, running) -> None:
+        self._running = running
+
+    def update(self, data) -> None:
+        self._running.update(data)
+
+    def digest(self) -> bytes:
+        return self._running.digest()[:HASH_LEN]
+
+    def copy(self) -> "_TruncatedSha3":
+        return _TruncatedSha3(self._running.copy())
 
 
 def _seeded_sha1(seed: bytes):
@@ -73,8 +99,8 @@ class Tor1Hop:
     )
 
     def __init__(self, df: bytes, db: bytes, kf: bytes, kb: bytes) -> None:
-        self._forward_cipher = _aes128_ctr(kf)
-        self._backward_cipher = _aes128_ctr(kb)
+        self._forward_cipher = _aes_ctr(kf)
+        self._backward_cipher = _aes_ctr(kb)
         self._forward_digest = _seeded_sha1(df)
         self._backward_digest = _seeded_sha1(db)
         # The full running digest right after the last cell sent to / recognized from this hop:
@@ -86,6 +112,23 @@ class Tor1Hop:
     def from_keys(cls, keys: CircuitKeys) -> "Tor1Hop":
         """Build a hop from the keys a handshake produced."""
         return cls(keys.df, keys.db, keys.kf, keys.kb)
+
+    @classmethod
+    def for_onion_service(cls, df: bytes, db: bytes, kf: bytes, kb: bytes) -> "Tor1Hop":
+        """The virtual hop to an onion service, from the hs-ntor keys of RENDEZVOUS2 (rend-spec-v3 4.2.1):
+        AES-256-CTR layers and running SHA3-256 digests seeded with Df/Db."""
+        hop = cls.__new__(cls)
+        for seed in (df, db):
+            if len(seed) != ONION_SERVICE_DIGEST_LEN:
+                raise ValueError(f"onion-service digest seed must be {ONION_SERVICE_DIGEST_LEN} bytes, "
+                                 f"got {len(seed)}")
+        hop._forward_cipher = _aes_ctr(kf, ONION_SERVICE_KEY_LEN)
+        hop._backward_cipher = _aes_ctr(kb, ONION_SERVICE_KEY_LEN)
+        hop._forward_digest = _TruncatedSha3(hashlib.sha3_256(df))
+        hop._backward_digest = _TruncatedSha3(hashlib.sha3_256(db))
+        hop.last_outbound_digest = None
+        hop.last_inbound_digest = None
+        return hop
 
     def recognize(self, plaintext: bytes) -> bool:
         """True (and the backward digest advanced) iff this hop originated `plaintext`.

@@ -27,6 +27,13 @@ from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.path.guards import GuardChoice, GuardSample, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
+from oppy.path.vanguards import (
+    OnionServicePurpose,
+    VanguardsLite,
+    VanguardsLiteParams,
+    choose_onion_service_path,
+    vanguards_lite_enabled,
+)
 
 __all__ = ["PathChooser", "GuardsChanged"]
 
@@ -46,7 +53,7 @@ class PathChooser:
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
                  enforce_distinct_subnets: bool = True,
-                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS) -> None:
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS, vanguards_lite: bool | None = None) -> None:
         self.rng = rng if rng is not None else random.SystemRandom()
         self.clock = clock
         #: No two relays of a path in one IPv4 /16 or IPv6 /32 (torrc EnforceDistinctSubnets).
@@ -54,6 +61,10 @@ class PathChooser:
         #: Ports whose circuits take Stable relays only (torrc LongLivedPorts).
         self.long_lived_ports = frozenset(long_lived_ports)
         self.guards = GuardSample(rng=self.rng)
+        #: VanguardsLiteEnabled (None: auto, the consensus's ``vanguards-lite-enabled``), and the layer-2 set
+        #: onion-service circuits take their second hop from when it is on (proposal 333; kept in memory).
+        self.vanguards_lite = vanguards_lite
+        self.vanguards = VanguardsLite(rng=self.rng)
         self._netdir: NetDir | None = None
         self._observers: list[Callable[[GuardsChanged], None]] = []
 
@@ -118,6 +129,22 @@ class PathChooser:
                     rng: random.Random | None = None) -> list[RelayTarget]:
         """The path of :meth:`choose_circuit_path` alone, for a circuit whose guard outcome nobody reports."""
         return self.choose_circuit_path(port, exclude, rng)[0]
+
+    def choose_onion_service_path(self, purpose: OnionServicePurpose, target: bytes | None = None,
+                                  rng: random.Random | None = None) -> tuple[list[RelayTarget], GuardChoice]:
+        """The relays oppy chooses for an onion-service circuit (guard, second hop, then a middle before a
+        ``target`` or the rendezvous point itself), and the guard choice to report on; the caller appends the
+        target. The second hop comes from the vanguards-lite set when it is on, as in tor 0.4.8 and later.
+        Raises :class:`NoPathError` if impossible."""
+        selector = self.selector
+        params = VanguardsLiteParams.from_consensus(selector.consensus)
+        vanguards = None
+        if vanguards_lite_enabled(self.vanguards_lite, params):
+            self.vanguards.params = params
+            vanguards = self.vanguards
+        path, choice = choose_onion_service_path(selector, self.guards, vanguards, purpose, self.clock(),
+                                                 rng if rng is not None else self.rng, target)
+        return [node.target for node in path.hops], choice
 
     def exit_allows(self, rsa_id: bytes, port: int) -> bool:
         """The relay's microdescriptor policy summary, in the NetDir in use, accepts ``port``."""

@@ -10,6 +10,7 @@ when the client stops reading what we write we stop granting stream SENDMEs to t
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IPushProducer
@@ -17,7 +18,17 @@ from zope.interface import implementer
 
 from oppy.cell.commands import EndReason, reason_name
 from oppy.cell.relay import ResolvedType
-from oppy.socks.messages import LocalEndReason, Socks5Reply, SocksCommand, is_private_address
+from oppy.circuit.manager import ManagedStream
+from oppy.config.options import DEFAULT_SOCKS_FLAGS
+from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
+from oppy.hs.errors import BadOnionAddress
+from oppy.socks.messages import (
+    LocalEndReason,
+    Socks5Reply,
+    SocksCommand,
+    is_private_address,
+    socks5_reply_code_for_end_reason,
+)
 from oppy.socks.protocol import SocksFailure, SocksRequest, SocksServerConnection
 from oppy.stream.stream import StreamEnd, StreamKind
 
@@ -28,14 +39,27 @@ DEFAULT_HANDSHAKE_TIMEOUT = 120.0
 # How many SOCKS connections may be open at once before new ones are refused (oppy's own limit; C tor
 # has ConnLimit for sockets in general).
 DEFAULT_MAX_CONNECTIONS = 4096
+# SocksPort flags this layer acts on (tor(1) SocksPort): .onion names allowed on the port, and proposal 304's
+# extended onion-service error codes in SOCKS5 replies.
+FLAG_ONION_TRAFFIC = "OnionTraffic"
+FLAG_EXTENDED_ERRORS = "ExtendedErrors"
+
+
+class OnionServiceConnector(Protocol):
+    """Who opens streams to onion services (the onion-service client): the stream it returns is attached to a
+    rendezvous circuit once one is ready, or fails with the onion-service error as `extended_error`."""
+
+    def open_stream(self, sink, address: OnionAddress, port: int, credentials: object = None,
+                    source: str | None = None) -> ManagedStream: ...
 
 
 @implementer(IPushProducer)
 class SocksClientProtocol(protocol.Protocol):
     """One SOCKS client connection."""
 
-    def __init__(self, factory: "SocksFactory") -> None:
+    def __init__(self, factory: "SocksFactory", flags: frozenset[str] = DEFAULT_SOCKS_FLAGS) -> None:
         self.factory = factory
+        self.flags = flags  # the flags of the SocksPort this client came in on
         self.socks = SocksServerConnection()
         self.managed_stream = None
         self.stream = None
@@ -93,30 +117,72 @@ class SocksClientProtocol(protocol.Protocol):
             self.transport.unregisterProducer()
         self.transport.loseConnection()
 
+    def _refuse(self, reply: int) -> None:
+        self.socks.reply_failed(reply)
+        self._send_replies()
+        self._close()
+
+    def _fail_reply(self, reason: int, extended_error: int) -> int:
+        """The SOCKS5 reply for a stream that failed for `reason`: proposal 304's extended code instead when
+        there is one and the port asked for them (tor connection_ap_handshake_socks_reply)."""
+        if extended_error and FLAG_EXTENDED_ERRORS in self.flags:
+            return extended_error
+        return socks5_reply_code_for_end_reason(reason)
+
+    def _onion_request(self, request: SocksRequest) -> None:
+        """A `.onion` name: it never reaches an exit's resolver or any DNS (tor
+        connection_ap_handshake_rewrite_and_attach and parse_extended_hostname)."""
+        if request.command is not SocksCommand.CONNECT:
+            # tor: "Resolve requests to hidden services not allowed": a RESOLVED error, HOST_UNREACHABLE.
+            log.warning("Resolve requests to onion services are not allowed; refusing one")
+            self._refuse(Socks5Reply.HOST_UNREACHABLE)
+            return
+        try:
+            address = parse_onion_address(request.address)
+        except BadOnionAddress as exc:
+            # tor: END_STREAM_REASON_TORPROTOCOL (GENERAL_FAILURE), F6 with ExtendedErrors.
+            log.warning("Invalid onion hostname; rejecting it: %s", exc)
+            self._refuse(self._fail_reply(EndReason.TORPROTOCOL, Socks5Reply.ONION_BAD_ADDRESS))
+            return
+        if FLAG_ONION_TRAFFIC not in self.flags:
+            log.warning("Onion address requested from a SocksPort with NoOnionTraffic; refusing it")
+            self._refuse(socks5_reply_code_for_end_reason(LocalEndReason.ENTRYPOLICY))
+            return
+        connector = self.factory.onion_services
+        if connector is None:
+            log.warning("oppy cannot reach onion services in this configuration; refusing %s", address.hostname)
+            self._refuse(Socks5Reply.GENERAL_FAILURE)
+            return
+        peer = self.transport.getPeer()
+        self._open(lambda: connector.open_stream(self, address, request.port, credentials=request.isolation_key,
+                                                 source=f"{peer.host}:{peer.port}"), StreamKind.CONNECT)
+
     def _request(self, request: SocksRequest) -> None:
         factory = self.factory
+        if is_onion_hostname(request.address):
+            self._onion_request(request)
+            return
         if request.command is SocksCommand.CONNECT and not factory.allow_private_addresses \
                 and is_private_address(request.address):
             log.info("refusing a SOCKS request for a private address (set TestingTorNetwork or "
                      "ClientRejectInternalAddresses 0 to allow it)")
-            self.socks.reply_failed_for_end_reason(LocalEndReason.PRIVATE_ADDR)
-            self._send_replies()
-            self._close()
+            self._refuse(socks5_reply_code_for_end_reason(LocalEndReason.PRIVATE_ADDR))
             return
         kind = {SocksCommand.CONNECT: StreamKind.CONNECT, SocksCommand.RESOLVE: StreamKind.RESOLVE,
                 SocksCommand.RESOLVE_PTR: StreamKind.RESOLVE_PTR}[request.command]
         peer = self.transport.getPeer()
+        self._open(lambda: factory.manager.open_stream(self, request.address, request.port, kind,
+                                                       credentials=request.isolation_key,
+                                                       source=f"{peer.host}:{peer.port}"), kind)
+
+    def _open(self, open_stream, kind: StreamKind) -> None:
         try:
-            self.managed_stream = factory.manager.open_stream(
-                self, request.address, request.port, kind, credentials=request.isolation_key,
-                source=f"{peer.host}:{peer.port}")
+            self.managed_stream = open_stream()
         except Exception as exc:
             log.warning("cannot open a stream: %s", exc)
-            self.socks.reply_failed(Socks5Reply.GENERAL_FAILURE)
-            self._send_replies()
-            self._close()
+            self._refuse(Socks5Reply.GENERAL_FAILURE)
             return
-        if kind is StreamKind.CONNECT:
+        if kind is StreamKind.CONNECT and not self._closed:  # not failed at once
             self.stream = self.managed_stream.stream
             optimistic = self.socks.take_trailing_data()
             if optimistic:
@@ -195,7 +261,7 @@ class SocksClientProtocol(protocol.Protocol):
             if stream.kind is not StreamKind.CONNECT and end.reason == EndReason.DONE:
                 self.socks.reply_failed(Socks5Reply.HOST_UNREACHABLE)
             else:
-                self.socks.reply_failed_for_end_reason(end.reason)
+                self.socks.reply_failed(self._fail_reply(end.reason, end.extended_error))
             self._send_replies()
         elif end.remote and end.reason not in (EndReason.DONE,):
             log.info("stream ended by the exit: %s", reason_name(EndReason, end.reason))
@@ -207,8 +273,10 @@ class SocksFactory(protocol.Factory):
 
     def __init__(self, manager, reactor, allow_private_addresses: bool = False,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 onion_services: OnionServiceConnector | None = None) -> None:
         self.manager = manager
+        self.onion_services = onion_services
         self.reactor = reactor
         self.allow_private_addresses = allow_private_addresses
         self.handshake_timeout = handshake_timeout
@@ -218,6 +286,11 @@ class SocksFactory(protocol.Factory):
 
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
+
+    def for_port(self, flags: frozenset[str]) -> "SocksPortFactory":
+        """The factory of one SocksPort listener: its clients get the port's flags, and share this factory's
+        connection limit."""
+        return SocksPortFactory(self, flags)
 
     def admit(self, connection: SocksClientProtocol) -> bool:
         """Take a new client, unless MaxSocksConnections are open: then it is refused, and that is logged
@@ -239,3 +312,15 @@ class SocksFactory(protocol.Factory):
     def close_all(self) -> None:
         for connection in list(self.open_connections):
             connection.transport.loseConnection()
+
+
+class SocksPortFactory(protocol.Factory):
+    """One SocksPort listener's factory: builds clients with that port's flags (ExtendedErrors,
+    OnionTraffic ...) over the shared :class:`SocksFactory`."""
+
+    def __init__(self, shared: SocksFactory, flags: frozenset[str]) -> None:
+        self.shared = shared
+        self.flags = flags
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return SocksClientProtocol(self.shared, self.flags)

@@ -30,6 +30,7 @@ from oppy.cell.relay import (
     decode_end_body,
     decode_resolved_body,
     encode_begin_body,
+    encode_onion_begin_body,
     encode_resolve_body,
     encode_reverse_resolve_body,
 )
@@ -64,11 +65,16 @@ class StreamKind(enum.Enum):
 class StreamEnd(Exception):
     """Why a stream ended: an END reason (ours or the exit's), or a circuit that went away."""
 
-    def __init__(self, message: str, reason: int, remote: bool, before_connected: bool) -> None:
+    def __init__(self, message: str, reason: int, remote: bool, before_connected: bool,
+                 extended_error: int = 0) -> None:
         super().__init__(message)
         self.reason = reason
         self.remote = remote
         self.before_connected = before_connected
+        # Proposal 304: the SOCKS5 extended reply (0xF0..0xF7) of a failed onion-service connection, 0 if
+        # none; a SocksPort with ExtendedErrors answers it instead of the reason's code (tor's
+        # socks_extended_error_code).
+        self.extended_error = extended_error
 
 
 class StreamSink(Protocol):
@@ -186,8 +192,9 @@ class Stream:
 
     # ------------------------------------------------------------------------------ opening
 
-    def attach(self, circuit) -> None:
-        """Put the stream on an open circuit and send BEGIN / BEGIN_DIR / RESOLVE."""
+    def attach(self, circuit, *, onion_service: bool = False) -> None:
+        """Put the stream on an open circuit and send BEGIN / BEGIN_DIR / RESOLVE. On a rendezvous circuit
+        (`onion_service`) BEGIN names no address, only the port."""
         if self.ended:
             raise RuntimeError("stream already ended")
         self.circuit = circuit
@@ -195,7 +202,8 @@ class Stream:
         self.window = SendmeWindow.for_stream()
         circuit.attach_stream(self)
         if self.kind is StreamKind.CONNECT:
-            circuit.send_relay(RelayCommand.BEGIN, self.stream_id, encode_begin_body(self.host, self.port))
+            body = encode_onion_begin_body(self.port) if onion_service else encode_begin_body(self.host, self.port)
+            circuit.send_relay(RelayCommand.BEGIN, self.stream_id, body)
             self.state = StreamState.SENTCONNECT
         elif self.kind is StreamKind.DIRECTORY:
             circuit.send_relay(RelayCommand.BEGIN_DIR, self.stream_id, b"")
@@ -468,11 +476,13 @@ class Stream:
             if not self._delivery_paused and self.state is StreamState.SUCCEEDED:
                 self._send_sendmes()
 
-    def close(self, reason: int = EndReason.DONE, *, retry: bool = False, flush_first: bool = False) -> None:
+    def close(self, reason: int = EndReason.DONE, *, retry: bool = False, flush_first: bool = False,
+              extended_error: int = 0) -> None:
         """End the stream: END goes to the exit once (after the buffered bytes when `flush_first`).
 
         With `retry`, an attempt still waiting for CONNECTED (or RESOLVED) is given up instead, and the owner
-        may try the stream again on another circuit.
+        may try the stream again on another circuit. `extended_error` is proposal 304's SOCKS reply for an
+        onion-service connection that failed (see `StreamEnd.extended_error`).
         """
         if self.ended:
             return
@@ -487,8 +497,8 @@ class Stream:
             return
         # The application closes: what it has not read is dropped.
         self._finish(StreamEnd(f"closed locally: {reason_name(EndReason, reason)}", reason, remote=False,
-                               before_connected=self.state is not StreamState.SUCCEEDED), send_end=reason,
-                     deliver_received=False)
+                               before_connected=self.state is not StreamState.SUCCEEDED,
+                               extended_error=extended_error), send_end=reason, deliver_received=False)
 
     def abandon(self, reason: int, message: str) -> None:
         """Out of memory (MaxMemInQueues): drop what the stream holds both ways and end it with `reason`,

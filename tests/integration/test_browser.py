@@ -39,3 +39,17 @@ def test_chromium_loads_a_page_with_all_its_subresources(network: TestNetwork, c
         assert attached >= 1
     finally:
         assert oppy.stop() == 0
+
+
+def test_chromium_loads_a_page_over_an_onion_address(network: TestNetwork, chromium, tmp_path):
+    oppy = OppyProcess(network, tmp_path / "data").wait_ready()
+    try:
+        onion = network.onion
+        url = f"http://{onion['plain']['address']}:{onion['virtual_port']}/page"
+        result = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                                 f"--proxy-server=socks5://127.0.0.1:{oppy.socks_port}", url],
+                                capture_output=True, text=True, timeout=120)
+        assert "<p id=\"status\">complete</p>" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+        assert f"Connected to {onion['plain']['address']} on circuit" in oppy.info_log
+    finally:
+        assert oppy.stop() == 0

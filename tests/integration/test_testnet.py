@@ -53,3 +53,18 @@ def test_upload_hash_is_confirmed_by_the_target(network: TestNetwork):
     result = subprocess.run(["curl", "-sS", "--max-time", "60", "--data-binary", "@-", network.url("/upload")],
                             input=body, capture_output=True, timeout=90)
     assert result.stdout.decode().strip() == f"sha256={hashlib.sha256(body).hexdigest()} length={len(body)}"
+
+
+def test_the_reference_client_reaches_the_onion_service(network: TestNetwork):
+    onion = network.onion
+    result = curl_through(network.socks_port, f"http://{onion['plain']['address']}:{onion['virtual_port']}/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello from the oppy test target\n"
+
+
+def test_the_client_auth_service_refuses_a_client_without_its_key(network: TestNetwork):
+    onion = network.onion
+    result = curl_through(network.socks_port, f"http://{onion['auth']['address']}:{onion['virtual_port']}/")
+    assert result.returncode == 97  # the reference client has no key: SOCKS refused
+    assert onion["auth"]["client_key_line"].startswith(onion["auth"]["address"].removesuffix(".onion") +
+                                                       ":descriptor:x25519:")

@@ -57,6 +57,11 @@ class TestNetwork:
     def nodes(self) -> list[dict]:
         return self.state["nodes"]
 
+    @property
+    def onion(self) -> dict:
+        """The onion services of `scripts/testnet onion`: addresses, virtual port, the client's key line."""
+        return self.state["onion"]
+
     def url(self, path: str, host: str | None = None) -> str:
         return f"http://{host or self.host}:{self.http_port}{path}"
 
@@ -98,7 +103,7 @@ class NetworkLauncher:
         self._log = open(UP_LOG, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(TESTNET), "up", "--dir", str(RUN_DIR), "--base-port", str(BASE_PORT),
-             "--consensus-params", CONSENSUS_PARAMS],
+             "--consensus-params", CONSENSUS_PARAMS, "--onion"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self) -> TestNetwork:

@@ -397,6 +397,7 @@ class RecordingCircuitOwner:
         self.extended: list = []
         self.built: list = []
         self.closed: list = []  # the errors
+        self.onion_service_messages: list = []
 
     def circuit_extended(self, circuit) -> None:
         self.extended.append(circuit)
@@ -406,6 +407,9 @@ class RecordingCircuitOwner:
 
     def circuit_closed(self, circuit, error) -> None:
         self.closed.append(error)
+
+    def onion_service_message(self, circuit, command, data) -> None:
+        self.onion_service_messages.append((command, data))
 
 
 def new_path(hops: int = 3) -> SimulatedPath:

@@ -453,6 +453,7 @@ BAD_VALUES = [
     ("HashedControlPassword", "16:ABC", "wrong length or bad encoding"),
     ("__OwningControllerProcess", "abc", "expected a process id"),
     ("DataDirectory", "/tmp/a\0b", "NUL"),
+    ("ClientOnionAuthDir", "/tmp/a\0b", "NUL"),
     ("SocksPort", "nonsense", "could not parse address"),
     ("ControlPort", "9051 IsolateDestAddr", "unrecognized ControlPort option"),
     ("Log", "loud stdout", "unknown severity"),

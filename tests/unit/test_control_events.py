@@ -13,6 +13,7 @@ from oppy.control.events import (
     CIRCUIT_STATUSES,
     IGNORED_SETEVENTS_NAMES,
     SETEVENTS_EVENT_NAMES,
+    hs_desc_event,
     SIGNAL_CANONICAL_NAMES,
     STREAM_STATUSES,
     EventFormatError,
@@ -252,3 +253,15 @@ class TestOtherEvents:
         assert event.changed == {"__LeaveStreamsUnattached": ["1"]}
         assert event.unset == ["ExcludeNodes"]
         assert conf_changed_event([]) == b""
+
+
+def test_hs_desc_events_as_tor_writes_them_for_v3():
+    hsdir = "$" + "A" * 40 + "~relay0"
+    address = "3eqe6bz7i7fffkn55didvjh7szwyhpkcwnbwujeo4alm5xqv62nbssyd"
+    blinded = "kZ0BHzrJjKBhOGa0hN3sf6ydiYSykX2wCR4wH6y5vZ8"
+    assert hs_desc_event("REQUESTED", address, hsdir, blinded) == \
+        f"650 HS_DESC REQUESTED {address} NO_AUTH {hsdir} {blinded}\r\n".encode()
+    assert hs_desc_event("FAILED", address, hsdir, blinded, "NOT_FOUND") == \
+        f"650 HS_DESC FAILED {address} NO_AUTH {hsdir} {blinded} REASON=NOT_FOUND\r\n".encode()
+    with pytest.raises(EventFormatError):
+        hs_desc_event("RECEIVED", address + " x", hsdir, blinded)

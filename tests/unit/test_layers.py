@@ -33,6 +33,9 @@ LAYERS: dict[str, int] = {
     "circuit": 7,
     "socks": 8,
     "directory": 9,
+    # hsclient: the onion-service client; builds on the circuit manager and directory's BEGIN_DIR client
+    # (beside directory, which never imports it), below control, which reports its HS_DESC events.
+    "hsclient": 9,
     "control": 10,
     "daemon": 11, "cli": 11, "__main__": 11,
 }

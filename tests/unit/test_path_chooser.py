@@ -11,6 +11,7 @@ from oppy.netdoc.netdir import NO_CONSENSUS
 from oppy.path.chooser import GuardsChanged, PathChooser
 from oppy.path.guards import GuardStateError
 from oppy.path.selection import NoPathError
+from oppy.path.vanguards import OnionServicePurpose
 from tests.support.testdata import real_netdir
 
 FOLDER = "2017-03-10-bitnym"
@@ -137,3 +138,25 @@ def test_an_observers_bug_is_logged_and_the_others_still_hear(caplog):
     chooser.mark_guard_up(bytes.fromhex(chooser.guards.primary_guards()[0].fingerprint))
     (record,) = [r for r in caplog.records if r.name == "oppy.path.chooser"]
     assert record.levelno == logging.ERROR and record.exc_info[0] is ZeroDivisionError and len(events) == 1
+
+
+def onion_service_paths(vanguards_lite, count: int = 20):
+    netdir = real_netdir(FOLDER)
+    now = netdir.consensus.valid_after + 1800
+    chooser = PathChooser(rng=random.Random(7), clock=lambda: now, vanguards_lite=vanguards_lite)
+    chooser.set_netdir(netdir)
+    paths = [chooser.choose_onion_service_path(OnionServicePurpose.CLIENT_REND)[0] for _ in range(count)]
+    return chooser, paths
+
+
+def test_onion_service_circuits_take_their_second_hop_from_the_vanguards_lite_set():
+    chooser, paths = onion_service_paths(None)  # auto: the consensus does not turn it off
+    layer2 = {guard.fingerprint for guard in chooser.vanguards.guards}
+    assert len(layer2) == chooser.vanguards.params.count
+    assert all(path[1].fingerprint in layer2 for path in paths) and len(paths[0]) == 3
+
+
+def test_without_vanguards_lite_the_second_hop_is_any_middle():
+    chooser, paths = onion_service_paths(False)
+    assert chooser.vanguards.guards == []
+    assert len({path[1].fingerprint for path in paths}) > 4

@@ -62,6 +62,7 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "ConnectionPadding": ("auto", "0", "1"),
     "ReducedConnectionPadding": ("0", "1"),
     "VanguardsLiteEnabled": ("auto", "0", "1"),
+    "ClientOnionAuthDir": ("/var/lib/oppy/onion-auth", "~/.oppy/onion_auth"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }

@@ -1,0 +1,500 @@
+"""The onion-service client (rend-spec-v3 2.2.4, 3 and 4; tor hs_client.c): from a `.onion` stream to a
+rendezvous circuit joined to the service, and the streams attached to it.
+
+For each service a :class:`_ServiceConnection` runs, in order: the descriptor (cached, else fetched over
+BEGIN_DIR from the responsible HSDirs on HS_CLIENT_HSDIR circuits, one after another in random order until
+one has it), a rendezvous circuit (HS_CLIENT_REND: ESTABLISH_RENDEZVOUS, RENDEZVOUS_ESTABLISHED) and an
+introduction circuit to one of the descriptor's introduction points (HS_CLIENT_INTRO: INTRODUCE1,
+INTRODUCE_ACK), then RENDEZVOUS2 and the virtual hop; the next introduction point on failure. Streams wait
+meanwhile and are attached once the circuit is joined; later streams to the service go on that circuit while it
+is open. Failures end the waiting streams with tor's END reason and proposal 304's extended SOCKS code.
+
+Every circuit is the circuit manager's; this client is the `OnionServiceCircuitUser` of those it launches
+(their RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2 come to it) and the `StreamRouter` of `.onion`
+streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+
+from twisted.internet import defer
+
+from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
+from oppy.cell.errors import CellParseError
+from oppy.cell.onion_service import (
+    REND_COOKIE_LEN,
+    IntroduceAckStatus,
+    decode_introduce_ack_body,
+    decode_rendezvous2_body,
+    encode_establish_rendezvous_body,
+    encode_introduce1_head,
+    encode_introduce_plaintext,
+)
+from oppy.cell.relay import LinkSpecifierType, link_specifiers_for_relay
+from oppy.circuit.circuit import CircuitError
+from oppy.circuit.manager import (
+    CircuitClosed,
+    CircuitManager,
+    CircuitPurpose,
+    ManagedCircuit,
+    ManagedStream,
+    ManagerEvent,
+)
+from oppy.crypto.errors import HandshakeError
+from oppy.crypto.relay_crypto import Tor1Hop
+from oppy.directory.client import DirectoryClient, DirectoryRequestError, DirectoryStatusError
+from oppy.hs.address import OnionAddress, parse_onion_address
+from oppy.hs.cache import HsDescriptorCache, IntroFailure
+from oppy.hs.client_auth import ClientAuthKey
+from oppy.hs.descriptor import HS_DESC_MAX_LEN, IntroductionPoint, decode_descriptor
+from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
+from oppy.hs.hashring import responsible_hsdirs
+from oppy.hs.keys import blinded_public_key
+from oppy.hs.ntor import HsNtorClient
+from oppy.hs.timeperiod import consensus_time_period
+from oppy.netdoc.netdir import NetDir
+from oppy.netdoc.relay import RelayTarget
+from oppy.path.selection import NoPathError
+from oppy.path.vanguards import OnionServicePurpose
+from oppy.socks.messages import Socks5Reply
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DescriptorEvent", "OnionServiceClient"]
+
+#: rend-spec-v3 2.2.6 / dir-spec: a client fetches ``/tor/hs/3/<base64 blinded key>`` from an HSDir.
+HSDIR_FETCH_PATH = "/tor/hs/3/"
+#: How long one HSDir may take to answer (oppy's bound, as a directory request's).
+DESCRIPTOR_FETCH_TIMEOUT = 30.0
+#: How long the rendezvous point may take to answer ESTABLISH_RENDEZVOUS, the introduction point INTRODUCE1
+#: and the service RENDEZVOUS2. tor gives these circuits until SocksTimeout (120 s) at the latest
+#: (circuituse.c circuit_expire_building, hs_extremely_old_cutoff); oppy bounds each step, so that the next
+#: introduction point is tried in time.
+RENDEZVOUS_ESTABLISHED_TIMEOUT = 30.0
+INTRODUCE_ACK_TIMEOUT = 30.0
+RENDEZVOUS2_TIMEOUT = 30.0
+#: How many rendezvous circuits one connection attempt may build before it gives up (F3).
+MAX_RENDEZVOUS_ATTEMPTS = 3
+
+#: control-spec "CIRC" HS_STATE values (tor circuit_purpose_to_controller_hs_state_string).
+HSCI_CONNECTING = "HSCI_CONNECTING"
+HSCI_INTRO_SENT = "HSCI_INTRO_SENT"
+HSCI_DONE = "HSCI_DONE"
+HSCR_CONNECTING = "HSCR_CONNECTING"
+HSCR_ESTABLISHED_IDLE = "HSCR_ESTABLISHED_IDLE"
+HSCR_ESTABLISHED_WAITING = "HSCR_ESTABLISHED_WAITING"
+HSCR_JOINED = "HSCR_JOINED"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorEvent:
+    """A descriptor fetch step, as the control port's HS_DESC event reports it (control-spec "HS_DESC";
+    tor hs_control.c): REQUESTED, RECEIVED or FAILED (with REASON)."""
+
+    action: str
+    #: The service's address without ".onion".
+    address: str
+    hsdir: RelayTarget
+    #: The blinded key in base64 (tor's descriptor ID for v3).
+    descriptor_id: str
+    reason: str | None = None
+
+
+DescriptorObserver = Callable[[DescriptorEvent], None]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class _ConnectFailed(Exception):
+    """The service could not be reached: the waiting streams end with `reason` and proposal 304's `code`."""
+
+    def __init__(self, message: str, reason: int, code: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.code = code
+
+
+class _IntroductionFailed(Exception):
+    """One introduction point did not work; `timed_out` when it did not answer in time (F7 if all did)."""
+
+    def __init__(self, message: str, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclass
+class _ServiceConnection:
+    """One service's connection: the streams waiting for it, and its joined rendezvous circuit."""
+
+    address: OnionAddress
+    waiting: list[ManagedStream] = field(default_factory=list)
+    rendezvous: ManagedCircuit | None = None
+    running: bool = False
+
+
+def descriptor_id(blinded_key: bytes) -> str:
+    """tor ed25519_public_to_base64: base64 without its padding."""
+    return base64.b64encode(blinded_key).decode("ascii").rstrip("=")
+
+
+def relay_target_for_introduction_point(point: IntroductionPoint, netdir: NetDir | None = None) -> RelayTarget:
+    """The relay to extend to, from the descriptor's link specifiers and ntor key (tor
+    hs_get_extend_info_from_lspecs); its nickname from the consensus when it is listed."""
+    rsa_id = ed25519_id = address = None
+    port = 0
+    for spec in point.link_specifiers:
+        if spec.spec_type == LinkSpecifierType.LEGACY_ID:
+            rsa_id = bytes(spec.data)
+        elif spec.spec_type == LinkSpecifierType.ED25519_ID:
+            ed25519_id = bytes(spec.data)
+        elif spec.spec_type == LinkSpecifierType.TLS_TCP_IPV4 and address is None:
+            address = ".".join(str(b) for b in spec.data[:4])
+            port = int.from_bytes(spec.data[4:6], "big")
+    if rsa_id is None or address is None:
+        raise InvalidDescriptor("an introduction point has no legacy identity or IPv4 link specifier")
+    listed = netdir.relay_by_id(rsa_id) if netdir is not None else None
+    return RelayTarget(listed.nickname if listed is not None else "", rsa_id, address, port, point.onion_key,
+                       ed25519_id)
+
+
+class OnionServiceClient:
+    """Connects `.onion` streams to their services (see the module docstring)."""
+
+    def __init__(self, manager: CircuitManager, *, client_keys: Mapping[bytes, ClientAuthKey] | None = None,
+                 reactor=None, directory: DirectoryClient | None = None, testing_network: bool = False,
+                 wallclock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 observers: Iterable[DescriptorObserver] = ()) -> None:
+        self.manager = manager
+        #: ClientOnionAuthDir's keys, by service identity key.
+        self.client_keys = dict(client_keys or {})
+        self.reactor = reactor or manager.reactor
+        self.directory = directory or DirectoryClient(self.reactor, timeout=DESCRIPTOR_FETCH_TIMEOUT)
+        self.testing_network = testing_network
+        self.wallclock = wallclock
+        self.rng = rng or random.SystemRandom()
+        self._observers: list[DescriptorObserver] = list(observers)
+        # By (address without ".onion", stream isolation): streams isolated apart get their own circuits.
+        self._connections: dict[tuple[str, object], _ServiceConnection] = {}
+        self.cache = HsDescriptorCache(wallclock, testing_network)
+        # Messages awaited from a circuit's last hop: (circuit number, relay command) -> Deferred.
+        self._awaited: dict[tuple[int, int], defer.Deferred] = {}
+        manager.add_observer(self._manager_event)
+
+    # ------------------------------------------------------------------------------ observers
+
+    def add_observer(self, observer: DescriptorObserver) -> None:
+        """Tell `observer` every descriptor fetch step from now on (the control port's HS_DESC)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: DescriptorObserver) -> None:
+        self._observers = [known for known in self._observers if known != observer]
+
+    def _notify(self, event: DescriptorEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not break connections
+                log.exception("onion-service observer %r failed", observer)
+
+    # ------------------------------------------------------------------------------ streams
+
+    def open_stream(self, sink, address: OnionAddress, port: int, credentials: object = None,
+                    source: str | None = None) -> ManagedStream:
+        """A stream to `address`:`port` (the SOCKS layer's `OnionServiceConnector`); the manager hands it
+        to :meth:`attach_stream`."""
+        return self.manager.open_stream(sink, address.hostname, port, credentials=credentials, source=source,
+                                        router=self)
+
+    def attach_stream(self, managed: ManagedStream) -> None:
+        """StreamRouter: on the service's joined rendezvous circuit for the stream's isolation (SOCKS
+        credentials, NEWNYM epoch), or waiting until there is one."""
+        address = parse_onion_address(managed.stream.host)
+        key = (address.label, managed.isolation)
+        connection = self._connections.get(key)
+        if connection is None:
+            connection = self._connections[key] = _ServiceConnection(address)
+        rendezvous = connection.rendezvous
+        if rendezvous is not None and rendezvous.is_open and rendezvous.usable and rendezvous.circuit.has_stream_room:
+            self.manager.attach_to(managed, rendezvous)
+            return
+        connection.rendezvous = None
+        connection.waiting.append(managed)
+        if not connection.running:
+            connection.running = True
+            self._connect(key, connection)
+
+    @defer.inlineCallbacks
+    def _connect(self, key: tuple, connection: _ServiceConnection):
+        label = connection.address.label
+        reason, code = EndReason.MISC, 0
+        try:
+            rendezvous = yield self._reach(connection.address)
+        except _ConnectFailed as failure:
+            log.info("Closing %d streams for %s.onion: %s", len(connection.waiting), label, failure)
+            rendezvous, reason, code = None, failure.reason, failure.code
+        except Exception:
+            log.exception("connecting to %s.onion failed", label)
+            rendezvous = None
+        connection.running = False
+        waiting, connection.waiting = connection.waiting, []
+        if rendezvous is None:
+            self._connections.pop(key, None)
+            for managed in waiting:
+                managed.stream.close(reason, extended_error=code)
+            return
+        connection.rendezvous = rendezvous
+        log.info("Connected to %s.onion on circuit %d: attaching %d streams", label, rendezvous.number,
+                 len(waiting))
+        for managed in waiting:
+            if not managed.stream.ended:
+                self.manager.attach_to(managed, rendezvous)
+
+    @defer.inlineCallbacks
+    def _reach(self, address: OnionAddress):
+        """The descriptor, then the introduction points in turn: the joined rendezvous circuit."""
+        netdir = self.manager.paths.netdir
+        if netdir is None:
+            raise _ConnectFailed("no consensus yet", EndReason.RESOLVEFAILED, 0)
+        descriptor = yield self._descriptor(address, netdir)
+        cache = self.cache
+        points = [point for point in descriptor.introduction_points
+                  if (state := cache.intro_state(address.identity_key, point.auth_key)) is None or state.usable]
+        if not points:
+            raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
+                                 Socks5Reply.ONION_INTRO_FAILED)
+        self.rng.shuffle(points)
+        all_timed_out = True
+        for point in points:
+            try:
+                rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir)
+                return rendezvous
+            except _IntroductionFailed as failure:
+                log.info("%s.onion: introduction point failed: %s", address.label, failure)
+                cache.note_intro_failure(address.identity_key, point.auth_key,
+                                         IntroFailure.TIMEOUT if failure.timed_out else IntroFailure.GENERIC)
+                all_timed_out = all_timed_out and failure.timed_out
+        # tor socks_mark_introduction_failed: F7 when every introduction point timed out, else F2.
+        raise _ConnectFailed("every introduction point failed", EndReason.RESOLVEFAILED,
+                             Socks5Reply.ONION_INTRO_TIMED_OUT if all_timed_out else Socks5Reply.ONION_INTRO_FAILED)
+
+    # ------------------------------------------------------------------------------ descriptors
+
+    @defer.inlineCallbacks
+    def _descriptor(self, address: OnionAddress, netdir: NetDir):
+        """The service's descriptor: cached (tor's expiry rules), or fetched from a responsible HSDir."""
+        cached = self.cache.lookup(address.identity_key, netdir.consensus)
+        if cached is not None:
+            return cached
+        period = consensus_time_period(netdir.consensus, self.testing_network)
+        blinded = blinded_public_key(address.identity_key, period)
+        hsdirs = responsible_hsdirs(netdir, blinded, self.testing_network)
+        self.rng.shuffle(hsdirs)
+        ident = descriptor_id(blinded)
+        not_found = invalid = False
+        for hsdir in hsdirs:
+            self._notify(DescriptorEvent("REQUESTED", address.label, hsdir, ident))
+            try:
+                text = yield self._fetch_from(hsdir, ident)
+            except DirectoryStatusError as exc:
+                # tor client_dir_fetch_404 / _400 / _unexpected
+                reason = {404: "NOT_FOUND", 400: "QUERY_REJECTED"}.get(exc.status, "UNEXPECTED")
+                not_found = not_found or exc.status == 404
+                self._notify(DescriptorEvent("FAILED", address.label, hsdir, ident, reason))
+                continue
+            except (DirectoryRequestError, CircuitError, NoPathError, defer.CancelledError) as exc:
+                log.info("%s.onion: descriptor fetch from %s failed: %s", address.label, hsdir.describe(), exc)
+                self._notify(DescriptorEvent("FAILED", address.label, hsdir, ident, "UNEXPECTED"))
+                continue
+            key = self.client_keys.get(address.identity_key)
+            try:
+                descriptor = decode_descriptor(text, address.identity_key, blinded, self.wallclock(),
+                                               key.private_key if key is not None else None)
+            except (ClientAuthMissing, ClientAuthWrong) as exc:
+                # tor client_desc_missing_bad_client_auth: RECEIVED, then END MISC with F4 / F5.
+                self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
+                code = (Socks5Reply.ONION_CLIENT_AUTH_MISSING if isinstance(exc, ClientAuthMissing)
+                        else Socks5Reply.ONION_CLIENT_AUTH_WRONG)
+                log.warning("%s.onion: %s", address.label, exc)
+                raise _ConnectFailed(str(exc), EndReason.MISC, code) from None
+            except InvalidDescriptor as exc:
+                log.warning("%s.onion: invalid descriptor from %s: %s", address.label, hsdir.describe(), exc)
+                invalid = True
+                self._notify(DescriptorEvent("FAILED", address.label, hsdir, ident, "BAD_DESC"))
+                continue
+            self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
+            self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
+            return descriptor
+        # tor: no HSDir left (HS_CLIENT_FETCH_NO_HSDIRS): END RESOLVEFAILED, F0 if one answered 404.
+        code = (Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND if not_found
+                else Socks5Reply.ONION_DESCRIPTOR_INVALID if invalid else 0)
+        raise _ConnectFailed(f"no descriptor from the {len(hsdirs)} responsible HSDirs", EndReason.RESOLVEFAILED,
+                             code)
+
+    @defer.inlineCallbacks
+    def _fetch_from(self, hsdir: RelayTarget, ident: str):
+        """GET the descriptor over BEGIN_DIR on an HS_CLIENT_HSDIR circuit ending at `hsdir`."""
+        path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_HSDIR, hsdir.rsa_id)
+        managed = self.manager.launch(path=path + [hsdir], purpose=CircuitPurpose.HS_CLIENT_HSDIR, guard=guard)
+        try:
+            yield managed.when_built()
+            response = yield self.directory.fetch_over_circuit(managed.circuit, HSDIR_FETCH_PATH + ident,
+                                                               HS_DESC_MAX_LEN, relay=hsdir)
+        finally:
+            self._close(managed, "descriptor fetch done")
+        return response.body
+
+    # ------------------------------------------------------------------------------ introduction
+
+    @defer.inlineCallbacks
+    def _rendezvous_circuit(self, address: OnionAddress):
+        """An HS_CLIENT_REND circuit on which RENDEZVOUS_ESTABLISHED arrived, and its cookie."""
+        last_error: Exception | None = None
+        for _ in range(MAX_RENDEZVOUS_ATTEMPTS):
+            try:
+                path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_REND)
+            except NoPathError as exc:
+                raise _ConnectFailed(f"no path for a rendezvous circuit: {exc}", EndReason.RESOLVEFAILED,
+                                     Socks5Reply.ONION_REND_FAILED) from None
+            managed = self.manager.launch(path=path, purpose=CircuitPurpose.HS_CLIENT_REND, guard=guard,
+                                          onion_service=self)
+            managed.rend_query = address.label
+            managed.hs_state = HSCR_CONNECTING
+            cookie = os.urandom(REND_COOKIE_LEN)
+            try:
+                yield managed.when_built()
+                established = self._await(managed, RelayCommand.RENDEZVOUS_ESTABLISHED,
+                                          RENDEZVOUS_ESTABLISHED_TIMEOUT)
+                managed.circuit.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0,
+                                           encode_establish_rendezvous_body(cookie))
+                yield established
+            except (CircuitError, defer.TimeoutError) as exc:
+                last_error = exc
+                log.info("%s.onion: rendezvous circuit %d failed: %s", address.label, managed.number, exc)
+                self._close(managed, "rendezvous point did not answer")
+                continue
+            managed.hs_state = HSCR_ESTABLISHED_IDLE
+            return managed, cookie
+        raise _ConnectFailed(f"no rendezvous circuit: {last_error}", EndReason.RESOLVEFAILED,
+                             Socks5Reply.ONION_REND_FAILED)
+
+    @defer.inlineCallbacks
+    def _introduce(self, address: OnionAddress, point: IntroductionPoint, service_subcredential: bytes,
+                   netdir: NetDir):
+        """Introduce through `point` with a fresh rendezvous circuit; the circuit joined to the service."""
+        try:
+            target = relay_target_for_introduction_point(point, netdir)
+            path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_INTRO,
+                                                                       target.rsa_id)
+        except (InvalidDescriptor, NoPathError) as exc:
+            raise _IntroductionFailed(str(exc), timed_out=False) from None
+        rendezvous_ready = self._rendezvous_circuit(address)
+        intro = self.manager.launch(path=path + [target], purpose=CircuitPurpose.HS_CLIENT_INTRO, guard=guard,
+                                    onion_service=self)
+        intro.rend_query = address.label
+        intro.hs_state = HSCI_CONNECTING
+        try:
+            rendezvous, cookie = yield rendezvous_ready
+        except _ConnectFailed:
+            self._close(intro, "no rendezvous circuit")
+            raise
+        handshake = HsNtorClient(point.auth_key, point.enc_key, service_subcredential)
+        joined = None
+        try:
+            try:
+                yield intro.when_built()
+            except CircuitError as exc:
+                raise _IntroductionFailed(f"introduction circuit failed: {exc}", timed_out=False) from None
+            head = encode_introduce1_head(point.auth_key)
+            point_of_rendezvous = rendezvous.path[-1]
+            specifiers = link_specifiers_for_relay(point_of_rendezvous.rsa_id,
+                                                   ipv4=(point_of_rendezvous.address, point_of_rendezvous.or_port),
+                                                   ed25519_identity=point_of_rendezvous.ed25519_id)
+            plaintext = encode_introduce_plaintext(cookie, point_of_rendezvous.ntor_onion_key, specifiers, len(head))
+            # RENDEZVOUS2 may come before INTRODUCE_ACK: both are awaited before INTRODUCE1 goes out.
+            joined = self._await(rendezvous, RelayCommand.RENDEZVOUS2, INTRODUCE_ACK_TIMEOUT + RENDEZVOUS2_TIMEOUT)
+            acked = self._await(intro, RelayCommand.INTRODUCE_ACK, INTRODUCE_ACK_TIMEOUT)
+            intro.circuit.send_relay(RelayCommand.INTRODUCE1, 0, head + handshake.encrypt_introduce(head, plaintext))
+            intro.hs_state = HSCI_INTRO_SENT
+            try:
+                ack = decode_introduce_ack_body((yield acked))
+            except defer.TimeoutError:
+                raise _IntroductionFailed("no INTRODUCE_ACK in time", timed_out=True) from None
+            except (CircuitError, CellParseError) as exc:
+                raise _IntroductionFailed(f"introduction circuit failed: {exc}", timed_out=False) from None
+            if ack.status != IntroduceAckStatus.SUCCESS:
+                raise _IntroductionFailed(f"INTRODUCE_ACK status {ack.status}", timed_out=False)
+            intro.hs_state = HSCI_DONE
+            rendezvous.hs_state = HSCR_ESTABLISHED_WAITING
+        except _IntroductionFailed:
+            if joined is not None:
+                joined.addErrback(lambda _: None)
+                joined.cancel()
+            self._close(rendezvous, "introduction failed")
+            raise
+        finally:
+            self._close(intro, "introduction done")
+        try:
+            keys = handshake.complete(decode_rendezvous2_body((yield joined)))
+        except (defer.TimeoutError, CircuitError, CellParseError, HandshakeError) as exc:
+            self._close(rendezvous, "rendezvous failed")
+            raise _ConnectFailed(f"rendezvous failed: {exc}", EndReason.RESOLVEFAILED,
+                                 Socks5Reply.ONION_REND_FAILED) from None
+        rendezvous.circuit.add_virtual_hop(Tor1Hop.for_onion_service(keys.df, keys.db, keys.kf, keys.kb))
+        rendezvous.hs_state = HSCR_JOINED
+        return rendezvous
+
+    # ------------------------------------------------------------------------------ circuit messages
+
+    def _await(self, managed: ManagedCircuit, command: int, timeout: float) -> defer.Deferred:
+        """A Deferred firing with the body of the next `command` from `managed`'s last hop; it fails with
+        defer.TimeoutError after `timeout`, or with the CircuitError that closed the circuit."""
+        key = (managed.number, command)
+        waiter: defer.Deferred = defer.Deferred()
+        self._awaited[key] = waiter
+
+        def forget(result):
+            if self._awaited.get(key) is waiter:
+                del self._awaited[key]
+            return result
+
+        waiter.addTimeout(timeout, self.reactor)
+        waiter.addBoth(forget)
+        return waiter
+
+    def onion_service_message(self, managed: ManagedCircuit, command: int, data: bytes) -> None:
+        """OnionServiceCircuitUser: a message from the last hop of a circuit this client launched."""
+        waiter = self._awaited.pop((managed.number, command), None)
+        if waiter is None:
+            log.info("circuit %d: unexpected %s; closing it", managed.number, RelayCommand(command).name)
+            self._close(managed, "unexpected onion-service message", DestroyReason.PROTOCOL)
+            return
+        waiter.callback(bytes(data))
+
+    def _manager_event(self, event: ManagerEvent) -> None:
+        if isinstance(event, CircuitClosed) and event.purpose.is_onion_service:
+            number = event.circuit.number
+            for key in [key for key in self._awaited if key[0] == number]:
+                self._awaited.pop(key).errback(event.circuit.error or CircuitError(f"circuit {number} closed"))
+            for key, connection in list(self._connections.items()):
+                if connection.rendezvous is event.circuit and not connection.running:
+                    del self._connections[key]
+
+    @staticmethod
+    def _close(managed: ManagedCircuit, why: str, reason: int = DestroyReason.FINISHED) -> None:
+        if managed.circuit is not None and managed.circuit.is_open:
+            managed.circuit.close(reason, why)
+        else:
+            managed.usable = False
+            managed.close_requested = True

@@ -1,0 +1,246 @@
+"""Onion services through `oppy`, on the private network's C tor onion services (`scripts/testnet onion`): a
+plain one and one with client authorization, both in front of the HTTP target."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from stem.control import Controller
+
+from oppy.hs.address import encode_onion_address
+from tests.support.network import TestNetwork
+from tests.support.oppy_process import OppyProcess, free_port
+from tests.support.relays import fetch
+from tests.support.socks_client import RESOLVE, socks5_request
+
+TEN_MB = 10 * 1000 * 1000
+FIVE_MB = 5 * 1000 * 1000
+# A bad onion address is refused before anything goes on the network.
+AT_ONCE = 2.0
+# A valid address whose descriptor no HSDir has: every responsible HSDir answers 404 within this.
+NO_DESCRIPTOR_BOUND = 60.0
+
+
+class OnionOppy(OppyProcess):
+    """oppy with a second SocksPort that has ExtendedErrors (proposal 304), a control port, and a
+    ClientOnionAuthDir holding `key_line` when one is given."""
+
+    def __init__(self, network: TestNetwork, data_directory: Path, key_line: str | None = None) -> None:
+        self.extended_port = free_port()
+        control_port = free_port()
+        extra = [f"SocksPort 127.0.0.1:{self.extended_port} ExtendedErrors",
+                 f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1"]
+        if key_line is not None:
+            auth_dir = data_directory.parent / f"{data_directory.name}-onion-auth"
+            auth_dir.mkdir(mode=0o700)
+            (auth_dir / "service.auth_private").write_text(key_line + "\n")
+            extra.append(f"ClientOnionAuthDir {auth_dir}")
+        super().__init__(network, data_directory, extra_lines=extra)
+        self.control_port = control_port
+
+
+def start(network: TestNetwork, tmp_path_factory, name: str, key_line: str | None = None):
+    process = OnionOppy(network, tmp_path_factory.mktemp(name) / "data", key_line).wait_ready()
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def oppy(network: TestNetwork, tmp_path_factory):
+    yield from start(network, tmp_path_factory, "oppy-onion")
+
+
+@pytest.fixture(scope="module")
+def oppy_with_key(network: TestNetwork, tmp_path_factory):
+    yield from start(network, tmp_path_factory, "oppy-onion-key", network.onion["auth"]["client_key_line"])
+
+
+@pytest.fixture(scope="module")
+def oppy_with_wrong_key(network: TestNetwork, tmp_path_factory):
+    yield from start(network, tmp_path_factory, "oppy-onion-wrong-key",
+                     network.onion["auth"]["wrong_client_key_line"])
+
+
+def onion_url(network: TestNetwork, which: str, path: str) -> str:
+    onion = network.onion
+    return f"http://{onion[which]['address']}:{onion['virtual_port']}{path}"
+
+
+def curl(port: int, url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", str(timeout), "--socks5-hostname", f"127.0.0.1:{port}",
+                           *extra, url], capture_output=True, timeout=timeout + 30)
+
+
+def expected_sha256(network: TestNetwork, length: int) -> str:
+    return fetch(network.url(f"/sha256/{length}")).decode().strip()
+
+
+def socks_reply(port: int, host: str, target_port: int = 80) -> int:
+    code, sock = socks5_request(port, host, target_port)
+    sock.close()
+    return code
+
+
+def bad_checksum(address: str) -> str:
+    return ("a" if address[0] != "a" else "b") + address[1:]
+
+
+def unpublished_address() -> str:
+    """A valid address (a real Ed25519 key's) that no service ever published."""
+    return encode_onion_address(Ed25519PrivateKey.generate().public_key().public_bytes_raw())
+
+
+def dns_log(network: TestNetwork) -> str:
+    return (Path(network.state["dir"]) / "dns.log").read_text()
+
+
+def connections_made(oppy: OppyProcess, address: str) -> int:
+    return oppy.info_log.count(f"Connected to {address} on circuit")
+
+
+# ------------------------------------------------------------------------------ the front door
+
+
+def test_a_bad_checksum_answers_f6_at_once(network, oppy):
+    started = time.monotonic()
+    assert socks_reply(oppy.extended_port, bad_checksum(network.onion["plain"]["address"])) == 0xF6
+    assert time.monotonic() - started < AT_ONCE
+
+
+def test_a_bad_address_answers_as_the_c_tor_client_without_extended_errors(network, oppy):
+    address = bad_checksum(network.onion["plain"]["address"])
+    assert socks_reply(oppy.socks_port, address) == socks_reply(network.socks_port, address) == 0x01
+
+
+def test_a_valid_address_without_a_descriptor_answers_f0_in_bounded_time(network, oppy):
+    nowhere = unpublished_address()
+    started = time.monotonic()
+    assert socks_reply(oppy.extended_port, nowhere) == 0xF0
+    assert time.monotonic() - started < NO_DESCRIPTOR_BOUND
+    # Without the flag: tor's END_STREAM_REASON_RESOLVEFAILED, host unreachable.
+    assert socks_reply(oppy.socks_port, nowhere) == 0x04
+
+
+def test_no_onion_name_reaches_a_resolver(network, oppy):
+    onion = network.onion["plain"]["address"]
+    probe = f"probe-{oppy.socks_port}.test"
+    for host, command in ((onion, RESOLVE), (bad_checksum(onion), 1), ("www." + bad_checksum(onion), 1),
+                          (probe, RESOLVE)):
+        code, sock = socks5_request(oppy.socks_port, host, 80, command)
+        sock.close()
+    assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
+    # The probe proves that names oppy sends out do reach the test DNS server's log.
+    deadline = time.monotonic() + 10
+    while probe not in dns_log(network) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = dns_log(network)
+    assert probe in log, "the network's DNS server logs no queries (started before scripts/testdns logged them)"
+    assert ".onion" not in log
+
+
+# ------------------------------------------------------------------------------ the plain service
+
+
+def test_a_page_by_onion_hostname_and_subdomain(network, oppy):
+    onion = network.onion
+    for host in (onion["plain"]["address"], "www." + onion["plain"]["address"]):
+        result = curl(oppy.socks_port, f"http://{host}:{onion['virtual_port']}/")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"hello from the oppy test target\n"
+
+
+def test_ten_megabytes_down_byte_exact(network, oppy):
+    result = curl(oppy.socks_port, onion_url(network, "plain", f"/bytes/{TEN_MB}"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == TEN_MB
+    assert hashlib.sha256(result.stdout).hexdigest() == expected_sha256(network, TEN_MB)
+
+
+def test_five_megabytes_up_confirmed(network, oppy, tmp_path):
+    body = hashlib.shake_256(b"five megabytes up an onion").digest(FIVE_MB)
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(body)
+    result = curl(oppy.socks_port, onion_url(network, "plain", "/upload"), "--data-binary", f"@{upload}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == f"sha256={hashlib.sha256(body).hexdigest()} length={FIVE_MB}"
+
+
+def test_ten_concurrent_fetches_are_byte_exact(network, oppy):
+    length = 1_000_000
+    expected = expected_sha256(network, length)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(lambda _: curl(oppy.socks_port, onion_url(network, "plain", f"/bytes/{length}")),
+                                range(10)))
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert hashlib.sha256(result.stdout).hexdigest() == expected
+
+
+def test_a_second_stream_reuses_the_rendezvous_circuit(network, oppy):
+    address = network.onion["plain"]["address"]
+    assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
+    before = connections_made(oppy, address)
+    for _ in range(2):
+        assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
+    assert connections_made(oppy, address) == before
+    # Other SOCKS credentials: isolated from those streams, on a circuit of their own (IsolateSOCKSAuth).
+    result = subprocess.run(["curl", "-sS", "--max-time", "120", "--proxy",
+                             f"socks5h://alice:secret@127.0.0.1:{oppy.socks_port}", onion_url(network, "plain", "/")],
+                            capture_output=True, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert connections_made(oppy, address) == before + 1
+
+
+# ------------------------------------------------------------------------------ client authorization
+
+
+def test_the_client_auth_service_with_its_key(network, oppy_with_key):
+    result = curl(oppy_with_key.socks_port, onion_url(network, "auth", "/"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello from the oppy test target\n"
+
+
+def test_the_client_auth_service_without_a_key_answers_f4(network, oppy):
+    address = network.onion["auth"]["address"]
+    assert socks_reply(oppy.extended_port, address) == 0xF4
+    # Without the flag: tor's END_STREAM_REASON_MISC, general failure.
+    assert socks_reply(oppy.socks_port, address) == 0x01
+
+
+def test_the_client_auth_service_with_a_wrong_key_answers_f5(network, oppy_with_wrong_key):
+    assert socks_reply(oppy_with_wrong_key.extended_port, network.onion["auth"]["address"]) == 0xF5
+
+
+# ------------------------------------------------------------------------------ control port
+
+
+def test_hs_desc_and_circ_events_as_tor_reports_them(network, oppy_with_key):
+    """A descriptor fetch for a service not yet cached (a fresh address): HS_DESC REQUESTED then FAILED
+    NOT_FOUND; and a connection: CIRC events with the onion-service purposes, HS_STATE and REND_QUERY."""
+    nowhere = unpublished_address()
+    events: list[str] = []
+    with Controller.from_port(port=oppy_with_key.control_port) as controller:
+        controller.authenticate()
+        controller.msg("SETEVENTS HS_DESC CIRC")
+        controller.add_event_listener(lambda event: events.append(str(event)), "HS_DESC", "CIRC")
+        socks_reply(oppy_with_key.extended_port, nowhere)
+        result = curl(oppy_with_key.socks_port, onion_url(network, "plain", "/"))
+        assert result.returncode == 0, result.stderr
+        time.sleep(1)
+    label = nowhere.removesuffix(".onion")
+    requested = [e for e in events if e.startswith(f"HS_DESC REQUESTED {label} NO_AUTH $")]
+    failed = [e for e in events if e.startswith(f"HS_DESC FAILED {label} NO_AUTH $") and "REASON=NOT_FOUND" in e]
+    assert requested and len(failed) == len(requested)
+    circ = [e for e in events if e.startswith("CIRC ")]
+    assert any("PURPOSE=HS_CLIENT_HSDIR" in e for e in circ)
+    plain = network.onion["plain"]["address"].removesuffix(".onion")
+    assert any("PURPOSE=HS_CLIENT_REND" in e and f"REND_QUERY={plain}" in e and "HS_STATE=HSCR_" in e
+               for e in circ)
+    assert any("PURPOSE=HS_CLIENT_INTRO" in e and f"REND_QUERY={plain}" in e and "HS_STATE=HSCI_" in e
+               for e in circ)
