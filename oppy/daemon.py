@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 
-from twisted.internet import defer, error as twisted_error, threads
+from twisted.internet import defer, threads
 from twisted.logger import LogBeginner, LogLevel, formatEvent, globalLogBeginner
 
 from oppy import __version__
@@ -21,6 +21,7 @@ from oppy.directory.service import BootstrapPhase, DirectoryService
 from oppy.hs.client_auth import read_client_auth_dir
 from oppy.hs.errors import ClientAuthKeyError
 from oppy.hsclient.client import OnionServiceClient
+from oppy.doors.listeners import DoorKind, FrontDoors, ListenError
 from oppy.link.connection import LinkPool
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
@@ -72,8 +73,7 @@ class Daemon:
         self.config = config
         self.reactor = reactor
         self.started_at = time.time()
-        self.socks_listeners = []
-        self.socks_factory: SocksFactory | None = None
+        self.doors: FrontDoors | None = None
         self.control: ControlService | None = None
         self.stopping = False
         data_directory = config.data_directory_path()
@@ -196,23 +196,27 @@ class Daemon:
         self.directory.start()
         self.directory.when_enough_dir_info().addCallback(self._directory_ready)
 
+    @property
+    def socks_factory(self) -> SocksFactory | None:
+        """The SOCKS service behind every SocksPort (None until the listeners are up)."""
+        return self.doors.socks if self.doors is not None else None
+
+    @property
+    def socks_listeners(self) -> list:
+        """The SocksPort listeners (Twisted listening ports)."""
+        return [door.listening for door in self.doors.doors(DoorKind.SOCKS)] if self.doors is not None else []
+
     def _listen(self) -> None:
-        self.socks_factory = SocksFactory(
-            self.manager, self.reactor,
-            allow_private_addresses=not self.config.client_reject_internal_addresses,
-            handshake_timeout=self.config.socks_timeout, max_connections=self.config.max_socks_connections,
-            onion_services=self.onion_services)
-        for port_config in self.config.socks_ports:
-            address = port_config.address
-            notice(log, "Opening Socks listener on %s:%s", address, "auto" if port_config.is_auto else port_config.port)
-            try:
-                listener = self.reactor.listenTCP(0 if port_config.is_auto else port_config.port,
-                                                  self.socks_factory.for_port(port_config.flags), interface=address)
-            except twisted_error.CannotListenError as exc:
-                raise SystemExit(f"Could not bind to {address}:{port_config.port}: {exc.socketError}") from None
-            self.socks_listeners.append(listener)
-            host = listener.getHost()
-            notice(log, "Opened Socks listener connection (ready) on %s:%d", host.host, host.port)
+        config = self.config
+        socks = SocksFactory(
+            self.manager, self.reactor, allow_private_addresses=not config.client_reject_internal_addresses,
+            handshake_timeout=config.socks_timeout, max_connections=config.max_socks_connections,
+            safe_socks=config.safe_socks, test_socks=config.test_socks, onion_services=self.onion_services)
+        self.doors = FrontDoors(self.manager, self.reactor, socks)
+        try:
+            self.doors.set_ports(DoorKind.SOCKS, config.socks_ports)
+        except ListenError as exc:
+            raise SystemExit(str(exc)) from None
         self.control = ControlService(self, self.reactor)
         self.control.start()
 
@@ -229,15 +233,13 @@ class Daemon:
             return defer.succeed(None)
         self.stopping = True
         notice(log, "Interrupt: exiting cleanly.")
-        for listener in self.socks_listeners:
-            listener.stopListening()
+        if self.doors is not None:
+            self.doors.close_all()
         if self.control is not None:
             self.control.stop()
         # The directory first: its requests end quietly before the manager closes their circuits.
         directory_stopped = self.directory.stop()
         self.manager.close_all()
-        if self.socks_factory is not None:
-            self.socks_factory.close_all()
         flushed = defer.Deferred()
 
         def close_links():

@@ -2,7 +2,7 @@
 
 The rules are tor's (path-spec "When we build", tor-client-checklist.md section 6): clean circuits are built
 ahead of demand so a first request does not wait for a build; a stream goes on an open circuit whose exit
-allows its port, with the same isolation key (SOCKS credentials, NEWNYM epoch), not dirty for longer than
+allows its port, compatible by its port's isolation flags (oppy.circuit.isolation), not dirty for longer than
 MaxCircuitDirtiness, built with Stable relays when the port is a long-lived one; a stream without CONNECTED
 after 10 s (15 s from the third try), or refused by a retriable END, is detached and retried on another circuit.
 
@@ -29,6 +29,7 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
@@ -141,7 +142,8 @@ class ManagedCircuit:
         self.guard = guard
         self.status = CircuitStatus.LAUNCHED
         self.circuit: Circuit | None = None
-        self.isolation: object = None
+        # The isolation values of the streams it carried (or, while it is built for some, will carry).
+        self.isolation = CircuitIsolation()
         self.dirty_since: float | None = None
         self.usable = True  # False once a stream timed out on it, or after NEWNYM
         self.port: int | None = None  # the port it was built for
@@ -285,7 +287,7 @@ class _ManagedCircuitOwner:
 class ManagedStream:
     """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
 
-    def __init__(self, number: int, stream: Stream, isolation: object, source: str | None,
+    def __init__(self, number: int, stream: Stream, isolation: IsolationValues, source: str | None,
                  router: StreamRouter | None = None) -> None:
         self.number = number
         # Chooses this stream's circuit instead of the manager (a `.onion` stream: its rendezvous circuit).
@@ -417,7 +419,7 @@ class CircuitManager:
 
     def _clean_circuits(self) -> list[ManagedCircuit]:
         return [m for m in self.circuits.values()
-                if m.purpose is CircuitPurpose.GENERAL and m.isolation is None and m.usable
+                if m.purpose is CircuitPurpose.GENERAL and not m.isolation.is_set and m.usable
                 and m.status in (CircuitStatus.LAUNCHED, CircuitStatus.EXTENDED, CircuitStatus.GUARD_WAIT,
                                  CircuitStatus.BUILT)]
 
@@ -503,6 +505,8 @@ class CircuitManager:
             self.circuit_established = True
         self._notify(CircuitBuilt(managed, managed.purpose))
         managed._build_settled(None)
+        # The marks of the streams it was launched for go: the waiting streams are attached for real now.
+        managed.isolation.clear_if_unused()
         self._attach_waiting()
         if not self._running:
             circuit.close()
@@ -620,7 +624,7 @@ class CircuitManager:
             managed.usable = False
         self._top_up()
 
-    def _is_usable_for(self, managed: ManagedCircuit, port: int, isolation: object,
+    def _is_usable_for(self, managed: ManagedCircuit, port: int, isolation: IsolationValues,
                        excluded_exits: set[bytes]) -> bool:
         if not managed.usable or managed.purpose is not CircuitPurpose.GENERAL:
             return False
@@ -628,7 +632,7 @@ class CircuitManager:
             # circuituse.c circuit_is_acceptable: a circuit built without Stable relays (a preemptive one
             # for port 80) does not carry a stream to a long-lived port.
             return False
-        if managed.isolation is not None and managed.isolation != isolation:
+        if not managed.isolation.compatible(isolation):
             return False
         if managed.dirty_since is not None and self.clock() - managed.dirty_since > self.max_circuit_dirtiness:
             return False
@@ -638,18 +642,20 @@ class CircuitManager:
 
     # ------------------------------------------------------------------------------ streams
 
-    def isolation_key(self, credentials: object) -> object:
-        """Streams share circuits only with the same credentials in the same NEWNYM epoch."""
-        return (self._newnym_epoch, credentials)
-
     def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
-                    credentials: object = None, source: str | None = None,
-                    router: StreamRouter | None = None) -> ManagedStream:
-        """A new stream for an application; it is attached as soon as a fitting circuit is open (by `router`
-        when given)."""
+                    credentials: tuple[bytes, bytes] | None = None, source: str | None = None,
+                    router: StreamRouter | None = None,
+                    isolation: StreamIsolation = StreamIsolation()) -> ManagedStream:
+        """A new stream for an application; it is attached as soon as a circuit its isolation allows is open
+        (by `router` when given).
+
+        `isolation` comes from the front door (its port's flags and session group, the client's protocol and
+        address); `credentials` (username, password), when given, replace its SOCKS credentials."""
+        if credentials is not None:
+            isolation = isolation.with_credentials(*credentials)
         stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
-        managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source,
-                                router)
+        values = IsolationValues.of(isolation, host, port, self._newnym_epoch)
+        managed = ManagedStream(next(self._stream_numbers), stream, values, source, router)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed
         self._stream_changed(managed)
@@ -739,8 +745,8 @@ class CircuitManager:
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if candidates:
-            # Prefer circuits already carrying this isolation, then the newest.
-            candidates.sort(key=lambda m: (m.isolation is None, -m.created_at))
+            # Prefer circuits already used (tor's circuit_is_better: better not dirty a clean one), then the newest.
+            candidates.sort(key=lambda m: (not m.isolation.is_set, -m.created_at))
             self.attach_to(managed, candidates[0])
             return
         pending = [m for m in self.circuits.values()
@@ -748,14 +754,20 @@ class CircuitManager:
                    and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if managed not in self._stream_waiters:
             self._stream_waiters.append(managed)
-        if not pending:
-            try:
-                launched = self.launch(port, exclude=managed.excluded_exits)
-            except Exception as exc:  # no path: tell the application now
-                self._give_up(managed, f"no path: {exc}")
-                return
-            if launched.status is CircuitStatus.CLOSED and managed in self._stream_waiters:
-                self._give_up(managed, f"circuit {launched.number} failed at once: {launched.error}")
+        if pending:
+            # circuituse.c circuit_get_open_circ_or_launch: the circuit is marked for the stream, so that a
+            # stream isolated from it launches a circuit of its own.
+            pending[0].isolation.add(managed.isolation, attached=False)
+            return
+        try:
+            launched = self.launch(port, exclude=managed.excluded_exits)
+        except Exception as exc:  # no path: tell the application now
+            self._give_up(managed, f"no path: {exc}")
+            return
+        if launched.status is CircuitStatus.CLOSED and managed in self._stream_waiters:
+            self._give_up(managed, f"circuit {launched.number} failed at once: {launched.error}")
+        else:
+            launched.isolation.add(managed.isolation, attached=False)
 
     def _give_up(self, managed: ManagedStream, why: str) -> None:
         """No circuit can be had for a waiting stream: the application hears the last reason (or NOROUTE)."""
@@ -779,8 +791,8 @@ class CircuitManager:
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
         managed.awaiting_controller = False
-        if target.isolation is None and target.purpose is CircuitPurpose.GENERAL:
-            target.isolation = managed.isolation
+        if target.purpose is CircuitPurpose.GENERAL:
+            target.isolation.add(managed.isolation, attached=True)
         if target.dirty_since is None:
             target.dirty_since = self.clock()
         managed.managed_circuit = target

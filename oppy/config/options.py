@@ -579,6 +579,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _encode_int, _constant(32)),
     _Option("MaxSocksConnections", "max_socks_connections", "Integer", _int_parser(1, _INT_MAX), _encode_int,
             _constant(4096)),
+    _Option("SafeSocks", "safe_socks", "Boolean", _parse_bool, _encode_bool, _constant(False)),
+    _Option("TestSocks", "test_socks", "Boolean", _parse_bool, _encode_bool, _constant(False)),
     _Option("ConnectionPadding", "connection_padding", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
             _constant(None)),
     _Option("ReducedConnectionPadding", "reduced_connection_padding", "Boolean", _parse_bool, _encode_bool,
@@ -678,6 +680,10 @@ class Config:
     #: MaxSocksConnections: oppy's own limit (tor has none; its ConnLimit only sets how many file
     #: descriptors it needs): how many SOCKS clients may be connected at once before new ones are refused.
     max_socks_connections: int = 4096
+    #: SafeSocks: refuse SOCKS requests that give only an IP address (the application resolved the name).
+    safe_socks: bool = False
+    #: TestSocks: a notice line for each SOCKS request saying whether the application let Tor resolve.
+    test_socks: bool = False
     #: ConnectionPadding: None ("auto") pads links to relays that pad too (link protocol 5), True pads them
     #: all, False pads none and asks the relays to stop (padding-spec §2).
     connection_padding: bool | None = None

@@ -278,6 +278,10 @@ class DaemonBackend(ControlBackend):
                 factory.max_connections = config.max_socks_connections
             if "ClientRejectInternalAddresses" in changed:
                 factory.allow_private_addresses = not config.client_reject_internal_addresses
+            if "SafeSocks" in changed:
+                factory.safe_socks = config.safe_socks
+            if "TestSocks" in changed:
+                factory.test_socks = config.test_socks
         if "EnforceDistinctSubnets" in changed:
             self.paths.enforce_distinct_subnets = config.enforce_distinct_subnets
         if changed & {"CookieAuthentication", "CookieAuthFile", "HashedControlPassword"}:

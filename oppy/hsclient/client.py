@@ -221,7 +221,7 @@ class OnionServiceClient:
         """StreamRouter: on the service's joined rendezvous circuit for the stream's isolation (SOCKS
         credentials, NEWNYM epoch), or waiting until there is one."""
         address = parse_onion_address(managed.stream.host)
-        key = (address.label, managed.isolation)
+        key = (address.label, managed.isolation.credentials, managed.isolation.nym_epoch)
         connection = self._connections.get(key)
         if connection is None:
             connection = self._connections[key] = _ServiceConnection(address)

@@ -354,6 +354,9 @@ class ParsedRequest:
     address_type: AddressType
     port: int
     userid: bytes = b""  # SOCKS4 only
+    # The client gave an IP address, not a name (SOCKS4 without 4a, SOCKS5 ATYP 1 or 4): it resolved the
+    # name itself, which SafeSocks refuses (an IP literal in a hostname field is not this).
+    ip_on_the_wire: bool = False
 
 
 def parse_socks4_request(data: bytes) -> tuple[ParsedRequest, int] | None:
@@ -395,7 +398,7 @@ def parse_socks4_request(data: bytes) -> tuple[ParsedRequest, int] | None:
 
     if destination_ip > SOCKS4A_ADDRESS_MAX:
         address = str(ipaddress.IPv4Address(destination_ip))
-        return ParsedRequest(4, command, address, AddressType.IPV4, port, userid), consumed
+        return ParsedRequest(4, command, address, AddressType.IPV4, port, userid, True), consumed
 
     # SOCKS4a: the hostname follows the USERID, also NUL-terminated.
     hostname_limit = min(consumed + MAX_ADDRESS_LEN + 1, SOCKS4_MAX_REQUEST_LEN)
@@ -517,7 +520,8 @@ def parse_socks5_request(data: bytes) -> tuple[ParsedRequest, int] | None:
             Socks5Reply.ADDRESS_TYPE_NOT_SUPPORTED,
         )
     port = int.from_bytes(data[address_end : address_end + _PORT_LEN], "big")
-    request = ParsedRequest(5, command, address, address_type, port)
+    request = ParsedRequest(5, command, address, address_type, port,
+                            ip_on_the_wire=atyp in (AddressType.IPV4, AddressType.IPV6))
     return request, address_end + _PORT_LEN
 
 

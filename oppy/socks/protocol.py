@@ -31,7 +31,7 @@ exceeds `MAX_HANDSHAKE_MESSAGE_LEN` bytes: endless garbage fails the connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from oppy.socks.messages import (
@@ -83,6 +83,15 @@ class SocksRequest:
     port: int
     username: bytes = b""
     password: bytes = b""
+    #: The client gave an IP address instead of a name (SOCKS4, SOCKS5 ATYP 1/4): see SafeSocks. How the target
+    #: was spelled, not what it is: left out of comparisons.
+    ip_on_the_wire: bool = field(default=False, compare=False)
+
+    @property
+    def resolved_locally(self) -> bool:
+        """proto_socks.c: the application did its own DNS (an IP address other than RESOLVE_PTR's), which
+        leaks what it visits; SafeSocks refuses such requests and TestSocks says which kind each one is."""
+        return self.ip_on_the_wire and self.command is not SocksCommand.RESOLVE_PTR
 
     @property
     def isolation_key(self) -> tuple[bytes, bytes]:
@@ -288,6 +297,7 @@ class SocksServerConnection:
             port=parsed.port,
             username=username,
             password=password,
+            ip_on_the_wire=parsed.ip_on_the_wire,
         )
         self._trailing += self._handshake_buffer[consumed:]
         self._handshake_buffer.clear()

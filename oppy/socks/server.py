@@ -10,6 +10,7 @@ when the client stops reading what we write we stop granting stream SENDMEs to t
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from twisted.internet import protocol
@@ -18,10 +19,12 @@ from zope.interface import implementer
 
 from oppy.cell.commands import EndReason, reason_name
 from oppy.cell.relay import ResolvedType
+from oppy.circuit.isolation import ClientProtocol, StreamIsolation
 from oppy.circuit.manager import ManagedStream
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
 from oppy.hs.errors import BadOnionAddress
+from oppy.logs import notice
 from oppy.socks.messages import (
     LocalEndReason,
     Socks5Reply,
@@ -43,6 +46,16 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # extended onion-service error codes in SOCKS5 replies.
 FLAG_ONION_TRAFFIC = "OnionTraffic"
 FLAG_EXTENDED_ERRORS = "ExtendedErrors"
+# proto_socks.c SOCKS_WARN_INTERVAL: the SafeSocks warning is logged at most once in this many seconds.
+SOCKS_WARN_INTERVAL = 5.0
+# proto_socks.c log_unsafe_socks_warning and process_socks*_request: tor's words for SafeSocks and TestSocks.
+UNSAFE_SOCKS_WARNING = (
+    "Your application (using socks%d to port %d) is giving Tor only an IP address. Applications that do DNS "
+    "resolves themselves may leak information. Consider using Socks4A (e.g. via privoxy or socat) instead. For "
+    "more information, please see https://2019.www.torproject.org/docs/faq.html.en"
+    "#WarningsAboutSOCKSandDNSInformationLeaks.%s")
+SAFE_SOCKS_NOTICE = ("Your application (using %s to port %d) instructed Tor to take care of the DNS resolution "
+                     "itself if necessary. This is good.")
 
 
 class OnionServiceConnector(Protocol):
@@ -53,14 +66,25 @@ class OnionServiceConnector(Protocol):
                     source: str | None = None) -> ManagedStream: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SocksPortSettings:
+    """What one SocksPort line says about its clients: how their streams are isolated (flags and session
+    group; the client's address, protocol and credentials are added per connection) and PreferSOCKSNoAuth."""
+
+    isolation: StreamIsolation = StreamIsolation()
+    prefer_no_auth: bool = False
+    flags: frozenset[str] = DEFAULT_SOCKS_FLAGS  # all of the line's flags (OnionTraffic, ExtendedErrors ...)
+
+
 @implementer(IPushProducer)
 class SocksClientProtocol(protocol.Protocol):
     """One SOCKS client connection."""
 
-    def __init__(self, factory: "SocksFactory", flags: frozenset[str] = DEFAULT_SOCKS_FLAGS) -> None:
+    def __init__(self, factory: "SocksFactory", settings: SocksPortSettings = SocksPortSettings()) -> None:
         self.factory = factory
-        self.flags = flags  # the flags of the SocksPort this client came in on
-        self.socks = SocksServerConnection()
+        self.settings = settings
+        self.flags = settings.flags  # the flags of the SocksPort this client came in on
+        self.socks = SocksServerConnection(prefer_no_auth=settings.prefer_no_auth)
         self.managed_stream = None
         self.stream = None
         self._timeout = None
@@ -162,6 +186,9 @@ class SocksClientProtocol(protocol.Protocol):
         if is_onion_hostname(request.address):
             self._onion_request(request)
             return
+        if not factory.socks_type_allowed(request):
+            self._refuse(Socks5Reply.NOT_ALLOWED)
+            return
         if request.command is SocksCommand.CONNECT and not factory.allow_private_addresses \
                 and is_private_address(request.address):
             log.info("refusing a SOCKS request for a private address (set TestingTorNetwork or "
@@ -171,9 +198,12 @@ class SocksClientProtocol(protocol.Protocol):
         kind = {SocksCommand.CONNECT: StreamKind.CONNECT, SocksCommand.RESOLVE: StreamKind.RESOLVE,
                 SocksCommand.RESOLVE_PTR: StreamKind.RESOLVE_PTR}[request.command]
         peer = self.transport.getPeer()
+        isolation = replace(self.settings.isolation, client_address=peer.host,
+                            protocol=ClientProtocol.SOCKS4 if request.version == 4 else ClientProtocol.SOCKS5,
+                            username=request.username, password=request.password)
         self._open(lambda: factory.manager.open_stream(self, request.address, request.port, kind,
-                                                       credentials=request.isolation_key,
-                                                       source=f"{peer.host}:{peer.port}"), kind)
+                                                       isolation=isolation, source=f"{peer.host}:{peer.port}"),
+                   kind)
 
     def _open(self, open_stream, kind: StreamKind) -> None:
         try:
@@ -268,29 +298,59 @@ class SocksClientProtocol(protocol.Protocol):
         self._close()
 
 
+class SocksPortFactory(protocol.Factory):
+    """The factory of one SocksPort: its clients get the port's settings and the shared SOCKS service."""
+
+    def __init__(self, service: "SocksFactory", settings: SocksPortSettings) -> None:
+        self.service = service
+        self.settings = settings
+
+    def buildProtocol(self, addr):  # noqa: N802
+        return SocksClientProtocol(self.service, self.settings)
+
+
 class SocksFactory(protocol.Factory):
-    """The SOCKS listener's factory: shared settings and the set of open client connections."""
+    """The SOCKS service: settings shared by every SocksPort (SafeSocks, TestSocks, timeouts, the connection
+    limit) and the set of open client connections. Listening on it directly gives default port settings;
+    :meth:`for_port` makes the factory of one configured port."""
 
     def __init__(self, manager, reactor, allow_private_addresses: bool = False,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 onion_services: OnionServiceConnector | None = None) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, safe_socks: bool = False,
+                 test_socks: bool = False, onion_services: OnionServiceConnector | None = None) -> None:
         self.manager = manager
         self.onion_services = onion_services
         self.reactor = reactor
         self.allow_private_addresses = allow_private_addresses
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
+        self.safe_socks = safe_socks
+        self.test_socks = test_socks
         self.open_connections: set[SocksClientProtocol] = set()
         self._refusing = False
+        self._last_unsafe_warning: float | None = None
 
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
 
-    def for_port(self, flags: frozenset[str]) -> "SocksPortFactory":
-        """The factory of one SocksPort listener: its clients get the port's flags, and share this factory's
-        connection limit."""
-        return SocksPortFactory(self, flags)
+    def for_port(self, settings: SocksPortSettings) -> SocksPortFactory:
+        return SocksPortFactory(self, settings)
+
+    def socks_type_allowed(self, request: SocksRequest) -> bool:
+        """SafeSocks and TestSocks (proto_socks.c process_socks4_request, process_socks5_client_request): a
+        request with an IP address the application resolved itself is refused under SafeSocks, with tor's
+        warning at most every SOCKS_WARN_INTERVAL; under TestSocks the others are noted as good."""
+        if request.resolved_locally:
+            if not self.safe_socks:
+                return True
+            now = self.reactor.seconds()
+            if self._last_unsafe_warning is None or now - self._last_unsafe_warning >= SOCKS_WARN_INTERVAL:
+                self._last_unsafe_warning = now
+                log.warning(UNSAFE_SOCKS_WARNING, request.version, request.port, " Rejecting.")
+            return False
+        if self.test_socks and (request.version == 5 or not request.ip_on_the_wire):
+            notice(log, SAFE_SOCKS_NOTICE, "socks4a" if request.version == 4 else "socks5", request.port)
+        return True
 
     def admit(self, connection: SocksClientProtocol) -> bool:
         """Take a new client, unless MaxSocksConnections are open: then it is refused, and that is logged
@@ -312,15 +372,3 @@ class SocksFactory(protocol.Factory):
     def close_all(self) -> None:
         for connection in list(self.open_connections):
             connection.transport.loseConnection()
-
-
-class SocksPortFactory(protocol.Factory):
-    """One SocksPort listener's factory: builds clients with that port's flags (ExtendedErrors,
-    OnionTraffic ...) over the shared :class:`SocksFactory`."""
-
-    def __init__(self, shared: SocksFactory, flags: frozenset[str]) -> None:
-        self.shared = shared
-        self.flags = flags
-
-    def buildProtocol(self, addr):  # noqa: N802
-        return SocksClientProtocol(self.shared, self.flags)

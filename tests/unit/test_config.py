@@ -445,6 +445,8 @@ BAD_VALUES = [
     ("MaxClientCircuitsPending", "0", "must be between 1 and 1024, but was set to 0"),
     ("MaxClientCircuitsPending", "1025", "must be between 1 and 1024"),
     ("MaxSocksConnections", "0", "between 1 and"),
+    ("SafeSocks", "yes", "allowed values are 0 and 1"),
+    ("TestSocks", "2", "allowed values are 0 and 1"),
     ("VanguardsLiteEnabled", "2", "allowed values are 0, 1, and auto"),
     ("VanguardsLiteEnabled", "yes", "allowed values are 0, 1, and auto"),
     ("MaxMemInQueues", "8 GiB", "unknown unit 'GiB'"),

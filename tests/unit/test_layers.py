@@ -36,6 +36,8 @@ LAYERS: dict[str, int] = {
     # hsclient: the onion-service client; builds on the circuit manager and directory's BEGIN_DIR client
     # (beside directory, which never imports it), below control, which reports its HS_DESC events.
     "hsclient": 9,
+    # The listeners of every client port (SocksPort, HTTPTunnelPort, DNSPort), over the protocols they speak.
+    "doors": 9,
     "control": 10,
     "daemon": 11, "cli": 11, "__main__": 11,
 }

@@ -15,7 +15,7 @@ from oppy.cell.commands import EndReason
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress
 from oppy.socks.messages import Socks5Reply
-from oppy.socks.server import SocksFactory
+from oppy.socks.server import SocksFactory, SocksPortSettings
 from oppy.stream.stream import Stream
 
 CAPTURE = json.loads((Path(__file__).parent / "data" / "onion_service" / "capture.json").read_text())
@@ -56,7 +56,7 @@ class RecordingConnector:
 def client(flags=DEFAULT_SOCKS_FLAGS, connector=None):
     manager = ForbiddenManager()
     factory = SocksFactory(manager, task.Clock(), onion_services=connector)
-    protocol = factory.for_port(flags).buildProtocol(None)
+    protocol = factory.for_port(SocksPortSettings(flags=flags)).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport, manager

@@ -58,6 +58,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "SafeLogging": ("relay",),
     "MaxClientCircuitsPending": ("32",),
     "MaxSocksConnections": ("4096",),
+    "SafeSocks": ("0", "1"),
+    "TestSocks": ("0", "1"),
     "MaxMemInQueues": ("0", "8 GB", "512 MBytes", "1.5 gigabytes", "100 kbits"),
     "ConnectionPadding": ("auto", "0", "1"),
     "ReducedConnectionPadding": ("0", "1"),
