@@ -215,6 +215,7 @@ class Daemon:
         self.doors = FrontDoors(self.manager, self.reactor, socks)
         try:
             self.doors.set_ports(DoorKind.SOCKS, config.socks_ports)
+            self.doors.set_ports(DoorKind.HTTP_TUNNEL, config.http_tunnel_ports)
         except ListenError as exc:
             raise SystemExit(str(exc)) from None
         self.control = ControlService(self, self.reactor)

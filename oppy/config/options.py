@@ -543,6 +543,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant((DEFAULT_SOCKS_PORT_CONFIG,)), is_list=True),
     _Option("ControlPort", "control_ports", "LineList", _port_list_parser(client_flags=False),
             _encode_control_ports, _constant(()), is_list=True),
+    _Option("HTTPTunnelPort", "http_tunnel_ports", "LineList", _port_list_parser(client_flags=True),
+            _encode_control_ports, _constant(()), is_list=True),
     _Option("DataDirectory", "data_directory", "Filename", _parse_filename, lambda value: [value],
             _constant("~/.oppy"), changeable_at_runtime=False),
     _Option("DirAuthority", "dir_authorities", "LineList", _validated_lines(_validated_directory_line("authority")),
@@ -638,6 +640,8 @@ class Config:
     socks_ports: tuple[PortConfig, ...] = (DEFAULT_SOCKS_PORT_CONFIG,)
     #: ControlPort: the control-port listeners; none by default.
     control_ports: tuple[PortConfig, ...] = ()
+    #: HTTPTunnelPort: listeners for HTTP CONNECT clients, with a SocksPort's isolation flags; none by default.
+    http_tunnel_ports: tuple[PortConfig, ...] = ()
     #: DataDirectory, as written (``~`` expanded by :meth:`data_directory_path`).
     data_directory: str = "~/.oppy"
     #: DirAuthority lines, raw; empty means tor's built-in authorities.

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from oppy.circuit.isolation import SESSION_GROUP_FIRST_AUTO, StreamIsolation, isolation_flags
 from oppy.config.options import ISOLATION_FLAGS, PortConfig
 from oppy.logs import notice
-from oppy.socks.server import SocksFactory, SocksPortSettings
+from oppy.socks.server import HttpTunnelClientProtocol, SocksClientProtocol, SocksFactory, SocksPortSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class DoorKind(enum.Enum):
     """A kind of client port: its torrc option and the name tor's log lines give its listeners."""
 
     SOCKS = ("SocksPort", "Socks")
+    HTTP_TUNNEL = ("HTTPTunnelPort", "HTTP tunnel")
 
     def __init__(self, option: str, log_name: str) -> None:
         self.option = option
@@ -78,7 +79,8 @@ class FrontDoors:
     def _factory(self, kind: DoorKind, config: PortConfig, isolation: StreamIsolation):
         settings = SocksPortSettings(isolation=isolation, prefer_no_auth="PreferSOCKSNoAuth" in config.flags,
                                      flags=config.flags)
-        return self.socks.for_port(settings)
+        protocol_class = HttpTunnelClientProtocol if kind is DoorKind.HTTP_TUNNEL else SocksClientProtocol
+        return self.socks.for_port(settings, protocol_class)
 
     def open(self, kind: DoorKind, config: PortConfig) -> OpenDoor:
         """Listen on `config`'s address and port (``auto``: one the system picks), with tor's notice lines."""

@@ -25,12 +25,12 @@ from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
 from oppy.hs.errors import BadOnionAddress
 from oppy.logs import notice
+from oppy.socks.http_connect import HttpConnectServerConnection
 from oppy.socks.messages import (
     LocalEndReason,
     Socks5Reply,
     SocksCommand,
     is_private_address,
-    socks5_reply_code_for_end_reason,
 )
 from oppy.socks.protocol import SocksFailure, SocksRequest, SocksServerConnection
 from oppy.stream.stream import StreamEnd, StreamKind
@@ -80,11 +80,14 @@ class SocksPortSettings:
 class SocksClientProtocol(protocol.Protocol):
     """One SOCKS client connection."""
 
+    #: What the client speaks: the log lines' name for it.
+    door_name = "SOCKS"
+
     def __init__(self, factory: "SocksFactory", settings: SocksPortSettings = SocksPortSettings()) -> None:
         self.factory = factory
         self.settings = settings
-        self.flags = settings.flags  # the flags of the SocksPort this client came in on
-        self.socks = SocksServerConnection(prefer_no_auth=settings.prefer_no_auth)
+        self.flags = settings.flags  # the flags of the port this client came in on
+        self.socks = self._handshake()
         self.managed_stream = None
         self.stream = None
         self._timeout = None
@@ -99,9 +102,22 @@ class SocksClientProtocol(protocol.Protocol):
             return
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._handshake_timed_out)
 
+    def _handshake(self) -> SocksServerConnection | HttpConnectServerConnection:
+        return SocksServerConnection(prefer_no_auth=self.settings.prefer_no_auth)
+
+    def _client_protocol(self, request: SocksRequest) -> ClientProtocol:
+        return ClientProtocol.SOCKS4 if request.version == 4 else ClientProtocol.SOCKS5
+
+    def _refused_by_safe_socks(self, request: SocksRequest) -> bool:
+        if self.factory.socks_type_allowed(request):
+            return False
+        self.socks.reply_failed(Socks5Reply.NOT_ALLOWED)
+        return True
+
     def _handshake_timed_out(self) -> None:
         self._timeout = None
-        log.info("SOCKS client stalled in its handshake for %.0fs; closing it", self.factory.handshake_timeout)
+        log.info("%s client stalled in its handshake for %.0fs; closing it", self.door_name,
+                 self.factory.handshake_timeout)
         self.transport.abortConnection()
 
     def _cancel_timeout(self) -> None:
@@ -122,7 +138,7 @@ class SocksClientProtocol(protocol.Protocol):
                 self._cancel_timeout()
                 self._request(event)
             elif isinstance(event, SocksFailure):
-                log.info("SOCKS request refused: %s", event.reason)
+                log.info("%s request refused: %s", self.door_name, event.reason)
         if self.socks.should_close:
             self._close()
 
@@ -146,12 +162,18 @@ class SocksClientProtocol(protocol.Protocol):
         self._send_replies()
         self._close()
 
-    def _fail_reply(self, reason: int, extended_error: int) -> int:
-        """The SOCKS5 reply for a stream that failed for `reason`: proposal 304's extended code instead when
+    def _refuse_for(self, reason: int, extended_error: int = 0) -> None:
+        self._reply_failure(reason, extended_error)
+        self._send_replies()
+        self._close()
+
+    def _reply_failure(self, reason: int, extended_error: int = 0) -> None:
+        """Answer that the request failed for END (or local) `reason`: proposal 304's extended code instead when
         there is one and the port asked for them (tor connection_ap_handshake_socks_reply)."""
         if extended_error and FLAG_EXTENDED_ERRORS in self.flags:
-            return extended_error
-        return socks5_reply_code_for_end_reason(reason)
+            self.socks.reply_failed(extended_error)
+        else:
+            self.socks.reply_failed_for_end_reason(reason)
 
     def _onion_request(self, request: SocksRequest) -> None:
         """A `.onion` name: it never reaches an exit's resolver or any DNS (tor
@@ -166,11 +188,11 @@ class SocksClientProtocol(protocol.Protocol):
         except BadOnionAddress as exc:
             # tor: END_STREAM_REASON_TORPROTOCOL (GENERAL_FAILURE), F6 with ExtendedErrors.
             log.warning("Invalid onion hostname; rejecting it: %s", exc)
-            self._refuse(self._fail_reply(EndReason.TORPROTOCOL, Socks5Reply.ONION_BAD_ADDRESS))
+            self._refuse_for(EndReason.TORPROTOCOL, Socks5Reply.ONION_BAD_ADDRESS)
             return
         if FLAG_ONION_TRAFFIC not in self.flags:
             log.warning("Onion address requested from a SocksPort with NoOnionTraffic; refusing it")
-            self._refuse(socks5_reply_code_for_end_reason(LocalEndReason.ENTRYPOLICY))
+            self._refuse_for(LocalEndReason.ENTRYPOLICY)
             return
         connector = self.factory.onion_services
         if connector is None:
@@ -186,20 +208,21 @@ class SocksClientProtocol(protocol.Protocol):
         if is_onion_hostname(request.address):
             self._onion_request(request)
             return
-        if not factory.socks_type_allowed(request):
-            self._refuse(Socks5Reply.NOT_ALLOWED)
+        if self._refused_by_safe_socks(request):
+            self._send_replies()
+            self._close()
             return
         if request.command is SocksCommand.CONNECT and not factory.allow_private_addresses \
                 and is_private_address(request.address):
             log.info("refusing a SOCKS request for a private address (set TestingTorNetwork or "
                      "ClientRejectInternalAddresses 0 to allow it)")
-            self._refuse(socks5_reply_code_for_end_reason(LocalEndReason.PRIVATE_ADDR))
+            self._refuse_for(LocalEndReason.PRIVATE_ADDR)
             return
         kind = {SocksCommand.CONNECT: StreamKind.CONNECT, SocksCommand.RESOLVE: StreamKind.RESOLVE,
                 SocksCommand.RESOLVE_PTR: StreamKind.RESOLVE_PTR}[request.command]
         peer = self.transport.getPeer()
         isolation = replace(self.settings.isolation, client_address=peer.host,
-                            protocol=ClientProtocol.SOCKS4 if request.version == 4 else ClientProtocol.SOCKS5,
+                            protocol=self._client_protocol(request),
                             username=request.username, password=request.password)
         self._open(lambda: factory.manager.open_stream(self, request.address, request.port, kind,
                                                        isolation=isolation, source=f"{peer.host}:{peer.port}"),
@@ -210,7 +233,7 @@ class SocksClientProtocol(protocol.Protocol):
             self.managed_stream = open_stream()
         except Exception as exc:
             log.warning("cannot open a stream: %s", exc)
-            self._refuse(Socks5Reply.GENERAL_FAILURE)
+            self._refuse_for(EndReason.MISC)
             return
         if kind is StreamKind.CONNECT and not self._closed:  # not failed at once
             self.stream = self.managed_stream.stream
@@ -291,22 +314,40 @@ class SocksClientProtocol(protocol.Protocol):
             if stream.kind is not StreamKind.CONNECT and end.reason == EndReason.DONE:
                 self.socks.reply_failed(Socks5Reply.HOST_UNREACHABLE)
             else:
-                self.socks.reply_failed(self._fail_reply(end.reason, end.extended_error))
+                self._reply_failure(end.reason, end.extended_error)
             self._send_replies()
         elif end.remote and end.reason not in (EndReason.DONE,):
             log.info("stream ended by the exit: %s", reason_name(EndReason, end.reason))
         self._close()
 
 
-class SocksPortFactory(protocol.Factory):
-    """The factory of one SocksPort: its clients get the port's settings and the shared SOCKS service."""
+class HttpTunnelClientProtocol(SocksClientProtocol):
+    """One HTTPTunnelPort client: an HTTP CONNECT request instead of a SOCKS handshake, the rest alike."""
 
-    def __init__(self, service: "SocksFactory", settings: SocksPortSettings) -> None:
+    door_name = "HTTP CONNECT"
+
+    def _handshake(self) -> HttpConnectServerConnection:
+        return HttpConnectServerConnection()
+
+    def _client_protocol(self, request: SocksRequest) -> ClientProtocol:
+        return ClientProtocol.HTTPCONNECT
+
+    def _refused_by_safe_socks(self, request: SocksRequest) -> bool:
+        return False  # SafeSocks is about SOCKS (proto_socks.c); a tunnel's target is the client's own choice
+
+
+class SocksPortFactory(protocol.Factory):
+    """The factory of one client port (a SocksPort, or an HTTPTunnelPort with `protocol_class`
+    HttpTunnelClientProtocol): its clients get the port's settings and the shared service."""
+
+    def __init__(self, service: "SocksFactory", settings: SocksPortSettings,
+                 protocol_class: type[SocksClientProtocol] = SocksClientProtocol) -> None:
         self.service = service
         self.settings = settings
+        self.protocol_class = protocol_class
 
     def buildProtocol(self, addr):  # noqa: N802
-        return SocksClientProtocol(self.service, self.settings)
+        return self.protocol_class(self.service, self.settings)
 
 
 class SocksFactory(protocol.Factory):
@@ -333,8 +374,9 @@ class SocksFactory(protocol.Factory):
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
 
-    def for_port(self, settings: SocksPortSettings) -> SocksPortFactory:
-        return SocksPortFactory(self, settings)
+    def for_port(self, settings: SocksPortSettings,
+                 protocol_class: type[SocksClientProtocol] = SocksClientProtocol) -> SocksPortFactory:
+        return SocksPortFactory(self, settings, protocol_class)
 
     def socks_type_allowed(self, request: SocksRequest) -> bool:
         """SafeSocks and TestSocks (proto_socks.c process_socks4_request, process_socks5_client_request): a

@@ -458,6 +458,7 @@ BAD_VALUES = [
     ("ClientOnionAuthDir", "/tmp/a\0b", "NUL"),
     ("SocksPort", "nonsense", "could not parse address"),
     ("ControlPort", "9051 IsolateDestAddr", "unrecognized ControlPort option"),
+    ("HTTPTunnelPort", "8118 IsolateEverything", "unrecognized HTTPTunnelPort option 'IsolateEverything'"),
     ("Log", "loud stdout", "unknown severity"),
     ("ConnectionPadding", "2", "allowed values are 0, 1, and auto"),
     ("ReducedConnectionPadding", "auto", "allowed values are 0 and 1"),

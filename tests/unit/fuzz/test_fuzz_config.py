@@ -39,6 +39,7 @@ AUTHORITY = "auth0 orport=5000 no-v2 v3ident=" + "A" * 40 + " 127.0.0.1:7000 " +
 SEED_VALUES: dict[str, tuple[str, ...]] = {
     "SocksPort": ("9050", "127.0.0.1:9150 IsolateDestAddr SessionGroup=3", "[::1]:auto NoIsolateSOCKSAuth", "0"),
     "ControlPort": ("9051", "127.0.0.1:auto", "0"),
+    "HTTPTunnelPort": ("8118", "127.0.0.1:auto IsolateDestPort SessionGroup=2", "0"),
     "DataDirectory": ("/var/lib/oppy", "~/.oppy"),
     "DirAuthority": (AUTHORITY,),
     "FallbackDir": ("127.0.0.1:7000 orport=5000 id=" + "C" * 40,),
