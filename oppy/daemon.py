@@ -11,6 +11,7 @@ from twisted.internet import defer, threads
 from twisted.logger import LogBeginner, LogLevel, formatEvent, globalLogBeginner
 
 from oppy import __version__
+from oppy.circuit.addressmap import AddressMap
 from oppy.circuit.build_timeout import BuildTimesStateError, BuildTimesToSave, CircuitBuildTimes
 from oppy.circuit.manager import CircuitBuilt, CircuitManager, CircuitPurpose, ManagerEvent
 from oppy.circuit.memory import MemoryTracker, max_mem_in_queues, total_system_memory
@@ -211,11 +212,16 @@ class Daemon:
         socks = SocksFactory(
             self.manager, self.reactor, allow_private_addresses=not config.client_reject_internal_addresses,
             handshake_timeout=config.socks_timeout, max_connections=config.max_socks_connections,
-            safe_socks=config.safe_socks, test_socks=config.test_socks, onion_services=self.onion_services)
+            safe_socks=config.safe_socks, test_socks=config.test_socks,
+            addresses=AddressMap(automap=config.automap_hosts_on_resolve, suffixes=config.automap_hosts_suffixes,
+                                 ipv4_network=config.virtual_addr_network_ipv4,
+                                 ipv6_network=config.virtual_addr_network_ipv6),
+            onion_services=self.onion_services)
         self.doors = FrontDoors(self.manager, self.reactor, socks)
         try:
             self.doors.set_ports(DoorKind.SOCKS, config.socks_ports)
             self.doors.set_ports(DoorKind.HTTP_TUNNEL, config.http_tunnel_ports)
+            self.doors.set_ports(DoorKind.DNS, config.dns_ports)
         except ListenError as exc:
             raise SystemExit(str(exc)) from None
         self.control = ControlService(self, self.reactor)

@@ -645,16 +645,19 @@ class CircuitManager:
     def open_stream(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
                     credentials: tuple[bytes, bytes] | None = None, source: str | None = None,
                     router: StreamRouter | None = None,
-                    isolation: StreamIsolation = StreamIsolation()) -> ManagedStream:
+                    isolation: StreamIsolation = StreamIsolation(),
+                    original_address: str | None = None) -> ManagedStream:
         """A new stream for an application; it is attached as soon as a circuit its isolation allows is open
         (by `router` when given).
 
         `isolation` comes from the front door (its port's flags and session group, the client's protocol and
-        address); `credentials` (username, password), when given, replace its SOCKS credentials."""
+        address); `credentials` (username, password), when given, replace its SOCKS credentials.
+        `original_address` is the address the application asked for when `host` is what it stands for (a
+        virtual address of AutomapHostsOnResolve): isolation compares what the application asked for."""
         if credentials is not None:
             isolation = isolation.with_credentials(*credentials)
         stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
-        values = IsolationValues.of(isolation, host, port, self._newnym_epoch)
+        values = IsolationValues.of(isolation, original_address or host, port, self._newnym_epoch)
         managed = ManagedStream(next(self._stream_numbers), stream, values, source, router)
         self._managed_streams[stream] = managed
         self.streams[managed.number] = managed

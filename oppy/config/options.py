@@ -444,6 +444,41 @@ def _format_addrport(port: PortConfig) -> str:
     return f"{host}:{'auto' if port.is_auto else port.port}"
 
 
+# --------------------------------------------------------------------------- automapping
+
+
+DEFAULT_AUTOMAP_SUFFIXES = (".onion", ".exit")
+
+
+def _parse_suffixes(name: str, value: str) -> tuple[str, ...]:
+    """A CSV list (confmgt type CSV): the AutomapHostsSuffixes, each a name ending such as ``.onion``; a list of
+    nothing is the default, as every empty value in tor's confmgr is."""
+    return tuple(item.strip(TOR_SPACE) for item in value.split(",") if item.strip(TOR_SPACE)) \
+        or DEFAULT_AUTOMAP_SUFFIXES
+
+
+def _virtual_network_parser(version: int) -> Callable[[str, str], str]:
+    """addressmap.c parse_virtual_addr_network: a network of the family, of at most /16 (IPv4) or /104 (IPv6)."""
+    suffix = "IPv6" if version == 6 else ""
+    max_prefix = 104 if version == 6 else 16
+
+    def parse(name: str, value: str) -> str:
+        text = value.strip(TOR_SPACE)
+        if text.startswith("[") and "]" in text:  # tor writes "[FE80::]/10"
+            text = text[1:text.index("]")] + text[text.index("]") + 1:]
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise _bad(name, value, f"Error parsing VirtualAddressNetwork{suffix} {value}") from None
+        if network.version != version:
+            raise _bad(name, value, f"Incorrect address type for VirtualAddressNetwork{suffix}")
+        if network.prefixlen > max_prefix:
+            raise _bad(name, value, f"VirtualAddressNetwork{suffix} expects a /{max_prefix} network or larger")
+        return str(network)
+
+    return parse
+
+
 # --------------------------------------------------------------------------- logs
 
 # A Log line's value is an oppy.logs.LogSpec: the logging layer, at the bottom, owns the type.
@@ -545,6 +580,16 @@ _OPTIONS: tuple[_Option, ...] = (
             _encode_control_ports, _constant(()), is_list=True),
     _Option("HTTPTunnelPort", "http_tunnel_ports", "LineList", _port_list_parser(client_flags=True),
             _encode_control_ports, _constant(()), is_list=True),
+    _Option("DNSPort", "dns_ports", "LineList", _port_list_parser(client_flags=True), _encode_control_ports,
+            _constant(()), is_list=True),
+    _Option("AutomapHostsOnResolve", "automap_hosts_on_resolve", "Boolean", _parse_bool, _encode_bool,
+            _constant(False)),
+    _Option("AutomapHostsSuffixes", "automap_hosts_suffixes", "CommaList", _parse_suffixes,
+            lambda value: [",".join(value)], _constant(DEFAULT_AUTOMAP_SUFFIXES)),
+    _Option("VirtualAddrNetworkIPv4", "virtual_addr_network_ipv4", "String", _virtual_network_parser(4),
+            lambda value: [value], _constant("127.192.0.0/10"), changeable_at_runtime=False),
+    _Option("VirtualAddrNetworkIPv6", "virtual_addr_network_ipv6", "String", _virtual_network_parser(6),
+            lambda value: [value], _constant("fe80::/10"), changeable_at_runtime=False),
     _Option("DataDirectory", "data_directory", "Filename", _parse_filename, lambda value: [value],
             _constant("~/.oppy"), changeable_at_runtime=False),
     _Option("DirAuthority", "dir_authorities", "LineList", _validated_lines(_validated_directory_line("authority")),
@@ -642,6 +687,16 @@ class Config:
     control_ports: tuple[PortConfig, ...] = ()
     #: HTTPTunnelPort: listeners for HTTP CONNECT clients, with a SocksPort's isolation flags; none by default.
     http_tunnel_ports: tuple[PortConfig, ...] = ()
+    #: DNSPort: UDP listeners answering A, AAAA and PTR queries through Tor; none by default.
+    dns_ports: tuple[PortConfig, ...] = ()
+    #: AutomapHostsOnResolve: a name with one of AutomapHostsSuffixes resolves to a virtual address that stands
+    #: for it (connecting to that address connects to the name through Tor).
+    automap_hosts_on_resolve: bool = False
+    #: AutomapHostsSuffixes: the name endings automapped ("." for every name).
+    automap_hosts_suffixes: tuple[str, ...] = DEFAULT_AUTOMAP_SUFFIXES
+    #: VirtualAddrNetworkIPv4 / IPv6: where automapped addresses come from.
+    virtual_addr_network_ipv4: str = "127.192.0.0/10"
+    virtual_addr_network_ipv6: str = "fe80::/10"
     #: DataDirectory, as written (``~`` expanded by :meth:`data_directory_path`).
     data_directory: str = "~/.oppy"
     #: DirAuthority lines, raw; empty means tor's built-in authorities.

@@ -282,6 +282,10 @@ class DaemonBackend(ControlBackend):
                 factory.safe_socks = config.safe_socks
             if "TestSocks" in changed:
                 factory.test_socks = config.test_socks
+            if "AutomapHostsOnResolve" in changed:
+                factory.addresses.automap = config.automap_hosts_on_resolve
+            if "AutomapHostsSuffixes" in changed:
+                factory.addresses.suffixes = tuple(suffix.lower() for suffix in config.automap_hosts_suffixes)
         if "EnforceDistinctSubnets" in changed:
             self.paths.enforce_distinct_subnets = config.enforce_distinct_subnets
         if changed & {"CookieAuthentication", "CookieAuthFile", "HashedControlPassword"}:

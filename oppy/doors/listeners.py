@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from twisted.internet import defer, error as twisted_error
 from twisted.internet.interfaces import IListeningPort
 
+from oppy.circuit.addressmap import AddressMap
 from oppy.circuit.isolation import SESSION_GROUP_FIRST_AUTO, StreamIsolation, isolation_flags
 from oppy.config.options import ISOLATION_FLAGS, PortConfig
+from oppy.dns.server import DnsPortProtocol
 from oppy.logs import notice
 from oppy.socks.server import HttpTunnelClientProtocol, SocksClientProtocol, SocksFactory, SocksPortSettings
 
@@ -29,6 +31,7 @@ class DoorKind(enum.Enum):
 
     SOCKS = ("SocksPort", "Socks")
     HTTP_TUNNEL = ("HTTPTunnelPort", "HTTP tunnel")
+    DNS = ("DNSPort", "DNS")
 
     def __init__(self, option: str, log_name: str) -> None:
         self.option = option
@@ -55,7 +58,8 @@ class OpenDoor:
 
 
 class FrontDoors:
-    """Every open client port, and the services behind them (the SOCKS service shared by the SocksPorts)."""
+    """Every open client port, and the services behind them: the SOCKS service shared by the SocksPorts and
+    HTTPTunnelPorts, and the virtual addresses (AutomapHostsOnResolve) shared by every port."""
 
     def __init__(self, manager, reactor, socks: SocksFactory) -> None:
         self.manager = manager
@@ -64,6 +68,10 @@ class FrontDoors:
         self.open_doors: list[OpenDoor] = []
         # connection.c global_next_session_group: each port without SessionGroup=N is a group of its own.
         self._next_session_group = SESSION_GROUP_FIRST_AUTO
+
+    @property
+    def addresses(self) -> AddressMap:
+        return self.socks.addresses
 
     def doors(self, kind: DoorKind) -> list[OpenDoor]:
         return [door for door in self.open_doors if door.kind is kind]
@@ -87,9 +95,13 @@ class FrontDoors:
         port_text = "auto" if config.is_auto else str(config.port)
         notice(log, "Opening %s listener on %s:%s", kind.log_name, config.address, port_text)
         isolation = self.port_isolation(config)
-        factory = self._factory(kind, config, isolation)
         try:
-            listening = self.reactor.listenTCP(config.port, factory, interface=config.address)
+            if kind is DoorKind.DNS:
+                listening = self.reactor.listenUDP(config.port, DnsPortProtocol(self.manager, self.addresses,
+                                                                                isolation), interface=config.address)
+            else:
+                listening = self.reactor.listenTCP(config.port, self._factory(kind, config, isolation),
+                                                   interface=config.address)
         except twisted_error.CannotListenError as exc:
             raise ListenError(f"Could not bind to {config.address}:{port_text}: {exc.socketError}") from None
         door = OpenDoor(kind, config, isolation, listening)

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from oppy.cell.commands import EndReason, reason_name
 from oppy.cell.relay import ResolvedType
+from oppy.circuit.addressmap import AddressMap
 from oppy.circuit.isolation import ClientProtocol, StreamIsolation
 from oppy.circuit.manager import ManagedStream
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
@@ -108,8 +109,8 @@ class SocksClientProtocol(protocol.Protocol):
     def _client_protocol(self, request: SocksRequest) -> ClientProtocol:
         return ClientProtocol.SOCKS4 if request.version == 4 else ClientProtocol.SOCKS5
 
-    def _refused_by_safe_socks(self, request: SocksRequest) -> bool:
-        if self.factory.socks_type_allowed(request):
+    def _refused_by_safe_socks(self, request: SocksRequest, virtual: bool) -> bool:
+        if virtual or self.factory.socks_type_allowed(request):
             return False
         self.socks.reply_failed(Socks5Reply.NOT_ALLOWED)
         return True
@@ -175,16 +176,17 @@ class SocksClientProtocol(protocol.Protocol):
         else:
             self.socks.reply_failed_for_end_reason(reason)
 
-    def _onion_request(self, request: SocksRequest) -> None:
-        """A `.onion` name: it never reaches an exit's resolver or any DNS (tor
-        connection_ap_handshake_rewrite_and_attach and parse_extended_hostname)."""
+    def _onion_request(self, request: SocksRequest, hostname: str) -> None:
+        """A `.onion` name (`hostname`: the request's, or the one its virtual address stands for): it never
+        reaches an exit's resolver or any DNS (tor connection_ap_handshake_rewrite_and_attach and
+        parse_extended_hostname)."""
         if request.command is not SocksCommand.CONNECT:
             # tor: "Resolve requests to hidden services not allowed": a RESOLVED error, HOST_UNREACHABLE.
             log.warning("Resolve requests to onion services are not allowed; refusing one")
             self._refuse(Socks5Reply.HOST_UNREACHABLE)
             return
         try:
-            address = parse_onion_address(request.address)
+            address = parse_onion_address(hostname)
         except BadOnionAddress as exc:
             # tor: END_STREAM_REASON_TORPROTOCOL (GENERAL_FAILURE), F6 with ExtendedErrors.
             log.warning("Invalid onion hostname; rejecting it: %s", exc)
@@ -205,15 +207,19 @@ class SocksClientProtocol(protocol.Protocol):
 
     def _request(self, request: SocksRequest) -> None:
         factory = self.factory
-        if is_onion_hostname(request.address):
-            self._onion_request(request)
+        # An address AutomapHostsOnResolve handed out stands for its name (addressmap_rewrite); the application
+        # resolved nothing itself, so SafeSocks lets it through (addressmap_have_mapping).
+        mapped = factory.addresses.name_of(request.address) if request.command is SocksCommand.CONNECT else None
+        target = mapped or request.address
+        if is_onion_hostname(target):
+            self._onion_request(request, target)
             return
-        if self._refused_by_safe_socks(request):
+        if self._refused_by_safe_socks(request, mapped is not None):
             self._send_replies()
             self._close()
             return
         if request.command is SocksCommand.CONNECT and not factory.allow_private_addresses \
-                and is_private_address(request.address):
+                and is_private_address(target):
             log.info("refusing a SOCKS request for a private address (set TestingTorNetwork or "
                      "ClientRejectInternalAddresses 0 to allow it)")
             self._refuse_for(LocalEndReason.PRIVATE_ADDR)
@@ -224,9 +230,9 @@ class SocksClientProtocol(protocol.Protocol):
         isolation = replace(self.settings.isolation, client_address=peer.host,
                             protocol=self._client_protocol(request),
                             username=request.username, password=request.password)
-        self._open(lambda: factory.manager.open_stream(self, request.address, request.port, kind,
-                                                       isolation=isolation, source=f"{peer.host}:{peer.port}"),
-                   kind)
+        self._open(lambda: factory.manager.open_stream(self, target, request.port, kind, isolation=isolation,
+                                                       source=f"{peer.host}:{peer.port}",
+                                                       original_address=request.address), kind)
 
     def _open(self, open_stream, kind: StreamKind) -> None:
         try:
@@ -332,7 +338,7 @@ class HttpTunnelClientProtocol(SocksClientProtocol):
     def _client_protocol(self, request: SocksRequest) -> ClientProtocol:
         return ClientProtocol.HTTPCONNECT
 
-    def _refused_by_safe_socks(self, request: SocksRequest) -> bool:
+    def _refused_by_safe_socks(self, request: SocksRequest, virtual: bool) -> bool:
         return False  # SafeSocks is about SOCKS (proto_socks.c); a tunnel's target is the client's own choice
 
 
@@ -358,9 +364,12 @@ class SocksFactory(protocol.Factory):
     def __init__(self, manager, reactor, allow_private_addresses: bool = False,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, safe_socks: bool = False,
-                 test_socks: bool = False, onion_services: OnionServiceConnector | None = None) -> None:
+                 test_socks: bool = False, addresses: AddressMap | None = None,
+                 onion_services: OnionServiceConnector | None = None) -> None:
         self.manager = manager
         self.onion_services = onion_services
+        # The virtual addresses handed out for names (AutomapHostsOnResolve), shared with the DNSPorts.
+        self.addresses = addresses if addresses is not None else AddressMap()
         self.reactor = reactor
         self.allow_private_addresses = allow_private_addresses
         self.handshake_timeout = handshake_timeout

@@ -459,6 +459,11 @@ BAD_VALUES = [
     ("SocksPort", "nonsense", "could not parse address"),
     ("ControlPort", "9051 IsolateDestAddr", "unrecognized ControlPort option"),
     ("HTTPTunnelPort", "8118 IsolateEverything", "unrecognized HTTPTunnelPort option 'IsolateEverything'"),
+    ("DNSPort", "5353 Isolate", "unrecognized DNSPort option 'Isolate'"),
+    ("AutomapHostsOnResolve", "yes", "allowed values are 0 and 1"),
+    ("VirtualAddrNetworkIPv4", "127.192.0.0/24", "expects a /16 network or larger"),
+    ("VirtualAddrNetworkIPv4", "fe80::/10", "Incorrect address type for VirtualAddressNetwork"),
+    ("VirtualAddrNetworkIPv6", "nonsense", "Error parsing VirtualAddressNetworkIPv6 nonsense"),
     ("Log", "loud stdout", "unknown severity"),
     ("ConnectionPadding", "2", "allowed values are 0, 1, and auto"),
     ("ReducedConnectionPadding", "auto", "allowed values are 0 and 1"),
@@ -485,7 +490,8 @@ def test_bad_values_name_the_option(name, value, reason):
 
 
 def test_every_option_has_a_bad_value_test():
-    tested = {name for name, _, _ in BAD_VALUES} | {"DirAuthority", "FallbackDir", "CookieAuthFile"}
+    tested = {name for name, _, _ in BAD_VALUES} | {"DirAuthority", "FallbackDir", "CookieAuthFile",
+                                                     "AutomapHostsSuffixes"}
     assert tested == set(OPTION_NAMES)
 
 
@@ -830,3 +836,11 @@ def test_a_long_value_refused_at_run_time_is_shortened_in_the_message():
     with pytest.raises(ConfigError, match=r"While oppy is running, changing DataDirectory") as caught:
         config.set_options([("DataDirectory", "/" + "d" * 5000)])
     assert len(str(caught.value)) < 300
+
+
+def test_automap_suffixes_are_a_comma_list_and_an_empty_one_is_the_default():
+    assert config_from_torrc_text("AutomapHostsSuffixes .test, .example ,\n").automap_hosts_suffixes == (
+        ".test", ".example")
+    config = config_from_torrc_text("AutomapHostsSuffixes ,\n")
+    assert config.automap_hosts_suffixes == (".onion", ".exit")
+    assert config.get_option("AutomapHostsSuffixes") == [".onion,.exit"]

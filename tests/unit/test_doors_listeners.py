@@ -29,7 +29,7 @@ class RecordingManager:
     def __init__(self) -> None:
         self.requests = []
 
-    def open_stream(self, sink, host, port, kind, source=None, isolation=None):
+    def open_stream(self, sink, host, port, kind, source=None, isolation=None, original_address=None):
         self.requests.append((host, port, isolation))
         return FakeManaged()
 

@@ -32,6 +32,8 @@ LAYERS: dict[str, int] = {
     "stream": 6,
     "circuit": 7,
     "socks": 8,
+    # The DNSPort, a front door beside socks (which also serves the HTTPTunnelPorts).
+    "dns": 8,
     "directory": 9,
     # hsclient: the onion-service client; builds on the circuit manager and directory's BEGIN_DIR client
     # (beside directory, which never imports it), below control, which reports its HS_DESC events.

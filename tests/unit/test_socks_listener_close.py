@@ -51,7 +51,7 @@ class FakeManager:
     def __init__(self) -> None:
         self.sinks: defer.Deferred = defer.Deferred()
 
-    def open_stream(self, sink, host, port, kind, source=None, isolation=None):
+    def open_stream(self, sink, host, port, kind, source=None, isolation=None, original_address=None):
         managed = FakeManaged()
         reactor.callLater(0, sink.stream_connected, managed.stream)
         reactor.callLater(0, self.sinks.callback, (sink, managed.stream))
