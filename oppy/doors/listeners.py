@@ -86,7 +86,7 @@ class FrontDoors:
 
     def _factory(self, kind: DoorKind, config: PortConfig, isolation: StreamIsolation):
         settings = SocksPortSettings(isolation=isolation, prefer_no_auth="PreferSOCKSNoAuth" in config.flags,
-                                     flags=config.flags)
+                                     prefer_ipv6_automap="PreferIPv6Automap" in config.flags, flags=config.flags)
         protocol_class = HttpTunnelClientProtocol if kind is DoorKind.HTTP_TUNNEL else SocksClientProtocol
         return self.socks.for_port(settings, protocol_class)
 

@@ -70,10 +70,12 @@ class OnionServiceConnector(Protocol):
 @dataclass(frozen=True, slots=True)
 class SocksPortSettings:
     """What one SocksPort line says about its clients: how their streams are isolated (flags and session
-    group; the client's address, protocol and credentials are added per connection) and PreferSOCKSNoAuth."""
+    group; the client's address, protocol and credentials are added per connection), PreferSOCKSNoAuth, and
+    PreferIPv6Automap (an automapped RESOLVE answers an IPv6 virtual address)."""
 
     isolation: StreamIsolation = StreamIsolation()
     prefer_no_auth: bool = False
+    prefer_ipv6_automap: bool = True
     flags: frozenset[str] = DEFAULT_SOCKS_FLAGS  # all of the line's flags (OnionTraffic, ExtendedErrors ...)
 
 
@@ -211,6 +213,14 @@ class SocksClientProtocol(protocol.Protocol):
         # resolved nothing itself, so SafeSocks lets it through (addressmap_have_mapping).
         mapped = factory.addresses.name_of(request.address) if request.command is SocksCommand.CONNECT else None
         target = mapped or request.address
+        if request.command is SocksCommand.RESOLVE and factory.addresses.should_automap(request.address):
+            # connection_ap_handshake_rewrite: AutomapHostsOnResolve answers with a virtual address at once.
+            # An IPv6 one for SOCKS5 when the port has PreferIPv6Automap (on by default), as tor does.
+            version = 6 if request.version == 5 and self.settings.prefer_ipv6_automap else 4
+            self.socks.reply_resolved_address(str(factory.addresses.virtual_address(request.address, version)))
+            self._send_replies()
+            self._close()
+            return
         if is_onion_hostname(target):
             self._onion_request(request, target)
             return

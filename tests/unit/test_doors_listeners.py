@@ -194,3 +194,33 @@ def test_test_socks_notes_the_requests_that_let_tor_resolve(caplog):
         "Your application (using socks5 to port 443) instructed Tor to take care of the DNS resolution itself if "
         "necessary. This is good.",
     ]
+
+
+def socks5_resolve(port: int, name: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        sock.sendall(b"\x05\xf0\x00\x03" + bytes([len(name)]) + name.encode() + b"\x00\x00")
+        head = recv_exactly(sock, 4)
+        return head + recv_exactly(sock, {1: 4, 4: 16}[head[3]] + 2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_automapped_resolve_is_answered_at_once_with_a_virtual_address_and_a_connect_to_it_goes_to_the_name():
+    manager = RecordingManager()
+    doors = doors_with(manager)
+    doors.addresses.automap, doors.addresses.suffixes = True, (".virtual",)
+    v4_door, v6_door = doors.set_ports(DoorKind.SOCKS, ports("SocksPort 127.0.0.1:auto NoPreferIPv6Automap\n"
+                                                             "SocksPort 127.0.0.1:auto\n"))
+    try:
+        v4 = yield threads.deferToThread(socks5_resolve, v4_door.address[1], "web.virtual")
+        v6 = yield threads.deferToThread(socks5_resolve, v6_door.address[1], "web.virtual")
+        assert v4[:4] == b"\x05\x00\x00\x01" and v6[:4] == b"\x05\x00\x00\x04"  # PreferIPv6Automap is tor's default
+        virtual = socket.inet_ntoa(v4[4:8])
+        assert doors.addresses.name_of(virtual) == "web.virtual" and manager.requests == []  # no exit was asked
+        threads.deferToThread(socks5_ip_request, v4_door.address[1], virtual, 80).addErrback(lambda _: None)
+        yield until(lambda: manager.requests, "the stream")
+    finally:
+        doors.close_all()
+    ((host, port, isolation),) = manager.requests
+    assert (host, port) == ("web.virtual", 80)
