@@ -28,7 +28,7 @@ from oppy.socks.messages import (
     SocksCommand,
     is_valid_destination,
 )
-from oppy.socks.protocol import SocksFailure, SocksRequest, SocksState, SocksStateError
+from oppy.socks.protocol import ClientHandshake, SocksFailure, SocksRequest, SocksState, SocksStateError
 
 # connection_ap_process_http_connect: fetch_from_buf_http(..., 8192, ...): the longest request head.
 MAX_HEAD_LEN = 8192
@@ -190,44 +190,17 @@ def parse_request_head(head: bytes) -> HttpConnectHead:
                            isolation.encode("ascii"))
 
 
-class HttpConnectServerConnection:
+class HttpConnectServerConnection(ClientHandshake):
     """One HTTP CONNECT client: the request head, then the tunnel's bytes (see the module docstring)."""
 
-    version = None  # no SOCKS version: the adapter's isolation says HTTPCONNECT
-
     def __init__(self) -> None:
-        self._state = SocksState.HANDSHAKE
+        super().__init__()
         self._buffer = bytearray()
-        self._outgoing = bytearray()
-        self._trailing = bytearray()
-        self._request: SocksRequest | None = None
-
-    @property
-    def state(self) -> SocksState:
-        return self._state
-
-    @property
-    def should_close(self) -> bool:
-        return self._state is SocksState.CLOSING
-
-    @property
-    def request(self) -> SocksRequest | None:
-        return self._request
 
     @property
     def buffered_head_bytes(self) -> int:
         """How many bytes of an incomplete request head are held (bounded by MAX_HEAD_LEN and one read)."""
         return len(self._buffer)
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._outgoing)
-        self._outgoing.clear()
-        return data
-
-    def take_trailing_data(self) -> bytes:
-        data = bytes(self._trailing)
-        self._trailing.clear()
-        return data
 
     def feed(self, data: bytes) -> list[SocksRequest | SocksFailure]:
         """Take bytes from the client; never raises. Bytes after the head are the tunnel's first data."""

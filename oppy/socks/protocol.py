@@ -133,24 +133,15 @@ class _Expecting(Enum):
     SOCKS5_REQUEST = auto()  # the request (or an unrequested RFC 1929 message, as C tor allows)
 
 
-class SocksServerConnection:
-    """SOCKS4/4a/5 server handshake for one client, with Tor's RESOLVE and RESOLVE_PTR."""
+class ClientHandshake:
+    """What every client port's handshake (SOCKS, HTTP CONNECT) shares: its state, the reply bytes queued for
+    the client and the bytes that came after the request. The adapter serves any of them alike."""
 
-    def __init__(self, prefer_no_auth: bool = False) -> None:
-        # C tor's PreferSOCKSNoAuth: pick no-auth over username/password when both offered.
-        self._prefer_no_auth = prefer_no_auth
+    def __init__(self) -> None:
         self._state = SocksState.HANDSHAKE
-        self._expecting = _Expecting.FIRST_MESSAGE
-        self._version: int | None = None
-        self._handshake_buffer = bytearray()
         self._outgoing = bytearray()
         self._trailing = bytearray()
-        self._have_credentials = False
-        self._username = b""
-        self._password = b""
         self._request: SocksRequest | None = None
-
-    # -- state the adapter reads --------------------------------------------------------------
 
     @property
     def state(self) -> SocksState:
@@ -167,19 +158,9 @@ class SocksServerConnection:
         return self._request
 
     @property
-    def version(self) -> int | None:
-        """4 or 5 once the first byte has told, else None."""
-        return self._version
-
-    @property
     def trailing_data(self) -> bytes:
         """Bytes the client sent after its request (optimistic data), not yet taken."""
         return bytes(self._trailing)
-
-    @property
-    def buffered_handshake_bytes(self) -> int:
-        """How many bytes of an incomplete handshake message are held (bounded)."""
-        return len(self._handshake_buffer)
 
     def take_trailing_data(self) -> bytes:
         """Return and forget the optimistic data received so far."""
@@ -192,6 +173,33 @@ class SocksServerConnection:
         data = bytes(self._outgoing)
         self._outgoing.clear()
         return data
+
+
+class SocksServerConnection(ClientHandshake):
+    """SOCKS4/4a/5 server handshake for one client, with Tor's RESOLVE and RESOLVE_PTR."""
+
+    def __init__(self, prefer_no_auth: bool = False) -> None:
+        super().__init__()
+        # C tor's PreferSOCKSNoAuth: pick no-auth over username/password when both offered.
+        self._prefer_no_auth = prefer_no_auth
+        self._expecting = _Expecting.FIRST_MESSAGE
+        self._version: int | None = None
+        self._handshake_buffer = bytearray()
+        self._have_credentials = False
+        self._username = b""
+        self._password = b""
+
+    # -- state the adapter reads --------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        """4 or 5 once the first byte has told, else None."""
+        return self._version
+
+    @property
+    def buffered_handshake_bytes(self) -> int:
+        """How many bytes of an incomplete handshake message are held (bounded)."""
+        return len(self._handshake_buffer)
 
     # -- input ------------------------------------------------------------------------------
 
