@@ -26,8 +26,6 @@ MAX_LABEL_LEN = 63
 MAX_NAME_LEN = 255
 # RFC 1035 4.1.4: a length byte with the two top bits set starts a pointer.
 POINTER_MARK = 0xC0
-# RFC 1035 4.2.1: what UDP carries without EDNS.
-MAX_UDP_MESSAGE = 512
 # The most pointers followed in one name: more is a loop.
 MAX_POINTERS = 32
 # RFC 1035 3.2.4: the Internet class.
@@ -150,7 +148,10 @@ def parse_query(packet: bytes) -> Query:
 def encode_name(name: str) -> bytes:
     """A name in wire form (no compression); DnsFormatError if a label or the name is too long."""
     labels = [label for label in name.rstrip(".").split(".") if label] if name.strip(".") else []
-    encoded = b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+    try:
+        encoded = b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+    except UnicodeEncodeError:
+        raise DnsFormatError(f"name {name!r} is not ASCII") from None
     if any(len(label) > MAX_LABEL_LEN for label in labels) or len(encoded) > MAX_NAME_LEN:
         raise DnsFormatError(f"name {name!r} does not fit in DNS")
     return encoded

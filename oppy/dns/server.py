@@ -105,7 +105,11 @@ def answer(query: Query, question: Question, answers: list[ResolvedAnswer]) -> b
               RecordType.PTR: ResolvedType.HOSTNAME}[qtype]
     records = [Record(question.name, qtype, max(a.ttl, MIN_TTL), a.value) for a in answers if a.answer_type == wanted]
     if records:
-        return encode_response(query, Rcode.NOERROR, records)
+        try:
+            return encode_response(query, Rcode.NOERROR, records)
+        except DnsFormatError as exc:  # a PTR name no DNS message can carry
+            log.info("Cannot answer a DNS query with the exit's answer: %s", exc)
+            return encode_response(query, Rcode.SERVFAIL)
     if any(a.answer_type == ResolvedType.ERROR_NONTRANSIENT for a in answers):
         return encode_response(query, Rcode.NXDOMAIN)
     if not answers or any(a.answer_type == ResolvedType.ERROR_TRANSIENT for a in answers):

@@ -153,3 +153,10 @@ def test_automapped_names_get_stable_virtual_addresses_and_ptr_answers_them():
     assert isinstance(plan(parse_query(query(("web.example", A))), addresses), Resolve)
     assert not AddressMap(suffixes=(".test",)).should_automap("web.test")
     assert AddressMap(automap=True, suffixes=(".",)).should_automap("anything.at.all")
+
+
+def test_a_ptr_name_dns_cannot_carry_is_servfail():
+    parsed = parse_query(query(("1.0.0.127.in-addr.arpa", PTR)))
+    for name in ("x" * 64 + ".test", "caf\u00e9.test"):
+        reply = answer(parsed, parsed.questions[0], [ResolvedAnswer(ResolvedType.HOSTNAME, name, 60)])
+        assert rcode(reply) == Rcode.SERVFAIL and header(reply)[3] == 0

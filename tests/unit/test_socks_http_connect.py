@@ -101,3 +101,15 @@ def test_a_failed_stream_answers_its_status_and_names_the_reason(reason, status_
     assert connection.data_to_send() == status_line + b"\r\nTor-Request-Failed: " + name.encode() + b"\r\n\r\n"
     assert connection.should_close
     assert failure_response(reason | 0x200) == failure_response(reason)  # flag bits are ignored
+
+
+@pytest.mark.parametrize("reply_code, status_line", [
+    (0x01, b"HTTP/1.0 500 Internal Server Error"),                  # GENERAL_FAILURE
+    (0x02, b"HTTP/1.0 403 Forbidden (entry policy violation)"),    # NOT_ALLOWED
+    (0x04, b"HTTP/1.0 503 Service Unavailable (resolve failed)"),  # HOST_UNREACHABLE
+    (0x06, b"HTTP/1.0 504 Gateway Timeout"),                       # TTL_EXPIRED
+])
+def test_a_refusal_worded_as_a_socks_reply_gets_the_status_of_its_reason(reply_code, status_line):
+    connection, _ = fed(b"CONNECT web.test:80 HTTP/1.0\r\n\r\n")
+    connection.reply_failed(reply_code)
+    assert connection.data_to_send().startswith(status_line + b"\r\nTor-Request-Failed: ")
