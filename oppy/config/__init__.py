@@ -1,11 +1,12 @@
 """oppy's configuration: tor's torrc syntax, tor's option names, tor's defaults.
 
 Modules, bottom to top: :mod:`~oppy.config.values` (the error types, strict numbers, ASCII helpers),
-:mod:`~oppy.config.torrc` (the torrc lexer, ``%include``, quoting), :mod:`~oppy.config.options` (the value
-types, the option table, Config, loading and reloading) and :mod:`~oppy.config.command_line` (tor's command
-line). The public names are re-exported here: ``from oppy.config import Config`` is all most callers need.
+:mod:`~oppy.config.torrc` (the torrc lexer, ``%include``, quoting), :mod:`~oppy.config.bridges` (Bridge
+lines), :mod:`~oppy.config.options` (the value types, the option table, Config, loading and reloading)
+and :mod:`~oppy.config.command_line` (tor's command line). The public names are re-exported here: ``from oppy.config import Config`` is all most callers need.
 """
 
+from oppy.config.bridges import BridgeLine, is_transport_name, pack_transport_args, parse_bridge_line
 from oppy.config.command_line import CommandLine, config_from_command_line, load_config, parse_command_line
 from oppy.config.options import (
     AUTO_PORT,
@@ -30,6 +31,11 @@ from oppy.config.values import ConfigError, UnknownOptionError, ascii_lower, par
 from oppy.logs import SEVERITIES, LogSpec
 
 __all__ = [
+    # oppy.config.bridges
+    "BridgeLine",
+    "is_transport_name",
+    "pack_transport_args",
+    "parse_bridge_line",
     # oppy.config.command_line
     "CommandLine",
     "config_from_command_line",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oppy.config.bridges import BridgeLine, parse_bridge_line
 from oppy.config.torrc import ConfigLine, LineCommand, parse_torrc_text, quote_value, read_torrc_file
 from oppy.config.values import (
     MAX_DECIMAL_DIGITS,
@@ -538,6 +539,17 @@ def _format_log(log: LogSpec) -> str:
     return f"{severity} {log.destination}" + (f" {log.path}" if log.path is not None else "")
 
 
+# --------------------------------------------------------------------------- bridges
+
+
+def _parse_bridges(name: str, values: list[str]) -> tuple[BridgeLine, ...]:
+    return tuple(parse_bridge_line(value) for value in values)
+
+
+def _encode_bridges(bridges: tuple[BridgeLine, ...]) -> list[str]:
+    return [bridge.value or bridge.to_line() for bridge in bridges]
+
+
 # --------------------------------------------------------------------------- the option table
 
 
@@ -637,6 +649,10 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("ClientOnionAuthDir", "client_onion_auth_dir", "Filename", _parse_filename, _encode_optional_string,
             _constant(None), changeable_at_runtime=False),
     _Option("MaxMemInQueues", "max_mem_in_queues", "DataSize", _parse_memunit_option, _encode_int, _constant(0),
+            changeable_at_runtime=False),
+    _Option("UseBridges", "use_bridges", "Boolean", _parse_bool, _encode_bool, _constant(False),
+            changeable_at_runtime=False),
+    _Option("Bridge", "bridges", "LineList", _parse_bridges, _encode_bridges, _constant(()), is_list=True,
             changeable_at_runtime=False),
     _Option("__LeaveStreamsUnattached", "leave_streams_unattached", "Boolean", _parse_bool, _encode_bool,
             _constant(False), dumpable=False),
@@ -758,6 +774,11 @@ class Config:
     #: the circuits with the oldest queued data; 0, the default, chooses from the RAM as tor does (and
     #: under 256 MB tor's minimum applies, except on a TestingTorNetwork). See oppy.circuit.memory.
     max_mem_in_queues: int = 0
+    #: UseBridges: the first hop of every circuit is one of the Bridge lines, and every directory document
+    #: comes through a bridge; no authority, fallback or listed relay is contacted directly.
+    use_bridges: bool = False
+    #: Bridge lines (``[transport] IP:PORT [fingerprint] [k=v ...]``), used when UseBridges is 1.
+    bridges: tuple[BridgeLine, ...] = ()
     #: __LeaveStreamsUnattached: a controller attaches new streams itself (set by controllers at run time).
     leave_streams_unattached: bool = False
     #: __OwningControllerProcess: the pid of the controller that owns this process, or None.
@@ -876,6 +897,8 @@ def _validate(config: Config) -> list[str]:
         elif not config.circuit_build_timeout:
             warnings.append("You disabled LearnCircuitBuildTimeout, but didn't specify a CircuitBuildTimeout. "
                             "I'll pick a plausible default.")
+    if config.use_bridges and not config.bridges:
+        raise ConfigError("If you set UseBridges, you must specify at least one bridge.", option="UseBridges")
     if config.socks_timeout < 1:
         raise ConfigError("SocksTimeout must be at least 1 second, but was set to 0", option="SocksTimeout",
                           value="0")

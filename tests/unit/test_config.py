@@ -470,6 +470,8 @@ BAD_VALUES = [
     ("LongLivedPorts", "22,0", "'0' is not a port between 1 and 65535"),
     ("LongLivedPorts", "22,６６６７", "is not a port"),
     ("LongLivedPorts", "ssh", "'ssh' is not a port"),
+    ("UseBridges", "yes", "allowed values are 0 and 1"),
+    ("Bridge", "obfs4 127.0.0.1:5000 cert", "'cert' is not 40 hex digits"),
 ]
 
 

@@ -71,6 +71,9 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "ReducedConnectionPadding": ("0", "1"),
     "VanguardsLiteEnabled": ("auto", "0", "1"),
     "ClientOnionAuthDir": ("/var/lib/oppy/onion-auth", "~/.oppy/onion_auth"),
+    "UseBridges": ("0", "1"),
+    "Bridge": ("127.0.0.1:5000", "127.0.0.1:5000 " + "D" * 40, "[::1]:443 $" + "e" * 40, "10.0.0.1",
+               "obfs4 127.0.0.1:5001 " + "F" * 40 + " cert=AbC+/x iat-mode=0", "meek_lite 127.0.0.1:5002 url=x;y"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }
