@@ -29,6 +29,18 @@ def test_consensus_lists_every_relay_running_and_valid(network: TestNetwork):
         assert consensus.count("Running") >= len(relays)
 
 
+def test_the_bridges_are_running_and_not_in_the_consensus(network: TestNetwork):
+    assert [bridge["transport"] for bridge in network.bridges] == [None, "obfs4"]
+    consensus = open(f"{network.relays()[0]['data_directory']}/cached-microdesc-consensus").read()
+    for bridge in network.bridges:
+        assert bridge["fingerprint"] in bridge["bridge_line"].split()
+        assert f" {bridge['nickname']} " not in consensus
+        assert "Bootstrapped 100%" in open(f"{bridge['data_directory']}/notice.log").read()
+    obfs4 = network.bridge("obfs4")["bridge_line"].split()
+    assert obfs4[:2] == ["obfs4", f"127.0.0.1:{network.bridge('obfs4')['ports']['obfs4']}"]
+    assert obfs4[3].startswith("cert=") and obfs4[4] == "iat-mode=0"
+
+
 def test_ten_megabytes_through_the_reference_client_are_byte_exact(network: TestNetwork):
     result = curl_through(network.socks_port, network.url(f"/bytes/{TEN_MB}"))
     assert result.returncode == 0, result.stderr

@@ -23,7 +23,7 @@ BASE_PORT = int(os.environ.get("OPPY_TEST_NETWORK_BASE_PORT", "17000"))
 CONSENSUS_PARAMS = "sendme_accept_min_version=1"
 UP_LOG = RUN_DIR.parent / "pytest-testnet-up.log"
 # For development: the run directory of a network already running (`scripts/testnet up --dir DIR
-# --consensus-params "sendme_accept_min_version=1"`), used as it is and left running.
+# --consensus-params "sendme_accept_min_version=1" --onion --bridges`), used as it is and left running.
 EXTERNAL_DIR = os.environ.get("OPPY_TEST_NETWORK_EXTERNAL")
 
 
@@ -61,6 +61,15 @@ class TestNetwork:
     def onion(self) -> dict:
         """The onion services of `scripts/testnet onion`: addresses, virtual port, the client's key line."""
         return self.state["onion"]
+
+    @property
+    def bridges(self) -> list[dict]:
+        """The bridges `scripts/testnet bridges` started (not in the consensus): nickname, transport (None or
+        "obfs4"), bridge_line (a Bridge option's value), ports, fingerprint, data_directory."""
+        return self.state.get("bridges", [])
+
+    def bridge(self, transport: str | None = None) -> dict:
+        return next(b for b in self.bridges if b["transport"] == transport)
 
     def url(self, path: str, host: str | None = None) -> str:
         return f"http://{host or self.host}:{self.http_port}{path}"
@@ -103,7 +112,7 @@ class NetworkLauncher:
         self._log = open(UP_LOG, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(TESTNET), "up", "--dir", str(RUN_DIR), "--base-port", str(BASE_PORT),
-             "--consensus-params", CONSENSUS_PARAMS, "--onion"],
+             "--consensus-params", CONSENSUS_PARAMS, "--onion", "--bridges"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self) -> TestNetwork:
