@@ -23,7 +23,7 @@ from oppy.hs.client_auth import read_client_auth_dir
 from oppy.hs.errors import ClientAuthKeyError
 from oppy.hsclient.client import OnionServiceClient
 from oppy.doors.listeners import DoorKind, FrontDoors, ListenError
-from oppy.link.connection import LinkPool
+from oppy.link.connection import LinkPool, TransportEndpoints
 from oppy.link.padding import PaddingPolicy
 from oppy.logs import notice
 from oppy.netdoc.authorities import (
@@ -35,6 +35,7 @@ from oppy.netdoc.authorities import (
     parse_fallback_dir_line,
 )
 from oppy.netdoc.netdir import NetDirChanged
+from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
 from oppy.socks.server import SocksFactory
 
@@ -70,7 +71,8 @@ def directory_servers(config: Config) -> tuple[list[DirAuthority], list[Fallback
 class Daemon:
     """One running oppy: every long-lived object, and start and stop."""
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, transports: TransportEndpoints | None = None) -> None:
+        """``transports`` connects to the bridges that name a pluggable transport."""
         self.config = config
         self.reactor = reactor
         self.started_at = time.time()
@@ -88,7 +90,13 @@ class Daemon:
         self.build_times.add_observer(self._build_times_event)
         # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
         self.padding = PaddingPolicy(config)
-        self.links = LinkPool(reactor, padding=self.padding, network_live=self.build_times.network_is_live)
+        bridges = config.bridges if config.use_bridges else ()
+        for bridge in bridges:
+            if bridge.transport is not None and (transports is None or not transports.provides(bridge.transport)):
+                raise SystemExit(f"Bridge {bridge.to_line()} uses the pluggable transport '{bridge.transport}', "
+                                 "but no ClientTransportPlugin line provides it")
+        self.links = LinkPool(reactor, padding=self.padding, network_live=self.build_times.network_is_live,
+                              bridges=bridges, transports=transports)
         max_bytes, warning = max_mem_in_queues(config.max_mem_in_queues, total_system_memory(),
                                                config.testing_tor_network)
         if warning:
@@ -101,7 +109,8 @@ class Daemon:
         authorities, fallbacks = directory_servers(config)
         self.paths = PathChooser(clock=time.time, enforce_distinct_subnets=config.enforce_distinct_subnets,
                                  long_lived_ports=config.long_lived_ports,
-                                 vanguards_lite=config.vanguards_lite_enabled)
+                                 vanguards_lite=config.vanguards_lite_enabled,
+                                 bridges=BridgeSet(bridges) if bridges else None)
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,

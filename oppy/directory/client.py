@@ -50,6 +50,7 @@ __all__ = [
     "encode_request",
     "decode_body",
     "DirectoryClient",
+    "bridge_descriptor_url",
     "consensus_url",
     "key_certificates_url",
     "microdescriptors_url",
@@ -82,6 +83,7 @@ _CONSENSUS_PATH = "/tor/status-vote/current/consensus-microdesc"
 _KEYS_ALL_PATH = "/tor/keys/all"
 _KEYS_FP_SK_PATH = "/tor/keys/fp-sk/"
 _MICRODESC_PATH = "/tor/micro/d/"
+_BRIDGE_DESCRIPTOR_PATH = "/tor/server/authority"
 _DEFLATE_SUFFIX = ".z"
 #: Magic bytes of compressed bodies (tor ``detect_compression_method``).
 _ZLIB_MAGIC = b"\x78"
@@ -139,6 +141,12 @@ def key_certificates_url(keys: list[tuple[str, str]] | None = None, compressed: 
     if not keys:
         return _KEYS_ALL_PATH + suffix
     return _KEYS_FP_SK_PATH + "+".join(f"{ident}-{skd}" for ident, skd in sorted(keys)) + suffix
+
+
+def bridge_descriptor_url(compressed: bool = True) -> str:
+    """A relay's own server descriptor (dir-spec "/tor/server/authority"): how a client learns a bridge's
+    keys from the bridge itself (tor bridges.c fetch_bridge_descriptors asks ``authority.z``)."""
+    return _BRIDGE_DESCRIPTOR_PATH + (_DEFLATE_SUFFIX if compressed else "")
 
 
 def microdescriptors_url(digests: list[str], compressed: bool = True) -> str:

@@ -36,6 +36,13 @@ nothing a source does can keep later refreshes waiting. When no source answers, 
 says so and fetches are retried with capped exponential backoff. Parsing and verification run in worker threads
 (``deferToThreadPool``); the reactor thread only moves results around.
 
+With bridges (the path chooser holds a :class:`~oppy.path.bridges.BridgeSet`: UseBridges), no authority,
+fallback or relay is asked for anything: each bridge's own descriptor is fetched from it first
+(``/tor/server/authority``, on a CREATE_FAST circuit), checked against the bridge's identity and handed to
+the path layer, and the consensus, certificates and microdescriptors come from the bridges alone (the
+authorities' lines only check the signatures). A bridge that cannot be reached, or proves another identity,
+is marked down and retried on the guard schedule while the others are used.
+
 Progress is logged as tor logs it, ``Bootstrapped N% (tag): summary`` at notice level, and is
 readable as :attr:`DirectoryService.bootstrap_phase`; the daemon reports the phases after 75%
 (``ap_conn`` ... ``done``) through :meth:`DirectoryService.report_bootstrap`.
@@ -68,6 +75,7 @@ from oppy.directory.client import (
     DirectoryRequestError,
     DirectoryStatusError,
     DirectoryTimeoutError,
+    bridge_descriptor_url,
     consensus_url,
     key_certificates_url,
     microdescriptors_url,
@@ -95,6 +103,7 @@ from oppy.netdoc.errors import (
 from oppy.netdoc.fields import format_time
 from oppy.netdoc.netdir import NetDir, NetDirChanged
 from oppy.netdoc.relay import RelayTarget
+from oppy.netdoc.router import MAX_ROUTER_DESCRIPTOR_SIZE, RouterDescriptor, parse_router_descriptor
 from oppy.netdoc.verify import REASONABLY_LIVE_TIME, ConsensusVerification, verify_consensus, \
     verify_key_certificate
 from oppy.path.chooser import GuardsChanged, PathChooser
@@ -157,6 +166,8 @@ class BootstrapPhase(enum.IntEnum):
     """tor's bootstrap phases (control-spec "Bootstrap phases"; tor control_events.h): value = percent."""
 
     STARTING = 0
+    CONN_PT = 1
+    CONN_DONE_PT = 2
     CONN = 5
     CONN_DONE = 10
     HANDSHAKE = 14
@@ -187,6 +198,8 @@ class BootstrapPhase(enum.IntEnum):
 #: tor control_bootstrap.c ``boot_to_str_tab``.
 _BOOTSTRAP_SUMMARIES = {
     BootstrapPhase.STARTING: "Starting",
+    BootstrapPhase.CONN_PT: "Connecting to pluggable transport",
+    BootstrapPhase.CONN_DONE_PT: "Connected to pluggable transport",
     BootstrapPhase.CONN: "Connecting to a relay",
     BootstrapPhase.CONN_DONE: "Connected to a relay",
     BootstrapPhase.HANDSHAKE: "Handshaking with a relay",
@@ -284,6 +297,8 @@ class SourceKind(enum.Enum):
     CACHE = "cache"
     FALLBACK = "fallback"
     AUTHORITY = "authority"
+    #: UseBridges: a bridge, the only kind of source there is.
+    BRIDGE = "bridge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,8 +548,14 @@ class DirectoryService:
         self._writes: defer.Deferred = defer.succeed(None)
         self._started = False
         self._stopped = False
-        # The state file is written only once it has been read (or found missing or broken).
+        # The state file is written only once it has been read (or found missing or broken); what it held
+        # is written back with the guard sample in use (the relays' and the bridges' samples are kept apart).
         self._state_loaded = False
+        self._state: dict[str, Any] = {}
+        #: UseBridges: the bridge descriptor fetches under way, by fingerprint, and the bridges whose failure
+        #: was logged at warning level (once until they work).
+        self._bridge_fetches: dict[str, defer.Deferred] = {}
+        self._bridges_warned: set[str] = set()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -562,7 +583,7 @@ class DirectoryService:
             if timer is not None and timer.active():
                 timer.cancel()
         self._consensus_timer = self._microdesc_timer = None
-        for round_ in (self._consensus_round, self._microdesc_round):
+        for round_ in (self._consensus_round, self._microdesc_round, *self._bridge_fetches.values()):
             if round_ is not None:
                 round_.cancel()
         for request in list(self._in_flight):
@@ -626,10 +647,13 @@ class DirectoryService:
         if contents.state_problem:
             log.warning("Ignoring the state file: %s. Starting a new guard sample.", contents.state_problem)
         elif contents.state is not None:
+            self._state = dict(contents.state)
             try:
-                self.paths.restore_guards(contents.state.get("guards"))
+                if self.paths.state_key in contents.state:
+                    self.paths.restore_guards(contents.state[self.paths.state_key])
             except GuardStateError as exc:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
+        self.fetch_bridge_descriptors()
         if contents.consensus_problem:
             log.warning("Discarding the cached consensus: %s", contents.consensus_problem)
         if contents.microdescs_problem:
@@ -672,7 +696,8 @@ class DirectoryService:
     def _save_state(self) -> None:
         guards = self.paths.guards
         guards.mark_saved()
-        self._write_in_background("the guard state", self.cache.write_state, {"guards": guards.to_dict()})
+        self._state[self.paths.state_key] = guards.to_dict()
+        self._write_in_background("the guard state", self.cache.write_state, dict(self._state))
 
     def _guards_changed(self, event: GuardsChanged) -> None:
         """A guard's outcome: write a newly confirmed guard, and look at the directory information again
@@ -713,7 +738,9 @@ class DirectoryService:
         """Directory guards (once we have their microdescriptors) and one other V2Dir relay chosen by
         its directory weight, then the fallback directories in random order, then the authorities'
         ORPorts in random order (the last resort: tor spares the authorities). ``authorities_only``
-        asks the authorities alone."""
+        asks the authorities alone. With bridges: the usable bridges alone, whatever is asked."""
+        if self.paths.bridges is not None:
+            return [DirectorySource(target, SourceKind.BRIDGE) for target in self.paths.directory_guards()]
         sources: list[DirectorySource] = []
         if not authorities_only:
             guards = self.paths.directory_guards(DIRECTORY_GUARDS_TO_TRY)
@@ -790,6 +817,62 @@ class DirectoryService:
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
 
+    # ---- bridge descriptors ------------------------------------------------------------------
+
+    def fetch_bridge_descriptors(self) -> None:
+        """With bridges: fetch the descriptor of each usable bridge whose descriptor is not held yet, from
+        the bridge itself (tor bridges.c fetch_bridge_descriptors). Each fetch goes on by itself; a
+        bridge that fails is marked down and asked again at the next consensus fetch after its retry time."""
+        bridges = self.paths.bridges
+        if bridges is None or self._stopped:
+            return
+        for target in self.paths.directory_guards():
+            fingerprint = target.fingerprint
+            if bridges.descriptor(fingerprint) is not None or fingerprint in self._bridge_fetches:
+                continue
+            fetch = self._fetch_bridge_descriptor(DirectorySource(target, SourceKind.BRIDGE))
+            self._bridge_fetches[fingerprint] = fetch
+            fetch.addBoth(lambda result, key=fingerprint: (self._bridge_fetches.pop(key, None), result)[1])
+
+    @defer.inlineCallbacks
+    def _fetch_bridge_descriptor(self, source: DirectorySource):
+        """``/tor/server/authority`` from the bridge, verified and checked against the bridge's identity."""
+        expected = source.target.fingerprint
+        try:
+            response = yield self._request(source, "bridge-descriptor", bridge_descriptor_url(),
+                                           MAX_ROUTER_DESCRIPTOR_SIZE)
+            descriptor = yield self._thread(parse_router_descriptor, response.body)
+        except defer.CancelledError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - unreachable, another identity, a bad document: not used
+            if not self._stopped:
+                self._bridge_failed(source, _reason(exc))
+            return None
+        if self._stopped:
+            return None
+        if descriptor.fingerprint != expected:
+            self._bridge_failed(source, f"it sent the descriptor of ${descriptor.fingerprint}, but its Bridge line "
+                                        f"says ${expected}")
+            return None
+        self._bridges_warned.discard(expected)
+        self._learned_bridge_descriptor(descriptor)
+        return descriptor
+
+    def _bridge_failed(self, source: DirectorySource, why: str) -> None:
+        """A bridge is not used until its retry time (guard-spec); the first failure in a row is a warning."""
+        target = source.target
+        level = logging.INFO if target.fingerprint in self._bridges_warned else logging.WARNING
+        self._bridges_warned.add(target.fingerprint)
+        log.log(level, "Bridge $%s at %s:%d is not used until its retry time: %s", target.fingerprint,
+                target.address, target.or_port, why)
+        self.paths.mark_guard_down(target.rsa_id)
+
+    def _learned_bridge_descriptor(self, descriptor: RouterDescriptor) -> None:
+        log.log(NOTICE, "new bridge descriptor '%s' (fresh): $%s~%s [%s] at %s", descriptor.nickname,
+                descriptor.fingerprint, descriptor.nickname, descriptor.platform or "unknown platform",
+                descriptor.address)
+        self.paths.learned_bridge_descriptor(descriptor)
+
     # ---- consensus -------------------------------------------------------------------------
 
     def fetch_consensus_now(self, authorities_only: bool = False) -> defer.Deferred:
@@ -806,6 +889,7 @@ class DirectoryService:
         if self._consensus_timer is not None and self._consensus_timer.active():
             self._consensus_timer.cancel()
         self._consensus_timer = None
+        self.fetch_bridge_descriptors()
         failures: list[tuple[str, str, bool]] = []
         round_ = self._run_consensus_round(authorities_only, failures)
         round_.addTimeout(DIRECTORY_ROUND_DEADLINE, self.reactor)
@@ -1030,8 +1114,11 @@ class DirectoryService:
         elif not self._outage_warned:
             self._outage_warned = True
             unreachable = all(unreachable for _, _, unreachable in failures)
-            what = ("No directory authority or cache could be reached" if unreachable
-                    else "No directory source gave a usable consensus")
+            if self.paths.bridges is not None:
+                what = "No bridge could be reached" if unreachable else "No bridge gave a usable consensus"
+            else:
+                what = ("No directory authority or cache could be reached" if unreachable
+                        else "No directory source gave a usable consensus")
             log.warning("%s (%s). Retrying in %.0f s, backing off up to %.0f s.", what, detail, delay,
                         self._consensus_retry[1])
         else:

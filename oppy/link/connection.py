@@ -17,6 +17,10 @@ Padding and idle links (`oppy.link.padding`): the connection records when it las
 runs tor's once-a-second housekeeping over its open links, which closes a link left without circuits past its
 idle timeout, sends keepalives, and starts a link's padding timer when its deadline is less than a second
 away. When that timer fires, the link pads only if it stayed idle meanwhile.
+
+Bridges with a pluggable transport (``Bridge obfs4 IP:PORT ...``): the pool reaches them through the
+endpoint a :class:`TransportEndpoints` (the transport processes, :mod:`oppy.pt`) gives for the bridge's
+transport, address and arguments, and runs TLS and the link handshake through it as over TCP.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor, task
 from twisted.internet.endpoints import (
@@ -34,10 +38,11 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     connectProtocol,
 )
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oppy.config.bridges import BridgeLine
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
 from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
 from oppy.netdoc.relay import RelayTarget
@@ -308,6 +313,20 @@ def relay_endpoint(reactor, relay: RelayTarget, timeout: float):
     return endpoint_class(reactor, relay.address, relay.or_port, timeout=timeout)
 
 
+class TransportEndpoints(Protocol):
+    """Who connects to bridges through pluggable transports (the client transports oppy runs or is told
+    of: ClientTransportPlugin)."""
+
+    def provides(self, transport: str) -> bool:
+        """Is ``transport`` configured (whether or not its proxy is up yet)?"""
+
+    def endpoint(self, transport: str, address: str, port: int,
+                 args: tuple[tuple[str, str], ...]) -> IStreamClientEndpoint:
+        """An endpoint whose ``connect`` fires with the protocol connected, through the transport's proxy, to
+        the bridge at ``address``:``port`` (the SOCKS handshake carrying ``args`` done), or fails saying
+        why (the proxy is not up, refused, ...)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkEvent:
     """Something happened to the link to this relay."""
@@ -346,9 +365,11 @@ class LinkPool:
     def __init__(self, reactor=None, handshake_timeout: float = LINK_HANDSHAKE_TIMEOUT,
                  queue_high_watermark: int = QUEUE_HIGH_WATERMARK, padding: PaddingPolicy | None = None,
                  network_live: Callable[[], None] = lambda: None,
-                 observers: Iterable[Callable[[LinkEvent], None]] = ()) -> None:
+                 observers: Iterable[Callable[[LinkEvent], None]] = (),
+                 bridges: Iterable[BridgeLine] = (), transports: TransportEndpoints | None = None) -> None:
         """`network_live` is called whenever a relay's bytes arrive on any link (for the circuit build
-        timeout's network liveness, circuitstats.c circuit_build_times_network_is_live)."""
+        timeout's network liveness, circuitstats.c circuit_build_times_network_is_live). A link to one of
+        the `bridges` that names a transport goes through `transports`."""
         self.reactor = reactor or default_reactor
         self.network_live = network_live
         self.handshake_timeout = handshake_timeout
@@ -362,6 +383,9 @@ class LinkPool:
         self._housekeeping = task.LoopingCall(self._housekeep)
         self._housekeeping.clock = self.reactor
         self._observers = list(observers)
+        self._transport_bridges = {line.fingerprint: line for line in bridges
+                                   if line.transport is not None and line.fingerprint is not None}
+        self.transports = transports
 
     def add_observer(self, observer: Callable[[LinkEvent], None]) -> None:
         self._observers.append(observer)
@@ -402,7 +426,12 @@ class LinkPool:
                                      queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding,
                                      network_live=self.network_live)
         self._notify(LinkLaunched(relay))
-        opening = connectProtocol(relay_endpoint(self.reactor, relay, self.handshake_timeout), connection)
+        try:
+            endpoint = self._endpoint(relay)
+        except LinkError as exc:
+            opening: defer.Deferred = defer.fail(exc)
+        else:
+            opening = connectProtocol(endpoint, connection)
 
         def connected(_):
             self._notify(LinkConnected(relay))
@@ -437,6 +466,17 @@ class LinkPool:
 
         opening.addCallbacks(opened, failed)
 
+    def _endpoint(self, relay: RelayTarget) -> IStreamClientEndpoint:
+        """TCP to the relay's ORPort, or the transport's endpoint for a bridge that names one."""
+        line = self._transport_bridges.get(relay.rsa_id)
+        if line is None:
+            return relay_endpoint(self.reactor, relay, self.handshake_timeout)
+        assert line.transport is not None
+        if self.transports is None or not self.transports.provides(line.transport):
+            raise LinkError(f"bridge {relay.describe()} needs the pluggable transport '{line.transport}', which "
+                            "no ClientTransportPlugin line provides")
+        return self.transports.endpoint(line.transport, line.address, line.port, line.args)
+
     def _housekeep(self) -> None:
         now = self.reactor.seconds()
         for connection in list(self._open.values()):
@@ -456,5 +496,5 @@ class LinkPool:
             self._housekeeping.stop()
 
 
-__all__ = ["LinkPool", "RelayConnection", "relay_endpoint", "tls_context", "LinkError", "error", "LinkEvent",
-           "LinkLaunched", "LinkConnected", "LinkOpened", "LinkFailed"]
+__all__ = ["LinkPool", "RelayConnection", "TransportEndpoints", "relay_endpoint", "tls_context", "LinkError",
+           "error", "LinkEvent", "LinkLaunched", "LinkConnected", "LinkOpened", "LinkFailed"]

@@ -12,6 +12,10 @@ Persistence belongs to the owner of the state file: :meth:`PathChooser.restore_g
 the sample (to write it, and to look at the directory information again: a primary guard may be down).
 A new consensus updates the sample too (guard-spec ON_CONSENSUS), inside :meth:`PathChooser.set_netdir`,
 whose caller saves afterwards.
+
+With bridges (a :class:`~oppy.path.bridges.BridgeSet`, torrc UseBridges), the sample is drawn from the
+bridges alone, the first hop of every circuit is a bridge whose descriptor is held, and the bridges are the
+only directory sources: no directory cache of the consensus is ever chosen.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from typing import Any
 
 from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
-from oppy.path.guards import GuardChoice, GuardSample, choose_path
+from oppy.netdoc.router import RouterDescriptor
+from oppy.path.bridges import BridgeSet
+from oppy.path.guards import GuardChoice, GuardSample, GuardUsage, NoGuardAvailableError, SampledGuard, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
 from oppy.path.vanguards import (
     OnionServicePurpose,
@@ -53,18 +59,22 @@ class PathChooser:
 
     def __init__(self, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time,
                  enforce_distinct_subnets: bool = True,
-                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS, vanguards_lite: bool | None = None) -> None:
+                 long_lived_ports: Iterable[int] = LONG_LIVED_PORTS, vanguards_lite: bool | None = None,
+                 bridges: BridgeSet | None = None) -> None:
         self.rng = rng if rng is not None else random.SystemRandom()
         self.clock = clock
         #: No two relays of a path in one IPv4 /16 or IPv6 /32 (torrc EnforceDistinctSubnets).
         self.enforce_distinct_subnets = enforce_distinct_subnets
         #: Ports whose circuits take Stable relays only (torrc LongLivedPorts).
         self.long_lived_ports = frozenset(long_lived_ports)
+        #: UseBridges: the bridges every circuit starts at and every document comes from; None otherwise.
+        self.bridges = bridges
         self.guards = GuardSample(rng=self.rng)
         #: VanguardsLiteEnabled (None: auto, the consensus's ``vanguards-lite-enabled``), and the layer-2 set
         #: onion-service circuits take their second hop from when it is on (proposal 333; kept in memory).
         self.vanguards_lite = vanguards_lite
         self.vanguards = VanguardsLite(rng=self.rng)
+        self._use_bridges()
         self._netdir: NetDir | None = None
         self._observers: list[Callable[[GuardsChanged], None]] = []
 
@@ -84,6 +94,28 @@ class PathChooser:
         """Take the guard sample ``state`` (:meth:`GuardSample.to_dict` output) describes; raises
         :class:`~oppy.path.guards.GuardStateError` if it is malformed."""
         self.guards = GuardSample.from_dict(state, rng=self.rng)
+        self._use_bridges()
+
+    def _use_bridges(self) -> None:
+        if self.bridges is not None:
+            bridges = self.bridges
+            self.guards.use_bridges(((fingerprint, bridges.nickname(fingerprint))
+                                     for fingerprint in bridges.fingerprints()), self.clock())
+
+    @property
+    def state_key(self) -> str:
+        """Where the guard sample is kept in the state file: the bridges' sample apart from the relays' one,
+        so that turning UseBridges on and off loses neither (tor keeps both guard selections too)."""
+        return "bridges" if self.bridges is not None else "guards"
+
+    def learned_bridge_descriptor(self, descriptor: RouterDescriptor) -> bool:
+        """A configured bridge's verified descriptor: circuits may start at it now. False if it is not one
+        of the bridges."""
+        if self.bridges is None or not self.bridges.learned(descriptor):
+            return False
+        self._use_bridges()
+        self._guards_changed()
+        return True
 
     def add_observer(self, observer: Callable[[GuardsChanged], None]) -> None:
         self._observers.append(observer)
@@ -121,9 +153,34 @@ class PathChooser:
         whose RSA identity is in ``exclude`` are avoided. Raises :class:`NoPathError` if impossible.
         """
         avoid = {rsa_id for rsa_id in map(rsa_id_of, exclude) if rsa_id is not None}
-        path, choice = choose_path(self.selector, self.guards, self.clock(), rng if rng is not None else self.rng,
-                                   port, avoid=avoid)
+        rng = rng if rng is not None else self.rng
+        if self.bridges is not None:
+            return self._choose_bridge_path(self.bridges, port, avoid, rng)
+        path, choice = choose_path(self.selector, self.guards, self.clock(), rng, port, avoid=avoid)
         return [node.target for node in path.hops], choice
+
+    def _choose_bridge_path(self, bridges: BridgeSet, port: int | None, avoid: set[bytes],
+                            rng: random.Random) -> tuple[list[RelayTarget], GuardChoice]:
+        """The exit first, then a bridge of the sample whose descriptor is held (not the exit, not avoided),
+        then a middle that is neither."""
+        selector = self.selector
+        exit_node = selector.choose_exit(rng, port, avoid=avoid)
+
+        def fits(guard: SampledGuard) -> bool:
+            rsa_id = bytes.fromhex(guard.fingerprint)
+            return rsa_id != exit_node.relay.rsa_id and rsa_id not in avoid
+
+        try:
+            choice = self.guards.pick(self.clock(), GuardUsage.TRAFFIC, restriction=fits,
+                                      has_descriptor=lambda fingerprint: bridges.descriptor(fingerprint) is not None)
+        except NoGuardAvailableError as exc:
+            known = sum(1 for fingerprint in bridges.fingerprints() if bridges.descriptor(fingerprint) is not None)
+            raise NoGuardAvailableError(f"no bridge can start this circuit: {exc} ({known} of "
+                                        f"{len(bridges.lines)} bridge descriptor(s) known)") from None
+        bridge = bridges.target(choice.fingerprint)
+        middle = selector.choose_middle(rng, exclude=(exit_node,), avoid=avoid | {bridge.rsa_id},
+                                        stable=self.needs_stable(port))
+        return [bridge, middle.target, exit_node.target], choice
 
     def choose_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
                     rng: random.Random | None = None) -> list[RelayTarget]:
@@ -154,7 +211,14 @@ class PathChooser:
 
     def directory_guards(self, limit: int | None = None) -> list[RelayTarget]:
         """Usable sampled guards with V2Dir and a microdescriptor, best first (guard-spec: directory
-        requests use the guards too, one of the first ``guard-n-primary-dir-guards-to-use`` at random)."""
+        requests use the guards too, one of the first ``guard-n-primary-dir-guards-to-use`` at random). With
+        bridges: the usable bridges, whether or not their descriptors are held."""
+        if self.bridges is not None:
+            fingerprints = self.guards.directory_guards(self.clock(), limit=limit)
+            if not fingerprints:        # as pick() does: with every bridge down, each is worth a retry
+                self.guards.retry_all_down()
+                fingerprints = self.guards.directory_guards(self.clock(), limit=limit)
+            return [self.bridges.target(fingerprint) for fingerprint in fingerprints]
         if self._netdir is None or not self._netdir.microdescs:
             return []
         selector = self.selector
@@ -178,7 +242,9 @@ class PathChooser:
 
     def directory_cache(self, avoid: list[RelayTarget]) -> RelayTarget | None:
         """A V2Dir relay chosen by its directory weight, none of ``avoid`` (the directory guards asked
-        first); None without a NetDir, or when every draw hits one of them."""
+        first); None without a NetDir, or when every draw hits one of them, or with bridges."""
+        if self.bridges is not None:
+            return None
         chosen = {target.rsa_id for target in avoid}
         for _ in range(len(avoid) + 1):          # each draw may hit one of the guards again
             try:
@@ -195,6 +261,8 @@ class PathChooser:
         targets = self.directory_guards(1)
         if targets:
             return targets
+        if self.bridges is not None:
+            raise NoPathError("no bridge is usable for a directory request")
         return [self.selector.choose_directory(rng if rng is not None else self.rng).target]
 
     # ---- outcomes ---------------------------------------------------------------------------
@@ -265,6 +333,8 @@ class PathChooser:
         if self._netdir is None:
             return NO_CONSENSUS
         now = self.clock()
+        if self.bridges is not None:
+            return self._bridge_dir_info(self.bridges, self._netdir, now)
 
         def primary_guards() -> tuple[list[str], int]:
             guards = self.guards
@@ -272,3 +342,17 @@ class PathChooser:
                     guards.primaries_needing_descriptors())
 
         return self._netdir.dir_info(now, primary_guards)
+
+    def _bridge_dir_info(self, bridges: BridgeSet, netdir: NetDir, now: float) -> DirInfo:
+        """The NetDir's answer, with the bridges' half: the first primary bridges need their descriptors
+        (tor's rule for primary guards, applied to the bridges of the sample)."""
+        info = netdir.dir_info(now)
+        if not info.enough:
+            return info
+        primaries = self.guards.primaries_to_check_for_descriptors(now)
+        missing = sum(1 for guard in primaries if bridges.descriptor(guard.fingerprint) is None)
+        if missing or not primaries:
+            return DirInfo(False, f"We're missing descriptors for {missing or 1}/"
+                                  f"{self.guards.primaries_needing_descriptors()} of our primary entry guards "
+                                  "(bridges).")
+        return info

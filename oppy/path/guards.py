@@ -12,6 +12,10 @@ What is kept, in guard-spec's words (tor ``entrynodes.c``):
   within GUARD_CONFIRMED_MIN_LIFETIME, leaves the sample.
 * {FILTERED_GUARDS}: the listed sampled guards (oppy has no EntryNodes, ExcludeNodes or
   path-bias filter); {USABLE_FILTERED_GUARDS}: those not known to be unreachable.
+* With UseBridges (:meth:`GuardSample.use_bridges`), guard-spec's "bridges" selection: {GUARDS} is the
+  set of configured bridges (none of them in the consensus), sampled in random order, all of them; a
+  bridge is listed while it is configured. Everything else (confirmation, primaries, retries) is the
+  same.
 * {CONFIRMED_GUARDS}: guards a circuit has been built through, with CONFIRMED_ON_DATE and
   their ``confirmed_idx``; like tor since proposal 310, the list is walked in sample order
   and ``confirmed_idx`` ranks guards when circuits compete.
@@ -63,6 +67,7 @@ __all__ = [
     "MAX_SAMPLE_SIZE",
     "MAX_SAMPLE_THRESHOLD",
     "REMOVE_UNLISTED_GUARDS_AFTER",
+    "UNNAMED",
 ]
 
 _MINUTE = 60
@@ -178,6 +183,8 @@ _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KEYS = ("fingerprint", "nickname", "added_at", "listed", "unlisted_since", "confirmed_on",
                "confirmed_idx")
 _HEX40_RE = re.compile(r"[0-9A-F]{40}\Z")
+#: tor's nickname for a relay that has told us none (a bridge before its descriptor).
+UNNAMED = "Unnamed"
 
 
 class GuardStateError(ValueError):
@@ -288,6 +295,8 @@ class GuardSample:
         #: {last_time_on_internet} (guard-spec 4.6): "infinitely far in the past" at first.
         self.last_time_on_internet = -math.inf
         self._consensus: Consensus | None = None
+        #: UseBridges: fingerprint -> nickname of the configured bridges ({GUARDS}); None for relays.
+        self._bridges: dict[str, str] | None = None
         self._primary: list[SampledGuard] = []
         self._primary_up_to_date = False
         self._dirty = False
@@ -351,9 +360,34 @@ class GuardSample:
         usable guards). Returns the fingerprints newly sampled."""
         self.params = GuardParams.from_consensus(consensus)
         self._consensus = consensus
+        if self._bridges is not None:
+            return self._update_sample(now)
+        self._update_listing(lambda fingerprint: _qualifies(consensus.relay_by_fingerprint(fingerprint)), now)
+        return self._update_sample(now)
+
+    def use_bridges(self, bridges: Iterable[tuple[str, str]], now: float) -> list[str]:
+        """UseBridges: the sample is drawn from these (fingerprint, nickname) bridges only (guard-spec 2:
+        the "bridges" guard selection), and a sampled bridge is listed while it is configured. Returns
+        the fingerprints newly sampled."""
+        self._bridges = {fingerprint.upper(): nickname for fingerprint, nickname in bridges}
+        configured = self._bridges
+        for guard in self.guards:
+            nickname = configured.get(guard.fingerprint)
+            if nickname is not None and nickname not in (guard.nickname, UNNAMED):
+                guard.nickname = nickname       # learned from the bridge's descriptor
+                self._dirty = True
+        self._update_listing(lambda fingerprint: fingerprint in configured, now)
+        return self._update_sample(now)
+
+    @property
+    def uses_bridges(self) -> bool:
+        return self._bridges is not None
+
+    def _update_listing(self, qualifies: Callable[[str], bool], now: float) -> None:
+        """IS_LISTED and FIRST_UNLISTED_AT of every sampled guard, by ``qualifies``."""
         params = self.params
         for guard in self.guards:
-            listed_now = _qualifies(consensus.relay_by_fingerprint(guard.fingerprint))
+            listed_now = qualifies(guard.fingerprint)
             if listed_now and not guard.listed:
                 guard.listed, guard.unlisted_since = True, None
                 self._dirty = True
@@ -362,6 +396,10 @@ class GuardSample:
                 guard.listed = False
                 guard.unlisted_since = self._randomized_past(now, params.remove_unlisted_guards_after / 5)
                 self._dirty = True
+
+    def _update_sample(self, now: float) -> list[str]:
+        """Drop the expired guards, then bring the primary guards up to date, growing the sample if it has
+        too few usable guards; returns the fingerprints newly sampled."""
         for guard in list(self.guards):
             if self._expired(guard, now):
                 self._remove(guard)
@@ -397,8 +435,9 @@ class GuardSample:
     # ---- the filtered and usable sets -----------------------------------------
 
     def _is_filtered(self, guard: SampledGuard) -> bool:
-        """{FILTERED_GUARDS}: listed in the consensus in use (no configured filter applies)."""
-        return guard.listed and self._consensus is not None
+        """{FILTERED_GUARDS}: listed in the consensus in use, or a configured bridge (no configured filter
+        applies)."""
+        return guard.listed and (self._consensus is not None or self._bridges is not None)
 
     def _is_primary(self, guard: SampledGuard) -> bool:
         return guard in self._primary
@@ -424,6 +463,9 @@ class GuardSample:
     def _expand(self, now: float) -> None:
         """Sample more guards until MIN_FILTERED_SAMPLE of them are usable, within the size
         limits (guard-spec FILTERED; tor ``entry_guards_expand_sample``)."""
+        if self._bridges is not None:
+            self._expand_bridges(now)
+            return
         consensus = self._consensus
         if consensus is None:
             return
@@ -444,6 +486,18 @@ class GuardSample:
                                             self._randomized_past(now, lifetime / 10)))
             self._dirty = True
             n_usable += 1
+
+    def _expand_bridges(self, now: float) -> None:
+        """Every configured bridge not sampled yet joins the sample, in random order (tor: the bridges
+        guard selection samples all of them, with no weights: bridges are in no consensus)."""
+        assert self._bridges is not None
+        sampled = {guard.fingerprint for guard in self.guards}
+        new = [fingerprint for fingerprint in self._bridges if fingerprint not in sampled]
+        self.rng.shuffle(new)
+        for fingerprint in new:
+            self.guards.append(SampledGuard(fingerprint, self._bridges[fingerprint],
+                                            self._randomized_past(now, self.params.lifetime / 10)))
+            self._dirty = True
 
     def _first_usable_filtered(self, now: float, restriction: Callable[[SampledGuard], bool] | None = None, *,
                                exclude_confirmed: bool = False, exclude_primary: bool = False,
@@ -567,13 +621,18 @@ class GuardSample:
                                                 exclude_pending=True, has_descriptor=has_descriptor)
         if guard is None:
             explanation = self._explain_none_usable(now)
-            for sampled in self.guards:
-                if sampled.reachable is Reachability.NO:
-                    sampled.reachable = Reachability.MAYBE
+            self.retry_all_down()
             raise NoGuardAvailableError(explanation)
         guard.is_pending = True
         guard.last_tried = now
         return GuardChoice(guard, GuardCircuitState.USABLE_IF_NO_BETTER_GUARD, now, restriction)
+
+    def retry_all_down(self) -> None:
+        """Every guard known to be down is worth a try again (tor, when no guard is usable: the network,
+        not the guards, was probably down)."""
+        for sampled in self.guards:
+            if sampled.reachable is Reachability.NO:
+                sampled.reachable = Reachability.MAYBE
 
     def _first_usable_confirmed(self, now: float, restriction: Callable[[SampledGuard], bool] | None,
                                 has_descriptor: Callable[[str], bool] | None) -> SampledGuard | None:

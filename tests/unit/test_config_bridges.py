@@ -89,9 +89,10 @@ def test_a_blank_line_is_too_few_arguments():
 
 
 def test_bridge_lines_repeat_and_usebridges_needs_one():
-    config = config_from_torrc_text(f"UseBridges 1\nBridge 127.0.0.1:5000\nBridge obfs4 127.0.0.1:5001 {FINGERPRINT}\n")
+    config = config_from_torrc_text(f"UseBridges 1\nBridge 127.0.0.1:5000 {FINGERPRINT}\n"
+                                    f"Bridge obfs4 127.0.0.1:5001 {FINGERPRINT}\n")
     assert config.use_bridges and [bridge.port for bridge in config.bridges] == [5000, 5001]
-    assert config.get_option("Bridge") == ["127.0.0.1:5000", f"obfs4 127.0.0.1:5001 {FINGERPRINT}"]
+    assert config.get_option("Bridge") == [f"127.0.0.1:5000 {FINGERPRINT}", f"obfs4 127.0.0.1:5001 {FINGERPRINT}"]
     again = config_from_torrc_text("\n".join(config.to_torrc_lines()))
     assert again.bridges == config.bridges and again.use_bridges
     with pytest.raises(ConfigError, match="If you set UseBridges, you must specify at least one bridge"):
@@ -109,7 +110,13 @@ def test_bridge_on_the_command_line():
 
 
 def test_bridges_cannot_change_while_running():
-    config = config_from_torrc_text("UseBridges 1\nBridge 127.0.0.1:5000\n")
+    config = config_from_torrc_text(f"UseBridges 1\nBridge 127.0.0.1:5000 {FINGERPRINT}\n")
     with pytest.raises(ConfigError, match="changing Bridge"):
-        config.set_options([("Bridge", "127.0.0.1:5001")])
+        config.set_options([("Bridge", f"127.0.0.1:5001 {FINGERPRINT}")])
     assert config.bridges[0].port == 5000
+
+
+def test_a_bridge_without_fingerprint_is_refused_when_bridges_are_used():
+    with pytest.raises(ConfigError, match="Bridge 127.0.0.1:5000 has no fingerprint"):
+        config_from_torrc_text("UseBridges 1\nBridge 127.0.0.1:5000\n")
+    assert config_from_torrc_text("UseBridges 0\nBridge 127.0.0.1:5000\n").bridges[0].fingerprint is None

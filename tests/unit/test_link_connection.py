@@ -8,8 +8,10 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from oppy.circuit.build import build_circuit
+from oppy.config import parse_bridge_line
 from oppy.link.channel import ChannelState, LinkError
 from oppy.link.connection import LinkPool
 from oppy.link.padding import ConnectionPaddingOptions, PaddingPolicy
@@ -155,3 +157,49 @@ def test_a_link_left_without_circuits_closes_after_its_idle_timeout_and_a_new_on
     finally:
         links.close_all()
         yield relay.port.stopListening()
+
+
+# ------------------------------------------------------------------------------------------------ bridges
+
+
+class RecordingTransports:
+    """A TransportEndpoints for tests: it provides ``obfs4`` by connecting straight to ``port`` (what a
+    transport's SOCKS proxy does once it reached the bridge), and records what it was asked."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.asked: list[tuple] = []
+
+    def provides(self, transport: str) -> bool:
+        return transport == "obfs4"
+
+    def endpoint(self, transport, address, port, args):
+        self.asked.append((transport, address, port, args))
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_transport_bridge_is_reached_through_the_transports_endpoint(tmp_path):
+    relay = listen(tmp_path)
+    first = relay.path[0]
+    line = parse_bridge_line(f"obfs4 192.0.2.7:4443 {first.rsa_id.hex()} cert=abc iat-mode=0")
+    transports = RecordingTransports(relay.port.getHost().port)
+    links = LinkPool(reactor, bridges=[line], transports=transports)
+    try:
+        bridge = RelayTarget("bridge", first.rsa_id, "192.0.2.7", 4443, first.ntor_onion_key, first.ed25519_id)
+        channel = yield links.get(bridge)
+        assert channel.state is ChannelState.OPEN
+        assert transports.asked == [("obfs4", "192.0.2.7", 4443, (("cert", "abc"), ("iat-mode", "0")))]
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_transport_bridge_without_its_transport_is_refused_with_a_clear_error():
+    line = parse_bridge_line(f"meek 192.0.2.7:443 {'AB' * 20} url=https://x/")
+    for transports in (None, RecordingTransports(1)):
+        links = LinkPool(reactor, bridges=[line], transports=transports)
+        with pytest.raises(LinkError, match="needs the pluggable transport 'meek', which no ClientTransportPlugin "
+                                            "line provides"):
+            yield links.get(RelayTarget("bridge", b"\xab" * 20, "192.0.2.7", 443))

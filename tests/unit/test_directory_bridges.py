@@ -1,0 +1,141 @@
+"""The directory service with UseBridges: each bridge's own descriptor first, then every document from the
+bridges alone; no authority, fallback or relay is asked anything. The synthetic, genuinely signed network of
+test_directory_service, with a bridge (a real RSA identity, a signed descriptor) that serves it too."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from oppy.config import parse_bridge_line
+from oppy.directory.cache import DirectoryCache
+from oppy.directory.service import SourceKind
+from oppy.path.bridges import BridgeSet
+from oppy.path.chooser import PathChooser
+from tests.unit.test_directory_service import T0, DirectoryServer, FakeClient, make_world, run
+from tests.unit.test_netdoc_router import identity_key, make_descriptor, rsa_id
+
+SERVICE_LOGGER = "oppy.directory.service"
+
+
+class BridgeServer(DirectoryServer):
+    """A bridge: the network's documents, and its own descriptor at /tor/server/authority."""
+
+    def __init__(self, network, consensus, descriptor: bytes):
+        super().__init__(network, consensus)
+        self.descriptor = descriptor
+
+    def answer(self, path, if_modified_since):
+        if path.startswith("/tor/server/authority") and not self.down:
+            return self.descriptor
+        return super().answer(path, if_modified_since)
+
+
+class BridgeClient(FakeClient):
+    """Answers BEGIN_DIR requests by the RSA identity of the relay asked (a bridge has no nickname at first)."""
+
+    def __init__(self, by_nickname: FakeClient):
+        super().__init__()
+        self.relays = by_nickname.relays
+        self.by_id: dict[bytes, DirectoryServer] = {}
+        self.asked: list[bytes] = []
+
+    def fetch_over_circuit(self, circuit, path, max_size, *, relay=None, if_modified_since=None):
+        relay = relay or circuit.path[-1]
+        self.requests.append(("begin_dir", relay.nickname, path))
+        self.asked.append(relay.rsa_id)
+        return self._answer(self.by_id.get(relay.rsa_id), f"${relay.fingerprint} (BEGIN_DIR)", path,
+                            if_modified_since)
+
+
+def bridge_world(tmp_path, lines: list[str], descriptors: dict[bytes, bytes]):
+    """A world whose client reaches the bridges serving ``descriptors`` (by RSA identity); a service with
+    the PathChooser of ``lines``."""
+    world = make_world(tmp_path)
+    client = BridgeClient(world.client)
+    consensus = world.network.consensus()
+    for identity, descriptor in descriptors.items():
+        client.by_id[identity] = BridgeServer(world.network, consensus, descriptor)
+    world.client = client
+    clock = world.clock
+    paths = PathChooser(rng=random.Random(3), clock=lambda: T0 + 600 + clock.seconds(),
+                        enforce_distinct_subnets=False, bridges=BridgeSet(parse_bridge_line(line) for line in lines))
+    return world, world.service(paths=paths)
+
+
+def line(index: int, port: int = 9000) -> str:
+    return f"127.0.0.{index + 1}:{port} {rsa_id(identity_key(index)).hex().upper()}"
+
+
+def test_bootstrap_through_a_bridge_asks_nobody_else(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    assert run(service.start()) is service and service.enough_dir_info
+    client = world.client
+    assert set(client.asked) == {bridge}, "a relay or authority other than the bridge was asked"
+    assert client.requests[0][2] == "/tor/server/authority.z"
+    assert client.kinds().count("consensus") == 1 and "microdescriptors" in client.kinds()
+    # The first one-hop circuit went to a bridge whose onion key was unknown (CREATE_FAST).
+    assert world.circuits.got[0] == "Unnamed"
+    assert service.fetch_counts["consensus:bridge"] == 1 and service.fetch_counts["consensus:authority"] == 0
+    assert [source.kind for source in service._directory_sources()] == [SourceKind.BRIDGE]
+    assert service._directory_sources(authorities_only=True)[0].target.rsa_id == bridge
+    notices = [record.getMessage() for record in caplog.records if record.name == SERVICE_LOGGER]
+    assert f"new bridge descriptor 'bridge0' (fresh): ${bridge.hex().upper()}~bridge0 [Tor 0.4.9.11 on Linux] " \
+           "at 127.0.0.1" in notices
+    run(service.stop())
+    state = DirectoryCache(world.directory).read_state()
+    assert [guard["fingerprint"] for guard in state["bridges"]["guards"]] == [bridge.hex().upper()]
+    assert state["bridges"]["guards"][0]["confirmed_idx"] == 0 and "guards" not in state
+
+
+def test_the_relays_guard_state_is_kept_while_bridges_are_used(tmp_path):
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    relays_state = {"version": 2, "guards": []}
+    DirectoryCache(world.directory).write_state({"guards": relays_state})
+    run(service.start())
+    run(service.stop())
+    state = DirectoryCache(world.directory).read_state()
+    assert state["guards"] == relays_state and state["bridges"]["guards"][0]["fingerprint"] == bridge.hex().upper()
+
+
+def test_a_bridge_proving_another_identity_is_refused_and_the_other_used(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    good, liar = rsa_id(identity_key(0)), rsa_id(identity_key(1))
+    # The second bridge answers with the descriptor of a third identity.
+    world, service = bridge_world(tmp_path, [line(0), line(1)], {
+        good: make_descriptor(identity_key(0), "good"), liar: make_descriptor(identity_key(2), "liar")})
+    run(service.start())
+    assert service.enough_dir_info
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    expected = (f"Bridge ${liar.hex().upper()} at 127.0.0.2:9000 is not used until its retry time: it sent the "
+                f"descriptor of ${rsa_id(identity_key(2)).hex().upper()}, but its Bridge line says "
+                f"${liar.hex().upper()}")
+    assert expected in warnings
+    assert service.paths.bridges.descriptor(liar.hex()) is None
+    for _ in range(10):
+        path, _ = service.paths.choose_circuit_path(80)
+        assert path[0].rsa_id == good
+    run(service.stop())
+
+
+def test_an_unreachable_bridge_is_warned_about_once_and_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    server = world.client.by_id[bridge]
+    server.down = True
+    service.start()
+    for _ in range(3):
+        world.clock.advance(30)
+    assert not service.enough_dir_info
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert sum("is not used until its retry time" in message for message in warnings) == 1
+    assert any(message.startswith("No bridge could be reached") for message in warnings)
+    assert set(world.client.asked) == {bridge}
+    server.down = False
+    world.clock.advance(30)
+    assert service.enough_dir_info
+    run(service.stop())

@@ -1,0 +1,140 @@
+"""UseBridges in the path layer: the guard sample is the bridges, every circuit starts at a bridge whose
+descriptor is held, and the bridges are the only directory sources (the real 2017 directory, "now" pinned)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from oppy.config import parse_bridge_line
+from oppy.netdoc.router import parse_router_descriptor
+from oppy.path.bridges import BridgeSet
+from oppy.path.chooser import PathChooser
+from oppy.path.guards import GuardSample, NoGuardAvailableError, Reachability, retry_delay
+from oppy.path.selection import NoPathError
+from tests.support.testdata import real_netdir
+from tests.unit.test_netdoc_router import identity_key, make_descriptor, rsa_id
+
+FOLDER = "2017-03-10-bitnym"
+
+
+def bridge_lines(count: int = 2):
+    return [parse_bridge_line(f"10.0.0.{index + 1}:{9000 + index} {rsa_id(identity_key(index)).hex()}")
+            for index in range(count)]
+
+
+def bridge_chooser(count: int = 2, seed: int = 7) -> tuple[PathChooser, list[float]]:
+    netdir = real_netdir(FOLDER)
+    now = [netdir.consensus.valid_after + 1800.0]
+    chooser = PathChooser(rng=random.Random(seed), clock=lambda: now[0], bridges=BridgeSet(bridge_lines(count)))
+    chooser.set_netdir(netdir)
+    return chooser, now
+
+
+def learn(chooser: PathChooser, index: int) -> None:
+    descriptor = parse_router_descriptor(make_descriptor(identity_key(index), f"bridge{index}", "192.0.2.9"))
+    assert chooser.learned_bridge_descriptor(descriptor)
+
+
+def test_the_guard_sample_is_the_bridges_and_nothing_from_the_consensus():
+    chooser, _ = bridge_chooser(3)
+    bridges = {rsa_id(identity_key(index)).hex().upper() for index in range(3)}
+    assert {guard.fingerprint for guard in chooser.guards.guards} == bridges
+    assert all(guard.listed for guard in chooser.guards.guards)
+    assert len(chooser.guards.primary_guards()) == 3 and chooser.state_key == "bridges"
+    assert PathChooser().state_key == "guards"
+
+
+def test_bridges_are_sampled_without_any_consensus():
+    sample = GuardSample(rng=random.Random(1))
+    assert sample.use_bridges([("AA" * 20, "Unnamed"), ("BB" * 20, "Unnamed")], 1000.0) != []
+    assert sample.uses_bridges and len(sample.primary_guards(1000.0)) == 2
+    assert sample.pick(1000.0).fingerprint in ("AA" * 20, "BB" * 20)
+
+
+def test_no_circuit_before_a_bridge_descriptor_then_every_circuit_starts_at_the_bridge():
+    chooser, _ = bridge_chooser(1)
+    assert not chooser.dir_info().enough
+    assert "missing descriptors for 1/2 of our primary entry guards (bridges)" in chooser.dir_info().status
+    with pytest.raises(NoGuardAvailableError, match=r"no bridge can start this circuit: .*\(0 of 1 bridge"):
+        chooser.choose_circuit_path(443)
+    learn(chooser, 0)
+    assert chooser.dir_info().enough
+    consensus = chooser.netdir.consensus
+    for seed in range(20):
+        path, choice = chooser.choose_circuit_path(443, rng=random.Random(seed))
+        bridge, middle, exit_ = path
+        assert (bridge.address, bridge.or_port, bridge.nickname) == ("10.0.0.1", 9000, "bridge0")
+        assert bridge.rsa_id == rsa_id(identity_key(0)) and bridge.ntor_onion_key is not None
+        assert choice.fingerprint == bridge.fingerprint
+        assert consensus.relay_by_id(middle.rsa_id) is not None and consensus.relay_by_id(exit_.rsa_id) is not None
+        assert len({bridge.rsa_id, middle.rsa_id, exit_.rsa_id}) == 3
+    # The nickname the descriptor taught is kept in the sample (and so in the state file).
+    assert chooser.guards.guards[0].nickname == "bridge0"
+
+
+def test_directory_requests_go_to_the_bridges_only_with_or_without_descriptors():
+    chooser, _ = bridge_chooser(2)
+    targets = chooser.directory_targets(3)
+    assert {target.rsa_id for target in targets} == {rsa_id(identity_key(index)) for index in range(2)}
+    assert all(target.ntor_onion_key is None for target in targets)         # CREATE_FAST until known
+    assert chooser.directory_cache([]) is None
+    assert chooser.choose_directory_path()[0].rsa_id in {target.rsa_id for target in targets}
+    learn(chooser, 1)
+    with_key = [target for target in chooser.directory_guards() if target.ntor_onion_key is not None]
+    assert [target.nickname for target in with_key] == ["bridge1"]
+
+
+def test_a_bridge_that_is_down_is_not_used_and_retried_on_the_guard_schedule():
+    chooser, now = bridge_chooser(2)
+    learn(chooser, 0)
+    learn(chooser, 1)
+    down = rsa_id(identity_key(0))
+    chooser.mark_guard_down(down)
+    for seed in range(10):
+        assert chooser.choose_circuit_path(80, rng=random.Random(seed))[0][0].rsa_id == rsa_id(identity_key(1))
+    assert [target.rsa_id for target in chooser.directory_guards()] == [rsa_id(identity_key(1))]
+    now[0] += retry_delay(0, is_primary=True)              # guard-spec: a primary is retried after 10 minutes
+    assert {target.rsa_id for target in chooser.directory_guards()} == {down, rsa_id(identity_key(1))}
+
+
+def test_with_every_bridge_down_they_are_all_worth_a_retry():
+    chooser, _ = bridge_chooser(1)
+    chooser.mark_guard_down(rsa_id(identity_key(0)))
+    assert chooser.guards.guards[0].reachable is Reachability.NO
+    assert [target.rsa_id for target in chooser.directory_guards()] == [rsa_id(identity_key(0))]
+
+
+def test_the_bridge_sample_survives_a_restart_and_a_removed_bridge_is_unlisted():
+    chooser, now = bridge_chooser(2)
+    learn(chooser, 0)
+    path, choice = chooser.choose_circuit_path(443)
+    assert chooser.guard_succeeded(choice)
+    state = chooser.guards.to_dict()
+    confirmed = {guard["fingerprint"]: guard for guard in state["guards"] if guard["confirmed_idx"] is not None}
+    assert list(confirmed) == [path[0].fingerprint]
+
+    again = PathChooser(rng=random.Random(99), clock=lambda: now[0], bridges=BridgeSet(bridge_lines(2)))
+    again.restore_guards(state)
+    assert again.guards.to_dict() == state
+    assert again.guards.primary_guards()[0].fingerprint == path[0].fingerprint
+
+    fewer = PathChooser(rng=random.Random(99), clock=lambda: now[0], bridges=BridgeSet(bridge_lines(1)))
+    fewer.restore_guards(state)
+    listed = {guard.fingerprint: guard.listed for guard in fewer.guards.guards}
+    assert listed == {rsa_id(identity_key(0)).hex().upper(): True, rsa_id(identity_key(1)).hex().upper(): False}
+
+
+def test_a_descriptor_of_no_configured_bridge_is_not_taken():
+    chooser, _ = bridge_chooser(1)
+    stranger = parse_router_descriptor(make_descriptor(identity_key(5), "stranger"))
+    assert not chooser.learned_bridge_descriptor(stranger)
+    assert not PathChooser().learned_bridge_descriptor(stranger)
+    with pytest.raises(NoPathError):
+        chooser.choose_circuit_path(443)
+
+
+def test_a_bridge_set_needs_fingerprints():
+    with pytest.raises(ValueError, match="has no fingerprint"):
+        BridgeSet([parse_bridge_line("10.0.0.1:443")])
