@@ -124,9 +124,14 @@ class DaemonBackend(ControlBackend):
         self.dormant = False
 
     def _nickname(self, rsa_id: bytes) -> str | None:
+        """The relay's nickname in the consensus, or a bridge's from its descriptor (ORCONN names the bridge)."""
         netdir = self.directory.netdir
         relay = netdir.relay_by_id(rsa_id) if netdir is not None else None
-        return relay.nickname if relay is not None else None
+        if relay is not None:
+            return relay.nickname
+        bridges = self.paths.bridges
+        descriptor = bridges.descriptor(rsa_id.hex()) if bridges is not None else None
+        return descriptor.nickname if descriptor is not None else None
 
     # ---------------------------------------------------------------- once a second
 

@@ -28,6 +28,7 @@ from oppy.control.status import (
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import hex_identity
+from oppy.path.guards import UNNAMED
 
 if TYPE_CHECKING:
     from oppy.control.session import ControlSession
@@ -300,8 +301,12 @@ def _gi_entry_guards(session: ControlSession, key: str) -> str | None:
     netdir = _netdir(session)
     lines = []
     for guard in guards.guards:
-        relay = netdir.relay_by_fingerprint(guard.fingerprint) if netdir is not None else None
-        lines.append(entry_guard_line(guard, relay))
+        if guards.uses_bridges:         # in no consensus: the nickname its descriptor gave, once it did
+            nickname = guard.nickname if guard.nickname != UNNAMED else None
+        else:
+            relay = netdir.relay_by_fingerprint(guard.fingerprint) if netdir is not None else None
+            nickname = relay.nickname if relay is not None else None
+        lines.append(entry_guard_line(guard, nickname))
     return "".join(lines)
 
 

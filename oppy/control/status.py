@@ -267,12 +267,13 @@ def ns_entry(relay: RelayRecord) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def entry_guard_line(guard, relay, now: Callable[[], float] = time.time) -> str:
-    """One line of ``GETINFO entry-guards``: ``$FP~nick STATUS [ISOTIME]``, the status being
-    ``up``, ``down`` (failing since), ``unusable`` (not listed) or ``never-connected``."""
+def entry_guard_line(guard, nickname: str | None, now: Callable[[], float] = time.time) -> str:
+    """One line of ``GETINFO entry-guards``: ``$FP~nick STATUS [ISOTIME]`` (``~nick`` when the nickname is
+    known: from the consensus, or a bridge's descriptor), the status being ``up``, ``down`` (failing since),
+    ``unusable`` (not listed) or ``never-connected``."""
     name = f"${guard.fingerprint}"
-    if relay is not None:
-        name += f"~{relay.nickname}"
+    if nickname is not None:
+        name += f"~{nickname}"
     when = None
     if not guard.listed:
         status, when = "unusable", guard.unlisted_since
