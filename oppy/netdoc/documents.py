@@ -55,6 +55,9 @@ __all__ = [
     "parse_microdescriptors",
     "microdesc_digest",
     "parse_key_certificates",
+    "parse_ipv4",
+    "pem_object",
+    "signed_ascii_lines",
     "consensus_refresh_time",
     "CONSENSUS_FLAVOR_MICRODESC",
     "CONSENSUS_FLAVOR_NS",
@@ -94,7 +97,7 @@ def _b64encode_unpadded(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
-def _parse_ipv4(text: str, error: type[DocumentParseError], what: str) -> str:
+def parse_ipv4(text: str, error: type[DocumentParseError], what: str) -> str:
     match = _IPV4_RE.match(text)
     if match is None or any(int(octet) > 255 for octet in match.groups()):
         raise error(f"bad IPv4 address {text!r} in {what}")
@@ -112,7 +115,7 @@ def _parse_or_address(text: str, error: type[DocumentParseError], what: str) -> 
             return str(ipaddress.IPv6Address(host[1:-1])), port
         except ValueError:
             raise error(f"bad IPv6 address {host!r} in {what}") from None
-    return _parse_ipv4(host, error, what), port
+    return parse_ipv4(host, error, what), port
 
 
 def parse_protocols(text: str, error: type[DocumentParseError] = DocumentParseError
@@ -385,7 +388,7 @@ def _header_from_lines(lines: list[str]) -> ConsensusHeader:
                 nickname=parts[0],
                 v3ident=parse_hex_digest(parts[1], error, "dir-source identity"),
                 hostname=parts[2],
-                address=_parse_ipv4(parts[3], error, "dir-source"),
+                address=parse_ipv4(parts[3], error, "dir-source"),
                 dir_port=parse_decimal(parts[4], error, "dir-source dirport", 0, MAX_PORT),
                 or_port=parse_decimal(parts[5], error, "dir-source orport", 0, MAX_PORT),
             ))
@@ -526,7 +529,7 @@ def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:
             current = [
                 parts[0],
                 rsa_id,
-                _parse_ipv4(parts[-3], error, "router line"),
+                parse_ipv4(parts[-3], error, "router line"),
                 parse_decimal(parts[-2], error, "router ORPort", 0, MAX_PORT),
                 parse_decimal(parts[-1], error, "router DirPort", 0, MAX_PORT),
             ]
@@ -814,7 +817,7 @@ class KeyCertificate:
         return hashlib.sha1(self.signing_key_der).hexdigest().upper()
 
 
-def _pem_body(lines: list[str], index: int, expected: tuple[str, ...], error: type[DocumentParseError],
+def pem_object(lines: list[str], index: int, expected: tuple[str, ...], error: type[DocumentParseError],
               what: str) -> tuple[bytes, int]:
     """Read the PEM object of one of the ``expected`` types at ``lines[index]``; return (bytes, index
     after END)."""
@@ -851,18 +854,23 @@ def parse_key_certificates(data: bytes) -> list[KeyCertificate]:
     return [_parse_key_certificate(data[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
 
 
+def signed_ascii_lines(data: bytes, marker: bytes, error: type[DocumentParseError], what: str
+                       ) -> tuple[bytes, list[str]]:
+    """(the signed part: ``data`` up to and including ``marker``, the keyword line of its signature; the
+    lines of ``data``), for a document signed by one key, which must be ASCII."""
+    cut = data.find(marker)
+    if cut < 0:
+        raise error(f"{what} has no {marker.strip().decode()!r} line")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise error(f"{what} is not ASCII") from None
+    return data[:cut + len(marker)], text.split("\n")
+
+
 def _parse_key_certificate(chunk: bytes) -> KeyCertificate:
     error = CertificateParseError
-    marker = b"\ndir-key-certification\n"
-    cut = chunk.find(marker)
-    if cut < 0:
-        raise error("key certificate has no 'dir-key-certification' line")
-    signed_text = chunk[:cut + len(marker)]
-    try:
-        text = chunk.decode("ascii")
-    except UnicodeDecodeError:
-        raise error("key certificate is not ASCII") from None
-    lines = text.split("\n")
+    signed_text, lines = signed_ascii_lines(chunk, b"\ndir-key-certification\n", error, "key certificate")
     if lines[0] != "dir-key-certificate-version 3":
         raise error(f"unsupported key certificate version line {lines[0]!r}")
     values: dict[str, object] = {}
@@ -881,11 +889,11 @@ def _parse_key_certificate(chunk: bytes) -> KeyCertificate:
         elif keyword in ("dir-key-published", "dir-key-expires"):
             values[keyword] = parse_time(rest.strip(), error)
         elif keyword in ("dir-identity-key", "dir-signing-key"):
-            values[keyword], index = _pem_body(lines, index, ("RSA PUBLIC KEY",), error, keyword)
+            values[keyword], index = pem_object(lines, index, ("RSA PUBLIC KEY",), error, keyword)
         elif keyword == "dir-key-crosscert":
-            values[keyword], index = _pem_body(lines, index, ("ID SIGNATURE", "SIGNATURE"), error, keyword)
+            values[keyword], index = pem_object(lines, index, ("ID SIGNATURE", "SIGNATURE"), error, keyword)
         elif keyword == "dir-key-certification":
-            values[keyword], index = _pem_body(lines, index, ("SIGNATURE",), error, keyword)
+            values[keyword], index = pem_object(lines, index, ("SIGNATURE",), error, keyword)
             if any(rest_line.strip() for rest_line in lines[index:]):
                 raise error("data after the key certificate's dir-key-certification")
             break

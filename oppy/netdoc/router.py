@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from oppy.netdoc.documents import _parse_ipv4, _pem_body
+from oppy.netdoc.documents import parse_ipv4, pem_object, signed_ascii_lines
 from oppy.netdoc.errors import DirectoryError, DocumentParseError
 from oppy.netdoc.fields import decode_base64, parse_decimal, parse_time
 from oppy.netdoc.relay import RelayTarget
@@ -90,15 +90,7 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
         raise error(f"a {len(data)}-byte server descriptor is larger than {MAX_ROUTER_DESCRIPTOR_SIZE} bytes")
     if not data.startswith(b"router "):
         raise error("a server descriptor starts with a 'router' line")
-    cut = data.find(_SIGNED_END)
-    if cut < 0:
-        raise error("the server descriptor has no 'router-signature' line")
-    signed = data[:cut + len(_SIGNED_END)]
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise error("the server descriptor is not ASCII") from None
-    lines = text.split("\n")
+    signed, lines = signed_ascii_lines(data, _SIGNED_END, error, "the server descriptor")
     values: dict[str, object] = {}
     index = 0
     while index < len(lines):
@@ -112,14 +104,14 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
             words = rest.split(" ")
             if len(words) != 5:
                 raise error(f"bad router line {line[:80]!r}")
-            address = _parse_ipv4(words[1], error, "router address")
+            address = parse_ipv4(words[1], error, "router address")
             values[keyword] = (words[0], address, parse_decimal(words[2], error, "ORPort", 1, 65535))
         elif keyword in ("signing-key", "onion-key", "identity-ed25519", "onion-key-crosscert",
                          "ntor-onion-key-crosscert"):
             kinds = {"signing-key": ("RSA PUBLIC KEY",), "onion-key": ("RSA PUBLIC KEY",),
                      "identity-ed25519": ("ED25519 CERT",), "onion-key-crosscert": ("CROSSCERT",),
                      "ntor-onion-key-crosscert": ("ED25519 CERT",)}[keyword]
-            values[keyword], index = _pem_body(lines, index, kinds, error, keyword)
+            values[keyword], index = pem_object(lines, index, kinds, error, keyword)
         elif keyword in ("ntor-onion-key", "master-key-ed25519"):
             key = decode_base64(rest.strip(), error, keyword)
             if len(key) != _KEY_LENGTH:
@@ -138,7 +130,7 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
         elif keyword == "platform":
             values[keyword] = rest
         elif keyword == "router-signature":
-            values[keyword], index = _pem_body(lines, index, ("SIGNATURE",), error, keyword)
+            values[keyword], index = pem_object(lines, index, ("SIGNATURE",), error, keyword)
             if any(rest_line.strip() for rest_line in lines[index:] if not rest_line.startswith("@")):
                 raise error("data after the server descriptor's router-signature")
             break
