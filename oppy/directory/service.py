@@ -150,6 +150,9 @@ CONSENSUS_RETRY = (2.0, 300.0)
 CONSENSUS_RETRY_TESTING = (1.0, 20.0)
 MICRODESC_RETRY = (5.0, 600.0)
 MICRODESC_RETRY_TESTING = (1.0, 20.0)
+#: A bridge's descriptor is fetched again this long after it was learned, so that a rotated onion key is
+#: seen (tor config.c TestingBridgeDownloadInitialDelay, 3 hours, used by bridges.c learned_bridge_descriptor).
+BRIDGE_DESCRIPTOR_REFETCH = 3 * 3600.0
 
 _SIGNATURE_LINE_RE = re.compile(
     rb"^directory-signature (?:[A-Za-z0-9-]+ )?([0-9A-Fa-f]{40}) ([0-9A-Fa-f]{40})\s*$", re.M)
@@ -556,6 +559,9 @@ class DirectoryService:
         #: was logged at warning level (once until they work).
         self._bridge_fetches: dict[str, defer.Deferred] = {}
         self._bridges_warned: set[str] = set()
+        #: When each bridge's descriptor is due to be fetched again, and the timer for the first of them.
+        self._bridge_refetch_at: dict[str, float] = {}
+        self._bridge_timer = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -579,10 +585,10 @@ class DirectoryService:
         self._stopped = True
         if self.links is not None and self._started:
             self.links.remove_observer(self._link_event)
-        for timer in (self._consensus_timer, self._microdesc_timer):
+        for timer in (self._consensus_timer, self._microdesc_timer, self._bridge_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._consensus_timer = self._microdesc_timer = None
+        self._consensus_timer = self._microdesc_timer = self._bridge_timer = None
         for round_ in (self._consensus_round, self._microdesc_round, *self._bridge_fetches.values()):
             if round_ is not None:
                 round_.cancel()
@@ -820,15 +826,18 @@ class DirectoryService:
     # ---- bridge descriptors ------------------------------------------------------------------
 
     def fetch_bridge_descriptors(self) -> None:
-        """With bridges: fetch the descriptor of each usable bridge whose descriptor is not held yet, from
-        the bridge itself (tor bridges.c fetch_bridge_descriptors). Each fetch goes on by itself; a
-        bridge that fails is marked down and asked again at the next consensus fetch after its retry time."""
+        """With bridges: fetch the descriptor of each usable bridge whose descriptor is not held yet or is
+        due to be fetched again, from the bridge itself (tor bridges.c fetch_bridge_descriptors). Each fetch
+        goes on by itself; a bridge that fails is marked down and asked again at the next consensus fetch
+        after its retry time."""
         bridges = self.paths.bridges
         if bridges is None or self._stopped:
             return
+        now = self.clock()
         for target in self.paths.directory_guards():
             fingerprint = target.fingerprint
-            if bridges.descriptor(fingerprint) is not None or fingerprint in self._bridge_fetches:
+            due = bridges.descriptor(fingerprint) is None or self._bridge_refetch_at.get(fingerprint, 0.0) <= now
+            if not due or fingerprint in self._bridge_fetches:
                 continue
             fetch = self._fetch_bridge_descriptor(DirectorySource(target, SourceKind.BRIDGE))
             self._bridge_fetches[fingerprint] = fetch
@@ -856,7 +865,19 @@ class DirectoryService:
             return None
         self._bridges_warned.discard(expected)
         self._learned_bridge_descriptor(descriptor)
+        self._schedule_bridge_refetch(expected)
         return descriptor
+
+    def _schedule_bridge_refetch(self, fingerprint: str) -> None:
+        self._bridge_refetch_at[fingerprint] = self.clock() + BRIDGE_DESCRIPTOR_REFETCH
+        if self._bridge_timer is not None and self._bridge_timer.active():
+            self._bridge_timer.cancel()
+        delay = max(0.0, min(self._bridge_refetch_at.values()) - self.clock())
+        self._bridge_timer = self.reactor.callLater(delay, self._bridge_timer_fired)
+
+    def _bridge_timer_fired(self) -> None:
+        self._bridge_timer = None
+        self.fetch_bridge_descriptors()
 
     def _bridge_failed(self, source: DirectorySource, why: str) -> None:
         """A bridge is not used until its retry time (guard-spec); the first failure in a row is a warning."""

@@ -9,7 +9,7 @@ import random
 
 from oppy.config import parse_bridge_line
 from oppy.directory.cache import DirectoryCache
-from oppy.directory.service import SourceKind
+from oppy.directory.service import BRIDGE_DESCRIPTOR_REFETCH, SourceKind
 from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
 from tests.unit.test_directory_service import T0, DirectoryServer, FakeClient, make_world, run
@@ -138,4 +138,23 @@ def test_an_unreachable_bridge_is_warned_about_once_and_retried(tmp_path, caplog
     server.down = False
     world.clock.advance(30)
     assert service.enough_dir_info
+    run(service.stop())
+
+
+def test_a_bridge_descriptor_is_fetched_again_three_hours_after_it_was_learned(tmp_path):
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    run(service.start())
+
+    def descriptor_fetches() -> int:
+        return sum(path.startswith("/tor/server/authority") for _, _, path in world.client.requests)
+
+    assert descriptor_fetches() == 1
+    world.clock.advance(BRIDGE_DESCRIPTOR_REFETCH - 1)
+    assert descriptor_fetches() == 1
+    rotated = make_descriptor(identity_key(0), "bridge0", ntor=b"\x07" * 32)
+    world.client.by_id[bridge].descriptor = rotated
+    world.clock.advance(1)
+    assert descriptor_fetches() == 2
+    assert service.paths.bridges.descriptor(bridge.hex()).ntor_onion_key == b"\x07" * 32
     run(service.stop())
