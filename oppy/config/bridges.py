@@ -71,10 +71,6 @@ class BridgeLine:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
 
-    @property
-    def fingerprint_hex(self) -> str | None:
-        return None if self.fingerprint is None else self.fingerprint.hex().upper()
-
     def to_line(self) -> str:
         """The line in tor's canonical form (what a Bridge line written from scratch looks like)."""
         words = [self.transport] if self.transport else []

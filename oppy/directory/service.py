@@ -889,9 +889,13 @@ class DirectoryService:
         self.paths.mark_guard_down(target.rsa_id)
 
     def _learned_bridge_descriptor(self, descriptor: RouterDescriptor) -> None:
-        log.log(NOTICE, "new bridge descriptor '%s' (fresh): $%s~%s [%s] at %s", descriptor.nickname,
-                descriptor.fingerprint, descriptor.nickname, descriptor.platform or "unknown platform",
-                descriptor.address)
+        """Hand the descriptor to the path layer; a new one is logged as tor logs it (bridges.c
+        learned_bridge_descriptor), the same one fetched again at info level."""
+        bridges = self.paths.bridges
+        previous = bridges.descriptor(descriptor.fingerprint) if bridges is not None else None
+        level = logging.INFO if previous is not None and previous.published == descriptor.published else NOTICE
+        log.log(level, "new bridge descriptor '%s' (fresh): $%s~%s at %s", descriptor.nickname,
+                descriptor.fingerprint, descriptor.nickname, descriptor.address)
         self.paths.learned_bridge_descriptor(descriptor)
 
     # ---- consensus -------------------------------------------------------------------------

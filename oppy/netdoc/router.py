@@ -59,7 +59,6 @@ class RouterDescriptor:
     ntor_onion_key: bytes
     ed25519_id: bytes | None
     published: int
-    platform: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -127,8 +126,6 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
                 raise error(f"bad fingerprint line {line[:80]!r}")
         elif keyword == "published":
             values[keyword] = parse_time(rest.strip(), error)
-        elif keyword == "platform":
-            values[keyword] = rest
         elif keyword == "router-signature":
             values[keyword], index = pem_object(lines, index, ("SIGNATURE",), error, keyword)
             if any(rest_line.strip() for rest_line in lines[index:] if not rest_line.startswith("@")):
@@ -156,5 +153,4 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
                                    f"${rsa_id.hex().upper()}")
     nickname, address, or_port = values["router"]  # type: ignore[misc]
     return RouterDescriptor(nickname, address, or_port, rsa_id, values["ntor-onion-key"],  # type: ignore[arg-type]
-                            values.get("master-key-ed25519"), values["published"],  # type: ignore[arg-type]
-                            values.get("platform"))  # type: ignore[arg-type]
+                            values.get("master-key-ed25519"), values["published"])  # type: ignore[arg-type]

@@ -30,18 +30,12 @@ class BridgeSet:
             self.lines.setdefault(line.fingerprint.hex().upper(), line)
         self._descriptors: dict[str, RouterDescriptor] = {}
 
-    def __contains__(self, fingerprint: str) -> bool:
-        return fingerprint.upper() in self.lines
-
     def fingerprints(self) -> list[str]:
         return list(self.lines)
 
     def nickname(self, fingerprint: str) -> str:
         descriptor = self._descriptors.get(fingerprint.upper())
         return descriptor.nickname if descriptor is not None else UNNAMED
-
-    def line(self, fingerprint: str) -> BridgeLine:
-        return self.lines[fingerprint.upper()]
 
     def descriptor(self, fingerprint: str) -> RouterDescriptor | None:
         return self._descriptors.get(fingerprint.upper())

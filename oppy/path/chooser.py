@@ -350,9 +350,11 @@ class PathChooser:
         if not info.enough:
             return info
         primaries = self.guards.primaries_to_check_for_descriptors(now)
+        if not primaries:
+            return DirInfo(False, "None of our primary bridges is reachable right now.")
         missing = sum(1 for guard in primaries if bridges.descriptor(guard.fingerprint) is None)
-        if missing or not primaries:
-            return DirInfo(False, f"We're missing descriptors for {missing or 1}/"
+        if missing:
+            return DirInfo(False, f"We're missing descriptors for {missing}/"
                                   f"{self.guards.primaries_needing_descriptors()} of our primary entry guards "
                                   "(bridges).")
         return info

@@ -23,7 +23,7 @@ def test_plain_bridge_with_fingerprint():
     bridge = parse_bridge_line(f"127.0.0.1:5000 {FINGERPRINT}")
     assert bridge == BridgeLine(None, "127.0.0.1", 5000, bytes.fromhex(FINGERPRINT), (),
                                 f"127.0.0.1:5000 {FINGERPRINT}")
-    assert bridge.addrport == "127.0.0.1:5000" and bridge.fingerprint_hex == FINGERPRINT
+    assert bridge.addrport == "127.0.0.1:5000" and bridge.to_line() == f"127.0.0.1:5000 {FINGERPRINT}"
 
 
 def test_fingerprint_with_dollar_lower_case_and_in_groups_of_four():

@@ -138,3 +138,11 @@ def test_a_descriptor_of_no_configured_bridge_is_not_taken():
 def test_a_bridge_set_needs_fingerprints():
     with pytest.raises(ValueError, match="has no fingerprint"):
         BridgeSet([parse_bridge_line("10.0.0.1:443")])
+
+
+def test_with_every_primary_bridge_down_the_directory_information_says_so():
+    chooser, _ = bridge_chooser(1)
+    learn(chooser, 0)
+    assert chooser.dir_info().enough
+    chooser.mark_guard_down(rsa_id(identity_key(0)))
+    assert chooser.dir_info().status == "None of our primary bridges is reachable right now."
