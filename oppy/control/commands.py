@@ -30,6 +30,7 @@ from oppy.control.codec import (
 )
 from oppy.control.events import SIGNAL_CANONICAL_NAMES, UnrecognizedEventError, parse_setevents
 from oppy.control.status import relays_ns_text
+from oppy.directory.service import BootstrapProblem
 from oppy.netdoc.documents import RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import RelayTarget
@@ -151,6 +152,9 @@ class DirectoryView(Protocol):
 
     @property
     def bootstrap_phase(self) -> tuple[int, str, str]: ...
+
+    @property
+    def bootstrap_problem(self) -> BootstrapProblem | None: ...
 
 
 @runtime_checkable

@@ -198,7 +198,7 @@ def _gi_status(session: ControlSession, key: str) -> str | None:
     if key == "status/enough-dir-info":
         return "1" if directory.enough_dir_info else "0"
     if key == "status/bootstrap-phase":
-        return bootstrap_phase_text(*directory.bootstrap_phase)
+        return bootstrap_phase_text(*directory.bootstrap_phase, directory.bootstrap_problem)
     if key in ("status/good-server-descriptor", "status/accepted-server-descriptor",
                "status/reachability-succeeded/or", "status/reachability-succeeded/dir"):
         return "0"

@@ -28,6 +28,7 @@ from oppy.control.session import AuthSettings, ControlHub
 from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
+from oppy.directory.service import BootstrapProblem
 from oppy.hsclient.client import DescriptorEvent
 from oppy.logs import add_log_observer, notice, remove_log_observer
 from oppy.netdoc.netdir import NetDirChanged
@@ -240,6 +241,7 @@ class ControlService:
             notice(log, "Opened Control listener connection (ready) on %s:%d", host.host, host.port)
         self.daemon.manager.add_observer(self._manager_event)
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
+        self.daemon.directory.bootstrap.add_problem_observer(self._bootstrap_problem)
         self.daemon.directory.add_netdir_observer(self._netdir_changed)
         self.daemon.build_times.add_observer(self._build_times_event)
         self.daemon.onion_services.add_observer(self._descriptor_event)
@@ -260,6 +262,7 @@ class ControlService:
         self._orconn_poll = None
         self.daemon.manager.remove_observer(self._manager_event)
         self.daemon.directory.bootstrap.remove_observer(self._bootstrap_progress)
+        self.daemon.directory.bootstrap.remove_problem_observer(self._bootstrap_problem)
         self.daemon.directory.remove_netdir_observer(self._netdir_changed)
         self.daemon.build_times.remove_observer(self._build_times_event)
         self.daemon.onion_services.remove_observer(self._descriptor_event)
@@ -291,6 +294,11 @@ class ControlService:
 
     def _bootstrap_progress(self, percent: int, tag: str, summary: str) -> None:
         self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT " + bootstrap_phase_text(percent, tag, summary)))
+
+    def _bootstrap_problem(self, problem: BootstrapProblem) -> None:
+        """STATUS_CLIENT WARN BOOTSTRAP ... WARNING=... (tor control_event_bootstrap_problem)."""
+        phase = self.daemon.directory.bootstrap_phase
+        self.hub.broadcast("STATUS_CLIENT", encode_event("STATUS_CLIENT " + bootstrap_phase_text(*phase, problem)))
 
     def _netdir_changed(self, event: NetDirChanged) -> None:
         if event.new_consensus and self.hub.wants("NEWCONSENSUS"):

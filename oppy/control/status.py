@@ -23,6 +23,7 @@ from oppy.control.events import (
     stream_reason_name,
     stream_status_line,
 )
+from oppy.directory.service import BootstrapProblem
 from oppy.netdoc.documents import RelayRecord
 
 __all__ = [
@@ -288,10 +289,21 @@ def entry_guard_line(guard, nickname: str | None, now: Callable[[], float] = tim
     return f"{name} {status}\n"
 
 
-def bootstrap_phase_text(percent: int, tag: str, summary: str, severity: str = "NOTICE") -> str:
-    """``status/bootstrap-phase`` (and the STATUS_CLIENT BOOTSTRAP event body), as tor words it."""
-    escaped = summary.replace("\\", "\\\\").replace('"', '\\"')
-    return f'{severity} BOOTSTRAP PROGRESS={percent} TAG={tag} SUMMARY="{escaped}"'
+def bootstrap_phase_text(percent: int, tag: str, summary: str, problem: BootstrapProblem | None = None) -> str:
+    """``status/bootstrap-phase`` (and the STATUS_CLIENT BOOTSTRAP event body), as tor words it: NOTICE, or
+    WARN with the last connection problem since the bootstrap moved (control_bootstrap.c
+    control_event_bootstrap_problem)."""
+    text = f'BOOTSTRAP PROGRESS={percent} TAG={tag} SUMMARY="{_escaped(summary)}"'
+    if problem is None:
+        return "NOTICE " + text
+    warning = " ".join(problem.warning.split())       # one line
+    return (f'WARN {text} WARNING="{_escaped(warning)}" REASON={problem.reason} COUNT={problem.count} '
+            f"RECOMMENDATION={problem.recommendation} HOST={problem.host} HOSTADDR={problem.hostaddr}")
+
+
+def _escaped(text: str) -> str:
+    """A quoted control-port value's content: backslashes and quotes escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def relays_ns_text(relays: Iterable[RelayRecord]) -> str:

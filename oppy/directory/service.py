@@ -80,7 +80,7 @@ from oppy.directory.client import (
     key_certificates_url,
     microdescriptors_url,
 )
-from oppy.link.connection import LinkConnected, LinkEvent, LinkLaunched, LinkOpened
+from oppy.link.connection import LinkConnected, LinkEvent, LinkFailed, LinkLaunched, LinkOpened
 from oppy.logs import NOTICE
 from oppy.netdoc.authorities import DirAuthority, FallbackDir, v3_authorities
 from oppy.netdoc.documents import (
@@ -111,6 +111,7 @@ from oppy.path.guards import GuardStateError
 
 __all__ = [
     "BootstrapPhase",
+    "BootstrapProblem",
     "BootstrapStatus",
     "DirectorySource",
     "SourceKind",
@@ -225,6 +226,27 @@ _BOOTSTRAP_SUMMARIES = {
 #: Progress inside a phase is logged at notice only after this many more percent
 #: (tor control_bootstrap.c BOOTSTRAP_PCT_INCREMENT).
 BOOTSTRAP_PCT_INCREMENT = 5
+#: After this many problems a bootstrap problem is recommended as a warning (tor control_bootstrap.c
+#: BOOTSTRAP_PROBLEM_THRESHOLD); with bridges every one is.
+BOOTSTRAP_PROBLEM_THRESHOLD = 10
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapProblem:
+    """A connection failure while bootstrapping, as tor reports it (control_bootstrap.c
+    control_event_bootstrap_problem; control-spec "Status events", BOOTSTRAP with WARNING)."""
+
+    #: What went wrong, in words.
+    warning: str
+    #: control-spec's ORCONN reason (CONNECTREFUSED, IDENTITY, TIMEOUT, ...).
+    reason: str
+    #: How many problems so far.
+    count: int
+    #: "warn" when a user should hear of it, else "ignore".
+    recommendation: str
+    #: ``$FP~nickname`` of the relay or bridge, and its address and port.
+    host: str
+    hostaddr: str
 
 
 class BootstrapStatus:
@@ -243,6 +265,10 @@ class BootstrapStatus:
         self.phase: BootstrapPhase | None = None
         self._notice_percent = 0
         self._observers: list[Callable[[int, str, str], None]] = []
+        #: The last problem since the last step forward (GETINFO status/bootstrap-phase says WARN then).
+        self.problem: BootstrapProblem | None = None
+        self.problem_count = 0
+        self._problem_observers: list[Callable[[BootstrapProblem], None]] = []
 
     @property
     def tag(self) -> str:
@@ -261,6 +287,36 @@ class BootstrapStatus:
     def remove_observer(self, observer: Callable[[int, str, str], None]) -> None:
         self._observers = [known for known in self._observers if known is not observer]
 
+    def add_problem_observer(self, observer: Callable[[BootstrapProblem], None]) -> None:
+        self._problem_observers.append(observer)
+
+    def remove_problem_observer(self, observer: Callable[[BootstrapProblem], None]) -> None:
+        self._problem_observers = [known for known in self._problem_observers if known is not observer]
+
+    def report_problem(self, warning: str, reason: str, host: str, hostaddr: str, *, warn: bool = False) -> None:
+        """A connection failed before the bootstrap was done: ``Problem bootstrapping. Stuck at N% (tag):
+        summary. (warning; reason; count N; recommendation R; host H at A)``, recommended "warn" when
+        ``warn`` or once the problems reach BOOTSTRAP_PROBLEM_THRESHOLD. It is for controllers (observers:
+        STATUS_CLIENT; GETINFO status/bootstrap-phase) and logged at info: the directory's own warning
+        (no source could be reached, a bridge is not used) is the one line a user reads."""
+        if self.percent >= BootstrapPhase.DONE:
+            return
+        self.problem_count += 1
+        warn = warn or self.problem_count >= BOOTSTRAP_PROBLEM_THRESHOLD
+        problem = BootstrapProblem(warning, reason, self.problem_count, "warn" if warn else "ignore", host,
+                                   hostaddr)
+        self.problem = problem
+        percent, tag, summary = self.as_tuple()
+        self.logger.log(logging.INFO,
+                        "Problem bootstrapping. Stuck at %d%% (%s): %s. (%s; %s; count %d; recommendation %s; "
+                        "host %s at %s)", percent, tag, summary, warning, reason, problem.count,
+                        problem.recommendation, host, hostaddr)
+        for observer in list(self._problem_observers):
+            try:
+                observer(problem)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the bootstrap
+                self.logger.exception("bootstrap problem observer %r failed", observer)
+
     def report(self, phase: BootstrapPhase, progress: int = 0) -> bool:
         """Record a step; return True if it moved the bootstrap forward (and was logged)."""
         if self.percent >= BootstrapPhase.DONE:
@@ -272,6 +328,7 @@ class BootstrapStatus:
             if progress < self._notice_percent + BOOTSTRAP_PCT_INCREMENT:
                 level = logging.INFO
         shown = progress or int(phase)
+        self.problem = None
         self.logger.log(level, "Bootstrapped %d%% (%s): %s", shown, phase.tag, phase.summary)
         if phase > self.percent:
             self.phase = phase
@@ -636,6 +693,12 @@ class DirectoryService:
         """(percent, tag, summary) of the bootstrap, as GETINFO status/bootstrap-phase reports it."""
         return self.bootstrap.as_tuple()
 
+    @property
+    def bootstrap_problem(self) -> BootstrapProblem | None:
+        """The last connection problem since the bootstrap last moved forward (GETINFO
+        status/bootstrap-phase says WARN with it)."""
+        return self.bootstrap.problem
+
     def report_bootstrap(self, phase: BootstrapPhase, progress: int = 0) -> bool:
         """Report a later phase (the daemon: ap_conn ... done)."""
         return self.bootstrap.report(phase, progress)
@@ -822,6 +885,11 @@ class DirectoryService:
         elif isinstance(event, LinkOpened):
             self.bootstrap.report(BootstrapPhase.HANDSHAKE_DONE)
             self.bootstrap.report(BootstrapPhase.ONEHOP_CREATE)
+        elif isinstance(event, LinkFailed):
+            # control_bootstrap.c control_event_bootstrap_prob_or: with bridges, a user hears at once.
+            relay = event.relay
+            self.bootstrap.report_problem(event.reason, event.or_reason, relay.describe(),
+                                          f"{relay.address}:{relay.or_port}", warn=self.paths.bridges is not None)
 
     # ---- bridge descriptors ------------------------------------------------------------------
 

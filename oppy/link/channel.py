@@ -61,6 +61,10 @@ class LinkError(Exception):
     """The link failed: a handshake problem, a protocol violation, or a relay that is not who we dialled."""
 
 
+class LinkAuthenticationError(LinkError):
+    """The relay did not prove the identity we dialled (control-spec ORCONN reason IDENTITY)."""
+
+
 class ChannelState(enum.Enum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
@@ -237,7 +241,7 @@ class Channel:
             identity = verify_relay_certs(self._certs_body, self.peer_certificate_der, self.expected_rsa_id,
                                           self.expected_ed25519_id, self.clock())
         except CertificateError as exc:
-            raise LinkError(f"relay at {self.peer_address} failed authentication: {exc}") from None
+            raise LinkAuthenticationError(f"relay at {self.peer_address} failed authentication: {exc}") from None
         try:
             netinfo = decode_netinfo_body(netinfo_payload)
         except CellParseError as exc:

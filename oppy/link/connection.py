@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oppy.config.bridges import BridgeLine
-from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkError
+from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkAuthenticationError, LinkError
 from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
 from oppy.netdoc.relay import RelayTarget
 
@@ -351,9 +351,30 @@ class LinkOpened(LinkEvent):
 
 @dataclass(frozen=True, slots=True)
 class LinkFailed(LinkEvent):
-    """The link could not be opened; `reason` says why."""
+    """The link could not be opened; `reason` says why, `or_reason` is control-spec's ORCONN reason for it
+    (CONNECTREFUSED, IDENTITY, TIMEOUT, NOROUTE, PT_MISSING or MISC), as tor's bootstrap problems name it."""
 
     reason: str
+    or_reason: str = "MISC"
+
+
+class LinkTimeoutError(LinkError):
+    """TCP, TLS and the link handshake took longer than the handshake timeout (ORCONN reason TIMEOUT)."""
+
+
+class LinkTransportError(LinkError):
+    """No pluggable transport provides what a bridge's line names (ORCONN reason PT_MISSING)."""
+
+
+def or_conn_reason(failure: Failure) -> str:
+    """control-spec's ORCONN reason for a link that could not be opened (tor
+    orconn_end_reason_to_control_string)."""
+    for kinds, reason in (((LinkAuthenticationError,), "IDENTITY"), ((LinkTransportError,), "PT_MISSING"),
+                          ((LinkTimeoutError, error.TimeoutError, defer.TimeoutError), "TIMEOUT"),
+                          ((error.ConnectionRefusedError,), "CONNECTREFUSED"), ((error.NoRouteError,), "NOROUTE")):
+        if failure.check(*kinds):
+            return reason
+    return "MISC"
 
 
 class LinkPool:
@@ -440,7 +461,7 @@ class LinkPool:
         opening.addCallback(connected)
 
         def timed_out(result, timeout):
-            return Failure(LinkError(f"link handshake with {relay.describe()} timed out after {timeout:.0f}s"))
+            return Failure(LinkTimeoutError(f"link handshake with {relay.describe()} timed out after {timeout:.0f}s"))
 
         opening.addTimeout(self.handshake_timeout, self.reactor, onTimeoutCancel=timed_out)
 
@@ -456,11 +477,12 @@ class LinkPool:
                 waiter.callback(connection.channel)
 
         def failed(failure):
+            reason = or_conn_reason(failure)
             if not failure.check(LinkError):
                 failure = Failure(LinkError(f"cannot connect to {connection.channel.peer_address}: "
                                             f"{failure.getErrorMessage()}"))
             log.info("link to %s failed: %s", relay.describe(), failure.getErrorMessage())
-            self._notify(LinkFailed(relay, failure.getErrorMessage()))
+            self._notify(LinkFailed(relay, failure.getErrorMessage(), reason))
             for waiter in self._pending.pop(relay.rsa_id, []):
                 waiter.errback(failure)
 
@@ -473,8 +495,8 @@ class LinkPool:
             return relay_endpoint(self.reactor, relay, self.handshake_timeout)
         assert line.transport is not None
         if self.transports is None or not self.transports.provides(line.transport):
-            raise LinkError(f"bridge {relay.describe()} needs the pluggable transport '{line.transport}', which "
-                            "no ClientTransportPlugin line provides")
+            raise LinkTransportError(f"bridge {relay.describe()} needs the pluggable transport '{line.transport}', "
+                                     "which no ClientTransportPlugin line provides")
         return self.transports.endpoint(line.transport, line.address, line.port, line.args)
 
     def _housekeep(self) -> None:
@@ -497,4 +519,5 @@ class LinkPool:
 
 
 __all__ = ["LinkPool", "RelayConnection", "TransportEndpoints", "relay_endpoint", "tls_context", "LinkError",
-           "error", "LinkEvent", "LinkLaunched", "LinkConnected", "LinkOpened", "LinkFailed"]
+           "error", "LinkEvent", "LinkLaunched", "LinkConnected", "LinkOpened", "LinkFailed", "LinkTimeoutError",
+           "LinkTransportError", "or_conn_reason"]

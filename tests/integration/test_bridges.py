@@ -116,8 +116,14 @@ def test_a_bridge_with_a_wrong_fingerprint_is_refused(network: TestNetwork, tmp_
         line = oppy.wait_for_line(r"\[warn\] Bridge \$" + wrong, timeout=60)
         oppy.wait_for_line(r"No bridge could be reached", timeout=60)
         fetched = curl(oppy, network.url("/"), timeout=5)
+        with controller(oppy) as connected:
+            phase = connected.get_info("status/bootstrap-phase")
     finally:
         assert oppy.stop() == 0
+    # tor's bootstrap problem: stuck at the handshake, the reason IDENTITY, the bridge named.
+    assert phase.startswith('WARN BOOTSTRAP PROGRESS=14 TAG=handshake SUMMARY="Handshaking with a relay" '), phase
+    assert " REASON=IDENTITY " in phase and " RECOMMENDATION=warn " in phase
+    assert phase.endswith(f" HOST=${wrong}~Unnamed HOSTADDR=127.0.0.1:{port}")
     assert f"Bridge ${wrong} at 127.0.0.1:{port} is not used until its retry time" in line
     assert f"relay has RSA identity {bridge['fingerprint']}, expected {wrong}" in line
     assert not any("Bootstrapped 75%" in text or "new bridge descriptor" in text for text in oppy.lines)

@@ -68,6 +68,7 @@ class FakeDirectory:
     def __init__(self):
         self.netdir = NetDir(consensus())
         self.bootstrap_phase = (100, "done", "Done")
+        self.bootstrap_problem = None
         self.enough_dir_info = True
 
 

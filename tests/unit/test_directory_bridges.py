@@ -9,7 +9,14 @@ import random
 
 from oppy.config import parse_bridge_line
 from oppy.directory.cache import DirectoryCache
-from oppy.directory.service import BRIDGE_DESCRIPTOR_REFETCH, SourceKind
+from oppy.control.status import bootstrap_phase_text
+from oppy.directory.service import (
+    BOOTSTRAP_PROBLEM_THRESHOLD,
+    BRIDGE_DESCRIPTOR_REFETCH,
+    BootstrapPhase,
+    BootstrapStatus,
+    SourceKind,
+)
 from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
 from tests.unit.test_directory_service import T0, DirectoryServer, FakeClient, make_world, run
@@ -156,4 +163,47 @@ def test_a_bridge_descriptor_is_fetched_again_three_hours_after_it_was_learned(t
     world.clock.advance(1)
     assert descriptor_fetches() == 2
     assert service.paths.bridges.descriptor(bridge.hex()).ntor_onion_key == b"\x07" * 32
+    run(service.stop())
+
+
+# ------------------------------------------------------------------------------------------ bootstrap problems
+
+
+def test_a_bootstrap_problem_is_reported_as_tor_reports_it_until_the_bootstrap_moves(caplog):
+    caplog.set_level(logging.INFO, logger="test.bootstrap")
+    status = BootstrapStatus(logging.getLogger("test.bootstrap"))
+    heard = []
+    status.add_problem_observer(heard.append)
+    status.report(BootstrapPhase.HANDSHAKE)
+    for count in range(1, BOOTSTRAP_PROBLEM_THRESHOLD + 1):
+        status.report_problem("Connection refused", "CONNECTREFUSED", "$" + "AB" * 20 + "~relay", "127.0.0.1:9")
+        assert status.problem.count == count
+        assert status.problem.recommendation == ("warn" if count == BOOTSTRAP_PROBLEM_THRESHOLD else "ignore")
+    assert len(heard) == BOOTSTRAP_PROBLEM_THRESHOLD and heard[-1] is status.problem
+    assert caplog.records[-1].getMessage() == (
+        "Problem bootstrapping. Stuck at 14% (handshake): Handshaking with a relay. (Connection refused; "
+        f"CONNECTREFUSED; count 10; recommendation warn; host ${'AB' * 20}~relay at 127.0.0.1:9)")
+    assert all(record.levelno == logging.INFO for record in caplog.records if "Problem" in record.getMessage())
+    assert bootstrap_phase_text(*status.as_tuple(), status.problem) == (
+        'WARN BOOTSTRAP PROGRESS=14 TAG=handshake SUMMARY="Handshaking with a relay" WARNING="Connection refused" '
+        f"REASON=CONNECTREFUSED COUNT=10 RECOMMENDATION=warn HOST=${'AB' * 20}~relay HOSTADDR=127.0.0.1:9")
+    status.report(BootstrapPhase.HANDSHAKE_DONE)
+    assert status.problem is None
+    assert bootstrap_phase_text(*status.as_tuple(), status.problem).startswith("NOTICE BOOTSTRAP PROGRESS=15 ")
+    status.report_problem('a "quoted"\nwarning', "MISC", "$" + "AB" * 20, "127.0.0.1:9", warn=True)
+    assert status.problem.recommendation == "warn" and status.problem.count == 11
+    assert 'WARNING="a \\"quoted\\" warning" REASON=MISC' in bootstrap_phase_text(*status.as_tuple(), status.problem)
+
+
+def test_with_bridges_a_bridge_that_cannot_be_reached_is_a_problem_to_warn_about(tmp_path):
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    world.circuits.broken.add("Unnamed")
+    service.start()
+    problem = service.bootstrap_problem
+    assert problem is not None and problem.recommendation == "warn" and problem.count >= 1
+    assert (problem.host, problem.hostaddr) == (f"${bridge.hex().upper()}~Unnamed", "127.0.0.1:9000")
+    world.circuits.broken.clear()
+    world.clock.advance(30)
+    assert service.enough_dir_info and service.bootstrap_problem is None
     run(service.stop())

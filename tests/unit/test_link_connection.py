@@ -12,8 +12,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from oppy.circuit.build import build_circuit
 from oppy.config import parse_bridge_line
-from oppy.link.channel import ChannelState, LinkError
-from oppy.link.connection import LinkPool
+from oppy.link.channel import ChannelState, LinkAuthenticationError, LinkError
+from oppy.link.connection import LinkFailed, LinkPool
 from oppy.link.padding import ConnectionPaddingOptions, PaddingPolicy
 from oppy.netdoc.relay import RelayTarget
 from tests.unit.loopback_relay import listen
@@ -52,10 +52,12 @@ def test_a_relay_that_never_answers_the_handshake_times_out_and_is_disconnected(
             accepted.remove(self)
 
     listener = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1")
-    links = LinkPool(reactor, handshake_timeout=0.3)
+    events = []
+    links = LinkPool(reactor, handshake_timeout=0.3, observers=[events.append])
     try:
         with pytest.raises(LinkError, match=r"link handshake with \$0101.*~silent timed out"):
             yield links.get(target(listener.getHost().port))
+        assert [event.or_reason for event in events if isinstance(event, LinkFailed)] == ["TIMEOUT"]
         assert links.pending_identities() == [] and links.connections() == []
         yield until(lambda: not accepted)  # the handshake given up, the TCP connection is closed
     finally:
@@ -67,13 +69,30 @@ def test_a_refused_connection_fails_every_waiter_with_link_error():
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    links = LinkPool(reactor, handshake_timeout=5)
+    events = []
+    links = LinkPool(reactor, handshake_timeout=5, observers=[events.append])
     first, second = links.get(target(port)), links.get(target(port))
     assert links.pending_identities() == [b"\x01" * 20]
     for waiter in (first, second):
         with pytest.raises(LinkError, match=f"cannot connect to 127.0.0.1:{port}"):
             yield waiter
     assert links.pending_identities() == []
+    assert [event.or_reason for event in events if isinstance(event, LinkFailed)] == ["CONNECTREFUSED"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_relay_proving_another_identity_fails_with_reason_identity(tmp_path):
+    relay = listen(tmp_path)
+    events = []
+    links = LinkPool(reactor, observers=[events.append])
+    try:
+        impostor = relay.path[0]._replace(rsa_id=b"\x02" * 20)
+        with pytest.raises(LinkAuthenticationError, match="expected 0202"):
+            yield links.get(impostor)
+        assert [event.or_reason for event in events if isinstance(event, LinkFailed)] == ["IDENTITY"]
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
 
 
 # ------------------------------------------------------------------------------------------------ padding
@@ -199,7 +218,9 @@ def test_a_transport_bridge_is_reached_through_the_transports_endpoint(tmp_path)
 def test_a_transport_bridge_without_its_transport_is_refused_with_a_clear_error():
     line = parse_bridge_line(f"meek 192.0.2.7:443 {'AB' * 20} url=https://x/")
     for transports in (None, RecordingTransports(1)):
-        links = LinkPool(reactor, bridges=[line], transports=transports)
+        events = []
+        links = LinkPool(reactor, bridges=[line], transports=transports, observers=[events.append])
         with pytest.raises(LinkError, match="needs the pluggable transport 'meek', which no ClientTransportPlugin "
                                             "line provides"):
             yield links.get(RelayTarget("bridge", b"\xab" * 20, "192.0.2.7", 443))
+        assert [event.or_reason for event in events if isinstance(event, LinkFailed)] == ["PT_MISSING"]
