@@ -32,7 +32,7 @@ from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.netdoc.router import RouterDescriptor
 from oppy.path.bridges import BridgeSet
 from oppy.path.guards import GuardChoice, GuardSample, GuardUsage, NoGuardAvailableError, SampledGuard, choose_path
-from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathSelector
+from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathNode, PathSelector
 from oppy.path.vanguards import (
     OnionServicePurpose,
     VanguardsLite,
@@ -161,26 +161,47 @@ class PathChooser:
 
     def _choose_bridge_path(self, bridges: BridgeSet, port: int | None, avoid: set[bytes],
                             rng: random.Random) -> tuple[list[RelayTarget], GuardChoice]:
-        """The exit first, then a bridge of the sample whose descriptor is held (not the exit, not avoided),
-        then a middle that is neither."""
+        """The exit first, then a bridge of the sample whose descriptor is held (not the exit, not avoided,
+        not in its subnet), then a middle that is neither the bridge nor in its subnet (tor keeps a bridge
+        apart from the other hops as it does a guard)."""
         selector = self.selector
-        exit_node = selector.choose_exit(rng, port, avoid=avoid)
+        enforce = self.enforce_distinct_subnets
 
-        def fits(guard: SampledGuard) -> bool:
+        def fits_exit(guard: SampledGuard, exit_node: PathNode) -> bool:
             rsa_id = bytes.fromhex(guard.fingerprint)
-            return rsa_id != exit_node.relay.rsa_id and rsa_id not in avoid
+            if rsa_id == exit_node.relay.rsa_id or rsa_id in avoid or guard.fingerprint not in bridges.lines:
+                return False
+            return not (enforce and exit_node.in_subnet_of(bridges.lines[guard.fingerprint].address))
+
+        known = sum(1 for fingerprint in bridges.fingerprints() if bridges.descriptor(fingerprint) is not None)
+        if not known:
+            raise NoGuardAvailableError(f"no bridge can start this circuit: none of the {len(bridges.lines)} "
+                                        "bridge descriptor(s) is known yet")
+        # An exit that no bridge with a descriptor can go with is drawn again without it: the exit comes from
+        # those some bridge can go with (tor would fail such a circuit at its first hop and choose anew).
+        avoid_exit = set(avoid)
+        while True:
+            exit_node = selector.choose_exit(rng, port, avoid=avoid_exit)
+            if any(bridges.descriptor(guard.fingerprint) is not None and fits_exit(guard, exit_node)
+                   for guard in self.guards.guards):
+                break
+            avoid_exit.add(exit_node.relay.rsa_id)
 
         try:
-            choice = self.guards.pick(self.clock(), GuardUsage.TRAFFIC, restriction=fits,
+            choice = self.guards.pick(self.clock(), GuardUsage.TRAFFIC,
+                                      restriction=lambda guard: fits_exit(guard, exit_node),
                                       has_descriptor=lambda fingerprint: bridges.descriptor(fingerprint) is not None)
         except NoGuardAvailableError as exc:
-            known = sum(1 for fingerprint in bridges.fingerprints() if bridges.descriptor(fingerprint) is not None)
             raise NoGuardAvailableError(f"no bridge can start this circuit: {exc} ({known} of "
                                         f"{len(bridges.lines)} bridge descriptor(s) known)") from None
         bridge = bridges.target(choice.fingerprint)
-        middle = selector.choose_middle(rng, exclude=(exit_node,), avoid=avoid | {bridge.rsa_id},
-                                        stable=self.needs_stable(port))
-        return [bridge, middle.target, exit_node.target], choice
+        avoid_middle = avoid | {bridge.rsa_id}
+        while True:     # drawn again without each middle in the bridge's subnet: the same distribution
+            middle = selector.choose_middle(rng, exclude=(exit_node,), avoid=avoid_middle,
+                                            stable=self.needs_stable(port))
+            if not (enforce and middle.in_subnet_of(bridge.address)):
+                return [bridge, middle.target, exit_node.target], choice
+            avoid_middle.add(middle.relay.rsa_id)
 
     def choose_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
                     rng: random.Random | None = None) -> list[RelayTarget]:

@@ -105,6 +105,14 @@ class PathNode:
         """Same IPv4 /16 or a shared IPv6 /32 (tor ``router_addrs_in_same_network``)."""
         return self._subnet_v4 == other._subnet_v4 or not self._subnets_v6.isdisjoint(other._subnets_v6)
 
+    def in_subnet_of(self, address: str) -> bool:
+        """Does this relay share the IPv4 /16 or IPv6 /32 of ``address`` (a bridge's, which is in no
+        consensus)?"""
+        ip = ipaddress.ip_address(address)
+        if ip.version == 4:
+            return (int(ip) >> 16) == self._subnet_v4
+        return (int(ip) >> 96) in self._subnets_v6
+
     def __repr__(self) -> str:
         return f"PathNode({self.relay.nickname} ${self.fingerprint})"
 

@@ -57,7 +57,8 @@ def test_no_circuit_before_a_bridge_descriptor_then_every_circuit_starts_at_the_
     chooser, _ = bridge_chooser(1)
     assert not chooser.dir_info().enough
     assert "missing descriptors for 1/2 of our primary entry guards (bridges)" in chooser.dir_info().status
-    with pytest.raises(NoGuardAvailableError, match=r"no bridge can start this circuit: .*\(0 of 1 bridge"):
+    with pytest.raises(NoGuardAvailableError, match="no bridge can start this circuit: none of the 1 bridge "
+                                                     "descriptor"):
         chooser.choose_circuit_path(443)
     learn(chooser, 0)
     assert chooser.dir_info().enough
@@ -146,3 +147,22 @@ def test_with_every_primary_bridge_down_the_directory_information_says_so():
     assert chooser.dir_info().enough
     chooser.mark_guard_down(rsa_id(identity_key(0)))
     assert chooser.dir_info().status == "None of our primary bridges is reachable right now."
+
+
+def test_no_exit_or_middle_shares_the_bridges_subnet():
+    """163.172/16 holds 123 Fast relays of the 2017 consensus: a bridge there keeps all of them off its paths."""
+    netdir = real_netdir(FOLDER)
+    now = netdir.consensus.valid_after + 1800.0
+    line = parse_bridge_line(f"163.172.9.9:443 {rsa_id(identity_key(0)).hex()}")
+    chooser = PathChooser(rng=random.Random(5), clock=lambda: now, bridges=BridgeSet([line]))
+    chooser.set_netdir(netdir)
+    learn(chooser, 0)
+    hops = [chooser.choose_circuit_path(443, rng=random.Random(seed))[0] for seed in range(200)]
+    assert all(bridge.address == "163.172.9.9" for bridge, _, _ in hops)
+    assert not any(hop.address.startswith("163.172.") for _, middle, exit_ in hops for hop in (middle, exit_))
+    relaxed = PathChooser(rng=random.Random(5), clock=lambda: now, bridges=BridgeSet([line]),
+                          enforce_distinct_subnets=False)
+    relaxed.set_netdir(netdir)
+    assert relaxed.learned_bridge_descriptor(parse_router_descriptor(make_descriptor(identity_key(0))))
+    hops = [relaxed.choose_circuit_path(443, rng=random.Random(seed))[0] for seed in range(200)]
+    assert any(hop.address.startswith("163.172.") for _, middle, exit_ in hops for hop in (middle, exit_))

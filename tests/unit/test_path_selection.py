@@ -445,3 +445,15 @@ def test_family_nicknames_parse_and_match_like_tor():
     assert not selector.in_same_family(one, three)           # listed one way only
     off = PathSelector(make_consensus(relays, params={"use-family-lists": 0}), microdescs)
     assert not off.in_same_family(*off.nodes[:2])
+
+
+def test_a_relay_is_in_the_subnet_of_a_bridges_address():
+    """A bridge is in no consensus: its address alone is compared (IPv4 /16, IPv6 /32)."""
+    netdir = real_netdir("2017-03-10-bitnym")
+    selector = PathSelector(netdir.consensus, netdir.microdescs)
+    node = next(node for node in (selector.node(relay.fingerprint) for relay in netdir.consensus.relays)
+                if node is not None)
+    first, second, third, fourth = node.relay.address.split(".")
+    assert node.in_subnet_of(f"{first}.{second}.250.250")
+    assert not node.in_subnet_of(f"{first}.{(int(second) + 1) % 256}.{third}.{fourth}")
+    assert not node.in_subnet_of("2001:db8::1")
