@@ -616,8 +616,10 @@ class DirectoryService:
         #: was logged at warning level (once until they work).
         self._bridge_fetches: dict[str, defer.Deferred] = {}
         self._bridges_warned: set[str] = set()
-        #: When each bridge's descriptor is due to be fetched again, and the timer for the first of them.
+        #: When each bridge's descriptor is due to be fetched again (3 hours after it came, or after a backoff
+        #: when it could not be had), the failures in a row, and the timer for the first of them.
         self._bridge_refetch_at: dict[str, float] = {}
+        self._bridge_failures: dict[str, int] = {}
         self._bridge_timer = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -932,12 +934,15 @@ class DirectoryService:
                                         f"says ${expected}")
             return None
         self._bridges_warned.discard(expected)
+        self._bridge_failures.pop(expected, None)
         self._learned_bridge_descriptor(descriptor)
-        self._schedule_bridge_refetch(expected)
+        self._schedule_bridge_refetch(expected, BRIDGE_DESCRIPTOR_REFETCH)
         return descriptor
 
-    def _schedule_bridge_refetch(self, fingerprint: str) -> None:
-        self._bridge_refetch_at[fingerprint] = self.clock() + BRIDGE_DESCRIPTOR_REFETCH
+    def _schedule_bridge_refetch(self, fingerprint: str, delay: float) -> None:
+        self._bridge_refetch_at[fingerprint] = self.clock() + delay
+        if self._stopped:
+            return
         if self._bridge_timer is not None and self._bridge_timer.active():
             self._bridge_timer.cancel()
         delay = max(0.0, min(self._bridge_refetch_at.values()) - self.clock())
@@ -948,8 +953,13 @@ class DirectoryService:
         self.fetch_bridge_descriptors()
 
     def _bridge_failed(self, source: DirectorySource, why: str) -> None:
-        """A bridge is not used until its retry time (guard-spec); the first failure in a row is a warning."""
+        """A bridge is not used until its retry time (guard-spec); the first failure in a row is a warning.
+        Its descriptor is asked for again after a backoff (tor bridges.c: DL_SCHED_BRIDGE), so that a bridge
+        back up is found without waiting for the next consensus fetch."""
         target = source.target
+        failures = self._bridge_failures.get(target.fingerprint, 0)
+        self._bridge_failures[target.fingerprint] = failures + 1
+        self._schedule_bridge_refetch(target.fingerprint, _backoff(failures, self._consensus_retry))
         level = logging.INFO if target.fingerprint in self._bridges_warned else logging.WARNING
         self._bridges_warned.add(target.fingerprint)
         log.log(level, "Bridge $%s at %s:%d is not used until its retry time: %s", target.fingerprint,

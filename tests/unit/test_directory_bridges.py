@@ -207,3 +207,30 @@ def test_with_bridges_a_bridge_that_cannot_be_reached_is_a_problem_to_warn_about
     world.clock.advance(30)
     assert service.enough_dir_info and service.bootstrap_problem is None
     run(service.stop())
+
+
+def test_a_bridge_down_at_a_restart_with_a_live_cache_is_asked_again_soon(tmp_path, caplog):
+    """The cached consensus is live, so no consensus fetch comes for a long while: the bridge's descriptor is
+    asked for again on its own backoff, and the bridge is used as soon as it answers."""
+    caplog.set_level(logging.INFO, logger="oppy")
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    run(service.start())
+    run(service.stop())
+    server = world.client.by_id[bridge]
+    server.down = True
+    world.client.requests.clear()
+    clock = world.clock
+    paths = PathChooser(rng=random.Random(4), clock=lambda: T0 + 600 + clock.seconds(),
+                        enforce_distinct_subnets=False, bridges=BridgeSet([parse_bridge_line(line(0))]))
+    again = world.service(paths=paths)
+    again.start()
+    assert again.netdir is not None and not again.enough_dir_info        # the cache, but no descriptor
+    for _ in range(5):
+        clock.advance(4)
+    asked = [path for _, _, path in world.client.requests]
+    assert asked.count("/tor/server/authority.z") >= 3 and not any("consensus" in path for path in asked)
+    server.down = False
+    clock.advance(20)
+    assert again.enough_dir_info
+    run(again.stop())
