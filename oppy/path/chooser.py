@@ -221,8 +221,8 @@ class PathChooser:
             self.vanguards.params = params
             vanguards = self.vanguards
         path, choice = choose_onion_service_path(selector, self.guards, vanguards, purpose, self.clock(),
-                                                 rng if rng is not None else self.rng, target)
-        return [node.target for node in path.hops], choice
+                                                 rng if rng is not None else self.rng, target, bridges=self.bridges)
+        return path.targets(), choice
 
     def exit_allows(self, rsa_id: bytes, port: int) -> bool:
         """The relay's microdescriptor policy summary, in the NetDir in use, accepts ``port``."""

@@ -42,6 +42,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from oppy.netdoc.relay import RelayTarget
+from oppy.path.bridges import BridgeSet
 from oppy.path.guards import GuardChoice, GuardSample, GuardUsage
 from oppy.path.selection import NoPathError, PathError, PathNode, PathSelector
 from oppy.path.state import is_state_time, short_repr
@@ -380,25 +382,38 @@ class OnionServicePath:
     if its purpose has one."""
 
     purpose: OnionServicePurpose
-    guard: PathNode
+    #: The guard, a relay of the consensus (None when a bridge is the first hop).
+    guard: PathNode | None
     layer2: PathNode
     #: The extra hop before a target (None for a client rendezvous circuit).
     middle: PathNode | None
     #: The rendezvous point chosen here (client rendezvous circuits only).
     rendezvous: PathNode | None
+    #: UseBridges: the bridge that is the first hop instead of a guard.
+    bridge: RelayTarget | None = None
 
     @property
     def hops(self) -> tuple[PathNode, ...]:
-        """The chosen hops in circuit order."""
+        """The chosen hops in circuit order (a path through a guard of the consensus)."""
+        assert self.guard is not None
+        return (self.guard, self.layer2, self._last)
+
+    @property
+    def _last(self) -> PathNode:
         last = self.middle if self.middle is not None else self.rendezvous
         assert last is not None
-        return (self.guard, self.layer2, last)
+        return last
+
+    def targets(self) -> list[RelayTarget]:
+        """What the circuit is built through, in order: the guard or the bridge, then the other hops."""
+        first = self.bridge if self.bridge is not None else self.hops[0].target
+        return [first, self.layer2.target, self._last.target]
 
 
 def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vanguards: VanguardsLite | None,
                               purpose: OnionServicePurpose, now: float, rng: random.Random,
-                              target: bytes | None = None, *, stable: bool = False
-                              ) -> tuple[OnionServicePath, GuardChoice]:
+                              target: bytes | None = None, *, stable: bool = False,
+                              bridges: BridgeSet | None = None) -> tuple[OnionServicePath, GuardChoice]:
     """The path of an onion-service circuit, in tor's order (``circuit_establish_circuit``): the
     last hop first, then the guard, then the second hop, then the middle.
 
@@ -413,8 +428,9 @@ def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vangu
 
     Hops are Fast (tor launches these circuits with CIRCLAUNCH_NEED_CAPACITY), and Stable too for a
     ``stable`` circuit (a long-lived port); families and subnets are not compared (tor
-    ``build_vanguard_middle_exclude_list``). Returns the path and the guard choice to report the
-    circuit's outcome with; raises :class:`NoPathError` (or a subclass) saying why.
+    ``build_vanguard_middle_exclude_list``). With ``bridges`` (UseBridges) ``guards`` is the bridges'
+    sample and the first hop a bridge whose descriptor is held. Returns the path and the guard choice to
+    report the circuit's outcome with; raises :class:`NoPathError` (or a subclass) saying why.
     """
     if purpose.has_target != (target is not None):
         raise PathError(f"a {purpose.value} circuit {'needs' if purpose.has_target else 'takes no'} target")
@@ -427,11 +443,16 @@ def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vangu
         last_id = rendezvous.relay.rsa_id
     else:
         last_id = target
-    choice = guards.pick(now, GuardUsage.TRAFFIC,
-                         has_descriptor=lambda fingerprint: selector.node(fingerprint) is not None)
-    guard = selector.node(choice.fingerprint)
-    assert guard is not None        # has_descriptor accepted it
-    chosen = {last_id, guard.relay.rsa_id}
+    if bridges is None:
+        choice = guards.pick(now, GuardUsage.TRAFFIC,
+                             has_descriptor=lambda fingerprint: selector.node(fingerprint) is not None)
+        guard, bridge = selector.node(choice.fingerprint), None
+        assert guard is not None        # has_descriptor accepted it
+    else:
+        choice = guards.pick(now, GuardUsage.TRAFFIC,
+                             has_descriptor=lambda fingerprint: bridges.descriptor(fingerprint) is not None)
+        guard, bridge = None, bridges.target(choice.fingerprint)
+    chosen = {last_id, bytes.fromhex(choice.fingerprint)}
     try:
         if vanguards is not None:
             layer2 = vanguards.choose_layer2(selector, now, exclude=chosen, rng=rng)
@@ -443,4 +464,4 @@ def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vangu
     except NoPathError:
         guards.cancel(choice)       # no circuit will report on this guard
         raise
-    return OnionServicePath(purpose, guard, layer2, middle, rendezvous), choice
+    return OnionServicePath(purpose, guard, layer2, middle, rendezvous, bridge), choice

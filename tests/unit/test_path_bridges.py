@@ -13,6 +13,7 @@ from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardSample, NoGuardAvailableError, Reachability, retry_delay
 from oppy.path.selection import NoPathError
+from oppy.path.vanguards import OnionServicePurpose
 from tests.support.testdata import real_netdir
 from tests.unit.test_netdoc_router import identity_key, make_descriptor, rsa_id
 
@@ -166,3 +167,20 @@ def test_no_exit_or_middle_shares_the_bridges_subnet():
     assert relaxed.learned_bridge_descriptor(parse_router_descriptor(make_descriptor(identity_key(0))))
     hops = [relaxed.choose_circuit_path(443, rng=random.Random(seed))[0] for seed in range(200)]
     assert any(hop.address.startswith("163.172.") for _, middle, exit_ in hops for hop in (middle, exit_))
+
+
+def test_onion_service_circuits_start_at_the_bridge_too():
+    chooser, _ = bridge_chooser(1)
+    with pytest.raises(NoGuardAvailableError):
+        chooser.choose_onion_service_path(OnionServicePurpose.CLIENT_REND)
+    learn(chooser, 0)
+    consensus = chooser.netdir.consensus
+    target = consensus.relays[0].rsa_id
+    for seed in range(10):
+        rng = random.Random(seed)
+        rend, _ = chooser.choose_onion_service_path(OnionServicePurpose.CLIENT_REND, rng=rng)
+        hsdir, choice = chooser.choose_onion_service_path(OnionServicePurpose.CLIENT_HSDIR, target, rng=rng)
+        for path in (rend, hsdir):
+            assert len(path) == 3 and path[0].nickname == "bridge0" and path[0].address == "10.0.0.1"
+            assert all(consensus.relay_by_id(hop.rsa_id) is not None for hop in path[1:])
+        assert target not in {hop.rsa_id for hop in hsdir} and choice.fingerprint == hsdir[0].fingerprint
