@@ -71,7 +71,8 @@ def bridge_state(data_directory: Path) -> dict[str, dict]:
     return {guard["fingerprint"]: guard for guard in state["bridges"]["guards"]}
 
 
-def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes(network: TestNetwork, tmp_path: Path):
+def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onion_service(network: TestNetwork,
+                                                                                           tmp_path: Path):
     bridge = plain(network)
     trace_file = tmp_path / "connect.strace"
     data_directory = tmp_path / "data"
@@ -80,6 +81,8 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes(network: Te
     try:
         oppy.wait_ready()
         result = curl(oppy, network.url(f"/bytes/{TEN_MB}"))
+        onion = network.onion
+        onion_page = curl(oppy, f"http://{onion['plain']['address']}:{onion['virtual_port']}/")
         with controller(oppy) as connected:
             phase = connected.get_info("status/bootstrap-phase")
             guards = connected.get_info("entry-guards").splitlines()
@@ -90,6 +93,7 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes(network: Te
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) == TEN_MB
     assert hashlib.sha256(result.stdout).hexdigest() == fetch(network.url(f"/sha256/{TEN_MB}")).decode().strip()
+    assert onion_page.returncode == 0 and onion_page.stdout == HELLO, onion_page.stderr     # through the bridge too
 
     connects = inet_connects(trace_file.read_text())
     assert connects, "strace saw no connect() at all"
