@@ -21,6 +21,7 @@ from oppy.config import OPTION_NAMES, ConfigError, reload_config
 from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
 from oppy.control.events import format_path, orconn_event
 from oppy.directory.service import DirectoryService
+from oppy.link.connection import LinkEvent, LinkFailed
 from oppy.logs import configure_logging, notice
 from oppy.netdoc.relay import RelayTarget
 
@@ -43,7 +44,15 @@ class LinkTrafficMeter:
         self._last: dict[object, tuple[int, int]] = {}
         self._ids: dict[object, int] = {}
         self._pending_ids: dict[bytes, int] = {}
+        #: The ORCONN reason of each link that failed since the last connection_events().
+        self._failure_reasons: dict[bytes, str] = {}
         self._next_id = 1
+
+    def link_event(self, event: LinkEvent) -> None:
+        """The link pool's events: a failed link's reason, for its ORCONN FAILED event (REASON=IDENTITY for a
+        bridge that is not who its line says, TIMEOUT, ...)."""
+        if isinstance(event, LinkFailed):
+            self._failure_reasons[event.relay.rsa_id] = event.or_reason
 
     def _new_id(self) -> int:
         number, self._next_id = self._next_id, self._next_id + 1
@@ -84,8 +93,8 @@ class LinkTrafficMeter:
         for rsa_id in list(self._pending_ids):
             if rsa_id not in pending and rsa_id not in open_ids:
                 number = self._pending_ids.pop(rsa_id)
-                events.append(orconn_event(self._target(rsa_id), "FAILED", reason="CONNECTREFUSED",
-                                           conn_id=number))
+                reason = self._failure_reasons.pop(rsa_id, "CONNECTREFUSED")
+                events.append(orconn_event(self._target(rsa_id), "FAILED", reason=reason, conn_id=number))
         for connection in list(self._ids):
             if connection not in open_connections:
                 number = self._ids.pop(connection)

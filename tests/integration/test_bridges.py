@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
 import subprocess
 from pathlib import Path
 
-from stem.control import Controller
+from stem.control import Controller, EventType
 
 from tests.integration.test_begin_dir_only import inet_connects, strace
 from tests.support.network import TestNetwork
@@ -122,12 +123,17 @@ def test_a_bridge_with_a_wrong_fingerprint_is_refused(network: TestNetwork, tmp_
         fetched = curl(oppy, network.url("/"), timeout=5)
         with controller(oppy) as connected:
             phase = connected.get_info("status/bootstrap-phase")
+            failed = queue.Queue()
+            connected.add_event_listener(lambda event: event.status == "FAILED" and failed.put(event),
+                                         EventType.ORCONN)
+            orconn = failed.get(timeout=60)        # the next retry of the bridge (backing off up to 20 s)
     finally:
         assert oppy.stop() == 0
     # tor's bootstrap problem: stuck at the handshake, the reason IDENTITY, the bridge named.
     assert phase.startswith('WARN BOOTSTRAP PROGRESS=14 TAG=handshake SUMMARY="Handshaking with a relay" '), phase
     assert " REASON=IDENTITY " in phase and " RECOMMENDATION=warn " in phase
     assert phase.endswith(f" HOST=${wrong}~Unnamed HOSTADDR=127.0.0.1:{port}")
+    assert (orconn.endpoint_fingerprint, orconn.reason) == (wrong, "IDENTITY")
     assert f"Bridge ${wrong} at 127.0.0.1:{port} is not used until its retry time" in line
     assert f"relay has RSA identity {bridge['fingerprint']}, expected {wrong}" in line
     assert not any("Bootstrapped 75%" in text or "new bridge descriptor" in text for text in oppy.lines)

@@ -26,6 +26,7 @@ from oppy.control.status import (
     circuit_status_entry,
     ns_entry,
 )
+from oppy.link.connection import LinkFailed
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.path.chooser import PathChooser
@@ -706,3 +707,26 @@ class TestTraffic:
         parsed = [parse(event, "EVENT") for event in events]
         assert [(e.status, e.id) for e in parsed] == [("LAUNCHED", "1"), ("CONNECTED", "1"), ("CLOSED", "1")]
         assert (meter.total_read, meter.total_written) == (1500, 200)
+
+    def test_a_failed_link_reports_its_reason(self):
+        class Links:
+            def __init__(self):
+                self.pending = {}
+
+            def connections(self):
+                return []
+
+            def pending_identities(self):
+                return list(self.pending)
+
+        links = Links()
+        meter = LinkTrafficMeter(links, lambda rsa_id: None)
+        for rsa_id, failure in ((bytes.fromhex(FP[0]), "IDENTITY"), (bytes.fromhex(FP[1]), None)):
+            links.pending[rsa_id] = []
+            meter.connection_events()
+            del links.pending[rsa_id]
+            if failure is not None:
+                meter.link_event(LinkFailed(RelayTarget("bridge", rsa_id, "127.0.0.1", 1), "wrong", failure))
+            (event,) = [parse(event, "EVENT") for event in meter.connection_events()]
+            # Without the link pool's word (a double of the pool), CONNECTREFUSED as before.
+            assert (event.status, event.reason) == ("FAILED", failure or "CONNECTREFUSED")
