@@ -3,7 +3,8 @@
 Modules, bottom to top: :mod:`~oppy.config.values` (the error types, strict numbers, ASCII helpers),
 :mod:`~oppy.config.torrc` (the torrc lexer, ``%include``, quoting), :mod:`~oppy.config.bridges` (Bridge
 lines), :mod:`~oppy.config.options` (the value types, the option table, Config, loading and reloading)
-and :mod:`~oppy.config.command_line` (tor's command line). The public names are re-exported here: ``from oppy.config import Config`` is all most callers need.
+and :mod:`~oppy.config.command_line` (tor's command line). The public names are re-exported here:
+``from oppy.config import Config`` is all most callers need.
 """
 
 from oppy.config.bridges import BridgeLine, is_transport_name, pack_transport_args, parse_bridge_line

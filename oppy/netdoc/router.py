@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from oppy.netdoc.documents import parse_ipv4, pem_object, signed_ascii_lines
 from oppy.netdoc.errors import DirectoryError, DocumentParseError
-from oppy.netdoc.fields import decode_base64, parse_decimal, parse_time
+from oppy.netdoc.fields import decode_base64, parse_decimal, parse_hex_digest, parse_time
 from oppy.netdoc.relay import RelayTarget
 
 __all__ = [
@@ -116,14 +116,8 @@ def parse_router_descriptor(data: bytes) -> RouterDescriptor:
             if len(key) != _KEY_LENGTH:
                 raise error(f"{keyword} is {len(key)} bytes, not {_KEY_LENGTH}")
             values[keyword] = key
-        elif keyword == "fingerprint":
-            digits = rest.replace(" ", "")
-            try:
-                values[keyword] = bytes.fromhex(digits) if len(digits) == 40 else None
-            except ValueError:
-                values[keyword] = None
-            if values[keyword] is None:
-                raise error(f"bad fingerprint line {line[:80]!r}")
+        elif keyword == "fingerprint":       # the hex digest in groups of four
+            values[keyword] = bytes.fromhex(parse_hex_digest(rest.replace(" ", ""), error, "fingerprint"))
         elif keyword == "published":
             values[keyword] = parse_time(rest.strip(), error)
         elif keyword == "router-signature":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import re
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -134,3 +135,11 @@ def test_a_descriptor_without_an_ntor_key_or_with_a_short_one_is_malformed():
         parse_router_descriptor(good.replace(b" 19800 0 0\n", b" 19800 0\n"))
     with pytest.raises(RouterDescriptorError, match="more than one 'published' line"):
         parse_router_descriptor(make_descriptor(key, extra=f"published {PUBLISHED}\n"))
+
+
+def test_a_fingerprint_line_that_is_not_hex_is_malformed():
+    key = identity_key()
+    good = make_descriptor(key)
+    bad = re.sub(rb"fingerprint [0-9A-F ]+\n", b"fingerprint XYZ\n", good)
+    with pytest.raises(RouterDescriptorError, match="bad fingerprint: 'XYZ' is not 40 hex digits"):
+        parse_router_descriptor(bad)
