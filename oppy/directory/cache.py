@@ -8,6 +8,8 @@ oppy and the files stay recognisable:
   as signed (so it can be verified again on start-up);
 * ``cached-microdescs``: microdescriptors, each after an ``@last-listed`` annotation
   (tor ``microdesc_cache_rebuild``); tor's journal ``cached-microdescs.new`` is read too;
+* ``cached-descriptors``: the descriptors of the bridges (UseBridges), each after an ``@purpose bridge``
+  annotation, as tor keeps them there;
 * ``state``: oppy's persistent client state (the guard sample) as JSON (tor's own
   ``state`` file is a key-value text file; oppy does not share it).
 
@@ -36,6 +38,7 @@ __all__ = [
     "CACHED_CONSENSUS_FILE",
     "CACHED_MICRODESCS_FILE",
     "CACHED_MICRODESCS_JOURNAL_FILE",
+    "CACHED_DESCRIPTORS_FILE",
     "STATE_FILE",
     "CacheError",
     "DirectoryCache",
@@ -43,6 +46,7 @@ __all__ = [
     "split_key_certificates",
     "split_microdescriptors",
     "encode_microdescriptors",
+    "split_router_descriptors",
 ]
 
 CACHED_CERTS_FILE = "cached-certs"
@@ -50,6 +54,9 @@ CACHED_CONSENSUS_FILE = "cached-microdesc-consensus"
 CACHED_MICRODESCS_FILE = "cached-microdescs"
 #: C tor appends new microdescriptors to this journal between rebuilds; oppy only reads it.
 CACHED_MICRODESCS_JOURNAL_FILE = "cached-microdescs.new"
+CACHED_DESCRIPTORS_FILE = "cached-descriptors"
+#: The annotation tor writes before a bridge's descriptor in cached-descriptors (routerlist.c).
+BRIDGE_PURPOSE_ANNOTATION = b"@purpose bridge\n"
 STATE_FILE = "state"
 #: The annotation tor writes before each cached microdescriptor.
 LAST_LISTED_ANNOTATION = "@last-listed"
@@ -138,6 +145,17 @@ def encode_microdescriptors(entries: Iterable[tuple[bytes, float | None]]) -> by
     return b"".join(parts)
 
 
+_ROUTER_START_RE = re.compile(rb"^router ", re.M)
+
+
+def split_router_descriptors(data: bytes) -> list[bytes]:
+    """The text of each server descriptor in a concatenation, from its ``router`` line to the next one (the
+    next descriptor's annotations, after this one's signature, are left to the parser to skip)."""
+    starts = [match.start() for match in _ROUTER_START_RE.finditer(data)]
+    starts.append(len(data))
+    return [data[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
+
+
 class DirectoryCache:
     """Reads and writes the cache files of one DataDirectory (blocking: call from a thread)."""
 
@@ -200,6 +218,13 @@ class DirectoryCache:
             raise CacheError(f"cannot remove {self.path / CACHED_MICRODESCS_JOURNAL_FILE}: {exc}") from None
 
     # ---- state ---------------------------------------------------------------------
+
+    def read_bridge_descriptors(self) -> bytes | None:
+        return self._read(CACHED_DESCRIPTORS_FILE)
+
+    def write_bridge_descriptors(self, descriptors: Iterable[bytes]) -> None:
+        self._write(CACHED_DESCRIPTORS_FILE, b"".join(
+            BRIDGE_PURPOSE_ANNOTATION + (text if text.endswith(b"\n") else text + b"\n") for text in descriptors))
 
     def read_state(self) -> dict[str, Any] | None:
         """The JSON state, or None if there is none; :class:`CacheError` if it is malformed."""

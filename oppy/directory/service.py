@@ -64,7 +64,13 @@ from typing import Any, Protocol
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
-from oppy.directory.cache import CacheError, DirectoryCache, split_key_certificates, split_microdescriptors
+from oppy.directory.cache import (
+    CacheError,
+    DirectoryCache,
+    split_key_certificates,
+    split_microdescriptors,
+    split_router_descriptors,
+)
 from oppy.directory.client import (
     MAX_CERTIFICATES_SIZE,
     MAX_CONSENSUS_SIZE,
@@ -465,10 +471,27 @@ class _CacheContents:
     microdescs_problem: str | None = None
     state: dict[str, Any] | None = None
     state_problem: str | None = None
+    #: UseBridges: the cached bridge descriptors that verify, with their text.
+    bridge_descriptors: list[tuple[RouterDescriptor, bytes]] = field(default_factory=list)
+    bridge_descriptor_problems: list[str] = field(default_factory=list)
+
+
+def _load_bridge_descriptors(cache: DirectoryCache, contents: _CacheContents) -> None:
+    """Each cached bridge descriptor on its own: one that does not verify is reported, the others kept."""
+    try:
+        data = cache.read_bridge_descriptors()
+    except CacheError as exc:
+        contents.bridge_descriptor_problems.append(str(exc))
+        return
+    for text in split_router_descriptors(data or b""):
+        try:
+            contents.bridge_descriptors.append((parse_router_descriptor(text), text))
+        except DirectoryError as exc:
+            contents.bridge_descriptor_problems.append(f"{type(exc).__name__}: {exc}")
 
 
 def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now: float,
-                prepare: Callable[[NetDir], Any] | None = None) -> _CacheContents:
+                prepare: Callable[[NetDir], Any] | None = None, bridges: bool = False) -> _CacheContents:
     """Read and check everything the DataDirectory holds (worker thread).
 
     Each file stands on its own: one that cannot be read or is malformed is reported and
@@ -508,6 +531,8 @@ def _load_cache(cache: DirectoryCache, authorities: Sequence[DirAuthority], now:
         contents.state = cache.read_state()
     except CacheError as exc:
         contents.state_problem = str(exc)
+    if bridges:
+        _load_bridge_descriptors(cache, contents)
     return contents
 
 
@@ -621,6 +646,8 @@ class DirectoryService:
         self._bridge_refetch_at: dict[str, float] = {}
         self._bridge_failures: dict[str, int] = {}
         self._bridge_timer = None
+        #: The text of each bridge descriptor held, for cached-descriptors.
+        self._bridge_descriptor_texts: dict[str, bytes] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -634,7 +661,8 @@ class DirectoryService:
             self.links.add_observer(self._link_event)
         self.bootstrap.report(BootstrapPhase.STARTING)
         waiter = self.when_enough_dir_info()
-        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare)
+        loading = self._thread(_load_cache, self.cache, self.authorities, self.clock(), self.paths.prepare,
+                               self.paths.bridges is not None)
         loading.addCallbacks(self._cache_loaded, self._cache_load_failed)
         loading.addErrback(self._cache_install_failed)
         return waiter
@@ -724,6 +752,10 @@ class DirectoryService:
                     self.paths.restore_guards(contents.state[self.paths.state_key])
             except GuardStateError as exc:
                 log.warning("Ignoring the guards in the state file: %s. Starting a new guard sample.", exc)
+        for problem in contents.bridge_descriptor_problems:
+            log.info("Ignoring a cached bridge descriptor: %s", problem)
+        for descriptor, text in contents.bridge_descriptors:
+            self._learned_bridge_descriptor(descriptor, text, cached=True)
         self.fetch_bridge_descriptors()
         if contents.consensus_problem:
             log.warning("Discarding the cached consensus: %s", contents.consensus_problem)
@@ -935,7 +967,7 @@ class DirectoryService:
             return None
         self._bridges_warned.discard(expected)
         self._bridge_failures.pop(expected, None)
-        self._learned_bridge_descriptor(descriptor)
+        self._learned_bridge_descriptor(descriptor, response.body)
         self._schedule_bridge_refetch(expected, BRIDGE_DESCRIPTOR_REFETCH)
         return descriptor
 
@@ -966,15 +998,21 @@ class DirectoryService:
                 target.address, target.or_port, why)
         self.paths.mark_guard_down(target.rsa_id)
 
-    def _learned_bridge_descriptor(self, descriptor: RouterDescriptor) -> None:
-        """Hand the descriptor to the path layer; a new one is logged as tor logs it (bridges.c
-        learned_bridge_descriptor), the same one fetched again at info level."""
+    def _learned_bridge_descriptor(self, descriptor: RouterDescriptor, text: bytes, cached: bool = False) -> None:
+        """Hand the descriptor of a configured bridge to the path layer (a cached one of a bridge no longer
+        configured is dropped) and keep it in the DataDirectory; a new one is logged as tor logs it
+        (bridges.c learned_bridge_descriptor), the same one fetched again at info level."""
         bridges = self.paths.bridges
         previous = bridges.descriptor(descriptor.fingerprint) if bridges is not None else None
+        if not self.paths.learned_bridge_descriptor(descriptor):
+            return
         level = logging.INFO if previous is not None and previous.published == descriptor.published else NOTICE
-        log.log(level, "new bridge descriptor '%s' (fresh): $%s~%s at %s", descriptor.nickname,
-                descriptor.fingerprint, descriptor.nickname, descriptor.address)
-        self.paths.learned_bridge_descriptor(descriptor)
+        log.log(level, "new bridge descriptor '%s' (%s): $%s~%s at %s", descriptor.nickname,
+                "cached" if cached else "fresh", descriptor.fingerprint, descriptor.nickname, descriptor.address)
+        self._bridge_descriptor_texts[descriptor.fingerprint] = text
+        if not cached:
+            self._write_in_background("the bridge descriptors", self.cache.write_bridge_descriptors,
+                                      list(self._bridge_descriptor_texts.values()))
 
     # ---- consensus -------------------------------------------------------------------------
 

@@ -184,6 +184,8 @@ def test_a_restart_uses_the_remembered_bridge_state(network: TestNetwork, tmp_pa
     assert fetched.stdout == HELLO, fetched.stderr
     assert hops == {bridge["fingerprint"]}
     assert "Loaded the cached microdesc consensus" in second.info_log
+    assert any(f"new bridge descriptor '{bridge['nickname']}' (cached): ${bridge['fingerprint']}" in line
+               for line in second.lines)
     after = bridge_state(data_directory)
     kept = after[bridge["fingerprint"]]
     assert (kept["added_at"], kept["confirmed_on"], kept["confirmed_idx"]) == \

@@ -8,8 +8,8 @@ import logging
 import random
 
 from oppy.config import parse_bridge_line
-from oppy.directory.cache import DirectoryCache
 from oppy.control.status import bootstrap_phase_text
+from oppy.directory.cache import CACHED_DESCRIPTORS_FILE, DirectoryCache, split_router_descriptors
 from oppy.directory.service import (
     BOOTSTRAP_PROBLEM_THRESHOLD,
     BRIDGE_DESCRIPTOR_REFETCH,
@@ -17,6 +17,8 @@ from oppy.directory.service import (
     BootstrapStatus,
     SourceKind,
 )
+from oppy.logs import NOTICE
+from oppy.netdoc.router import parse_router_descriptor
 from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
 from tests.unit.test_directory_service import T0, DirectoryServer, FakeClient, make_world, run
@@ -234,3 +236,47 @@ def test_a_bridge_down_at_a_restart_with_a_live_cache_is_asked_again_soon(tmp_pa
     clock.advance(20)
     assert again.enough_dir_info
     run(again.stop())
+
+
+def test_bridge_descriptors_are_cached_and_used_at_a_restart(tmp_path, caplog):
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    run(service.start())
+    run(service.stop())
+    cached = (world.directory / CACHED_DESCRIPTORS_FILE).read_bytes()
+    assert cached == b"@purpose bridge\n" + make_descriptor(identity_key(0), "bridge0")
+    caplog.set_level(logging.INFO, logger="oppy")
+    clock = world.clock
+    paths = PathChooser(rng=random.Random(4), clock=lambda: T0 + 600 + clock.seconds(),
+                        enforce_distinct_subnets=False, bridges=BridgeSet([parse_bridge_line(line(0))]))
+    again = world.service(paths=paths)
+    assert run(again.start()) is again and again.enough_dir_info
+    learned = [(record.levelno, record.getMessage()) for record in caplog.records
+               if record.getMessage().startswith("new bridge descriptor")]
+    name = f"${bridge.hex().upper()}~bridge0 at 127.0.0.1"
+    # The cached descriptor first, then the same one asked anew (tor fetches at start too): not news.
+    assert learned == [(NOTICE, f"new bridge descriptor 'bridge0' (cached): {name}"),
+                       (logging.INFO, f"new bridge descriptor 'bridge0' (fresh): {name}")]
+    run(again.stop())
+
+
+def test_a_cached_bridge_descriptor_that_does_not_verify_is_ignored(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    bridge = rsa_id(identity_key(0))
+    world, service = bridge_world(tmp_path, [line(0)], {bridge: make_descriptor(identity_key(0), "bridge0")})
+    DirectoryCache(world.directory).write_bridge_descriptors(
+        [make_descriptor(identity_key(0), "bridge0").replace(b"reject *:*", b"accept *:*")])
+    run(service.start())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("Ignoring a cached bridge descriptor: RouterSignatureError") for message in messages)
+    assert f"new bridge descriptor 'bridge0' (fresh): ${bridge.hex().upper()}~bridge0 at 127.0.0.1" in messages
+    run(service.stop())
+
+
+def test_cached_descriptors_split_into_descriptors_that_each_verify(tmp_path):
+    cache = DirectoryCache(tmp_path)
+    texts = [make_descriptor(identity_key(index), f"bridge{index}") for index in range(2)]
+    cache.write_bridge_descriptors(texts)
+    chunks = split_router_descriptors(cache.read_bridge_descriptors())
+    assert [parse_router_descriptor(chunk).nickname for chunk in chunks] == ["bridge0", "bridge1"]
+    assert chunks[1] == texts[1]

@@ -57,10 +57,9 @@ def _b64(data: bytes) -> str:
 
 def make_descriptor(key: rsa.RSAPrivateKey, nickname: str = "bridge0", address: str = "127.0.0.1",
                     or_port: int = 19800, *, ntor: bytes | None = None, ed25519_id: bytes | None = b"E" * 32,
-                    fingerprint: bytes | None = None, extra: str = "", signer: rsa.RSAPrivateKey | None = None,
-                    tamper: bytes = b"") -> bytes:
-    """A server descriptor signed by ``signer`` (its own key by default); ``tamper`` is appended to the
-    signed part after signing."""
+                    fingerprint: bytes | None = None, extra: str = "",
+                    signer: rsa.RSAPrivateKey | None = None) -> bytes:
+    """A server descriptor signed by ``signer`` (its own key by default)."""
     printed = (fingerprint or rsa_id(key)).hex().upper()
     text = (f"router {nickname} {address} {or_port} 0 0\n"
             + (f"master-key-ed25519 {_b64(ed25519_id)}\n" if ed25519_id else "")
@@ -75,8 +74,7 @@ def make_descriptor(key: rsa.RSAPrivateKey, nickname: str = "bridge0", address: 
             + "router-signature\n")
     digest = hashlib.sha1(text.encode()).digest()
     signature = raw_pkcs1_v15_sign(signer or key, digest)
-    signed = text.encode() + tamper
-    return signed + _pem("SIGNATURE", signature).encode()
+    return text.encode() + _pem("SIGNATURE", signature).encode()
 
 
 def test_a_bridge_descriptor_gives_its_keys_address_and_identity():
