@@ -28,10 +28,12 @@ from oppy.directory.cache import (
     DirectoryCache,
     split_key_certificates,
     split_microdescriptors,
+    split_router_descriptors,
 )
 from oppy.directory.client import DirectoryClient, DirectoryRequestError, HTTPResponseReader, decode_body
 from oppy.directory.service import _load_cache
 from oppy.netdoc.authorities import DirAuthority, parse_dir_authority_line, parse_fallback_dir_line
+from oppy.netdoc.router import RouterDescriptorError, RouterSignatureError, parse_router_descriptor
 from oppy.netdoc.builtin_dirs import AUTHORITY_LINES, FALLBACK_DIR_LINES
 from oppy.netdoc.documents import (
     parse_consensus,
@@ -355,4 +357,25 @@ def test_fuzz_field_readers_raise_only_the_callers_error(text):
         try:
             reader()
         except DocumentParseError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------ bridge descriptors
+
+
+@functools.cache
+def bridge_descriptor() -> bytes:
+    """A server descriptor as a bridge serves its own, signed by a key made for the test."""
+    from tests.unit.test_netdoc_router import identity_key, make_descriptor
+
+    return make_descriptor(identity_key(0), "bridge0")
+
+
+@FUZZ
+@given(st.just(None).flatmap(lambda _: mutated(bridge_descriptor())))
+def test_fuzz_router_descriptors_raise_only_their_errors(data):
+    for text in [data, *split_router_descriptors(data)]:
+        try:
+            parse_router_descriptor(text)
+        except (RouterDescriptorError, RouterSignatureError):
             pass
