@@ -21,6 +21,9 @@ LAYERS: dict[str, int] = {
     "__init__": 0, "logs": 0, "cell": 0,
     "crypto": 1,
     "netdoc": 2,
+    # pt (pluggable transports) imports only logs: config parses ClientTransportPlugin with it, and the link
+    # layer reaches a transport bridge through its endpoints.
+    "pt": 2,
     # config reads torrc text and the command line; it needs crypto (hashed control passwords), logs
     # (LogSpec) and netdoc (DirAuthority/FallbackDir lines) only, so every layer above may take its values.
     "config": 3,
