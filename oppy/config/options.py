@@ -36,6 +36,8 @@ from oppy.config.values import (
 from oppy.crypto.s2k import HashedPasswordFormatError, decode_hashed_password
 from oppy.logs import SEVERITIES, LogSpec
 from oppy.netdoc.authorities import parse_dir_authority_line, parse_fallback_dir_line
+from oppy.pt.plugin import TransportPlugin, parse_transport_plugin_line
+from oppy.pt.protocol import TransportProtocolError
 
 __all__ = [
     "PortConfig",
@@ -256,6 +258,21 @@ def _validated_directory_line(kind: str) -> Callable[[str, str], str]:
         return value
 
     return parse
+
+
+def _parse_transport_plugins(name: str, values: list[str]) -> tuple[TransportPlugin, ...]:
+    """ClientTransportPlugin lines, parsed with the pluggable-transport layer's own reader."""
+    plugins = []
+    for value in values:
+        try:
+            plugins.append(parse_transport_plugin_line(value))
+        except TransportProtocolError as exc:
+            raise _bad(name, value, str(exc)) from None
+    return tuple(plugins)
+
+
+def _encode_transport_plugins(plugins: tuple[TransportPlugin, ...]) -> list[str]:
+    return [plugin.line for plugin in plugins]
 
 
 # --------------------------------------------------------------------------- ports
@@ -608,6 +625,8 @@ _OPTIONS: tuple[_Option, ...] = (
             _encode_lines, _constant(()), is_list=True),
     _Option("FallbackDir", "fallback_dirs", "LineList", _validated_lines(_validated_directory_line("fallback")),
             _encode_lines, _constant(()), is_list=True),
+    _Option("ClientTransportPlugin", "client_transport_plugins", "LineList", _parse_transport_plugins,
+            _encode_transport_plugins, _constant(()), is_list=True),
     _Option("UseDefaultFallbackDirs", "use_default_fallback_dirs", "Boolean", _parse_bool, _encode_bool,
             _constant(True)),
     _Option("TestingTorNetwork", "testing_tor_network", "Boolean", _parse_bool, _encode_bool, _constant(False),
@@ -719,6 +738,8 @@ class Config:
     dir_authorities: tuple[str, ...] = ()
     #: FallbackDir lines, raw: relays asked for the directory before the authorities.
     fallback_dirs: tuple[str, ...] = ()
+    #: ClientTransportPlugin lines: the pluggable transports' proxies, run by oppy (``exec``) or external.
+    client_transport_plugins: tuple[TransportPlugin, ...] = ()
     #: UseDefaultFallbackDirs: with tor's built-in authorities and no FallbackDir line, use tor's built-in
     #: fallbacks (tor config.c consider_adding_dir_servers).
     use_default_fallback_dirs: bool = True

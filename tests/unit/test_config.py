@@ -438,6 +438,8 @@ BAD_VALUES = [
     ("ClientRejectInternalAddresses", "true", "allowed values are 0 and 1"),
     ("EnforceDistinctSubnets", "on", "allowed values are 0 and 1"),
     ("UseDefaultFallbackDirs", "yes", "allowed values are 0 and 1"),
+    ("ClientTransportPlugin", "obfs-4 exec /usr/bin/obfs4proxy", "transport name 'obfs-4' is not a C identifier"),
+    ("ClientTransportPlugin", "obfs4 socks5 localhost:1", "expected IP:PORT"),
     ("__LeaveStreamsUnattached", "maybe", "allowed values are 0 and 1"),
     ("SafeLogging", "2", "allowed values are 0, 1 and relay"),
     ("MaxClientCircuitsPending", "-1", "between 0 and"),
@@ -846,3 +848,13 @@ def test_automap_suffixes_are_a_comma_list_and_an_empty_one_is_the_default():
     config = config_from_torrc_text("AutomapHostsSuffixes ,\n")
     assert config.automap_hosts_suffixes == (".onion", ".exit")
     assert config.get_option("AutomapHostsSuffixes") == [".onion,.exit"]
+
+
+def test_client_transport_plugin_lines_are_typed_and_given_back_as_written():
+    config = config_from_torrc_text("ClientTransportPlugin obfs4,meek_lite exec /usr/bin/obfs4proxy -enableLogging\n"
+                                    "ClientTransportPlugin snowflake socks5 127.0.0.1:9999\n")
+    managed, external = config.client_transport_plugins
+    assert managed.transports == ("obfs4", "meek_lite") and managed.argv == ("/usr/bin/obfs4proxy", "-enableLogging")
+    assert (external.transports, external.host, external.port) == (("snowflake",), "127.0.0.1", 9999)
+    assert config.get_option("ClientTransportPlugin") == ["obfs4,meek_lite exec /usr/bin/obfs4proxy -enableLogging",
+                                                          "snowflake socks5 127.0.0.1:9999"]

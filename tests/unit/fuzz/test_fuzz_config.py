@@ -47,6 +47,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "VirtualAddrNetworkIPv6": ("[FE80::]/10", "fc00::/7"),
     "DataDirectory": ("/var/lib/oppy", "~/.oppy"),
     "DirAuthority": (AUTHORITY,),
+    "ClientTransportPlugin": ("obfs4 exec /usr/bin/obfs4proxy", "obfs4,meek_lite exec /usr/bin/lyrebird -enableLogging",
+                              "obfs4 socks5 127.0.0.1:9999", "snowflake socks4 [::1]:8"),
     "FallbackDir": ("127.0.0.1:7000 orport=5000 id=" + "C" * 40,),
     "UseDefaultFallbackDirs": ("0", "1"),
     "TestingTorNetwork": ("0",),
