@@ -37,6 +37,7 @@ from oppy.netdoc.authorities import (
 from oppy.netdoc.netdir import NetDirChanged
 from oppy.path.bridges import BridgeSet
 from oppy.path.chooser import PathChooser
+from oppy.pt.manager import PluggableTransports, TransportConnected, TransportEvent
 from oppy.socks.server import SocksFactory
 
 log = logging.getLogger("oppy")
@@ -50,6 +51,8 @@ SHUTDOWN_FLUSH_DELAY = 0.3
 # The circuit build-time history (path-spec 2.4.2), in the DataDirectory: tor keeps the same lines
 # (TotalBuildTimes, CircuitBuildAbandonedCount, CircuitBuildTimeBin) in its state file.
 BUILD_TIMES_FILE = "circuit-build-times"
+# pt-spec TOR_PT_STATE_LOCATION: where the managed proxies keep their state (tor: DataDirectory/pt_state/).
+PT_STATE_DIRECTORY = "pt_state"
 
 
 def directory_servers(config: Config) -> tuple[list[DirAuthority], list[FallbackDir]]:
@@ -72,7 +75,8 @@ class Daemon:
     """One running oppy: every long-lived object, and start and stop."""
 
     def __init__(self, config: Config, reactor, transports: TransportEndpoints | None = None) -> None:
-        """``transports`` connects to the bridges that name a pluggable transport."""
+        """``transports`` connects to the bridges that name a pluggable transport; by default the transports
+        of the ClientTransportPlugin lines, whose proxies the daemon starts and stops."""
         self.config = config
         self.reactor = reactor
         self.started_at = time.time()
@@ -91,6 +95,14 @@ class Daemon:
         # The torrc's ConnectionPadding options, read live (SETCONF changes the config in place).
         self.padding = PaddingPolicy(config)
         bridges = config.bridges if config.use_bridges else ()
+        self.bridges = bridges
+        #: The proxies of the ClientTransportPlugin lines (None when the caller hands in its own transports).
+        self.pluggable_transports: PluggableTransports | None = None
+        if transports is None:
+            self.pluggable_transports = PluggableTransports(
+                config.client_transport_plugins, f"{data_directory / PT_STATE_DIRECTORY}/", reactor,
+                observers=[self._transport_event])
+            transports = self.pluggable_transports
         for bridge in bridges:
             if bridge.transport is not None and (transports is None or not transports.provides(bridge.transport)):
                 raise SystemExit(f"Bridge {bridge.to_line()} uses the pluggable transport '{bridge.transport}', "
@@ -146,6 +158,12 @@ class Daemon:
     def _queued_in_links(self) -> int:
         """Bytes of cells waiting in the links' queues toward the relays (they count for MaxMemInQueues)."""
         return sum(connection.channel.queued for connection in self.links.connections())
+
+    def _transport_event(self, event: TransportEvent) -> None:
+        """The TCP connection to a pluggable transport's local port is up: tor's conn_done_pt (its conn_pt
+        comes with the link's launch)."""
+        if isinstance(event, TransportConnected):
+            self.directory.report_bootstrap(BootstrapPhase.CONN_DONE_PT)
 
     def _circuit_event(self, event: ManagerEvent) -> None:
         """The first circuit for client streams is built: tor's "Bootstrapped 100%"."""
@@ -203,6 +221,9 @@ class Daemon:
         notice(log, "oppy %s starting (Python Tor client; Twisted reactor %s)", __version__,
                type(self.reactor).__name__)
         self._listen()
+        if self.pluggable_transports is not None:
+            # As tor does at startup: the proxies of the transports the bridges use, before the first link.
+            self.pluggable_transports.launch(bridge.transport for bridge in self.bridges if bridge.transport)
         self.directory.start()
         self.directory.when_enough_dir_info().addCallback(self._directory_ready)
 
@@ -253,6 +274,8 @@ class Daemon:
             self.doors.close_all()
         if self.control is not None:
             self.control.stop()
+        if self.pluggable_transports is not None:
+            self.pluggable_transports.stop_restarting()
         # The directory first: its requests end quietly before the manager closes their circuits.
         directory_stopped = self.directory.stop()
         self.manager.close_all()
@@ -260,7 +283,11 @@ class Daemon:
 
         def close_links():
             self.links.close_all()
-            flushed.callback(None)
+            # The transports' proxies last: the links' final cells went out through them.
+            if self.pluggable_transports is None:
+                flushed.callback(None)
+            else:
+                self.pluggable_transports.stop().addBoth(lambda _: flushed.callback(None))
 
         self.reactor.callLater(SHUTDOWN_FLUSH_DELAY, close_links)
         # The directory's last cache and guard-state writes reach the disk too, and the build times.

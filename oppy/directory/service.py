@@ -906,13 +906,14 @@ class DirectoryService:
 
     def _link_event(self, event: LinkEvent) -> None:
         """tor's bootstrap phases for a connection to a relay (control_bootstrap.c, btrack_orconn_cevent.c):
-        conn when the TCP connection is made, conn_done and handshake once it is up, handshake_done once the
-        link handshake is done; before there is enough directory information, that link is for a one-hop
-        directory circuit, whose CREATE cell goes out at once (onehop_create)."""
+        conn when the TCP connection is made (conn_pt to a bridge's pluggable transport, whose conn_done_pt
+        the daemon reports from the transport's events), conn_done and handshake once it is up,
+        handshake_done once the link handshake is done; before there is enough directory information, that
+        link is for a one-hop directory circuit, whose CREATE cell goes out at once (onehop_create)."""
         if self.enough_dir_info:
             return
         if isinstance(event, LinkLaunched):
-            self.bootstrap.report(BootstrapPhase.CONN)
+            self.bootstrap.report(BootstrapPhase.CONN if event.transport is None else BootstrapPhase.CONN_PT)
         elif isinstance(event, LinkConnected):
             self.bootstrap.report(BootstrapPhase.CONN_DONE)
             self.bootstrap.report(BootstrapPhase.HANDSHAKE)

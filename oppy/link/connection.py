@@ -336,7 +336,10 @@ class LinkEvent:
 
 @dataclass(frozen=True, slots=True)
 class LinkLaunched(LinkEvent):
-    """A TCP connection to a relay's ORPort is being made."""
+    """A TCP connection to a relay's ORPort is being made; to a bridge's pluggable ``transport`` (its name)
+    when the bridge is reached through one (tor's bootstrap says conn_pt then, not conn)."""
+
+    transport: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +449,8 @@ class LinkPool:
         connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
                                      queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding,
                                      network_live=self.network_live)
-        self._notify(LinkLaunched(relay))
+        bridge = self._transport_bridges.get(relay.rsa_id)
+        self._notify(LinkLaunched(relay, bridge.transport if bridge is not None else None))
         try:
             endpoint = self._endpoint(relay)
         except LinkError as exc:

@@ -2,8 +2,8 @@
 (``... socks5 IP:PORT``), and the endpoints through which the link layer reaches a bridge.
 
 :class:`PluggableTransports` is the one object the rest of oppy holds. ``endpoint(transport, host, port,
-args)`` gives a Twisted client endpoint for a bridge behind a transport (the :class:`TransportEndpoints`
-interface the link layer takes); connecting through it starts the transport's proxy if it is not running
+args)`` gives a Twisted client endpoint for a bridge behind a transport (it is the ``TransportEndpoints``
+the link layer takes, oppy.link.connection); connecting through it starts the transport's proxy if it is not running
 yet, waits until the proxy has reported where the transport listens (CMETHOD), then speaks SOCKS5 to it
 with the bridge's arguments. ``launch(transports)`` starts the proxies of the transports the bridges use
 at bootstrap, as tor does, so the first connection does not wait for a process start.
@@ -28,7 +28,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -56,7 +55,6 @@ from oppy.pt.socks5 import socks5_credentials
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "TransportEndpoints",
     "TransportUnavailable",
     "TransportEvent",
     "TransportLaunched",
@@ -84,20 +82,6 @@ PROXY_CONNECT_TIMEOUT = 15.0
 
 class TransportUnavailable(ConnectionError):
     """No usable proxy for a transport right now (none configured, not running, or it refused it)."""
-
-
-class TransportEndpoints(Protocol):
-    """What the link layer needs to reach a bridge behind a pluggable transport (owned by the daemon, handed
-    in at construction): an endpoint whose ``connect`` fails with :class:`TransportUnavailable` when the
-    transport cannot be used, and with :class:`~oppy.pt.socks5.Socks5ClientError` when it cannot reach the
-    bridge."""
-
-    def provides(self, transport: str) -> bool:
-        """Whether a ClientTransportPlugin line names ``transport``."""
-
-    def endpoint(self, transport: str, host: str, port: int,
-                 args: Sequence[tuple[str, str]] = ()) -> IStreamClientEndpoint:
-        """The bridge at ``host``:``port`` (an IP address) through ``transport`` with the bridge's ``k=v`` args."""
 
 
 # ------------------------------------------------------------------------------------ events
@@ -213,6 +197,7 @@ class ManagedProxy:
         self._restart_call = None
         self._configured_at: float | None = None
         self._last_warning: str | None = None
+        self._restarts_allowed = True
 
     @property
     def pid(self) -> int | None:
@@ -352,6 +337,10 @@ class ManagedProxy:
     def _failed(self, reason: str) -> None:
         if self.state in (_State.WAITING, _State.STOPPED):
             return
+        if not self._restarts_allowed:
+            log.info('Managed proxy "%s" is gone while oppy shuts down: %s.', self.name, reason)
+            self.stop()
+            return
         self._process = None
         self.state = _State.WAITING
         self.methods, self.errors = {}, {}
@@ -371,6 +360,13 @@ class ManagedProxy:
         self._restart_call = self.reactor.callLater(delay, self._launch)
 
     # ----------------------------------------------------------------- stopping
+
+    def stop_restarting(self) -> None:
+        """oppy is shutting down: the process keeps running (the last cells of the links go through it), but
+        if it exits now (a Ctrl-C reaches the whole process group) it is not started again."""
+        self._restarts_allowed = False
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
 
     def stop(self) -> defer.Deferred:
         """pt-spec 3.4: close stdin, wait, SIGTERM, wait, SIGKILL. Fires once the process is gone."""
@@ -447,7 +443,7 @@ class _TransportEndpoint:
 
 class PluggableTransports:
     """Every ClientTransportPlugin line: one :class:`ManagedProxy` per ``exec`` line, the address of each
-    external proxy; implements :class:`TransportEndpoints`."""
+    external proxy; the link layer's ``TransportEndpoints``."""
 
     def __init__(self, plugins: Iterable[TransportPlugin], state_location: str, reactor=None,
                  observers: Iterable[Callable[[TransportEvent], None]] = (),
@@ -525,6 +521,11 @@ class PluggableTransports:
         """The bridge at ``host``:``port`` through ``transport``; ``args`` (the Bridge line's k=v) go in the
         SOCKS5 credentials. Raises :class:`~oppy.pt.socks5.SocksArgumentsError` if they cannot."""
         return _TransportEndpoint(self, transport, host, port, socks5_credentials(args))
+
+    def stop_restarting(self) -> None:
+        """Shutdown begins: no managed proxy is started again (see :meth:`ManagedProxy.stop_restarting`)."""
+        for proxy in self.proxies:
+            proxy.stop_restarting()
 
     def stop(self) -> defer.Deferred:
         """Stop every managed proxy; fires when all are gone."""

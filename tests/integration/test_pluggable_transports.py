@@ -9,10 +9,13 @@ front of obfs4proxy in the ClientTransportPlugin line, shows where the transport
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,10 @@ from oppy.link.connection import RelayConnection
 from oppy.netdoc.relay import RelayTarget
 from oppy.pt.manager import PluggableTransports, TransportFailed, TransportReady
 from oppy.pt.plugin import parse_transport_plugin_line
-from tests.integration.test_begin_dir_only import inet_connects, strace
+from tests.integration.test_begin_dir_only import _CONNECT_RE, inet_connects, strace
+from tests.integration.test_daemon import TEN_MB, curl, expected_sha256
 from tests.support.network import REPO, TestNetwork
+from tests.support.oppy_process import OppyProcess
 
 
 def obfs4proxy() -> str:
@@ -121,3 +126,78 @@ def test_obfs4proxy_killed_mid_run_is_restarted_and_the_next_link_opens(network,
         second.close()
     finally:
         yield transports.stop()
+
+
+def _connects_by_program(trace: str) -> dict[str, list[tuple[str, int]]]:
+    """strace -f -Y: (address, port) of each IPv4/IPv6 connect(), by the name of the program that made it."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for line in trace.splitlines():
+        match = re.match(r"\d+<([^>]*)> ", line)
+        connect = _CONNECT_RE.search(line)
+        if match and connect:
+            port, v4, v6 = connect.groups()
+            found.setdefault(match.group(1), []).append((v4 or v6, int(port)))
+    return found
+
+
+def test_connects_by_program_reads_strace_lines():
+    trace = ('17<python3> connect(7, {sa_family=AF_INET, sin_port=htons(4000), sin_addr=inet_addr("127.0.0.1")}, '
+             '16) = -1 EINPROGRESS (Operation now in progress)\n'
+             '18<obfs4proxy> connect(3, {sa_family=AF_INET, sin_port=htons(19813), '
+             'sin_addr=inet_addr("127.0.0.1")}, 16) = 0\n'
+             '19<python3> connect(3, {sa_family=AF_UNIX, sun_path="/run/x"}, 110) = 0\n')
+    assert _connects_by_program(trace) == {"python3": [("127.0.0.1", 4000)], "obfs4proxy": [("127.0.0.1", 19813)]}
+
+
+def _transport_ports(oppy: OppyProcess) -> list[int]:
+    """The local ports obfs4proxy announced, launch after launch (oppy's notice "... is ready: obfs4 at ...")."""
+    return [int(match.group(1)) for line in oppy.lines
+            if (match := re.search(r'Managed proxy ".*obfs4proxy" is ready: obfs4 at 127\.0\.0\.1:(\d+)', line))]
+
+
+def _transport_pid(oppy: OppyProcess) -> int:
+    """obfs4proxy's process id: oppy's only child."""
+    children = Path(f"/proc/{oppy.pid}/task/{oppy.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_and_survives_its_death(
+        network: TestNetwork, tmp_path: Path):
+    bridge = network.bridge("obfs4")
+    trace_file = tmp_path / "connect.strace"
+    oppy = OppyProcess(network, tmp_path / "data",
+                       extra_lines=["UseBridges 1", f"Bridge {bridge['bridge_line']}",
+                                    f"ClientTransportPlugin obfs4 exec {obfs4proxy()}"],
+                       command_prefix=[strace(), "-f", "-qq", "-Y", "-e", "trace=connect", "-o", str(trace_file),
+                                       "--"])
+    try:
+        oppy.wait_ready()
+        fetched = curl(oppy, network.url(f"/bytes/{TEN_MB}"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert len(fetched.stdout) == TEN_MB
+        assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, TEN_MB)
+
+        # The transport dies mid-run: oppy starts it again, and the next fetch goes through the new one.
+        first_pid = _transport_pid(oppy)
+        os.kill(first_pid, signal.SIGKILL)
+        oppy.wait_for_line(r"is down: its process terminated by signal 9\. Restarting it in 1 s", timeout=30)
+        deadline = time.monotonic() + 30
+        while len(_transport_ports(oppy)) < 2:
+            assert time.monotonic() < deadline, "obfs4proxy was not started again"
+            time.sleep(0.1)
+        assert _transport_pid(oppy) != first_pid
+        fetched = curl(oppy, network.url("/bytes/1000000"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, 1000000)
+    finally:
+        assert oppy.stop() == 0
+
+    phases = [match.group(1) for line in oppy.lines if (match := re.search(r"Bootstrapped \d+% \((\w+)\)", line))]
+    assert phases[:4] == ["starting", "conn_pt", "conn_done_pt", "conn_done"]
+    assert phases[-1] == "done"
+    connects = _connects_by_program(trace_file.read_text())
+    transport_ports = {("127.0.0.1", port) for port in _transport_ports(oppy)}
+    assert set(connects.pop("obfs4proxy")) == {("127.0.0.1", bridge["ports"]["obfs4"])}
+    oppy_connects = [address for addresses in connects.values() for address in addresses]
+    assert oppy_connects and set(oppy_connects) <= transport_ports, (connects, transport_ports)

@@ -262,3 +262,20 @@ def test_the_endpoint_speaks_socks5_with_the_bridge_arguments_then_hands_the_con
         assert events[0].bridge == "192.0.2.7:443"
     finally:
         yield listener.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_proxy_that_exits_while_oppy_shuts_down_is_not_restarted_nor_warned_about(tmp_path, caplog):
+    events: list = []
+    body = 'echo VERSION 1; echo "CMETHOD obfs4 socks5 127.0.0.1:$$"; echo CMETHODS DONE; cat > /dev/null'
+    transports = _transports(tmp_path, f"obfs4 exec {_script(tmp_path, 'proxy', body)}", events)
+    pid = (yield transports.address_of("obfs4"))[1]
+    transports.stop_restarting()
+    os.kill(pid, signal.SIGKILL)  # as a Ctrl-C in the terminal, which reaches the whole process group
+    yield _until(lambda: transports.proxies[0].pid is None)
+    yield task.deferLater(reactor, RESTART_DELAY_INITIAL + 0.2, lambda: None)
+    assert [type(event) for event in events] == [TransportLaunched, TransportReady]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    with pytest.raises(TransportUnavailable, match="shutting down"):
+        yield transports.address_of("obfs4")
+    yield transports.stop()
