@@ -50,7 +50,7 @@ from oppy.pt.protocol import (
     managed_proxy_environment,
     shown,
 )
-from oppy.pt.socks5 import socks5_credentials
+from oppy.pt.socks5 import SocksArgumentsError, socks5_credentials
 
 log = logging.getLogger(__name__)
 
@@ -408,12 +408,12 @@ class _TransportEndpoint:
     connects (a restarted proxy listens elsewhere), then connects through it."""
 
     def __init__(self, owner: "PluggableTransports", transport: str, host: str, port: int,
-                 credentials: tuple[bytes, bytes] | None) -> None:
+                 args: Sequence[tuple[str, str]]) -> None:
         self.owner = owner
         self.transport = transport
         self.host = host
         self.port = port
-        self.credentials = credentials
+        self.args = tuple(args)
 
     def __repr__(self) -> str:
         return f"<bridge {self.host}:{self.port} via pluggable transport {self.transport}>"
@@ -421,13 +421,17 @@ class _TransportEndpoint:
     def connect(self, factory: protocol.Factory) -> defer.Deferred:
         bridge = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         plugin_transports = self.owner.transports_of(self.transport)
+        try:
+            credentials = socks5_credentials(self.args)
+        except SocksArgumentsError as exc:
+            return defer.fail(exc)
         finding = self.owner.address_of(self.transport)
         connecting: list[defer.Deferred] = []
 
         def found(address: tuple[str, int]) -> defer.Deferred:
             self.owner.notify(TransportConnecting(plugin_transports, bridge))
             endpoint = Socks5ProxyEndpoint(
-                self.owner.reactor, address[0], address[1], self.host, self.port, self.credentials,
+                self.owner.reactor, address[0], address[1], self.host, self.port, credentials,
                 timeout=PROXY_CONNECT_TIMEOUT,
                 proxy_connected=lambda: self.owner.notify(TransportConnected(plugin_transports, bridge)))
             connecting.append(endpoint.connect(factory))
@@ -519,8 +523,8 @@ class PluggableTransports:
     def endpoint(self, transport: str, host: str, port: int,
                  args: Sequence[tuple[str, str]] = ()) -> IStreamClientEndpoint:
         """The bridge at ``host``:``port`` through ``transport``; ``args`` (the Bridge line's k=v) go in the
-        SOCKS5 credentials. Raises :class:`~oppy.pt.socks5.SocksArgumentsError` if they cannot."""
-        return _TransportEndpoint(self, transport, host, port, socks5_credentials(args))
+        SOCKS5 credentials (``connect`` fails with :class:`~oppy.pt.socks5.SocksArgumentsError` if they cannot)."""
+        return _TransportEndpoint(self, transport, host, port, args)
 
     def stop_restarting(self) -> None:
         """Shutdown begins: no managed proxy is started again (see :meth:`ManagedProxy.stop_restarting`)."""

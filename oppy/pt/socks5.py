@@ -84,14 +84,15 @@ def escape_argument(text: str) -> str:
 
 
 def encode_arguments(arguments: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
-    """The bridge's ``k=v`` arguments, escaped and joined with ``;`` (pt-spec 3.5), as UTF-8."""
+    """The bridge's ``k=v`` arguments, escaped and joined with ``;`` (pt-spec 3.5), as bytes (UTF-8)."""
     pairs = arguments.items() if isinstance(arguments, Mapping) else arguments
     encoded = []
     for key, value in pairs:
         if not key:
             raise SocksArgumentsError(f"a bridge argument needs a key: {key}={value}")
         encoded.append(f"{escape_argument(key)}={escape_argument(value)}")
-    return ";".join(encoded).encode("utf-8")
+    # surrogateescape: a torrc's undecodable bytes (kept as surrogates by the config reader) go out as they were.
+    return ";".join(encoded).encode("utf-8", "surrogateescape")
 
 
 def socks5_credentials(arguments: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[bytes, bytes] | None:

@@ -30,7 +30,7 @@ from oppy.pt.manager import (
     TransportUnavailable,
 )
 from oppy.pt.plugin import parse_transport_plugin_line
-from oppy.pt.socks5 import Socks5ClientError
+from oppy.pt.socks5 import Socks5ClientError, SocksArgumentsError
 
 
 def _script(tmp_path, name: str, body: str) -> str:
@@ -279,3 +279,11 @@ def test_a_proxy_that_exits_while_oppy_shuts_down_is_not_restarted_nor_warned_ab
     with pytest.raises(TransportUnavailable, match="shutting down"):
         yield transports.address_of("obfs4")
     yield transports.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_arguments_too_long_for_socks5_fail_the_connection_not_the_caller(tmp_path):
+    transports = _transports(tmp_path, "obfs4 socks5 127.0.0.1:1", [])
+    endpoint = transports.endpoint("obfs4", "192.0.2.7", 443, [("cert", "=" * 300)])  # 600 bytes escaped
+    with pytest.raises(SocksArgumentsError, match="at most 510"):
+        yield connectProtocol(endpoint, _Client())

@@ -98,3 +98,8 @@ def test_connection_refused_keeps_its_reply_code():
     with pytest.raises(Socks5ClientError) as caught:
         handshake.receive(b"\x05\x05\x00\x01" + b"\0" * 6)
     assert caught.value.reply == 5
+
+
+def test_undecodable_torrc_bytes_in_an_argument_go_out_as_they_were():
+    value = b"\xff\xfe".decode("utf-8", "surrogateescape")  # how the config reader keeps them
+    assert socks5_credentials({"k": value}) == (b"k=\xff\xfe", b"\0")
