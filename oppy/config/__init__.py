@@ -7,7 +7,7 @@ and :mod:`~oppy.config.command_line` (tor's command line). The public names are 
 ``from oppy.config import Config`` is all most callers need.
 """
 
-from oppy.config.bridges import BridgeLine, is_transport_name, pack_transport_args, parse_bridge_line
+from oppy.config.bridges import BridgeLine, is_transport_name, parse_bridge_line
 from oppy.config.command_line import CommandLine, config_from_command_line, load_config, parse_command_line
 from oppy.config.options import (
     AUTO_PORT,
@@ -35,7 +35,6 @@ __all__ = [
     # oppy.config.bridges
     "BridgeLine",
     "is_transport_name",
-    "pack_transport_args",
     "parse_bridge_line",
     # oppy.config.command_line
     "CommandLine",

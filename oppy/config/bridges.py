@@ -14,42 +14,23 @@ import re
 from dataclasses import dataclass
 
 from oppy.config.values import ConfigError, parse_decimal, shortened, split_words
+from oppy.pt.protocol import is_transport_name
+from oppy.pt.socks5 import MAX_SOCKS5_AUTH_SIZE_TOTAL, encode_arguments
 
 __all__ = [
     "BridgeLine",
     "DEFAULT_BRIDGE_PORT",
     "MAX_SOCKS5_AUTH_SIZE_TOTAL",
     "is_transport_name",
-    "pack_transport_args",
     "parse_bridge_line",
 ]
 
 # config.c parse_bridge_line: tor_addr_port_parse(..., 443): a bridge address without a port means 443.
 DEFAULT_BRIDGE_PORT = 443
-# transports.h MAX_SOCKS5_AUTH_SIZE_TOTAL: the packed arguments travel in the SOCKS5 username and password
-# (RFC 1929: at most 255 bytes each), so all of them together are at most 510 bytes.
-MAX_SOCKS5_AUTH_SIZE_TOTAL = 2 * 255
 # crypto_digest.h HEX_DIGEST_LEN: an RSA identity fingerprint is 40 hex digits (20 bytes).
 _FINGERPRINT_HEX_LEN = 40
-_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX = re.compile(r"[0-9A-Fa-f]*")
 _MAX_PORT = 65535
-
-
-def is_transport_name(text: str) -> bool:
-    """util_string.c string_is_C_identifier: a transport name is an ASCII C identifier."""
-    return _C_IDENTIFIER.fullmatch(text) is not None
-
-
-def pack_transport_args(args: tuple[tuple[str, str], ...]) -> str:
-    """pt-spec 3.5 (transports.c pt_stringify_socks_args): ``k=v`` pairs joined with ``;``, a ``;`` or
-    ``\\`` inside a key or value escaped with a backslash. The transport's SOCKS5 username and password
-    carry this text."""
-    return ";".join(_escape_arg(f"{key}={value}") for key, value in args)
-
-
-def _escape_arg(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(";", "\\;")
 
 
 @dataclass(frozen=True)
@@ -160,7 +141,8 @@ def parse_bridge_line(value: str) -> BridgeLine:
             fingerprint = _parse_fingerprint(value, rest[0])
             rest = rest[1:]
         args = tuple(_parse_arg(value, word) for word in rest)
-        packed = len(pack_transport_args(args).encode("utf-8", "surrogateescape"))
+        # The transport gets them in its SOCKS5 username and password, packed as pt-spec 3.5 says (oppy.pt).
+        packed = len(encode_arguments(args))
         if packed > MAX_SOCKS5_AUTH_SIZE_TOTAL:
             raise _bad(value, f"the k=v arguments make {packed} bytes; a transport takes at most "
                               f"{MAX_SOCKS5_AUTH_SIZE_TOTAL}")

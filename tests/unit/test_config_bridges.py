@@ -9,7 +9,6 @@ from oppy.config import (
     Config,
     ConfigError,
     config_from_torrc_text,
-    pack_transport_args,
     parse_bridge_line,
     parse_command_line,
 )
@@ -51,12 +50,6 @@ def test_transport_bridge_arguments_without_fingerprint():
     bridge = parse_bridge_line("meek_lite 192.0.2.2:80 url=https://x.example/ front=a=b empty=")
     assert bridge.fingerprint is None
     assert bridge.args == (("url", "https://x.example/"), ("front", "a=b"), ("empty", ""))
-
-
-def test_arguments_are_packed_as_pt_spec_says():
-    assert pack_transport_args((("shared-secret", "rahasia"), ("secrets-file", "/tmp/blob"))) == \
-        "shared-secret=rahasia;secrets-file=/tmp/blob"
-    assert pack_transport_args((("a", "b;c\\d"),)) == "a=b\\;c\\\\d"
 
 
 @pytest.mark.parametrize(("line", "reason"), [
