@@ -2,9 +2,9 @@
 (``... socks5 IP:PORT``), and the endpoints through which the link layer reaches a bridge.
 
 :class:`PluggableTransports` is the one object the rest of oppy holds. ``endpoint(transport, host, port,
-args)`` gives a Twisted client endpoint for a bridge behind a transport (it is the ``TransportEndpoints``
-the link layer takes, oppy.link.connection); connecting through it starts the transport's proxy if it is not running
-yet, waits until the proxy has reported where the transport listens (CMETHOD), then speaks SOCKS5 to it
+args)`` gives a Twisted client endpoint for a bridge behind a transport (this is the link layer's
+``TransportEndpoints``, oppy.link.connection); connecting through it starts the transport's proxy if it is
+not running yet, waits until the proxy has reported where the transport listens (CMETHOD), then speaks SOCKS5 to it
 with the bridge's arguments. ``launch(transports)`` starts the proxies of the transports the bridges use
 at bootstrap, as tor does, so the first connection does not wait for a process start.
 
@@ -17,12 +17,13 @@ While it is down, connections through its transports fail at once with :class:`T
 naming the reason, so the bridge layer retries on its own schedule. ``stop()`` closes each proxy's stdin
 (pt-spec 3.4), then sends SIGTERM and finally SIGKILL to one that does not exit.
 
-Observers hear typed :class:`TransportEvent` s: the process launched, ready, failed, and each connection
-to a transport's local port being made and made (tor's bootstrap phases conn_pt and conn_done_pt).
+Observers hear typed events (:class:`TransportEvent`): a process launched, ready or failed, and each
+connection to a transport's local port being made and made (tor's bootstrap phases conn_pt and conn_done_pt).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
@@ -63,6 +64,7 @@ __all__ = [
     "TransportConnecting",
     "TransportConnected",
     "ManagedProxy",
+    "ProxyState",
     "PluggableTransports",
     "RESTART_DELAY_INITIAL",
     "RESTART_DELAY_MAX",
@@ -165,7 +167,9 @@ class _ProxyProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-class _State:
+class ProxyState(enum.Enum):
+    """Where a managed proxy is in its life (the value is how a log line says it)."""
+
     IDLE = "not started"
     LAUNCHING = "starting"
     READY = "running"
@@ -186,7 +190,7 @@ class ManagedProxy:
         self.notify = notify
         self.environment = environment
         self.stop_grace = stop_grace
-        self.state = _State.IDLE
+        self.state = ProxyState.IDLE
         self.methods: dict[str, ClientMethod] = {}
         self.errors: dict[str, str] = {}
         #: Why the proxy is not running (the last failure), for the bootstrap and error messages.
@@ -207,20 +211,20 @@ class ManagedProxy:
     def describe_wait(self) -> str:
         """What a connection through this proxy waits for, in words."""
         what = f'managed proxy "{self.name}" for {",".join(self.transports)}'
-        if self.state == _State.WAITING:
+        if self.state is ProxyState.WAITING:
             return f"{what} ({self.failure}; restarting)"
-        return f"{what} ({self.state})"
+        return f"{what} ({self.state.value})"
 
     # ----------------------------------------------------------------- launching
 
     def launch(self) -> None:
         """Start the process unless it is running, starting, or waiting for its restart."""
-        if self.state == _State.IDLE:
+        if self.state is ProxyState.IDLE:
             self._launch()
 
     def _launch(self) -> None:
         self._restart_call = None
-        self.state = _State.LAUNCHING
+        self.state = ProxyState.LAUNCHING
         self.methods, self.errors = {}, {}
         executable = shutil.which(self.name) if "/" not in self.name else self.name
         if executable is None or not os.access(executable, os.X_OK) or os.path.isdir(executable):
@@ -228,9 +232,12 @@ class ManagedProxy:
                       else "not an executable file")
             self._failed(f"cannot launch {self.name}: {reason}")
             return
-        os.makedirs(self.state_location, mode=0o700, exist_ok=True)
-        configuration = ManagedProxyConfiguration(self.transports)
-        process = _ProxyProcess(self, configuration)
+        try:
+            os.makedirs(self.state_location, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            self._failed(f"cannot create its state directory {self.state_location}: {exc.strerror or exc}")
+            return
+        process = _ProxyProcess(self, ManagedProxyConfiguration(self.transports))
         environment = managed_proxy_environment(self.transports, self.state_location, inherited=self.environment)
         self._process = process
         # Announced first: a process that exits at once is reaped inside spawnProcess.
@@ -246,14 +253,14 @@ class ManagedProxy:
     def method(self, transport: str) -> defer.Deferred:
         """A Deferred firing with the CMETHOD of ``transport`` once the proxy is configured (launching it if
         needed), or failing with :class:`TransportUnavailable` if it is down or did not start ``transport``."""
-        if self.state == _State.READY:
+        if self.state is ProxyState.READY:
             return self._answer(transport)
-        if self.state == _State.WAITING:
+        if self.state is ProxyState.WAITING:
             return defer.fail(TransportUnavailable(f"pluggable transport {transport} is not running: "
                                                    f"{self.describe_wait()}"))
-        if self.state == _State.STOPPED:
+        if self.state is ProxyState.STOPPED:
             return defer.fail(TransportUnavailable(f"pluggable transport {transport}: oppy is shutting down"))
-        waiter: defer.Deferred = defer.Deferred(canceller=lambda waiting: self._forget(waiting))
+        waiter: defer.Deferred = defer.Deferred(canceller=self._forget)
         self._waiters.append((transport, waiter))
         self.launch()
         return waiter
@@ -303,7 +310,7 @@ class ManagedProxy:
 
     def _configured(self, event: ProxyConfigured) -> None:
         self.methods, self.errors = dict(event.methods), dict(event.errors)
-        self.state = _State.READY
+        self.state = ProxyState.READY
         self.failure = None
         self._last_warning = None
         self._configured_at = self.reactor.seconds()
@@ -326,7 +333,7 @@ class ManagedProxy:
         if process is not self._process:
             return
         self._process = None
-        if self.state == _State.STOPPED:
+        if self.state is ProxyState.STOPPED:
             return
         ran = self.reactor.seconds() - self._configured_at if self._configured_at is not None else 0.0
         self._configured_at = None
@@ -335,14 +342,14 @@ class ManagedProxy:
         self._failed(f"its process terminated {status}")
 
     def _failed(self, reason: str) -> None:
-        if self.state in (_State.WAITING, _State.STOPPED):
+        if self.state in (ProxyState.WAITING, ProxyState.STOPPED):
             return
         if not self._restarts_allowed:
             log.info('Managed proxy "%s" is gone while oppy shuts down: %s.', self.name, reason)
             self.stop()
             return
         self._process = None
-        self.state = _State.WAITING
+        self.state = ProxyState.WAITING
         self.methods, self.errors = {}, {}
         self.failure = reason
         delay = self._restart_delay
@@ -370,7 +377,7 @@ class ManagedProxy:
 
     def stop(self) -> defer.Deferred:
         """pt-spec 3.4: close stdin, wait, SIGTERM, wait, SIGKILL. Fires once the process is gone."""
-        self.state = _State.STOPPED
+        self.state = ProxyState.STOPPED
         if self._restart_call is not None and self._restart_call.active():
             self._restart_call.cancel()
         waiters, self._waiters = self._waiters, []
@@ -501,11 +508,6 @@ class PluggableTransports:
             proxy = self._managed.get(name)
             if proxy is not None:
                 proxy.launch()
-
-    def waiting_for(self) -> str | None:
-        """The managed proxies that are not running, in words (None when all that were started run)."""
-        waiting = [proxy.describe_wait() for proxy in self.proxies if proxy.state in (_State.LAUNCHING, _State.WAITING)]
-        return "; ".join(waiting) if waiting else None
 
     def address_of(self, transport: str) -> defer.Deferred:
         """A Deferred firing with the (IP, port) where ``transport``'s SOCKS5 proxy listens."""

@@ -47,6 +47,7 @@ __all__ = [
     "ProxyMessage",
     "parse_line",
     "split_address",
+    "shown",
     "MalformedLine",
     "ProxyConfigured",
     "ProxyBroken",
@@ -404,7 +405,8 @@ class ProxyBroken:
     reason: str
 
 
-ProxyEvent = ClientMethod | ClientMethodError | LogMessage | StatusMessage | MalformedLine | ProxyConfigured | ProxyBroken
+ProxyEvent = (ClientMethod | ClientMethodError | LogMessage | StatusMessage | MalformedLine | ProxyConfigured
+              | ProxyBroken)
 
 
 class ManagedProxyConfiguration:

@@ -22,6 +22,7 @@ from oppy.pt.manager import (
     RESTART_DELAY_INITIAL,
     RESTART_DELAY_MAX,
     PluggableTransports,
+    ProxyState,
     TransportConnected,
     TransportConnecting,
     TransportFailed,
@@ -89,7 +90,7 @@ def test_a_proxy_is_launched_once_configured_logged_and_stopped_by_closing_stdin
     yield _until(lambda: any("a line on stderr" in record.getMessage() for record in caplog.records))
     yield transports.stop()
     assert (state / "exited").read_text() == "stdin closed\n"  # it left on its own, before any signal
-    assert transports.waiting_for() is None
+    assert transports.proxies[0].state is ProxyState.STOPPED
 
 
 @pytest_twisted.inlineCallbacks
@@ -109,7 +110,7 @@ def test_a_missing_binary_is_one_warning_and_retried_with_a_backoff(tmp_path, ca
     failures = []
     failure.addErrback(failures.append)
     assert "cannot launch /nonexistent/obfs4proxy: no such file" in str(failures[0].value)
-    assert "no such file; restarting" in transports.waiting_for()
+    assert "no such file; restarting" in transports.proxies[0].describe_wait()
     delays = []
     for _ in range(9):
         delays.append(events[-1].retry_in)
@@ -162,7 +163,7 @@ def test_garbage_that_is_not_a_message_is_reported_once_and_the_bootstrap_says_w
     yield _until(lambda: any("ignores" in record.getMessage() for record in caplog.records))
     ignored = [record for record in caplog.records if "ignores" in record.getMessage()]
     assert len(ignored) == 1 and "'hello world'" in ignored[0].getMessage()
-    assert transports.waiting_for() == f'managed proxy "{script}" for obfs4 (starting)'
+    assert transports.proxies[0].describe_wait() == f'managed proxy "{script}" for obfs4 (starting)'
     yield transports.stop()
 
 
@@ -187,7 +188,7 @@ def test_a_proxy_that_ignores_stdin_close_and_sigterm_is_killed(tmp_path):
     body = "trap '' TERM; echo VERSION 1; echo CMETHODS DONE; while true; do sleep 0.05; done"
     transports = _transports(tmp_path, f"obfs4 exec {_script(tmp_path, 'proxy', body)}", [])
     transports.launch(["obfs4"])
-    yield _until(lambda: transports.proxies[0].state == "running")
+    yield _until(lambda: transports.proxies[0].state is ProxyState.READY)
     started = reactor.seconds()
     yield transports.stop()
     assert 0.9 <= reactor.seconds() - started < 5  # two grace periods of 0.5 s, then SIGKILL
