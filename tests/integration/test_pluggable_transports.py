@@ -201,3 +201,21 @@ def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_an
     assert set(connects.pop("obfs4proxy")) == {("127.0.0.1", bridge["ports"]["obfs4"])}
     oppy_connects = [address for addresses in connects.values() for address in addresses]
     assert oppy_connects and set(oppy_connects) <= transport_ports, (connects, transport_ports)
+
+
+def test_a_missing_transport_binary_is_one_warning_and_the_bootstrap_waits_at_conn_pt(network, tmp_path):
+    missing = tmp_path / "no-such-obfs4proxy"
+    oppy = OppyProcess(network, tmp_path / "data",
+                       extra_lines=["UseBridges 1", f"Bridge {network.bridge('obfs4')['bridge_line']}",
+                                    f"ClientTransportPlugin obfs4 exec {missing}"])
+    try:
+        oppy.wait_for_line(r"Bootstrapped 1% \(conn_pt\): Connecting to pluggable transport", timeout=30)
+        oppy.wait_for_line(rf'Managed proxy "{re.escape(str(missing))}" for obfs4 is down: cannot launch '
+                           rf"{re.escape(str(missing))}: no such file\. Restarting it in 1 s\.", timeout=30)
+        time.sleep(4)  # the retries after 1 s and 2 s fail the same way
+    finally:
+        assert oppy.stop() == 0
+    about_the_transport = [line for line in oppy.lines if "[warn]" in line and "Managed proxy" in line]
+    assert len(about_the_transport) == 1, about_the_transport
+    phases = [match.group(1) for line in oppy.lines if (match := re.search(r"Bootstrapped \d+% \((\w+)\)", line))]
+    assert phases == ["starting", "conn_pt"]
