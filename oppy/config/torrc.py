@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from oppy.config.values import MAX_PATH_SHOWN, TOR_SPACE, ConfigError, shortened
+from oppy.cstring import CStringError, unescape_cstring
 
 __all__ = [
     "MAX_INCLUDE_RECURSION_LEVEL",
@@ -52,48 +53,13 @@ class ConfigLine:
 
 
 def _decode_quoted(text: str, start: int) -> tuple[str, int]:
-    """Decode the C-style quoted string that opens at ``text[start]`` (cstring.c unescape_string).
-
-    Returns the value and the index just past the closing quote. Escapes: ``\\n \\r \\t \\" \\\\ \\'``,
-    ``\\xHH`` and up to three octal digits (at most 255); a newline or the end inside the quotes is an error.
-    """
-    out = bytearray()
-    i = start + 1
-    n = len(text)
-    while True:
-        if i >= n or text[i] == "\n":
-            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-        char = text[i]
-        if char == '"':
-            return out.decode("utf-8", "surrogateescape"), i + 1
-        if char != "\\":
-            out += char.encode("utf-8", "surrogateescape")
-            i += 1
-            continue
-        escape = text[i + 1 : i + 2]
-        if escape in ("x", "X"):
-            digits = text[i + 2 : i + 4]
-            if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
-                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-            out.append(int(digits, 16))
-            i += 4
-        elif escape and escape in "01234567":
-            j = i + 1
-            while j < n and j < i + 4 and text[j] in "01234567":
-                j += 1
-            number = int(text[i + 1 : j], 8)
-            if number > 0xFF:
-                raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
-            out.append(number)
-            i = j
-        elif escape in ("n", "r", "t"):
-            out += {"n": b"\n", "r": b"\r", "t": b"\t"}[escape]
-            i += 2
-        elif escape in ('"', "\\", "'"):
-            out += escape.encode()
-            i += 2
-        else:
-            raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string")
+    """Decode the C-style quoted string that opens at ``text[start]`` (cstring.c unescape_string, oppy.cstring).
+    Returns the value and the index just past the closing quote."""
+    try:
+        value, end = unescape_cstring(text, start)
+    except CStringError:
+        raise ConfigError("Error while parsing configuration: Invalid escape sequence in quoted string") from None
+    return value.decode("utf-8", "surrogateescape"), end
 
 
 def _strip_continuations(raw: str) -> str:

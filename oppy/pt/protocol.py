@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from oppy.cstring import CStringError, unescape_cstring
 from oppy.logs import NOTICE
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "TransportProtocolError",
     "is_transport_name",
     "managed_proxy_environment",
-    "unescape_cstring",
     "parse_kvline",
     "Version",
     "VersionError",
@@ -72,8 +72,6 @@ LOG_SEVERITIES = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-# tor cstring.c unescape_string: the one-character escapes of a control-spec CString.
-_CSTRING_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "'": "'"}
 # tor kvline.c: what separates K=V items.
 _KVLINE_SPACE = " \t\r\v\n"
 
@@ -115,48 +113,10 @@ def managed_proxy_environment(transports: Sequence[str], state_location: str, *,
 # ------------------------------------------------------------------------------------ quoted values
 
 
-def unescape_cstring(text: str, start: int) -> tuple[str, int]:
-    """The control-spec CString at ``text[start]`` (a double quote) and the index past its closing quote.
-
-    tor parses LOG and STATUS values with kvline_parse(KV_QUOTED), that is cstring.c unescape_string:
-    ``\\n \\r \\t \\" \\\\ \\'``, ``\\xHH``, one to three octal digits; anything else is malformed.
-    """
-    out = bytearray()
-    position = start + 1
-    while position < len(text):
-        char = text[position]
-        if char == '"':
-            return out.decode("utf-8", "backslashreplace"), position + 1
-        if char in "\n\0":
-            break
-        if char != "\\":
-            out += char.encode("utf-8", "surrogateescape")
-            position += 1
-            continue
-        escape = text[position + 1:position + 2]
-        if escape in ("x", "X"):
-            digits = text[position + 2:position + 4]
-            if not re.fullmatch(r"[0-9A-Fa-f]{2}", digits):
-                raise TransportProtocolError(f"bad \\x escape in a quoted value: {text[position:position + 4]!r}")
-            out.append(int(digits, 16))
-            position += 4
-        elif escape and escape in "01234567":
-            digits = re.match(r"[0-7]{1,3}", text[position + 1:position + 4]).group()
-            if int(digits, 8) > 0xFF:
-                raise TransportProtocolError(f"octal escape above \\377 in a quoted value: \\{digits}")
-            out.append(int(digits, 8))
-            position += 1 + len(digits)
-        elif escape in _CSTRING_ESCAPES:
-            out += _CSTRING_ESCAPES[escape].encode()
-            position += 2
-        else:
-            raise TransportProtocolError(f"bad escape in a quoted value: {text[position:position + 2]!r}")
-    raise TransportProtocolError("unterminated quoted value")
-
-
 def parse_kvline(text: str) -> list[tuple[str, str]]:
     """Space-separated ``K=V`` / ``K="quoted"`` items, as tor's kvline_parse(KV_QUOTED) reads LOG and STATUS
-    lines: every item needs a non-empty key; an unquoted value ends at white space."""
+    lines: every item needs a non-empty key; an unquoted value ends at white space; a quoted one is a CString
+    (oppy.cstring) without NUL."""
     items = []
     position = 0
     while True:
@@ -172,7 +132,13 @@ def parse_kvline(text: str) -> list[tuple[str, str]]:
         key = text[position:equals]
         position = equals + 1
         if position < len(text) and text[position] == '"':
-            value, position = unescape_cstring(text, position)
+            try:
+                raw, position = unescape_cstring(text, position)
+            except CStringError as exc:
+                raise TransportProtocolError(str(exc)) from None
+            if b"\0" in raw:  # tor kvline.c: "The string contains a NUL"
+                raise TransportProtocolError(f"a NUL in the quoted value of {key}")
+            value = raw.decode("utf-8", "backslashreplace")
         else:
             end = position
             while end < len(text) and text[end] not in _KVLINE_SPACE:

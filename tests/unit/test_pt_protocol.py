@@ -89,7 +89,8 @@ def test_each_message(line, message):
 
 
 def test_quoted_values_use_tor_cstring_escapes():
-    assert parse_kvline(r'A="q\"uote \\ \n\t\r\x41\101\0" B=\x') == [("A", 'q"uote \\ \n\t\rAA\0'), ("B", "\\x")]
+    assert parse_kvline(r'A="q\"uote \\ \n\t\r\x41\101\047" B=\x') == [("A", 'q"uote \\ \n\t\rAA\''), ("B", "\\x")]
+    assert parse_kvline('M="caf\u00e9 \\xff"') == [("M", "caf\u00e9 \\xff")]  # not UTF-8: shown, not dropped
 
 
 @pytest.mark.parametrize("line", [
@@ -115,6 +116,7 @@ def test_quoted_values_use_tor_cstring_escapes():
     r'LOG SEVERITY=notice MESSAGE="bad \q escape"',
     r'LOG SEVERITY=notice MESSAGE="\x4"',
     r'LOG SEVERITY=notice MESSAGE="\400"',
+    r'LOG SEVERITY=notice MESSAGE="a NUL \0 inside"',
     "LOG SEVERITY=notice =x MESSAGE=y",
     "LOG SEVERITY=notice bare MESSAGE=y",
     "STATUS TRANSPORT=obfs4",
