@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+from oppy.cstring import CStringError, unescape_cstring as decode_cstring_bytes
+
 __all__ = [
     "MAX_COMMAND_LENGTH",
     "ControlCodecError",
@@ -58,13 +60,8 @@ _TOR_SPACE = " \t\n\v\f\r"
 _TOR_SPACE_BYTES = _TOR_SPACE.encode()
 # kvline.c: the separators between K=V items (no form feed, unlike TOR_ISSPACE).
 _KVLINE_SPACE = " \t\r\v\n"
-_OCTAL_DIGITS = "01234567"
-_HEX_DIGITS = "0123456789abcdefABCDEF"
 # escape.c esc_for_log: simple characters that get a backslash escape.
 _SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-# cstring.c unescape_string: the single-character escapes it accepts (not "\?": its first
-# pass rejects that one).
-_CSTRING_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "'": "'"}
 # proto_http.c peek_buf_has_http_command: what tor treats as a browser on the control port.
 _HTTP_METHOD_PREFIXES = (b"CONNECT ", b"DELETE ", b"GET ", b"POST ", b"PUT ")
 
@@ -331,53 +328,13 @@ def split_positional(text: str, max_pieces: int = 0) -> list[str]:
 
 
 def unescape_cstring(text: str, start: int = 0) -> tuple[str, int]:
-    """Decode the C-style quoted string (control-spec CString) at ``text[start]``.
-
-    Rules of tor's cstring.c unescape_string: ``\\n \\r \\t \\" \\\\ \\'``, ``\\xHH`` and
-    one to three octal digits (at most 255); any other escape, a raw LF or NUL, or a missing
-    closing quote is an error. Returns the value and the index just past the closing quote.
-    """
-    if start >= len(text) or text[start] != '"':
-        raise ControlSyntaxError("Expected a quoted string")
-    out = bytearray()
-    position = start + 1
-    run_start = position
-    length = len(text)
-    while True:
-        if position >= length:
-            raise ControlSyntaxError("Unterminated quoted string")
-        char = text[position]
-        if char == '"':
-            out += _encode(text[run_start:position])
-            return _decode(bytes(out)), position + 1
-        if char in "\n\0":
-            raise ControlSyntaxError("Newline or NUL inside a quoted string")
-        if char != "\\":
-            position += 1
-            continue
-        out += _encode(text[run_start:position])
-        escape = text[position + 1 : position + 2]
-        if escape in ("x", "X"):
-            digits = text[position + 2 : position + 4]
-            if len(digits) != 2 or digits[0] not in _HEX_DIGITS or digits[1] not in _HEX_DIGITS:
-                raise ControlSyntaxError("Bad \\x escape in quoted string")
-            out.append(int(digits, 16))
-            position += 4
-        elif escape and escape in _OCTAL_DIGITS:
-            end = position + 2
-            while end < position + 4 and end < length and text[end] in _OCTAL_DIGITS:
-                end += 1
-            value = int(text[position + 1 : end], 8)
-            if value > 0xFF:
-                raise ControlSyntaxError("Octal escape above \\377 in quoted string")
-            out.append(value)
-            position = end
-        elif escape in _CSTRING_ESCAPES:
-            out += _CSTRING_ESCAPES[escape].encode()
-            position += 2
-        else:
-            raise ControlSyntaxError("Bad escape in quoted string")
-        run_start = position
+    """Decode the C-style quoted string (control-spec CString) at ``text[start]`` with tor's cstring.c rules
+    (:mod:`oppy.cstring`). Returns the value and the index just past the closing quote."""
+    try:
+        value, end = decode_cstring_bytes(text, start)
+    except CStringError as exc:
+        raise ControlSyntaxError(str(exc)) from None
+    return _decode(value), end
 
 
 def decode_qstring(text: str, start: int = 0) -> tuple[str, int]:
