@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from oppy.cstring import CStringError, unescape_cstring
 from oppy.logs import NOTICE
@@ -34,6 +35,7 @@ __all__ = [
     "managed_proxy_environment",
     "parse_kvline",
     "Version",
+    "FatalMessage",
     "VersionError",
     "EnvError",
     "ProxyDone",
@@ -163,29 +165,42 @@ class Version:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionError:
-    """pt-spec 3.3.1 "VERSION-ERROR <ErrorMessage>": no common version; the proxy exits."""
+class FatalMessage:
+    """A message after which the proxy exits (pt-spec: it MUST terminate); ``message`` is its reason."""
 
     message: str
+    #: The message's keyword, and what it means for oppy, in words.
+    keyword: ClassVar[str] = ""
+    meaning: ClassVar[str] = ""
 
 
-@dataclass(frozen=True, slots=True)
-class EnvError:
-    """pt-spec 3.3.1 "ENV-ERROR <ErrorMessage>": the proxy could not use its environment and exits."""
+class VersionError(FatalMessage):
+    """pt-spec 3.3.1 "VERSION-ERROR <ErrorMessage>": no common version."""
 
-    message: str
+    __slots__ = ()
+    keyword = "VERSION-ERROR"
+    meaning = "it supports no version we speak"
+
+
+class EnvError(FatalMessage):
+    """pt-spec 3.3.1 "ENV-ERROR <ErrorMessage>": the proxy could not use its environment."""
+
+    __slots__ = ()
+    keyword = "ENV-ERROR"
+    meaning = "it could not use the environment we gave it"
+
+
+class ProxyError(FatalMessage):
+    """pt-spec 3.3.2 "PROXY-ERROR <ErrorMessage>": the upstream proxy of TOR_PT_PROXY is unusable."""
+
+    __slots__ = ()
+    keyword = "PROXY-ERROR"
+    meaning = "it cannot use the upstream proxy"
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyDone:
     """pt-spec 3.3.2 "PROXY DONE": the upstream proxy of TOR_PT_PROXY is accepted."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyError:
-    """pt-spec 3.3.2 "PROXY-ERROR <ErrorMessage>": the upstream proxy is unusable; the proxy exits."""
-
-    message: str
 
 
 class SocksVersion(enum.Enum):
@@ -295,6 +310,9 @@ def _parse_status(rest: str) -> StatusMessage:
     return StatusMessage(transports[0], others)
 
 
+_FATAL_MESSAGES = {kind.keyword: kind for kind in (VersionError, EnvError, ProxyError)}
+
+
 def parse_line(line: str) -> ProxyMessage:
     """One line a managed proxy wrote (without its newline) as a message; raises
     :class:`TransportProtocolError` if it breaks the line format of pt-spec 3.3 or of its message."""
@@ -308,9 +326,9 @@ def parse_line(line: str) -> ProxyMessage:
         if len(words) != 1:
             raise TransportProtocolError(f"malformed VERSION line: {shown(line)}")
         return Version(words[0])
-    if keyword in ("VERSION-ERROR", "ENV-ERROR", "PROXY-ERROR"):
-        message = _required_message(keyword, rest.strip())
-        return {"VERSION-ERROR": VersionError, "ENV-ERROR": EnvError, "PROXY-ERROR": ProxyError}[keyword](message)
+    fatal = _FATAL_MESSAGES.get(keyword)
+    if fatal is not None:
+        return fatal(_required_message(keyword, rest.strip()))
     if keyword == "PROXY" and words == ["DONE"]:
         return ProxyDone()
     if keyword == "CMETHODS" and words == ["DONE"]:
@@ -446,12 +464,8 @@ class ManagedProxyConfiguration:
                 return []
             self._unknown_reported = True
             return [MalformedLine(line, f"unknown keyword {shown(message.keyword)} (ignored)")]
-        if isinstance(message, VersionError):
-            return [self._break(f"it supports no version we speak (VERSION-ERROR {message.message})")]
-        if isinstance(message, EnvError):
-            return [self._break(f"it could not use the environment we gave it (ENV-ERROR {message.message})")]
-        if isinstance(message, ProxyError):
-            return [self._break(f"it cannot use the upstream proxy (PROXY-ERROR {message.message})")]
+        if isinstance(message, FatalMessage):
+            return [self._break(f"{message.meaning} ({message.keyword} {message.message})")]
         if isinstance(message, Version):
             if state is not _State.LAUNCHED:
                 return [self._out_of_order(line)]
