@@ -41,6 +41,7 @@ __all__ = [
     "signal_event",
     "conf_changed_event",
     "hs_desc_event",
+    "transport_launched_event",
 ]
 
 # control_events.c control_event_table (identical in tor 0.4.8 and 0.4.9): every name
@@ -450,3 +451,9 @@ def hs_desc_event(action: str, address: str, hsdir: str, descriptor_id: str, rea
     if reason is not None:
         parts.append("REASON=" + _token(reason, "a reason"))
     return encode_event(" ".join(parts))
+
+
+def transport_launched_event(mode: str, transport: str, address: str, port: int) -> bytes:
+    """``650 TRANSPORT_LAUNCHED client obfs4 127.0.0.1 41234``: a pluggable transport's proxy listens (tor
+    control_event_transport_launched; ``mode`` is "client" for oppy; fmt_addr writes IPv6 without brackets)."""
+    return encode_event(f"TRANSPORT_LAUNCHED {mode} {transport} {address} {port}")

@@ -25,13 +25,14 @@ from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
 from oppy.control.session import AuthSettings, ControlHub
-from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event
+from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event, transport_launched_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
 from oppy.directory.service import BootstrapProblem
 from oppy.hsclient.client import DescriptorEvent
 from oppy.logs import add_log_observer, notice, remove_log_observer
 from oppy.netdoc.netdir import NetDirChanged
+from oppy.pt.manager import TransportEvent, TransportReady
 
 __all__ = ["ControlProtocol", "ControlFactory", "ControlService"]
 
@@ -246,6 +247,8 @@ class ControlService:
         self.daemon.directory.add_netdir_observer(self._netdir_changed)
         self.daemon.build_times.add_observer(self._build_times_event)
         self.daemon.onion_services.add_observer(self._descriptor_event)
+        if self.daemon.pluggable_transports is not None:
+            self.daemon.pluggable_transports.add_observer(self._transport_event)
         self._tick_loop = task.LoopingCall(self._tick)
         self._tick_loop.clock = self.reactor
         self._tick_loop.start(BW_INTERVAL, now=False)
@@ -268,6 +271,8 @@ class ControlService:
         self.daemon.directory.remove_netdir_observer(self._netdir_changed)
         self.daemon.build_times.remove_observer(self._build_times_event)
         self.daemon.onion_services.remove_observer(self._descriptor_event)
+        if self.daemon.pluggable_transports is not None:
+            self.daemon.pluggable_transports.remove_observer(self._transport_event)
         self._set_log_level(None)
         for connection in list(self.factory.connections):
             connection.close()
@@ -313,6 +318,13 @@ class ControlService:
     def _descriptor_event(self, event: DescriptorEvent) -> None:
         self.hub.broadcast("HS_DESC", hs_desc_event(event.action, event.address, event.hsdir.describe(),
                                                     event.descriptor_id, event.reason))
+
+    def _transport_event(self, event: TransportEvent) -> None:
+        """A managed proxy (started, or started again) listens for its transports: TRANSPORT_LAUNCHED each."""
+        if isinstance(event, TransportReady):
+            for method in event.methods:
+                self.hub.broadcast("TRANSPORT_LAUNCHED",
+                                   transport_launched_event("client", method.transport, method.host, method.port))
 
     def _orconn_events(self) -> None:
         self._orconn_poll = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import re
 import shutil
 import signal
@@ -32,7 +33,7 @@ from oppy.pt.plugin import parse_transport_plugin_line
 from tests.integration.test_begin_dir_only import _CONNECT_RE, inet_connects, strace
 from tests.integration.test_daemon import TEN_MB, curl, expected_sha256
 from tests.support.network import REPO, TestNetwork
-from tests.support.oppy_process import OppyProcess
+from tests.support.oppy_process import OppyProcess, free_port
 
 
 def obfs4proxy() -> str:
@@ -166,9 +167,11 @@ def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_an
         network: TestNetwork, tmp_path: Path):
     bridge = network.bridge("obfs4")
     trace_file = tmp_path / "connect.strace"
+    control_port = free_port()
     oppy = OppyProcess(network, tmp_path / "data",
                        extra_lines=["UseBridges 1", f"Bridge {bridge['bridge_line']}",
-                                    f"ClientTransportPlugin obfs4 exec {obfs4proxy()}"],
+                                    f"ClientTransportPlugin obfs4 exec {obfs4proxy()}",
+                                    f"ControlPort 127.0.0.1:{control_port}"],
                        command_prefix=[strace(), "-f", "-qq", "-Y", "-e", "trace=connect", "-o", str(trace_file),
                                        "--"])
     try:
@@ -178,15 +181,20 @@ def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_an
         assert len(fetched.stdout) == TEN_MB
         assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, TEN_MB)
 
-        # The transport dies mid-run: oppy starts it again, and the next fetch goes through the new one.
-        first_pid = _transport_pid(oppy)
-        os.kill(first_pid, signal.SIGKILL)
-        oppy.wait_for_line(r"is down: its process terminated by signal 9\. Restarting it in 1 s", timeout=30)
-        deadline = time.monotonic() + 30
-        while len(_transport_ports(oppy)) < 2:
-            assert time.monotonic() < deadline, "obfs4proxy was not started again"
-            time.sleep(0.1)
+        # The transport dies mid-run: oppy starts it again (a controller hears TRANSPORT_LAUNCHED), and the
+        # next fetch goes through the new one.
+        # (A raw control connection: stem files TRANSPORT_LAUNCHED events under their "type" field, "client",
+        # so its listeners for them are never called.)
+        with socket.create_connection(("127.0.0.1", control_port), timeout=30) as control:
+            control.sendall(b"AUTHENTICATE\r\nSETEVENTS TRANSPORT_LAUNCHED\r\n")
+            replies = control.makefile("rb")
+            assert [replies.readline(), replies.readline()] == [b"250 OK\r\n", b"250 OK\r\n"]
+            first_pid = _transport_pid(oppy)
+            os.kill(first_pid, signal.SIGKILL)
+            oppy.wait_for_line(r"is down: its process terminated by signal 9\. Restarting it in 1 s", timeout=30)
+            event = replies.readline()
         assert _transport_pid(oppy) != first_pid
+        assert event == f"650 TRANSPORT_LAUNCHED client obfs4 127.0.0.1 {_transport_ports(oppy)[1]}\r\n".encode()
         fetched = curl(oppy, network.url("/bytes/1000000"))
         assert fetched.returncode == 0, fetched.stderr
         assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, 1000000)

@@ -23,6 +23,7 @@ from oppy.control.events import (
     circuit_reason_name,
     circuit_status_line,
     conf_changed_event,
+    transport_launched_event,
     format_path,
     format_time_created,
     log_event,
@@ -265,3 +266,10 @@ def test_hs_desc_events_as_tor_writes_them_for_v3():
         f"650 HS_DESC FAILED {address} NO_AUTH {hsdir} {blinded} REASON=NOT_FOUND\r\n".encode()
     with pytest.raises(EventFormatError):
         hs_desc_event("RECEIVED", address + " x", hsdir, blinded)
+
+
+def test_transport_launched_event():
+    raw = transport_launched_event("client", "obfs4", "127.0.0.1", 41234)
+    assert raw == b"650 TRANSPORT_LAUNCHED client obfs4 127.0.0.1 41234\r\n"
+    event = parse_event(raw)
+    assert (event.type, event.name, event.address, event.port) == ("client", "obfs4", "127.0.0.1", 41234)
