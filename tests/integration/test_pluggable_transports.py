@@ -198,8 +198,13 @@ def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_an
         fetched = curl(oppy, network.url("/bytes/1000000"))
         assert fetched.returncode == 0, fetched.stderr
         assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, 1000000)
+        second_pid = _transport_pid(oppy)
     finally:
         assert oppy.stop() == 0
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{second_pid}").exists():  # stopped with oppy (stdin closed)
+        assert time.monotonic() < deadline, "obfs4proxy outlived oppy"
+        time.sleep(0.1)
 
     phases = [match.group(1) for line in oppy.lines if (match := re.search(r"Bootstrapped \d+% \((\w+)\)", line))]
     assert phases[:4] == ["starting", "conn_pt", "conn_done_pt", "conn_done"]
