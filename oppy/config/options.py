@@ -626,7 +626,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("FallbackDir", "fallback_dirs", "LineList", _validated_lines(_validated_directory_line("fallback")),
             _encode_lines, _constant(()), is_list=True),
     _Option("ClientTransportPlugin", "client_transport_plugins", "LineList", _parse_transport_plugins,
-            _encode_transport_plugins, _constant(()), is_list=True),
+            _encode_transport_plugins, _constant(()), is_list=True, changeable_at_runtime=False),
     _Option("UseDefaultFallbackDirs", "use_default_fallback_dirs", "Boolean", _parse_bool, _encode_bool,
             _constant(True)),
     _Option("TestingTorNetwork", "testing_tor_network", "Boolean", _parse_bool, _encode_bool, _constant(False),

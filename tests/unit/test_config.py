@@ -858,3 +858,9 @@ def test_client_transport_plugin_lines_are_typed_and_given_back_as_written():
     assert (external.transports, external.host, external.port) == (("snowflake",), "127.0.0.1", 9999)
     assert config.get_option("ClientTransportPlugin") == ["obfs4,meek_lite exec /usr/bin/obfs4proxy -enableLogging",
                                                           "snowflake socks5 127.0.0.1:9999"]
+
+
+def test_client_transport_plugin_is_not_changed_while_running():
+    config = config_from_torrc_text("ClientTransportPlugin obfs4 exec /usr/bin/obfs4proxy\n")
+    with pytest.raises(ConfigError, match="While oppy is running, changing ClientTransportPlugin"):
+        config.set_options([("ClientTransportPlugin", "obfs4 exec /usr/bin/lyrebird")])
