@@ -216,16 +216,24 @@ def test_oppy_bootstraps_through_the_obfs4_bridge_talks_only_to_the_transport_an
     assert oppy_connects and set(oppy_connects) <= transport_ports, (connects, transport_ports)
 
 
-def test_a_missing_transport_binary_is_one_warning_and_the_bootstrap_waits_at_conn_pt(network, tmp_path):
+def test_a_missing_transport_binary_is_one_warning_and_the_bootstrap_says_what_it_waits_for(network, tmp_path):
     missing = tmp_path / "no-such-obfs4proxy"
+    control_port = free_port()
     oppy = OppyProcess(network, tmp_path / "data",
                        extra_lines=["UseBridges 1", f"Bridge {network.bridge('obfs4')['bridge_line']}",
-                                    f"ClientTransportPlugin obfs4 exec {missing}"])
+                                    f"ClientTransportPlugin obfs4 exec {missing}", f"ControlPort 127.0.0.1:{control_port}"])
     try:
         oppy.wait_for_line(r"Bootstrapped 1% \(conn_pt\): Connecting to pluggable transport", timeout=30)
         oppy.wait_for_line(rf'Managed proxy "{re.escape(str(missing))}" for obfs4 is down: cannot launch '
                            rf"{re.escape(str(missing))}: no such file\. Restarting it in 1 s\.", timeout=30)
         time.sleep(4)  # the retries after 1 s and 2 s fail the same way
+        with socket.create_connection(("127.0.0.1", control_port), timeout=30) as control:
+            control.sendall(b"AUTHENTICATE\r\nGETINFO status/bootstrap-phase\r\n")
+            replies = control.makefile("rb")
+            assert replies.readline() == b"250 OK\r\n"
+            phase = replies.readline().decode()
+        assert phase.startswith("250-status/bootstrap-phase=WARN BOOTSTRAP PROGRESS=1 TAG=conn_pt "), phase
+        assert "pluggable transport obfs4 is not running" in phase and "no such file" in phase, phase
     finally:
         assert oppy.stop() == 0
     about_the_transport = [line for line in oppy.lines if "[warn]" in line and "Managed proxy" in line]
