@@ -293,6 +293,16 @@ class Daemon:
         # The directory's last cache and guard-state writes reach the disk too, and the build times.
         return defer.gatherResults([flushed, directory_stopped, self._save_build_times()], consumeErrors=True)
 
+    def closed(self) -> defer.Deferred:
+        """After stop(): fires once every listener and every socket (links, SOCKS and control clients) is
+        closed, so that a program running oppy on its own reactor finds nothing of it left."""
+        waits = [self.links.when_closed()]
+        if self.doors is not None:
+            waits.append(self.doors.closed())
+        if self.control is not None:
+            waits.append(self.control.closed())
+        return defer.gatherResults(waits, consumeErrors=True)
+
 
 #: Twisted's own warnings and errors (an unhandled error in a Deferred, an exception in a protocol) go to oppy's
 #: log at these severities; its chatter ("Starting factory ...") is dropped.

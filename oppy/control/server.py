@@ -14,7 +14,7 @@ import logging
 import os
 from collections import deque
 
-from twisted.internet import error as twisted_error, protocol, task
+from twisted.internet import defer, error as twisted_error, protocol, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.python import threadable
 from zope.interface import implementer
@@ -155,6 +155,7 @@ class ControlFactory(protocol.Factory):
         self.max_output = max_output
         self.connections: set[ControlProtocol] = set()
         self._refusing = False
+        self._closed_waiters: list[defer.Deferred] = []
 
     def buildProtocol(self, addr):  # noqa: N802
         return ControlProtocol(self)
@@ -175,6 +176,18 @@ class ControlFactory(protocol.Factory):
         if connection in self.connections:
             self.connections.discard(connection)
             self._refusing = False
+        if not self.connections:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_closed(self) -> defer.Deferred:
+        """A Deferred firing once no controller is connected."""
+        if not self.connections:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
 
 
 class ControlService:
@@ -185,12 +198,13 @@ class ControlService:
         self.reactor = reactor
         self.config = daemon.config
         self.listeners = []
-        self.backend = DaemonBackend(daemon, reactor, control_listeners=self._bound_addresses,
+        self.backend = DaemonBackend(daemon, reactor, control_listeners=self.bound_addresses,
                                      on_auth_options_changed=self._refresh_auth)
         self.hub = ControlHub(self.backend)
         self.backend.report_conf_changed = self.hub.conf_changed
         self.hub.on_subscriptions_changed = self._subscriptions_changed
         self.factory = ControlFactory(self.hub, owner_left=self._owner_left)
+        self._listeners_closed: list[defer.Deferred] = []
         self._tick_loop = None
         self._log_level: str | None = None
         self._announced_circuit = False
@@ -256,8 +270,7 @@ class ControlService:
     def stop(self) -> None:
         if not self.enabled:
             return
-        for listener in self.listeners:
-            listener.stopListening()
+        self._listeners_closed += [defer.maybeDeferred(listener.stopListening) for listener in self.listeners]
         self.listeners = []
         if self._tick_loop is not None and self._tick_loop.running:
             self._tick_loop.stop()
@@ -277,7 +290,11 @@ class ControlService:
         for connection in list(self.factory.connections):
             connection.close()
 
-    def _bound_addresses(self) -> list[tuple[str, int]]:
+    def closed(self) -> defer.Deferred:
+        """After stop(): fires once the listeners and every controller connection are closed."""
+        return defer.gatherResults([*self._listeners_closed, self.factory.when_closed()], consumeErrors=True)
+
+    def bound_addresses(self) -> list[tuple[str, int]]:
         return [(host.host, host.port) for host in (listener.getHost() for listener in self.listeners)]
 
     def _owner_left(self) -> None:

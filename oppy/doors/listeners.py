@@ -66,6 +66,7 @@ class FrontDoors:
         self.reactor = reactor
         self.socks = socks
         self.open_doors: list[OpenDoor] = []
+        self._closing: list[defer.Deferred] = []
         # connection.c global_next_session_group: each port without SessionGroup=N is a group of its own.
         self._next_session_group = SESSION_GROUP_FIRST_AUTO
 
@@ -115,7 +116,9 @@ class FrontDoors:
         host, port = door.address
         notice(log, "Closing %s listener on %s:%d", door.kind.log_name, host, port)
         self.open_doors.remove(door)
-        return defer.maybeDeferred(door.listening.stopListening)
+        closing = defer.maybeDeferred(door.listening.stopListening)
+        self._closing.append(closing)
+        return closing
 
     def set_ports(self, kind: DoorKind, configs: tuple[PortConfig, ...]) -> list[OpenDoor]:
         """Make the listeners of `kind` be those of `configs` (tor retry_listener_ports): an open one whose line
@@ -142,3 +145,8 @@ class FrontDoors:
         for door in list(self.open_doors):
             self.close(door)
         self.socks.close_all()
+
+    def closed(self) -> defer.Deferred:
+        """After close_all: fires once every listener closed so far has released its socket and every client
+        connection is gone (a program running oppy on its own reactor finds nothing of it left)."""
+        return defer.gatherResults([*self._closing, self.socks.when_closed()], consumeErrors=True)

@@ -402,6 +402,10 @@ class LinkPool:
         self.padding = padding if padding is not None else PaddingPolicy()
         self._open: dict[bytes, RelayConnection] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}
+        # Every link whose socket may be open (connecting, handshaking or open), and its opening Deferred;
+        # close_all gives up the openings, and when_closed waits until this is empty.
+        self._live: dict[RelayConnection, defer.Deferred] = {}
+        self._closed_waiters: list[defer.Deferred] = []
         self._tls = tls_context()
         # tor's connection housekeeping, while any link is open.
         self._housekeeping = task.LoopingCall(self._housekeep)
@@ -457,6 +461,7 @@ class LinkPool:
             opening: defer.Deferred = defer.fail(exc)
         else:
             opening = connectProtocol(endpoint, connection)
+        self._live[connection] = opening
 
         def connected(_):
             self._notify(LinkConnected(relay))
@@ -485,6 +490,8 @@ class LinkPool:
             if not failure.check(LinkError):
                 failure = Failure(LinkError(f"cannot connect to {connection.channel.peer_address}: "
                                             f"{failure.getErrorMessage()}"))
+            if connection.transport is None:  # never connected: no socket to wait for
+                self._gone(connection)
             log.info("link to %s failed: %s", relay.describe(), failure.getErrorMessage())
             self._notify(LinkFailed(relay, failure.getErrorMessage(), reason))
             for waiter in self._pending.pop(relay.rsa_id, []):
@@ -508,16 +515,35 @@ class LinkPool:
         for connection in list(self._open.values()):
             connection.housekeeping(now)
 
+    def _gone(self, connection: RelayConnection) -> None:
+        self._live.pop(connection, None)
+        if not self._live:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_closed(self) -> defer.Deferred:
+        """A Deferred firing once no link has a socket open (after close_all: when the last one is closed)."""
+        if not self._live:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
+
     def _lost(self, connection: RelayConnection) -> None:
+        self._gone(connection)
         if self._open.get(connection.relay.rsa_id) is connection:
             del self._open[connection.relay.rsa_id]
         if not self._open and self._housekeeping.running:
             self._housekeeping.stop()
 
     def close_all(self) -> None:
+        """Close every open link and give up those still opening."""
         for connection in list(self._open.values()):
             connection.close()
         self._open.clear()
+        for opening in list(self._live.values()):
+            opening.cancel()  # nothing happens to one that has opened
         if self._housekeeping.running:
             self._housekeeping.stop()
 

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -389,6 +389,7 @@ class SocksFactory(protocol.Factory):
         self.open_connections: set[SocksClientProtocol] = set()
         self._refusing = False
         self._last_unsafe_warning: float | None = None
+        self._closed_waiters: list[defer.Deferred] = []
 
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
@@ -429,6 +430,18 @@ class SocksFactory(protocol.Factory):
         if connection in self.open_connections:
             self.open_connections.discard(connection)
             self._refusing = False
+        if not self.open_connections:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_closed(self) -> defer.Deferred:
+        """A Deferred firing once no client connection is open (after close_all: once the last has closed)."""
+        if not self.open_connections:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._closed_waiters.append(waiter)
+        return waiter
 
     def close_all(self) -> None:
         for connection in list(self.open_connections):

@@ -1,0 +1,457 @@
+"""Twisted client endpoints that connect through oppy (the txtorcon way).
+
+``TorClientEndpoint(host, port, tor=running_oppy)`` carries the connection as a stream of an oppy running in
+this process (``oppy.launch``): the stream is opened through the circuit manager exactly as a SOCKS request
+would open it, with no listener between. ``TorClientEndpoint(host, port, socks_endpoint=...)`` reaches an
+oppy (or a tor) in another process through its SocksPort instead, speaking SOCKS5 with the hostname sent to
+the exit (never resolved here). Either way ``username``/``password`` are the isolation credential, as the SOCKS
+username and password are (tor's IsolateSOCKSAuth): streams with different credentials share no circuit.
+
+``wrapClientTLS(creator, endpoint)`` gives TLS over either; ``clientFromString(reactor,
+"oppy:host=example.com:port=443")`` builds one through the plugin in ``twisted/plugins/oppy_endpoints.py``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Protocol
+
+from twisted.internet import defer, error as twisted_error
+from twisted.internet.address import HostnameAddress
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint, ITransport
+from twisted.internet.protocol import Factory, Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from oppy.cell.commands import EndReason, reason_name
+from oppy.socks.messages import SOCKS5_USERPASS_AUTH_VERSION, SOCKS5_VERSION, AddressType, Socks5Method, \
+    Socks5Reply, SocksCommand
+from oppy.stream.stream import Stream, StreamEnd, StreamKind
+
+__all__ = ["TorClientEndpoint", "StreamOpener", "TorStreamError", "SocksError", "Socks5ClientHandshake",
+           "DEFAULT_SOCKS_PORT"]
+
+#: tor's default SocksPort, where an external oppy or tor listens unless told otherwise.
+DEFAULT_SOCKS_PORT = 9050
+#: RFC 1929 section 2: ULEN and PLEN are one byte each.
+MAX_CREDENTIAL_LEN = 255
+#: RFC 1928 section 5: a DOMAINNAME is one length byte and at most 255 octets.
+MAX_HOSTNAME_LEN = 255
+#: What the control port shows as the source of a stream opened through this module (STREAM SOURCE_ADDR).
+IN_PROCESS_SOURCE = "127.0.0.1:0"
+
+
+class StreamOpener(Protocol):
+    """What carries an in-process stream: a running oppy (``oppy.launch``) or its circuit manager."""
+
+    reactor: object
+
+    def open_stream(self, sink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
+                    credentials: object = None, source: str | None = None): ...
+
+
+class TorStreamError(twisted_error.ConnectError):
+    """The stream could not be opened: the exit refused it, no circuit could be had, or it timed out.
+    ``reason`` is the END reason (tor-spec 6.3)."""
+
+    def __init__(self, end: StreamEnd) -> None:
+        self.reason = end.reason
+        super().__init__(string=f"{reason_name(EndReason, end.reason)}: {end}")
+
+
+class SocksError(twisted_error.ConnectError):
+    """The SOCKS port refused the request; ``reply`` is the SOCKS5 reply code (RFC 1928 section 6)."""
+
+    def __init__(self, message: str, reply: int | None = None) -> None:
+        self.reply = reply
+        super().__init__(string=message)
+
+
+def isolation_credentials(username: str | bytes | None, password: str | bytes | None) -> tuple[bytes, bytes]:
+    """The credential as a SOCKS request carries it (``SocksRequest.isolation_key``): both empty when none."""
+    def as_bytes(value: str | bytes | None, what: str) -> bytes:
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value or b"")
+        if len(data) > MAX_CREDENTIAL_LEN:
+            raise ValueError(f"the isolation {what} is longer than SOCKS allows ({MAX_CREDENTIAL_LEN} bytes)")
+        return data
+
+    return as_bytes(username, "username"), as_bytes(password, "password")
+
+
+# ---------------------------------------------------------------------------------------- in process
+
+
+@implementer(ITransport, IPushProducer, IConsumer)
+class StreamTransport:
+    """A Twisted transport over one oppy stream, and that stream's sink.
+
+    Backpressure runs both ways: a producer registered here (TLS, an HTTP body) is paused while the stream's
+    send buffer is full; a protocol that pauses this transport stops the stream granting SENDMEs to the exit.
+    As with a socket, ``connectionLost`` comes from the reactor, never from inside ``loseConnection``.
+    """
+
+    def __init__(self, reactor, factory: Factory, host: str, port: int, connecting: defer.Deferred) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.peer = HostnameAddress(host.encode("idna") if not host.isascii() else host.encode("ascii"), port)
+        self.stream: Stream | None = None
+        self.protocol: TwistedProtocol | None = None
+        self.disconnecting = False
+        self._connecting = connecting
+        self._producer = None
+        self._streaming = True
+        self._writable = True
+
+    # -------------------------------------------------------------------- ITransport
+
+    def write(self, data: bytes) -> None:
+        if self.stream is not None and not self.disconnecting:
+            self.stream.write(bytes(data))
+            self._pull()
+
+    def writeSequence(self, data) -> None:  # noqa: N802 - Twisted's naming
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:  # noqa: N802
+        """END (DONE) once what was written has gone out."""
+        if self.disconnecting or self.stream is None:
+            return
+        self.disconnecting = True
+        self.stream.close(EndReason.DONE, flush_first=True)
+
+    def abortConnection(self) -> None:  # noqa: N802
+        """END (DONE) now; what was not sent yet is dropped."""
+        self.disconnecting = True
+        if self.stream is not None:
+            self.stream.close(EndReason.DONE)
+
+    def getPeer(self) -> HostnameAddress:  # noqa: N802
+        return self.peer
+
+    def getHost(self) -> HostnameAddress:  # noqa: N802
+        return HostnameAddress(b"oppy", 0)
+
+    # -------------------------------------------------------------------- IConsumer
+
+    def registerProducer(self, producer, streaming: bool) -> None:  # noqa: N802
+        if self._producer is not None:
+            raise RuntimeError(f"{producer!r} registered on a stream transport that has {self._producer!r}")
+        self._producer, self._streaming = producer, streaming
+        if streaming:
+            if not self._writable:
+                producer.pauseProducing()
+        else:
+            self._pull()
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        self._producer = None
+
+    def _pull(self) -> None:
+        """A pull producer is asked for more while the stream takes it."""
+        if self._producer is not None and not self._streaming and self._writable and not self.disconnecting:
+            self._producer.resumeProducing()
+
+    # -------------------------------------------------------------------- IPushProducer (our reading)
+
+    def pauseProducing(self) -> None:  # noqa: N802 - the protocol cannot take more: no SENDMEs meanwhile
+        if self.stream is not None:
+            self.stream.pause_delivery()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.stream is not None:
+            self.stream.resume_delivery()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.abortConnection()
+
+    # -------------------------------------------------------------------- StreamSink
+
+    def stream_connected(self, stream: Stream) -> None:
+        if self._connecting.called:  # cancelled meanwhile
+            return
+        protocol = self.factory.buildProtocol(self.peer)
+        if protocol is None:
+            stream.close(EndReason.DONE)
+            return
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        self._connecting.callback(protocol)
+
+    def stream_resolved(self, stream: Stream, answers) -> None:
+        """Never called: this transport opens CONNECT streams only."""
+
+    def stream_data(self, stream: Stream, data: bytes) -> None:
+        if self.protocol is not None:
+            self.protocol.dataReceived(data)
+
+    def stream_writable(self, stream: Stream, writable: bool) -> None:
+        self._writable = writable
+        if self._producer is None:
+            return
+        if not self._streaming:
+            self._pull()
+        elif writable:
+            self._producer.resumeProducing()
+        else:
+            self._producer.pauseProducing()
+
+    def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
+        self.disconnecting = True
+        if self.protocol is None:
+            if not self._connecting.called:
+                self._connecting.errback(TorStreamError(end))
+            return
+        clean = end.reason == EndReason.DONE
+        reason = twisted_error.ConnectionDone() if clean else twisted_error.ConnectionLost(str(end))
+        protocol, self.protocol = self.protocol, None
+        if self._producer is not None and self._streaming:
+            self._producer.stopProducing()
+        self._producer = None
+        # Twisted's transports never call connectionLost from inside the protocol's own call.
+        self.reactor.callLater(0, protocol.connectionLost, Failure(reason))
+
+
+def _connect_in_process(opener: StreamOpener, factory: Factory, host: str, port: int,
+                        credentials: tuple[bytes, bytes]) -> defer.Deferred:
+    def cancel(_):
+        if transport.stream is not None:
+            transport.stream.close(EndReason.DONE)
+
+    connecting: defer.Deferred = defer.Deferred(cancel)
+    transport = StreamTransport(opener.reactor, factory, host, port, connecting)
+    managed = opener.open_stream(transport, host, port, StreamKind.CONNECT, credentials=credentials,
+                                 source=IN_PROCESS_SOURCE)
+    if not managed.stream.ended:
+        transport.stream = managed.stream
+    return connecting
+
+
+#: The oppys launched in this process, by reactor: where ``clientFromString(reactor, "oppy:...")`` without a
+#: socksPort sends its streams (the string cannot name an object).
+_in_process: dict[int, list[StreamOpener]] = {}
+
+
+def register_in_process(reactor, opener: StreamOpener) -> None:
+    """``opener`` runs on ``reactor`` until unregistered (``oppy.launch`` and ``stop`` do this)."""
+    _in_process.setdefault(id(reactor), []).append(opener)
+
+
+def unregister_in_process(reactor, opener: StreamOpener) -> None:
+    running = _in_process.get(id(reactor), [])
+    if opener in running:
+        running.remove(opener)
+    if not running:
+        _in_process.pop(id(reactor), None)
+
+
+def in_process(reactor) -> StreamOpener | None:
+    """The oppy launched first among those running on ``reactor``, if any."""
+    running = _in_process.get(id(reactor))
+    return running[0] if running else None
+
+
+# ---------------------------------------------------------------------------------------- over SOCKS5
+
+
+class Socks5ClientHandshake:
+    """The client side of a SOCKS5 CONNECT (RFC 1928, RFC 1929), sans IO: ``initial_bytes()`` to send,
+    then ``feed()`` what the server answers until it returns True (connected: ``trailing`` holds bytes the
+    server sent after its reply); SocksError when refused."""
+
+    def __init__(self, host: str, port: int, credentials: tuple[bytes, bytes]) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        self.host, self.port = host, port
+        self.credentials = credentials
+        self.trailing = b""
+        self._buffer = b""
+        self._step = "method"
+
+    def initial_bytes(self) -> bytes:
+        method = Socks5Method.USERNAME_PASSWORD if any(self.credentials) else Socks5Method.NO_AUTHENTICATION
+        return bytes([SOCKS5_VERSION, 1, method])
+
+    def _request(self) -> bytes:
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            name = self.host.encode("idna") if not self.host.isascii() else self.host.encode("ascii")
+            if not 0 < len(name) <= MAX_HOSTNAME_LEN:
+                raise SocksError(f"hostname of {len(name)} bytes cannot be sent over SOCKS5") from None
+            target = bytes([AddressType.HOSTNAME, len(name)]) + name
+        else:
+            kind = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
+            target = bytes([kind]) + address.packed
+        return bytes([SOCKS5_VERSION, SocksCommand.CONNECT, 0]) + target + self.port.to_bytes(2, "big")
+
+    def feed(self, data: bytes) -> tuple[bool, bytes]:
+        """Returns (connected, bytes to send now)."""
+        self._buffer += data
+        out = b""
+        while True:
+            if self._step == "method":
+                if len(self._buffer) < 2:
+                    return False, out
+                version, method = self._buffer[0], self._buffer[1]
+                self._buffer = self._buffer[2:]
+                if version != SOCKS5_VERSION:
+                    raise SocksError(f"not a SOCKS5 server (version byte {version})")
+                if method == Socks5Method.USERNAME_PASSWORD and any(self.credentials):
+                    username, password = self.credentials
+                    out += bytes([SOCKS5_USERPASS_AUTH_VERSION, len(username)]) + username \
+                        + bytes([len(password)]) + password
+                    self._step = "auth"
+                elif method == Socks5Method.NO_AUTHENTICATION:
+                    out += self._request()
+                    self._step = "reply"
+                else:
+                    raise SocksError(f"the SOCKS server accepts none of the offered methods (it chose {method})")
+            elif self._step == "auth":
+                if len(self._buffer) < 2:
+                    return False, out
+                status = self._buffer[1]
+                self._buffer = self._buffer[2:]
+                if status != 0:
+                    raise SocksError("the SOCKS server refused the username and password")
+                out += self._request()
+                self._step = "reply"
+            else:
+                if len(self._buffer) < 5:
+                    return False, out
+                version, reply, _, address_type = self._buffer[:4]
+                if version != SOCKS5_VERSION:
+                    raise SocksError(f"bad SOCKS5 reply (version byte {version})")
+                if reply != Socks5Reply.SUCCEEDED:
+                    try:
+                        name = Socks5Reply(reply).name
+                    except ValueError:
+                        name = f"reply {reply}"
+                    raise SocksError(f"the SOCKS server could not connect to the target: {name}", reply)
+                length = {AddressType.IPV4: 4, AddressType.IPV6: 16}.get(address_type)
+                if length is None:
+                    length = 1 + self._buffer[4]
+                total = 4 + length + 2
+                if len(self._buffer) < total:
+                    return False, out
+                self.trailing, self._buffer = self._buffer[total:], b""
+                self._step = "done"
+                return True, out
+
+
+class _SocksClientProtocol(TwistedProtocol):
+    """Runs the SOCKS5 handshake on the TCP connection, then hands it to the application's protocol."""
+
+    def __init__(self, handshake: Socks5ClientHandshake, factory: Factory, connecting: defer.Deferred,
+                 peer: HostnameAddress) -> None:
+        self.handshake = handshake
+        self.factory = factory
+        self.connecting = connecting
+        self.peer = peer
+        self.application: TwistedProtocol | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.handshake.initial_bytes())
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.application is not None:
+            self.application.dataReceived(data)
+            return
+        try:
+            connected, reply = self.handshake.feed(data)
+        except SocksError as exc:
+            if not self.connecting.called:
+                self.connecting.errback(exc)
+            self.transport.abortConnection()
+            return
+        if reply:
+            self.transport.write(reply)
+        if not connected:
+            return
+        if self.connecting.called:  # cancelled meanwhile
+            self.transport.abortConnection()
+            return
+        application = self.factory.buildProtocol(self.peer)
+        if application is None:
+            self.connecting.errback(twisted_error.ConnectError(string="the protocol factory built no protocol"))
+            self.transport.loseConnection()
+            return
+        self.application = application
+        application.makeConnection(self.transport)
+        self.connecting.callback(application)
+        if self.handshake.trailing:
+            application.dataReceived(self.handshake.trailing)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if self.application is not None:
+            self.application.connectionLost(reason)
+        elif not self.connecting.called:
+            self.connecting.errback(SocksError(f"the SOCKS server closed the connection during the handshake: "
+                                               f"{reason.getErrorMessage()}"))
+
+
+def _connect_over_socks(socks_endpoint, factory: Factory, host: str, port: int,
+                        credentials: tuple[bytes, bytes]) -> defer.Deferred:
+    handshake = Socks5ClientHandshake(host, port, credentials)
+    peer = HostnameAddress(host.encode("idna") if not host.isascii() else host.encode("ascii"), port)
+    built: list[_SocksClientProtocol] = []
+
+    def cancel(_):
+        tcp.cancel()  # while connecting to the SOCKS port; after that, the handshake's socket is closed
+        for protocol in built:
+            protocol.transport.abortConnection()
+
+    connecting: defer.Deferred = defer.Deferred(cancel)
+
+    def build() -> _SocksClientProtocol:
+        built.append(_SocksClientProtocol(handshake, factory, connecting, peer))
+        return built[-1]
+
+    tcp = socks_endpoint.connect(Factory.forProtocol(build))
+
+    def tcp_failed(failure):
+        if not connecting.called:
+            connecting.errback(failure)
+
+    tcp.addErrback(tcp_failed)
+    return connecting
+
+
+# ---------------------------------------------------------------------------------------- the endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class TorClientEndpoint:
+    """Connect to ``host``:``port`` through Tor: through ``tor`` (an oppy running in this process, from
+    ``oppy.launch``) or through ``socks_endpoint`` (an oppy or tor's SocksPort; with ``reactor`` only,
+    127.0.0.1:9050). The hostname is resolved by the exit. ``username``/``password``: the isolation
+    credential (streams with different ones share no circuit)."""
+
+    def __init__(self, host: str, port: int, *, tor: StreamOpener | None = None, socks_endpoint=None,
+                 reactor=None, username: str | bytes | None = None, password: str | bytes | None = None) -> None:
+        if isinstance(host, bytes):
+            host = host.decode("ascii")
+        if not host:
+            raise ValueError("TorClientEndpoint needs a host")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} out of range (1-65535)")
+        if tor is not None and socks_endpoint is not None:
+            raise ValueError("give either tor (an oppy in this process) or socks_endpoint, not both")
+        if tor is None and socks_endpoint is None:
+            if reactor is None:
+                raise ValueError("give tor (from oppy.launch), socks_endpoint, or a reactor for 127.0.0.1:9050")
+            socks_endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", DEFAULT_SOCKS_PORT)
+        self.host, self.port = host, int(port)
+        self.tor = tor
+        self.socks_endpoint = socks_endpoint
+        self.credentials = isolation_credentials(username, password)
+
+    def connect(self, protocol_factory: Factory) -> defer.Deferred:
+        """A Deferred firing with the connected protocol, or failing with TorStreamError / SocksError."""
+        try:
+            if self.tor is not None:
+                return _connect_in_process(self.tor, protocol_factory, self.host, self.port, self.credentials)
+            return _connect_over_socks(self.socks_endpoint, protocol_factory, self.host, self.port,
+                                       self.credentials)
+        except Exception:  # noqa: BLE001 - IStreamClientEndpoint.connect reports failures in its Deferred
+            return defer.fail()
