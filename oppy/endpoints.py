@@ -132,6 +132,20 @@ class StreamTransport:
     def getHost(self) -> HostnameAddress:  # noqa: N802
         return HostnameAddress(b"oppy", 0)
 
+    # TLS over a stream forwards ITCPTransport's socket options here (HTTP asks for no Nagle): a stream has
+    # no socket of its own; its cells go out as soon as the windows allow.
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802
+        """Nothing to set: no socket."""
+
+    def getTcpNoDelay(self) -> bool:  # noqa: N802
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:  # noqa: N802
+        """Nothing to set: no socket."""
+
+    def getTcpKeepAlive(self) -> bool:  # noqa: N802
+        return False
+
     # -------------------------------------------------------------------- IConsumer
 
     def registerProducer(self, producer, streaming: bool) -> None:  # noqa: N802
@@ -345,7 +359,7 @@ class _SocksClientProtocol(TwistedProtocol):
     def __init__(self, handshake: Socks5ClientHandshake, factory: Factory, connecting: defer.Deferred,
                  peer: HostnameAddress) -> None:
         self.handshake = handshake
-        self.factory = factory
+        self.application_factory = factory
         self.connecting = connecting
         self.peer = peer
         self.application: TwistedProtocol | None = None
@@ -371,7 +385,7 @@ class _SocksClientProtocol(TwistedProtocol):
         if self.connecting.called:  # cancelled meanwhile
             self.transport.abortConnection()
             return
-        application = self.factory.buildProtocol(self.peer)
+        application = self.application_factory.buildProtocol(self.peer)
         if application is None:
             self.connecting.errback(twisted_error.ConnectError(string="the protocol factory built no protocol"))
             self.transport.loseConnection()
@@ -455,3 +469,32 @@ class TorClientEndpoint:
                                        self.credentials)
         except Exception:  # noqa: BLE001 - IStreamClientEndpoint.connect reports failures in its Deferred
             return defer.fail()
+
+
+def endpoint_from_string_arguments(reactor, *args: str, host: str | None = None, port: str | None = None,
+                                   socksHost: str = "127.0.0.1", socksPort: str | None = None,  # noqa: N803
+                                   username: str | None = None, password: str | None = None) -> TorClientEndpoint:
+    """The ``oppy:`` string endpoint (``twisted/plugins/oppy_endpoints.py``): ``oppy:host=H:port=P`` or
+    ``oppy:H:P``, with ``username=``/``password=`` (isolation) and ``socksPort=`` (``socksHost=``, default
+    127.0.0.1) for an oppy or tor in another process. Without socksPort the streams go through the oppy
+    launched in this process on ``reactor`` when there is one, else to 127.0.0.1:9050 as txtorcon's do."""
+    positional = list(args)
+    if host is None and positional:
+        host = positional.pop(0)
+    if port is None and positional:
+        port = positional.pop(0)
+    if positional:
+        raise ValueError(f"oppy: endpoint strings take host and port only, not {positional!r}")
+    if host is None or port is None:
+        raise ValueError("oppy: endpoint strings need a host and a port (oppy:host=example.com:port=80)")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ValueError(f"oppy: endpoint port {port!r} is not a number") from None
+    tor = in_process(reactor) if socksPort is None else None
+    socks_endpoint = None
+    if tor is None:
+        socks_endpoint = TCP4ClientEndpoint(reactor, socksHost, int(socksPort or DEFAULT_SOCKS_PORT))
+    return TorClientEndpoint(host, port_number, tor=tor, socks_endpoint=socks_endpoint, username=username,
+                             password=password)
+

@@ -3,18 +3,34 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
+import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString, wrapClientTLS
+from twisted.web import resource, server
+from twisted.web.client import BrowserLikePolicyForHTTPS
 
 import oppy
+import oppy.web
+from oppy.endpoints import SocksError, TorStreamError
 from oppy.library import LaunchError
+from tests.support.network import REPO
 from tests.support.relays import fetch
 
 ONE_MB = 1000 * 1000
+TLS_NAME = "secure.test"  # every *.test name is 127.0.0.1 to the exits (scripts/testnet's DNS server)
 
 
 def open_fds() -> set[int]:
@@ -78,3 +94,141 @@ def fetch_over(endpoint, path: bytes):
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
     return body
+
+
+@pytest_twisted.async_yield_fixture
+async def tor(network, tmp_path):
+    """An in-process oppy, with a SOCKS listener for the tests that go through one."""
+    launched = oppy.launch(reactor, data_directory=tmp_path / "data", SocksPort="auto", **network_options(network))
+    await launched.bootstrapped
+    yield launched
+    await launched.stop()
+
+
+def expected_sha256(network, size: int) -> str:
+    return fetch(network.url(f"/sha256/{size}")).decode().strip()
+
+
+@pytest_twisted.inlineCallbacks
+def test_treq_over_the_agent_fetches_1mb_byte_exact(tor, network):
+    response = yield treq.get(network.url(f"/bytes/{ONE_MB}"), agent=tor.agent())
+    assert response.code == 200
+    body = yield treq.content(response)
+    assert len(body) == ONE_MB and hashlib.sha256(body).hexdigest() == expected_sha256(network, ONE_MB)
+
+
+@pytest_twisted.inlineCallbacks
+def test_agent_over_a_socks_port(tor, network):
+    (host, port), = tor.socks_addresses
+    agent = oppy.web.agent(reactor, socks_endpoint=TCP4ClientEndpoint(reactor, host, port))
+    response = yield treq.get(network.url("/", host="target.test"), agent=agent)
+    assert (yield treq.content(response)) == b"hello from the oppy test target\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_from_string_in_process_and_over_socks(tor, network):
+    in_process = clientFromString(reactor, f"oppy:host=target.test:port={network.http_port}")
+    assert in_process.tor is tor
+    body = yield fetch_over(in_process, b"/")
+    assert body == b"hello from the oppy test target\n"
+    (_, socks_port), = tor.socks_addresses
+    over_socks = clientFromString(reactor, f"oppy:target.test:{network.http_port}:socksPort={socks_port}")
+    assert over_socks.tor is None
+    body = yield fetch_over(over_socks, b"/bytes/1000")
+    assert len(body) == 1000
+
+
+@pytest_twisted.inlineCallbacks
+def test_isolation_credentials_choose_the_circuit(tor, network):
+    """Streams with the same credentials share a circuit; different credentials never do."""
+    def connect(username):
+        endpoint = tor.endpoint("target.test", network.http_port, username=username, password="pw")
+        return endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+
+    alice_1 = yield connect("alice")
+    alice_2 = yield connect("alice")
+    bob = yield connect("bob")
+    try:
+        assert alice_1.transport.stream.circuit is alice_2.transport.stream.circuit
+        assert bob.transport.stream.circuit is not alice_1.transport.stream.circuit
+    finally:
+        for connected in (alice_1, alice_2, bob):
+            connected.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_streams_fail_with_a_clear_error(tor, network):
+    refused_port = network.state["exit_policy_refused_port"]
+    with pytest.raises(TorStreamError):
+        yield tor.endpoint("127.0.0.1", refused_port).connect(protocol.Factory.forProtocol(protocol.Protocol))
+    (host, port), = tor.socks_addresses
+    endpoint = clientFromString(reactor, f"oppy:host=nowhere.invalid:port=80:socksPort={port}")
+    with pytest.raises(SocksError, match="HOST_UNREACHABLE"):
+        yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+
+
+def self_signed(name: str) -> tuple[bytes, bytes]:
+    """A key and a certificate for ``name`` (subjectAltName, as service_identity checks it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class _Payload(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):  # noqa: N802
+        return b"over TLS through oppy: " + bytes(range(256)) * 4096
+
+
+@pytest_twisted.async_yield_fixture
+async def tls_site():
+    """An HTTPS server on 127.0.0.1, its certificate for secure.test; the exits reach it by that name."""
+    key_pem, cert_pem = self_signed(TLS_NAME)
+    listener = reactor.listenSSL(0, server.Site(_Payload()),
+                                 ssl.PrivateCertificate.loadPEM(key_pem + cert_pem).options(), interface="127.0.0.1")
+    yield listener.getHost().port, ssl.Certificate.loadPEM(cert_pem)
+    await defer.maybeDeferred(listener.stopListening)
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_over_an_oppy_stream(tor, tls_site):
+    port, certificate = tls_site
+    expected = b"over TLS through oppy: " + bytes(range(256)) * 4096
+    endpoint = wrapClientTLS(ssl.optionsForClientTLS(TLS_NAME, trustRoot=certificate),
+                             tor.endpoint(TLS_NAME, port))
+    body = yield fetch_over(endpoint, b"/")
+    assert body == expected
+    response = yield treq.get(f"https://{TLS_NAME}:{port}/",
+                              agent=tor.agent(tls_policy=BrowserLikePolicyForHTTPS(trustRoot=certificate)))
+    assert (yield treq.content(response)) == expected
+    # Without the test's certificate as trust root, the exit's answer is not trusted.
+    with pytest.raises(Exception, match="(?i)certificate|SSL"):
+        yield treq.get(f"https://{TLS_NAME}:{port}/", agent=tor.agent())
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in README.md."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
+
+
+def test_the_readme_asyncio_example_runs(network, tmp_path):
+    script = tmp_path / "fetch.py"
+    script.write_text(readme_block("### From asyncio"))
+    result = subprocess.run([sys.executable, str(script), network.url(f"/bytes/{ONE_MB}"),
+                             *[line.split(" ", 1)[1] for line in network.dir_authority_lines]],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(ONE_MB), expected_sha256(network, ONE_MB)], result.stdout
