@@ -21,6 +21,7 @@ from oppy.config import OPTION_NAMES, ConfigError, reload_config
 from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
 from oppy.control.events import format_path, orconn_event
 from oppy.directory.service import DirectoryService
+from oppy.doors.listeners import DoorKind
 from oppy.link.connection import LinkEvent, LinkFailed
 from oppy.logs import configure_logging, notice
 from oppy.netdoc.relay import RelayTarget
@@ -116,6 +117,7 @@ class DaemonBackend(ControlBackend):
 
     def __init__(self, daemon, reactor, control_listeners: Callable[[], list[tuple[str, int]]] = list,
                  on_auth_options_changed: Callable[[], None] = lambda: None,
+                 on_control_ports_changed: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.daemon = daemon
         self.reactor = reactor
@@ -126,6 +128,7 @@ class DaemonBackend(ControlBackend):
         self.clock = clock
         self.control_listeners = control_listeners
         self.on_auth_options_changed = on_auth_options_changed
+        self.on_control_ports_changed = on_control_ports_changed
         #: Set by the service: reports CONF_CHANGED lines of a RELOAD.
         self.report_conf_changed: Callable[[list[tuple[str, str | None]]], None] = lambda lines: None
         self.meter = LinkTrafficMeter(daemon.links, self._nickname)
@@ -266,6 +269,16 @@ class DaemonBackend(ControlBackend):
         config = self.config
         manager = self.manager
         changed = set(names)
+        # Listeners first: a port that cannot be bound fails the SETCONF (ListenError) before anything else
+        # follows the new options.
+        doors = self.daemon.doors
+        ports = {DoorKind.SOCKS: config.socks_ports, DoorKind.HTTP_TUNNEL: config.http_tunnel_ports,
+                 DoorKind.DNS: config.dns_ports}
+        for kind, configured in ports.items():
+            if kind.option in changed and doors is not None:
+                doors.set_ports(kind, configured)
+        if "ControlPort" in changed:
+            self.on_control_ports_changed()
         if "__LeaveStreamsUnattached" in changed:
             manager.attach_automatically = not config.leave_streams_unattached
             if manager.attach_automatically:

@@ -31,6 +31,7 @@ from oppy.control.codec import (
 from oppy.control.events import SIGNAL_CANONICAL_NAMES, UnrecognizedEventError, parse_setevents
 from oppy.control.status import relays_ns_text
 from oppy.directory.service import BootstrapProblem
+from oppy.doors.listeners import ListenError
 from oppy.netdoc.documents import RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import RelayTarget
@@ -75,7 +76,7 @@ BW_EVENT_CACHE_LEN = 300
 # them with the value a tor client has by default (tor's config.c option_vars_; [] = unset).
 # name -> (tor's type name, values).
 TOR_CLIENT_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "AccountingMax": ("DataSize", ("0 bytes",)),
+    "AccountingMax": ("DataSize", ("0",)),
     "AccountingStart": ("String", ()),
     "Address": ("LineList", ()),
     "BandwidthBurst": ("DataSize", ("1073741824",)),
@@ -88,7 +89,7 @@ TOR_CLIENT_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ControlPortFileGroupReadable": ("Boolean", ("0",)),
     "ControlPortWriteToFile": ("Filename", ()),
     "ControlSocket": ("LineList", ()),
-    "CookieAuthFileGroupReadable": ("String", ("0",)),
+    "CookieAuthFileGroupReadable": ("Boolean", ("0",)),
     "DirPort": ("LineList", ()),
     "DirPortFrontPage": ("Filename", ()),
     "DisableDebuggerAttachment": ("Boolean", ("1",)),
@@ -100,7 +101,7 @@ TOR_CLIENT_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ExitNodes": ("RouterList", ()),
     "ExitPolicy": ("LineList", ()),
     "ExitPolicyRejectPrivate": ("Boolean", ("1",)),
-    "ExitRelay": ("Autobool", ("auto",)),
+    "ExitRelay": ("Boolean+Auto", ("auto",)),
     "FetchDirInfoEarly": ("Boolean", ("0",)),
     "FetchUselessDescriptors": ("Boolean", ("0",)),
     "HiddenServiceOptions": ("Virtual", ()),
@@ -119,12 +120,13 @@ TOR_CLIENT_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "TransPort": ("LineList", ()),
     "UseBridges": ("Boolean", ("0",)),
     "UseEntryGuards": ("Boolean", ("1",)),
-    "UseMicrodescriptors": ("Autobool", ("auto",)),
+    "UseMicrodescriptors": ("Boolean+Auto", ("auto",)),
     "User": ("String", ()),
 }
 _TOR_DEFAULTS_BY_LOWER = {name.lower(): name for name in TOR_CLIENT_DEFAULTS}
-# Options oppy reads but cannot change while running: listeners stay as they were bound.
-_LISTENER_OPTIONS = ("SocksPort", "ControlPort")
+# control-spec SETCONF / tor control_setconf_helper: options that were set but could not be acted on (a
+# listener port that cannot be bound) are put back, with this answer.
+LISTENER_BIND_FAILED = "Unable to set option: Failed to bind one of the listener ports."
 
 
 # --------------------------------------------------------------------------- the backend
@@ -258,10 +260,6 @@ def apply_setconf(config: Config, pairs: Sequence[tuple[str, str | None]]) -> li
             raise SetconfError(INVALID_CONFIG_VALUE, f"Transition not allowed: {text}") from None
         raise SetconfError(UNRECOGNIZED_ARGUMENT, f"Unacceptable option value: {text}") from None
     changed_names = [name for name in OPTION_NAMES if trial.get_option(name) != config.get_option(name)]
-    for name in changed_names:
-        if name in _LISTENER_OPTIONS:
-            raise SetconfError(INVALID_CONFIG_VALUE, f"Transition not allowed: oppy cannot change {name} "
-                                                     "while it is running")
     config.set_options(pairs)
     lines: list[tuple[str, str | None]] = []
     for name in changed_names:
@@ -317,6 +315,7 @@ def _parse_setconf(args: str) -> ControlArguments:
 def _run_setconf(session: ControlSession, args: ControlArguments, after) -> bytes:
     pairs = [(item.key, item.value) for item in args.keywords if item.key is not None]
     backend = session.hub.backend
+    before = dataclasses.replace(backend.config)
     try:
         changes = apply_setconf(backend.config, pairs)
     except SetconfError as error:
@@ -324,7 +323,13 @@ def _run_setconf(session: ControlSession, args: ControlArguments, after) -> byte
         return _error(error.code, error.message)
     if changes:
         names = list(dict.fromkeys(name for name, _ in changes))
-        backend.options_changed(names)
+        try:
+            backend.options_changed(names)
+        except ListenError as exc:
+            log.warning("%s", exc)
+            backend.config.set_options((name, value) for name in names for value in before.get_option(name) or [None])
+            backend.options_changed(names)
+            return _error(INVALID_CONFIG_VALUE, LISTENER_BIND_FAILED)
         session.hub.conf_changed(changes)
     return _ok()
 

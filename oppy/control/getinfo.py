@@ -25,6 +25,7 @@ from oppy.control.status import (
     relays_ns_text,
     stream_getinfo_line,
 )
+from oppy.control.versions import UNKNOWN as UNKNOWN_VERSION_STATUS, version_status
 from oppy.netdoc.documents import Consensus, RelayRecord
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import hex_identity
@@ -204,15 +205,30 @@ def _gi_status(session: ControlSession, key: str) -> str | None:
         return "0"
     if key == "status/reachability-succeeded":
         return "OR=0 DIR=0"
-    if key == "status/version/current":
-        return "unknown"
-    if key == "status/version/recommended":
-        return "?"
+    if key in ("status/version/current", "status/version/recommended"):
+        # The consensus's client-versions, and how the tor version oppy reports stands against it.
+        consensus = _consensus(session)
+        if key == "status/version/recommended":
+            return consensus.client_versions if consensus is not None else "?"
+        return version_status(session.hub.version, consensus.client_versions) if consensus is not None \
+            else UNKNOWN_VERSION_STATUS
     if key == "status/clients-seen":
         raise GetinfoFailed("No bridge-client stats available")
     if key == "status/fresh-relay-descs":
         raise GetinfoFailed("Only relays have descriptors")
     return None
+
+
+# control-spec GETINFO address-mappings/*: the lists tor keeps (MapAddress lines, cached DNS answers, a
+# controller's MAPADDRESS; "all" is every one).
+ADDRESS_MAPPING_KEYS = ("address-mappings/all", "address-mappings/config", "address-mappings/cache",
+                        "address-mappings/control")
+
+
+def _gi_address_mappings(session: ControlSession, key: str) -> str | None:
+    """oppy keeps no address map yet (no MapAddress, MAPADDRESS or cached DNS answers): every list is empty,
+    as a tor without mappings answers (txtorcon's TorState reads address-mappings/all)."""
+    return "" if key in ADDRESS_MAPPING_KEYS else None
 
 
 def _netdir(session: ControlSession) -> NetDir | None:
@@ -402,6 +418,7 @@ GETINFO_KEYS: tuple[GetinfoKey, ...] = (
     GetinfoKey("desc/name/", True, "Router descriptors by nickname.", _gi_desc),
     GetinfoKey("desc/all-recent", False, "All non-expired, non-superseded router descriptors.", _gi_desc),
     GetinfoKey("desc/download-enabled", False, "Do we try to download router descriptors?", _gi_desc),
+    GetinfoKey("address-mappings/", True, "Current address mappings.", _gi_address_mappings),
     GetinfoKey("entry-guards", False, "Which nodes are we using as entry guards?", _gi_entry_guards),
     GetinfoKey("exit-policy/", True, "Exit policies (default, reject-private/default; full, ipv4 and ipv6 "
                "only on relays).", _gi_exit_policy),

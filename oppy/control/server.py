@@ -14,13 +14,14 @@ import logging
 import os
 from collections import deque
 
-from twisted.internet import defer, error as twisted_error, protocol, task
+from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.python import threadable
 from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
 from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged
+from oppy.config import PortConfig
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
@@ -30,6 +31,8 @@ from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
 from oppy.directory.service import BootstrapProblem
 from oppy.hsclient.client import DescriptorEvent
+from oppy.control.listeners import ControlListeners
+from oppy.doors.listeners import ListenError
 from oppy.logs import add_log_observer, notice, remove_log_observer
 from oppy.netdoc.netdir import NetDirChanged
 from oppy.pt.manager import TransportEvent, TransportReady
@@ -67,6 +70,8 @@ class ControlProtocol(protocol.Protocol):
         if not self.factory.admit(self):
             self.transport.abortConnection()
             return
+        # connection.c connection_handle_listener_read: tor logs every controller at notice.
+        notice(log, "New control connection opened from %s.", self.transport.getPeer().host)
         self.session = self.factory.hub.open_session()
         self.session.wakeup = self._flush
         self.transport.registerProducer(self, True)
@@ -197,14 +202,15 @@ class ControlService:
         self.daemon = daemon
         self.reactor = reactor
         self.config = daemon.config
-        self.listeners = []
+        self.listeners = ControlListeners("Control", self._open_listener)
+        self._serving = False
         self.backend = DaemonBackend(daemon, reactor, control_listeners=self.bound_addresses,
-                                     on_auth_options_changed=self._refresh_auth)
+                                     on_auth_options_changed=self._refresh_auth,
+                                     on_control_ports_changed=self.control_ports_changed)
         self.hub = ControlHub(self.backend)
         self.backend.report_conf_changed = self.hub.conf_changed
         self.hub.on_subscriptions_changed = self._subscriptions_changed
         self.factory = ControlFactory(self.hub, owner_left=self._owner_left)
-        self._listeners_closed: list[defer.Deferred] = []
         self._tick_loop = None
         self._log_level: str | None = None
         self._announced_circuit = False
@@ -239,21 +245,18 @@ class ControlService:
         if not self.enabled:
             return
         try:
+            self.listeners.update(self.config.control_ports)
+        except ListenError as exc:
+            raise SystemExit(str(exc)) from None
+        self._serve()
+
+    def _serve(self) -> None:
+        """The first control listener is open: controllers hear what oppy does from now on."""
+        try:
             self.hub.auth = self._auth_settings()
         except (OSError, CookieFileError) as exc:
             raise SystemExit(f"Could not write the control port authentication cookie: {exc}") from None
-        for port_config in self.config.control_ports:
-            address = port_config.address
-            notice(log, "Opening Control listener on %s:%s", address,
-                   "auto" if port_config.is_auto else port_config.port)
-            try:
-                listener = self.reactor.listenTCP(0 if port_config.is_auto else port_config.port, self.factory,
-                                                  interface=address)
-            except twisted_error.CannotListenError as exc:
-                raise SystemExit(f"Could not bind to {address}:{port_config.port}: {exc.socketError}") from None
-            self.listeners.append(listener)
-            host = listener.getHost()
-            notice(log, "Opened Control listener connection (ready) on %s:%d", host.host, host.port)
+        self._serving = True
         self.daemon.manager.add_observer(self._manager_event)
         self.daemon.directory.bootstrap.add_observer(self._bootstrap_progress)
         self.daemon.directory.bootstrap.add_problem_observer(self._bootstrap_problem)
@@ -267,11 +270,18 @@ class ControlService:
         self._tick_loop.clock = self.reactor
         self._tick_loop.start(BW_INTERVAL, now=False)
 
+    def control_ports_changed(self) -> None:
+        """SETCONF ControlPort: open and close listeners as tor does (controllers already connected stay).
+        Raises ListenError, changing nothing, when a new port cannot be bound."""
+        self.listeners.update(self.config.control_ports)
+        if self.config.control_ports and not self._serving:
+            self._serve()
+
     def stop(self) -> None:
-        if not self.enabled:
+        self.listeners.close()
+        if not self._serving:
             return
-        self._listeners_closed += [defer.maybeDeferred(listener.stopListening) for listener in self.listeners]
-        self.listeners = []
+        self._serving = False
         if self._tick_loop is not None and self._tick_loop.running:
             self._tick_loop.stop()
         if self._orconn_poll is not None and self._orconn_poll.active():
@@ -292,10 +302,13 @@ class ControlService:
 
     def closed(self) -> defer.Deferred:
         """After stop(): fires once the listeners and every controller connection are closed."""
-        return defer.gatherResults([*self._listeners_closed, self.factory.when_closed()], consumeErrors=True)
+        return defer.gatherResults([self.listeners.closed(), self.factory.when_closed()], consumeErrors=True)
 
     def bound_addresses(self) -> list[tuple[str, int]]:
-        return [(host.host, host.port) for host in (listener.getHost() for listener in self.listeners)]
+        return self.listeners.addresses()
+
+    def _open_listener(self, port: PortConfig):
+        return self.reactor.listenTCP(0 if port.is_auto else port.port, self.factory, interface=port.address)
 
     def _owner_left(self) -> None:
         notice(log, "Owning controller connection has closed -- exiting now.")

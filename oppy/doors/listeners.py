@@ -125,11 +125,12 @@ class FrontDoors:
         is still configured stays, the others close, the new lines open. Returns the listeners opened. If one
         cannot be opened, those opened by this call are closed again and ListenError is raised."""
         wanted = list(configs)
+        unwanted = []
         for door in self.doors(kind):
             if door.config in wanted:
                 wanted.remove(door.config)
             else:
-                self.close(door)
+                unwanted.append(door)
         opened: list[OpenDoor] = []
         try:
             for config in wanted:
@@ -138,6 +139,9 @@ class FrontDoors:
             for door in opened:
                 self.close(door)
             raise
+        # Only once every new port is open: a SETCONF that fails leaves the old listeners as they were.
+        for door in unwanted:
+            self.close(door)
         return opened
 
     def close_all(self) -> None:

@@ -320,6 +320,9 @@ class Consensus(ConsensusHeader):
     bandwidth_weights: Mapping[str, int]
     relays: tuple[RelayRecord, ...]
     _by_id: dict[bytes, RelayRecord] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: dir-spec 3.4.1 "client-versions": the comma-separated tor versions the authorities recommend to
+    #: clients, as written ("" when the line is empty or absent); GETINFO status/version/recommended.
+    client_versions: str = ""
 
     def relay_by_id(self, rsa_id: bytes) -> RelayRecord | None:
         """Look a relay up by its 20-byte RSA identity."""
@@ -490,7 +493,18 @@ def parse_consensus(data: bytes) -> Consensus:
         if line.startswith("bandwidth-weights"):
             weights = _parse_kv_ints(line.split()[1:], ConsensusParseError, "bandwidth-weights")
     header_fields = {name: getattr(header, name) for name in ConsensusHeader.__dataclass_fields__}
-    return Consensus(**header_fields, bandwidth_weights=MappingProxyType(weights), relays=tuple(relays))
+    return Consensus(**header_fields, bandwidth_weights=MappingProxyType(weights), relays=tuple(relays),
+                     client_versions=_client_versions(text[:first_router]))
+
+
+def _client_versions(header_text: str) -> str:
+    """The value of the header's ``client-versions`` line (dir-spec 3.4.1), or "" without one."""
+    start = _find_line_start_text(header_text, "client-versions")
+    if start < 0:
+        return ""
+    line = header_text[start:].partition("\n")[0]
+    keyword, _, value = line.partition(" ")
+    return value.strip() if keyword == "client-versions" else ""
 
 
 def _parse_router_entries(lines: list[str], flavor: str) -> list[RelayRecord]:

@@ -28,6 +28,7 @@ from oppy.control.status import (
 )
 from oppy.link.connection import LinkFailed
 from oppy.netdoc.documents import Consensus, RelayRecord
+from oppy.doors.listeners import ListenError
 from oppy.netdoc.netdir import NetDir
 from oppy.path.chooser import PathChooser
 from oppy.netdoc.relay import RelayTarget
@@ -375,9 +376,26 @@ class TestSetconf:
             b"552 Unrecognized option: Unknown option 'NoSuch'.  Failing.\r\n"
         assert ask(session, "SETCONF MaxCircuitDirtiness=soon").startswith(b"513 Unacceptable option value: ")
         assert ask(session, "SETCONF DataDirectory=/elsewhere").startswith(b"553 Transition not allowed: ")
-        assert ask(session, "SETCONF SocksPort=9999").startswith(b"553 Transition not allowed: ")
         assert ask(session, "SETCONF Nickname=me").startswith(b"553 Unable to set option: ")
         assert backend.config == Config()  # all or nothing
+
+    def test_a_listener_that_cannot_be_bound_puts_the_options_back(self):
+        """SETCONF SocksPort opens listeners at run time; when one cannot be bound the SETCONF fails with
+        tor's answer, and every option it set is put back (and acted on again)."""
+        class Unbindable(FakeBackend):
+            def options_changed(self, names):
+                super().options_changed(names)
+                if "SocksPort" in names and self.config.socks_ports[0].port == 9999:
+                    raise ListenError("Could not bind to 127.0.0.1:9999: [Errno 98] Address already in use")
+
+        backend = Unbindable()
+        _, session = session_for(backend)
+        assert ask(session, "SETCONF SocksPort=9999 MaxCircuitDirtiness=1234") == \
+            b"553 Unable to set option: Failed to bind one of the listener ports.\r\n"
+        assert backend.config == Config()
+        assert backend.calls[-2:] == [("options_changed", ["SocksPort", "MaxCircuitDirtiness"])] * 2
+        assert ask(session, "SETCONF SocksPort=9150") == b"250 OK\r\n"
+        assert backend.config.socks_ports[0].port == 9150
 
     @pytest.mark.parametrize("setting, option", [
         ("SocksPort=１２３", "SocksPort"),

@@ -224,3 +224,17 @@ def test_an_automapped_resolve_is_answered_at_once_with_a_virtual_address_and_a_
         doors.close_all()
     ((host, port, isolation),) = manager.requests
     assert (host, port) == ("web.virtual", 80)
+
+
+def test_a_failed_change_keeps_the_listeners_it_would_have_closed():
+    """SETCONF SocksPort to a port in use fails and changes nothing: the old listener still listens."""
+    doors = doors_with(RecordingManager())
+    (old,) = doors.set_ports(DoorKind.SOCKS, ports("SocksPort 127.0.0.1:auto IsolateDestPort\n"))
+    (taken,) = doors.set_ports(DoorKind.HTTP_TUNNEL,
+                               config_from_torrc_text("HTTPTunnelPort 127.0.0.1:auto\n").http_tunnel_ports)
+    try:
+        with pytest.raises(ListenError):
+            doors.set_ports(DoorKind.SOCKS, ports(f"SocksPort 127.0.0.1:{taken.address[1]}\n"))
+        assert doors.doors(DoorKind.SOCKS) == [old]
+    finally:
+        doors.close_all()
