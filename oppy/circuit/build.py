@@ -57,6 +57,8 @@ class _CircuitBuild:
         self._deadline = None
         #: Timed out for its owner, and building on only to be measured.
         self.measuring = False
+        #: Built and handed to the owner; built again only when a controller extends it.
+        self.delivered = False
 
     def start(self, circuit: Circuit) -> None:
         self.circuit = circuit
@@ -110,6 +112,9 @@ class _CircuitBuild:
             self.owner.circuit_extended(circuit)
 
     def circuit_built(self, circuit: Circuit) -> None:
+        if self.delivered:  # built again: a controller extended it (EXTENDCIRCUIT); not a build to time
+            self.owner.circuit_built(circuit)
+            return
         self._stop_deadline()
         if self.attempt is not None:
             self.attempt.built()
@@ -117,6 +122,7 @@ class _CircuitBuild:
             circuit.close(DestroyReason.FINISHED, "measured")
             return
         self.result.callback(circuit)
+        self.delivered = True
         if circuit.state is CircuitState.OPEN:  # whoever waited on the Deferred may have closed it
             self.owner.circuit_built(circuit)
 

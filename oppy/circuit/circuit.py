@@ -241,6 +241,20 @@ class Circuit:
             if self.state is CircuitState.BUILDING:  # the owner may have closed it
                 self._extend(self.path[len(self.crypto)])
 
+    def extend(self, relays: list[RelayTarget]) -> None:
+        """EXTENDCIRCUIT on a built circuit (control-spec 3.10): `relays` are added after the last hop, one
+        EXTEND2 after the other; the owner hears circuit_extended for each and circuit_built again at the end.
+        Only a circuit that carries no stream grows: a stream speaks to the hop that was last when it began."""
+        if not self.is_open:
+            raise CircuitError(f"circuit {self.circ_id:#x} is not open")
+        if self.streams:
+            raise CircuitError(f"circuit {self.circ_id:#x} carries streams")
+        if not relays:
+            raise CircuitError("no relay to extend to")
+        self.path.extend(relays)
+        self.state = CircuitState.BUILDING
+        self._extend(self.path[len(self.crypto)])
+
     def _extend(self, relay: RelayTarget) -> None:
         self._handshake = self._new_handshake(relay)
         specifiers = link_specifiers_for_relay(relay.rsa_id, ipv4=(relay.address, relay.or_port),

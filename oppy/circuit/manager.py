@@ -606,6 +606,17 @@ class CircuitManager:
             managed.dirty_since = self.clock()
         return managed.circuit
 
+    def extend_circuit(self, managed: ManagedCircuit, relays: list[RelayTarget]) -> None:
+        """EXTENDCIRCUIT: add hops to a built circuit that carries no stream (CircuitError otherwise); CIRC
+        EXTENDED follows for each hop, then BUILT."""
+        if not managed.is_open:
+            raise CircuitError(f"circuit {managed.number} is not open")
+        managed.circuit.extend(relays)
+        managed.path = managed.path + list(relays)
+        # As tor reports a circuit sending its next onion skin: EXTENDED with the hops built so far.
+        managed.status = CircuitStatus.EXTENDED
+        self._notify(CircuitExtended(managed, managed.purpose, managed.hops_built))
+
     def close_circuit(self, number: int, reason: int = DestroyReason.REQUESTED) -> bool:
         managed = self.circuits.get(number)
         if managed is None:

@@ -159,6 +159,9 @@ class DaemonBackend(ControlBackend):
         managed = self.manager.launch(None, path=path, purpose=CircuitPurpose[purpose])
         return managed.number
 
+    def extend_circuit(self, managed_circuit: ManagedCircuit, path: list[RelayTarget]) -> None:
+        self.manager.extend_circuit(managed_circuit, path)
+
     def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
         self.manager.controller_attach(managed_stream, managed_circuit)
 

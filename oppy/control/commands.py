@@ -176,6 +176,11 @@ class ControlBackend(Protocol):
         returns its number. Raises if no circuit can be started."""
         raise NotImplementedError
 
+    def extend_circuit(self, managed_circuit: ManagedCircuit, path: list[RelayTarget]) -> None:
+        """EXTENDCIRCUIT on a built circuit: add the hops of ``path`` after its last one. Raises when it
+        cannot (the circuit is not open, or carries streams)."""
+        raise NotImplementedError
+
     def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
         """ATTACHSTREAM: put a waiting (or connecting) stream on a circuit, or on one oppy picks (None)."""
         raise NotImplementedError
@@ -400,7 +405,8 @@ def _run_extendcircuit(session: ControlSession, args: ControlArguments, after) -
             log.info("controller asked for a circuit: %s", exc)
             return _error(INTERNAL_ERROR, "Couldn't start circuit")
         return reply(OK, [f"EXTENDED {number}"])
-    if not is_new and session.find_circuit(circ_id) is None:
+    existing = None if is_new else session.find_circuit(circ_id)
+    if not is_new and existing is None:
         return _error(UNRECOGNIZED_ENTITY, f'Unknown circuit "{circ_id}"')
     if path_text is None:
         return _error(BAD_SYNTAX, "syntax error: path required.")
@@ -414,9 +420,13 @@ def _run_extendcircuit(session: ControlSession, args: ControlArguments, after) -
         path.append(relay)
     if not path:
         return _error(BAD_SYNTAX, "No router names provided")
-    if not is_new:
-        # oppy's circuits are built in one go; a built circuit cannot grow afterwards.
-        return _error(INTERNAL_ERROR, "Couldn't send onion skin")
+    if existing is not None:
+        try:
+            backend.extend_circuit(existing, path)
+        except Exception as exc:  # not open, or carrying streams
+            log.info("controller asked to extend circuit %s through %s: %s", circ_id, path_text, exc)
+            return _error(INTERNAL_ERROR, "Couldn't send onion skin")
+        return reply(OK, [f"EXTENDED {existing.number}"])
     try:
         number = backend.launch_circuit(path, purpose)
     except Exception as exc:

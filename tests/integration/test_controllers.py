@@ -4,6 +4,7 @@ lines; GETINFO status/version/*; SETCONF SocksPort/ControlPort opening and closi
 from __future__ import annotations
 
 import socket
+import threading
 import subprocess
 import time
 
@@ -190,3 +191,37 @@ def test_txtorcon_tor_config_reads_and_sets(oppy):
         yield config.save()
     finally:
         yield tor.quit()
+
+
+# --------------------------------------------------------------------------- EXTENDCIRCUIT
+
+
+def test_extendcircuit_grows_a_built_circuit(oppy, network):
+    fingerprints = {node["nickname"]: node["fingerprint"] for node in network.relays()}
+    with stem_controller(oppy.control_port) as controller:
+        events = Events(controller, EventType.CIRC)
+        circuit_id = controller.new_circuit([fingerprints["relay0"], fingerprints["relay1"]], purpose="controller",
+                                            await_build=True, timeout=30)
+        assert controller.extend_circuit(circuit_id, [fingerprints["exit0"]], await_build=True, timeout=30) \
+            == circuit_id
+        circuit = controller.get_circuit(circuit_id)
+        assert [nickname for _, nickname in circuit.path] == ["relay0", "relay1", "exit0"]
+        statuses = [(event.status, len(event.path)) for event in events.of("CIRC", id=circuit_id)]
+        assert statuses == [("LAUNCHED", 0), ("EXTENDED", 1), ("BUILT", 2), ("EXTENDED", 2), ("BUILT", 3)]
+        # It carries streams to the new last hop: a fetch attached to it by hand goes out through exit0.
+        controller.set_conf("__LeaveStreamsUnattached", "1")
+        try:
+            stream_events = Events(controller, EventType.STREAM)
+            result: dict = {}
+            fetching = threading.Thread(target=lambda: result.update(done=curl(oppy.socks_port,
+                                                                              network.url("/bytes/5000"))))
+            fetching.start()
+            new = stream_events.wait_for(lambda event: event.status == "NEW" and event.target_port == network.http_port)
+            controller.attach_stream(new.id, circuit_id)
+            fetching.join(90)
+            assert result["done"].returncode == 0 and len(result["done"].stdout) == 5000
+            succeeded = stream_events.wait_for(lambda event: event.id == new.id and event.status == "SUCCEEDED")
+            assert succeeded.circ_id == circuit_id
+        finally:
+            controller.reset_conf("__LeaveStreamsUnattached")
+        controller.close_circuit(circuit_id)

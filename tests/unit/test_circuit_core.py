@@ -551,3 +551,38 @@ def test_extend2_cells_use_up_relay_early_cells():
         circuit.send_relay(RELAY_DROP, 0, b"", early=True)
     with pytest.raises(CircuitError):
         circuit.send_relay(RELAY_DROP, 0, b"", early=True)
+
+
+def test_an_open_circuit_is_extended_by_a_controller():
+    """EXTENDCIRCUIT: a built two-hop circuit sends EXTEND2 from its last hop and is built again with three."""
+    channel = RecordingChannel()
+    path = new_path(3)
+    targets = [relay.target for relay in path.relays]
+    circuit = Circuit(channel, targets[:2], RecordingCircuitOwner())
+    events = watch(circuit)
+    circuit.start()
+    (_, _, create2), = channel.take()
+    circuit.cell_received(CMD_CREATED2, path.answer_create2(create2))
+    (_, _, extend), = channel.take()
+    circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(extend)))
+    assert events["built"] == [circuit] and circuit.hops_built == 2
+    circuit.extend([targets[2]])
+    assert circuit.state is CircuitState.BUILDING and circuit.path == targets
+    ((_, command, payload),) = channel.take()
+    message = path.receive(payload)
+    assert (command, message.hop, message.command) == (CMD_RELAY_EARLY, 1, RELAY_EXTEND2)
+    circuit.cell_received(CMD_RELAY, path.answer_extend2(message))
+    assert events["built"] == [circuit, circuit]
+    assert circuit.state is CircuitState.OPEN and circuit.hops_built == 3
+
+
+def test_a_circuit_with_streams_or_not_open_is_not_extended():
+    circuit, channel, path, _ = start(hops=1)
+    with pytest.raises(CircuitError, match="not open"):
+        circuit.extend([path.relays[0].target])
+    (_, _, create2), = channel.take()
+    circuit.cell_received(CMD_CREATED2, path.answer_create2(create2))
+    circuit.attach_stream(RecordingStream(circuit.allocate_stream_id()))
+    with pytest.raises(CircuitError, match="carries streams"):
+        circuit.extend([path.relays[0].target])
+    assert circuit.state is CircuitState.OPEN and len(circuit.path) == 1

@@ -96,6 +96,11 @@ class FakeBackend(ControlBackend):
         self.calls.append(("launch", [t.nickname for t in (path or [])], purpose))
         return number
 
+    def extend_circuit(self, managed_circuit, path):
+        if not managed_circuit.path:
+            raise RuntimeError("not open")
+        self.calls.append(("extend", managed_circuit.number, [t.nickname for t in path]))
+
     def attach_stream(self, managed_stream, managed_circuit):
         self.calls.append(("attach", managed_stream.number, managed_circuit and managed_circuit.number))
 
@@ -549,7 +554,15 @@ class TestCircuitCommands:
         assert ask(session, "EXTENDCIRCUIT 9 guard0") == b'552 Unknown circuit "9"\r\n'
         assert ask(session, "EXTENDCIRCUIT 5") == b"512 syntax error: path required.\r\n"
         assert ask(session, "EXTENDCIRCUIT 0 guard0 purpose=bogus") == b'552 Unknown purpose "bogus"\r\n'
-        assert ask(session, "EXTENDCIRCUIT 5 exit3") == b"551 Couldn't send onion skin\r\n"
+        built_circuit(backend, 6).path = []  # the double's way to refuse
+        assert ask(session, "EXTENDCIRCUIT 6 exit3") == b"551 Couldn't send onion skin\r\n"
+
+    def test_extendcircuit_extends_a_built_circuit(self):
+        backend = FakeBackend()
+        built_circuit(backend, 5)
+        _, session = session_for(backend)
+        assert ask(session, "EXTENDCIRCUIT 5 exit3") == b"250 EXTENDED 5\r\n"
+        assert backend.calls[-1] == ("extend", 5, ["exit3"])
 
     def test_closecircuit(self):
         backend = FakeBackend()
