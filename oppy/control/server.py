@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
 from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged
+from oppy.closing import OpenSet
 from oppy.config import PortConfig
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
@@ -158,9 +159,8 @@ class ControlFactory(protocol.Factory):
         self.owner_left = owner_left
         self.max_connections = max_connections
         self.max_output = max_output
-        self.connections: set[ControlProtocol] = set()
+        self.connections: OpenSet[ControlProtocol] = OpenSet()
         self._refusing = False
-        self._closed_waiters: list[defer.Deferred] = []
 
     def buildProtocol(self, addr):  # noqa: N802
         return ControlProtocol(self)
@@ -181,18 +181,10 @@ class ControlFactory(protocol.Factory):
         if connection in self.connections:
             self.connections.discard(connection)
             self._refusing = False
-        if not self.connections:
-            waiters, self._closed_waiters = self._closed_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def when_closed(self) -> defer.Deferred:
         """A Deferred firing once no controller is connected."""
-        if not self.connections:
-            return defer.succeed(None)
-        waiter: defer.Deferred = defer.Deferred()
-        self._closed_waiters.append(waiter)
-        return waiter
+        return self.connections.when_empty()
 
 
 class ControlService:

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oppy.closing import OpenSet
 from oppy.config.bridges import BridgeLine
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkAuthenticationError, LinkError
 from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
@@ -402,10 +403,10 @@ class LinkPool:
         self.padding = padding if padding is not None else PaddingPolicy()
         self._open: dict[bytes, RelayConnection] = {}
         self._pending: dict[bytes, list[defer.Deferred]] = {}
-        # Every link whose socket may be open (connecting, handshaking or open), and its opening Deferred;
-        # close_all gives up the openings, and when_closed waits until this is empty.
-        self._live: dict[RelayConnection, defer.Deferred] = {}
-        self._closed_waiters: list[defer.Deferred] = []
+        # Every link whose socket may be open (connecting, handshaking or open), and their opening Deferreds:
+        # close_all gives up the openings, and when_closed waits until no link is live.
+        self._live: OpenSet[RelayConnection] = OpenSet()
+        self._openings: dict[RelayConnection, defer.Deferred] = {}
         self._tls = tls_context()
         # tor's connection housekeeping, while any link is open.
         self._housekeeping = task.LoopingCall(self._housekeep)
@@ -461,7 +462,8 @@ class LinkPool:
             opening: defer.Deferred = defer.fail(exc)
         else:
             opening = connectProtocol(endpoint, connection)
-        self._live[connection] = opening
+        self._live.add(connection)
+        self._openings[connection] = opening
 
         def connected(_):
             self._notify(LinkConnected(relay))
@@ -516,19 +518,12 @@ class LinkPool:
             connection.housekeeping(now)
 
     def _gone(self, connection: RelayConnection) -> None:
-        self._live.pop(connection, None)
-        if not self._live:
-            waiters, self._closed_waiters = self._closed_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        self._openings.pop(connection, None)
+        self._live.discard(connection)
 
     def when_closed(self) -> defer.Deferred:
         """A Deferred firing once no link has a socket open (after close_all: when the last one is closed)."""
-        if not self._live:
-            return defer.succeed(None)
-        waiter: defer.Deferred = defer.Deferred()
-        self._closed_waiters.append(waiter)
-        return waiter
+        return self._live.when_empty()
 
     def _lost(self, connection: RelayConnection) -> None:
         self._gone(connection)
@@ -542,7 +537,7 @@ class LinkPool:
         for connection in list(self._open.values()):
             connection.close()
         self._open.clear()
-        for opening in list(self._live.values()):
+        for opening in list(self._openings.values()):
             opening.cancel()  # nothing happens to one that has opened
         if self._housekeeping.running:
             self._housekeeping.stop()

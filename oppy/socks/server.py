@@ -22,6 +22,7 @@ from oppy.cell.relay import ResolvedType
 from oppy.circuit.addressmap import AddressMap
 from oppy.circuit.isolation import ClientProtocol, StreamIsolation
 from oppy.circuit.manager import ManagedStream
+from oppy.closing import OpenSet
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
 from oppy.hs.errors import BadOnionAddress
@@ -386,10 +387,9 @@ class SocksFactory(protocol.Factory):
         self.max_connections = max_connections
         self.safe_socks = safe_socks
         self.test_socks = test_socks
-        self.open_connections: set[SocksClientProtocol] = set()
+        self.open_connections: OpenSet[SocksClientProtocol] = OpenSet()
         self._refusing = False
         self._last_unsafe_warning: float | None = None
-        self._closed_waiters: list[defer.Deferred] = []
 
     def buildProtocol(self, addr):  # noqa: N802
         return SocksClientProtocol(self)
@@ -430,18 +430,10 @@ class SocksFactory(protocol.Factory):
         if connection in self.open_connections:
             self.open_connections.discard(connection)
             self._refusing = False
-        if not self.open_connections:
-            waiters, self._closed_waiters = self._closed_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def when_closed(self) -> defer.Deferred:
         """A Deferred firing once no client connection is open (after close_all: once the last has closed)."""
-        if not self.open_connections:
-            return defer.succeed(None)
-        waiter: defer.Deferred = defer.Deferred()
-        self._closed_waiters.append(waiter)
-        return waiter
+        return self.open_connections.when_empty()
 
     def close_all(self) -> None:
         for connection in list(self.open_connections):

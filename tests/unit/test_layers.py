@@ -19,6 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "oppy"
 #: Bottom to top. A layer may import its own modules and any layer of a lower rank.
 LAYERS: dict[str, int] = {
     "__init__": 0, "logs": 0, "cstring": 0, "cell": 0,
+    # closing: a set of open connections that says when the last has closed (Twisted only).
+    "closing": 0,
     "crypto": 1,
     "netdoc": 2,
     # pt (pluggable transports) imports only logs: config parses ClientTransportPlugin with it, and the link
