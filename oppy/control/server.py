@@ -26,13 +26,13 @@ from oppy.config import PortConfig
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
+from oppy.control.listeners import ControlListeners
 from oppy.control.session import AuthSettings, ControlHub
 from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event, transport_launched_event
 from oppy.control.codec import encode_event
 from oppy.control.status import bootstrap_phase_text
 from oppy.directory.service import BootstrapProblem
 from oppy.hsclient.client import DescriptorEvent
-from oppy.control.listeners import ControlListeners
 from oppy.doors.listeners import ListenError
 from oppy.logs import add_log_observer, notice, remove_log_observer
 from oppy.netdoc.netdir import NetDirChanged
