@@ -199,7 +199,8 @@ class Stream:
             raise RuntimeError("stream already ended")
         self.circuit = circuit
         self.stream_id = circuit.allocate_stream_id()
-        self.window = SendmeWindow.for_stream()
+        # tor-spec "Congestion control": a congestion-controlled circuit carries no stream SENDMEs either way.
+        self.window = SendmeWindow.for_stream() if circuit.congestion_control is None else SendmeWindow.unbounded()
         circuit.attach_stream(self)
         if self.kind is StreamKind.CONNECT:
             body = encode_onion_begin_body(self.port) if onion_service else encode_begin_body(self.host, self.port)
