@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Union
+from typing import Callable, Iterable, Mapping, Protocol, Union
 
 from twisted.internet import defer, reactor as default_reactor, task
 
@@ -29,6 +29,7 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.congestion import CongestionParams
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
@@ -115,6 +116,10 @@ class StreamRouter(Protocol):
 
     def attach_stream(self, managed: "ManagedStream") -> None:
         """Attach the stream (`CircuitManager.attach_to`) now or later, or end it."""
+
+
+#: Purposes whose last hop is an exit that may be asked for congestion control.
+_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER))
 
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
@@ -330,6 +335,8 @@ class CircuitManager:
         self.unattached_timeout = unattached_timeout
         # Counts what every stream queues (MaxMemInQueues: oppy.circuit.memory.MemoryTracker).
         self.queue_account = queue_account
+        # prop 324: what the consensus says of congestion control (`update_consensus_params`).
+        self.congestion_params = CongestionParams()
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -460,10 +467,17 @@ class CircuitManager:
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
         attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
+        # C tor asks only the exits of exit circuits for congestion control (extend_info_from_node's
+        # for_exit_use), not directory caches or onion-service hops.
+        congestion = self.congestion_params if purpose in _EXIT_PURPOSES else None
         building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
-                                 attempt=attempt)
+                                 attempt=attempt, congestion=congestion)
         building.addErrback(self._circuit_failed, managed)
         return managed
+
+    def update_consensus_params(self, params: Mapping[str, int]) -> None:
+        """A new consensus: its congestion-control parameters hold for circuits built from now on."""
+        self.congestion_params = CongestionParams.from_consensus(params)
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -478,6 +492,10 @@ class CircuitManager:
     def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.circuit = circuit
         managed.hops_built = circuit.hops_built
+        congestion = circuit.congestion_control
+        if congestion is not None:
+            log.info("Circuit %d: congestion control (Vegas) negotiated with %s, sendme_inc %d.", managed.number,
+                     circuit.exit.describe(), congestion.sendme_inc)
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
             return
