@@ -496,6 +496,8 @@ class CircuitManager:
         if congestion is not None:
             log.info("Circuit %d: congestion control (Vegas) negotiated with %s, sendme_inc %d.", managed.number,
                      circuit.exit.describe(), congestion.sendme_inc)
+        elif managed.purpose in _EXIT_PURPOSES:
+            log.info("Circuit %d: fixed windows with %s.", managed.number, circuit.exit.describe())
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
             return
