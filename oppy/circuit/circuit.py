@@ -72,6 +72,7 @@ MAX_STREAMS_PER_CIRCUIT = 300
 
 _RELAY_HEADER = struct.Struct(">BHHIH")
 _DATA = int(RelayCommand.DATA)
+_SENDME = int(RelayCommand.SENDME)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
 _USEC_PER_SECOND = 1_000_000
@@ -362,6 +363,7 @@ class Circuit:
         bytes_read = self.bytes_read
         # Stream data is taken as views of the decrypted batch: the stream's one join is the only copy.
         viewed = view = None
+        sendmes = None
         for hop, buffer, offset, tag in cells:
             command, _, stream_id, _, length = unpack(buffer, offset)
             if command == _DATA and length <= RELAY_PAYLOAD_LEN:
@@ -376,10 +378,15 @@ class Circuit:
                             self._fail(f"{self._hop_name(hop)} overran the circuit deliver window",
                                        DestroyReason.PROTOCOL)
                         return
-                    # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
+                    # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME. The
+                    # SENDMEs of a run go out together at its end (`_send_sendmes`): one encryption and one
+                    # queueing instead of one each; the link writes them at the end of the reactor iteration
+                    # either way.
                     window.sendme_sent()
                     deliver = window.deliver
-                    self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
+                    if sendmes is None:
+                        sendmes = []
+                    sendmes.append((hop, tag))
                 if stream_id:
                     stream = streams.get(stream_id)
                     if stream is None:
@@ -409,10 +416,23 @@ class Circuit:
                 return
             deliver, bytes_read = window.deliver, self.bytes_read
         window.deliver, self.bytes_read = deliver, bytes_read
+        if sendmes and self.state is not CircuitState.CLOSED:
+            self._send_sendmes(sendmes)
         if run:
             run_stream.data_cells_received(run)
         if error is not None and self.state is not CircuitState.CLOSED:
             self._fail(str(error), DestroyReason.PROTOCOL)
+
+    def _send_sendmes(self, sendmes: list[tuple[int, bytes]]) -> None:
+        """Circuit SENDMEs (v1, the tag of each trigger) to the hops that sent the data, in one encryption per
+        hop."""
+        hop = sendmes[0][0]
+        if all(each_hop == hop for each_hop, _ in sendmes):
+            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, encode_sendme_body(tag))
+                                         for _, tag in sendmes], hop)
+            return
+        for each_hop, tag in sendmes:
+            self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=each_hop)
 
     def _relay_message_received(self, hop: int, command: int, stream_id: int, buffer: bytes, offset: int,
                                 length: int) -> None:

@@ -201,3 +201,14 @@ def test_streams_on_a_congestion_controlled_circuit_send_no_stream_sendmes():
     # Only circuit SENDMEs (every 31 cells), none for the stream.
     assert [(m.command, m.stream_id) for m in sent] == [(RELAY_SENDME, 0)] * (600 // 31)
     assert len(sink.data) == 60_000 and not stream.ended
+
+
+def test_the_sendmes_of_one_read_carry_each_its_own_trigger_tag():
+    circuit, channel, path = cc_circuit()
+    cells = b"".join(path.send(2, RELAY_DATA, 5, bytes([n]) * 10) for n in range(100))
+    circuit.relay_cells_received(cells)
+    sent = [path.receive(payload) for _, _, payload in channel.take()]
+    exit_tags = path.hops[2].backward_tags
+    assert [(m.hop, m.command, m.data) for m in sent] == [
+        (2, RELAY_SENDME, sendme_v1_body(exit_tags[index])) for index in (30, 61, 92)]
+    assert circuit.window.deliver == CIRCWINDOW_START - 100 + 3 * 31
