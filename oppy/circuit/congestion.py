@@ -16,7 +16,9 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import Mapping
+
+from oppy.netdoc.params import ConsensusParam
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +39,6 @@ _INT16_MAX = 2**15 - 1
 # congestion_control_common.c time_delta_stalled_or_jumped: an RTT sample more than this many times away from
 # the EWMA is a clock jump, not a measurement.
 DELTA_DISCREPANCY_RATIO_MAX = 5000
-
-
-class ConsensusParam(NamedTuple):
-    """One consensus parameter with tor's default and bounds (dir-spec "params"; networkstatus_get_param)."""
-
-    name: str
-    default: int
-    low: int
-    high: int
-
-    def read(self, params: Mapping[str, int]) -> int:
-        """The consensus's value clamped into [low, high] as tor clamps it (absent: the default)."""
-        value = params.get(self.name, self.default)
-        clamped = min(max(value, self.low), self.high)
-        if clamped != value:
-            log.info("Consensus parameter %s=%d is out of range [%d, %d]; using %d.", self.name, value,
-                     self.low, self.high, clamped)
-        return clamped
 
 
 # congestion_control_common.c congestion_control_new_consensus_params / congestion_control_init_params.
