@@ -201,7 +201,13 @@ class VegasController:
 
     def sendme_received(self, now_usec: int, blocked_on_channel: bool = False) -> None:
         """One SENDME from the hop (its tag already checked): RTT, BDP, then the Vegas rules
-        (congestion_control_vegas_process_sendme). The caller has checked that one was owed."""
+        (congestion_control_vegas_process_sendme), then the consensus's ceiling on the cwnd
+        (congestion_control_dispatch_cc_alg). The caller has checked that one was owed."""
+        self._process_sendme(now_usec, blocked_on_channel)
+        if self.cwnd > self.params.cwnd_max:
+            self.cwnd = self.params.cwnd_max
+
+    def _process_sendme(self, now_usec: int, blocked_on_channel: bool) -> None:
         self.sendmes_received += 1
         if self.next_cc_event:
             self.next_cc_event -= 1
@@ -257,9 +263,6 @@ class VegasController:
                 self.cwnd_full = False
         elif self.next_cc_event == self._cwnd_update_rate():
             self.cwnd_full = False
-        # congestion_control_dispatch_cc_alg: the consensus's ceiling.
-        if self.cwnd > params.cwnd_max:
-            self.cwnd = params.cwnd_max
         self.inflight -= self.sendme_inc
 
     # ------------------------------------------------------------------------------------ internals

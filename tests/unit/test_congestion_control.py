@@ -212,3 +212,13 @@ def test_slow_start_ends_at_cc_ss_max():
     Sender(cc)
     cc.sendme_received(RTT)
     assert (cc.cwnd, cc.in_slow_start) == (500, False)
+
+
+def test_cc_cwnd_max_holds_after_every_sendme_even_one_that_measured_nothing():
+    # cc_cwnd_init may start above cc_cwnd_max; tor clamps after each SENDME, whatever Vegas made of it
+    # (congestion_control_dispatch_cc_alg), here a stalled clock's zero RTT.
+    cc = VegasController(CongestionParams.from_consensus({"cc_cwnd_init": 600, "cc_cwnd_max": 500}), 31)
+    assert cc.cwnd == 600
+    cc.cells_sent(62, 2, 1000)
+    cc.sendme_received(1000)
+    assert (cc.cwnd, cc.rtt_usec, cc.inflight) == (500, 0, 31)
