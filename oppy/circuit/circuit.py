@@ -22,7 +22,7 @@ import enum
 import hmac
 import struct
 import time
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from oppy.cell.commands import (
     CELL_PAYLOAD_LEN,
@@ -76,6 +76,19 @@ _SENDME = int(RelayCommand.SENDME)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
 _USEC_PER_SECOND = 1_000_000
+
+
+class CircuitTraffic(NamedTuple):
+    """A circuit's relay traffic since it was made, in the units of control-spec "CIRC_BW": READ and WRITTEN
+    count 509 bytes per relay cell; DELIVERED counts the relay bodies, OVERHEAD the rest of each 498-byte
+    body space (tor's circuit_read_valid_data / circuit_sent_valid_data)."""
+
+    read: int
+    written: int
+    delivered_read: int
+    overhead_read: int
+    delivered_written: int
+    overhead_written: int
 
 
 class CircuitState(enum.Enum):
@@ -187,6 +200,12 @@ class Circuit:
         self._next_stream_id = 1
         self.bytes_read = 0
         self.bytes_written = 0
+        # For `traffic`, counted per batch of cells (the DATA bytes are bytes_read and bytes_written).
+        self._cells_read = 0
+        self._cells_recognized = 0
+        self._control_bytes_read = 0
+        self._cells_written = 0
+        self._control_bytes_written = 0
 
     def __repr__(self) -> str:
         return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
@@ -200,6 +219,18 @@ class Circuit:
         """Built, not closed, and its link is up. `Channel.close` tells its circuits one at a time, and what
         the first ones set off (a stream retried at once) must not choose one not yet told."""
         return self.state is CircuitState.OPEN and self.channel.is_open
+
+    @property
+    def traffic(self) -> CircuitTraffic:
+        """What the circuit has read and written so far (the control port's CIRC_BW events)."""
+        delivered_read = self.bytes_read + self._control_bytes_read
+        delivered_written = self.bytes_written + self._control_bytes_written
+        return CircuitTraffic(
+            read=self._cells_read * CELL_PAYLOAD_LEN, written=self._cells_written * CELL_PAYLOAD_LEN,
+            delivered_read=delivered_read,
+            overhead_read=max(0, self._cells_recognized * RELAY_PAYLOAD_LEN - delivered_read),
+            delivered_written=delivered_written,
+            overhead_written=self._cells_written * RELAY_PAYLOAD_LEN - delivered_written)
 
     @property
     def hops_built(self) -> int:
@@ -338,6 +369,7 @@ class Circuit:
         (`Tor1ClientCrypto.decrypt_inbound_many`). While building, a hop is added between two cells
         (EXTENDED2), so each cell is a run of its own.
         """
+        self._cells_read += len(payloads) // CELL_PAYLOAD_LEN
         if self.state is CircuitState.OPEN:
             self._relay_run_received(payloads)
             return
@@ -350,6 +382,7 @@ class Circuit:
         """The per-cell path: decrypt a run, keep the deliver window, hand DATA to streams and the rest to
         `_relay_message_received`."""
         cells, error = self.crypto.decrypt_inbound_many(payloads)
+        self._cells_recognized += len(cells)
         unpack = _RELAY_HEADER.unpack_from
         streams = self.streams
         window = self.window
@@ -444,6 +477,7 @@ class Circuit:
             return
         start = offset + RELAY_HEADER_LEN
         data = bytes(buffer[start:start + length])
+        self._control_bytes_read += length
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -539,11 +573,13 @@ class Circuit:
                 raise CircuitError("no RELAY_EARLY cells left on this circuit")
             self._relay_early_left -= 1
             cell_command = _RELAY_EARLY
+        self._control_bytes_written += len(data)
         self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop)
 
     def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int) -> list[bytes]:
         """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags)."""
         cells, tags = self.crypto.encrypt_outbound_many(payloads, hop)
+        self._cells_written += len(payloads)
         self.channel.send_cells(self.circ_id, cell_command, cells)
         return tags
 

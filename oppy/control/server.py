@@ -4,8 +4,8 @@ Each accepted connection gets a :class:`ControlProtocol`, which moves bytes betw
 a sans-IO :class:`~oppy.control.commands.ControlSession`. :class:`ControlService` opens the
 ``ControlPort`` listeners, writes the authentication cookie, and feeds the hub what oppy does: the
 circuit manager's notifications (CIRC, STREAM), log records (DEBUG ... ERR), bootstrap progress and
-new consensuses (STATUS_CLIENT, NEWCONSENSUS), and once a second the links' byte counts (BW) and
-link changes (ORCONN).
+new consensuses (STATUS_CLIENT, NEWCONSENSUS), and once a second the links' byte counts (BW), the
+circuits' (CIRC_BW) and link changes (ORCONN).
 """
 
 from __future__ import annotations
@@ -314,6 +314,9 @@ class ControlService:
         try:
             read, written = self.backend.tick()
             self.hub.broadcast("BW", bw_event(read, written))
+            if self.hub.wants("CIRC_BW"):
+                for event in self.backend.circuit_bandwidth_events():
+                    self.hub.broadcast("CIRC_BW", event)
             self._orconn_events()
         except Exception:
             log.exception("control port: the once-a-second update failed")

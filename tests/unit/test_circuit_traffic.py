@@ -1,0 +1,80 @@
+"""A circuit's traffic counters and the CIRC_BW events made of them (control-spec "CIRC_BW").
+
+The counts are checked against what the simulated relays (tests.unit.relaysim) sent and received, in tor's
+units: READ/WRITTEN 509 bytes per relay cell, DELIVERED the relay bodies, OVERHEAD the rest of each 498.
+"""
+
+import io
+from types import SimpleNamespace
+
+import stem.response
+import stem.socket
+
+from oppy.cell.commands import RelayCommand
+from oppy.circuit.circuit import Circuit, CircuitTraffic
+from oppy.control.backend import CircuitTrafficMeter
+from tests.unit.relaysim import RELAY_CONNECTED, RELAY_DATA, RELAY_DROP, build_circuit
+from tests.unit.test_circuit_core import RecordingStream
+
+CELL = 509
+BODY = 498
+NOW = 1_796_000_000.25  # 2026-11-30T...: the wall clock the meter is handed
+
+
+def parse_event(raw: bytes):
+    message = stem.socket.recv_message(io.BytesIO(raw))
+    stem.response.convert("EVENT", message)
+    return message
+
+
+def test_building_counts_extend2_and_extended2():
+    circuit, channel, path = build_circuit(Circuit, hops=3)
+    traffic = circuit.traffic
+    # Two EXTEND2 out, two EXTENDED2 in (the CREATE2/CREATED2 of the first hop are not relay cells).
+    assert (traffic.read, traffic.written) == (2 * CELL, 2 * CELL)
+    assert traffic.delivered_read + traffic.overhead_read == 2 * BODY
+    assert traffic.delivered_written + traffic.overhead_written == 2 * BODY
+    assert traffic.delivered_written > 0 and traffic.delivered_read > 0
+
+
+def test_stream_data_and_control_cells_are_counted_both_ways():
+    circuit, channel, path = build_circuit(Circuit, hops=3)
+    channel.take()
+    before = circuit.traffic
+    stream = RecordingStream(circuit.allocate_stream_id())
+    circuit.attach_stream(stream)
+    circuit.send_relay(RelayCommand.BEGIN, stream.stream_id, b"example.com:80\x00")  # 15 bytes of body
+    circuit.send_data_many(stream.stream_id, [b"x" * BODY, b"y" * 100])
+    exit_hop = len(path.hops) - 1
+    inbound = (path.send(exit_hop, RELAY_CONNECTED, stream.stream_id, b"\x7f\x00\x00\x01\x00\x00\x0e\x10")
+               + path.send(exit_hop, RELAY_DATA, stream.stream_id, b"z" * 300)
+               + path.send(exit_hop, RELAY_DATA, stream.stream_id, b"w" * BODY)
+               + path.send(1, RELAY_DROP))
+    circuit.relay_cells_received(inbound)
+    after = circuit.traffic
+    delta = CircuitTraffic(*(a - b for a, b in zip(after, before)))
+    assert delta == CircuitTraffic(read=4 * CELL, written=3 * CELL,
+                                   delivered_read=8 + 300 + BODY, overhead_read=4 * BODY - (8 + 300 + BODY),
+                                   delivered_written=15 + BODY + 100, overhead_written=3 * BODY - (15 + BODY + 100))
+    assert [command for command, _ in stream.received] == [RELAY_CONNECTED, RELAY_DATA, RELAY_DATA]
+
+
+def test_meter_reports_each_circuit_with_traffic_since_its_last_event():
+    circuit, channel, path = build_circuit(Circuit, hops=3)
+    idle, _, _ = build_circuit(Circuit, hops=2)
+    managed = [SimpleNamespace(number=7, circuit=circuit), SimpleNamespace(number=8, circuit=idle),
+               SimpleNamespace(number=9, circuit=None)]
+    meter = CircuitTrafficMeter()
+    first = meter.events(managed, NOW)
+    # Both built circuits have their EXTEND2/EXTENDED2 to report; one still building has nothing.
+    assert [parse_event(raw).id for raw in first] == ["7", "8"]
+    assert meter.events(managed, NOW + 1) == []  # nothing new: no event (tor skips idle circuits)
+
+    circuit.send_data_many(0, [b"q" * 10])
+    (raw,) = meter.events(managed, NOW + 2)
+    event = parse_event(raw)
+    assert isinstance(event, stem.response.events.CircuitBandwidthEvent)
+    assert (event.id, event.read, event.written, event.delivered_written, event.overhead_written) == (
+        "7", 0, CELL, 10, BODY - 10)
+    assert (event.delivered_read, event.overhead_read) == (0, 0)
+    assert event.time.year == 2026
