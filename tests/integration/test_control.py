@@ -227,6 +227,31 @@ def test_bandwidth_events_and_traffic_counters(oppy, controller, network):
     events.close()
 
 
+def test_circuit_bandwidth_events_during_a_fetch(oppy, controller, network):
+    """CIRC_BW (control-spec): about one event a second for the circuit carrying a download, whose
+    DELIVERED_READ adds up to at least the bytes fetched, READ counting 509 per cell."""
+    events = Events(controller, EventType.CIRC_BW, EventType.STREAM)
+    started = time.monotonic()
+    result = curl(oppy, network.url("/bytes/5000000"))
+    assert result.returncode == 0 and len(result.stdout) == 5_000_000
+    elapsed = time.monotonic() - started
+    succeeded = events.wait_for(lambda event: event.type == "STREAM" and event.status == StreamStatus.SUCCEEDED
+                                and event.target_port == network.http_port)
+    time.sleep(2.5)  # the tick after the last cell
+    mine = events.of("CIRC_BW", id=succeeded.circ_id)
+    assert mine, "no CIRC_BW event for the download's circuit"
+    delivered = sum(event.delivered_read for event in mine)
+    assert delivered >= 5_000_000
+    assert sum(event.read for event in mine) >= delivered + sum(event.overhead_read for event in mine)
+    assert sum(event.read for event in mine) % 509 == 0
+    assert sum(event.delivered_written for event in mine) > 0  # BEGIN and the HTTP request
+    # Once a second at most: not one event per cell.
+    assert len(mine) <= elapsed + 4
+    times = [event.time for event in mine]
+    assert all(later > earlier for earlier, later in zip(times, times[1:]))
+    events.close()
+
+
 # --------------------------------------------------------------------------- events for a fetch
 
 
