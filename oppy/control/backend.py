@@ -106,25 +106,28 @@ class LinkTrafficMeter:
 
 class CircuitTrafficMeter:
     """CIRC_BW events: for each open circuit that read or wrote since the previous sample, its counts since
-    then (tor's control_event_circ_bandwidth_used, once a second; a circuit without new traffic is not
-    reported)."""
+    then and, with congestion control, its controller's state (tor's control_event_circ_bandwidth_used,
+    once a second; a circuit without new traffic is not reported)."""
 
     def __init__(self) -> None:
-        self._last: dict[object, CircuitTraffic] = {}
+        self._last: dict[int, CircuitTraffic] = {}  # by circuit number
 
     def events(self, circuits: Iterable[ManagedCircuit], now: float) -> list[bytes]:
         """The events for `circuits` at wall-clock time `now`; circuits no longer listed are forgotten."""
         events = []
-        current: dict[object, CircuitTraffic] = {}
+        current: dict[int, CircuitTraffic] = {}
         for managed in circuits:
             circuit = managed.circuit
             if circuit is None:
                 continue
-            traffic = current[circuit] = circuit.traffic
-            last = self._last.get(circuit)
+            traffic = current[managed.number] = circuit.traffic
+            last = self._last.get(managed.number)
             delta = traffic if last is None else CircuitTraffic(*(now_ - then for now_, then in zip(traffic, last)))
             if delta.read or delta.written:
-                events.append(circ_bw_event(managed.number, now, *delta))
+                control = circuit.congestion_control
+                congestion = None if control is None else (
+                    control.in_slow_start, control.cwnd, control.rtt_usec, control.min_rtt_usec)
+                events.append(circ_bw_event(managed.number, now, *delta, congestion=congestion))
         self._last = current
         return events
 

@@ -12,6 +12,7 @@ import stem.socket
 
 from oppy.cell.commands import RelayCommand
 from oppy.circuit.circuit import Circuit, CircuitTraffic
+from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.control.backend import CircuitTrafficMeter
 from tests.unit.relaysim import RELAY_CONNECTED, RELAY_DATA, RELAY_DROP, build_circuit
 from tests.unit.test_circuit_core import RecordingStream
@@ -78,3 +79,12 @@ def test_meter_reports_each_circuit_with_traffic_since_its_last_event():
         "7", 0, CELL, 10, BODY - 10)
     assert (event.delivered_read, event.overhead_read) == (0, 0)
     assert event.time.year == 2026
+
+
+def test_meter_adds_the_controllers_state_on_a_congestion_controlled_circuit():
+    control = VegasController(CongestionParams(), 31)
+    control.in_slow_start, control.cwnd, control.ewma_rtt_usec, control.min_rtt_usec = False, 186, 25_700, 9_100
+    circuit = SimpleNamespace(traffic=CircuitTraffic(CELL, 0, 498, 0, 0, 0), congestion_control=control)
+    (raw,) = CircuitTrafficMeter().events([SimpleNamespace(number=4, circuit=circuit)], NOW)
+    assert raw.endswith(b" OVERHEAD_WRITTEN=0 SS=0 CWND=186 RTT=25 MIN_RTT=9\r\n")
+    assert parse_event(raw).keyword_args["CWND"] == "186"
