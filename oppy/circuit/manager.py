@@ -34,6 +34,7 @@ from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
+from oppy.stream.xon_xoff import FlowControlParams
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,8 @@ class CircuitManager:
         self.queue_account = queue_account
         # prop 324: what the consensus says of congestion control (`update_consensus_params`).
         self.congestion_params = CongestionParams()
+        # prop 324 "Flow control": the XON/XOFF limits for streams opened from now on.
+        self.flow_control_params = FlowControlParams()
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -476,8 +479,10 @@ class CircuitManager:
         return managed
 
     def update_consensus_params(self, params: Mapping[str, int]) -> None:
-        """A new consensus: its congestion-control parameters hold for circuits built from now on."""
+        """A new consensus: its congestion-control parameters hold for circuits built from now on, its XON/XOFF
+        parameters for streams opened from now on."""
         self.congestion_params = CongestionParams.from_consensus(params)
+        self.flow_control_params = FlowControlParams.from_consensus(params)
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -667,7 +672,8 @@ class CircuitManager:
                     router: StreamRouter | None = None) -> ManagedStream:
         """A new stream for an application; it is attached as soon as a fitting circuit is open (by `router`
         when given)."""
-        stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
+        stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account,
+                        flow_params=self.flow_control_params)
         managed = ManagedStream(next(self._stream_numbers), stream, self.isolation_key(credentials), source,
                                 router)
         self._managed_streams[stream] = managed

@@ -84,6 +84,17 @@ def test_a_stream_no_controller_attaches_expires_after_socks_timeout():
     sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
 
 
+def test_streams_take_the_consensus_xon_xoff_parameters():
+    clock = Clock()
+    manager = manager_without_network(clock)
+    manager.attach_automatically = False
+    manager.update_consensus_params({"cc_xoff_client": 7, "cc_xon_change_pct": 500})
+    managed = manager.open_stream(CollectingSink(), "example.test", 80)
+    params = managed.stream.flow_params
+    assert (params.xoff_client_bytes, params.xon_change_pct) == (7 * 498, 99)  # clamped as tor does
+    managed.stream.close()
+
+
 def test_without_a_path_the_application_hears_noroute():
     clock = Clock()
     manager = manager_without_network(clock)
