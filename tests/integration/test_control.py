@@ -249,6 +249,13 @@ def test_circuit_bandwidth_events_during_a_fetch(oppy, controller, network):
     assert len(mine) <= elapsed + 4
     times = [event.time for event in mine]
     assert all(later > earlier for earlier, later in zip(times, times[1:]))
+    # The network's 0.4.9 exits negotiate congestion control: the events carry the controller's state, which
+    # stem (1.8, older than these fields) leaves in keyword_args.
+    assert f"Circuit {succeeded.circ_id}: congestion control (Vegas) negotiated" in oppy.info_log
+    for event in mine:
+        fields = {key: event.keyword_args.get(key) for key in ("SS", "CWND", "RTT", "MIN_RTT")}
+        assert fields["SS"] in ("0", "1") and all(value.isdigit() for value in fields.values()), fields
+        assert int(fields["CWND"]) > 0 and int(fields["RTT"]) >= int(fields["MIN_RTT"])
     events.close()
 
 

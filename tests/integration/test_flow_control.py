@@ -1,0 +1,101 @@
+"""XON/XOFF stream flow control (proposal 324) with the private network's 0.4.9 exits, which negotiate
+congestion control: a client that stops reading makes oppy send XOFF, memory stays bounded, and once the
+client reads again the XON lets the download finish byte-exact. oppy's info log says each XOFF and XON it sends
+(tor logs the same at info)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.support.network import TestNetwork
+from tests.support.oppy_process import OppyProcess
+from tests.support.relays import fetch
+from tests.support.socks_client import recv_exactly, socks5_request
+
+HUNDRED_MB = 100 * 1000 * 1000
+FIFTY_MB = 50 * 1000 * 1000
+NEGOTIATED = "congestion control (Vegas) negotiated"
+
+
+@pytest.fixture(scope="module")
+def oppy(network: TestNetwork, tmp_path_factory):
+    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-flow") / "data").wait_ready()
+    yield process
+    assert process.stop() == 0
+
+
+def expected_sha256(network: TestNetwork, length: int) -> str:
+    return fetch(network.url(f"/sha256/{length}")).decode().strip()
+
+
+def read_headers(sock: socket.socket) -> bytes:
+    """The HTTP response up to the blank line; returns what came after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "the connection closed in the HTTP headers"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    return rest
+
+
+def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exact(network, oppy):
+    before = oppy.rss_kib()
+    xoffs_before = oppy.info_log.count("Sending XOFF")
+    code, sock = socks5_request(oppy.socks_port, "127.0.0.1", network.http_port)
+    assert code == 0
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET /bytes/{HUNDRED_MB} HTTP/1.0\r\n\r\n".encode())
+    digest = hashlib.sha256()
+    body = read_headers(sock)
+    digest.update(body)
+    received = len(body)
+    peak = before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # about 1 MB/s, far slower than the circuit
+        chunk = sock.recv(64 * 1024)
+        digest.update(chunk)
+        received += len(chunk)
+        time.sleep(0.06)
+        peak = max(peak, oppy.rss_kib())
+    assert NEGOTIATED in oppy.info_log, "the exit circuit did not negotiate congestion control"
+    assert oppy.info_log.count("Sending XOFF") > xoffs_before, "no XOFF while the client did not read"
+    assert (peak - before) < 30 * 1024, f"oppy grew by {(peak - before) / 1024:.1f} MiB"
+    # Reading at full speed again: the XON lets the exit go on, to the last byte.
+    sock.settimeout(60)
+    while received < HUNDRED_MB:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the download ended after {received} bytes"
+        digest.update(chunk)
+        received += len(chunk)
+    sock.close()
+    assert received == HUNDRED_MB
+    assert digest.hexdigest() == expected_sha256(network, HUNDRED_MB)
+    assert "Sending XON" in oppy.info_log
+
+
+def test_a_fast_reader_gets_fifty_megabytes_byte_exact(network, oppy):
+    result = subprocess.run(["curl", "-sS", "--max-time", "120", "--socks5-hostname",
+                             f"127.0.0.1:{oppy.socks_port}", network.url(f"/bytes/{FIFTY_MB}")],
+                            capture_output=True, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == FIFTY_MB
+    assert hashlib.sha256(result.stdout).hexdigest() == expected_sha256(network, FIFTY_MB)
+    assert NEGOTIATED in oppy.info_log
+
+
+def test_twenty_megabytes_up_byte_exact(network, oppy, tmp_path):
+    body = hashlib.shake_256(b"twenty megabytes up, obeying the exit's XOFF").digest(20 * 1000 * 1000)
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(body)
+    result = subprocess.run(["curl", "-sS", "--max-time", "120", "--socks5-hostname",
+                             f"127.0.0.1:{oppy.socks_port}", network.url("/upload"), "--data-binary", f"@{upload}"],
+                            capture_output=True, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == f"sha256={hashlib.sha256(body).hexdigest()} length={len(body)}"
