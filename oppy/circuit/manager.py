@@ -11,7 +11,7 @@ reported on it, and a circuit through a non-primary guard waits, built but unuse
 guard can be had; one that waits too long is closed.
 
 What happens to circuits is told to observers as typed events (:class:`CircuitLaunched` ...
-:class:`CircuitClosed`, :class:`StreamChanged`), whatever the circuit's purpose.
+:class:`CircuitClosed`, :class:`StreamChanged`, :class:`StreamFlowChanged`), whatever the circuit's purpose.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
-from oppy.stream.xon_xoff import FlowControlParams
+from oppy.stream.xon_xoff import FlowControlEvent, FlowControlParams
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,15 @@ class StreamChanged:
     stream: "ManagedStream"
 
 
-ManagerEvent = Union[CircuitEvent, StreamChanged]
+@dataclass(frozen=True, slots=True)
+class StreamFlowChanged:
+    """A client stream sent or received an XON or XOFF (congestion-controlled circuits only)."""
+
+    stream: "ManagedStream"
+    event: FlowControlEvent
+
+
+ManagerEvent = Union[CircuitEvent, StreamChanged, StreamFlowChanged]
 ManagerObserver = Callable[[ManagerEvent], None]
 
 
@@ -748,6 +756,11 @@ class CircuitManager:
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
+
+    def stream_flow_control(self, stream: Stream, event: FlowControlEvent) -> None:
+        managed = self._managed_streams.get(stream)
+        if managed is not None:
+            self._notify(StreamFlowChanged(managed, event))
 
     def _cancel_timer(self, managed: ManagedStream) -> None:
         if managed.timer is not None and managed.timer.active():

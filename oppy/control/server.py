@@ -20,7 +20,7 @@ from twisted.python import threadable
 from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
-from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged
+from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged, StreamFlowChanged
 from oppy.control.auth import CookieFileError, write_cookie_file
 from oppy.control.backend import DaemonBackend
 from oppy.control.commands import event_for_new_consensus
@@ -279,6 +279,9 @@ class ControlService:
     def _manager_event(self, event: ManagerEvent) -> None:
         if isinstance(event, StreamChanged):
             self.hub.stream_changed(event.stream)
+            return
+        if isinstance(event, StreamFlowChanged):
+            self.hub.stream_flow_changed(event.stream, event.event.value)
             return
         self.hub.circuit_changed(event.circuit)
         if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL \

@@ -40,7 +40,14 @@ from oppy.cell.relay import (
     encode_resolve_body,
     encode_reverse_resolve_body,
 )
-from oppy.stream.xon_xoff import FlowControlError, FlowControlParams, SendXoff, SendXon, StreamFlowControl
+from oppy.stream.xon_xoff import (
+    FlowControlError,
+    FlowControlEvent,
+    FlowControlParams,
+    SendXoff,
+    SendXon,
+    StreamFlowControl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,9 @@ class StreamOwner(Protocol):
 
     def stream_ended(self, stream: "Stream", end: StreamEnd) -> None:
         """The stream ended (once)."""
+
+    def stream_flow_control(self, stream: "Stream", event: FlowControlEvent) -> None:
+        """The stream sent or received an XON or XOFF (tor reports each as a STREAM event)."""
 
 
 class Stream:
@@ -305,6 +315,9 @@ class Stream:
         """Send the XON or XOFF the flow control asked for (None: nothing)."""
         if cell is not None and self.circuit is not None and not self.ended:
             self.circuit.send_relay(cell.command, self.stream_id, cell.body)
+            if self.owner is not None:
+                self.owner.stream_flow_control(self, FlowControlEvent.XOFF_SENT if isinstance(cell, SendXoff)
+                                               else FlowControlEvent.XON_SENT)
 
     def _xon_xoff_received(self, command: int, data: bytes) -> None:
         """The exit's XOFF stops our packaging until its XON; a bad one is logged and ignored, as tor does."""
@@ -317,7 +330,10 @@ class Stream:
             log.info("Ignoring an %s from the exit on stream %d: %s", RelayCommand(command).name, self.stream_id,
                      exc)
             return
-        if command == RelayCommand.XON:
+        if self.owner is not None:
+            self.owner.stream_flow_control(self, FlowControlEvent.XOFF_RECV if command == RelayCommand.XOFF
+                                           else FlowControlEvent.XON_RECV)
+        if command == RelayCommand.XON and not self.ended:
             self.flush()
 
     def _queue_received(self, data: bytes) -> None:

@@ -16,6 +16,7 @@ client, per batch of DATA packaged.
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Mapping
@@ -47,6 +48,16 @@ TOTAL_XMIT_SCALE_AT = 10 * (1 << 20)
 _DRAINED_BYTES_MAX = 0xFFFFFFFF
 # compute_drain_rate caps the rate at INT32_MAX.
 _RATE_MAX = 0x7FFFFFFF
+
+
+class FlowControlEvent(enum.Enum):
+    """An XON or XOFF sent or received on a stream: the STREAM event statuses tor reports for them
+    (control-spec "Stream status changed")."""
+
+    XOFF_SENT = "XOFF_SENT"
+    XOFF_RECV = "XOFF_RECV"
+    XON_SENT = "XON_SENT"
+    XON_RECV = "XON_RECV"
 
 
 class FlowControlError(Exception):

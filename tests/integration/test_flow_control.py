@@ -1,7 +1,8 @@
 """XON/XOFF stream flow control (proposal 324) with the private network's 0.4.9 exits, which negotiate
 congestion control: a client that stops reading makes oppy send XOFF, memory stays bounded, and once the
 client reads again the XON lets the download finish byte-exact. oppy's info log says each XOFF and XON it sends
-(tor logs the same at info)."""
+(tor logs the same at info), and the control port reports them as STREAM events (XOFF_SENT, XON_SENT) as tor
+does."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import subprocess
 import time
 
 import pytest
+from stem.control import Controller, EventType
 
 from tests.support.network import TestNetwork
-from tests.support.oppy_process import OppyProcess
+from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
 from tests.support.socks_client import recv_exactly, socks5_request
 
@@ -24,7 +26,11 @@ NEGOTIATED = "congestion control (Vegas) negotiated"
 
 @pytest.fixture(scope="module")
 def oppy(network: TestNetwork, tmp_path_factory):
-    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-flow") / "data").wait_ready()
+    control_port = free_port()
+    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-flow") / "data",
+                          extra_lines=[f"ControlPort 127.0.0.1:{control_port}"])
+    process.control_port = control_port
+    process.wait_ready()
     yield process
     assert process.stop() == 0
 
@@ -46,6 +52,10 @@ def read_headers(sock: socket.socket) -> bytes:
 
 
 def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exact(network, oppy):
+    controller = Controller.from_port(port=oppy.control_port)
+    controller.authenticate()
+    statuses: list[tuple[str, str]] = []
+    controller.add_event_listener(lambda event: statuses.append((event.id, event.status)), EventType.STREAM)
     before = oppy.rss_kib()
     xoffs_before = oppy.info_log.count("Sending XOFF")
     code, sock = socks5_request(oppy.socks_port, "127.0.0.1", network.http_port)
@@ -78,6 +88,12 @@ def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exa
     assert received == HUNDRED_MB
     assert digest.hexdigest() == expected_sha256(network, HUNDRED_MB)
     assert "Sending XON" in oppy.info_log
+    time.sleep(0.5)
+    controller.close()
+    (stream_id,) = {number for number, status in statuses if status == "SUCCEEDED"}
+    mine = [status for number, status in statuses if number == stream_id]
+    assert "XOFF_SENT" in mine and "XON_SENT" in mine
+    assert mine.index("XOFF_SENT") < mine.index("XON_SENT")
 
 
 def test_a_fast_reader_gets_fifty_megabytes_byte_exact(network, oppy):

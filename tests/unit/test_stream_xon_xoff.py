@@ -9,18 +9,24 @@ by more than cc_xon_change_pct (25%) from the one last advised.
 import logging
 
 import pytest
+from twisted.internet.task import Clock as ReactorClock
 
 from oppy.cell.commands import EndReason, RelayCommand
 from oppy.cell.relay import encode_xon_body
 from oppy.circuit.congestion import CongestionParams, VegasController
+from oppy.circuit.manager import StreamFlowChanged
 from oppy.stream.stream import Stream, StreamState
 from oppy.stream.xon_xoff import (
     FlowControlError,
+    FlowControlEvent,
     FlowControlParams,
     SendXoff,
     SendXon,
     StreamFlowControl,
 )
+from tests.support.streams import CollectingSink
+from tests.unit.test_circuit_manager import manager_without_network
+from tests.unit.test_control_commands import ask, session_for
 
 CELL = 498
 LIMIT = 500 * CELL  # cc_xoff_client's default, in bytes
@@ -328,3 +334,33 @@ def test_on_fixed_windows_nothing_changes():
     assert RelayCommand.XOFF not in circuit.commands() and RelayCommand.SENDME not in circuit.commands()
     stream.resume_delivery()
     assert circuit.commands() == [RelayCommand.SENDME] * 10
+
+
+def test_each_xon_and_xoff_reaches_the_control_port_as_a_stream_event():
+    """tor reports XOFF_SENT, XOFF_RECV, XON_SENT and XON_RECV as STREAM events: the stream tells its owner
+    (the manager), whose observers (the control port) hear a StreamFlowChanged."""
+    manager = manager_without_network(ReactorClock())
+    manager.attach_automatically = False
+    heard = []
+    manager.add_observer(heard.append)
+    managed = manager.open_stream(CollectingSink(), "127.0.0.1", 80)
+    stream = managed.stream
+    circuit = CongestionControlledCircuit()
+    stream.attach(circuit)
+    stream.relay_received(RelayCommand.CONNECTED, b"")
+    stream.pause_delivery()
+    stream.data_cells_received(cells(501))
+    stream.resume_delivery()
+    stream.write(b"u" * LIMIT)
+    stream.relay_received(RelayCommand.XOFF, b"\x00")
+    stream.relay_received(RelayCommand.XON, encode_xon_body(7))
+    flow = [event for event in heard if isinstance(event, StreamFlowChanged)]
+    assert [event.event for event in flow] == [FlowControlEvent.XOFF_SENT, FlowControlEvent.XON_SENT,
+                                               FlowControlEvent.XOFF_RECV, FlowControlEvent.XON_RECV]
+    assert all(event.stream is managed for event in flow)
+
+    hub, session = session_for()
+    ask(session, "SETEVENTS STREAM")
+    hub.stream_flow_changed(managed, FlowControlEvent.XOFF_SENT.value)
+    assert session.data_to_send() == f"650 STREAM {managed.number} XOFF_SENT 0 127.0.0.1:80\r\n".encode()
+    stream.close()
