@@ -17,7 +17,7 @@ from stem.control import Controller, EventType
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
-from tests.support.socks_client import recv_exactly, socks5_request
+from tests.support.socks_client import socks5_request
 
 HUNDRED_MB = 100 * 1000 * 1000
 FIFTY_MB = 50 * 1000 * 1000

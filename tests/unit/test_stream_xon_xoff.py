@@ -13,7 +13,8 @@ from twisted.internet.task import Clock as ReactorClock
 
 from oppy.cell.commands import EndReason, RelayCommand
 from oppy.cell.relay import encode_xon_body
-from oppy.circuit.congestion import CongestionParams, VegasController
+from oppy.circuit.circuit import Circuit
+from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.manager import StreamFlowChanged
 from oppy.stream.stream import Stream, StreamState
 from oppy.stream.xon_xoff import (
@@ -26,6 +27,7 @@ from oppy.stream.xon_xoff import (
 )
 from tests.support.streams import CollectingSink
 from tests.unit.test_circuit_manager import manager_without_network
+from tests.unit.relaysim import build_circuit
 from tests.unit.test_control_commands import ask, session_for
 
 CELL = 498
@@ -166,38 +168,31 @@ def test_more_xoffs_than_the_bytes_sent_explain_are_logged_and_obeyed(caplog):
 
 # ------------------------------------------------------------------------------------------------ on a stream
 
-class CongestionControlledCircuit:
-    """What a stream uses of a circuit whose exit accepted congestion control (a real Vegas controller);
-    records the relay messages and DATA the stream sends."""
+class SimulatedExit:
+    """The far end of a stream: a 3-hop circuit through simulated relays (tests.unit.relaysim, written from
+    the spec) whose exit accepted congestion control (or, without `congestion`, runs the fixed windows)."""
 
     def __init__(self, congestion=True):
-        self.congestion_control = VegasController(CongestionParams(), 31) if congestion else None
-        self.package_room = 10 ** 6
-        self.sent = []  # (command, stream_id, body)
-        self.data = []
-        self.streams = {}
+        options = {"congestion": CongestionParams()} if congestion else {}
+        self.circuit, self.channel, self.path = build_circuit(Circuit, circuit_options=options,
+                                                              offers_congestion_control=congestion)
+        assert (self.circuit.congestion_control is not None) is congestion
+        self.channel.take()
 
-    def allocate_stream_id(self):
-        return 5
+    def received(self, stream_id=None):
+        """The relay messages (command, body) the exit got for the stream since the last call (all streams'
+        and the circuit's without `stream_id`)."""
+        messages = [self.path.receive(payload) for _, _, payload in self.channel.take()]
+        return [(RelayCommand(m.command), m.data) for m in messages if stream_id is None or m.stream_id == stream_id]
 
-    def attach_stream(self, stream):
-        self.streams[stream.stream_id] = stream
+    def send(self, command, stream_id, data=b""):
+        self.circuit.relay_cells_received(self.path.send(len(self.path.hops) - 1, command, stream_id, data))
 
-    def detach_stream(self, stream_id):
-        self.streams.pop(stream_id, None)
-
-    def end_stream(self, stream_id, reason=EndReason.MISC):
-        self.streams.pop(stream_id, None)
-        self.sent.append((RelayCommand.END, stream_id, bytes([reason])))
-
-    def send_relay(self, command, stream_id, data, hop=None, early=False):
-        self.sent.append((RelayCommand(command), stream_id, data))
-
-    def send_data_many(self, stream_id, chunks):
-        self.data += [bytes(chunk) for chunk in chunks]
-
-    def commands(self):
-        return [command for command, _, _ in self.sent]
+    def send_data(self, stream_id, chunks):
+        """DATA cells in one read from the link."""
+        exit_hop = len(self.path.hops) - 1
+        self.circuit.relay_cells_received(b"".join(self.path.send(exit_hop, RelayCommand.DATA, stream_id, chunk)
+                                                   for chunk in chunks))
 
 
 class Sink:
@@ -227,15 +222,19 @@ class Clock:
         return self.now
 
 
-def connected_stream(congestion=True):
-    circuit = CongestionControlledCircuit(congestion)
+def connected_stream(congestion=True, owner=None, stream=None):
+    exit_ = SimulatedExit(congestion)
     sink = Sink()
     clock = Clock()
-    stream = Stream(sink, "127.0.0.1", 80, clock=clock)
-    stream.attach(circuit)
-    stream.relay_received(RelayCommand.CONNECTED, b"")
-    circuit.sent.clear()
-    return stream, sink, circuit, clock
+    if stream is None:
+        stream = Stream(sink, "127.0.0.1", 80, clock=clock, owner=owner)
+    else:
+        stream.sink, stream.clock = sink, clock
+    stream.attach(exit_.circuit)
+    exit_.send(RelayCommand.CONNECTED, stream.stream_id, b"")
+    assert stream.state is StreamState.SUCCEEDED
+    exit_.received()
+    return stream, sink, exit_, clock
 
 
 def cells(count, fill=b"d"):
@@ -243,97 +242,100 @@ def cells(count, fill=b"d"):
 
 
 def test_a_stream_on_a_congestion_controlled_circuit_uses_xon_xoff_and_no_window():
-    stream, sink, circuit, _ = connected_stream()
-    assert stream.flow is not None and stream.state is StreamState.SUCCEEDED
-    for _ in range(40):  # 20_000 cells, 40 times a stream window: no overrun, no stream SENDME
-        stream.data_cells_received(cells(500))
-    assert sum(map(len, sink.data)) == 20_000 * CELL
-    assert circuit.sent == []
+    stream, sink, exit_, _ = connected_stream()
+    assert stream.flow is not None
+    for _ in range(4):  # 2000 cells, four stream windows: no overrun, no stream SENDME
+        exit_.send_data(stream.stream_id, cells(500))
+    assert sum(map(len, sink.data)) == 2000 * CELL
+    assert exit_.received(stream.stream_id) == []
+    assert stream.state is StreamState.SUCCEEDED
 
 
 def test_a_client_that_stops_reading_gets_one_xoff_then_an_xon_once_it_has_read_everything():
-    stream, sink, circuit, clock = connected_stream()
+    stream, sink, exit_, clock = connected_stream()
     stream.pause_delivery()
     for index in range(10):  # 10 reads of 100 cells: the 6th passes 500 cells waiting
-        stream.data_cells_received(cells(100, bytes([index])))
-    assert circuit.sent == [(RelayCommand.XOFF, 5, b"\x00")]
+        exit_.send_data(stream.stream_id, cells(100, bytes([index])))
+    assert exit_.received(stream.stream_id) == [(RelayCommand.XOFF, b"\x00")]
     assert stream.flow.xoffs_sent == 1
     assert sink.data == [] and stream.queued_bytes == 1000 * CELL
     clock.now += 2.0
     stream.resume_delivery()
     assert b"".join(sink.data) == b"".join(bytes([index]) * 100 * CELL for index in range(10))
     # 1000 cells drained in 2 s since buffering began: 498_000 * 1000 // 2_000_000 = 249 kB/s.
-    assert circuit.sent[1:] == [(RelayCommand.XON, 5, encode_xon_body(249))]
+    assert exit_.received(stream.stream_id) == [(RelayCommand.XON, encode_xon_body(249))]
     assert stream.queued_bytes == 0
 
 
 def test_no_xon_while_the_client_has_only_read_part_of_the_queue():
-    stream, sink, circuit, clock = connected_stream()
+    stream, sink, exit_, clock = connected_stream()
     stream.pause_delivery()
-    stream.data_cells_received(cells(600))
-    assert circuit.commands() == [RelayCommand.XOFF]
+    exit_.send_data(stream.stream_id, cells(600))
+    assert [command for command, _ in exit_.received(stream.stream_id)] == [RelayCommand.XOFF]
 
     class PausingSink(Sink):
         def stream_data(self, stream_, data):
             super().stream_data(stream_, data)
             stream_.pause_delivery()  # the transport is full again after one piece
 
-    stream.data_cells_received(cells(10))  # queued behind the first read
+    exit_.send_data(stream.stream_id, cells(10))  # queued behind the first read
     stream.sink = PausingSink()
     stream.resume_delivery()
     assert len(stream.sink.data) == 1 and stream.queued_bytes == 10 * CELL
-    assert circuit.commands() == [RelayCommand.XOFF]
+    assert exit_.received(stream.stream_id) == []
     stream.resume_delivery()
-    assert circuit.commands() == [RelayCommand.XOFF, RelayCommand.XON]
+    assert [command for command, _ in exit_.received(stream.stream_id)] == [RelayCommand.XON]
 
 
 def test_the_exits_xoff_holds_the_upload_in_the_bounded_send_buffer_until_its_xon():
-    stream, sink, circuit, _ = connected_stream()
+    stream, sink, exit_, _ = connected_stream()
+    room = exit_.circuit.package_room  # the congestion window: cc_cwnd_init, 124 cells
     stream.write(b"a" * 10 * CELL)
-    assert len(circuit.data) == 10
-    stream.relay_received(RelayCommand.XOFF, b"\x00")
+    assert exit_.received(stream.stream_id) == [(RelayCommand.DATA, b"a" * CELL)] * 10
+    exit_.send(RelayCommand.XOFF, stream.stream_id, b"\x00")
     stream.write(b"b" * 600_000)  # more than the send buffer limit: the application is told to stop
-    assert len(circuit.data) == 10
+    assert exit_.received(stream.stream_id) == []
     assert sink.writable == [False]
-    stream.relay_received(RelayCommand.XON, encode_xon_body(100))
-    assert b"".join(circuit.data) == b"a" * 10 * CELL + b"b" * 600_000
-    assert sink.writable == [False, True]
-    assert stream.flow.advised_rate == 100
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(100))
+    # As much as the congestion window leaves goes out; the rest waits for circuit SENDMEs.
+    assert exit_.received(stream.stream_id) == [(RelayCommand.DATA, b"b" * CELL)] * (room - 10)
+    assert stream.flow.advised_rate == 100 and stream.flow.may_send
 
 
 def test_a_malformed_xon_is_logged_and_ignored(caplog):
-    stream, sink, circuit, _ = connected_stream()
-    stream.write(b"a" * LIMIT)
-    stream.relay_received(RelayCommand.XOFF, b"\x00")
+    stream, sink, exit_, _ = connected_stream()
+    stream.write(b"a" * 20 * CELL)
+    exit_.send(RelayCommand.XOFF, stream.stream_id, b"\x00")
     with caplog.at_level(logging.INFO, logger="oppy.stream.stream"):
-        stream.relay_received(RelayCommand.XON, b"\x07")
-    assert "Ignoring an XON from the exit on stream 5: malformed XON: XON body of 1 bytes is truncated" in caplog.text
+        exit_.send(RelayCommand.XON, stream.stream_id, b"\x07")
+    assert f"Ignoring an XON from the exit on stream {stream.stream_id}: malformed XON: XON body of 1 bytes " \
+           "is truncated" in caplog.text
     assert stream.state is StreamState.SUCCEEDED and not stream.flow.may_send
     stream.write(b"b")
-    assert len(circuit.data) == LIMIT // CELL  # still held
-    stream.relay_received(RelayCommand.XON, encode_xon_body(0))
-    assert circuit.data[-1] == b"b"
+    assert [data for _, data in exit_.received(stream.stream_id)] == [b"a" * CELL] * 20  # the b is held
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(0))
+    assert exit_.received(stream.stream_id) == [(RelayCommand.DATA, b"b")]
 
 
 def test_a_stream_sendme_on_a_congestion_controlled_circuit_ends_the_stream():
-    stream, sink, circuit, _ = connected_stream()
-    stream.relay_received(RelayCommand.SENDME, b"")
+    stream, sink, exit_, _ = connected_stream()
+    exit_.send(RelayCommand.SENDME, stream.stream_id)
     assert stream.state is StreamState.CLOSED
     assert sink.ended[0].reason == EndReason.TORPROTOCOL
-    assert circuit.sent == [(RelayCommand.END, 5, bytes([EndReason.TORPROTOCOL]))]
+    assert exit_.received(stream.stream_id) == [(RelayCommand.END, bytes([EndReason.TORPROTOCOL]))]
 
 
 def test_on_fixed_windows_nothing_changes():
-    stream, sink, circuit, _ = connected_stream(congestion=False)
+    stream, sink, exit_, _ = connected_stream(congestion=False)
     assert stream.flow is None
-    stream.relay_received(RelayCommand.XOFF, b"\x00")  # ignored without congestion control
+    exit_.send(RelayCommand.XOFF, stream.stream_id, b"\x00")  # ignored without congestion control
     stream.write(b"a" * 600 * CELL)
-    assert len(circuit.data) == 500  # the stream package window, not the XOFF, stops it
+    assert len(exit_.received(stream.stream_id)) == 500  # the stream package window, not the XOFF, stops it
     stream.pause_delivery()
-    stream.data_cells_received(cells(500))
-    assert RelayCommand.XOFF not in circuit.commands() and RelayCommand.SENDME not in circuit.commands()
+    exit_.send_data(stream.stream_id, cells(500))
+    assert exit_.received(stream.stream_id) == []  # no XOFF, and no SENDME while the client does not read
     stream.resume_delivery()
-    assert circuit.commands() == [RelayCommand.SENDME] * 10
+    assert exit_.received(stream.stream_id) == [(RelayCommand.SENDME, b"")] * 10
 
 
 def test_each_xon_and_xoff_reaches_the_control_port_as_a_stream_event():
@@ -344,16 +346,13 @@ def test_each_xon_and_xoff_reaches_the_control_port_as_a_stream_event():
     heard = []
     manager.add_observer(heard.append)
     managed = manager.open_stream(CollectingSink(), "127.0.0.1", 80)
-    stream = managed.stream
-    circuit = CongestionControlledCircuit()
-    stream.attach(circuit)
-    stream.relay_received(RelayCommand.CONNECTED, b"")
+    stream, sink, exit_, _ = connected_stream(stream=managed.stream)
     stream.pause_delivery()
-    stream.data_cells_received(cells(501))
+    exit_.send_data(stream.stream_id, cells(501))
     stream.resume_delivery()
     stream.write(b"u" * LIMIT)
-    stream.relay_received(RelayCommand.XOFF, b"\x00")
-    stream.relay_received(RelayCommand.XON, encode_xon_body(7))
+    exit_.send(RelayCommand.XOFF, stream.stream_id, b"\x00")
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(7))
     flow = [event for event in heard if isinstance(event, StreamFlowChanged)]
     assert [event.event for event in flow] == [FlowControlEvent.XOFF_SENT, FlowControlEvent.XON_SENT,
                                                FlowControlEvent.XOFF_RECV, FlowControlEvent.XON_RECV]
