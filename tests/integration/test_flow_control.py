@@ -16,7 +16,7 @@ from stem.control import Controller, EventType
 
 from tests.integration.test_congestion_control import network_cc_alg
 from tests.support.network import TestNetwork
-from tests.support.oppy_process import OppyProcess, free_port
+from tests.support.oppy_process import OppyProcess
 from tests.support.relays import fetch
 from tests.support.socks_client import socks5_request
 
@@ -25,11 +25,7 @@ HUNDRED_MB = 100 * 1000 * 1000
 
 @pytest.fixture(scope="module")
 def oppy(network: TestNetwork, tmp_path_factory):
-    control_port = free_port()
-    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-flow") / "data",
-                          extra_lines=[f"ControlPort 127.0.0.1:{control_port}"])
-    process.control_port = control_port
-    process.wait_ready()
+    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-flow") / "data", control_port=True).wait_ready()
     yield process
     assert process.stop() == 0
 
