@@ -17,10 +17,10 @@ from collections import deque
 from typing import Callable, Iterable, Sequence
 
 from oppy.cell.commands import DestroyReason
+from oppy.circuit.circuit import CircuitTraffic
 from oppy.circuit.manager import CircuitManager, CircuitPurpose, ManagedCircuit, ManagedStream
 from oppy.config import OPTION_NAMES, ConfigError, reload_config
 from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
-from oppy.circuit.circuit import CircuitTraffic
 from oppy.control.events import circ_bw_event, format_path, orconn_event
 from oppy.directory.service import DirectoryService
 from oppy.logs import configure_logging, notice

@@ -316,8 +316,7 @@ class Stream:
         if cell is not None and self.circuit is not None and not self.ended:
             self.circuit.send_relay(cell.command, self.stream_id, cell.body)
             if self.owner is not None:
-                self.owner.stream_flow_control(self, FlowControlEvent.XOFF_SENT if isinstance(cell, SendXoff)
-                                               else FlowControlEvent.XON_SENT)
+                self.owner.stream_flow_control(self, cell.event)
 
     def _xon_xoff_received(self, command: int, data: bytes) -> None:
         """The exit's XOFF stops our packaging until its XON; a bad one is logged and ignored, as tor does."""
@@ -539,7 +538,7 @@ class Stream:
         self._delivery_paused = False
         if self.state is StreamState.SUCCEEDED:
             self._deliver_received()
-            if not self._delivery_paused and self.state is StreamState.SUCCEEDED and self.flow is None:
+            if not self._delivery_paused and self.state is StreamState.SUCCEEDED:
                 self._send_sendmes()
 
     def close(self, reason: int = EndReason.DONE, *, retry: bool = False, flush_first: bool = False,

@@ -97,6 +97,7 @@ class SendXoff:
     """Send RELAY_XOFF on the stream: the local client has stopped reading."""
 
     command = RelayCommand.XOFF
+    event = FlowControlEvent.XOFF_SENT
     body = encode_xoff_body()
 
 
@@ -106,6 +107,7 @@ class SendXon:
 
     kbps_ewma: int
     command = RelayCommand.XON
+    event = FlowControlEvent.XON_SENT
 
     @property
     def body(self) -> bytes:
@@ -123,8 +125,8 @@ class StreamFlowControl:
     """XON/XOFF for one client stream (tor's edge_connection_t flow-control fields).
 
     Downloads: `data_received` after data from the exit arrived, `drained` after some was handed to the
-    client; both return a cell to send or None. Uploads: `xoff_received` / `xon_received` for the exit's
-    cells, `data_sent` for what was packaged, and `may_send` says whether packaging may go on.
+    client; both return a cell to send or None. Uploads: `xoff_received_cell` / `xon_received_cell` for the
+    exit's cells, `data_sent` for what was packaged, and `may_send` says whether packaging may go on.
     Times are seconds on a monotonic clock.
     """
 
@@ -236,7 +238,7 @@ class StreamFlowControl:
         self.ewma_rate_last_sent = self.ewma_drain_rate
         self.xoff_sent = False
         self.xons_sent += 1
-        return SendXon(min(self.ewma_drain_rate, 0xFFFFFFFF))
+        return SendXon(self.ewma_drain_rate)
 
     # ---------------------------------------------------------------------------------- uploads
 
