@@ -461,8 +461,9 @@ class Circuit:
         hop."""
         hop = sendmes[0][0]
         if all(each_hop == hop for each_hop, _ in sendmes):
-            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, encode_sendme_body(tag))
-                                         for _, tag in sendmes], hop)
+            bodies = [encode_sendme_body(tag) for _, tag in sendmes]
+            self._control_bytes_written += sum(map(len, bodies))
+            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, body) for body in bodies], hop)
             return
         for each_hop, tag in sendmes:
             self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=each_hop)

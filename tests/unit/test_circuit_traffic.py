@@ -14,7 +14,7 @@ from oppy.cell.commands import RelayCommand
 from oppy.circuit.circuit import Circuit, CircuitTraffic
 from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.control.backend import CircuitTrafficMeter
-from tests.unit.relaysim import RELAY_CONNECTED, RELAY_DATA, RELAY_DROP, build_circuit
+from tests.unit.relaysim import RELAY_CONNECTED, RELAY_DATA, RELAY_DROP, RELAY_SENDME, build_circuit
 from tests.unit.test_circuit_core import RecordingStream
 
 CELL = 509
@@ -88,3 +88,21 @@ def test_meter_adds_the_controllers_state_on_a_congestion_controlled_circuit():
     (raw,) = CircuitTrafficMeter().events([SimpleNamespace(number=4, circuit=circuit)], NOW)
     assert raw.endswith(b" OVERHEAD_WRITTEN=0 SS=0 CWND=186 RTT=25 MIN_RTT=9\r\n")
     assert parse_event(raw).keyword_args["CWND"] == "186"
+
+
+def test_the_circuit_sendmes_a_read_owes_count_as_delivered_written():
+    circuit, channel, path = build_circuit(Circuit, hops=3)
+    channel.take()
+    before = circuit.traffic
+    stream = RecordingStream(circuit.allocate_stream_id())
+    circuit.attach_stream(stream)
+    circuit.relay_cells_received(b"".join(path.send(2, RELAY_DATA, stream.stream_id, b"s" * BODY)
+                                          for _ in range(200)))
+    sendmes = [path.receive(payload) for _, _, payload in channel.take()]
+    assert [message.command for message in sendmes] == [RELAY_SENDME, RELAY_SENDME]
+    after = circuit.traffic
+    # Two SENDME v1 bodies (version, DATA_LEN, the 20-byte tag: 23 bytes each) out, 200 full cells in.
+    assert (after.written - before.written, after.delivered_written - before.delivered_written) == (
+        2 * CELL, 2 * 23)
+    assert after.delivered_read - before.delivered_read == 200 * BODY
+    assert after.overhead_read == before.overhead_read
