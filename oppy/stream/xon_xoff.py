@@ -271,6 +271,7 @@ class StreamFlowControl:
             self._scale_down()
         self._num_xoff_recv += 1
         self._check_plausible("XOFF", self._num_xoff_recv, self.params.xoff_exit_bytes)
+        log.info("Got XOFF: the stream's upload waits for the exit's XON")
         self.xoff_received = True
 
     def xon_received_cell(self, body: bytes) -> None:
@@ -285,6 +286,7 @@ class StreamFlowControl:
         self._num_xon_recv += 1
         self._check_plausible("XON", self._num_xon_recv,
                               min(self.params.xoff_exit_bytes, self.params.xon_rate_bytes))
+        log.info("Got XON: %d kB/s advised", rate)
         self.advised_rate = rate
         self.xoff_received = False
 

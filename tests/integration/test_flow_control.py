@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 import time
 
 import pytest
@@ -96,3 +97,54 @@ def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exa
         assert mine.index("XOFF_SENT") < mine.index("XON_SENT")
     else:
         assert not {"XOFF_SENT", "XON_SENT"} & set(mine)
+
+
+def test_the_exits_xoff_holds_an_upload_to_a_server_that_does_not_read_and_its_xon_resumes_it(network, oppy):
+    """A server that does not read: the exit's buffer toward it fills, its XOFF stops oppy's packaging (the
+    SOCKS client is stopped in turn, oppy's memory stays bounded), and its XON once the server reads lets the
+    upload finish byte-exact."""
+    congestion_control = network_cc_alg(network) != 0
+    body = hashlib.shake_256(b"an upload the server does not read at first").digest(40 * 1000 * 1000)
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    controller = Controller.from_port(port=oppy.control_port)
+    controller.authenticate()
+    statuses: list[tuple[str, str]] = []
+    controller.add_event_listener(lambda event: statuses.append((event.id, event.status)), EventType.STREAM)
+    code, client = socks5_request(oppy.socks_port, "127.0.0.1", server.getsockname()[1])
+    assert code == 0
+    sender = threading.Thread(target=client.sendall, args=(body,), daemon=True)
+    before = oppy.rss_kib()
+    sender.start()
+    connection, _ = server.accept()
+    peak = before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the server reads nothing
+        time.sleep(0.2)
+        peak = max(peak, oppy.rss_kib())
+    assert sender.is_alive(), "the whole upload was taken while the server read nothing"
+    assert (peak - before) < 30 * 1024, f"oppy grew by {(peak - before) / 1024:.1f} MiB"
+    digest = hashlib.sha256()
+    received = 0
+    connection.settimeout(60)
+    while received < len(body):
+        chunk = connection.recv(1 << 20)
+        assert chunk, f"the upload ended after {received} bytes"
+        digest.update(chunk)
+        received += len(chunk)
+    sender.join(timeout=60)
+    client.close()
+    connection.close()
+    server.close()
+    assert digest.hexdigest() == hashlib.sha256(body).hexdigest()
+    time.sleep(0.5)
+    controller.close()
+    (stream_id,) = {number for number, status in statuses if status == "SUCCEEDED"}
+    mine = [status for number, status in statuses if number == stream_id]
+    if congestion_control:
+        assert "XOFF_RECV" in mine and "XON_RECV" in mine[mine.index("XOFF_RECV"):]
+        assert "Got XOFF" in oppy.info_log
+    else:
+        assert not {"XOFF_RECV", "XON_RECV"} & set(mine)

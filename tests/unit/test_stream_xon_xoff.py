@@ -157,12 +157,14 @@ def test_more_xoffs_than_the_bytes_sent_explain_are_logged_and_obeyed(caplog):
     with caplog.at_level(logging.INFO, logger="oppy.stream.xon_xoff"):
         flow.xoff_received_cell(b"\x00")
     assert "more XOFF cells (1) than the 248999 bytes sent" in caplog.text
+    assert "Got XOFF" in caplog.text
     assert not flow.may_send
     caplog.clear()
     flow.data_sent(1)
     with caplog.at_level(logging.INFO, logger="oppy.stream.xon_xoff"):
         flow.xon_received_cell(encode_xon_body(5))
-    assert caplog.text == ""  # 249_000 bytes sent explain one XON
+    assert "more XON" not in caplog.text  # 249_000 bytes sent explain one XON
+    assert "Got XON: 5 kB/s advised" in caplog.text
     assert flow.may_send
 
 
