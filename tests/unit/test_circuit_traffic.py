@@ -28,6 +28,15 @@ def parse_event(raw: bytes):
     return message
 
 
+def circuit_with_a_stream():
+    """A built 3-hop circuit carrying one (recording) stream, what the build sent taken."""
+    circuit, channel, path = build_circuit(Circuit, hops=3)
+    channel.take()
+    stream = RecordingStream(circuit.allocate_stream_id())
+    circuit.attach_stream(stream)
+    return circuit, channel, path, stream
+
+
 def test_building_counts_extend2_and_extended2():
     circuit, channel, path = build_circuit(Circuit, hops=3)
     traffic = circuit.traffic
@@ -39,11 +48,8 @@ def test_building_counts_extend2_and_extended2():
 
 
 def test_stream_data_and_control_cells_are_counted_both_ways():
-    circuit, channel, path = build_circuit(Circuit, hops=3)
-    channel.take()
+    circuit, channel, path, stream = circuit_with_a_stream()
     before = circuit.traffic
-    stream = RecordingStream(circuit.allocate_stream_id())
-    circuit.attach_stream(stream)
     circuit.send_relay(RelayCommand.BEGIN, stream.stream_id, b"example.com:80\x00")  # 15 bytes of body
     circuit.send_data_many(stream.stream_id, [b"x" * BODY, b"y" * 100])
     exit_hop = len(path.hops) - 1
@@ -91,11 +97,8 @@ def test_meter_adds_the_controllers_state_on_a_congestion_controlled_circuit():
 
 
 def test_the_circuit_sendmes_a_read_owes_count_as_delivered_written():
-    circuit, channel, path = build_circuit(Circuit, hops=3)
-    channel.take()
+    circuit, channel, path, stream = circuit_with_a_stream()
     before = circuit.traffic
-    stream = RecordingStream(circuit.allocate_stream_id())
-    circuit.attach_stream(stream)
     circuit.relay_cells_received(b"".join(path.send(2, RELAY_DATA, stream.stream_id, b"s" * BODY)
                                           for _ in range(200)))
     sendmes = [path.receive(payload) for _, _, payload in channel.take()]
