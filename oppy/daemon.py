@@ -154,6 +154,7 @@ class Daemon:
         if event.new_consensus:
             self.padding.update_consensus_params(event.netdir.consensus.params)
             self.build_times.update_params(event.netdir.consensus.params)
+            self.manager.update_consensus_params(event.netdir.consensus.params)
 
     def _queued_in_links(self) -> int:
         """Bytes of cells waiting in the links' queues toward the relays (they count for MaxMemInQueues)."""

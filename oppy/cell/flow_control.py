@@ -14,6 +14,8 @@ CIRCWINDOW_INCREMENT = 100
 # tor-spec §7.4 "Stream-level flow control": windows start at 500 DATA cells, a SENDME is worth 50.
 STREAMWINDOW_START = 500
 STREAMWINDOW_INCREMENT = 50
+# A window no stream exhausts (2^62 cells): streams of congestion-controlled circuits.
+UNBOUNDED_WINDOW = 1 << 62
 
 
 class SendmeWindow:
@@ -42,6 +44,12 @@ class SendmeWindow:
     @classmethod
     def for_stream(cls) -> "SendmeWindow":
         return cls(STREAMWINDOW_START, STREAMWINDOW_INCREMENT)
+
+    @classmethod
+    def unbounded(cls) -> "SendmeWindow":
+        """A stream on a congestion-controlled circuit (prop 324 §4): no window limits it, no SENDME is owed
+        (the threshold is never reached) and one received is more than was ever owed."""
+        return cls(UNBOUNDED_WINDOW, UNBOUNDED_WINDOW)
 
     @property
     def sendme_due(self) -> bool:

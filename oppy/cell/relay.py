@@ -767,7 +767,7 @@ def encode_xon_body(kbps_ewma: int = 0) -> bytes:
 
 
 def decode_xon_body(body: bytes) -> int:
-    """The advisory drain rate (kbit/s, 0 = unlimited) of an XON body."""
+    """The advisory drain rate of an XON body, in kilobytes (1000 bytes) per second; 0 = no advice."""
     if len(body) < _XON.size:
         raise CellParseError(f"XON body of {len(body)} bytes is truncated")
     version, kbps_ewma = _XON.unpack_from(body, 0)

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor as default_reactor
 from oppy.cell.commands import DestroyReason
 from oppy.circuit.build_timeout import BuildAttempt, TimeoutAction
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitOwner, CircuitState
+from oppy.circuit.congestion import CongestionParams
 from oppy.netdoc.relay import RelayTarget
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,15 @@ def _seconds(value: float) -> str:
 
 def build_circuit(links, path: list[RelayTarget], timeout: float = DEFAULT_CIRCUIT_BUILD_TIMEOUT,
                   reactor=None, owner: CircuitOwner | None = None,
-                  attempt: BuildAttempt | None = None) -> defer.Deferred:
+                  attempt: BuildAttempt | None = None, congestion: CongestionParams | None = None
+                  ) -> defer.Deferred:
     """A Deferred that fires with an open `Circuit` through `path`, or fails with CircuitBuildError.
 
     `owner` hears of the circuit: each hop extended, the build (after the Deferred fired) and, once built, its
     close. The timeout runs from the moment the link to the first hop is open: `timeout`, or the learned
     timeouts of `attempt` (`CircuitBuildTimes.start_build`, which is then told how the build went).
-    Cancelling the Deferred gives the build up.
+    Cancelling the Deferred gives the build up. `congestion`: the consensus's congestion-control parameters, for
+    a circuit whose exit may be asked for congestion control (`Circuit`).
     """
     reactor = reactor or default_reactor
     build = _CircuitBuild(owner or _NoOwner(), reactor, timeout, attempt)
@@ -167,7 +170,7 @@ def build_circuit(links, path: list[RelayTarget], timeout: float = DEFAULT_CIRCU
         if build.result.called:
             return  # cancelled while the link was opening
         try:
-            circuit = Circuit(channel, path, build)
+            circuit = Circuit(channel, path, build, congestion=congestion)
         except Exception as exc:  # no free circuit id
             build.result.errback(CircuitBuildError(str(exc)))
             return

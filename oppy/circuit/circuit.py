@@ -6,6 +6,13 @@ further one. Once open, the circuit encrypts relay cells to a hop, recognizes
 inbound ones, keeps the circuit package/deliver windows with authenticated SENDMEs (tor-spec "Flow control",
 prop 289) and dispatches stream cells to the streams it carries. Cells go out through the channel it rides;
 outcomes go up to the `CircuitOwner` it was made with and to the stream objects.
+
+Congestion control (prop 324; tor-spec "Congestion control"): given the consensus's `CongestionParams`, the
+last hop of a multi-hop circuit is extended with ntor v3 carrying the congestion-control request when the relay
+offers it (FlowCtrl=2 with Relay=4), as C tor's circuit_pick_create_handshake does for exits. If the exit
+answers with its `sendme_inc`, a `VegasController` replaces the circuit package window (cells may be sent while
+inflight < cwnd), SENDMEs are owed and expected every `sendme_inc` DATA cells, and streams keep no windows.
+Otherwise the fixed windows stay.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import enum
 import hmac
 import struct
 import time
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from oppy.cell.commands import (
     CELL_PAYLOAD_LEN,
@@ -47,8 +54,10 @@ from oppy.cell.relay import (
     link_specifiers_for_relay,
     SendmeVersion,
 )
+from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.crypto.errors import HandshakeError
 from oppy.crypto.ntor import CreateFastHandshake, NtorClientHandshake
+from oppy.crypto.ntor_v3 import NtorV3ClientHandshake, congestion_control_request, parse_congestion_control_response
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.netdoc.relay import RelayTarget
 
@@ -63,8 +72,23 @@ MAX_STREAMS_PER_CIRCUIT = 300
 
 _RELAY_HEADER = struct.Struct(">BHHIH")
 _DATA = int(RelayCommand.DATA)
+_SENDME = int(RelayCommand.SENDME)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
+_USEC_PER_SECOND = 1_000_000
+
+
+class CircuitTraffic(NamedTuple):
+    """A circuit's relay traffic since it was made, in the units of control-spec "CIRC_BW": READ and WRITTEN
+    count 509 bytes per relay cell; DELIVERED counts the relay bodies, OVERHEAD the rest of each 498-byte
+    body space (tor's circuit_read_valid_data / circuit_sent_valid_data)."""
+
+    read: int
+    written: int
+    delivered_read: int
+    overhead_read: int
+    delivered_written: int
+    overhead_written: int
 
 
 class CircuitState(enum.Enum):
@@ -143,10 +167,13 @@ class StreamEndpoint(Protocol):
 
 
 class Circuit:
-    """One client circuit through `path` (guard first), riding `channel` (a link to the guard)."""
+    """One client circuit through `path` (guard first), riding `channel` (a link to the guard).
+
+    `congestion` is the consensus's congestion-control parameters; None (directory and other one-hop uses)
+    never asks for congestion control."""
 
     def __init__(self, channel: Channel, path: list[RelayTarget], owner: CircuitOwner,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, congestion: CongestionParams | None = None):
         if not path:
             raise ValueError("a circuit needs at least one hop")
         self.channel = channel
@@ -161,14 +188,24 @@ class Circuit:
         self.error: CircuitError | None = None
         self.streams: dict[int, StreamEndpoint] = {}
         self.window = SendmeWindow.for_circuit()
-        # Tags (20-byte running digests) of our every 100th DATA cell, which the exit's SENDMEs must echo.
+        self.congestion_params = congestion
+        # The exit hop's controller once it accepted congestion control (`congestion_control`).
+        self._congestion: VegasController | None = None
+        # Tags (20-byte running digests) of our every 100th DATA cell (every sendme_inc-th with congestion
+        # control), which the exit's SENDMEs must echo.
         self._expected_sendme_tags: collections.deque[bytes] = collections.deque()
         self._data_cells_sent = 0
         self._relay_early_left = MAX_RELAY_EARLY_CELLS
-        self._handshake: NtorClientHandshake | CreateFastHandshake | None = None
+        self._handshake: NtorClientHandshake | NtorV3ClientHandshake | CreateFastHandshake | None = None
         self._next_stream_id = 1
         self.bytes_read = 0
         self.bytes_written = 0
+        # For `traffic`, counted per batch of cells (the DATA bytes are bytes_read and bytes_written).
+        self._cells_read = 0
+        self._cells_recognized = 0
+        self._control_bytes_read = 0
+        self._cells_written = 0
+        self._control_bytes_written = 0
 
     def __repr__(self) -> str:
         return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
@@ -184,8 +221,25 @@ class Circuit:
         return self.state is CircuitState.OPEN and self.channel.is_open
 
     @property
+    def traffic(self) -> CircuitTraffic:
+        """What the circuit has read and written so far (the control port's CIRC_BW events)."""
+        delivered_read = self.bytes_read + self._control_bytes_read
+        delivered_written = self.bytes_written + self._control_bytes_written
+        return CircuitTraffic(
+            read=self._cells_read * CELL_PAYLOAD_LEN, written=self._cells_written * CELL_PAYLOAD_LEN,
+            delivered_read=delivered_read,
+            overhead_read=max(0, self._cells_recognized * RELAY_PAYLOAD_LEN - delivered_read),
+            delivered_written=delivered_written,
+            overhead_written=self._cells_written * RELAY_PAYLOAD_LEN - delivered_written)
+
+    @property
     def hops_built(self) -> int:
         return len(self.crypto)
+
+    @property
+    def congestion_control(self) -> VegasController | None:
+        """The congestion controller of the last hop, or None while the circuit runs the fixed windows."""
+        return self._congestion
 
     def _hop_name(self, index: int) -> str:
         if index >= len(self.path):
@@ -214,19 +268,41 @@ class Circuit:
             self.channel.send_cell(self.circ_id, CellCommand.CREATE_FAST,
                                    encode_create_fast_body(self._handshake.onionskin))
             return
-        self._handshake = self._new_handshake(first)
+        htype = self._new_handshake(0)
         self.channel.send_cell(self.circ_id, CellCommand.CREATE2,
-                               encode_create2_body(HandshakeType.NTOR, self._handshake.onionskin))
+                               encode_create2_body(htype, self._handshake.onionskin))
 
-    def _new_handshake(self, relay: RelayTarget) -> NtorClientHandshake:
+    def _asks_congestion_control(self, index: int) -> bool:
+        """Hop `index` is the exit of a multi-hop circuit that offers congestion control, and the consensus
+        has it on (C tor: ntor v3 only to exits that support congestion control, only when it is enabled)."""
+        params = self.congestion_params
+        relay = self.path[index]
+        return params is not None and params.enabled and index == len(self.path) - 1 and len(self.path) > 1 \
+            and relay.congestion_control and relay.ed25519_id is not None
+
+    def _new_handshake(self, index: int) -> HandshakeType:
+        """Start the handshake with hop `index`: ntor v3 with the congestion-control request for an exit
+        that offers it, ntor otherwise. Returns its HTYPE."""
+        relay = self.path[index]
         if relay.ntor_onion_key is None:
             raise CircuitError(f"{relay.describe()} has no ntor onion key")
-        return NtorClientHandshake(relay.rsa_id, relay.ntor_onion_key)
+        if self._asks_congestion_control(index):
+            self._handshake = NtorV3ClientHandshake(relay.ed25519_id, relay.ntor_onion_key,
+                                                    congestion_control_request())
+            return HandshakeType.NTOR_V3
+        self._handshake = NtorClientHandshake(relay.rsa_id, relay.ntor_onion_key)
+        return HandshakeType.NTOR
 
     def _hop_created(self, handshake_data: bytes) -> None:
         index = len(self.crypto)
         try:
-            keys = self._handshake.complete(handshake_data)
+            if isinstance(self._handshake, NtorV3ClientHandshake):
+                keys, server_message = self._handshake.complete(handshake_data)
+                sendme_inc = parse_congestion_control_response(server_message, self.congestion_params.sendme_inc)
+                if sendme_inc is not None:
+                    self._start_congestion_control(sendme_inc)
+            else:
+                keys = self._handshake.complete(handshake_data)
         except HandshakeError as exc:
             self._fail(f"{self._hop_name(index)}: {exc}", DestroyReason.PROTOCOL, hop=index)
             return
@@ -255,11 +331,17 @@ class Circuit:
         self.state = CircuitState.BUILDING
         self._extend(self.path[len(self.crypto)])
 
+    def _start_congestion_control(self, sendme_inc: int) -> None:
+        """The exit accepted congestion control: Vegas decides what we send, and the circuit SENDMEs both
+        ways come every `sendme_inc` DATA cells (tor-spec "Congestion control")."""
+        self._congestion = VegasController(self.congestion_params, sendme_inc)
+        self.window = SendmeWindow(self.window.start, sendme_inc)
+
     def _extend(self, relay: RelayTarget) -> None:
-        self._handshake = self._new_handshake(relay)
+        htype = self._new_handshake(len(self.crypto))
         specifiers = link_specifiers_for_relay(relay.rsa_id, ipv4=(relay.address, relay.or_port),
                                                ed25519_identity=relay.ed25519_id)
-        body = encode_extend2_body(specifiers, HandshakeType.NTOR, self._handshake.onionskin)
+        body = encode_extend2_body(specifiers, htype, self._handshake.onionskin)
         self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
 
     # ------------------------------------------------------------------------------------ cells in
@@ -278,7 +360,7 @@ class Circuit:
             self._closed(CircuitError(f"circuit destroyed by {self.path[0].describe()}{where}: "
                                       f"{reason_name(DestroyReason, reason)}", reason, remote=True, hop=hop))
         elif command == CellCommand.CREATED2 and self.state is CircuitState.BUILDING and not self.crypto \
-                and isinstance(self._handshake, NtorClientHandshake):
+                and isinstance(self._handshake, (NtorClientHandshake, NtorV3ClientHandshake)):
             try:
                 handshake_data = decode_created2_body(payload)
             except CellParseError as exc:
@@ -301,6 +383,7 @@ class Circuit:
         (`Tor1ClientCrypto.decrypt_inbound_many`). While building, a hop is added between two cells
         (EXTENDED2), so each cell is a run of its own.
         """
+        self._cells_read += len(payloads) // CELL_PAYLOAD_LEN
         if self.state is CircuitState.OPEN:
             self._relay_run_received(payloads)
             return
@@ -313,6 +396,7 @@ class Circuit:
         """The per-cell path: decrypt a run, keep the deliver window, hand DATA to streams and the rest to
         `_relay_message_received`."""
         cells, error = self.crypto.decrypt_inbound_many(payloads)
+        self._cells_recognized += len(cells)
         unpack = _RELAY_HEADER.unpack_from
         streams = self.streams
         window = self.window
@@ -326,6 +410,7 @@ class Circuit:
         bytes_read = self.bytes_read
         # Stream data is taken as views of the decrypted batch: the stream's one join is the only copy.
         viewed = view = None
+        sendmes = None
         for hop, buffer, offset, tag in cells:
             command, _, stream_id, _, length = unpack(buffer, offset)
             if command == _DATA and length <= RELAY_PAYLOAD_LEN:
@@ -340,10 +425,15 @@ class Circuit:
                             self._fail(f"{self._hop_name(hop)} overran the circuit deliver window",
                                        DestroyReason.PROTOCOL)
                         return
-                    # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME.
+                    # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME. The
+                    # SENDMEs of a run go out together at its end (`_send_sendmes`): one encryption and one
+                    # queueing instead of one each; the link writes them at the end of the reactor iteration
+                    # either way.
                     window.sendme_sent()
                     deliver = window.deliver
-                    self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
+                    if sendmes is None:
+                        sendmes = []
+                    sendmes.append((hop, tag))
                 if stream_id:
                     stream = streams.get(stream_id)
                     if stream is None:
@@ -373,10 +463,24 @@ class Circuit:
                 return
             deliver, bytes_read = window.deliver, self.bytes_read
         window.deliver, self.bytes_read = deliver, bytes_read
+        if sendmes and self.state is not CircuitState.CLOSED:
+            self._send_sendmes(sendmes)
         if run:
             run_stream.data_cells_received(run)
         if error is not None and self.state is not CircuitState.CLOSED:
             self._fail(str(error), DestroyReason.PROTOCOL)
+
+    def _send_sendmes(self, sendmes: list[tuple[int, bytes]]) -> None:
+        """Circuit SENDMEs (v1, the tag of each trigger) to the hops that sent the data, in one encryption per
+        hop."""
+        hop = sendmes[0][0]
+        if all(each_hop == hop for each_hop, _ in sendmes):
+            bodies = [encode_sendme_body(tag) for _, tag in sendmes]
+            self._control_bytes_written += sum(map(len, bodies))
+            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, body) for body in bodies], hop)
+            return
+        for each_hop, tag in sendmes:
+            self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=each_hop)
 
     def _relay_message_received(self, hop: int, command: int, stream_id: int, buffer: bytes, offset: int,
                                 length: int) -> None:
@@ -388,6 +492,7 @@ class Circuit:
             return
         start = offset + RELAY_HEADER_LEN
         data = bytes(buffer[start:start + length])
+        self._control_bytes_read += length
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -452,6 +557,13 @@ class Circuit:
             self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
                        DestroyReason.PROTOCOL)
             return
+        congestion = self._congestion
+        if congestion is not None:
+            was_blocked = congestion.inflight >= congestion.cwnd
+            congestion.sendme_received(int(self.clock() * _USEC_PER_SECOND), self.channel.paused)
+            if was_blocked and congestion.inflight < congestion.cwnd:
+                self._wake_streams()
+            return
         was_blocked = self.window.package <= 0
         self.window.sendme_received()
         if was_blocked:
@@ -476,11 +588,13 @@ class Circuit:
                 raise CircuitError("no RELAY_EARLY cells left on this circuit")
             self._relay_early_left -= 1
             cell_command = _RELAY_EARLY
+        self._control_bytes_written += len(data)
         self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop)
 
     def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int) -> list[bytes]:
         """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags)."""
         cells, tags = self.crypto.encrypt_outbound_many(payloads, hop)
+        self._cells_written += len(payloads)
         self.channel.send_cells(self.circ_id, cell_command, cells)
         return tags
 
@@ -490,28 +604,36 @@ class Circuit:
         and its channel takes stream data."""
         if self.state is not CircuitState.OPEN or self.channel.paused:
             return 0
+        congestion = self._congestion
+        if congestion is not None:
+            return congestion.room
         return self.window.package
 
     def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
         """DATA cells of one stream (each chunk at most 498 bytes), encrypted together, counted against the
-        circuit package window."""
+        circuit package window (or, with congestion control, the congestion window)."""
         if self.state is CircuitState.CLOSED:
             raise CircuitError(f"circuit {self.circ_id:#x} is closed")
-        if len(chunks) > self.window.package:
+        congestion = self._congestion
+        count = len(chunks)
+        if count > (self.window.package if congestion is None else congestion.room):
             raise CircuitError("circuit package window is too small for these cells")
-        if not chunks:
+        if not count:
             return
         payloads = [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks]
         tags = self._send_payloads(_RELAY, payloads, len(self.crypto) - 1)
-        self.window.package -= len(chunks)
+        self.bytes_written += sum(map(len, chunks))
         sent = self._data_cells_sent
         increment = self.window.increment
-        for index, chunk in enumerate(chunks, 1):
-            self.bytes_written += len(chunk)
-            if (sent + index) % increment == 0:
-                # The exit's SENDME will echo the digest right after every 100th DATA cell (prop 289).
-                self._expected_sendme_tags.append(tags[index - 1])
-        self._data_cells_sent = sent + len(chunks)
+        # The exit's SENDME will echo the digest right after every increment-th DATA cell (prop 289): 100, or
+        # sendme_inc with congestion control.
+        triggers = tags[increment - 1 - sent % increment::increment]
+        self._expected_sendme_tags.extend(triggers)
+        self._data_cells_sent = sent + count
+        if congestion is None:
+            self.window.package -= count
+        else:
+            congestion.cells_sent(count, len(triggers), int(self.clock() * _USEC_PER_SECOND))
 
     # ------------------------------------------------------------------------------------ streams
 

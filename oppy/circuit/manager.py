@@ -11,7 +11,7 @@ reported on it, and a circuit through a non-primary guard waits, built but unuse
 guard can be had; one that waits too long is closed.
 
 What happens to circuits is told to observers as typed events (:class:`CircuitLaunched` ...
-:class:`CircuitClosed`, :class:`StreamChanged`), whatever the circuit's purpose.
+:class:`CircuitClosed`, :class:`StreamChanged`, :class:`StreamFlowChanged`), whatever the circuit's purpose.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Union
+from typing import Callable, Iterable, Mapping, Protocol, Union
 
 from twisted.internet import defer, reactor as default_reactor, task
 
@@ -29,11 +29,13 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
+from oppy.stream.xon_xoff import FlowControlEvent, FlowControlParams
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,10 @@ class StreamRouter(Protocol):
 
     def attach_stream(self, managed: "ManagedStream") -> None:
         """Attach the stream (`CircuitManager.attach_to`) now or later, or end it."""
+
+
+#: Purposes whose last hop is an exit that may be asked for congestion control.
+_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER))
 
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
@@ -257,7 +263,15 @@ class StreamChanged:
     stream: "ManagedStream"
 
 
-ManagerEvent = Union[CircuitEvent, StreamChanged]
+@dataclass(frozen=True, slots=True)
+class StreamFlowChanged:
+    """A client stream sent or received an XON or XOFF (congestion-controlled circuits only)."""
+
+    stream: "ManagedStream"
+    event: FlowControlEvent
+
+
+ManagerEvent = Union[CircuitEvent, StreamChanged, StreamFlowChanged]
 ManagerObserver = Callable[[ManagerEvent], None]
 
 
@@ -332,6 +346,10 @@ class CircuitManager:
         self.unattached_timeout = unattached_timeout
         # Counts what every stream queues (MaxMemInQueues: oppy.circuit.memory.MemoryTracker).
         self.queue_account = queue_account
+        # prop 324: what the consensus says of congestion control (`update_consensus_params`).
+        self.congestion_params = CongestionParams()
+        # prop 324 "Flow control": the XON/XOFF limits for streams opened from now on.
+        self.flow_control_params = FlowControlParams()
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -462,10 +480,19 @@ class CircuitManager:
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
         attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
+        # C tor asks only the exits of exit circuits for congestion control (extend_info_from_node's
+        # for_exit_use), not directory caches or onion-service hops.
+        congestion = self.congestion_params if purpose in _EXIT_PURPOSES else None
         building = build_circuit(self.links, path, reactor=self.reactor, owner=_ManagedCircuitOwner(self, managed),
-                                 attempt=attempt)
+                                 attempt=attempt, congestion=congestion)
         building.addErrback(self._circuit_failed, managed)
         return managed
+
+    def update_consensus_params(self, params: Mapping[str, int]) -> None:
+        """A new consensus: its congestion-control parameters hold for circuits built from now on, its XON/XOFF
+        parameters for streams opened from now on."""
+        self.congestion_params = CongestionParams.from_consensus(params)
+        self.flow_control_params = FlowControlParams.from_consensus(params)
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -480,6 +507,12 @@ class CircuitManager:
     def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
         managed.circuit = circuit
         managed.hops_built = circuit.hops_built
+        congestion = circuit.congestion_control
+        if congestion is not None:
+            log.info("Circuit %d: congestion control (Vegas) negotiated with %s, sendme_inc %d.", managed.number,
+                     circuit.exit.describe(), congestion.sendme_inc)
+        elif managed.purpose in _EXIT_PURPOSES:
+            log.info("Circuit %d: fixed windows with %s.", managed.number, circuit.exit.describe())
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
             return
@@ -667,7 +700,8 @@ class CircuitManager:
         virtual address of AutomapHostsOnResolve): isolation compares what the application asked for."""
         if credentials is not None:
             isolation = isolation.with_credentials(*credentials)
-        stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account)
+        stream = Stream(sink, host, port, kind, owner=self, account=self.queue_account,
+                        flow_params=self.flow_control_params)
         values = IsolationValues.of(isolation, original_address or host, port, self._newnym_epoch)
         managed = ManagedStream(next(self._stream_numbers), stream, values, source, router)
         self._managed_streams[stream] = managed
@@ -742,6 +776,11 @@ class CircuitManager:
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
+
+    def stream_flow_control(self, stream: Stream, event: FlowControlEvent) -> None:
+        managed = self._managed_streams.get(stream)
+        if managed is not None:
+            self._notify(StreamFlowChanged(managed, event))
 
     def _cancel_timer(self, managed: ManagedStream) -> None:
         if managed.timer is not None and managed.timer.active():

@@ -3,7 +3,8 @@
 :class:`DaemonBackend` implements :class:`~oppy.control.commands.ControlBackend` over the daemon's
 config, circuit manager, directory service and link pool; :class:`LinkTrafficMeter` counts the bytes
 oppy's links read and write (for BW events, ``traffic/*`` and ``bw-event-cache``) and notices links
-opening and closing (ORCONN events). No sockets are opened here and nothing is scheduled: the
+opening and closing (ORCONN events); :class:`CircuitTrafficMeter` turns the circuits' traffic counters
+into CIRC_BW events. No sockets are opened here and nothing is scheduled: the
 Twisted adapter (``oppy.control.server``) calls :meth:`DaemonBackend.tick` once a second.
 """
 
@@ -13,20 +14,21 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from oppy.cell.commands import DestroyReason
+from oppy.circuit.circuit import CircuitTraffic
 from oppy.circuit.manager import CircuitManager, CircuitPurpose, ManagedCircuit, ManagedStream
 from oppy.config import OPTION_NAMES, ConfigError, reload_config
 from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfError, apply_setconf
-from oppy.control.events import format_path, orconn_event
+from oppy.control.events import circ_bw_event, format_path, orconn_event
 from oppy.directory.service import DirectoryService
 from oppy.doors.listeners import DoorKind
 from oppy.link.connection import LinkEvent, LinkFailed
 from oppy.logs import configure_logging, notice
 from oppy.netdoc.relay import RelayTarget
 
-__all__ = ["DaemonBackend", "LinkTrafficMeter"]
+__all__ = ["CircuitTrafficMeter", "DaemonBackend", "LinkTrafficMeter"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,34 @@ class LinkTrafficMeter:
         return lines
 
 
+class CircuitTrafficMeter:
+    """CIRC_BW events: for each open circuit that read or wrote since the previous sample, its counts since
+    then and, with congestion control, its controller's state (tor's control_event_circ_bandwidth_used,
+    once a second; a circuit without new traffic is not reported)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, CircuitTraffic] = {}  # by circuit number
+
+    def events(self, circuits: Iterable[ManagedCircuit], now: float) -> list[bytes]:
+        """The events for `circuits` at wall-clock time `now`; circuits no longer listed are forgotten."""
+        events = []
+        current: dict[int, CircuitTraffic] = {}
+        for managed in circuits:
+            circuit = managed.circuit
+            if circuit is None:
+                continue
+            traffic = current[managed.number] = circuit.traffic
+            last = self._last.get(managed.number)
+            delta = traffic if last is None else CircuitTraffic(*(now_ - then for now_, then in zip(traffic, last)))
+            if delta.read or delta.written:
+                control = circuit.congestion_control
+                congestion = None if control is None else (
+                    control.in_slow_start, control.cwnd, control.rtt_usec, control.min_rtt_usec)
+                events.append(circ_bw_event(managed.number, now, *delta, congestion=congestion))
+        self._last = current
+        return events
+
+
 class DaemonBackend(ControlBackend):
     """The running daemon as the control port sees and steers it."""
 
@@ -132,6 +162,7 @@ class DaemonBackend(ControlBackend):
         #: Set by the service: reports CONF_CHANGED lines of a RELOAD.
         self.report_conf_changed: Callable[[list[tuple[str, str | None]]], None] = lambda lines: None
         self.meter = LinkTrafficMeter(daemon.links, self._nickname)
+        self.circuit_meter = CircuitTrafficMeter()
         self.history: deque[tuple[int, int]] = deque(maxlen=BW_EVENT_CACHE_LEN)
         self.dormant = False
 
@@ -152,6 +183,10 @@ class DaemonBackend(ControlBackend):
         read, written = self.meter.sample()
         self.history.append((read, written))
         return read, written
+
+    def circuit_bandwidth_events(self) -> list[bytes]:
+        """CIRC_BW events for the circuits with traffic since the previous call (once a second)."""
+        return self.circuit_meter.events(self.manager.circuits.values(), self.clock())
 
     # ---------------------------------------------------------------- circuits and streams
 

@@ -37,6 +37,7 @@ __all__ = [
     "orconn_status_line",
     "orconn_event",
     "bw_event",
+    "circ_bw_event",
     "log_event",
     "signal_event",
     "conf_changed_event",
@@ -405,6 +406,40 @@ def bw_event(bytes_read: int, bytes_written: int) -> bytes:
     if bytes_read < 0 or bytes_written < 0:
         raise EventFormatError("byte counts cannot be negative")
     return encode_event(f"BW {int(bytes_read)} {int(bytes_written)}")
+
+
+def circ_bw_event(
+    circ_id: int | str,
+    when: datetime | float,
+    read: int,
+    written: int,
+    delivered_read: int,
+    overhead_read: int,
+    delivered_written: int,
+    overhead_written: int,
+    congestion: tuple[bool, int, int, int] | None = None,
+) -> bytes:
+    """``650 CIRC_BW ID=.. READ=.. WRITTEN=.. TIME=.. DELIVERED_READ=.. OVERHEAD_READ=..
+    DELIVERED_WRITTEN=.. OVERHEAD_WRITTEN=.. [SS=.. CWND=.. RTT=.. MIN_RTT=..]``: one circuit's bytes
+    since its previous event (control_event_circ_bandwidth_used_for_circ). On a circuit with
+    congestion control, `congestion` is (in slow start, cwnd in cells, smoothed RTT and minimum RTT in
+    microseconds), written as tor's congestion_control_get_control_port_fields does: SS 0 or 1, the
+    RTTs in whole milliseconds."""
+    counts = (read, written, delivered_read, overhead_read, delivered_written, overhead_written)
+    if any(count < 0 for count in counts):
+        raise EventFormatError("byte counts cannot be negative")
+    line = (
+        f"CIRC_BW ID={_identifier(circ_id, 'a circuit id')} READ={int(read)} WRITTEN={int(written)} "
+        f"TIME={format_time_created(when)} DELIVERED_READ={int(delivered_read)} "
+        f"OVERHEAD_READ={int(overhead_read)} DELIVERED_WRITTEN={int(delivered_written)} "
+        f"OVERHEAD_WRITTEN={int(overhead_written)}"
+    )
+    if congestion is not None:
+        in_slow_start, cwnd, rtt_usec, min_rtt_usec = congestion
+        if min(cwnd, rtt_usec, min_rtt_usec) < 0:
+            raise EventFormatError("congestion-control values cannot be negative")
+        line += f" SS={int(bool(in_slow_start))} CWND={int(cwnd)} RTT={rtt_usec // 1000} MIN_RTT={min_rtt_usec // 1000}"
+    return encode_event(line)
 
 
 def log_event(severity: str, message: str) -> bytes:

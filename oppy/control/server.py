@@ -4,8 +4,8 @@ Each accepted connection gets a :class:`ControlProtocol`, which moves bytes betw
 a sans-IO :class:`~oppy.control.commands.ControlSession`. :class:`ControlService` opens the
 ``ControlPort`` listeners, writes the authentication cookie, and feeds the hub what oppy does: the
 circuit manager's notifications (CIRC, STREAM), log records (DEBUG ... ERR), bootstrap progress and
-new consensuses (STATUS_CLIENT, NEWCONSENSUS), and once a second the links' byte counts (BW) and
-link changes (ORCONN).
+new consensuses (STATUS_CLIENT, NEWCONSENSUS), and once a second the links' byte counts (BW), the
+circuits' (CIRC_BW) and link changes (ORCONN).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from twisted.python import threadable
 from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
-from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged
+from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged, StreamFlowChanged
 from oppy.closing import OpenSet
 from oppy.config import PortConfig
 from oppy.control.auth import CookieFileError, write_cookie_file
@@ -312,6 +312,9 @@ class ControlService:
         if isinstance(event, StreamChanged):
             self.hub.stream_changed(event.stream)
             return
+        if isinstance(event, StreamFlowChanged):
+            self.hub.stream_flow_changed(event.stream, event.event.value)
+            return
         self.hub.circuit_changed(event.circuit)
         if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL \
                 and not self._announced_circuit:
@@ -358,6 +361,9 @@ class ControlService:
         try:
             read, written = self.backend.tick()
             self.hub.broadcast("BW", bw_event(read, written))
+            if self.hub.wants("CIRC_BW"):
+                for event in self.backend.circuit_bandwidth_events():
+                    self.hub.broadcast("CIRC_BW", event)
             self._orconn_events()
         except Exception:
             log.exception("control port: the once-a-second update failed")

@@ -136,6 +136,11 @@ class ControlHub:
             for event in events:
                 self.broadcast("STREAM", event)
 
+    def stream_flow_changed(self, managed, status: str) -> None:
+        """An XON or XOFF on a stream: ``STREAM ... XOFF_SENT`` (XOFF_RECV, XON_SENT, XON_RECV) as tor sends."""
+        if self.wants("STREAM"):
+            self.broadcast("STREAM", self.stream_events.flow_event(managed, status))
+
     def log_message(self, severity: str, message: str) -> None:
         """An oppy log record (tor severity in lower case) for the DEBUG/INFO/NOTICE/WARN/ERR events."""
         name = "WARN" if severity == "warn" else severity.upper()

@@ -231,6 +231,12 @@ class StreamEventTracker:
         self._reported[number] = last
         return events
 
+    @staticmethod
+    def flow_event(managed, status: str) -> bytes:
+        """The STREAM event of an XON or XOFF (control_event_stream_status with STREAM_EVENT_XOFF_SENT ...):
+        the stream's id, the status, its circuit and target, nothing else; its state is unchanged."""
+        return stream_event(managed.number, status, _circuit_number(managed), stream_target(managed))
+
     def forget_all(self) -> None:
         self._reported.clear()
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from oppy.cell.link import PaddingNegotiateCommand, encode_padding_negotiate_body
+from oppy.netdoc.params import ConsensusParam
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ KEEPALIVE_PERIOD = 300
 CLIENT_IDLE_TIMEOUT_BASE = 180
 
 
-class ConsensusParam(NamedTuple):
-    """A consensus parameter with tor's default and bounds (dir-spec "params"; tor networkstatus_get_param)."""
-
-    name: str
-    default: int
-    low: int
-    high: int
-
-
 # padding-spec §2.6 "Consensus Parameters Governing Behavior", with the bounds of channelpadding.c
 # channelpadding_new_consensus_params. `nf_ito_high` is at least `nf_ito_low`, `nf_ito_high_reduced` at least
 # `nf_ito_low_reduced`: the table's `low` for them is raised to the value read for their partner.
@@ -68,17 +60,6 @@ NF_PAD_BEFORE_USAGE = ConsensusParam("nf_pad_before_usage", 1, 0, 1)
 # HiddenServiceNonAnonymousMode); `nf_pad_tor2web` only Tor2webMode, which tor removed in 0.3.5; and
 # `nf_conntimeout_clients` is the lifetime of predicted circuits (tor's CircuitsAvailableTimeout), not of
 # links: an idle client link closes after CLIENT_IDLE_TIMEOUT_BASE whatever the consensus says.
-
-
-def _read_param(params: Mapping[str, int], param: ConsensusParam, low: int | None = None) -> int:
-    """The parameter's value, clamped into its bounds as tor clamps it."""
-    low = param.low if low is None else low
-    value = params.get(param.name, param.default)
-    clamped = min(max(value, low), param.high)
-    if clamped != value:
-        log.info("Consensus parameter %s=%d is out of range [%d, %d]; using %d.", param.name, value, low,
-                 param.high, clamped)
-    return clamped
 
 
 @dataclass(frozen=True)
@@ -95,11 +76,11 @@ class PaddingParams:
     @classmethod
     def from_consensus(cls, params: Mapping[str, int]) -> "PaddingParams":
         """Read a consensus's `params` line, clamped as channelpadding_new_consensus_params does."""
-        low = _read_param(params, NF_ITO_LOW)
-        low_reduced = _read_param(params, NF_ITO_LOW_REDUCED)
-        return cls(low, _read_param(params, NF_ITO_HIGH, low), low_reduced,
-                   _read_param(params, NF_ITO_HIGH_REDUCED, low_reduced),
-                   bool(_read_param(params, NF_PAD_BEFORE_USAGE)))
+        low = NF_ITO_LOW.read(params)
+        low_reduced = NF_ITO_LOW_REDUCED.read(params)
+        return cls(low, NF_ITO_HIGH.read(params, low), low_reduced,
+                   NF_ITO_HIGH_REDUCED.read(params, low_reduced),
+                   bool(NF_PAD_BEFORE_USAGE.read(params)))
 
 
 class PaddingOptions(Protocol):

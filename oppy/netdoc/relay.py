@@ -19,7 +19,8 @@ class RelayTarget(NamedTuple):
 
     Identities are raw bytes: the 20-byte RSA fingerprint (consensus `r` line / DirAuthority) and the
     32-byte Ed25519 identity (microdescriptor `id ed25519`) when known. `ntor_onion_key` is the 32-byte
-    curve25519 key of the microdescriptor's `ntor-onion-key`.
+    curve25519 key of the microdescriptor's `ntor-onion-key`. `congestion_control`: the relay's protocols
+    offer congestion control with ntor v3 (FlowCtrl=2 and Relay=4, tor's supports_congestion_control).
     """
 
     nickname: str
@@ -28,6 +29,7 @@ class RelayTarget(NamedTuple):
     or_port: int
     ntor_onion_key: bytes | None = None
     ed25519_id: bytes | None = None
+    congestion_control: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -46,7 +48,19 @@ def relay_target(relay: RelayRecord, microdesc: MicrodescRecord | None) -> Relay
         return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port)
     ed25519_id = microdesc.ed25519_id if "NoEdConsensus" not in relay.flags else None
     return RelayTarget(relay.nickname, relay.rsa_id, relay.address, relay.or_port, microdesc.ntor_onion_key,
-                       ed25519_id)
+                       ed25519_id, offers_congestion_control(relay))
+
+
+# tor-spec "Subprotocol versioning": FlowCtrl=2 is congestion control, Relay=4 the ntor-v3 handshake that
+# negotiates it.
+PROTOVER_FLOWCTRL_CC = 2
+PROTOVER_RELAY_NTOR_V3 = 4
+
+
+def offers_congestion_control(relay: RelayRecord) -> bool:
+    """The relay's `pr` line lists FlowCtrl=2 and Relay=4 (protover.c supports_congestion_control)."""
+    return relay.supports_protocol("FlowCtrl", PROTOVER_FLOWCTRL_CC) and \
+        relay.supports_protocol("Relay", PROTOVER_RELAY_NTOR_V3)
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")

@@ -12,12 +12,18 @@ one that writes on regardless, past twice the limit, has its stream closed. Byte
 receive queue while the application does not read (`pause_delivery`); no stream SENDME goes out meanwhile,
 so the queue never holds more than one stream window (500 cells). A `QueueAccount` handed at construction
 hears how much both hold, once per read or write, never per cell (MaxMemInQueues: `oppy.circuit.memory`).
+
+On a circuit with congestion control (`circuit.congestion_control` is not None) the stream keeps no windows:
+XON/XOFF (`oppy.stream.xon_xoff`, proposal 324) bound the receive queue instead, by asking the exit to stop
+once the client has let `cc_xoff_client` cells' worth wait, and an XOFF from the exit stops the packaging
+until its XON.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import deque
 from typing import Callable, Protocol
 
@@ -33,6 +39,14 @@ from oppy.cell.relay import (
     encode_onion_begin_body,
     encode_resolve_body,
     encode_reverse_resolve_body,
+)
+from oppy.stream.xon_xoff import (
+    FlowControlError,
+    FlowControlEvent,
+    FlowControlParams,
+    SendXoff,
+    SendXon,
+    StreamFlowControl,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +131,9 @@ class StreamOwner(Protocol):
     def stream_ended(self, stream: "Stream", end: StreamEnd) -> None:
         """The stream ended (once)."""
 
+    def stream_flow_control(self, stream: "Stream", event: FlowControlEvent) -> None:
+        """The stream sent or received an XON or XOFF (tor reports each as a STREAM event)."""
+
 
 class Stream:
     """One stream. Attach it to an open circuit with `attach`; feed application bytes with `write`.
@@ -125,7 +142,8 @@ class Stream:
 
     def __init__(self, sink: StreamSink, host: str, port: int, kind: StreamKind = StreamKind.CONNECT,
                  send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT, owner: StreamOwner | None = None,
-                 account: QueueAccount | None = None) -> None:
+                 account: QueueAccount | None = None, flow_params: FlowControlParams = FlowControlParams(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sink = sink
         self.owner = owner
         self.host = host
@@ -135,6 +153,10 @@ class Stream:
         self.circuit = None
         self.stream_id = 0
         self.window = SendmeWindow.for_stream()
+        # XON/XOFF in place of the windows while attached to a circuit with congestion control.
+        self.flow: StreamFlowControl | None = None
+        self.flow_params = flow_params
+        self.clock = clock
         self.send_buffer_limit = send_buffer_limit
         self.bytes_read = 0
         self.bytes_written = 0
@@ -199,7 +221,10 @@ class Stream:
             raise RuntimeError("stream already ended")
         self.circuit = circuit
         self.stream_id = circuit.allocate_stream_id()
-        self.window = SendmeWindow.for_stream()
+        # tor-spec "Congestion control": a congestion-controlled circuit carries no stream SENDMEs either way;
+        # XON/XOFF bound what the stream holds instead.
+        self.window = SendmeWindow.for_stream() if circuit.congestion_control is None else SendmeWindow.unbounded()
+        self.flow = StreamFlowControl(self.flow_params) if circuit.congestion_control is not None else None
         circuit.attach_stream(self)
         if self.kind is StreamKind.CONNECT:
             body = encode_onion_begin_body(self.port) if onion_service else encode_begin_body(self.host, self.port)
@@ -226,6 +251,7 @@ class Stream:
             self.circuit.detach_stream(self.stream_id)
         self.circuit = None
         self.stream_id = 0
+        self.flow = None
         self.state = StreamState.DETACHED
 
     def _attempt_failed(self, end: StreamEnd) -> None:
@@ -247,6 +273,8 @@ class Stream:
             self._end_received(data)
         elif command == RelayCommand.RESOLVED:
             self._resolved(data)
+        elif command in (RelayCommand.XOFF, RelayCommand.XON) and self.flow is not None:
+            self._xon_xoff_received(command, data)
         # Other commands on a stream (XON/XOFF without congestion control, ...) are ignored.
 
     def data_cells_received(self, chunks: list[bytes | bytearray | memoryview]) -> None:
@@ -254,7 +282,8 @@ class Stream:
         the deliver window, delivered to the sink at once.
 
         Stream SENDMEs owed go out after the delivery (only while the sink reads). Cells beyond the deliver
-        window are a protocol violation: those within it are delivered, then the stream ends.
+        window are a protocol violation: those within it are delivered, then the stream ends. With XON/XOFF
+        (no window to overrun) the flow control hears what waits or was drained, and may send XOFF or XON.
         """
         if self.state is not StreamState.SUCCEEDED:
             return  # tor-spec: DATA before CONNECTED is a protocol error; late DATA after END is tolerated
@@ -266,16 +295,45 @@ class Stream:
         if chunks:
             data = b"".join(chunks)  # bytes, also when the chunks are views of a decrypted batch
             self.bytes_read += len(data)
+            flow = self.flow
             if self._delivery_paused or self._received:
                 self._queue_received(data)
+                if flow is not None:
+                    self._send_flow_cell(flow.data_received(self._received_queued, self.clock()))
             else:
                 self.sink.stream_data(self, data)
+                if flow is not None and not self.ended:
+                    self._send_flow_cell(flow.drained(len(data), self._received_queued, self.clock()))
         if overrun:
             self._finish(StreamEnd("the exit overran the stream deliver window", EndReason.TORPROTOCOL,
                                    remote=False, before_connected=False), send_end=EndReason.TORPROTOCOL)
             return
         if not self._delivery_paused and window.sendme_due:
             self._send_sendmes()
+
+    def _send_flow_cell(self, cell: SendXoff | SendXon | None) -> None:
+        """Send the XON or XOFF the flow control asked for (None: nothing)."""
+        if cell is not None and self.circuit is not None and not self.ended:
+            self.circuit.send_relay(cell.command, self.stream_id, cell.body)
+            if self.owner is not None:
+                self.owner.stream_flow_control(self, cell.event)
+
+    def _xon_xoff_received(self, command: int, data: bytes) -> None:
+        """The exit's XOFF stops our packaging until its XON; a bad one is logged and ignored, as tor does."""
+        try:
+            if command == RelayCommand.XOFF:
+                self.flow.xoff_received_cell(data)
+            else:
+                self.flow.xon_received_cell(data)
+        except FlowControlError as exc:
+            log.info("Ignoring an %s from the exit on stream %d: %s", RelayCommand(command).name, self.stream_id,
+                     exc)
+            return
+        if self.owner is not None:
+            self.owner.stream_flow_control(self, FlowControlEvent.XOFF_RECV if command == RelayCommand.XOFF
+                                           else FlowControlEvent.XON_RECV)
+        if command == RelayCommand.XON and not self.ended:
+            self.flush()
 
     def _queue_received(self, data: bytes) -> None:
         """The application is not reading: keep the data (and owe the exit no SENDME for it)."""
@@ -295,6 +353,9 @@ class Stream:
             self.sink.stream_data(self, data)
         if delivered:
             self._report_queued()
+        if self.flow is not None and not self.ended and not all_of_it:
+            # Also with nothing delivered: the client read what the transport held, an XON may be due.
+            self._send_flow_cell(self.flow.drained(delivered, self._received_queued, self.clock()))
 
     def _send_sendmes(self) -> None:
         circuit = self.circuit
@@ -391,7 +452,8 @@ class Stream:
         self._report_queued()
 
     def flush(self) -> None:
-        """Package buffered bytes into DATA cells while both windows are open.
+        """Package buffered bytes into DATA cells while both windows are open (on a congestion-controlled
+        circuit: while the circuit takes data and the exit has not said XOFF).
 
         Every cell the windows allow right now is cut and handed to the circuit in one call
         (`send_data_many`, which encrypts them together).
@@ -401,7 +463,8 @@ class Stream:
         circuit = self.circuit
         buffer = self._send_buffer
         window = self.window
-        while buffer and window.package > 0:
+        flow = self.flow
+        while buffer and window.package > 0 and (flow is None or flow.may_send):
             room = min(window.package, circuit.package_room)
             if room <= 0:
                 break
@@ -411,6 +474,8 @@ class Stream:
             circuit.send_data_many(self.stream_id, chunks)
             sent = sum(map(len, chunks))
             window.package -= len(chunks)
+            if flow is not None:
+                flow.data_sent(sent)
             self._send_buffered -= sent
             self.bytes_written += sent
         self._update_writable()

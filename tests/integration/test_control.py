@@ -18,6 +18,7 @@ from stem import CircStatus, Signal, StreamStatus
 from stem.control import Controller, EventType
 
 from oppy.crypto.s2k import hash_password
+from tests.integration.test_congestion_control import network_cc_alg
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
@@ -224,6 +225,43 @@ def test_bandwidth_events_and_traffic_counters(oppy, controller, network):
     assert int(controller.get_info("traffic/written")) > 0
     samples = controller.get_info("bw-event-cache").split()
     assert samples and all(re.fullmatch(r"\d+,\d+", sample) for sample in samples)
+    events.close()
+
+
+def test_circuit_bandwidth_events_during_a_fetch(oppy, controller, network):
+    """CIRC_BW (control-spec): about one event a second for the circuit carrying a download, whose
+    DELIVERED_READ adds up to at least the bytes fetched, READ counting 509 per cell."""
+    events = Events(controller, EventType.CIRC_BW, EventType.STREAM)
+    started = time.monotonic()
+    result = curl(oppy, network.url("/bytes/5000000"))
+    assert result.returncode == 0 and len(result.stdout) == 5_000_000
+    elapsed = time.monotonic() - started
+    succeeded = events.wait_for(lambda event: event.type == "STREAM" and event.status == StreamStatus.SUCCEEDED
+                                and event.target_port == network.http_port)
+    time.sleep(2.5)  # the tick after the last cell
+    mine = events.of("CIRC_BW", id=succeeded.circ_id)
+    assert mine, "no CIRC_BW event for the download's circuit"
+    delivered = sum(event.delivered_read for event in mine)
+    assert delivered >= 5_000_000
+    assert sum(event.read for event in mine) >= delivered + sum(event.overhead_read for event in mine)
+    assert sum(event.read for event in mine) % 509 == 0
+    assert sum(event.delivered_written for event in mine) > 0  # BEGIN and the HTTP request
+    # Once a second at most: not one event per cell.
+    assert len(mine) <= elapsed + 4
+    times = [event.time for event in mine]
+    assert all(later > earlier for earlier, later in zip(times, times[1:]))
+    # The network's 0.4.9 exits negotiate congestion control unless its consensus turns it off (cc_alg=0):
+    # then the events carry the controller's state, which stem (1.8, older than these fields) leaves in
+    # keyword_args.
+    if network_cc_alg(network) == 0:
+        assert not any("CWND" in event.keyword_args for event in mine)
+        events.close()
+        return
+    assert f"Circuit {succeeded.circ_id}: congestion control (Vegas) negotiated" in oppy.info_log
+    for event in mine:
+        fields = {key: event.keyword_args.get(key) for key in ("SS", "CWND", "RTT", "MIN_RTT")}
+        assert fields["SS"] in ("0", "1") and all(value.isdigit() for value in fields.values()), fields
+        assert int(fields["CWND"]) > 0 and int(fields["RTT"]) >= int(fields["MIN_RTT"])
     events.close()
 
 

@@ -28,12 +28,14 @@ MAX_SOCKS_CONNECTIONS = 40
 OOM_LINE = re.compile(r"\[notice\] We're low on memory .* closing circuit 0x[0-9a-f]+, which held (\d+) bytes "
                       r"in (\d+) of its (\d+) stream\(s\)")
 SMALL_RECEIVE_BUFFER = 4096
-# A stalled stream holds at most one stream window (500 cells, 249 KB): what the exit sent after the last
-# SENDME and the transport did not take (the kernel takes some 2 MB first), 50 to 250 KB here. The offender's
-# four streams cannot reach the limit alone, and once stalled they hold more than the 10% (plus one read) the
-# out-of-memory handler frees; the test adds slow readers until the queues reach the limit.
+# A stalled stream holds what the exit sent that the transport did not take (the kernel takes some 2 MB
+# first): with fixed windows at most one stream window (500 cells, 249 KB), 50 to 250 KB here; with congestion
+# control (XON/XOFF) cc_xoff_client (500 cells, 249 KB) and what was in flight when the exit heard the XOFF,
+# 250 to 290 KB here. The offender's two streams cannot reach the limit alone, and once stalled they hold
+# more than the 10% (plus one read) the out-of-memory handler frees; the test adds slow readers until the
+# queues reach the limit.
 MAX_MEM_IN_QUEUES = 1024 * 1024
-OFFENDER_STREAMS = 4
+OFFENDER_STREAMS = 2
 MAX_SLOW_READERS = 30
 
 

@@ -20,7 +20,9 @@ TESTNET = REPO / "scripts" / "testnet"
 RUN_DIR = Path(os.environ.get("OPPY_TEST_NETWORK_DIR", REPO / "testnet-run" / "pytest"))
 BASE_PORT = int(os.environ.get("OPPY_TEST_NETWORK_BASE_PORT", "17000"))
 # Relays close circuits that send unauthenticated SENDMEs: proof that oppy's v1 SENDMEs are accepted.
-CONSENSUS_PARAMS = "sendme_accept_min_version=1"
+# OPPY_TEST_CONSENSUS_PARAMS replaces them for a run, e.g. "sendme_accept_min_version=1 cc_alg=0" to run the
+# suite on a network without congestion control (tests/integration/test_congestion_control.py).
+CONSENSUS_PARAMS = os.environ.get("OPPY_TEST_CONSENSUS_PARAMS", "sendme_accept_min_version=1")
 UP_LOG = RUN_DIR.parent / "pytest-testnet-up.log"
 # For development: the run directory of a network already running (`scripts/testnet up --dir DIR
 # --consensus-params "sendme_accept_min_version=1" --onion --bridges`), used as it is and left running.

@@ -28,8 +28,9 @@ class OppyProcess:
     """A running `python -m oppy -f torrc`, its log lines collected as they come."""
 
     def __init__(self, network: TestNetwork, data_directory: Path, extra_lines: list[str] = (),
-                 extra_args: list[str] = (), command_prefix: list[str] = ()) -> None:
-        """`command_prefix` runs oppy under another program (`strace ... --`), whose child it then is."""
+                 extra_args: list[str] = (), command_prefix: list[str] = (), control_port: bool = False) -> None:
+        """`command_prefix` runs oppy under another program (`strace ... --`), whose child it then is; with
+        `control_port` it listens on `self.control_port` (no authentication)."""
         self.network = network
         self.data_directory = data_directory
         self.socks_port = free_port()
@@ -38,6 +39,8 @@ class OppyProcess:
         lines = [f"SocksPort 127.0.0.1:{self.socks_port}", f"DataDirectory {data_directory}",
                  "TestingTorNetwork 1", "Log notice stdout", f"Log info file {data_directory}.info.log",
                  *network.dir_authority_lines, *extra_lines]
+        if control_port:
+            lines.append(f"ControlPort 127.0.0.1:{self.control_port}")
         self.torrc.write_text("\n".join(lines) + "\n")
         self.lines: list[str] = []
         self._changed = threading.Condition()

@@ -9,7 +9,8 @@ the value a Circuit is built from.
 Three pieces:
 - link: `relay_handshake_cells` (VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO as a responder sends them),
   `fixed_cell` / `var_cell` / `parse_cells` to frame cells either way;
-- relays: `SimulatedRelay` (identity and ntor onion key) answers ntor onionskins;
+- relays: `SimulatedRelay` (identity and ntor onion key) answers ntor and ntor-v3 onionskins (prop 332, with
+  the congestion-control extensions of prop 324);
 - circuits: `SimulatedPath` is the network side of one circuit (CREATE2, EXTEND2, tor1 in both
   directions) and `RecordingChannel` stands in for the link a Circuit rides; `build_circuit` drives a
   oppy Circuit through a full build against them.
@@ -146,12 +147,54 @@ HASH_LEN = 20
 TOR1_KEY_MATERIAL_LEN = 72
 
 
+# prop 332 A.2 / tor-spec "The ntor-v3 handshake".
+HTYPE_NTOR_V3 = 3
+NTOR3_PROTOID = b"ntor3-curve25519-sha3_256-1"
+NTOR3_VERIFICATION = b"circuit extend"
+# prop 324 / tor-spec "Congestion control": the ntor-v3 extensions that negotiate it.
+EXT_CC_REQUEST = 1
+EXT_CC_RESPONSE = 2
+
+
+def _encap(data: bytes) -> bytes:
+    return struct.pack(">Q", len(data)) + data
+
+
+def _ntor3_hash(data: bytes, tweak: bytes) -> bytes:
+    return hashlib.sha3_256(_encap(NTOR3_PROTOID + tweak) + data).digest()
+
+
+def _ntor3_kdf(data: bytes, tweak: bytes, length: int) -> bytes:
+    return hashlib.shake_256(_encap(NTOR3_PROTOID + tweak) + data).digest(length)
+
+
+def _aes256_ctr(key: bytes, data: bytes) -> bytes:
+    return Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(data)
+
+
+def parse_extensions(message: bytes) -> list[tuple[int, bytes]]:
+    """An ntor-v3 message: NUM(1), then NUM times type(1) len(1) body."""
+    extensions, offset = [], 1
+    for _ in range(message[0]):
+        ext_type, length = message[offset], message[offset + 1]
+        extensions.append((ext_type, message[offset + 2:offset + 2 + length]))
+        offset += 2 + length
+    return extensions
+
+
 class SimulatedRelay:
-    """One relay's identity and ntor onion key, answering CREATE2/EXTEND2 onionskins."""
+    """One relay's identity and ntor onion key, answering CREATE2/EXTEND2 onionskins. `cc_sendme_inc` is
+    what it answers a congestion-control request with (None: it does not turn congestion control on);
+    `offers_congestion_control` is what its protocols say (FlowCtrl=2 and Relay=4)."""
 
     def __init__(self, nickname: str, address: str = "10.0.0.1", or_port: int = 9001,
-                 with_ed25519: bool = True) -> None:
+                 with_ed25519: bool = True, offers_congestion_control: bool = False,
+                 cc_sendme_inc: int | None = 31) -> None:
         self.nickname = nickname
+        self.offers_congestion_control = offers_congestion_control
+        self.cc_sendme_inc = cc_sendme_inc
+        # The extensions of the last ntor-v3 client message it answered.
+        self.client_extensions: list[tuple[int, bytes]] | None = None
         self.address = address
         self.or_port = or_port
         self.rsa_id = os.urandom(20)
@@ -161,7 +204,8 @@ class SimulatedRelay:
 
     @property
     def target(self) -> RelayTarget:
-        return RelayTarget(self.nickname, self.rsa_id, self.address, self.or_port, self.onion_key, self.ed25519_id)
+        return RelayTarget(self.nickname, self.rsa_id, self.address, self.or_port, self.onion_key, self.ed25519_id,
+                           self.offers_congestion_control)
 
     @property
     def fingerprint(self) -> str:
@@ -186,6 +230,40 @@ class SimulatedRelay:
         material = HKDF(algorithm=hashes.SHA256(), length=TOR1_KEY_MATERIAL_LEN, salt=NTOR_T_KEY,
                         info=NTOR_M_EXPAND).derive(secret_input)
         return big_y + auth, material
+
+    def answer_ntor_v3(self, onionskin: bytes) -> tuple[bytes, bytes]:
+        """(Y | AUTH | MSG, 72 bytes Df Db Kf Kb) for a client onionskin ID | B | X | MSG | MAC (prop 332
+        "Server operation"). MSG answers the congestion-control request with sendme_inc, or is empty (00)."""
+        node_id, key_id, client_x = onionskin[:32], onionskin[32:64], onionskin[64:96]
+        encrypted_message, client_mac = onionskin[96:-32], onionskin[-32:]
+        assert node_id == self.ed25519_id, "onionskin names another relay"
+        assert key_id == self.onion_key, "onionskin names another onion key"
+        big_x = X25519PublicKey.from_public_bytes(client_x)
+        xb = self.onion_private.exchange(big_x)
+        phase1 = _ntor3_kdf(xb + node_id + client_x + key_id + NTOR3_PROTOID + _encap(NTOR3_VERIFICATION),
+                            b":kdf_phase1", 64)
+        expected_mac = hashlib.sha3_256(_encap(NTOR3_PROTOID + b":msg_mac") + _encap(phase1[32:]) + node_id
+                                        + key_id + client_x + encrypted_message).digest()
+        assert hmac.compare_digest(expected_mac, client_mac), "client message MAC does not verify"
+        message = _aes256_ctr(phase1[:32], encrypted_message)
+        assert message, "0.4.9 relays refuse an empty message"
+        self.client_extensions = parse_extensions(message)
+        asked = any(ext_type == EXT_CC_REQUEST for ext_type, _ in self.client_extensions)
+        if asked and self.cc_sendme_inc is not None:
+            server_message = bytes([1, EXT_CC_RESPONSE, 1, self.cc_sendme_inc])
+        else:
+            server_message = b"\x00"
+        y_private = X25519PrivateKey.generate()
+        big_y = y_private.public_key().public_bytes_raw()
+        secret_input = (y_private.exchange(big_x) + xb + node_id + key_id + client_x + big_y + NTOR3_PROTOID
+                        + _encap(NTOR3_VERIFICATION))
+        key_seed = _ntor3_hash(secret_input, b":key_seed")
+        verify = _ntor3_hash(secret_input, b":verify")
+        keystream = _ntor3_kdf(key_seed, b":kdf_final", 32 + TOR1_KEY_MATERIAL_LEN)
+        encrypted_reply = _aes256_ctr(keystream[:32], server_message)
+        auth = _ntor3_hash(verify + node_id + key_id + big_y + client_x + client_mac + _encap(encrypted_reply)
+                           + NTOR3_PROTOID + b"Server", b":auth_final")
+        return big_y + auth + encrypted_reply, keystream[32:]
 
 
 # ------------------------------------------------------------------------------------------------ tor1
@@ -319,8 +397,11 @@ class SimulatedPath:
         assert message.hop == len(self.hops) - 1, "EXTEND2 must go to the last hop"
         extend = parse_extend2(message.data)
         next_relay = self.relays[len(self.hops)]
-        assert extend.handshake_type == HTYPE_NTOR
-        reply, material = next_relay.answer_ntor(extend.handshake_data, corrupt_auth=corrupt_auth)
+        if extend.handshake_type == HTYPE_NTOR_V3:
+            reply, material = next_relay.answer_ntor_v3(extend.handshake_data)
+        else:
+            assert extend.handshake_type == HTYPE_NTOR
+            reply, material = next_relay.answer_ntor(extend.handshake_data, corrupt_auth=corrupt_auth)
         payload = self.send(message.hop, RELAY_EXTENDED2, 0, struct.pack(">H", len(reply)) + reply)
         if not corrupt_auth:
             self.hops.append(RelayHopCrypto(material))
@@ -412,17 +493,19 @@ class RecordingCircuitOwner:
         self.onion_service_messages.append((command, data))
 
 
-def new_path(hops: int = 3) -> SimulatedPath:
+def new_path(hops: int = 3, **relay_options) -> SimulatedPath:
     names = ["guard", "middle", "exit", "fourth", "fifth"]
-    return SimulatedPath([SimulatedRelay(names[i], f"10.0.0.{i + 1}", 9001 + i) for i in range(hops)])
+    return SimulatedPath([SimulatedRelay(names[i], f"10.0.0.{i + 1}", 9001 + i, **relay_options)
+                          for i in range(hops)])
 
 
-def build_circuit(circuit_class, hops: int = 3):
+def build_circuit(circuit_class, hops: int = 3, circuit_options: dict | None = None, **relay_options):
     """A oppy Circuit built through `hops` simulated relays: (circuit, channel, path); its owner is a
-    RecordingCircuitOwner."""
+    RecordingCircuitOwner. `circuit_options` go to the Circuit, `relay_options` to every SimulatedRelay."""
     channel = RecordingChannel()
-    path = new_path(hops)
-    circuit = circuit_class(channel, [relay.target for relay in path.relays], RecordingCircuitOwner())
+    path = new_path(hops, **relay_options)
+    circuit = circuit_class(channel, [relay.target for relay in path.relays], RecordingCircuitOwner(),
+                            **(circuit_options or {}))
     circuit.start()
     ((circ_id, command, payload),) = channel.take()
     assert command == CMD_CREATE2

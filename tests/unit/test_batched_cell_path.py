@@ -338,6 +338,7 @@ class ManyAtOnceCircuit:
     """Just what a stream sends DATA through: records the chunks of each `send_data_many` call."""
 
     package_room = 10 ** 6
+    congestion_control = None  # fixed windows
 
     def __init__(self):
         self.chunks = []

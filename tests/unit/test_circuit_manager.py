@@ -84,6 +84,17 @@ def test_a_stream_no_controller_attaches_expires_after_socks_timeout():
     sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
 
 
+def test_streams_take_the_consensus_xon_xoff_parameters():
+    clock = Clock()
+    manager = manager_without_network(clock)
+    manager.attach_automatically = False
+    manager.update_consensus_params({"cc_xoff_client": 7, "cc_xon_change_pct": 500})
+    managed = manager.open_stream(CollectingSink(), "example.test", 80)
+    params = managed.stream.flow_params
+    assert (params.xoff_client_bytes, params.xon_change_pct) == (7 * 498, 99)  # clamped as tor does
+    managed.stream.close()
+
+
 def test_without_a_path_the_application_hears_noroute():
     clock = Clock()
     manager = manager_without_network(clock)
@@ -650,3 +661,19 @@ def test_a_circuit_marked_unusable_is_closed_when_its_last_stream_ends():
     connected.stream.close(EndReason.DONE)
     clock.advance(NEW_CIRCUIT_PERIOD)
     assert first_managed.number not in manager.circuits and first.circ_id not in links.channel.circuits
+
+
+def test_exit_circuits_ask_for_congestion_control_as_the_latest_consensus_says():
+    clock = Clock()
+    relays, links = ThreeRelays(), OneChannelLinks()
+    relays.relays = [SimulatedRelay(name, offers_congestion_control=True) for name in ("guard", "middle", "exit")]
+    manager = CircuitManager(links, relays, reactor=clock, clock=clock.seconds, preemptive_circuits=0)
+    manager.launch(443)
+    circuit = relays.answer(links.channel)
+    assert circuit.congestion_control is not None and circuit.congestion_control.sendme_inc == 31
+    assert relays.relays[2].client_extensions == [(1, b"")]  # the CC request, in ntor v3
+    manager.update_consensus_params({"cc_alg": 0})
+    relays.relays[2].client_extensions = None
+    manager.launch(443)
+    circuit = relays.answer(links.channel)
+    assert circuit.congestion_control is None and relays.relays[2].client_extensions is None  # ntor

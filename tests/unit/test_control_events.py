@@ -19,6 +19,7 @@ from oppy.control.events import (
     EventFormatError,
     UnrecognizedEventError,
     bw_event,
+    circ_bw_event,
     circ_event,
     circuit_reason_name,
     circuit_status_line,
@@ -231,6 +232,30 @@ class TestOtherEvents:
         assert (event.read, event.written) == (0, 0)
         with pytest.raises(EventFormatError):
             bw_event(-1, 0)
+
+    def test_circ_bw_as_tor_writes_it(self):
+        raw = circ_bw_event(12, CREATED, 5090, 1018, 4000, 980, 900, 96)
+        assert raw == (b"650 CIRC_BW ID=12 READ=5090 WRITTEN=1018 TIME=2026-11-21T14:37:07.017402 "
+                       b"DELIVERED_READ=4000 OVERHEAD_READ=980 DELIVERED_WRITTEN=900 OVERHEAD_WRITTEN=96\r\n")
+        event = parse_event(raw)
+        assert isinstance(event, stem.response.events.CircuitBandwidthEvent)
+        assert (event.id, event.read, event.written, event.delivered_read, event.overhead_read,
+                event.delivered_written, event.overhead_written) == ("12", 5090, 1018, 4000, 980, 900, 96)
+        assert event.time == CREATED.replace(tzinfo=None)
+        with pytest.raises(EventFormatError):
+            circ_bw_event(12, CREATED, -1, 0, 0, 0, 0, 0)
+
+    def test_circ_bw_congestion_fields_in_tors_units(self):
+        # congestion_control_get_control_port_fields: SS as 0/1, CWND in cells, RTTs in whole milliseconds.
+        raw = circ_bw_event(3, CREATED, 509, 0, 498, 0, 0, 0, congestion=(True, 124, 41_999, 2_500))
+        assert raw.endswith(b" OVERHEAD_WRITTEN=0 SS=1 CWND=124 RTT=41 MIN_RTT=2\r\n")
+        event = parse_event(raw)
+        assert event.read == 509
+        assert {key: event.keyword_args[key] for key in ("SS", "CWND", "RTT", "MIN_RTT")} == {
+            "SS": "1", "CWND": "124", "RTT": "41", "MIN_RTT": "2"}
+        assert b" SS=0 " in circ_bw_event(3, CREATED, 509, 0, 498, 0, 0, 0, congestion=(False, 31, 1000, 999))
+        with pytest.raises(EventFormatError):
+            circ_bw_event(3, CREATED, 509, 0, 498, 0, 0, 0, congestion=(False, -1, 0, 0))
 
     def test_log_events_strip_newlines_like_tor(self):
         assert log_event("notice", "Bootstrapped 100%\r\nmore\n\n") == b"650 NOTICE Bootstrapped 100%  more\r\n"

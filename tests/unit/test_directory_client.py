@@ -188,6 +188,7 @@ class FakeCircuit:
         self.data = b""
         self.streams = {}
         self.package_room = 1000
+        self.congestion_control = None  # fixed windows
 
     def allocate_stream_id(self):
         return 7

@@ -134,6 +134,21 @@ def test_an_idle_link_in_use_for_full_circuits_is_padded(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_links_send_small_writes_at_once(tmp_path):
+    """TCP_NODELAY: a SENDME must not wait for Nagle's algorithm, congestion control times it."""
+    relay = listen(tmp_path, hops=1)
+    links = LinkPool(reactor)
+    try:
+        yield links.get(relay.path[0])
+        (connection,) = links.connections()
+        handle = connection.transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
 def test_connection_padding_0_sends_stop_after_netinfo_and_no_padding(tmp_path):
     relay = listen(tmp_path, hops=2)
     links = LinkPool(reactor, padding=fast_padding(connection_padding=False))

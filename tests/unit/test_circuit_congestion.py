@@ -1,0 +1,214 @@
+"""Congestion control on a circuit against simulated relays (tests/unit/relaysim.py, written from the spec):
+who is asked for it, what turns it on, and the SENDMEs every sendme_inc DATA cells both ways."""
+
+from __future__ import annotations
+
+import pytest
+
+from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START
+from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.congestion import CongestionParams, VegasController
+from oppy.stream.stream import Stream, StreamKind
+from tests.unit.relaysim import (
+    CMD_RELAY,
+    EXT_CC_REQUEST,
+    HTYPE_NTOR,
+    HTYPE_NTOR_V3,
+    RELAY_DATA,
+    RELAY_SENDME,
+    RecordingChannel,
+    RecordingCircuitOwner,
+    build_circuit,
+    new_path,
+    parse_extend2,
+    sendme_v1_body,
+)
+
+PARAMS = CongestionParams()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def extend_types(params, offers=True, hops=3):
+    """The HTYPE of each EXTEND2 of a build, and the exit's view of the client message."""
+    channel = RecordingChannel()
+    path = new_path(hops, offers_congestion_control=offers)
+    circuit = Circuit(channel, [relay.target for relay in path.relays], RecordingCircuitOwner(), congestion=params)
+    circuit.start()
+    ((_, _, payload),) = channel.take()
+    circuit.cell_received(11, path.answer_create2(payload))
+    htypes = []
+    while len(path.hops) < hops:
+        ((_, _, payload),) = channel.take()
+        message = path.receive(payload)
+        htypes.append(parse_extend2(message.data).handshake_type)
+        circuit.cell_received(CMD_RELAY, path.answer_extend2(message))
+    assert circuit.state is CircuitState.OPEN
+    return circuit, htypes, path.relays[-1].client_extensions
+
+
+def cc_circuit(clock=None, **relay_options):
+    return build_circuit(Circuit, circuit_options={"congestion": PARAMS, "clock": clock or Clock()},
+                         offers_congestion_control=True, **relay_options)
+
+
+def test_only_the_exit_offering_it_gets_ntor_v3_with_the_cc_request():
+    circuit, htypes, extensions = extend_types(PARAMS)
+    assert htypes == [HTYPE_NTOR, HTYPE_NTOR_V3]
+    assert extensions == [(EXT_CC_REQUEST, b"")]
+    controller = circuit.congestion_control
+    assert isinstance(controller, VegasController)
+    assert (controller.sendme_inc, controller.cwnd, controller.inflight, controller.in_slow_start) == (31, 124, 0,
+                                                                                                         True)
+    assert circuit.package_room == 124
+
+
+@pytest.mark.parametrize("params, offers, hops", [
+    (PARAMS, False, 3),                                    # no FlowCtrl=2 / Relay=4
+    (CongestionParams.from_consensus({"cc_alg": 0}), True, 3),  # the consensus has it off
+    (None, True, 3),                                       # a circuit not for exit streams
+    (PARAMS, True, 1),                                     # one hop: a directory circuit
+])
+def test_others_keep_ntor_and_the_fixed_windows(params, offers, hops):
+    circuit, htypes, extensions = extend_types(params, offers, hops)
+    assert htypes == [HTYPE_NTOR] * (hops - 1) and extensions is None
+    assert circuit.congestion_control is None
+    assert circuit.package_room == CIRCWINDOW_START and circuit.window.increment == CIRCWINDOW_INCREMENT
+
+
+def test_an_exit_that_does_not_turn_it_on_leaves_the_fixed_windows():
+    circuit, channel, path = cc_circuit(cc_sendme_inc=None)
+    assert path.relays[-1].client_extensions == [(EXT_CC_REQUEST, b"")]
+    assert circuit.state is CircuitState.OPEN and circuit.congestion_control is None
+    assert circuit.package_room == CIRCWINDOW_START
+
+
+@pytest.mark.parametrize("sendme_inc", [0, 29, 33, 100])
+def test_an_exit_choosing_a_sendme_inc_tor_refuses_fails_the_circuit(sendme_inc):
+    channel = RecordingChannel()
+    path = new_path(3, offers_congestion_control=True, cc_sendme_inc=sendme_inc)
+    owner = RecordingCircuitOwner()
+    circuit = Circuit(channel, [relay.target for relay in path.relays], owner, congestion=PARAMS)
+    circuit.start()
+    ((_, _, payload),) = channel.take()
+    circuit.cell_received(11, path.answer_create2(payload))
+    for _ in range(2):
+        ((_, _, payload),) = channel.take()
+        circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(payload)))
+    assert circuit.state is CircuitState.CLOSED
+    (error,) = owner.closed
+    assert error.hop == 2 and "sendme_inc" in str(error)
+
+
+@pytest.mark.parametrize("sendme_inc", [30, 31, 32])
+def test_a_sendme_inc_one_away_from_the_consensus_is_taken(sendme_inc):
+    circuit, channel, path = cc_circuit(cc_sendme_inc=sendme_inc)
+    assert circuit.congestion_control.sendme_inc == sendme_inc == circuit.window.increment
+
+
+def test_downloads_get_a_sendme_every_sendme_inc_data_cells_with_the_exit_digest():
+    circuit, channel, path = cc_circuit()
+    for _ in range(30):
+        circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 5, b"x"))
+    assert channel.take() == []
+    for round_ in range(40):  # far past the 1000 cells of a fixed window
+        circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 5, b"x"))
+        ((_, _, payload),) = channel.take()
+        message = path.receive(payload)
+        assert (message.hop, message.command, message.stream_id) == (2, RELAY_SENDME, 0)
+        assert message.data == sendme_v1_body(path.hops[2].backward_tags[-1])
+        for _ in range(30):
+            circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, 5, b"x"))
+        assert channel.take() == []
+    assert circuit.state is CircuitState.OPEN
+
+
+class WakeCounter:
+    """A stream that only counts how often the circuit's window opened for it."""
+
+    stream_id = 1
+
+    def __init__(self) -> None:
+        self.woken = 0
+        self.closed = []
+
+    def circuit_window_opened(self) -> None:
+        self.woken += 1
+
+    def circuit_closed(self, error) -> None:
+        self.closed.append(error)
+
+
+def send(circuit, path, count):
+    circuit.send_data_many(1, [b"d" * 498] * count)
+    cells = circuit.channel.take()
+    assert len(cells) == count
+    return [path.receive(payload).tag for _, _, payload in cells]
+
+
+def test_uploads_obey_the_cwnd_and_each_sendme_is_a_round_trip():
+    clock = Clock()
+    circuit, channel, path = cc_circuit(clock)
+    controller = circuit.congestion_control
+    stream = WakeCounter()
+    circuit.attach_stream(stream)
+    tags = send(circuit, path, 100) + send(circuit, path, 24)
+    assert (controller.inflight, circuit.package_room) == (124, 0)
+    with pytest.raises(CircuitError):
+        circuit.send_data_many(1, [b"over"])
+    clock.now += 0.040
+    # The exit's SENDME echoes the digest after our 31st DATA cell; the RTT is 40 ms.
+    circuit.cell_received(CMD_RELAY, path.send(2, RELAY_SENDME, 0, sendme_v1_body(tags[30])))
+    assert (controller.rtt_usec, controller.min_rtt_usec) == (40_000, 40_000)
+    # Slow start with a full window: cwnd 124 + 31; inflight 124 - 31.
+    assert (controller.cwnd, controller.inflight, circuit.package_room) == (155, 93, 62)
+    assert stream.woken == 1
+    # A SENDME for a cell that was not the 62nd closes the circuit, as an exit's would.
+    circuit.cell_received(CMD_RELAY, path.send(2, RELAY_SENDME, 0, sendme_v1_body(tags[60])))
+    assert circuit.state is CircuitState.CLOSED
+
+
+def test_streams_on_a_congestion_controlled_circuit_send_no_stream_sendmes():
+    circuit, channel, path = cc_circuit()
+
+    class Sink:
+        def __init__(self):
+            self.data = b""
+
+        def stream_connected(self, stream): pass
+
+        def stream_data(self, stream, data): self.data += data
+
+        def stream_writable(self, stream, writable): pass
+
+        def stream_ended(self, stream, end): pass
+
+    sink = Sink()
+    stream = Stream(sink, "example.com", 80, StreamKind.CONNECT)
+    stream.attach(circuit)
+    (begin,) = channel.take()
+    path.receive(begin[2])
+    circuit.cell_received(CMD_RELAY, path.send(2, 4, stream.stream_id, b""))  # CONNECTED
+    for _ in range(600):  # more than a stream window of 500
+        circuit.cell_received(CMD_RELAY, path.send(2, RELAY_DATA, stream.stream_id, b"y" * 100))
+    sent = [path.receive(payload) for _, _, payload in channel.take()]
+    # Only circuit SENDMEs (every 31 cells), none for the stream.
+    assert [(m.command, m.stream_id) for m in sent] == [(RELAY_SENDME, 0)] * (600 // 31)
+    assert len(sink.data) == 60_000 and not stream.ended
+
+
+def test_the_sendmes_of_one_read_carry_each_its_own_trigger_tag():
+    circuit, channel, path = cc_circuit()
+    cells = b"".join(path.send(2, RELAY_DATA, 5, bytes([n]) * 10) for n in range(100))
+    circuit.relay_cells_received(cells)
+    sent = [path.receive(payload) for _, _, payload in channel.take()]
+    exit_tags = path.hops[2].backward_tags
+    assert [(m.hop, m.command, m.data) for m in sent] == [
+        (2, RELAY_SENDME, sendme_v1_body(exit_tags[index])) for index in (30, 61, 92)]
+    assert circuit.window.deliver == CIRCWINDOW_START - 100 + 3 * 31
