@@ -222,14 +222,12 @@ def exit_conflux_ratio(exits: list[tuple[bool, bool, bool]]) -> float:
     return sum(usable) / len(usable) if usable else 0.0
 
 
-def conflux_enabled(option: str, params: ConfluxParams, congestion_control: bool) -> bool:
+def conflux_enabled(option: bool | None, params: ConfluxParams, congestion_control: bool) -> bool:
     """conflux_is_enabled: never without congestion control; ConfluxEnabled 0/1 overrides the consensus,
-    auto follows cfx_enabled."""
+    auto (None) follows cfx_enabled."""
     if not congestion_control:
         return False
-    if option == "auto":
-        return params.enabled
-    return option == "1"
+    return params.enabled if option is None else option
 
 
 # ------------------------------------------------------------------------------------------- the set

@@ -148,9 +148,9 @@ def test_exit_ratio_counts_exits_that_are_not_bad():
 
 def test_enabled_needs_congestion_control_and_follows_the_option_over_the_consensus():
     on, off = ConfluxParams(enabled=True), ConfluxParams(enabled=False)
-    assert conflux_enabled("auto", on, True) and not conflux_enabled("auto", off, True)
-    assert conflux_enabled("1", off, True) and not conflux_enabled("0", on, True)
-    assert not conflux_enabled("1", on, False)
+    assert conflux_enabled(None, on, True) and not conflux_enabled(None, off, True)
+    assert conflux_enabled(True, off, True) and not conflux_enabled(False, on, True)
+    assert not conflux_enabled(True, on, False)
 
 
 # ------------------------------------------------------------------------------------------- sending

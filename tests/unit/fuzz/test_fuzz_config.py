@@ -63,6 +63,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "ReducedConnectionPadding": ("0", "1"),
     "VanguardsLiteEnabled": ("auto", "0", "1"),
     "ClientOnionAuthDir": ("/var/lib/oppy/onion-auth", "~/.oppy/onion_auth"),
+    "ConfluxEnabled": ("auto", "0", "1"),
+    "ConfluxClientUX": ("throughput", "latency", "throughput_lowmem", "latency_lowmem"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }
