@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Union
@@ -29,7 +30,16 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.conflux import (
+    CLIENT_UX_NAMES,
+    CONFLUX_NONCE_LEN,
+    DEFAULT_MAX_OOO_BYTES,
+    ConfluxParams,
+    conflux_enabled,
+    exit_conflux_ratio,
+)
 from oppy.circuit.congestion import CongestionParams
+from oppy.circuit.linked import ConfluxTunnel, TunnelState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
@@ -119,7 +129,9 @@ class StreamRouter(Protocol):
 
 
 #: Purposes whose last hop is an exit that may be asked for congestion control.
-_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER))
+_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER, CircuitPurpose.CONFLUX_UNLINKED))
+#: The purposes of conflux legs.
+_CONFLUX_PURPOSES = frozenset((CircuitPurpose.CONFLUX_UNLINKED, CircuitPurpose.CONFLUX_LINKED))
 
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
@@ -160,6 +172,8 @@ class ManagedCircuit:
         self.onion_service = onion_service
         self.rend_query: str | None = None
         self.hs_state: str | None = None
+        # The conflux set this circuit is a leg of (purposes CONFLUX_UNLINKED and CONFLUX_LINKED).
+        self.conflux_set: "ManagedConfluxSet | None" = None
 
     def __repr__(self) -> str:
         return f"<ManagedCircuit {self.number} {self.status.value}>"
@@ -171,6 +185,11 @@ class ManagedCircuit:
     @property
     def exit(self) -> RelayTarget:
         return self.path[-1]
+
+    @property
+    def stream_circuit(self) -> "Circuit | ConfluxTunnel | None":
+        """What streams attach to: the circuit, or for a conflux leg its set's tunnel."""
+        return self.conflux_set.tunnel if self.conflux_set is not None else self.circuit
 
     def when_built(self) -> defer.Deferred:
         """A Deferred firing with this circuit once it is built (now, if it is), or failing with the
@@ -287,6 +306,55 @@ class _ManagedCircuitOwner:
             self.managed.onion_service.onion_service_message(self.managed, command, data)
 
 
+class ManagedConfluxSet:
+    """A conflux set as the manager keeps it (conflux_pool.c's linked and unlinked sets): the tunnel its
+    streams use, its exit, its legs, how many legs it launched, and the isolation and dirtiness it has as one
+    circuit for streams."""
+
+    def __init__(self, tunnel: ConfluxTunnel, created_at: float) -> None:
+        self.tunnel = tunnel
+        self.created_at = created_at
+        self.exit_id: bytes | None = None
+        self.legs: list[ManagedCircuit] = []
+        self.launches = 0
+        self.isolation: object = None
+        self.dirty_since: float | None = None
+        self.usable = True
+
+    def __repr__(self) -> str:
+        return f"<ManagedConfluxSet {self.tunnel!r} legs={[leg.number for leg in self.legs]}>"
+
+    @property
+    def anchor(self) -> ManagedCircuit | None:
+        """The leg streams are reported on (tor's streams point at the set's first leg)."""
+        linked = self.tunnel.legs
+        for leg in self.legs:
+            if leg.circuit is not None and leg.circuit in linked:
+                return leg
+        return None
+
+    @property
+    def conflux_id(self) -> str:
+        """control-spec CIRC CONFLUX_ID: the set's nonce in hex, as tor prints it."""
+        return self.tunnel.nonce.hex().upper()
+
+
+class _TunnelOwner:
+    """What a tunnel reports to: the manager, told which set it is."""
+
+    __slots__ = ("manager", "record")
+
+    def __init__(self, manager: "CircuitManager") -> None:
+        self.manager = manager
+        self.record: ManagedConfluxSet | None = None
+
+    def tunnel_linked(self, tunnel: ConfluxTunnel) -> None:
+        self.manager._conflux_set_linked(self.record)
+
+    def tunnel_closed(self, tunnel: ConfluxTunnel, error: CircuitError) -> None:
+        self.manager._conflux_set_closed(self.record, error)
+
+
 class ManagedStream:
     """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
 
@@ -321,7 +389,9 @@ class CircuitManager:
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
                  queue_account: QueueAccount | None = None,
-                 observers: Iterable[ManagerObserver] = ()) -> None:
+                 observers: Iterable[ManagerObserver] = (),
+                 conflux_option: bool | None = None, conflux_client_ux: str = "throughput",
+                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
         self.paths = paths
@@ -337,6 +407,12 @@ class CircuitManager:
         self.queue_account = queue_account
         # prop 324: what the consensus says of congestion control (`update_consensus_params`).
         self.congestion_params = CongestionParams()
+        # prop 329: ConfluxEnabled (None: auto), ConfluxClientUX, the consensus's cfx_* parameters, the sets.
+        self.conflux_option = conflux_option
+        self.conflux_ux = CLIENT_UX_NAMES[conflux_client_ux]
+        self.conflux_params = ConfluxParams()
+        self.max_ooo_bytes = max_ooo_bytes
+        self.conflux_sets: dict[bytes, ManagedConfluxSet] = {}
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -416,10 +492,18 @@ class CircuitManager:
         now = self.clock()
         for managed in list(self.circuits.values()):
             too_dirty = managed.dirty_since is not None and now - managed.dirty_since > self.max_circuit_dirtiness
-            if (too_dirty or not managed.usable) and managed.is_open and not managed.circuit.streams:
+            if (too_dirty or not managed.usable) and managed.is_open and not managed.circuit.streams \
+                    and managed.conflux_set is None:
                 log.info("circuit %d: %s and without streams; closing it", managed.number,
                          "dirty for too long" if too_dirty else "unusable for new streams")
                 managed.circuit.close(DestroyReason.FINISHED, "expired")
+        for record in list(self.conflux_sets.values()):
+            too_dirty = record.dirty_since is not None and now - record.dirty_since > self.max_circuit_dirtiness
+            if (too_dirty or not record.usable) and record.tunnel.state is TunnelState.LINKED \
+                    and not record.tunnel.streams:
+                log.info("conflux set %s: %s and without streams; closing it", record.conflux_id[:16],
+                         "dirty for too long" if too_dirty else "unusable for new streams")
+                record.tunnel.close(DestroyReason.FINISHED, "expired")
         self._expiry_timer = self.reactor.callLater(NEW_CIRCUIT_PERIOD, self._expire_old_circuits)
 
     def _clean_circuits(self) -> list[ManagedCircuit]:
@@ -447,21 +531,23 @@ class CircuitManager:
                 except Exception as exc:  # no path (yet)
                     log.info("cannot build a preemptive circuit: %s", exc)
                     break
+            self._predict_conflux_sets()
         finally:
             self._topping_up = False
 
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset(), *,
-               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None
-               ) -> ManagedCircuit:
+               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None,
+               need_uptime: bool = False) -> ManagedCircuit:
         """Start building a circuit (for `port`, or through `path`, whose guard choice `guard` hears how it
-        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it."""
+        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it;
+        `need_uptime` asks for Stable relays whatever the port (conflux legs)."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
             path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
-                                 need_uptime=self.paths.needs_stable(port), guard=guard,
+                                 need_uptime=need_uptime or self.paths.needs_stable(port), guard=guard,
                                  onion_service=onion_service)
         managed.port = port
         self.circuits[managed.number] = managed
@@ -476,8 +562,124 @@ class CircuitManager:
         return managed
 
     def update_consensus_params(self, params: Mapping[str, int]) -> None:
-        """A new consensus: its congestion-control parameters hold for circuits built from now on."""
+        """A new consensus: its congestion-control and conflux parameters hold for circuits built from now on
+        (conflux_params_new_consensus counts the exits listing Conflux=1 in the NetDir in use)."""
         self.congestion_params = CongestionParams.from_consensus(params)
+        netdir = self.paths.netdir
+        relays = netdir.consensus.relays if netdir is not None else ()
+        ratio = exit_conflux_ratio([("Exit" in relay.flags, "BadExit" in relay.flags,
+                                     relay.supports_protocol("Conflux", 1)) for relay in relays])
+        self.conflux_params = ConfluxParams.from_consensus(params, ratio)
+
+    # ------------------------------------------------------------------------------ conflux sets
+
+    @property
+    def conflux_on(self) -> bool:
+        """conflux_is_enabled: ConfluxEnabled over cfx_enabled, never without congestion control."""
+        return conflux_enabled(self.conflux_option, self.conflux_params, self.congestion_params.enabled)
+
+    def _usable_conflux_sets(self) -> list[ManagedConfluxSet]:
+        return [record for record in self.conflux_sets.values()
+                if record.usable and record.isolation is None and record.dirty_since is None]
+
+    def _predict_conflux_sets(self) -> None:
+        """conflux_predict_new: keep cfx_max_prebuilt_set sets linked or linking ahead of demand (fewer when
+        few exits support conflux), never more than cfx_max_linked_set linked ones."""
+        if not self.conflux_on:
+            return
+        params = self.conflux_params
+        linked = sum(1 for record in self.conflux_sets.values() if record.tunnel.state is TunnelState.LINKED)
+        if linked >= params.max_linked_set:
+            return
+        for _ in range(params.max_prebuilt - len(self._usable_conflux_sets())):
+            if self._pending_count() >= self.max_pending or not self.launch_conflux_set():
+                break
+
+    def launch_conflux_set(self) -> ManagedConfluxSet | None:
+        """launch_new_set: a new nonce and cfx_num_legs_set legs to one exit listing Conflux=1."""
+        owner = _TunnelOwner(self)
+        tunnel = ConfluxTunnel(os.urandom(CONFLUX_NONCE_LEN), owner, desired_ux=self.conflux_ux,
+                               max_ooo_bytes=self.max_ooo_bytes, clock=self.clock)
+        record = owner.record = ManagedConfluxSet(tunnel, self.clock())
+        self.conflux_sets[tunnel.nonce] = record
+        log.info("Launching conflux set %s with %d legs.", record.conflux_id[:16], self.conflux_params.num_legs_set)
+        for _ in range(self.conflux_params.num_legs_set):
+            if not self._launch_conflux_leg(record):
+                break
+        if not record.legs:
+            self.conflux_sets.pop(tunnel.nonce, None)
+            return None
+        return record
+
+    def _launch_conflux_leg(self, record: ManagedConfluxSet) -> bool:
+        """conflux_launch_leg: a leg to the set's exit through other guards and middles than its other legs
+        where the path rules allow, within the set's launch budget (cfx_num_legs_set +
+        cfx_max_unlinked_leg_retry)."""
+        if record.launches >= self.conflux_params.max_leg_launches:
+            log.info("Conflux set %s: no more leg launches allowed.", record.conflux_id[:16])
+            return False
+        others = [leg for leg in record.legs if leg.status is not CircuitStatus.CLOSED]
+        guards = {leg.path[0].rsa_id for leg in others}
+        middles = {hop.rsa_id for leg in others for hop in leg.path[1:-1]}
+        try:
+            path, guard = self.paths.choose_conflux_path(PREEMPTIVE_PORT, record.exit_id,
+                                                         exclude_tiers=(guards | middles, middles, ()))
+        except Exception as exc:  # no path (yet)
+            log.info("cannot build a conflux leg: %s", exc)
+            return False
+        record.launches += 1
+        record.exit_id = path[-1].rsa_id
+        managed = self.launch(PREEMPTIVE_PORT, path=path, purpose=CircuitPurpose.CONFLUX_UNLINKED, guard=guard,
+                              need_uptime=True)
+        if managed.status is not CircuitStatus.CLOSED:
+            managed.conflux_set = record
+            record.legs.append(managed)
+        return True
+
+    def _conflux_leg_open(self, managed: ManagedCircuit) -> None:
+        """conflux_circuit_has_opened: a leg without congestion control is closed; others send LINK."""
+        record = managed.conflux_set
+        circuit = managed.circuit
+        if record.tunnel.state is TunnelState.CLOSED:
+            circuit.close(DestroyReason.FINISHED, "its conflux set is gone")
+            return
+        if circuit.congestion_control is None:
+            circuit.close(DestroyReason.PROTOCOL, "conflux leg opened without negotiating congestion control")
+            return
+        record.tunnel.add_leg(circuit)
+
+    def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
+        for leg in record.legs:
+            if leg.circuit is not None and leg.circuit in record.tunnel.legs:
+                leg.purpose = CircuitPurpose.CONFLUX_LINKED
+        log.info("Conflux set %s linked: legs %s to %s, RTTs %s ms.", record.conflux_id[:16],
+                 [leg.number for leg in record.legs if leg.purpose is CircuitPurpose.CONFLUX_LINKED],
+                 record.tunnel.exit.describe(), record.tunnel.rtt_ms)
+        self._attach_waiting()
+
+    def _conflux_set_closed(self, record: ManagedConfluxSet, error: CircuitError) -> None:
+        log.info("Conflux set %s closed: %s", record.conflux_id[:16], error)
+        self.conflux_sets.pop(record.tunnel.nonce, None)
+        self._top_up()
+
+    def _conflux_leg_gone(self, managed: ManagedCircuit, error: CircuitError) -> None:
+        """A leg failed or closed: the tunnel decides whether the set survives; a surviving set launches a
+        leg in its place when below cfx_num_legs_set (unlinked_circuit_closed / tor's relaunch)."""
+        record = managed.conflux_set
+        if record is None:
+            return
+        if managed in record.legs:
+            record.legs.remove(managed)
+        tunnel = record.tunnel
+        if managed.circuit is not None:
+            tunnel.leg_closed(managed.circuit, error)
+        if tunnel.state is TunnelState.CLOSED or not self._running:
+            return
+        if not record.legs:
+            tunnel.close(error.reason, f"every leg of the conflux set failed: {error}")
+            return
+        if len(record.legs) < self.conflux_params.num_legs_set:
+            self._launch_conflux_leg(record)
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -522,6 +724,8 @@ class CircuitManager:
         if managed.purpose is CircuitPurpose.GENERAL:
             self.circuit_established = True
         self._notify(CircuitBuilt(managed, managed.purpose))
+        if managed.conflux_set is not None:
+            self._conflux_leg_open(managed)
         managed._build_settled(None)
         self._attach_waiting()
         if not self._running:
@@ -544,6 +748,7 @@ class CircuitManager:
         self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
         managed._build_settled(error)
+        self._conflux_leg_gone(managed, error)
         if managed.guard is not None:
             self._check_guard_waits()       # a better guard's circuit failed: a waiting one may do now
         self._top_up()
@@ -559,6 +764,7 @@ class CircuitManager:
             self.paths.guard_cancelled(managed.guard)
         self._notify(CircuitClosed(managed, managed.purpose, error))
         managed._build_settled(error)
+        self._conflux_leg_gone(managed, error)
         if managed.guard is not None:
             self._check_guard_waits()       # a better guard's circuit is gone: a waiting one may do now
         self._top_up()
@@ -638,6 +844,8 @@ class CircuitManager:
         self._newnym_epoch += 1
         for managed in self.circuits.values():
             managed.usable = False
+        for record in self.conflux_sets.values():
+            record.usable = False
         self._top_up()
 
     def _is_usable_for(self, managed: ManagedCircuit, port: int, isolation: object,
@@ -756,6 +964,10 @@ class CircuitManager:
             managed.router.attach_stream(managed)
             return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
+        conflux = self._conflux_set_for(port, managed) if stream.kind is not StreamKind.DIRECTORY else None
+        if conflux is not None:
+            self.attach_to(managed, conflux)
+            return
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if candidates:
@@ -776,6 +988,26 @@ class CircuitManager:
                 return
             if launched.status is CircuitStatus.CLOSED and managed in self._stream_waiters:
                 self._give_up(managed, f"circuit {launched.number} failed at once: {launched.error}")
+
+    def _conflux_set_for(self, port: int, managed: ManagedStream) -> ManagedCircuit | None:
+        """conflux_get_circ_for_conn: the anchor leg of a linked set whose exit takes the port, with the
+        stream's isolation (or none yet), not too dirty; sets already carrying this isolation first."""
+        if not self.conflux_on:
+            return None
+        now = self.clock()
+        fitting = []
+        for record in self.conflux_sets.values():
+            tunnel, anchor = record.tunnel, record.anchor
+            if anchor is None or not tunnel.is_open or not tunnel.has_stream_room or not record.usable:
+                continue
+            if record.isolation is not None and record.isolation != managed.isolation:
+                continue
+            if record.dirty_since is not None and now - record.dirty_since > self.max_circuit_dirtiness:
+                continue
+            if tunnel.exit.rsa_id in managed.excluded_exits or not self.paths.exit_allows(tunnel.exit.rsa_id, port):
+                continue
+            fitting.append((record.isolation is None, -record.created_at, anchor))
+        return min(fitting, key=lambda entry: entry[:2])[2] if fitting else None
 
     def _give_up(self, managed: ManagedStream, why: str) -> None:
         """No circuit can be had for a waiting stream: the application hears the last reason (or NOROUTE)."""
@@ -799,13 +1031,19 @@ class CircuitManager:
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
         managed.awaiting_controller = False
+        record = target.conflux_set
+        if record is not None:
+            if record.isolation is None:
+                record.isolation = managed.isolation
+            if record.dirty_since is None:
+                record.dirty_since = self.clock()
         if target.isolation is None and target.purpose is CircuitPurpose.GENERAL:
             target.isolation = managed.isolation
         if target.dirty_since is None:
             target.dirty_since = self.clock()
         managed.managed_circuit = target
         managed.attempts += 1
-        managed.stream.attach(target.circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
+        managed.stream.attach(target.stream_circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
         self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
@@ -821,6 +1059,8 @@ class CircuitManager:
             return
         # The circuit is presumed slow or broken: no new streams on it (tor marks it "unusable").
         target.usable = False
+        if target.conflux_set is not None:
+            target.conflux_set.usable = False
         log.info("stream %d: no answer from the exit after attempt %d", managed.number, managed.attempts)
         stream.close(EndReason.TIMEOUT, retry=True)
 
@@ -846,6 +1086,8 @@ class CircuitManager:
                     return False
                 if circuit is not None:
                     circuit.usable = False
+                    if circuit.conflux_set is not None:
+                        circuit.conflux_set.usable = False
         log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
                  managed.attempts, end)
         self._stream_changed(managed)  # DETACHED
