@@ -71,7 +71,9 @@ class ConfluxTunnel:
         self.clock = clock
         self.state = TunnelState.LINKING
         self.conflux: ConfluxSet[Circuit, tuple[int, int, bytes]] = ConfluxSet(nonce, max_ooo_bytes=max_ooo_bytes)
-        # Legs that sent LINK and wait for LINKED: when each was sent.
+        # Legs launched and still building (`leg_launched`), and legs that sent LINK and wait for LINKED
+        # (when each was sent): the set is usable once neither is left (tor's try_finalize_set).
+        self._building = 0
         self._pending: dict[Circuit, float] = {}
         self.streams: dict[int, StreamEndpoint] = {}
         self._next_stream_id = 1
@@ -125,11 +127,22 @@ class ConfluxTunnel:
 
     # ------------------------------------------------------------------------------ linking
 
+    def leg_launched(self) -> None:
+        """A leg is being built for this set: the set waits for it before it is usable."""
+        self._building += 1
+
+    def leg_build_failed(self, error: CircuitError) -> None:
+        """A leg announced with `leg_launched` failed before it was added."""
+        self._building -= 1
+        self._settle(error)
+
     def add_leg(self, circuit: Circuit) -> None:
         """conflux_circuit_has_opened: send LINK on an open leg, with the set's sequence numbers (0 for a new
         set; a leg replacing one of a linked set carries what was sent and delivered so far)."""
         if self.state is TunnelState.CLOSED:
             raise CircuitError("the conflux set is closed")
+        if self._building:
+            self._building -= 1
         link = ConfluxLink(self.nonce, self.conflux.max_seq_sent, self.conflux.last_seq_delivered, self.desired_ux)
         circuit.start_conflux_leg(self, link.encode())
         self._pending[circuit] = self.clock()
@@ -153,7 +166,7 @@ class ConfluxTunnel:
             self._leg_refused(circuit, f"data loss: the exit sent up to {link.last_seqno_sent}, we delivered "
                                        f"{self.conflux.last_seq_delivered}")
             return
-        rtt_usec = max(1, int((self.clock() - sent_at) * _USEC_PER_SECOND))
+        rtt_usec = max(1, round((self.clock() - sent_at) * _USEC_PER_SECOND))
         circuit.send_relay(RelayCommand.CONFLUX_LINKED_ACK, 0, b"")
         # cfx_add_leg: the exit's numbers, seen from our side.
         self.conflux.add_leg(ConfluxLeg(circuit, circuit.congestion_control, rtt_usec,
@@ -162,16 +175,24 @@ class ConfluxTunnel:
         self.conflux.algorithm = algorithm_for_ux(link.desired_ux)
         log.info("Conflux set %s: leg %#x to %s linked, RTT %d ms, %s scheduling.", self.nonce[:4].hex(),
                  circuit.circ_id, circuit.exit.describe(), rtt_usec // 1000, self.conflux.algorithm.value)
-        self._maybe_usable()
+        self._settle()
 
     def _leg_refused(self, circuit: Circuit, why: str) -> None:
         log.info("Conflux set %s: leg %#x refused: %s", self.nonce[:4].hex(), circuit.circ_id, why)
         circuit.close(DestroyReason.PROTOCOL, why)
+        self._settle(CircuitError(why, DestroyReason.PROTOCOL))
 
-    def _maybe_usable(self) -> None:
-        if self.state is TunnelState.LINKING and not self._pending and self.conflux.legs:
+    def _settle(self, error: CircuitError | None = None) -> None:
+        """While linking, once no leg is building or waiting for LINKED: usable with a linked leg, torn down
+        without one."""
+        if self.state is not TunnelState.LINKING or self._building or self._pending:
+            return
+        if self.conflux.legs:
             self.state = TunnelState.LINKED
             self.owner.tunnel_linked(self)
+        else:
+            error = error or CircuitError("no leg of the conflux set linked")
+            self._teardown(CircuitError(f"no leg of the conflux set linked: {error}", error.reason, error.remote))
 
     def leg_closed(self, circuit: Circuit, error: CircuitError) -> None:
         """A leg's circuit closed (DESTROY, its link, a timeout, our own close): linked_circuit_closed /
@@ -179,11 +200,10 @@ class ConfluxTunnel:
         if self.state is TunnelState.CLOSED:
             return
         if self._pending.pop(circuit, None) is not None:
-            self._maybe_usable()
-            if not self._pending and not self.conflux.legs:
-                self._teardown(CircuitError(f"no leg of the conflux set linked: {error}", error.reason,
-                                            error.remote))
+            self._settle(error)
             return
+        if self.conflux.leg(circuit) is None:
+            return  # refused at its LINKED, accounted for then
         if self.conflux.remove_leg(circuit) or not self.conflux.legs:
             self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x} closed: {error}", error.reason,
                                         error.remote))

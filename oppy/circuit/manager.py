@@ -634,6 +634,7 @@ class CircuitManager:
         if managed.status is not CircuitStatus.CLOSED:
             managed.conflux_set = record
             record.legs.append(managed)
+            record.tunnel.leg_launched()
         return True
 
     def _conflux_leg_open(self, managed: ManagedCircuit) -> None:
@@ -673,6 +674,8 @@ class CircuitManager:
         tunnel = record.tunnel
         if managed.circuit is not None:
             tunnel.leg_closed(managed.circuit, error)
+        else:
+            tunnel.leg_build_failed(error)
         if tunnel.state is TunnelState.CLOSED or not self._running:
             return
         if not record.legs:
