@@ -121,9 +121,10 @@ class ConfluxTunnel:
         """Each linked leg's RTT in milliseconds (CIRC events' CONFLUX_RTT)."""
         return [leg.rtt_usec // 1000 for leg in self.conflux.legs]
 
-    def leg_rtt_ms(self, circuit: Circuit) -> int | None:
+    def leg_rtt_usec(self, circuit: Circuit) -> int | None:
+        """A linked leg's RTT (the LINK round trip, then its controller's smoothed RTT); None if not linked."""
         leg = self.conflux.leg(circuit)
-        return None if leg is None else leg.rtt_usec // 1000
+        return None if leg is None else leg.rtt_usec
 
     # ------------------------------------------------------------------------------ linking
 

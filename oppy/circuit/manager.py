@@ -187,6 +187,16 @@ class ManagedCircuit:
         return self.path[-1]
 
     @property
+    def conflux_status(self) -> tuple[str, int] | None:
+        """A linked conflux leg's CONFLUX_ID and CONFLUX_RTT (microseconds), as tor's CIRC events show them
+        (control-spec "CIRC", tor 0.4.8.15); None for any other circuit."""
+        record = self.conflux_set
+        if record is None or self.circuit is None:
+            return None
+        rtt = record.tunnel.leg_rtt_usec(self.circuit)
+        return None if rtt is None else (record.conflux_id, rtt)
+
+    @property
     def stream_circuit(self) -> "Circuit | ConfluxTunnel | None":
         """What streams attach to: the circuit, or for a conflux leg its set's tunnel."""
         return self.conflux_set.tunnel if self.conflux_set is not None else self.circuit
@@ -335,8 +345,8 @@ class ManagedConfluxSet:
 
     @property
     def conflux_id(self) -> str:
-        """control-spec CIRC CONFLUX_ID: the set's nonce in hex, as tor prints it."""
-        return self.tunnel.nonce.hex().upper()
+        """control-spec CIRC CONFLUX_ID: the set's id in hex as tor prints it (the nonce's first 16 bytes)."""
+        return self.tunnel.nonce[:16].hex().upper()
 
 
 class _TunnelOwner:

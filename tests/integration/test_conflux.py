@@ -10,10 +10,11 @@ import re
 import time
 
 import pytest
+from stem.control import Controller
 
 from tests.integration.test_congestion_control import MB, curl
 from tests.support.network import TestNetwork
-from tests.support.oppy_process import OppyProcess
+from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
 
 LINKED = re.compile(r"Conflux set ([0-9A-F]{16}) linked: legs \[(\d+), (\d+)\] to \$[0-9A-F]{40}~(\S+), RTTs")
@@ -30,7 +31,11 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def oppy(network: TestNetwork, tmp_path_factory):
-    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-conflux") / "data").wait_ready()
+    control_port = free_port()
+    process = OppyProcess(network, tmp_path_factory.mktemp("oppy-conflux") / "data", extra_lines=[
+        f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1"])
+    process.control_port = control_port
+    process.wait_ready()
     wait_for(lambda: LINKED.search(process.info_log))
     yield process
     assert process.stop() == 0
@@ -47,6 +52,18 @@ def test_sets_link_two_legs_to_one_exit(network, oppy):
     exits = {relay["nickname"] for relay in network.relays("exit")}
     linked = list(LINKED.finditer(oppy.info_log))
     assert linked and all(match[4] in exits and match[2] != match[3] for match in linked)
+
+
+def test_the_control_port_shows_both_legs_with_their_set_and_rtt(oppy):
+    with Controller.from_port(port=oppy.control_port) as controller:
+        controller.authenticate()
+        lines = controller.get_info("circuit-status").splitlines()
+    linked = [line for line in lines if "PURPOSE=CONFLUX_LINKED" in line]
+    sets: dict[str, list[int]] = {}
+    for line in linked:
+        conflux_id = re.search(r" CONFLUX_ID=([0-9A-F]{32})", line)[1]
+        sets.setdefault(conflux_id, []).append(int(re.search(r" CONFLUX_RTT=(\d+)$", line)[1]))
+    assert sets and all(len(rtts) == 2 and min(rtts) > 0 for rtts in sets.values()), lines
 
 
 def test_fifty_megabytes_down_byte_exact_over_both_legs(network, oppy):
