@@ -64,10 +64,13 @@ class ConfluxTunnel:
     """One conflux set: its legs, the linking handshake, and the circuit interface its streams use."""
 
     def __init__(self, nonce: bytes, owner: TunnelOwner, *, desired_ux: int = DesiredUX.HIGH_THROUGHPUT,
-                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES, max_link_rtt: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.nonce = nonce
         self.owner = owner
         self.desired_ux = desired_ux
+        # record_rtt: a leg whose LINK took this long (seconds; the circuit build timeout) is not linked.
+        self.max_link_rtt = max_link_rtt
         self.clock = clock
         self.state = TunnelState.LINKING
         self.conflux: ConfluxSet[Circuit, tuple[int, int, bytes]] = ConfluxSet(nonce, max_ooo_bytes=max_ooo_bytes)
@@ -167,7 +170,12 @@ class ConfluxTunnel:
             self._leg_refused(circuit, f"data loss: the exit sent up to {link.last_seqno_sent}, we delivered "
                                        f"{self.conflux.last_seq_delivered}")
             return
-        rtt_usec = max(1, round((self.clock() - sent_at) * _USEC_PER_SECOND))
+        rtt = self.clock() - sent_at
+        if self.max_link_rtt is not None and rtt >= self.max_link_rtt:
+            self._leg_refused(circuit, f"its LINK round trip took {rtt:.3f} s, above the circuit build timeout "
+                                       f"({self.max_link_rtt:.3f} s)", DestroyReason.TIMEOUT)
+            return
+        rtt_usec = max(1, round(rtt * _USEC_PER_SECOND))
         circuit.send_relay(RelayCommand.CONFLUX_LINKED_ACK, 0, b"")
         # cfx_add_leg: the exit's numbers, seen from our side.
         self.conflux.add_leg(ConfluxLeg(circuit, circuit.congestion_control, rtt_usec,
@@ -178,10 +186,17 @@ class ConfluxTunnel:
                  circuit.circ_id, circuit.exit.describe(), rtt_usec // 1000, self.conflux.algorithm.value)
         self._settle()
 
-    def _leg_refused(self, circuit: Circuit, why: str) -> None:
+    def _leg_refused(self, circuit: Circuit, why: str, reason: int = DestroyReason.PROTOCOL) -> None:
         log.info("Conflux set %s: leg %#x refused: %s", self.nonce[:4].hex(), circuit.circ_id, why)
-        circuit.close(DestroyReason.PROTOCOL, why)
-        self._settle(CircuitError(why, DestroyReason.PROTOCOL))
+        circuit.close(reason, why)
+        self._settle(CircuitError(why, reason))
+
+    def link_timed_out(self, circuit: Circuit, timeout: float) -> None:
+        """The owner's timer: a leg still waiting for its LINKED after `timeout` seconds is stalled and
+        closed (the owner may launch another)."""
+        if circuit in self._pending:
+            del self._pending[circuit]
+            self._leg_refused(circuit, f"no CONFLUX_LINKED within {timeout:.1f} s", DestroyReason.TIMEOUT)
 
     def _settle(self, error: CircuitError | None = None) -> None:
         """While linking, once no leg is building or waiting for LINKED: usable with a linked leg, torn down

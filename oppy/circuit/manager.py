@@ -609,7 +609,8 @@ class CircuitManager:
         """launch_new_set: a new nonce and cfx_num_legs_set legs to one exit listing Conflux=1."""
         owner = _TunnelOwner(self)
         tunnel = ConfluxTunnel(os.urandom(CONFLUX_NONCE_LEN), owner, desired_ux=self.conflux_ux,
-                               max_ooo_bytes=self.max_ooo_bytes, clock=self.clock)
+                               max_ooo_bytes=self.max_ooo_bytes, max_link_rtt=self.build_times.timeout_ms / 1000,
+                               clock=self.clock)
         record = owner.record = ManagedConfluxSet(tunnel, self.clock())
         self.conflux_sets[tunnel.nonce] = record
         log.info("Launching conflux set %s with %d legs.", record.conflux_id[:16], self.conflux_params.num_legs_set)
@@ -658,6 +659,9 @@ class CircuitManager:
             circuit.close(DestroyReason.PROTOCOL, "conflux leg opened without negotiating congestion control")
             return
         record.tunnel.add_leg(circuit)
+        # A leg whose exit never answers LINK is stalled: closed after the build close timeout.
+        timeout = self.build_times.close_ms / 1000
+        self.reactor.callLater(timeout, record.tunnel.link_timed_out, circuit, timeout)
 
     def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
         for leg in record.legs:

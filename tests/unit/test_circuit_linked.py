@@ -206,3 +206,35 @@ def test_a_stream_cell_from_a_middle_hop_closes_the_leg():
     a.send(RELAY_DATA, stream_id, b"forged", hop=1)
     assert a.circuit.state is CircuitState.CLOSED and "conflux leg" in str(a.circuit.error)
     assert sink.data == []
+
+
+def test_a_leg_whose_link_took_longer_than_the_build_timeout_is_refused():
+    clock = Clock()
+    owner = Owner()
+    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, max_link_rtt=1.5)
+    a, b = Leg(clock), Leg(clock)
+    tunnel.add_leg(a.circuit)
+    tunnel.add_leg(b.circuit)
+    clock.now += 0.2
+    b.send(LINKED, data=linked_body())
+    clock.now += 1.4
+    a.send(LINKED, data=linked_body())  # 1.6 s after its LINK
+    assert a.circuit.state is CircuitState.CLOSED and a.circuit.error.reason == DestroyReason.TIMEOUT
+    assert "above the circuit build timeout" in str(a.circuit.error)
+    assert [message.command for message in a.received()] == [LINK]  # no LINKED_ACK
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [b.circuit]
+
+
+def test_a_leg_without_linked_in_time_is_closed_as_stalled():
+    clock = Clock()
+    owner = Owner()
+    tunnel = ConfluxTunnel(NONCE, owner, clock=clock)
+    a, b = Leg(clock), Leg(clock)
+    tunnel.add_leg(a.circuit)
+    tunnel.add_leg(b.circuit)
+    a.send(LINKED, data=linked_body())
+    tunnel.link_timed_out(a.circuit, 60.0)  # a linked in time: nothing happens
+    assert a.circuit.state is CircuitState.OPEN
+    tunnel.link_timed_out(b.circuit, 60.0)
+    assert b.circuit.state is CircuitState.CLOSED and "no CONFLUX_LINKED within 60.0 s" in str(b.circuit.error)
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [a.circuit]
