@@ -9,6 +9,9 @@ leg joins the `ConfluxSet`. Once no leg is waiting for its LINKED the set is usa
 set's scheduler picks (after a SWITCH when it changes), and what comes in on the legs is put back in sequence
 order before any stream sees it.
 
+The out-of-order queue counts against MaxMemInQueues: the tunnel reports its bytes to the `QueueAccount`
+(`oppy.circuit.memory.MemoryTracker`) as a stream does, and the out-of-memory handler may close the set.
+
 A leg that closes leaves the set standing when nothing was lost (tor's cfx_del_leg); otherwise, or when the
 out-of-order queue overflows or a leg breaks the protocol, the whole set is torn down and its streams end
 with the error: a stream never sees a byte out of order.
@@ -37,6 +40,7 @@ from oppy.circuit.conflux import (
 )
 from oppy.circuit.congestion import VegasController
 from oppy.netdoc.relay import RelayTarget
+from oppy.stream.stream import QueueAccount
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ class ConfluxTunnel:
 
     def __init__(self, nonce: bytes, owner: TunnelOwner, *, desired_ux: int = DesiredUX.HIGH_THROUGHPUT,
                  max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES, max_link_rtt: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 account: QueueAccount | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.nonce = nonce
         self.owner = owner
         self.desired_ux = desired_ux
@@ -81,6 +85,10 @@ class ConfluxTunnel:
         self.streams: dict[int, StreamEndpoint] = {}
         self._next_stream_id = 1
         self.error: CircuitError | None = None
+        # MaxMemInQueues: what the out-of-order queue held at the last report, and since when it holds any.
+        self.account = account
+        self._accounted = 0
+        self.oldest_queued: float | None = None
 
     def __repr__(self) -> str:
         return f"<ConfluxTunnel {self.nonce[:4].hex()} {self.state.value} legs={len(self.conflux.legs)}>"
@@ -109,6 +117,29 @@ class ConfluxTunnel:
     @property
     def is_open(self) -> bool:
         return self.state is TunnelState.LINKED and any(leg.is_open for leg in self.legs)
+
+    # QueueHolder (oppy.circuit.memory): the tunnel holds its out-of-order queue as a stream holds its buffers.
+
+    @property
+    def circuit(self) -> "ConfluxTunnel":
+        return self
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.conflux.queued_bytes
+
+    def abandon(self, reason: int, message: str) -> None:
+        """Out of memory: the set goes with its streams (the handler closes it next)."""
+        self._teardown(CircuitError(message, reason))
+
+    def _report_queued(self) -> None:
+        delta = self.conflux.queued_bytes - self._accounted
+        if not delta:
+            return
+        self._accounted += delta
+        self.oldest_queued = (self.oldest_queued or self.clock()) if self._accounted else None
+        if self.account is not None:
+            self.account.queued_changed(self, delta)
 
     @property
     def congestion_control(self) -> VegasController | None:
@@ -232,6 +263,7 @@ class ConfluxTunnel:
         self.state = TunnelState.CLOSED
         self.error = error
         self.conflux.clear()
+        self._report_queued()
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.circuit_closed(error)
@@ -270,7 +302,9 @@ class ConfluxTunnel:
             log.info("Conflux set %s: %s; tearing the set down.", self.nonce[:4].hex(), exc)
             self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
             return
-        self._deliver(ready)
+        self._report_queued()
+        if self.state is not TunnelState.CLOSED:
+            self._deliver(ready)
 
     def _deliver(self, cells: list[tuple[int, int, bytes]]) -> None:
         run_stream = None

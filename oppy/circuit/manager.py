@@ -610,7 +610,7 @@ class CircuitManager:
         owner = _TunnelOwner(self)
         tunnel = ConfluxTunnel(os.urandom(CONFLUX_NONCE_LEN), owner, desired_ux=self.conflux_ux,
                                max_ooo_bytes=self.max_ooo_bytes, max_link_rtt=self.build_times.timeout_ms / 1000,
-                               clock=self.clock)
+                               account=self.queue_account, clock=self.clock)
         record = owner.record = ManagedConfluxSet(tunnel, self.clock())
         self.conflux_sets[tunnel.nonce] = record
         log.info("Launching conflux set %s with %d legs.", record.conflux_id[:16], self.conflux_params.num_legs_set)

@@ -14,6 +14,7 @@ from oppy.cell.commands import DestroyReason, RelayCommand
 from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.circuit.conflux import OOO_CELL_COST, ConfluxAlgorithm
 from oppy.circuit.linked import ConfluxTunnel, TunnelState
+from oppy.circuit.memory import MemoryTracker
 from oppy.stream.stream import Stream
 from tests.unit.relaysim import CMD_DESTROY, CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, build_circuit
 from tests.unit.test_circuit_congestion import PARAMS, Clock
@@ -56,10 +57,10 @@ class Leg:
         self.circuit.cell_received(CMD_RELAY, self.path.send(hop, command, stream_id, data))
 
 
-def new_set(ux_from_exit=UX_MIN_LATENCY):
+def new_set(ux_from_exit=UX_MIN_LATENCY, account=None):
     clock = Clock()
     owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock)
+    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, account=account)
     a, b = Leg(clock), Leg(clock)
     tunnel.add_leg(a.circuit)
     tunnel.add_leg(b.circuit)
@@ -238,3 +239,24 @@ def test_a_leg_without_linked_in_time_is_closed_as_stalled():
     tunnel.link_timed_out(b.circuit, 60.0)
     assert b.circuit.state is CircuitState.CLOSED and "no CONFLUX_LINKED within 60.0 s" in str(b.circuit.error)
     assert tunnel.state is TunnelState.LINKED and tunnel.legs == [a.circuit]
+
+
+def test_the_out_of_order_queue_counts_against_max_mem_in_queues():
+    memory = MemoryTracker(10 * OOO_CELL_COST)
+    tunnel, owner, a, b, clock = new_set(account=memory)
+    memory.clock = clock
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    # CONNECTED was number 1 on a; the exit sent 2 on a, switched to b (relative 2) and sent 3-5 there.
+    b.send(SWITCH, data=struct.pack(">I", 2))
+    for _ in range(3):
+        b.send(RELAY_DATA, stream_id, b"early")
+    assert memory.queued_in_streams == 3 * OOO_CELL_COST and tunnel.oldest_queued == clock.now
+    a.send(RELAY_DATA, stream_id, b"x")  # number 2: the three queued ones follow it out
+    assert memory.queued_in_streams == 0 and tunnel.oldest_queued is None
+    assert b"".join(sink.data) == b"xearlyearlyearly"
+    b.send(SWITCH, data=struct.pack(">I", 100))
+    for _ in range(10):  # the tenth reaches MaxMemInQueues: the handler closes the set
+        b.send(RELAY_DATA, stream_id, b"late")
+    assert tunnel.state is TunnelState.CLOSED and memory.circuits_closed == 1
+    assert owner.closed[0].reason == DestroyReason.RESOURCELIMIT and "out of memory" in str(owner.closed[0])
+    assert stream.ended and memory.queued_in_streams == 0
