@@ -171,7 +171,34 @@ class ConfluxLegOwner(Protocol):
         """The leg may send DATA again (a SENDME opened its cwnd, or its channel resumed)."""
 
 
-class Circuit:
+class StreamTable:
+    """The streams a circuit (or a conflux set) carries, by stream id."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamEndpoint] = {}
+        self._next_stream_id = 1
+
+    @property
+    def has_stream_room(self) -> bool:
+        """Fewer than MAX_STREAMS_PER_CIRCUIT streams: one more may be attached."""
+        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
+
+    def allocate_stream_id(self) -> int:
+        for _ in range(MAX_STREAM_ID):
+            stream_id = self._next_stream_id
+            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
+            if stream_id not in self.streams:
+                return stream_id
+        raise CircuitError("no free stream id on this circuit")
+
+    def attach_stream(self, stream: StreamEndpoint) -> None:
+        self.streams[stream.stream_id] = stream
+
+    def detach_stream(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+
+class Circuit(StreamTable):
     """One client circuit through `path` (guard first), riding `channel` (a link to the guard).
 
     `congestion` is the consensus's congestion-control parameters; None (directory and other one-hop uses)
@@ -191,7 +218,6 @@ class Circuit:
         self.created_at = clock()
         self.built_at: float | None = None
         self.error: CircuitError | None = None
-        self.streams: dict[int, StreamEndpoint] = {}
         self.window = SendmeWindow.for_circuit()
         self.congestion_params = congestion
         # The exit hop's controller once it accepted congestion control (`congestion_control`).
@@ -202,7 +228,7 @@ class Circuit:
         self._data_cells_sent = 0
         self._relay_early_left = MAX_RELAY_EARLY_CELLS
         self._handshake: NtorClientHandshake | NtorV3ClientHandshake | CreateFastHandshake | None = None
-        self._next_stream_id = 1
+        StreamTable.__init__(self)
         # The conflux set this circuit is a leg of (`start_conflux_leg`): its multiplexed cells go there.
         self._conflux: ConfluxLegOwner | None = None
         self.bytes_read = 0
@@ -673,25 +699,6 @@ class Circuit:
             congestion.cells_sent(count, len(triggers), int(self.clock() * _USEC_PER_SECOND))
 
     # ------------------------------------------------------------------------------------ streams
-
-    @property
-    def has_stream_room(self) -> bool:
-        """The circuit carries fewer than MAX_STREAMS_PER_CIRCUIT streams: one more may be attached."""
-        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
-
-    def allocate_stream_id(self) -> int:
-        for _ in range(MAX_STREAM_ID):
-            stream_id = self._next_stream_id
-            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
-            if stream_id not in self.streams:
-                return stream_id
-        raise CircuitError("no free stream id on this circuit")
-
-    def attach_stream(self, stream: StreamEndpoint) -> None:
-        self.streams[stream.stream_id] = stream
-
-    def detach_stream(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
 
     def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
         """Send RELAY_END for a stream and forget it."""

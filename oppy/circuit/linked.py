@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.cell.relay import encode_end_body
-from oppy.circuit.circuit import MAX_STREAM_ID, MAX_STREAMS_PER_CIRCUIT, Circuit, CircuitError, StreamEndpoint
+from oppy.circuit.circuit import Circuit, CircuitError, StreamTable
 from oppy.circuit.conflux import (
     DEFAULT_MAX_OOO_BYTES,
     ConfluxAlgorithm,
@@ -64,7 +64,7 @@ class TunnelOwner(Protocol):
         """The set is torn down (once); its streams have been told and its legs are closing."""
 
 
-class ConfluxTunnel:
+class ConfluxTunnel(StreamTable):
     """One conflux set: its legs, the linking handshake, and the circuit interface its streams use."""
 
     def __init__(self, nonce: bytes, owner: TunnelOwner, *, desired_ux: int = DesiredUX.HIGH_THROUGHPUT,
@@ -82,8 +82,7 @@ class ConfluxTunnel:
         # (when each was sent): the set is usable once neither is left (tor's try_finalize_set).
         self._building = 0
         self._pending: dict[Circuit, float] = {}
-        self.streams: dict[int, StreamEndpoint] = {}
-        self._next_stream_id = 1
+        StreamTable.__init__(self)
         self.error: CircuitError | None = None
         # MaxMemInQueues: what the out-of-order queue held at the last report, and since when it holds any.
         self.account = account
@@ -145,10 +144,6 @@ class ConfluxTunnel:
     def congestion_control(self) -> VegasController | None:
         """A leg's controller: every leg has one, so streams keep no windows of their own."""
         return self.conflux.legs[0].congestion if self.conflux.legs else None
-
-    @property
-    def has_stream_room(self) -> bool:
-        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
 
     @property
     def rtt_ms(self) -> list[int]:
@@ -391,24 +386,12 @@ class ConfluxTunnel:
 
     # ------------------------------------------------------------------------------ streams
 
-    def allocate_stream_id(self) -> int:
-        for _ in range(MAX_STREAM_ID):
-            stream_id = self._next_stream_id
-            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
-            if stream_id not in self.streams:
-                return stream_id
-        raise CircuitError("no free stream id on this conflux set")
-
-    def attach_stream(self, stream: StreamEndpoint) -> None:
-        self.streams[stream.stream_id] = stream
-
     def detach_stream(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is not None:
             self._log_legs(stream_id)
 
     def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
-        if self.streams.pop(stream_id, None) is not None:
-            self._log_legs(stream_id)
+        self.detach_stream(stream_id)
         if self.state is TunnelState.LINKED:
             self.send_relay(RelayCommand.END, stream_id, encode_end_body(reason))
 

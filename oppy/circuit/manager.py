@@ -130,8 +130,6 @@ class StreamRouter(Protocol):
 
 #: Purposes whose last hop is an exit that may be asked for congestion control.
 _EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER, CircuitPurpose.CONFLUX_UNLINKED))
-#: The purposes of conflux legs.
-_CONFLUX_PURPOSES = frozenset((CircuitPurpose.CONFLUX_UNLINKED, CircuitPurpose.CONFLUX_LINKED))
 
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).

@@ -57,13 +57,19 @@ class Leg:
         self.circuit.cell_received(CMD_RELAY, self.path.send(hop, command, stream_id, data))
 
 
-def new_set(ux_from_exit=UX_MIN_LATENCY, account=None):
+def linking_set(**tunnel_options):
+    """A tunnel with two legs that sent LINK; nothing answered yet."""
     clock = Clock()
     owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, account=account)
+    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, **tunnel_options)
     a, b = Leg(clock), Leg(clock)
     tunnel.add_leg(a.circuit)
     tunnel.add_leg(b.circuit)
+    return tunnel, owner, a, b, clock
+
+
+def new_set(ux_from_exit=UX_MIN_LATENCY, account=None):
+    tunnel, owner, a, b, clock = linking_set(account=account)
     clock.now += 0.040
     a.received()
     a.send(LINKED, data=linked_body(ux=ux_from_exit))
@@ -75,12 +81,7 @@ def new_set(ux_from_exit=UX_MIN_LATENCY, account=None):
 
 
 def test_link_carries_the_nonce_and_zero_sequence_numbers_and_linked_is_acknowledged():
-    clock = Clock()
-    owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock)
-    a, b = Leg(clock), Leg(clock)
-    tunnel.add_leg(a.circuit)
-    tunnel.add_leg(b.circuit)
+    tunnel, owner, a, b, clock = linking_set()
     for leg in (a, b):
         (message,) = leg.received()
         assert (message.hop, message.command, message.stream_id) == (EXIT, LINK, 0)
@@ -104,12 +105,7 @@ def test_link_carries_the_nonce_and_zero_sequence_numbers_and_linked_is_acknowle
     (linked_body(sent=5), "data loss"),
 ])
 def test_a_bad_linked_closes_its_leg_and_the_other_leg_carries_the_set(body, why):
-    clock = Clock()
-    owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock)
-    a, b = Leg(clock), Leg(clock)
-    tunnel.add_leg(a.circuit)
-    tunnel.add_leg(b.circuit)
+    tunnel, owner, a, b, clock = linking_set()
     a.send(LINKED, data=body)
     assert a.circuit.state is CircuitState.CLOSED and why in str(a.circuit.error)
     assert a.circuit.error.reason == DestroyReason.PROTOCOL
@@ -210,12 +206,7 @@ def test_a_stream_cell_from_a_middle_hop_closes_the_leg():
 
 
 def test_a_leg_whose_link_took_longer_than_the_build_timeout_is_refused():
-    clock = Clock()
-    owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, max_link_rtt=1.5)
-    a, b = Leg(clock), Leg(clock)
-    tunnel.add_leg(a.circuit)
-    tunnel.add_leg(b.circuit)
+    tunnel, owner, a, b, clock = linking_set(max_link_rtt=1.5)
     clock.now += 0.2
     b.send(LINKED, data=linked_body())
     clock.now += 1.4
@@ -227,12 +218,7 @@ def test_a_leg_whose_link_took_longer_than_the_build_timeout_is_refused():
 
 
 def test_a_leg_without_linked_in_time_is_closed_as_stalled():
-    clock = Clock()
-    owner = Owner()
-    tunnel = ConfluxTunnel(NONCE, owner, clock=clock)
-    a, b = Leg(clock), Leg(clock)
-    tunnel.add_leg(a.circuit)
-    tunnel.add_leg(b.circuit)
+    tunnel, owner, a, b, clock = linking_set()
     a.send(LINKED, data=linked_body())
     tunnel.link_timed_out(a.circuit, 60.0)  # a linked in time: nothing happens
     assert a.circuit.state is CircuitState.OPEN
