@@ -95,8 +95,15 @@ def test_link_carries_the_nonce_and_zero_sequence_numbers_and_linked_is_acknowle
     assert [message.command for message in b.received()] == [LINKED_ACK]
     assert tunnel.state is TunnelState.LINKED and owner.linked == [tunnel]
     assert tunnel.rtt_ms == [50, 50]
-    # tor's exits ask for MIN_LATENCY in LINKED, and cfx_add_leg schedules by what the peer asked.
+    # We send by our own UX (throughput: LowRTT), whatever the exit's LINKED asks (tor's: MIN_LATENCY).
+    assert tunnel.conflux.algorithm is ConfluxAlgorithm.LOW_RTT
+
+
+def test_the_latency_ux_sends_by_min_rtt():
+    tunnel, owner, a, b, clock = linking_set(desired_ux=UX_MIN_LATENCY)
     assert tunnel.conflux.algorithm is ConfluxAlgorithm.MIN_RTT
+    (link,) = a.received()
+    assert link.data[-1] == UX_MIN_LATENCY
 
 
 @pytest.mark.parametrize("body, why", [
@@ -149,7 +156,7 @@ def test_a_stream_begins_on_the_lowest_rtt_leg_and_gets_its_cells_in_sequence_or
 
 
 def test_uploads_take_the_schedulers_leg_and_a_switch_moves_the_sequence():
-    tunnel, owner, a, b, clock = new_set(ux_from_exit=UX_HIGH_THROUGHPUT)  # LowRTT: fill a, then b
+    tunnel, owner, a, b, clock = new_set()  # LowRTT: fill a, then b
     stream, sink, first, stream_id = open_stream(tunnel, a, b)
     room_a = a.circuit.package_room
     stream.write(b"x" * 498 * (room_a + 3))
