@@ -545,17 +545,16 @@ class CircuitManager:
 
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset(), *,
-               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None,
-               need_uptime: bool = False) -> ManagedCircuit:
+               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None
+               ) -> ManagedCircuit:
         """Start building a circuit (for `port`, or through `path`, whose guard choice `guard` hears how it
-        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it;
-        `need_uptime` asks for Stable relays whatever the port (conflux legs)."""
+        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
             path, guard = self.paths.choose_circuit_path(port, exclude=exclude)
         managed = ManagedCircuit(next(self._circuit_numbers), list(path), purpose, self.clock(), time.time(),
-                                 need_uptime=need_uptime or self.paths.needs_stable(port), guard=guard,
+                                 need_uptime=self.paths.needs_stable(port), guard=guard,
                                  onion_service=onion_service)
         managed.port = port
         self.circuits[managed.number] = managed
@@ -638,8 +637,7 @@ class CircuitManager:
             return False
         record.launches += 1
         record.exit_id = path[-1].rsa_id
-        managed = self.launch(PREEMPTIVE_PORT, path=path, purpose=CircuitPurpose.CONFLUX_UNLINKED, guard=guard,
-                              need_uptime=True)
+        managed = self.launch(PREEMPTIVE_PORT, path=path, purpose=CircuitPurpose.CONFLUX_UNLINKED, guard=guard)
         if managed.status is not CircuitStatus.CLOSED:
             managed.conflux_set = record
             record.legs.append(managed)
@@ -1007,8 +1005,8 @@ class CircuitManager:
     def _conflux_set_for(self, port: int, managed: ManagedStream) -> ManagedCircuit | None:
         """conflux_get_circ_for_conn: the anchor leg of a linked set whose exit takes the port, with the
         stream's isolation (or none yet), not too dirty; sets already carrying this isolation first."""
-        if not self.conflux_on:
-            return None
+        if not self.conflux_on or self.paths.needs_stable(port):
+            return None  # legs are not built from Stable relays: a long-lived port keeps a single circuit
         now = self.clock()
         fitting = []
         for record in self.conflux_sets.values():
