@@ -54,6 +54,7 @@ from oppy.cell.relay import (
     link_specifiers_for_relay,
     SendmeVersion,
 )
+from oppy.circuit.conflux import should_multiplex
 from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.crypto.errors import HandshakeError
 from oppy.crypto.ntor import CreateFastHandshake, NtorClientHandshake
@@ -166,7 +167,51 @@ class StreamEndpoint(Protocol):
         """The circuit can package DATA again (a SENDME opened its window, or its channel resumed)."""
 
 
-class Circuit:
+class ConfluxLegOwner(Protocol):
+    """Who a conflux leg hands its set's cells to (`oppy.circuit.linked.ConfluxTunnel`), in the order they
+    arrived on the leg."""
+
+    def leg_linked(self, circuit: "Circuit", data: bytes) -> None:
+        """RELAY_CONFLUX_LINKED from the exit."""
+
+    def leg_switch(self, circuit: "Circuit", data: bytes) -> None:
+        """RELAY_CONFLUX_SWITCH from the exit."""
+
+    def leg_cells(self, circuit: "Circuit", cells: list[tuple[int, int, bytes]]) -> None:
+        """Multiplexed relay cells (command, stream id, data) from the exit."""
+
+    def leg_window_opened(self, circuit: "Circuit") -> None:
+        """The leg may send DATA again (a SENDME opened its cwnd, or its channel resumed)."""
+
+
+class StreamTable:
+    """The streams a circuit (or a conflux set) carries, by stream id."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamEndpoint] = {}
+        self._next_stream_id = 1
+
+    @property
+    def has_stream_room(self) -> bool:
+        """Fewer than MAX_STREAMS_PER_CIRCUIT streams: one more may be attached."""
+        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
+
+    def allocate_stream_id(self) -> int:
+        for _ in range(MAX_STREAM_ID):
+            stream_id = self._next_stream_id
+            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
+            if stream_id not in self.streams:
+                return stream_id
+        raise CircuitError("no free stream id on this circuit")
+
+    def attach_stream(self, stream: StreamEndpoint) -> None:
+        self.streams[stream.stream_id] = stream
+
+    def detach_stream(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+
+class Circuit(StreamTable):
     """One client circuit through `path` (guard first), riding `channel` (a link to the guard).
 
     `congestion` is the consensus's congestion-control parameters; None (directory and other one-hop uses)
@@ -186,7 +231,6 @@ class Circuit:
         self.created_at = clock()
         self.built_at: float | None = None
         self.error: CircuitError | None = None
-        self.streams: dict[int, StreamEndpoint] = {}
         self.window = SendmeWindow.for_circuit()
         self.congestion_params = congestion
         # The exit hop's controller once it accepted congestion control (`congestion_control`).
@@ -197,7 +241,9 @@ class Circuit:
         self._data_cells_sent = 0
         self._relay_early_left = MAX_RELAY_EARLY_CELLS
         self._handshake: NtorClientHandshake | NtorV3ClientHandshake | CreateFastHandshake | None = None
-        self._next_stream_id = 1
+        StreamTable.__init__(self)
+        # The conflux set this circuit is a leg of (`start_conflux_leg`): its multiplexed cells go there.
+        self._conflux: ConfluxLegOwner | None = None
         self.bytes_read = 0
         self.bytes_written = 0
         # For `traffic`, counted per batch of cells (the DATA bytes are bytes_read and bytes_written).
@@ -395,6 +441,9 @@ class Circuit:
     def _relay_run_received(self, payloads: bytes) -> None:
         """The per-cell path: decrypt a run, keep the deliver window, hand DATA to streams and the rest to
         `_relay_message_received`."""
+        if self._conflux is not None:
+            self._leg_run_received(payloads)
+            return
         cells, error = self.crypto.decrypt_inbound_many(payloads)
         self._cells_recognized += len(cells)
         unpack = _RELAY_HEADER.unpack_from
@@ -467,6 +516,69 @@ class Circuit:
             self._send_sendmes(sendmes)
         if run:
             run_stream.data_cells_received(run)
+        if error is not None and self.state is not CircuitState.CLOSED:
+            self._fail(str(error), DestroyReason.PROTOCOL)
+
+    # ------------------------------------------------------------------------------------ conflux legs
+
+    def start_conflux_leg(self, owner: ConfluxLegOwner, link_body: bytes) -> None:
+        """Make this open circuit a conflux leg (prop 329): RELAY_CONFLUX_LINK to the exit; from now on its
+        multiplexed cells, LINKED and SWITCH go to `owner`, and it carries no stream of its own."""
+        if self.state is not CircuitState.OPEN or self._congestion is None or self.streams:
+            raise CircuitError("only an open circuit with congestion control and no streams can be a conflux leg")
+        self._conflux = owner
+        self.send_relay(RelayCommand.CONFLUX_LINK, 0, link_body)
+
+    def _leg_run_received(self, payloads: bytes) -> None:
+        """A conflux leg's cells: the deliver window and SENDMEs stay per leg; the multiplexed cells go to the
+        set in arrival order (a batch until the next cell the leg handles itself, which may be a SWITCH)."""
+        owner = self._conflux
+        cells, error = self.crypto.decrypt_inbound_many(payloads)
+        unpack = _RELAY_HEADER.unpack_from
+        window = self.window
+        batch: list[tuple[int, int, bytes]] = []
+        sendmes: list[tuple[int, bytes]] = []
+        for hop, buffer, offset, tag in cells:
+            command, _, stream_id, _, length = unpack(buffer, offset)
+            if length > RELAY_PAYLOAD_LEN:
+                self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
+                           DestroyReason.PROTOCOL)
+                return
+            if hop != len(self.crypto) - 1:
+                # conflux_validate_source_hop: a leg's cells come from its exit, never from a middle.
+                self._fail(f"{self._hop_name(hop)} sent a cell on a conflux leg", DestroyReason.PROTOCOL)
+                return
+            start = offset + RELAY_HEADER_LEN
+            data = bytes(buffer[start:start + length])
+            if command == _DATA:
+                self.bytes_read += length
+                window.deliver -= 1
+                if window.deliver < 0:
+                    self._fail(f"{self._hop_name(hop)} overran the circuit deliver window", DestroyReason.PROTOCOL)
+                    return
+                if window.deliver <= window.sendme_threshold:
+                    window.sendme_sent()
+                    sendmes.append((hop, tag))
+            if should_multiplex(command):
+                batch.append((command, stream_id, data))
+                continue
+            if batch:
+                owner.leg_cells(self, batch)
+                batch = []
+                if self.state is CircuitState.CLOSED:
+                    return
+            if command == RelayCommand.CONFLUX_LINKED:
+                owner.leg_linked(self, data)
+            elif command == RelayCommand.CONFLUX_SWITCH:
+                owner.leg_switch(self, data)
+            else:
+                self._control_cell_received(hop, command, data)
+            if self.state is CircuitState.CLOSED:
+                return
+        if sendmes:
+            self._send_sendmes(sendmes)
+        if batch:
+            owner.leg_cells(self, batch)
         if error is not None and self.state is not CircuitState.CLOSED:
             self._fail(str(error), DestroyReason.PROTOCOL)
 
@@ -570,6 +682,8 @@ class Circuit:
             self._wake_streams()
 
     def _wake_streams(self) -> None:
+        if self._conflux is not None:
+            self._conflux.leg_window_opened(self)
         for stream in list(self.streams.values()):
             stream.circuit_window_opened()
 
@@ -636,25 +750,6 @@ class Circuit:
             congestion.cells_sent(count, len(triggers), int(self.clock() * _USEC_PER_SECOND))
 
     # ------------------------------------------------------------------------------------ streams
-
-    @property
-    def has_stream_room(self) -> bool:
-        """The circuit carries fewer than MAX_STREAMS_PER_CIRCUIT streams: one more may be attached."""
-        return len(self.streams) < MAX_STREAMS_PER_CIRCUIT
-
-    def allocate_stream_id(self) -> int:
-        for _ in range(MAX_STREAM_ID):
-            stream_id = self._next_stream_id
-            self._next_stream_id = stream_id % MAX_STREAM_ID + 1
-            if stream_id not in self.streams:
-                return stream_id
-        raise CircuitError("no free stream id on this circuit")
-
-    def attach_stream(self, stream: StreamEndpoint) -> None:
-        self.streams[stream.stream_id] = stream
-
-    def detach_stream(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
 
     def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
         """Send RELAY_END for a stream and forget it."""

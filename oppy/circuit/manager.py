@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Union
@@ -29,8 +30,17 @@ from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.conflux import (
+    CLIENT_UX_NAMES,
+    CONFLUX_NONCE_LEN,
+    DEFAULT_MAX_OOO_BYTES,
+    ConfluxParams,
+    conflux_enabled,
+    exit_conflux_ratio,
+)
 from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
+from oppy.circuit.linked import ConfluxTunnel, TunnelState
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
@@ -121,7 +131,7 @@ class StreamRouter(Protocol):
 
 
 #: Purposes whose last hop is an exit that may be asked for congestion control.
-_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER))
+_EXIT_PURPOSES = frozenset((CircuitPurpose.GENERAL, CircuitPurpose.CONTROLLER, CircuitPurpose.CONFLUX_UNLINKED))
 
 
 #: control-spec "CIRC" BUILD_FLAGS, in the order tor lists them (circuit_describe_status_for_controller).
@@ -163,6 +173,8 @@ class ManagedCircuit:
         self.onion_service = onion_service
         self.rend_query: str | None = None
         self.hs_state: str | None = None
+        # The conflux set this circuit is a leg of (purposes CONFLUX_UNLINKED and CONFLUX_LINKED).
+        self.conflux_set: "ManagedConfluxSet | None" = None
 
     def __repr__(self) -> str:
         return f"<ManagedCircuit {self.number} {self.status.value}>"
@@ -174,6 +186,21 @@ class ManagedCircuit:
     @property
     def exit(self) -> RelayTarget:
         return self.path[-1]
+
+    @property
+    def conflux_status(self) -> tuple[str, int] | None:
+        """A linked conflux leg's CONFLUX_ID and CONFLUX_RTT (microseconds), as tor's CIRC events show them
+        (control-spec "CIRC", tor 0.4.8.15); None for any other circuit."""
+        record = self.conflux_set
+        if record is None or self.circuit is None:
+            return None
+        rtt = record.tunnel.leg_rtt_usec(self.circuit)
+        return None if rtt is None else (record.conflux_id, rtt)
+
+    @property
+    def stream_circuit(self) -> "Circuit | ConfluxTunnel | None":
+        """What streams attach to: the circuit, or for a conflux leg its set's tunnel."""
+        return self.conflux_set.tunnel if self.conflux_set is not None else self.circuit
 
     def when_built(self) -> defer.Deferred:
         """A Deferred firing with this circuit once it is built (now, if it is), or failing with the
@@ -298,6 +325,55 @@ class _ManagedCircuitOwner:
             self.managed.onion_service.onion_service_message(self.managed, command, data)
 
 
+class ManagedConfluxSet:
+    """A conflux set as the manager keeps it (conflux_pool.c's linked and unlinked sets): the tunnel its
+    streams use, its exit, its legs, how many legs it launched, and the isolation and dirtiness it has as one
+    circuit for streams."""
+
+    def __init__(self, tunnel: ConfluxTunnel, created_at: float) -> None:
+        self.tunnel = tunnel
+        self.created_at = created_at
+        self.exit_id: bytes | None = None
+        self.legs: list[ManagedCircuit] = []
+        self.launches = 0
+        self.isolation = CircuitIsolation()
+        self.dirty_since: float | None = None
+        self.usable = True
+
+    def __repr__(self) -> str:
+        return f"<ManagedConfluxSet {self.tunnel!r} legs={[leg.number for leg in self.legs]}>"
+
+    @property
+    def anchor(self) -> ManagedCircuit | None:
+        """The leg streams are reported on (tor's streams point at the set's first leg)."""
+        linked = self.tunnel.legs
+        for leg in self.legs:
+            if leg.circuit is not None and leg.circuit in linked:
+                return leg
+        return None
+
+    @property
+    def conflux_id(self) -> str:
+        """control-spec CIRC CONFLUX_ID: the set's id in hex as tor prints it (the nonce's first 16 bytes)."""
+        return self.tunnel.nonce[:16].hex().upper()
+
+
+class _TunnelOwner:
+    """What a tunnel reports to: the manager, told which set it is."""
+
+    __slots__ = ("manager", "record")
+
+    def __init__(self, manager: "CircuitManager") -> None:
+        self.manager = manager
+        self.record: ManagedConfluxSet | None = None
+
+    def tunnel_linked(self, tunnel: ConfluxTunnel) -> None:
+        self.manager._conflux_set_linked(self.record)
+
+    def tunnel_closed(self, tunnel: ConfluxTunnel, error: CircuitError) -> None:
+        self.manager._conflux_set_closed(self.record, error)
+
+
 class ManagedStream:
     """Bookkeeping for one client stream: its number, attempts, isolation and the timers that retry it."""
 
@@ -332,7 +408,9 @@ class CircuitManager:
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
                  queue_account: QueueAccount | None = None,
-                 observers: Iterable[ManagerObserver] = ()) -> None:
+                 observers: Iterable[ManagerObserver] = (),
+                 conflux_option: bool | None = None, conflux_client_ux: str = "throughput",
+                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES) -> None:
         self.links = links
         #: Chooses the paths, answers for exit policies, and hears how building through a guard went.
         self.paths = paths
@@ -350,6 +428,12 @@ class CircuitManager:
         self.congestion_params = CongestionParams()
         # prop 324 "Flow control": the XON/XOFF limits for streams opened from now on.
         self.flow_control_params = FlowControlParams()
+        # prop 329: ConfluxEnabled (None: auto), ConfluxClientUX, the consensus's cfx_* parameters, the sets.
+        self.conflux_option = conflux_option
+        self.conflux_ux = CLIENT_UX_NAMES[conflux_client_ux]
+        self.conflux_params = ConfluxParams()
+        self.max_ooo_bytes = max_ooo_bytes
+        self.conflux_sets: dict[bytes, ManagedConfluxSet] = {}
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -429,10 +513,18 @@ class CircuitManager:
         now = self.clock()
         for managed in list(self.circuits.values()):
             too_dirty = managed.dirty_since is not None and now - managed.dirty_since > self.max_circuit_dirtiness
-            if (too_dirty or not managed.usable) and managed.is_open and not managed.circuit.streams:
+            if (too_dirty or not managed.usable) and managed.is_open and not managed.circuit.streams \
+                    and managed.conflux_set is None:
                 log.info("circuit %d: %s and without streams; closing it", managed.number,
                          "dirty for too long" if too_dirty else "unusable for new streams")
                 managed.circuit.close(DestroyReason.FINISHED, "expired")
+        for record in list(self.conflux_sets.values()):
+            too_dirty = record.dirty_since is not None and now - record.dirty_since > self.max_circuit_dirtiness
+            if (too_dirty or not record.usable) and record.tunnel.state is TunnelState.LINKED \
+                    and not record.tunnel.streams:
+                log.info("conflux set %s: %s and without streams; closing it", record.conflux_id[:16],
+                         "dirty for too long" if too_dirty else "unusable for new streams")
+                record.tunnel.close(DestroyReason.FINISHED, "expired")
         self._expiry_timer = self.reactor.callLater(NEW_CIRCUIT_PERIOD, self._expire_old_circuits)
 
     def _clean_circuits(self) -> list[ManagedCircuit]:
@@ -460,6 +552,7 @@ class CircuitManager:
                 except Exception as exc:  # no path (yet)
                     log.info("cannot build a preemptive circuit: %s", exc)
                     break
+            self._predict_conflux_sets()
         finally:
             self._topping_up = False
 
@@ -489,10 +582,135 @@ class CircuitManager:
         return managed
 
     def update_consensus_params(self, params: Mapping[str, int]) -> None:
-        """A new consensus: its congestion-control parameters hold for circuits built from now on, its XON/XOFF
+        """A new consensus: its congestion-control and conflux parameters hold for circuits built from now on
+        (conflux_params_new_consensus counts the exits listing Conflux=1 in the NetDir in use), its XON/XOFF
         parameters for streams opened from now on."""
         self.congestion_params = CongestionParams.from_consensus(params)
         self.flow_control_params = FlowControlParams.from_consensus(params)
+        netdir = self.paths.netdir
+        relays = netdir.consensus.relays if netdir is not None else ()
+        ratio = exit_conflux_ratio([("Exit" in relay.flags, "BadExit" in relay.flags,
+                                     relay.supports_protocol("Conflux", 1)) for relay in relays])
+        self.conflux_params = ConfluxParams.from_consensus(params, ratio)
+
+    # ------------------------------------------------------------------------------ conflux sets
+
+    @property
+    def conflux_on(self) -> bool:
+        """conflux_is_enabled: ConfluxEnabled over cfx_enabled, never without congestion control; not with
+        bridges (oppy does not build legs through them yet: every first hop must be a bridge)."""
+        if self.paths.bridges is not None:
+            return False
+        return conflux_enabled(self.conflux_option, self.conflux_params, self.congestion_params.enabled)
+
+    def _usable_conflux_sets(self) -> list[ManagedConfluxSet]:
+        return [record for record in self.conflux_sets.values()
+                if record.usable and not record.isolation.is_set and record.dirty_since is None]
+
+    def _predict_conflux_sets(self) -> None:
+        """conflux_predict_new: keep cfx_max_prebuilt_set sets linked or linking ahead of demand (fewer when
+        few exits support conflux), never more than cfx_max_linked_set linked ones."""
+        if not self.conflux_on:
+            return
+        params = self.conflux_params
+        linked = sum(1 for record in self.conflux_sets.values() if record.tunnel.state is TunnelState.LINKED)
+        if linked >= params.max_linked_set:
+            return
+        for _ in range(params.max_prebuilt - len(self._usable_conflux_sets())):
+            if self._pending_count() >= self.max_pending or not self.launch_conflux_set():
+                break
+
+    def launch_conflux_set(self) -> ManagedConfluxSet | None:
+        """launch_new_set: a new nonce and cfx_num_legs_set legs to one exit listing Conflux=1."""
+        owner = _TunnelOwner(self)
+        tunnel = ConfluxTunnel(os.urandom(CONFLUX_NONCE_LEN), owner, desired_ux=self.conflux_ux,
+                               max_ooo_bytes=self.max_ooo_bytes, max_link_rtt=self.build_times.timeout_ms / 1000,
+                               account=self.queue_account, clock=self.clock)
+        record = owner.record = ManagedConfluxSet(tunnel, self.clock())
+        self.conflux_sets[tunnel.nonce] = record
+        log.info("Launching conflux set %s with %d legs.", record.conflux_id[:16], self.conflux_params.num_legs_set)
+        for _ in range(self.conflux_params.num_legs_set):
+            if not self._launch_conflux_leg(record):
+                break
+        if not record.legs:
+            self.conflux_sets.pop(tunnel.nonce, None)
+            return None
+        return record
+
+    def _launch_conflux_leg(self, record: ManagedConfluxSet) -> bool:
+        """conflux_launch_leg: a leg to the set's exit through other guards and middles than its other legs
+        where the path rules allow, within the set's launch budget (cfx_num_legs_set +
+        cfx_max_unlinked_leg_retry)."""
+        if record.launches >= self.conflux_params.max_leg_launches:
+            log.info("Conflux set %s: no more leg launches allowed.", record.conflux_id[:16])
+            return False
+        others = [leg for leg in record.legs if leg.status is not CircuitStatus.CLOSED]
+        guards = {leg.path[0].rsa_id for leg in others}
+        middles = {hop.rsa_id for leg in others for hop in leg.path[1:-1]}
+        try:
+            path, guard = self.paths.choose_conflux_path(PREEMPTIVE_PORT, record.exit_id,
+                                                         exclude_tiers=(guards | middles, middles, ()))
+        except Exception as exc:  # no path (yet)
+            log.info("cannot build a conflux leg: %s", exc)
+            return False
+        record.launches += 1
+        record.exit_id = path[-1].rsa_id
+        managed = self.launch(PREEMPTIVE_PORT, path=path, purpose=CircuitPurpose.CONFLUX_UNLINKED, guard=guard)
+        if managed.status is not CircuitStatus.CLOSED:
+            managed.conflux_set = record
+            record.legs.append(managed)
+            record.tunnel.leg_launched()
+        return True
+
+    def _conflux_leg_open(self, managed: ManagedCircuit) -> None:
+        """conflux_circuit_has_opened: a leg without congestion control is closed; others send LINK."""
+        record = managed.conflux_set
+        circuit = managed.circuit
+        if record.tunnel.state is TunnelState.CLOSED:
+            circuit.close(DestroyReason.FINISHED, "its conflux set is gone")
+            return
+        if circuit.congestion_control is None:
+            circuit.close(DestroyReason.PROTOCOL, "conflux leg opened without negotiating congestion control")
+            return
+        record.tunnel.add_leg(circuit)
+        # A leg whose exit never answers LINK is stalled: closed after the build close timeout.
+        timeout = self.build_times.close_ms / 1000
+        self.reactor.callLater(timeout, record.tunnel.link_timed_out, circuit, timeout)
+
+    def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
+        for leg in record.legs:
+            if leg.circuit is not None and leg.circuit in record.tunnel.legs:
+                leg.purpose = CircuitPurpose.CONFLUX_LINKED
+        log.info("Conflux set %s linked: legs %s to %s, RTTs %s ms.", record.conflux_id[:16],
+                 [leg.number for leg in record.legs if leg.purpose is CircuitPurpose.CONFLUX_LINKED],
+                 record.tunnel.exit.describe(), record.tunnel.rtt_ms)
+        self._attach_waiting()
+
+    def _conflux_set_closed(self, record: ManagedConfluxSet, error: CircuitError) -> None:
+        log.info("Conflux set %s closed: %s", record.conflux_id[:16], error)
+        self.conflux_sets.pop(record.tunnel.nonce, None)
+        self._top_up()
+
+    def _conflux_leg_gone(self, managed: ManagedCircuit, error: CircuitError) -> None:
+        """A leg failed or closed: the tunnel decides whether the set survives; a surviving set launches a
+        leg in its place when below cfx_num_legs_set (unlinked_circuit_closed / tor's relaunch)."""
+        record = managed.conflux_set
+        if record is None:
+            return
+        if managed in record.legs:
+            record.legs.remove(managed)
+        tunnel = record.tunnel
+        if managed.circuit is not None:
+            tunnel.leg_closed(managed.circuit, error)
+        else:
+            tunnel.leg_build_failed(error)
+        if tunnel.state is TunnelState.CLOSED or not self._running:
+            return
+        if not record.legs:
+            tunnel.close(error.reason, f"every leg of the conflux set failed: {error}")
+            return
+        if len(record.legs) < self.conflux_params.num_legs_set:
+            self._launch_conflux_leg(record)
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -537,6 +755,8 @@ class CircuitManager:
         if managed.purpose is CircuitPurpose.GENERAL:
             self.circuit_established = True
         self._notify(CircuitBuilt(managed, managed.purpose))
+        if managed.conflux_set is not None:
+            self._conflux_leg_open(managed)
         managed._build_settled(None)
         # The marks of the streams it was launched for go: the waiting streams are attached for real now.
         managed.isolation.clear_if_unused()
@@ -561,6 +781,7 @@ class CircuitManager:
         self._notify(CircuitClosed(managed, managed.purpose, error))
         self.circuits.pop(managed.number, None)
         managed._build_settled(error)
+        self._conflux_leg_gone(managed, error)
         if managed.guard is not None:
             self._check_guard_waits()       # a better guard's circuit failed: a waiting one may do now
         self._top_up()
@@ -576,6 +797,7 @@ class CircuitManager:
             self.paths.guard_cancelled(managed.guard)
         self._notify(CircuitClosed(managed, managed.purpose, error))
         managed._build_settled(error)
+        self._conflux_leg_gone(managed, error)
         if managed.guard is not None:
             self._check_guard_waits()       # a better guard's circuit is gone: a waiting one may do now
         self._top_up()
@@ -666,6 +888,8 @@ class CircuitManager:
         self._newnym_epoch += 1
         for managed in self.circuits.values():
             managed.usable = False
+        for record in self.conflux_sets.values():
+            record.usable = False
         self._top_up()
 
     def _is_usable_for(self, managed: ManagedCircuit, port: int, isolation: IsolationValues,
@@ -795,6 +1019,10 @@ class CircuitManager:
             managed.router.attach_stream(managed)
             return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
+        conflux = self._conflux_set_for(port, managed) if stream.kind is not StreamKind.DIRECTORY else None
+        if conflux is not None:
+            self.attach_to(managed, conflux)
+            return
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if candidates:
@@ -822,6 +1050,26 @@ class CircuitManager:
         else:
             launched.isolation.add(managed.isolation, attached=False)
 
+    def _conflux_set_for(self, port: int, managed: ManagedStream) -> ManagedCircuit | None:
+        """conflux_get_circ_for_conn: the anchor leg of a linked set whose exit takes the port, with the
+        stream's isolation (or none yet), not too dirty; sets already carrying this isolation first."""
+        if not self.conflux_on or self.paths.needs_stable(port):
+            return None  # legs are not built from Stable relays: a long-lived port keeps a single circuit
+        now = self.clock()
+        fitting = []
+        for record in self.conflux_sets.values():
+            tunnel, anchor = record.tunnel, record.anchor
+            if anchor is None or not tunnel.is_open or not tunnel.has_stream_room or not record.usable:
+                continue
+            if not record.isolation.compatible(managed.isolation):
+                continue
+            if record.dirty_since is not None and now - record.dirty_since > self.max_circuit_dirtiness:
+                continue
+            if tunnel.exit.rsa_id in managed.excluded_exits or not self.paths.exit_allows(tunnel.exit.rsa_id, port):
+                continue
+            fitting.append((not record.isolation.is_set, -record.created_at, anchor))
+        return min(fitting, key=lambda entry: entry[:2])[2] if fitting else None
+
     def _give_up(self, managed: ManagedStream, why: str) -> None:
         """No circuit can be had for a waiting stream: the application hears the last reason (or NOROUTE)."""
         self._stream_waiters.remove(managed)
@@ -844,13 +1092,18 @@ class CircuitManager:
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
         managed.awaiting_controller = False
+        record = target.conflux_set
+        if record is not None:
+            record.isolation.add(managed.isolation, attached=True)
+            if record.dirty_since is None:
+                record.dirty_since = self.clock()
         if target.purpose is CircuitPurpose.GENERAL:
             target.isolation.add(managed.isolation, attached=True)
         if target.dirty_since is None:
             target.dirty_since = self.clock()
         managed.managed_circuit = target
         managed.attempts += 1
-        managed.stream.attach(target.circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
+        managed.stream.attach(target.stream_circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
         self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
@@ -866,6 +1119,8 @@ class CircuitManager:
             return
         # The circuit is presumed slow or broken: no new streams on it (tor marks it "unusable").
         target.usable = False
+        if target.conflux_set is not None:
+            target.conflux_set.usable = False
         log.info("stream %d: no answer from the exit after attempt %d", managed.number, managed.attempts)
         stream.close(EndReason.TIMEOUT, retry=True)
 
@@ -891,6 +1146,8 @@ class CircuitManager:
                     return False
                 if circuit is not None:
                     circuit.usable = False
+                    if circuit.conflux_set is not None:
+                        circuit.conflux_set.usable = False
         log.info("stream %d: attempt %d failed (%s); retrying on another circuit", managed.number,
                  managed.attempts, end)
         self._stream_changed(managed)  # DETACHED

@@ -220,6 +220,17 @@ RECOMMENDED_MIN_CIRCUIT_BUILD_TIMEOUT = 10
 MAX_MAX_CLIENT_CIRCUITS_PENDING = 1024
 
 
+# tor(1) ConfluxClientUX: the values config.c accepts (compared as written), the first the default.
+CONFLUX_CLIENT_UX_VALUES = ("throughput", "latency", "throughput_lowmem", "latency_lowmem")
+
+
+def _parse_conflux_client_ux(name: str, value: str) -> str:
+    if value not in CONFLUX_CLIENT_UX_VALUES:
+        raise _bad(name, value, "ConfluxClientUX must be 'latency', 'throughput', 'latency_lowmem', or "
+                                "'throughput_lowmem'")
+    return value
+
+
 def _parse_safe_logging(name: str, value: str) -> str:
     lowered = ascii_lower(value)
     if lowered not in ("0", "1", "relay"):
@@ -667,6 +678,10 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant(None)),
     _Option("ClientOnionAuthDir", "client_onion_auth_dir", "Filename", _parse_filename, _encode_optional_string,
             _constant(None), changeable_at_runtime=False),
+    _Option("ConfluxEnabled", "conflux_enabled", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
+            _constant(None)),
+    _Option("ConfluxClientUX", "conflux_client_ux", "String", _parse_conflux_client_ux, lambda value: [value],
+            _constant(CONFLUX_CLIENT_UX_VALUES[0])),
     _Option("MaxMemInQueues", "max_mem_in_queues", "DataSize", _parse_memunit_option, _encode_int, _constant(0),
             changeable_at_runtime=False),
     _Option("UseBridges", "use_bridges", "Boolean", _parse_bool, _encode_bool, _constant(False),
@@ -791,6 +806,12 @@ class Config:
     #: ClientOnionAuthDir: the directory of ``*.auth_private`` files (``<address>:descriptor:x25519:<key>``)
     #: holding the client-authorization keys of onion services; None for none.
     client_onion_auth_dir: str | None = None
+    #: ConfluxEnabled: link exit circuits in conflux sets (prop 329); None is ``auto`` (the consensus's
+    #: cfx_enabled, on by default). Never without congestion control.
+    conflux_enabled: bool | None = None
+    #: ConfluxClientUX: what the LINK cell asks the exit to optimize when it schedules our downloads
+    #: (throughput, latency, throughput_lowmem, latency_lowmem).
+    conflux_client_ux: str = "throughput"
     #: MaxMemInQueues: the bytes oppy's queues (stream buffers and link queues) may hold before it closes
     #: the circuits with the oldest queued data; 0, the default, chooses from the RAM as tor does (and
     #: under 256 MB tor's minimum applies, except on a TestingTorNetwork). See oppy.circuit.memory.

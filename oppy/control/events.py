@@ -257,14 +257,17 @@ def circuit_status_line(
     time_created: datetime | float | None = None,
     socks_username: str | None = None,
     socks_password: str | None = None,
+    conflux_id: str | None = None,
+    conflux_rtt: int | None = None,
     reason: str | None = None,
     remote_reason: str | None = None,
 ) -> str:
     """One circuit as in ``GETINFO circuit-status`` and, after ``CIRC``, its event:
     ``ID STATUS [PATH] [BUILD_FLAGS=..] PURPOSE=.. [HS_STATE=..] [REND_QUERY=..]
-    [TIME_CREATED=..] [SOCKS_USERNAME=".."] [SOCKS_PASSWORD=".."] [REASON=..]
-    [REMOTE_REASON=..]`` (tor's field order: the reasons come last). The path is omitted
-    while empty; reasons belong to FAILED and CLOSED events only."""
+    [TIME_CREATED=..] [SOCKS_USERNAME=".."] [SOCKS_PASSWORD=".."] [CONFLUX_ID=..]
+    [CONFLUX_RTT=..] [REASON=..] [REMOTE_REASON=..]`` (tor's field order: the reasons come
+    last; a linked conflux leg's set id and RTT in microseconds since tor 0.4.8.15). The path
+    is omitted while empty; reasons belong to FAILED and CLOSED events only."""
     parts = [_identifier(circ_id, "a circuit id"), _token(status, "a circuit status")]
     if path:
         parts.append(format_path(path))
@@ -278,6 +281,10 @@ def circuit_status_line(
     if time_created is not None:
         parts.append("TIME_CREATED=" + format_time_created(time_created))
     parts += _socks_auth_fields(socks_username, socks_password)
+    if conflux_id is not None:
+        parts.append("CONFLUX_ID=" + _token(conflux_id, "a conflux id"))
+    if conflux_rtt is not None:
+        parts.append(f"CONFLUX_RTT={int(conflux_rtt)}")
     if reason is not None:
         parts.append("REASON=" + _token(reason, "a reason"))
     if remote_reason is not None:

@@ -89,7 +89,13 @@ def circuit_status_entry(managed, status: str) -> str:
     return circuit_status_line(managed.number, status, circuit_path(managed), build_flags=managed.build_flags,
                                purpose=managed.purpose.controller_name, hs_state=managed.hs_state,
                                rend_query=managed.rend_query, time_created=managed.created_wallclock,
-                               reason=reason, remote_reason=remote_reason)
+                               **conflux_fields(managed), reason=reason, remote_reason=remote_reason)
+
+
+def conflux_fields(managed) -> dict[str, object]:
+    """CONFLUX_ID and CONFLUX_RTT of a linked conflux leg (none for other circuits)."""
+    status = managed.conflux_status
+    return {} if status is None else {"conflux_id": status[0], "conflux_rtt": status[1]}
 
 
 class CircuitEventTracker:
@@ -128,7 +134,7 @@ class CircuitEventTracker:
         return circ_event(managed.number, status, path, build_flags=managed.build_flags,
                           purpose=managed.purpose.controller_name, hs_state=managed.hs_state,
                           rend_query=managed.rend_query, time_created=managed.created_wallclock,
-                          reason=reason, remote_reason=remote_reason)
+                          **conflux_fields(managed), reason=reason, remote_reason=remote_reason)
 
     def forget_all(self) -> None:
         self._reported.clear()

@@ -30,6 +30,7 @@ from typing import Any
 from oppy.netdoc.netdir import NO_CONSENSUS, DirInfo, NetDir
 from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.netdoc.router import RouterDescriptor
+from oppy.netdoc.weights import Position
 from oppy.path.bridges import BridgeSet
 from oppy.path.guards import GuardChoice, GuardSample, GuardUsage, NoGuardAvailableError, SampledGuard, choose_path
 from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathNode, PathSelector
@@ -44,6 +45,9 @@ from oppy.path.vanguards import (
 __all__ = ["PathChooser", "GuardsChanged"]
 
 log = logging.getLogger(__name__)
+
+# tor-spec "Subprotocol versioning": Conflux=1 is the linking and switching of prop 329.
+PROTOVER_CONFLUX = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,37 @@ class PathChooser:
             if not (enforce and middle.in_subnet_of(bridge.address)):
                 return [bridge, middle.target, exit_node.target], choice
             avoid_middle.add(middle.relay.rsa_id)
+
+    def choose_conflux_path(self, port: int | None = None, exit_id: bytes | None = None,
+                            exclude_tiers: Iterable[Iterable[bytes]] = ((),)
+                            ) -> tuple[list[RelayTarget], GuardChoice | None]:
+        """A conflux leg's path (conflux_pool.c conflux_launch_leg): the exit `exit_id` of the set (a new
+        set: an exit listing Conflux=1), a guard and middle avoiding the relays of the first of
+        `exclude_tiers` that leaves a path (the other legs' guards and middles, then fewer: tor's
+        conflux_add_guards_to_exclude_list and conflux_add_middles_to_exclude_list, where the path rules
+        allow). Raises NoPathError when no tier does, and with bridges: every first hop must be a bridge, and
+        oppy builds no conflux legs through them yet."""
+        if self.bridges is not None:
+            raise NoPathError("conflux legs are not built through bridges")
+        selector = self.selector
+        if exit_id is None:
+            not_conflux = {node.relay.rsa_id for node in selector.candidates(Position.EXIT, port, strict=False)
+                           if not node.relay.supports_protocol("Conflux", PROTOVER_CONFLUX)}
+            exit_node = selector.choose_exit(self.rng, port, avoid=not_conflux)
+        else:
+            exit_node = selector.node(exit_id.hex())
+            if exit_node is None:
+                raise NoPathError(f"the conflux set's exit ${exit_id.hex().upper()} is not in the consensus")
+        error: NoPathError | None = None
+        for tier in exclude_tiers:
+            try:
+                path, choice = choose_path(selector, self.guards, self.clock(), self.rng, port,
+                                           avoid=frozenset(tier), exit_node=exit_node)
+            except NoPathError as exc:
+                error = exc
+                continue
+            return [node.target for node in path.hops], choice
+        raise error if error is not None else NoPathError("no exclusion tier given")
 
     def choose_path(self, port: int | None = None, exclude: Iterable[bytes | str] = (),
                     rng: random.Random | None = None) -> list[RelayTarget]:

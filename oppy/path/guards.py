@@ -908,15 +908,18 @@ def _weighted_index(weights: list[float], rng: random.Random) -> int:
 
 
 def choose_path(selector: PathSelector, sample: GuardSample, now: float, rng: random.Random,
-                port: int | None = None, *, avoid: Collection[bytes] = ()) -> tuple[Path, GuardChoice]:
+                port: int | None = None, *, avoid: Collection[bytes] = (),
+                exit_node: PathNode | None = None) -> tuple[Path, GuardChoice]:
     """A circuit's path as oppy builds it: the exit first (its policy summary accepts ``port``),
     then a guard of ``sample`` that fits it (:meth:`GuardSample.pick`), then the middle; Stable
     relays on every hop for a long-lived port; no relay whose RSA identity is in ``avoid``.
+    ``exit_node``, when given, is the exit (a further conflux leg to a set's exit).
 
     Returns the path and the guard choice to report the circuit's outcome with. Raises
     :class:`NoPathError` (:class:`NoGuardAvailableError` for the guard) saying why.
     """
-    exit_node = selector.choose_exit(rng, port, avoid=avoid)
+    if exit_node is None:
+        exit_node = selector.choose_exit(rng, port, avoid=avoid)
     choice = _pick_guard_for(selector, sample, now, exit_node, avoid)
     guard = selector.node(choice.fingerprint)
     assert guard is not None        # has_descriptor accepted it

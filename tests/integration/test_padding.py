@@ -178,11 +178,12 @@ def test_the_guard_sees_stop_and_padding_as_each_option_asks(network, relays, gu
 
 
 def guard_fingerprint(control_port: int) -> str:
-    """The first hop of oppy's built multi-hop circuits, as its control port reports them."""
+    """The first hop of oppy's built multi-hop GENERAL circuits, as its control port reports them (conflux legs
+    go through other guards on purpose)."""
     with Controller.from_port(port=control_port) as controller:
         controller.authenticate()
         guards = {circuit.path[0][0] for circuit in controller.get_circuits()
-                  if circuit.status == "BUILT" and len(circuit.path) > 1}
+                  if circuit.status == "BUILT" and len(circuit.path) > 1 and circuit.purpose == "GENERAL"}
     assert len(guards) == 1, guards
     return guards.pop()
 

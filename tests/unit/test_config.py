@@ -451,6 +451,9 @@ BAD_VALUES = [
     ("TestSocks", "2", "allowed values are 0 and 1"),
     ("VanguardsLiteEnabled", "2", "allowed values are 0, 1, and auto"),
     ("VanguardsLiteEnabled", "yes", "allowed values are 0, 1, and auto"),
+    ("ConfluxEnabled", "2", "allowed values are 0, 1, and auto"),
+    ("ConfluxClientUX", "bulk", "ConfluxClientUX must be 'latency', 'throughput'"),
+    ("ConfluxClientUX", "Latency", "ConfluxClientUX must be"),
     ("MaxMemInQueues", "8 GiB", "unknown unit 'GiB'"),
     ("MaxMemInQueues", "-1 GB", "expected a number of bytes"),
     ("HashedControlPassword", "foo", "wrong length or bad encoding"),
@@ -679,6 +682,16 @@ def test_vanguards_lite_enabled_is_tors_boolean_plus_auto():
         config = config_from_torrc_text(f"VanguardsLiteEnabled {text}\n")
         assert config.vanguards_lite_enabled is value
         assert config.get_option("VanguardsLiteEnabled") == [encoded]
+
+
+def test_conflux_options_are_tors():
+    assert option_type_name("ConfluxEnabled") == "Boolean+Auto"
+    assert Config().conflux_enabled is None and Config().get_option("ConfluxEnabled") == ["auto"]
+    assert config_from_torrc_text("ConfluxEnabled 0\n").conflux_enabled is False
+    assert Config().conflux_client_ux == "throughput"
+    for value in ("throughput", "latency", "throughput_lowmem", "latency_lowmem"):
+        config = config_from_torrc_text(f"ConfluxClientUX {value}\n")
+        assert config.conflux_client_ux == value and config.get_option("ConfluxClientUX") == [value]
 
 
 def test_option_names_and_types():

@@ -99,6 +99,22 @@ class TestCirc:
             "TIME_CREATED=2026-11-21T14:37:07.017402"
         )
 
+    def test_a_linked_conflux_leg_shows_its_set_and_rtt_as_tor_does(self):
+        # The layout of tor 0.4.8.15's CIRC lines for conflux legs: after TIME_CREATED, the RTT in usec.
+        line = circuit_status_line(
+            1, "BUILT", [(FP1, "guard"), (FP2, "mid"), (FP3, "exit")], build_flags=["NEED_CAPACITY", "NEED_UPTIME"],
+            purpose="CONFLUX_LINKED", time_created=CREATED, conflux_id="64D5AAB75EDA0A9372993A1BAB602178",
+            conflux_rtt=353916,
+        )
+        assert line.endswith(
+            " BUILD_FLAGS=NEED_CAPACITY,NEED_UPTIME PURPOSE=CONFLUX_LINKED TIME_CREATED=2026-11-21T14:37:07.017402 "
+            "CONFLUX_ID=64D5AAB75EDA0A9372993A1BAB602178 CONFLUX_RTT=353916"
+        )
+        event = parse_event(circ_event(1, "CLOSED", [(FP1, "guard")], purpose="CONFLUX_LINKED",
+                                       conflux_id="64D5AAB75EDA0A9372993A1BAB602178", conflux_rtt=353916,
+                                       reason="FINISHED"))
+        assert event.status == "CLOSED" and event.reason == stem.CircClosureReason.FINISHED
+
     def test_launched_has_no_path(self):
         assert circ_event(17, "LAUNCHED", time_created=CREATED) == (
             b"650 CIRC 17 LAUNCHED PURPOSE=GENERAL TIME_CREATED=2026-11-21T14:37:07.017402\r\n"

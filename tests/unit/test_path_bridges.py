@@ -184,3 +184,11 @@ def test_onion_service_circuits_start_at_the_bridge_too():
             assert len(path) == 3 and path[0].nickname == "bridge0" and path[0].address == "10.0.0.1"
             assert all(consensus.relay_by_id(hop.rsa_id) is not None for hop in path[1:])
         assert target not in {hop.rsa_id for hop in hsdir} and choice.fingerprint == hsdir[0].fingerprint
+
+
+def test_no_conflux_leg_is_chosen_with_bridges():
+    # A leg's first hop would be a relay of the consensus, contacted directly: with bridges none is built.
+    chooser, _ = bridge_chooser(1)
+    learn(chooser, 0)
+    with pytest.raises(NoPathError, match="conflux legs are not built through bridges"):
+        chooser.choose_conflux_path(443)

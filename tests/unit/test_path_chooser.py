@@ -160,3 +160,29 @@ def test_without_vanguards_lite_the_second_hop_is_any_middle():
     chooser, paths = onion_service_paths(False)
     assert chooser.vanguards.guards == []
     assert len({path[1].fingerprint for path in paths}) > 4
+
+
+def test_conflux_needs_an_exit_listing_conflux():
+    # 2017: no relay lists Conflux=1 yet, so no set can be started...
+    chooser = chooser_2017()
+    with pytest.raises(NoPathError, match="excluded"):
+        chooser.choose_conflux_path(443)
+
+
+def test_a_conflux_leg_goes_to_the_sets_exit_through_other_guards_and_middles_where_it_can():
+    chooser = chooser_2017()
+    first, _ = chooser.choose_circuit_path(443)  # ... but a set's further legs are to its exit
+    exit_id = first[-1].rsa_id
+    taken = {first[0].rsa_id, first[1].rsa_id}
+    for _ in range(10):
+        path, choice = chooser.choose_conflux_path(443, exit_id, exclude_tiers=(taken, {first[1].rsa_id}, ()))
+        assert path[-1].rsa_id == exit_id and choice is not None
+        assert path[0].rsa_id not in taken and path[1].rsa_id not in taken
+    # Every sampled guard excluded: the next tier (only the middle avoided) still gives a path.
+    guards = {bytes.fromhex(guard.fingerprint) for guard in chooser.guards.guards}
+    path, _ = chooser.choose_conflux_path(443, exit_id, exclude_tiers=(guards | taken, {first[1].rsa_id}))
+    assert path[-1].rsa_id == exit_id and path[1].rsa_id != first[1].rsa_id
+    with pytest.raises(NoPathError):
+        chooser.choose_conflux_path(443, exit_id, exclude_tiers=(guards,))
+    with pytest.raises(NoPathError, match="not in the consensus"):
+        chooser.choose_conflux_path(443, b"\1" * 20)

@@ -76,6 +76,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "UseBridges": ("0", "1"),
     "Bridge": ("127.0.0.1:5000", "127.0.0.1:5000 " + "D" * 40, "[::1]:443 $" + "e" * 40, "10.0.0.1",
                "obfs4 127.0.0.1:5001 " + "F" * 40 + " cert=AbC+/x iat-mode=0", "meek_lite 127.0.0.1:5002 url=x;y"),
+    "ConfluxEnabled": ("auto", "0", "1"),
+    "ConfluxClientUX": ("throughput", "latency", "throughput_lowmem", "latency_lowmem"),
     "__LeaveStreamsUnattached": ("1",),
     "__OwningControllerProcess": ("4242",),
 }

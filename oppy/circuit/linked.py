@@ -1,0 +1,406 @@
+"""A conflux set as its streams see it: one circuit made of linked legs (prop 329; tor's conflux_pool.c for the
+linking, conflux.c for the sending and receiving).
+
+A `ConfluxTunnel` is created with the set's nonce, before its legs are built. Each open leg (a `Circuit` with
+congestion control to the set's exit) is handed to `add_leg`, which sends RELAY_CONFLUX_LINK; the exit's
+RELAY_CONFLUX_LINKED is checked (its nonce, no data lost), answered with RELAY_CONFLUX_LINKED_ACK and the
+leg joins the `ConfluxSet`. Once no leg is waiting for its LINKED the set is usable and the owner hears
+`tunnel_linked`. Streams attach to the tunnel as to a circuit: their multiplexed cells go out on the leg the
+set's scheduler picks (after a SWITCH when it changes), and what comes in on the legs is put back in sequence
+order before any stream sees it.
+
+The out-of-order queue counts against MaxMemInQueues: the tunnel reports its bytes to the `QueueAccount`
+(`oppy.circuit.memory.MemoryTracker`) as a stream does, and the out-of-memory handler may close the set.
+
+A leg that closes leaves the set standing when nothing was lost (tor's cfx_del_leg); otherwise, or when the
+out-of-order queue overflows or a leg breaks the protocol, the whole set is torn down and its streams end
+with the error: a stream never sees a byte out of order.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from typing import Callable, Protocol
+
+from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
+from oppy.cell.relay import encode_end_body
+from oppy.circuit.circuit import Circuit, CircuitError, StreamTable
+from oppy.circuit.conflux import (
+    DEFAULT_MAX_OOO_BYTES,
+    ConfluxAlgorithm,
+    ConfluxError,
+    ConfluxLeg,
+    ConfluxLink,
+    ConfluxSet,
+    DesiredUX,
+    algorithm_for_ux,
+    encode_switch,
+)
+from oppy.circuit.congestion import VegasController
+from oppy.netdoc.relay import RelayTarget
+from oppy.stream.stream import QueueAccount
+
+log = logging.getLogger(__name__)
+
+_DATA = int(RelayCommand.DATA)
+_USEC_PER_SECOND = 1_000_000
+
+
+class TunnelState(enum.Enum):
+    LINKING = "linking"
+    LINKED = "linked"
+    CLOSED = "closed"
+
+
+class TunnelOwner(Protocol):
+    """Who a tunnel reports to (the circuit manager)."""
+
+    def tunnel_linked(self, tunnel: "ConfluxTunnel") -> None:
+        """Every leg launched so far linked (or failed, at least one linked): the set takes streams."""
+
+    def tunnel_closed(self, tunnel: "ConfluxTunnel", error: CircuitError) -> None:
+        """The set is torn down (once); its streams have been told and its legs are closing."""
+
+
+class ConfluxTunnel(StreamTable):
+    """One conflux set: its legs, the linking handshake, and the circuit interface its streams use."""
+
+    def __init__(self, nonce: bytes, owner: TunnelOwner, *, desired_ux: int = DesiredUX.HIGH_THROUGHPUT,
+                 max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES, max_link_rtt: float | None = None,
+                 account: QueueAccount | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.nonce = nonce
+        self.owner = owner
+        self.desired_ux = desired_ux
+        # record_rtt: a leg whose LINK took this long (seconds; the circuit build timeout) is not linked.
+        self.max_link_rtt = max_link_rtt
+        self.clock = clock
+        self.state = TunnelState.LINKING
+        # What we send is scheduled by our own ConfluxClientUX (LowRTT for throughput). tor's cfx_add_leg takes
+        # the UX of the exit's LINKED instead, and tor's exits ask for MIN_LATENCY, so C tor uploads over the
+        # lowest-RTT leg alone (a 20 MB upload here took 4.3 s that way, 2.1 s with LowRTT).
+        self.conflux: ConfluxSet[Circuit, tuple[int, int, bytes]] = ConfluxSet(
+            nonce, algorithm_for_ux(desired_ux), max_ooo_bytes=max_ooo_bytes)
+        # Legs launched and still building (`leg_launched`), and legs that sent LINK and wait for LINKED
+        # (when each was sent): the set is usable once neither is left (tor's try_finalize_set).
+        self._building = 0
+        self._pending: dict[Circuit, float] = {}
+        StreamTable.__init__(self)
+        self.error: CircuitError | None = None
+        # MaxMemInQueues: what the out-of-order queue held at the last report, and since when it holds any.
+        self.account = account
+        self._accounted = 0
+        self.oldest_queued: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<ConfluxTunnel {self.nonce[:4].hex()} {self.state.value} legs={len(self.conflux.legs)}>"
+
+    # ------------------------------------------------------------------------------ what the manager reads
+
+    @property
+    def legs(self) -> list[Circuit]:
+        return [leg.circuit for leg in self.conflux.legs]
+
+    @property
+    def pending_legs(self) -> list[Circuit]:
+        return list(self._pending)
+
+    @property
+    def circ_id(self) -> int:
+        """The first leg's circuit id (the memory tracker's log line names the set by it)."""
+        legs = self.legs or self.pending_legs
+        return legs[0].circ_id if legs else 0
+
+    @property
+    def exit(self) -> RelayTarget | None:
+        legs = self.legs or self.pending_legs
+        return legs[0].exit if legs else None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is TunnelState.LINKED and any(leg.is_open for leg in self.legs)
+
+    # QueueHolder (oppy.circuit.memory): the tunnel holds its out-of-order queue as a stream holds its buffers.
+
+    @property
+    def circuit(self) -> "ConfluxTunnel":
+        return self
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.conflux.queued_bytes
+
+    def abandon(self, reason: int, message: str) -> None:
+        """Out of memory: the set goes with its streams (the handler closes it next)."""
+        self._teardown(CircuitError(message, reason))
+
+    def _report_queued(self) -> None:
+        delta = self.conflux.queued_bytes - self._accounted
+        if not delta:
+            return
+        self._accounted += delta
+        self.oldest_queued = (self.oldest_queued or self.clock()) if self._accounted else None
+        if self.account is not None:
+            self.account.queued_changed(self, delta)
+
+    @property
+    def congestion_control(self) -> VegasController | None:
+        """A leg's controller: every leg has one, so streams keep no windows of their own."""
+        return self.conflux.legs[0].congestion if self.conflux.legs else None
+
+    @property
+    def rtt_ms(self) -> list[int]:
+        """Each linked leg's RTT in milliseconds (CIRC events' CONFLUX_RTT)."""
+        return [leg.rtt_usec // 1000 for leg in self.conflux.legs]
+
+    def leg_rtt_usec(self, circuit: Circuit) -> int | None:
+        """A linked leg's RTT (the LINK round trip, then its controller's smoothed RTT); None if not linked."""
+        leg = self.conflux.leg(circuit)
+        return None if leg is None else leg.rtt_usec
+
+    # ------------------------------------------------------------------------------ linking
+
+    def leg_launched(self) -> None:
+        """A leg is being built for this set: the set waits for it before it is usable."""
+        self._building += 1
+
+    def leg_build_failed(self, error: CircuitError) -> None:
+        """A leg announced with `leg_launched` failed before it was added."""
+        self._building -= 1
+        self._settle(error)
+
+    def add_leg(self, circuit: Circuit) -> None:
+        """conflux_circuit_has_opened: send LINK on an open leg, with the set's sequence numbers (0 for a new
+        set; a leg replacing one of a linked set carries what was sent and delivered so far)."""
+        if self.state is TunnelState.CLOSED:
+            raise CircuitError("the conflux set is closed")
+        if self._building:
+            self._building -= 1
+        link = ConfluxLink(self.nonce, self.conflux.max_seq_sent, self.conflux.last_seq_delivered, self.desired_ux)
+        circuit.start_conflux_leg(self, link.encode())
+        self._pending[circuit] = self.clock()
+
+    def leg_linked(self, circuit: Circuit, data: bytes) -> None:
+        """conflux_process_linked: check the LINKED, measure the leg's RTT, acknowledge, join the set."""
+        sent_at = self._pending.pop(circuit, None)
+        if sent_at is None:
+            circuit.close(DestroyReason.PROTOCOL, "CONFLUX_LINKED on a leg that is not linking")
+            return
+        try:
+            link = ConfluxLink.decode(data)
+        except ConfluxError as exc:
+            self._leg_refused(circuit, f"malformed CONFLUX_LINKED: {exc}")
+            return
+        if link.nonce != self.nonce:
+            self._leg_refused(circuit, "CONFLUX_LINKED with another set's nonce")
+            return
+        if link.last_seqno_sent > self.conflux.last_seq_delivered:
+            # validate_unlinked_legs: the exit sent more than we delivered; that data is lost.
+            self._leg_refused(circuit, f"data loss: the exit sent up to {link.last_seqno_sent}, we delivered "
+                                       f"{self.conflux.last_seq_delivered}")
+            return
+        rtt = self.clock() - sent_at
+        if self.max_link_rtt is not None and rtt >= self.max_link_rtt:
+            self._leg_refused(circuit, f"its LINK round trip took {rtt:.3f} s, above the circuit build timeout "
+                                       f"({self.max_link_rtt:.3f} s)", DestroyReason.TIMEOUT)
+            return
+        rtt_usec = max(1, round(rtt * _USEC_PER_SECOND))
+        circuit.send_relay(RelayCommand.CONFLUX_LINKED_ACK, 0, b"")
+        # cfx_add_leg: the exit's numbers, seen from our side.
+        self.conflux.add_leg(ConfluxLeg(circuit, circuit.congestion_control, rtt_usec,
+                                        last_seq_sent=link.last_seqno_recv, last_seq_recv=link.last_seqno_sent))
+        log.info("Conflux set %s: leg %#x to %s linked, RTT %d ms, %s scheduling.", self.nonce[:4].hex(),
+                 circuit.circ_id, circuit.exit.describe(), rtt_usec // 1000, self.conflux.algorithm.value)
+        self._settle()
+
+    def _leg_refused(self, circuit: Circuit, why: str, reason: int = DestroyReason.PROTOCOL) -> None:
+        log.info("Conflux set %s: leg %#x refused: %s", self.nonce[:4].hex(), circuit.circ_id, why)
+        circuit.close(reason, why)
+        self._settle(CircuitError(why, reason))
+
+    def link_timed_out(self, circuit: Circuit, timeout: float) -> None:
+        """The owner's timer: a leg still waiting for its LINKED after `timeout` seconds is stalled and
+        closed (the owner may launch another)."""
+        if circuit in self._pending:
+            del self._pending[circuit]
+            self._leg_refused(circuit, f"no CONFLUX_LINKED within {timeout:.1f} s", DestroyReason.TIMEOUT)
+
+    def _settle(self, error: CircuitError | None = None) -> None:
+        """While linking, once no leg is building or waiting for LINKED: usable with a linked leg, torn down
+        without one."""
+        if self.state is not TunnelState.LINKING or self._building or self._pending:
+            return
+        if self.conflux.legs:
+            self.state = TunnelState.LINKED
+            self.owner.tunnel_linked(self)
+        else:
+            error = error or CircuitError("no leg of the conflux set linked")
+            self._teardown(CircuitError(f"no leg of the conflux set linked: {error}", error.reason, error.remote))
+
+    def leg_closed(self, circuit: Circuit, error: CircuitError) -> None:
+        """A leg's circuit closed (DESTROY, its link, a timeout, our own close): linked_circuit_closed /
+        unlinked_circuit_closed."""
+        if self.state is TunnelState.CLOSED:
+            return
+        if self._pending.pop(circuit, None) is not None:
+            self._settle(error)
+            return
+        if self.conflux.leg(circuit) is None:
+            return  # refused at its LINKED, accounted for then
+        if self.conflux.remove_leg(circuit) or not self.conflux.legs:
+            self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x} closed: {error}", error.reason,
+                                        error.remote))
+
+    def _teardown(self, error: CircuitError) -> None:
+        """conflux_mark_all_for_close: every leg goes, the streams end with `error`, nothing reordered is
+        delivered."""
+        if self.state is TunnelState.CLOSED:
+            return
+        self.state = TunnelState.CLOSED
+        self.error = error
+        self.conflux.clear()
+        self._report_queued()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.circuit_closed(error)
+        for circuit in self.legs + self.pending_legs:
+            circuit.close(DestroyReason.FINISHED, f"conflux set torn down: {error}")
+        self._pending.clear()
+        self.owner.tunnel_closed(self, error)
+
+    def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None:
+        self._teardown(CircuitError(message, reason))
+
+    # ------------------------------------------------------------------------------ cells in
+
+    def leg_switch(self, circuit: Circuit, data: bytes) -> None:
+        leg = self.conflux.leg(circuit)
+        if leg is None:
+            circuit.close(DestroyReason.PROTOCOL, "CONFLUX_SWITCH on a leg that is not linked")
+            return
+        try:
+            self.conflux.switch_received(leg, data)
+        except ConfluxError as exc:
+            self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
+
+    def leg_cells(self, circuit: Circuit, cells: list[tuple[int, int, bytes]]) -> None:
+        """Multiplexed cells from a leg, in its arrival order: each numbered, the ones now in sequence handed
+        to their streams (DATA in runs per stream, as a circuit does)."""
+        leg = self.conflux.leg(circuit)
+        if leg is None:
+            circuit.close(DestroyReason.PROTOCOL, "stream cells on a conflux leg that is not linked")
+            return
+        ready: list[tuple[int, int, bytes]] = []
+        try:
+            for cell in cells:
+                ready.extend(self.conflux.cell_received(leg, cell))
+        except ConfluxError as exc:
+            log.info("Conflux set %s: %s; tearing the set down.", self.nonce[:4].hex(), exc)
+            self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
+            return
+        self._report_queued()
+        if self.state is not TunnelState.CLOSED:
+            self._deliver(ready)
+
+    def _deliver(self, cells: list[tuple[int, int, bytes]]) -> None:
+        run_stream = None
+        run: list = []
+        for command, stream_id, data in cells:
+            if self.state is TunnelState.CLOSED:
+                return
+            stream = self.streams.get(stream_id)
+            if command == _DATA and stream is not None:
+                if stream is not run_stream and run:
+                    run_stream.data_cells_received(run)
+                    run = []
+                run_stream = stream
+                run.append(data)
+                continue
+            if run:
+                run_stream.data_cells_received(run)
+                run, run_stream = [], None
+            if stream is not None:
+                stream.relay_received(command, data)
+            # Cells for streams already gone are late arrivals after our END: dropped.
+        if run and self.state is not TunnelState.CLOSED:
+            run_stream.data_cells_received(run)
+
+    def leg_window_opened(self, circuit: Circuit) -> None:
+        for stream in list(self.streams.values()):
+            stream.circuit_window_opened()
+
+    # ------------------------------------------------------------------------------ cells out
+
+    def _refresh_blocked(self) -> None:
+        for leg in self.conflux.legs:
+            leg.blocked = leg.circuit.channel.paused or not leg.circuit.is_open
+
+    @property
+    def package_room(self) -> int:
+        """DATA cells the scheduler may send now: the room of every leg it would fill (LowRTT), or of the
+        lowest-RTT leg alone (MinRTT)."""
+        if self.state is not TunnelState.LINKED:
+            return 0
+        self._refresh_blocked()
+        leg = self.conflux.next_leg()
+        if leg is None:
+            return 0
+        if self.conflux.algorithm is ConfluxAlgorithm.MIN_RTT:
+            return leg.circuit.package_room
+        return sum(other.circuit.package_room for other in self.conflux.legs if other.ready_to_send)
+
+    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
+        """DATA cells, each on the leg the scheduler picks: runs per leg, a SWITCH where the leg changes."""
+        if self.state is not TunnelState.LINKED:
+            raise CircuitError("the conflux set is not linked")
+        self._refresh_blocked()
+        sent = 0
+        while sent < len(chunks):
+            choice = self.conflux.choose_leg(_DATA)
+            if choice is None:
+                raise CircuitError("no conflux leg has room for these cells")
+            circuit = choice.leg.circuit
+            if choice.switch_seq is not None:
+                circuit.send_relay(RelayCommand.CONFLUX_SWITCH, 0, encode_switch(choice.switch_seq))
+            count = min(len(chunks) - sent, circuit.package_room)
+            if count <= 0:
+                raise CircuitError("no conflux leg has room for these cells")
+            circuit.send_data_many(stream_id, chunks[sent:sent + count])
+            self.conflux.cell_sent(choice.leg, _DATA, count)
+            sent += count
+            self._refresh_blocked()
+
+    def send_relay(self, command: int, stream_id: int, data: bytes) -> None:
+        """A stream's BEGIN, END, RESOLVE...: multiplexed, on the scheduler's leg (the current one when none
+        has room)."""
+        if self.state is not TunnelState.LINKED:
+            raise CircuitError("the conflux set is not linked")
+        self._refresh_blocked()
+        choice = self.conflux.choose_leg(command)
+        if choice is None:  # only DATA waits, and DATA goes through send_data_many
+            raise CircuitError("no conflux leg may send now")
+        circuit = choice.leg.circuit
+        if choice.switch_seq is not None:
+            circuit.send_relay(RelayCommand.CONFLUX_SWITCH, 0, encode_switch(choice.switch_seq))
+        circuit.send_relay(command, stream_id, data)
+        self.conflux.cell_sent(choice.leg, command)
+
+    # ------------------------------------------------------------------------------ streams
+
+    def detach_stream(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None:
+            self._log_legs(stream_id)
+
+    def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
+        self.detach_stream(stream_id)
+        if self.state is TunnelState.LINKED:
+            self.send_relay(RelayCommand.END, stream_id, encode_end_body(reason))
+
+    def _log_legs(self, stream_id: int) -> None:
+        """One line per finished stream: how the set's cells so far went over its legs."""
+        log.info("Conflux set %s: stream %d done; multiplexed cells received per leg %s, sent per leg %s, "
+                 "%d switches sent.", self.nonce[:4].hex(), stream_id,
+                 {f"{leg.circuit.circ_id:#x}": leg.cells_received for leg in self.conflux.legs},
+                 {f"{leg.circuit.circ_id:#x}": leg.cells_sent for leg in self.conflux.legs},
+                 self.conflux.switches_sent)

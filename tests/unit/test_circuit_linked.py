@@ -1,0 +1,255 @@
+"""A conflux set (oppy/circuit/linked.py) over two real Circuits built through simulated relays
+(tests/unit/relaysim.py) that negotiated congestion control: the linking handshake as the exit sees it, a
+stream's cells reordered across the legs, and what a leg's failure does. The exit's conflux bodies are laid
+out here by hand from conflux.trunnel (version, nonce, u64 last_seqno_sent, u64 last_seqno_recv, u8
+desired_ux; SWITCH: u32)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from oppy.cell.commands import DestroyReason, RelayCommand
+from oppy.circuit.circuit import Circuit, CircuitState
+from oppy.circuit.conflux import OOO_CELL_COST, ConfluxAlgorithm
+from oppy.circuit.linked import ConfluxTunnel, TunnelState
+from oppy.circuit.memory import MemoryTracker
+from oppy.stream.stream import Stream
+from tests.unit.relaysim import CMD_DESTROY, CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, build_circuit
+from tests.unit.test_circuit_congestion import PARAMS, Clock
+from tests.unit.test_stream_core import RecordingSink
+
+NONCE = bytes(range(100, 132))
+EXIT = 2
+LINK, LINKED, LINKED_ACK, SWITCH = 19, 20, 21, 22
+UX_MIN_LATENCY, UX_HIGH_THROUGHPUT = 1, 3
+
+
+def linked_body(nonce=NONCE, sent=0, received=0, ux=UX_MIN_LATENCY) -> bytes:
+    return b"\x01" + nonce + struct.pack(">QQB", sent, received, ux)
+
+
+class Owner:
+    def __init__(self):
+        self.linked = []
+        self.closed = []
+
+    def tunnel_linked(self, tunnel):
+        self.linked.append(tunnel)
+
+    def tunnel_closed(self, tunnel, error):
+        self.closed.append(error)
+
+
+class Leg:
+    """A congestion-controlled three-hop circuit and its simulated exit's view."""
+
+    def __init__(self, clock):
+        self.circuit, self.channel, self.path = build_circuit(
+            Circuit, circuit_options={"congestion": PARAMS, "clock": clock}, offers_congestion_control=True)
+        assert self.circuit.congestion_control is not None
+
+    def received(self):
+        return [self.path.receive(payload) for _, command, payload in self.channel.take() if command == CMD_RELAY]
+
+    def send(self, command, stream_id=0, data=b"", hop=EXIT):
+        self.circuit.cell_received(CMD_RELAY, self.path.send(hop, command, stream_id, data))
+
+
+def linking_set(**tunnel_options):
+    """A tunnel with two legs that sent LINK; nothing answered yet."""
+    clock = Clock()
+    owner = Owner()
+    tunnel = ConfluxTunnel(NONCE, owner, clock=clock, **tunnel_options)
+    a, b = Leg(clock), Leg(clock)
+    tunnel.add_leg(a.circuit)
+    tunnel.add_leg(b.circuit)
+    return tunnel, owner, a, b, clock
+
+
+def new_set(ux_from_exit=UX_MIN_LATENCY, account=None):
+    tunnel, owner, a, b, clock = linking_set(account=account)
+    clock.now += 0.040
+    a.received()
+    a.send(LINKED, data=linked_body(ux=ux_from_exit))
+    clock.now += 0.030
+    b.received()
+    b.send(LINKED, data=linked_body(ux=ux_from_exit))
+    a.received(), b.received()
+    return tunnel, owner, a, b, clock
+
+
+def test_link_carries_the_nonce_and_zero_sequence_numbers_and_linked_is_acknowledged():
+    tunnel, owner, a, b, clock = linking_set()
+    for leg in (a, b):
+        (message,) = leg.received()
+        assert (message.hop, message.command, message.stream_id) == (EXIT, LINK, 0)
+        assert message.data == b"\x01" + NONCE + bytes(16) + bytes([UX_HIGH_THROUGHPUT])
+    clock.now += 0.050
+    a.send(LINKED, data=linked_body())
+    (ack,) = a.received()
+    assert (ack.hop, ack.command, ack.data) == (EXIT, LINKED_ACK, b"")
+    assert tunnel.state is TunnelState.LINKING and owner.linked == []  # b still links
+    b.send(LINKED, data=linked_body())
+    assert [message.command for message in b.received()] == [LINKED_ACK]
+    assert tunnel.state is TunnelState.LINKED and owner.linked == [tunnel]
+    assert tunnel.rtt_ms == [50, 50]
+    # We send by our own UX (throughput: LowRTT), whatever the exit's LINKED asks (tor's: MIN_LATENCY).
+    assert tunnel.conflux.algorithm is ConfluxAlgorithm.LOW_RTT
+
+
+def test_the_latency_ux_sends_by_min_rtt():
+    tunnel, owner, a, b, clock = linking_set(desired_ux=UX_MIN_LATENCY)
+    assert tunnel.conflux.algorithm is ConfluxAlgorithm.MIN_RTT
+    (link,) = a.received()
+    assert link.data[-1] == UX_MIN_LATENCY
+
+
+@pytest.mark.parametrize("body, why", [
+    (linked_body(nonce=bytes(32)), "another set's nonce"),
+    (b"\x02" + NONCE + bytes(17), "malformed CONFLUX_LINKED"),
+    (linked_body(sent=5), "data loss"),
+])
+def test_a_bad_linked_closes_its_leg_and_the_other_leg_carries_the_set(body, why):
+    tunnel, owner, a, b, clock = linking_set()
+    a.send(LINKED, data=body)
+    assert a.circuit.state is CircuitState.CLOSED and why in str(a.circuit.error)
+    assert a.circuit.error.reason == DestroyReason.PROTOCOL
+    tunnel.leg_closed(a.circuit, a.circuit.error)  # what the manager passes on
+    b.send(LINKED, data=linked_body())
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [b.circuit]
+
+
+def test_linked_on_a_leg_not_linking_is_a_protocol_error():
+    tunnel, owner, a, b, clock = new_set()
+    a.send(LINKED, data=linked_body())
+    assert a.circuit.state is CircuitState.CLOSED and a.circuit.error.reason == DestroyReason.PROTOCOL
+
+
+def open_stream(tunnel, a, b):
+    sink = RecordingSink()
+    stream = Stream(sink, "example.com", 80)
+    stream.attach(tunnel)
+    begins = [(leg, message) for leg in (a, b) for message in leg.received() if message.command == 1]
+    ((leg, begin),) = begins
+    leg.send(RELAY_CONNECTED, begin.stream_id, b"")
+    assert sink.events[-1] == "connected"
+    return stream, sink, leg, begin.stream_id
+
+
+def test_a_stream_begins_on_the_lowest_rtt_leg_and_gets_its_cells_in_sequence_order():
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    assert first is a  # a's LINKED came back 40 ms after its LINK, b's after 70 ms
+    other = b
+    # The exit: CONNECTED (1) and DATA 2-4 on a, SWITCH to b (relative 4), DATA 5-6 there; b's arrive first.
+    other.send(SWITCH, data=struct.pack(">I", 4))
+    other.send(RELAY_DATA, stream_id, b"five ")
+    other.send(RELAY_DATA, stream_id, b"six")
+    assert sink.data == []
+    assert tunnel.conflux.queued_bytes == 2 * OOO_CELL_COST
+    for word in (b"two ", b"three ", b"four "):
+        first.send(RELAY_DATA, stream_id, word)
+    assert b"".join(sink.data) == b"two three four five six"
+    assert tunnel.conflux.queued_bytes == 0
+
+
+def test_uploads_take_the_schedulers_leg_and_a_switch_moves_the_sequence():
+    tunnel, owner, a, b, clock = new_set()  # LowRTT: fill a, then b
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    room_a = a.circuit.package_room
+    stream.write(b"x" * 498 * (room_a + 3))
+    on_a = a.received()
+    on_b = b.received()
+    assert [m.command for m in on_a] == [RELAY_DATA] * room_a  # every cell a's cwnd had room for
+    assert on_b[0].command == SWITCH and on_b[0].stream_id == 0
+    (relative,) = struct.unpack(">I", on_b[0].data[:4])
+    assert relative == 1 + room_a  # BEGIN and the DATA cells a carried
+    assert [m.command for m in on_b[1:]] == [RELAY_DATA] * 3
+
+
+def test_a_leg_closing_while_it_carries_the_stream_tears_the_set_down_cleanly():
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    stream.write(b"y" * 498 * 5)  # in flight on a, the current leg
+    assert first is a
+    a.circuit.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
+    tunnel.leg_closed(a.circuit, a.circuit.error)
+    assert tunnel.state is TunnelState.CLOSED and len(owner.closed) == 1
+    assert b.circuit.state is CircuitState.CLOSED  # the other leg is destroyed too
+    (end,) = sink.ends
+    assert "conflux leg" in str(end) and "destroyed" in str(end) and stream.ended
+
+
+def test_an_idle_leg_closing_leaves_the_set_and_its_stream_standing():
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    b.circuit.close(DestroyReason.FINISHED, "test")
+    tunnel.leg_closed(b.circuit, b.circuit.error)
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [a.circuit]
+    a.send(RELAY_DATA, stream_id, b"still here")
+    assert sink.data == [b"still here"] and not stream.ended
+
+
+def test_an_overflowing_out_of_order_queue_ends_the_stream_with_resourcelimit():
+    tunnel, owner, a, b, clock = new_set()
+    tunnel.conflux.max_ooo_bytes = 3 * OOO_CELL_COST
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    b.send(SWITCH, data=struct.pack(">I", 50))
+    for _ in range(4):
+        b.send(RELAY_DATA, stream_id, b"early")
+    assert tunnel.state is TunnelState.CLOSED
+    assert owner.closed[0].reason == DestroyReason.RESOURCELIMIT
+    assert sink.data == [] and stream.ended
+
+
+def test_a_stream_cell_from_a_middle_hop_closes_the_leg():
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    a.send(RELAY_DATA, stream_id, b"forged", hop=1)
+    assert a.circuit.state is CircuitState.CLOSED and "conflux leg" in str(a.circuit.error)
+    assert sink.data == []
+
+
+def test_a_leg_whose_link_took_longer_than_the_build_timeout_is_refused():
+    tunnel, owner, a, b, clock = linking_set(max_link_rtt=1.5)
+    clock.now += 0.2
+    b.send(LINKED, data=linked_body())
+    clock.now += 1.4
+    a.send(LINKED, data=linked_body())  # 1.6 s after its LINK
+    assert a.circuit.state is CircuitState.CLOSED and a.circuit.error.reason == DestroyReason.TIMEOUT
+    assert "above the circuit build timeout" in str(a.circuit.error)
+    assert [message.command for message in a.received()] == [LINK]  # no LINKED_ACK
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [b.circuit]
+
+
+def test_a_leg_without_linked_in_time_is_closed_as_stalled():
+    tunnel, owner, a, b, clock = linking_set()
+    a.send(LINKED, data=linked_body())
+    tunnel.link_timed_out(a.circuit, 60.0)  # a linked in time: nothing happens
+    assert a.circuit.state is CircuitState.OPEN
+    tunnel.link_timed_out(b.circuit, 60.0)
+    assert b.circuit.state is CircuitState.CLOSED and "no CONFLUX_LINKED within 60.0 s" in str(b.circuit.error)
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [a.circuit]
+
+
+def test_the_out_of_order_queue_counts_against_max_mem_in_queues():
+    memory = MemoryTracker(10 * OOO_CELL_COST)
+    tunnel, owner, a, b, clock = new_set(account=memory)
+    memory.clock = clock
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    # CONNECTED was number 1 on a; the exit sent 2 on a, switched to b (relative 2) and sent 3-5 there.
+    b.send(SWITCH, data=struct.pack(">I", 2))
+    for _ in range(3):
+        b.send(RELAY_DATA, stream_id, b"early")
+    assert memory.queued_in_streams == 3 * OOO_CELL_COST and tunnel.oldest_queued == clock.now
+    a.send(RELAY_DATA, stream_id, b"x")  # number 2: the three queued ones follow it out
+    assert memory.queued_in_streams == 0 and tunnel.oldest_queued is None
+    assert b"".join(sink.data) == b"xearlyearlyearly"
+    b.send(SWITCH, data=struct.pack(">I", 100))
+    for _ in range(10):  # the tenth reaches MaxMemInQueues: the handler closes the set
+        b.send(RELAY_DATA, stream_id, b"late")
+    assert tunnel.state is TunnelState.CLOSED and memory.circuits_closed == 1
+    assert owner.closed[0].reason == DestroyReason.RESOURCELIMIT and "out of memory" in str(owner.closed[0])
+    assert stream.ended and memory.queued_in_streams == 0

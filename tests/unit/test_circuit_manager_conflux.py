@@ -1,0 +1,116 @@
+"""The circuit manager's conflux sets (tor's conflux_pool.c) over simulated relays (tests/unit/relaysim.py)
+that offer congestion control: a set's legs go to one exit through other guards and middles, link, carry an
+exit stream, and a lost idle leg is replaced by one whose LINK carries the set's sequence numbers."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.task import Clock
+
+from oppy.cell.commands import DestroyReason
+from oppy.circuit.conflux import ConfluxParams
+from oppy.circuit.linked import TunnelState
+from oppy.circuit.manager import CircuitManager, CircuitPurpose
+from oppy.path.chooser import PathChooser
+from tests.support.streams import CollectingSink
+from tests.unit.relaysim import CMD_CREATE2, CMD_CREATED2, CMD_DESTROY, CMD_RELAY, SimulatedPath, SimulatedRelay
+from tests.unit.test_circuit_manager import OneChannelLinks, not_learning
+
+LINK, LINKED, BEGIN = 19, 20, 1
+EXIT = 2
+
+
+class ConfluxPaths(PathChooser):
+    """Conflux legs through simulated relays: the first guard and middle not excluded by the first tier."""
+
+    def __init__(self, guards, middles, exit_relay):
+        super().__init__()
+        self.guards, self.middles, self.exit_relay = guards, middles, exit_relay
+        self.calls = []
+
+    def choose_conflux_path(self, port=None, exit_id=None, exclude_tiers=((),)):
+        excluded = set(next(iter(exclude_tiers)))
+        self.calls.append((exit_id, excluded))
+        guard = next(relay for relay in self.guards if relay.rsa_id not in excluded)
+        middle = next(relay for relay in self.middles if relay.rsa_id not in excluded)
+        return [guard.target, middle.target, self.exit_relay.target], None
+
+    def exit_allows(self, rsa_id, port):
+        return True
+
+
+def build_legs(links, relays_by_guard) -> dict:
+    """Answer every CREATE2 in the channel as the simulated relays of its guard would, and every EXTEND2 after
+    it: {circuit: its SimulatedPath}."""
+    built = {}
+    channel = links.channel
+    while True:
+        creates = [cell for cell in channel.sent if cell[1] == CMD_CREATE2]
+        if not creates:
+            return built
+        channel.sent.remove(creates[0])
+        circ_id, _, payload = creates[0]
+        circuit = channel.circuits[circ_id]
+        path = SimulatedPath(relays_by_guard[circuit.path[0].rsa_id])
+        circuit.cell_received(CMD_CREATED2, path.answer_create2(payload))
+        while len(path.hops) < 3:
+            (cell,) = [cell for cell in channel.sent if cell[0] == circ_id]
+            channel.sent.remove(cell)
+            circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(cell[2])))
+        built[circuit] = path
+
+
+def received(links, circuit, path):
+    cells = [cell for cell in links.channel.sent if cell[0] == circuit.circ_id]
+    for cell in cells:
+        links.channel.sent.remove(cell)
+    return [path.receive(payload) for _, _, payload in cells]
+
+
+def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_idle_leg():
+    clock = Clock()
+    exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
+    guards = [SimulatedRelay(f"guard{i}") for i in range(3)]
+    middles = [SimulatedRelay(f"middle{i}") for i in range(3)]
+    relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
+    paths = ConfluxPaths(guards, middles, exit_relay)
+    links = OneChannelLinks()
+    manager = CircuitManager(links, paths, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             build_times=not_learning(clock))
+    manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
+
+    record = manager.launch_conflux_set()
+    assert [call[0] for call in paths.calls] == [None, exit_relay.rsa_id]  # the second leg to the first's exit
+    assert paths.calls[1][1] == {guards[0].rsa_id, middles[0].rsa_id}       # through another guard and middle
+    built = build_legs(links, relays_by_guard)
+    assert len(built) == 2 and {circuit.path[0].rsa_id for circuit in built} == {guards[0].rsa_id, guards[1].rsa_id}
+    for circuit, path in built.items():
+        (link,) = received(links, circuit, path)
+        assert (link.hop, link.command) == (EXIT, LINK) and link.data[1:33] == record.tunnel.nonce
+        clock.advance(0.01)
+        circuit.cell_received(CMD_RELAY, path.send(EXIT, LINKED, 0, link.data[:1] + link.data[1:33] + bytes(17)))
+    assert record.tunnel.state is TunnelState.LINKED
+    assert {leg.purpose for leg in record.legs} == {CircuitPurpose.CONFLUX_LINKED}
+    assert all(leg.conflux_status[0] == record.conflux_id for leg in record.legs)
+
+    stream = manager.open_stream(CollectingSink(), "example.com", 80).stream
+    assert stream.circuit is record.tunnel
+    # The set is in use now: cfx_max_prebuilt_set (3) clean ones are launched ahead of the next demand.
+    assert len(manager.conflux_sets) == 1 + 3
+    begins = [(circuit, m) for circuit, path in built.items() for m in received(links, circuit, path)
+              if m.command == BEGIN]
+    assert len(begins) == 1
+    (carrier, _), = begins
+
+    idle = next(circuit for circuit in built if circuit is not carrier)
+    idle.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
+    assert record.tunnel.state is TunnelState.LINKED and record.tunnel.legs == [carrier]
+    assert not stream.ended
+    # A new leg to the set's exit, avoiding the guard and middle of the leg still there.
+    assert paths.calls[-1] == (exit_relay.rsa_id, {carrier.path[0].rsa_id, carrier.path[1].rsa_id})
+    built = build_legs(links, relays_by_guard)
+    (replacement,) = [leg.circuit for leg in record.legs if leg.circuit is not carrier]
+    (link,) = received(links, replacement, built[replacement])
+    # Its LINK: what the set sent so far (the BEGIN) and delivered (nothing yet).
+    assert link.data[33:49] == struct.pack(">QQ", 1, 0)
