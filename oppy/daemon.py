@@ -126,8 +126,9 @@ class Daemon:
         self.manager = CircuitManager(
             self.links, self.paths, reactor=reactor, max_circuit_dirtiness=config.max_circuit_dirtiness,
             build_times=self.build_times, max_pending=config.max_client_circuits_pending,
-            unattached_timeout=config.socks_timeout, queue_account=self.memory, observers=[self._circuit_event],
-            conflux_option=config.conflux_enabled, conflux_client_ux=config.conflux_client_ux)
+            unattached_timeout=config.socks_timeout, queue_account=self.memory, padding_options=config,
+            observers=[self._circuit_event], conflux_option=config.conflux_enabled,
+            conflux_client_ux=config.conflux_client_ux)
         self.manager.attach_automatically = not config.leave_streams_unattached
         self.directory = DirectoryService(authorities=authorities, data_directory=data_directory,
                                           circuits=self.manager, fallback_dirs=fallbacks, links=self.links,

@@ -22,7 +22,7 @@ import enum
 import hmac
 import struct
 import time
-from typing import Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 from oppy.cell.commands import (
     CELL_PAYLOAD_LEN,
@@ -62,6 +62,9 @@ from oppy.crypto.ntor_v3 import NtorV3ClientHandshake, congestion_control_reques
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.netdoc.relay import RelayTarget
 
+if TYPE_CHECKING:
+    from oppy.circuit.padding import CircuitPadding
+
 # tor-spec "Handling RELAY_EARLY cells": a relay closes a circuit on the 9th outbound RELAY_EARLY.
 MAX_RELAY_EARLY_CELLS = 8
 # tor-spec "Opening streams": stream ids are 16-bit and non-zero.
@@ -76,6 +79,7 @@ _DATA = int(RelayCommand.DATA)
 _SENDME = int(RelayCommand.SENDME)
 _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
+_DROP = int(RelayCommand.DROP)
 _USEC_PER_SECOND = 1_000_000
 
 
@@ -252,6 +256,8 @@ class Circuit(StreamTable):
         self._control_bytes_read = 0
         self._cells_written = 0
         self._control_bytes_written = 0
+        # Circuit-setup padding (oppy.circuit.padding) on the onion-service circuits that negotiate it.
+        self.padding: CircuitPadding | None = None
 
     def __repr__(self) -> str:
         return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
@@ -291,6 +297,10 @@ class Circuit(StreamTable):
         if index >= len(self.path):
             return f"hop {index + 1} (the onion service)"
         return f"hop {index + 1} ({self.path[index].describe()})"
+
+    def start_padding(self, padding: "CircuitPadding") -> None:
+        """From now on, tell `padding` the relay cells sent and the padding cells received."""
+        self.padding = padding
 
     def add_virtual_hop(self, hop: Tor1Hop) -> None:
         """Join the rendezvous point's circuit to the onion service's (rend-spec-v3 4.2.1): a layer past the
@@ -643,8 +653,13 @@ class Circuit(StreamTable):
                            DestroyReason.PROTOCOL)
                 return
             self.owner.onion_service_message(self, command, data)
-        elif command in (RelayCommand.DROP, RelayCommand.PADDING_NEGOTIATED):
-            pass
+        elif command == RelayCommand.DROP:
+            # Long-range padding (tor-spec "Relay cells"): taken and dropped; the padding machine counts it.
+            if self.padding is not None:
+                self.padding.drop_received(hop)
+        elif command == RelayCommand.PADDING_NEGOTIATED:
+            if self.padding is not None:
+                self.padding.negotiated_received(hop, data)
         else:
             # Unknown or unexpected control commands are dropped; they still counted for the digest.
             pass
@@ -704,6 +719,8 @@ class Circuit(StreamTable):
             cell_command = _RELAY_EARLY
         self._control_bytes_written += len(data)
         self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop)
+        if self.padding is not None and command != _DROP:
+            self.padding.nonpadding_sent()
 
     def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int) -> list[bytes]:
         """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags)."""
@@ -748,6 +765,8 @@ class Circuit(StreamTable):
             self.window.package -= count
         else:
             congestion.cells_sent(count, len(triggers), int(self.clock() * _USEC_PER_SECOND))
+        if self.padding is not None:
+            self.padding.nonpadding_sent(count)
 
     # ------------------------------------------------------------------------------------ streams
 
@@ -766,8 +785,11 @@ class Circuit(StreamTable):
         self._closed(error)
 
     def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None:
-        """Tear the circuit down ourselves: DESTROY to the guard (a client sends NONE)."""
+        """Tear the circuit down ourselves: DESTROY to the guard (a client sends NONE). A padding machine that
+        manages the circuit's lifetime may hold it open a while first (it closes it when done)."""
         if self.state is CircuitState.CLOSED:
+            return
+        if self.padding is not None and self.state is CircuitState.OPEN and self.padding.holds_open(reason, message):
             return
         self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
         self._closed(CircuitError(message, reason))
@@ -787,6 +809,8 @@ class Circuit(StreamTable):
             return
         self.state = CircuitState.CLOSED
         self.error = error
+        if self.padding is not None:
+            self.padding.circuit_closed()
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.circuit_closed(error)

@@ -41,6 +41,13 @@ from oppy.circuit.conflux import (
 from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
 from oppy.circuit.linked import ConfluxTunnel, TunnelState
+from oppy.circuit.padding import (
+    CircuitPadding,
+    CircuitPaddingOptions,
+    DefaultCircuitPaddingOptions,
+    PaddingGate,
+    purpose_for_hs_state,
+)
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
 from oppy.path.guards import GuardChoice, GuardCircuitState
@@ -115,6 +122,10 @@ class CircuitPurpose(enum.Enum):
         return self in (CircuitPurpose.HS_CLIENT_HSDIR, CircuitPurpose.HS_CLIENT_INTRO, CircuitPurpose.HS_CLIENT_REND)
 
 
+#: The purposes tor's client padding machines apply to (circuitpadding_machines.c): introduction and rendezvous.
+PADDED_PURPOSES = frozenset((CircuitPurpose.HS_CLIENT_INTRO, CircuitPurpose.HS_CLIENT_REND))
+
+
 class OnionServiceCircuitUser(Protocol):
     """Who launched an onion-service circuit (the onion-service client): it hears the messages the circuit's
     last hop sends for it (RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2)."""
@@ -172,9 +183,21 @@ class ManagedCircuit:
         # REND_QUERY) and its HS_STATE (control-spec "CIRC"; tor circuit_purpose_to_controller_hs_state_string).
         self.onion_service = onion_service
         self.rend_query: str | None = None
-        self.hs_state: str | None = None
+        self._hs_state: str | None = None
         # The conflux set this circuit is a leg of (purposes CONFLUX_UNLINKED and CONFLUX_LINKED).
         self.conflux_set: "ManagedConfluxSet | None" = None
+
+    @property
+    def hs_state(self) -> str | None:
+        return self._hs_state
+
+    @hs_state.setter
+    def hs_state(self, value: str | None) -> None:
+        """Its onion-service state changes as tor changes the circuit's purpose; the padding machines hear it
+        (circpad_machine_event_circ_purpose_changed)."""
+        self._hs_state = value
+        if self.circuit is not None and self.circuit.padding is not None:
+            self.circuit.padding.purpose_changed(purpose_for_hs_state(value))
 
     def __repr__(self) -> str:
         return f"<ManagedCircuit {self.number} {self.status.value}>"
@@ -408,6 +431,7 @@ class CircuitManager:
                  max_pending: int = DEFAULT_MAX_PENDING_CIRCUITS,
                  unattached_timeout: float = DEFAULT_UNATTACHED_TIMEOUT,
                  queue_account: QueueAccount | None = None,
+                 padding_options: CircuitPaddingOptions | None = None,
                  observers: Iterable[ManagerObserver] = (),
                  conflux_option: bool | None = None, conflux_client_ux: str = "throughput",
                  max_ooo_bytes: int = DEFAULT_MAX_OOO_BYTES) -> None:
@@ -434,6 +458,8 @@ class CircuitManager:
         self.conflux_params = ConfluxParams()
         self.max_ooo_bytes = max_ooo_bytes
         self.conflux_sets: dict[bytes, ManagedConfluxSet] = {}
+        # CircuitPadding / ReducedCircuitPadding (read live) and the consensus: onion-service setup padding.
+        self.padding_gate = PaddingGate(padding_options or DefaultCircuitPaddingOptions(), paths)
         self.circuits: dict[int, ManagedCircuit] = {}
         self.streams: dict[int, ManagedStream] = {}
         self._managed_streams: dict[Stream, ManagedStream] = {}
@@ -734,6 +760,13 @@ class CircuitManager:
         if managed.close_requested:
             circuit.close(DestroyReason.REQUESTED, "closed on request")
             return
+        if managed.purpose in PADDED_PURPOSES:
+            # tor's circpad_machine_event_circ_built: the machines are offered every built client circuit;
+            # only these purposes have any.
+            padding = CircuitPadding(circuit, self.padding_gate, self.reactor,
+                                     purpose=purpose_for_hs_state(managed.hs_state), label=f"circuit {managed.number}")
+            circuit.start_padding(padding)
+            padding.purpose_changed(padding.purpose)
         if managed.guard is not None and not self.paths.guard_succeeded(managed.guard):
             if managed.guard.state is GuardCircuitState.DEAD:
                 circuit.close(DestroyReason.NONE, f"its guard {managed.path[0].describe()} left the guard sample")

@@ -674,6 +674,9 @@ _OPTIONS: tuple[_Option, ...] = (
             _constant(None)),
     _Option("ReducedConnectionPadding", "reduced_connection_padding", "Boolean", _parse_bool, _encode_bool,
             _constant(False)),
+    _Option("CircuitPadding", "circuit_padding", "Boolean", _parse_bool, _encode_bool, _constant(True)),
+    _Option("ReducedCircuitPadding", "reduced_circuit_padding", "Boolean", _parse_bool, _encode_bool,
+            _constant(False)),
     _Option("VanguardsLiteEnabled", "vanguards_lite_enabled", "Boolean+Auto", _parse_auto_bool, _encode_auto_bool,
             _constant(None)),
     _Option("ClientOnionAuthDir", "client_onion_auth_dir", "Filename", _parse_filename, _encode_optional_string,
@@ -800,6 +803,11 @@ class Config:
     connection_padding: bool | None = None
     #: ReducedConnectionPadding: pad less often, ask the relays to stop, close idle links sooner.
     reduced_connection_padding: bool = False
+    #: CircuitPadding: negotiate tor's onion-service circuit-setup padding machines (padding-spec "Circuit-level
+    #: padding"); 0 negotiates none.
+    circuit_padding: bool = True
+    #: ReducedCircuitPadding: only machines marked fit for reduced padding (neither setup machine is).
+    reduced_circuit_padding: bool = False
     #: VanguardsLiteEnabled: onion-service circuits take their second hop from the vanguards-lite set;
     #: None is ``auto`` (the consensus's ``vanguards-lite-enabled``, on by default).
     vanguards_lite_enabled: bool | None = None

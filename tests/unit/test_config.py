@@ -472,6 +472,8 @@ BAD_VALUES = [
     ("Log", "loud stdout", "unknown severity"),
     ("ConnectionPadding", "2", "allowed values are 0, 1, and auto"),
     ("ReducedConnectionPadding", "auto", "allowed values are 0 and 1"),
+    ("CircuitPadding", "auto", "allowed values are 0 and 1"),
+    ("ReducedCircuitPadding", "2", "allowed values are 0 and 1"),
     ("LongLivedPorts", "22,0", "'0' is not a port between 1 and 65535"),
     ("LongLivedPorts", "22,６６６７", "is not a port"),
     ("LongLivedPorts", "ssh", "'ssh' is not a port"),
@@ -877,3 +879,14 @@ def test_client_transport_plugin_is_not_changed_while_running():
     config = config_from_torrc_text("ClientTransportPlugin obfs4 exec /usr/bin/obfs4proxy\n")
     with pytest.raises(ConfigError, match="While oppy is running, changing ClientTransportPlugin"):
         config.set_options([("ClientTransportPlugin", "obfs4 exec /usr/bin/lyrebird")])
+
+
+def test_circuit_padding_options():
+    config = config_from_torrc_text("")
+    assert config.circuit_padding is True and config.reduced_circuit_padding is False
+    assert config.get_option("CircuitPadding") == ["1"] and config.get_option("ReducedCircuitPadding") == ["0"]
+    config = config_from_torrc_text("CircuitPadding 0\nReducedCircuitPadding 1\n")
+    assert (config.circuit_padding, config.reduced_circuit_padding) == (False, True)
+    assert config.to_torrc_lines() == ["CircuitPadding 0", "ReducedCircuitPadding 1"]
+    config.set_options([("CircuitPadding", "1")])  # read live by the padding machines
+    assert config.circuit_padding is True

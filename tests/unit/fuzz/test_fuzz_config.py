@@ -71,6 +71,8 @@ SEED_VALUES: dict[str, tuple[str, ...]] = {
     "MaxMemInQueues": ("0", "8 GB", "512 MBytes", "1.5 gigabytes", "100 kbits"),
     "ConnectionPadding": ("auto", "0", "1"),
     "ReducedConnectionPadding": ("0", "1"),
+    "CircuitPadding": ("0", "1"),
+    "ReducedCircuitPadding": ("0", "1"),
     "VanguardsLiteEnabled": ("auto", "0", "1"),
     "ClientOnionAuthDir": ("/var/lib/oppy/onion-auth", "~/.oppy/onion_auth"),
     "UseBridges": ("0", "1"),
