@@ -784,12 +784,15 @@ class Circuit(StreamTable):
         self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
         self._closed(error)
 
-    def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None:
+    def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed", padding_may_hold: bool = True
+              ) -> None:
         """Tear the circuit down ourselves: DESTROY to the guard (a client sends NONE). A padding machine that
-        manages the circuit's lifetime may hold it open a while first (it closes it when done)."""
+        manages the circuit's lifetime may hold it open a while first (it closes it when done), unless
+        `padding_may_hold` is False (the client shuts down)."""
         if self.state is CircuitState.CLOSED:
             return
-        if self.padding is not None and self.state is CircuitState.OPEN and self.padding.holds_open(reason, message):
+        if padding_may_hold and self.padding is not None and self.state is CircuitState.OPEN \
+                and self.padding.holds_open(reason, message):
             return
         self.channel.destroy_circuit(self.circ_id, DestroyReason.NONE)
         self._closed(CircuitError(message, reason))

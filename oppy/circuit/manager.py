@@ -764,7 +764,8 @@ class CircuitManager:
             # tor's circpad_machine_event_circ_built: the machines are offered every built client circuit;
             # only these purposes have any.
             padding = CircuitPadding(circuit, self.padding_gate, self.reactor,
-                                     purpose=purpose_for_hs_state(managed.hs_state), label=f"circuit {managed.number}")
+                                     purpose=purpose_for_hs_state(managed.hs_state),
+                                     max_dirtiness=self.max_circuit_dirtiness, label=f"circuit {managed.number}")
             circuit.start_padding(padding)
             padding.purpose_changed(padding.purpose)
         if managed.guard is not None and not self.paths.guard_succeeded(managed.guard):
@@ -1204,4 +1205,4 @@ class CircuitManager:
             managed.stream.close(EndReason.DONE)
         for managed in list(self.circuits.values()):
             if managed.circuit is not None:
-                managed.circuit.close(DestroyReason.FINISHED, "shutting down")
+                managed.circuit.close(DestroyReason.FINISHED, "shutting down", padding_may_hold=False)

@@ -6,7 +6,7 @@ tor clients have two origin-side machines, both on machine index 0 and aimed at 
 - ``client_ip_circ`` (machine 0) on an introduction circuit once INTRODUCE1 is sent: the client sends
   PADDING_NEGOTIATE, the middle answers and sends 7 to 9 DROP cells (its ``relay_ip_circ``), then a
   PADDING_NEGOTIATED STOP. The client sends no padding itself, but keeps the circuit open until the middle is done
-  (a short-lived circuit would give it away).
+  and then as long as a used circuit (MaxCircuitDirtiness): a short-lived circuit would give it away.
 - ``client_rp_circ`` (machine 1) on a rendezvous circuit once RENDEZVOUS_ESTABLISHED arrived: PADDING_NEGOTIATE,
   then one DROP within 1 ms; the middle answers and sends one DROP.
 
@@ -316,8 +316,11 @@ class PaddingCounters:
 
 @dataclass
 class _Hold:
+    """A close request put off for padding: its reason and message, when it came, the timer that ends it."""
+
     reason: int
     message: str
+    since: float
     timer: object = field(default=None)
 
 
@@ -328,13 +331,14 @@ class CircuitPadding:
 
     def __init__(self, host: PaddingHost, gate: PaddingGate, reactor, *, purpose: PaddingPurpose,
                  rng: random.Random | None = None, machines: tuple[MachineSpec, ...] = CLIENT_MACHINES,
-                 label: str = "circuit") -> None:
+                 max_dirtiness: float, label: str = "circuit") -> None:
         self.host = host
         self.gate = gate
         self.reactor = reactor
         self.rng = rng or random.SystemRandom()
         self.machines = machines
         self.label = label
+        self.max_dirtiness = max_dirtiness
         self.purpose = purpose
         #: padding_machine[0]: the machine negotiated last; kept after its runtime is freed until the answer.
         self.spec: MachineSpec | None = None
@@ -426,9 +430,9 @@ class CircuitPadding:
             self.counters.unexpected_drops += 1
             return
         self.counters.drops_received += 1
-        log.debug("%s: padding cell from %s", self.label, self.host.path[hop].describe())
-        if self._hold is not None:
-            self._arm_hold_timer()
+        log.info("%s: got a padding cell (DROP) from %s", self.label, self.host.path[hop].describe())
+        if self._hold is not None and self.machine is not None:
+            self._arm_hold_timer(CIRCPAD_DELAY_MAX_SECS, self._hold_expired)  # tor: last_cell_time_sec
         if self.machine is not None:
             self._scheduled(self.machine.on_padding_received())
 
@@ -444,8 +448,9 @@ class CircuitPadding:
             return
         if answer.command is PaddingCommand.STOP:
             self.counters.stops_received += 1
-            log.info("%s: padding machine %d stopped by %s (counter %d)", self.label, answer.machine_type,
-                     self.host.path[hop].describe(), answer.machine_ctr)
+            log.info("%s: padding machine %d stopped by %s (counter %d) after %d padding cells", self.label,
+                     answer.machine_type, self.host.path[hop].describe(), answer.machine_ctr,
+                     self.counters.drops_received)
             self._free_matching(answer.machine_type, answer.machine_ctr)
         elif answer.response is PaddingResponse.ERR:
             self.counters.negotiated_refused += 1
@@ -513,38 +518,52 @@ class CircuitPadding:
 
     def holds_open(self, reason: int, message: str) -> bool:
         """circpad_marked_circuit_for_padding: a close for a normal reason waits while a machine that manages
-        the circuit's lifetime has not ended; the circuit becomes a padding circuit meanwhile."""
+        the circuit's lifetime has not ended. The circuit becomes a padding circuit, dirty from now on; once the
+        machine is gone it closes when it has been dirty for MaxCircuitDirtiness, as tor's
+        circuit_expire_old_circuits_clientside closes it."""
+        if self._hold is not None:
+            return not self._closed
         machine = self.machine
         if self._closed or reason not in HOLDABLE_CLOSE_REASONS or machine is None or machine.ended \
                 or not machine.spec.manage_circuit_lifetime:
             return False
-        if self._hold is None:
-            log.info("%s: not closed yet: padding machine %s is still running", self.label, machine.spec.name)
-            self._hold = _Hold(reason, message)
-            self._arm_hold_timer()
-            self.purpose_changed(PaddingPurpose.CIRCUIT_PADDING)
+        log.info("%s: not closed yet: padding machine %s is still running", self.label, machine.spec.name)
+        self._hold = _Hold(reason, message, self.reactor.seconds())
+        self._arm_hold_timer(CIRCPAD_DELAY_MAX_SECS, self._hold_expired)
+        self.purpose_changed(PaddingPurpose.CIRCUIT_PADDING)
         return True
 
     @property
     def holding(self) -> bool:
         return self._hold is not None
 
-    def _arm_hold_timer(self) -> None:
+    def _arm_hold_timer(self, delay: float, then) -> None:
         hold = self._hold
         if hold.timer is not None and hold.timer.active():
             hold.timer.cancel()
-        hold.timer = self.reactor.callLater(CIRCPAD_DELAY_MAX_SECS, self._hold_expired)
+        hold.timer = self.reactor.callLater(delay, then)
 
     def _hold_expired(self) -> None:
+        """No cell for CIRCPAD_DELAY_MAX_SECS with the machine still running: tor gives up holding."""
         log.info("%s: padding machine silent for %d s: closing the circuit", self.label, CIRCPAD_DELAY_MAX_SECS)
         self._hold.timer = None
         self._free_machine()
-        self._release_hold()
+        self._close_held()
 
     def _release_hold(self) -> None:
-        hold, self._hold = self._hold, None
+        """The machine is gone: the circuit closes once dirty for MaxCircuitDirtiness."""
+        hold = self._hold
         if hold is None:
             return
+        left = hold.since + self.max_dirtiness - self.reactor.seconds()
+        if left <= 0:
+            self._close_held()
+            return
+        log.info("%s: padding done; closing the circuit in %.0f s (MaxCircuitDirtiness)", self.label, left)
+        self._arm_hold_timer(left, self._close_held)
+
+    def _close_held(self) -> None:
+        hold, self._hold = self._hold, None
         if hold.timer is not None and hold.timer.active():
             hold.timer.cancel()
         self.host.close(hold.reason, hold.message)

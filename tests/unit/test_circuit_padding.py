@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from twisted.internet import task
+from twisted.internet.task import Clock
 
 from oppy.cell.circuit_padding import (
     PaddingCommand,
@@ -35,7 +36,12 @@ from oppy.circuit.padding import (
     PaddingPurpose,
     purpose_for_hs_state,
 )
+from oppy.circuit.circuit import CircuitState
+from oppy.circuit.manager import CircuitManager, CircuitPurpose
 from oppy.netdoc.relay import RelayTarget
+from oppy.path.chooser import PathChooser
+from tests.unit.relaysim import CMD_RELAY, SimulatedPath, SimulatedRelay
+from tests.unit.test_circuit_manager import OneChannelLinks, answer_build, not_learning
 
 # ------------------------------------------------------------------------------ codec
 
@@ -133,6 +139,9 @@ def test_hs_states_map_to_tor_purposes():
 # ------------------------------------------------------------------------------ on a circuit
 
 
+MAX_DIRTINESS = 600.0
+
+
 def relay(n: int) -> RelayTarget:
     return RelayTarget(f"relay{n}", bytes([n]) * 20, "127.0.0.1", 9000 + n, b"k" * 32, None)
 
@@ -200,7 +209,7 @@ def padded(options=None, params=None, middle_pads=True, seed=3):
     netdir = NetDir(Consensus(params or {}), {relay(2).rsa_id} if middle_pads else set())
     gate = PaddingGate(options or DefaultCircuitPaddingOptions(), Directory(netdir))
     host.padding = CircuitPadding(host, gate, clock, purpose=PaddingPurpose.OTHER, rng=random.Random(seed),
-                                  label="circuit 1")
+                                  max_dirtiness=MAX_DIRTINESS, label="circuit 1")
     return host, host.padding, clock
 
 
@@ -226,7 +235,7 @@ def test_rend_circuit_negotiates_with_the_middle_and_sends_one_drop():
     assert len(host.sent) == 2 and padding.machine.ended  # no STOP: the machine stays, ended, as tor's
 
 
-def test_intro_circuit_is_held_open_until_the_middle_stops_padding():
+def test_intro_circuit_is_held_open_until_the_middle_stops_padding_then_for_max_circuit_dirtiness():
     host, padding, clock = padded()
     padding.purpose_changed(PaddingPurpose.INTRODUCING)
     assert host.sent == []
@@ -243,6 +252,11 @@ def test_intro_circuit_is_held_open_until_the_middle_stops_padding():
     clock.advance(60)
     assert host.closed is None and len(host.sent) == 1  # the client itself never pads here
     padding.negotiated_received(1, negotiated(PaddingCommand.STOP, PaddingResponse.OK, 0, 1))
+    assert padding.machine is None and host.closed is None
+    host.close(DestroyReason.FINISHED, "expired")  # a second close meanwhile is put off too
+    clock.advance(MAX_DIRTINESS - 60 - 1)
+    assert host.closed is None
+    clock.advance(1)
     assert host.closed == (DestroyReason.FINISHED, "introduction done")
     assert (padding.counters.drops_received, padding.counters.unexpected_drops) == (8, 1)
     assert clock.getDelayedCalls() == []
@@ -324,3 +338,104 @@ def test_negotiated_from_another_hop_or_malformed_is_ignored():
     padding.negotiated_received(2, negotiated(PaddingCommand.START, PaddingResponse.ERR, 1, 1))
     padding.negotiated_received(1, b"\x00\x02")
     assert padding.machine is not None and not padding.negotiation_failed
+
+
+# ------------------------------------------------------------------------------ through the circuit manager
+# The circuit's cells go through relaysim's simulated relays (tor1 crypto of their own), so what the padding
+# sends is read as a relay would read it.
+
+
+class PaddingNetDirPaths(PathChooser):
+    """No path choice; a directory in which the relays in `padding_relays` list Padding=2."""
+
+    def __init__(self, padding_relays: set) -> None:
+        super().__init__()
+        self._view = NetDir(Consensus(), padding_relays)
+
+    @property
+    def netdir(self):
+        return self._view
+
+
+def build_onion_circuit(purpose: CircuitPurpose, options=None, hs_state: str = "HSCI_CONNECTING"):
+    clock = Clock()
+    guard, middle, last = (SimulatedRelay(name) for name in ("guard", "middle", "last"))
+    links = OneChannelLinks()
+    manager = CircuitManager(links, PaddingNetDirPaths({middle.rsa_id}), reactor=clock, clock=clock.seconds,
+                             preemptive_circuits=0, build_times=not_learning(clock), padding_options=options)
+    managed = manager.launch(path=[guard.target, middle.target, last.target], purpose=purpose)
+    managed.hs_state = hs_state
+    path = SimulatedPath([guard, middle, last])
+    answer_build(links.channel, path)
+    return manager, managed, path, links.channel, clock
+
+
+def relay_messages(channel, path):
+    return [path.receive(payload) for _, _, payload in channel.take()]
+
+
+def test_an_introduction_circuit_negotiates_with_its_middle_and_stays_open_for_its_padding():
+    manager, managed, path, channel, clock = build_onion_circuit(CircuitPurpose.HS_CLIENT_INTRO)
+    circuit = managed.circuit
+    assert channel.take() == []
+    circuit.send_relay(RelayCommand.INTRODUCE1, 0, b"introduce")
+    managed.hs_state = "HSCI_INTRO_SENT"
+    introduce, negotiate = relay_messages(channel, path)
+    assert (introduce.hop, introduce.command) == (2, RelayCommand.INTRODUCE1)
+    assert (negotiate.hop, negotiate.command) == (1, RelayCommand.PADDING_NEGOTIATE)
+    assert decode_padding_negotiate(negotiate.data) == PaddingNegotiate(PaddingCommand.START, 0, 1)
+    circuit.cell_received(CMD_RELAY, path.send(1, RelayCommand.PADDING_NEGOTIATED, 0,
+                                               negotiated(PaddingCommand.START, PaddingResponse.OK, 0, 1)))
+    circuit.cell_received(CMD_RELAY, path.send(2, RelayCommand.INTRODUCE_ACK, 0, b"\x00\x00\x00"))
+    managed.hs_state = "HSCI_DONE"
+    circuit.close(DestroyReason.FINISHED, "introduction done")
+    for _ in range(7):
+        circuit.cell_received(CMD_RELAY, path.send(1, RelayCommand.DROP))
+    assert circuit.state is CircuitState.OPEN and channel.destroyed == []
+    assert circuit.padding.counters.drops_received == 7
+    circuit.cell_received(CMD_RELAY, path.send(1, RelayCommand.PADDING_NEGOTIATED, 0,
+                                               negotiated(PaddingCommand.STOP, PaddingResponse.OK, 0, 1)))
+    clock.advance(manager.max_circuit_dirtiness - 1)
+    assert circuit.state is CircuitState.OPEN and channel.take() == []  # the client never pads here
+    clock.advance(1)
+    assert circuit.state is CircuitState.CLOSED and len(channel.destroyed) == 1
+
+
+def test_a_rendezvous_circuit_sends_its_middle_one_drop_and_takes_one():
+    manager, managed, path, channel, clock = build_onion_circuit(CircuitPurpose.HS_CLIENT_REND,
+                                                                 hs_state="HSCR_CONNECTING")
+    circuit = managed.circuit
+    managed.hs_state = "HSCR_ESTABLISHED_IDLE"
+    (negotiate,) = relay_messages(channel, path)
+    assert decode_padding_negotiate(negotiate.data) == PaddingNegotiate(PaddingCommand.START, 1, 1)
+    clock.advance(0.001)
+    (drop,) = relay_messages(channel, path)
+    assert (drop.hop, drop.command, drop.data) == (1, RelayCommand.DROP, b"")
+    circuit.cell_received(CMD_RELAY, path.send(1, RelayCommand.PADDING_NEGOTIATED, 0,
+                                               negotiated(PaddingCommand.START, PaddingResponse.OK, 1, 1)))
+    circuit.cell_received(CMD_RELAY, path.send(1, RelayCommand.DROP))
+    for state in ("HSCR_ESTABLISHED_WAITING", "HSCR_JOINED"):
+        managed.hs_state = state
+    clock.advance(60)
+    assert channel.take() == [] and circuit.state is CircuitState.OPEN
+    assert (circuit.padding.counters.negotiated_ok, circuit.padding.counters.drops_received) == (1, 1)
+
+
+def test_circuit_padding_0_negotiates_nothing_on_either_circuit():
+    for purpose, states in ((CircuitPurpose.HS_CLIENT_INTRO, ("HSCI_INTRO_SENT", "HSCI_DONE")),
+                            (CircuitPurpose.HS_CLIENT_REND, ("HSCR_ESTABLISHED_IDLE", "HSCR_JOINED"))):
+        manager, managed, path, channel, clock = build_onion_circuit(purpose, Options(circuit_padding=False))
+        for state in states:
+            managed.hs_state = state
+        clock.advance(1)
+        managed.circuit.close(DestroyReason.FINISHED, "done")
+        assert channel.take() == [] and managed.circuit.state is CircuitState.CLOSED
+
+
+def test_shutting_down_closes_a_circuit_held_for_padding():
+    manager, managed, path, channel, clock = build_onion_circuit(CircuitPurpose.HS_CLIENT_INTRO)
+    managed.hs_state = "HSCI_INTRO_SENT"
+    managed.circuit.close(DestroyReason.FINISHED, "introduction done")
+    assert managed.circuit.state is CircuitState.OPEN
+    manager.close_all()
+    assert managed.circuit.state is CircuitState.CLOSED and clock.getDelayedCalls() == []
