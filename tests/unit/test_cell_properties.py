@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oppy.cell import link, relay
+from oppy.cell import circuit_padding, link, relay
 from oppy.cell.commands import (
     CELL_PAYLOAD_LEN,
     RELAY_PAYLOAD_LEN,
@@ -96,6 +96,16 @@ DECODERS = {
     "truncated": (relay.decode_truncated_body, [relay.encode_truncated_body(8)]),
     "xoff": (relay.decode_xoff_body, [relay.encode_xoff_body()]),
     "xon": (relay.decode_xon_body, [relay.encode_xon_body(1000)]),
+    "padding_negotiate": (
+        circuit_padding.decode_padding_negotiate,
+        [circuit_padding.encode_padding_negotiate(circuit_padding.PaddingNegotiate(
+            circuit_padding.PaddingCommand.START, 1, 1))],
+    ),
+    "padding_negotiated": (
+        circuit_padding.decode_padding_negotiated,
+        [circuit_padding.encode_padding_negotiated(circuit_padding.PaddingNegotiated(
+            circuit_padding.PaddingCommand.STOP, circuit_padding.PaddingResponse.OK, 0, 3))],
+    ),
 }
 
 

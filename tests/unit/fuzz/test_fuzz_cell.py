@@ -95,7 +95,9 @@ _DECODER_NAMES = {RelayCommand.BEGIN: "begin", RelayCommand.CONNECTED: "connecte
                   RelayCommand.RESOLVE: "resolve", RelayCommand.RESOLVED: "resolved",
                   RelayCommand.SENDME: "sendme", RelayCommand.EXTEND2: "extend2",
                   RelayCommand.EXTENDED2: "extended2", RelayCommand.TRUNCATED: "truncated",
-                  RelayCommand.XOFF: "xoff", RelayCommand.XON: "xon"}
+                  RelayCommand.XOFF: "xoff", RelayCommand.XON: "xon",
+                  RelayCommand.PADDING_NEGOTIATE: "padding_negotiate",
+                  RelayCommand.PADDING_NEGOTIATED: "padding_negotiated"}
 BODY_DECODERS = {command: DECODERS[name][0] for command, name in _DECODER_NAMES.items()}
 SEED_PAYLOADS: tuple[bytes, ...] = tuple(
     bytes(relay.encode_relay_payload(command, 1, body))
