@@ -762,12 +762,13 @@ class CircuitManager:
             return
         if managed.purpose in PADDED_PURPOSES:
             # tor's circpad_machine_event_circ_built: the machines are offered every built client circuit;
-            # only these purposes have any.
-            padding = CircuitPadding(circuit, self.padding_gate, self.reactor,
-                                     purpose=purpose_for_hs_state(managed.hs_state),
-                                     max_dirtiness=self.max_circuit_dirtiness, label=f"circuit {managed.number}")
-            circuit.start_padding(padding)
-            padding.purpose_changed(padding.purpose)
+            # only these purposes have any. Built again after EXTENDCIRCUIT, it keeps its machines.
+            purpose = purpose_for_hs_state(managed.hs_state)
+            if circuit.padding is None:
+                circuit.start_padding(CircuitPadding(circuit, self.padding_gate, self.reactor, purpose=purpose,
+                                                     max_dirtiness=self.max_circuit_dirtiness,
+                                                     label=f"circuit {managed.number}"))
+            circuit.padding.purpose_changed(purpose)
         if managed.guard is not None and not self.paths.guard_succeeded(managed.guard):
             if managed.guard.state is GuardCircuitState.DEAD:
                 circuit.close(DestroyReason.NONE, f"its guard {managed.path[0].describe()} left the guard sample")

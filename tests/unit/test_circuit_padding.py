@@ -439,3 +439,22 @@ def test_shutting_down_closes_a_circuit_held_for_padding():
     assert managed.circuit.state is CircuitState.OPEN
     manager.close_all()
     assert managed.circuit.state is CircuitState.CLOSED and clock.getDelayedCalls() == []
+
+
+def test_a_circuit_extended_by_a_controller_keeps_its_machine():
+    manager, managed, path, channel, clock = build_onion_circuit(CircuitPurpose.HS_CLIENT_REND,
+                                                                 hs_state="HSCR_ESTABLISHED_IDLE")
+    padding = managed.circuit.padding
+    (negotiate,) = relay_messages(channel, path)
+    assert negotiate.command == RelayCommand.PADDING_NEGOTIATE
+    clock.advance(0.001)
+    (drop,) = relay_messages(channel, path)
+    assert drop.command == RelayCommand.DROP
+    extra = SimulatedRelay("extra")
+    path.relays.append(extra)
+    manager.extend_circuit(managed, [extra.target])
+    ((_, _, payload),) = channel.take()
+    managed.circuit.cell_received(CMD_RELAY, path.answer_extend2(path.receive(payload)))
+    assert managed.is_open and managed.circuit.padding is padding and padding.machine.counter == 1
+    clock.advance(1)
+    assert channel.take() == []
