@@ -38,10 +38,10 @@ from oppy.netdoc.relay import RelayTarget
 log = logging.getLogger(__name__)
 
 __all__ = ["CircuitPadding", "PaddingMachine", "MachineSpec", "PaddingPurpose", "PaddingEvent", "MachineState",
-           "CLIENT_INTRO_MACHINE", "CLIENT_REND_MACHINE", "CLIENT_MACHINES", "PaddingGate",
-           "purpose_for_hs_state"]
+           "CLIENT_INTRO_MACHINE", "CLIENT_REND_MACHINE", "CLIENT_MACHINES", "PaddingGate", "CircuitPaddingOptions",
+           "DefaultCircuitPaddingOptions", "purpose_for_hs_state"]
 
-#: circpad_negotiation.trunnel / padding-spec: relays advertise the onion-service setup machines as Padding=2.
+#: padding-spec "Circuit Padding Negotiation": relays advertise the onion-service setup machines as Padding=2.
 PADDING_PROTOCOL = "Padding"
 PADDING_MACHINES_CIRC_SETUP = 2
 #: circuitpadding.h CIRCPAD_DELAY_MAX_SECS: a circuit held open for padding with no cell for this long is closed.
