@@ -88,10 +88,9 @@ class ConfluxTunnel(StreamTable):
         self._pending: dict[Circuit, float] = {}
         StreamTable.__init__(self)
         self.error: CircuitError | None = None
-        # MaxMemInQueues: what the out-of-order queue held at the last report, and since when it holds any.
+        # MaxMemInQueues: what the out-of-order queue held at the last report.
         self.account = account
         self._accounted = 0
-        self.oldest_queued: float | None = None
 
     def __repr__(self) -> str:
         return f"<ConfluxTunnel {self.nonce[:4].hex()} {self.state.value} legs={len(self.conflux.legs)}>"
@@ -131,6 +130,13 @@ class ConfluxTunnel(StreamTable):
     def queued_bytes(self) -> int:
         return self.conflux.queued_bytes
 
+    @property
+    def oldest_queued(self) -> None:
+        """No age: tor's circuits_handle_oom ages a circuit by its cell queues and stream buffers and counts
+        the out-of-order queue only in the bytes freed (conflux_get_circ_bytes_allocation). The set is as old
+        as its streams' data."""
+        return None
+
     def abandon(self, reason: int, message: str) -> None:
         """Out of memory: the set goes with its streams (the handler closes it next)."""
         self._teardown(CircuitError(message, reason))
@@ -140,7 +146,6 @@ class ConfluxTunnel(StreamTable):
         if not delta:
             return
         self._accounted += delta
-        self.oldest_queued = (self.oldest_queued or self.clock()) if self._accounted else None
         if self.account is not None:
             self.account.queued_changed(self, delta)
 

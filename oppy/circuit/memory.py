@@ -143,17 +143,19 @@ class MemoryTracker:
                 self._out_of_memory(total)
 
     def holdings(self) -> list[CircuitQueues]:
-        """What each circuit's streams hold (streams waiting for a circuit belong to none)."""
+        """What each circuit and its streams hold (streams waiting for a circuit belong to none). A holder
+        that is its own circuit (a conflux set's out-of-order queue) adds its bytes and, having no
+        `oldest_queued`, no age, and is no stream of it."""
         by_circuit: dict[QueuedCircuit, list[QueueHolder]] = {}
-        for stream in self._holding:
-            if stream.circuit is not None:
-                by_circuit.setdefault(stream.circuit, []).append(stream)
+        for holder in self._holding:
+            if holder.circuit is not None:
+                by_circuit.setdefault(holder.circuit, []).append(holder)
         now = self.clock()
-        return [CircuitQueues(circuit, sum(stream.queued_bytes for stream in streams),
-                              min((stream.oldest_queued for stream in streams
-                                   if stream.oldest_queued is not None), default=now),
-                              tuple(streams))
-                for circuit, streams in by_circuit.items()]
+        return [CircuitQueues(circuit, sum(holder.queued_bytes for holder in holders),
+                              min((holder.oldest_queued for holder in holders
+                                   if holder.oldest_queued is not None), default=now),
+                              tuple(holder for holder in holders if holder is not circuit))
+                for circuit, holders in by_circuit.items()]
 
     def _out_of_memory(self, total: int) -> None:
         """circuits_handle_oom: close the circuits with the oldest queued data until the total is back

@@ -2,7 +2,7 @@
 reading, and MaxSocksConnections. A limit reached costs the offender its circuit (or a new connection), with
 one log line, and disturbs nobody else.
 
-MaxMemInQueues is set to 1 MB here: tor's minimum is 256 MB, which oppy keeps on a TestingTorNetwork
+MaxMemInQueues is set to 3 MB here: tor's minimum is 256 MB, which oppy keeps on a TestingTorNetwork
 only (oppy.circuit.memory.max_mem_in_queues), so that a test can reach it with a few stalled downloads.
 """
 
@@ -18,6 +18,7 @@ import time
 import pytest
 from stem.control import Controller
 
+from tests.integration.test_conflux import LINKED, wait_for
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
@@ -31,11 +32,13 @@ SMALL_RECEIVE_BUFFER = 4096
 # A stalled stream holds what the exit sent that the transport did not take (the kernel takes some 2 MB
 # first): with fixed windows at most one stream window (500 cells, 249 KB), 50 to 250 KB here; with congestion
 # control (XON/XOFF) cc_xoff_client (500 cells, 249 KB) and what was in flight when the exit heard the XOFF,
-# 250 to 290 KB here. The offender's two streams cannot reach the limit alone, and once stalled they hold
-# more than the 10% (plus one read) the out-of-memory handler frees; the test adds slow readers until the
-# queues reach the limit.
-MAX_MEM_IN_QUEUES = 1024 * 1024
-OFFENDER_STREAMS = 2
+# 250 to 290 KB here. A normal download over a conflux set holds its out-of-order queue too, up to some
+# 700 KB here while one leg runs ahead of the other: freeing the offender must leave room for that swing, or
+# the limit is reached again at once. The offender's four streams (about 1 MB) cannot reach the limit alone,
+# and once stalled they hold more than the 10% (plus one read) the out-of-memory handler frees and more than
+# that swing; the test adds slow readers until the queues reach the limit.
+MAX_MEM_IN_QUEUES = 3 * 1024 * 1024
+OFFENDER_STREAMS = 4
 MAX_SLOW_READERS = 30
 
 
@@ -45,12 +48,12 @@ def oppy(network: TestNetwork, tmp_path_factory):
     process = OppyProcess(network, tmp_path_factory.mktemp("oppy-limits") / "data",
                           extra_lines=[f"MaxMemInQueues {MAX_MEM_IN_QUEUES // 1024} KB",
                                        f"MaxSocksConnections {MAX_SOCKS_CONNECTIONS}",
-                                       f"ControlPort 127.0.0.1:{control_port}",
-                                       # Single circuits: which circuit the OOM handler closes is what this
-                                       # tests. With conflux sets it closes the wrong one (known, see README).
-                                       "ConfluxEnabled 0"])
+                                       f"ControlPort 127.0.0.1:{control_port}"])
     process.control_port = control_port
     process.wait_ready()
+    # Conflux is on (the default): once a set is linked, the offender's streams share it rather than one
+    # going to a single circuit built while the sets were still linking.
+    wait_for(lambda: LINKED.search(process.info_log))
     yield process
     assert process.stop() == 0
 

@@ -10,14 +10,15 @@ import struct
 
 import pytest
 
-from oppy.cell.commands import DestroyReason, RelayCommand
+from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.circuit.conflux import OOO_CELL_COST, ConfluxAlgorithm
 from oppy.circuit.linked import ConfluxTunnel, TunnelState
 from oppy.circuit.memory import MemoryTracker
 from oppy.stream.stream import Stream
-from tests.unit.relaysim import CMD_DESTROY, CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, build_circuit
+from tests.unit.relaysim import CMD_DESTROY, CMD_RELAY, RELAY_CONNECTED, RELAY_DATA, RELAY_DATA_LEN, build_circuit
 from tests.unit.test_circuit_congestion import PARAMS, Clock
+from tests.unit.test_circuit_memory import Download
 from tests.unit.test_stream_core import RecordingSink
 
 NONCE = bytes(range(100, 132))
@@ -243,9 +244,9 @@ def test_the_out_of_order_queue_counts_against_max_mem_in_queues():
     b.send(SWITCH, data=struct.pack(">I", 2))
     for _ in range(3):
         b.send(RELAY_DATA, stream_id, b"early")
-    assert memory.queued_in_streams == 3 * OOO_CELL_COST and tunnel.oldest_queued == clock.now
+    assert memory.queued_in_streams == 3 * OOO_CELL_COST
     a.send(RELAY_DATA, stream_id, b"x")  # number 2: the three queued ones follow it out
-    assert memory.queued_in_streams == 0 and tunnel.oldest_queued is None
+    assert memory.queued_in_streams == 0
     assert b"".join(sink.data) == b"xearlyearlyearly"
     b.send(SWITCH, data=struct.pack(">I", 100))
     for _ in range(10):  # the tenth reaches MaxMemInQueues: the handler closes the set
@@ -253,3 +254,62 @@ def test_the_out_of_order_queue_counts_against_max_mem_in_queues():
     assert tunnel.state is TunnelState.CLOSED and memory.circuits_closed == 1
     assert owner.closed[0].reason == DestroyReason.RESOURCELIMIT and "out of memory" in str(owner.closed[0])
     assert stream.ended and memory.queued_in_streams == 0
+
+
+
+def attached_stream(tunnel, a, b, memory):
+    """A stream on the set counted by `memory`, CONNECTED (sequence number 1) by the exit on the leg that
+    carried its BEGIN; that leg and the other one."""
+    stream = Stream(RecordingSink(), "example.com", 80, account=memory)
+    stream.attach(tunnel)
+    ((first, begin),) = [(leg, message) for leg in (a, b) for message in leg.received() if message.command == 1]
+    first.send(RELAY_CONNECTED, begin.stream_id, b"")
+    return stream, begin.stream_id, first, b if first is a else a
+
+
+def test_out_of_memory_ages_a_set_by_its_streams_not_its_out_of_order_queue(caplog):
+    """circuits_handle_oom ages a circuit by its cell queues and stream buffers; the conflux out-of-order queue
+    counts toward the bytes freed, not the age. A set whose reorder queue has held a cell for long is not older
+    than a stalled stream elsewhere."""
+    memory = MemoryTracker(400 * RELAY_DATA_LEN)
+    tunnel, owner, a, b, clock = new_set(account=memory)
+    memory.clock = clock
+    stream, stream_id, first, other = attached_stream(tunnel, a, b, memory)
+    other.send(SWITCH, data=struct.pack(">I", 2))
+    other.send(RELAY_DATA, stream_id, b"early")  # number 3 waits for 2 from now on
+    clock.now += 1
+    offender = Download(memory)  # a client that stopped reading, a second later
+    offender.receive_cells(100)
+    clock.now += 4
+    with caplog.at_level("NOTICE", logger="oppy.circuit.memory"):
+        offender.receive_cells(300)
+    (line,) = [record.getMessage() for record in caplog.records if "low on memory" in record.getMessage()]
+    assert f"circuit {offender.circuit.circ_id:#x}" in line and "the oldest queued 4.0 s ago" in line
+    assert offender.circuit.state is CircuitState.CLOSED
+    assert tunnel.state is TunnelState.LINKED and not stream.ended and memory.queued_in_streams == OOO_CELL_COST
+
+
+def test_out_of_memory_closes_a_set_counting_its_streams_and_their_age(caplog):
+    """The set's line counts the set's streams (its reorder queue is none of them) and ages the set by its
+    stalled stream; the set goes as one circuit, its streams with it, and nothing else goes."""
+    memory = MemoryTracker(300 * RELAY_DATA_LEN)
+    tunnel, owner, a, b, clock = new_set(account=memory)
+    memory.clock = clock
+    stream, stream_id, first, other = attached_stream(tunnel, a, b, memory)
+    stream.pause_delivery()
+    for _ in range(100):  # numbers 2 to 101, queued for the client from now on
+        first.send(RELAY_DATA, stream_id, b"d" * RELAY_DATA_LEN)
+    clock.now += 3
+    other.send(SWITCH, data=struct.pack(">I", 102))
+    other.send(RELAY_DATA, stream_id, b"early")  # number 103 waits for 102
+    young = Download(memory)
+    young.receive_cells(100)
+    clock.now += 1
+    circ_id = tunnel.circ_id
+    with caplog.at_level("NOTICE", logger="oppy.circuit.memory"):
+        young.receive_cells(100)
+    (line,) = [record.getMessage() for record in caplog.records if "low on memory" in record.getMessage()]
+    assert (f"closing circuit {circ_id:#x}, which held {100 * RELAY_DATA_LEN + OOO_CELL_COST} bytes in 1 of its 1 "
+            f"stream(s), the oldest queued 4.0 s ago") in line
+    assert tunnel.state is TunnelState.CLOSED and stream.end.reason == EndReason.RESOURCELIMIT
+    assert young.circuit.state is CircuitState.OPEN and not young.stream.ended
