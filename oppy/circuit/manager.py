@@ -623,10 +623,8 @@ class CircuitManager:
 
     @property
     def conflux_on(self) -> bool:
-        """conflux_is_enabled: ConfluxEnabled over cfx_enabled, never without congestion control; not with
-        bridges (oppy does not build legs through them yet: every first hop must be a bridge)."""
-        if self.paths.bridges is not None:
-            return False
+        """conflux_is_enabled: ConfluxEnabled over cfx_enabled, never without congestion control (with bridges
+        too: the legs start at bridges)."""
         return conflux_enabled(self.conflux_option, self.conflux_params, self.congestion_params.enabled)
 
     def _usable_conflux_sets(self) -> list[ManagedConfluxSet]:

@@ -164,10 +164,12 @@ class PathChooser:
         return [node.target for node in path.hops], choice
 
     def _choose_bridge_path(self, bridges: BridgeSet, port: int | None, avoid: set[bytes],
-                            rng: random.Random) -> tuple[list[RelayTarget], GuardChoice]:
-        """The exit first, then a bridge of the sample whose descriptor is held (not the exit, not avoided,
-        not in its subnet), then a middle that is neither the bridge nor in its subnet (tor keeps a bridge
-        apart from the other hops as it does a guard)."""
+                            rng: random.Random, exit_node: PathNode | None = None,
+                            not_exits: frozenset[bytes] = frozenset()) -> tuple[list[RelayTarget], GuardChoice]:
+        """The exit first (`exit_node` if given, else drawn avoiding `not_exits` too), then a bridge of the
+        sample whose descriptor is held (not the exit, not avoided, not in its subnet), then a middle that is
+        neither the bridge nor in its subnet (tor keeps a bridge apart from the other hops as it does a
+        guard)."""
         selector = self.selector
         enforce = self.enforce_distinct_subnets
 
@@ -183,13 +185,13 @@ class PathChooser:
                                         "bridge descriptor(s) is known yet")
         # An exit that no bridge with a descriptor can go with is drawn again without it: the exit comes from
         # those some bridge can go with (tor would fail such a circuit at its first hop and choose anew).
-        avoid_exit = set(avoid)
-        while True:
+        avoid_exit = avoid | not_exits
+        while exit_node is None:
             exit_node = selector.choose_exit(rng, port, avoid=avoid_exit)
-            if any(bridges.descriptor(guard.fingerprint) is not None and fits_exit(guard, exit_node)
-                   for guard in self.guards.guards):
-                break
-            avoid_exit.add(exit_node.relay.rsa_id)
+            if not any(bridges.descriptor(guard.fingerprint) is not None and fits_exit(guard, exit_node)
+                       for guard in self.guards.guards):
+                avoid_exit.add(exit_node.relay.rsa_id)
+                exit_node = None
 
         try:
             choice = self.guards.pick(self.clock(), GuardUsage.TRAFFIC,
@@ -214,15 +216,17 @@ class PathChooser:
         set: an exit listing Conflux=1), a guard and middle avoiding the relays of the first of
         `exclude_tiers` that leaves a path (the other legs' guards and middles, then fewer: tor's
         conflux_add_guards_to_exclude_list and conflux_add_middles_to_exclude_list, where the path rules
-        allow). Raises NoPathError when no tier does, and with bridges: every first hop must be a bridge, and
-        oppy builds no conflux legs through them yet."""
-        if self.bridges is not None:
-            raise NoPathError("conflux legs are not built through bridges")
+        allow). Raises NoPathError when no tier does. With bridges a leg starts at a bridge as any circuit
+        does: another bridge than the other legs' where one fits, else the same (tor's guard exclusion is a
+        preference too); a new set's exit is one some bridge can go with."""
         selector = self.selector
+        exit_node: PathNode | None = None
+        not_conflux: frozenset[bytes] = frozenset()
         if exit_id is None:
-            not_conflux = {node.relay.rsa_id for node in selector.candidates(Position.EXIT, port, strict=False)
-                           if not node.relay.supports_protocol("Conflux", PROTOVER_CONFLUX)}
-            exit_node = selector.choose_exit(self.rng, port, avoid=not_conflux)
+            not_conflux = frozenset(node.relay.rsa_id for node in selector.candidates(Position.EXIT, port, strict=False)
+                                    if not node.relay.supports_protocol("Conflux", PROTOVER_CONFLUX))
+            if self.bridges is None:
+                exit_node = selector.choose_exit(self.rng, port, avoid=not_conflux)
         else:
             exit_node = selector.node(exit_id.hex())
             if exit_node is None:
@@ -230,6 +234,8 @@ class PathChooser:
         error: NoPathError | None = None
         for tier in exclude_tiers:
             try:
+                if self.bridges is not None:
+                    return self._choose_bridge_path(self.bridges, port, set(tier), self.rng, exit_node, not_conflux)
                 path, choice = choose_path(selector, self.guards, self.clock(), self.rng, port,
                                            avoid=frozenset(tier), exit_node=exit_node)
             except NoPathError as exc:

@@ -9,6 +9,7 @@ DataDirectory's state file.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import queue
@@ -19,6 +20,7 @@ from pathlib import Path
 from stem.control import Controller, EventType
 
 from tests.integration.test_begin_dir_only import inet_connects, strace
+from tests.integration.test_conflux import LEGS, LINKED, wait_for
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
@@ -81,6 +83,7 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onio
                           command_prefix=[strace(), "-f", "-qq", "-e", "trace=connect", "-o", str(trace_file), "--"])
     try:
         oppy.wait_ready()
+        wait_for(lambda: LINKED.search(oppy.info_log))  # conflux (the default): the download takes a set
         result = curl(oppy, network.url(f"/bytes/{TEN_MB}"))
         onion = network.onion
         onion_page = curl(oppy, f"http://{onion['plain']['address']}:{onion['virtual_port']}/")
@@ -89,6 +92,8 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onio
             guards = connected.get_info("entry-guards").splitlines()
             hops = first_hops(connected)
             orconns = connected.get_info("orconn-status").splitlines()
+            legs = [line for line in connected.get_info("circuit-status").splitlines()
+                    if "PURPOSE=CONFLUX_LINKED" in line]
     finally:
         assert oppy.stop() == 0
     assert result.returncode == 0, result.stderr
@@ -109,6 +114,12 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onio
                in line for line in oppy.lines)
     assert guards == [f"${bridge['fingerprint']}~{bridge['nickname']} up"]
     assert hops == {bridge["fingerprint"]}
+    # The download went over a conflux set whose legs both start at the bridge (the only one) and both
+    # carried its cells.
+    assert len(legs) >= 2 and all(line.split()[2].startswith(f"${bridge['fingerprint']}") for line in legs), legs
+    received = [ast.literal_eval(match[2]) for match in LEGS.finditer(oppy.info_log)]
+    assert any(len(counts) == 2 and min(counts.values()) > 0 and sum(counts.values()) >= TEN_MB // 498
+               for counts in received), received
     assert orconns == [f"${bridge['fingerprint']}~{bridge['nickname']} CONNECTED"]
 
 

@@ -18,6 +18,8 @@ from tests.support.testdata import real_netdir
 from tests.unit.test_netdoc_router import identity_key, make_descriptor, rsa_id
 
 FOLDER = "2017-03-10-bitnym"
+# The private network's directory: its exits list Conflux=1 (and its relays share 127.0.0.1).
+CONFLUX_FOLDER = "testnet-0.4.9.11"
 
 
 def bridge_lines(count: int = 2):
@@ -25,10 +27,11 @@ def bridge_lines(count: int = 2):
             for index in range(count)]
 
 
-def bridge_chooser(count: int = 2, seed: int = 7) -> tuple[PathChooser, list[float]]:
-    netdir = real_netdir(FOLDER)
+def bridge_chooser(count: int = 2, seed: int = 7, folder: str = FOLDER, **options) -> tuple[PathChooser, list[float]]:
+    netdir = real_netdir(folder)
     now = [netdir.consensus.valid_after + 1800.0]
-    chooser = PathChooser(rng=random.Random(seed), clock=lambda: now[0], bridges=BridgeSet(bridge_lines(count)))
+    chooser = PathChooser(rng=random.Random(seed), clock=lambda: now[0], bridges=BridgeSet(bridge_lines(count)),
+                          **options)
     chooser.set_netdir(netdir)
     return chooser, now
 
@@ -186,9 +189,30 @@ def test_onion_service_circuits_start_at_the_bridge_too():
         assert target not in {hop.rsa_id for hop in hsdir} and choice.fingerprint == hsdir[0].fingerprint
 
 
-def test_no_conflux_leg_is_chosen_with_bridges():
-    # A leg's first hop would be a relay of the consensus, contacted directly: with bridges none is built.
-    chooser, _ = bridge_chooser(1)
-    learn(chooser, 0)
-    with pytest.raises(NoPathError, match="conflux legs are not built through bridges"):
+def test_conflux_legs_start_at_bridges_another_bridge_where_one_fits_else_the_same():
+    """conflux_launch_leg with bridges: every leg's first hop is a bridge (never a relay of the consensus), the
+    set's exit lists Conflux=1, a second leg goes through the other bridge and middle when the first tier
+    allows it, and through the same bridge when there is only one."""
+    chooser, _ = bridge_chooser(2, folder=CONFLUX_FOLDER, enforce_distinct_subnets=False)
+    with pytest.raises(NoGuardAvailableError, match="no bridge can start this circuit"):
         chooser.choose_conflux_path(443)
+    learn(chooser, 0)
+    learn(chooser, 1)
+    bridges = {rsa_id(identity_key(index)) for index in range(2)}
+    consensus = chooser.netdir.consensus
+    for seed in range(10):
+        chooser.rng = random.Random(seed)
+        first, choice = chooser.choose_conflux_path(443)
+        exit_id = first[-1].rsa_id
+        assert first[0].rsa_id in bridges and choice.fingerprint == first[0].fingerprint
+        assert consensus.relay_by_id(exit_id).supports_protocol("Conflux", 1)
+        second, _ = chooser.choose_conflux_path(443, exit_id, exclude_tiers=(
+            {first[0].rsa_id, first[1].rsa_id}, {first[1].rsa_id}, ()))
+        assert second[-1].rsa_id == exit_id and second[0].rsa_id in bridges - {first[0].rsa_id}
+        assert second[1].rsa_id != first[1].rsa_id
+    single, _ = bridge_chooser(1, folder=CONFLUX_FOLDER, enforce_distinct_subnets=False)
+    learn(single, 0)
+    first, _ = single.choose_conflux_path(443)
+    second, _ = single.choose_conflux_path(443, first[-1].rsa_id,
+                                           exclude_tiers=({first[0].rsa_id, first[1].rsa_id}, {first[1].rsa_id}))
+    assert first[0].rsa_id == second[0].rsa_id == rsa_id(identity_key(0)) and second[1].rsa_id != first[1].rsa_id
