@@ -362,6 +362,8 @@ class ManagedConfluxSet:
         self.isolation = CircuitIsolation()
         self.dirty_since: float | None = None
         self.usable = True
+        # The legs' LINKED timers (`link_timed_out`), cancelled at shutdown.
+        self.link_timers: list = []
 
     def __repr__(self) -> str:
         return f"<ManagedConfluxSet {self.tunnel!r} legs={[leg.number for leg in self.legs]}>"
@@ -699,7 +701,8 @@ class CircuitManager:
         record.tunnel.add_leg(circuit)
         # A leg whose exit never answers LINK is stalled: closed after the build close timeout.
         timeout = self.build_times.close_ms / 1000
-        self.reactor.callLater(timeout, record.tunnel.link_timed_out, circuit, timeout)
+        record.link_timers = [timer for timer in record.link_timers if timer.active()]
+        record.link_timers.append(self.reactor.callLater(timeout, record.tunnel.link_timed_out, circuit, timeout))
 
     def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
         for leg in record.legs:
@@ -1053,11 +1056,15 @@ class CircuitManager:
             return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
         conflux = self._conflux_set_for(port, managed) if stream.kind is not StreamKind.DIRECTORY else None
-        if conflux is not None:
-            self.attach_to(managed, conflux)
-            return
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
+        # A clean set does not take a stream from the single circuit its isolation-mates already use (one that
+        # came while the sets were linking): streams of one isolation stay together, as circuit_is_better
+        # prefers a used circuit.
+        if conflux is not None and (conflux.conflux_set.isolation.is_set
+                                    or not any(m.isolation.is_set for m in candidates)):
+            self.attach_to(managed, conflux)
+            return
         if candidates:
             # Prefer circuits already used (tor's circuit_is_better: better not dirty a clean one), then the newest.
             candidates.sort(key=lambda m: (not m.isolation.is_set, -m.created_at))
@@ -1199,6 +1206,10 @@ class CircuitManager:
         self._guard_wait_timer = None
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
+        for record in self.conflux_sets.values():
+            for timer in record.link_timers:
+                if timer.active():
+                    timer.cancel()
         for managed in list(self.streams.values()):
             self._cancel_timer(managed)
             managed.stream.close(EndReason.DONE)

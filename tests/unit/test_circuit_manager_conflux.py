@@ -114,3 +114,22 @@ def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_i
     (link,) = received(links, replacement, built[replacement])
     # Its LINK: what the set sent so far (the BEGIN) and delivered (nothing yet).
     assert link.data[33:49] == struct.pack(">QQ", 1, 0)
+
+
+def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
+    # A leg that sent LINK has a timer for its LINKED; close_all cancels it (oppy.launch's stop() checks
+    # that nothing of oppy is left on the caller's reactor).
+    clock = Clock()
+    exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
+    guards = [SimulatedRelay(f"guard{i}") for i in range(2)]
+    middles = [SimulatedRelay(f"middle{i}") for i in range(2)]
+    relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
+    links = OneChannelLinks()
+    manager = CircuitManager(links, ConfluxPaths(guards, middles, exit_relay), reactor=clock,
+                             clock=clock.seconds, preemptive_circuits=0, build_times=not_learning(clock))
+    manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
+    manager.launch_conflux_set()
+    assert len(build_legs(links, relays_by_guard)) == 2
+    assert any("link_timed_out" in repr(call) for call in clock.getDelayedCalls())
+    manager.close_all()
+    assert not any("link_timed_out" in repr(call) for call in clock.getDelayedCalls())
