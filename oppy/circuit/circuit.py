@@ -258,6 +258,9 @@ class Circuit(StreamTable):
         self._control_bytes_written = 0
         # Circuit-setup padding (oppy.circuit.padding) on the onion-service circuits that negotiate it.
         self.padding: CircuitPadding | None = None
+        # Hops other than the last that streams exit from (ATTACHSTREAM HOP=, `inner_hop`), by hop index;
+        # None on every other circuit, whose received cells then take the fast path alone.
+        self._inner_hops: dict[int, InnerHop] | None = None
 
     def __repr__(self) -> str:
         return f"<Circuit {self.circ_id:#010x} {self.state.value} {'>'.join(h.nickname for h in self.path)}>"
@@ -456,6 +459,13 @@ class Circuit(StreamTable):
             return
         cells, error = self.crypto.decrypt_inbound_many(payloads)
         self._cells_recognized += len(cells)
+        if self._inner_hops is not None:
+            self._cells_received_by_hop(cells, error)
+            return
+        self._cells_received(cells, error)
+
+    def _cells_received(self, cells: list[tuple], error: Exception | None) -> None:
+        """Decrypted cells (hop, buffer, offset, tag) in order, the last hop's or no inner hop's streams'."""
         unpack = _RELAY_HEADER.unpack_from
         streams = self.streams
         window = self.window
@@ -528,6 +538,47 @@ class Circuit(StreamTable):
             run_stream.data_cells_received(run)
         if error is not None and self.state is not CircuitState.CLOSED:
             self._fail(str(error), DestroyReason.PROTOCOL)
+
+    def _cells_received_by_hop(self, cells: list[tuple], error: Exception | None) -> None:
+        """Decrypted cells on a circuit with streams at inner hops: those from an inner hop that streams exit
+        from go to its `InnerHop`, the runs between them to `_cells_received`, in the order they came."""
+        inner_hops = self._inner_hops
+        run: list[tuple] = []
+        for cell in cells:
+            inner = inner_hops.get(cell[0])
+            if inner is None:
+                run.append(cell)
+                continue
+            if run:
+                self._cells_received(run, None)
+                run = []
+            if self.state is CircuitState.CLOSED:
+                return
+            inner.cell_received(*cell)
+            if self.state is CircuitState.CLOSED:
+                return
+        self._cells_received(run, error)
+
+    def allocate_stream_id(self) -> int:
+        """A stream id free on the circuit: on its last hop and on every inner hop streams exit from."""
+        for _ in range(MAX_STREAM_ID):
+            stream_id = StreamTable.allocate_stream_id(self)
+            if self._inner_hops is None or all(stream_id not in inner.streams
+                                               for inner in self._inner_hops.values()):
+                return stream_id
+        raise CircuitError("no free stream id on this circuit")
+
+    def inner_hop(self, hop: int) -> InnerHop:
+        """What a stream exiting from hop index `hop` (not the last) attaches to (ATTACHSTREAM HOP=,
+        control-spec 3.5): one per hop for the circuit's life, as the hop keeps its circuit windows."""
+        if not 0 <= hop < len(self.crypto) - 1:
+            raise CircuitError(f"circuit {self.circ_id:#x} has no inner hop {hop + 1}")
+        if self._inner_hops is None:
+            self._inner_hops = {}
+        inner = self._inner_hops.get(hop)
+        if inner is None:
+            inner = self._inner_hops[hop] = InnerHop(self, hop)
+        return inner
 
     # ------------------------------------------------------------------------------------ conflux legs
 
@@ -665,24 +716,7 @@ class Circuit(StreamTable):
             pass
 
     def _sendme_received(self, hop: int, data: bytes) -> None:
-        try:
-            sendme = decode_sendme_body(data)
-        except CellParseError as exc:
-            self._fail(f"malformed SENDME from {self._hop_name(hop)}: {exc}", DestroyReason.PROTOCOL)
-            return
-        if not self._expected_sendme_tags:
-            self._fail(f"{self._hop_name(hop)} sent a circuit SENDME we were not owed", DestroyReason.PROTOCOL)
-            return
-        if sendme.version not in (SendmeVersion.UNAUTHENTICATED, SendmeVersion.AUTHENTICATED) or \
-                (sendme.version == SendmeVersion.AUTHENTICATED and sendme.tag is None):
-            # prop 289: a SENDME of a version we do not know tears the circuit down.
-            self._fail(f"{self._hop_name(hop)} sent a SENDME of unknown version {sendme.version}",
-                       DestroyReason.PROTOCOL)
-            return
-        expected = self._expected_sendme_tags.popleft()
-        if sendme.tag is not None and not hmac.compare_digest(sendme.tag, expected):
-            self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
-                       DestroyReason.PROTOCOL)
+        if not self._sendme_valid(hop, data, self._expected_sendme_tags):
             return
         congestion = self._congestion
         if congestion is not None:
@@ -696,11 +730,38 @@ class Circuit(StreamTable):
         if was_blocked:
             self._wake_streams()
 
+    def _sendme_valid(self, hop: int, data: bytes, expected_tags: collections.deque[bytes]) -> bool:
+        """A circuit SENDME from `hop` that echoes the next of `expected_tags` (prop 289); otherwise the
+        circuit is closed and False."""
+        try:
+            sendme = decode_sendme_body(data)
+        except CellParseError as exc:
+            self._fail(f"malformed SENDME from {self._hop_name(hop)}: {exc}", DestroyReason.PROTOCOL)
+            return False
+        if not expected_tags:
+            self._fail(f"{self._hop_name(hop)} sent a circuit SENDME we were not owed", DestroyReason.PROTOCOL)
+            return False
+        if sendme.version not in (SendmeVersion.UNAUTHENTICATED, SendmeVersion.AUTHENTICATED) or \
+                (sendme.version == SendmeVersion.AUTHENTICATED and sendme.tag is None):
+            # prop 289: a SENDME of a version we do not know tears the circuit down.
+            self._fail(f"{self._hop_name(hop)} sent a SENDME of unknown version {sendme.version}",
+                       DestroyReason.PROTOCOL)
+            return False
+        expected = expected_tags.popleft()
+        if sendme.tag is not None and not hmac.compare_digest(sendme.tag, expected):
+            self._fail(f"{self._hop_name(hop)} sent a SENDME with a wrong authentication tag",
+                       DestroyReason.PROTOCOL)
+            return False
+        return True
+
     def _wake_streams(self) -> None:
         if self._conflux is not None:
             self._conflux.leg_window_opened(self)
         for stream in list(self.streams.values()):
             stream.circuit_window_opened()
+        if self._inner_hops is not None:
+            for inner in list(self._inner_hops.values()):
+                inner.wake_streams()
 
     # ------------------------------------------------------------------------------------ cells out
 
@@ -814,7 +875,125 @@ class Circuit(StreamTable):
         self.error = error
         if self.padding is not None:
             self.padding.circuit_closed()
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        streams = list(self.streams.values())
+        self.streams = {}
+        for inner in (self._inner_hops or {}).values():
+            streams += inner.streams.values()
+            inner.streams = {}
+        for stream in streams:
             stream.circuit_closed(error)
         self.owner.circuit_closed(self, error)
+
+
+class InnerHop(StreamTable):
+    """The circuit as the streams that exit from one of its inner hops see it (ATTACHSTREAM HOP=,
+    control-spec 3.5; tor's cpath_layer of an edge): their cells are encrypted to that hop and counted against
+    that hop's own circuit windows (fixed SENDME windows: congestion control is negotiated with the last hop
+    only), and only that hop's cells reach them. Their ids are the circuit's (`Circuit.allocate_stream_id`)."""
+
+    def __init__(self, circuit: Circuit, hop: int) -> None:
+        StreamTable.__init__(self)
+        self.circuit = circuit
+        self.hop = hop
+        self.window = SendmeWindow.for_circuit()
+        # Tags of our every 100th DATA cell to this hop, which its SENDMEs must echo (prop 289).
+        self._expected_sendme_tags: collections.deque[bytes] = collections.deque()
+        self._data_cells_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<InnerHop {self.hop + 1} of {self.circuit!r}>"
+
+    @property
+    def circ_id(self) -> int:
+        return self.circuit.circ_id
+
+    @property
+    def congestion_control(self) -> None:
+        return None
+
+    def allocate_stream_id(self) -> int:
+        return self.circuit.allocate_stream_id()
+
+    def close(self, reason: int = DestroyReason.FINISHED, message: str = "closed") -> None:
+        self.circuit.close(reason, message)
+
+    def send_relay(self, command: int, stream_id: int, data: bytes) -> None:
+        self.circuit.send_relay(command, stream_id, data, hop=self.hop)
+
+    def end_stream(self, stream_id: int, reason: int = EndReason.MISC) -> None:
+        self.streams.pop(stream_id, None)
+        if self.circuit.state is CircuitState.OPEN:
+            self.send_relay(RelayCommand.END, stream_id, encode_end_body(reason))
+
+    @property
+    def package_room(self) -> int:
+        circuit = self.circuit
+        if circuit.state is not CircuitState.OPEN or circuit.channel.paused:
+            return 0
+        return self.window.package
+
+    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
+        """DATA cells of one stream to this hop, counted against its circuit package window."""
+        circuit = self.circuit
+        if circuit.state is CircuitState.CLOSED:
+            raise CircuitError(f"circuit {circuit.circ_id:#x} is closed")
+        count = len(chunks)
+        if count > self.window.package:
+            raise CircuitError("circuit package window is too small for these cells")
+        if not count:
+            return
+        tags = circuit._send_payloads(_RELAY, [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks],
+                                      self.hop)
+        circuit.bytes_written += sum(map(len, chunks))
+        increment = self.window.increment
+        self._expected_sendme_tags.extend(tags[increment - 1 - self._data_cells_sent % increment::increment])
+        self._data_cells_sent += count
+        self.window.package -= count
+
+    def cell_received(self, hop: int, buffer: bytes, offset: int, tag: bytes) -> None:
+        """A cell this hop sent: DATA counts against its deliver window (a SENDME to it each 100th, as for
+        the last hop) and reaches its stream if the stream is this hop's; circuit SENDMEs open its package
+        window; anything else for the circuit goes to the circuit."""
+        circuit = self.circuit
+        command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(buffer, offset)
+        if length > RELAY_PAYLOAD_LEN:
+            circuit._fail(f"relay cell from {circuit._hop_name(hop)} claims {length} bytes of data",
+                          DestroyReason.PROTOCOL)
+            return
+        start = offset + RELAY_HEADER_LEN
+        data = bytes(buffer[start:start + length])
+        stream = self.streams.get(stream_id) if stream_id else None
+        if command == _DATA:
+            circuit.bytes_read += length
+            window = self.window
+            window.deliver -= 1
+            if window.deliver < 0:
+                circuit._fail(f"{circuit._hop_name(hop)} overran the circuit deliver window",
+                              DestroyReason.PROTOCOL)
+                return
+            if window.sendme_due:
+                window.sendme_sent()
+                circuit.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=hop)
+            if stream is not None:
+                stream.data_cells_received([data])
+            return
+        circuit._control_bytes_read += length
+        if stream is not None:
+            stream.relay_received(command, data)
+        elif stream_id == 0 and command == _SENDME:
+            self._sendme_received(data)
+        elif stream_id == 0:
+            circuit._control_cell_received(hop, command, data)
+        # Cells for a stream that is not this hop's are dropped (tor's relay_lookup_conn matches the layer).
+
+    def _sendme_received(self, data: bytes) -> None:
+        if not self.circuit._sendme_valid(self.hop, data, self._expected_sendme_tags):
+            return
+        was_blocked = self.window.package <= 0
+        self.window.sendme_received()
+        if was_blocked:
+            self.wake_streams()
+
+    def wake_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.circuit_window_opened()

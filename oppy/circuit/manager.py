@@ -416,6 +416,9 @@ class ManagedStream:
         # The exit's reason for the last failed attempt: what the application hears if no circuit is left.
         self.last_end_reason: int | None = None
         self.managed_circuit: ManagedCircuit | None = None
+        # The relay the stream exits from on managed_circuit: its last hop, or the hop a controller named
+        # (ATTACHSTREAM HOP=).
+        self.exit_relay: RelayTarget | None = None
         self.timer = None
         # Unattached until a controller's ATTACHSTREAM (__LeaveStreamsUnattached): tor's CONTROLLER_WAIT.
         self.awaiting_controller = False
@@ -998,14 +1001,20 @@ class CircuitManager:
         else:
             self._wait_for_controller(managed)
 
-    def controller_attach(self, managed: ManagedStream, target: ManagedCircuit | None = None) -> None:
-        """ATTACHSTREAM: put a waiting or connecting stream on `target` (an open circuit), or let oppy
-        choose (None). A stream already sent to an exit is taken off its circuit first."""
+    def controller_attach(self, managed: ManagedStream, target: ManagedCircuit | None = None,
+                          hop: int | None = None) -> None:
+        """ATTACHSTREAM: put a waiting or connecting stream on `target` (an open circuit), exiting from its
+        `hop` (1-based; None: the last), or let oppy choose (None). A stream already sent to an exit is taken
+        off its circuit first."""
         stream = managed.stream
         if stream.ended:
             raise RuntimeError("stream already ended")
         if target is not None and not target.is_open:
             raise RuntimeError(f"circuit {target.number} is not open")
+        if hop is not None and target is not None and not 2 <= hop <= len(target.path):
+            raise RuntimeError(f"circuit {target.number} has no hop {hop} a stream may exit from")
+        if hop is not None and target is not None and hop < len(target.path) and target.conflux_set is not None:
+            raise RuntimeError(f"circuit {target.number} is a conflux leg: its streams exit from its last hop")
         if target is not None and not target.circuit.has_stream_room and stream.circuit is not target.circuit:
             raise RuntimeError(f"circuit {target.number} carries as many streams as a circuit may")
         if stream.state in (StreamState.SENTCONNECT, StreamState.SENTRESOLVE):
@@ -1016,7 +1025,7 @@ class CircuitManager:
         if target is None:
             self._attach(managed)
         else:
-            self.attach_to(managed, target)
+            self.attach_to(managed, target, hop)
 
     # StreamOwner
 
@@ -1127,8 +1136,9 @@ class CircuitManager:
         finally:
             self._attaching_waiting = False
 
-    def attach_to(self, managed: ManagedStream, target: ManagedCircuit) -> None:
-        """Attach a stream to a given open circuit (also the controller's ATTACHSTREAM)."""
+    def attach_to(self, managed: ManagedStream, target: ManagedCircuit, hop: int | None = None) -> None:
+        """Attach a stream to a given open circuit (also the controller's ATTACHSTREAM), exiting from its
+        `hop` (1-based) when that is not the last."""
         if managed in self._stream_waiters:
             self._stream_waiters.remove(managed)
         managed.awaiting_controller = False
@@ -1143,7 +1153,13 @@ class CircuitManager:
             target.dirty_since = self.clock()
         managed.managed_circuit = target
         managed.attempts += 1
-        managed.stream.attach(target.stream_circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
+        if hop is not None and hop < len(target.path):
+            managed.exit_relay = target.path[hop - 1]
+            stream_circuit = target.circuit.inner_hop(hop - 1)
+        else:
+            managed.exit_relay = target.exit
+            stream_circuit = target.stream_circuit
+        managed.stream.attach(stream_circuit, onion_service=target.purpose is CircuitPurpose.HS_CLIENT_REND)
         log.info("Attached stream %d to circuit %d (attempt %d)", managed.number, target.number, managed.attempts)
         self._stream_changed(managed)
         timeouts = STREAM_CONNECT_TIMEOUTS
@@ -1176,8 +1192,8 @@ class CircuitManager:
                 return False
             circuit = managed.managed_circuit
             if end.reason in (EndReason.EXITPOLICY, EndReason.HIBERNATING, EndReason.RESOURCELIMIT):
-                if circuit is not None:
-                    managed.excluded_exits.add(circuit.exit.rsa_id)
+                if managed.exit_relay is not None:
+                    managed.excluded_exits.add(managed.exit_relay.rsa_id)
             else:
                 # relay.c connection_ap_process_end_not_open: a resolve failure, MISC or NOROUTE is retried
                 # on another circuit up to MAX_RESOLVE_FAILURES times, and the circuit takes no new streams.

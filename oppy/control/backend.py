@@ -197,8 +197,9 @@ class DaemonBackend(ControlBackend):
     def extend_circuit(self, managed_circuit: ManagedCircuit, path: list[RelayTarget]) -> None:
         self.manager.extend_circuit(managed_circuit, path)
 
-    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
-        self.manager.controller_attach(managed_stream, managed_circuit)
+    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None,
+                      hop: int | None = None) -> None:
+        self.manager.controller_attach(managed_stream, managed_circuit, hop)
 
     def close_stream(self, managed_stream: ManagedStream, reason: int) -> None:
         managed_stream.stream.close(reason)

@@ -181,8 +181,10 @@ class ControlBackend(Protocol):
         cannot (the circuit is not open, or carries streams)."""
         raise NotImplementedError
 
-    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None) -> None:
-        """ATTACHSTREAM: put a waiting (or connecting) stream on a circuit, or on one oppy picks (None)."""
+    def attach_stream(self, managed_stream: ManagedStream, managed_circuit: ManagedCircuit | None,
+                      hop: int | None = None) -> None:
+        """ATTACHSTREAM: put a waiting (or connecting) stream on a circuit, exiting from its ``hop`` (1-based;
+        None: the last), or on one oppy picks (None)."""
         raise NotImplementedError
 
     def close_stream(self, managed_stream: ManagedStream, reason: int) -> None:
@@ -468,10 +470,8 @@ def _run_attachstream(session: ControlSession, args: ControlArguments, after) ->
             return _error(INTERNAL_ERROR, "Can't attach stream to this one-hop circuit.")
         if hop > len(target.path):
             return _error(INTERNAL_ERROR, f"Circuit doesn't have {hop} hops.")
-        if hop and hop != len(target.path):
-            return _error(INTERNAL_ERROR, "Unable to attach stream")  # oppy opens streams at the last hop only
     try:
-        session.hub.backend.attach_stream(managed_stream, target)
+        session.hub.backend.attach_stream(managed_stream, target, hop or None)
     except Exception as exc:
         log.info("could not attach stream %s: %s", stream_id, exc)
         return _error(INTERNAL_ERROR, "Unable to attach stream")

@@ -357,6 +357,46 @@ def test_leave_streams_unattached_and_attach_to_a_chosen_exit(oppy, controller, 
     events.close()
 
 
+def test_attach_stream_to_an_inner_hop(oppy, controller, network):
+    """ATTACHSTREAM HOP= (control-spec 3.5): the stream exits from hop 2 of the 3. On a circuit whose middle is
+    an exit, 1 MB comes back byte-exact (its cells and SENDMEs are that hop's); a middle that is no exit
+    answers the BEGIN with END (exit policy), which detaches the stream as tor does; tor's 551s otherwise."""
+    size = 1_000_000
+    through_exit = controller.new_circuit([fingerprint(network, name) for name in ("relay2", "exit0", "exit1")],
+                                          await_build=True)
+    through_middle = controller.new_circuit([fingerprint(network, name) for name in ("relay2", "relay3", "exit0")],
+                                            await_build=True)
+    controller.set_conf("__LeaveStreamsUnattached", "1")
+    events = Events(controller, EventType.STREAM)
+    thread, result = curl_in_background(oppy, network.url(f"/bytes/{size}"))
+    stream_id = waiting_stream(events, network.http_port)
+    for hop, answer in (("1", "551 Can't attach stream to this one-hop circuit."),
+                        ("4", "551 Circuit doesn't have 4 hops.")):
+        reply = controller.msg(f"ATTACHSTREAM {stream_id} {through_exit} HOP={hop}")
+        assert reply.raw_content().strip() == answer
+    assert stream_statuses(events, stream_id) == ["NEW", "CONTROLLER_WAIT"]
+
+    assert controller.msg(f"ATTACHSTREAM {stream_id} {through_middle} HOP=2").is_ok()
+    detached = events.wait_for(lambda e: e.id == stream_id and e.status == StreamStatus.DETACHED)
+    assert detached.circ_id in (None, through_middle)
+    assert stream_statuses(events, stream_id)[-3:] == ["SENTCONNECT", "DETACHED", "CONTROLLER_WAIT"]
+    assert thread.is_alive()  # the application is still waiting: the stream may be attached again
+    failed = f"stream {stream_id}: attempt 1 failed (the exit ended the stream: EXITPOLICY)"
+    deadline = time.monotonic() + 10
+    while failed not in oppy.info_log:
+        assert time.monotonic() < deadline, f"no {failed!r} in oppy's info log"
+        time.sleep(0.2)
+
+    assert controller.msg(f"ATTACHSTREAM {stream_id} {through_exit} HOP=2").is_ok()
+    thread.join(EVENT_TIMEOUT * 2)
+    assert result["done"].returncode == 0, result["done"].stderr
+    assert hashlib.sha256(result["done"].stdout).hexdigest() == expected_sha256(network, size)
+    succeeded = events.wait_for(lambda e: e.id == stream_id and e.status == StreamStatus.SUCCEEDED)
+    assert succeeded.circ_id == through_exit
+    assert controller.get_circuit(through_exit).status == CircStatus.BUILT  # no window or tag went wrong
+    events.close()
+
+
 def test_close_stream_and_close_circuit(oppy, controller, network):
     controller.set_conf("__LeaveStreamsUnattached", "1")
     events = Events(controller, EventType.STREAM, EventType.CIRC)

@@ -113,6 +113,7 @@ def test_retry_rules_follow_tor():
     managed = manager.open_stream(sink, "example.test", 80)
     circuit = ManagedCircuit(1, [relay("g"), relay("m"), relay("x")], CircuitPurpose.GENERAL, 0, 0)
     managed.managed_circuit = circuit
+    managed.exit_relay = relay("m")  # a controller's ATTACHSTREAM HOP=2
 
     def end(reason):
         return StreamEnd("test", reason, remote=True, before_connected=True)
@@ -120,7 +121,10 @@ def test_retry_rules_follow_tor():
     managed.attempts = 1
     # Not retriable: the exit connected and was refused by the destination.
     assert manager._retry(managed, end(EndReason.CONNECTREFUSED)) is False
-    # Exit policy: the exit is not asked again for this stream.
+    # Exit policy: the relay the stream exited from is not asked again for this stream.
+    assert manager._retry(managed, end(EndReason.EXITPOLICY)) is True
+    assert managed.excluded_exits == {relay("m").rsa_id}
+    managed.exit_relay = circuit.exit
     assert manager._retry(managed, end(EndReason.EXITPOLICY)) is True
     assert relay("x").rsa_id in managed.excluded_exits
     # Resolve failures: retried on other circuits up to MAX_RESOLVE_FAILURES, the circuit retired.

@@ -101,8 +101,8 @@ class FakeBackend(ControlBackend):
             raise RuntimeError("not open")
         self.calls.append(("extend", managed_circuit.number, [t.nickname for t in path]))
 
-    def attach_stream(self, managed_stream, managed_circuit):
-        self.calls.append(("attach", managed_stream.number, managed_circuit and managed_circuit.number))
+    def attach_stream(self, managed_stream, managed_circuit, hop=None):
+        self.calls.append(("attach", managed_stream.number, managed_circuit and managed_circuit.number, hop))
 
     def close_stream(self, managed_stream, reason):
         self.calls.append(("close_stream", managed_stream.number, reason))
@@ -596,9 +596,15 @@ class TestStreamCommands:
         assert ask(session, "ATTACHSTREAM 1 6") == b"551 Can't attach stream to non-open origin circuit\r\n"
         assert ask(session, "ATTACHSTREAM 1 7") == b"551 Can't attach stream to this one-hop circuit.\r\n"
         assert ask(session, "ATTACHSTREAM 1 5 HOP=4") == b"551 Circuit doesn't have 4 hops.\r\n"
+        assert ask(session, "ATTACHSTREAM 1 5 HOP=1") == b"551 Can't attach stream to this one-hop circuit.\r\n"
         assert ask(session, "ATTACHSTREAM 1 5") == b"250 OK\r\n"
         assert ask(session, "ATTACHSTREAM 1 0") == b"250 OK\r\n"
-        assert backend.calls[-2:] == [("attach", 1, 5), ("attach", 1, None)]
+        # HOP=0 is tor's "no hop given"; HOP=2 of the three exits from the middle.
+        assert ask(session, "ATTACHSTREAM 1 5 HOP=0") == b"250 OK\r\n"
+        assert ask(session, "ATTACHSTREAM 1 5 HOP=2") == b"250 OK\r\n"
+        assert ask(session, "ATTACHSTREAM 1 5 HOP=3") == b"250 OK\r\n"
+        assert backend.calls[-5:] == [("attach", 1, 5, None), ("attach", 1, None, None), ("attach", 1, 5, None),
+                                      ("attach", 1, 5, 2), ("attach", 1, 5, 3)]
 
     def test_closestream(self):
         backend = FakeBackend()
