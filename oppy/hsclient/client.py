@@ -1,13 +1,14 @@
 """The onion-service client (rend-spec-v3 2.2.4, 3 and 4; tor hs_client.c): from a `.onion` stream to a
 rendezvous circuit joined to the service, and the streams attached to it.
 
-For each service a :class:`_ServiceConnection` runs, in order: the descriptor (cached, else fetched over
+For each service a :class:`ServiceConnection` runs, in order: the descriptor (cached, else fetched over
 BEGIN_DIR from the responsible HSDirs on HS_CLIENT_HSDIR circuits, one after another in random order until
 one has it), a rendezvous circuit (HS_CLIENT_REND: ESTABLISH_RENDEZVOUS, RENDEZVOUS_ESTABLISHED) and an
 introduction circuit to one of the descriptor's introduction points (HS_CLIENT_INTRO: INTRODUCE1,
 INTRODUCE_ACK), then RENDEZVOUS2 and the virtual hop; the next introduction point on failure. Streams wait
 meanwhile and are attached once the circuit is joined; later streams to the service go on that circuit while it
-is open. Failures end the waiting streams with tor's END reason and proposal 304's extended SOCKS code.
+is open, when their ports' isolation flags let them share it (tor's circuit_is_acceptable). Failures end the
+waiting streams with tor's END reason and proposal 304's extended SOCKS code.
 
 Every circuit is the circuit manager's; this client is the `OnionServiceCircuitUser` of those it launches
 (their RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2 come to it) and the `StreamRouter` of `.onion`
@@ -40,6 +41,7 @@ from oppy.cell.onion_service import (
 )
 from oppy.cell.relay import LinkSpecifierType, link_specifiers_for_relay
 from oppy.circuit.circuit import CircuitError
+from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
 from oppy.circuit.manager import (
     CircuitClosed,
     CircuitManager,
@@ -134,14 +136,29 @@ class _IntroductionFailed(Exception):
         self.timed_out = timed_out
 
 
-@dataclass
-class _ServiceConnection:
-    """One service's connection: the streams waiting for it, and its joined rendezvous circuit."""
+@dataclass(eq=False)
+class ServiceConnection:
+    """One rendezvous with a service: the streams waiting for it, its joined rendezvous circuit, and the
+    isolation of every stream it took. tor's circuit_is_acceptable holds a rendezvous circuit to its streams'
+    isolation (connection_edge_compatible_with_circuit) as any other: a service gets one connection per set
+    of streams its ports' isolation flags let share a circuit."""
 
     address: OnionAddress
     waiting: list[ManagedStream] = field(default_factory=list)
     rendezvous: ManagedCircuit | None = None
     running: bool = False
+    isolation: CircuitIsolation = field(default_factory=CircuitIsolation)
+
+    @property
+    def ready(self) -> bool:
+        """Its rendezvous circuit is joined and takes another stream."""
+        rendezvous = self.rendezvous
+        return rendezvous is not None and rendezvous.is_open and rendezvous.usable \
+            and rendezvous.circuit.has_stream_room
+
+    def takes(self, label: str, stream: IsolationValues) -> bool:
+        """A stream to service `label` with isolation values `stream` may go (or wait) here."""
+        return self.address.label == label and (self.running or self.ready) and self.isolation.compatible(stream)
 
 
 def descriptor_id(blinded_key: bytes) -> str:
@@ -185,8 +202,8 @@ class OnionServiceClient:
         self.wallclock = wallclock
         self.rng = rng or random.SystemRandom()
         self._observers: list[DescriptorObserver] = list(observers)
-        # By (address without ".onion", stream isolation): streams isolated apart get their own circuits.
-        self._connections: dict[tuple[str, object], _ServiceConnection] = {}
+        # Streams isolated apart get their own connections, each with its rendezvous circuit.
+        self._connections: list[ServiceConnection] = []
         self.cache = HsDescriptorCache(wallclock, testing_network)
         # Messages awaited from a circuit's last hop: (circuit number, relay command) -> Deferred.
         self._awaited: dict[tuple[int, int], defer.Deferred] = {}
@@ -210,33 +227,35 @@ class OnionServiceClient:
 
     # ------------------------------------------------------------------------------ streams
 
-    def open_stream(self, sink, address: OnionAddress, port: int, credentials: object = None,
+    def open_stream(self, sink, address: OnionAddress, port: int, isolation: StreamIsolation,
                     source: str | None = None) -> ManagedStream:
-        """A stream to `address`:`port` (the SOCKS layer's `OnionServiceConnector`); the manager hands it
-        to :meth:`attach_stream`."""
-        return self.manager.open_stream(sink, address.hostname, port, credentials=credentials, source=source,
+        """A stream to `address`:`port` isolated as its front door says (the SOCKS layer's
+        `OnionServiceConnector`); the manager hands it to :meth:`attach_stream`."""
+        return self.manager.open_stream(sink, address.hostname, port, isolation=isolation, source=source,
                                         router=self)
 
     def attach_stream(self, managed: ManagedStream) -> None:
-        """StreamRouter: on the service's joined rendezvous circuit for the stream's isolation (SOCKS
-        credentials, NEWNYM epoch), or waiting until there is one."""
+        """StreamRouter: on a joined rendezvous circuit to the service that the stream's isolation (its port's
+        flags, NEWNYM epoch) lets it share, or waiting for one being made, or for a new one."""
         address = parse_onion_address(managed.stream.host)
-        key = (address.label, managed.isolation.credentials, managed.isolation.nym_epoch)
-        connection = self._connections.get(key)
+        # Connections that neither connect nor take streams any more are forgotten (their streams stay).
+        self._connections = [known for known in self._connections if known.running or known.ready]
+        connection = next((known for known in self._connections if known.takes(address.label, managed.isolation)),
+                          None)
         if connection is None:
-            connection = self._connections[key] = _ServiceConnection(address)
-        rendezvous = connection.rendezvous
-        if rendezvous is not None and rendezvous.is_open and rendezvous.usable and rendezvous.circuit.has_stream_room:
-            self.manager.attach_to(managed, rendezvous)
+            connection = ServiceConnection(address)
+            self._connections.append(connection)
+        connection.isolation.add(managed.isolation, attached=True)
+        if connection.ready:
+            self.manager.attach_to(managed, connection.rendezvous)
             return
-        connection.rendezvous = None
         connection.waiting.append(managed)
         if not connection.running:
             connection.running = True
-            self._connect(key, connection)
+            self._connect(connection)
 
     @defer.inlineCallbacks
-    def _connect(self, key: tuple, connection: _ServiceConnection):
+    def _connect(self, connection: ServiceConnection):
         label = connection.address.label
         reason, code = EndReason.MISC, 0
         try:
@@ -250,7 +269,8 @@ class OnionServiceClient:
         connection.running = False
         waiting, connection.waiting = connection.waiting, []
         if rendezvous is None:
-            self._connections.pop(key, None)
+            if connection in self._connections:
+                self._connections.remove(connection)
             for managed in waiting:
                 managed.stream.close(reason, extended_error=code)
             return
@@ -487,9 +507,8 @@ class OnionServiceClient:
             number = event.circuit.number
             for key in [key for key in self._awaited if key[0] == number]:
                 self._awaited.pop(key).errback(event.circuit.error or CircuitError(f"circuit {number} closed"))
-            for key, connection in list(self._connections.items()):
-                if connection.rendezvous is event.circuit and not connection.running:
-                    del self._connections[key]
+            self._connections = [connection for connection in self._connections
+                                 if connection.rendezvous is not event.circuit or connection.running]
 
     @staticmethod
     def _close(managed: ManagedCircuit, why: str, reason: int = DestroyReason.FINISHED) -> None:

@@ -64,7 +64,7 @@ class OnionServiceConnector(Protocol):
     """Who opens streams to onion services (the onion-service client): the stream it returns is attached to a
     rendezvous circuit once one is ready, or fails with the onion-service error as `extended_error`."""
 
-    def open_stream(self, sink, address: OnionAddress, port: int, credentials: object = None,
+    def open_stream(self, sink, address: OnionAddress, port: int, isolation: StreamIsolation,
                     source: str | None = None) -> ManagedStream: ...
 
 
@@ -205,8 +205,14 @@ class SocksClientProtocol(protocol.Protocol):
             self._refuse(Socks5Reply.GENERAL_FAILURE)
             return
         peer = self.transport.getPeer()
-        self._open(lambda: connector.open_stream(self, address, request.port, credentials=request.isolation_key,
+        self._open(lambda: connector.open_stream(self, address, request.port, self._isolation(request, peer),
                                                  source=f"{peer.host}:{peer.port}"), StreamKind.CONNECT)
+
+    def _isolation(self, request: SocksRequest, peer) -> StreamIsolation:
+        """The stream's isolation: the port's flags and session group, the client's address, protocol and
+        credentials."""
+        return replace(self.settings.isolation, client_address=peer.host, protocol=self._client_protocol(request),
+                       username=request.username, password=request.password)
 
     def _request(self, request: SocksRequest) -> None:
         factory = self.factory
@@ -238,9 +244,7 @@ class SocksClientProtocol(protocol.Protocol):
         kind = {SocksCommand.CONNECT: StreamKind.CONNECT, SocksCommand.RESOLVE: StreamKind.RESOLVE,
                 SocksCommand.RESOLVE_PTR: StreamKind.RESOLVE_PTR}[request.command]
         peer = self.transport.getPeer()
-        isolation = replace(self.settings.isolation, client_address=peer.host,
-                            protocol=self._client_protocol(request),
-                            username=request.username, password=request.password)
+        isolation = self._isolation(request, peer)
         self._open(lambda: factory.manager.open_stream(self, target, request.port, kind, isolation=isolation,
                                                        source=f"{peer.host}:{peer.port}",
                                                        original_address=request.address), kind)

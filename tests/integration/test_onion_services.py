@@ -28,13 +28,15 @@ NO_DESCRIPTOR_BOUND = 60.0
 
 
 class OnionOppy(OppyProcess):
-    """oppy with a second SocksPort that has ExtendedErrors (proposal 304), a control port, and a
-    ClientOnionAuthDir holding `key_line` when one is given."""
+    """oppy with a second SocksPort that has ExtendedErrors (proposal 304), a third with IsolateClientProtocol, a
+    control port, and a ClientOnionAuthDir holding `key_line` when one is given."""
 
     def __init__(self, network: TestNetwork, data_directory: Path, key_line: str | None = None) -> None:
         self.extended_port = free_port()
+        self.isolating_port = free_port()
         control_port = free_port()
         extra = [f"SocksPort 127.0.0.1:{self.extended_port} ExtendedErrors",
+                 f"SocksPort 127.0.0.1:{self.isolating_port} IsolateClientProtocol",
                  f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1"]
         if key_line is not None:
             auth_dir = data_directory.parent / f"{data_directory.name}-onion-auth"
@@ -195,6 +197,31 @@ def test_a_second_stream_reuses_the_rendezvous_circuit(network, oppy):
                             capture_output=True, timeout=150)
     assert result.returncode == 0, result.stderr
     assert connections_made(oppy, address) == before + 1
+
+
+def test_rendezvous_circuits_follow_the_ports_isolation_flags(network, oppy):
+    """As tor's circuit_is_acceptable: a rendezvous circuit takes only the streams its streams' port flags
+    let share a circuit. Another port is another session group; IsolateClientProtocol parts SOCKS4a from
+    SOCKS5 streams, which a port without it lets share."""
+    onion = network.onion
+    address = onion["plain"]["address"]
+
+    def fetch_through(port: int, scheme: str) -> None:
+        result = subprocess.run(["curl", "-sS", "--max-time", "120", "--proxy", f"{scheme}://127.0.0.1:{port}",
+                                 onion_url(network, "plain", "/")], capture_output=True, timeout=150)
+        assert result.returncode == 0, result.stderr
+
+    fetch_through(oppy.socks_port, "socks5h")
+    before = connections_made(oppy, address)
+    fetch_through(oppy.socks_port, "socks4a")
+    assert connections_made(oppy, address) == before
+    fetch_through(oppy.isolating_port, "socks5h")
+    assert connections_made(oppy, address) == before + 1
+    fetch_through(oppy.isolating_port, "socks4a")
+    assert connections_made(oppy, address) == before + 2
+    fetch_through(oppy.isolating_port, "socks5h")
+    fetch_through(oppy.socks_port, "socks4a")
+    assert connections_made(oppy, address) == before + 2
 
 
 # ------------------------------------------------------------------------------ client authorization

@@ -1,15 +1,19 @@
 """The onion-service client's pure helpers, on a descriptor the private network's C tor service published
-(tests/unit/data/onion_service): the relay an introduction point names, and the descriptor ID of a fetch."""
+(tests/unit/data/onion_service): the relay an introduction point names, and the descriptor ID of a fetch;
+which streams a rendezvous connection takes (the ports' isolation flags, as tor's circuit_is_acceptable)."""
 
 from __future__ import annotations
 
 import base64
 
+import pytest
+
 from oppy.cell.relay import LinkSpecifierType
+from oppy.circuit.isolation import ClientProtocol, IsolationValues, StreamIsolation, isolation_flags
 from oppy.hs.address import parse_onion_address
 from oppy.hs.descriptor import decode_descriptor
 from oppy.hs.keys import blinded_public_key
-from oppy.hsclient.client import descriptor_id, relay_target_for_introduction_point
+from oppy.hsclient.client import ServiceConnection, descriptor_id, relay_target_for_introduction_point
 from tests.unit.test_hs_descriptor import CAPTURE, DATA, NOW, PERIOD, RELAY_FINGERPRINTS
 
 
@@ -37,3 +41,54 @@ def test_the_descriptor_id_is_the_blinded_key_in_unpadded_base64():
     ident = descriptor_id(blinded)
     assert "=" not in ident and len(ident) == 43
     assert base64.b64decode(ident + "=") == blinded
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+
+SERVICE = parse_onion_address("pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion")
+OTHER_SERVICE = parse_onion_address("sp3k262uwy4r2k3ycr5awluarykdpag6a7y33jxop4cs2lu5uz5sseqd.onion")
+DEFAULT = ("IsolateSOCKSAuth", "IsolateClientAddr")
+DEST_PORT = DEFAULT + ("IsolateDestPort",)
+NO_SOCKS_AUTH = ("IsolateClientAddr",)
+
+
+def onion_stream(port=80, flags=DEFAULT, credentials=(b"", b""), epoch=0,
+                 client="127.0.0.1", group=-4, address=SERVICE):
+    isolation = StreamIsolation(isolation_flags(frozenset(flags)), group, ClientProtocol.SOCKS5, client,
+                                *credentials)
+    return IsolationValues.of(isolation, address.hostname, port, epoch)
+
+
+def connection_with(*streams):
+    connection = ServiceConnection(SERVICE, running=True)
+    for stream in streams:
+        connection.isolation.add(stream, attached=True)
+    return connection
+
+
+@pytest.mark.parametrize(("first", "second", "shared"), [
+    # The default flags: same credentials, client, session group and epoch share a rendezvous circuit,
+    # whatever the port; other credentials, a NEWNYM, another client address or port's group do not.
+    (onion_stream(), onion_stream(port=443), True),
+    (onion_stream(), onion_stream(credentials=(b"alice", b"x")), False),
+    (onion_stream(), onion_stream(epoch=1), False),
+    (onion_stream(), onion_stream(client="127.0.0.2"), False),
+    (onion_stream(), onion_stream(group=-5), False),
+    # IsolateDestPort: a stream to the service's other port gets another rendezvous circuit.
+    (onion_stream(flags=DEST_PORT), onion_stream(port=443, flags=DEST_PORT), False),
+    (onion_stream(flags=DEST_PORT), onion_stream(flags=DEST_PORT), True),
+    # NoIsolateSOCKSAuth: credentials no longer part them.
+    (onion_stream(flags=NO_SOCKS_AUTH), onion_stream(credentials=(b"alice", b"x"), flags=NO_SOCKS_AUTH), True),
+])
+def test_a_rendezvous_connection_takes_the_streams_its_isolation_allows(first, second, shared):
+    connection = connection_with(first)
+    assert connection.takes(SERVICE.label, first)
+    assert connection.takes(SERVICE.label, second) is shared
+
+
+def test_a_rendezvous_connection_serves_one_service_while_it_connects_or_is_joined():
+    first = onion_stream()
+    connection = connection_with(first)
+    assert not connection.takes(OTHER_SERVICE.label, onion_stream(address=OTHER_SERVICE))
+    connection.running = False  # failed, or its rendezvous circuit closed: no new stream waits for it
+    assert not connection.ready and not connection.takes(SERVICE.label, first)

@@ -12,6 +12,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from oppy.cell.commands import EndReason
+from oppy.circuit.isolation import ClientProtocol, IsolationFlag, StreamIsolation, isolation_flags
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress
 from oppy.socks.messages import Socks5Reply
@@ -46,10 +47,12 @@ class RecordingConnector:
 
     def __init__(self) -> None:
         self.opened: list[tuple[OnionAddress, int, Stream]] = []
+        self.isolations: list[StreamIsolation] = []
 
-    def open_stream(self, sink, address, port, credentials=None, source=None):
+    def open_stream(self, sink, address, port, isolation, source=None):
         stream = Stream(sink, address.hostname, port)
         self.opened.append((address, port, stream))
+        self.isolations.append(isolation)
         return type("Managed", (), {"stream": stream})()
 
 
@@ -121,6 +124,26 @@ def test_a_valid_address_with_a_subdomain_goes_to_the_onion_client():
     assert (address.hostname, address.subdomain, port) == (GOOD, "www", 8080)
     assert transport.value() == b"\x05\x00"  # no answer until the connection succeeds or fails
     assert manager.requests == []
+
+
+def test_an_onion_stream_carries_its_ports_isolation():
+    """The onion-service client chooses rendezvous circuits by the port's isolation flags and session group,
+    the client's address and protocol and its SOCKS credentials, as any stream (tor circuit_is_acceptable)."""
+    connector = RecordingConnector()
+    factory = SocksFactory(ForbiddenManager(), task.Clock(), onion_services=connector)
+    flags = isolation_flags({"IsolateDestPort", "IsolateSOCKSAuth"})
+    settings = SocksPortSettings(isolation=StreamIsolation(flags=flags, session_group=7))
+    protocol = factory.for_port(settings).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    name = GOOD.encode()
+    protocol.dataReceived(b"\x05\x01\x02" + b"\x01\x05alice\x06secret"
+                          + bytes((5, 1, 0, 3, len(name))) + name + struct.pack("!H", 443))
+    (isolation,) = connector.isolations
+    assert isolation == StreamIsolation(flags=flags, session_group=7, protocol=ClientProtocol.SOCKS5,
+                                        client_address=transport.getPeer().host, username=b"alice",
+                                        password=b"secret")
+    assert isolation.flags & IsolationFlag.DESTPORT
 
 
 def test_an_onion_failure_answers_its_extended_code_only_on_a_port_with_the_flag():
