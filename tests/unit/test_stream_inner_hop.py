@@ -10,7 +10,7 @@ import struct
 
 from oppy.cell.commands import EndReason
 from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START, STREAMWINDOW_START
-from oppy.circuit.circuit import Circuit, CircuitError
+from oppy.circuit.circuit import CircuitError
 from oppy.stream.stream import Stream, StreamState
 from tests.unit.relaysim import (
     CMD_RELAY,
@@ -19,10 +19,9 @@ from tests.unit.relaysim import (
     RELAY_DATA_LEN,
     RELAY_END,
     RELAY_SENDME,
-    build_circuit,
     sendme_v1_body,
 )
-from tests.unit.test_stream_core import RecordingSink
+from tests.unit.test_stream_core import Exit, RecordingSink
 
 # tor-spec "Relay cells".
 RELAY_BEGIN = 1
@@ -30,18 +29,8 @@ MIDDLE, EXIT = 1, 2
 CONNECTED_BODY = bytes([10, 0, 0, 9]) + struct.pack(">I", 300)
 
 
-class Path:
-    """A 3-hop circuit and its simulated relays."""
-
-    def __init__(self):
-        self.circuit, self.channel, self.path = build_circuit(Circuit)
-
-    def received(self):
-        messages = []
-        for _, command, payload in self.channel.take():
-            assert command == CMD_RELAY
-            messages.append(self.path.receive(payload))
-        return messages
+class Path(Exit):
+    """A 3-hop circuit and its simulated relays, any of which may send."""
 
     def send(self, hop, command, stream_id, data=b""):
         self.circuit.cell_received(CMD_RELAY, self.path.send(hop, command, stream_id, data))
