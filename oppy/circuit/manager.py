@@ -72,6 +72,10 @@ RETRIABLE_END_REASONS = frozenset((EndReason.HIBERNATING, EndReason.RESOURCELIMI
 # tor's NewCircuitPeriod default: how often circuits too dirty (or marked unusable) and without streams are
 # closed (circuituse.c circuit_expire_old_circs_as_needed).
 NEW_CIRCUIT_PERIOD = 30.0
+#: oppy's own: after a conflux set is torn down without ever linking (its first hop unreachable, say a dead
+#: pluggable transport), no new set is prebuilt for 1 s, doubling up to 60 s until a set links; without it the
+#: failures come back within milliseconds and each tells the guard (or the only bridge) it is down.
+CONFLUX_RELAUNCH_BACKOFF = (1.0, 60.0)
 # tor's SocksTimeout default: how long a stream may wait for a controller to attach it.
 DEFAULT_UNATTACHED_TIMEOUT = 120.0
 # How many circuits may be building at once (tor's MaxClientCircuitsPending default).
@@ -362,6 +366,7 @@ class ManagedConfluxSet:
         self.isolation = CircuitIsolation()
         self.dirty_since: float | None = None
         self.usable = True
+        self.ever_linked = False
         # The legs' LINKED timers (`link_timed_out`), cancelled at shutdown.
         self.link_timers: list = []
 
@@ -463,6 +468,9 @@ class CircuitManager:
         self.conflux_params = ConfluxParams()
         self.max_ooo_bytes = max_ooo_bytes
         self.conflux_sets: dict[bytes, ManagedConfluxSet] = {}
+        self._conflux_backoff = 0.0
+        self._conflux_retry_at = 0.0
+        self._conflux_retry_timer = None
         # CircuitPadding / ReducedCircuitPadding (read live) and the consensus: onion-service setup padding.
         self.padding_gate = PaddingGate(padding_options or DefaultCircuitPaddingOptions(), paths)
         self.circuits: dict[int, ManagedCircuit] = {}
@@ -639,7 +647,7 @@ class CircuitManager:
     def _predict_conflux_sets(self) -> None:
         """conflux_predict_new: keep cfx_max_prebuilt_set sets linked or linking ahead of demand (fewer when
         few exits support conflux), never more than cfx_max_linked_set linked ones."""
-        if not self.conflux_on:
+        if not self.conflux_on or self.clock() < self._conflux_retry_at:
             return
         params = self.conflux_params
         linked = sum(1 for record in self.conflux_sets.values() if record.tunnel.state is TunnelState.LINKED)
@@ -708,6 +716,8 @@ class CircuitManager:
         record.link_timers.append(self.reactor.callLater(timeout, record.tunnel.link_timed_out, circuit, timeout))
 
     def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
+        record.ever_linked = True
+        self._conflux_backoff = 0.0
         for leg in record.legs:
             if leg.circuit is not None and leg.circuit in record.tunnel.legs:
                 leg.purpose = CircuitPurpose.CONFLUX_LINKED
@@ -719,6 +729,13 @@ class CircuitManager:
     def _conflux_set_closed(self, record: ManagedConfluxSet, error: CircuitError) -> None:
         log.info("Conflux set %s closed: %s", record.conflux_id[:16], error)
         self.conflux_sets.pop(record.tunnel.nonce, None)
+        if not record.ever_linked and self._running:
+            low, high = CONFLUX_RELAUNCH_BACKOFF
+            self._conflux_backoff = min(high, max(low, 2 * self._conflux_backoff))
+            self._conflux_retry_at = self.clock() + self._conflux_backoff
+            if self._conflux_retry_timer is not None and self._conflux_retry_timer.active():
+                self._conflux_retry_timer.cancel()
+            self._conflux_retry_timer = self.reactor.callLater(self._conflux_backoff, self._top_up)
         self._top_up()
 
     def _conflux_leg_gone(self, managed: ManagedCircuit, error: CircuitError) -> None:
@@ -1222,6 +1239,8 @@ class CircuitManager:
         self._guard_wait_timer = None
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
+        if self._conflux_retry_timer is not None and self._conflux_retry_timer.active():
+            self._conflux_retry_timer.cancel()
         for record in self.conflux_sets.values():
             for timer in record.link_timers:
                 if timer.active():

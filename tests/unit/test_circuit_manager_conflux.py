@@ -133,3 +133,33 @@ def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
     assert any("link_timed_out" in repr(call) for call in clock.getDelayedCalls())
     manager.close_all()
     assert not any("link_timed_out" in repr(call) for call in clock.getDelayedCalls())
+
+
+def test_a_set_torn_down_before_linking_holds_back_the_next_prebuilt_set():
+    # A dead first hop (a killed transport) fails every leg at once: without a pause the manager launched a
+    # new set within milliseconds, about 20 in a row, each failure telling the only bridge it was down.
+    clock = Clock()
+    exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
+    guards = [SimulatedRelay(f"guard{i}") for i in range(4)]
+    middles = [SimulatedRelay(f"middle{i}") for i in range(4)]
+    relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
+    links = OneChannelLinks()
+    manager = CircuitManager(links, ConfluxPaths(guards, middles, exit_relay), reactor=clock,
+                             clock=clock.seconds, preemptive_circuits=0, build_times=not_learning(clock))
+    manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
+    record = manager.launch_conflux_set()
+    launched = 0
+    for _ in range(30):  # every leg, replacement (cfx_max_unlinked_leg_retry) and prebuilt set fails
+        if not manager.conflux_sets:
+            break
+        launched = max(launched, len(manager.conflux_sets))
+        for circuit in build_legs(links, relays_by_guard):
+            circuit.cell_received(CMD_DESTROY, bytes([DestroyReason.CONNECTFAILED]))
+    assert record.tunnel.state is TunnelState.CLOSED and not manager.conflux_sets
+    assert launched <= 3  # the set and cfx_max_prebuilt_set's others, not one after each failure
+    manager.open_stream(CollectingSink(), "example.com", 80)   # demand: the manager tops up its circuits
+    assert not manager.conflux_sets
+    clock.advance(60.1)  # the pause is over: prebuilding resumes by itself
+    assert manager.conflux_sets
+    manager.close_all()
+    assert not any("_top_up" in repr(call) for call in clock.getDelayedCalls())
