@@ -71,7 +71,7 @@ def first_hops(connected: Controller) -> set[str]:
 
 def first_hops_by_set(connected: Controller) -> tuple[set[str], dict[str, set[str]]]:
     """The first hops of the built single circuits for traffic, and those of each conflux set's linked legs
-    (by CONFLUX_ID)."""
+    (by CONFLUX_ID); legs still linking are neither."""
     singles: set[str] = set()
     sets: dict[str, set[str]] = {}
     for line in connected.get_info("circuit-status").splitlines():
@@ -81,6 +81,8 @@ def first_hops_by_set(connected: Controller) -> tuple[set[str], dict[str, set[st
             continue
         first = hops[0][1:41]
         conflux_id = re.search(r" CONFLUX_ID=([0-9A-F]+)", line)
+        if " PURPOSE=CONFLUX_UNLINKED" in line:
+            continue  # a leg still linking (or a replacement): it joins a set, through either bridge
         if conflux_id is None:
             singles.add(first)
         else:
