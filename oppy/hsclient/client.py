@@ -10,6 +10,11 @@ meanwhile and are attached once the circuit is joined; later streams to the serv
 is open, when their ports' isolation flags let them share it (tor's circuit_is_acceptable). Failures end the
 waiting streams with tor's END reason and proposal 304's extended SOCKS code.
 
+The waits are tor's: each circuit's answer within its purpose's share of the circuit build timeout
+(circuituse.c circuit_expire_building), then the next introduction point; an HSDir within
+TestingDirConnectionMaxStall, then the next one; and each stream gives up after SocksTimeout (END TIMEOUT),
+the attempt stopping at its next step once no stream waits any more.
+
 Every circuit is the circuit manager's; this client is the `OnionServiceCircuitUser` of those it launches
 (their RENDEZVOUS_ESTABLISHED, INTRODUCE_ACK, RENDEZVOUS2 come to it) and the `StreamRouter` of `.onion`
 streams.
@@ -74,17 +79,34 @@ __all__ = ["DescriptorEvent", "OnionServiceClient"]
 
 #: rend-spec-v3 2.2.6 / dir-spec: a client fetches ``/tor/hs/3/<base64 blinded key>`` from an HSDir.
 HSDIR_FETCH_PATH = "/tor/hs/3/"
-#: How long one HSDir may take to answer (oppy's bound, as a directory request's).
-DESCRIPTOR_FETCH_TIMEOUT = 30.0
-#: How long the rendezvous point may take to answer ESTABLISH_RENDEZVOUS, the introduction point INTRODUCE1
-#: and the service RENDEZVOUS2. tor gives these circuits until SocksTimeout (120 s) at the latest
-#: (circuituse.c circuit_expire_building, hs_extremely_old_cutoff); oppy bounds each step, so that the next
-#: introduction point is tried in time.
-RENDEZVOUS_ESTABLISHED_TIMEOUT = 30.0
-INTRODUCE_ACK_TIMEOUT = 30.0
-RENDEZVOUS2_TIMEOUT = 30.0
+#: How long an HSDir may take to answer: tor's TestingDirConnectionMaxStall (config.c, 5 minutes; testnet.inc:
+#: 30 seconds under TestingTorNetwork), after which main.c run_connection_housekeeping expires the "wedged
+#: directory conn" (the fetch fails and the next HSDir is asked).
+DIR_CONNECTION_MAX_STALL = 300.0
+TESTING_DIR_CONNECTION_MAX_STALL = 30.0
 #: How many rendezvous circuits one connection attempt may build before it gives up (F3).
 MAX_RENDEZVOUS_ATTEMPTS = 3
+
+
+# The waits for an answer on an onion-service circuit, from the circuit build timeout (CBT, seconds) as tor's
+# circuituse.c circuit_expire_building scales it by the round trips of each purpose ("RTTs = 6h" for a 3-hop
+# build). tor counts them from the circuit's timestamp_dirty, set when the cell that wants the answer went out.
+
+
+def rendezvous_established_timeout(cbt: float) -> float:
+    """C_ESTABLISH_REND, open, waiting for RENDEZVOUS_ESTABLISHED: the general cutoff, CBT."""
+    return cbt
+
+
+def introduce_ack_timeout(cbt: float) -> float:
+    """C_INTRODUCE_ACK_WAIT, INTRODUCE1 sent: c_intro_cutoff, CBT * 14/6 + 1 s ("RTTs = 14h")."""
+    return cbt * 14 / 6 + 1
+
+
+def rendezvous2_timeout(cbt: float) -> float:
+    """C_REND_READY_INTRO_ACKED, INTRODUCE_ACK received, waiting for RENDEZVOUS2: c_rend_ready_cutoff,
+    CBT * 3 + 1 s (the service's 4-hop circuit to the rendezvous point and 7 hops back)."""
+    return cbt * 3 + 1
 
 #: control-spec "CIRC" HS_STATE values (tor circuit_purpose_to_controller_hs_state_string).
 HSCI_CONNECTING = "HSCI_CONNECTING"
@@ -148,6 +170,8 @@ class ServiceConnection:
     rendezvous: ManagedCircuit | None = None
     running: bool = False
     isolation: CircuitIsolation = field(default_factory=CircuitIsolation)
+    #: Each waiting stream's SocksTimeout timer, by stream number.
+    deadlines: dict[int, object] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -159,6 +183,11 @@ class ServiceConnection:
     def takes(self, label: str, stream: IsolationValues) -> bool:
         """A stream to service `label` with isolation values `stream` may go (or wait) here."""
         return self.address.label == label and (self.running or self.ready) and self.isolation.compatible(stream)
+
+    def check_wanted(self) -> None:
+        """Stop the attempt between its steps once every stream gave up waiting (SocksTimeout)."""
+        if not self.waiting:
+            raise _ConnectFailed("no stream waits for the service any more", EndReason.TIMEOUT, 0)
 
 
 def descriptor_id(blinded_key: bytes) -> str:
@@ -197,7 +226,8 @@ class OnionServiceClient:
         #: ClientOnionAuthDir's keys, by service identity key.
         self.client_keys = dict(client_keys or {})
         self.reactor = reactor or manager.reactor
-        self.directory = directory or DirectoryClient(self.reactor, timeout=DESCRIPTOR_FETCH_TIMEOUT)
+        self.directory = directory or DirectoryClient(
+            self.reactor, timeout=TESTING_DIR_CONNECTION_MAX_STALL if testing_network else DIR_CONNECTION_MAX_STALL)
         self.testing_network = testing_network
         self.wallclock = wallclock
         self.rng = rng or random.SystemRandom()
@@ -250,16 +280,29 @@ class OnionServiceClient:
             self.manager.attach_to(managed, connection.rendezvous)
             return
         connection.waiting.append(managed)
+        # connection_edge.c connection_ap_expire_beginning: an onion stream not attached within SocksTimeout
+        # of its creation is given up with END reason TIMEOUT (no retry); the attempt itself goes on.
+        connection.deadlines[managed.number] = self.reactor.callLater(
+            self.manager.unattached_timeout, self._stream_expired, connection, managed)
         if not connection.running:
             connection.running = True
             self._connect(connection)
+
+    def _stream_expired(self, connection: ServiceConnection, managed: ManagedStream) -> None:
+        connection.deadlines.pop(managed.number, None)
+        if managed in connection.waiting:
+            connection.waiting.remove(managed)
+            log.info("Tried for %.0f seconds to get a connection to %s:%d. Giving up.",
+                     self.manager.unattached_timeout, connection.address.hostname, managed.stream.port)
+            if not managed.stream.ended:
+                managed.stream.close(EndReason.TIMEOUT)
 
     @defer.inlineCallbacks
     def _connect(self, connection: ServiceConnection):
         label = connection.address.label
         reason, code = EndReason.MISC, 0
         try:
-            rendezvous = yield self._reach(connection.address)
+            rendezvous = yield self._reach(connection)
         except _ConnectFailed as failure:
             log.info("Closing %d streams for %s.onion: %s", len(connection.waiting), label, failure)
             rendezvous, reason, code = None, failure.reason, failure.code
@@ -268,6 +311,10 @@ class OnionServiceClient:
             rendezvous = None
         connection.running = False
         waiting, connection.waiting = connection.waiting, []
+        for timer in connection.deadlines.values():
+            if timer.active():
+                timer.cancel()
+        connection.deadlines.clear()
         if rendezvous is None:
             if connection in self._connections:
                 self._connections.remove(connection)
@@ -282,12 +329,13 @@ class OnionServiceClient:
                 self.manager.attach_to(managed, rendezvous)
 
     @defer.inlineCallbacks
-    def _reach(self, address: OnionAddress):
+    def _reach(self, connection: ServiceConnection):
         """The descriptor, then the introduction points in turn: the joined rendezvous circuit."""
+        address = connection.address
         netdir = self.manager.paths.netdir
         if netdir is None:
             raise _ConnectFailed("no consensus yet", EndReason.RESOLVEFAILED, 0)
-        descriptor = yield self._descriptor(address, netdir)
+        descriptor = yield self._descriptor(connection, netdir)
         cache = self.cache
         points = [point for point in descriptor.introduction_points
                   if (state := cache.intro_state(address.identity_key, point.auth_key)) is None or state.usable]
@@ -297,6 +345,7 @@ class OnionServiceClient:
         self.rng.shuffle(points)
         all_timed_out = True
         for point in points:
+            connection.check_wanted()
             try:
                 rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir)
                 return rendezvous
@@ -312,8 +361,9 @@ class OnionServiceClient:
     # ------------------------------------------------------------------------------ descriptors
 
     @defer.inlineCallbacks
-    def _descriptor(self, address: OnionAddress, netdir: NetDir):
+    def _descriptor(self, connection: ServiceConnection, netdir: NetDir):
         """The service's descriptor: cached (tor's expiry rules), or fetched from a responsible HSDir."""
+        address = connection.address
         cached = self.cache.lookup(address.identity_key, netdir.consensus)
         if cached is not None:
             return cached
@@ -324,6 +374,7 @@ class OnionServiceClient:
         ident = descriptor_id(blinded)
         not_found = invalid = False
         for hsdir in hsdirs:
+            connection.check_wanted()
             self._notify(DescriptorEvent("REQUESTED", address.label, hsdir, ident))
             try:
                 text = yield self._fetch_from(hsdir, ident)
@@ -395,7 +446,7 @@ class OnionServiceClient:
             try:
                 yield managed.when_built()
                 established = self._await(managed, RelayCommand.RENDEZVOUS_ESTABLISHED,
-                                          RENDEZVOUS_ESTABLISHED_TIMEOUT)
+                                          rendezvous_established_timeout(self._cbt()))
                 managed.circuit.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0,
                                            encode_establish_rendezvous_body(cookie))
                 yield established
@@ -443,8 +494,10 @@ class OnionServiceClient:
                                                    ed25519_identity=point_of_rendezvous.ed25519_id)
             plaintext = encode_introduce_plaintext(cookie, point_of_rendezvous.ntor_onion_key, specifiers, len(head))
             # RENDEZVOUS2 may come before INTRODUCE_ACK: both are awaited before INTRODUCE1 goes out.
-            joined = self._await(rendezvous, RelayCommand.RENDEZVOUS2, INTRODUCE_ACK_TIMEOUT + RENDEZVOUS2_TIMEOUT)
-            acked = self._await(intro, RelayCommand.INTRODUCE_ACK, INTRODUCE_ACK_TIMEOUT)
+            # RENDEZVOUS2's clock starts at INTRODUCE_ACK (tor handle_introduce_ack_success sets the
+            # rendezvous circuit's timestamp_dirty then).
+            joined = self._await(rendezvous, RelayCommand.RENDEZVOUS2, None)
+            acked = self._await(intro, RelayCommand.INTRODUCE_ACK, introduce_ack_timeout(self._cbt()))
             intro.circuit.send_relay(RelayCommand.INTRODUCE1, 0, head + handshake.encrypt_introduce(head, plaintext))
             intro.hs_state = HSCI_INTRO_SENT
             try:
@@ -457,6 +510,7 @@ class OnionServiceClient:
                 raise _IntroductionFailed(f"INTRODUCE_ACK status {ack.status}", timed_out=False)
             intro.hs_state = HSCI_DONE
             rendezvous.hs_state = HSCR_ESTABLISHED_WAITING
+            joined.addTimeout(rendezvous2_timeout(self._cbt()), self.reactor)
         except _IntroductionFailed:
             if joined is not None:
                 joined.addErrback(lambda _: None)
@@ -477,9 +531,14 @@ class OnionServiceClient:
 
     # ------------------------------------------------------------------------------ circuit messages
 
-    def _await(self, managed: ManagedCircuit, command: int, timeout: float) -> defer.Deferred:
+    def _cbt(self) -> float:
+        """The circuit build timeout now (learned, or CircuitBuildTimeout, or cbtinitialtimeout)."""
+        return self.manager.build_times.timeout
+
+    def _await(self, managed: ManagedCircuit, command: int, timeout: float | None) -> defer.Deferred:
         """A Deferred firing with the body of the next `command` from `managed`'s last hop; it fails with
-        defer.TimeoutError after `timeout`, or with the CircuitError that closed the circuit."""
+        defer.TimeoutError after `timeout` (None: the caller adds one later), or with the CircuitError that
+        closed the circuit."""
         key = (managed.number, command)
         waiter: defer.Deferred = defer.Deferred()
         self._awaited[key] = waiter
@@ -489,8 +548,9 @@ class OnionServiceClient:
                 del self._awaited[key]
             return result
 
-        waiter.addTimeout(timeout, self.reactor)
         waiter.addBoth(forget)
+        if timeout is not None:
+            waiter.addTimeout(timeout, self.reactor)
         return waiter
 
     def onion_service_message(self, managed: ManagedCircuit, command: int, data: bytes) -> None:

@@ -1,19 +1,32 @@
 """The onion-service client's pure helpers, on a descriptor the private network's C tor service published
 (tests/unit/data/onion_service): the relay an introduction point names, and the descriptor ID of a fetch;
-which streams a rendezvous connection takes (the ports' isolation flags, as tor's circuit_is_acceptable)."""
+which streams a rendezvous connection takes (the ports' isolation flags, as tor's circuit_is_acceptable); the
+waits, as tor's."""
 
 from __future__ import annotations
 
 import base64
 
 import pytest
+from twisted.internet.task import Clock
 
 from oppy.cell.relay import LinkSpecifierType
 from oppy.circuit.isolation import ClientProtocol, IsolationValues, StreamIsolation, isolation_flags
+from oppy.circuit.manager import CircuitManager
 from oppy.hs.address import parse_onion_address
 from oppy.hs.descriptor import decode_descriptor
 from oppy.hs.keys import blinded_public_key
-from oppy.hsclient.client import ServiceConnection, descriptor_id, relay_target_for_introduction_point
+from oppy.hsclient.client import (
+    DIR_CONNECTION_MAX_STALL,
+    TESTING_DIR_CONNECTION_MAX_STALL,
+    OnionServiceClient,
+    ServiceConnection,
+    descriptor_id,
+    introduce_ack_timeout,
+    relay_target_for_introduction_point,
+    rendezvous2_timeout,
+    rendezvous_established_timeout,
+)
 from tests.unit.test_hs_descriptor import CAPTURE, DATA, NOW, PERIOD, RELAY_FINGERPRINTS
 
 
@@ -92,3 +105,21 @@ def test_a_rendezvous_connection_serves_one_service_while_it_connects_or_is_join
     assert not connection.takes(OTHER_SERVICE.label, onion_stream(address=OTHER_SERVICE))
     connection.running = False  # failed, or its rendezvous circuit closed: no new stream waits for it
     assert not connection.ready and not connection.takes(SERVICE.label, first)
+
+
+def test_onion_service_waits_scale_the_circuit_build_timeout_as_tors_circuit_expire_building():
+    # tor's initial CBT (cbtinitialtimeout, 60 s): RENDEZVOUS_ESTABLISHED within 60 s, INTRODUCE_ACK within
+    # 60 * 14/6 + 1 = 141 s, RENDEZVOUS2 within 60 * 3 + 1 = 181 s after the ack.
+    assert rendezvous_established_timeout(60.0) == 60.0
+    assert introduce_ack_timeout(60.0) == 141.0
+    assert rendezvous2_timeout(60.0) == 181.0
+    # A learned CBT of 1.5 s.
+    assert introduce_ack_timeout(1.5) == 4.5
+    assert rendezvous2_timeout(1.5) == 5.5
+
+
+def test_an_hsdir_may_stall_as_long_as_tors_testing_dir_connection_max_stall():
+    client = OnionServiceClient(CircuitManager(links=None, paths=None, reactor=Clock()), testing_network=True)
+    assert client.directory.timeout == TESTING_DIR_CONNECTION_MAX_STALL == 30.0
+    client = OnionServiceClient(CircuitManager(links=None, paths=None, reactor=Clock()))
+    assert client.directory.timeout == DIR_CONNECTION_MAX_STALL == 300.0
