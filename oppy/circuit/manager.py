@@ -311,6 +311,15 @@ class CircuitClosed(CircuitEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitPurposeChanged(CircuitEvent):
+    """An onion-service circuit moved on to its next state (tor circuit_change_purpose: its HS_STATE
+    changes under the same controller purpose); the purpose and HS_STATE it left."""
+
+    old_purpose: CircuitPurpose
+    old_hs_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamChanged:
     """A client stream was opened, attached, detached, connected or ended (its state says which)."""
 
@@ -597,10 +606,11 @@ class CircuitManager:
 
     def launch(self, port: int | None = None, path: list[RelayTarget] | None = None,
                purpose: CircuitPurpose = CircuitPurpose.GENERAL, exclude: set[bytes] = frozenset(), *,
-               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None
-               ) -> ManagedCircuit:
+               guard: GuardChoice | None = None, onion_service: OnionServiceCircuitUser | None = None,
+               hs_state: str | None = None) -> ManagedCircuit:
         """Start building a circuit (for `port`, or through `path`, whose guard choice `guard` hears how it
-        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it."""
+        went); returns at once (`when_built()` fires later). An onion-service circuit names who launched it
+        and its first HS_STATE (tor's comes from the purpose it is launched with, so LAUNCHED reports it)."""
         # Only the general three-hop circuits oppy chose teach the build timeout (path-spec 2.4.2).
         counted = path is None and purpose is CircuitPurpose.GENERAL
         if path is None:
@@ -609,6 +619,7 @@ class CircuitManager:
                                  need_uptime=self.paths.needs_stable(port), guard=guard,
                                  onion_service=onion_service)
         managed.port = port
+        managed.hs_state = hs_state
         self.circuits[managed.number] = managed
         self._notify(CircuitLaunched(managed, purpose))
         attempt = self.build_times.start_build(len(path), counted, self._any_circuit_open)
@@ -938,6 +949,14 @@ class CircuitManager:
             managed.usable = False
             managed.close_requested = True
         return True
+
+    def set_hs_state(self, managed: ManagedCircuit, hs_state: str) -> None:
+        """Move an onion-service circuit to `hs_state` and tell the observers (CIRC_MINOR PURPOSE_CHANGED)."""
+        old = managed.hs_state
+        if old == hs_state:
+            return
+        managed.hs_state = hs_state
+        self._notify(CircuitPurposeChanged(managed, managed.purpose, managed.purpose, old))
 
     def newnym(self) -> None:
         """NEWNYM: no circuit in use so far takes new streams; new streams get new circuits."""

@@ -254,6 +254,7 @@ class DaemonBackend(ControlBackend):
         if name == "NEWNYM":
             log.info("Received NEWNYM: new streams get new circuits.")
             self.manager.newnym()
+            self.daemon.onion_services.purge_state()
         elif name == "RELOAD":
             notice(log, "Received reload signal (hup). Reloading config and resetting internal state.")
             self._reload()

@@ -32,6 +32,7 @@ __all__ = [
     "stream_reason_name",
     "circuit_status_line",
     "circ_event",
+    "circ_minor_event",
     "stream_status_line",
     "stream_event",
     "orconn_status_line",
@@ -300,6 +301,17 @@ def circ_event(
     return encode_event("CIRC " + circuit_status_line(circ_id, status, path, **fields))  # type: ignore[arg-type]
 
 
+def circ_minor_event(circ_id: int | str, event: str, path: Sequence[tuple[str, str | None]], old_purpose: str,
+                     old_hs_state: str | None = None, **fields: object) -> bytes:
+    """``650 CIRC_MINOR ID EVENT [PATH] .. OLD_PURPOSE=.. [OLD_HS_STATE=..]`` (control-spec "CIRC_MINOR"; tor
+    control_event_circuit_status_minor): the circuit as in CIRC, then what it was before."""
+    tail = " OLD_PURPOSE=" + _token(old_purpose, "a circuit purpose")
+    if old_hs_state is not None:
+        tail += " OLD_HS_STATE=" + _token(old_hs_state, "an HS state")
+    line = circuit_status_line(circ_id, event, path, **fields)  # type: ignore[arg-type]
+    return encode_event("CIRC_MINOR " + line + tail)
+
+
 # --------------------------------------------------------------------------- STREAM
 
 
@@ -484,12 +496,16 @@ def conf_changed_event(changes: Sequence[tuple[str, str | None]]) -> bytes:
 HS_DESC_AUTH_TYPE = "NO_AUTH"
 
 
-def hs_desc_event(action: str, address: str, hsdir: str, descriptor_id: str, reason: str | None = None) -> bytes:
-    """``650 HS_DESC Action HSAddress AuthType HsDir DescriptorID [REASON=..]`` (control-spec "HS_DESC";
-    tor control_event_hs_descriptor_requested / _received / _failed for v3): HSAddress without ".onion",
-    HsDir as ``$FP~nick``, the blinded key in base64 as the descriptor ID."""
+def hs_desc_event(action: str, address: str, hsdir: str, descriptor_id: str, reason: str | None = None,
+                  hsdir_index: bytes | None = None) -> bytes:
+    """``650 HS_DESC Action HSAddress AuthType HsDir DescriptorID [REASON=..] [HSDIR_INDEX=..]``
+    (control-spec "HS_DESC"; tor control_event_hs_descriptor_requested / _received / _failed for v3):
+    HSAddress without ".onion", HsDir as ``$FP~nick``, the blinded key in base64 as the descriptor ID; a
+    REQUESTED event carries the HSDir's fetch index in upper-case hex (hs_control.c, tor hex_str)."""
     parts = ["HS_DESC", _token(action, "an HS_DESC action"), _token(address, "an onion address"),
              HS_DESC_AUTH_TYPE, _token(hsdir, "an HSDir"), _token(descriptor_id, "a descriptor ID")]
+    if hsdir_index is not None:
+        parts.append("HSDIR_INDEX=" + hsdir_index.hex().upper())
     if reason is not None:
         parts.append("REASON=" + _token(reason, "a reason"))
     return encode_event(" ".join(parts))

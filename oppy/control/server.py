@@ -20,7 +20,14 @@ from twisted.python import threadable
 from zope.interface import implementer
 
 from oppy.circuit.build_timeout import BuildTimeoutSet
-from oppy.circuit.manager import CircuitBuilt, CircuitPurpose, ManagerEvent, StreamChanged, StreamFlowChanged
+from oppy.circuit.manager import (
+    CircuitBuilt,
+    CircuitPurpose,
+    CircuitPurposeChanged,
+    ManagerEvent,
+    StreamChanged,
+    StreamFlowChanged,
+)
 from oppy.closing import OpenSet
 from oppy.config import PortConfig
 from oppy.control.auth import CookieFileError, write_cookie_file
@@ -30,7 +37,7 @@ from oppy.control.listeners import ControlListeners
 from oppy.control.session import AuthSettings, ControlHub
 from oppy.control.events import LOG_SEVERITIES, bw_event, hs_desc_event, transport_launched_event
 from oppy.control.codec import encode_event
-from oppy.control.status import bootstrap_phase_text
+from oppy.control.status import bootstrap_phase_text, purpose_changed_event
 from oppy.directory.service import BootstrapProblem
 from oppy.hsclient.client import DescriptorEvent
 from oppy.doors.listeners import ListenError
@@ -315,6 +322,10 @@ class ControlService:
         if isinstance(event, StreamFlowChanged):
             self.hub.stream_flow_changed(event.stream, event.event.value)
             return
+        if isinstance(event, CircuitPurposeChanged):
+            self.hub.broadcast("CIRC_MINOR", purpose_changed_event(event.circuit, event.old_purpose.controller_name,
+                                                                   event.old_hs_state))
+            return
         self.hub.circuit_changed(event.circuit)
         if isinstance(event, CircuitBuilt) and event.purpose is CircuitPurpose.GENERAL \
                 and not self._announced_circuit:
@@ -342,7 +353,7 @@ class ControlService:
 
     def _descriptor_event(self, event: DescriptorEvent) -> None:
         self.hub.broadcast("HS_DESC", hs_desc_event(event.action, event.address, event.hsdir.describe(),
-                                                    event.descriptor_id, event.reason))
+                                                    event.descriptor_id, event.reason, event.hsdir_index))
 
     def _transport_event(self, event: TransportEvent) -> None:
         """A managed proxy (started, or started again) listens for its transports: TRANSPORT_LAUNCHED each."""

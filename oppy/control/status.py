@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from oppy.circuit.manager import ManagedCircuit, ManagedStream
 from oppy.control.events import (
     circ_event,
+    circ_minor_event,
     circuit_reason_name,
     circuit_status_line,
     stream_event,
@@ -96,6 +97,14 @@ def conflux_fields(managed) -> dict[str, object]:
     """CONFLUX_ID and CONFLUX_RTT of a linked conflux leg (none for other circuits)."""
     status = managed.conflux_status
     return {} if status is None else {"conflux_id": status[0], "conflux_rtt": status[1]}
+
+
+def purpose_changed_event(managed, old_purpose: str, old_hs_state: str | None) -> bytes:
+    """``CIRC_MINOR ID PURPOSE_CHANGED ..`` for a circuit that moved to its next purpose or HS_STATE."""
+    return circ_minor_event(managed.number, "PURPOSE_CHANGED", circuit_path(managed), old_purpose, old_hs_state,
+                            build_flags=managed.build_flags, purpose=managed.purpose.controller_name,
+                            hs_state=managed.hs_state, rend_query=managed.rend_query,
+                            time_created=managed.created_wallclock)
 
 
 class CircuitEventTracker:

@@ -97,6 +97,13 @@ class HsDirRing:
     n_replicas: int
     spread_fetch: int
 
+    def index_of(self, rsa_id: bytes) -> bytes | None:
+        """The hsdir_index of the relay with this identity on the ring, None if it is not on it."""
+        for index, relay in zip(self.indices, self.relays):
+            if relay.rsa_id == rsa_id:
+                return index
+        return None
+
     def responsible(self, blinded_key: bytes, spread: int | None = None) -> list[RelayTarget]:
         """For each replica, the first ``spread`` (default ``hsdir_spread_fetch``) relays at or after
         its hs_index, wrapping around, skipping relays a lower replica chose."""

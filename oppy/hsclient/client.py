@@ -63,7 +63,7 @@ from oppy.hs.cache import HsDescriptorCache, IntroFailure
 from oppy.hs.client_auth import ClientAuthKey
 from oppy.hs.descriptor import HS_DESC_MAX_LEN, IntroductionPoint, decode_descriptor
 from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
-from oppy.hs.hashring import responsible_hsdirs
+from oppy.hs.hashring import fetch_ring
 from oppy.hs.keys import blinded_public_key
 from oppy.hs.ntor import HsNtorClient
 from oppy.hs.timeperiod import consensus_time_period
@@ -133,6 +133,8 @@ class DescriptorEvent:
     #: The blinded key in base64 (tor's descriptor ID for v3).
     descriptor_id: str
     reason: str | None = None
+    #: The HSDir's fetch index on the hash ring (REQUESTED only, as tor's HSDIR_INDEX=).
+    hsdir_index: bytes | None = None
 
 
 DescriptorObserver = Callable[[DescriptorEvent], None]
@@ -235,6 +237,8 @@ class OnionServiceClient:
         # Streams isolated apart get their own connections, each with its rendezvous circuit.
         self._connections: list[ServiceConnection] = []
         self.cache = HsDescriptorCache(wallclock, testing_network)
+        # Counts purge_state calls: a fetch that began before one does not fill the purged cache.
+        self._purges = 0
         # Messages awaited from a circuit's last hop: (circuit number, relay command) -> Deferred.
         self._awaited: dict[tuple[int, int], defer.Deferred] = {}
         manager.add_observer(self._manager_event)
@@ -254,6 +258,14 @@ class OnionServiceClient:
                 observer(event)
             except Exception:  # an observer's bug must not break connections
                 log.exception("onion-service observer %r failed", observer)
+
+    def purge_state(self) -> None:
+        """NEWNYM (tor hs_client_purge_state): forget every descriptor and introduction point failure, so
+        that nothing learnt before links the new identity to the old; fetches under way no longer fill the
+        cache. Rendezvous circuits are not reused across NEWNYM (the stream's NYM epoch isolates them)."""
+        self._purges += 1
+        self.cache.purge()
+        log.info("Hidden service client state has been purged.")
 
     # ------------------------------------------------------------------------------ streams
 
@@ -369,13 +381,16 @@ class OnionServiceClient:
             return cached
         period = consensus_time_period(netdir.consensus, self.testing_network)
         blinded = blinded_public_key(address.identity_key, period)
-        hsdirs = responsible_hsdirs(netdir, blinded, self.testing_network)
+        purges = self._purges
+        ring = fetch_ring(netdir, self.testing_network)
+        hsdirs = ring.responsible(blinded)
         self.rng.shuffle(hsdirs)
         ident = descriptor_id(blinded)
         not_found = invalid = False
         for hsdir in hsdirs:
             connection.check_wanted()
-            self._notify(DescriptorEvent("REQUESTED", address.label, hsdir, ident))
+            self._notify(DescriptorEvent("REQUESTED", address.label, hsdir, ident,
+                                         hsdir_index=ring.index_of(hsdir.rsa_id)))
             try:
                 text = yield self._fetch_from(hsdir, ident)
             except DirectoryStatusError as exc:
@@ -405,7 +420,8 @@ class OnionServiceClient:
                 self._notify(DescriptorEvent("FAILED", address.label, hsdir, ident, "BAD_DESC"))
                 continue
             self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
-            self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
+            if purges == self._purges:
+                self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
             return descriptor
         # tor: no HSDir left (HS_CLIENT_FETCH_NO_HSDIRS): END RESOLVEFAILED, F0 if one answered 404.
         code = (Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND if not_found
@@ -439,9 +455,8 @@ class OnionServiceClient:
                 raise _ConnectFailed(f"no path for a rendezvous circuit: {exc}", EndReason.RESOLVEFAILED,
                                      Socks5Reply.ONION_REND_FAILED) from None
             managed = self.manager.launch(path=path, purpose=CircuitPurpose.HS_CLIENT_REND, guard=guard,
-                                          onion_service=self)
+                                          onion_service=self, hs_state=HSCR_CONNECTING)
             managed.rend_query = address.label
-            managed.hs_state = HSCR_CONNECTING
             cookie = os.urandom(REND_COOKIE_LEN)
             try:
                 yield managed.when_built()
@@ -455,7 +470,7 @@ class OnionServiceClient:
                 log.info("%s.onion: rendezvous circuit %d failed: %s", address.label, managed.number, exc)
                 self._close(managed, "rendezvous point did not answer")
                 continue
-            managed.hs_state = HSCR_ESTABLISHED_IDLE
+            self.manager.set_hs_state(managed, HSCR_ESTABLISHED_IDLE)
             return managed, cookie
         raise _ConnectFailed(f"no rendezvous circuit: {last_error}", EndReason.RESOLVEFAILED,
                              Socks5Reply.ONION_REND_FAILED)
@@ -472,9 +487,8 @@ class OnionServiceClient:
             raise _IntroductionFailed(str(exc), timed_out=False) from None
         rendezvous_ready = self._rendezvous_circuit(address)
         intro = self.manager.launch(path=path + [target], purpose=CircuitPurpose.HS_CLIENT_INTRO, guard=guard,
-                                    onion_service=self)
+                                    onion_service=self, hs_state=HSCI_CONNECTING)
         intro.rend_query = address.label
-        intro.hs_state = HSCI_CONNECTING
         try:
             rendezvous, cookie = yield rendezvous_ready
         except _ConnectFailed:
@@ -499,7 +513,7 @@ class OnionServiceClient:
             joined = self._await(rendezvous, RelayCommand.RENDEZVOUS2, None)
             acked = self._await(intro, RelayCommand.INTRODUCE_ACK, introduce_ack_timeout(self._cbt()))
             intro.circuit.send_relay(RelayCommand.INTRODUCE1, 0, head + handshake.encrypt_introduce(head, plaintext))
-            intro.hs_state = HSCI_INTRO_SENT
+            self.manager.set_hs_state(intro, HSCI_INTRO_SENT)
             try:
                 ack = decode_introduce_ack_body((yield acked))
             except defer.TimeoutError:
@@ -508,8 +522,9 @@ class OnionServiceClient:
                 raise _IntroductionFailed(f"introduction circuit failed: {exc}", timed_out=False) from None
             if ack.status != IntroduceAckStatus.SUCCESS:
                 raise _IntroductionFailed(f"INTRODUCE_ACK status {ack.status}", timed_out=False)
-            intro.hs_state = HSCI_DONE
-            rendezvous.hs_state = HSCR_ESTABLISHED_WAITING
+            # tor handle_introduce_ack_success: the rendezvous circuit first, then the introduction circuit.
+            self.manager.set_hs_state(rendezvous, HSCR_ESTABLISHED_WAITING)
+            self.manager.set_hs_state(intro, HSCI_DONE)
             joined.addTimeout(rendezvous2_timeout(self._cbt()), self.reactor)
         except _IntroductionFailed:
             if joined is not None:
@@ -526,7 +541,7 @@ class OnionServiceClient:
             raise _ConnectFailed(f"rendezvous failed: {exc}", EndReason.RESOLVEFAILED,
                                  Socks5Reply.ONION_REND_FAILED) from None
         rendezvous.circuit.add_virtual_hop(Tor1Hop.for_onion_service(keys.df, keys.db, keys.kf, keys.kb))
-        rendezvous.hs_state = HSCR_JOINED
+        self.manager.set_hs_state(rendezvous, HSCR_JOINED)
         return rendezvous
 
     # ------------------------------------------------------------------------------ circuit messages

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -248,14 +249,15 @@ def test_the_client_auth_service_with_a_wrong_key_answers_f5(network, oppy_with_
 
 
 def test_hs_desc_and_circ_events_as_tor_reports_them(network, oppy_with_key):
-    """A descriptor fetch for a service not yet cached (a fresh address): HS_DESC REQUESTED then FAILED
-    NOT_FOUND; and a connection: CIRC events with the onion-service purposes, HS_STATE and REND_QUERY."""
+    """A descriptor fetch for a service not yet cached (a fresh address): HS_DESC REQUESTED (with the HSDir's
+    HSDIR_INDEX) then FAILED NOT_FOUND; and a connection: CIRC events with the onion-service purposes,
+    HS_STATE and REND_QUERY, and CIRC_MINOR PURPOSE_CHANGED at each HS_STATE change."""
     nowhere = unpublished_address()
     events: list[str] = []
     with Controller.from_port(port=oppy_with_key.control_port) as controller:
         controller.authenticate()
-        controller.msg("SETEVENTS HS_DESC CIRC")
-        controller.add_event_listener(lambda event: events.append(str(event)), "HS_DESC", "CIRC")
+        controller.msg("SETEVENTS HS_DESC CIRC CIRC_MINOR")
+        controller.add_event_listener(lambda event: events.append(str(event)), "HS_DESC", "CIRC", "CIRC_MINOR")
         socks_reply(oppy_with_key.extended_port, nowhere)
         result = curl(oppy_with_key.socks_port, onion_url(network, "plain", "/"))
         assert result.returncode == 0, result.stderr
@@ -264,6 +266,7 @@ def test_hs_desc_and_circ_events_as_tor_reports_them(network, oppy_with_key):
     requested = [e for e in events if e.startswith(f"HS_DESC REQUESTED {label} NO_AUTH $")]
     failed = [e for e in events if e.startswith(f"HS_DESC FAILED {label} NO_AUTH $") and "REASON=NOT_FOUND" in e]
     assert requested and len(failed) == len(requested)
+    assert all(re.search(r" HSDIR_INDEX=[0-9A-F]{64}$", e) for e in requested), requested
     circ = [e for e in events if e.startswith("CIRC ")]
     assert any("PURPOSE=HS_CLIENT_HSDIR" in e for e in circ)
     plain = network.onion["plain"]["address"].removesuffix(".onion")
@@ -271,3 +274,32 @@ def test_hs_desc_and_circ_events_as_tor_reports_them(network, oppy_with_key):
                for e in circ)
     assert any("PURPOSE=HS_CLIENT_INTRO" in e and f"REND_QUERY={plain}" in e and "HS_STATE=HSCI_" in e
                for e in circ)
+    # tor circuit_change_purpose: each step of the rendezvous and introduction circuits, old state last.
+    changes = [(re.search(r" HS_STATE=(\S+)", e)[1], re.search(r"OLD_HS_STATE=(\S+)", e)[1]) for e in events
+               if e.startswith("CIRC_MINOR ") and " PURPOSE_CHANGED " in e and f"REND_QUERY={plain}" in e]
+    rend = [(new, old) for new, old in changes if new.startswith("HSCR_")]
+    intro = [(new, old) for new, old in changes if new.startswith("HSCI_")]
+    assert rend[-3:] == [("HSCR_ESTABLISHED_IDLE", "HSCR_CONNECTING"),
+                         ("HSCR_ESTABLISHED_WAITING", "HSCR_ESTABLISHED_IDLE"),
+                         ("HSCR_JOINED", "HSCR_ESTABLISHED_WAITING")], changes
+    assert intro[-2:] == [("HSCI_INTRO_SENT", "HSCI_CONNECTING"), ("HSCI_DONE", "HSCI_INTRO_SENT")], changes
+    assert all(" OLD_PURPOSE=HS_CLIENT_" in e for e in events if e.startswith("CIRC_MINOR "))
+
+
+def test_newnym_forgets_the_descriptors(network, oppy):
+    """tor hs_client_purge_state on NEWNYM: the next connection fetches the descriptor again (before it, the
+    cached one serves)."""
+    plain = network.onion["plain"]["address"].removesuffix(".onion")
+    events: list[str] = []
+    with Controller.from_port(port=oppy.control_port) as controller:
+        controller.authenticate()
+        assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
+        controller.add_event_listener(lambda event: events.append(str(event)), "HS_DESC")
+        assert curl(oppy.socks_port, onion_url(network, "plain", "/"), "--proxy-user", "before:newnym").returncode == 0
+        time.sleep(0.5)
+        assert not [e for e in events if e.startswith(f"HS_DESC REQUESTED {plain} ")]
+        controller.signal("NEWNYM")
+        assert curl(oppy.socks_port, onion_url(network, "plain", "/")).returncode == 0
+        time.sleep(0.5)
+    assert [e for e in events if e.startswith(f"HS_DESC REQUESTED {plain} ")]
+    assert [e for e in events if e.startswith(f"HS_DESC RECEIVED {plain} ")]

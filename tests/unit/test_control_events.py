@@ -13,6 +13,7 @@ from oppy.control.events import (
     CIRCUIT_STATUSES,
     IGNORED_SETEVENTS_NAMES,
     SETEVENTS_EVENT_NAMES,
+    circ_minor_event,
     hs_desc_event,
     SIGNAL_CANONICAL_NAMES,
     STREAM_STATUSES,
@@ -314,3 +315,19 @@ def test_transport_launched_event():
     assert raw == b"650 TRANSPORT_LAUNCHED client obfs4 127.0.0.1 41234\r\n"
     event = parse_event(raw)
     assert (event.type, event.name, event.address, event.port) == ("client", "obfs4", "127.0.0.1", 41234)
+
+
+def test_circ_minor_purpose_changed_as_tor_writes_it():
+    # tor control_event_circuit_status_minor: "650 CIRC_MINOR %lu %s%s%s%s" with the circuit as in CIRC, then
+    # " OLD_PURPOSE=%s OLD_HS_STATE=%s".
+    address = "3eqe6bz7i7fffkn55didvjh7szwyhpkcwnbwujeo4alm5xqv62nbssyd"
+    raw = circ_minor_event(12, "PURPOSE_CHANGED", [("A" * 40, "relay0"), ("B" * 40, "relay1")], "HS_CLIENT_REND",
+                           "HSCR_CONNECTING", purpose="HS_CLIENT_REND", hs_state="HSCR_ESTABLISHED_IDLE",
+                           rend_query=address)
+    assert raw == (f"650 CIRC_MINOR 12 PURPOSE_CHANGED ${'A' * 40}~relay0,${'B' * 40}~relay1 PURPOSE=HS_CLIENT_REND "
+                   f"HS_STATE=HSCR_ESTABLISHED_IDLE REND_QUERY={address} OLD_PURPOSE=HS_CLIENT_REND "
+                   f"OLD_HS_STATE=HSCR_CONNECTING\r\n").encode()
+    assert circ_minor_event(3, "PURPOSE_CHANGED", [], "GENERAL", purpose="HS_CLIENT_HSDIR") == \
+        b"650 CIRC_MINOR 3 PURPOSE_CHANGED PURPOSE=HS_CLIENT_HSDIR OLD_PURPOSE=GENERAL\r\n"
+    with pytest.raises(EventFormatError):
+        circ_minor_event(3, "PURPOSE_CHANGED", [], "GENERAL PURPOSE", purpose="HS_CLIENT_HSDIR")

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 import pytest
 
+from oppy.control.events import hs_desc_event
 from oppy.hs.address import parse_onion_address
 from oppy.hs.hashring import (
     HsDirRing,
@@ -200,3 +201,16 @@ def test_the_ring_is_c_tors_on_the_private_network(capture_file, srv, address):
     ours = {target.fingerprint: index.hex().upper() for index, target in zip(ring.indices, ring.relays)}
     assert {fingerprint: ours[fingerprint] for fingerprint in tor_indices} == tor_indices
     assert {target.fingerprint for target in ring.responsible(blinded)} == set(tor_indices)
+
+
+@pytest.mark.parametrize("capture_file", ["hsfetch.json", "hsfetch_previous_srv.json"])
+def test_hs_desc_requested_is_c_tors_event_with_its_hsdir_index(capture_file):
+    capture, netdir = _hsfetch_capture(capture_file)
+    ring = fetch_ring(netdir, testing_network=True)
+    requested = [event for event in capture["events"] if event.startswith("HS_DESC REQUESTED ")]
+    assert requested
+    for event in requested:
+        _, _, address, _, hsdir, ident, _ = event.split()
+        index = ring.index_of(bytes.fromhex(hsdir[1:41]))
+        assert hs_desc_event("REQUESTED", address, hsdir, ident, hsdir_index=index) == f"650 {event}\r\n".encode()
+    assert ring.index_of(bytes(20)) is None
