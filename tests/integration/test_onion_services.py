@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -32,13 +33,14 @@ class OnionOppy(OppyProcess):
     """oppy with a second SocksPort that has ExtendedErrors (proposal 304), a third with IsolateClientProtocol, a
     control port, and a ClientOnionAuthDir holding `key_line` when one is given."""
 
-    def __init__(self, network: TestNetwork, data_directory: Path, key_line: str | None = None) -> None:
+    def __init__(self, network: TestNetwork, data_directory: Path, key_line: str | None = None,
+                 more_lines: list[str] = ()) -> None:
         self.extended_port = free_port()
         self.isolating_port = free_port()
         control_port = free_port()
         extra = [f"SocksPort 127.0.0.1:{self.extended_port} ExtendedErrors",
                  f"SocksPort 127.0.0.1:{self.isolating_port} IsolateClientProtocol",
-                 f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1"]
+                 f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1", *more_lines]
         if key_line is not None:
             auth_dir = data_directory.parent / f"{data_directory.name}-onion-auth"
             auth_dir.mkdir(mode=0o700)
@@ -303,3 +305,99 @@ def test_newnym_forgets_the_descriptors(network, oppy):
         time.sleep(0.5)
     assert [e for e in events if e.startswith(f"HS_DESC REQUESTED {plain} ")]
     assert [e for e in events if e.startswith(f"HS_DESC RECEIVED {plain} ")]
+
+
+# ------------------------------------------------------------------------------ a service that stopped answering
+
+# oppy's circuit build timeout for these tests (LearnCircuitBuildTimeout 0): tor's waits scale with it
+# (circuituse.c circuit_expire_building), so RENDEZVOUS2 is given 10 * 3 + 1 = 31 s after INTRODUCE_ACK.
+TEST_CBT = 10
+SERVICE_TIMEOUT = 120.0
+# After the service's tor exited, the relays were seen to keep its introduction circuits for 5-30 s (INTRODUCE1
+# still ACKed within 5 s, refused after 30 s).
+INTRO_CIRCUITS_GONE = 30.0
+
+
+class OwnService:
+    """A C tor hosting one onion service of our own in front of the HTTP target (as `scripts/testnet onion`
+    starts one), which the tests stop: SIGSTOP (it no longer answers), SIGTERM (its introduction circuits
+    close). Only this process is ever signalled, by its pid."""
+
+    def __init__(self, network: TestNetwork, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True)
+        service = directory / "service"
+        torrc = directory / "torrc"
+        torrc.write_text("\n".join([
+            "TestingTorNetwork 1", f"DataDirectory {directory / 'data'}", "SocksPort 0", "ClientUseIPv6 0",
+            f"Log notice file {directory / 'notice.log'}", "ShutdownWaitLength 0", "SafeLogging 0",
+            f"HiddenServiceDir {service}", f"HiddenServicePort 80 127.0.0.1:{network.http_port}",
+            *network.dir_authority_lines]) + "\n")
+        (directory / "empty-defaults").write_text("")
+        self.process = subprocess.Popen(["tor", "--defaults-torrc", str(directory / "empty-defaults"), "-f", str(torrc)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + SERVICE_TIMEOUT
+        while not (service / "hostname").exists():
+            assert self.process.poll() is None and time.monotonic() < deadline, "the service's tor did not start"
+            time.sleep(0.2)
+        self.address = (service / "hostname").read_text().strip()
+        # Published once the reference C tor client reaches it (the HSDirs serve its descriptor).
+        while curl(network.socks_port, f"http://{self.address}/", timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, f"the reference client cannot reach {self.address}"
+            time.sleep(1)
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def own_service(network: TestNetwork, tmp_path):
+    service = OwnService(network, tmp_path / "service")
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def fresh_oppy(network: TestNetwork, tmp_path):
+    (tmp_path / "oppy").mkdir()
+    process = OnionOppy(network, tmp_path / "oppy" / "data", more_lines=[
+        "LearnCircuitBuildTimeout 0", f"CircuitBuildTimeout {TEST_CBT}"]).wait_ready()
+    yield process
+    assert process.stop() == 0
+
+
+def test_a_service_that_stopped_answering_after_introduction_answers_f3(network, own_service, fresh_oppy):
+    """The service's tor is stopped (SIGSTOP): its introduction points still take INTRODUCE1 and ACK it, but no
+    RENDEZVOUS2 comes: F3 once tor's c_rend_ready_cutoff (CBT * 3 + 1 s) passed; without the flag tor's
+    RESOLVEFAILED (host unreachable)."""
+    own_service.signal(signal.SIGSTOP)
+    started = time.monotonic()
+    assert socks_reply(fresh_oppy.extended_port, own_service.address) == 0xF3
+    waited = time.monotonic() - started
+    assert TEST_CBT * 3 + 1 <= waited < 2 * (TEST_CBT * 3 + 1) + TEST_CBT * 14 / 6 + 1, waited
+    assert "rendezvous failed" in fresh_oppy.info_log
+
+
+def test_a_service_whose_tor_is_gone_answers_f2(network, own_service, fresh_oppy):
+    """The service's tor exits after publishing: its introduction circuits close, so every introduction point
+    answers INTRODUCE_ACK with a failure status: F2 (tor socks_mark_introduction_failed, not all timed out);
+    without the flag RESOLVEFAILED."""
+    own_service.stop()
+    time.sleep(INTRO_CIRCUITS_GONE)
+    started = time.monotonic()
+    assert socks_reply(fresh_oppy.extended_port, own_service.address) == 0xF2
+    assert time.monotonic() - started < SERVICE_TIMEOUT
+    assert "INTRODUCE_ACK status" in fresh_oppy.info_log
+    assert socks_reply(fresh_oppy.socks_port, own_service.address) == 0x04
