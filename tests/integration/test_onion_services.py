@@ -316,6 +316,7 @@ SERVICE_TIMEOUT = 120.0
 # After the service's tor exited, the relays were seen to keep its introduction circuits for 5-30 s (INTRODUCE1
 # still ACKed within 5 s, refused after 30 s).
 INTRO_CIRCUITS_GONE = 30.0
+SHORT_SOCKS_TIMEOUT = 15
 
 
 class OwnService:
@@ -369,13 +370,23 @@ def own_service(network: TestNetwork, tmp_path):
         service.stop()
 
 
-@pytest.fixture
-def fresh_oppy(network: TestNetwork, tmp_path):
+def start_fresh(network: TestNetwork, tmp_path: Path, *more_lines: str):
     (tmp_path / "oppy").mkdir()
     process = OnionOppy(network, tmp_path / "oppy" / "data", more_lines=[
-        "LearnCircuitBuildTimeout 0", f"CircuitBuildTimeout {TEST_CBT}"]).wait_ready()
+        "LearnCircuitBuildTimeout 0", f"CircuitBuildTimeout {TEST_CBT}", *more_lines]).wait_ready()
     yield process
     assert process.stop() == 0
+
+
+@pytest.fixture
+def fresh_oppy(network: TestNetwork, tmp_path):
+    yield from start_fresh(network, tmp_path)
+
+
+@pytest.fixture
+def impatient_oppy(network: TestNetwork, tmp_path):
+    """SocksTimeout shorter than the wait for RENDEZVOUS2."""
+    yield from start_fresh(network, tmp_path, f"SocksTimeout {SHORT_SOCKS_TIMEOUT}")
 
 
 def test_a_service_that_stopped_answering_after_introduction_answers_f3(network, own_service, fresh_oppy):
@@ -401,3 +412,14 @@ def test_a_service_whose_tor_is_gone_answers_f2(network, own_service, fresh_oppy
     assert time.monotonic() - started < SERVICE_TIMEOUT
     assert "INTRODUCE_ACK status" in fresh_oppy.info_log
     assert socks_reply(fresh_oppy.socks_port, own_service.address) == 0x04
+
+
+def test_a_stream_waits_no_longer_than_socks_timeout(network, own_service, impatient_oppy):
+    """tor connection_ap_expire_beginning: an onion stream not connected within SocksTimeout ends with END
+    TIMEOUT (SOCKS5 "TTL expired", no extended code), here while the client still waits for RENDEZVOUS2."""
+    own_service.signal(signal.SIGSTOP)
+    started = time.monotonic()
+    assert socks_reply(impatient_oppy.extended_port, own_service.address) == 0x06
+    assert SHORT_SOCKS_TIMEOUT <= time.monotonic() - started < SHORT_SOCKS_TIMEOUT + 5
+    assert f"Tried for {SHORT_SOCKS_TIMEOUT} seconds to get a connection to {own_service.address}:80" \
+        in impatient_oppy.info_log
