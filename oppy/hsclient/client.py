@@ -153,11 +153,13 @@ class _ConnectFailed(Exception):
 
 
 class _IntroductionFailed(Exception):
-    """One introduction point did not work; `timed_out` when it did not answer in time (F7 if all did)."""
+    """One introduction point did not work; `timed_out` when it did not answer in time (F7 if all did).
+    `rendezvous` is the established rendezvous circuit and its cookie, kept for the next introduction point."""
 
-    def __init__(self, message: str, timed_out: bool) -> None:
+    def __init__(self, message: str, timed_out: bool, rendezvous: tuple | None = None) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.rendezvous = rendezvous
 
 
 @dataclass(eq=False)
@@ -356,16 +358,27 @@ class OnionServiceClient:
                                  Socks5Reply.ONION_INTRO_FAILED)
         self.rng.shuffle(points)
         all_timed_out = True
-        for point in points:
-            connection.check_wanted()
-            try:
-                rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir)
-                return rendezvous
-            except _IntroductionFailed as failure:
-                log.info("%s.onion: introduction point failed: %s", address.label, failure)
-                cache.note_intro_failure(address.identity_key, point.auth_key,
-                                         IntroFailure.TIMEOUT if failure.timed_out else IntroFailure.GENERIC)
-                all_timed_out = all_timed_out and failure.timed_out
+        # tor close_or_reextend_intro_circ: the rendezvous circuit waits while the next introduction point
+        # is tried; it is closed only when none is left.
+        established = None
+        try:
+            for point in points:
+                connection.check_wanted()
+                try:
+                    rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir, established)
+                    return rendezvous
+                except _IntroductionFailed as failure:
+                    log.info("%s.onion: introduction point failed: %s", address.label, failure)
+                    cache.note_intro_failure(address.identity_key, point.auth_key,
+                                             IntroFailure.TIMEOUT if failure.timed_out else IntroFailure.GENERIC)
+                    all_timed_out = all_timed_out and failure.timed_out
+                    established = failure.rendezvous
+        except BaseException:
+            if established is not None:
+                self._close(established[0], "connection attempt given up")
+            raise
+        if established is not None:
+            self._close(established[0], "introduction failed")
         # tor socks_mark_introduction_failed: F7 when every introduction point timed out, else F2.
         raise _ConnectFailed("every introduction point failed", EndReason.RESOLVEFAILED,
                              Socks5Reply.ONION_INTRO_TIMED_OUT if all_timed_out else Socks5Reply.ONION_INTRO_FAILED)
@@ -477,15 +490,18 @@ class OnionServiceClient:
 
     @defer.inlineCallbacks
     def _introduce(self, address: OnionAddress, point: IntroductionPoint, service_subcredential: bytes,
-                   netdir: NetDir):
-        """Introduce through `point` with a fresh rendezvous circuit; the circuit joined to the service."""
+                   netdir: NetDir, established: tuple | None):
+        """Introduce through `point` with the `established` rendezvous circuit and cookie (if it is still
+        open) or a fresh one; the circuit joined to the service."""
+        if established is not None and not established[0].is_open:
+            established = None
         try:
             target = relay_target_for_introduction_point(point, netdir)
             path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_INTRO,
                                                                        target.rsa_id)
         except (InvalidDescriptor, NoPathError) as exc:
-            raise _IntroductionFailed(str(exc), timed_out=False) from None
-        rendezvous_ready = self._rendezvous_circuit(address)
+            raise _IntroductionFailed(str(exc), timed_out=False, rendezvous=established) from None
+        rendezvous_ready = defer.succeed(established) if established else self._rendezvous_circuit(address)
         intro = self.manager.launch(path=path + [target], purpose=CircuitPurpose.HS_CLIENT_INTRO, guard=guard,
                                     onion_service=self, hs_state=HSCI_CONNECTING)
         intro.rend_query = address.label
@@ -526,11 +542,11 @@ class OnionServiceClient:
             self.manager.set_hs_state(rendezvous, HSCR_ESTABLISHED_WAITING)
             self.manager.set_hs_state(intro, HSCI_DONE)
             joined.addTimeout(rendezvous2_timeout(self._cbt()), self.reactor)
-        except _IntroductionFailed:
+        except _IntroductionFailed as failure:
             if joined is not None:
                 joined.addErrback(lambda _: None)
                 joined.cancel()
-            self._close(rendezvous, "introduction failed")
+            failure.rendezvous = (rendezvous, cookie)
             raise
         finally:
             self._close(intro, "introduction done")
