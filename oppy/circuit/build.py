@@ -169,8 +169,13 @@ def build_circuit(links, path: list[RelayTarget], timeout: float = DEFAULT_CIRCU
     def link_opened(channel):
         if build.result.called:
             return  # cancelled while the link was opening
+        hops = path
+        if not guard.rsa_id and channel.identity is not None:
+            # A bridge dialled without an identity (its Bridge line gives none): the circuit names the one
+            # its link proved, as tor's circuit learns it (connection_or_client_learned_peer_id).
+            hops = [guard._replace(rsa_id=channel.identity.rsa_id), *path[1:]]
         try:
-            circuit = Circuit(channel, path, build, congestion=congestion)
+            circuit = Circuit(channel, hops, build, congestion=congestion)
         except Exception as exc:  # no free circuit id
             build.result.errback(CircuitBuildError(str(exc)))
             return

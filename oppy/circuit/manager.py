@@ -338,6 +338,13 @@ ManagerEvent = Union[CircuitEvent, StreamChanged, StreamFlowChanged]
 ManagerObserver = Callable[[ManagerEvent], None]
 
 
+def _take_proved_first_hop(managed: ManagedCircuit, circuit: Circuit) -> None:
+    """A bridge dialled without an identity (its Bridge line gives none) is named by the one its link
+    proved, which the circuit took (:func:`~oppy.circuit.build.build_circuit`)."""
+    if not managed.path[0].rsa_id and circuit.path[0].rsa_id:
+        managed.path = [circuit.path[0], *managed.path[1:]]
+
+
 class _ManagedCircuitOwner:
     """What the circuit of one managed circuit reports to: the manager, told which managed circuit it is."""
 
@@ -776,11 +783,13 @@ class CircuitManager:
         return any(m.is_open and len(m.path) == DEFAULT_ROUTE_LEN for m in self.circuits.values())
 
     def _circuit_extended(self, managed: ManagedCircuit, circuit: Circuit) -> None:
+        _take_proved_first_hop(managed, circuit)
         managed.hops_built = circuit.hops_built
         managed.status = CircuitStatus.EXTENDED
         self._notify(CircuitExtended(managed, managed.purpose, managed.hops_built))
 
     def _circuit_built(self, managed: ManagedCircuit, circuit: Circuit) -> None:
+        _take_proved_first_hop(managed, circuit)
         managed.circuit = circuit
         managed.hops_built = circuit.hops_built
         congestion = circuit.congestion_control

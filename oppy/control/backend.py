@@ -24,7 +24,7 @@ from oppy.control.commands import BW_EVENT_CACHE_LEN, ControlBackend, SetconfErr
 from oppy.control.events import circ_bw_event, format_path, orconn_event
 from oppy.directory.service import DirectoryService
 from oppy.doors.listeners import DoorKind
-from oppy.link.connection import LinkEvent, LinkFailed
+from oppy.link.connection import LinkEvent, LinkFailed, RelayConnection
 from oppy.logs import configure_logging, notice
 from oppy.netdoc.relay import RelayTarget
 
@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 # Options read once at start (listeners, where data lives): a RELOAD leaves them as they are.
 _NOT_RELOADED = frozenset({"SocksPort", "ControlPort", "DataDirectory", "TestingTorNetwork"})
+
+
+def _link_identity(connection: RelayConnection) -> bytes:
+    """The identity an open link proved (a bridge dialled without a fingerprint learns it there)."""
+    channel = connection.channel
+    return channel.identity.rsa_id if channel.identity is not None else channel.expected_rsa_id
 
 
 class LinkTrafficMeter:
@@ -82,7 +88,7 @@ class LinkTrafficMeter:
         """ORCONN events for links that started, opened, failed or closed since the last call."""
         events = []
         pending = set(self.links.pending_identities())
-        open_connections = {connection: connection.channel.expected_rsa_id
+        open_connections = {connection: _link_identity(connection)
                             for connection in self.links.connections()}
         open_ids = set(open_connections.values())
         for rsa_id in pending - set(self._pending_ids):
@@ -101,14 +107,14 @@ class LinkTrafficMeter:
         for connection in list(self._ids):
             if connection not in open_connections:
                 number = self._ids.pop(connection)
-                events.append(orconn_event(self._target(connection.channel.expected_rsa_id), "CLOSED",
+                events.append(orconn_event(self._target(_link_identity(connection)), "CLOSED",
                                            reason="DONE", conn_id=number))
         return events
 
     def status_lines(self) -> list[str]:
         lines = []
         for connection in self.links.connections():
-            lines.append(f"{format_path([self._target(connection.channel.expected_rsa_id)])} CONNECTED")
+            lines.append(f"{format_path([self._target(_link_identity(connection))])} CONNECTED")
         for rsa_id in self.links.pending_identities():
             lines.append(f"{format_path([self._target(rsa_id)])} LAUNCHED")
         return lines

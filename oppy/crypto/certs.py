@@ -420,16 +420,17 @@ def _check_ed25519_signed_by(
 def verify_relay_certs(
     certs_body: bytes,
     peer_tls_cert_der: bytes,
-    expected_rsa_id: bytes,
+    expected_rsa_id: bytes | None,
     expected_ed25519_id: bytes | None,
     now: float,
 ) -> VerifiedRelayIdentity:
     """Authenticate the responder of a link handshake (tor-spec "CERTS cells", initiator side).
 
     `peer_tls_cert_der` is the DER of the relay's TLS leaf certificate, `expected_rsa_id` the
-    20-byte fingerprint we dialled, `expected_ed25519_id` the 32-byte Ed25519 identity if known,
-    `now` seconds since the epoch. Raises CertificateError (CertParseError for malformed input)
-    naming the failure.
+    20-byte fingerprint we dialled (None: any identity the certificates prove, as for a bridge whose
+    Bridge line gives no fingerprint: tor connection_or_client_learned_peer_id), `expected_ed25519_id`
+    the 32-byte Ed25519 identity if known, `now` seconds since the epoch. Raises CertificateError
+    (CertParseError for malformed input) naming the failure.
     """
     known = _collect_known_certs(certs_body)
     for required in (
@@ -443,7 +444,7 @@ def verify_relay_certs(
     # RSA identity: self-signed RSA-1024, within its validity window, the one we dialled.
     rsa_identity_key = _verify_rsa_identity_cert(known[CertType.RSA_IDENTITY_X509], now)
     rsa_id = rsa_identity_fingerprint(rsa_identity_key)
-    if not hmac.compare_digest(rsa_id, bytes(expected_rsa_id)):
+    if expected_rsa_id is not None and not hmac.compare_digest(rsa_id, bytes(expected_rsa_id)):
         raise CertificateError(
             f"relay has RSA identity {rsa_id.hex().upper()}, "
             f"expected {bytes(expected_rsa_id).hex().upper()}"

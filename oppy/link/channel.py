@@ -108,7 +108,8 @@ class Channel:
                  clock: Callable[[], float] = time.time, owner: ChannelOwner | None = None,
                  high_watermark: int = QUEUE_HIGH_WATERMARK, padding_policy: PaddingPolicy | None = None) -> None:
         """Without an `owner` nobody is told of pending bytes: the caller takes `data_to_send` itself.
-        Without a `padding_policy`, tor's defaults (ConnectionPadding auto)."""
+        Without a `padding_policy`, tor's defaults (ConnectionPadding auto). An empty `expected_rsa_id` takes
+        any identity the CERTS cell proves (a bridge whose Bridge line gives no fingerprint)."""
         self.expected_rsa_id = expected_rsa_id
         self.expected_ed25519_id = expected_ed25519_id
         self.peer_address = peer_address
@@ -238,7 +239,7 @@ class Channel:
         if self.peer_certificate_der is None:
             raise LinkError("no TLS peer certificate to check the CERTS cell against")
         try:
-            identity = verify_relay_certs(self._certs_body, self.peer_certificate_der, self.expected_rsa_id,
+            identity = verify_relay_certs(self._certs_body, self.peer_certificate_der, self.expected_rsa_id or None,
                                           self.expected_ed25519_id, self.clock())
         except CertificateError as exc:
             raise LinkAuthenticationError(f"relay at {self.peer_address} failed authentication: {exc}") from None

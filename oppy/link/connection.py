@@ -46,7 +46,7 @@ from oppy.closing import OpenSet
 from oppy.config.bridges import BridgeLine
 from oppy.link.channel import QUEUE_HIGH_WATERMARK, Channel, ChannelState, LinkAuthenticationError, LinkError
 from oppy.link.padding import HOUSEKEEPING_INTERVAL, Housekeeping, PaddingPolicy
-from oppy.netdoc.relay import RelayTarget
+from oppy.netdoc.relay import RSA_ID_LEN, RelayTarget
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,12 @@ def or_conn_reason(failure: Failure) -> str:
     return "MISC"
 
 
+def _link_key(relay: RelayTarget) -> bytes:
+    """Links are shared by relay identity; a bridge dialled without one (its Bridge line gives no
+    fingerprint) by its address and port, which no RSA identity can equal (not 20 bytes)."""
+    return relay.rsa_id or f"@{relay.address}:{relay.or_port}".encode()
+
+
 class LinkPool:
     """Open links by relay identity: circuits to the same first hop share one connection.
 
@@ -417,8 +423,13 @@ class LinkPool:
         self._housekeeping = task.LoopingCall(self._housekeep)
         self._housekeeping.clock = self.reactor
         self._observers = list(observers)
-        self._transport_bridges = {line.fingerprint: line for line in bridges
-                                   if line.transport is not None and line.fingerprint is not None}
+        # By address and port, as tor matches a link to its Bridge line (bridges.c
+        # get_configured_bridge_by_addr_port_digest): a line may give no fingerprint.
+        self._transport_bridges = {(line.address, line.port): line for line in bridges
+                                   if line.transport is not None}
+        #: The RSA identity each link dialled without one (a bridge whose line gives no fingerprint) proved,
+        #: by address and port: what the client learned of it (tor connection_or_client_learned_peer_id).
+        self._proven: dict[tuple[str, int], bytes] = {}
         self.transports = transports
 
     def add_observer(self, observer: Callable[[LinkEvent], None]) -> None:
@@ -435,22 +446,28 @@ class LinkPool:
                 log.exception("link pool observer %r failed", observer)
 
     def connections(self) -> list[RelayConnection]:
-        return list(self._open.values())
+        return list(dict.fromkeys(self._open.values()))     # (a bridge's link is there by address and identity)
 
     def pending_identities(self) -> list[bytes]:
-        """RSA identities of the relays a link is being opened to (for ORCONN LAUNCHED)."""
-        return list(self._pending)
+        """RSA identities of the relays a link is being opened to (for ORCONN LAUNCHED); a bridge dialled
+        without one is not named."""
+        return [key for key in self._pending if len(key) == RSA_ID_LEN]
+
+    def proven_identity(self, address: str, port: int) -> bytes | None:
+        """The RSA identity the last link dialled at ``address:port`` without an expected identity proved."""
+        return self._proven.get((address, port))
 
     def get(self, relay: RelayTarget) -> defer.Deferred:
         """A Deferred firing with an open Channel to `relay`, reusing an open link when there is one."""
-        connection = self._open.get(relay.rsa_id)
+        key = _link_key(relay)
+        connection = self._open.get(key)
         if connection is not None and connection.channel.state is ChannelState.OPEN:
             return defer.succeed(connection.channel)
         waiter: defer.Deferred = defer.Deferred()
-        if relay.rsa_id in self._pending:
-            self._pending[relay.rsa_id].append(waiter)
+        if key in self._pending:
+            self._pending[key].append(waiter)
             return waiter
-        self._pending[relay.rsa_id] = [waiter]
+        self._pending[key] = [waiter]
         self._connect(relay)
         return waiter
 
@@ -459,7 +476,8 @@ class LinkPool:
         connection = RelayConnection(relay, self.reactor, self._tls, on_lost=self._lost,
                                      queue_high_watermark=self.queue_high_watermark, padding_policy=self.padding,
                                      network_live=self.network_live)
-        bridge = self._transport_bridges.get(relay.rsa_id)
+        key = _link_key(relay)
+        bridge = self._transport_bridges.get((relay.address, relay.or_port))
         self._notify(LinkLaunched(relay, bridge.transport if bridge is not None else None))
         try:
             endpoint = self._endpoint(relay)
@@ -482,14 +500,22 @@ class LinkPool:
         opening.addTimeout(self.handshake_timeout, self.reactor, onTimeoutCancel=timed_out)
 
         def opened(_):
-            self._open[relay.rsa_id] = connection
+            self._open[key] = connection
+            if not relay.rsa_id:
+                identity = connection.channel.identity
+                assert identity is not None
+                self._proven[(relay.address, relay.or_port)] = identity.rsa_id
+                # Circuits to the identity learned share the link (tor connection_or_set_identity_digest).
+                self._open.setdefault(identity.rsa_id, connection)
+                log.info("Bridge at %s:%d proved the identity $%s.", relay.address, relay.or_port,
+                         identity.rsa_id.hex().upper())
             local = connection.transport.getHost()
             log.info("Link to %s open (link protocol %d) from %s:%d.", relay.describe(),
                      connection.channel.link_version, local.host, local.port)
             if not self._housekeeping.running:
                 self._housekeeping.start(HOUSEKEEPING_INTERVAL, now=False)
             self._notify(LinkOpened(relay))
-            for waiter in self._pending.pop(relay.rsa_id, []):
+            for waiter in self._pending.pop(key, []):
                 waiter.callback(connection.channel)
 
         def failed(failure):
@@ -501,14 +527,14 @@ class LinkPool:
                 self._gone(connection)
             log.info("link to %s failed: %s", relay.describe(), failure.getErrorMessage())
             self._notify(LinkFailed(relay, failure.getErrorMessage(), reason))
-            for waiter in self._pending.pop(relay.rsa_id, []):
+            for waiter in self._pending.pop(key, []):
                 waiter.errback(failure)
 
         opening.addCallbacks(opened, failed)
 
     def _endpoint(self, relay: RelayTarget) -> IStreamClientEndpoint:
         """TCP to the relay's ORPort, or the transport's endpoint for a bridge that names one."""
-        line = self._transport_bridges.get(relay.rsa_id)
+        line = self._transport_bridges.get((relay.address, relay.or_port))
         if line is None:
             return relay_endpoint(self.reactor, relay, self.handshake_timeout)
         assert line.transport is not None
@@ -519,7 +545,7 @@ class LinkPool:
 
     def _housekeep(self) -> None:
         now = self.reactor.seconds()
-        for connection in list(self._open.values()):
+        for connection in self.connections():
             connection.housekeeping(now)
 
     def _gone(self, connection: RelayConnection) -> None:
@@ -532,14 +558,14 @@ class LinkPool:
 
     def _lost(self, connection: RelayConnection) -> None:
         self._gone(connection)
-        if self._open.get(connection.relay.rsa_id) is connection:
-            del self._open[connection.relay.rsa_id]
+        for key in [key for key, known in self._open.items() if known is connection]:
+            del self._open[key]
         if not self._open and self._housekeeping.running:
             self._housekeeping.stop()
 
     def close_all(self) -> None:
         """Close every open link and give up those still opening."""
-        for connection in list(self._open.values()):
+        for connection in self.connections():
             connection.close()
         self._open.clear()
         for opening in list(self._openings.values()):

@@ -36,7 +36,10 @@ class RelayTarget(NamedTuple):
         return self.rsa_id.hex().upper()
 
     def describe(self) -> str:
-        """`$FP~nick` as tor names relays in logs and control-port events."""
+        """`$FP~nick` as tor names relays in logs and control-port events; a bridge dialled before its
+        identity is known is `$` and 40 zeros, as tor names its connection (connection_or_init_conn_from_address)."""
+        if not self.rsa_id:
+            return "$" + "0" * 2 * RSA_ID_LEN
         return f"${self.fingerprint}~{self.nickname}"
 
 

@@ -708,6 +708,7 @@ class TestTraffic:
         class Channel:
             def __init__(self, rsa_id):
                 self.expected_rsa_id = rsa_id
+                self.identity = None        # (the real one's, once its handshake proved it)
 
         class Connection:
             def __init__(self, rsa_id):

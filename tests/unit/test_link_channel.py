@@ -246,6 +246,19 @@ def test_wrong_rsa_identity_is_a_link_error_naming_both_fingerprints():
     assert channel.data_to_send() == CLIENT_VERSIONS  # no NETINFO went out
 
 
+def test_a_channel_dialled_without_an_identity_takes_and_records_the_one_proved():
+    """A bridge whose Bridge line gives no fingerprint (tor connection_or_client_learned_peer_id); the rest
+    of CERTS is still checked."""
+    channel = new_channel(expected_rsa_id=b"")
+    events = channel.receive_data(b"".join(handshake_cells()))
+    assert [event.identity.rsa_id for event in events] == [cert_set().keys.rsa_id]
+    assert channel.identity is not None and channel.identity.rsa_id == cert_set().keys.rsa_id
+    assert channel.state is ChannelState.OPEN
+    other_tls = build_cert_set(cached_relay_keys(0), NOW).tls_cert_der
+    with pytest.raises(LinkError, match="TLS"):
+        new_channel(expected_rsa_id=b"", tls_cert=other_tls).receive_data(b"".join(handshake_cells()))
+
+
 def test_wrong_ed25519_identity_is_a_link_error():
     channel = new_channel(expected_ed25519_id=os.urandom(32))
     with pytest.raises(LinkError):
