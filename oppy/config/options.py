@@ -949,11 +949,6 @@ def _validate(config: Config) -> list[str]:
                             "I'll pick a plausible default.")
     if config.use_bridges and not config.bridges:
         raise ConfigError("If you set UseBridges, you must specify at least one bridge.", option="UseBridges")
-    for bridge in config.bridges if config.use_bridges else ():
-        if bridge.fingerprint is None:
-            raise ConfigError(f"Bridge {shortened(bridge.value)} has no fingerprint: oppy needs each bridge's RSA "
-                              "identity on its Bridge line (IP:PORT FINGERPRINT)", option="Bridge",
-                              value=bridge.value)
     if config.socks_timeout < 1:
         raise ConfigError("SocksTimeout must be at least 1 second, but was set to 0", option="SocksTimeout",
                           value="0")

@@ -476,6 +476,12 @@ class _CacheContents:
     bridge_descriptor_problems: list[str] = field(default_factory=list)
 
 
+def _bridge_key(target: RelayTarget) -> str:
+    """A bridge descriptor fetch's bookkeeping key: the identity asked for, or ``IP:PORT`` for a bridge
+    asked without one (its Bridge line gives no fingerprint)."""
+    return target.fingerprint or f"{target.address}:{target.or_port}"
+
+
 def _load_bridge_descriptors(cache: DirectoryCache, contents: _CacheContents) -> None:
     """Each cached bridge descriptor on its own: one that does not verify is reported, the others kept."""
     try:
@@ -938,18 +944,21 @@ class DirectoryService:
             return
         now = self.clock()
         for target in self.paths.directory_guards():
-            fingerprint = target.fingerprint
-            due = bridges.descriptor(fingerprint) is None or self._bridge_refetch_at.get(fingerprint, 0.0) <= now
-            if not due or fingerprint in self._bridge_fetches:
+            ask = bridges.descriptor_target(target)
+            key = _bridge_key(ask)
+            due = bridges.descriptor(target.fingerprint) is None or self._bridge_refetch_at.get(key, 0.0) <= now
+            if not due or key in self._bridge_fetches:
                 continue
-            fetch = self._fetch_bridge_descriptor(DirectorySource(target, SourceKind.BRIDGE))
-            self._bridge_fetches[fingerprint] = fetch
-            fetch.addBoth(lambda result, key=fingerprint: (self._bridge_fetches.pop(key, None), result)[1])
+            fetch = self._fetch_bridge_descriptor(DirectorySource(ask, SourceKind.BRIDGE))
+            self._bridge_fetches[key] = fetch
+            fetch.addBoth(lambda result, key=key: (self._bridge_fetches.pop(key, None), result)[1])
 
     @defer.inlineCallbacks
     def _fetch_bridge_descriptor(self, source: DirectorySource):
-        """``/tor/server/authority`` from the bridge, verified and checked against the bridge's identity."""
-        expected = source.target.fingerprint
+        """``/tor/server/authority`` from the bridge, verified and checked against the bridge's identity: the
+        one its Bridge line gives, else the one its link handshake proved, which is learned."""
+        target = source.target
+        key = _bridge_key(target)
         try:
             response = yield self._request(source, "bridge-descriptor", bridge_descriptor_url(),
                                            MAX_ROUTER_DESCRIPTOR_SIZE)
@@ -962,18 +971,24 @@ class DirectoryService:
             return None
         if self._stopped:
             return None
+        if target.rsa_id:
+            expected, says = target.fingerprint, "its Bridge line says"
+        else:
+            proven = self.links.proven_identity(target.address, target.or_port) if self.links is not None else None
+            expected, says = (proven or b"").hex().upper(), "its link handshake proved"
         if descriptor.fingerprint != expected:
-            self._bridge_failed(source, f"it sent the descriptor of ${descriptor.fingerprint}, but its Bridge line "
-                                        f"says ${expected}")
+            self._bridge_failed(source, f"it sent the descriptor of ${descriptor.fingerprint}, but {says} "
+                                        f"${expected}")
             return None
-        self._bridges_warned.discard(expected)
-        self._bridge_failures.pop(expected, None)
-        self._learned_bridge_descriptor(descriptor, response.body)
-        self._schedule_bridge_refetch(expected, BRIDGE_DESCRIPTOR_REFETCH)
+        self._bridges_warned.discard(key)
+        self._bridge_failures.pop(key, None)
+        self._learned_bridge_descriptor(descriptor, response.body,
+                                        at=None if target.rsa_id else (target.address, target.or_port))
+        self._schedule_bridge_refetch(key, BRIDGE_DESCRIPTOR_REFETCH)
         return descriptor
 
-    def _schedule_bridge_refetch(self, fingerprint: str, delay: float) -> None:
-        self._bridge_refetch_at[fingerprint] = self.clock() + delay
+    def _schedule_bridge_refetch(self, key: str, delay: float) -> None:
+        self._bridge_refetch_at[key] = self.clock() + delay
         if self._stopped:
             return
         if self._bridge_timer is not None and self._bridge_timer.active():
@@ -990,22 +1005,30 @@ class DirectoryService:
         Its descriptor is asked for again after a backoff (tor bridges.c: DL_SCHED_BRIDGE), so that a bridge
         back up is found without waiting for the next consensus fetch."""
         target = source.target
-        failures = self._bridge_failures.get(target.fingerprint, 0)
-        self._bridge_failures[target.fingerprint] = failures + 1
-        self._schedule_bridge_refetch(target.fingerprint, _backoff(failures, self._consensus_retry))
-        level = logging.INFO if target.fingerprint in self._bridges_warned else logging.WARNING
-        self._bridges_warned.add(target.fingerprint)
-        log.log(level, "Bridge $%s at %s:%d is not used until its retry time: %s", target.fingerprint,
-                target.address, target.or_port, why)
-        self.paths.mark_guard_down(target.rsa_id)
+        key = _bridge_key(target)
+        failures = self._bridge_failures.get(key, 0)
+        self._bridge_failures[key] = failures + 1
+        self._schedule_bridge_refetch(key, _backoff(failures, self._consensus_retry))
+        level = logging.INFO if key in self._bridges_warned else logging.WARNING
+        self._bridges_warned.add(key)
+        bridges = self.paths.bridges
+        fingerprint = target.fingerprint or (bridges.learned_fingerprint(target.address, target.or_port)
+                                             if bridges is not None else None)
+        log.log(level, "Bridge %s at %s:%d is not used until its retry time: %s",
+                f"${fingerprint}" if fingerprint else "(fingerprint not known yet)", target.address,
+                target.or_port, why)
+        if fingerprint:
+            self.paths.mark_guard_down(fingerprint)
 
-    def _learned_bridge_descriptor(self, descriptor: RouterDescriptor, text: bytes, cached: bool = False) -> None:
+    def _learned_bridge_descriptor(self, descriptor: RouterDescriptor, text: bytes, cached: bool = False,
+                                   at: tuple[str, int] | None = None) -> None:
         """Hand the descriptor of a configured bridge to the path layer (a cached one of a bridge no longer
         configured is dropped) and keep it in the DataDirectory; a new one is logged as tor logs it
-        (bridges.c learned_bridge_descriptor), the same one fetched again at info level."""
+        (bridges.c learned_bridge_descriptor), the same one fetched again at info level. ``at``: the
+        address and port of the Bridge line without a fingerprint it came from."""
         bridges = self.paths.bridges
         previous = bridges.descriptor(descriptor.fingerprint) if bridges is not None else None
-        if not self.paths.learned_bridge_descriptor(descriptor):
+        if not self.paths.learned_bridge_descriptor(descriptor, at):
             return
         level = logging.INFO if previous is not None and previous.published == descriptor.published else NOTICE
         log.log(level, "new bridge descriptor '%s' (%s): $%s~%s at %s", descriptor.nickname,

@@ -32,7 +32,8 @@ from oppy.netdoc.relay import RelayTarget, rsa_id_of
 from oppy.netdoc.router import RouterDescriptor
 from oppy.netdoc.weights import Position
 from oppy.path.bridges import BridgeSet
-from oppy.path.guards import GuardChoice, GuardSample, GuardUsage, NoGuardAvailableError, SampledGuard, choose_path
+from oppy.path.guards import (BRIDGE_ADDRESS_KEY, GuardChoice, GuardSample, GuardUsage, NoGuardAvailableError,
+                              SampledGuard, choose_path)
 from oppy.path.selection import LONG_LIVED_PORTS, NoPathError, PathNode, PathSelector
 from oppy.path.vanguards import (
     OnionServicePurpose,
@@ -98,13 +99,29 @@ class PathChooser:
         """Take the guard sample ``state`` (:meth:`GuardSample.to_dict` output) describes; raises
         :class:`~oppy.path.guards.GuardStateError` if it is malformed."""
         self.guards = GuardSample.from_dict(state, rng=self.rng)
+        if self.bridges is not None:
+            self._remember_bridge_identities(self.bridges)
         self._use_bridges()
+
+    def _remember_bridge_identities(self, bridges: BridgeSet) -> None:
+        """A Bridge line without a fingerprint takes the identity the state remembers for its address
+        (its descriptor fetch, made without an expected identity, learns it again if it changed)."""
+        for guard in self.guards.guards:
+            addrport = guard.extra.get(BRIDGE_ADDRESS_KEY)
+            if not guard.listed or not isinstance(addrport, str):     # (unlisted: an identity it had before)
+                continue
+            host, _, port = addrport.rpartition(":")
+            if port.isdigit() and bridges.learn_identity(host.strip("[]"), int(port), guard.fingerprint,
+                                                         remembered=True):
+                log.info("Bridge at %s: using the identity $%s remembered for it (its descriptor is asked for "
+                         "again without an expected identity).", addrport, guard.fingerprint)
 
     def _use_bridges(self) -> None:
         if self.bridges is not None:
             bridges = self.bridges
             self.guards.use_bridges(((fingerprint, bridges.nickname(fingerprint))
-                                     for fingerprint in bridges.fingerprints()), self.clock())
+                                     for fingerprint in bridges.fingerprints()), self.clock(),
+                                    bridges.addresses())
 
     @property
     def state_key(self) -> str:
@@ -112,10 +129,15 @@ class PathChooser:
         so that turning UseBridges on and off loses neither (tor keeps both guard selections too)."""
         return "bridges" if self.bridges is not None else "guards"
 
-    def learned_bridge_descriptor(self, descriptor: RouterDescriptor) -> bool:
-        """A configured bridge's verified descriptor: circuits may start at it now. False if it is not one
-        of the bridges."""
-        if self.bridges is None or not self.bridges.learned(descriptor):
+    def learned_bridge_descriptor(self, descriptor: RouterDescriptor, at: tuple[str, int] | None = None) -> bool:
+        """A configured bridge's verified descriptor: circuits may start at it now. ``at``: the address
+        and port of the Bridge line without a fingerprint it was fetched from (whose link proved the same
+        identity), which learns that identity. False if it is not one of the bridges."""
+        if self.bridges is None:
+            return False
+        if at is not None and not self.bridges.learn_identity(*at, descriptor.fingerprint):
+            return False
+        if not self.bridges.learned(descriptor):
             return False
         self._use_bridges()
         self._guards_changed()
@@ -280,7 +302,10 @@ class PathChooser:
             if not fingerprints:        # as pick() does: with every bridge down, each is worth a retry
                 self.guards.retry_all_down()
                 fingerprints = self.guards.directory_guards(self.clock(), limit=limit)
-            return [self.bridges.target(fingerprint) for fingerprint in fingerprints]
+            # Then the lines without a fingerprint not identified yet: a directory fetch learns who they are.
+            targets = [self.bridges.target(fingerprint) for fingerprint in fingerprints]
+            targets += self.bridges.unlearned_targets()
+            return targets[:limit] if limit is not None else targets
         if self._netdir is None or not self._netdir.microdescs:
             return []
         selector = self.selector

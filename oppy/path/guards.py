@@ -39,7 +39,7 @@ import enum
 import math
 import random
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,9 @@ _READABLE_STATE_VERSIONS = (1, 2)
 _STATE_KEYS = ("fingerprint", "nickname", "added_at", "listed", "unlisted_since", "confirmed_on",
                "confirmed_idx")
 _HEX40_RE = re.compile(r"[0-9A-F]{40}\Z")
+#: A bridge's entry keeps its ``IP:PORT`` under this key (tor's state file ``bridge_addr``): a Bridge line
+#: without a fingerprint finds the identity learned for it there after a restart.
+BRIDGE_ADDRESS_KEY = "bridge_addr"
 #: tor's nickname for a relay that has told us none (a bridge before its descriptor).
 UNNAMED = "Unnamed"
 
@@ -297,6 +300,8 @@ class GuardSample:
         self._consensus: Consensus | None = None
         #: UseBridges: fingerprint -> nickname of the configured bridges ({GUARDS}); None for relays.
         self._bridges: dict[str, str] | None = None
+        #: UseBridges: fingerprint -> ``IP:PORT`` of the configured bridges, kept in each one's state entry.
+        self._bridge_addresses: dict[str, str] = {}
         self._primary: list[SampledGuard] = []
         self._primary_up_to_date = False
         self._dirty = False
@@ -365,19 +370,30 @@ class GuardSample:
         self._update_listing(lambda fingerprint: _qualifies(consensus.relay_by_fingerprint(fingerprint)), now)
         return self._update_sample(now)
 
-    def use_bridges(self, bridges: Iterable[tuple[str, str]], now: float) -> list[str]:
+    def use_bridges(self, bridges: Iterable[tuple[str, str]], now: float,
+                    addresses: Mapping[str, str] | None = None) -> list[str]:
         """UseBridges: the sample is drawn from these (fingerprint, nickname) bridges only (guard-spec 2:
-        the "bridges" guard selection), and a sampled bridge is listed while it is configured. Returns
-        the fingerprints newly sampled."""
+        the "bridges" guard selection), and a sampled bridge is listed while it is configured. ``addresses``
+        gives each bridge's ``IP:PORT``, kept with it in the state (tor's ``bridge_addr``: a Bridge line
+        without a fingerprint finds the identity learned for it by its address). Returns the fingerprints
+        newly sampled."""
         self._bridges = {fingerprint.upper(): nickname for fingerprint, nickname in bridges}
+        self._bridge_addresses = {fingerprint.upper(): addrport for fingerprint, addrport in (addresses or {}).items()}
         configured = self._bridges
         for guard in self.guards:
             nickname = configured.get(guard.fingerprint)
             if nickname is not None and nickname not in (guard.nickname, UNNAMED):
                 guard.nickname = nickname       # learned from the bridge's descriptor
                 self._dirty = True
+            self._note_bridge_address(guard)
         self._update_listing(lambda fingerprint: fingerprint in configured, now)
         return self._update_sample(now)
+
+    def _note_bridge_address(self, guard: SampledGuard) -> None:
+        addrport = self._bridge_addresses.get(guard.fingerprint)
+        if addrport is not None and guard.extra.get(BRIDGE_ADDRESS_KEY) != addrport:
+            guard.extra[BRIDGE_ADDRESS_KEY] = addrport
+            self._dirty = True
 
     @property
     def uses_bridges(self) -> bool:
@@ -495,8 +511,10 @@ class GuardSample:
         new = [fingerprint for fingerprint in self._bridges if fingerprint not in sampled]
         self.rng.shuffle(new)
         for fingerprint in new:
-            self.guards.append(SampledGuard(fingerprint, self._bridges[fingerprint],
-                                            self._randomized_past(now, self.params.lifetime / 10)))
+            guard = SampledGuard(fingerprint, self._bridges[fingerprint],
+                                 self._randomized_past(now, self.params.lifetime / 10))
+            self._note_bridge_address(guard)
+            self.guards.append(guard)
             self._dirty = True
 
     def _first_usable_filtered(self, now: float, restriction: Callable[[SampledGuard], bool] | None = None, *,

@@ -26,6 +26,7 @@ from tests.support.oppy_process import OppyProcess, free_port
 from tests.support.relays import fetch
 
 TEN_MB = 10 * 1000 * 1000
+ONE_MB = 1000 * 1000
 HELLO = b"hello from the oppy test target\n"
 #: A well-formed identity no bridge has.
 STRANGER = "0123456789ABCDEF0123456789ABCDEF01234567"
@@ -40,6 +41,11 @@ def bridge_process(network: TestNetwork, data_directory: Path, bridge_lines: lis
         f"ControlPort 127.0.0.1:{control_port}"], command_prefix=command_prefix)
     process.control_port = control_port
     return process
+
+
+def traced(trace_file: Path) -> list[str]:
+    """The command prefix that records every connect() of oppy's process tree in ``trace_file``."""
+    return [strace(), "-f", "-qq", "-e", "trace=connect", "-o", str(trace_file), "--"]
 
 
 def controller(oppy: OppyProcess) -> Controller:
@@ -61,6 +67,13 @@ def obfs4_bridge_as_plain_line(network: TestNetwork) -> str:
     """The obfs4 bridge's ORPort, which speaks plain Tor too: a second plain bridge."""
     bridge = network.bridge("obfs4")
     return f"127.0.0.1:{bridge['ports']['or']} {bridge['fingerprint']}"
+
+
+def assert_byte_exact(network: TestNetwork, result: subprocess.CompletedProcess, size: int) -> None:
+    """``/bytes/SIZE`` came through whole: its length and the target's own SHA-256 of it."""
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == size
+    assert hashlib.sha256(result.stdout).hexdigest() == fetch(network.url(f"/sha256/{size}")).decode().strip()
 
 
 def first_hops(connected: Controller) -> set[str]:
@@ -90,6 +103,24 @@ def first_hops_by_set(connected: Controller) -> tuple[set[str], dict[str, set[st
     return singles, sets
 
 
+def fetch_then_stop(network: TestNetwork, oppy: OppyProcess) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Once oppy is ready: the test page fetched through it, and the first hops of its circuits; then stopped."""
+    try:
+        oppy.wait_ready()
+        fetched = curl(oppy, network.url("/"))
+        with controller(oppy) as connected:
+            hops = first_hops(connected)
+    finally:
+        assert oppy.stop() == 0
+    return fetched, hops
+
+
+def bridges_in_use(connected: Controller) -> tuple[list[str], set[str], list[str]]:
+    """``entry-guards``, the first hops of the circuits, and ``orconn-status``."""
+    return (connected.get_info("entry-guards").splitlines(), first_hops(connected),
+            connected.get_info("orconn-status").splitlines())
+
+
 def bridge_state(data_directory: Path) -> dict[str, dict]:
     state = json.loads((data_directory / "state").read_text())
     return {guard["fingerprint"]: guard for guard in state["bridges"]["guards"]}
@@ -101,7 +132,7 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onio
     trace_file = tmp_path / "connect.strace"
     data_directory = tmp_path / "data"
     oppy = bridge_process(network, data_directory, [bridge["bridge_line"]],
-                          command_prefix=[strace(), "-f", "-qq", "-e", "trace=connect", "-o", str(trace_file), "--"])
+                          command_prefix=traced(trace_file))
     try:
         oppy.wait_ready()
         wait_for(lambda: LINKED.search(oppy.info_log))  # conflux (the default): the download takes a set
@@ -110,16 +141,12 @@ def test_bootstrap_through_the_plain_bridge_alone_then_ten_megabytes_and_an_onio
         onion_page = curl(oppy, f"http://{onion['plain']['address']}:{onion['virtual_port']}/")
         with controller(oppy) as connected:
             phase = connected.get_info("status/bootstrap-phase")
-            guards = connected.get_info("entry-guards").splitlines()
-            hops = first_hops(connected)
-            orconns = connected.get_info("orconn-status").splitlines()
+            guards, hops, orconns = bridges_in_use(connected)
             legs = [line for line in connected.get_info("circuit-status").splitlines()
                     if "PURPOSE=CONFLUX_LINKED" in line]
     finally:
         assert oppy.stop() == 0
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout) == TEN_MB
-    assert hashlib.sha256(result.stdout).hexdigest() == fetch(network.url(f"/sha256/{TEN_MB}")).decode().strip()
+    assert_byte_exact(network, result, TEN_MB)
     assert onion_page.returncode == 0 and onion_page.stdout == HELLO, onion_page.stderr     # through the bridge too
 
     connects = inet_connects(trace_file.read_text())
@@ -227,3 +254,43 @@ def test_a_restart_uses_the_remembered_bridge_state(network: TestNetwork, tmp_pa
     assert (kept["added_at"], kept["confirmed_on"], kept["confirmed_idx"]) == \
         (remembered["added_at"], remembered["confirmed_on"], 0)
     assert set(after) == {bridge["fingerprint"], network.bridge("obfs4")["fingerprint"]}
+
+
+def test_a_bridge_line_without_fingerprint_learns_the_identity_then_a_restart_reuses_it(network: TestNetwork,
+                                                                                      tmp_path: Path):
+    """As tor: ``Bridge IP:PORT`` alone; the identity the link handshake proves (and the descriptor carries) is
+    learned, used, and remembered in the state file by the bridge's address."""
+    bridge = plain(network)
+    address = f"127.0.0.1:{bridge['ports']['or']}"
+    trace_file = tmp_path / "connect.strace"
+    data_directory = tmp_path / "data"
+    first = bridge_process(network, data_directory, [address],
+                           command_prefix=traced(trace_file))
+    try:
+        first.wait_ready()
+        result = curl(first, network.url(f"/bytes/{ONE_MB}"))
+        with controller(first) as connected:
+            guards, hops, orconns = bridges_in_use(connected)
+    finally:
+        assert first.stop() == 0
+    assert_byte_exact(network, result, ONE_MB)
+    connects = inet_connects(trace_file.read_text())
+    assert set(connects) == {("127.0.0.1", bridge["ports"]["or"])}, f"not the bridge: {sorted(set(connects))}"
+    assert any(f"Learned fingerprint ${bridge['fingerprint']} for bridge {address}." in line for line in first.lines)
+    assert guards == [f"${bridge['fingerprint']}~{bridge['nickname']} up"]
+    assert hops == {bridge["fingerprint"]}
+    assert orconns == [f"${bridge['fingerprint']}~{bridge['nickname']} CONNECTED"]     # one link, shared
+    remembered = bridge_state(data_directory)[bridge["fingerprint"]]
+    assert remembered["bridge_addr"] == address and remembered["confirmed_idx"] == 0
+
+    second = bridge_process(network, data_directory, [address])
+    fetched, hops = fetch_then_stop(network, second)
+    assert fetched.stdout == HELLO, fetched.stderr
+    assert hops == {bridge["fingerprint"]}
+    assert any(f"new bridge descriptor '{bridge['nickname']}' (cached): ${bridge['fingerprint']}" in line
+               for line in second.lines)
+    assert not any("Learned fingerprint" in line for line in second.lines)     # reused, not learned again
+    kept = bridge_state(data_directory)
+    assert set(kept) == {bridge["fingerprint"]}
+    assert (kept[bridge["fingerprint"]]["added_at"], kept[bridge["fingerprint"]]["confirmed_idx"]) == \
+        (remembered["added_at"], 0)

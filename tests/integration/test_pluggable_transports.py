@@ -240,3 +240,31 @@ def test_a_missing_transport_binary_is_one_warning_and_the_bootstrap_says_what_i
     assert len(about_the_transport) == 1, about_the_transport
     phases = [match.group(1) for line in oppy.lines if (match := re.search(r"Bootstrapped \d+% \((\w+)\)", line))]
     assert phases == ["starting", "conn_pt"]
+
+
+def test_an_obfs4_bridge_line_without_fingerprint_learns_the_identity_through_the_transport(network: TestNetwork,
+                                                                                          tmp_path: Path):
+    """``Bridge obfs4 IP:PORT cert=... iat-mode=0`` as tor takes it: the identity the link handshake proves
+    through obfs4proxy is learned, and the bridge is used by it."""
+    bridge = network.bridge("obfs4")
+    line = parse_bridge_line(bridge["bridge_line"])
+    without = " ".join(["obfs4", line.addrport, *(f"{key}={value}" for key, value in line.args)])
+    trace_file = tmp_path / "connect.strace"
+    oppy = OppyProcess(network, tmp_path / "data",
+                       extra_lines=["UseBridges 1", f"Bridge {without}",
+                                    f"ClientTransportPlugin obfs4 exec {obfs4proxy()}"],
+                       command_prefix=[strace(), "-f", "-qq", "-Y", "-e", "trace=connect", "-o", str(trace_file),
+                                       "--"])
+    try:
+        oppy.wait_ready()
+        fetched = curl(oppy, network.url("/bytes/1000000"))
+    finally:
+        assert oppy.stop() == 0
+    assert fetched.returncode == 0, fetched.stderr
+    assert hashlib.sha256(fetched.stdout).hexdigest() == expected_sha256(network, 1000000)
+    assert any(f"Learned fingerprint ${bridge['fingerprint']} for bridge {line.addrport}." in text
+               for text in oppy.lines)
+    connects = _connects_by_program(trace_file.read_text())
+    assert set(connects.pop("obfs4proxy")) == {("127.0.0.1", bridge["ports"]["obfs4"])}
+    oppy_connects = [address for addresses in connects.values() for address in addresses]
+    assert oppy_connects and set(oppy_connects) <= {("127.0.0.1", port) for port in _transport_ports(oppy)}

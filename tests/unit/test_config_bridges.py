@@ -109,7 +109,10 @@ def test_bridges_cannot_change_while_running():
     assert config.bridges[0].port == 5000
 
 
-def test_a_bridge_without_fingerprint_is_refused_when_bridges_are_used():
-    with pytest.raises(ConfigError, match="Bridge 127.0.0.1:5000 has no fingerprint"):
-        config_from_torrc_text("UseBridges 1\nBridge 127.0.0.1:5000\n")
-    assert config_from_torrc_text("UseBridges 0\nBridge 127.0.0.1:5000\n").bridges[0].fingerprint is None
+def test_a_bridge_without_fingerprint_is_taken_when_bridges_are_used():
+    """As tor: the identity is learned from the bridge's link handshake and descriptor."""
+    config = config_from_torrc_text("UseBridges 1\nBridge 127.0.0.1:5000\nBridge obfs4 127.0.0.1:5001 cert=abc "
+                                    "iat-mode=0\n")
+    assert [bridge.fingerprint for bridge in config.bridges] == [None, None]
+    assert config.bridges[1].args == (("cert", "abc"), ("iat-mode", "0"))
+    assert config.get_option("Bridge") == ["127.0.0.1:5000", "obfs4 127.0.0.1:5001 cert=abc iat-mode=0"]

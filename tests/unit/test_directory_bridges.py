@@ -280,3 +280,76 @@ def test_cached_descriptors_split_into_descriptors_that_each_verify(tmp_path):
     chunks = split_router_descriptors(cache.read_bridge_descriptors())
     assert [parse_router_descriptor(chunk).nickname for chunk in chunks] == ["bridge0", "bridge1"]
     assert chunks[1] == texts[1]
+
+
+def unidentified_world(tmp_path, proves: bytes, serves: bytes):
+    """One Bridge line without a fingerprint (127.0.0.1:9000): its link proves ``proves``, and it serves the
+    descriptor ``serves``."""
+    world, service = bridge_world(tmp_path, ["127.0.0.1:9000"], {b"": serves})
+    world.client.by_id[proves] = world.client.by_id[b""]        # once learned, asked by that identity too
+    world.circuits.proven_identity = lambda address, port: proves if (address, port) == ("127.0.0.1", 9000) else None
+    return world, service
+
+
+def test_a_bridge_without_fingerprint_learns_the_identity_its_link_proved_and_its_descriptor_carries(tmp_path,
+                                                                                                    caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    bridge = rsa_id(identity_key(0))
+    world, service = unidentified_world(tmp_path, bridge, make_descriptor(identity_key(0), "bridge0"))
+    assert run(service.start()) is service and service.enough_dir_info
+    client = world.client
+    assert client.asked[0] == b"" and set(client.asked) <= {b"", bridge}      # nobody else was asked
+    assert client.requests[0][2] == "/tor/server/authority.z"
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"Learned fingerprint ${bridge.hex().upper()} for bridge 127.0.0.1:9000." in messages
+    for _ in range(5):
+        path, _ = service.paths.choose_circuit_path(80)
+        assert (path[0].rsa_id, path[0].address, path[0].or_port) == (bridge, "127.0.0.1", 9000)
+    run(service.stop())
+    state = DirectoryCache(world.directory).read_state()
+    assert [(guard["fingerprint"], guard["bridge_addr"]) for guard in state["bridges"]["guards"]] == [
+        (bridge.hex().upper(), "127.0.0.1:9000")]
+
+
+def test_a_bridge_without_fingerprint_whose_descriptor_is_not_the_identity_proved_is_not_used(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="oppy")
+    proved, other = rsa_id(identity_key(0)), rsa_id(identity_key(1))
+    world, service = unidentified_world(tmp_path, proved, make_descriptor(identity_key(1), "other"))
+    started = service.start()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert ("Bridge (fingerprint not known yet) at 127.0.0.1:9000 is not used until its retry time: it sent the "
+            f"descriptor of ${other.hex().upper()}, but its link handshake proved ${proved.hex().upper()}") \
+        in warnings
+    bridges = service.paths.bridges
+    assert bridges.fingerprints() == [] and bridges.learned_fingerprint("127.0.0.1", 9000) is None
+    assert not service.enough_dir_info and not started.called
+    run(service.stop())
+
+
+def test_a_restart_reuses_the_identity_learned_and_takes_a_new_one_the_bridge_proves(tmp_path, caplog):
+    first, second = rsa_id(identity_key(0)), rsa_id(identity_key(1))
+    world, service = unidentified_world(tmp_path, first, make_descriptor(identity_key(0), "bridge0"))
+    run(service.start())
+    run(service.stop())
+    # Restarted: the state names the identity learned for 127.0.0.1:9000, whose cached descriptor is used; the
+    # bridge there now proves another identity, taken since the line names none.
+    caplog.set_level(logging.INFO, logger="oppy")
+    clock = world.clock
+    paths = PathChooser(rng=random.Random(4), clock=lambda: T0 + 600 + clock.seconds(),
+                        enforce_distinct_subnets=False, bridges=BridgeSet([parse_bridge_line("127.0.0.1:9000")]))
+    server = world.client.by_id[b""]
+    server.descriptor = make_descriptor(identity_key(1), "bridge1")
+    world.client.by_id[second] = server
+    world.circuits.proven_identity = lambda address, port: second
+    again = world.service(paths=paths)
+    assert run(again.start()) is again and again.enough_dir_info
+    messages = [(record.levelno, record.getMessage()) for record in caplog.records]
+    assert (NOTICE, f"new bridge descriptor 'bridge0' (cached): ${first.hex().upper()}~bridge0 at 127.0.0.1") \
+        in messages
+    assert (NOTICE, f"Bridge at 127.0.0.1:9000 now proves the identity ${second.hex().upper()} instead of "
+                    f"${first.hex().upper()}; its Bridge line gives no fingerprint, so the new one is used.") \
+        in messages
+    assert not any(text.startswith("Learned fingerprint") for _, text in messages)
+    path, _ = again.paths.choose_circuit_path(80)
+    assert path[0].rsa_id == second
+    run(again.stop())

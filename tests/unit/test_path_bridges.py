@@ -140,9 +140,85 @@ def test_a_descriptor_of_no_configured_bridge_is_not_taken():
         chooser.choose_circuit_path(443)
 
 
-def test_a_bridge_set_needs_fingerprints():
-    with pytest.raises(ValueError, match="has no fingerprint"):
-        BridgeSet([parse_bridge_line("10.0.0.1:443")])
+def fingerprint_of(index: int) -> str:
+    return rsa_id(identity_key(index)).hex().upper()
+
+
+def descriptor_of(index: int):
+    return parse_router_descriptor(make_descriptor(identity_key(index), f"bridge{index}", "192.0.2.9"))
+
+
+def unidentified_chooser() -> tuple[PathChooser, list[float]]:
+    """Bridge 0 given without a fingerprint (10.0.0.1:9000), bridge 1 with one."""
+    netdir = real_netdir(FOLDER)
+    now = [netdir.consensus.valid_after + 1800.0]
+    lines = [parse_bridge_line("10.0.0.1:9000"), bridge_lines(2)[1]]
+    chooser = PathChooser(rng=random.Random(3), clock=lambda: now[0], bridges=BridgeSet(lines))
+    chooser.set_netdir(netdir)
+    return chooser, now
+
+
+def test_a_bridge_without_fingerprint_is_asked_for_its_descriptor_then_used_by_the_identity_learned():
+    chooser, _ = unidentified_chooser()
+    # Before: not in the sample, no circuit starts at it; directory requests go to it without an identity.
+    assert [guard.fingerprint for guard in chooser.guards.guards] == [fingerprint_of(1)]
+    unknown = [target for target in chooser.directory_guards() if not target.rsa_id]
+    assert [(target.address, target.or_port) for target in unknown] == [("10.0.0.1", 9000)]
+    assert len(chooser.directory_guards(limit=1)) == 1
+    learn(chooser, 1)
+    for seed in range(5):
+        assert chooser.choose_circuit_path(443, rng=random.Random(seed))[0][0].rsa_id == rsa_id(identity_key(1))
+    # Another bridge's address, or a line that gives a fingerprint, learns nothing.
+    assert not chooser.learned_bridge_descriptor(descriptor_of(0), at=("10.0.0.2", 9000))
+    assert not chooser.learned_bridge_descriptor(descriptor_of(1), at=("10.0.0.1", 9000))
+
+    # After: the descriptor fetched there (its link proved the same identity) teaches who it is.
+    assert chooser.learned_bridge_descriptor(descriptor_of(0), at=("10.0.0.1", 9000))
+    learned = {guard.fingerprint: guard for guard in chooser.guards.guards}
+    assert set(learned) == {fingerprint_of(0), fingerprint_of(1)}
+    assert learned[fingerprint_of(0)].extra == {"bridge_addr": "10.0.0.1:9000"}
+    assert learned[fingerprint_of(1)].extra == {"bridge_addr": "10.0.0.2:9001"}
+    assert not [target for target in chooser.directory_guards() if not target.rsa_id]
+    chooser.mark_guard_down(fingerprint_of(1))
+    for seed in range(5):
+        bridge = chooser.choose_circuit_path(443, rng=random.Random(seed))[0][0]
+        assert (bridge.rsa_id, bridge.address, bridge.or_port, bridge.nickname) == (
+            rsa_id(identity_key(0)), "10.0.0.1", 9000, "bridge0")
+    # Its descriptor is fetched again without an expected identity: the line names none.
+    bridges = chooser.bridges
+    assert bridges is not None
+    again = bridges.descriptor_target(bridges.target(fingerprint_of(0)))
+    assert (again.rsa_id, again.address, again.or_port) == (b"", "10.0.0.1", 9000)
+    assert bridges.descriptor_target(bridges.target(fingerprint_of(1))).rsa_id == rsa_id(identity_key(1))
+
+
+def test_the_identity_learned_for_a_bridge_without_fingerprint_survives_a_restart(caplog):
+    chooser, now = unidentified_chooser()
+    assert chooser.learned_bridge_descriptor(descriptor_of(0), at=("10.0.0.1", 9000))
+    state = chooser.guards.to_dict()
+
+    restarted, _ = unidentified_chooser()
+    restarted.restore_guards(state)
+    assert restarted.guards.to_dict() == state
+    bridges = restarted.bridges
+    assert bridges is not None and bridges.learned_fingerprint("10.0.0.1", 9000) == fingerprint_of(0)
+    assert bridges.descriptor(fingerprint_of(0)) is None          # known by identity, descriptor asked again
+    assert {target.rsa_id for target in restarted.directory_guards()} == {rsa_id(identity_key(index))
+                                                                          for index in range(2)}
+    # The bridge at that address proves another identity: taken (the line names none), logged at notice.
+    caplog.set_level("INFO")
+    assert restarted.learned_bridge_descriptor(descriptor_of(2), at=("10.0.0.1", 9000))
+    assert [record.levelname for record in caplog.records if "now proves the identity" in record.message] \
+        == ["NOTICE"]
+    listed = {guard.fingerprint: guard.listed for guard in restarted.guards.guards}
+    assert listed == {fingerprint_of(0): False, fingerprint_of(1): True, fingerprint_of(2): True}
+    assert bridges.fingerprints() == [fingerprint_of(1), fingerprint_of(2)]
+    # Restarted again: the identity in use is remembered, not the one it had before.
+    caplog.clear()
+    third, _ = unidentified_chooser()
+    third.restore_guards(restarted.guards.to_dict())
+    assert third.bridges is not None and third.bridges.learned_fingerprint("10.0.0.1", 9000) == fingerprint_of(2)
+    assert not [record for record in caplog.records if record.levelname == "NOTICE"]
 
 
 def test_with_every_primary_bridge_down_the_directory_information_says_so():
