@@ -95,6 +95,32 @@ def test_a_relay_proving_another_identity_fails_with_reason_identity(tmp_path):
         yield relay.port.stopListening()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_link_dialled_without_an_identity_records_the_one_proved_and_is_shared_under_it(tmp_path):
+    """A bridge whose Bridge line gives no fingerprint: any identity is taken, recorded by address and port,
+    and circuits to that identity use the same link (one connection, listed once)."""
+    relay = listen(tmp_path)
+    first = relay.path[0]
+    port = relay.port.getHost().port
+    links = LinkPool(reactor)
+    try:
+        unknown = RelayTarget("Unnamed", b"", "127.0.0.1", port)
+        assert links.proven_identity("127.0.0.1", port) is None
+        channel = yield links.get(unknown)
+        assert channel.identity.rsa_id == first.rsa_id
+        assert links.proven_identity("127.0.0.1", port) == first.rsa_id
+        assert (yield links.get(first)) is channel
+        (connection,) = links.connections()
+        assert connection.channel is channel and links.pending_identities() == []
+        connection.close()
+        yield until(lambda: links.connections() == [])
+        again = yield links.get(first)          # gone under both keys: a new link, to the identity
+        assert again is not channel and again.state is ChannelState.OPEN
+    finally:
+        links.close_all()
+        yield relay.port.stopListening()
+
+
 # ------------------------------------------------------------------------------------------------ padding
 
 def fast_padding(connection_padding=None) -> PaddingPolicy:
