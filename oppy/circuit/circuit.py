@@ -130,8 +130,9 @@ class Channel(Protocol):
     def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
         """One cell that is not a relay cell (CREATE2)."""
 
-    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
-        """RELAY or RELAY_EARLY cells, their encrypted 509-byte payloads back to back (one cell: a run of one)."""
+    def send_cells(self, circ_id: int, command: int, payloads: bytes, urgent: bool = False) -> None:
+        """RELAY or RELAY_EARLY cells, their encrypted 509-byte payloads back to back (one cell: a run of one);
+        `urgent` ones (circuit SENDMEs) go to the socket at once."""
 
     def destroy_circuit(self, circ_id: int, reason: int = DestroyReason.NONE) -> None: ...
 
@@ -495,9 +496,9 @@ class Circuit(StreamTable):
                                        DestroyReason.PROTOCOL)
                         return
                     # prop 289: the tag is the digest right after the DATA cell that triggers the SENDME. The
-                    # SENDMEs of a run go out together at its end (`_send_sendmes`): one encryption and one
-                    # queueing instead of one each; the link writes them at the end of the reactor iteration
-                    # either way.
+                    # SENDMEs of a run go out together (`_send_sendmes`: one encryption, one socket write)
+                    # before any of its data is delivered to a stream: the exit's congestion control times
+                    # them as round trips.
                     window.sendme_sent()
                     deliver = window.deliver
                     if sendmes is None:
@@ -510,6 +511,9 @@ class Circuit(StreamTable):
                     if stream is not run_stream:
                         if run:
                             window.deliver, self.bytes_read = deliver, bytes_read
+                            if sendmes:
+                                self._send_sendmes(sendmes)
+                                sendmes = None
                             run_stream.data_cells_received(run)
                             run = []
                             if self.state is CircuitState.CLOSED:
@@ -521,6 +525,9 @@ class Circuit(StreamTable):
                     run.append(view[start:start + length])
                     continue
             window.deliver, self.bytes_read = deliver, bytes_read
+            if sendmes:
+                self._send_sendmes(sendmes)
+                sendmes = None
             if run:
                 run_stream.data_cells_received(run)
                 run = []
@@ -623,6 +630,9 @@ class Circuit(StreamTable):
             if should_multiplex(command):
                 batch.append((command, stream_id, data))
                 continue
+            if sendmes:
+                self._send_sendmes(sendmes)  # before the data goes on: the exit times them as round trips
+                sendmes = []
             if batch:
                 owner.leg_cells(self, batch)
                 batch = []
@@ -650,7 +660,10 @@ class Circuit(StreamTable):
         if all(each_hop == hop for each_hop, _ in sendmes):
             bodies = [encode_sendme_body(tag) for _, tag in sendmes]
             self._control_bytes_written += sum(map(len, bodies))
-            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, body) for body in bodies], hop)
+            # Written at once: the exit's congestion control counts every moment the SENDME waits here as
+            # queueing on the circuit and shrinks its window.
+            self._send_payloads(_RELAY, [encode_relay_payload(_SENDME, 0, body) for body in bodies], hop,
+                                urgent=True)
             return
         for each_hop, tag in sendmes:
             self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=each_hop)
@@ -783,11 +796,12 @@ class Circuit(StreamTable):
         if self.padding is not None and command != _DROP:
             self.padding.nonpadding_sent()
 
-    def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int) -> list[bytes]:
-        """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags)."""
+    def _send_payloads(self, cell_command: int, payloads: list[bytes], hop: int, urgent: bool = False) -> list[bytes]:
+        """Encrypt relay payloads to `hop` and send them: the hop's running digest after each (SENDME tags).
+        `urgent`: the link writes them at once (see `Channel.send_cells`)."""
         cells, tags = self.crypto.encrypt_outbound_many(payloads, hop)
         self._cells_written += len(payloads)
-        self.channel.send_cells(self.circ_id, cell_command, cells)
+        self.channel.send_cells(self.circ_id, cell_command, cells, urgent)
         return tags
 
     @property

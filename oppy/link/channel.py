@@ -100,6 +100,9 @@ class ChannelOwner(Protocol):
     def channel_data_pending(self) -> None:
         """Bytes became pending in `data_to_send` after the queue was empty: take them soon."""
 
+    def channel_data_urgent(self) -> None:
+        """The bytes just queued are timed by the relay (circuit SENDMEs): take them at once."""
+
 
 class Channel:
     """The sans-IO state of one link to one relay."""
@@ -273,14 +276,17 @@ class Channel:
             raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
         self._queue(encode_cell(circ_id, command, payload, self.link_version))
 
-    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
-        """Several fixed-length cells with one circuit id and command: `payloads` is 509 bytes per cell."""
+    def send_cells(self, circ_id: int, command: int, payloads: bytes, urgent: bool = False) -> None:
+        """Several fixed-length cells with one circuit id and command: `payloads` is 509 bytes per cell.
+        `urgent` cells (circuit SENDMEs) are taken by the owner at once (`ChannelOwner.channel_data_urgent`)."""
         if self.state is not ChannelState.OPEN:
             raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
         if command == _RELAY_EARLY:
             self.padding.note_relay_early_sent()
         framed = encode_fixed_cells(circ_id, command, payloads, self.link_version)
         self._queue(framed)
+        if urgent and self.owner is not None:
+            self.owner.channel_data_urgent()
 
     def send_padding(self) -> None:
         """One PADDING cell (tor-spec "Link padding": circuit id 0, zero payload), which the relay drops."""

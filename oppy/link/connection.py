@@ -31,7 +31,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-from twisted.internet import defer, error, protocol, reactor as default_reactor, task
+from twisted.internet import defer, error, protocol, reactor as default_reactor, task, tcp
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -167,6 +167,20 @@ class RelayConnection(protocol.Protocol):
         """ChannelOwner: cells were queued; they go out at the end of this reactor iteration."""
         if self._flush_call is None and self.transport is not None:
             self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def channel_data_urgent(self) -> None:
+        """ChannelOwner: the cells just queued are timed by the relay (circuit SENDMEs, whose arrival the exit's
+        congestion control takes as the end of a round trip): TLS-encrypted and handed to the socket now, not
+        after the rest of this read and the next reactor iteration's other reads."""
+        if self.transport is None or self._transport_paused or self.channel.paused:
+            return  # the scheduled flush takes them (a paused channel resumes its circuits there)
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+        self._flush()
+        if isinstance(self.transport, tcp.Connection):
+            # Twisted's write only buffers until the reactor polls for writability; its doWrite sends what
+            # the socket takes and leaves the rest (or an error) to the reactor's next poll.
+            self.transport.doWrite()
 
     def _flush(self, force: bool = False) -> None:
         self._flush_call = None

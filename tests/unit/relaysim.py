@@ -447,6 +447,8 @@ class RecordingChannel:
         self.circuits: dict = {}
         self.sent: list[tuple[int, int, bytes]] = []
         self.destroyed: list[tuple[int, int]] = []
+        # How many of the cells sent were to be written at once (circuit SENDMEs).
+        self.urgent_cells = 0
 
     def allocate_circuit_id(self, circuit) -> int:
         circ_id = self.next_circ_id
@@ -457,8 +459,10 @@ class RecordingChannel:
     def send_cell(self, circ_id: int, command: int, payload: bytes) -> None:
         self.sent.append((circ_id, command, bytes(payload)))
 
-    def send_cells(self, circ_id: int, command: int, payloads: bytes) -> None:
+    def send_cells(self, circ_id: int, command: int, payloads: bytes, urgent: bool = False) -> None:
         assert len(payloads) % PAYLOAD_LEN == 0, "relay cells come as whole 509-byte payloads"
+        if urgent:
+            self.urgent_cells += len(payloads) // PAYLOAD_LEN
         for offset in range(0, len(payloads), PAYLOAD_LEN):
             self.send_cell(circ_id, command, payloads[offset:offset + PAYLOAD_LEN])
 

@@ -212,3 +212,41 @@ def test_the_sendmes_of_one_read_carry_each_its_own_trigger_tag():
     assert [(m.hop, m.command, m.data) for m in sent] == [
         (2, RELAY_SENDME, sendme_v1_body(exit_tags[index])) for index in (30, 61, 92)]
     assert circuit.window.deliver == CIRCWINDOW_START - 100 + 3 * 31
+
+
+def test_the_sendmes_a_read_owes_are_written_at_once_before_its_data_reaches_a_stream():
+    """The exit's Vegas times each SENDME from the cell that triggered it: every moment it waits on our side
+    (the read's data delivered first, the link's write left to the end of the reactor iteration) shrinks
+    the exit's window. So the SENDMEs go out urgent (the link writes them at once), and before the data of the
+    read is delivered to the stream that follows the trigger."""
+    circuit, channel, path = cc_circuit()
+    seen = []
+
+    class Sink:
+        def stream_connected(self, stream): pass
+
+        def stream_data(self, stream, data):
+            seen.append((stream.stream_id, len(data), channel.urgent_cells))
+
+        def stream_writable(self, stream, writable): pass
+
+        def stream_ended(self, stream, end): pass
+
+    streams = []
+    for _ in range(2):
+        stream = Stream(Sink(), "example.com", 80, StreamKind.CONNECT)
+        stream.attach(circuit)
+        (begin,) = channel.take()
+        path.receive(begin[2])
+        circuit.cell_received(CMD_RELAY, path.send(2, 4, stream.stream_id, b""))  # CONNECTED
+        streams.append(stream)
+    first, second = (stream.stream_id for stream in streams)
+    # One read: 40 DATA cells for the first stream (the 31st triggers a SENDME), 40 for the second (its 22nd,
+    # the read's 62nd, triggers the next).
+    cells = b"".join(path.send(2, RELAY_DATA, stream_id, b"z" * 100) for stream_id in [first] * 40 + [second] * 40)
+    circuit.relay_cells_received(cells)
+    assert seen == [(first, 4000, 1), (second, 4000, 2)]
+    sent = [path.receive(payload) for _, _, payload in channel.take()]
+    exit_tags = path.hops[2].backward_tags
+    assert [(m.command, m.data) for m in sent] == [(RELAY_SENDME, sendme_v1_body(exit_tags[-80 + index]))
+                                                   for index in (30, 61)]

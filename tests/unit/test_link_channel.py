@@ -327,6 +327,9 @@ class RecordingChannelOwner:
     def channel_data_pending(self):
         self.calls.append(1)
 
+    def channel_data_urgent(self):
+        self.calls.append("urgent")
+
 
 def test_the_owner_is_told_when_output_becomes_pending():
     owner = RecordingChannelOwner()
@@ -340,6 +343,20 @@ def test_the_owner_is_told_when_output_becomes_pending():
     channel.data_to_send()
     channel.send_cell(INITIATOR_BIT | 9, CMD_RELAY, bytes(PAYLOAD_LEN))
     assert calls == [1, 1]
+
+
+def test_urgent_cells_have_the_owner_take_them_at_once_even_behind_others():
+    """Circuit SENDMEs: the relay's congestion control times them, so they do not wait for the iteration's end."""
+    owner = RecordingChannelOwner()
+    channel = new_channel(owner=owner)
+    channel.data_to_send()
+    channel.receive_data(b"".join(handshake_cells()))
+    channel.data_to_send()
+    owner.calls.clear()
+    channel.send_cells(INITIATOR_BIT | 9, CMD_RELAY, bytes(PAYLOAD_LEN))
+    channel.send_cells(INITIATOR_BIT | 9, CMD_RELAY, bytes(2 * PAYLOAD_LEN), urgent=True)
+    assert owner.calls == [1, "urgent"]
+    assert len(parse_cells(channel.data_to_send())) == 3
 
 
 def test_a_queue_past_the_high_watermark_pauses_the_circuits_until_it_is_taken():
