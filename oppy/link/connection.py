@@ -177,9 +177,10 @@ class RelayConnection(protocol.Protocol):
         if self._flush_call is not None:
             self._flush_call.cancel()
         self._flush()
-        if isinstance(self.transport, tcp.Connection):
+        if isinstance(self.transport, tcp.Connection) and not self.transport.disconnecting:
             # Twisted's write only buffers until the reactor polls for writability; its doWrite sends what
-            # the socket takes and leaves the rest (or an error) to the reactor's next poll.
+            # the socket takes and leaves the rest (or an error) to the reactor's next poll. (Not while
+            # closing: there doWrite's answer is what ends the connection, which only the reactor acts on.)
             self.transport.doWrite()
 
     def _flush(self, force: bool = False) -> None:
