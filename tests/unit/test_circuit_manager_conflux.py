@@ -116,18 +116,24 @@ def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_i
     assert link.data[33:49] == struct.pack(">QQ", 1, 0)
 
 
-def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
-    # A leg that sent LINK has a timer for its LINKED; close_all cancels it (oppy.launch's stop() checks
-    # that nothing of oppy is left on the caller's reactor).
+def conflux_manager(relays: int):
+    """A manager with conflux on, `relays` guards and middles to one exit offering congestion control."""
     clock = Clock()
     exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
-    guards = [SimulatedRelay(f"guard{i}") for i in range(2)]
-    middles = [SimulatedRelay(f"middle{i}") for i in range(2)]
+    guards = [SimulatedRelay(f"guard{i}") for i in range(relays)]
+    middles = [SimulatedRelay(f"middle{i}") for i in range(relays)]
     relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
     links = OneChannelLinks()
     manager = CircuitManager(links, ConfluxPaths(guards, middles, exit_relay), reactor=clock,
                              clock=clock.seconds, preemptive_circuits=0, build_times=not_learning(clock))
     manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
+    return clock, links, relays_by_guard, manager
+
+
+def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
+    # A leg that sent LINK has a timer for its LINKED; close_all cancels it (oppy.launch's stop() checks
+    # that nothing of oppy is left on the caller's reactor).
+    clock, links, relays_by_guard, manager = conflux_manager(2)
     manager.launch_conflux_set()
     assert len(build_legs(links, relays_by_guard)) == 2
     assert any("link_timed_out" in repr(call) for call in clock.getDelayedCalls())
@@ -138,15 +144,7 @@ def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
 def test_a_set_torn_down_before_linking_holds_back_the_next_prebuilt_set():
     # A dead first hop (a killed transport) fails every leg at once: without a pause the manager launched a
     # new set within milliseconds, about 20 in a row, each failure telling the only bridge it was down.
-    clock = Clock()
-    exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
-    guards = [SimulatedRelay(f"guard{i}") for i in range(4)]
-    middles = [SimulatedRelay(f"middle{i}") for i in range(4)]
-    relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
-    links = OneChannelLinks()
-    manager = CircuitManager(links, ConfluxPaths(guards, middles, exit_relay), reactor=clock,
-                             clock=clock.seconds, preemptive_circuits=0, build_times=not_learning(clock))
-    manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
+    clock, links, relays_by_guard, manager = conflux_manager(4)
     record = manager.launch_conflux_set()
     launched = 0
     for _ in range(30):  # every leg, replacement (cfx_max_unlinked_leg_retry) and prebuilt set fails
