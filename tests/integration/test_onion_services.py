@@ -410,11 +410,19 @@ def test_a_service_whose_tor_is_gone_answers_f2(network, own_service, fresh_oppy
     own_service.stop()
     time.sleep(INTRO_CIRCUITS_GONE)
     started = time.monotonic()
-    assert socks_reply(fresh_oppy.extended_port, own_service.address) == 0xF2
+    reply = socks_reply(fresh_oppy.extended_port, own_service.address)
     assert time.monotonic() - started < SERVICE_TIMEOUT
-    assert fresh_oppy.info_log.count("introduction point failed: INTRODUCE_ACK status") >= 2
-    # tor close_or_reextend_intro_circ: one rendezvous circuit served every introduction point, closed at the end.
-    assert fresh_oppy.info_log.count("closed: introduction failed") == 1
+    assert fresh_oppy.info_log.count("introduction point failed: INTRODUCE_ACK status") >= 1
+    if reply == 0xF3:
+        # Seen once in CI: one introduction point still held the dead service's circuit, relayed INTRODUCE1
+        # and acknowledged it; then no RENDEZVOUS2 came, and tor answers F3 for that too.
+        assert "closed: rendezvous failed" in fresh_oppy.info_log
+    else:
+        assert reply == 0xF2
+        assert fresh_oppy.info_log.count("introduction point failed: INTRODUCE_ACK status") >= 2
+        # tor close_or_reextend_intro_circ: one rendezvous circuit served every introduction point, closed at
+        # the end.
+        assert fresh_oppy.info_log.count("closed: introduction failed") == 1
     assert socks_reply(fresh_oppy.socks_port, own_service.address) == 0x04
 
 
