@@ -9,6 +9,7 @@ when the client stops reading what we write we stop granting stream SENDMEs to t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -208,6 +209,19 @@ class SocksClientProtocol(protocol.Protocol):
         self._open(lambda: connector.open_stream(self, address, request.port, self._isolation(request, peer),
                                                  source=f"{peer.host}:{peer.port}"), StreamKind.CONNECT)
 
+    def _refused_traffic(self, target: str) -> str | None:
+        """Why the port's NoIPv4Traffic, NoIPv6Traffic or NoDNSRequest (OnionTrafficOnly clears all three)
+        refuses `target`, or None (tor connection_ap_handshake_rewrite_and_attach: END_STREAM_REASON_ENTRYPOLICY)."""
+        try:
+            version = ipaddress.ip_address(target.strip("[]")).version
+        except ValueError:
+            return None if "DNSRequest" in self.flags else "the port does not take hostnames (NoDNSRequest)"
+        if version == 4 and "IPv4Traffic" not in self.flags:
+            return "the port does not take IPv4 addresses (NoIPv4Traffic)"
+        if version == 6 and "IPv6Traffic" not in self.flags:
+            return "the port does not take IPv6 addresses (NoIPv6Traffic)"
+        return None
+
     def _isolation(self, request: SocksRequest, peer) -> StreamIsolation:
         """The stream's isolation: the port's flags and session group, the client's address, protocol and
         credentials."""
@@ -230,6 +244,11 @@ class SocksClientProtocol(protocol.Protocol):
             return
         if is_onion_hostname(target):
             self._onion_request(request, target)
+            return
+        refused = self._refused_traffic(target)
+        if refused is not None:
+            log.warning("Refusing a SOCKS request: %s", refused)
+            self._refuse_for(LocalEndReason.ENTRYPOLICY)
             return
         if self._refused_by_safe_socks(request, mapped is not None):
             self._send_replies()
