@@ -1,6 +1,7 @@
 """Congestion control (prop 324) with the private network's 0.4.9 exits: negotiated with every exit when the
 consensus has it on (tor's default cc_alg=2), fixed windows when it is off (a network brought up with
-OPPY_TEST_CONSENSUS_PARAMS="sendme_accept_min_version=1 cc_alg=0"); transfers byte-exact either way."""
+OPPY_TEST_CONSENSUS_PARAMS="sendme_accept_min_version=1 cc_alg=0"); transfers byte-exact either way. Every
+run also turns it off for a while near its end: test_zy_congestion_control_off."""
 
 from __future__ import annotations
 

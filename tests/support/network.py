@@ -82,6 +82,16 @@ class TestNetwork:
     def node(self, nickname: str) -> dict:
         return next(n for n in self.nodes if n["nickname"] == nickname)
 
+    def set_consensus_params(self, params: str) -> None:
+        """Give the authorities new ConsensusParams and return once every relay holds a consensus with them
+        (`scripts/testnet params`: within about two voting intervals of 20 s)."""
+        result = subprocess.run([sys.executable, str(TESTNET), "params", "--dir", self.state["dir"],
+                                 "--consensus-params", params], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"scripts/testnet params failed (exit {result.returncode}):\n{result.stdout}"
+                               f"{result.stderr}")
+        self.state["consensus_params"] = params
+
     def mark_relay_logs(self) -> None:
         """Remember how long each relay's notice.log is, so tests can read what was logged since."""
         for relay in self.relays():
