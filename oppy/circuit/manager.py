@@ -441,6 +441,8 @@ class ManagedStream:
         # (ATTACHSTREAM HOP=).
         self.exit_relay: RelayTarget | None = None
         self.timer = None
+        # Flushes the stream once the rate its exit advised allows more (Stream.flush, StreamOwner).
+        self.rate_timer = None
         # Unattached until a controller's ATTACHSTREAM (__LeaveStreamsUnattached): tor's CONTROLLER_WAIT.
         self.awaiting_controller = False
 
@@ -1086,6 +1088,8 @@ class CircuitManager:
     def stream_ended(self, stream: Stream, end: StreamEnd) -> None:
         managed = self._managed_streams.pop(stream)
         self._cancel_timer(managed)
+        if managed.rate_timer is not None and managed.rate_timer.active():
+            managed.rate_timer.cancel()
         self._stream_changed(managed)
         self.streams.pop(managed.number, None)
         if managed in self._stream_waiters:
@@ -1095,6 +1099,11 @@ class CircuitManager:
         managed = self._managed_streams.get(stream)
         if managed is not None:
             self._notify(StreamFlowChanged(managed, event))
+
+    def stream_rate_limited(self, stream: Stream, delay: float) -> None:
+        managed = self._managed_streams.get(stream)
+        if managed is not None and (managed.rate_timer is None or not managed.rate_timer.active()):
+            managed.rate_timer = self.reactor.callLater(delay, stream.flush)
 
     def _cancel_timer(self, managed: ManagedStream) -> None:
         if managed.timer is not None and managed.timer.active():

@@ -16,7 +16,8 @@ hears how much both hold, once per read or write, never per cell (MaxMemInQueues
 On a circuit with congestion control (`circuit.congestion_control` is not None) the stream keeps no windows:
 XON/XOFF (`oppy.stream.xon_xoff`, proposal 324) bound the receive queue instead, by asking the exit to stop
 once the client has let `cc_xoff_client` cells' worth wait, and an XOFF from the exit stops the packaging
-until its XON.
+until its XON. An XON that advises a rate holds the packaging to it (a token bucket, as tor's edge
+connections): the stream asks its owner to flush it again when the bucket has refilled.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class StreamOwner(Protocol):
 
     def stream_flow_control(self, stream: "Stream", event: FlowControlEvent) -> None:
         """The stream sent or received an XON or XOFF (tor reports each as a STREAM event)."""
+
+    def stream_rate_limited(self, stream: "Stream", delay: float) -> None:
+        """The stream's upload waits for the rate the exit advised: `stream.flush()` in `delay` seconds (one
+        call pending per stream is enough)."""
 
 
 class Stream:
@@ -324,7 +329,7 @@ class Stream:
             if command == RelayCommand.XOFF:
                 self.flow.xoff_received_cell(data)
             else:
-                self.flow.xon_received_cell(data)
+                self.flow.xon_received_cell(data, self.clock())
         except FlowControlError as exc:
             log.info("Ignoring an %s from the exit on stream %d: %s", RelayCommand(command).name, self.stream_id,
                      exc)
@@ -453,7 +458,7 @@ class Stream:
 
     def flush(self) -> None:
         """Package buffered bytes into DATA cells while both windows are open (on a congestion-controlled
-        circuit: while the circuit takes data and the exit has not said XOFF).
+        circuit: while the circuit takes data, the exit has not said XOFF and the rate it advised allows).
 
         Every cell the windows allow right now is cut and handed to the circuit in one call
         (`send_data_many`, which encrypts them together).
@@ -464,8 +469,13 @@ class Stream:
         buffer = self._send_buffer
         window = self.window
         flow = self.flow
+        limit = flow.rate_limit if flow is not None else None
+        if limit is not None:
+            limit.refill(self.clock())
         while buffer and window.package > 0 and (flow is None or flow.may_send):
             room = min(window.package, circuit.package_room)
+            if limit is not None:
+                room = min(room, limit.cells)
             if room <= 0:
                 break
             chunks = []
@@ -478,6 +488,8 @@ class Stream:
                 flow.data_sent(sent)
             self._send_buffered -= sent
             self.bytes_written += sent
+        if buffer and limit is not None and limit.level <= 0 and flow.may_send and self.owner is not None:
+            self.owner.stream_rate_limited(self, limit.delay())
         self._update_writable()
         self._report_queued()
         if not buffer and self._close_after_flush is not None:

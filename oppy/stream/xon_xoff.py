@@ -6,8 +6,9 @@ read, bytes from the exit wait in the stream; once more than `cc_xoff_client` ce
 the exit to stop. Once the wait is over (nothing queued), XON lets it go on and advises the rate at which
 the client drained the stream (an EWMA in kilobytes/s), and a new XON goes out whenever that rate moves by
 more than `cc_xon_change_pct` percent. Uploads: an XOFF from the exit stops the stream's packaging until its
-XON. The exit's XON/XOFF are checked against the bytes we sent (tor's dropmark guard: more of them than the
-bytes could have caused is a protocol warning, obeyed all the same).
+XON, and an XON that advises a rate limits the packaging to it (:class:`RateLimit`, tor's token bucket) until
+an XON without one. The exit's XON/XOFF are checked against the bytes we sent (tor's dropmark guard: more of
+them than the bytes could have caused is a protocol warning, obeyed all the same).
 
 :class:`StreamFlowControl` is fed byte counts and a clock value and returns the cell to send, if any; the
 stream sends it. Nothing here is called per cell: once per read from the circuit, per delivery to the
@@ -48,6 +49,12 @@ TOTAL_XMIT_SCALE_AT = 10 * (1 << 20)
 _DRAINED_BYTES_MAX = 0xFFFFFFFF
 # compute_drain_rate caps the rate at INT32_MAX.
 _RATE_MAX = 0x7FFFFFFF
+# circuit_process_stream_xon: an XON's kbps_ewma is in units of 1000 bytes/s; 0, or a rate past INT32_MAX
+# bytes/s, sets no limit.
+XON_RATE_UNIT = 1000
+# tor's TokenBucketRefillInterval (100 ms by default): a connection its bucket stopped is looked at again on the
+# next refill, so a stream held by its rate limit waits at least this long.
+RATE_LIMIT_REFILL_INTERVAL = 0.1
 
 
 class FlowControlEvent(enum.Enum):
@@ -114,6 +121,47 @@ class SendXon:
         return encode_xon_body(self.kbps_ewma)
 
 
+class RateLimit:
+    """The token bucket an exit's XON puts on what we package from the local client (tor's
+    token_bucket_rw_adjust(&conn->bucket, rate, rate) on the edge connection, whose reads it bounds).
+
+    `rate` bytes a second, at most one second's worth at once. Packaging goes on while `level` is above zero
+    and takes what it sent off it, so it may end below zero by the last cell (tor's buckets may too). Times
+    are seconds on a monotonic clock.
+    """
+
+    def __init__(self, rate: int, now: float) -> None:
+        self.rate = rate
+        self.level = float(rate)  # a new bucket is full (tor's was full at its unlimited rate, then capped)
+        self._refilled_at = now
+
+    def __repr__(self) -> str:
+        return f"<RateLimit {self.rate} B/s level={self.level:.0f}>"
+
+    def adjust(self, rate: int, now: float) -> None:
+        """A new advised rate: the level is capped at the new burst, not refilled (token_bucket_raw_adjust)."""
+        self.refill(now)
+        self.rate = rate
+        self.level = min(self.level, float(rate))
+
+    def refill(self, now: float) -> None:
+        """Add what `rate` gave since the last refill, up to one second's worth. A clock that went back adds
+        nothing and counts from `now`."""
+        elapsed = now - self._refilled_at
+        if elapsed > 0:
+            self.level = min(float(self.rate), self.level + elapsed * self.rate)
+        self._refilled_at = now
+
+    @property
+    def cells(self) -> int:
+        """How many DATA cells may be packaged now: as many as start while the level is above zero."""
+        return -int(-self.level // RELAY_PAYLOAD_LEN) if self.level > 0 else 0
+
+    def delay(self) -> float:
+        """Seconds until a full cell's worth is back (at least tor's refill interval)."""
+        return max(RATE_LIMIT_REFILL_INTERVAL, (RELAY_PAYLOAD_LEN - self.level) / self.rate)
+
+
 def _n_count_ewma(current: int, previous: int, count: int) -> int:
     """tor's n_count_ewma: the N-EWMA of `current` over `previous` (the first value is taken as it is)."""
     if previous == 0:
@@ -126,8 +174,8 @@ class StreamFlowControl:
 
     Downloads: `data_received` after data from the exit arrived, `drained` after some was handed to the
     client; both return a cell to send or None. Uploads: `xoff_received_cell` / `xon_received_cell` for the
-    exit's cells, `data_sent` for what was packaged, and `may_send` says whether packaging may go on.
-    Times are seconds on a monotonic clock.
+    exit's cells, `data_sent` for what was packaged, `may_send` says whether packaging may go on, and
+    `rate_limit` (None: none) how much of it. Times are seconds on a monotonic clock.
     """
 
     def __init__(self, params: FlowControlParams = FlowControlParams()) -> None:
@@ -144,6 +192,7 @@ class StreamFlowControl:
         # Uploads (the exit reads).
         self.xoff_received = False
         self.advised_rate = 0  # the exit's last XON advice in kB/s (0: none)
+        self.rate_limit: RateLimit | None = None
         self._total_bytes_xmit = 0
         self._num_xoff_recv = 0
         self._num_xon_recv = 0
@@ -252,6 +301,8 @@ class StreamFlowControl:
         if self._total_bytes_xmit >= TOTAL_XMIT_SCALE_AT - length:
             self._scale_down()
         self._total_bytes_xmit += length
+        if self.rate_limit is not None:
+            self.rate_limit.level -= length
 
     def _scale_down(self) -> None:
         self._total_bytes_xmit //= 2
@@ -274,9 +325,9 @@ class StreamFlowControl:
         log.info("Got XOFF: the stream's upload waits for the exit's XON")
         self.xoff_received = True
 
-    def xon_received_cell(self, body: bytes) -> None:
-        """The exit's XON: packaging may go on; its rate advice is kept (circuit_process_stream_xon).
-        Raises FlowControlError for a malformed one (then nothing changes)."""
+    def xon_received_cell(self, body: bytes, now: float) -> None:
+        """The exit's XON: packaging may go on, at the rate it advises if it advises one
+        (circuit_process_stream_xon). Raises FlowControlError for a malformed one (then nothing changes)."""
         try:
             rate = decode_xon_body(body)
         except CellParseError as exc:
@@ -289,6 +340,13 @@ class StreamFlowControl:
         log.info("Got XON: %d kB/s advised", rate)
         self.advised_rate = rate
         self.xoff_received = False
+        limit = rate * XON_RATE_UNIT
+        if rate == 0 or limit > _RATE_MAX:
+            self.rate_limit = None
+        elif self.rate_limit is None:
+            self.rate_limit = RateLimit(limit, now)
+        else:
+            self.rate_limit.adjust(limit, now)
 
     def _check_plausible(self, what: str, count: int, bytes_each: int) -> None:
         """tor's dropmark guard: more XON/XOFF than our bytes sent could have caused is a protocol warning

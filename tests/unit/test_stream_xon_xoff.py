@@ -120,10 +120,48 @@ def test_the_exits_xoff_stops_packaging_until_its_xon():
     assert flow.may_send
     flow.xoff_received_cell(b"\x00")
     assert not flow.may_send
-    flow.xon_received_cell(encode_xon_body(1234))
+    flow.xon_received_cell(encode_xon_body(1234), 1.0)
     assert flow.may_send and flow.advised_rate == 1234
-    flow.xon_received_cell(encode_xon_body(0) + b"\x00" * 10)  # an advisory XON (with padding): still open
+    flow.xon_received_cell(encode_xon_body(0) + b"\x00" * 10, 1.0)  # an advisory XON (with padding): still open
     assert flow.may_send and flow.advised_rate == 0
+
+
+def test_an_xon_with_a_rate_sets_tors_token_bucket_and_an_xon_without_one_lifts_it():
+    """circuit_process_stream_xon: token_bucket_rw_adjust(bucket, kbps_ewma * 1000, the same as burst)."""
+    flow = StreamFlowControl()
+    flow.data_sent(20 * LIMIT)  # enough bytes sent to explain the XONs below (the dropmark guard)
+    assert flow.rate_limit is None
+    flow.xon_received_cell(encode_xon_body(100), 10.0)  # 100 kB/s: 100_000 bytes a second, one second's burst
+    limit = flow.rate_limit
+    assert (limit.rate, limit.level) == (100_000, 100_000)
+    assert limit.cells == 201  # cells start while the level is above zero: 200 * 498 = 99_600 < 100_000
+    flow.data_sent(201 * CELL)  # 100_098 bytes
+    assert limit.level == -98 and limit.cells == 0
+    assert limit.delay() == 0.1  # a cell's worth is back in 6 ms, but tor refills every 100 ms
+    limit.refill(10.25)
+    assert limit.level == -98 + 25_000 and limit.cells == 51  # 50 * 498 = 24_900 < 24_902
+    limit.refill(12.0)
+    assert limit.level == 100_000  # at most one second's worth
+    limit.refill(11.0)  # the clock went back: nothing added, counted from now
+    limit.refill(11.5)
+    assert limit.level == 100_000
+    flow.xon_received_cell(encode_xon_body(10), 11.5)  # a lower rate caps the level at its burst
+    assert flow.rate_limit is limit and (limit.rate, limit.level) == (10_000, 10_000)
+    flow.data_sent(9000)
+    flow.xon_received_cell(encode_xon_body(50), 11.5)  # a higher one does not refill it
+    assert (limit.rate, limit.level) == (50_000, 1000)
+    assert limit.delay() == 0.1 and flow.rate_limit.cells == 3
+    flow.data_sent(3 * CELL)
+    assert limit.level == -494 and limit.delay() == 0.1  # 992 bytes in 19.8 ms; tor looks again in 100
+    flow.xon_received_cell(encode_xon_body(1), 11.5)
+    assert limit.delay() == pytest.approx(0.992)  # 1000 bytes a second
+    flow.xon_received_cell(encode_xon_body(0), 11.5)
+    assert flow.rate_limit is None and flow.may_send
+    flow.data_sent(CELL)  # no bucket to take it from
+    flow.xon_received_cell(encode_xon_body(2_147_484), 11.5)  # 2_147_484_000 bytes/s is past INT32_MAX: none
+    assert flow.rate_limit is None
+    flow.xon_received_cell(encode_xon_body(2_147_483), 11.5)
+    assert flow.rate_limit.rate == 2_147_483_000
 
 
 @pytest.mark.parametrize(("command", "body", "message"), [
@@ -138,8 +176,11 @@ def test_malformed_cells_are_a_clear_error_and_change_nothing(command, body, mes
     if command == "xon":
         flow.xoff_received_cell(b"\x00")
     with pytest.raises(FlowControlError, match=f"^{message}$"):
-        getattr(flow, f"{command}_received_cell")(body)
-    assert flow.may_send is (command == "xoff")
+        if command == "xon":
+            flow.xon_received_cell(body, 1.0)
+        else:
+            flow.xoff_received_cell(body)
+    assert flow.may_send is (command == "xoff") and flow.rate_limit is None
 
 
 def test_a_second_xoff_without_xon_is_an_error():
@@ -162,7 +203,7 @@ def test_more_xoffs_than_the_bytes_sent_explain_are_logged_and_obeyed(caplog):
     caplog.clear()
     flow.data_sent(1)
     with caplog.at_level(logging.INFO, logger="oppy.stream.xon_xoff"):
-        flow.xon_received_cell(encode_xon_body(5))
+        flow.xon_received_cell(encode_xon_body(5), 1.0)
     assert "more XON" not in caplog.text  # 249_000 bytes sent explain one XON
     assert "Got XON: 5 kB/s advised" in caplog.text
     assert flow.may_send
@@ -302,6 +343,56 @@ def test_the_exits_xoff_holds_the_upload_in_the_bounded_send_buffer_until_its_xo
     # As much as the congestion window leaves goes out; the rest waits for circuit SENDMEs.
     assert exit_.received(stream.stream_id) == [(RelayCommand.DATA, b"b" * CELL)] * (room - 10)
     assert stream.flow.advised_rate == 100 and stream.flow.may_send
+
+
+def test_the_upload_keeps_to_the_rate_the_exits_xon_advised_until_an_xon_without_one():
+    """The rate is kept with the clock handed in; the manager flushes the stream again when the stream asks
+    (its reactor's timer)."""
+    reactor = ReactorClock()
+    manager = manager_without_network(reactor)
+    manager.attach_automatically = False
+    managed = manager.open_stream(CollectingSink(), "127.0.0.1", 80)
+    stream, sink, exit_, clock = connected_stream(stream=managed.stream)
+
+    def advance(seconds):
+        clock.now += seconds
+        reactor.advance(seconds)
+        return len(exit_.received(stream.stream_id))
+
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(10))  # 10_000 bytes a second
+    assert stream.flow.rate_limit.rate == 10_000
+    stream.write(b"u" * 100 * CELL)
+    assert len(exit_.received(stream.stream_id)) == 21  # 21 cells while the level is above zero: -458 left
+    assert managed.rate_timer.getTime() == reactor.seconds() + 0.1
+    assert advance(0.05) == 0
+    assert advance(0.05) == 2  # -458 + 1000 = 542: two cells start, -454 left
+    assert advance(1.0) == 20  # the timer 0.1 s on: 9546 (not 10_000: at most one second's worth), -414 left
+    assert advance(0.1) == 2
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(0))
+    assert len(exit_.received(stream.stream_id)) == 100 - 45  # the rest, as the congestion window allows
+    assert stream.flow.rate_limit is None and stream.bytes_written == 100 * CELL
+    assert advance(0.1) == 0  # the timer pending then finds nothing to send
+    assert managed.rate_timer is not None and not managed.rate_timer.active()
+
+
+def test_no_timer_while_the_exit_holds_the_upload_with_xoff_and_none_after_the_stream_ends():
+    reactor = ReactorClock()
+    manager = manager_without_network(reactor)
+    manager.attach_automatically = False
+    managed = manager.open_stream(CollectingSink(), "127.0.0.1", 80)
+    stream, sink, exit_, clock = connected_stream(stream=managed.stream)
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(1))  # 1000 bytes a second
+    stream.write(b"u" * 2 * CELL)
+    assert managed.rate_timer is None  # two cells start within 1000 bytes: nothing waits
+    exit_.send(RelayCommand.XOFF, stream.stream_id, b"\x00")
+    stream.write(b"u" * 2 * CELL)
+    assert managed.rate_timer is None  # the XON will flush it
+    exit_.send(RelayCommand.XON, stream.stream_id, encode_xon_body(1))
+    assert managed.rate_timer.active()  # 4 bytes left: one cell starts, the other waits
+    stream.close()
+    assert not managed.rate_timer.active()
+    assert [command for command, _ in exit_.received(stream.stream_id)] == [RelayCommand.DATA] * 3 + [
+        RelayCommand.END]
 
 
 def test_a_malformed_xon_is_logged_and_ignored(caplog):
