@@ -47,6 +47,19 @@ def read_headers(sock: socket.socket) -> bytes:
     return rest
 
 
+def read_to_the_end(sock: socket.socket, digest, received: int, length: int) -> int:
+    """Read the rest of a `length`-byte download at full speed into `digest`, then close; returns how many
+    bytes came in all."""
+    sock.settimeout(60)
+    while received < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the download ended after {received} bytes"
+        digest.update(chunk)
+        received += len(chunk)
+    sock.close()
+    return received
+
+
 def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exact(network, oppy):
     congestion_control = network_cc_alg(network) != 0
     controller = Controller.from_port(port=oppy.control_port)
@@ -78,14 +91,7 @@ def test_a_slow_reader_gets_xoff_memory_stays_bounded_then_xon_finishes_byte_exa
         assert xoffs == 0, "XOFF on a circuit with fixed windows"
     assert (peak - before) < 30 * 1024, f"oppy grew by {(peak - before) / 1024:.1f} MiB"
     # Reading at full speed again: the XON lets the exit go on, to the last byte.
-    sock.settimeout(60)
-    while received < HUNDRED_MB:
-        chunk = sock.recv(1 << 20)
-        assert chunk, f"the download ended after {received} bytes"
-        digest.update(chunk)
-        received += len(chunk)
-    sock.close()
-    assert received == HUNDRED_MB
+    assert read_to_the_end(sock, digest, received, HUNDRED_MB) == HUNDRED_MB
     assert digest.hexdigest() == expected_sha256(network, HUNDRED_MB)
     time.sleep(0.5)
     controller.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import threading
 import time
 
@@ -24,7 +23,7 @@ import pytest
 from stem.control import Controller, EventType
 
 from tests.integration.test_congestion_control import FIXED, NEGOTIATED, curl, network_cc_alg
-from tests.integration.test_flow_control import expected_sha256, read_headers
+from tests.integration.test_flow_control import expected_sha256, read_headers, read_to_the_end
 from tests.support.network import EXTERNAL_DIR, TestNetwork
 from tests.support.oppy_process import OppyProcess
 from tests.support.socks_client import socks5_request
@@ -133,14 +132,7 @@ def test_a_reader_that_stops_holds_the_exit_at_the_stream_window_then_finishes_b
     held = [read for arrival, circ, read in events.circuit_reads
             if circ == circuit and arrival > stopped + HELD_AFTER + 1]  # CIRC_BW: the second before arrival
     assert sum(held) == 0, f"the exit went on sending while the reader read nothing: {held}"
-    sock.settimeout(60)
-    while received < length:
-        chunk = sock.recv(1 << 20)
-        assert chunk, f"the download ended after {received} bytes"
-        digest.update(chunk)
-        received += len(chunk)
-    sock.close()
-    assert received == length
+    assert read_to_the_end(sock, digest, received, length) == length
     assert digest.hexdigest() == expected_sha256(network, length)
     time.sleep(1.5)  # the last CIRC_BW event: the circuit's events were those of this download
     assert sum(read for _, circ, read in events.circuit_reads if circ == circuit) >= length
