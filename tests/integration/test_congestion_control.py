@@ -10,10 +10,17 @@ import re
 import subprocess
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 
+from oppy.circuit.build import build_circuit
+from oppy.circuit.congestion import CongestionParams
+from oppy.link.connection import LinkPool
+from oppy.stream.stream import Stream
 from tests.support.network import TestNetwork
 from tests.support.oppy_process import OppyProcess
-from tests.support.relays import fetch
+from tests.support.relays import fetch, relay_targets
+from tests.support.streams import CollectingSink, http_response_body
 
 MB = 1000 * 1000
 NEGOTIATED = re.compile(r"Circuit (\d+): congestion control \(Vegas\) negotiated with \$[0-9A-F]{40}~(\S+), "
@@ -70,3 +77,41 @@ def test_every_exit_circuit_negotiates_congestion_control_as_the_consensus_says(
     assert negotiated and fixed == []
     assert {nickname for nickname, _ in negotiated} <= exits
     assert {sendme_inc for _, sendme_inc in negotiated} == {31}
+
+
+@defer.inlineCallbacks
+def exits_answering_a_congestion_control_request(network: TestNetwork):
+    """Ask each exit for congestion control whatever the consensus says (as tor's __AlwaysCongestionControl
+    does) on a circuit of its own, and fetch 1 MB byte-exact over it (four stream windows: SENDMEs either
+    way); fires with the nicknames of the exits that agreed."""
+    relays = relay_targets(network)
+    links = LinkPool()
+    agreed = set()
+    try:
+        for exit_ in network.relays("exit"):
+            path = [relays["relay0"], relays["relay1"], relays[exit_["nickname"]]]
+            circuit = yield build_circuit(links, path, congestion=CongestionParams())
+            if circuit.congestion_control is not None:
+                agreed.add(exit_["nickname"])
+            sink = CollectingSink()
+            stream = Stream(sink, "127.0.0.1", network.http_port)
+            stream.attach(circuit)
+            yield sink.connected
+            stream.write(f"GET /bytes/{MB} HTTP/1.0\r\n\r\n".encode())
+            yield sink.ended
+            head, body = http_response_body(sink.data)
+            assert b" 200 " in head.split(b"\r\n")[0] and len(body) == MB, head
+            assert hashlib.sha256(body).hexdigest() == fetch(network.url(f"/sha256/{MB}")).decode().strip()
+            circuit.close()
+    finally:
+        links.close_all()
+    return agreed
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_exit_agrees_to_congestion_control_as_its_consensus_says(network):
+    """The exit decides by its own consensus (onion_crypto.c negotiate_v3_ntor_server_circ_params: cc_enabled
+    only when congestion_control_enabled()); test_zy_congestion_control_off asks the same with cc_alg=0."""
+    agreed = yield exits_answering_a_congestion_control_request(network)
+    everyone = {relay["nickname"] for relay in network.relays("exit")}
+    assert agreed == (set() if network_cc_alg(network) == 0 else everyone)

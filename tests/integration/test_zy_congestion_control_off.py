@@ -1,9 +1,9 @@
 """The network with congestion control off (cc_alg=0), late in the run (only test_zz_relay_logs comes after).
 
 The authorities are given `cc_alg=0` on top of their ConsensusParams (`scripts/testnet params`); once every
-relay holds that consensus, a fresh oppy reads it and asks no exit for congestion control (tor's
-congestion_control_enabled), and the exits, which read it too, would refuse one (onion_crypto.c
-negotiate_v3_ntor_server_circ_params). Every exit circuit runs the fixed windows of tor-spec "Flow control":
+relay holds that consensus, the exits refuse congestion control when asked all the same (onion_crypto.c
+negotiate_v3_ntor_server_circ_params), and a fresh oppy reads it and asks no exit (tor's
+congestion_control_enabled). Every exit circuit runs the fixed windows of tor-spec "Flow control":
 transfers byte-exact both ways, and a reader that stops holds the exit at the stream window until it reads
 again. Afterwards the original parameters are restored, and the module waits until the relays hold them again.
 
@@ -20,9 +20,16 @@ import threading
 import time
 
 import pytest
+import pytest_twisted
 from stem.control import Controller, EventType
 
-from tests.integration.test_congestion_control import FIXED, NEGOTIATED, curl, network_cc_alg
+from tests.integration.test_congestion_control import (
+    FIXED,
+    NEGOTIATED,
+    curl,
+    exits_answering_a_congestion_control_request,
+    network_cc_alg,
+)
 from tests.integration.test_flow_control import expected_sha256, read_headers, read_to_the_end
 from tests.support.network import EXTERNAL_DIR, TestNetwork
 from tests.support.oppy_process import OppyProcess
@@ -136,6 +143,14 @@ def test_a_reader_that_stops_holds_the_exit_at_the_stream_window_then_finishes_b
     assert digest.hexdigest() == expected_sha256(network, length)
     time.sleep(1.5)  # the last CIRC_BW event: the circuit's events were those of this download
     assert sum(read for _, circ, read in events.circuit_reads if circ == circuit) >= length
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_exits_refuse_congestion_control_once_their_consensus_turns_it_off(fixed_window_network):
+    """Asked all the same, each exit answers ntor v3 without the congestion-control response: the relays stop
+    negotiating it, not only the client asking (1 MB then goes over the fixed windows)."""
+    agreed = yield exits_answering_a_congestion_control_request(fixed_window_network)
+    assert agreed == set()
 
 
 def test_every_exit_circuit_ran_fixed_windows(fixed_window_network, oppy, events):
