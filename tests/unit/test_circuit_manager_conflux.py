@@ -4,6 +4,7 @@ exit stream, and a lost idle leg is replaced by one whose LINK carries the set's
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from twisted.internet.task import Clock
@@ -68,7 +69,7 @@ def received(links, circuit, path):
     return [path.receive(payload) for _, _, payload in cells]
 
 
-def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_idle_leg():
+def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_idle_leg(caplog):
     clock = Clock()
     exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
     guards = [SimulatedRelay(f"guard{i}") for i in range(3)]
@@ -104,9 +105,12 @@ def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_i
     (carrier, _), = begins
 
     idle = next(circuit for circuit in built if circuit is not carrier)
+    caplog.set_level(logging.INFO, logger="oppy.circuit.manager")
     idle.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
     assert record.tunnel.state is TunnelState.LINKED and record.tunnel.legs == [carrier]
     assert not stream.ended
+    (lost,) = [r.getMessage() for r in caplog.records if "while not in use" in r.getMessage()]
+    assert lost.startswith(f"Conflux set {record.conflux_id[:16]}: leg ") and "CHANNEL_CLOSED" in lost
     # A new leg to the set's exit, avoiding the guard and middle of the leg still there.
     assert paths.calls[-1] == (exit_relay.rsa_id, {carrier.path[0].rsa_id, carrier.path[1].rsa_id})
     built = build_legs(links, relays_by_guard)
