@@ -58,7 +58,8 @@ class TunnelOwner(Protocol):
     """Who a tunnel reports to (the circuit manager)."""
 
     def tunnel_linked(self, tunnel: "ConfluxTunnel") -> None:
-        """Every leg launched so far linked (or failed, at least one linked): the set takes streams."""
+        """Every leg launched so far linked (or failed, at least one linked): the set takes streams. Again
+        when a leg joins the linked set in place of a lost one."""
 
     def tunnel_closed(self, tunnel: "ConfluxTunnel", error: CircuitError) -> None:
         """The set is torn down (once); its streams have been told and its legs are closing."""
@@ -115,6 +116,11 @@ class ConfluxTunnel(StreamTable):
     def exit(self) -> RelayTarget | None:
         legs = self.legs or self.pending_legs
         return legs[0].exit if legs else None
+
+    @property
+    def carried_cells(self) -> bool:
+        """A stream has used the set: it sent or received multiplexed cells."""
+        return bool(self.conflux.max_seq_sent or self.conflux.last_seq_delivered or self.conflux.max_seq_recv)
 
     @property
     def is_open(self) -> bool:
@@ -176,12 +182,18 @@ class ConfluxTunnel(StreamTable):
         self._settle(error)
 
     def add_leg(self, circuit: Circuit) -> None:
-        """conflux_circuit_has_opened: send LINK on an open leg, with the set's sequence numbers (0 for a new
-        set; a leg replacing one of a linked set carries what was sent and delivered so far)."""
+        """conflux_circuit_has_opened: send LINK on an open leg, with the set's sequence numbers (0: the set
+        has carried no stream; a leg opening for a set that has is closed)."""
         if self.state is TunnelState.CLOSED:
             raise CircuitError("the conflux set is closed")
         if self._building:
             self._building -= 1
+        if self.carried_cells:
+            # tor links new legs only to sets not yet in use (it relaunches legs that failed while linking): the
+            # exit checks a LINK's numbers against what it delivered and the numbers the legs count from
+            # (validate_unlinked_legs, cfx_add_leg), and cells still on their way make it tear the set down.
+            circuit.close(DestroyReason.FINISHED, "its conflux set carried streams since the leg was launched")
+            return
         link = ConfluxLink(self.nonce, self.conflux.max_seq_sent, self.conflux.last_seq_delivered, self.desired_ux)
         circuit.start_conflux_leg(self, link.encode())
         self._pending[circuit] = self.clock()
@@ -217,7 +229,10 @@ class ConfluxTunnel(StreamTable):
                                         last_seq_sent=link.last_seqno_recv, last_seq_recv=link.last_seqno_sent))
         log.info("Conflux set %s: leg %#x to %s linked, RTT %d ms, %s scheduling.", self.nonce[:4].hex(),
                  circuit.circ_id, circuit.exit.describe(), rtt_usec // 1000, self.conflux.algorithm.value)
-        self._settle()
+        if self.state is TunnelState.LINKED:
+            self.owner.tunnel_linked(self)  # a leg in place of a lost one
+        else:
+            self._settle()
 
     def _leg_refused(self, circuit: Circuit, why: str, reason: int = DestroyReason.PROTOCOL) -> None:
         log.info("Conflux set %s: leg %#x refused: %s", self.nonce[:4].hex(), circuit.circ_id, why)

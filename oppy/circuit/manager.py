@@ -759,8 +759,9 @@ class CircuitManager:
         self._top_up()
 
     def _conflux_leg_gone(self, managed: ManagedCircuit, error: CircuitError) -> None:
-        """A leg failed or closed: the tunnel decides whether the set survives; a surviving set launches a
-        leg in its place when below cfx_num_legs_set (unlinked_circuit_closed / tor's relaunch)."""
+        """A leg failed or closed: the tunnel decides whether the set survives; a surviving set that has
+        carried no stream launches a leg in its place when below cfx_num_legs_set (unlinked_circuit_closed /
+        tor's relaunch; a set in use goes on with the legs it has, as tor's linked sets do)."""
         record = managed.conflux_set
         if record is None:
             return
@@ -780,7 +781,7 @@ class CircuitManager:
             log.info("Conflux set %s: leg %d closed while not in use (%s); the set goes on with legs %s.",
                      record.conflux_id[:16], managed.number, error,
                      [leg.number for leg in record.legs])
-        if len(record.legs) < self.conflux_params.num_legs_set:
+        if len(record.legs) < self.conflux_params.num_legs_set and not tunnel.carried_cells:
             self._launch_conflux_leg(record)
 
     def _any_circuit_open(self) -> bool:

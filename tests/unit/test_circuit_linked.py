@@ -193,6 +193,22 @@ def test_an_idle_leg_closing_leaves_the_set_and_its_stream_standing():
     assert sink.data == [b"still here"] and not stream.ended
 
 
+def test_a_leg_opening_for_a_set_that_carried_a_stream_is_closed_without_link():
+    """tor links new legs only to sets not yet in use: the exit would check the LINK's numbers against what
+    it delivered and tear the whole set down for cells still on their way ("Data loss detected while trying
+    to add a conflux leg", seen on the network's exits when oppy linked legs to sets in use)."""
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    b.circuit.close(DestroyReason.FINISHED, "test")
+    tunnel.leg_closed(b.circuit, b.circuit.error)
+    c = Leg(clock)
+    tunnel.add_leg(c.circuit)
+    assert c.received() == [] and c.circuit.state is CircuitState.CLOSED
+    assert tunnel.state is TunnelState.LINKED and tunnel.legs == [a.circuit] and tunnel.pending_legs == []
+    a.send(RELAY_DATA, stream_id, b"still here")
+    assert sink.data == [b"still here"] and not stream.ended
+
+
 def test_an_overflowing_out_of_order_queue_ends_the_stream_with_resourcelimit():
     tunnel, owner, a, b, clock = new_set()
     tunnel.conflux.max_ooo_bytes = 3 * OOO_CELL_COST

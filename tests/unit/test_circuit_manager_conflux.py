@@ -1,11 +1,10 @@
 """The circuit manager's conflux sets (tor's conflux_pool.c) over simulated relays (tests/unit/relaysim.py)
 that offer congestion control: a set's legs go to one exit through other guards and middles, link, carry an
-exit stream, and a lost idle leg is replaced by one whose LINK carries the set's sequence numbers."""
+exit stream; a leg lost before the set carried a stream is replaced, one lost after is not."""
 
 from __future__ import annotations
 
 import logging
-import struct
 
 from twisted.internet.task import Clock
 
@@ -69,11 +68,20 @@ def received(links, circuit, path):
     return [path.receive(payload) for _, _, payload in cells]
 
 
-def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_idle_leg(caplog):
+def link_legs(links, circuits: dict) -> None:
+    """Every leg's LINK answered with a LINKED of the same nonce and numbers 0."""
+    for circuit, path in circuits.items():
+        (link,) = received(links, circuit, path)
+        assert (link.hop, link.command) == (EXIT, LINK)
+        assert link.data[33:49] == bytes(16)  # nothing sent or delivered yet
+        circuit.cell_received(CMD_RELAY, path.send(EXIT, LINKED, 0, link.data[:1] + link.data[1:33] + bytes(17)))
+
+
+def test_a_set_links_two_legs_to_one_exit_replaces_a_lost_leg_until_it_carries_a_stream(caplog):
     clock = Clock()
     exit_relay = SimulatedRelay("exit", offers_congestion_control=True)
-    guards = [SimulatedRelay(f"guard{i}") for i in range(3)]
-    middles = [SimulatedRelay(f"middle{i}") for i in range(3)]
+    guards = [SimulatedRelay(f"guard{i}") for i in range(4)]
+    middles = [SimulatedRelay(f"middle{i}") for i in range(4)]
     relays_by_guard = {guard.rsa_id: [guard, middle, exit_relay] for guard, middle in zip(guards, middles)}
     paths = ConfluxPaths(guards, middles, exit_relay)
     links = OneChannelLinks()
@@ -86,12 +94,23 @@ def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_i
     assert paths.calls[1][1] == {guards[0].rsa_id, middles[0].rsa_id}       # through another guard and middle
     built = build_legs(links, relays_by_guard)
     assert len(built) == 2 and {circuit.path[0].rsa_id for circuit in built} == {guards[0].rsa_id, guards[1].rsa_id}
-    for circuit, path in built.items():
-        (link,) = received(links, circuit, path)
-        assert (link.hop, link.command) == (EXIT, LINK) and link.data[1:33] == record.tunnel.nonce
-        clock.advance(0.01)
-        circuit.cell_received(CMD_RELAY, path.send(EXIT, LINKED, 0, link.data[:1] + link.data[1:33] + bytes(17)))
+    link_legs(links, built)
     assert record.tunnel.state is TunnelState.LINKED
+    assert {leg.purpose for leg in record.legs} == {CircuitPurpose.CONFLUX_LINKED}
+    assert all(leg.conflux_status[0] == record.conflux_id for leg in record.legs)
+
+    # A leg lost before any stream: a new one to the set's exit, avoiding the guard and middle of the other.
+    lost, kept = built
+    launches = record.launches
+    lost.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
+    assert record.tunnel.state is TunnelState.LINKED and record.tunnel.legs == [kept]
+    assert record.launches == launches + 1
+    assert (exit_relay.rsa_id, {kept.path[0].rsa_id, kept.path[1].rsa_id}) in paths.calls
+    simulated = build_legs(links, relays_by_guard)  # the replacement and any other set's legs
+    link_legs(links, simulated)
+    simulated.update(built)
+    assert len(record.tunnel.legs) == 2 and record.tunnel.state is TunnelState.LINKED
+    # The new leg is a linked leg of the set as the first two were (its purpose, CONFLUX_ID on the control port).
     assert {leg.purpose for leg in record.legs} == {CircuitPurpose.CONFLUX_LINKED}
     assert all(leg.conflux_status[0] == record.conflux_id for leg in record.legs)
 
@@ -99,25 +118,22 @@ def test_a_set_links_two_legs_to_one_exit_carries_a_stream_and_replaces_a_lost_i
     assert stream.circuit is record.tunnel
     # The set is in use now: cfx_max_prebuilt_set (3) clean ones are launched ahead of the next demand.
     assert len(manager.conflux_sets) == 1 + 3
-    begins = [(circuit, m) for circuit, path in built.items() for m in received(links, circuit, path)
+    begins = [(circuit, m) for circuit in record.tunnel.legs for m in received(links, circuit, simulated[circuit])
               if m.command == BEGIN]
     assert len(begins) == 1
     (carrier, _), = begins
 
-    idle = next(circuit for circuit in built if circuit is not carrier)
+    # An idle leg lost now: the set goes on with the other and links no new leg (tor links legs only to sets
+    # not in use: an exit tears a set down for a LINK ahead of cells still on their way).
     caplog.set_level(logging.INFO, logger="oppy.circuit.manager")
+    launches = record.launches
+    idle = next(circuit for circuit in record.tunnel.legs if circuit is not carrier)
     idle.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
     assert record.tunnel.state is TunnelState.LINKED and record.tunnel.legs == [carrier]
     assert not stream.ended
-    (lost,) = [r.getMessage() for r in caplog.records if "while not in use" in r.getMessage()]
-    assert lost.startswith(f"Conflux set {record.conflux_id[:16]}: leg ") and "CHANNEL_CLOSED" in lost
-    # A new leg to the set's exit, avoiding the guard and middle of the leg still there.
-    assert paths.calls[-1] == (exit_relay.rsa_id, {carrier.path[0].rsa_id, carrier.path[1].rsa_id})
-    built = build_legs(links, relays_by_guard)
-    (replacement,) = [leg.circuit for leg in record.legs if leg.circuit is not carrier]
-    (link,) = received(links, replacement, built[replacement])
-    # Its LINK: what the set sent so far (the BEGIN) and delivered (nothing yet).
-    assert link.data[33:49] == struct.pack(">QQ", 1, 0)
+    assert record.launches == launches and [leg.circuit for leg in record.legs] == [carrier]
+    lost_line = [r.getMessage() for r in caplog.records if "while not in use" in r.getMessage()][-1]
+    assert lost_line.startswith(f"Conflux set {record.conflux_id[:16]}: leg ") and "CHANNEL_CLOSED" in lost_line
 
 
 def conflux_manager(relays: int):
