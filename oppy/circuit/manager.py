@@ -778,7 +778,7 @@ class CircuitManager:
             tunnel.close(error.reason, f"every leg of the conflux set failed: {error}")
             return
         if tunnel.state is TunnelState.LINKED and managed.purpose is CircuitPurpose.CONFLUX_LINKED:
-            log.info("Conflux set %s: leg %d closed while not in use (%s); the set goes on with legs %s.",
+            log.info("Conflux set %s: leg %d closed (%s); the set goes on with legs %s.",
                      record.conflux_id[:16], managed.number, error,
                      [leg.number for leg in record.legs])
         if len(record.legs) < self.conflux_params.num_legs_set and not tunnel.carried_cells:

@@ -132,7 +132,7 @@ def test_a_set_links_two_legs_to_one_exit_replaces_a_lost_leg_until_it_carries_a
     assert record.tunnel.state is TunnelState.LINKED and record.tunnel.legs == [carrier]
     assert not stream.ended
     assert record.launches == launches and [leg.circuit for leg in record.legs] == [carrier]
-    lost_line = [r.getMessage() for r in caplog.records if "while not in use" in r.getMessage()][-1]
+    lost_line = [r.getMessage() for r in caplog.records if "the set goes on" in r.getMessage()][-1]
     assert lost_line.startswith(f"Conflux set {record.conflux_id[:16]}: leg ") and "CHANNEL_CLOSED" in lost_line
 
 
