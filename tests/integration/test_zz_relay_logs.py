@@ -19,14 +19,25 @@ RELAY_OWN_WARNINGS = ("Could not find a node that matches the configured _HSLaye
                       "Could not find a node that matches the configured _HSLayer3Nodes set")
 
 # What an authority logs each time it applies its configuration, as at start: test_zy_congestion_control_off
-# changes its ConsensusParams (SETCONF) and back.
+# changes its ConsensusParams (SETCONF) and back. A relay that test_conflux kills and starts again logs these
+# and the rest of tor's startup warnings about its configuration.
 CONFIGURATION_WARNINGS = (
     "ControlPort is open, but no authentication method has been configured.  This means that any program on "
     "your computer can reconfigure your Tor.  That's bad!  You should upgrade your Tor controller as soon as "
     "possible.",
     "V3AuthVotingInterval is very low. This may lead to failure to synchronise for a consensus.",
     "TestingTorNetwork is set. This will make your node almost unusable in the public Tor network, and is "
-    "therefore only advised if you are building a testing Tor network!")
+    "therefore only advised if you are building a testing Tor network!",
+    "Your ContactInfo config option is not set. Please strongly consider setting it, so we can contact you if "
+    "your relay is misconfigured, end-of-life, or something else goes wrong. It is also possible that your relay "
+    "might get rejected from the network due to a missing valid contact address.",
+    "You have used DirAuthority or AlternateDirAuthority to specify alternate directory authorities in your "
+    "configuration. This is potentially dangerous: it can make you look different from all other Tor users, and "
+    "hurt your anonymity. Even if you've specified the same authorities as Tor uses by default, the defaults "
+    "could change in the future. Be sure you know what you're doing.",
+    "Your log may contain sensitive information - you disabled SafeLogging. Don't log unless it serves an "
+    "important reason. Overwrite the log afterwards.",
+    "You are running Tor as root. You don't need to, and you probably shouldn't.")
 
 # Those refused self-test circuits add up in the relay's own path-bias count against its guard; once about
 # 150 failed (a longer run) tor warns. "Use counts are 0/0": no stream ever rode them, so they are the
@@ -68,8 +79,9 @@ def test_noise_filter_keeps_real_warnings():
              "extremely large amount of circuits. Success counts are 3/151. Use counts are 2/40.",
              "Dec 05 20:58:33.000 [warn] V3AuthVotingInterval is very low. This may lead to failure to synchronise "
              "for a consensus.",
-             "Dec 05 20:58:33.000 [warn] V3AuthVotingInterval is very low."]
-    assert protocol_warnings(lines) == lines[2:4] + lines[6:7] + lines[8:]
+             "Dec 05 20:58:33.000 [warn] V3AuthVotingInterval is very low.",
+             "Dec 05 20:57:33.000 [warn] You are running Tor as root. You don't need to, and you probably shouldn't."]
+    assert protocol_warnings(lines) == lines[2:4] + lines[6:7] + lines[8:9]
 
 
 def test_relays_logged_no_protocol_warnings_during_the_tests(network: TestNetwork):

@@ -21,6 +21,7 @@ deterministic content (its 1 MiB shake-256 block, repeated): a request is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -108,6 +109,67 @@ def relay_pid(node: dict) -> int | None:
     return pid if process_matches(pid, node["torrc"]) else None
 
 
+def kill_relay(node: dict) -> int | None:
+    """SIGKILL a relay of the network (a `scripts/testnet env --json` node); its pid, None if it was not
+    running."""
+    pid = relay_pid(node)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def start_relay(node: dict, empty_defaults: Path) -> None:
+    """The relay again, from its own torrc and keys (RunAsDaemon: tor forks, writes its pid file and
+    returns)."""
+    deadline = time.monotonic() + 10
+    while relay_pid(node) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)  # the killed process is reaped by init; its lock on the data directory goes with it
+    subprocess.run(["tor", "--defaults-torrc", str(empty_defaults), "-f", node["torrc"]],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                   timeout=60, check=False)
+
+
+def wait_relay_listening(node: dict, timeout: float = 30.0) -> None:
+    """Until the relay runs and its ORPort accepts connections (RuntimeError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if relay_pid(node) is not None:
+            try:
+                socket.create_connection((HOST, node["ports"]["or"]), timeout=1.0).close()
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node['nickname']} is not listening on its ORPort {timeout:.0f}s after its start")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def relay_killed(node: dict, empty_defaults: Path, restore_after: float):
+    """SIGKILL a relay for the block's duration: it is started again (same torrc and keys) at the latest
+    `restore_after` seconds after the kill, whatever the block is doing then, and on leaving the block,
+    which returns only once its ORPort accepts connections again."""
+    if kill_relay(node) is None:
+        raise RuntimeError(f"{node['nickname']} is not running")
+    lock = threading.Lock()
+    restarted = []
+
+    def restore() -> None:
+        with lock:
+            if not restarted:
+                start_relay(node, empty_defaults)
+                restarted.append(True)
+
+    timer = threading.Timer(restore_after, restore)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        restore()
+        wait_relay_listening(node)
+
+
 class FaultInjector:
     """Carries out a schedule on the relays of a network this bench brought up (`scripts/testnet env --json`)."""
 
@@ -152,7 +214,7 @@ class FaultInjector:
             if pid is None:
                 record["skipped"] = "not running"
             elif fault.kind == "kill":
-                os.kill(pid, signal.SIGKILL)
+                kill_relay(self.nodes[fault.relay])
                 self._killed.add(fault.relay)
             else:
                 os.kill(pid, signal.SIGSTOP)
@@ -169,14 +231,7 @@ class FaultInjector:
                 self._restart(nickname)
 
     def _restart(self, nickname: str) -> None:
-        """The relay again, from its torrc (RunAsDaemon: tor forks, writes its pid file and returns)."""
-        node = self.nodes[nickname]
-        deadline = time.monotonic() + 10
-        while self.pid(nickname) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)  # the killed process is reaped by init; its lock on the data directory goes with it
-        subprocess.run(["tor", "--defaults-torrc", str(self.empty_defaults), "-f", node["torrc"]],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                       timeout=60, check=False)
+        start_relay(self.nodes[nickname], self.empty_defaults)
 
     def stop(self) -> None:
         """Cancel what is left of the schedule and restore every relay still faulted."""
