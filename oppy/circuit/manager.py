@@ -383,6 +383,9 @@ class ManagedConfluxSet:
         self.dirty_since: float | None = None
         self.usable = True
         self.ever_linked = False
+        # A linked leg closed and no other has linked in its place yet: new streams go elsewhere, for the exit
+        # may still send on the lost leg until it hears of it (and then closes the set, its cfx_del_leg).
+        self.leg_lost = False
         # The legs' LINKED timers (`link_timed_out`), cancelled at shutdown.
         self.link_timers: list = []
 
@@ -737,6 +740,7 @@ class CircuitManager:
 
     def _conflux_set_linked(self, record: ManagedConfluxSet) -> None:
         record.ever_linked = True
+        record.leg_lost = False
         self._conflux_backoff = 0.0
         for leg in record.legs:
             if leg.circuit is not None and leg.circuit in record.tunnel.legs:
@@ -761,7 +765,8 @@ class CircuitManager:
     def _conflux_leg_gone(self, managed: ManagedCircuit, error: CircuitError) -> None:
         """A leg failed or closed: the tunnel decides whether the set survives; a surviving set that has
         carried no stream launches a leg in its place when below cfx_num_legs_set (unlinked_circuit_closed /
-        tor's relaunch; a set in use goes on with the legs it has, as tor's linked sets do)."""
+        tor's relaunch) and takes new streams again once it has linked; a set in use goes on with the legs it
+        has for its streams only."""
         record = managed.conflux_set
         if record is None:
             return
@@ -777,12 +782,20 @@ class CircuitManager:
         if not record.legs:
             tunnel.close(error.reason, f"every leg of the conflux set failed: {error}")
             return
-        if tunnel.state is TunnelState.LINKED and managed.purpose is CircuitPurpose.CONFLUX_LINKED:
-            log.info("Conflux set %s: leg %d closed (%s); the set goes on with legs %s.",
-                     record.conflux_id[:16], managed.number, error,
-                     [leg.number for leg in record.legs])
-        if len(record.legs) < self.conflux_params.num_legs_set and not tunnel.carried_cells:
-            self._launch_conflux_leg(record)
+        remaining = [leg.number for leg in record.legs]
+        lost_linked = tunnel.state is TunnelState.LINKED and managed.purpose is CircuitPurpose.CONFLUX_LINKED
+        if lost_linked:
+            record.leg_lost = True
+        if len(record.legs) >= self.conflux_params.num_legs_set:
+            whole_again = True
+        else:
+            whole_again = not tunnel.carried_cells and self._launch_conflux_leg(record)
+        if record.leg_lost and not whole_again:
+            record.usable = False  # it keeps its streams and goes when they are done
+        if lost_linked:
+            log.info("Conflux set %s: leg %d closed (%s); the set goes on with legs %s, %s.",
+                     record.conflux_id[:16], managed.number, error, remaining,
+                     "taking new streams again once a new leg links" if whole_again else "for its streams only")
 
     def _any_circuit_open(self) -> bool:
         """Some three-hop circuit is open (circuitlist.c circuit_any_opened_circuits): if none is, a build
@@ -1167,7 +1180,8 @@ class CircuitManager:
         fitting = []
         for record in self.conflux_sets.values():
             tunnel, anchor = record.tunnel, record.anchor
-            if anchor is None or not tunnel.is_open or not tunnel.has_stream_room or not record.usable:
+            if anchor is None or not tunnel.is_open or not tunnel.has_stream_room or not record.usable \
+                    or record.leg_lost:
                 continue
             if not record.isolation.compatible(managed.isolation):
                 continue

@@ -134,6 +134,7 @@ def test_a_set_links_two_legs_to_one_exit_replaces_a_lost_leg_until_it_carries_a
     assert record.launches == launches and [leg.circuit for leg in record.legs] == [carrier]
     lost_line = [r.getMessage() for r in caplog.records if "the set goes on" in r.getMessage()][-1]
     assert lost_line.startswith(f"Conflux set {record.conflux_id[:16]}: leg ") and "CHANNEL_CLOSED" in lost_line
+    assert lost_line.endswith("for its streams only.") and not record.usable  # no new streams; goes after these
 
 
 def conflux_manager(relays: int):
@@ -148,6 +149,26 @@ def conflux_manager(relays: int):
                              clock=clock.seconds, preemptive_circuits=0, build_times=not_learning(clock))
     manager.conflux_params = ConfluxParams(exit_conflux_ratio=1.0)
     return clock, links, relays_by_guard, manager
+
+
+def test_a_set_that_lost_a_leg_takes_new_streams_only_once_another_has_linked():
+    # The exit may still send on the lost leg until it hears of it, and then closes the whole set: a stream
+    # that took the set in that moment failed (seen when the leg-kill integration test's next request took a
+    # set whose other leg went through the killed relay).
+    clock, links, relays_by_guard, manager = conflux_manager(4)
+    record = manager.launch_conflux_set()
+    link_legs(links, build_legs(links, relays_by_guard))
+    lost = record.tunnel.legs[1]
+    lost.cell_received(CMD_DESTROY, bytes([DestroyReason.CHANNEL_CLOSED]))
+    assert record.tunnel.state is TunnelState.LINKED and record.usable
+    replacement = build_legs(links, relays_by_guard)  # built and sent LINK, not linked yet
+    early = manager.open_stream(CollectingSink(), "example.com", 80).stream
+    assert early.circuit is not record.tunnel
+    link_legs(links, replacement)
+    assert len(record.tunnel.legs) == 2
+    later = manager.open_stream(CollectingSink(), "example.org", 80).stream
+    assert later.circuit is record.tunnel
+    manager.close_all()
 
 
 def test_shutdown_leaves_no_leg_waiting_for_its_linked_timer():
