@@ -50,7 +50,7 @@ from oppy.circuit.padding import (
 )
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
-from oppy.path.guards import GuardChoice, GuardCircuitState
+from oppy.path.guards import GuardChoice, GuardCircuitState, NoGuardAvailableError
 from oppy.stream.stream import QueueAccount, Stream, StreamEnd, StreamKind, StreamSink, StreamState
 from oppy.stream.xon_xoff import FlowControlEvent, FlowControlParams
 
@@ -76,8 +76,12 @@ NEW_CIRCUIT_PERIOD = 30.0
 #: pluggable transport), no new set is prebuilt for 1 s, doubling up to 60 s until a set links; without it the
 #: failures come back within milliseconds and each tells the guard (or the only bridge) it is down.
 CONFLUX_RELAUNCH_BACKOFF = (1.0, 60.0)
-# tor's SocksTimeout default: how long a stream may wait for a controller to attach it.
+# tor's SocksTimeout default: how long a stream may wait for a controller to attach it, or for a guard that
+# can start its circuit.
 DEFAULT_UNATTACHED_TIMEOUT = 120.0
+# mainloop.c: once a second tor attaches (or launches circuits for) the streams still waiting for a circuit
+# (circuit_build_needed_circs -> connection_ap_rescan_and_attach_pending).
+PENDING_STREAM_RESCAN_INTERVAL = 1.0
 # How many circuits may be building at once (tor's MaxClientCircuitsPending default).
 DEFAULT_MAX_PENDING_CIRCUITS = 32
 # mainloop.c: tor looks once a second whether circuits are wanted, test circuits for the build timeout too.
@@ -446,6 +450,8 @@ class ManagedStream:
         self.timer = None
         # Flushes the stream once the rate its exit advised allows more (Stream.flush, StreamOwner).
         self.rate_timer = None
+        # When it first found that no circuit could be launched for it (every guard down), until attached.
+        self.circuit_wait_since: float | None = None
         # Unattached until a controller's ATTACHSTREAM (__LeaveStreamsUnattached): tor's CONTROLLER_WAIT.
         self.awaiting_controller = False
 
@@ -1163,11 +1169,14 @@ class CircuitManager:
             return
         try:
             launched = self.launch(port, exclude=managed.excluded_exits)
+        except NoGuardAvailableError as exc:
+            self._wait_for_a_circuit(managed, str(exc))
+            return
         except Exception as exc:  # no path: tell the application now
             self._give_up(managed, f"no path: {exc}")
             return
         if launched.status is CircuitStatus.CLOSED and managed in self._stream_waiters:
-            self._give_up(managed, f"circuit {launched.number} failed at once: {launched.error}")
+            self._wait_for_a_circuit(managed, f"circuit {launched.number} failed at once: {launched.error}")
         else:
             launched.isolation.add(managed.isolation, attached=False)
 
@@ -1191,6 +1200,31 @@ class CircuitManager:
                 continue
             fitting.append((not record.isolation.is_set, -record.created_at, anchor))
         return min(fitting, key=lambda entry: entry[:2])[2] if fitting else None
+
+    def _wait_for_a_circuit(self, managed: ManagedStream, why: str) -> None:
+        """No circuit could be launched for the stream (every guard is down, the sample just marked them for a
+        retry; or the one launched failed at once): tor does not fail the stream but delays it (circuituse.c
+        circuit_get_open_circ_or_launch, "No safe circuit ... ready for edge connection; delaying"), tries it
+        again each second, and gives up after SocksTimeout with END TIMEOUT (connection_ap_expire_beginning)."""
+        now = self.clock()
+        if managed.circuit_wait_since is None:
+            managed.circuit_wait_since = now
+            log.info("stream %d: no circuit for it now (%s); waiting", managed.number, why)
+        waited = now - managed.circuit_wait_since
+        if waited >= self.unattached_timeout:
+            self._stream_waiters.remove(managed)
+            log.info("stream %d: tried for %.0f seconds to get a circuit to %s:%d; giving up: %s", managed.number,
+                     waited, managed.stream.host, managed.stream.port, why)
+            managed.stream.close(EndReason.TIMEOUT)
+            return
+        if managed.timer is None or not managed.timer.active():
+            delay = min(PENDING_STREAM_RESCAN_INTERVAL, self.unattached_timeout - waited)
+            managed.timer = self.reactor.callLater(delay, self._rescan_waiting_stream, managed)
+
+    def _rescan_waiting_stream(self, managed: ManagedStream) -> None:
+        managed.timer = None
+        if not managed.stream.ended and managed in self._stream_waiters:
+            self._attach(managed)
 
     def _give_up(self, managed: ManagedStream, why: str) -> None:
         """No circuit can be had for a waiting stream: the application hears the last reason (or NOROUTE)."""
@@ -1225,6 +1259,7 @@ class CircuitManager:
         if target.dirty_since is None:
             target.dirty_since = self.clock()
         managed.managed_circuit = target
+        managed.circuit_wait_since = None
         managed.attempts += 1
         if hop is not None and hop < len(target.path):
             managed.exit_relay = target.path[hop - 1]

@@ -24,9 +24,11 @@ from oppy.circuit.manager import (
     CircuitPurpose,
     CircuitStatus,
     ManagedCircuit,
+    StreamChanged,
 )
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.chooser import PathChooser
+from oppy.path.guards import GuardSample
 from oppy.stream.stream import StreamEnd, StreamState
 from tests.support.streams import CollectingSink
 from tests.unit.relaysim import (
@@ -545,6 +547,64 @@ def test_a_circuit_failing_at_its_guard_marks_it_down_and_a_destroy_does_not():
     links.channels[destroyed.path[0].rsa_id].circuits[circ_id].cell_received(
         CMD_DESTROY, bytes([DestroyReason.RESOURCELIMIT]) + bytes(508))
     assert destroyed.status is CircuitStatus.CLOSED and not guard.is_down and not guard.is_pending
+
+
+def one_bridge_manager(events: list):
+    """A manager whose guard sample is one bridge (UseBridges with one Bridge line), its link refused (a dead
+    pluggable transport) until the test clears `links.refused`; a circuit through it has just failed, so the
+    bridge is down."""
+    clock = Clock()
+    start = GUARDS_T0 + HOUR
+    sample = GuardSample(rng=random.Random(1))
+    sample.use_bridges([("AA" * 20, "bridge")], start)
+    paths = SampledPaths(sample, clock, start)
+    links = ChannelPerRelay()
+    links.refused.add(bytes.fromhex("AA" * 20))
+    manager = CircuitManager(links, paths, reactor=clock, clock=clock.seconds, preemptive_circuits=0,
+                             observers=[events.append], unattached_timeout=120)
+    assert manager.launch(443).status is CircuitStatus.CLOSED and sample.guards[0].is_down
+    events.clear()
+    return clock, paths, links, manager
+
+
+def test_a_stream_that_finds_every_guard_down_waits_and_is_attached_once_one_answers():
+    """circuit_get_open_circ_or_launch: no guard can start a circuit (the only bridge failed through a dead
+    transport) -- the stream is delayed, not failed, and goes out once the bridge answers again. (It was told
+    NOROUTE at once, seen in CI after obfs4proxy was restarted.)"""
+    events = []
+    clock, paths, links, manager = one_bridge_manager(events)
+    sink = CollectingSink()
+    managed = manager.open_stream(sink, "example.test", 443)
+    assert not managed.stream.ended and managed.managed_circuit is None
+    assert not [event for event in events if not isinstance(event, StreamChanged)]   # no circuit launched
+    assert not paths.guards.guards[0].is_down          # but the bridge is marked for a retry, as tor does
+    links.refused.clear()                               # the transport is back
+    clock.advance(1)
+    (launched,) = manager.circuits.values()
+    network = links.build(paths, launched)
+    assert managed.managed_circuit is launched and managed.attempts == 1
+    ((_, _, payload),) = links.channels[launched.path[0].rsa_id].take()
+    begin = network.receive(payload)
+    assert begin.command == RelayCommand.BEGIN
+    launched.circuit.cell_received(CMD_RELAY, network.send(2, RelayCommand.CONNECTED, begin.stream_id))
+    assert managed.stream.state is StreamState.SUCCEEDED and sink.connected.called
+
+
+def test_a_stream_waiting_for_a_guard_is_tried_each_second_and_given_up_after_socks_timeout():
+    events = []
+    clock, paths, links, manager = one_bridge_manager(events)
+    sink = CollectingSink()
+    managed = manager.open_stream(sink, "example.test", 443)
+    assert not managed.stream.ended
+    clock.pump([0.5] * 120)
+    launches = sum(isinstance(event, CircuitLaunched) for event in events)
+    assert 30 <= launches <= 61                         # about once a second, not in a busy loop
+    clock.pump([0.5] * 118)
+    assert not managed.stream.ended
+    clock.pump([0.5] * 2)
+    assert managed.stream.ended and sink.end.reason == EndReason.TIMEOUT and sink.end.before_connected
+    sink.connected.addErrback(lambda failure: failure.trap(StreamEnd))
+    assert manager.circuits == {} and clock.getDelayedCalls() == []
 
 
 class RealChannelLinks:
