@@ -421,7 +421,8 @@ def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vangu
       circuit extends to), or for :attr:`~OnionServicePurpose.CLIENT_REND` a rendezvous point chosen
       like a middle that is not MiddleOnly (tor ``choose_good_exit_server`` with CRN_FOR_HS);
     * guard: from ``guards``, with no restriction from the last hop (tor ``guards_choose_guard``:
-      "unless we're vanguards"), so that the target cannot learn the guard by being avoided;
+      "unless we're vanguards"), so that the target cannot learn the guard by being avoided; a rendezvous
+      point that is the guard is chosen again, as a circuit to it cannot be built;
     * second hop: from ``vanguards`` (:meth:`VanguardsLite.choose_layer2`), or a weighted middle when
       vanguards-lite is off (None); never the guard or the last hop;
     * middle: a weighted middle that is none of the hops before nor the target.
@@ -452,8 +453,16 @@ def choose_onion_service_path(selector: PathSelector, guards: GuardSample, vangu
         choice = guards.pick(now, GuardUsage.TRAFFIC,
                              has_descriptor=lambda fingerprint: bridges.descriptor(fingerprint) is not None)
         guard, bridge = None, bridges.target(choice.fingerprint)
-    chosen = {last_id, bytes.fromhex(choice.fingerprint)}
+    guard_id = bytes.fromhex(choice.fingerprint)
     try:
+        if rendezvous is not None and last_id == guard_id:
+            # G - L2 - G cannot be built: the second hop refuses to extend back to its previous hop (tor
+            # circuit_extend, "Client asked me to extend back to the previous hop"). tor launches such a circuit,
+            # sees it fail and chooses again; choosing again now leaves the service the same rendezvous points
+            # to see, without the failed circuit (three of them in a row had the stream given up).
+            rendezvous = selector.choose_middle(rng, avoid=middle_only | {guard_id}, stable=stable)
+            last_id = rendezvous.relay.rsa_id
+        chosen = {last_id, guard_id}
         if vanguards is not None:
             layer2 = vanguards.choose_layer2(selector, now, exclude=chosen, rng=rng)
         else:

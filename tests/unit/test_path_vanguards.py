@@ -509,6 +509,27 @@ def test_rendezvous_point_is_never_middle_only_but_the_other_hops_may_be():
     assert sum("relay5" in (path.layer2.nickname, path.middle.nickname) for path in middles) > 90
 
 
+def test_the_rendezvous_point_is_never_the_guard_but_may_be_another_guard():
+    """G - L2 - G cannot be built (relays refuse to extend back to the previous hop): on the private network,
+    where the guard is often the heaviest middle too, three such rendezvous circuits in a row had a stream given
+    up. Other guards stay rendezvous points."""
+    guard_flags = "Running Valid Fast Stable Guard V2Dir"
+    relays = [make_relay(i, guard_flags, 3000 if i == 1 else 1000, f"10.{i}.0.1") for i in range(1, 7)]
+    selector = PathSelector(make_consensus(relays), {f"md{i}": make_microdesc(i) for i in range(1, 7)})
+    sample = GuardSample(rng=random.Random(1))
+    sample.update_from_consensus(selector.consensus, 1000.0)
+    vanguards = fresh_set(selector, 1, now=1000.0)
+    rng = random.Random(2)
+    seen = Counter()
+    for _ in range(300):
+        path, choice = choose_onion_service_path(selector, sample, vanguards, OnionServicePurpose.CLIENT_REND,
+                                                 1000.0, rng)
+        assert path.rendezvous.fingerprint != path.guard.fingerprint == choice.fingerprint
+        assert path.layer2.fingerprint not in (path.guard.fingerprint, path.rendezvous.fingerprint)
+        seen[path.rendezvous.fingerprint] += 1
+    assert len(seen) >= 4           # every relay but the guard and the vanguards' draws
+
+
 def test_a_failed_second_hop_releases_the_guard_and_says_why():
     # One layer-2 guard, listed Stable and Fast but not Valid: kept (tor), never usable.
     selector = small_onion_network({"guard-hs-l2-number": 1})
