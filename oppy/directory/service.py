@@ -431,16 +431,16 @@ class _MicrodescBatch:
 
 def _parse_microdescs(data: bytes, wanted: Iterable[str] | None) -> _MicrodescBatch:
     """Parse microdescriptors and keep the exact text of each wanted one (worker thread)."""
-    wanted_set = None if wanted is None else frozenset(wanted)
-    batch = parse_microdescriptors(data, wanted_set)
+    batch = parse_microdescriptors(data, wanted)
     bodies: dict[str, bytes] = {}
     last_listed: dict[str, float] = {}
     for body, listed in split_microdescriptors(data):
-        digest = microdesc_digest(body)
-        if digest in batch.microdescs:
-            bodies[digest] = body
+        record = batch.microdescs.get(microdesc_digest(body))
+        if record is not None:
+            # Keyed by the record's digest string (the consensus entry's), not by one more copy of it.
+            bodies[record.digest] = body
             if listed is not None:
-                last_listed[digest] = listed
+                last_listed[record.digest] = listed
     return _MicrodescBatch(batch.microdescs, bodies, last_listed, batch.invalid, batch.unrequested)
 
 

@@ -669,11 +669,16 @@ def parse_microdescriptors(data: bytes, wanted: Collection[str] | None = None) -
     data = bytes(data)
     batch = MicrodescBatch({}, {}, 0)
     cache: dict[tuple[str, str], object] = {}
+    # Each record keeps the string it was asked for (the consensus entry's), not a copy of it: on the public
+    # network the copies held about 0.7 MiB.
+    asked = None if wanted is None else {digest: digest for digest in wanted}
     for body in _split_microdescs(data):
         digest = microdesc_digest(body)
-        if wanted is not None and digest not in wanted:
-            batch.unrequested += 1
-            continue
+        if asked is not None:
+            digest = asked.get(digest)
+            if digest is None:
+                batch.unrequested += 1
+                continue
         try:
             batch.microdescs[digest] = _parse_microdesc_body(body, digest, cache)
         except MicrodescriptorParseError as exc:
