@@ -54,7 +54,7 @@ from oppy.cell.relay import (
     link_specifiers_for_relay,
     SendmeVersion,
 )
-from oppy.circuit.conflux import should_multiplex
+from oppy.circuit.conflux import MULTIPLEXED_COMMANDS
 from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.crypto.errors import HandshakeError
 from oppy.crypto.ntor import CreateFastHandshake, NtorClientHandshake
@@ -182,8 +182,10 @@ class ConfluxLegOwner(Protocol):
     def leg_switch(self, circuit: "Circuit", data: bytes) -> None:
         """RELAY_CONFLUX_SWITCH from the exit."""
 
-    def leg_cells(self, circuit: "Circuit", cells: list[tuple[int, int, bytes]]) -> None:
-        """Multiplexed relay cells (command, stream id, data) from the exit."""
+    def leg_cells(self, circuit: "Circuit", entries: list[tuple], count: int) -> None:
+        """`count` multiplexed relay cells from the exit, in a row, as entries (command, stream id, data):
+        DATA cells in a row for one stream as one entry whose data is a list of each cell's data (views of the
+        decrypted read, valid during the call), any other command one entry per cell (its data as bytes)."""
 
     def leg_window_opened(self, circuit: "Circuit") -> None:
         """The leg may send DATA again (a SENDME opened its cwnd, or its channel resumed)."""
@@ -599,43 +601,70 @@ class Circuit(StreamTable):
 
     def _leg_run_received(self, payloads: bytes) -> None:
         """A conflux leg's cells: the deliver window and SENDMEs stay per leg; the multiplexed cells go to the
-        set in arrival order (a batch until the next cell the leg handles itself, which may be a SWITCH)."""
+        set in arrival order, a batch up to the next cell the leg handles itself (which may be a SWITCH). As
+        in `_cells_received`, DATA cells in a row for one stream are one entry of views of the decrypted run:
+        no copy and no object per cell here (the set copies the cells that came early into its queue)."""
         owner = self._conflux
         cells, error = self.crypto.decrypt_inbound_many(payloads)
         unpack = _RELAY_HEADER.unpack_from
         window = self.window
-        batch: list[tuple[int, int, bytes]] = []
-        sendmes: list[tuple[int, bytes]] = []
+        threshold = window.sendme_threshold
+        exit_hop = len(self.crypto) - 1
+        # Counters in locals, written back before anything else can look at them (as in `_cells_received`).
+        deliver = window.deliver
+        bytes_read = self.bytes_read
+        entries: list[tuple] = []
+        count = 0
+        run: list = []
+        run_stream_id = -1  # the stream of the DATA entry `run` belongs to; -1: none (ids are 16-bit)
+        viewed = view = None
+        sendmes = None
+        failure = None
         for hop, buffer, offset, tag in cells:
             command, _, stream_id, _, length = unpack(buffer, offset)
             if length > RELAY_PAYLOAD_LEN:
-                self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
-                           DestroyReason.PROTOCOL)
-                return
-            if hop != len(self.crypto) - 1:
+                failure = f"relay cell from {self._hop_name(hop)} claims {length} bytes of data"
+                break
+            if hop != exit_hop:
                 # conflux_validate_source_hop: a leg's cells come from its exit, never from a middle.
-                self._fail(f"{self._hop_name(hop)} sent a cell on a conflux leg", DestroyReason.PROTOCOL)
-                return
+                failure = f"{self._hop_name(hop)} sent a cell on a conflux leg"
+                break
             start = offset + RELAY_HEADER_LEN
-            data = bytes(buffer[start:start + length])
             if command == _DATA:
-                self.bytes_read += length
-                window.deliver -= 1
-                if window.deliver < 0:
-                    self._fail(f"{self._hop_name(hop)} overran the circuit deliver window", DestroyReason.PROTOCOL)
-                    return
-                if window.deliver <= window.sendme_threshold:
+                bytes_read += length
+                deliver -= 1
+                if deliver <= threshold:
+                    if deliver < 0:
+                        failure = f"{self._hop_name(hop)} overran the circuit deliver window"
+                        break
+                    window.deliver = deliver
                     window.sendme_sent()
+                    deliver = window.deliver
+                    if sendmes is None:
+                        sendmes = []
                     sendmes.append((hop, tag))
-            if should_multiplex(command):
-                batch.append((command, stream_id, data))
+                if stream_id != run_stream_id:
+                    run = []
+                    entries.append((_DATA, stream_id, run))
+                    run_stream_id = stream_id
+                if buffer is not viewed:
+                    viewed, view = buffer, memoryview(buffer)
+                run.append(view[start:start + length])
+                count += 1
                 continue
+            run_stream_id = -1
+            data = bytes(buffer[start:start + length])
+            if command in MULTIPLEXED_COMMANDS:
+                entries.append((command, stream_id, data))
+                count += 1
+                continue
+            window.deliver, self.bytes_read = deliver, bytes_read
             if sendmes:
                 self._send_sendmes(sendmes)  # before the data goes on: the exit times them as round trips
-                sendmes = []
-            if batch:
-                owner.leg_cells(self, batch)
-                batch = []
+                sendmes = None
+            if entries:
+                owner.leg_cells(self, entries, count)
+                entries, count = [], 0
                 if self.state is CircuitState.CLOSED:
                     return
             if command == RelayCommand.CONFLUX_LINKED:
@@ -646,11 +675,18 @@ class Circuit(StreamTable):
                 self._control_cell_received(hop, command, data)
             if self.state is CircuitState.CLOSED:
                 return
+            deliver, bytes_read = window.deliver, self.bytes_read
+        window.deliver, self.bytes_read = deliver, bytes_read
+        # The cells before a bad one count, as they would have one at a time.
         if sendmes:
             self._send_sendmes(sendmes)
-        if batch:
-            owner.leg_cells(self, batch)
-        if error is not None and self.state is not CircuitState.CLOSED:
+        if entries:
+            owner.leg_cells(self, entries, count)
+        if self.state is CircuitState.CLOSED:
+            return
+        if failure is not None:
+            self._fail(failure, DestroyReason.PROTOCOL)
+        elif error is not None:
             self._fail(str(error), DestroyReason.PROTOCOL)
 
     def _send_sendmes(self, sendmes: list[tuple[int, bytes]]) -> None:

@@ -17,8 +17,8 @@ RTT), and the reordering. It sends nothing: the caller sends what it says on the
 
 from __future__ import annotations
 
+import bisect
 import enum
-import heapq
 import logging
 import struct
 from dataclasses import dataclass
@@ -302,8 +302,10 @@ class ConfluxSet(Generic[LegKey, Item]):
     """One linked set: the legs, the sender's leg choice and the receiver's reordering.
 
     Sending: `choose_leg(command)` names the leg for a cell (and a SWITCH to send first on it);
-    `cell_sent(leg, command)` counts it once sent. Receiving: `switch_received(leg, body)` and
-    `cell_received(leg, command, item)`, which returns the items now deliverable in sequence order.
+    `cell_sent(leg, command)` counts it once sent. Receiving: `switch_received(leg, body)`, and for the
+    multiplexed cells that came in a row on a leg `run_received(leg, count)`, which numbers them at once and
+    says how many of them are next in sequence; those are delivered, then what `dequeue()` gives; the rest came
+    early and wait as one item (`enqueue`). `cell_received(leg, item)` is the same for a single cell.
     """
 
     def __init__(self, nonce: bytes, algorithm: ConfluxAlgorithm = ConfluxAlgorithm.LOW_RTT,
@@ -318,17 +320,20 @@ class ConfluxSet(Generic[LegKey, Item]):
         self.prev_leg: ConfluxLeg[LegKey] | None = None
         self.last_seq_delivered = 0
         self.switches_sent = 0
-        # (sequence number, item): a heap, lowest sequence first (no number twice, so items never compare).
-        self._ooo: list[tuple[int, Item]] = []
-        self._queued_seqs: set[int] = set()
+        # The out-of-order queue: runs of cells that came early, each the item its cells wait as, in sequence
+        # order: the first and last numbers of each and the items, side by side (runs never overlap).
+        self._ooo_first: list[int] = []
+        self._ooo_last: list[int] = []
+        self._ooo_items: list[Item] = []
+        self._ooo_cells = 0
 
     def __repr__(self) -> str:
-        return f"<ConfluxSet {self.nonce[:4].hex()} legs={len(self.legs)} ooo={len(self._ooo)}>"
+        return f"<ConfluxSet {self.nonce[:4].hex()} legs={len(self.legs)} ooo={self._ooo_cells}>"
 
     @property
     def queued_bytes(self) -> int:
-        """What the out-of-order queue holds, counted as tor counts it."""
-        return len(self._ooo) * OOO_CELL_COST
+        """What the out-of-order queue holds, counted as tor counts it (per cell)."""
+        return self._ooo_cells * OOO_CELL_COST
 
     def leg(self, circuit: LegKey) -> ConfluxLeg[LegKey] | None:
         for leg in self.legs:
@@ -429,37 +434,86 @@ class ConfluxSet(Generic[LegKey, Item]):
             raise ConfluxError("conflux sequence number overflow")
         return relative
 
-    def cell_received(self, leg: ConfluxLeg[LegKey], item: Item) -> list[Item]:
-        """conflux_process_cell + conflux_dequeue_cell for a multiplexed cell on `leg`: the items now in
-        order (this one and those queued behind it), or none when it arrived early (it is queued)."""
-        leg.last_seq_recv += 1
-        leg.cells_received += 1
-        seq = leg.last_seq_recv
-        if seq == self.last_seq_delivered + 1:
-            self.last_seq_delivered = seq
-            ready = [item]
-            while self._ooo and self._ooo[0][0] == self.last_seq_delivered + 1:
-                seq, queued = heapq.heappop(self._ooo)
-                self._queued_seqs.discard(seq)
-                ready.append(queued)
-                self.last_seq_delivered += 1
-            return ready
-        if seq <= self.last_seq_delivered:
-            raise ConfluxError(f"conflux cell with sequence number {seq} at or below the last delivered "
+    def run_received(self, leg: ConfluxLeg[LegKey], count: int) -> int:
+        """conflux_process_cell for `count` multiplexed cells that came in a row on `leg`, numbered with one
+        update: how many of them, from the first, are next in sequence (counted delivered: the caller delivers
+        them, then what `dequeue` gives). The others came early: the caller queues them with `enqueue` (which
+        refuses them when they run into numbers already queued: a queued run may be next after this one's
+        first cells, and then the rest repeat numbers).
+
+        Raises ConfluxError when the first cell's number is at or below the last delivered."""
+        first = leg.last_seq_recv + 1
+        leg.last_seq_recv += count
+        leg.cells_received += count
+        delivered = self.last_seq_delivered
+        if first != delivered + 1:
+            if first <= delivered:
+                raise ConfluxError(f"conflux cell with sequence number {first} at or below the last delivered "
+                                   f"({delivered})")
+            return 0
+        in_order = count
+        if self._ooo_first and self._ooo_first[0] < first + count:
+            in_order = self._ooo_first[0] - first
+        self.last_seq_delivered = delivered + in_order
+        return in_order
+
+    def dequeue(self) -> list[Item]:
+        """conflux_dequeue_cell: the queued items now next in sequence, in order (counted delivered)."""
+        firsts = self._ooo_first
+        ready = []
+        while firsts and firsts[0] == self.last_seq_delivered + 1:
+            first = firsts.pop(0)
+            self.last_seq_delivered = last = self._ooo_last.pop(0)
+            self._ooo_cells -= last - first + 1
+            ready.append(self._ooo_items.pop(0))
+        return ready
+
+    def enqueue(self, leg: ConfluxLeg[LegKey], count: int, item: Item) -> None:
+        """The last `count` cells numbered on `leg` came early: they wait as `item` until the cells before them
+        are delivered.
+
+        Raises ConfluxError when one of their numbers is at or below the last delivered or queued already,
+        ConfluxQueueFull when they would take the queue past its limit."""
+        last = leg.last_seq_recv
+        first = last - count + 1
+        if first <= self.last_seq_delivered:
+            raise ConfluxError(f"conflux cell with sequence number {first} at or below the last delivered "
                                f"({self.last_seq_delivered})")
-        if seq in self._queued_seqs:
-            raise ConfluxError(f"two conflux cells with sequence number {seq}")
-        if self.queued_bytes + OOO_CELL_COST > self.max_ooo_bytes:
-            raise ConfluxQueueFull(f"conflux out-of-order queue full: {len(self._ooo)} cells "
+        firsts = self._ooo_first
+        index = bisect.bisect_left(firsts, first)
+        duplicate = None
+        if index and self._ooo_last[index - 1] >= first:
+            duplicate = first
+        elif index < len(firsts) and firsts[index] <= last:
+            duplicate = firsts[index]
+        # The cells that still fit. Whichever error a cell of the run meets first is the one raised (one at a
+        # time, the cells before it would have been queued).
+        room = self.max_ooo_bytes // OOO_CELL_COST - self._ooo_cells
+        if duplicate is not None and duplicate - first <= room:
+            raise ConfluxError(f"two conflux cells with sequence number {duplicate}")
+        if count > room:
+            raise ConfluxQueueFull(f"conflux out-of-order queue full: {self._ooo_cells} cells "
                                    f"({self.queued_bytes} bytes) waiting for sequence number "
-                                   f"{self.last_seq_delivered + 1}, limit {self.max_ooo_bytes} bytes")
-        heapq.heappush(self._ooo, (seq, item))
-        self._queued_seqs.add(seq)
+                                   f"{self.last_seq_delivered + 1}, {count} more came, limit "
+                                   f"{self.max_ooo_bytes} bytes")
+        firsts.insert(index, first)
+        self._ooo_last.insert(index, last)
+        self._ooo_items.insert(index, item)
+        self._ooo_cells += count
+
+    def cell_received(self, leg: ConfluxLeg[LegKey], item: Item) -> list[Item]:
+        """One multiplexed cell on `leg` (a run of one): the items now in order (this one and those queued
+        behind it), or none when it arrived early (it is queued)."""
+        if self.run_received(leg, 1):
+            return [item, *self.dequeue()]
+        self.enqueue(leg, 1, item)
         return []
 
     def clear(self) -> int:
         """Drop the out-of-order queue (the set is torn down); the bytes it held."""
         held = self.queued_bytes
-        self._ooo.clear()
-        self._queued_seqs.clear()
+        self._ooo_first.clear()
+        self._ooo_last.clear()
+        self._ooo_items.clear()
+        self._ooo_cells = 0
         return held

@@ -81,7 +81,8 @@ class ConfluxTunnel(StreamTable):
         # What we send is scheduled by our own ConfluxClientUX (LowRTT for throughput). tor's cfx_add_leg takes
         # the UX of the exit's LINKED instead, and tor's exits ask for MIN_LATENCY, so C tor uploads over the
         # lowest-RTT leg alone (a 20 MB upload here took 4.3 s that way, 2.1 s with LowRTT).
-        self.conflux: ConfluxSet[Circuit, tuple[int, int, bytes]] = ConfluxSet(
+        # Its out-of-order queue holds lists of entries as `leg_cells` takes them (the DATA copied).
+        self.conflux: ConfluxSet[Circuit, list[tuple]] = ConfluxSet(
             nonce, algorithm_for_ux(desired_ux), max_ooo_bytes=max_ooo_bytes)
         # Legs launched and still building (`leg_launched`), and legs that sent LINK and wait for LINKED
         # (when each was sent): the set is usable once neither is left (tor's try_finalize_set).
@@ -302,49 +303,58 @@ class ConfluxTunnel(StreamTable):
         try:
             self.conflux.switch_received(leg, data)
         except ConfluxError as exc:
-            self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
+            self._protocol_error(circuit, exc)
 
-    def leg_cells(self, circuit: Circuit, cells: list[tuple[int, int, bytes]]) -> None:
-        """Multiplexed cells from a leg, in its arrival order: each numbered, the ones now in sequence handed
-        to their streams (DATA in runs per stream, as a circuit does)."""
-        leg = self.conflux.leg(circuit)
+    def leg_cells(self, circuit: Circuit, entries: list[tuple], count: int) -> None:
+        """`count` multiplexed cells from a leg, in its arrival order (entries as `ConfluxLegOwner.leg_cells`
+        has them), numbered at once. Those now in sequence go to their streams with what they free from the
+        out-of-order queue (DATA in runs per stream, as a circuit hands them over); those that came early are
+        copied into the queue."""
+        conflux = self.conflux
+        leg = conflux.leg(circuit)
         if leg is None:
             circuit.close(DestroyReason.PROTOCOL, "stream cells on a conflux leg that is not linked")
             return
-        ready: list[tuple[int, int, bytes]] = []
         try:
-            for cell in cells:
-                ready.extend(self.conflux.cell_received(leg, cell))
+            in_order = conflux.run_received(leg, count)
         except ConfluxError as exc:
-            log.info("Conflux set %s: %s; tearing the set down.", self.nonce[:4].hex(), exc)
-            self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
+            self._protocol_error(circuit, exc)
+            return
+        if in_order:
+            ready = entries if in_order == count else _first_cells(entries, in_order)
+            for queued in conflux.dequeue():
+                _append_entries(ready, queued)
+            self._report_queued()
+            self._deliver(ready)
+            if in_order == count or self.state is TunnelState.CLOSED:
+                return
+            # The rest repeats numbers another leg brought, delivered from the queue just now: refused below.
+            entries = []
+        try:
+            conflux.enqueue(leg, count - in_order, _owned_entries(entries))
+        except ConfluxError as exc:
+            self._protocol_error(circuit, exc)
             return
         self._report_queued()
-        if self.state is not TunnelState.CLOSED:
-            self._deliver(ready)
 
-    def _deliver(self, cells: list[tuple[int, int, bytes]]) -> None:
-        run_stream = None
-        run: list = []
-        for command, stream_id, data in cells:
+    def _protocol_error(self, circuit: Circuit, exc: ConfluxError) -> None:
+        """A leg's cells broke the sequence (or filled the queue): the whole set goes."""
+        log.info("Conflux set %s: %s; tearing the set down.", self.nonce[:4].hex(), exc)
+        self._teardown(CircuitError(f"conflux leg {circuit.circ_id:#x}: {exc}", exc.reason))
+
+    def _deliver(self, entries: list[tuple]) -> None:
+        """Cells in sequence order to their streams: DATA runs at once, other commands one by one."""
+        streams = self.streams
+        for command, stream_id, data in entries:
             if self.state is TunnelState.CLOSED:
                 return
-            stream = self.streams.get(stream_id)
-            if command == _DATA and stream is not None:
-                if stream is not run_stream and run:
-                    run_stream.data_cells_received(run)
-                    run = []
-                run_stream = stream
-                run.append(data)
-                continue
-            if run:
-                run_stream.data_cells_received(run)
-                run, run_stream = [], None
-            if stream is not None:
+            stream = streams.get(stream_id)
+            if stream is None:
+                continue  # cells for streams already gone are late arrivals after our END: dropped
+            if command == _DATA:
+                stream.data_cells_received(data)
+            else:
                 stream.relay_received(command, data)
-            # Cells for streams already gone are late arrivals after our END: dropped.
-        if run and self.state is not TunnelState.CLOSED:
-            run_stream.data_cells_received(run)
 
     def leg_window_opened(self, circuit: Circuit) -> None:
         for stream in list(self.streams.values()):
@@ -424,3 +434,33 @@ class ConfluxTunnel(StreamTable):
                  {f"{leg.circuit.circ_id:#x}": leg.cells_received for leg in self.conflux.legs},
                  {f"{leg.circuit.circ_id:#x}": leg.cells_sent for leg in self.conflux.legs},
                  self.conflux.switches_sent)
+
+
+def _first_cells(entries: list[tuple], cells: int) -> list[tuple]:
+    """The entries of the first `cells` cells (a DATA run cut where the count falls)."""
+    head = []
+    for command, stream_id, data in entries:
+        size = len(data) if command == _DATA else 1
+        if cells < size:
+            if cells:
+                head.append((command, stream_id, data[:cells]))
+            return head
+        head.append((command, stream_id, data))
+        cells -= size
+    return head
+
+
+def _append_entries(entries: list[tuple], more: list[tuple]) -> None:
+    """`more` after `entries`, a DATA run of one stream that spans both made one."""
+    if entries and more:
+        command, stream_id, data = entries[-1]
+        if command == _DATA and more[0][0] == _DATA and more[0][1] == stream_id:
+            entries[-1] = (command, stream_id, data + more[0][2])
+            more = more[1:]
+    entries.extend(more)
+
+
+def _owned_entries(entries: list[tuple]) -> list[tuple]:
+    """Entries whose DATA no longer refers to the read's buffer: cells that wait in the out-of-order queue."""
+    return [(command, stream_id, [bytes(chunk) for chunk in data]) if command == _DATA else (command, stream_id, data)
+            for command, stream_id, data in entries]

@@ -6,6 +6,7 @@ desired_ux; SWITCH: u32)."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -329,3 +330,174 @@ def test_out_of_memory_closes_a_set_counting_its_streams_and_their_age(caplog):
             f"stream(s), the oldest queued 4.0 s ago") in line
     assert tunnel.state is TunnelState.CLOSED and stream.end.reason == EndReason.RESOURCELIMIT
     assert young.circuit.state is CircuitState.OPEN and not young.stream.ended
+
+
+# ----------------------------------------------------------------------------- runs and single cells
+# A read from a link brings a leg's cells as a run: the leg numbers its multiplexed cells at once, hands those
+# in sequence to their streams as views of the read and copies only those that came early into the queue. The
+# same cells fed one at a time must do exactly the same.
+
+RELAY_END, RELAY_DROP = 3, 10
+
+
+class World:
+    """A linked set carrying two streams that wait for CONNECTED, and what has happened to it so far."""
+
+    def __init__(self, max_ooo_cells=None, max_memory=10 ** 9):
+        self.memory = MemoryTracker(max_memory)
+        self.tunnel, self.owner, a, b, clock = new_set(account=self.memory)
+        self.memory.clock = clock
+        if max_ooo_cells is not None:
+            self.tunnel.conflux.max_ooo_bytes = max_ooo_cells * OOO_CELL_COST
+        self.legs = (a, b)
+        self.sinks = [RecordingSink(), RecordingSink()]
+        self.streams = [Stream(sink, "example.com", 80, account=self.memory) for sink in self.sinks]
+        for stream in self.streams:
+            stream.attach(self.tunnel)
+        self.sendmes = ([], [])
+        self.take_sendmes()
+
+    def take_sendmes(self):
+        """Our circuit SENDMEs so far on each leg, as the positions among the exit's cells of the cell each one
+        acknowledges (its tag is the exit's digest right after that cell)."""
+        for leg, sent in zip(self.legs, self.sendmes):
+            tags = leg.path.hops[EXIT].backward_tags
+            sent += [tags.index(message.data[3:]) for message in leg.received()
+                     if message.command == RelayCommand.SENDME and message.stream_id == 0]
+
+    def snapshot(self):
+        """What the streams, the memory tracker and the exit have seen so far. (A leg closed in the middle of
+        a read has counted the read's later cells in its windows, where one fed cell by cell stopped: as on a
+        single circuit, which counts a run before it delivers it; nothing of them reaches a stream.)"""
+        self.take_sendmes()
+        tunnel, conflux = self.tunnel, self.tunnel.conflux
+        legs = [(leg.circuit.state,) if leg.circuit.state is CircuitState.CLOSED else
+                (leg.circuit.state, leg.circuit.window.deliver, leg.circuit.bytes_read, list(sent),
+                 conflux.leg(leg.circuit).last_seq_recv, conflux.leg(leg.circuit).cells_received)
+                for leg, sent in zip(self.legs, self.sendmes)]
+        streams = [(b"".join(sink.data), [event if isinstance(event, str) else (event[0], getattr(
+            event[1], "reason", event[1])) for event in sink.events]) for sink in self.sinks]
+        return (tunnel.state, conflux.last_seq_delivered, conflux.queued_bytes, self.memory.queued_in_streams,
+                [error.reason for error in self.owner.closed], legs, streams)
+
+
+def exit_script(rng, stream_ids, cells=160, switch_error=False):
+    """What the exit sends on each leg, in order: CONNECTED for both streams, then DATA of random lengths for
+    both, an END for the second stream and DATA after it, and DROP padding now and then (per leg, no number),
+    on the legs in bursts, each move to the other leg announced with a SWITCH. `switch_error`: one SWITCH
+    claims one cell less than it should (the exit repeats a number)."""
+    first, second = stream_ids
+    messages = [(RELAY_CONNECTED, first, b""), (RELAY_CONNECTED, second, b"")]
+    for index in range(cells):
+        if index == cells // 2:
+            messages.append((RELAY_END, second, bytes([EndReason.DONE])))
+        stream_id = rng.choice(stream_ids)
+        messages.append((RELAY_DATA, stream_id, rng.randbytes(rng.choice([RELAY_DATA_LEN, RELAY_DATA_LEN, 1, 77]))))
+    per_leg = ([], [])
+    sent = 0
+    last_on = [0, 0]
+    leg = 0
+    switches = 0
+    while sent < len(messages):
+        if last_on[leg] != sent:
+            relative = sent - last_on[leg]
+            switches += 1
+            if switch_error and switches == 3:
+                relative -= 1
+            per_leg[leg].append((SWITCH, 0, struct.pack(">I", relative)))
+        for command, stream_id, data in messages[sent:sent + rng.randint(1, 40)]:
+            per_leg[leg].append((command, stream_id, data))
+            if rng.random() < 0.05:
+                per_leg[leg].append((RELAY_DROP, 0, b""))
+            sent += 1
+        last_on[leg] = sent
+        leg = 1 - leg
+    return per_leg
+
+
+def arrival_order(rng, per_leg):
+    """The legs' cells interleaved as two links might deliver them: each leg's in order, in turns of random
+    length (the leg behind then gets its cells after the other's later ones)."""
+    left = [len(messages) for messages in per_leg]
+    order = []
+    while any(left):
+        leg = rng.choice([index for index in (0, 1) if left[index]])
+        count = min(left[leg], rng.randint(1, 60))
+        order.append((leg, count))
+        left[leg] -= count
+    return order
+
+
+def compare_runs_and_single_cells(seed, switch_error=False, **world_options):
+    rng = random.Random(seed)
+    batched, single = World(**world_options), World(**world_options)
+    stream_ids = [stream.stream_id for stream in batched.streams]
+    assert stream_ids == [stream.stream_id for stream in single.streams]
+    script = exit_script(rng, stream_ids, switch_error=switch_error)
+    cells = [[[leg.path.send(EXIT, *message) for message in messages] for leg, messages in zip(world.legs, script)]
+             for world in (batched, single)]
+    taken = [0, 0]
+    snapshots = []
+    for leg, count in arrival_order(rng, script):
+        start, taken[leg] = taken[leg], taken[leg] + count
+        run = cells[0][leg][start:start + count]
+        while run:  # reads of random size
+            size = rng.randint(1, 25)
+            if batched.legs[leg].circuit.state is CircuitState.OPEN:
+                batched.legs[leg].circuit.relay_cells_received(b"".join(run[:size]))
+            run = run[size:]
+        for cell in cells[1][leg][start:start + count]:
+            if single.legs[leg].circuit.state is CircuitState.OPEN:
+                single.legs[leg].circuit.cell_received(CMD_RELAY, cell)
+        snapshots.append(batched.snapshot())
+        assert snapshots[-1] == single.snapshot()
+    return batched, snapshots
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cells_in_reads_do_what_they_do_one_at_a_time(seed):
+    """Reordering across the legs, SWITCHes, CONNECTED and END among the DATA of a read, per-leg DROPs
+    cutting reads, our SENDMEs, and what the queue holds and the memory tracker counts after each turn."""
+    world, snapshots = compare_runs_and_single_cells(seed)
+    assert world.tunnel.state is TunnelState.LINKED
+    assert max(snapshot[2] for snapshot in snapshots) > 0  # cells did wait in the queue
+    assert world.tunnel.conflux.queued_bytes == 0 and world.memory.queued_in_streams == 0
+    first, second = world.sinks
+    assert first.events[0] == "connected" and second.events[0] == "connected"
+    assert second.ends[0].reason == EndReason.DONE and not world.streams[0].ended
+    assert len(b"".join(first.data)) > 0 and world.legs[0].circuit.bytes_read + world.legs[1].circuit.bytes_read \
+        > len(b"".join(first.data)) + len(b"".join(second.data))  # the second stream's late DATA was dropped
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_repeated_number_in_a_read_tears_the_set_down_as_one_at_a_time(seed):
+    world, snapshots = compare_runs_and_single_cells(seed, switch_error=True)
+    assert world.tunnel.state is TunnelState.CLOSED
+    assert world.owner.closed[0].reason == DestroyReason.PROTOCOL and "conflux" in str(world.owner.closed[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_out_of_order_queue_overflowing_in_a_read_is_what_it_is_one_at_a_time(seed):
+    world, snapshots = compare_runs_and_single_cells(seed, max_ooo_cells=12)
+    assert world.tunnel.state is TunnelState.CLOSED
+    assert world.owner.closed[0].reason == DestroyReason.RESOURCELIMIT
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_max_mem_in_queues_closes_the_set_after_the_same_cells_in_reads(seed):
+    world, snapshots = compare_runs_and_single_cells(seed, max_memory=15 * OOO_CELL_COST)
+    assert world.tunnel.state is TunnelState.CLOSED and world.memory.circuits_closed == 1
+    assert world.memory.queued_in_streams == 0
+
+
+def test_cells_that_came_early_are_copies_not_views_of_the_read():
+    """The queue is counted per cell: a queued cell must not keep its whole read alive."""
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    other = b if first is a else a
+    other.circuit.relay_cells_received(b"".join([other.path.send(EXIT, SWITCH, 0, struct.pack(">I", 2))] + [
+        other.path.send(EXIT, RELAY_DATA, stream_id, bytes([n]) * 10) for n in range(3)]))
+    (queued,) = tunnel.conflux._ooo_items
+    assert [(command, type(chunk)) for command, _, data in queued for chunk in data] == [(RELAY_DATA, bytes)] * 3
+    first.send(RELAY_DATA, stream_id, b"x")
+    assert b"".join(sink.data) == b"x" + bytes(10) + bytes([1]) * 10 + bytes([2]) * 10
