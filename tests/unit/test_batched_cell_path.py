@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import random
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from oppy.cell.commands import CELL_PAYLOAD_LEN
 from oppy.cell.framing import CellReader, encode_cell, encode_fixed_cells
+from oppy.circuit import circuit as circuit_module
 from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
@@ -261,18 +263,31 @@ def script(stream_id, rng):
     return messages
 
 
-def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one():
+def bulk_script(stream_id, rng):
+    """A bulk download: full DATA cells for the stream, now and then padding from the middle hop."""
+    messages = [(2, RELAY_DATA, stream_id, os.urandom(498)) for _ in range(400)]
+    for _ in range(4):
+        messages.insert(rng.randrange(len(messages)), (1, RELAY_DROP, 0, b""))
+    messages.append((2, RELAY_END, stream_id, bytes([6])))
+    return messages
+
+
+@pytest.mark.parametrize("make_script", [script, bulk_script])
+def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one(make_script):
+    """The cells one by one take the per-cell loop alone (a lone full DATA cell would take the path for full
+    DATA runs too); the reads of full DATA cells for the stream alone take that path."""
     rng = random.Random(5)
     one = open_circuit_with_stream()
     batch = open_circuit_with_stream()
-    messages = script(one[3].stream_id, rng)
+    messages = make_script(one[3].stream_id, rng)
     assert one[3].stream_id == batch[3].stream_id
     one_circuit, one_channel, one_path, one_stream, one_sink = one
     b_circuit, b_channel, b_path, b_stream, b_sink = batch
     cells_one = [one_path.send(*message) for message in messages]
     cells_batch = [b_path.send(*message) for message in messages]
-    for cell in cells_one:
-        one_circuit.cell_received(CMD_RELAY, cell)
+    with mock.patch.object(circuit_module, "_full_data_run", lambda cells, hop: None):
+        for cell in cells_one:
+            one_circuit.cell_received(CMD_RELAY, cell)
     sizes = [1, 5, 64, 33, 2, 100, 7]
     offset = index = 0
     while offset < len(cells_batch):
@@ -294,7 +309,7 @@ def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one():
 
     expected = sendmes(one_channel, one_path)
     assert sendmes(b_channel, b_path) == expected
-    assert sum(1 for m in expected if m[2] == 0) == 2 and sum(1 for m in expected if m[2]) >= 4
+    assert sum(1 for m in expected if m[2] == 0) >= 2 and sum(1 for m in expected if m[2]) >= 4
 
 
 def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_closes():

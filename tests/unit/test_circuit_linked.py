@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import random
 import struct
+from unittest import mock
 
 import pytest
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
+from oppy.circuit import circuit as circuit_module
 from oppy.circuit.circuit import Circuit, CircuitState
 from oppy.circuit.conflux import OOO_CELL_COST, ConfluxAlgorithm
 from oppy.circuit.linked import ConfluxTunnel, TunnelState
@@ -381,16 +383,21 @@ class World:
                 [error.reason for error in self.owner.closed], legs, streams)
 
 
-def exit_script(rng, stream_ids, cells=160, switch_error=False):
+def exit_script(rng, stream_ids, cells=160, switch_error=False, bulk=False):
     """What the exit sends on each leg, in order: CONNECTED for both streams, then DATA of random lengths for
     both, an END for the second stream and DATA after it, and DROP padding now and then (per leg, no number),
     on the legs in bursts, each move to the other leg announced with a SWITCH. `switch_error`: one SWITCH
-    claims one cell less than it should (the exit repeats a number)."""
+    claims one cell less than it should (the exit repeats a number). `bulk`: the DATA cells full, nearly all
+    for the first stream (reads of them alone take the path without a step per cell)."""
     first, second = stream_ids
     messages = [(RELAY_CONNECTED, first, b""), (RELAY_CONNECTED, second, b"")]
     for index in range(cells):
         if index == cells // 2:
             messages.append((RELAY_END, second, bytes([EndReason.DONE])))
+        if bulk:
+            stream_id = first if rng.random() < 0.97 else second
+            messages.append((RELAY_DATA, stream_id, rng.randbytes(RELAY_DATA_LEN)))
+            continue
         stream_id = rng.choice(stream_ids)
         messages.append((RELAY_DATA, stream_id, rng.randbytes(rng.choice([RELAY_DATA_LEN, RELAY_DATA_LEN, 1, 77]))))
     per_leg = ([], [])
@@ -428,12 +435,14 @@ def arrival_order(rng, per_leg):
     return order
 
 
-def compare_runs_and_single_cells(seed, switch_error=False, **world_options):
+def compare_runs_and_single_cells(seed, switch_error=False, bulk=False, **world_options):
+    """The cells fed one at a time take the per-cell loop alone (the path for full DATA runs is switched off
+    for them: a lone full DATA cell would take it too)."""
     rng = random.Random(seed)
     batched, single = World(**world_options), World(**world_options)
     stream_ids = [stream.stream_id for stream in batched.streams]
     assert stream_ids == [stream.stream_id for stream in single.streams]
-    script = exit_script(rng, stream_ids, switch_error=switch_error)
+    script = exit_script(rng, stream_ids, switch_error=switch_error, bulk=bulk)
     cells = [[[leg.path.send(EXIT, *message) for message in messages] for leg, messages in zip(world.legs, script)]
              for world in (batched, single)]
     taken = [0, 0]
@@ -446,9 +455,10 @@ def compare_runs_and_single_cells(seed, switch_error=False, **world_options):
             if batched.legs[leg].circuit.state is CircuitState.OPEN:
                 batched.legs[leg].circuit.relay_cells_received(b"".join(run[:size]))
             run = run[size:]
-        for cell in cells[1][leg][start:start + count]:
-            if single.legs[leg].circuit.state is CircuitState.OPEN:
-                single.legs[leg].circuit.cell_received(CMD_RELAY, cell)
+        with mock.patch.object(circuit_module, "_full_data_run", lambda cells, hop: None):
+            for cell in cells[1][leg][start:start + count]:
+                if single.legs[leg].circuit.state is CircuitState.OPEN:
+                    single.legs[leg].circuit.cell_received(CMD_RELAY, cell)
         snapshots.append(batched.snapshot())
         assert snapshots[-1] == single.snapshot()
     return batched, snapshots
@@ -467,6 +477,15 @@ def test_cells_in_reads_do_what_they_do_one_at_a_time(seed):
     assert second.ends[0].reason == EndReason.DONE and not world.streams[0].ended
     assert len(b"".join(first.data)) > 0 and world.legs[0].circuit.bytes_read + world.legs[1].circuit.bytes_read \
         > len(b"".join(first.data)) + len(b"".join(second.data))  # the second stream's late DATA was dropped
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reads_of_full_data_for_one_stream_do_what_the_cells_do_one_at_a_time(seed):
+    """A bulk download's reads: most are full DATA cells for one stream alone, counted and cut without a step
+    per cell; the SENDMEs they owe echo the same cells' tags."""
+    world, snapshots = compare_runs_and_single_cells(seed, bulk=True)
+    assert world.tunnel.state is TunnelState.LINKED
+    assert sum(len(sent) for sent in world.sendmes) >= 4 and max(snapshot[2] for snapshot in snapshots) > 0
 
 
 @pytest.mark.parametrize("seed", range(3))
