@@ -472,16 +472,17 @@ class Circuit(StreamTable):
         unpack = _RELAY_HEADER.unpack_from
         streams = self.streams
         window = self.window
-        stream_id = _full_data_run(cells, len(self.crypto) - 1)
-        if stream_id is not None:
+        data_run = _data_run(cells, len(self.crypto) - 1)
+        if data_run is not None:
+            stream_id, lengths = data_run
             sendmes = []
-            window.deliver = _count_full_run(window, window.deliver, cells, sendmes)
-            self.bytes_read += len(cells) * RELAY_PAYLOAD_LEN
+            window.deliver = _count_data_run(window, window.deliver, cells, sendmes)
+            self.bytes_read += len(cells) * RELAY_PAYLOAD_LEN if lengths is None else sum(lengths)
             if sendmes:
                 self._send_sendmes(sendmes)
             stream = streams.get(stream_id)
             if stream is not None and self.state is not CircuitState.CLOSED:
-                stream.data_cells_received(_full_run_views(cells))
+                stream.data_cells_received(_data_run_views(cells, lengths))
             if error is not None and self.state is not CircuitState.CLOSED:
                 self._fail(str(error), DestroyReason.PROTOCOL)
             return
@@ -633,13 +634,14 @@ class Circuit(StreamTable):
         viewed = view = None
         sendmes = None
         failure = None
-        stream_id = _full_data_run(cells, exit_hop)
-        if stream_id is not None:
+        data_run = _data_run(cells, exit_hop)
+        if data_run is not None:
+            stream_id, lengths = data_run
             count = len(cells)
-            bytes_read += count * RELAY_PAYLOAD_LEN
+            bytes_read += count * RELAY_PAYLOAD_LEN if lengths is None else sum(lengths)
             sendmes = []
-            deliver = _count_full_run(window, deliver, cells, sendmes)
-            entries.append((_DATA, stream_id, _full_run_views(cells)))
+            deliver = _count_data_run(window, deliver, cells, sendmes)
+            entries.append((_DATA, stream_id, _data_run_views(cells, lengths)))
             cells = ()
         for hop, buffer, offset, tag in cells:
             command, _, stream_id, _, length = unpack(buffer, offset)
@@ -956,17 +958,17 @@ class Circuit(StreamTable):
         self.owner.circuit_closed(self, error)
 
 
-# The usual read of a bulk download is full DATA cells for one stream, all from the last hop: such a run is
-# checked with a few strided slices, counted against the deliver window from one SENDME trigger to the next,
-# and cut into views, with no Python step per cell (`_cells_received`, `_leg_run_received`).
-_FULL_DATA_LENGTH = RELAY_PAYLOAD_LEN.to_bytes(2, "big")
-# Where the cells of such a run agree: the command, the stream id (bytes 3-4) and the length (bytes 9-10).
-_FULL_RUN_FIELDS = (0, 3, 4, 9, 10)
+# The usual read of a bulk download is DATA cells for one stream, all from the last hop, most of them full: such
+# a run is checked with a few strided slices, counted against the deliver window from one SENDME trigger to the
+# next and cut into views, with no Python step per cell (`_cells_received`, `_leg_run_received`).
+_FULL_LENGTH_HIGH = bytes([RELAY_PAYLOAD_LEN >> 8])
+_FULL_LENGTH_LOW = bytes([RELAY_PAYLOAD_LEN & 0xFF])
 
 
-def _full_data_run(cells: list[tuple], hop: int) -> int | None:
-    """The stream id when the decrypted `cells` (as `decrypt_inbound_many` gives them) are all full DATA
-    cells from `hop` for one stream (not 0), back to back in one buffer from its start; None otherwise."""
+def _data_run(cells: list[tuple], hop: int) -> tuple[int, list[int] | None] | None:
+    """(stream id, the cells' data lengths, None when all are full) when the decrypted `cells` (as
+    `decrypt_inbound_many` gives them) are all DATA cells from `hop` for one stream (not 0) of at most a relay
+    body, back to back in one buffer from its start; None otherwise."""
     if not cells:
         return None
     first_hop, buffer, offset, _ = cells[0]
@@ -975,19 +977,26 @@ def _full_data_run(cells: list[tuple], hop: int) -> int | None:
     if first_hop != hop or offset or cells[-1][1] is not buffer or cells[-1][2] != end - CELL_PAYLOAD_LEN:
         return None
     header = bytes(buffer[:RELAY_HEADER_LEN])
-    if header[0] != _DATA or header[9:] != _FULL_DATA_LENGTH or not (header[3] or header[4]):
+    if header[0] != _DATA or not (header[3] or header[4]):
         return None
-    for index in _FULL_RUN_FIELDS:
+    for index in (0, 3, 4):  # the command and the stream id, the same in every cell
         if buffer[index:end:CELL_PAYLOAD_LEN] != header[index:index + 1] * count:
             return None
-    return header[3] << 8 | header[4]
+    stream_id = header[3] << 8 | header[4]
+    high, low = buffer[9:end:CELL_PAYLOAD_LEN], buffer[10:end:CELL_PAYLOAD_LEN]
+    if high == _FULL_LENGTH_HIGH * count and low == _FULL_LENGTH_LOW * count:
+        return stream_id, None
+    lengths = [high_byte << 8 | low_byte for high_byte, low_byte in zip(high, low)]
+    if max(lengths) > RELAY_PAYLOAD_LEN:
+        return None  # the cell-by-cell loop closes the circuit over it
+    return stream_id, lengths
 
 
-def _count_full_run(window: SendmeWindow, deliver: int, cells: list[tuple], sendmes: list) -> int:
-    """Count a full DATA run against the deliver window that stands at `deliver`, as cell by cell: each cell
-    that takes it down to the threshold owes a SENDME echoing its tag (appended to `sendmes` with its hop)
-    and opens the window by an increment. Returns the window after the run. (Above the threshold before
-    each cell, it never falls below 0: a run cannot overrun it.)"""
+def _count_data_run(window: SendmeWindow, deliver: int, cells: list[tuple], sendmes: list) -> int:
+    """Count a DATA run against the deliver window that stands at `deliver`, as cell by cell: each cell that
+    takes it down to the threshold owes a SENDME echoing its tag (appended to `sendmes` with its hop) and
+    opens the window by an increment. Returns the window after the run. (Above the threshold before each
+    cell, it never falls below 0: a run cannot overrun it.)"""
     count = len(cells)
     threshold = window.sendme_threshold
     position = 0
@@ -999,11 +1008,13 @@ def _count_full_run(window: SendmeWindow, deliver: int, cells: list[tuple], send
     return deliver - (count - position)
 
 
-def _full_run_views(cells: list[tuple]) -> list[memoryview]:
-    """The data of a full DATA run: views of the decrypted buffer."""
+def _data_run_views(cells: list[tuple], lengths: list[int] | None) -> list[memoryview]:
+    """The data of a DATA run (`lengths` as `_data_run` gives them): views of the decrypted buffer."""
     view = memoryview(cells[0][1])
-    return [view[start:start + RELAY_PAYLOAD_LEN]
-            for start in range(RELAY_HEADER_LEN, len(cells) * CELL_PAYLOAD_LEN, CELL_PAYLOAD_LEN)]
+    starts = range(RELAY_HEADER_LEN, len(cells) * CELL_PAYLOAD_LEN, CELL_PAYLOAD_LEN)
+    if lengths is None:
+        return [view[start:start + RELAY_PAYLOAD_LEN] for start in starts]
+    return [view[start:start + length] for start, length in zip(starts, lengths)]
 
 
 class InnerHop(StreamTable):

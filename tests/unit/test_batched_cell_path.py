@@ -26,7 +26,7 @@ from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.cell.flow_control import STREAMWINDOW_START
 from oppy.stream.stream import Stream, StreamState
-from tests.unit.relaysim import CMD_RELAY, build_circuit, parse_cells
+from tests.unit.relaysim import CMD_RELAY, build_circuit, parse_cells, relay_plaintext
 from tests.unit.test_crypto_relay import SimulatedRelayHop, decrypt_one, deliver_forward, random_relay_payload
 
 RELAY, PADDING, DESTROY, VPADDING = 3, 0, 4, 128
@@ -264,8 +264,10 @@ def script(stream_id, rng):
 
 
 def bulk_script(stream_id, rng):
-    """A bulk download: full DATA cells for the stream, now and then padding from the middle hop."""
-    messages = [(2, RELAY_DATA, stream_id, os.urandom(498)) for _ in range(400)]
+    """A bulk download: DATA cells for the stream, most of them full, now and then padding from the middle
+    hop."""
+    messages = [(2, RELAY_DATA, stream_id, os.urandom(498 if rng.random() < 0.9 else rng.randint(0, 497)))
+                for _ in range(400)]
     for _ in range(4):
         messages.insert(rng.randrange(len(messages)), (1, RELAY_DROP, 0, b""))
     messages.append((2, RELAY_END, stream_id, bytes([6])))
@@ -274,8 +276,8 @@ def bulk_script(stream_id, rng):
 
 @pytest.mark.parametrize("make_script", [script, bulk_script])
 def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one(make_script):
-    """The cells one by one take the per-cell loop alone (a lone full DATA cell would take the path for full
-    DATA runs too); the reads of full DATA cells for the stream alone take that path."""
+    """The cells one by one take the per-cell loop alone (a lone DATA cell would take the path for DATA runs
+    too); the reads of DATA cells for the stream alone take that path."""
     rng = random.Random(5)
     one = open_circuit_with_stream()
     batch = open_circuit_with_stream()
@@ -285,7 +287,7 @@ def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one(make_script):
     b_circuit, b_channel, b_path, b_stream, b_sink = batch
     cells_one = [one_path.send(*message) for message in messages]
     cells_batch = [b_path.send(*message) for message in messages]
-    with mock.patch.object(circuit_module, "_full_data_run", lambda cells, hop: None):
+    with mock.patch.object(circuit_module, "_data_run", lambda cells, hop: None):
         for cell in cells_one:
             one_circuit.cell_received(CMD_RELAY, cell)
     sizes = [1, 5, 64, 33, 2, 100, 7]
@@ -319,6 +321,15 @@ def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_close
     assert b"".join(sink.data) == b"x" * 30
     assert circuit.state is CircuitState.CLOSED
     assert stream.state is StreamState.CLOSED
+
+
+def test_a_run_of_data_with_a_cell_claiming_too_much_delivers_the_cells_before_it_then_closes():
+    circuit, channel, path, stream, sink = open_circuit_with_stream()
+    good = [path.send(2, RELAY_DATA, stream.stream_id, b"y" * 498) for _ in range(3)]
+    bad = path.originate(2, relay_plaintext(RELAY_DATA, stream.stream_id, b"z" * 498, length=499))
+    circuit.relay_cells_received(b"".join(good + [bad]))
+    assert b"".join(sink.data) == b"y" * 3 * 498
+    assert circuit.state is CircuitState.CLOSED and "claims 499 bytes" in str(circuit.error)
 
 
 def test_a_run_while_building_goes_cell_by_cell():

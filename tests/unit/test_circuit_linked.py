@@ -387,8 +387,8 @@ def exit_script(rng, stream_ids, cells=160, switch_error=False, bulk=False):
     """What the exit sends on each leg, in order: CONNECTED for both streams, then DATA of random lengths for
     both, an END for the second stream and DATA after it, and DROP padding now and then (per leg, no number),
     on the legs in bursts, each move to the other leg announced with a SWITCH. `switch_error`: one SWITCH
-    claims one cell less than it should (the exit repeats a number). `bulk`: the DATA cells full, nearly all
-    for the first stream (reads of them alone take the path without a step per cell)."""
+    claims one cell less than it should (the exit repeats a number). `bulk`: the DATA cells nearly all for the
+    first stream, most of them full (reads of them alone take the path without a step per cell)."""
     first, second = stream_ids
     messages = [(RELAY_CONNECTED, first, b""), (RELAY_CONNECTED, second, b"")]
     for index in range(cells):
@@ -396,7 +396,8 @@ def exit_script(rng, stream_ids, cells=160, switch_error=False, bulk=False):
             messages.append((RELAY_END, second, bytes([EndReason.DONE])))
         if bulk:
             stream_id = first if rng.random() < 0.97 else second
-            messages.append((RELAY_DATA, stream_id, rng.randbytes(RELAY_DATA_LEN)))
+            length = RELAY_DATA_LEN if rng.random() < 0.9 else rng.randint(1, RELAY_DATA_LEN)
+            messages.append((RELAY_DATA, stream_id, rng.randbytes(length)))
             continue
         stream_id = rng.choice(stream_ids)
         messages.append((RELAY_DATA, stream_id, rng.randbytes(rng.choice([RELAY_DATA_LEN, RELAY_DATA_LEN, 1, 77]))))
@@ -436,8 +437,8 @@ def arrival_order(rng, per_leg):
 
 
 def compare_runs_and_single_cells(seed, switch_error=False, bulk=False, **world_options):
-    """The cells fed one at a time take the per-cell loop alone (the path for full DATA runs is switched off
-    for them: a lone full DATA cell would take it too)."""
+    """The cells fed one at a time take the per-cell loop alone (the path for DATA runs is switched off for
+    them: a lone DATA cell would take it too)."""
     rng = random.Random(seed)
     batched, single = World(**world_options), World(**world_options)
     stream_ids = [stream.stream_id for stream in batched.streams]
@@ -455,7 +456,7 @@ def compare_runs_and_single_cells(seed, switch_error=False, bulk=False, **world_
             if batched.legs[leg].circuit.state is CircuitState.OPEN:
                 batched.legs[leg].circuit.relay_cells_received(b"".join(run[:size]))
             run = run[size:]
-        with mock.patch.object(circuit_module, "_full_data_run", lambda cells, hop: None):
+        with mock.patch.object(circuit_module, "_data_run", lambda cells, hop: None):
             for cell in cells[1][leg][start:start + count]:
                 if single.legs[leg].circuit.state is CircuitState.OPEN:
                     single.legs[leg].circuit.cell_received(CMD_RELAY, cell)
@@ -480,9 +481,9 @@ def test_cells_in_reads_do_what_they_do_one_at_a_time(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_reads_of_full_data_for_one_stream_do_what_the_cells_do_one_at_a_time(seed):
-    """A bulk download's reads: most are full DATA cells for one stream alone, counted and cut without a step
-    per cell; the SENDMEs they owe echo the same cells' tags."""
+def test_reads_of_data_for_one_stream_do_what_the_cells_do_one_at_a_time(seed):
+    """A bulk download's reads: most are DATA cells for one stream alone, counted and cut without a step per
+    cell; the SENDMEs they owe echo the same cells' tags."""
     world, snapshots = compare_runs_and_single_cells(seed, bulk=True)
     assert world.tunnel.state is TunnelState.LINKED
     assert sum(len(sent) for sent in world.sendmes) >= 4 and max(snapshot[2] for snapshot in snapshots) > 0
