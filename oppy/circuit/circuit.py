@@ -617,7 +617,8 @@ class Circuit(StreamTable):
         """A conflux leg's cells: the deliver window and SENDMEs stay per leg; the multiplexed cells go to the
         set in arrival order, a batch up to the next cell the leg handles itself (which may be a SWITCH). As
         in `_cells_received`, DATA cells in a row for one stream are one entry of views of the decrypted run:
-        no copy and no object per cell here (the set copies the cells that came early into its queue)."""
+        no copy of their data here (the set copies the cells that came early into its queue), and a read of
+        DATA for one stream alone takes no Python step per cell (`_data_run`)."""
         owner = self._conflux
         cells, error = self.crypto.decrypt_inbound_many(payloads)
         unpack = _RELAY_HEADER.unpack_from
