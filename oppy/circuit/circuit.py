@@ -621,6 +621,7 @@ class Circuit(StreamTable):
         DATA for one stream alone takes no Python step per cell (`_data_run`)."""
         owner = self._conflux
         cells, error = self.crypto.decrypt_inbound_many(payloads)
+        self._cells_recognized += len(cells)
         unpack = _RELAY_HEADER.unpack_from
         window = self.window
         threshold = window.sendme_threshold

@@ -159,6 +159,18 @@ def test_a_stream_begins_on_the_lowest_rtt_leg_and_gets_its_cells_in_sequence_or
     assert tunnel.conflux.queued_bytes == 0
 
 
+def test_a_legs_traffic_counts_what_it_received_for_the_set():
+    """CIRC_BW on a leg: the cells recognized there are its DELIVERED_READ plus OVERHEAD_READ, as on any
+    circuit (a leg's count of recognized cells once stayed 0, and OVERHEAD_READ with it)."""
+    tunnel, owner, a, b, clock = new_set()
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    before = first.circuit.traffic
+    first.send(RELAY_DATA, stream_id, b"x" * 100)
+    after = first.circuit.traffic
+    assert after.delivered_read - before.delivered_read == 100
+    assert after.overhead_read - before.overhead_read == RELAY_DATA_LEN - 100
+
+
 def test_uploads_take_the_schedulers_leg_and_a_switch_moves_the_sequence():
     tunnel, owner, a, b, clock = new_set()  # LowRTT: fill a, then b
     stream, sink, first, stream_id = open_stream(tunnel, a, b)
