@@ -308,12 +308,16 @@ class Circuit(StreamTable):
         """From now on, tell `padding` the relay cells sent and the padding cells received."""
         self.padding = padding
 
-    def add_virtual_hop(self, hop: Tor1Hop) -> None:
+    def add_virtual_hop(self, hop: Tor1Hop, congestion: VegasController | None = None) -> None:
         """Join the rendezvous point's circuit to the onion service's (rend-spec-v3 4.2.1): a layer past the
-        last relay, to which streams and SENDMEs go from now on."""
+        last relay, to which streams and SENDMEs go from now on. `congestion` is the controller of that hop
+        when INTRODUCE1 asked the service for congestion control (tor finalize_rend_circuit moves the
+        circuit's ccontrol onto the new hop); None keeps the fixed windows."""
         if not self.is_open:
             raise CircuitError(f"circuit {self.circ_id:#x} is not open")
         self.crypto.add_hop(hop)
+        if congestion is not None:
+            self._start_congestion_control(congestion)
 
     # ------------------------------------------------------------------------------------ building
 
@@ -362,7 +366,7 @@ class Circuit(StreamTable):
                 keys, server_message = self._handshake.complete(handshake_data)
                 sendme_inc = parse_congestion_control_response(server_message, self.congestion_params.sendme_inc)
                 if sendme_inc is not None:
-                    self._start_congestion_control(sendme_inc)
+                    self._start_congestion_control(VegasController(self.congestion_params, sendme_inc))
             else:
                 keys = self._handshake.complete(handshake_data)
         except HandshakeError as exc:
@@ -393,11 +397,11 @@ class Circuit(StreamTable):
         self.state = CircuitState.BUILDING
         self._extend(self.path[len(self.crypto)])
 
-    def _start_congestion_control(self, sendme_inc: int) -> None:
-        """The exit accepted congestion control: Vegas decides what we send, and the circuit SENDMEs both
-        ways come every `sendme_inc` DATA cells (tor-spec "Congestion control")."""
-        self._congestion = VegasController(self.congestion_params, sendme_inc)
-        self.window = SendmeWindow(self.window.start, sendme_inc)
+    def _start_congestion_control(self, congestion: VegasController) -> None:
+        """The last hop runs congestion control: `congestion` (Vegas) decides what we send, and the circuit
+        SENDMEs both ways come every `sendme_inc` DATA cells (tor-spec "Congestion control")."""
+        self._congestion = congestion
+        self.window = SendmeWindow(self.window.start, congestion.sendme_inc)
 
     def _extend(self, relay: RelayTarget) -> None:
         htype = self._new_handshake(len(self.crypto))

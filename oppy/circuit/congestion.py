@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
+from oppy.crypto.ntor_v3 import CC_SENDME_INC_TOLERANCE
 from oppy.netdoc.params import ConsensusParam
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ CC_VEGAS_ALPHA_EXIT = ConsensusParam("cc_vegas_alpha_exit", 2 * _OUTBUF_CELLS, 0
 CC_VEGAS_BETA_EXIT = ConsensusParam("cc_vegas_beta_exit", 4 * _OUTBUF_CELLS, 0, 1000)
 CC_VEGAS_GAMMA_EXIT = ConsensusParam("cc_vegas_gamma_exit", 3 * _OUTBUF_CELLS, 0, 1000)
 CC_VEGAS_DELTA_EXIT = ConsensusParam("cc_vegas_delta_exit", 6 * _OUTBUF_CELLS, 0, _INT32_MAX)
+# The same, for the rendezvous circuit of an onion-service connection (CC_PATH_ONION: "Onion rends are six
+# hops"); a single onion service's shorter path keeps the exit values (CC_PATH_ONION_SOS).
+CC_SSCAP_ONION = ConsensusParam("cc_sscap_onion", 600, 100, _INT32_MAX)
+CC_VEGAS_ALPHA_ONION = ConsensusParam("cc_vegas_alpha_onion", 3 * _OUTBUF_CELLS, 0, 1000)
+CC_VEGAS_BETA_ONION = ConsensusParam("cc_vegas_beta_onion", 7 * _OUTBUF_CELLS, 0, 1000)
+CC_VEGAS_GAMMA_ONION = ConsensusParam("cc_vegas_gamma_onion", 5 * _OUTBUF_CELLS, 0, 1000)
+CC_VEGAS_DELTA_ONION = ConsensusParam("cc_vegas_delta_onion", 9 * _OUTBUF_CELLS, 0, _INT32_MAX)
 CC_CWND_FULL_GAP = ConsensusParam("cc_cwnd_full_gap", 1, 0, _INT16_MAX)
 CC_CWND_FULL_MINPCT = ConsensusParam("cc_cwnd_full_minpct", 75, 0, 100)
 CC_CWND_FULL_PER_CWND = ConsensusParam("cc_cwnd_full_per_cwnd", 1, 0, 1)
@@ -112,6 +120,18 @@ class CongestionParams:
             CC_VEGAS_BETA_EXIT.read(params), CC_VEGAS_GAMMA_EXIT.read(params), CC_VEGAS_DELTA_EXIT.read(params),
             CC_CWND_FULL_GAP.read(params), CC_CWND_FULL_MINPCT.read(params),
             bool(CC_CWND_FULL_PER_CWND.read(params)))
+
+    def for_onion_service(self, params: Mapping[str, int]) -> "CongestionParams":
+        """These parameters with the Vegas thresholds and slow-start cap of a rendezvous circuit
+        (congestion_control_vegas_set_params for CC_PATH_ONION), read from the same consensus `params`."""
+        return replace(self, sscap=CC_SSCAP_ONION.read(params), alpha=CC_VEGAS_ALPHA_ONION.read(params),
+                       beta=CC_VEGAS_BETA_ONION.read(params), gamma=CC_VEGAS_GAMMA_ONION.read(params),
+                       delta=CC_VEGAS_DELTA_ONION.read(params))
+
+    def accepts_sendme_inc(self, sendme_inc: int) -> bool:
+        """congestion_control_validate_sendme_increment: a peer's sendme_inc is taken only within 1 of the
+        consensus's cc_sendme_inc (and never 0)."""
+        return sendme_inc != 0 and abs(sendme_inc - self.sendme_inc) <= CC_SENDME_INC_TOLERANCE
 
     @property
     def enabled(self) -> bool:

@@ -487,6 +487,8 @@ class CircuitManager:
         self.queue_account = queue_account
         # prop 324: what the consensus says of congestion control (`update_consensus_params`).
         self.congestion_params = CongestionParams()
+        # The same with the Vegas thresholds of rendezvous circuits (oppy.hsclient asks services for it).
+        self.onion_congestion_params = CongestionParams().for_onion_service({})
         # prop 324 "Flow control": the XON/XOFF limits for streams opened from now on.
         self.flow_control_params = FlowControlParams()
         # prop 329: ConfluxEnabled (None: auto), ConfluxClientUX, the consensus's cfx_* parameters, the sets.
@@ -654,6 +656,7 @@ class CircuitManager:
         (conflux_params_new_consensus counts the exits listing Conflux=1 in the NetDir in use), its XON/XOFF
         parameters for streams opened from now on."""
         self.congestion_params = CongestionParams.from_consensus(params)
+        self.onion_congestion_params = self.congestion_params.for_onion_service(params)
         self.flow_control_params = FlowControlParams.from_consensus(params)
         netdir = self.paths.netdir
         relays = netdir.consensus.relays if netdir is not None else ()

@@ -337,6 +337,27 @@ class RelayHopCrypto:
         return self._backward.update(cell)
 
 
+class ServiceHopCrypto(RelayHopCrypto):
+    """The onion service's end of a rendezvous circuit's virtual hop (rend-spec-v3 4.2.1): AES-256-CTR and
+    running SHA3-256 digests, keys Df Db Kf Kb of 32 bytes each; its SENDME v1 tags are the digests' first 20
+    bytes (tor keeps DIGEST_LEN of them)."""
+
+    def __init__(self, df: bytes, db: bytes, kf: bytes, kb: bytes) -> None:
+        self._forward = Cipher(algorithms.AES(kf), modes.CTR(bytes(16))).decryptor()
+        self._backward = Cipher(algorithms.AES(kb), modes.CTR(bytes(16))).encryptor()
+        self._forward_digest = hashlib.sha3_256(df)
+        self._backward_digest = hashlib.sha3_256(db)
+        self.forward_tags = _TruncatedTags()
+        self.backward_tags = _TruncatedTags()
+
+
+class _TruncatedTags(list):
+    """A list of running digests that keeps each one's first 20 bytes (a SENDME v1 tag)."""
+
+    def append(self, digest: bytes) -> None:
+        super().append(digest[:20])
+
+
 class CircuitNotRecognized(AssertionError):
     """No hop of the simulated path recognized a cell the client sent."""
 

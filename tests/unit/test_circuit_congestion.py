@@ -1,13 +1,17 @@
 """Congestion control on a circuit against simulated relays (tests/unit/relaysim.py, written from the spec):
-who is asked for it, what turns it on, and the SENDMEs every sendme_inc DATA cells both ways."""
+who is asked for it, what turns it on, and the SENDMEs every sendme_inc DATA cells both ways; on a rendezvous
+circuit, the virtual hop to the onion service running the controller INTRODUCE1 asked the service for."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START
+from oppy.cell.flow_control import CIRCWINDOW_INCREMENT, CIRCWINDOW_START, STREAMWINDOW_START
 from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
 from oppy.circuit.congestion import CongestionParams, VegasController
+from oppy.crypto.relay_crypto import Tor1Hop
 from oppy.stream.stream import Stream, StreamKind
 from tests.unit.relaysim import (
     CMD_RELAY,
@@ -18,6 +22,7 @@ from tests.unit.relaysim import (
     RELAY_SENDME,
     RecordingChannel,
     RecordingCircuitOwner,
+    ServiceHopCrypto,
     build_circuit,
     new_path,
     parse_extend2,
@@ -250,3 +255,67 @@ def test_the_sendmes_a_read_owes_are_written_at_once_before_its_data_reaches_a_s
     exit_tags = path.hops[2].backward_tags
     assert [(m.command, m.data) for m in sent] == [(RELAY_SENDME, sendme_v1_body(exit_tags[-80 + index]))
                                                    for index in (30, 61)]
+
+
+# ------------------------------------------------------------------------------------ the rendezvous circuit
+
+ONION_PARAMS = PARAMS.for_onion_service({})
+SERVICE = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion"
+
+
+def rendezvous_circuit(controller, clock=None):
+    """A four-hop circuit to a rendezvous point (onion-service circuits ask no relay for congestion control),
+    then joined to the service's simulated end of the virtual hop with `controller`."""
+    circuit, channel, path = build_circuit(Circuit, hops=4, circuit_options={"clock": clock or Clock()},
+                                           offers_congestion_control=True)
+    assert circuit.congestion_control is None
+    keys = [os.urandom(32) for _ in range(4)]
+    circuit.add_virtual_hop(Tor1Hop.for_onion_service(*keys), controller)
+    path.hops.append(ServiceHopCrypto(*keys))
+    return circuit, channel, path
+
+
+def test_the_virtual_hop_runs_the_controller_the_service_was_asked_for():
+    controller = VegasController(ONION_PARAMS, 31)
+    circuit, channel, path = rendezvous_circuit(controller)
+    assert circuit.congestion_control is controller
+    assert (circuit.package_room, circuit.window.increment) == (ONION_PARAMS.cwnd_init, 31)
+    # Downloads from the service: a SENDME to the virtual hop every 31 DATA cells, with the service's digest.
+    for round_ in range(3):
+        for _ in range(30):
+            circuit.cell_received(CMD_RELAY, path.send(4, RELAY_DATA, 5, b"x"))
+        assert channel.take() == []
+        circuit.cell_received(CMD_RELAY, path.send(4, RELAY_DATA, 5, b"x"))
+        ((_, _, payload),) = channel.take()
+        message = path.receive(payload)
+        assert (message.hop, message.command) == (4, RELAY_SENDME)
+        assert message.data == sendme_v1_body(path.hops[4].backward_tags[-1])
+
+
+def test_uploads_to_the_service_obey_the_cwnd_and_its_sendmes_are_round_trips():
+    clock = Clock()
+    controller = VegasController(ONION_PARAMS, 31)
+    circuit, channel, path = rendezvous_circuit(controller, clock)
+    circuit.attach_stream(WakeCounter())
+    tags = send(circuit, path, ONION_PARAMS.cwnd_init)
+    assert (controller.inflight, circuit.package_room) == (ONION_PARAMS.cwnd_init, 0)
+    clock.now += 0.120
+    circuit.cell_received(CMD_RELAY, path.send(4, RELAY_SENDME, 0, sendme_v1_body(tags[30])))
+    assert controller.rtt_usec == 120_000
+    assert (controller.cwnd, controller.inflight) == (ONION_PARAMS.cwnd_init + 31, ONION_PARAMS.cwnd_init - 31)
+
+
+def test_streams_to_the_service_use_xon_xoff_not_stream_windows():
+    circuit, channel, path = rendezvous_circuit(VegasController(ONION_PARAMS, 31))
+    stream = Stream(None, SERVICE, 80, StreamKind.CONNECT)
+    stream.attach(circuit, onion_service=True)
+    assert stream.flow is not None and stream.window.package > STREAMWINDOW_START
+
+
+def test_without_a_controller_the_virtual_hop_keeps_the_fixed_windows():
+    circuit, channel, path = rendezvous_circuit(None)
+    assert circuit.congestion_control is None
+    assert (circuit.package_room, circuit.window.increment) == (CIRCWINDOW_START, CIRCWINDOW_INCREMENT)
+    stream = Stream(None, SERVICE, 80, StreamKind.CONNECT)
+    stream.attach(circuit, onion_service=True)
+    assert stream.flow is None and stream.window.package == STREAMWINDOW_START

@@ -84,6 +84,27 @@ def test_consensus_values_are_clamped_as_tor_clamps_them(consensus, field, expec
     assert getattr(CongestionParams.from_consensus(consensus), field) == expected
 
 
+def test_rendezvous_circuits_have_tor_s_onion_path_thresholds():
+    # congestion_control_vegas.c CC_PATH_ONION ("Onion rends are six hops"): alpha 3, beta 7, gamma 5 and
+    # delta 9 outbufs of 62 cells, slow-start cap 600; everything else as for exits.
+    params = CongestionParams().for_onion_service({})
+    assert (params.alpha, params.beta, params.gamma, params.delta, params.sscap) == (186, 434, 310, 558, 600)
+    assert params.sendme_inc == 31 and params.cwnd_init == 124 and params.enabled
+    consensus = {"cc_vegas_alpha_onion": 100, "cc_vegas_beta_onion": 2000, "cc_vegas_gamma_onion": 200,
+                 "cc_vegas_delta_onion": 300, "cc_sscap_onion": 50, "cc_vegas_alpha_exit": 1, "cc_sendme_inc": 30}
+    onion = CongestionParams.from_consensus(consensus).for_onion_service(consensus)
+    # The onion names, clamped as tor clamps them (beta at most 1000, the cap at least 100); the exit
+    # names do not apply; the common ones do.
+    assert (onion.alpha, onion.beta, onion.gamma, onion.delta, onion.sscap) == (100, 1000, 200, 300, 100)
+    assert onion.sendme_inc == 30
+
+
+@pytest.mark.parametrize("sendme_inc, taken", [(0, False), (29, False), (30, True), (31, True), (32, True),
+                                               (33, False), (255, False)])
+def test_a_peer_s_sendme_inc_is_taken_within_one_of_the_consensus(sendme_inc, taken):
+    assert CongestionParams().accepts_sendme_inc(sendme_inc) is taken
+
+
 def test_cc_alg_zero_turns_congestion_control_off():
     assert not CongestionParams.from_consensus({"cc_alg": 0}).enabled
 
