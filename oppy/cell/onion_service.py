@@ -17,6 +17,7 @@ from oppy.cell.relay import RELAY_PAYLOAD_LEN, LinkSpecifier, encode_link_specif
 
 __all__ = [
     "REND_COOKIE_LEN",
+    "INTRODUCE1_EXT_CC_REQUEST",
     "HANDSHAKE_INFO_LEN",
     "IntroduceAckStatus",
     "IntroduceAck",
@@ -44,6 +45,11 @@ _HS_NTOR_OVERHEAD = 32 + 32
 #: (older relays refused shorter INTRODUCE1 messages).
 INTRODUCE1_MIN_SIZE = 246
 
+#: prop 324 9.2 (tor trunnel cell_introduce1 TRUNNEL_EXT_TYPE_CC_REQUEST): the extension of INTRODUCE1's
+#: ENCRYPTED part by which the client asks the service for congestion control on the rendezvous circuit; no
+#: body.
+INTRODUCE1_EXT_CC_REQUEST = 0x01
+
 _U16 = struct.Struct(">H")
 
 
@@ -60,9 +66,10 @@ class IntroduceAck(NamedTuple):
     status: int
 
 
-def _extensions(count: int = 0) -> bytes:
-    """N_EXTENSIONS with no extension (tor's trn_extension): oppy sends none."""
-    return bytes((count,))
+def _extensions(*types: int) -> bytes:
+    """N_EXTENSIONS and one empty extension (EXT_FIELD_TYPE, EXT_FIELD_LEN 0) per type (tor's
+    trn_extension)."""
+    return bytes((len(types),)) + b"".join(bytes((kind, 0)) for kind in types)
 
 
 def encode_establish_rendezvous_body(cookie: bytes) -> bytes:
@@ -88,15 +95,17 @@ def introduce_padding(head_len: int, plaintext_len: int) -> int:
 
 
 def encode_introduce_plaintext(cookie: bytes, onion_key: bytes, link_specifiers: list[LinkSpecifier],
-                               head_len: int) -> bytes:
-    """The plaintext of INTRODUCE1's ENCRYPTED part (rend-spec-v3 3.3): RENDEZVOUS_COOKIE, N_EXTENSIONS 0,
-    ONION_KEY_TYPE 01, ONION_KEY_LEN, ONION_KEY (the rendezvous point's ntor key), NSPEC and the rendezvous
-    point's link specifiers, then PAD; `head_len` is the length of the message before the ENCRYPTED part."""
+                               head_len: int, congestion_control: bool = False) -> bytes:
+    """The plaintext of INTRODUCE1's ENCRYPTED part (rend-spec-v3 3.3): RENDEZVOUS_COOKIE, N_EXTENSIONS and
+    the extensions (the congestion-control request when `congestion_control`, else none), ONION_KEY_TYPE 01,
+    ONION_KEY_LEN, ONION_KEY (the rendezvous point's ntor key), NSPEC and the rendezvous point's link
+    specifiers, then PAD; `head_len` is the length of the message before the ENCRYPTED part."""
     if len(cookie) != REND_COOKIE_LEN:
         raise ValueError(f"a rendezvous cookie is {REND_COOKIE_LEN} bytes, not {len(cookie)}")
     if len(onion_key) != 32:
         raise ValueError(f"an ntor onion key is 32 bytes, not {len(onion_key)}")
-    plaintext = (bytes(cookie) + _extensions() + bytes((ONION_KEY_TYPE_NTOR,)) + _U16.pack(len(onion_key))
+    extensions = _extensions(INTRODUCE1_EXT_CC_REQUEST) if congestion_control else _extensions()
+    plaintext = (bytes(cookie) + extensions + bytes((ONION_KEY_TYPE_NTOR,)) + _U16.pack(len(onion_key))
                  + bytes(onion_key) + encode_link_specifiers(link_specifiers))
     plaintext += bytes(introduce_padding(head_len, len(plaintext)))
     if head_len + _HS_NTOR_OVERHEAD + len(plaintext) > RELAY_PAYLOAD_LEN:

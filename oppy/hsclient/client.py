@@ -46,6 +46,7 @@ from oppy.cell.onion_service import (
 )
 from oppy.cell.relay import LinkSpecifierType, link_specifiers_for_relay
 from oppy.circuit.circuit import CircuitError
+from oppy.circuit.congestion import CongestionParams, VegasController
 from oppy.circuit.isolation import CircuitIsolation, IsolationValues, StreamIsolation
 from oppy.circuit.manager import (
     CircuitClosed,
@@ -61,12 +62,13 @@ from oppy.directory.client import DirectoryClient, DirectoryRequestError, Direct
 from oppy.hs.address import OnionAddress, parse_onion_address
 from oppy.hs.cache import HsDescriptorCache, IntroFailure
 from oppy.hs.client_auth import ClientAuthKey
-from oppy.hs.descriptor import HS_DESC_MAX_LEN, IntroductionPoint, decode_descriptor
+from oppy.hs.descriptor import HS_DESC_MAX_LEN, HsDescriptor, IntroductionPoint, decode_descriptor
 from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.hashring import fetch_ring
 from oppy.hs.keys import blinded_public_key
 from oppy.hs.ntor import HsNtorClient
 from oppy.hs.timeperiod import consensus_time_period
+from oppy.netdoc.documents import DocumentParseError, parse_protocols
 from oppy.netdoc.netdir import NetDir
 from oppy.netdoc.relay import RelayTarget
 from oppy.path.selection import NoPathError
@@ -86,6 +88,8 @@ DIR_CONNECTION_MAX_STALL = 300.0
 TESTING_DIR_CONNECTION_MAX_STALL = 30.0
 #: How many rendezvous circuits one connection attempt may build before it gives up (F3).
 MAX_RENDEZVOUS_ATTEMPTS = 3
+#: protover.h PROTOVER_FLOWCTRL_CC: the FlowCtrl version that is congestion control (prop 324).
+FLOWCTRL_CONGESTION_CONTROL = 2
 
 
 # The waits for an answer on an onion-service circuit, from the circuit build timeout (CBT, seconds) as tor's
@@ -197,6 +201,37 @@ class ServiceConnection:
 def descriptor_id(blinded_key: bytes) -> str:
     """tor ed25519_public_to_base64: base64 without its padding."""
     return base64.b64encode(blinded_key).decode("ascii").rstrip("=")
+
+
+def check_flow_control(descriptor: HsDescriptor, params: CongestionParams) -> None:
+    """tor desc_decode_encrypted_v3: a ``flow-control`` sendme_inc more than 1 from the consensus's
+    cc_sendme_inc (congestion_control_validate_sendme_increment) makes the descriptor invalid (prop 324
+    9.1: "they MUST reject the descriptor")."""
+    flow_control = descriptor.second_layer.flow_control
+    if flow_control is not None and not params.accepts_sendme_inc(flow_control[1]):
+        raise InvalidDescriptor(f"flow-control sendme_inc {flow_control[1]} is more than 1 from the consensus's "
+                                f"cc_sendme_inc {params.sendme_inc}")
+
+
+def rendezvous_congestion_control(descriptor: HsDescriptor, params: CongestionParams,
+                                  onion_params: CongestionParams) -> tuple[CongestionParams, int] | None:
+    """What the rendezvous circuit's virtual hop runs if INTRODUCE1 asks the service for congestion control
+    (tor setup_rendezvous_circ_congestion_control): when the consensus has it on and the descriptor's
+    ``flow-control`` lists FlowCtrl=2 (hs_desc_supports_congestion_control), Vegas with the descriptor's
+    sendme_inc and the onion-path parameters (the exit ones for a single onion service, CC_PATH_ONION_SOS);
+    None: no request, fixed windows."""
+    flow_control = descriptor.second_layer.flow_control
+    if flow_control is None or not params.enabled:
+        return None
+    versions, sendme_inc = flow_control
+    try:
+        offered = parse_protocols(f"FlowCtrl={versions}").get("FlowCtrl", frozenset())
+    except DocumentParseError:
+        # protocol_list_supports_protocol: a version list it cannot parse supports nothing.
+        return None
+    if FLOWCTRL_CONGESTION_CONTROL not in offered:
+        return None
+    return (params if descriptor.second_layer.single_onion_service else onion_params), sendme_inc
 
 
 def relay_target_for_introduction_point(point: IntroductionPoint, netdir: NetDir | None = None) -> RelayTarget:
@@ -357,6 +392,8 @@ class OnionServiceClient:
             raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
                                  Socks5Reply.ONION_INTRO_FAILED)
         self.rng.shuffle(points)
+        congestion = rendezvous_congestion_control(descriptor, self.manager.congestion_params,
+                                                   self.manager.onion_congestion_params)
         all_timed_out = True
         # tor close_or_reextend_intro_circ: the rendezvous circuit waits while the next introduction point
         # is tried; it is closed only when none is left.
@@ -365,7 +402,8 @@ class OnionServiceClient:
             for point in points:
                 connection.check_wanted()
                 try:
-                    rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir, established)
+                    rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir, established,
+                                                       congestion)
                     return rendezvous
                 except _IntroductionFailed as failure:
                     log.info("%s.onion: introduction point failed: %s", address.label, failure)
@@ -420,6 +458,7 @@ class OnionServiceClient:
             try:
                 descriptor = decode_descriptor(text, address.identity_key, blinded, self.wallclock(),
                                                key.private_key if key is not None else None)
+                check_flow_control(descriptor, self.manager.congestion_params)
             except (ClientAuthMissing, ClientAuthWrong) as exc:
                 # tor client_desc_missing_bad_client_auth: RECEIVED, then END MISC with F4 / F5.
                 self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
@@ -490,9 +529,10 @@ class OnionServiceClient:
 
     @defer.inlineCallbacks
     def _introduce(self, address: OnionAddress, point: IntroductionPoint, service_subcredential: bytes,
-                   netdir: NetDir, established: tuple | None):
+                   netdir: NetDir, established: tuple | None, congestion: tuple[CongestionParams, int] | None):
         """Introduce through `point` with the `established` rendezvous circuit and cookie (if it is still
-        open) or a fresh one; the circuit joined to the service."""
+        open) or a fresh one, asking the service for congestion control when `congestion` (the parameters
+        and sendme_inc of `rendezvous_congestion_control`); the circuit joined to the service."""
         if established is not None and not established[0].is_open:
             established = None
         try:
@@ -522,7 +562,8 @@ class OnionServiceClient:
             specifiers = link_specifiers_for_relay(point_of_rendezvous.rsa_id,
                                                    ipv4=(point_of_rendezvous.address, point_of_rendezvous.or_port),
                                                    ed25519_identity=point_of_rendezvous.ed25519_id)
-            plaintext = encode_introduce_plaintext(cookie, point_of_rendezvous.ntor_onion_key, specifiers, len(head))
+            plaintext = encode_introduce_plaintext(cookie, point_of_rendezvous.ntor_onion_key, specifiers, len(head),
+                                                   congestion_control=congestion is not None)
             # RENDEZVOUS2 may come before INTRODUCE_ACK: both are awaited before INTRODUCE1 goes out.
             # RENDEZVOUS2's clock starts at INTRODUCE_ACK (tor handle_introduce_ack_success sets the
             # rendezvous circuit's timestamp_dirty then).
@@ -556,7 +597,14 @@ class OnionServiceClient:
             self._close(rendezvous, "rendezvous failed")
             raise _ConnectFailed(f"rendezvous failed: {exc}", EndReason.RESOLVEFAILED,
                                  Socks5Reply.ONION_REND_FAILED) from None
-        rendezvous.circuit.add_virtual_hop(Tor1Hop.for_onion_service(keys.df, keys.db, keys.kf, keys.kb))
+        # The service set up congestion control when INTRODUCE1 asked for it (RENDEZVOUS2 does not say so).
+        controller = VegasController(*congestion) if congestion is not None else None
+        rendezvous.circuit.add_virtual_hop(Tor1Hop.for_onion_service(keys.df, keys.db, keys.kf, keys.kb), controller)
+        if controller is not None:
+            log.info("Circuit %d: congestion control (Vegas) with %s.onion, sendme_inc %d.", rendezvous.number,
+                     address.label, controller.sendme_inc)
+        else:
+            log.info("Circuit %d: fixed windows with %s.onion.", rendezvous.number, address.label)
         self.manager.set_hs_state(rendezvous, HSCR_JOINED)
         return rendezvous
 

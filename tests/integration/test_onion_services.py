@@ -183,6 +183,33 @@ def test_five_megabytes_up_confirmed(network, oppy, tmp_path):
     assert result.stdout.decode().strip() == f"sha256={hashlib.sha256(body).hexdigest()} length={FIVE_MB}"
 
 
+def test_the_rendezvous_circuit_runs_congestion_control_as_the_service_offers(network, oppy):
+    """The service's descriptor offers congestion control (flow-control 1-2 31), so INTRODUCE1 asks for it and
+    the virtual hop runs Vegas (prop 324 9): the info log says so, and CIRC_BW events for the HS_CLIENT_REND
+    circuit carry CWND and RTT. Had the service kept the fixed windows, the SENDMEs both ways (every 31 DATA
+    cells for us, 100 for it) would not match and the circuit would close: the download is byte-exact."""
+    plain = network.onion["plain"]["address"].removesuffix(".onion")
+    length = 2_000_000
+    events: list[str] = []
+    with Controller.from_port(port=oppy.control_port) as controller:
+        controller.authenticate()
+        controller.add_event_listener(lambda event: events.append(str(event)), "CIRC", "CIRC_BW")
+        # SOCKS credentials of its own: a new rendezvous circuit, built while the events are watched.
+        result = curl(oppy.socks_port, onion_url(network, "plain", f"/bytes/{length}"), "--proxy-user", "cc:rend")
+        assert result.returncode == 0, result.stderr
+        assert hashlib.sha256(result.stdout).hexdigest() == expected_sha256(network, length)
+        time.sleep(1.5)  # CIRC_BW comes once a second
+    rend = {re.match(r"CIRC (\d+) ", e)[1] for e in events
+            if e.startswith("CIRC ") and "PURPOSE=HS_CLIENT_REND" in e and f"REND_QUERY={plain}" in e
+            and " BUILT " in e}
+    assert len(rend) == 1, events
+    (number,) = rend
+    assert re.search(rf"Circuit {number}: congestion control \(Vegas\) with {plain}\.onion, sendme_inc 31\.",
+                     oppy.info_log)
+    bandwidth = [e for e in events if e.startswith(f"CIRC_BW ID={number} ")]
+    assert bandwidth and all(re.search(r" SS=[01] CWND=\d+ RTT=\d+ MIN_RTT=\d+", e) for e in bandwidth), bandwidth
+
+
 def test_ten_concurrent_fetches_are_byte_exact(network, oppy):
     length = 1_000_000
     expected = expected_sha256(network, length)

@@ -10,6 +10,7 @@ import pytest
 
 from oppy.cell.errors import CellParseError
 from oppy.cell.onion_service import (
+    INTRODUCE1_EXT_CC_REQUEST,
     INTRODUCE1_MIN_SIZE,
     IntroduceAckStatus,
     decode_introduce_ack_body,
@@ -33,19 +34,26 @@ def parse_introduce1(cell: bytes) -> dict:
 
 def parse_introduce_encrypted(plain: bytes) -> dict:
     """trn_cell_introduce_encrypted: rend_cookie[20] ext onion_key_type onion_key_len onion_key nspec
-    link_specifier[nspec] pad[]."""
-    cookie, n_ext, key_type = plain[:20], plain[20], plain[21]
-    (key_len,) = struct.unpack_from(">H", plain, 22)
-    onion_key = plain[24:24 + key_len]
-    offset = 24 + key_len
+    link_specifier[nspec] pad[]; ext is trn_extension: num u8, then num of (field_type u8, field_len u8,
+    field[field_len])."""
+    cookie, n_ext = plain[:20], plain[20]
+    offset, extensions = 21, []
+    for _ in range(n_ext):
+        field_type, field_len = plain[offset], plain[offset + 1]
+        extensions.append((field_type, plain[offset + 2:offset + 2 + field_len]))
+        offset += 2 + field_len
+    key_type = plain[offset]
+    (key_len,) = struct.unpack_from(">H", plain, offset + 1)
+    onion_key = plain[offset + 3:offset + 3 + key_len]
+    offset += 3 + key_len
     nspec, offset = plain[offset], offset + 1
     specs = []
     for _ in range(nspec):
         spec_type, spec_len = plain[offset], plain[offset + 1]
         specs.append((spec_type, plain[offset + 2:offset + 2 + spec_len]))
         offset += 2 + spec_len
-    return {"cookie": cookie, "n_ext": n_ext, "key_type": key_type, "onion_key": onion_key, "specs": specs,
-            "pad": plain[offset:]}
+    return {"cookie": cookie, "n_ext": n_ext, "extensions": extensions, "key_type": key_type,
+            "onion_key": onion_key, "specs": specs, "pad": plain[offset:]}
 
 
 def test_establish_rendezvous_is_the_cookie():
@@ -69,6 +77,24 @@ def test_introduce1_head_and_plaintext_as_tor_reads_them():
     assert inner["specs"] == [(spec.spec_type, spec.data) for spec in specs]
     assert set(inner["pad"]) <= {0}
     assert len(head) + len(fake_encrypted) >= INTRODUCE1_MIN_SIZE
+
+
+def test_the_congestion_control_request_is_an_empty_extension_01_of_the_encrypted_part():
+    # prop 324 9.2: EXT_FIELD_TYPE [01], no payload; tor build_introduce_cc_extension.
+    onion_key, cookie = os.urandom(32), os.urandom(20)
+    specs = link_specifiers_for_relay(os.urandom(20), ipv4=("127.0.0.1", 19030), ed25519_identity=os.urandom(32))
+    head = encode_introduce1_head(os.urandom(32))
+    plain = encode_introduce_plaintext(cookie, onion_key, specs, len(head), congestion_control=True)
+    assert plain[20:23] == bytes((1, INTRODUCE1_EXT_CC_REQUEST, 0))
+    inner = parse_introduce_encrypted(plain)
+    assert inner["extensions"] == [(0x01, b"")]
+    assert (inner["cookie"], inner["key_type"], inner["onion_key"]) == (cookie, 1, onion_key)
+    assert inner["specs"] == [(spec.spec_type, spec.data) for spec in specs]
+    assert set(inner["pad"]) <= {0}
+    # The extension takes two bytes of the padding: the message keeps tor's minimum size.
+    without = encode_introduce_plaintext(cookie, onion_key, specs, len(head))
+    assert parse_introduce_encrypted(without)["extensions"] == []
+    assert len(plain) == len(without) == INTRODUCE1_MIN_SIZE - len(head) - 64
 
 
 def test_a_short_introduce1_is_padded_to_tor_s_minimum():

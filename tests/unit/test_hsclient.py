@@ -6,15 +6,18 @@ waits, as tor's."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import pytest
 from twisted.internet.task import Clock
 
 from oppy.cell.relay import LinkSpecifierType
 from oppy.circuit.isolation import ClientProtocol, IsolationValues, StreamIsolation, isolation_flags
+from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.manager import CircuitManager
 from oppy.hs.address import parse_onion_address
-from oppy.hs.descriptor import decode_descriptor
+from oppy.hs.descriptor import SecondLayer, decode_descriptor
+from oppy.hs.errors import InvalidDescriptor
 from oppy.hs.keys import blinded_public_key
 from oppy.hsclient.client import (
     DIR_CONNECTION_MAX_STALL,
@@ -24,16 +27,22 @@ from oppy.hsclient.client import (
     descriptor_id,
     introduce_ack_timeout,
     relay_target_for_introduction_point,
+    check_flow_control,
     rendezvous2_timeout,
+    rendezvous_congestion_control,
     rendezvous_established_timeout,
 )
 from tests.unit.test_hs_descriptor import CAPTURE, DATA, NOW, PERIOD, RELAY_FINGERPRINTS
 
 
-def captured_introduction_points():
+def captured_descriptor():
     identity = parse_onion_address(CAPTURE["plain"]["address"]).identity_key
     data = (DATA / CAPTURE["plain"]["descriptor"]).read_bytes()
-    return decode_descriptor(data, identity, blinded_public_key(identity, PERIOD), NOW).introduction_points
+    return decode_descriptor(data, identity, blinded_public_key(identity, PERIOD), NOW)
+
+
+def captured_introduction_points():
+    return captured_descriptor().introduction_points
 
 
 def test_an_introduction_point_is_extended_to_by_its_link_specifiers_and_ntor_key():
@@ -123,3 +132,46 @@ def test_an_hsdir_may_stall_as_long_as_tors_testing_dir_connection_max_stall():
     assert client.directory.timeout == TESTING_DIR_CONNECTION_MAX_STALL == 30.0
     client = OnionServiceClient(CircuitManager(links=None, paths=None, reactor=Clock()))
     assert client.directory.timeout == DIR_CONNECTION_MAX_STALL == 300.0
+
+
+# ------------------------------------------------------------------------------------- congestion control
+
+def with_flow_control(descriptor, flow_control, single_onion_service=False):
+    second: SecondLayer = dataclasses.replace(descriptor.second_layer, flow_control=flow_control,
+                                              single_onion_service=single_onion_service)
+    return dataclasses.replace(descriptor, second_layer=second)
+
+
+def test_the_captured_service_is_asked_for_congestion_control_with_its_sendme_inc():
+    # The C tor 0.4.9 service's descriptor says "flow-control 1-2 31".
+    descriptor = captured_descriptor()
+    params = CongestionParams()
+    onion = params.for_onion_service({})
+    check_flow_control(descriptor, params)
+    assert rendezvous_congestion_control(descriptor, params, onion) == (onion, 31)
+    # A single onion service's rendezvous circuit takes the exit thresholds (tor CC_PATH_ONION_SOS).
+    single = with_flow_control(descriptor, ("1-2", 31), single_onion_service=True)
+    assert rendezvous_congestion_control(single, params, onion) == (params, 31)
+
+
+@pytest.mark.parametrize("flow_control", [None, ("1", 31), ("3-5", 31), ("1-x", 31)])
+def test_no_request_without_flowctrl_2_in_the_descriptor(flow_control):
+    descriptor = with_flow_control(captured_descriptor(), flow_control)
+    params = CongestionParams()
+    assert rendezvous_congestion_control(descriptor, params, params.for_onion_service({})) is None
+
+
+def test_no_request_when_the_consensus_has_congestion_control_off():
+    params = CongestionParams.from_consensus({"cc_alg": 0})
+    assert rendezvous_congestion_control(captured_descriptor(), params, params.for_onion_service({})) is None
+
+
+@pytest.mark.parametrize("consensus_sendme_inc, valid", [(30, True), (32, True), (29, False), (33, False)])
+def test_a_sendme_inc_more_than_one_from_the_consensus_s_makes_the_descriptor_invalid(consensus_sendme_inc, valid):
+    params = CongestionParams.from_consensus({"cc_sendme_inc": consensus_sendme_inc})
+    descriptor = captured_descriptor()
+    if valid:
+        check_flow_control(descriptor, params)
+    else:
+        with pytest.raises(InvalidDescriptor, match="sendme_inc 31"):
+            check_flow_control(descriptor, params)
