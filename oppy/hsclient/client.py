@@ -157,12 +157,13 @@ class _ConnectFailed(Exception):
 
 
 class _IntroductionFailed(Exception):
-    """One introduction point did not work; `timed_out` when it did not answer in time (F7 if all did).
-    `rendezvous` is the established rendezvous circuit and its cookie, kept for the next introduction point."""
+    """One introduction point did not work; `failure` is what the cache notes of it (tor
+    hs_client_circuit_cleanup_on_free, handle_introduce_ack_bad), None for nothing. `rendezvous` is the
+    established rendezvous circuit and its cookie, kept for the next introduction point."""
 
-    def __init__(self, message: str, timed_out: bool, rendezvous: tuple | None = None) -> None:
+    def __init__(self, message: str, failure: IntroFailure | None, rendezvous: tuple | None = None) -> None:
         super().__init__(message)
-        self.timed_out = timed_out
+        self.failure = failure
         self.rendezvous = rendezvous
 
 
@@ -379,37 +380,47 @@ class OnionServiceClient:
 
     @defer.inlineCallbacks
     def _reach(self, connection: ServiceConnection):
-        """The descriptor, then the introduction points in turn: the joined rendezvous circuit."""
+        """The descriptor, then its usable introduction points, one at random after the other (tor
+        client_get_random_intro): the joined rendezvous circuit.
+
+        As tor, the answer that no introduction point works comes only with a descriptor just fetched: when
+        every point of a cached descriptor, or of one fetched before the introductions failed, is unusable,
+        the descriptor is fetched again (hs_client_refetch_hsdesc; the service may have moved them), and if
+        that one has none usable either the streams end, F7 when every point of it timed out
+        (client_desc_has_arrived, socks_mark_introduction_failed), F2 otherwise. oppy fetches it again once
+        per attempt, from any responsible HSDir (tor asks those it did not ask in the last 15 minutes)."""
         address = connection.address
         netdir = self.manager.paths.netdir
         if netdir is None:
             raise _ConnectFailed("no consensus yet", EndReason.RESOLVEFAILED, 0)
-        descriptor = yield self._descriptor(connection, netdir)
-        cache = self.cache
-        points = [point for point in descriptor.introduction_points
-                  if (state := cache.intro_state(address.identity_key, point.auth_key)) is None or state.usable]
-        if not points:
-            raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
-                                 Socks5Reply.ONION_INTRO_FAILED)
-        self.rng.shuffle(points)
-        congestion = rendezvous_congestion_control(descriptor, self.manager.congestion_params,
-                                                   self.manager.onion_congestion_params)
-        all_timed_out = True
+        descriptor, just_fetched = yield self._descriptor(connection, netdir)
+        refetched = False
         # tor close_or_reextend_intro_circ: the rendezvous circuit waits while the next introduction point
         # is tried; it is closed only when none is left.
         established = None
         try:
-            for point in points:
+            while True:
                 connection.check_wanted()
+                points = self._usable_points(address, descriptor)
+                if not points:
+                    if just_fetched or refetched:
+                        break
+                    log.info("%s.onion: no usable introduction point; fetching the descriptor again", address.label)
+                    descriptor, just_fetched = yield self._descriptor(connection, netdir, cached=False)
+                    refetched = True
+                    continue
+                congestion = rendezvous_congestion_control(descriptor, self.manager.congestion_params,
+                                                           self.manager.onion_congestion_params)
+                just_fetched = False
+                point = self.rng.choice(points)
                 try:
                     rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir, established,
                                                        congestion)
                     return rendezvous
                 except _IntroductionFailed as failure:
                     log.info("%s.onion: introduction point failed: %s", address.label, failure)
-                    cache.note_intro_failure(address.identity_key, point.auth_key,
-                                             IntroFailure.TIMEOUT if failure.timed_out else IntroFailure.GENERIC)
-                    all_timed_out = all_timed_out and failure.timed_out
+                    if failure.failure is not None:
+                        self.cache.note_intro_failure(address.identity_key, point.auth_key, failure.failure)
                     established = failure.rendezvous
         except BaseException:
             if established is not None:
@@ -417,19 +428,33 @@ class OnionServiceClient:
             raise
         if established is not None:
             self._close(established[0], "introduction failed")
-        # tor socks_mark_introduction_failed: F7 when every introduction point timed out, else F2.
-        raise _ConnectFailed("every introduction point failed", EndReason.RESOLVEFAILED,
-                             Socks5Reply.ONION_INTRO_TIMED_OUT if all_timed_out else Socks5Reply.ONION_INTRO_FAILED)
+        if self._all_timed_out(address, descriptor):
+            raise _ConnectFailed("every introduction point of the descriptor timed out", EndReason.RESOLVEFAILED,
+                                 Socks5Reply.ONION_INTRO_TIMED_OUT)
+        raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
+                             Socks5Reply.ONION_INTRO_FAILED)
+
+    def _usable_points(self, address: OnionAddress, descriptor: HsDescriptor) -> list[IntroductionPoint]:
+        """tor intro_point_is_usable: the points with no failure noted that rules them out."""
+        return [point for point in descriptor.introduction_points
+                if (state := self.cache.intro_state(address.identity_key, point.auth_key)) is None or state.usable]
+
+    def _all_timed_out(self, address: OnionAddress, descriptor: HsDescriptor) -> bool:
+        """tor intro_points_all_timed_out: every introduction point of the descriptor has timed out (within
+        the last INTRO_STATE_MAX_AGE), whatever else went wrong with it."""
+        return all((state := self.cache.intro_state(address.identity_key, point.auth_key)) is not None
+                   and state.timed_out for point in descriptor.introduction_points)
 
     # ------------------------------------------------------------------------------ descriptors
 
     @defer.inlineCallbacks
-    def _descriptor(self, connection: ServiceConnection, netdir: NetDir):
-        """The service's descriptor: cached (tor's expiry rules), or fetched from a responsible HSDir."""
+    def _descriptor(self, connection: ServiceConnection, netdir: NetDir, cached: bool = True):
+        """The service's descriptor and whether it was fetched now: cached (tor's expiry rules) unless not
+        `cached`, else fetched from a responsible HSDir."""
         address = connection.address
-        cached = self.cache.lookup(address.identity_key, netdir.consensus)
-        if cached is not None:
-            return cached
+        descriptor = self.cache.lookup(address.identity_key, netdir.consensus) if cached else None
+        if descriptor is not None:
+            return descriptor, False
         period = consensus_time_period(netdir.consensus, self.testing_network)
         blinded = blinded_public_key(address.identity_key, period)
         purges = self._purges
@@ -474,7 +499,7 @@ class OnionServiceClient:
             self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
             if purges == self._purges:
                 self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
-            return descriptor
+            return descriptor, True
         # tor: no HSDir left (HS_CLIENT_FETCH_NO_HSDIRS): END RESOLVEFAILED, F0 if one answered 404.
         code = (Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND if not_found
                 else Socks5Reply.ONION_DESCRIPTOR_INVALID if invalid else 0)
@@ -540,7 +565,7 @@ class OnionServiceClient:
             path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_INTRO,
                                                                        target.rsa_id)
         except (InvalidDescriptor, NoPathError) as exc:
-            raise _IntroductionFailed(str(exc), timed_out=False, rendezvous=established) from None
+            raise _IntroductionFailed(str(exc), IntroFailure.GENERIC, rendezvous=established) from None
         rendezvous_ready = defer.succeed(established) if established else self._rendezvous_circuit(address)
         intro = self.manager.launch(path=path + [target], purpose=CircuitPurpose.HS_CLIENT_INTRO, guard=guard,
                                     onion_service=self, hs_state=HSCI_CONNECTING)
@@ -556,7 +581,11 @@ class OnionServiceClient:
             try:
                 yield intro.when_built()
             except CircuitError as exc:
-                raise _IntroductionFailed(f"introduction circuit failed: {exc}", timed_out=False) from None
+                # hs_client_circuit_cleanup_on_free, C_INTRODUCING: a build that timed out notes nothing (the
+                # point is tried again), one that failed otherwise counts as unreachable.
+                timed_out = exc.reason == DestroyReason.TIMEOUT and not exc.remote
+                raise _IntroductionFailed(f"introduction circuit failed: {exc}",
+                                          None if timed_out else IntroFailure.UNREACHABLE) from None
             head = encode_introduce1_head(point.auth_key)
             point_of_rendezvous = rendezvous.path[-1]
             specifiers = link_specifiers_for_relay(point_of_rendezvous.rsa_id,
@@ -574,11 +603,19 @@ class OnionServiceClient:
             try:
                 ack = decode_introduce_ack_body((yield acked))
             except defer.TimeoutError:
-                raise _IntroductionFailed("no INTRODUCE_ACK in time", timed_out=True) from None
-            except (CircuitError, CellParseError) as exc:
-                raise _IntroductionFailed(f"introduction circuit failed: {exc}", timed_out=False) from None
+                # C_INTRODUCE_ACK_WAIT past c_intro_cutoff: the one failure that counts towards F7. tor's
+                # circuit_expire_building closes the circuit with reason TIMEOUT, which no padding machine
+                # holds open (circpad_marked_circuit_for_padding).
+                self._close(intro, "no INTRODUCE_ACK in time", DestroyReason.TIMEOUT)
+                raise _IntroductionFailed("no INTRODUCE_ACK in time", IntroFailure.TIMEOUT) from None
+            except CircuitError as exc:
+                # C_INTRODUCE_ACK_WAIT closed otherwise: unreachable.
+                raise _IntroductionFailed(f"introduction circuit failed: {exc}", IntroFailure.UNREACHABLE) from None
+            except CellParseError as exc:
+                raise _IntroductionFailed(f"malformed INTRODUCE_ACK: {exc}", IntroFailure.GENERIC) from None
             if ack.status != IntroduceAckStatus.SUCCESS:
-                raise _IntroductionFailed(f"INTRODUCE_ACK status {ack.status}", timed_out=False)
+                # handle_introduce_ack_bad
+                raise _IntroductionFailed(f"INTRODUCE_ACK status {ack.status}", IntroFailure.GENERIC)
             # tor handle_introduce_ack_success: the rendezvous circuit first, then the introduction circuit.
             self.manager.set_hs_state(rendezvous, HSCR_ESTABLISHED_WAITING)
             self.manager.set_hs_state(intro, HSCI_DONE)

@@ -3,11 +3,14 @@ plain one and one with client authorization, both in front of the HTTP target.""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -472,3 +475,164 @@ def test_a_stream_waits_no_longer_than_socks_timeout(network, own_service, impat
     assert SHORT_SOCKS_TIMEOUT <= time.monotonic() - started < SHORT_SOCKS_TIMEOUT + 5
     assert f"Tried for {SHORT_SOCKS_TIMEOUT} seconds to get a connection to {own_service.address}:80" \
         in impatient_oppy.info_log
+
+
+# ------------------------------------------------------------------------------ introduction timed out (F7)
+
+# What the link from the bridge to oppy delays (see HoldingLink); the circuit build timeout is set well above
+# the builds it slows (four hops: about four delays) and the waits for INTRODUCE_ACK scale with it.
+LINK_DELAY = 0.5
+F7_CBT = 6
+INTRO_ACK_TIMEOUT = F7_CBT * 14 / 6 + 1
+
+
+class HoldingLink:
+    """A TCP relay between oppy and the network's plain bridge (oppy's only first hop): what oppy sends passes
+    at once, what the bridge sends reaches oppy LINK_DELAY seconds later, in order and whole, except while
+    `hold` is on: then nothing reaches oppy until `release`. A slow link, never a lost byte: the TLS session
+    and every circuit on it stay as they are."""
+
+    def __init__(self, bridge_host: str, bridge_port: int) -> None:
+        self.bridge = (bridge_host, bridge_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._held = threading.Event()
+        self._closing = threading.Event()
+        self._sockets: list = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+
+    def close(self) -> None:
+        self._closing.set()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+                bridge = socket.create_connection(self.bridge)
+            except OSError:
+                return
+            self._sockets += [client, bridge]
+            for target in (lambda: self._pass(client, bridge), lambda: self._delay(bridge, client)):
+                threading.Thread(target=target, daemon=True).start()
+
+    def _pass(self, source, sink) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._shut(sink)
+
+    def _delay(self, source, sink) -> None:
+        queue: collections.deque = collections.deque()
+        ready = threading.Condition()
+        ended = []
+
+        def read() -> None:
+            try:
+                while data := source.recv(1 << 16):
+                    with ready:
+                        queue.append((time.monotonic() + LINK_DELAY, data))
+                        ready.notify()
+            except OSError:
+                pass
+            with ready:
+                ended.append(True)
+                ready.notify()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            while not self._closing.is_set():
+                with ready:
+                    while not queue and not ended:
+                        ready.wait(0.2)
+                    if not queue:
+                        break
+                    due, data = queue[0]
+                wait = due - time.monotonic()
+                if wait > 0 or self._held.is_set():
+                    time.sleep(max(min(wait, 0.05), 0.01))
+                    continue
+                with ready:
+                    queue.popleft()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._shut(sink)
+
+    @staticmethod
+    def _shut(sock) -> None:
+        try:
+            sock.shutdown(2)
+        except OSError:
+            pass
+
+
+def test_introductions_that_all_time_out_answer_f7(network, tmp_path):
+    """proposal 304 F7, as tor answers it (hs_client.c socks_mark_introduction_failed): every introduction
+    point of the descriptor timed out *after INTRODUCE1 was sent* (C_INTRODUCE_ACK_WAIT past CBT * 14/6 + 1 s;
+    a build that times out before notes nothing, and the point is tried again), and the descriptor, fetched
+    again then, has no usable point left.
+
+    Stopping the introduction points' relays does not produce that: the introduction circuit never gets
+    built, and tor (and oppy) keep trying until SocksTimeout (TTL expired). So oppy reaches the network
+    through the plain bridge over a link that delays what comes back by LINK_DELAY seconds, and each time
+    oppy's control port reports INTRODUCE1 sent (HSCI_INTRO_SENT) the link holds what comes back, until
+    that introduction circuit is closed: the INTRODUCE_ACK, sent at once by the real introduction point, is
+    late. No relay of the shared network is stopped."""
+    bridge = network.bridge(None)
+    address, fingerprint = bridge["bridge_line"].split()
+    host, port = address.rsplit(":", 1)
+    link = HoldingLink(host, int(port))
+    data_directory = tmp_path / "oppy" / "data"
+    data_directory.parent.mkdir()
+    oppy = OnionOppy(network, data_directory, more_lines=[
+        "UseBridges 1", f"Bridge 127.0.0.1:{link.port} {fingerprint}", "LearnCircuitBuildTimeout 0",
+        f"CircuitBuildTimeout {F7_CBT}", "SocksTimeout 600"])
+    intro_circuits: dict[str, list[str]] = {}
+    try:
+        oppy.wait_ready()
+        with Controller.from_port(port=oppy.control_port) as controller:
+            controller.authenticate()
+
+            def watch(event) -> None:
+                text = str(event)
+                number = text.split()[1]
+                if text.startswith("CIRC_MINOR ") and " PURPOSE_CHANGED " in text \
+                        and "HS_STATE=HSCI_INTRO_SENT" in text:
+                    link.hold()
+                    intro_circuits.setdefault(number, []).append("held")
+                elif text.startswith("CIRC ") and number in intro_circuits \
+                        and (" CLOSED " in text or " FAILED " in text):
+                    intro_circuits[number].append("closed")
+                    link.release()
+
+            controller.add_event_listener(watch, "CIRC", "CIRC_MINOR")
+            started = time.monotonic()
+            reply = socks_reply(oppy.extended_port, network.onion["plain"]["address"])
+            waited = time.monotonic() - started
+        log = oppy.info_log
+    finally:
+        link.close()
+        assert oppy.stop() == 0
+    points = 3  # the service's descriptor lists three (tests/unit/data/onion_service)
+    assert reply == 0xF7, (reply, intro_circuits, log[-3000:])
+    assert log.count("introduction point failed: no INTRODUCE_ACK in time") == points == len(intro_circuits)
+    assert all(steps == ["held", "closed"] for steps in intro_circuits.values()), intro_circuits
+    # tor: the descriptor is fetched again before the answer.
+    assert "no usable introduction point; fetching the descriptor again" in log
+    assert "every introduction point of the descriptor timed out" in log
+    assert points * INTRO_ACK_TIMEOUT <= waited < points * (INTRO_ACK_TIMEOUT + 2 * F7_CBT) + 60, waited

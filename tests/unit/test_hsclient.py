@@ -16,6 +16,7 @@ from oppy.circuit.isolation import ClientProtocol, IsolationValues, StreamIsolat
 from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.manager import CircuitManager
 from oppy.hs.address import parse_onion_address
+from oppy.hs.cache import IntroFailure
 from oppy.hs.descriptor import SecondLayer, decode_descriptor
 from oppy.hs.errors import InvalidDescriptor
 from oppy.hs.keys import blinded_public_key
@@ -175,3 +176,27 @@ def test_a_sendme_inc_more_than_one_from_the_consensus_s_makes_the_descriptor_in
     else:
         with pytest.raises(InvalidDescriptor, match="sendme_inc 31"):
             check_flow_control(descriptor, params)
+
+
+# ------------------------------------------------------------------------------------------ F7 or F2
+
+@pytest.mark.parametrize("failures, usable, timed_out", [
+    ([], 3, False),
+    (["timeout", "timeout", "timeout"], 0, True),                     # F7
+    (["timeout", "timeout", "generic"], 0, False),                    # F2: one was refused
+    (["timeout+generic", "timeout", "timeout"], 0, True),             # a timeout stays a timeout
+    (["timeout", "timeout", "unreachable"], 1, False),                # still usable: tried again
+    (["timeout", "timeout", "unreachable*5"], 0, False),              # tor MAX_INTRO_POINT_REACHABILITY_FAILURES
+])
+def test_f7_only_when_every_introduction_point_of_the_descriptor_timed_out(failures, usable, timed_out):
+    """tor intro_points_all_timed_out over the failure cache, for every point of the descriptor."""
+    client = OnionServiceClient(CircuitManager(links=None, paths=None, reactor=Clock()))
+    descriptor = captured_descriptor()
+    address = parse_onion_address(CAPTURE["plain"]["address"])
+    for point, noted in zip(descriptor.introduction_points, failures):
+        for kind in noted.split("+"):
+            kind, _, times = kind.partition("*")
+            for _ in range(int(times or 1)):
+                client.cache.note_intro_failure(address.identity_key, point.auth_key, IntroFailure(kind))
+    assert len(client._usable_points(address, descriptor)) == usable
+    assert client._all_timed_out(address, descriptor) is timed_out
