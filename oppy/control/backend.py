@@ -154,6 +154,7 @@ class DaemonBackend(ControlBackend):
     def __init__(self, daemon, reactor, control_listeners: Callable[[], list[tuple[str, int]]] = list,
                  on_auth_options_changed: Callable[[], None] = lambda: None,
                  on_control_ports_changed: Callable[[], None] = lambda: None,
+                 on_conf_reloaded: Callable[[list[tuple[str, str | None]]], None] = lambda lines: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.daemon = daemon
         self.reactor = reactor
@@ -165,8 +166,8 @@ class DaemonBackend(ControlBackend):
         self.control_listeners = control_listeners
         self.on_auth_options_changed = on_auth_options_changed
         self.on_control_ports_changed = on_control_ports_changed
-        #: Set by the service: reports CONF_CHANGED lines of a RELOAD.
-        self.report_conf_changed: Callable[[list[tuple[str, str | None]]], None] = lambda lines: None
+        #: Reports the option lines a RELOAD changed (the service's CONF_CHANGED event).
+        self.on_conf_reloaded = on_conf_reloaded
         self.meter = LinkTrafficMeter(daemon.links, self._nickname)
         self.circuit_meter = CircuitTrafficMeter()
         self.history: deque[tuple[int, int]] = deque(maxlen=BW_EVENT_CACHE_LEN)
@@ -307,7 +308,7 @@ class DaemonBackend(ControlBackend):
             return
         if lines:
             self.options_changed(list(dict.fromkeys(name for name, _ in lines)))
-            self.report_conf_changed(lines)
+            self.on_conf_reloaded(lines)
 
     # ---------------------------------------------------------------- SETCONF
 

@@ -80,8 +80,7 @@ class ControlProtocol(protocol.Protocol):
             return
         # connection.c connection_handle_listener_read: tor logs every controller at notice.
         notice(log, "New control connection opened from %s.", self.transport.getPeer().host)
-        self.session = self.factory.hub.open_session()
-        self.session.wakeup = self._flush
+        self.session = self.factory.hub.open_session(wakeup=self._flush)
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -205,10 +204,9 @@ class ControlService:
         self._serving = False
         self.backend = DaemonBackend(daemon, reactor, control_listeners=self.bound_addresses,
                                      on_auth_options_changed=self._refresh_auth,
-                                     on_control_ports_changed=self.control_ports_changed)
-        self.hub = ControlHub(self.backend)
-        self.backend.report_conf_changed = self.hub.conf_changed
-        self.hub.on_subscriptions_changed = self._subscriptions_changed
+                                     on_control_ports_changed=self.control_ports_changed,
+                                     on_conf_reloaded=self._conf_reloaded)
+        self.hub = ControlHub(self.backend, on_subscriptions_changed=self._subscriptions_changed)
         self.factory = ControlFactory(self.hub, owner_left=self._owner_left)
         self._tick_loop = None
         self._log_level: str | None = None
@@ -226,6 +224,10 @@ class ControlService:
             cookie_path = os.path.abspath(path)
         return AuthSettings(cookie=cookie, cookie_path=cookie_path,
                             hashed_passwords=tuple(config.hashed_control_passwords))
+
+    def _conf_reloaded(self, lines: list[tuple[str, str | None]]) -> None:
+        """A RELOAD changed these option lines: controllers hear CONF_CHANGED."""
+        self.hub.conf_changed(lines)
 
     def _refresh_auth(self) -> None:
         """Authentication options changed: new connections use the new settings."""

@@ -81,7 +81,8 @@ class ControlHub:
     """The control port of one oppy: its sessions, their event subscriptions, and the events."""
 
     def __init__(self, backend: ControlBackend, auth: AuthSettings = AuthSettings(),
-                 version: str = CONTROL_VERSION) -> None:
+                 version: str = CONTROL_VERSION,
+                 on_subscriptions_changed: Callable[[frozenset[str]], None] = lambda events: None) -> None:
         self.backend = backend
         self.auth = auth
         self.version = version
@@ -89,10 +90,11 @@ class ControlHub:
         self.circuit_events = CircuitEventTracker()
         self.stream_events = StreamEventTracker()
         #: Called when the union of subscribed events changed (the log observer's level follows it).
-        self.on_subscriptions_changed: Callable[[frozenset[str]], None] = lambda events: None
+        self.on_subscriptions_changed = on_subscriptions_changed
 
-    def open_session(self) -> "ControlSession":
-        session = ControlSession(self)
+    def open_session(self, wakeup: Callable[[], None] = lambda: None) -> "ControlSession":
+        """A new session; ``wakeup`` is called when it has output outside of feed() (an event)."""
+        session = ControlSession(self, wakeup)
         self.sessions.add(session)
         return session
 
@@ -161,7 +163,7 @@ class ControlHub:
 class ControlSession:
     """One controller connection, sans IO."""
 
-    def __init__(self, hub: ControlHub) -> None:
+    def __init__(self, hub: ControlHub, wakeup: Callable[[], None] = lambda: None) -> None:
         self.hub = hub
         self.reader = ControlLineReader()
         self.authenticator = hub.auth.authenticator(hub.version)
@@ -169,7 +171,7 @@ class ControlSession:
         self.should_close = False
         self.owning = False
         #: Called when output is ready outside of feed() (an event): the adapter writes it.
-        self.wakeup: Callable[[], None] = lambda: None
+        self.wakeup = wakeup
         self._out: list[bytes] = []
         self._held_events: list[bytes] | None = None
         self._seen_bytes = b""

@@ -154,8 +154,9 @@ def add_stream(backend: FakeBackend, number: int, state=StreamState.NEW, awaitin
     return managed
 
 
-def session_for(backend=None, auth=AuthSettings(), authenticate=True):
-    hub = ControlHub(backend or FakeBackend(), auth)
+def session_for(backend=None, auth=AuthSettings(), authenticate=True,
+                on_subscriptions_changed=lambda events: None):
+    hub = ControlHub(backend or FakeBackend(), auth, on_subscriptions_changed=on_subscriptions_changed)
     session = hub.open_session()
     if authenticate:
         session.feed(b"AUTHENTICATE\r\n")
@@ -520,9 +521,8 @@ class TestEventsAndSignals:
             ("signal", "NEWNYM"), ("signal", "RELOAD"), ("signal", "HALT")]
 
     def test_log_events_follow_subscriptions(self):
-        hub, session = session_for()
         seen = []
-        hub.on_subscriptions_changed = seen.append
+        hub, session = session_for(on_subscriptions_changed=seen.append)
         ask(session, "SETEVENTS NOTICE WARN")
         assert seen[-1] == {"NOTICE", "WARN"}
         hub.log_message("notice", "Bootstrapped 100% (done): Done")
