@@ -31,6 +31,7 @@ from oppy.dns.message import (
     parse_query,
     reverse_name_address,
 )
+from oppy.logs import safe_address
 from oppy.socks.messages import is_valid_hostname
 from oppy.stream.stream import StreamEnd, StreamKind
 
@@ -89,7 +90,7 @@ def plan(query: Query, addresses: AddressMap) -> Respond | Resolve:
         try:
             virtual_address = addresses.virtual_address(name, version)
         except AddressMapFull as exc:
-            log.warning("Cannot automap %s: %s", name, exc)
+            log.warning("Cannot automap %s: %s", safe_address(name), exc)
             return Respond(encode_response(query, Rcode.SERVFAIL))
         return Respond(encode_response(query, Rcode.NOERROR, _records(question, qtype, [virtual_address], MIN_TTL)))
     if name.lower().endswith(ONION_SUFFIX) or not is_valid_hostname(name):
@@ -185,5 +186,5 @@ class DnsPortProtocol(protocol.DatagramProtocol):
             self.manager.open_stream(sink, action.target, 0, action.kind, source=f"{client[0]}:{client[1]}",
                                      isolation=replace(self.isolation, client_address=client[0]))
         except Exception as exc:
-            log.warning("cannot resolve %s: %s", action.target, exc)
+            log.warning("cannot resolve %s: %s", safe_address(action.target), exc)
             sink.stream_ended(None, None)

@@ -27,7 +27,7 @@ from oppy.closing import OpenSet
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
 from oppy.hs.errors import BadOnionAddress
-from oppy.logs import notice
+from oppy.logs import notice, safe_address
 from oppy.socks.http_connect import HttpConnectServerConnection
 from oppy.socks.messages import (
     LocalEndReason,
@@ -193,7 +193,7 @@ class SocksClientProtocol(protocol.Protocol):
             address = parse_onion_address(hostname)
         except BadOnionAddress as exc:
             # tor: END_STREAM_REASON_TORPROTOCOL (GENERAL_FAILURE), F6 with ExtendedErrors.
-            log.warning("Invalid onion hostname; rejecting it: %s", exc)
+            log.warning("Invalid onion hostname; rejecting it: %s", safe_address(exc))
             self._refuse_for(EndReason.TORPROTOCOL, Socks5Reply.ONION_BAD_ADDRESS)
             return
         if FLAG_ONION_TRAFFIC not in self.flags:
@@ -202,7 +202,8 @@ class SocksClientProtocol(protocol.Protocol):
             return
         connector = self.factory.onion_services
         if connector is None:
-            log.warning("oppy cannot reach onion services in this configuration; refusing %s", address.hostname)
+            log.warning("oppy cannot reach onion services in this configuration; refusing %s",
+                        safe_address(address.hostname))
             self._refuse(Socks5Reply.GENERAL_FAILURE)
             return
         peer = self.transport.getPeer()

@@ -4,6 +4,7 @@ dnsserv.c answers) and the virtual addresses of AutomapHostsOnResolve (oppy.circ
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
 import struct
 
@@ -24,6 +25,7 @@ from oppy.dns.message import (
     reverse_name_address,
 )
 from oppy.dns.server import MIN_TTL, Resolve, Respond, answer, plan
+from oppy.logs import SCRUBBED
 from oppy.stream.stream import StreamKind
 
 A, PTR, AAAA, MX, TXT = 1, 12, 28, 15, 16
@@ -160,3 +162,13 @@ def test_a_ptr_name_dns_cannot_carry_is_servfail():
     for name in ("x" * 64 + ".test", "caf\u00e9.test"):
         reply = answer(parsed, parsed.questions[0], [ResolvedAnswer(ResolvedType.HOSTNAME, name, 60)])
         assert rcode(reply) == Rcode.SERVFAIL and header(reply)[3] == 0
+
+
+def test_a_full_address_map_answers_servfail_and_keeps_the_name_out_of_the_log(caplog):
+    """SafeLogging 1 (the default): the name the application asked for is not in the log."""
+    addresses = AddressMap(automap=True, suffixes=(".test",), ipv4_network="127.192.0.0/30", rng=random.Random(7))
+    with caplog.at_level(logging.INFO, logger="oppy"):
+        rcodes = [rcode(plan(parse_query(query((f"web{n}.test", A))), addresses).response) for n in range(8)]
+    assert Rcode.SERVFAIL in rcodes
+    full = [record.getMessage() for record in caplog.records]
+    assert full and all("web" not in message and SCRUBBED in message for message in full)

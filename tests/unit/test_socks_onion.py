@@ -5,6 +5,7 @@ GENERAL_FAILURE without; a failed onion-service connection answers its extended 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from oppy.cell.commands import EndReason
 from oppy.circuit.isolation import ClientProtocol, IsolationFlag, StreamIsolation, isolation_flags
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress
+from oppy.logs import SCRUBBED
 from oppy.socks.messages import Socks5Reply
 from oppy.socks.server import SocksFactory, SocksPortSettings
 from oppy.stream.stream import Stream
@@ -157,3 +159,15 @@ def test_an_onion_failure_answers_its_extended_code_only_on_a_port_with_the_flag
         stream.close(EndReason.RESOLVEFAILED, extended_error=Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND)
         assert reply_code(transport) == expected
         assert transport.disconnecting
+
+
+def test_refused_onion_names_stay_out_of_the_log_under_safe_logging(caplog):
+    """SafeLogging 1 (the default): tor logs a refused onion name as [scrubbed] (safe_str_client)."""
+    with caplog.at_level(logging.INFO, logger="oppy"):
+        for name, connector in ((BAD_CHECKSUM, None), (GOOD, None)):
+            protocol, transport, _ = client(EXTENDED, connector)
+            protocol.dataReceived(socks5_connect(name))
+            assert reply_code(transport) in (Socks5Reply.ONION_BAD_ADDRESS, Socks5Reply.GENERAL_FAILURE)
+    assert len(caplog.records) == 2
+    assert GOOD[:50] not in caplog.text and BAD_CHECKSUM[:50] not in caplog.text
+    assert caplog.text.count(SCRUBBED) == 2
