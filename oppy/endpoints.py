@@ -13,7 +13,6 @@ username and password are (tor's IsolateSOCKSAuth): streams with different crede
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Protocol
 
 from twisted.internet import defer, error as twisted_error
@@ -25,19 +24,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oppy.cell.commands import EndReason, reason_name
-from oppy.socks.messages import SOCKS5_USERPASS_AUTH_VERSION, SOCKS5_VERSION, AddressType, Socks5Method, \
-    Socks5Reply, SocksCommand
+from oppy.pt.socks5 import Socks5ClientError, Socks5ClientHandshake
 from oppy.stream.stream import Stream, StreamEnd, StreamKind
 
-__all__ = ["TorClientEndpoint", "StreamOpener", "TorStreamError", "SocksError", "Socks5ClientHandshake",
-           "DEFAULT_SOCKS_PORT"]
+__all__ = ["TorClientEndpoint", "StreamOpener", "TorStreamError", "SocksError", "DEFAULT_SOCKS_PORT"]
 
 #: tor's default SocksPort, where an external oppy or tor listens unless told otherwise.
 DEFAULT_SOCKS_PORT = 9050
 #: RFC 1929 section 2: ULEN and PLEN are one byte each.
 MAX_CREDENTIAL_LEN = 255
-#: RFC 1928 section 5: a DOMAINNAME is one length byte and at most 255 octets.
-MAX_HOSTNAME_LEN = 255
 #: What the control port shows as the source of a stream opened through this module (STREAM SOURCE_ADDR).
 IN_PROCESS_SOURCE = "127.0.0.1:0"
 
@@ -268,91 +263,6 @@ def in_process(reactor) -> StreamOpener | None:
 # ---------------------------------------------------------------------------------------- over SOCKS5
 
 
-class Socks5ClientHandshake:
-    """The client side of a SOCKS5 CONNECT (RFC 1928, RFC 1929), sans IO: ``initial_bytes()`` to send,
-    then ``feed()`` what the server answers until it returns True (connected: ``trailing`` holds bytes the
-    server sent after its reply); SocksError when refused."""
-
-    def __init__(self, host: str, port: int, credentials: tuple[bytes, bytes]) -> None:
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range")
-        self.host, self.port = host, port
-        self.credentials = credentials
-        self.trailing = b""
-        self._buffer = b""
-        self._step = "method"
-
-    def initial_bytes(self) -> bytes:
-        method = Socks5Method.USERNAME_PASSWORD if any(self.credentials) else Socks5Method.NO_AUTHENTICATION
-        return bytes([SOCKS5_VERSION, 1, method])
-
-    def _request(self) -> bytes:
-        try:
-            address = ipaddress.ip_address(self.host)
-        except ValueError:
-            name = self.host.encode("idna") if not self.host.isascii() else self.host.encode("ascii")
-            if not 0 < len(name) <= MAX_HOSTNAME_LEN:
-                raise SocksError(f"hostname of {len(name)} bytes cannot be sent over SOCKS5") from None
-            target = bytes([AddressType.HOSTNAME, len(name)]) + name
-        else:
-            kind = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
-            target = bytes([kind]) + address.packed
-        return bytes([SOCKS5_VERSION, SocksCommand.CONNECT, 0]) + target + self.port.to_bytes(2, "big")
-
-    def feed(self, data: bytes) -> tuple[bool, bytes]:
-        """Returns (connected, bytes to send now)."""
-        self._buffer += data
-        out = b""
-        while True:
-            if self._step == "method":
-                if len(self._buffer) < 2:
-                    return False, out
-                version, method = self._buffer[0], self._buffer[1]
-                self._buffer = self._buffer[2:]
-                if version != SOCKS5_VERSION:
-                    raise SocksError(f"not a SOCKS5 server (version byte {version})")
-                if method == Socks5Method.USERNAME_PASSWORD and any(self.credentials):
-                    username, password = self.credentials
-                    out += bytes([SOCKS5_USERPASS_AUTH_VERSION, len(username)]) + username \
-                        + bytes([len(password)]) + password
-                    self._step = "auth"
-                elif method == Socks5Method.NO_AUTHENTICATION:
-                    out += self._request()
-                    self._step = "reply"
-                else:
-                    raise SocksError(f"the SOCKS server accepts none of the offered methods (it chose {method})")
-            elif self._step == "auth":
-                if len(self._buffer) < 2:
-                    return False, out
-                status = self._buffer[1]
-                self._buffer = self._buffer[2:]
-                if status != 0:
-                    raise SocksError("the SOCKS server refused the username and password")
-                out += self._request()
-                self._step = "reply"
-            else:
-                if len(self._buffer) < 5:
-                    return False, out
-                version, reply, _, address_type = self._buffer[:4]
-                if version != SOCKS5_VERSION:
-                    raise SocksError(f"bad SOCKS5 reply (version byte {version})")
-                if reply != Socks5Reply.SUCCEEDED:
-                    try:
-                        name = Socks5Reply(reply).name
-                    except ValueError:
-                        name = f"reply {reply}"
-                    raise SocksError(f"the SOCKS server could not connect to the target: {name}", reply)
-                length = {AddressType.IPV4: 4, AddressType.IPV6: 16}.get(address_type)
-                if length is None:
-                    length = 1 + self._buffer[4]
-                total = 4 + length + 2
-                if len(self._buffer) < total:
-                    return False, out
-                self.trailing, self._buffer = self._buffer[total:], b""
-                self._step = "done"
-                return True, out
-
-
 class _SocksClientProtocol(TwistedProtocol):
     """Runs the SOCKS5 handshake on the TCP connection, then hands it to the application's protocol."""
 
@@ -365,22 +275,22 @@ class _SocksClientProtocol(TwistedProtocol):
         self.application: TwistedProtocol | None = None
 
     def connectionMade(self) -> None:  # noqa: N802
-        self.transport.write(self.handshake.initial_bytes())
+        self.transport.write(self.handshake.greeting())
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.application is not None:
             self.application.dataReceived(data)
             return
         try:
-            connected, reply = self.handshake.feed(data)
-        except SocksError as exc:
+            progress = self.handshake.receive(data)
+        except Socks5ClientError as exc:
             if not self.connecting.called:
-                self.connecting.errback(exc)
+                self.connecting.errback(SocksError(str(exc), exc.reply))
             self.transport.abortConnection()
             return
-        if reply:
-            self.transport.write(reply)
-        if not connected:
+        if progress.send:
+            self.transport.write(progress.send)
+        if not progress.finished:
             return
         if self.connecting.called:  # cancelled meanwhile
             self.transport.abortConnection()
@@ -393,8 +303,8 @@ class _SocksClientProtocol(TwistedProtocol):
         self.application = application
         application.makeConnection(self.transport)
         self.connecting.callback(application)
-        if self.handshake.trailing:
-            application.dataReceived(self.handshake.trailing)
+        if progress.remainder:
+            application.dataReceived(progress.remainder)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
         if self.application is not None:
@@ -406,7 +316,7 @@ class _SocksClientProtocol(TwistedProtocol):
 
 def _connect_over_socks(socks_endpoint, factory: Factory, host: str, port: int,
                         credentials: tuple[bytes, bytes]) -> defer.Deferred:
-    handshake = Socks5ClientHandshake(host, port, credentials)
+    handshake = Socks5ClientHandshake(host, port, credentials if any(credentials) else None)
     peer = HostnameAddress(host.encode("idna") if not host.isascii() else host.encode("ascii"), port)
     built: list[_SocksClientProtocol] = []
 

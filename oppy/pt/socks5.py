@@ -1,4 +1,5 @@
-"""The client side of SOCKS5 toward a pluggable transport, sans-IO, with the bridge's arguments as credentials.
+"""The client side of SOCKS5, sans-IO: toward a pluggable transport, with the bridge's arguments as
+credentials, and toward a SocksPort (``oppy.endpoints.TorClientEndpoint``, with the isolation credential).
 
 A bridge line's ``k=v`` arguments (the obfs4 ``cert=`` and ``iat-mode=``) reach the transport in the
 SOCKS5 username and password (pt-spec 3.5 "Pluggable Transport Client Per-Connection Arguments"):
@@ -48,6 +49,8 @@ SOCKS5_RESERVED = 0x00
 SOCKS5_ATYP_IPV4 = 0x01
 SOCKS5_ATYP_HOSTNAME = 0x03
 SOCKS5_ATYP_IPV6 = 0x04
+#: RFC 1928 section 5: a DOMAINNAME is one length byte and at most 255 octets.
+MAX_SOCKS5_HOSTNAME_LEN = 255
 #: pt-spec 3.5: the characters escaped with a backslash in keys and values.
 _ESCAPED = "\\=;"
 
@@ -57,7 +60,7 @@ class SocksArgumentsError(ValueError):
 
 
 class Socks5ClientError(ConnectionError):
-    """The transport refused or broke the SOCKS5 handshake; ``reply`` is its RFC 1928 REP code, if any."""
+    """The proxy refused or broke the SOCKS5 handshake; ``reply`` is its RFC 1928 REP code, if any."""
 
     def __init__(self, message: str, reply: int | None = None) -> None:
         super().__init__(message)
@@ -128,15 +131,17 @@ class _Step(enum.Enum):
 
 
 class Socks5ClientHandshake:
-    """One SOCKS5 CONNECT to ``host``:``port`` (an IP address or a host name) through a proxy, offering
-    only username/password authentication when ``credentials`` are given (so the bridge's arguments cannot
-    be dropped by a proxy that picks "no authentication"), only "no authentication" otherwise."""
+    """One SOCKS5 CONNECT to ``host``:``port`` (an IP address or a host name, sent as given for the proxy to
+    resolve) through a proxy, offering only username/password authentication when ``credentials`` are given
+    (so the bridge's arguments cannot be dropped by a proxy that picks "no authentication"), only "no
+    authentication" otherwise."""
 
     def __init__(self, host: str, port: int, credentials: tuple[bytes, bytes] | None = None) -> None:
         if not 0 < port <= 0xFFFF:
             raise ValueError(f"bad port {port}")
-        if credentials is not None and not all(0 < len(field) <= MAX_SOCKS5_AUTH_FIELD_SIZE for field in credentials):
-            raise SocksArgumentsError("a SOCKS5 username and password are 1 to 255 bytes each (RFC 1929)")
+        # RFC 1929 asks for 1 to 255 bytes; tor's SOCKS server also takes an empty password (IsolateSOCKSAuth).
+        if credentials is not None and not all(len(field) <= MAX_SOCKS5_AUTH_FIELD_SIZE for field in credentials):
+            raise SocksArgumentsError("a SOCKS5 username and password are at most 255 bytes each (RFC 1929)")
         self.host = host
         self.port = port
         self.credentials = credentials
@@ -157,9 +162,9 @@ class Socks5ClientHandshake:
         try:
             address = ipaddress.ip_address(self.host)
         except ValueError:
-            name = self.host.encode("idna")
-            if not 0 < len(name) <= 255:
-                raise Socks5ClientError(f"host name too long for SOCKS5: {self.host}") from None
+            name = self.host.encode("ascii") if self.host.isascii() else self.host.encode("idna")
+            if not 0 < len(name) <= MAX_SOCKS5_HOSTNAME_LEN:
+                raise Socks5ClientError(f"a host name of {len(name)} bytes cannot be sent over SOCKS5") from None
             target = bytes((SOCKS5_ATYP_HOSTNAME, len(name))) + name
         else:
             target = bytes((SOCKS5_ATYP_IPV4 if address.version == 4 else SOCKS5_ATYP_IPV6,)) + address.packed
@@ -182,9 +187,9 @@ class Socks5ClientHandshake:
                 version, method = self._buffer[0], self._buffer[1]
                 del self._buffer[:2]
                 if version != SOCKS5_VERSION:
-                    raise self._fail(f"the transport answered SOCKS version {version}, not 5")
+                    raise self._fail(f"the proxy answered SOCKS version {version}, not 5")
                 if method == SOCKS5_NO_ACCEPTABLE_METHODS or method != self.greeting()[2]:
-                    raise self._fail(f"the transport accepted no offered authentication method (chose {method:#04x})")
+                    raise self._fail(f"the proxy accepted no offered authentication method (chose {method:#04x})")
                 if method == SOCKS5_AUTH_USERNAME_PASSWORD:
                     username, password = self.credentials
                     send += bytes((RFC1929_VERSION, len(username))) + username + bytes((len(password),)) + password
@@ -198,7 +203,7 @@ class Socks5ClientHandshake:
                 version, status = self._buffer[0], self._buffer[1]
                 del self._buffer[:2]
                 if version != RFC1929_VERSION or status != RFC1929_SUCCESS:
-                    raise self._fail(f"the transport refused the bridge's arguments (RFC 1929 status {status})")
+                    raise self._fail(f"the proxy refused the username and password (RFC 1929 status {status})")
                 send += self._connect_request()
                 self._step = _Step.CONNECT
             else:
@@ -210,16 +215,16 @@ class Socks5ClientHandshake:
             return Socks5Progress(send)
         version, reply, _, address_type = self._buffer[:4]
         if version != SOCKS5_VERSION:
-            raise self._fail(f"the transport answered SOCKS version {version}, not 5")
+            raise self._fail(f"the proxy answered SOCKS version {version}, not 5")
         if reply != Socks5Reply.SUCCEEDED:
             try:
-                name = Socks5Reply(reply).name.lower().replace("_", " ")
+                name = Socks5Reply(reply).name
             except ValueError:
                 name = f"reply {reply}"
-            raise self._fail(f"the transport could not reach the bridge: {name}", reply)
+            raise self._fail(f"the proxy could not connect to the target: {name}", reply)
         address_lengths = {SOCKS5_ATYP_IPV4: 4, SOCKS5_ATYP_IPV6: 16, SOCKS5_ATYP_HOSTNAME: 1 + self._buffer[4]}
         if address_type not in address_lengths:
-            raise self._fail(f"the transport's reply has an unknown address type {address_type}")
+            raise self._fail(f"the proxy's reply has an unknown address type {address_type}")
         length = 4 + address_lengths[address_type] + 2
         if len(self._buffer) < length:
             return Socks5Progress(send)

@@ -78,8 +78,8 @@ def test_handshake_without_arguments_ipv6_and_host_names_in_one_read():
     ([b"\x04\x02"], "SOCKS version 4"),
     ([b"\x05\xff"], "no offered authentication method"),
     ([b"\x05\x00"], "no offered authentication method"),  # args would be dropped
-    ([b"\x05\x02", b"\x01\x01"], "refused the bridge's arguments"),
-    ([b"\x05\x02", b"\x01\x00", b"\x05\x05\x00\x01" + b"\0" * 6], "could not reach the bridge: connection refused"),
+    ([b"\x05\x02", b"\x01\x01"], "refused the username and password"),
+    ([b"\x05\x02", b"\x01\x00", b"\x05\x05\x00\x01" + b"\0" * 6], "could not connect to the target: CONNECTION_REFUSED"),
     ([b"\x05\x02", b"\x01\x00", b"\x05\x42\x00\x01" + b"\0" * 6], "reply 66"),
     ([b"\x05\x02", b"\x01\x00", b"\x05\x00\x00\x07" + b"\0" * 6], "unknown address type 7"),
 ])
