@@ -31,6 +31,7 @@ from oppy.dns.message import (
     parse_query,
     reverse_name_address,
 )
+from oppy.hs.address import is_onion_hostname
 from oppy.logs import safe_address
 from oppy.socks.messages import is_valid_hostname
 from oppy.stream.stream import StreamEnd, StreamKind
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # dnsserv.c dnsserv_resolved: "if (ttl < 60) ttl = 60".
 MIN_TTL = 60
-# rend-spec: names under .onion are onion services, never resolved by an exit.
-ONION_SUFFIX = ".onion"
 _SUPPORTED_TYPES = frozenset(RecordType)
 
 
@@ -93,7 +92,7 @@ def plan(query: Query, addresses: AddressMap) -> Respond | Resolve:
             log.warning("Cannot automap %s: %s", safe_address(name), exc)
             return Respond(encode_response(query, Rcode.SERVFAIL))
         return Respond(encode_response(query, Rcode.NOERROR, _records(question, qtype, [virtual_address], MIN_TTL)))
-    if name.lower().endswith(ONION_SUFFIX) or not is_valid_hostname(name):
+    if is_onion_hostname(name) or not is_valid_hostname(name):
         return Respond(encode_response(query, Rcode.NXDOMAIN))
     return Resolve(question, StreamKind.RESOLVE, name)
 
