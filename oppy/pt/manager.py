@@ -18,7 +18,7 @@ naming the reason, so the bridge layer retries on its own schedule. ``stop()`` c
 (pt-spec 3.4), then sends SIGTERM and finally SIGKILL to one that does not exit.
 
 Observers hear typed events (:class:`TransportEvent`): a process launched, ready or failed, and each
-connection to a transport's local port being made and made (tor's bootstrap phases conn_pt and conn_done_pt).
+connection to a transport's local port being started and made (tor's bootstrap phases conn_pt and conn_done_pt).
 """
 
 from __future__ import annotations
@@ -78,8 +78,12 @@ RESTART_DELAY_MAX = 60.0
 STABLE_RUN = 60.0
 #: pt-spec 3.4: after closing stdin, how long a proxy has to exit before SIGTERM, and then before SIGKILL.
 STOP_GRACE = 2.0
-#: How long a connection to a transport's local port and its SOCKS5 handshake may take.
+#: How long the TCP connection to a transport's local port may take (the link layer's handshake timeout
+#: bounds the SOCKS5 handshake and all that follows).
 PROXY_CONNECT_TIMEOUT = 15.0
+#: The most of one stderr line of a managed proxy kept while its end has not come (a binary writing without
+#: newlines cannot grow oppy's memory).
+MAX_STDERR_LINE = 4096
 
 
 class TransportUnavailable(ConnectionError):
@@ -150,7 +154,7 @@ class _ProxyProcess(protocol.ProcessProtocol):
     def errReceived(self, data: bytes) -> None:  # noqa: N802
         self._stderr += data
         *lines, rest = self._stderr.split(b"\n")
-        self._stderr = bytearray(rest[-4096:])
+        self._stderr = bytearray(rest[-MAX_STDERR_LINE:])
         for line in lines:
             log.info('Managed proxy "%s" reported via standard error: %s', self.owner.name,
                      line.rstrip(b"\r").decode("utf-8", "backslashreplace"))
