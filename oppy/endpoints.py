@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oppy.cell.commands import EndReason, reason_name
-from oppy.pt.socks5 import Socks5ClientError, Socks5ClientHandshake
+from oppy.pt.endpoint import Socks5ProxyEndpoint
+from oppy.pt.socks5 import Socks5ClientError
 from oppy.stream.stream import Stream, StreamEnd, StreamKind
 
 __all__ = ["TorClientEndpoint", "StreamOpener", "TorStreamError", "SocksError", "DEFAULT_SOCKS_PORT"]
@@ -263,82 +264,16 @@ def in_process(reactor) -> StreamOpener | None:
 # ---------------------------------------------------------------------------------------- over SOCKS5
 
 
-class _SocksClientProtocol(TwistedProtocol):
-    """Runs the SOCKS5 handshake on the TCP connection, then hands it to the application's protocol."""
-
-    def __init__(self, handshake: Socks5ClientHandshake, factory: Factory, connecting: defer.Deferred,
-                 peer: HostnameAddress) -> None:
-        self.handshake = handshake
-        self.application_factory = factory
-        self.connecting = connecting
-        self.peer = peer
-        self.application: TwistedProtocol | None = None
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.transport.write(self.handshake.greeting())
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.application is not None:
-            self.application.dataReceived(data)
-            return
-        try:
-            progress = self.handshake.receive(data)
-        except Socks5ClientError as exc:
-            if not self.connecting.called:
-                self.connecting.errback(SocksError(str(exc), exc.reply))
-            self.transport.abortConnection()
-            return
-        if progress.send:
-            self.transport.write(progress.send)
-        if not progress.finished:
-            return
-        if self.connecting.called:  # cancelled meanwhile
-            self.transport.abortConnection()
-            return
-        application = self.application_factory.buildProtocol(self.peer)
-        if application is None:
-            self.connecting.errback(twisted_error.ConnectError(string="the protocol factory built no protocol"))
-            self.transport.loseConnection()
-            return
-        self.application = application
-        application.makeConnection(self.transport)
-        self.connecting.callback(application)
-        if progress.remainder:
-            application.dataReceived(progress.remainder)
-
-    def connectionLost(self, reason) -> None:  # noqa: N802
-        if self.application is not None:
-            self.application.connectionLost(reason)
-        elif not self.connecting.called:
-            self.connecting.errback(SocksError(f"the SOCKS server closed the connection during the handshake: "
-                                               f"{reason.getErrorMessage()}"))
-
-
 def _connect_over_socks(socks_endpoint, factory: Factory, host: str, port: int,
                         credentials: tuple[bytes, bytes]) -> defer.Deferred:
-    handshake = Socks5ClientHandshake(host, port, credentials if any(credentials) else None)
-    peer = HostnameAddress(host.encode("idna") if not host.isascii() else host.encode("ascii"), port)
-    built: list[_SocksClientProtocol] = []
+    """SOCKS5 to ``socks_endpoint`` (oppy.pt's client, the one transports hear); a refusal is a SocksError."""
+    endpoint = Socks5ProxyEndpoint(socks_endpoint, host, port, credentials if any(credentials) else None)
 
-    def cancel(_):
-        tcp.cancel()  # while connecting to the SOCKS port; after that, the handshake's socket is closed
-        for protocol in built:
-            protocol.transport.abortConnection()
+    def as_socks_error(failure: Failure):
+        failure.trap(Socks5ClientError)
+        raise SocksError(str(failure.value), failure.value.reply)
 
-    connecting: defer.Deferred = defer.Deferred(cancel)
-
-    def build() -> _SocksClientProtocol:
-        built.append(_SocksClientProtocol(handshake, factory, connecting, peer))
-        return built[-1]
-
-    tcp = socks_endpoint.connect(Factory.forProtocol(build))
-
-    def tcp_failed(failure):
-        if not connecting.called:
-            connecting.errback(failure)
-
-    tcp.addErrback(tcp_failed)
-    return connecting
+    return endpoint.connect(factory).addErrback(as_socks_error)
 
 
 # ---------------------------------------------------------------------------------------- the endpoint

@@ -1,5 +1,6 @@
 """A Twisted client endpoint that reaches its target through a SOCKS5 proxy: how oppy connects to a bridge
-through a pluggable transport (the transport's CMETHOD address is the proxy, the bridge is the target).
+through a pluggable transport (the transport's CMETHOD address is the proxy, the bridge is the target), and
+how ``oppy.endpoints.TorClientEndpoint`` reaches a SocksPort.
 
 The adapter around :class:`~oppy.pt.socks5.Socks5ClientHandshake`: it connects to the proxy, runs the
 handshake, and only then builds the caller's protocol, which from there on owns the TCP transport (its
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.address import HostnameAddress
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -53,7 +54,9 @@ class _Socks5ClientProtocol(protocol.Protocol):
             self._hand_over(progress.remainder)
 
     def _hand_over(self, remainder: bytes) -> None:
-        wrapped = self.target_factory.buildProtocol(self.transport.getPeer())
+        host = self.handshake.host
+        target = HostnameAddress(host.encode("ascii") if host.isascii() else host.encode("idna"), self.handshake.port)
+        wrapped = self.target_factory.buildProtocol(target)
         if wrapped is None:
             self._fail(Socks5ClientError("the connection's factory refused to build a protocol"))
             return
@@ -81,28 +84,23 @@ class _Socks5ClientProtocol(protocol.Protocol):
 
 @implementer(IStreamClientEndpoint)
 class Socks5ProxyEndpoint:
-    """``host``:``port`` reached through the SOCKS5 proxy at ``proxy_host``:``proxy_port`` (an IP address),
-    authenticating with ``credentials`` (the bridge's packed arguments) if given. ``proxy_connected`` is
-    called when the TCP connection to the proxy is up (tor's bootstrap phase conn_done_pt)."""
+    """``host``:``port`` reached through the SOCKS5 proxy that ``proxy`` connects to, authenticating with
+    ``credentials`` (a bridge's packed arguments, or an isolation credential) if given. ``proxy_connected`` is
+    called when the connection to the proxy is up (tor's bootstrap phase conn_done_pt)."""
 
-    def __init__(self, reactor, proxy_host: str, proxy_port: int, host: str, port: int,
-                 credentials: tuple[bytes, bytes] | None = None, timeout: float = 30,
+    def __init__(self, proxy: IStreamClientEndpoint, host: str, port: int,
+                 credentials: tuple[bytes, bytes] | None = None,
                  proxy_connected: Callable[[], None] = lambda: None) -> None:
-        self.reactor = reactor
-        self.proxy_host = proxy_host
-        self.proxy_port = proxy_port
+        self.proxy = proxy
         self.host = host
         self.port = port
         self.credentials = credentials
-        self.timeout = timeout
         self.proxy_connected = proxy_connected
 
     def __repr__(self) -> str:
-        return f"<Socks5ProxyEndpoint {self.host}:{self.port} via {self.proxy_host}:{self.proxy_port}>"
+        return f"<Socks5ProxyEndpoint {self.host}:{self.port} via {self.proxy!r}>"
 
     def connect(self, factory: protocol.Factory) -> defer.Deferred:
-        endpoint_class = TCP6ClientEndpoint if ":" in self.proxy_host else TCP4ClientEndpoint
-        proxy = endpoint_class(self.reactor, self.proxy_host, self.proxy_port, timeout=self.timeout)
         connection: list[_Socks5ClientProtocol] = []
 
         def cancel(_: defer.Deferred) -> None:
@@ -119,7 +117,7 @@ class Socks5ProxyEndpoint:
             connection.append(made)
             return made
 
-        connecting = proxy.connect(protocol.Factory.forProtocol(build))
+        connecting = self.proxy.connect(protocol.Factory.forProtocol(build))
 
         def not_connected(failure: Failure) -> None:
             if not done.called:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet import defer, error, protocol, reactor as default_reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -441,9 +442,10 @@ class _TransportEndpoint:
 
         def found(address: tuple[str, int]) -> defer.Deferred:
             self.owner.notify(TransportConnecting(plugin_transports, bridge))
+            endpoint_class = TCP6ClientEndpoint if ":" in address[0] else TCP4ClientEndpoint
+            proxy = endpoint_class(self.owner.reactor, address[0], address[1], timeout=PROXY_CONNECT_TIMEOUT)
             endpoint = Socks5ProxyEndpoint(
-                self.owner.reactor, address[0], address[1], self.host, self.port, credentials,
-                timeout=PROXY_CONNECT_TIMEOUT,
+                proxy, self.host, self.port, credentials,
                 proxy_connected=lambda: self.owner.notify(TransportConnected(plugin_transports, bridge)))
             connecting.append(endpoint.connect(factory))
             return connecting[0]
