@@ -33,6 +33,7 @@ from oppy.socks.messages import (
     LocalEndReason,
     Socks5Reply,
     SocksCommand,
+    SocksEncodeError,
     is_private_address,
 )
 from oppy.socks.protocol import SocksFailure, SocksRequest, SocksServerConnection
@@ -248,7 +249,7 @@ class SocksClientProtocol(protocol.Protocol):
             return
         refused = self._refused_traffic(target)
         if refused is not None:
-            log.warning("Refusing a SOCKS request: %s", refused)
+            log.warning("Refusing a %s request: %s", self.door_name, refused)
             self._refuse_for(LocalEndReason.ENTRYPOLICY)
             return
         if self._refused_by_safe_socks(request, mapped is not None):
@@ -324,7 +325,7 @@ class SocksClientProtocol(protocol.Protocol):
                     self.socks.reply_resolved_hostname(answer.value)
                 else:
                     self.socks.reply_resolved_address(str(answer.value))
-            except Exception:  # an answer the client's SOCKS version cannot carry (IPv6 over SOCKS4)
+            except SocksEncodeError:  # an answer no SOCKS reply can carry (not an IP address)
                 self.socks.reply_failed(Socks5Reply.GENERAL_FAILURE)
         self._send_replies()
         self._close()
@@ -357,7 +358,7 @@ class SocksClientProtocol(protocol.Protocol):
             else:
                 self._reply_failure(end.reason, end.extended_error)
             self._send_replies()
-        elif end.remote and end.reason not in (EndReason.DONE,):
+        elif end.remote and end.reason != EndReason.DONE:
             log.info("stream ended by the exit: %s", reason_name(EndReason, end.reason))
         self._close()
 
