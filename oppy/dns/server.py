@@ -10,7 +10,6 @@ is never sent to an exit; with AutomapHostsOnResolve, names with an automap suff
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, replace
 
@@ -33,7 +32,7 @@ from oppy.dns.message import (
 )
 from oppy.hs.address import is_onion_hostname
 from oppy.logs import safe_address
-from oppy.socks.messages import is_valid_hostname
+from oppy.socks.messages import is_valid_hostname, parse_ip_address
 from oppy.stream.stream import StreamEnd, StreamKind
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def plan(query: Query, addresses: AddressMap) -> Respond | Resolve:
             return Respond(encode_response(query, Rcode.NOERROR, _records(question, qtype, [virtual], MIN_TTL)))
         return Resolve(question, StreamKind.RESOLVE_PTR, str(address))
     version = 4 if qtype is RecordType.A else 6
-    literal = _ip(name)
+    literal = parse_ip_address(name)
     if literal is not None:
         records = _records(question, qtype, [literal], MIN_TTL) if literal.version == version else []
         return Respond(encode_response(query, Rcode.NOERROR, records))
@@ -115,13 +114,6 @@ def answer(query: Query, question: Question, answers: list[ResolvedAnswer]) -> b
     if not answers or any(a.answer_type == ResolvedType.ERROR_TRANSIENT for a in answers):
         return encode_response(query, Rcode.SERVFAIL)
     return encode_response(query, Rcode.NOERROR)  # the name exists, without an address of this family
-
-
-def _ip(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 class _PendingLookup:

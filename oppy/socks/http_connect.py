@@ -27,6 +27,7 @@ from oppy.socks.messages import (
     Socks5Reply,
     SocksCommand,
     is_valid_destination,
+    parse_ip_address,
 )
 from oppy.socks.protocol import ClientHandshake, SocksFailure, SocksRequest, SocksState, SocksStateError
 
@@ -143,7 +144,7 @@ def _split_target(target: str) -> tuple[str, int]:
         if close < 0 or target[close + 1 : close + 2] != ":":
             raise HttpConnectError("malformed CONNECT target", BAD_REQUEST)
         host, port_text = target[1:close], target[close + 2 :]
-        if not isinstance(_ip(host), ipaddress.IPv6Address):
+        if not isinstance(parse_ip_address(host), ipaddress.IPv6Address):
             raise HttpConnectError("malformed IPv6 CONNECT target", BAD_REQUEST)
     else:
         host, colon, port_text = target.rpartition(":")
@@ -156,13 +157,6 @@ def _split_target(target: str) -> tuple[str, int]:
     if not is_valid_destination(host):
         raise HttpConnectError("malformed CONNECT target host", BAD_REQUEST)
     return host, int(port_text)
-
-
-def _ip(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def parse_request_head(head: bytes) -> HttpConnectHead:
@@ -221,7 +215,7 @@ class HttpConnectServerConnection(ClientHandshake):
             head = parse_request_head(bytes(self._buffer[:end]))
         except HttpConnectError as error:
             return [self._fail(error)]
-        ip = _ip(head.host)
+        ip = parse_ip_address(head.host)
         address_type = AddressType.HOSTNAME if ip is None else (
             AddressType.IPV4 if ip.version == 4 else AddressType.IPV6)
         self._request = SocksRequest(0, SocksCommand.CONNECT, head.host if ip is None else str(ip), address_type,
