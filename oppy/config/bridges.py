@@ -20,7 +20,6 @@ from oppy.pt.socks5 import MAX_SOCKS5_AUTH_SIZE_TOTAL, encode_arguments
 __all__ = [
     "BridgeLine",
     "DEFAULT_BRIDGE_PORT",
-    "MAX_SOCKS5_AUTH_SIZE_TOTAL",
     "is_transport_name",
     "parse_bridge_line",
 ]

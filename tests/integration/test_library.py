@@ -61,7 +61,7 @@ def test_launch_bootstraps_serves_and_stops_clean(tmp_path, network):
     calls_before = set(reactor.getDelayedCalls())
     readers_before, writers_before = set(reactor.getReaders()), set(reactor.getWriters())
     tor = oppy.launch(reactor, data_directory=tmp_path / "data", **network_options(network))
-    assert tor.socks_addresses == []  # no listener unless SocksPort is given
+    assert tor.socks_addresses == [] and tor.control_addresses == []  # no listener unless asked for
     ready = yield tor.bootstrapped
     assert ready is tor
     body = yield fetch_over(tor.endpoint(network.host, network.http_port), b"/bytes/%d" % ONE_MB)
@@ -71,6 +71,33 @@ def test_launch_bootstraps_serves_and_stops_clean(tmp_path, network):
     assert set(reactor.getReaders()) - readers_before == set()
     assert set(reactor.getWriters()) - writers_before == set()
     assert open_fds() - fds_before == set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_control_addresses_name_the_control_port(tmp_path, network):
+    """ControlPort=auto: ``control_addresses`` says where the control port listens; a controller is served there."""
+    tor = oppy.launch(reactor, data_directory=tmp_path / "data", ControlPort="auto", **network_options(network))
+    try:
+        ((host, port),) = tor.control_addresses
+        assert host == "127.0.0.1" and port > 0
+        received: list[bytes] = []
+        done: defer.Deferred = defer.Deferred()
+
+        class Controller(protocol.Protocol):
+            def connectionMade(self):  # noqa: N802
+                self.transport.write(b"PROTOCOLINFO 1\r\n")
+
+            def dataReceived(self, data):  # noqa: N802
+                received.append(data)
+                if b"250 OK\r\n" in b"".join(received):
+                    self.transport.loseConnection()
+                    done.callback(b"".join(received))
+
+        reply = yield TCP4ClientEndpoint(reactor, host, port).connect(protocol.Factory.forProtocol(Controller)) \
+            .addCallback(lambda _: done)
+        assert reply.startswith(b"250-PROTOCOLINFO 1\r\n")
+    finally:
+        yield tor.stop()
 
 
 class _Download(protocol.Protocol):
