@@ -477,6 +477,12 @@ def _format_addrport(port: PortConfig) -> str:
 
 
 DEFAULT_AUTOMAP_SUFFIXES = (".onion", ".exit")
+# tor(1) VirtualAddrNetworkIPv4 / VirtualAddrNetworkIPv6: the defaults.
+DEFAULT_VIRTUAL_NETWORK_IPV4 = "127.192.0.0/10"
+DEFAULT_VIRTUAL_NETWORK_IPV6 = "fe80::/10"
+# addressmap.c parse_virtual_addr_network: the longest prefix (the smallest network) each family takes.
+MAX_VIRTUAL_NETWORK_PREFIX_IPV4 = 16
+MAX_VIRTUAL_NETWORK_PREFIX_IPV6 = 104
 
 
 def _parse_suffixes(name: str, value: str) -> tuple[str, ...]:
@@ -489,7 +495,7 @@ def _parse_suffixes(name: str, value: str) -> tuple[str, ...]:
 def _virtual_network_parser(version: int) -> Callable[[str, str], str]:
     """addressmap.c parse_virtual_addr_network: a network of the family, of at most /16 (IPv4) or /104 (IPv6)."""
     suffix = "IPv6" if version == 6 else ""
-    max_prefix = 104 if version == 6 else 16
+    max_prefix = MAX_VIRTUAL_NETWORK_PREFIX_IPV6 if version == 6 else MAX_VIRTUAL_NETWORK_PREFIX_IPV4
 
     def parse(name: str, value: str) -> str:
         text = value.strip(TOR_SPACE)
@@ -627,9 +633,9 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("AutomapHostsSuffixes", "automap_hosts_suffixes", "CommaList", _parse_suffixes,
             lambda value: [",".join(value)], _constant(DEFAULT_AUTOMAP_SUFFIXES)),
     _Option("VirtualAddrNetworkIPv4", "virtual_addr_network_ipv4", "String", _virtual_network_parser(4),
-            lambda value: [value], _constant("127.192.0.0/10"), changeable_at_runtime=False),
+            lambda value: [value], _constant(DEFAULT_VIRTUAL_NETWORK_IPV4), changeable_at_runtime=False),
     _Option("VirtualAddrNetworkIPv6", "virtual_addr_network_ipv6", "String", _virtual_network_parser(6),
-            lambda value: [value], _constant("fe80::/10"), changeable_at_runtime=False),
+            lambda value: [value], _constant(DEFAULT_VIRTUAL_NETWORK_IPV6), changeable_at_runtime=False),
     _Option("DataDirectory", "data_directory", "Filename", _parse_filename, lambda value: [value],
             _constant("~/.oppy"), changeable_at_runtime=False),
     _Option("DirAuthority", "dir_authorities", "LineList", _validated_lines(_validated_directory_line("authority")),
@@ -748,8 +754,8 @@ class Config:
     #: AutomapHostsSuffixes: the name endings automapped ("." for every name).
     automap_hosts_suffixes: tuple[str, ...] = DEFAULT_AUTOMAP_SUFFIXES
     #: VirtualAddrNetworkIPv4 / IPv6: where automapped addresses come from.
-    virtual_addr_network_ipv4: str = "127.192.0.0/10"
-    virtual_addr_network_ipv6: str = "fe80::/10"
+    virtual_addr_network_ipv4: str = DEFAULT_VIRTUAL_NETWORK_IPV4
+    virtual_addr_network_ipv6: str = DEFAULT_VIRTUAL_NETWORK_IPV6
     #: DataDirectory, as written (``~`` expanded by :meth:`data_directory_path`).
     data_directory: str = "~/.oppy"
     #: DirAuthority lines, raw; empty means tor's built-in authorities.
