@@ -434,6 +434,24 @@ def test_setconf_conf_changed_and_errors(controller):
     events.close()
 
 
+def test_reload_reports_the_torrc_changes_as_conf_changed(oppy, controller):
+    """SIGNAL RELOAD (HUP) reads the torrc again; the options it changed reach controllers as CONF_CHANGED."""
+    original = oppy.torrc.read_text()
+    events = Events(controller, EventType.CONF_CHANGED)
+    try:
+        oppy.torrc.write_text(original + "MaxCircuitDirtiness 900\n")
+        controller.signal(Signal.RELOAD)
+        changed = events.wait_for(lambda e: "MaxCircuitDirtiness" in e.changed)
+        assert changed.changed["MaxCircuitDirtiness"] == ["900"]
+        assert controller.get_conf("MaxCircuitDirtiness") == "900"
+    finally:
+        oppy.torrc.write_text(original)
+        controller.signal(Signal.RELOAD)
+    events.wait_for(lambda e: "MaxCircuitDirtiness" in e.unset or e.changed.get("MaxCircuitDirtiness") == ["600"])
+    assert controller.get_conf("MaxCircuitDirtiness") == "600"
+    events.close()
+
+
 # --------------------------------------------------------------------------- hostile controllers
 
 

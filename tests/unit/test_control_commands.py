@@ -14,10 +14,17 @@ from twisted.internet import task
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.circuit import CircuitError, CircuitState
 from oppy.circuit.manager import CircuitManager, CircuitPurpose, CircuitStatus, ManagedCircuit, ManagedStream
-from oppy.config import Config, config_from_torrc_text
+from oppy.config import OPTION_NAMES, Config, config_from_torrc_text
 from oppy.control.auth import safecookie_client_hash
 from oppy.control.backend import LinkTrafficMeter
-from oppy.control.commands import CircuitManagerView, ControlBackend, DirectoryView, SetconfError, apply_setconf
+from oppy.control.commands import (
+    TOR_CLIENT_DEFAULTS,
+    CircuitManagerView,
+    ControlBackend,
+    DirectoryView,
+    SetconfError,
+    apply_setconf,
+)
 from oppy.control.session import CONTROL_VERSION, AuthSettings, ControlHub
 from oppy.control.status import (
     CircuitEventTracker,
@@ -433,6 +440,17 @@ class TestSetconf:
         with pytest.raises(SetconfError) as caught:
             apply_setconf(config, [("Bogus", "1")])
         assert caught.value.code == 552
+
+    def test_options_oppy_implements_are_set_not_refused_as_tor_only(self):
+        """HTTPTunnelPort, DNSPort, UseBridges and Bridge are oppy options now: SETCONF sets them (a RELOAD
+        passes every option, so one refused as "not implemented" failed every RELOAD), GETCONF reads them."""
+        implemented = {name.lower() for name in OPTION_NAMES}
+        assert [name for name in TOR_CLIENT_DEFAULTS if name.lower() in implemented] == []
+        config = Config()
+        lines = apply_setconf(config, [("HTTPTunnelPort", "127.0.0.1:9080"), ("DNSPort", "auto")])
+        assert lines == [("HTTPTunnelPort", "127.0.0.1:9080"), ("DNSPort", "auto")]
+        _, session = session_for(FakeBackend())
+        assert ask(session, "GETCONF DNSPort UseBridges") == b"250-DNSPort\r\n250 UseBridges=0\r\n"
 
 
 # --------------------------------------------------------------------------- events, signals
