@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Options read once at start (listeners, where data lives): a RELOAD leaves them as they are.
 _NOT_RELOADED = frozenset({"SocksPort", "ControlPort", "DataDirectory", "TestingTorNetwork"})
+# control-spec GETINFO net/listeners/*: the kinds of client port oppy opens.
+_DOOR_KIND_OF_LISTENERS = {"socks": DoorKind.SOCKS, "httptunnel": DoorKind.HTTP_TUNNEL, "dns": DoorKind.DNS}
 
 
 def _link_identity(connection: RelayConnection) -> bytes:
@@ -225,11 +227,14 @@ class DaemonBackend(ControlBackend):
     # ---------------------------------------------------------------- state
 
     def listeners(self, kind: str) -> list[tuple[str, int]]:
-        if kind == "socks":
-            return [(host.host, host.port) for host in (listener.getHost() for listener in self.daemon.socks_listeners)]
+        """GETINFO net/listeners/``kind``: where the client ports of that kind listen."""
         if kind == "control":
             return self.control_listeners()
-        return []
+        door_kind = _DOOR_KIND_OF_LISTENERS.get(kind)
+        doors = self.daemon.doors
+        if door_kind is None or doors is None:
+            return []
+        return [door.address for door in doors.doors(door_kind)]
 
     def traffic(self) -> tuple[int, int]:
         return self.meter.total_read, self.meter.total_written

@@ -434,6 +434,23 @@ def test_setconf_conf_changed_and_errors(controller):
     events.close()
 
 
+def test_setconf_opens_http_tunnel_and_dns_ports_that_getinfo_lists(controller):
+    """HTTPTunnelPort and DNSPort are set at runtime like SocksPort; GETINFO net/listeners/* names them."""
+    assert controller.get_info("net/listeners/httptunnel") == "" and controller.get_info("net/listeners/dns") == ""
+    controller.set_options({"HTTPTunnelPort": "auto", "DNSPort": "auto"})
+    try:
+        for kind in ("httptunnel", "dns"):
+            host, port = controller.get_info(f"net/listeners/{kind}").strip('"').rsplit(":", 1)
+            assert host == "127.0.0.1" and int(port) > 0
+        tunnel_port = int(controller.get_info("net/listeners/httptunnel").strip('"').rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", tunnel_port), timeout=10) as tunnel:
+            tunnel.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert tunnel.recv(64).startswith(b"HTTP/1.0 405 ")  # an HTTP CONNECT port, not a proxy
+    finally:
+        controller.reset_conf("HTTPTunnelPort", "DNSPort")
+    assert controller.get_info("net/listeners/httptunnel") == "" and controller.get_info("net/listeners/dns") == ""
+
+
 def test_reload_reports_the_torrc_changes_as_conf_changed(oppy, controller):
     """SIGNAL RELOAD (HUP) reads the torrc again; the options it changed reach controllers as CONF_CHANGED."""
     original = oppy.torrc.read_text()
