@@ -81,6 +81,8 @@ _RELAY = int(CellCommand.RELAY)
 _RELAY_EARLY = int(CellCommand.RELAY_EARLY)
 _DROP = int(RelayCommand.DROP)
 _USEC_PER_SECOND = 1_000_000
+# A stream's opening cell: one cell its application waits on (SOCKS connect), written to the link at once.
+_OPENING_COMMANDS = frozenset({int(RelayCommand.BEGIN), int(RelayCommand.BEGIN_DIR), int(RelayCommand.RESOLVE)})
 
 
 class CircuitTraffic(NamedTuple):
@@ -845,7 +847,8 @@ class Circuit(StreamTable):
 
     def send_relay(self, command: int, stream_id: int, data: bytes, hop: int | None = None,
                    early: bool = False) -> None:
-        """Encrypt a relay cell to `hop` (default: the last hop built) and send it."""
+        """Encrypt a relay cell to `hop` (default: the last hop built) and send it (a stream's opening cell
+        at once: see `Channel.send_cells`)."""
         if self.state is CircuitState.CLOSED:
             raise CircuitError(f"circuit {self.circ_id:#x} is closed")
         if hop is None:
@@ -857,7 +860,8 @@ class Circuit(StreamTable):
             self._relay_early_left -= 1
             cell_command = _RELAY_EARLY
         self._control_bytes_written += len(data)
-        self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop)
+        self._send_payloads(cell_command, [encode_relay_payload(command, stream_id, data)], hop,
+                            urgent=command in _OPENING_COMMANDS)
         if self.padding is not None and command != _DROP:
             self.padding.nonpadding_sent()
 
@@ -880,9 +884,10 @@ class Circuit(StreamTable):
             return congestion.room
         return self.window.package
 
-    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
+    def send_data_many(self, stream_id: int, chunks: list[bytes], urgent: bool = False) -> None:
         """DATA cells of one stream (each chunk at most 498 bytes), encrypted together, counted against the
-        circuit package window (or, with congestion control, the congestion window)."""
+        circuit package window (or, with congestion control, the congestion window). `urgent`: written to the
+        link at once (a stream's first data, its request: see `Channel.send_cells`)."""
         if self.state is CircuitState.CLOSED:
             raise CircuitError(f"circuit {self.circ_id:#x} is closed")
         congestion = self._congestion
@@ -892,7 +897,7 @@ class Circuit(StreamTable):
         if not count:
             return
         payloads = [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks]
-        tags = self._send_payloads(_RELAY, payloads, len(self.crypto) - 1)
+        tags = self._send_payloads(_RELAY, payloads, len(self.crypto) - 1, urgent)
         self.bytes_written += sum(map(len, chunks))
         sent = self._data_cells_sent
         increment = self.window.increment
@@ -1070,7 +1075,7 @@ class InnerHop(StreamTable):
             return 0
         return self.window.package
 
-    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
+    def send_data_many(self, stream_id: int, chunks: list[bytes], urgent: bool = False) -> None:
         """DATA cells of one stream to this hop, counted against its circuit package window."""
         circuit = self.circuit
         if circuit.state is CircuitState.CLOSED:
@@ -1081,7 +1086,7 @@ class InnerHop(StreamTable):
         if not count:
             return
         tags = circuit._send_payloads(_RELAY, [encode_relay_payload(_DATA, stream_id, chunk) for chunk in chunks],
-                                      self.hop)
+                                      self.hop, urgent)
         circuit.bytes_written += sum(map(len, chunks))
         increment = self.window.increment
         self._expected_sendme_tags.extend(tags[increment - 1 - self._data_cells_sent % increment::increment])

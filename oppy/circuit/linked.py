@@ -380,8 +380,9 @@ class ConfluxTunnel(StreamTable):
             return leg.circuit.package_room
         return sum(other.circuit.package_room for other in self.conflux.legs if other.ready_to_send)
 
-    def send_data_many(self, stream_id: int, chunks: list[bytes]) -> None:
-        """DATA cells, each on the leg the scheduler picks: runs per leg, a SWITCH where the leg changes."""
+    def send_data_many(self, stream_id: int, chunks: list[bytes], urgent: bool = False) -> None:
+        """DATA cells, each on the leg the scheduler picks: runs per leg, a SWITCH where the leg changes
+        (`urgent`: each run written to its link at once)."""
         if self.state is not TunnelState.LINKED:
             raise CircuitError("the conflux set is not linked")
         self._refresh_blocked()
@@ -396,7 +397,7 @@ class ConfluxTunnel(StreamTable):
             count = min(len(chunks) - sent, circuit.package_room)
             if count <= 0:
                 raise CircuitError("no conflux leg has room for these cells")
-            circuit.send_data_many(stream_id, chunks[sent:sent + count])
+            circuit.send_data_many(stream_id, chunks[sent:sent + count], urgent)
             self.conflux.cell_sent(choice.leg, _DATA, count)
             sent += count
             self._refresh_blocked()

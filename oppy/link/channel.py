@@ -101,7 +101,8 @@ class ChannelOwner(Protocol):
         """Bytes became pending in `data_to_send` after the queue was empty: take them soon."""
 
     def channel_data_urgent(self) -> None:
-        """The bytes just queued are timed by the relay (circuit SENDMEs): take them at once."""
+        """The bytes just queued are timed by the relay (circuit SENDMEs) or waited for (a new stream's first
+        cells): take them at once."""
 
 
 class Channel:
@@ -278,7 +279,8 @@ class Channel:
 
     def send_cells(self, circ_id: int, command: int, payloads: bytes, urgent: bool = False) -> None:
         """Several fixed-length cells with one circuit id and command: `payloads` is 509 bytes per cell.
-        `urgent` cells (circuit SENDMEs) are taken by the owner at once (`ChannelOwner.channel_data_urgent`)."""
+        `urgent` cells (circuit SENDMEs, a stream's opening cell and first DATA) are taken by the owner at once
+        (`ChannelOwner.channel_data_urgent`)."""
         if self.state is not ChannelState.OPEN:
             raise LinkError(f"the link to {self.peer_address} is {self.state.value}")
         if command == _RELAY_EARLY:

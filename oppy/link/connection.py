@@ -60,6 +60,15 @@ TLS_MAX_RECORD_PLAINTEXT = 16384
 PLAINTEXT_BUFFER_LEN = 96 * 1024
 
 
+def write_now(transport) -> None:
+    """Have Twisted hand what `transport` buffered to the socket now. Its `write` only buffers until the
+    reactor polls for writability, which comes after the rest of this iteration's reads and the next poll's
+    (each read of a busy link is up to 64 KiB of cells to decrypt): for the few writes somebody waits on. Not
+    while closing: there doWrite's answer is what ends the connection, which only the reactor acts on."""
+    if isinstance(transport, tcp.Connection) and not transport.disconnecting:
+        transport.doWrite()
+
+
 def tls_context() -> ssl.SSLContext:
     """TLS 1.2 or newer; no certificate verification (relays present self-signed certificates with random
     names; the link handshake's CERTS cell proves who they are), no session tickets, no compression."""
@@ -170,18 +179,15 @@ class RelayConnection(protocol.Protocol):
 
     def channel_data_urgent(self) -> None:
         """ChannelOwner: the cells just queued are timed by the relay (circuit SENDMEs, whose arrival the exit's
-        congestion control takes as the end of a round trip): TLS-encrypted and handed to the socket now, not
-        after the rest of this read and the next reactor iteration's other reads."""
+        congestion control takes as the end of a round trip) or waited for (a new stream's BEGIN and first
+        DATA): TLS-encrypted and handed to the socket now, not after the rest of this read and the next reactor
+        iteration's other reads."""
         if self.transport is None or self._transport_paused or self.channel.paused:
             return  # the scheduled flush takes them (a paused channel resumes its circuits there)
         if self._flush_call is not None:
             self._flush_call.cancel()
         self._flush()
-        if isinstance(self.transport, tcp.Connection) and not self.transport.disconnecting:
-            # Twisted's write only buffers until the reactor polls for writability; its doWrite sends what
-            # the socket takes and leaves the rest (or an error) to the reactor's next poll. (Not while
-            # closing: there doWrite's answer is what ends the connection, which only the reactor acts on.)
-            self.transport.doWrite()
+        write_now(self.transport)
 
     def _flush(self, force: bool = False) -> None:
         self._flush_call = None

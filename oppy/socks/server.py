@@ -27,6 +27,7 @@ from oppy.closing import OpenSet
 from oppy.config.options import DEFAULT_SOCKS_FLAGS
 from oppy.hs.address import OnionAddress, is_onion_hostname, parse_onion_address
 from oppy.hs.errors import BadOnionAddress
+from oppy.link.connection import write_now
 from oppy.logs import notice, safe_address
 from oppy.socks.http_connect import HttpConnectServerConnection
 from oppy.socks.messages import (
@@ -98,6 +99,8 @@ class SocksClientProtocol(protocol.Protocol):
         self.stream = None
         self._timeout = None
         self._closed = False
+        # The stream's first data has been written (see stream_data).
+        self._answered = False
 
     # ------------------------------------------------------------------------------ client side
 
@@ -149,9 +152,11 @@ class SocksClientProtocol(protocol.Protocol):
             self._close()
 
     def _send_replies(self) -> None:
+        """The handshake's replies, handed to the socket now: the client waits on each."""
         data = self.socks.data_to_send()
         if data:
             self.transport.write(data)
+            write_now(self.transport)
 
     def _close(self) -> None:
         self._closed = True
@@ -332,6 +337,10 @@ class SocksClientProtocol(protocol.Protocol):
 
     def stream_data(self, stream, data: bytes) -> None:
         self.transport.write(data)
+        if not self._answered:
+            # The answer's first bytes (time to first byte) go to the socket now; the rest as Twisted writes.
+            self._answered = True
+            write_now(self.transport)
 
     def stream_writable(self, stream, writable: bool) -> None:
         if self._closed:

@@ -481,7 +481,8 @@ class Stream:
             chunks = []
             while buffer and len(chunks) < room:
                 chunks.append(self._next_chunk())
-            circuit.send_data_many(self.stream_id, chunks)
+            # The stream's first data (typically its request) goes to the link at once: the answer waits on it.
+            circuit.send_data_many(self.stream_id, chunks, urgent=not self.bytes_written)
             sent = sum(map(len, chunks))
             window.package -= len(chunks)
             if flow is not None:

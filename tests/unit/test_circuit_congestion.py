@@ -246,11 +246,12 @@ def test_the_sendmes_a_read_owes_are_written_at_once_before_its_data_reaches_a_s
         circuit.cell_received(CMD_RELAY, path.send(2, 4, stream.stream_id, b""))  # CONNECTED
         streams.append(stream)
     first, second = (stream.stream_id for stream in streams)
+    opening = channel.urgent_cells  # the BEGINs went out urgent too
     # One read: 40 DATA cells for the first stream (the 31st triggers a SENDME), 40 for the second (its 22nd,
     # the read's 62nd, triggers the next).
     cells = b"".join(path.send(2, RELAY_DATA, stream_id, b"z" * 100) for stream_id in [first] * 40 + [second] * 40)
     circuit.relay_cells_received(cells)
-    assert seen == [(first, 4000, 1), (second, 4000, 2)]
+    assert seen == [(first, 4000, opening + 1), (second, 4000, opening + 2)]
     sent = [path.receive(payload) for _, _, payload in channel.take()]
     exit_tags = path.hops[2].backward_tags
     assert [(m.command, m.data) for m in sent] == [(RELAY_SENDME, sendme_v1_body(exit_tags[-80 + index]))

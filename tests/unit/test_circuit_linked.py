@@ -533,3 +533,19 @@ def test_cells_that_came_early_are_copies_not_views_of_the_read():
     assert [(command, type(chunk)) for command, _, data in queued for chunk in data] == [(RELAY_DATA, bytes)] * 3
     first.send(RELAY_DATA, stream_id, b"x")
     assert b"".join(sink.data) == b"x" + bytes(10) + bytes([1]) * 10 + bytes([2]) * 10
+
+
+def test_a_new_streams_begin_and_first_data_are_written_at_once_on_the_set_and_later_data_is_not():
+    """Under load each reactor iteration reads up to 64 KiB per leg: a cell left to the end of the iteration
+    waits behind that work. The cells a new stream's application waits on (BEGIN, then its request) are
+    written at once; the stream's later data is batched per iteration as before."""
+    tunnel, owner, a, b, clock = new_set()
+    urgent = a.channel.urgent_cells + b.channel.urgent_cells
+    stream, sink, first, stream_id = open_stream(tunnel, a, b)
+    assert a.channel.urgent_cells + b.channel.urgent_cells == urgent + 1  # the BEGIN
+    stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert [m.command for m in first.received()] == [RELAY_DATA]
+    assert a.channel.urgent_cells + b.channel.urgent_cells == urgent + 2
+    stream.write(b"more")
+    assert [m.command for m in first.received()] == [RELAY_DATA]
+    assert a.channel.urgent_cells + b.channel.urgent_cells == urgent + 2

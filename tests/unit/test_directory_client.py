@@ -202,7 +202,7 @@ class FakeCircuit:
     def send_relay(self, command, stream_id, body):
         self.sent.append((command, stream_id, body))
 
-    def send_data_many(self, stream_id, chunks):
+    def send_data_many(self, stream_id, chunks, urgent=False):
         self.data += b"".join(chunks)
 
     def end_stream(self, stream_id, reason=EndReason.MISC):
