@@ -1148,11 +1148,10 @@ class CircuitManager:
         conflux = self._conflux_set_for(port, managed) if stream.kind is not StreamKind.DIRECTORY else None
         candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
                       and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
-        # A clean set does not take a stream from the single circuit its isolation-mates already use (one that
-        # came while the sets were linking): streams of one isolation stay together, as circuit_is_better
-        # prefers a used circuit.
-        if conflux is not None and (conflux.conflux_set.isolation.is_set
-                                    or not any(m.isolation.is_set for m in candidates)):
+        # A linked set comes first, as in tor's circuit_get_open_circ_or_launch (conflux_get_circ_for_conn before
+        # circuit_get_best): also when the stream's isolation-mates ride a single circuit taken while the sets
+        # were still linking, or every later stream would stay off the sets.
+        if conflux is not None:
             self.attach_to(managed, conflux)
             return
         if candidates:

@@ -53,6 +53,10 @@ def oppy(network: TestNetwork, tmp_path_factory):
     control_port = free_port()
     process = OppyProcess(network, tmp_path_factory.mktemp("oppy-isolation") / "data", extra_lines=[
         f"ControlPort 127.0.0.1:{control_port}",
+        # Single circuits, so that "the same circuit otherwise" is deterministic: a linked conflux set that
+        # becomes ready between two requests takes the second one, as in tor (conflux_get_circ_for_conn comes
+        # first); test_conflux checks that sets keep isolation apart.
+        "ConfluxEnabled 0",
         *(f"SocksPort 127.0.0.1:{ports[name]} {flags}" for name, flags in PORT_FLAGS.items())])
     process.control_port = control_port
     process.ports = ports

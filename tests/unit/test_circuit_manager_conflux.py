@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from oppy.cell.commands import DestroyReason
 from oppy.circuit.conflux import ConfluxParams
+from oppy.circuit.isolation import StreamIsolation
 from oppy.circuit.linked import TunnelState
 from oppy.circuit.manager import CircuitManager, CircuitPurpose
 from oppy.path.chooser import PathChooser
@@ -35,6 +36,10 @@ class ConfluxPaths(PathChooser):
         guard = next(relay for relay in self.guards if relay.rsa_id not in excluded)
         middle = next(relay for relay in self.middles if relay.rsa_id not in excluded)
         return [guard.target, middle.target, self.exit_relay.target], None
+
+    def choose_circuit_path(self, port=None, exclude=(), rng=None):
+        """A single exit circuit: the last guard and middle, which no conflux leg takes first."""
+        return [self.guards[-1].target, self.middles[-1].target, self.exit_relay.target], None
 
     def exit_allows(self, rsa_id, port):
         return True
@@ -202,3 +207,27 @@ def test_a_set_torn_down_before_linking_holds_back_the_next_prebuilt_set():
     assert manager.conflux_sets
     manager.close_all()
     assert not any("_top_up" in repr(call) for call in clock.getDelayedCalls())
+
+
+
+def test_a_linked_set_takes_the_next_stream_even_when_its_isolation_mates_ride_a_single_circuit():
+    # tor's circuit_get_open_circ_or_launch asks conflux_get_circ_for_conn before circuit_get_best: once a set
+    # has linked, it takes the next stream, also when the streams before it (come while the sets were still
+    # linking) ride a single circuit. oppy once kept such streams together, and then a client whose first
+    # request came at startup never used a set.
+    clock, links, relays_by_guard, manager = conflux_manager(4)
+    first = manager.open_stream(CollectingSink(), "example.com", 80).stream
+    built = build_legs(links, relays_by_guard)  # its circuit, and the legs of the sets the demand launched
+    single = first.circuit
+    assert single in built
+    del built[single]
+    link_legs(links, built)
+    linked = [record for record in manager.conflux_sets.values() if record.tunnel.state is TunnelState.LINKED]
+    assert linked
+    second = manager.open_stream(CollectingSink(), "example.org", 80).stream
+    assert second.circuit in {record.tunnel for record in linked}
+    # Isolation still holds between sets: other SOCKS credentials never share the second stream's set.
+    alice = StreamIsolation().with_credentials(b"alice", b"pw")
+    third = manager.open_stream(CollectingSink(), "example.org", 80, isolation=alice).stream
+    assert third.circuit is not None and third.circuit not in (second.circuit, single)
+    manager.close_all()
