@@ -274,7 +274,7 @@ def split_address(text: str) -> tuple[str, int]:
         raise TransportProtocolError(f"expected IP:PORT, got {shown(text)}") from None
     if not colon or (address.version == 6) != bracketed:
         raise TransportProtocolError(f"expected IP:PORT ([IPv6]:PORT), got {shown(text)}")
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
+    if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) <= 0xFFFF:
         raise TransportProtocolError(f"bad port in {shown(text)}")
     return host, int(port_text)
 

@@ -232,6 +232,7 @@ def test_plugin_lines_as_tor_reads_them():
     ("a,b socks5 127.0.0.1:1", "exactly one transport"),
     ("a socks5 localhost:1", "expected IP:PORT"),
     ("a socks5 127.0.0.1:0", "bad port"),
+    ("a socks5 127.0.0.1:" + "9" * 5000, "bad port"),  # past int()'s digit limit (found by the fuzz test)
     ("a socks5 127.0.0.1:1 extra", "unexpected 'extra'"),
 ])
 def test_bad_plugin_lines_name_the_problem(line, reason):
