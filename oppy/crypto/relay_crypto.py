@@ -7,7 +7,9 @@ circuit, so cells must go through here exactly once and in order.
 
 This is the per-cell hot path: cipher contexts are created once per hop, the SHA-1 state is
 advanced with `update`, and a candidate digest for an inbound cell is tried on a `copy()` that
-replaces the running state only when the cell is recognized.
+replaces the running state only when the cell is recognized. A hop's running digests are hashlib
+objects, SHA-1 or (the virtual hop to an onion service) SHA3-256, called directly: a tag is the
+digest's first HASH_LEN bytes, which for SHA-1 is the whole digest (no copy).
 """
 
 import hashlib
@@ -59,25 +61,6 @@ def _aes_ctr(key: bytes, key_len: int = KEY_LEN):
     return Cipher(AES(key), CTR(_ZERO_IV)).encryptor()
 
 
-class _TruncatedSha3:
-    """A running SHA3-256 whose digest is its first HASH_LEN bytes: what a tor1 hop's SHA-1 is to the code
-    that checks the four-byte cell digest and keeps the 20-byte SENDME tag."""
-
-    __slots__ = ("_running",)
-
-    def __init__(self, running) -> None:
-        self._running = running
-
-    def update(self, data) -> None:
-        self._running.update(data)
-
-    def digest(self) -> bytes:
-        return self._running.digest()[:HASH_LEN]
-
-    def copy(self) -> "_TruncatedSha3":
-        return _TruncatedSha3(self._running.copy())
-
-
 def _seeded_sha1(seed: bytes):
     if len(seed) != HASH_LEN:
         raise ValueError(f"tor1 digest seed must be {HASH_LEN} bytes, got {len(seed)}")
@@ -103,8 +86,8 @@ class Tor1Hop:
         self._backward_cipher = _aes_ctr(kb)
         self._forward_digest = _seeded_sha1(df)
         self._backward_digest = _seeded_sha1(db)
-        # The full running digest right after the last cell sent to / recognized from this hop:
-        # the SENDME v1 tag. None until the first such cell.
+        # The running digest (its first HASH_LEN bytes) right after the last cell sent to / recognized
+        # from this hop: the SENDME v1 tag. None until the first such cell.
         self.last_outbound_digest: bytes | None = None
         self.last_inbound_digest: bytes | None = None
 
@@ -124,8 +107,8 @@ class Tor1Hop:
                                  f"got {len(seed)}")
         hop._forward_cipher = _aes_ctr(kf, ONION_SERVICE_KEY_LEN)
         hop._backward_cipher = _aes_ctr(kb, ONION_SERVICE_KEY_LEN)
-        hop._forward_digest = _TruncatedSha3(hashlib.sha3_256(df))
-        hop._backward_digest = _TruncatedSha3(hashlib.sha3_256(db))
+        hop._forward_digest = hashlib.sha3_256(df)
+        hop._backward_digest = hashlib.sha3_256(db)
         hop.last_outbound_digest = None
         hop.last_inbound_digest = None
         return hop
@@ -133,7 +116,7 @@ class Tor1Hop:
     def recognize(self, plaintext: bytes) -> bool:
         """True (and the backward digest advanced) iff this hop originated `plaintext`.
 
-        The candidate digest is computed on a copy of the running SHA-1; the running state moves
+        The candidate digest is computed on a copy of the running digest; the running state moves
         on only when the 4-byte digest field matches, as tor-spec requires.
         """
         if plaintext[RELAY_RECOGNIZED_OFFSET:_RECOGNIZED_END] != _ZERO_RECOGNIZED:
@@ -142,7 +125,7 @@ class Tor1Hop:
         candidate.update(plaintext[:RELAY_DIGEST_OFFSET])
         candidate.update(_ZERO_DIGEST)
         candidate.update(plaintext[_DIGEST_END:])
-        tag = candidate.digest()
+        tag = candidate.digest()[:HASH_LEN]
         if not compare_digest(tag[:RELAY_DIGEST_LEN], plaintext[RELAY_DIGEST_OFFSET:_DIGEST_END]):
             return False
         self._backward_digest = candidate
@@ -238,7 +221,8 @@ class Tor1ClientCrypto:
         Nothing lies beyond the last hop, so a cell it does not recognize closes the circuit: the running
         digest is advanced in place, without the trial copy `recognize` makes. The plaintext goes into a
         bytearray so that the digest fields can be read and zeroed for the whole batch at once (four
-        strided slice operations), leaving one SHA-1 update per cell.
+        strided slice operations), leaving one digest update per cell (SHA-1, or SHA3-256 at an onion
+        service's virtual hop, called with no wrapper in between).
         """
         count = len(waiting)
         end = count * CELL_PAYLOAD_LEN
@@ -265,7 +249,7 @@ class Tor1ClientCrypto:
         with memoryview(plain) as view:
             for offset in range(0, recognizable * CELL_PAYLOAD_LEN, CELL_PAYLOAD_LEN):
                 update(view[offset:offset + CELL_PAYLOAD_LEN])
-                append(digest())
+                append(digest()[:HASH_LEN])
         checked = len(tags)
         if not compare_digest(b"".join([tag[:RELAY_DIGEST_LEN] for tag in tags]),
                               received[:RELAY_DIGEST_LEN * checked]):
@@ -301,7 +285,7 @@ class Tor1ClientCrypto:
             if payload[RELAY_DIGEST_OFFSET:_DIGEST_END] != _ZERO_DIGEST:
                 raise ValueError("relay payload must have its digest field zeroed before encryption")
             update(payload)
-            tag = running.digest()
+            tag = running.digest()[:HASH_LEN]
             tags.append(tag)
             start = len(stamped)
             stamped += payload

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from unittest import mock
 
 import pytest
@@ -26,7 +27,8 @@ from oppy.crypto.errors import RelayCryptoError
 from oppy.crypto.relay_crypto import Tor1ClientCrypto, Tor1Hop
 from oppy.cell.flow_control import STREAMWINDOW_START
 from oppy.stream.stream import Stream, StreamState
-from tests.unit.relaysim import CMD_RELAY, build_circuit, parse_cells, relay_plaintext
+from oppy.circuit.congestion import CongestionParams, VegasController
+from tests.unit.relaysim import CMD_RELAY, ServiceHopCrypto, build_circuit, parse_cells, relay_plaintext
 from tests.unit.test_crypto_relay import SimulatedRelayHop, decrypt_one, deliver_forward, random_relay_payload
 
 RELAY, PADDING, DESTROY, VPADDING = 3, 0, 4, 128
@@ -312,6 +314,90 @@ def test_a_run_of_relay_cells_does_what_the_cells_do_one_by_one(make_script):
     expected = sendmes(one_channel, one_path)
     assert sendmes(b_channel, b_path) == expected
     assert sum(1 for m in expected if m[2] == 0) >= 2 and sum(1 for m in expected if m[2]) >= 4
+
+
+# The rendezvous circuit of an onion-service connection: three relays to the rendezvous point (guard, L2, point,
+# as the client builds it), then the service's end of the virtual hop (SHA3-256 and AES-256).
+RENDEZVOUS_HOPS = 3
+SERVICE_HOP = RENDEZVOUS_HOPS
+
+
+def open_rendezvous_circuit_with_stream(service_keys):
+    circuit, channel, path = build_circuit(Circuit, hops=RENDEZVOUS_HOPS, offers_congestion_control=True)
+    circuit.add_virtual_hop(Tor1Hop.for_onion_service(*service_keys),
+                            VegasController(CongestionParams().for_onion_service({}), 31))
+    path.hops.append(ServiceHopCrypto(*service_keys))
+    sink = Sink()
+    stream = Stream(sink, "", 80)
+    stream.attach(circuit, onion_service=True)
+    for _, _, payload in channel.take():
+        path.receive(payload)  # the BEGIN
+    circuit.cell_received(CMD_RELAY, path.send(SERVICE_HOP, RELAY_CONNECTED, stream.stream_id, b""))
+    return circuit, channel, path, stream, sink
+
+
+def test_a_run_on_a_rendezvous_circuit_does_what_the_cells_do_one_by_one_and_takes_the_data_run_path():
+    """A bulk download from an onion service: reads of DATA cells from the virtual hop take the path for DATA
+    runs (no Python step per cell), and give the same data, deliver window and circuit SENDMEs (echoing the
+    service's SHA3 digests) as the same cells one at a time through the per-cell loop."""
+    rng = random.Random(13)
+    service_keys = [os.urandom(32) for _ in range(4)]
+    one_circuit, one_channel, one_path, one_stream, one_sink = open_rendezvous_circuit_with_stream(service_keys)
+    b_circuit, b_channel, b_path, b_stream, b_sink = open_rendezvous_circuit_with_stream(service_keys)
+    messages = [(SERVICE_HOP, RELAY_DATA, one_stream.stream_id, os.urandom(498 if rng.random() < 0.95 else 77))
+                for _ in range(600)]
+    for _ in range(3):
+        messages.insert(rng.randrange(len(messages)), (1, RELAY_DROP, 0, b""))
+    cells_one = [one_path.send(*message) for message in messages]
+    cells_batch = [b_path.send(*message) for message in messages]
+    with mock.patch.object(circuit_module, "_data_run", lambda cells, hop: None):
+        for cell in cells_one:
+            one_circuit.cell_received(CMD_RELAY, cell)
+    data_runs = []
+    data_run = circuit_module._data_run
+
+    def counted(cells, hop):
+        result = data_run(cells, hop)
+        data_runs.append(result is not None)
+        return result
+
+    with mock.patch.object(circuit_module, "_data_run", counted):
+        for offset in range(0, len(cells_batch), 64):
+            b_circuit.relay_cells_received(b"".join(cells_batch[offset:offset + 64]))
+    assert b"".join(b_sink.data) == b"".join(one_sink.data) == b"".join(m[3] for m in messages if m[1] == RELAY_DATA)
+    assert (b_circuit.window.deliver, b_circuit.bytes_read) == (one_circuit.window.deliver, one_circuit.bytes_read)
+    assert b_circuit.state is one_circuit.state is CircuitState.OPEN
+    # The reads without the middle hop's DROP cell are DATA runs.
+    assert data_runs.count(True) >= len(data_runs) - 3 and len(data_runs) == -(-len(cells_batch) // 64)
+
+    def sendmes(channel, path):
+        tags = path.hops[SERVICE_HOP].backward_tags
+        return [(hop, command, tags.index(data[3:])) for hop, command, _, data in sent_messages(channel, path)]
+
+    expected = sendmes(one_channel, one_path)
+    assert sendmes(b_channel, b_path) == expected
+    assert len(expected) == 600 // 31 and all(hop == SERVICE_HOP and command == RELAY_SENDME
+                                              for hop, command, _ in expected)
+
+
+def test_decrypting_a_read_through_the_virtual_hop_takes_no_python_call_per_cell():
+    """The virtual hop's SHA3-256 digests are updated and read by the batch loop itself: the Python calls of
+    `decrypt_inbound_many` are the same for 1 and for 64 cells of a rendezvous circuit."""
+    service_keys = [os.urandom(32) for _ in range(4)]
+
+    def python_calls(count):
+        circuit, channel, path, stream, sink = open_rendezvous_circuit_with_stream(service_keys)
+        cells = b"".join(path.send(SERVICE_HOP, RELAY_DATA, stream.stream_id, bytes(498)) for _ in range(count))
+        calls = []
+        sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code) if event == "call" else None)
+        try:
+            results, error = circuit.crypto.decrypt_inbound_many(cells)
+        finally:
+            sys.setprofile(None)
+        assert error is None and [hop for hop, *_ in results] == [SERVICE_HOP] * count
+        return len(calls)
+
+    assert python_calls(64) == python_calls(1)
 
 
 def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_closes():
