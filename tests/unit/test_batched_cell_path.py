@@ -381,8 +381,9 @@ def test_a_run_on_a_rendezvous_circuit_does_what_the_cells_do_one_by_one_and_tak
 
 
 def test_decrypting_a_read_through_the_virtual_hop_takes_no_python_call_per_cell():
-    """The virtual hop's SHA3-256 digests are updated and read by the batch loop itself: the Python calls of
-    `decrypt_inbound_many` are the same for 1 and for 64 cells of a rendezvous circuit."""
+    """The virtual hop's SHA3-256 digests are updated and read by the batch loop itself: 63 cells more of a
+    rendezvous circuit in one read add fewer than 63 Python calls to `decrypt_inbound_many` (none, unless a
+    relay layer happens to leave a zero "recognized" field, one in 65536, and tries a digest)."""
     service_keys = [os.urandom(32) for _ in range(4)]
 
     def python_calls(count):
@@ -397,7 +398,7 @@ def test_decrypting_a_read_through_the_virtual_hop_takes_no_python_call_per_cell
         assert error is None and [hop for hop, *_ in results] == [SERVICE_HOP] * count
         return len(calls)
 
-    assert python_calls(64) == python_calls(1)
+    assert python_calls(64) - python_calls(1) < 63
 
 
 def test_a_run_with_an_unrecognized_cell_delivers_the_cells_before_it_then_closes():
