@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from oppy.cell.commands import DestroyReason, EndReason, RelayCommand
 from oppy.cell.errors import CellParseError
@@ -65,6 +66,7 @@ from oppy.hs.client_auth import ClientAuthKey
 from oppy.hs.descriptor import HS_DESC_MAX_LEN, HsDescriptor, IntroductionPoint, decode_descriptor
 from oppy.hs.errors import ClientAuthMissing, ClientAuthWrong, InvalidDescriptor
 from oppy.hs.hashring import fetch_ring
+from oppy.hs.hsdir_requests import HsDirRequests
 from oppy.hs.keys import blinded_public_key
 from oppy.hs.ntor import HsNtorClient
 from oppy.hs.timeperiod import consensus_time_period
@@ -86,8 +88,10 @@ HSDIR_FETCH_PATH = "/tor/hs/3/"
 #: directory conn" (the fetch fails and the next HSDir is asked).
 DIR_CONNECTION_MAX_STALL = 300.0
 TESTING_DIR_CONNECTION_MAX_STALL = 30.0
-#: How many rendezvous circuits one connection attempt may build before it gives up (F3).
-MAX_RENDEZVOUS_ATTEMPTS = 3
+#: How soon a connection attempt tries again after its rendezvous circuit failed or was lost: tor's streams
+#: stay pending and its once-a-second pass (circuituse.c circuit_build_needed_circs ->
+#: connection_ap_rescan_and_attach_pending) launches a new rendezvous circuit for them.
+PENDING_STREAMS_RETRY_INTERVAL = 1.0
 #: protover.h PROTOVER_FLOWCTRL_CC: the FlowCtrl version that is congestion control (prop 324).
 FLOWCTRL_CONGESTION_CONTROL = 2
 
@@ -165,6 +169,11 @@ class _IntroductionFailed(Exception):
         super().__init__(message)
         self.failure = failure
         self.rendezvous = rendezvous
+
+
+class _RendezvousFailed(Exception):
+    """The rendezvous circuit failed or was lost (no RENDEZVOUS2 in time, closed, a bad handshake): tor keeps
+    the streams pending and tries again with a new rendezvous circuit and introduction."""
 
 
 @dataclass(eq=False)
@@ -275,6 +284,10 @@ class OnionServiceClient:
         # Streams isolated apart get their own connections, each with its rendezvous circuit.
         self._connections: list[ServiceConnection] = []
         self.cache = HsDescriptorCache(wallclock, testing_network)
+        #: When each HSDir was last asked for each descriptor (tor's last_hid_serv_requests_).
+        self.hsdir_requests = HsDirRequests(testing_network)
+        # Descriptor fetches under way, by service identity key: the Deferreds of the attempts waiting for them.
+        self._fetches: dict[bytes, list[defer.Deferred]] = {}
         # Counts purge_state calls: a fetch that began before one does not fill the purged cache.
         self._purges = 0
         # Messages awaited from a circuit's last hop: (circuit number, relay command) -> Deferred.
@@ -298,11 +311,13 @@ class OnionServiceClient:
                 log.exception("onion-service observer %r failed", observer)
 
     def purge_state(self) -> None:
-        """NEWNYM (tor hs_client_purge_state): forget every descriptor and introduction point failure, so
+        """NEWNYM (tor hs_client_purge_state): forget every descriptor, introduction point failure and HSDir
+        request (hs_purge_last_hid_serv_requests), so
         that nothing learnt before links the new identity to the old; fetches under way no longer fill the
         cache. Rendezvous circuits are not reused across NEWNYM (the stream's NYM epoch isolates them)."""
         self._purges += 1
         self.cache.purge()
+        self.hsdir_requests.purge()
         log.info("Hidden service client state has been purged.")
 
     # ------------------------------------------------------------------------------ streams
@@ -388,7 +403,13 @@ class OnionServiceClient:
         the descriptor is fetched again (hs_client_refetch_hsdesc; the service may have moved them), and if
         that one has none usable either the streams end, F7 when every point of it timed out
         (client_desc_has_arrived, socks_mark_introduction_failed), F2 otherwise. oppy fetches it again once
-        per attempt, from any responsible HSDir (tor asks those it did not ask in the last 15 minutes)."""
+        per attempt, from the HSDirs not asked for it within the requery period (hs_pick_hsdir).
+
+        A rendezvous that fails after the introduction (no RENDEZVOUS2 in time, the circuit lost) does not end
+        the streams: a new rendezvous circuit and introduction follow while one waits (SocksTimeout).
+
+        As tor's note_connection_attempt_succeeded, the HSDir requests for the service are forgotten once it is
+        reached, or once a descriptor just fetched has no usable introduction point."""
         address = connection.address
         netdir = self.manager.paths.netdir
         if netdir is None:
@@ -414,9 +435,19 @@ class OnionServiceClient:
                 just_fetched = False
                 point = self.rng.choice(points)
                 try:
-                    rendezvous = yield self._introduce(address, point, descriptor.subcredential, netdir, established,
-                                                       congestion)
+                    rendezvous = yield self._introduce(connection, point, descriptor.subcredential, netdir,
+                                                       established, congestion)
+                    self.hsdir_requests.purge_service(self._descriptor_id(address, netdir))
                     return rendezvous
+                except _RendezvousFailed as failure:
+                    # tor keeps the streams pending ("pending-join circ ... Stalling" in
+                    # connection_ap_handshake_attach_circuit while RENDEZVOUS2 is awaited); once the rendezvous
+                    # circuit is gone, its next pass launches a new one and introduces again, until SocksTimeout
+                    # (END TIMEOUT). F3 is never answered for it: socks_mark_rend_circuit_timed_out marks only
+                    # streams attached to the circuit, and none is before it is joined.
+                    log.info("%s.onion: %s; trying again with a new rendezvous circuit", address.label, failure)
+                    established = None
+                    yield self._pause()
                 except _IntroductionFailed as failure:
                     log.info("%s.onion: introduction point failed: %s", address.label, failure)
                     if failure.failure is not None:
@@ -428,6 +459,7 @@ class OnionServiceClient:
             raise
         if established is not None:
             self._close(established[0], "introduction failed")
+        self.hsdir_requests.purge_service(self._descriptor_id(address, netdir))
         if self._all_timed_out(address, descriptor):
             raise _ConnectFailed("every introduction point of the descriptor timed out", EndReason.RESOLVEFAILED,
                                  Socks5Reply.ONION_INTRO_TIMED_OUT)
@@ -455,16 +487,54 @@ class OnionServiceClient:
         descriptor = self.cache.lookup(address.identity_key, netdir.consensus) if cached else None
         if descriptor is not None:
             return descriptor, False
+        waiters = self._fetches.get(address.identity_key)
+        if waiters is not None:
+            # tor can_client_refetch_desc: no second fetch while one for the service is under way
+            # (HS_CLIENT_FETCH_PENDING); its outcome is every waiting stream's.
+            waiter: defer.Deferred = defer.Deferred()
+            waiters.append(waiter)
+            descriptor = yield waiter
+            return descriptor, True
+        self._fetches[address.identity_key] = waiters = []
+        try:
+            descriptor = yield self._fetch_descriptor(address, netdir)
+        except Exception:
+            outcome = Failure()
+            del self._fetches[address.identity_key]
+            for waiter in waiters:
+                waiter.errback(outcome)
+            raise
+        del self._fetches[address.identity_key]
+        for waiter in waiters:
+            waiter.callback(descriptor)
+        return descriptor, True
+
+    def _check_wanted(self, address: OnionAddress) -> None:
+        """Stop a descriptor fetch between its steps once no stream of any connection to the service waits."""
+        if not any(known.waiting for known in self._connections if known.address.label == address.label):
+            raise _ConnectFailed("no stream waits for the service any more", EndReason.TIMEOUT, 0)
+
+    def _descriptor_id(self, address: OnionAddress, netdir: NetDir) -> str:
+        """The service's blinded key in the consensus's time period, in base64 (tor's req_key_str)."""
+        period = consensus_time_period(netdir.consensus, self.testing_network)
+        return descriptor_id(blinded_public_key(address.identity_key, period))
+
+    @defer.inlineCallbacks
+    def _fetch_descriptor(self, address: OnionAddress, netdir: NetDir):
+        """The descriptor from the responsible HSDirs, asked one at a time as tor's hs_pick_hsdir picks them
+        (at random among those not asked for it within the requery period), until one serves it."""
         period = consensus_time_period(netdir.consensus, self.testing_network)
         blinded = blinded_public_key(address.identity_key, period)
         purges = self._purges
         ring = fetch_ring(netdir, self.testing_network)
         hsdirs = ring.responsible(blinded)
-        self.rng.shuffle(hsdirs)
         ident = descriptor_id(blinded)
         not_found = invalid = False
-        for hsdir in hsdirs:
-            connection.check_wanted()
+        while True:
+            self._check_wanted(address)
+            hsdir = self.hsdir_requests.pick(hsdirs, ident, self.wallclock(), self.rng)
+            if hsdir is None:
+                break
             self._notify(DescriptorEvent("REQUESTED", address.label, hsdir, ident,
                                          hsdir_index=ring.index_of(hsdir.rsa_id)))
             try:
@@ -499,12 +569,15 @@ class OnionServiceClient:
             self._notify(DescriptorEvent("RECEIVED", address.label, hsdir, ident))
             if purges == self._purges:
                 self.cache.store(address.identity_key, text, descriptor, netdir.consensus)
-            return descriptor, True
-        # tor: no HSDir left (HS_CLIENT_FETCH_NO_HSDIRS): END RESOLVEFAILED, F0 if one answered 404.
+            return descriptor
+        # tor hs_client_refetch_hsdesc: no HSDir left to ask (HS_CLIENT_FETCH_NO_HSDIRS) closes the waiting
+        # streams, END RESOLVEFAILED (F0 if one answered 404, client_dir_fetch_404), and forgets the requests
+        # for the service (purge_hid_serv_request) so that a later stream asks them again.
+        self.hsdir_requests.purge_service(ident)
         code = (Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND if not_found
                 else Socks5Reply.ONION_DESCRIPTOR_INVALID if invalid else 0)
-        raise _ConnectFailed(f"no descriptor from the {len(hsdirs)} responsible HSDirs", EndReason.RESOLVEFAILED,
-                             code)
+        raise _ConnectFailed(f"no descriptor from the {len(hsdirs)} responsible HSDirs (none left to ask)",
+                             EndReason.RESOLVEFAILED, code)
 
     @defer.inlineCallbacks
     def _fetch_from(self, hsdir: RelayTarget, ident: str):
@@ -522,10 +595,13 @@ class OnionServiceClient:
     # ------------------------------------------------------------------------------ introduction
 
     @defer.inlineCallbacks
-    def _rendezvous_circuit(self, address: OnionAddress):
-        """An HS_CLIENT_REND circuit on which RENDEZVOUS_ESTABLISHED arrived, and its cookie."""
-        last_error: Exception | None = None
-        for _ in range(MAX_RENDEZVOUS_ATTEMPTS):
+    def _rendezvous_circuit(self, connection: ServiceConnection):
+        """An HS_CLIENT_REND circuit on which RENDEZVOUS_ESTABLISHED arrived, and its cookie. As tor, a
+        rendezvous circuit that fails or is not established in time is replaced by a new one while a stream
+        waits (circuit_build_failed notes nothing for C_ESTABLISH_REND; the pending streams launch another)."""
+        address = connection.address
+        while True:
+            connection.check_wanted()
             try:
                 path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_REND)
             except NoPathError as exc:
@@ -543,21 +619,26 @@ class OnionServiceClient:
                                            encode_establish_rendezvous_body(cookie))
                 yield established
             except (CircuitError, defer.TimeoutError) as exc:
-                last_error = exc
-                log.info("%s.onion: rendezvous circuit %d failed: %s", address.label, managed.number, exc)
-                self._close(managed, "rendezvous point did not answer")
+                log.info("%s.onion: rendezvous circuit %d failed: %s; trying another", address.label,
+                         managed.number, exc)
+                self._close(managed, "rendezvous point did not answer",
+                            DestroyReason.TIMEOUT if isinstance(exc, defer.TimeoutError) else DestroyReason.FINISHED)
+                yield self._pause()
                 continue
             self.manager.set_hs_state(managed, HSCR_ESTABLISHED_IDLE)
             return managed, cookie
-        raise _ConnectFailed(f"no rendezvous circuit: {last_error}", EndReason.RESOLVEFAILED,
-                             Socks5Reply.ONION_REND_FAILED)
+
+    def _pause(self) -> defer.Deferred:
+        """Wait for tor's next pass over the pending streams (PENDING_STREAMS_RETRY_INTERVAL)."""
+        return task.deferLater(self.reactor, PENDING_STREAMS_RETRY_INTERVAL, lambda: None)
 
     @defer.inlineCallbacks
-    def _introduce(self, address: OnionAddress, point: IntroductionPoint, service_subcredential: bytes,
+    def _introduce(self, connection: ServiceConnection, point: IntroductionPoint, service_subcredential: bytes,
                    netdir: NetDir, established: tuple | None, congestion: tuple[CongestionParams, int] | None):
         """Introduce through `point` with the `established` rendezvous circuit and cookie (if it is still
         open) or a fresh one, asking the service for congestion control when `congestion` (the parameters
         and sendme_inc of `rendezvous_congestion_control`); the circuit joined to the service."""
+        address = connection.address
         if established is not None and not established[0].is_open:
             established = None
         try:
@@ -566,7 +647,7 @@ class OnionServiceClient:
                                                                        target.rsa_id)
         except (InvalidDescriptor, NoPathError) as exc:
             raise _IntroductionFailed(str(exc), IntroFailure.GENERIC, rendezvous=established) from None
-        rendezvous_ready = defer.succeed(established) if established else self._rendezvous_circuit(address)
+        rendezvous_ready = defer.succeed(established) if established else self._rendezvous_circuit(connection)
         intro = self.manager.launch(path=path + [target], purpose=CircuitPurpose.HS_CLIENT_INTRO, guard=guard,
                                     onion_service=self, hs_state=HSCI_CONNECTING)
         intro.rend_query = address.label
@@ -631,9 +712,12 @@ class OnionServiceClient:
         try:
             keys = handshake.complete(decode_rendezvous2_body((yield joined)))
         except (defer.TimeoutError, CircuitError, CellParseError, HandshakeError) as exc:
-            self._close(rendezvous, "rendezvous failed")
-            raise _ConnectFailed(f"rendezvous failed: {exc}", EndReason.RESOLVEFAILED,
-                                 Socks5Reply.ONION_REND_FAILED) from None
+            # circuit_expire_building closes C_REND_READY_INTRO_ACKED past c_rend_ready_cutoff with reason
+            # TIMEOUT; a bad RENDEZVOUS2 closes it too (handle_rendezvous2). The introduction point is not
+            # blamed (hs_client_circuit_cleanup_on_free notes nothing for a rendezvous circuit).
+            timed_out = isinstance(exc, defer.TimeoutError)
+            self._close(rendezvous, "rendezvous failed", DestroyReason.TIMEOUT if timed_out else DestroyReason.FINISHED)
+            raise _RendezvousFailed(f"rendezvous failed: {'no RENDEZVOUS2 in time' if timed_out else exc}") from None
         # The service set up congestion control when INTRODUCE1 asked for it (RENDEZVOUS2 does not say so).
         controller = VegasController(*congestion) if congestion is not None else None
         rendezvous.circuit.add_virtual_hop(Tor1Hop.for_onion_service(keys.df, keys.db, keys.kf, keys.kb), controller)

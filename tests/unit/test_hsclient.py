@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import random
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from oppy.cell.commands import EndReason
 from oppy.cell.relay import LinkSpecifierType
 from oppy.circuit.isolation import ClientProtocol, IsolationValues, StreamIsolation, isolation_flags
 from oppy.circuit.congestion import CongestionParams
 from oppy.circuit.manager import CircuitManager
+from oppy.directory.client import DirectoryStatusError
 from oppy.hs.address import parse_onion_address
 from oppy.hs.cache import IntroFailure
 from oppy.hs.descriptor import SecondLayer, decode_descriptor
 from oppy.hs.errors import InvalidDescriptor
+from oppy.hs.hashring import fetch_ring
 from oppy.hs.keys import blinded_public_key
+from oppy.hs.timeperiod import consensus_time_period
 from oppy.hsclient.client import (
     DIR_CONNECTION_MAX_STALL,
+    PENDING_STREAMS_RETRY_INTERVAL,
     TESTING_DIR_CONNECTION_MAX_STALL,
     OnionServiceClient,
     ServiceConnection,
@@ -32,8 +39,12 @@ from oppy.hsclient.client import (
     rendezvous2_timeout,
     rendezvous_congestion_control,
     rendezvous_established_timeout,
+    _RendezvousFailed,
 )
+from oppy.path.chooser import PathChooser
+from oppy.socks.messages import Socks5Reply
 from tests.unit.test_hs_descriptor import CAPTURE, DATA, NOW, PERIOD, RELAY_FINGERPRINTS
+from tests.unit.test_hs_hashring import _hsfetch_capture
 
 
 def captured_descriptor():
@@ -200,3 +211,150 @@ def test_f7_only_when_every_introduction_point_of_the_descriptor_timed_out(failu
                 client.cache.note_intro_failure(address.identity_key, point.auth_key, IntroFailure(kind))
     assert len(client._usable_points(address, descriptor)) == usable
     assert client._all_timed_out(address, descriptor) is timed_out
+
+
+# ------------------------------------------------------------------------------- HSDir requests (tor hs_pick_hsdir)
+
+HSFETCH_ADDRESS = parse_onion_address("3eqe6bz7i7fffkn55didvjh7szwyhpkcwnbwujeo4alm5xqv62nbssyd.onion")
+
+
+def manager_on(netdir, clock):
+    paths = PathChooser()
+    paths.set_netdir(netdir)
+    return CircuitManager(links=None, paths=paths, reactor=clock)
+
+
+def fetching_client(netdir, answers=None):
+    """A client on the captured network whose HSDir fetches are answered by `answers` (the HSDir -> a
+    Deferred; default 404 at once) instead of a circuit, with one stream waiting for HSFETCH_ADDRESS; the
+    HSDirs asked, in order, and the Clock."""
+    clock = Clock()
+    client = OnionServiceClient(manager_on(netdir, clock), testing_network=True,
+                                wallclock=lambda: NOW + clock.seconds(), rng=random.Random(1))
+    asked = []
+
+    def fetch_from(hsdir, ident):
+        asked.append(hsdir)
+        if answers is not None:
+            return answers(hsdir)
+        return defer.fail(DirectoryStatusError("404 Not found", 404))
+
+    client._fetch_from = fetch_from
+    connection = ServiceConnection(HSFETCH_ADDRESS, waiting=["a stream"], running=True)
+    client._connections.append(connection)
+    return client, connection, asked, clock
+
+
+def failure_of(deferred):
+    failures = []
+    deferred.addErrback(failures.append)
+    assert failures, "the Deferred did not fail"
+    return failures[0].value
+
+
+def test_each_responsible_hsdir_is_asked_once_then_f0_and_the_requests_are_forgotten():
+    _, netdir = _hsfetch_capture("hsfetch.json")
+    client, connection, asked, _ = fetching_client(netdir)
+    responsible = fetch_ring(netdir, testing_network=True).responsible(
+        blinded_public_key(HSFETCH_ADDRESS.identity_key, consensus_time_period(netdir.consensus, True)))
+    error = failure_of(client._descriptor(connection, netdir))
+    assert sorted(asked) == sorted(responsible) and len(responsible) > 1
+    assert (error.reason, error.code) == (EndReason.RESOLVEFAILED, Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND)
+    # tor hs_client_refetch_hsdesc: HS_CLIENT_FETCH_NO_HSDIRS purges the service's requests, so the next
+    # stream asks them all again.
+    ident = client._descriptor_id(HSFETCH_ADDRESS, netdir)
+    assert all(client.hsdir_requests.last_request(hsdir, ident) is None for hsdir in responsible)
+    failure_of(client._descriptor(connection, netdir))
+    assert len(asked) == 2 * len(responsible)
+
+
+def test_a_fetch_skips_the_hsdirs_asked_within_the_requery_period():
+    _, netdir = _hsfetch_capture("hsfetch.json")
+    client, connection, asked, clock = fetching_client(netdir)
+    ident = client._descriptor_id(HSFETCH_ADDRESS, netdir)
+    responsible = fetch_ring(netdir, testing_network=True).responsible(
+        blinded_public_key(HSFETCH_ADDRESS.identity_key, consensus_time_period(netdir.consensus, True)))
+    lately = client.hsdir_requests.pick(responsible, ident, NOW, random.Random(0))
+    clock.advance(client.hsdir_requests.requery_period)   # still "lately" (tor: last + period >= now)
+    failure_of(client._descriptor(connection, netdir))
+    assert lately not in asked and sorted(asked + [lately]) == sorted(responsible)
+
+
+def test_newnym_forgets_the_hsdir_requests():
+    _, netdir = _hsfetch_capture("hsfetch.json")
+    client, _, _, _ = fetching_client(netdir)
+    ident = client._descriptor_id(HSFETCH_ADDRESS, netdir)
+    hsdir = fetch_ring(netdir, testing_network=True).relays[0]
+    client.hsdir_requests.pick([hsdir], ident, NOW, random.Random(0))
+    client.purge_state()
+    assert client.hsdir_requests.last_request(hsdir, ident) is None
+
+
+def test_connections_to_a_service_share_the_fetch_under_way():
+    """tor can_client_refetch_desc: HS_CLIENT_FETCH_PENDING, no second fetch for the service; every waiting
+    stream gets its outcome."""
+    _, netdir = _hsfetch_capture("hsfetch.json")
+    pending = []
+    client, connection, asked, _ = fetching_client(netdir, lambda hsdir: pending.append(defer.Deferred())
+                                                   or pending[-1])
+    other = ServiceConnection(HSFETCH_ADDRESS, waiting=["another stream"], running=True)
+    client._connections.append(other)
+    first, second = client._descriptor(connection, netdir), client._descriptor(other, netdir)
+    assert len(asked) == 1
+    while pending:
+        pending.pop().errback(DirectoryStatusError("404 Not found", 404))
+    assert failure_of(first).code == failure_of(second).code == Socks5Reply.ONION_DESCRIPTOR_NOT_FOUND
+    assert len(asked) == len(set(asked))
+
+
+# ------------------------------------------------------------------------------- rendezvous lost: try again
+
+def reaching_client(introduce_answers):
+    """A client with the captured descriptor cached-as-fetched whose introductions answer, in turn, from
+    `introduce_answers` (an exception or the joined circuit); the calls' `established` arguments and the
+    Clock."""
+    _, netdir = _hsfetch_capture("hsfetch.json")
+    clock = Clock()
+    client = OnionServiceClient(manager_on(netdir, clock), testing_network=True, wallclock=lambda: NOW)
+    address = parse_onion_address(CAPTURE["plain"]["address"])
+    descriptor = captured_descriptor()
+    client._descriptor = lambda connection, netdir, cached=True: defer.succeed((descriptor, True))
+    calls = []
+
+    def introduce(connection, point, subcredential, netdir, established, congestion):
+        calls.append(established)
+        answer = introduce_answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+    client._introduce = introduce
+    connection = ServiceConnection(address, waiting=["a stream"], running=True)
+    client._connections.append(connection)
+    return client, connection, calls, clock, netdir
+
+
+def test_a_lost_rendezvous_is_tried_again_with_a_new_circuit_while_a_stream_waits():
+    """tor: the streams stay pending after INTRODUCE_ACK ("pending-join circ ... Stalling"); once the
+    rendezvous circuit is gone (c_rend_ready_cutoff), the next pass launches a new one and introduces again."""
+    client, connection, calls, clock, netdir = reaching_client([_RendezvousFailed("no RENDEZVOUS2 in time"),
+                                                                "joined"])
+    ident = client._descriptor_id(connection.address, netdir)
+    client.hsdir_requests.pick(fetch_ring(netdir, testing_network=True).relays, ident, NOW, random.Random(0))
+    reached = client._reach(connection)
+    assert calls == [None] and not reached.called
+    clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
+    assert calls == [None, None]          # a new rendezvous circuit, not the lost one
+    assert reached.result == "joined"
+    # tor note_connection_attempt_succeeded: the service's HSDir requests are forgotten.
+    assert client.hsdir_requests.pick(fetch_ring(netdir, testing_network=True).relays, ident, NOW,
+                                      random.Random(0)) is not None
+    # The introduction point that acknowledged is not blamed.
+    assert len(client._usable_points(connection.address, captured_descriptor())) == 3
+
+
+def test_the_attempt_stops_once_no_stream_waits_and_never_answers_f3():
+    client, connection, calls, clock, _ = reaching_client([_RendezvousFailed("no RENDEZVOUS2 in time")])
+    reached = client._reach(connection)
+    connection.waiting.clear()            # SocksTimeout ended the stream (END TIMEOUT, "TTL expired")
+    clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
+    error = failure_of(reached)
+    assert (error.reason, error.code) == (EndReason.TIMEOUT, 0) and calls == [None]
