@@ -346,7 +346,8 @@ class OnionServiceClient:
             return
         connection.waiting.append(managed)
         # connection_edge.c connection_ap_expire_beginning: an onion stream not attached within SocksTimeout
-        # of its creation is given up with END reason TIMEOUT (no retry); the attempt itself goes on.
+        # of its creation (or of the descriptor's arrival, _descriptor_arrived) is given up with END reason
+        # TIMEOUT (no retry); the attempt itself goes on.
         connection.deadlines[managed.number] = self.reactor.callLater(
             self.manager.unattached_timeout, self._stream_expired, connection, managed)
         if not connection.running:
@@ -415,6 +416,8 @@ class OnionServiceClient:
         if netdir is None:
             raise _ConnectFailed("no consensus yet", EndReason.RESOLVEFAILED, 0)
         descriptor, just_fetched = yield self._descriptor(connection, netdir)
+        if just_fetched:
+            self._descriptor_arrived(connection)
         refetched = False
         # tor close_or_reextend_intro_circ: the rendezvous circuit waits while the next introduction point
         # is tried; it is closed only when none is left.
@@ -428,6 +431,7 @@ class OnionServiceClient:
                         break
                     log.info("%s.onion: no usable introduction point; fetching the descriptor again", address.label)
                     descriptor, just_fetched = yield self._descriptor(connection, netdir, cached=False)
+                    self._descriptor_arrived(connection)
                     refetched = True
                     continue
                 congestion = rendezvous_congestion_control(descriptor, self.manager.congestion_params,
@@ -465,6 +469,13 @@ class OnionServiceClient:
                                  Socks5Reply.ONION_INTRO_TIMED_OUT)
         raise _ConnectFailed("no usable introduction point in the descriptor", EndReason.RESOLVEFAILED,
                              Socks5Reply.ONION_INTRO_FAILED)
+
+    def _descriptor_arrived(self, connection: ServiceConnection) -> None:
+        """tor client_desc_has_arrived -> mark_conn_as_waiting_for_circuit: the streams that waited for a
+        descriptor fetch count their SocksTimeout from its arrival ("considered fresh")."""
+        for timer in connection.deadlines.values():
+            if timer.active():
+                timer.reset(self.manager.unattached_timeout)
 
     def _usable_points(self, address: OnionAddress, descriptor: HsDescriptor) -> list[IntroductionPoint]:
         """tor intro_point_is_usable: the points with no failure noted that rules them out."""

@@ -309,16 +309,17 @@ def test_connections_to_a_service_share_the_fetch_under_way():
 
 # ------------------------------------------------------------------------------- rendezvous lost: try again
 
-def reaching_client(introduce_answers):
-    """A client with the captured descriptor cached-as-fetched whose introductions answer, in turn, from
-    `introduce_answers` (an exception or the joined circuit); the calls' `established` arguments and the
-    Clock."""
+def reaching_client(introduce_answers, fetched=None):
+    """A client with the captured descriptor, as just fetched (when the Deferred `fetched` fires, if given),
+    whose introductions answer, in turn, from `introduce_answers` (an exception or the joined circuit); the
+    calls' `established` arguments and the Clock."""
     _, netdir = _hsfetch_capture("hsfetch.json")
     clock = Clock()
     client = OnionServiceClient(manager_on(netdir, clock), testing_network=True, wallclock=lambda: NOW)
     address = parse_onion_address(CAPTURE["plain"]["address"])
     descriptor = captured_descriptor()
-    client._descriptor = lambda connection, netdir, cached=True: defer.succeed((descriptor, True))
+    fetched = fetched if fetched is not None else defer.succeed(None)
+    client._descriptor = lambda connection, netdir, cached=True: fetched.addCallback(lambda _: (descriptor, True))
     calls = []
 
     def introduce(connection, point, subcredential, netdir, established, congestion):
@@ -358,3 +359,15 @@ def test_the_attempt_stops_once_no_stream_waits_and_never_answers_f3():
     clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
     error = failure_of(reached)
     assert (error.reason, error.code) == (EndReason.TIMEOUT, 0) and calls == [None]
+
+
+def test_the_streams_count_socks_timeout_from_the_descriptor_s_arrival():
+    """tor client_desc_has_arrived -> mark_conn_as_waiting_for_circuit resets the stream's timestamp_created."""
+    fetched = defer.Deferred()
+    client, connection, calls, clock, _ = reaching_client(["joined"], fetched)
+    expired = []
+    connection.deadlines[1] = clock.callLater(client.manager.unattached_timeout, expired.append, 1)
+    client._reach(connection)
+    clock.advance(50)
+    fetched.callback(None)
+    assert connection.deadlines[1].getTime() == 50 + client.manager.unattached_timeout
