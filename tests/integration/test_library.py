@@ -166,21 +166,28 @@ def test_client_from_string_in_process_and_over_socks(tor, network):
 
 
 @pytest_twisted.inlineCallbacks
-def test_isolation_credentials_choose_the_circuit(tor, network):
-    """Streams with the same credentials share a circuit; different credentials never do."""
+def test_isolation_credentials_choose_the_circuit(network, tmp_path):
+    """Streams with the same credentials share a circuit; different credentials never do. With single
+    circuits (`ConfluxEnabled 0`): a conflux set that links between two requests takes the second, as in tor,
+    which would make "share" depend on timing."""
+    tor = oppy.launch(reactor, data_directory=tmp_path / "data", ConfluxEnabled=0, **network_options(network))
+    yield tor.bootstrapped
+
     def connect(username):
         endpoint = tor.endpoint("target.test", network.http_port, username=username, password="pw")
         return endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
 
-    alice_1 = yield connect("alice")
-    alice_2 = yield connect("alice")
-    bob = yield connect("bob")
+    connections = []
     try:
-        assert alice_1.transport.stream.circuit is alice_2.transport.stream.circuit
-        assert bob.transport.stream.circuit is not alice_1.transport.stream.circuit
+        for username in ("alice", "alice", "bob"):
+            connections.append((yield connect(username)))
+        alice_1, alice_2, bob = (connected.transport.stream.circuit for connected in connections)
+        assert alice_1 is alice_2
+        assert bob is not alice_1
     finally:
-        for connected in (alice_1, alice_2, bob):
+        for connected in connections:
             connected.transport.loseConnection()
+        yield tor.stop()
 
 
 @pytest_twisted.inlineCallbacks

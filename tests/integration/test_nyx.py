@@ -103,14 +103,23 @@ def test_nyx_shows_oppy_live(oppy, network, tmp_path):
                                 nyx.wait_for(r"total: (?:[3-9]|[1-9]\d+)(?:\.\d+)? MB\)"))
             assert totals and float(totals[0][0]) >= 3.0 and totals[0][1] == "MB", totals
             assert "Bootstrapped 100% (done): Done" in screen
-            # nyx lists the circuits for client traffic; the one-hop directory circuits it leaves out.
-            circuits = [c for c in controller.get_circuits()
-                        if c.status == "BUILT" and "ONEHOP_TUNNEL" not in (c.build_flags or ())]
 
         # Page 2: connections, with oppy's circuits and their relays named from ns/all.
+        # nyx lists the circuits for client traffic; the one-hop directory circuits it leaves out. It
+        # follows CIRC events, so its count may lag a circuit just built (after the download took a
+        # conflux set, new sets are linking): compare with oppy's circuits read again until nyx caught up.
         nyx.keys("Right")
-        screen = nyx.wait_for(r"Connections \(.*\d+ circuit")
-        count = int(re.search(r"(\d+) circuit", screen).group(1))
+        deadline = time.monotonic() + TIMEOUT
+        with Controller.from_port(port=oppy.control_port) as controller:
+            controller.authenticate()
+            while True:
+                screen = nyx.wait_for(r"Connections \(.*\d+ circuit")
+                count = int(re.search(r"(\d+) circuit", screen).group(1))
+                circuits = [c for c in controller.get_circuits()
+                            if c.status == "BUILT" and "ONEHOP_TUNNEL" not in (c.build_flags or ())]
+                if count >= len(circuits) >= 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
         assert count >= len(circuits) >= 1
         for circuit in circuits:
             screen = nyx.wait_for(rf"Circuit ID: {circuit.id}\b")
