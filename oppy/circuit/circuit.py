@@ -735,16 +735,23 @@ class Circuit(StreamTable):
         for each_hop, tag in sendmes:
             self.send_relay(RelayCommand.SENDME, 0, encode_sendme_body(tag), hop=each_hop)
 
+    def _relay_data(self, hop: int, buffer: bytes, offset: int, length: int) -> bytes | None:
+        """The data of the relay cell at buffer[offset:offset + 509]; None when it claims more than a cell
+        holds, and the circuit is failed for it."""
+        if length > RELAY_PAYLOAD_LEN:
+            self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
+                       DestroyReason.PROTOCOL)
+            return None
+        start = offset + RELAY_HEADER_LEN
+        return bytes(buffer[start:start + length])
+
     def _relay_message_received(self, hop: int, command: int, stream_id: int, buffer: bytes, offset: int,
                                 length: int) -> None:
         """A recognized relay cell other than DATA for a stream, buffer[offset:offset + 509] (DATA cells have
         been counted against the deliver window already)."""
-        if length > RELAY_PAYLOAD_LEN:
-            self._fail(f"relay cell from {self._hop_name(hop)} claims {length} bytes of data",
-                       DestroyReason.PROTOCOL)
+        data = self._relay_data(hop, buffer, offset, length)
+        if data is None:
             return
-        start = offset + RELAY_HEADER_LEN
-        data = bytes(buffer[start:start + length])
         self._control_bytes_read += length
         if stream_id:
             stream = self.streams.get(stream_id)
@@ -1099,12 +1106,9 @@ class InnerHop(StreamTable):
         window; anything else for the circuit goes to the circuit."""
         circuit = self.circuit
         command, _, stream_id, _, length = _RELAY_HEADER.unpack_from(buffer, offset)
-        if length > RELAY_PAYLOAD_LEN:
-            circuit._fail(f"relay cell from {circuit._hop_name(hop)} claims {length} bytes of data",
-                          DestroyReason.PROTOCOL)
+        data = circuit._relay_data(hop, buffer, offset, length)
+        if data is None:
             return
-        start = offset + RELAY_HEADER_LEN
-        data = bytes(buffer[start:start + length])
         stream = self.streams.get(stream_id) if stream_id else None
         if command == _DATA:
             circuit.bytes_read += length
