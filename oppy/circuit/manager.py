@@ -29,7 +29,7 @@ from twisted.internet import defer, reactor as default_reactor, task
 from oppy.cell.commands import DestroyReason, EndReason
 from oppy.circuit.build import build_circuit
 from oppy.circuit.build_timeout import DEFAULT_ROUTE_LEN, CircuitBuildTimes
-from oppy.circuit.circuit import Circuit, CircuitError, CircuitState
+from oppy.circuit.circuit import Circuit, CircuitError
 from oppy.circuit.conflux import (
     CLIENT_UX_NAMES,
     CONFLUX_NONCE_LEN,
@@ -1146,14 +1146,14 @@ class CircuitManager:
             return
         port = stream.port if stream.kind is StreamKind.CONNECT else PREEMPTIVE_PORT
         conflux = self._conflux_set_for(port, managed) if stream.kind is not StreamKind.DIRECTORY else None
-        candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
-                      and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         # A linked set comes first, as in tor's circuit_get_open_circ_or_launch (conflux_get_circ_for_conn before
         # circuit_get_best): also when the stream's isolation-mates ride a single circuit taken while the sets
         # were still linking, or every later stream would stay off the sets.
         if conflux is not None:
             self.attach_to(managed, conflux)
             return
+        candidates = [m for m in self.circuits.values() if m.is_open and m.circuit.has_stream_room
+                      and self._is_usable_for(m, port, managed.isolation, managed.excluded_exits)]
         if candidates:
             # Prefer circuits already used (tor's circuit_is_better: better not dirty a clean one), then the newest.
             candidates.sort(key=lambda m: (not m.isolation.is_set, -m.created_at))
