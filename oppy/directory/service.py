@@ -1392,8 +1392,12 @@ class DirectoryService:
                 continue
             if self._stopped:
                 return
-            for digest, reason in parsed.invalid.items():
-                log.warning("Rejected microdescriptor %s from %s: %s", digest, source.describe(), reason)
+            if parsed.invalid:      # one line per reply, however many it spoils; each one at info level
+                (digest, reason), *others = parsed.invalid.items()
+                log.warning("Rejected %d microdescriptor(s) from %s, the first %s: %s", len(parsed.invalid),
+                            source.describe(), digest, reason)
+                for digest, reason in others:
+                    log.info("Rejected microdescriptor %s from %s: %s", digest, source.describe(), reason)
             lacking = [digest for digest in remaining if digest not in parsed.records
                        and digest not in parsed.invalid]
             if parsed.unrequested and lacking:

@@ -342,16 +342,6 @@ class PathChooser:
                 return node.target
         return None
 
-    def choose_directory_path(self, rng: random.Random | None = None) -> list[RelayTarget]:
-        """A one-hop path for BEGIN_DIR: the first usable directory guard, else a V2Dir relay chosen by
-        its directory weight. Raises :class:`NoPathError` without a NetDir."""
-        targets = self.directory_guards(1)
-        if targets:
-            return targets
-        if self.bridges is not None:
-            raise NoPathError("no bridge is usable for a directory request")
-        return [self.selector.choose_directory(rng if rng is not None else self.rng).target]
-
     # ---- outcomes ---------------------------------------------------------------------------
 
     def guard_succeeded(self, choice: GuardChoice) -> bool:

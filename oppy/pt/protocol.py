@@ -87,7 +87,7 @@ def is_transport_name(name: str) -> bool:
     return _TRANSPORT_NAME.fullmatch(name) is not None
 
 
-def managed_proxy_environment(transports: Sequence[str], state_location: str, *, proxy_uri: str | None = None,
+def managed_proxy_environment(transports: Sequence[str], state_location: str, *,
                               inherited: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a client managed proxy (pt-spec 3.2.1 and 3.2.2; tor transports.c
     create_managed_proxy_environment): oppy's own environment plus the TOR_PT_ variables.
@@ -105,10 +105,8 @@ def managed_proxy_environment(transports: Sequence[str], state_location: str, *,
         "TOR_PT_CLIENT_TRANSPORTS": ",".join(transports),
         "TOR_PT_EXIT_ON_STDIN_CLOSE": "1",
     })
-    if proxy_uri is not None:
-        environment["TOR_PT_PROXY"] = proxy_uri
-    else:
-        environment.pop("TOR_PT_PROXY", None)  # pt-spec 3.2.2: MUST be omitted without an upstream proxy
+    # pt-spec 3.2.2: MUST be omitted without an upstream proxy, and oppy has no Socks5Proxy/HTTPSProxy option.
+    environment.pop("TOR_PT_PROXY", None)
     return environment
 
 
@@ -396,15 +394,13 @@ ProxyEvent = (ClientMethod | ClientMethodError | LogMessage | StatusMessage | Ma
 class ManagedProxyConfiguration:
     """One launch of a managed proxy, from its first byte on stdout: bytes in, :data:`ProxyEvent` out.
 
-    ``transports`` are the names asked for in TOR_PT_CLIENT_TRANSPORTS; ``proxy_uri`` whether TOR_PT_PROXY
-    was set (then PROXY DONE must come before any CMETHOD, pt-spec 3.3.2).
+    ``transports`` are the names asked for in TOR_PT_CLIENT_TRANSPORTS. TOR_PT_PROXY is never set, so a
+    PROXY DONE (pt-spec 3.3.2) is out of place.
     """
 
-    def __init__(self, transports: Sequence[str], proxy_uri: str | None = None) -> None:
+    def __init__(self, transports: Sequence[str]) -> None:
         self.transports = tuple(transports)
-        self.proxy_uri = proxy_uri
         self._state = _State.LAUNCHED
-        self._proxy_accepted = False
         self._buffer = bytearray()
         self._methods: dict[str, ClientMethod] = {}
         self._errors: dict[str, str] = {}
@@ -476,12 +472,7 @@ class ManagedProxyConfiguration:
         if state is not _State.ACCEPTING_METHODS:
             return [self._out_of_order(line)]
         if isinstance(message, ProxyDone):
-            if self.proxy_uri is None:
-                return [self._break("it sent PROXY DONE but was given no upstream proxy")]
-            self._proxy_accepted = True
-            return []
-        if self.proxy_uri is not None and not self._proxy_accepted:
-            return [self._break(f"it sent {shown(line)} before accepting the upstream proxy (PROXY DONE)")]
+            return [self._break("it sent PROXY DONE but was given no upstream proxy")]
         if isinstance(message, ClientMethod):
             self._methods[message.transport] = message
             return [message]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from oppy.cell.commands import EndReason
+# The REP codes are shared with oppy's SOCKS5 client (toward transports and SocksPorts), a layer below.
+from oppy.pt.socks5 import Socks5Reply
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -83,29 +85,6 @@ class Socks5Method(IntEnum):
     GSSAPI = 0x01
     USERNAME_PASSWORD = 0x02
     NO_ACCEPTABLE_METHODS = 0xFF
-
-
-class Socks5Reply(IntEnum):
-    """RFC 1928 section 6 REP codes, and proposal 304's onion-service extended errors."""
-
-    SUCCEEDED = 0x00
-    GENERAL_FAILURE = 0x01
-    NOT_ALLOWED = 0x02
-    NETWORK_UNREACHABLE = 0x03
-    HOST_UNREACHABLE = 0x04
-    CONNECTION_REFUSED = 0x05
-    TTL_EXPIRED = 0x06
-    COMMAND_NOT_SUPPORTED = 0x07
-    ADDRESS_TYPE_NOT_SUPPORTED = 0x08
-    # Proposal 304: only with the SocksPort ExtendedErrors flag, only for onion services.
-    ONION_DESCRIPTOR_NOT_FOUND = 0xF0
-    ONION_DESCRIPTOR_INVALID = 0xF1
-    ONION_INTRO_FAILED = 0xF2
-    ONION_REND_FAILED = 0xF3
-    ONION_CLIENT_AUTH_MISSING = 0xF4
-    ONION_CLIENT_AUTH_WRONG = 0xF5
-    ONION_BAD_ADDRESS = 0xF6
-    ONION_INTRO_TIMED_OUT = 0xF7
 
 
 class Socks4Reply(IntEnum):

@@ -790,7 +790,7 @@ def test_choose_path_exit_first_then_primary_guard_then_middle(tmp_path):
     service.paths.mark_guard_up("$" + primaries[0])
     assert service.paths.choose_path(80)[0].fingerprint == primaries[0]
     # A directory request takes one of the first three primaries (guard-n-primary-dir-guards-to-use).
-    assert {service.paths.choose_directory_path()[0].fingerprint for _ in range(50)} == set(primaries[:3])
+    assert {service.paths.directory_guards(1)[0].fingerprint for _ in range(50)} == set(primaries[:3])
     with pytest.raises(NoPathError):
         service.paths.choose_path(80, exclude=set(exits))
 
@@ -1090,19 +1090,26 @@ def test_microdescriptor_fetches_that_cannot_end_are_abandoned_at_the_deadline_a
 
 
 def test_a_malformed_microdescriptor_is_rejected_alone_and_refetched(tmp_path, caplog):
-    """A huge port in one microdescriptor used to drop its whole batch without a word."""
+    """A huge port in one microdescriptor used to drop its whole batch without a word; a reply with several
+    bad ones gives one warning, and each one at info level."""
     caplog.set_level(logging.INFO, logger="oppy")
     network = SyntheticNetwork()
-    odd = Relay("odd0", GUARD_FLAGS, policy="a [::1]:" + "1" * 5000 + "\n")
-    network.relays.append(odd)
+    odd = [Relay(f"odd{n}", GUARD_FLAGS, bandwidth=10, policy=f"a [::1]:{str(n + 1) * 5000}\n") for n in range(2)]
+    network.relays.extend(odd)
     world = make_world(tmp_path, network)
     service = world.service()
     run(service.start())
     assert service.enough_dir_info
-    assert set(service.netdir.microdescs) == {relay.digest for relay in network.relays} - {odd.digest}
-    rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Rejected microdescriptor")]
-    assert len(rejected) == 3                         # asked of each authority in turn
-    assert all(odd.digest in message and "bad a line" in message for message in rejected)
+    assert set(service.netdir.microdescs) == {relay.digest for relay in network.relays} - {r.digest for r in odd}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 3                           # asked of each authority in turn: one line per reply
+    assert all(message.startswith("Rejected 2 microdescriptor(s) from") and "bad a line" in message
+               for message in warned)
+    detailed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Rejected microdescriptor")]
+    assert len(detailed) == 3 and all(r.levelno == logging.INFO for r in caplog.records
+                                      if r.getMessage().startswith("Rejected microdescriptor"))
+    for relay in odd:
+        assert sum(relay.digest in message for message in warned + detailed) == 3
 
 
 def test_a_microdescriptor_reply_with_a_year_0_annotation_is_used(tmp_path, caplog):

@@ -85,7 +85,7 @@ def test_directory_requests_go_to_the_bridges_only_with_or_without_descriptors()
     assert {target.rsa_id for target in targets} == {rsa_id(identity_key(index)) for index in range(2)}
     assert all(target.ntor_onion_key is None for target in targets)         # CREATE_FAST until known
     assert chooser.directory_cache([]) is None
-    assert chooser.choose_directory_path()[0].rsa_id in {target.rsa_id for target in targets}
+    assert chooser.directory_guards(1)[0].rsa_id in {target.rsa_id for target in targets}
     learn(chooser, 1)
     with_key = [target for target in chooser.directory_guards() if target.ntor_onion_key is not None]
     assert [target.nickname for target in with_key] == ["bridge1"]

@@ -28,7 +28,7 @@ def chooser_2017(seed: int = 2017) -> PathChooser:
 def test_without_a_netdir_nothing_can_be_chosen():
     chooser = PathChooser()
     assert chooser.netdir is None and chooser.dir_info() is NO_CONSENSUS
-    for choose in (lambda: chooser.selector, lambda: chooser.choose_path(443), chooser.choose_directory_path):
+    for choose in (lambda: chooser.selector, lambda: chooser.choose_path(443)):
         with pytest.raises(NoPathError, match="no consensus yet"):
             choose()
     assert chooser.directory_targets(3) == [] and not chooser.exit_allows(b"\1" * 20, 80)
@@ -73,9 +73,9 @@ def test_directory_fetches_go_to_directory_guards_then_one_other_cache():
     assert len(targets) == 4 and {target.fingerprint for target in targets[:3]} <= sampled
     assert targets[3].rsa_id not in {target.rsa_id for target in targets[:3]}
     assert all("V2Dir" in chooser.netdir.relay_by_id(target.rsa_id).flags for target in targets)
-    # A one-hop path is one of the first guard-n-primary-dir-guards-to-use (3) primaries.
+    # The first directory guard is one of the first guard-n-primary-dir-guards-to-use (3) primaries.
     primaries = {guard.fingerprint for guard in chooser.guards.primary_guards()}
-    assert {chooser.choose_directory_path()[0].fingerprint for _ in range(60)} == primaries
+    assert {chooser.directory_guards(1)[0].fingerprint for _ in range(60)} == primaries
 
 
 def test_guard_outcomes_are_announced_with_whether_to_save():

@@ -46,9 +46,9 @@ def test_environment_has_the_client_variables_of_pt_spec_and_keeps_ours():
     }
 
 
-def test_environment_names_the_upstream_proxy_when_there_is_one():
-    environment = managed_proxy_environment(["obfs4"], "/s/", proxy_uri="socks5://127.0.0.1:8001", inherited={})
-    assert environment["TOR_PT_PROXY"] == "socks5://127.0.0.1:8001"
+def test_environment_never_passes_on_an_upstream_proxy():
+    environment = managed_proxy_environment(["obfs4"], "/s/", inherited={"TOR_PT_PROXY": "socks5://127.0.0.1:8001"})
+    assert "TOR_PT_PROXY" not in environment
 
 
 def test_environment_refuses_a_name_that_is_no_c_identifier():
@@ -180,14 +180,6 @@ def test_protocol_errors_break_the_proxy_once(output, reason):
     assert reason in broken[0].reason
     assert configuration.broken
     assert configuration.feed(b"VERSION 1\nCMETHODS DONE\n") == []
-
-
-def test_upstream_proxy_must_be_accepted_before_methods():
-    configuration = ManagedProxyConfiguration(["obfs4"], proxy_uri="socks5://127.0.0.1:8001")
-    assert isinstance(configuration.feed(b"VERSION 1\nCMETHOD obfs4 socks5 127.0.0.1:1\n")[0], ProxyBroken)
-    configuration = ManagedProxyConfiguration(["obfs4"], proxy_uri="socks5://127.0.0.1:8001")
-    events = configuration.feed(b"VERSION 1\nPROXY DONE\nCMETHOD obfs4 socks5 127.0.0.1:1\nCMETHODS DONE\n")
-    assert isinstance(events[-1], ProxyConfigured)
 
 
 def test_log_and_status_lines_pass_through_in_any_state_and_bad_ones_break_nothing():
