@@ -161,7 +161,18 @@ def circuit_of_each_stream(oppy: OppyProcess) -> list[int]:
     return [int(m.group(2)) for m in re.finditer(r"Attached stream (\d+) to circuit (\d+)", oppy.info_log)]
 
 
-def test_socks_credentials_isolate_circuits(network, oppy):
+@pytest.fixture
+def single_circuit_oppy(network: TestNetwork, tmp_path):
+    """Single circuits, as in test_isolation: a conflux set linked between two requests of one user would
+    take the second (tor's conflux_get_circ_for_conn comes first), on another circuit by right."""
+    process = OppyProcess(network, tmp_path / "data", extra_lines=["ConfluxEnabled 0"]).wait_ready()
+    yield process
+    assert process.stop() == 0
+
+
+def test_socks_credentials_isolate_circuits(network, single_circuit_oppy):
+    oppy = single_circuit_oppy
+
     def fetch_as(user: str) -> int:
         seen = len(circuit_of_each_stream(oppy))
         result = curl(oppy, network.url("/"), "--proxy-user", f"{user}:pw")

@@ -24,7 +24,10 @@ LENGTH = 1_000_000
 def oppy(network: TestNetwork, tmp_path_factory):
     tunnel_port, control_port = free_port(), free_port()
     process = OppyProcess(network, tmp_path_factory.mktemp("oppy-tunnel") / "data", extra_lines=[
-        f"HTTPTunnelPort 127.0.0.1:{tunnel_port}", f"ControlPort 127.0.0.1:{control_port}"])
+        f"HTTPTunnelPort 127.0.0.1:{tunnel_port}", f"ControlPort 127.0.0.1:{control_port}",
+        # Single circuits, as in test_isolation: a conflux set linked between alice's two requests would
+        # take her second one (tor's conflux_get_circ_for_conn comes first), on another circuit by right.
+        "ConfluxEnabled 0"])
     process.tunnel_port, process.control_port = tunnel_port, control_port
     process.wait_ready()
     yield process

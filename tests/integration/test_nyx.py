@@ -134,8 +134,10 @@ def test_nyx_shows_oppy_live(oppy, network, tmp_path):
 
         # Page 4: the torrc, found through GETINFO config-file.
         nyx.keys("Right")
-        screen = nyx.wait_for(r"Tor Configuration File")
-        assert str(oppy.torrc) in screen and f"ControlPort {oppy.control_port}" in screen
+        nyx.wait_for(r"Tor Configuration File")
+        # The title comes first; the file's path and lines once nyx has read it (GETINFO config-text).
+        nyx.wait_for(re.escape(str(oppy.torrc)))
+        nyx.wait_for(rf"ControlPort {oppy.control_port}\b")
         stderr = (tmp_path / "nyx.stderr").read_text(errors="replace")
         assert "Traceback" not in stderr, stderr
     finally:
