@@ -609,15 +609,22 @@ class OnionServiceClient:
     def _rendezvous_circuit(self, connection: ServiceConnection):
         """An HS_CLIENT_REND circuit on which RENDEZVOUS_ESTABLISHED arrived, and its cookie. As tor, a
         rendezvous circuit that fails or is not established in time is replaced by a new one while a stream
-        waits (circuit_build_failed notes nothing for C_ESTABLISH_REND; the pending streams launch another)."""
+        waits (circuit_build_failed notes nothing for C_ESTABLISH_REND; the pending streams launch another),
+        and so is one that cannot be launched for want of a path (circuit_get_open_circ_or_launch: "No safe
+        circuit ... delaying", never F3)."""
         address = connection.address
+        logged_no_path = False
         while True:
             connection.check_wanted()
             try:
                 path, guard = self.manager.paths.choose_onion_service_path(OnionServicePurpose.CLIENT_REND)
             except NoPathError as exc:
-                raise _ConnectFailed(f"no path for a rendezvous circuit: {exc}", EndReason.RESOLVEFAILED,
-                                     Socks5Reply.ONION_REND_FAILED) from None
+                if not logged_no_path:
+                    log.info("%s.onion: no path for a rendezvous circuit (%s); the streams wait", address.label,
+                             exc)
+                    logged_no_path = True
+                yield self._pause()
+                continue
             managed = self.manager.launch(path=path, purpose=CircuitPurpose.HS_CLIENT_REND, guard=guard,
                                           onion_service=self, hs_state=HSCR_CONNECTING)
             managed.rend_query = address.label

@@ -42,6 +42,7 @@ from oppy.hsclient.client import (
     _RendezvousFailed,
 )
 from oppy.path.chooser import PathChooser
+from oppy.path.selection import NoPathError
 from oppy.socks.messages import Socks5Reply
 from tests.unit.test_hs_descriptor import CAPTURE, DATA, NOW, PERIOD, RELAY_FINGERPRINTS
 from tests.unit.test_hs_hashring import _hsfetch_capture
@@ -359,6 +360,27 @@ def test_the_attempt_stops_once_no_stream_waits_and_never_answers_f3():
     clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
     error = failure_of(reached)
     assert (error.reason, error.code) == (EndReason.TIMEOUT, 0) and calls == [None]
+
+
+def test_no_path_for_a_rendezvous_circuit_leaves_the_streams_waiting_not_f3():
+    """tor circuit_get_open_circ_or_launch: a circuit that cannot be launched is "delaying", tried again on
+    each pass over the pending streams until SocksTimeout."""
+    client, connection, _, clock, _ = reaching_client([])
+    tries = []
+
+    def no_path(purpose, target=None):
+        tries.append(purpose)
+        raise NoPathError("every relay excluded")
+
+    client.manager.paths.choose_onion_service_path = no_path
+    waiting = client._rendezvous_circuit(connection)
+    assert not waiting.called and len(tries) == 1
+    clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
+    assert not waiting.called and len(tries) == 2
+    connection.waiting.clear()            # SocksTimeout ended the stream (END TIMEOUT, "TTL expired")
+    clock.advance(PENDING_STREAMS_RETRY_INTERVAL)
+    error = failure_of(waiting)
+    assert (error.reason, error.code) == (EndReason.TIMEOUT, 0) and len(tries) == 2
 
 
 def test_the_streams_count_socks_timeout_from_the_descriptor_s_arrival():
