@@ -28,6 +28,12 @@ TEN_MB = 10 * 1000 * 1000
 FIVE_MB = 5 * 1000 * 1000
 # A bad onion address is refused before anything goes on the network.
 AT_ONCE = 2.0
+# oppy's circuit build timeout for these tests (LearnCircuitBuildTimeout 0): tor's waits scale with it
+# (circuituse.c circuit_expire_building), so RENDEZVOUS2 is given 10 * 3 + 1 = 31 s after INTRODUCE_ACK. A
+# fresh client still learning its timeout has cbtinitialtimeout (60 s): 181 s, past SocksTimeout, so a
+# rendezvous the service's C tor drops (seen in CI: RENDEZVOUS2 never came for one of three introductions)
+# would never be tried again within a request.
+TEST_CBT = 10
 # A valid address whose descriptor no HSDir has: every responsible HSDir answers 404 within this.
 NO_DESCRIPTOR_BOUND = 60.0
 
@@ -43,7 +49,8 @@ class OnionOppy(OppyProcess):
         control_port = free_port()
         extra = [f"SocksPort 127.0.0.1:{self.extended_port} ExtendedErrors",
                  f"SocksPort 127.0.0.1:{self.isolating_port} IsolateClientProtocol",
-                 f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1", *more_lines]
+                 f"ControlPort 127.0.0.1:{control_port}", "CookieAuthentication 1",
+                 "LearnCircuitBuildTimeout 0", f"CircuitBuildTimeout {TEST_CBT}", *more_lines]
         if key_line is not None:
             auth_dir = data_directory.parent / f"{data_directory.name}-onion-auth"
             auth_dir.mkdir(mode=0o700)
@@ -388,9 +395,6 @@ def test_streams_isolated_apart_share_one_descriptor_fetch(network, oppy):
 
 # ------------------------------------------------------------------------------ a service that stopped answering
 
-# oppy's circuit build timeout for these tests (LearnCircuitBuildTimeout 0): tor's waits scale with it
-# (circuituse.c circuit_expire_building), so RENDEZVOUS2 is given 10 * 3 + 1 = 31 s after INTRODUCE_ACK.
-TEST_CBT = 10
 SERVICE_TIMEOUT = 120.0
 # After the service's tor exited, the relays were seen to keep its introduction circuits for 5-30 s (INTRODUCE1
 # still ACKed within 5 s, refused after 30 s).
@@ -455,8 +459,7 @@ def own_service(network: TestNetwork, tmp_path):
 
 def start_fresh(network: TestNetwork, tmp_path: Path, *more_lines: str):
     (tmp_path / "oppy").mkdir()
-    process = OnionOppy(network, tmp_path / "oppy" / "data", more_lines=[
-        "LearnCircuitBuildTimeout 0", f"CircuitBuildTimeout {TEST_CBT}", *more_lines]).wait_ready()
+    process = OnionOppy(network, tmp_path / "oppy" / "data", more_lines=list(more_lines)).wait_ready()
     yield process
     assert process.stop() == 0
 
@@ -521,20 +524,23 @@ def test_a_service_whose_tor_is_gone_answers_f2(network, own_service, fresh_oppy
     time.sleep(INTRO_CIRCUITS_GONE)
     started = time.monotonic()
     reply = socks_reply(fresh_oppy.extended_port, own_service.address, timeout=SOCKS_TIMEOUT + 30)
-    assert time.monotonic() - started < SOCKS_TIMEOUT + 10
-    assert fresh_oppy.info_log.count("introduction point failed: INTRODUCE_ACK status") >= 1
-    if "no RENDEZVOUS2 in time" in fresh_oppy.info_log:
+    log = fresh_oppy.info_log
+    attempt = "\n".join(line for line in log.splitlines() if own_service.address.removesuffix(".onion") in line
+                        or "introduction" in line or "rendezvous" in line)
+    assert time.monotonic() - started < SOCKS_TIMEOUT + 10, attempt
+    assert log.count("introduction point failed: INTRODUCE_ACK status") >= 1, attempt
+    if "no RENDEZVOUS2 in time" in log:
         # Seen in CI: one introduction point still held the dead service's circuit, relayed INTRODUCE1 and
         # acknowledged it; then no RENDEZVOUS2 came, and (as tor) a new rendezvous circuit and introduction
         # followed: F2 once every point refused, or "TTL expired" after SocksTimeout (counted from the
         # descriptor's arrival) if that one was picked and acknowledged again.
-        assert reply in (0xF2, 0x06), reply
+        assert reply in (0xF2, 0x06), (reply, attempt)
     else:
-        assert reply == 0xF2
-        assert fresh_oppy.info_log.count("introduction point failed: INTRODUCE_ACK status") >= 2
+        assert reply == 0xF2, (reply, attempt)
+        assert log.count("introduction point failed: INTRODUCE_ACK status") >= 2, attempt
         # tor close_or_reextend_intro_circ: one rendezvous circuit served every introduction point, closed at
         # the end.
-        assert fresh_oppy.info_log.count("closed: introduction failed") == 1
+        assert log.count("closed: introduction failed") == 1, attempt
     assert socks_reply(fresh_oppy.socks_port, own_service.address) == 0x04
 
 
