@@ -397,7 +397,7 @@ def test_streams_isolated_apart_share_one_descriptor_fetch(network, oppy):
 
 SERVICE_TIMEOUT = 120.0
 # After the service's tor exited, the relays were seen to keep its introduction circuits for 5-30 s (INTRODUCE1
-# still ACKed within 5 s, refused after 30 s).
+# still ACKed within 5 s, refused after 30 s), and once in CI for over two minutes.
 INTRO_CIRCUITS_GONE = 30.0
 SHORT_SOCKS_TIMEOUT = 15
 # oppy's (and tor's) default SocksTimeout.
@@ -541,7 +541,10 @@ def test_a_service_whose_tor_is_gone_answers_f2(network, own_service, fresh_oppy
         # tor close_or_reextend_intro_circ: one rendezvous circuit served every introduction point, closed at
         # the end.
         assert log.count("closed: introduction failed") == 1, attempt
-    assert socks_reply(fresh_oppy.socks_port, own_service.address) == 0x04
+    # Without the flag: RESOLVEFAILED; or, while a relay still acknowledges for the dead service (seen in CI
+    # for over two minutes after its tor exited, at two introduction points in turn), "TTL expired".
+    plain = socks_reply(fresh_oppy.socks_port, own_service.address, timeout=SOCKS_TIMEOUT + 30)
+    assert plain == 0x04 or (plain == 0x06 and "no RENDEZVOUS2 in time" in fresh_oppy.info_log), plain
 
 
 def test_a_stream_waits_no_longer_than_socks_timeout(network, own_service, impatient_oppy):
