@@ -364,12 +364,14 @@ class ManagedProxy:
         self._last_warning = reason
         log.log(level, 'Managed proxy "%s" for %s is down: %s. Restarting it in %.0f s.', self.name,
                 ",".join(self.transports), reason, delay)
+        # Scheduled before anyone hears of the failure: a waiter's errback may stop the proxy, which must find
+        # the restart to cancel it.
+        self._restart_call = self.reactor.callLater(delay, self._launch)
         self.notify(TransportFailed(self.transports, reason, delay))
         waiters, self._waiters = self._waiters, []
         for transport, waiter in waiters:
             waiter.errback(TransportUnavailable(f"pluggable transport {transport} is not running: "
                                                 f"{self.describe_wait()}"))
-        self._restart_call = self.reactor.callLater(delay, self._launch)
 
     # ----------------------------------------------------------------- stopping
 

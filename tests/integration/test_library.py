@@ -67,10 +67,7 @@ def test_launch_bootstraps_serves_and_stops_clean(tmp_path, network):
     body = yield fetch_over(tor.endpoint(network.host, network.http_port), b"/bytes/%d" % ONE_MB)
     assert hashlib.sha256(body).hexdigest() == fetch(network.url(f"/sha256/{ONE_MB}")).decode().strip()
     yield tor.stop()
-    # Only this oppy's calls: the unit tests' managed proxies (the same reactor) may reschedule theirs meanwhile.
-    left = {call for call in set(reactor.getDelayedCalls()) - calls_before
-            if getattr(call.func, "__qualname__", "") != "ManagedProxy._launch"}
-    assert left == set()
+    assert set(reactor.getDelayedCalls()) - calls_before == set()
     assert set(reactor.getReaders()) - readers_before == set()
     assert set(reactor.getWriters()) - writers_before == set()
     assert open_fds() - fds_before == set()

@@ -155,6 +155,26 @@ def test_a_proxy_that_breaks_the_protocol_is_killed_and_restarted(tmp_path, outp
 
 
 @pytest_twisted.inlineCallbacks
+def test_stopping_from_the_failure_s_errback_leaves_no_restart_behind(tmp_path):
+    """The waiter's errback runs inside the failure handling: stopping there must cancel the restart (it was
+    scheduled after the errback, and the proxy went on restarting for the rest of the process)."""
+    script = _script(tmp_path, "proxy", 'printf "VERSION-ERROR no-version\\n"; sleep 30')
+    transports = _transports(tmp_path, f"obfs4 exec {script}", [])
+    stopped = []
+
+    def stop(failure):
+        failure.trap(TransportUnavailable)
+        stopped.append(transports.stop())
+
+    yield transports.address_of("obfs4").addErrback(stop)
+    yield stopped[0]
+    yield task.deferLater(reactor, 0, lambda: None)  # the failure handling the errback ran inside has returned
+    proxy = transports.proxies[0]
+    assert proxy.state is ProxyState.STOPPED
+    assert not [call for call in reactor.getDelayedCalls() if call.func == proxy._launch]
+
+
+@pytest_twisted.inlineCallbacks
 def test_garbage_that_is_not_a_message_is_reported_once_and_the_bootstrap_says_what_it_waits_for(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="oppy.pt")
     script = _script(tmp_path, "proxy", 'echo "hello world"; echo "more chatter"; sleep 30')
